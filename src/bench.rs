@@ -1,0 +1,284 @@
+//! `steward bench`: throughput and latency of the queue on the backend `DATABASE_URL` names.
+//!
+//! Every scenario runs on a fresh schema (PostgreSQL) or a fresh file (SQLite) and prints one
+//! JSON object per line. Scenarios:
+//! - `enqueue_batch`: jobs inserted 1,000 per statement;
+//! - `enqueue_single`: jobs inserted one per statement by 16 concurrent callers;
+//! - `execute_noop`: a backlog of no-op jobs drained by one worker process (fetch, run, ack);
+//! - `pickup_latency`: on an idle queue, time from the enqueue call to the handler starting.
+
+use crate::config::Settings;
+use crate::kinds::{JobKind, KindCatalog};
+use crate::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::SharedStore;
+use crate::types::NewJob;
+use clap::Args;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `steward bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Scenarios to run (default: all).
+    #[arg(long = "scenario")]
+    pub scenarios: Vec<String>,
+    /// Jobs per throughput scenario.
+    #[arg(long, default_value_t = 50_000)]
+    pub jobs: usize,
+    /// Samples for the latency scenario.
+    #[arg(long, default_value_t = 1_000)]
+    pub samples: usize,
+    /// Handler concurrency and fetch batch of the execute scenario.
+    #[arg(long, default_value_t = 1_000)]
+    pub concurrency: usize,
+}
+
+const SCENARIOS: [&str; 4] = ["enqueue_batch", "enqueue_single", "execute_noop", "pickup_latency"];
+
+/// Run the chosen scenarios and print their results.
+pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
+    let chosen: Vec<String> = if args.scenarios.is_empty() {
+        SCENARIOS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    for name in &chosen {
+        if !SCENARIOS.contains(&name.as_str()) {
+            return Err(format!("unknown scenario `{name}`; known: {}", SCENARIOS.join(", ")));
+        }
+    }
+    for name in chosen {
+        let fresh = FreshStore::open(&settings.database_url).await?;
+        let result = match name.as_str() {
+            "enqueue_batch" => enqueue_batch(&fresh.store, args.jobs).await,
+            "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
+            "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
+            _ => pickup_latency(&fresh.store, args.samples).await,
+        };
+        fresh.close().await;
+        let mut line = result?;
+        line["scenario"] = json!(name);
+        line["backend"] = json!(fresh.backend);
+        line["peak_rss_mb"] = json!(peak_rss_mb());
+        println!("{line}");
+    }
+    Ok(())
+}
+
+struct FreshStore {
+    store: SharedStore,
+    backend: &'static str,
+    pg: Option<PgStore>,
+    _dir: Option<tempdir::TempDir>,
+}
+
+mod tempdir {
+    /// A directory removed on drop (the bench's SQLite files).
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl FreshStore {
+    async fn open(url: &str) -> Result<Self, String> {
+        let err = |e: crate::store::StoreError| e.to_string();
+        if url.starts_with("sqlite:") {
+            let dir = std::env::temp_dir().join(format!("steward-bench-{}-{}", std::process::id(), fastrand::u64(..)));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let file = dir.join("bench.db");
+            let store = SqliteStore::connect(&format!("sqlite://{}", file.display())).await.map_err(err)?;
+            crate::store::JobStore::migrate(&store).await.map_err(err)?;
+            Ok(Self { store: Arc::new(store), backend: "sqlite", pg: None, _dir: Some(tempdir::TempDir(dir)) })
+        } else {
+            let schema = format!("steward_bench_{}_{}", std::process::id(), fastrand::u32(..));
+            let store = PgStore::connect_with(url, Some(&schema), 12).await.map_err(err)?;
+            crate::store::JobStore::migrate(&store).await.map_err(err)?;
+            Ok(Self { store: Arc::new(store.clone()), backend: "postgres", pg: Some(store), _dir: None })
+        }
+    }
+
+    async fn close(&self) {
+        if let Some(pg) = &self.pg {
+            let _ = pg.drop_schema().await;
+        }
+    }
+}
+
+fn job(kind: &str, queue: &str) -> NewJob {
+    NewJob {
+        kind: kind.into(),
+        queue: queue.into(),
+        tenant: String::new(),
+        payload: json!({}),
+        priority: 0,
+        max_attempts: 3,
+        timeout_ms: 10_000,
+        unique_key: None,
+        run_at: None,
+    }
+}
+
+async fn enqueue_batch(store: &SharedStore, jobs: usize) -> Result<Value, String> {
+    let batch: Vec<NewJob> = (0..1000).map(|_| job("noop", "default")).collect();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < jobs {
+        let n = (jobs - done).min(batch.len());
+        store.jobs_insert_many(&batch[..n]).await.map_err(|e| e.to_string())?;
+        done += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(json!({"jobs": jobs, "batch": 1000, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}))
+}
+
+async fn enqueue_single(store: &SharedStore, jobs: usize) -> Result<Value, String> {
+    let callers = 16;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let store = Arc::clone(store);
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            let one = [job("noop", "default")];
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < jobs {
+                let t = Instant::now();
+                store.jobs_insert_many(&one).await.map_err(|e| e.to_string())?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(&mut latencies);
+    Ok(json!({"jobs": jobs, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(),
+              "p50_ms": p50, "p99_ms": p99, "seconds": secs}))
+}
+
+fn noop_kinds() -> KindCatalog {
+    let mut kinds = KindCatalog::default();
+    let _ = kinds.add(JobKind::new("noop", "default"));
+    kinds
+}
+
+async fn execute_noop(store: &SharedStore, jobs: usize, concurrency: usize) -> Result<Value, String> {
+    let batch: Vec<NewJob> = (0..1000).map(|_| job("noop", "default")).collect();
+    let mut done = 0;
+    while done < jobs {
+        let n = (jobs - done).min(batch.len());
+        store.jobs_insert_many(&batch[..n]).await.map_err(|e| e.to_string())?;
+        done += n;
+    }
+    let ran = Arc::new(AtomicUsize::new(0));
+    let all_ran = Arc::new(Notify::new());
+    let mut registry = Registry::new();
+    {
+        let ran = Arc::clone(&ran);
+        let all_ran = Arc::clone(&all_ran);
+        registry.register("noop", move |_: Value, _| {
+            let ran = Arc::clone(&ran);
+            let all_ran = Arc::clone(&all_ran);
+            async move {
+                if ran.fetch_add(1, Ordering::Relaxed) + 1 == jobs {
+                    all_ran.notify_one();
+                }
+                Ok(())
+            }
+        });
+    }
+    let mut config = RuntimeConfig::new(
+        "bench",
+        vec![QueueConfig { name: "default".into(), concurrency }],
+    );
+    config.batch_size = concurrency;
+    config.shutdown_grace = Duration::from_secs(5);
+    let runtime = Runtime::new(Arc::clone(store), registry, noop_kinds(), config).map_err(|e| e.to_string())?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(runtime.run(shutdown.clone()));
+    all_ran.notified().await;
+    let handlers_done = started.elapsed().as_secs_f64();
+    // Shutdown drains the completer: the time includes writing every acknowledgement.
+    shutdown.cancel();
+    running.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    let left = store
+        .jobs_count_by_state()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| c.state != crate::types::JobState::Completed)
+        .map(|c| c.count)
+        .sum::<i64>();
+    if left != 0 {
+        return Err(format!("execute_noop: {left} jobs not completed"));
+    }
+    Ok(json!({"jobs": jobs, "concurrency": concurrency, "jobs_per_s": (jobs as f64 / secs).round(),
+              "seconds": secs, "handlers_done_s": handlers_done}))
+}
+
+async fn pickup_latency(store: &SharedStore, samples: usize) -> Result<Value, String> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
+    let mut registry = Registry::new();
+    registry.register("noop", move |_: Value, _| {
+        let _ = tx.send(Instant::now());
+        async { Ok(()) }
+    });
+    let config = RuntimeConfig::new("bench", vec![QueueConfig { name: "default".into(), concurrency: 10 }]);
+    let runtime = Runtime::new(Arc::clone(store), registry, noop_kinds(), config).map_err(|e| e.to_string())?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(runtime.run(shutdown.clone()));
+    // Let the producer reach its idle wait before measuring.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let one = [job("noop", "default")];
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let sent = Instant::now();
+        store.jobs_insert_many(&one).await.map_err(|e| e.to_string())?;
+        let ran = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .map_err(|_| "pickup_latency: a job was not picked up within 10 s".to_string())?
+            .ok_or("handler gone")?;
+        latencies.push(ran.duration_since(sent));
+        // Idle queue: let the completer finish and the producer go back to waiting.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shutdown.cancel();
+    running.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let (p50, p99) = percentiles(&mut latencies);
+    Ok(json!({"jobs": samples, "p50_ms": p50, "p99_ms": p99}))
+}
+
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        (samples[index].as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+    };
+    (at(0.50), at(0.99))
+}
+
+/// Peak resident memory of this process, from `/proc/self/status` (Linux).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
+}

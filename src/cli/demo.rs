@@ -1,0 +1,96 @@
+//! `steward demo`: the embedded default. SQLite under `./data/`, the worker runtime, and a
+//! handful of sample jobs (some that succeed, some that sleep, some that fail into the
+//! dead-letter queue), then it keeps running until Ctrl-C so the CLI can be tried against it.
+
+use super::{CliError, load_kinds, open_store, shutdown_signal};
+use crate::config::{Settings, WorkerSettings};
+use crate::queue::{Runtime, builtin};
+use crate::{Client, EnqueueOptions};
+use clap::Args;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Stop once the sample jobs have settled instead of running until Ctrl-C.
+    #[arg(long)]
+    exit_when_idle: bool,
+    #[command(flatten)]
+    worker: WorkerSettings,
+}
+
+pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliError> {
+    let kinds = load_kinds(settings)?;
+    let store = open_store(&settings.database_url).await?;
+    let client = Client::new(store.clone(), kinds.clone()).with_registry(builtin::registry());
+    let mut enqueued = Vec::new();
+    for i in 0..20 {
+        let tenant = format!("tenant-{}", i % 3);
+        let options = EnqueueOptions {
+            tenant: Some(tenant),
+            ..EnqueueOptions::default()
+        };
+        enqueued.push(client.enqueue("noop", json!({}), options.clone()).await?.id);
+        enqueued.push(client.enqueue("ledger", json!({"ms": 5}), options).await?.id);
+    }
+    enqueued.push(client.enqueue("sleep", json!({"ms": 1500}), EnqueueOptions::default()).await?.id);
+    let dead = client
+        .enqueue("fail", json!({"message": "payment provider said no", "fatal": true}), EnqueueOptions::default())
+        .await?
+        .id;
+    let flaky = client
+        .enqueue("fail", json!({"message": "flaky upstream"}), EnqueueOptions::default())
+        .await?
+        .id;
+    let config = args.worker.runtime(settings.worker_id(), &kinds.queues())?;
+    let runtime = Runtime::new(store.clone(), builtin::registry(), kinds, config)?;
+    let shutdown = CancellationToken::new();
+    println!("steward demo: SQLite at {}", settings.database_url);
+    println!("  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies", enqueued.len() + 2);
+    println!("  try, in another terminal:");
+    println!("    steward jobs counts");
+    println!("    steward dlq list");
+    println!("    steward jobs show {dead}");
+    println!("    steward dlq retry {dead}");
+    println!("    steward enqueue sleep --payload '{{\"ms\": 200}}'");
+    println!("  Ctrl-C stops the workers gracefully.");
+    let trigger = shutdown.clone();
+    let idle = args.exit_when_idle;
+    let watched = store.clone();
+    tokio::spawn(async move {
+        if idle {
+            wait_until_settled(&watched).await;
+        } else {
+            shutdown_signal().await;
+        }
+        trigger.cancel();
+    });
+    runtime.run(shutdown).await?;
+    for count in store.jobs_count_by_state().await? {
+        println!("  {:<10} {:<10} {}", count.queue, count.state, count.count);
+    }
+    Ok(())
+}
+
+/// Until nothing is queued or running (the demo's own jobs have settled).
+async fn wait_until_settled(store: &crate::store::SharedStore) {
+    use crate::types::JobState;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        ticker.tick().await;
+        match store.jobs_count_by_state().await {
+            Ok(counts) => {
+                let busy = counts.iter().any(|c| {
+                    matches!(
+                        c.state,
+                        JobState::Available | JobState::Running | JobState::Retryable | JobState::Scheduled
+                    ) && c.count > 0
+                });
+                if !busy {
+                    return;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read job counts"),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The `steward` command line. Each subcommand lives in its own file; this one parses
+//! arguments, sets up logging, and turns every error into a message and an exit code
+//! (1: the operation failed, 2: bad input or configuration). It never panics on bad input.
+
+mod demo;
+mod jobs;
+mod worker;
+
+use crate::config::{Settings, WorkerSettings};
+use crate::kinds::{KindCatalog, KindError};
+use crate::store::{self, SharedStore, StoreError};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// steward: durable jobs and workflows for a SaaS module lifecycle.
+#[derive(Debug, Parser)]
+#[command(name = "steward", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the schema (also done by every command that needs it).
+    Migrate,
+    /// Run workers and maintenance until SIGTERM or SIGINT.
+    Worker(WorkerSettings),
+    /// The embedded demo: SQLite under ./data, workers, sample jobs.
+    Demo(demo::DemoArgs),
+    /// Enqueue a job.
+    Enqueue(jobs::EnqueueArgs),
+    /// Inspect and operate on jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// The dead-letter queue.
+    #[command(subcommand)]
+    Dlq(jobs::DlqCommand),
+    /// Measure throughput and latency; prints one JSON object per scenario.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Kinds(#[from] KindError),
+    #[error("cannot use database {url}: {source}")]
+    Connect { url: String, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] crate::ClientError),
+    #[error(transparent)]
+    Runtime(#[from] crate::queue::RuntimeError),
+    #[error(transparent)]
+    Queue(#[from] crate::config::BadQueue),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Kinds(_) | CliError::Queue(_) | CliError::Usage(_) => 2,
+            CliError::Client(crate::ClientError::UnknownKind(_))
+            | CliError::Client(crate::ClientError::InvalidPayload { .. }) => 2,
+            CliError::Store(StoreError::InvalidInput(_)) => 2,
+            CliError::Connect {
+                source: StoreError::InvalidInput(_),
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(&cli.settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = cli.settings;
+    match cli.command {
+        Command::Migrate => {
+            let store = open_store(&settings.database_url).await?;
+            println!("schema is up to date ({})", store.capabilities().name);
+            Ok(())
+        }
+        Command::Worker(args) => worker::run(&settings, &args).await,
+        Command::Demo(args) => demo::run(&settings, &args).await,
+        Command::Enqueue(args) => jobs::enqueue(&settings, &args).await,
+        Command::Jobs(command) => jobs::jobs(&settings, command).await,
+        Command::Dlq(command) => jobs::dlq(&settings, command).await,
+        Command::Bench(args) => crate::bench::run(&settings, &args)
+            .await
+            .map_err(CliError::Failed),
+    }
+}
+
+/// Connect and migrate.
+pub(crate) async fn open_store(url: &str) -> Result<SharedStore, CliError> {
+    let connect_error = |source| CliError::Connect {
+        url: store::redact(url),
+        source,
+    };
+    let store = store::connect(url).await.map_err(connect_error)?;
+    store.migrate().await.map_err(connect_error)?;
+    Ok(store)
+}
+
+/// Load `jobs/*.toml`.
+pub(crate) fn load_kinds(settings: &Settings) -> Result<KindCatalog, CliError> {
+    Ok(KindCatalog::load_dir(&settings.jobs_dir)?)
+}
+
+/// Resolve on SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,24 @@
+//! `steward worker`: run the queues until a signal.
+
+use super::{CliError, load_kinds, open_store, shutdown_signal};
+use crate::config::{Settings, WorkerSettings};
+use crate::queue::{Runtime, builtin};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) async fn run(settings: &Settings, args: &WorkerSettings) -> Result<(), CliError> {
+    let kinds = load_kinds(settings)?;
+    let store = open_store(&settings.database_url).await?;
+    let config = args.runtime(settings.worker_id(), &kinds.queues())?;
+    tracing::info!(worker = %config.worker_id, queues = ?config.queues, backend = store.capabilities().name, "worker starting");
+    let runtime = Runtime::new(store, builtin::registry(), kinds, config)?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing running jobs");
+        trigger.cancel();
+    });
+    runtime.run(shutdown).await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Configuration from the environment (and command-line flags, which win). Every variable is
+//! listed, with its default, in the README.
+
+use crate::queue::{QueueConfig, RuntimeConfig};
+use std::time::Duration;
+
+/// Settings shared by the subcommands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Database: `postgres://…` or `sqlite://path` (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/steward.db", global = true)]
+    pub database_url: String,
+
+    /// Directory of job-kind definitions.
+    #[arg(long, env = "STEWARD_JOBS_DIR", default_value = "jobs", global = true)]
+    pub jobs_dir: std::path::PathBuf,
+
+    /// This process's worker id (part of every lease); default `<host>-<pid>`.
+    #[arg(long, env = "STEWARD_WORKER_ID", global = true)]
+    pub worker_id: Option<String>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "STEWARD_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+/// Worker tuning, with defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerSettings {
+    /// Queues to work, `name=concurrency` (repeatable or comma-separated). Default: every
+    /// queue named in `jobs/`, each with concurrency 100.
+    #[arg(long = "queue", env = "STEWARD_QUEUES", value_delimiter = ',')]
+    pub queues: Vec<String>,
+
+    /// Lease length in milliseconds; a worker silent this long loses its jobs.
+    #[arg(long, env = "STEWARD_LEASE_MS", default_value_t = 10_000)]
+    pub lease_ms: u64,
+
+    /// Most jobs leased per fetch.
+    #[arg(long, env = "STEWARD_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+
+    /// Fallback poll interval in milliseconds.
+    #[arg(long, env = "STEWARD_POLL_MS", default_value_t = 1000)]
+    pub poll_ms: u64,
+
+    /// Time running jobs get to finish at shutdown, in milliseconds.
+    #[arg(long, env = "STEWARD_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// How long completed jobs are kept, in seconds.
+    #[arg(long, env = "STEWARD_COMPLETED_RETENTION_SECS", default_value_t = 86_400)]
+    pub completed_retention_secs: u64,
+
+    /// How long dead and cancelled jobs are kept, in seconds.
+    #[arg(long, env = "STEWARD_DEAD_RETENTION_SECS", default_value_t = 30 * 86_400)]
+    pub dead_retention_secs: u64,
+}
+
+/// A `--queue` value that is not `name=concurrency`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid queue `{0}`: expected name=concurrency with concurrency between 1 and 100000")]
+pub struct BadQueue(pub String);
+
+impl Settings {
+    /// The worker id, or `<host>-<pid>`.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "steward".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+impl WorkerSettings {
+    /// The runtime configuration these settings describe.
+    pub fn runtime(&self, worker_id: String, known_queues: &[String]) -> Result<RuntimeConfig, BadQueue> {
+        let queues = if self.queues.is_empty() {
+            known_queues
+                .iter()
+                .map(|name| QueueConfig {
+                    name: name.clone(),
+                    concurrency: 100,
+                })
+                .collect()
+        } else {
+            self.queues
+                .iter()
+                .map(|spec| parse_queue(spec))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut config = RuntimeConfig::new(worker_id, queues)
+            .with_lease(Duration::from_millis(self.lease_ms.max(300)));
+        config.batch_size = self.batch.max(1);
+        config.poll_interval = Duration::from_millis(self.poll_ms.max(10));
+        config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
+        config.maintenance.completed_retention = Duration::from_secs(self.completed_retention_secs);
+        config.maintenance.dead_retention = Duration::from_secs(self.dead_retention_secs);
+        Ok(config)
+    }
+}
+
+fn parse_queue(spec: &str) -> Result<QueueConfig, BadQueue> {
+    let bad = || BadQueue(spec.to_string());
+    let (name, concurrency) = match spec.split_once('=') {
+        Some((name, n)) => (name.trim(), n.trim().parse::<usize>().map_err(|_| bad())?),
+        None => (spec.trim(), 100),
+    };
+    if name.is_empty() || !(1..=100_000).contains(&concurrency) {
+        return Err(bad());
+    }
+    Ok(QueueConfig {
+        name: name.to_string(),
+        concurrency,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_specs_parse() {
+        assert_eq!(
+            parse_queue("mail=5").expect("valid"),
+            QueueConfig { name: "mail".into(), concurrency: 5 }
+        );
+        assert_eq!(parse_queue("mail").expect("valid").concurrency, 100);
+        assert!(parse_queue("mail=0").is_err());
+        assert!(parse_queue("mail=x").is_err());
+        assert!(parse_queue("=3").is_err());
+    }
+}

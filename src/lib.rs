@@ -1,0 +1,38 @@
+//! # steward
+//!
+//! A durable job queue and workflow orchestrator for the module lifecycle of a multi-tenant
+//! SaaS platform, on PostgreSQL (many nodes) or SQLite (embedded).
+//!
+//! ## Concepts
+//! - **Job kinds** are declared in `jobs/*.toml` ([`kinds`]): queue, priority, attempts,
+//!   backoff, timeout, unique-key template.
+//! - **Handlers** are registered in a [`queue::Registry`] under a kind's name.
+//! - The **[`Client`]** enqueues, on its own or inside the caller's sqlx transaction.
+//! - The **runtime** ([`queue::Runtime`]) runs one apalis worker per queue over steward's own
+//!   storage ([`store`]), plus the maintenance services ([`maintenance`]).
+//!
+//! ## Quick start
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use steward::{Client, kinds::KindCatalog, store};
+//! let store = store::connect("sqlite://data/steward.db").await?;
+//! store.migrate().await?;
+//! let kinds = KindCatalog::load_dir("jobs".as_ref())?;
+//! let client = Client::new(store, kinds);
+//! let job = client.enqueue("noop", serde_json::json!({}), Default::default()).await?;
+//! println!("enqueued job {}", job.id);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod kinds;
+pub mod maintenance;
+pub mod queue;
+pub mod store;
+pub mod types;
+
+pub use client::{Client, ClientError, EnqueueOptions};

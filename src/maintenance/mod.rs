@@ -1,0 +1,99 @@
+//! Maintenance services, each the same shape (like River's): a name, an interval, and a
+//! `run_once` that tests can call directly; [`spawn`] runs it in a loop until shutdown.
+//!
+//! Every worker process runs them. They need no leader: each statement claims its rows with
+//! `FOR UPDATE SKIP LOCKED` (PostgreSQL) or under the single writer (SQLite), so two nodes
+//! running the same service at once share the work instead of repeating it.
+
+mod pruner;
+mod rescuer;
+mod stager;
+
+pub use pruner::Pruner;
+pub use rescuer::Rescuer;
+pub use stager::Stager;
+
+use crate::store::{SharedStore, StoreResult};
+use async_trait::async_trait;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// One background service.
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// For logs.
+    fn name(&self) -> &'static str;
+    /// Pause between runs.
+    fn interval(&self) -> Duration;
+    /// Do one round of work; returns how many jobs it touched.
+    async fn run_once(&self, store: &SharedStore) -> StoreResult<u64>;
+}
+
+/// Intervals and retention of the maintenance services, with their defaults.
+#[derive(Debug, Clone)]
+pub struct MaintenanceConfig {
+    /// How often expired leases are looked for (default 1 s).
+    pub rescue_every: Duration,
+    /// How often due scheduled and retryable jobs are made available (default 200 ms).
+    pub stage_every: Duration,
+    /// How often finished jobs are pruned (default 60 s).
+    pub prune_every: Duration,
+    /// Completed jobs are kept this long (default 1 day).
+    pub completed_retention: Duration,
+    /// Dead and cancelled jobs are kept this long (default 30 days).
+    pub dead_retention: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            rescue_every: Duration::from_secs(1),
+            stage_every: Duration::from_millis(200),
+            prune_every: Duration::from_secs(60),
+            completed_retention: Duration::from_secs(24 * 3600),
+            dead_retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    /// The services this configuration describes.
+    pub fn services(&self) -> Vec<Box<dyn Service>> {
+        vec![
+            Box::new(Rescuer {
+                every: self.rescue_every,
+            }),
+            Box::new(Stager {
+                every: self.stage_every,
+            }),
+            Box::new(Pruner {
+                every: self.prune_every,
+                completed_retention: self.completed_retention,
+                dead_retention: self.dead_retention,
+            }),
+        ]
+    }
+}
+
+/// Run a service until `stop`; errors are logged and the loop goes on.
+pub fn spawn(
+    service: Box<dyn Service>,
+    store: SharedStore,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(service.interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            match service.run_once(&store).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(service = service.name(), jobs = n, "maintenance round"),
+                Err(err) => tracing::warn!(service = service.name(), error = %err, "maintenance round failed"),
+            }
+        }
+    })
+}

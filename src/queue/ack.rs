@@ -1,0 +1,109 @@
+//! The backend's middleware: turn the end of each attempt into an [`Outcome`] for the
+//! completer, and give the job's concurrency permit back.
+
+use super::completer::OutcomeSender;
+use super::inflight::InFlight;
+use super::registry::JobError;
+use crate::kinds::KindCatalog;
+use crate::types::{FetchedJob, Outcome};
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use chrono::Utc;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Installed by [`super::backend::QueueBackend`] around every worker's service.
+#[derive(Clone)]
+pub(crate) struct AckLayer {
+    pub outcomes: OutcomeSender,
+    pub inflight: InFlight,
+    pub kinds: Arc<KindCatalog>,
+}
+
+impl<S> Layer<S> for AckLayer {
+    type Service = AckService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AckService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`AckLayer`].
+#[derive(Clone)]
+pub(crate) struct AckService<S> {
+    inner: S,
+    layer: AckLayer,
+}
+
+impl<S> Service<Task<FetchedJob>> for AckService<S>
+where
+    S: Service<Task<FetchedJob>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxDynError>,
+{
+    type Response = ();
+    type Error = BoxDynError;
+    type Future = BoxFuture<'static, Result<(), BoxDynError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<FetchedJob>) -> Self::Future {
+        let job = task.args.clone();
+        let started_at = Utc::now();
+        let run = self.inner.call(task);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let result = run.await.map_err(|err| {
+                let err: BoxDynError = err.into();
+                match err.downcast::<JobError>() {
+                    Ok(job_err) => *job_err,
+                    Err(other) => JobError::Retryable(other.to_string()),
+                }
+            });
+            let finished_at = Utc::now();
+            let lease = job.lease();
+            let outcome = match result {
+                Ok(_) => Some(Outcome::Completed { lease, finished_at }),
+                Err(err) => {
+                    let retry_at = match &err {
+                        JobError::Fatal(_) => None,
+                        // Not the job's fault (shutdown): run again now. A lost lease is
+                        // somebody else's attempt now; the fenced write below changes nothing.
+                        JobError::Interrupted(_) => Some(finished_at),
+                        JobError::Retryable(_) if job.attempt >= job.max_attempts => None,
+                        JobError::Retryable(_) => {
+                            let backoff = layer
+                                .kinds
+                                .get(&job.kind)
+                                .map(|k| k.backoff.clone())
+                                .unwrap_or_default();
+                            let delay = backoff.delay_after(job.attempt);
+                            Some(finished_at + chrono::Duration::from_std(delay).unwrap_or_default())
+                        }
+                    };
+                    tracing::warn!(job_id = job.id, kind = %job.kind, attempt = job.attempt,
+                        tenant_id = %job.tenant, error = %err, dead = retry_at.is_none(), "attempt failed");
+                    Some(Outcome::Failed {
+                        lease,
+                        error: err.to_string(),
+                        started_at,
+                        finished_at,
+                        retry_at,
+                    })
+                }
+            };
+            if let Some(outcome) = outcome {
+                layer.outcomes.send(outcome);
+            }
+            layer.inflight.remove(lease);
+            Ok(())
+        })
+    }
+}

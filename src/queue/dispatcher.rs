@@ -1,0 +1,68 @@
+//! The innermost service: run the handler of a job's kind, bounded by the job's timeout and
+//! its stop switch.
+
+use super::inflight::InFlight;
+use super::registry::{JobContext, JobError, Registry};
+use crate::store::SharedStore;
+use crate::types::FetchedJob;
+use apalis_core::task::Task;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower_service::Service;
+use tracing::Instrument;
+
+/// Dispatches a job to its handler.
+#[derive(Clone)]
+pub(crate) struct Dispatcher {
+    pub registry: Arc<Registry>,
+    pub store: SharedStore,
+    pub worker: Arc<str>,
+    pub inflight: InFlight,
+}
+
+impl Service<Task<FetchedJob>> for Dispatcher {
+    type Response = ();
+    type Error = JobError;
+    type Future = BoxFuture<'static, Result<(), JobError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, task: Task<FetchedJob>) -> Self::Future {
+        let job = task.args;
+        let this = self.clone();
+        let span = tracing::info_span!(
+            "steward.job.run",
+            job_id = job.id,
+            kind = %job.kind,
+            attempt = job.attempt,
+            tenant_id = %job.tenant,
+        );
+        Box::pin(
+            async move {
+                let Some(switch) = this.inflight.switch(job.lease()) else {
+                    return Err(JobError::Interrupted("lease no longer held".into()));
+                };
+                let timeout = Duration::from_millis(job.timeout_ms.max(1) as u64);
+                let ctx = JobContext {
+                    job,
+                    worker: Arc::clone(&this.worker),
+                    store: Arc::clone(&this.store),
+                    cancel: switch.cancel.clone(),
+                };
+                let handler = this.registry.start(ctx)?;
+                tokio::select! {
+                    result = tokio::time::timeout(timeout, handler) => match result {
+                        Ok(result) => result,
+                        Err(_) => Err(JobError::Retryable(format!("timed out after {} ms", timeout.as_millis()))),
+                    },
+                    _ = switch.cancel.cancelled() => Err(JobError::Interrupted(switch.reason())),
+                }
+            }
+            .instrument(span),
+        )
+    }
+}

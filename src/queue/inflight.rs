@@ -1,0 +1,113 @@
+//! The jobs a worker process holds: their leases, their stop switches, and the permits that
+//! enforce each queue's concurrency limit.
+
+use crate::types::Lease;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+struct Held {
+    lease: Lease,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Leases held by this process, across queues.
+#[derive(Clone, Default)]
+pub(crate) struct InFlight {
+    held: Arc<Mutex<HashMap<i64, Held>>>,
+}
+
+/// A stop switch for one attempt and why it was flipped.
+#[derive(Clone)]
+pub(crate) struct StopSwitch {
+    pub cancel: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl StopSwitch {
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "stopped".into())
+    }
+}
+
+impl InFlight {
+    /// Record a leased job; its permit is returned when the job is removed.
+    pub fn insert(&self, lease: Lease, permit: OwnedSemaphorePermit) {
+        let held = Held {
+            lease,
+            cancel: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+            _permit: permit,
+        };
+        self.lock().insert(lease.id, held);
+    }
+
+    /// The stop switch of a held job.
+    pub fn switch(&self, lease: Lease) -> Option<StopSwitch> {
+        self.lock()
+            .get(&lease.id)
+            .filter(|h| h.lease == lease)
+            .map(|h| StopSwitch {
+                cancel: h.cancel.clone(),
+                reason: Arc::clone(&h.reason),
+            })
+    }
+
+    /// Forget a job (its attempt ended); frees its concurrency permit.
+    pub fn remove(&self, lease: Lease) {
+        let mut held = self.lock();
+        if held.get(&lease.id).is_some_and(|h| h.lease == lease) {
+            held.remove(&lease.id);
+        }
+    }
+
+    /// Every lease held now.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.lock().values().map(|h| h.lease).collect()
+    }
+
+    /// Stop some attempts, saying why.
+    pub fn stop(&self, leases: &[Lease], reason: &str) {
+        let held = self.lock();
+        for lease in leases {
+            if let Some(h) = held.get(&lease.id).filter(|h| h.lease == *lease) {
+                stop(h, reason);
+            }
+        }
+    }
+
+    /// Stop every attempt (end of the shutdown grace period).
+    pub fn stop_all(&self, reason: &str) {
+        for h in self.lock().values() {
+            stop(h, reason);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn stop(held: &Held, reason: &str) {
+    let mut slot = held.reason.lock().unwrap_or_else(PoisonError::into_inner);
+    if slot.is_none() {
+        *slot = Some(reason.to_string());
+    }
+    held.cancel.cancel();
+}
+
+/// A queue's concurrency limit in this process.
+pub(crate) fn permits(limit: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(limit.max(1)))
+}

@@ -1,0 +1,127 @@
+//! The producer: leases jobs of one queue as fast as the queue's concurrency allows and
+//! hands them to the queue's apalis worker.
+//!
+//! It fetches as many jobs as there are free slots (up to a batch), so a fetch of the next
+//! batch overlaps with the handlers and the completer of the previous one. With nothing to
+//! do it sleeps until an enqueue signal for its queue, or the poll interval as a fallback.
+
+use super::inflight::InFlight;
+use crate::store::{FetchParams, SharedStore};
+use crate::types::FetchedJob;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) struct Producer {
+    pub store: SharedStore,
+    pub queue: String,
+    pub worker: Arc<str>,
+    pub batch: usize,
+    pub lease_for: Duration,
+    pub poll_interval: Duration,
+    pub permits: Arc<Semaphore>,
+    pub inflight: InFlight,
+    pub jobs: mpsc::Sender<FetchedJob>,
+    pub shutdown: CancellationToken,
+}
+
+impl Producer {
+    pub async fn run(self) {
+        let mut signals = self.store.subscribe();
+        let mut failures: u32 = 0;
+        loop {
+            // Wait for one free slot, then take as many as are free.
+            let first = tokio::select! {
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let want = (self.permits.available_permits() + 1).min(self.batch);
+            drain(&mut signals);
+            let fetched = self
+                .store
+                .jobs_fetch_available(FetchParams {
+                    queue: &self.queue,
+                    limit: want,
+                    worker: &self.worker,
+                    lease_for: self.lease_for,
+                })
+                .await;
+            let jobs = match fetched {
+                Ok(jobs) => {
+                    failures = 0;
+                    jobs
+                }
+                Err(err) => {
+                    drop(first);
+                    failures = failures.saturating_add(1);
+                    let wait = Duration::from_millis(50u64 << failures.min(6));
+                    tracing::warn!(queue = %self.queue, error = %err, ?wait, "fetch failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            };
+            let got = jobs.len();
+            let mut first = Some(first);
+            for job in jobs {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    // Only this producer takes permits, so the free ones counted are still free.
+                    None => match Arc::clone(&self.permits).try_acquire_owned() {
+                        Ok(permit) => permit,
+                        Err(_) => match Arc::clone(&self.permits).acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                    },
+                };
+                self.inflight.insert(job.lease(), permit);
+                if self.jobs.send(job).await.is_err() {
+                    // The worker is gone (shutdown): what it did not take is rescued by lease.
+                    return;
+                }
+            }
+            drop(first);
+            if got < want {
+                self.wait_for_work(&mut signals).await;
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn wait_for_work(&self, signals: &mut broadcast::Receiver<String>) {
+        let deadline = tokio::time::sleep(self.poll_interval);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                signal = signals.recv() => match signal {
+                    Ok(queue) if queue == self.queue || queue.is_empty() => return,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut deadline).await;
+                        return;
+                    }
+                },
+                _ = &mut deadline => return,
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn drain(signals: &mut broadcast::Receiver<String>) {
+    loop {
+        match signals.try_recv() {
+            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The runtime: one apalis worker per queue, under an apalis `Monitor`, with the producer,
+//! completer, heartbeat and maintenance services around them, and a graceful shutdown.
+//!
+//! Shutdown (SIGTERM, SIGINT, or the caller's token): producers stop fetching; jobs fetched
+//! but not started are released; running jobs get `shutdown_grace` to finish, then are
+//! stopped and made available again; the completer writes every outcome; then it returns.
+
+use super::ack::AckLayer;
+use super::backend::QueueBackend;
+use super::completer;
+use super::dispatcher::Dispatcher;
+use super::heartbeat;
+use super::inflight::{self, InFlight};
+use super::producer::Producer;
+use super::registry::Registry;
+use crate::kinds::KindCatalog;
+use crate::maintenance::{self, MaintenanceConfig};
+use crate::store::SharedStore;
+use apalis_core::monitor::Monitor;
+use apalis_core::worker::builder::WorkerBuilder;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Why the runtime could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A declared kind has no handler in this binary.
+    #[error("{file}:{line}: no handler is registered for job kind `{kind}`")]
+    MissingHandler {
+        file: PathBuf,
+        line: usize,
+        kind: String,
+    },
+    /// The configuration is unusable.
+    #[error("invalid runtime configuration: {0}")]
+    Config(String),
+    /// apalis's monitor failed.
+    #[error("worker monitor failed: {0}")]
+    Monitor(String),
+}
+
+/// A queue this process works, and how many of its jobs may run at once here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub name: String,
+    pub concurrency: usize,
+}
+
+/// How a worker process runs.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Unique per process; part of every lease (`STEWARD_WORKER_ID`).
+    pub worker_id: String,
+    pub queues: Vec<QueueConfig>,
+    /// Most jobs one fetch leases (default 1000).
+    pub batch_size: usize,
+    /// A lease lasts this long without a heartbeat (default 10 s).
+    pub lease: Duration,
+    /// Heartbeat period (default lease / 3).
+    pub heartbeat_every: Duration,
+    /// Fallback poll when no enqueue signal arrives (default 1 s; SQLite across processes relies on it).
+    pub poll_interval: Duration,
+    /// Time running jobs get to finish at shutdown (default 10 s).
+    pub shutdown_grace: Duration,
+    pub maintenance: MaintenanceConfig,
+    /// Run the maintenance services in this process (default true).
+    pub run_maintenance: bool,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a worker id and queues.
+    pub fn new(worker_id: impl Into<String>, queues: Vec<QueueConfig>) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            queues,
+            batch_size: 1000,
+            lease: Duration::from_secs(10),
+            heartbeat_every: Duration::from_millis(3333),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            maintenance: MaintenanceConfig::default(),
+            run_maintenance: true,
+        }
+    }
+
+    /// Set the lease and derive the heartbeat period from it.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self.heartbeat_every = lease / 3;
+        self
+    }
+
+    fn validate(&self) -> Result<(), RuntimeError> {
+        if self.worker_id.is_empty() {
+            return Err(RuntimeError::Config("worker id must not be empty".into()));
+        }
+        if self.queues.is_empty() {
+            return Err(RuntimeError::Config("no queue to work".into()));
+        }
+        if self.heartbeat_every >= self.lease {
+            return Err(RuntimeError::Config("heartbeat must be shorter than the lease".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(RuntimeError::Config("batch size must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A worker process's queue runtime.
+pub struct Runtime {
+    store: SharedStore,
+    registry: Arc<Registry>,
+    kinds: Arc<KindCatalog>,
+    config: RuntimeConfig,
+}
+
+impl Runtime {
+    /// Check that every declared kind has a handler, and the configuration is sound.
+    pub fn new(
+        store: SharedStore,
+        registry: Registry,
+        kinds: KindCatalog,
+        config: RuntimeConfig,
+    ) -> Result<Self, RuntimeError> {
+        config.validate()?;
+        if let Some(kind) = kinds.iter().find(|k| !registry.contains(&k.name)) {
+            return Err(RuntimeError::MissingHandler {
+                file: kind.source.clone(),
+                line: kind.line,
+                kind: kind.name.clone(),
+            });
+        }
+        Ok(Self {
+            store,
+            registry: Arc::new(registry),
+            kinds: Arc::new(kinds),
+            config,
+        })
+    }
+
+    /// Run until `shutdown` is cancelled, then shut down gracefully.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+        let config = &self.config;
+        let worker: Arc<str> = Arc::from(config.worker_id.as_str());
+        let inflight = InFlight::default();
+        let (outcomes, completer) = completer::spawn(Arc::clone(&self.store), Arc::clone(&worker));
+        let background = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat::run(
+            Arc::clone(&self.store),
+            Arc::clone(&worker),
+            inflight.clone(),
+            config.heartbeat_every,
+            config.lease,
+            background.clone(),
+        ));
+        let mut services = Vec::new();
+        if config.run_maintenance {
+            for service in config.maintenance.services() {
+                services.push(maintenance::spawn(
+                    service,
+                    Arc::clone(&self.store),
+                    shutdown.clone(),
+                ));
+            }
+        }
+
+        let mut monitor = Monitor::new();
+        let mut producers = Vec::new();
+        for queue in &config.queues {
+            let permits = inflight::permits(queue.concurrency);
+            let (tx, rx) = mpsc::channel(queue.concurrency.max(1));
+            producers.push(tokio::spawn(
+                Producer {
+                    store: Arc::clone(&self.store),
+                    queue: queue.name.clone(),
+                    worker: Arc::clone(&worker),
+                    batch: config.batch_size,
+                    lease_for: config.lease,
+                    poll_interval: config.poll_interval,
+                    permits,
+                    inflight: inflight.clone(),
+                    jobs: tx,
+                    shutdown: shutdown.clone(),
+                }
+                .run(),
+            ));
+            // The monitor may call the factory again to restart a worker; the channel can
+            // only be handed out once, so a restarted worker gets a closed one and ends.
+            let receiver = Mutex::new(Some(rx));
+            let ack = AckLayer {
+                outcomes: outcomes.clone(),
+                inflight: inflight.clone(),
+                kinds: Arc::clone(&self.kinds),
+            };
+            let dispatcher = Dispatcher {
+                registry: Arc::clone(&self.registry),
+                store: Arc::clone(&self.store),
+                worker: Arc::clone(&worker),
+                inflight: inflight.clone(),
+            };
+            let name = format!("{}/{}", config.worker_id, queue.name);
+            monitor = monitor.register(move |_| {
+                let jobs = receiver
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_else(|| mpsc::channel(1).1);
+                WorkerBuilder::new(name.as_str())
+                    .backend(QueueBackend {
+                        jobs,
+                        ack: ack.clone(),
+                    })
+                    .build(dispatcher.clone())
+            });
+        }
+        drop(outcomes);
+
+        // After the grace period, stop whatever still runs; it is released for another worker.
+        let grace = config.shutdown_grace;
+        let stopper = {
+            let inflight = inflight.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+                if inflight.len() > 0 {
+                    tracing::warn!(count = inflight.len(), "shutdown grace over; stopping running jobs");
+                    inflight.stop_all("worker shutting down");
+                }
+            })
+        };
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                Ok(())
+            }
+        };
+        let monitored = monitor.run_with_signal(signal).await;
+        stopper.abort();
+        for producer in producers {
+            let _ = producer.await;
+        }
+        // Every ack layer is gone with its worker: the completer drains and ends.
+        let _ = completer.await;
+        background.cancel();
+        let _ = heartbeat.await;
+        for service in services {
+            let _ = service.await;
+        }
+        monitored.map_err(|e| RuntimeError::Monitor(e.to_string()))
+    }
+}

@@ -1,0 +1,67 @@
+//! Errors of the storage layer, classified so callers know what to retry.
+
+/// Something the database or the input refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database answered with an error, or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The caller passed something the store refuses before touching the database.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The change would break a uniqueness rule.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias of the storage layer.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// True for errors that go away by themselves: a lost connection, a restarting server,
+    /// a busy SQLite file, a serialization conflict. Background loops retry these.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(err) => match err {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    let code = db.code().unwrap_or_default();
+                    // 08: connection exception, 57P0x: shutdown, 40001/40P01: retry the transaction;
+                    // SQLite 5/6 (and extended codes): busy/locked.
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code == "40001"
+                        || code == "40P01"
+                        || code == "5"
+                        || code == "6"
+                        || code == "517"
+                        || code == "261"
+                        || code == "262"
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// True when the database refused the change because of a unique index.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                db.kind() == sqlx::error::ErrorKind::UniqueViolation
+            }
+            _ => false,
+        }
+    }
+}

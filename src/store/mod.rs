@@ -1,0 +1,227 @@
+//! Storage: the only place that writes SQL.
+//!
+//! [`JobStore`] is the boundary between the queue runtime and a database, in the spirit of
+//! River's driver interface and Oban's engine: batch-shaped methods named noun-verb, each
+//! fenced where a worker's lease matters. [`postgres::PgStore`] and [`sqlite::SqliteStore`]
+//! implement it file for file, and `tests/conformance.rs` runs one suite against both.
+//! Backend differences are stated once, in [`Capabilities`].
+
+pub mod error;
+pub mod postgres;
+pub mod sqlite;
+
+pub use error::{StoreError, StoreResult};
+
+use crate::types::{
+    Enqueued, FetchedJob, JobFilter, JobId, JobRecord, Lease, NewJob, Outcome, StateCount,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// What a backend can and cannot do, so callers never test "is this Postgres".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Other processes' enqueues wake this process's producers (Postgres LISTEN/NOTIFY).
+    /// Without it, producers also poll.
+    pub cross_process_notify: bool,
+    /// Many worker processes on many machines may share the database.
+    pub multi_node: bool,
+    /// Backend name as it appears in benchmark output.
+    pub name: &'static str,
+}
+
+/// Parameters of one fetch.
+#[derive(Debug, Clone)]
+pub struct FetchParams<'a> {
+    pub queue: &'a str,
+    pub limit: usize,
+    pub worker: &'a str,
+    pub lease_for: Duration,
+}
+
+/// What a bulk operator action applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Affected {
+    pub count: u64,
+}
+
+/// The storage interface of the durable queue.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Static facts about the backend.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Apply the schema in `migrations/<backend>/`; idempotent.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Insert jobs in one statement. A job whose unique key is held by a live job is not
+    /// inserted; the existing job's id is returned instead.
+    async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>>;
+
+    /// Lease up to `limit` available jobs of a queue to a worker, fairest first.
+    async fn jobs_fetch_available(&self, params: FetchParams<'_>) -> StoreResult<Vec<FetchedJob>>;
+
+    /// Apply attempt outcomes. Each is fenced on (id, attempt, worker); the leases that still
+    /// matched are returned, the others (stale workers) changed nothing.
+    async fn jobs_apply_outcomes(&self, worker: &str, outcomes: &[Outcome])
+    -> StoreResult<Vec<Lease>>;
+
+    /// Extend the leases a worker still holds; returns those it still holds. A lease missing
+    /// from the answer was rescued or cancelled: the worker must stop that attempt.
+    async fn jobs_heartbeat_many(
+        &self,
+        worker: &str,
+        leases: &[Lease],
+        lease_for: Duration,
+    ) -> StoreResult<Vec<Lease>>;
+
+    /// Lease expiry and due times are judged by the database's clock (one clock for all nodes).
+    ///
+    /// Make running jobs whose lease expired available again (or dead when out of
+    /// attempts), recording the lost attempt. Returns the queues that got jobs back.
+    async fn jobs_rescue_expired(&self, limit: usize) -> StoreResult<Vec<String>>;
+
+    /// Move scheduled and retryable jobs whose `run_at` has come to available. Returns the
+    /// queues that got jobs.
+    async fn jobs_stage_due(&self, limit: usize) -> StoreResult<Vec<String>>;
+
+    /// Delete completed jobs finished before `completed_before` and dead or cancelled jobs
+    /// finished before `dead_before`.
+    async fn jobs_prune(
+        &self,
+        completed_before: DateTime<Utc>,
+        dead_before: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
+    /// One job with every attempt.
+    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
+
+    /// Jobs matching a filter, by id.
+    async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>>;
+
+    /// Make dead, cancelled, retryable or scheduled jobs available now (granting one more
+    /// attempt where they had none left).
+    async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected>;
+
+    /// Cancel queued or running jobs; a running job's worker loses its lease.
+    async fn jobs_cancel(&self, filter: &JobFilter) -> StoreResult<Affected>;
+
+    /// Drop dead jobs from the dead-letter queue (kept as cancelled until pruned).
+    async fn jobs_discard(&self, filter: &JobFilter) -> StoreResult<Affected>;
+
+    /// Job counts per queue and state.
+    async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>>;
+
+    /// Subscribe to "a job became available in queue X" signals.
+    fn subscribe(&self) -> broadcast::Receiver<String>;
+
+    /// Probe for crash tests and the demo: record that `worker` ran job `job_id`.
+    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()>;
+
+    /// Every job id in the ledger, in order of appending (duplicates included).
+    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>>;
+
+    /// Check the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A connection on which jobs can be enqueued inside the caller's own transaction: a
+/// `sqlx::PgConnection` or a `sqlx::SqliteConnection` (a `Transaction` derefs to one).
+#[async_trait]
+pub trait TransactionalEnqueue: Send {
+    /// Insert jobs on this connection; see [`JobStore::jobs_insert_many`].
+    async fn insert_jobs(&mut self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>>;
+}
+
+#[async_trait]
+impl TransactionalEnqueue for sqlx::PgConnection {
+    async fn insert_jobs(&mut self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
+        postgres::insert_on(self, jobs).await
+    }
+}
+
+#[async_trait]
+impl TransactionalEnqueue for sqlx::SqliteConnection {
+    async fn insert_jobs(&mut self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
+        sqlite::insert_on(self, jobs).await
+    }
+}
+
+/// A shared handle to whichever store `DATABASE_URL` selected.
+pub type SharedStore = Arc<dyn JobStore>;
+
+/// Open the store a URL names (`postgres://…` or `sqlite://…`) without migrating it.
+pub async fn connect(url: &str) -> StoreResult<SharedStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url, None).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "DATABASE_URL must start with postgres:// or sqlite:, got `{}`",
+            redact(url)
+        )))
+    }
+}
+
+/// A URL with any password replaced, for error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}://{}:***{}",
+                    &url[..scheme_end],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Validate a schema or channel identifier built from configuration.
+pub(crate) fn validate_identifier(name: &str) -> StoreResult<&str> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "`{name}` is not a valid identifier (lowercase letters, digits and _, at most 48)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn identifiers_are_validated() {
+        assert!(validate_identifier("steward_bench_1").is_ok());
+        assert!(validate_identifier("x\"; drop table y; --").is_err());
+        assert!(validate_identifier("").is_err());
+        assert!(validate_identifier("Upper").is_err());
+    }
+}

@@ -1,0 +1,840 @@
+//! PostgreSQL implementation of [`JobStore`]: the production backend, shared by many worker
+//! processes on many machines.
+//!
+//! Hot-path design (see `ARCHITECTURE.md` for the measurements behind it):
+//! - fetch is one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` on a partial index
+//!   that holds only available jobs, so its plan does not degrade with the backlog;
+//! - each outcome is one batched statement; completion moves the row to
+//!   `steward_jobs_completed` in the same statement (`DELETE … RETURNING` into `INSERT`), so the
+//!   hot table only holds live jobs;
+//! - arrays are bound with `unnest`, so a batch of any size is one round trip;
+//! - new work is signalled with `pg_notify`, delivered at commit (also for transactional enqueue).
+
+use super::{
+    Affected, Capabilities, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
+};
+use crate::types::{
+    AttemptRecord, Enqueued, FetchedJob, JobFilter, JobId, JobRecord, JobState, Lease, NewJob,
+    Outcome, StateCount,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgPool, Postgres, QueryBuilder, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// The PostgreSQL job store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: Option<String>,
+    channel: String,
+    notify: broadcast::Sender<String>,
+    listener_started: Arc<OnceLock<()>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+const JOB_COLUMNS: &str = "id, kind, queue, tenant, payload, state, priority, attempt, max_attempts, \
+    timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, finished_at, errors";
+
+impl PgStore {
+    /// Connect. With `schema`, every connection works in that schema (tests and benchmarks use
+    /// a fresh one each); it is created by [`JobStore::migrate`].
+    pub async fn connect(url: &str, schema: Option<&str>) -> StoreResult<Self> {
+        let max = std::env::var("STEWARD_DB_POOL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        Self::connect_with(url, schema, max).await
+    }
+
+    /// Connect with an explicit pool size.
+    pub async fn connect_with(url: &str, schema: Option<&str>, max_connections: u32) -> StoreResult<Self> {
+        let mut options = PgConnectOptions::from_str(url)?;
+        let schema = match schema {
+            Some(schema) => Some(validate_identifier(schema)?.to_string()),
+            None => None,
+        };
+        if let Some(schema) = &schema {
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        // Enqueues notify `steward_jobs_<schema>`; the schema is the one jobs are written to.
+        let current: String = sqlx::query_scalar("SELECT coalesce(current_schema(), 'public')::text")
+            .fetch_one(&pool)
+            .await?;
+        let channel = format!("steward_jobs_{}", schema.as_deref().unwrap_or(&current));
+        let (notify, _) = broadcast::channel(1024);
+        Ok(Self {
+            pool,
+            schema,
+            channel,
+            notify,
+            listener_started: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// The connection pool, for callers that open their own transactions.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Drop the store's schema and everything in it (tests and benchmarks).
+    pub async fn drop_schema(&self) -> StoreResult<()> {
+        if let Some(schema) = &self.schema {
+            self.pool
+                .execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Insert jobs on the caller's connection, typically inside the caller's transaction:
+    /// the jobs exist if and only if that transaction commits.
+
+    fn start_listener(&self) {
+        if self.listener_started.set(()).is_err() {
+            return;
+        }
+        let pool = self.pool.clone();
+        let channel = self.channel.clone();
+        let sender = self.notify.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "LISTEN connection failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                if let Err(err) = listener.listen(&channel).await {
+                    tracing::warn!(error = %err, "LISTEN failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(note)) => {
+                            let _ = sender.send(note.payload().to_string());
+                        }
+                        // The connection was lost and re-established: notifications may have
+                        // been missed, so wake everyone.
+                        Ok(None) => {
+                            let _ = sender.send(String::new());
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "LISTEN connection lost");
+                            let _ = sender.send(String::new());
+                            break;
+                        }
+                    }
+                    if sender.receiver_count() == 0 && pool.is_closed() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn notify_queues(&self, queues: &[String]) -> StoreResult<()> {
+        notify_queues(&self.pool, queues).await
+    }
+}
+
+async fn notify_queues<'e, E>(executor: E, queues: &[String]) -> StoreResult<()>
+where
+    E: Executor<'e, Database = Postgres>,
+{
+    if queues.is_empty() {
+        return Ok(());
+    }
+    let mut distinct: Vec<&String> = queues.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    sqlx::query("SELECT pg_notify('steward_jobs_' || current_schema(), q) FROM unnest($1::text[]) AS q")
+        .bind(distinct)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+const INSERT_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
+                         $7::int8[], $8::text[], $9::timestamptz[])
+        WITH ORDINALITY AS t(kind, queue, tenant, payload, priority, max_attempts, timeout_ms,
+                             unique_key, run_at, ord)
+),
+-- Fair keys: a tenant's jobs continue after its last available job, but never before the
+-- head of the queue, so a tenant arriving behind a flood starts at the head.
+groups AS (
+    SELECT g.queue, g.tenant, greatest(
+        coalesce((SELECT h.fair_key FROM steward_jobs h
+                   WHERE h.state = 'available' AND h.queue = g.queue
+                   ORDER BY h.priority, h.fair_key, h.id LIMIT 1), 0),
+        coalesce((SELECT max(t.fair_key) FROM steward_jobs t
+                   WHERE t.state = 'available' AND t.queue = g.queue AND t.tenant = g.tenant), 0)
+    ) AS base
+    FROM (SELECT DISTINCT queue, tenant FROM input) g
+)
+INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_key, max_attempts,
+                          timeout_ms, unique_key, run_at)
+SELECT i.kind, i.queue, i.tenant, i.payload,
+       CASE WHEN i.run_at IS NULL OR i.run_at <= now() THEN 'available' ELSE 'scheduled' END,
+       i.priority,
+       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant ORDER BY i.ord),
+       i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, now())
+FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
+ORDER BY i.ord
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'cancelled' DO NOTHING
+RETURNING id, unique_key, state, queue
+"#;
+
+/// Insert jobs on the caller's connection, typically inside the caller's transaction: the
+/// jobs exist if and only if that transaction commits, and producers are woken at commit.
+pub async fn insert_on(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    insert_jobs(conn, jobs).await
+}
+
+async fn insert_jobs(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> StoreResult<Vec<Enqueued>> {
+    let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+    let mut woken: Vec<String> = Vec::new();
+    // A duplicate's holder can complete (leave the table) between our insert and our lookup;
+    // then the key is free and the next round inserts. Three rounds settle any such race.
+    for _round in 0..3 {
+        if pending.is_empty() {
+            break;
+        }
+        let batch: Vec<&NewJob> = pending.iter().map(|&i| &jobs[i]).collect();
+        let rows = sqlx::query(INSERT_SQL)
+            .bind(batch.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.payload.clone()).collect::<Vec<Value>>())
+            .bind(batch.iter().map(|j| j.priority).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.unique_key.clone()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|j| j.run_at).collect::<Vec<_>>())
+            .fetch_all(&mut *conn)
+            .await?;
+        // Ids are drawn in insertion order (ORDER BY ord), so the keyless rows match the
+        // keyless inputs in order; keyed rows match by key.
+        let mut keyless: Vec<i64> = Vec::new();
+        let mut keyed: HashMap<String, i64> = HashMap::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            if state == "available" {
+                woken.push(row.try_get("queue")?);
+            }
+            match row.try_get::<Option<String>, _>("unique_key")? {
+                Some(key) => {
+                    keyed.insert(key, id);
+                }
+                None => keyless.push(id),
+            }
+        }
+        keyless.sort_unstable();
+        let mut keyless = keyless.into_iter();
+        let mut duplicates: Vec<usize> = Vec::new();
+        for &index in &pending {
+            match &jobs[index].unique_key {
+                None => {
+                    let id = keyless.next().ok_or_else(|| {
+                        StoreError::Corrupt("insert returned fewer rows than expected".into())
+                    })?;
+                    results[index] = Some(Enqueued { id, inserted: true });
+                }
+                Some(key) => match keyed.remove(key) {
+                    Some(id) => results[index] = Some(Enqueued { id, inserted: true }),
+                    None => duplicates.push(index),
+                },
+            }
+        }
+        if duplicates.is_empty() {
+            pending.clear();
+            break;
+        }
+        // Inserted in this very batch under the same key, or held by an existing live job.
+        let keys: Vec<String> = duplicates
+            .iter()
+            .filter_map(|&i| jobs[i].unique_key.clone())
+            .collect();
+        let existing = sqlx::query(
+            "SELECT id, unique_key FROM steward_jobs WHERE unique_key = ANY($1) AND state <> 'cancelled'",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut holders: HashMap<String, i64> = HashMap::new();
+        for row in existing {
+            holders.insert(row.try_get("unique_key")?, row.try_get("id")?);
+        }
+        let mut next_pending = Vec::new();
+        for index in duplicates {
+            let key = jobs[index].unique_key.clone().unwrap_or_default();
+            match holders.get(&key) {
+                Some(&id) => results[index] = Some(Enqueued { id, inserted: false }),
+                None => next_pending.push(index),
+            }
+        }
+        pending = next_pending;
+    }
+    if !pending.is_empty() {
+        return Err(StoreError::Conflict(
+            "a unique key kept changing hands while enqueuing; try again".into(),
+        ));
+    }
+    notify_queues(&mut *conn, &woken).await?;
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Corrupt("enqueue result missing".into())))
+        .collect()
+}
+
+fn job_from_row(row: &PgRow) -> StoreResult<JobRecord> {
+    let state: String = row.try_get("state")?;
+    let state = JobState::from_str(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let errors: Value = row.try_get("errors")?;
+    let mut attempts: Vec<AttemptRecord> =
+        serde_json::from_value(errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let attempt: i32 = row.try_get("attempt")?;
+    let attempted_at: Option<DateTime<Utc>> = row.try_get("attempted_at")?;
+    let leased_by: Option<String> = row.try_get("leased_by")?;
+    let finished_at: Option<DateTime<Utc>> = row.try_get("finished_at")?;
+    if state == JobState::Completed {
+        attempts.push(AttemptRecord {
+            attempt,
+            worker: leased_by.clone(),
+            started_at: attempted_at,
+            finished_at,
+            error: None,
+        });
+    }
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        queue: row.try_get("queue")?,
+        tenant: row.try_get("tenant")?,
+        payload: row.try_get("payload")?,
+        state,
+        priority: row.try_get("priority")?,
+        attempt,
+        max_attempts: row.try_get("max_attempts")?,
+        timeout_ms: row.try_get("timeout_ms")?,
+        unique_key: row.try_get("unique_key")?,
+        run_at: row.try_get("run_at")?,
+        created_at: row.try_get("created_at")?,
+        attempted_at,
+        leased_by,
+        finished_at,
+        attempts,
+    })
+}
+
+/// Append `AND …` conditions for a filter (the hot table and the completed table share columns).
+fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
+    if !filter.ids.is_empty() {
+        qb.push(" AND id = ANY(").push_bind(filter.ids.clone()).push(")");
+    }
+    if let Some(queue) = &filter.queue {
+        qb.push(" AND queue = ").push_bind(queue.clone());
+    }
+    if let Some(kind) = &filter.kind {
+        qb.push(" AND kind = ").push_bind(kind.clone());
+    }
+    if let Some(tenant) = &filter.tenant {
+        qb.push(" AND tenant = ").push_bind(tenant.clone());
+    }
+    if let Some(after) = filter.after_id {
+        qb.push(" AND id > ").push_bind(after);
+    }
+}
+
+fn leases_from(rows: Vec<PgRow>) -> StoreResult<Vec<Lease>> {
+    rows.iter()
+        .map(|row| {
+            Ok(Lease {
+                id: row.try_get("id")?,
+                attempt: row.try_get("attempt")?,
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cross_process_notify: true,
+            multi_node: true,
+            name: "postgres",
+        }
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        if let Some(schema) = &self.schema {
+            self.pool
+                .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+                .await?;
+        }
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        insert_jobs(&mut conn, jobs).await
+    }
+
+    async fn jobs_fetch_available(&self, params: FetchParams<'_>) -> StoreResult<Vec<FetchedJob>> {
+        let rows = sqlx::query(
+            r#"
+            WITH picked AS (
+                SELECT id FROM steward_jobs
+                WHERE state = 'available' AND queue = $1
+                ORDER BY priority, fair_key, id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE steward_jobs j
+            SET state = 'running', attempt = j.attempt + 1, leased_by = $3, attempted_at = now(),
+                lease_expires_at = now() + $4 * interval '1 millisecond'
+            FROM picked WHERE j.id = picked.id
+            RETURNING j.id, j.kind, j.queue, j.tenant, j.payload, j.priority, j.fair_key,
+                      j.attempt, j.max_attempts, j.timeout_ms
+            "#,
+        )
+        .bind(params.queue)
+        .bind(params.limit as i64)
+        .bind(params.worker)
+        .bind(params.lease_for.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = rows
+            .iter()
+            .map(|row| {
+                Ok(FetchedJob {
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    queue: row.try_get("queue")?,
+                    tenant: row.try_get("tenant")?,
+                    payload: row.try_get("payload")?,
+                    priority: row.try_get("priority")?,
+                    fair_key: row.try_get("fair_key")?,
+                    attempt: row.try_get("attempt")?,
+                    max_attempts: row.try_get("max_attempts")?,
+                    timeout_ms: row.try_get("timeout_ms")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        jobs.sort_by_key(|j| (j.priority, j.fair_key, j.id));
+        Ok(jobs)
+    }
+
+    async fn jobs_apply_outcomes(
+        &self,
+        worker: &str,
+        outcomes: &[Outcome],
+    ) -> StoreResult<Vec<Lease>> {
+        let mut applied = Vec::with_capacity(outcomes.len());
+        let (mut c_ids, mut c_attempts, mut c_at) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut f_ids, mut f_attempts, mut f_errors, mut f_started, mut f_finished, mut f_retry) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut r_ids, mut r_attempts) = (Vec::new(), Vec::new());
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Completed { lease, finished_at } => {
+                    c_ids.push(lease.id);
+                    c_attempts.push(lease.attempt);
+                    c_at.push(*finished_at);
+                }
+                Outcome::Failed {
+                    lease,
+                    error,
+                    started_at,
+                    finished_at,
+                    retry_at,
+                } => {
+                    f_ids.push(lease.id);
+                    f_attempts.push(lease.attempt);
+                    f_errors.push(error.as_str());
+                    f_started.push(*started_at);
+                    f_finished.push(*finished_at);
+                    f_retry.push(*retry_at);
+                }
+                Outcome::Released { lease } => {
+                    r_ids.push(lease.id);
+                    r_attempts.push(lease.attempt);
+                }
+            }
+        }
+        if !c_ids.is_empty() {
+            let rows = sqlx::query(
+                r#"
+                WITH done AS (
+                    DELETE FROM steward_jobs j
+                    USING unnest($1::int8[], $2::int4[], $3::timestamptz[]) AS c(id, attempt, finished_at)
+                    WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running' AND j.leased_by = $4
+                    RETURNING j.id, j.kind, j.queue, j.tenant, j.payload, j.priority, j.attempt,
+                              j.max_attempts, j.timeout_ms, j.unique_key, j.run_at, j.created_at,
+                              j.attempted_at, j.leased_by, c.finished_at AS done_at, j.errors
+                )
+                INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt,
+                    max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by,
+                    finished_at, errors)
+                SELECT id, kind, queue, tenant, payload, priority, attempt, max_attempts, timeout_ms,
+                       unique_key, run_at, created_at, attempted_at, leased_by, done_at, errors
+                FROM done
+                RETURNING id, attempt
+                "#,
+            )
+            .bind(&c_ids)
+            .bind(&c_attempts)
+            .bind(&c_at)
+            .bind(worker)
+            .fetch_all(&self.pool)
+            .await?;
+            applied.extend(leases_from(rows)?);
+        }
+        if !f_ids.is_empty() {
+            let rows = sqlx::query(
+                r#"
+                UPDATE steward_jobs j SET
+                    state = CASE WHEN f.retry_at IS NULL THEN 'dead' ELSE 'retryable' END,
+                    run_at = coalesce(f.retry_at, j.run_at),
+                    finished_at = CASE WHEN f.retry_at IS NULL THEN f.finished_at END,
+                    errors = j.errors || jsonb_build_array(jsonb_build_object(
+                        'attempt', j.attempt, 'worker', j.leased_by, 'started_at', f.started_at,
+                        'finished_at', f.finished_at, 'error', f.error)),
+                    leased_by = NULL, lease_expires_at = NULL
+                FROM unnest($1::int8[], $2::int4[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                            $6::timestamptz[]) AS f(id, attempt, error, started_at, finished_at, retry_at)
+                WHERE j.id = f.id AND j.attempt = f.attempt AND j.state = 'running' AND j.leased_by = $7
+                RETURNING j.id, j.attempt
+                "#,
+            )
+            .bind(&f_ids)
+            .bind(&f_attempts)
+            .bind(&f_errors)
+            .bind(&f_started)
+            .bind(&f_finished)
+            .bind(&f_retry)
+            .bind(worker)
+            .fetch_all(&self.pool)
+            .await?;
+            applied.extend(leases_from(rows)?);
+        }
+        if !r_ids.is_empty() {
+            let rows = sqlx::query(
+                r#"
+                UPDATE steward_jobs j SET state = 'available', attempt = j.attempt - 1,
+                    leased_by = NULL, lease_expires_at = NULL, attempted_at = NULL
+                FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
+                WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.leased_by = $3
+                RETURNING j.id, r.attempt AS attempt, j.queue
+                "#,
+            )
+            .bind(&r_ids)
+            .bind(&r_attempts)
+            .bind(worker)
+            .fetch_all(&self.pool)
+            .await?;
+            let queues = rows
+                .iter()
+                .map(|row| row.try_get::<String, _>("queue"))
+                .collect::<Result<Vec<_>, _>>()?;
+            applied.extend(leases_from(rows)?);
+            self.notify_queues(&queues).await?;
+        }
+        Ok(applied)
+    }
+
+    async fn jobs_heartbeat_many(
+        &self,
+        worker: &str,
+        leases: &[Lease],
+        lease_for: Duration,
+    ) -> StoreResult<Vec<Lease>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            r#"
+            UPDATE steward_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+            FROM unnest($1::int8[], $2::int4[]) AS h(id, attempt)
+            WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running' AND j.leased_by = $4
+            RETURNING j.id, j.attempt
+            "#,
+        )
+        .bind(leases.iter().map(|l| l.id).collect::<Vec<_>>())
+        .bind(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
+        .bind(lease_for.as_millis() as i64)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        leases_from(rows)
+    }
+
+    async fn jobs_rescue_expired(&self, limit: usize) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            r#"
+            WITH expired AS (
+                SELECT id FROM steward_jobs
+                WHERE state = 'running' AND lease_expires_at < now()
+                ORDER BY lease_expires_at LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE steward_jobs j SET
+                state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'available' END,
+                finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+                errors = j.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', j.attempt, 'worker', j.leased_by, 'started_at', j.attempted_at,
+                    'finished_at', now(),
+                    'error', 'lease expired: worker ' || coalesce(j.leased_by, '?') || ' stopped heartbeating')),
+                leased_by = NULL, lease_expires_at = NULL
+            FROM expired WHERE j.id = expired.id
+            RETURNING j.queue, j.state
+            "#,
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut queues = Vec::new();
+        for row in rows {
+            if row.try_get::<String, _>("state")? == "available" {
+                queues.push(row.try_get("queue")?);
+            }
+        }
+        self.notify_queues(&queues).await?;
+        Ok(queues)
+    }
+
+    async fn jobs_stage_due(&self, limit: usize) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            r#"
+            WITH due AS (
+                SELECT id FROM steward_jobs
+                WHERE state IN ('scheduled', 'retryable') AND run_at <= now()
+                ORDER BY run_at LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE steward_jobs j SET state = 'available'
+            FROM due WHERE j.id = due.id
+            RETURNING j.queue
+            "#,
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let queues = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("queue"))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.notify_queues(&queues).await?;
+        Ok(queues)
+    }
+
+    async fn jobs_prune(
+        &self,
+        completed_before: DateTime<Utc>,
+        dead_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let completed = sqlx::query(
+            "DELETE FROM steward_jobs_completed WHERE id IN \
+             (SELECT id FROM steward_jobs_completed WHERE finished_at < $1 LIMIT 10000)",
+        )
+        .bind(completed_before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let dead = sqlx::query(
+            "DELETE FROM steward_jobs WHERE id IN (SELECT id FROM steward_jobs \
+             WHERE state IN ('dead', 'cancelled') AND finished_at < $1 LIMIT 10000)",
+        )
+        .bind(dead_before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(completed + dead)
+    }
+
+    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
+        let filter = JobFilter {
+            ids: vec![id],
+            ..JobFilter::default()
+        };
+        Ok(self.jobs_list(&filter).await?.into_iter().next())
+    }
+
+    async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let mut qb = QueryBuilder::<Postgres>::new("SELECT * FROM (");
+        let want_live = filter.state != Some(JobState::Completed);
+        let want_completed = filter.state.is_none() || filter.state == Some(JobState::Completed);
+        if want_live {
+            qb.push(format!("SELECT {JOB_COLUMNS} FROM steward_jobs WHERE true"));
+            if let Some(state) = filter.state {
+                qb.push(" AND state = ").push_bind(state.as_str());
+            }
+            push_filter(&mut qb, filter);
+        }
+        if want_live && want_completed {
+            qb.push(" UNION ALL ");
+        }
+        if want_completed {
+            qb.push(
+                "SELECT id, kind, queue, tenant, payload, 'completed' AS state, priority, attempt, \
+                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+                 finished_at, errors FROM steward_jobs_completed WHERE true",
+            );
+            push_filter(&mut qb, filter);
+        }
+        qb.push(") AS jobs ORDER BY id LIMIT ")
+            .push_bind(filter.limit.unwrap_or(100).clamp(1, 10_000));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "UPDATE steward_jobs SET state = 'available', run_at = now(), finished_at = NULL, \
+             max_attempts = greatest(max_attempts, attempt + 1) \
+             WHERE state IN ('dead', 'cancelled', 'retryable', 'scheduled')",
+        );
+        if let Some(state) = filter.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        push_filter(&mut qb, filter);
+        qb.push(" RETURNING queue");
+        let rows = match qb.build().fetch_all(&self.pool).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                let err = StoreError::from(err);
+                if err.is_unique_violation() {
+                    return Err(StoreError::Conflict(
+                        "a live job already holds this job's unique key".into(),
+                    ));
+                }
+                return Err(err);
+            }
+        };
+        let queues = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("queue"))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.notify_queues(&queues).await?;
+        Ok(Affected {
+            count: queues.len() as u64,
+        })
+    }
+
+    async fn jobs_cancel(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = now(), \
+             errors = CASE WHEN state = 'running' THEN errors || jsonb_build_array(jsonb_build_object(\
+                'attempt', attempt, 'worker', leased_by, 'started_at', attempted_at, \
+                'finished_at', now(), 'error', 'cancelled by an operator while running')) ELSE errors END, \
+             leased_by = NULL, lease_expires_at = NULL \
+             WHERE state IN ('scheduled', 'available', 'running', 'retryable')",
+        );
+        if let Some(state) = filter.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        push_filter(&mut qb, filter);
+        let done = qb.build().execute(&self.pool).await?;
+        Ok(Affected {
+            count: done.rows_affected(),
+        })
+    }
+
+    async fn jobs_discard(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = now() WHERE state = 'dead'",
+        );
+        push_filter(&mut qb, filter);
+        let done = qb.build().execute(&self.pool).await?;
+        Ok(Affected {
+            count: done.rows_affected(),
+        })
+    }
+
+    async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>> {
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n FROM steward_jobs GROUP BY queue, state \
+             UNION ALL SELECT queue, 'completed', count(*) FROM steward_jobs_completed GROUP BY queue \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(StateCount {
+                    queue: row.try_get("queue")?,
+                    state: JobState::from_str(&state)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    count: row.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.start_listener();
+        self.notify.subscribe()
+    }
+
+    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO steward_ledger (job_id, worker) VALUES ($1, $2)")
+            .bind(job_id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>> {
+        let rows = sqlx::query("SELECT job_id FROM steward_ledger ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get("job_id").map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,783 @@
+//! SQLite implementation of [`JobStore`]: the embedded, zero-set-up, single-node backend.
+//!
+//! It mirrors `postgres.rs` statement for statement. The differences are SQLite's: batches are
+//! bound as one JSON array read with `json_each` (the `unnest` of PostgreSQL), timestamps are
+//! unix milliseconds, writers are serialised by one in-process lock (SQLite has a single writer
+//! anyway; the lock turns "database is busy" into an orderly queue), and new work is signalled
+//! in process only, so producers in other processes poll.
+
+use super::{Affected, Capabilities, FetchParams, JobStore, StoreError, StoreResult};
+use crate::types::{
+    AttemptRecord, Enqueued, FetchedJob, JobFilter, JobId, JobRecord, JobState, Lease, NewJob,
+    Outcome, StateCount,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, broadcast};
+
+/// The SQLite job store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write_lock: Arc<Mutex<()>>,
+    notify: broadcast::Sender<String>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish()
+    }
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+const JOB_COLUMNS: &str = "id, kind, queue, tenant, payload, state, priority, attempt, max_attempts, \
+    timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, finished_at, errors";
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ms(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn from_ms(value: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(value)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {value} out of range")))
+}
+
+fn from_opt_ms(value: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    value.map(from_ms).transpose()
+}
+
+/// RFC 3339 text of a unix-millisecond column, for attempt records kept as JSON.
+const ISO: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', {} / 1000.0, 'unixepoch')";
+
+fn iso(column: &str) -> String {
+    ISO.replace("{}", column)
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database file a `sqlite:` URL names, in WAL mode.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(parent) = options.get_filename().parent() {
+            if !parent.as_os_str().is_empty() && !parent.exists() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::InvalidInput(format!(
+                        "cannot create directory {}: {e}",
+                        parent.display()
+                    ))
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let (notify, _) = broadcast::channel(1024);
+        Ok(Self {
+            pool,
+            write_lock: Arc::new(Mutex::new(())),
+            notify,
+        })
+    }
+
+    /// The connection pool, for callers that open their own transactions.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn wake(&self, mut queues: Vec<String>) {
+        queues.sort();
+        queues.dedup();
+        for queue in queues {
+            let _ = self.notify.send(queue);
+        }
+    }
+}
+
+/// Insert jobs on the caller's connection, typically inside the caller's transaction: the jobs
+/// exist if and only if that transaction commits. SQLite has no cross-connection signal, so
+/// producers see them at their next poll.
+pub async fn insert_on(conn: &mut SqliteConnection, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(insert_jobs(conn, jobs).await?.0)
+}
+
+const INSERT_SQL: &str = r#"
+WITH input AS (
+    SELECT key AS ord, value ->> '$.kind' AS kind, value ->> '$.queue' AS queue,
+           value ->> '$.tenant' AS tenant, value -> '$.payload' AS payload,
+           value ->> '$.priority' AS priority, value ->> '$.max_attempts' AS max_attempts,
+           value ->> '$.timeout_ms' AS timeout_ms, value ->> '$.unique_key' AS unique_key,
+           value ->> '$.run_at' AS run_at
+    FROM json_each(?1)
+),
+groups AS (
+    SELECT g.queue, g.tenant, max(
+        coalesce((SELECT h.fair_key FROM steward_jobs h
+                   WHERE h.state = 'available' AND h.queue = g.queue
+                   ORDER BY h.priority, h.fair_key, h.id LIMIT 1), 0),
+        coalesce((SELECT max(t.fair_key) FROM steward_jobs t
+                   WHERE t.state = 'available' AND t.queue = g.queue AND t.tenant = g.tenant), 0)
+    ) AS base
+    FROM (SELECT DISTINCT queue, tenant FROM input) g
+)
+INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_key, max_attempts,
+                          timeout_ms, unique_key, run_at, created_at)
+SELECT i.kind, i.queue, i.tenant, i.payload,
+       CASE WHEN i.run_at IS NULL OR i.run_at <= ?2 THEN 'available' ELSE 'scheduled' END,
+       i.priority,
+       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant ORDER BY i.ord),
+       i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, ?2), ?2
+FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
+WHERE true
+ORDER BY i.ord
+ON CONFLICT DO NOTHING
+RETURNING id, unique_key, state, queue
+"#;
+
+async fn insert_jobs(
+    conn: &mut SqliteConnection,
+    jobs: &[NewJob],
+) -> StoreResult<(Vec<Enqueued>, Vec<String>)> {
+    let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+    let mut woken: Vec<String> = Vec::new();
+    for _round in 0..3 {
+        if pending.is_empty() {
+            break;
+        }
+        let input: Vec<Value> = pending
+            .iter()
+            .map(|&i| {
+                let j = &jobs[i];
+                json!({
+                    "kind": j.kind, "queue": j.queue, "tenant": j.tenant, "payload": j.payload,
+                    "priority": j.priority, "max_attempts": j.max_attempts,
+                    "timeout_ms": j.timeout_ms, "unique_key": j.unique_key,
+                    "run_at": j.run_at.map(ms),
+                })
+            })
+            .collect();
+        let rows = sqlx::query(INSERT_SQL)
+            .bind(Value::Array(input).to_string())
+            .bind(now_ms())
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut keyless: Vec<i64> = Vec::new();
+        let mut keyed: HashMap<String, i64> = HashMap::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            if state == "available" {
+                woken.push(row.try_get("queue")?);
+            }
+            match row.try_get::<Option<String>, _>("unique_key")? {
+                Some(key) => {
+                    keyed.insert(key, id);
+                }
+                None => keyless.push(id),
+            }
+        }
+        keyless.sort_unstable();
+        let mut keyless = keyless.into_iter();
+        let mut duplicates: Vec<usize> = Vec::new();
+        for &index in &pending {
+            match &jobs[index].unique_key {
+                None => {
+                    let id = keyless.next().ok_or_else(|| {
+                        StoreError::Corrupt("insert returned fewer rows than expected".into())
+                    })?;
+                    results[index] = Some(Enqueued { id, inserted: true });
+                }
+                Some(key) => match keyed.remove(key) {
+                    Some(id) => results[index] = Some(Enqueued { id, inserted: true }),
+                    None => duplicates.push(index),
+                },
+            }
+        }
+        if duplicates.is_empty() {
+            pending.clear();
+            break;
+        }
+        let keys: Vec<String> = duplicates
+            .iter()
+            .filter_map(|&i| jobs[i].unique_key.clone())
+            .collect();
+        let existing = sqlx::query(
+            "SELECT id, unique_key FROM steward_jobs WHERE unique_key IN \
+             (SELECT value FROM json_each(?1)) AND state <> 'cancelled'",
+        )
+        .bind(json!(keys).to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut holders: HashMap<String, i64> = HashMap::new();
+        for row in existing {
+            holders.insert(row.try_get("unique_key")?, row.try_get("id")?);
+        }
+        let mut next_pending = Vec::new();
+        for index in duplicates {
+            let key = jobs[index].unique_key.clone().unwrap_or_default();
+            match holders.get(&key) {
+                Some(&id) => results[index] = Some(Enqueued { id, inserted: false }),
+                None => next_pending.push(index),
+            }
+        }
+        pending = next_pending;
+    }
+    if !pending.is_empty() {
+        return Err(StoreError::Conflict(
+            "a unique key kept changing hands while enqueuing; try again".into(),
+        ));
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Corrupt("enqueue result missing".into())))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok((results, woken))
+}
+
+fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
+    let state: String = row.try_get("state")?;
+    let state = JobState::from_str(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let errors: String = row.try_get("errors")?;
+    let mut attempts: Vec<AttemptRecord> =
+        serde_json::from_str(&errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let payload: String = row.try_get("payload")?;
+    let attempt: i32 = row.try_get("attempt")?;
+    let attempted_at = from_opt_ms(row.try_get("attempted_at")?)?;
+    let leased_by: Option<String> = row.try_get("leased_by")?;
+    let finished_at = from_opt_ms(row.try_get("finished_at")?)?;
+    if state == JobState::Completed {
+        attempts.push(AttemptRecord {
+            attempt,
+            worker: leased_by.clone(),
+            started_at: attempted_at,
+            finished_at,
+            error: None,
+        });
+    }
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        queue: row.try_get("queue")?,
+        tenant: row.try_get("tenant")?,
+        payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        state,
+        priority: row.try_get("priority")?,
+        attempt,
+        max_attempts: row.try_get("max_attempts")?,
+        timeout_ms: row.try_get("timeout_ms")?,
+        unique_key: row.try_get("unique_key")?,
+        run_at: from_ms(row.try_get("run_at")?)?,
+        created_at: from_ms(row.try_get("created_at")?)?,
+        attempted_at,
+        leased_by,
+        finished_at,
+        attempts,
+    })
+}
+
+fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
+    if !filter.ids.is_empty() {
+        qb.push(" AND id IN (SELECT value FROM json_each(")
+            .push_bind(json!(filter.ids).to_string())
+            .push("))");
+    }
+    if let Some(queue) = &filter.queue {
+        qb.push(" AND queue = ").push_bind(queue.clone());
+    }
+    if let Some(kind) = &filter.kind {
+        qb.push(" AND kind = ").push_bind(kind.clone());
+    }
+    if let Some(tenant) = &filter.tenant {
+        qb.push(" AND tenant = ").push_bind(tenant.clone());
+    }
+    if let Some(after) = filter.after_id {
+        qb.push(" AND id > ").push_bind(after);
+    }
+}
+
+fn leases_from(rows: Vec<SqliteRow>) -> StoreResult<Vec<Lease>> {
+    rows.iter()
+        .map(|row| {
+            Ok(Lease {
+                id: row.try_get("id")?,
+                attempt: row.try_get("attempt")?,
+            })
+        })
+        .collect()
+}
+
+fn queues_from(rows: &[SqliteRow]) -> StoreResult<Vec<String>> {
+    rows.iter()
+        .map(|row| row.try_get::<String, _>("queue").map_err(StoreError::from))
+        .collect()
+}
+
+fn lease_json(leases: impl Iterator<Item = Lease>) -> String {
+    Value::Array(
+        leases
+            .map(|l| json!({"id": l.id, "attempt": l.attempt}))
+            .collect(),
+    )
+    .to_string()
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cross_process_notify: false,
+            multi_node: false,
+            name: "sqlite",
+        }
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let _guard = self.write_lock.lock().await;
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.write_lock.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let (results, woken) = insert_jobs(&mut conn, jobs).await?;
+        self.wake(woken);
+        Ok(results)
+    }
+
+    async fn jobs_fetch_available(&self, params: FetchParams<'_>) -> StoreResult<Vec<FetchedJob>> {
+        let now = now_ms();
+        let _guard = self.write_lock.lock().await;
+        let rows = sqlx::query(
+            r#"
+            UPDATE steward_jobs
+            SET state = 'running', attempt = attempt + 1, leased_by = ?1, attempted_at = ?2,
+                lease_expires_at = ?3
+            WHERE id IN (SELECT id FROM steward_jobs
+                         WHERE state = 'available' AND queue = ?4
+                         ORDER BY priority, fair_key, id LIMIT ?5)
+            RETURNING id, kind, queue, tenant, payload, priority, fair_key, attempt, max_attempts,
+                      timeout_ms
+            "#,
+        )
+        .bind(params.worker)
+        .bind(now)
+        .bind(now + params.lease_for.as_millis() as i64)
+        .bind(params.queue)
+        .bind(params.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        drop(_guard);
+        let mut jobs = rows
+            .iter()
+            .map(|row| {
+                let payload: String = row.try_get("payload")?;
+                Ok(FetchedJob {
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    queue: row.try_get("queue")?,
+                    tenant: row.try_get("tenant")?,
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    priority: row.try_get("priority")?,
+                    fair_key: row.try_get("fair_key")?,
+                    attempt: row.try_get("attempt")?,
+                    max_attempts: row.try_get("max_attempts")?,
+                    timeout_ms: row.try_get("timeout_ms")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        jobs.sort_by_key(|j| (j.priority, j.fair_key, j.id));
+        Ok(jobs)
+    }
+
+    async fn jobs_apply_outcomes(
+        &self,
+        worker: &str,
+        outcomes: &[Outcome],
+    ) -> StoreResult<Vec<Lease>> {
+        let mut completed = Vec::new();
+        let mut failed = Vec::new();
+        let mut released = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Completed { lease, finished_at } => completed.push(
+                    json!({"id": lease.id, "attempt": lease.attempt, "finished_at": ms(*finished_at)}),
+                ),
+                Outcome::Failed {
+                    lease,
+                    error,
+                    started_at,
+                    finished_at,
+                    retry_at,
+                } => failed.push(json!({
+                    "id": lease.id, "attempt": lease.attempt, "error": error,
+                    "started_at": started_at.to_rfc3339(), "finished_at": finished_at.to_rfc3339(),
+                    "finished_ms": ms(*finished_at), "retry_at": retry_at.map(ms),
+                })),
+                Outcome::Released { lease } => released.push(*lease),
+            }
+        }
+        let mut applied = Vec::with_capacity(outcomes.len());
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        if !completed.is_empty() {
+            let rows = sqlx::query(
+                r#"
+                INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt,
+                    max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by,
+                    finished_at, errors)
+                SELECT j.id, j.kind, j.queue, j.tenant, j.payload, j.priority, j.attempt, j.max_attempts,
+                       j.timeout_ms, j.unique_key, j.run_at, j.created_at, j.attempted_at, j.leased_by,
+                       c.value ->> '$.finished_at', j.errors
+                FROM json_each(?1) AS c CROSS JOIN steward_jobs AS j
+                WHERE j.id = (c.value ->> '$.id') AND j.attempt = (c.value ->> '$.attempt')
+                  AND j.state = 'running' AND j.leased_by = ?2
+                RETURNING id, attempt
+                "#,
+            )
+            .bind(Value::Array(completed).to_string())
+            .bind(worker)
+            .fetch_all(&mut *tx)
+            .await?;
+            let done = leases_from(rows)?;
+            sqlx::query("DELETE FROM steward_jobs WHERE id IN (SELECT value ->> '$.id' FROM json_each(?1))")
+                .bind(lease_json(done.iter().copied()))
+                .execute(&mut *tx)
+                .await?;
+            applied.extend(done);
+        }
+        if !failed.is_empty() {
+            let rows = sqlx::query(&format!(
+                r#"
+                UPDATE steward_jobs AS j SET
+                    state = CASE WHEN f.retry_at IS NULL THEN 'dead' ELSE 'retryable' END,
+                    run_at = coalesce(f.retry_at, j.run_at),
+                    finished_at = CASE WHEN f.retry_at IS NULL THEN f.finished_ms END,
+                    errors = json_insert(j.errors, '$[#]', json_object(
+                        'attempt', j.attempt, 'worker', j.leased_by, 'started_at', f.started_at,
+                        'finished_at', f.finished_at, 'error', f.error)),
+                    leased_by = NULL, lease_expires_at = NULL
+                FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
+                             value ->> '$.error' AS error, value ->> '$.started_at' AS started_at,
+                             value ->> '$.finished_at' AS finished_at,
+                             value ->> '$.finished_ms' AS finished_ms,
+                             value ->> '$.retry_at' AS retry_at
+                      FROM json_each(?1)) AS f
+                WHERE j.id = f.id AND j.attempt = f.attempt AND j.state = 'running' AND j.leased_by = ?2
+                RETURNING id, attempt
+                "#
+            ))
+            .bind(Value::Array(failed).to_string())
+            .bind(worker)
+            .fetch_all(&mut *tx)
+            .await?;
+            applied.extend(leases_from(rows)?);
+        }
+        let mut woken = Vec::new();
+        if !released.is_empty() {
+            let rows = sqlx::query(
+                r#"
+                UPDATE steward_jobs AS j SET state = 'available', attempt = j.attempt - 1,
+                    leased_by = NULL, lease_expires_at = NULL, attempted_at = NULL
+                FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt
+                      FROM json_each(?1)) AS r
+                WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.leased_by = ?2
+                RETURNING id, attempt + 1 AS attempt, queue
+                "#,
+            )
+            .bind(lease_json(released.into_iter()))
+            .bind(worker)
+            .fetch_all(&mut *tx)
+            .await?;
+            woken = queues_from(&rows)?;
+            applied.extend(leases_from(rows)?);
+        }
+        tx.commit().await?;
+        drop(_guard);
+        self.wake(woken);
+        Ok(applied)
+    }
+
+    async fn jobs_heartbeat_many(
+        &self,
+        worker: &str,
+        leases: &[Lease],
+        lease_for: Duration,
+    ) -> StoreResult<Vec<Lease>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.write_lock.lock().await;
+        let rows = sqlx::query(
+            r#"
+            UPDATE steward_jobs AS j SET lease_expires_at = ?2
+            FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt
+                  FROM json_each(?1)) AS h
+            WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running' AND j.leased_by = ?3
+            RETURNING id, attempt
+            "#,
+        )
+        .bind(lease_json(leases.iter().copied()))
+        .bind(now_ms() + lease_for.as_millis() as i64)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        leases_from(rows)
+    }
+
+    async fn jobs_rescue_expired(&self, limit: usize) -> StoreResult<Vec<String>> {
+        let _guard = self.write_lock.lock().await;
+        let rows = sqlx::query(&format!(
+            r#"
+            UPDATE steward_jobs SET
+                state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END,
+                finished_at = CASE WHEN attempt >= max_attempts THEN ?1 END,
+                errors = json_insert(errors, '$[#]', json_object(
+                    'attempt', attempt, 'worker', leased_by, 'started_at', {started},
+                    'finished_at', {finished},
+                    'error', 'lease expired: worker ' || coalesce(leased_by, '?') || ' stopped heartbeating')),
+                leased_by = NULL, lease_expires_at = NULL
+            WHERE id IN (SELECT id FROM steward_jobs WHERE state = 'running' AND lease_expires_at < ?1
+                         ORDER BY lease_expires_at LIMIT ?2)
+            RETURNING queue, state
+            "#,
+            started = iso("attempted_at"),
+            finished = iso("?1"),
+        ))
+        .bind(now_ms())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        drop(_guard);
+        let mut queues = Vec::new();
+        for row in rows {
+            if row.try_get::<String, _>("state")? == "available" {
+                queues.push(row.try_get("queue")?);
+            }
+        }
+        self.wake(queues.clone());
+        Ok(queues)
+    }
+
+    async fn jobs_stage_due(&self, limit: usize) -> StoreResult<Vec<String>> {
+        let _guard = self.write_lock.lock().await;
+        let rows = sqlx::query(
+            "UPDATE steward_jobs SET state = 'available' WHERE id IN (SELECT id FROM steward_jobs \
+             WHERE state IN ('scheduled', 'retryable') AND run_at <= ?1 ORDER BY run_at LIMIT ?2) \
+             RETURNING queue",
+        )
+        .bind(now_ms())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        drop(_guard);
+        let queues = queues_from(&rows)?;
+        self.wake(queues.clone());
+        Ok(queues)
+    }
+
+    async fn jobs_prune(
+        &self,
+        completed_before: DateTime<Utc>,
+        dead_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let _guard = self.write_lock.lock().await;
+        let completed = sqlx::query(
+            "DELETE FROM steward_jobs_completed WHERE id IN \
+             (SELECT id FROM steward_jobs_completed WHERE finished_at < ?1 LIMIT 10000)",
+        )
+        .bind(ms(completed_before))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let dead = sqlx::query(
+            "DELETE FROM steward_jobs WHERE id IN (SELECT id FROM steward_jobs \
+             WHERE state IN ('dead', 'cancelled') AND finished_at < ?1 LIMIT 10000)",
+        )
+        .bind(ms(dead_before))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(completed + dead)
+    }
+
+    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
+        let filter = JobFilter {
+            ids: vec![id],
+            ..JobFilter::default()
+        };
+        Ok(self.jobs_list(&filter).await?.into_iter().next())
+    }
+
+    async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let mut qb = QueryBuilder::<Sqlite>::new("SELECT * FROM (");
+        let want_live = filter.state != Some(JobState::Completed);
+        let want_completed = filter.state.is_none() || filter.state == Some(JobState::Completed);
+        if want_live {
+            qb.push(format!("SELECT {JOB_COLUMNS} FROM steward_jobs WHERE true"));
+            if let Some(state) = filter.state {
+                qb.push(" AND state = ").push_bind(state.as_str());
+            }
+            push_filter(&mut qb, filter);
+        }
+        if want_live && want_completed {
+            qb.push(" UNION ALL ");
+        }
+        if want_completed {
+            qb.push(
+                "SELECT id, kind, queue, tenant, payload, 'completed' AS state, priority, attempt, \
+                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+                 finished_at, errors FROM steward_jobs_completed WHERE true",
+            );
+            push_filter(&mut qb, filter);
+        }
+        qb.push(") ORDER BY id LIMIT ")
+            .push_bind(filter.limit.unwrap_or(100).clamp(1, 10_000));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "UPDATE steward_jobs SET state = 'available', run_at = ",
+        );
+        qb.push_bind(now_ms()).push(
+            ", finished_at = NULL, max_attempts = max(max_attempts, attempt + 1) \
+             WHERE state IN ('dead', 'cancelled', 'retryable', 'scheduled')",
+        );
+        if let Some(state) = filter.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        push_filter(&mut qb, filter);
+        qb.push(" RETURNING queue");
+        let _guard = self.write_lock.lock().await;
+        let rows = match qb.build().fetch_all(&self.pool).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                let err = StoreError::from(err);
+                if err.is_unique_violation() {
+                    return Err(StoreError::Conflict(
+                        "a live job already holds this job's unique key".into(),
+                    ));
+                }
+                return Err(err);
+            }
+        };
+        drop(_guard);
+        let queues = queues_from(&rows)?;
+        let count = queues.len() as u64;
+        self.wake(queues);
+        Ok(Affected { count })
+    }
+
+    async fn jobs_cancel(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let now = now_ms();
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE steward_jobs SET state = 'cancelled', finished_at = ");
+        qb.push_bind(now)
+            .push(format!(
+                ", errors = CASE WHEN state = 'running' THEN json_insert(errors, '$[#]', json_object(\
+                 'attempt', attempt, 'worker', leased_by, 'started_at', {}, 'finished_at', {}, \
+                 'error', 'cancelled by an operator while running')) ELSE errors END, \
+                 leased_by = NULL, lease_expires_at = NULL \
+                 WHERE state IN ('scheduled', 'available', 'running', 'retryable')",
+                iso("attempted_at"),
+                iso(&now.to_string())
+            ));
+        if let Some(state) = filter.state {
+            qb.push(" AND state = ").push_bind(state.as_str());
+        }
+        push_filter(&mut qb, filter);
+        let _guard = self.write_lock.lock().await;
+        let done = qb.build().execute(&self.pool).await?;
+        Ok(Affected {
+            count: done.rows_affected(),
+        })
+    }
+
+    async fn jobs_discard(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE steward_jobs SET state = 'cancelled', finished_at = ");
+        qb.push_bind(now_ms()).push(" WHERE state = 'dead'");
+        push_filter(&mut qb, filter);
+        let _guard = self.write_lock.lock().await;
+        let done = qb.build().execute(&self.pool).await?;
+        Ok(Affected {
+            count: done.rows_affected(),
+        })
+    }
+
+    async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>> {
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n FROM steward_jobs GROUP BY queue, state \
+             UNION ALL SELECT queue, 'completed', count(*) FROM steward_jobs_completed GROUP BY queue \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(StateCount {
+                    queue: row.try_get("queue")?,
+                    state: JobState::from_str(&state)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    count: row.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.notify.subscribe()
+    }
+
+    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()> {
+        let _guard = self.write_lock.lock().await;
+        sqlx::query("INSERT INTO steward_ledger (job_id, worker, at) VALUES (?1, ?2, ?3)")
+            .bind(job_id)
+            .bind(worker)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>> {
+        let rows = sqlx::query("SELECT job_id FROM steward_ledger ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get("job_id").map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

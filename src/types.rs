@@ -1,0 +1,219 @@
+//! The vocabulary shared by every layer: job states, the job to enqueue, the job a worker
+//! holds, the outcome it reports, and the record operators read.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+
+/// Database identifier of a job.
+pub type JobId = i64;
+
+/// Where a job is in its life. See `ARCHITECTURE.md` for the diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its `run_at`.
+    Scheduled,
+    /// Ready to be fetched.
+    Available,
+    /// Leased by a worker.
+    Running,
+    /// Finished successfully (moved to the completed table).
+    Completed,
+    /// Failed, waiting for its backoff to pass.
+    Retryable,
+    /// Out of attempts or failed for good: the dead-letter queue.
+    Dead,
+    /// Stopped by an operator.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in life order.
+    pub const ALL: [JobState; 7] = [
+        JobState::Scheduled,
+        JobState::Available,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Retryable,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Retryable => "retryable",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state name that is not one of [`JobState::ALL`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job state `{0}` (expected one of scheduled, available, running, completed, retryable, dead, cancelled)")]
+pub struct UnknownState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+/// A job ready to be inserted; built by [`crate::Client`] from a job kind's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub kind: String,
+    pub queue: String,
+    /// Fairness key: jobs of one tenant never starve another tenant's. Empty for none.
+    pub tenant: String,
+    pub payload: Value,
+    /// Lower runs first.
+    pub priority: i16,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+    pub unique_key: Option<String>,
+    /// `None` runs now.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+/// What an enqueue did: a new job, or the existing job holding the same unique key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    pub id: JobId,
+    /// `false` when a live job with the same unique key already existed.
+    pub inserted: bool,
+}
+
+/// The proof that a worker holds an attempt: attempt number plus worker id. Every write a
+/// worker makes about a job is fenced on it, so a stale worker changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub id: JobId,
+    pub attempt: i32,
+}
+
+/// A job leased to a worker by a fetch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedJob {
+    pub id: JobId,
+    pub kind: String,
+    pub queue: String,
+    pub tenant: String,
+    pub payload: Value,
+    pub priority: i16,
+    pub fair_key: i64,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+}
+
+impl FetchedJob {
+    /// The lease this fetch granted.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// The end of one attempt, reported by a worker and applied in batches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler succeeded.
+    Completed { lease: Lease, finished_at: DateTime<Utc> },
+    /// The handler failed; `retry_at: None` sends the job to the dead-letter queue.
+    Failed {
+        lease: Lease,
+        error: String,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// The job was fetched but never started (shutdown): back to available, attempt not counted.
+    Released { lease: Lease },
+}
+
+impl Outcome {
+    /// The lease the outcome is fenced on.
+    pub fn lease(&self) -> Lease {
+        match self {
+            Outcome::Completed { lease, .. }
+            | Outcome::Failed { lease, .. }
+            | Outcome::Released { lease } => *lease,
+        }
+    }
+}
+
+/// One attempt as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `None` for the successful attempt.
+    pub error: Option<String>,
+}
+
+/// A job as operators see it, in whichever table it lives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub kind: String,
+    pub queue: String,
+    pub tenant: String,
+    pub payload: Value,
+    pub state: JobState,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+    pub unique_key: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub leased_by: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Every finished attempt, oldest first (the running one is not listed).
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Which jobs a listing or a bulk operation applies to. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    pub ids: Vec<JobId>,
+    pub state: Option<JobState>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    pub tenant: Option<String>,
+    /// Only ids greater than this (keyset paging).
+    pub after_id: Option<JobId>,
+    pub limit: Option<i64>,
+}
+
+/// How many jobs are in a state, per queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateCount {
+    pub queue: String,
+    pub state: JobState,
+    pub count: i64,
+}
