@@ -2,7 +2,8 @@
 //!
 //! Every scenario runs on a fresh schema (PostgreSQL) or a fresh file (SQLite) and prints one
 //! JSON object per line. Scenarios:
-//! - `enqueue_batch`: jobs inserted 1,000 per statement;
+//! - `enqueue_batch`: jobs inserted 1,000 per statement by one caller;
+//! - `enqueue_batch_parallel`: the same by 4 concurrent callers;
 //! - `enqueue_single`: jobs inserted one per statement by 16 concurrent callers;
 //! - `execute_noop`: a backlog of no-op jobs drained by one worker process (fetch, run, ack);
 //! - `pickup_latency`: on an idle queue, time from the enqueue call to the handler starting.
@@ -39,7 +40,13 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 4] = ["enqueue_batch", "enqueue_single", "execute_noop", "pickup_latency"];
+const SCENARIOS: [&str; 5] = [
+    "enqueue_batch",
+    "enqueue_batch_parallel",
+    "enqueue_single",
+    "execute_noop",
+    "pickup_latency",
+];
 
 /// Run the chosen scenarios and print their results.
 pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
@@ -56,7 +63,8 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
     for name in chosen {
         let fresh = FreshStore::open(&settings.database_url).await?;
         let result = match name.as_str() {
-            "enqueue_batch" => enqueue_batch(&fresh.store, args.jobs).await,
+            "enqueue_batch" => enqueue_batch(&fresh.store, args.jobs, 1).await,
+            "enqueue_batch_parallel" => enqueue_batch(&fresh.store, args.jobs, 4).await,
             "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             _ => pickup_latency(&fresh.store, args.samples).await,
@@ -127,17 +135,28 @@ fn job(kind: &str, queue: &str) -> NewJob {
     }
 }
 
-async fn enqueue_batch(store: &SharedStore, jobs: usize) -> Result<Value, String> {
-    let batch: Vec<NewJob> = (0..1000).map(|_| job("noop", "default")).collect();
+async fn enqueue_batch(store: &SharedStore, jobs: usize, callers: usize) -> Result<Value, String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let batches = jobs.div_ceil(1000);
     let started = Instant::now();
-    let mut done = 0;
-    while done < jobs {
-        let n = (jobs - done).min(batch.len());
-        store.jobs_insert_many(&batch[..n]).await.map_err(|e| e.to_string())?;
-        done += n;
+    let mut tasks = Vec::new();
+    for _ in 0..callers.max(1) {
+        let store = Arc::clone(store);
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<NewJob> = (0..1000).map(|_| job("noop", "default")).collect();
+            while next.fetch_add(1, Ordering::Relaxed) < batches {
+                store.jobs_insert_many(&batch).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
     }
     let secs = started.elapsed().as_secs_f64();
-    Ok(json!({"jobs": jobs, "batch": 1000, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}))
+    let jobs = batches * 1000;
+    Ok(json!({"jobs": jobs, "batch": 1000, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}))
 }
 
 async fn enqueue_single(store: &SharedStore, jobs: usize) -> Result<Value, String> {

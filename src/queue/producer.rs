@@ -2,8 +2,13 @@
 //! hands them to the queue's apalis worker.
 //!
 //! It fetches as many jobs as there are free slots (up to a batch), so a fetch of the next
-//! batch overlaps with the handlers and the completer of the previous one. With nothing to
-//! do it sleeps until an enqueue signal for its queue, or the poll interval as a fallback.
+//! batch overlaps with the handlers and the completer of the previous one. Only after a fetch
+//! found nothing does it sleep, until an enqueue signal for its queue or the poll interval.
+//!
+//! Why that rule keeps pickup prompt although PostgreSQL enqueues signal only into an empty
+//! queue: a producer sleeps only after seeing the queue empty; any job committed after that
+//! either found the queue empty (and signalled) or found an earlier such job, whose signal
+//! wakes the producer, which then fetches until it sees the queue empty again.
 
 use super::inflight::InFlight;
 use crate::store::{FetchParams, SharedStore};
@@ -87,7 +92,10 @@ impl Producer {
                 }
             }
             drop(first);
-            if got < want {
+            // Sleep only after an empty fetch. After a partial one, fetch again first: an
+            // enqueue that committed meanwhile may not have signalled (PostgreSQL enqueues
+            // signal only into an empty queue).
+            if got == 0 {
                 self.wait_for_work(&mut signals).await;
                 if self.shutdown.is_cancelled() {
                     return;

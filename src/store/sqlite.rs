@@ -146,7 +146,7 @@ INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_ke
 SELECT i.kind, i.queue, i.tenant, i.payload,
        CASE WHEN i.run_at IS NULL OR i.run_at <= ?2 THEN 'available' ELSE 'scheduled' END,
        i.priority,
-       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant ORDER BY i.ord),
+       g.base + i.ord + 1,
        i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, ?2), ?2
 FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
 WHERE true
