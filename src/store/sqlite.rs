@@ -123,7 +123,7 @@ pub async fn insert_on(conn: &mut SqliteConnection, jobs: &[NewJob]) -> StoreRes
 }
 
 const INSERT_SQL: &str = r#"
-WITH input AS (
+WITH input AS MATERIALIZED (
     SELECT key AS ord, value ->> '$.kind' AS kind, value ->> '$.queue' AS queue,
            value ->> '$.tenant' AS tenant, value -> '$.payload' AS payload,
            value ->> '$.priority' AS priority, value ->> '$.max_attempts' AS max_attempts,
@@ -131,7 +131,7 @@ WITH input AS (
            value ->> '$.run_at' AS run_at
     FROM json_each(?1)
 ),
-groups AS (
+groups AS MATERIALIZED (
     SELECT g.queue, g.tenant, max(
         coalesce((SELECT h.fair_key FROM steward_jobs h
                    WHERE h.state = 'available' AND h.queue = g.queue

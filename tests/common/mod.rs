@@ -1,0 +1,165 @@
+//! Shared test set-up: a fresh store per test on a real PostgreSQL (its own schema) or a real
+//! SQLite file, and waiting on database states instead of sleeping.
+#![allow(dead_code)]
+
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use steward::kinds::{JobKind, KindCatalog};
+use steward::store::postgres::PgStore;
+use steward::store::sqlite::SqliteStore;
+use steward::store::{JobStore, SharedStore};
+use steward::types::{JobState, NewJob};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The PostgreSQL the tests use: `STEWARD_TEST_DATABASE_URL`, else the local default.
+pub fn pg_url() -> String {
+    std::env::var("STEWARD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+pub struct TestStore {
+    pub store: SharedStore,
+    pub pg: Option<PgStore>,
+    pub sqlite: Option<SqliteStore>,
+    pub url: String,
+    pub schema: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub async fn fresh(backend: Backend) -> TestStore {
+    match backend {
+        Backend::Postgres => {
+            let schema = format!(
+                "steward_test_{}_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed),
+                fastrand::u32(..)
+            );
+            let url = pg_url();
+            let pg = PgStore::connect_with(&url, Some(&schema), 20)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("tests need PostgreSQL at {url} (set STEWARD_TEST_DATABASE_URL): {e}")
+                });
+            pg.migrate().await.expect("migrate postgres");
+            TestStore {
+                store: Arc::new(pg.clone()),
+                pg: Some(pg),
+                sqlite: None,
+                url,
+                schema: Some(schema),
+                _dir: None,
+            }
+        }
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("steward.db").display());
+            let sqlite = SqliteStore::connect(&url).await.expect("open sqlite");
+            sqlite.migrate().await.expect("migrate sqlite");
+            TestStore {
+                store: Arc::new(sqlite.clone()),
+                pg: None,
+                sqlite: Some(sqlite),
+                url,
+                schema: None,
+                _dir: Some(dir),
+            }
+        }
+    }
+}
+
+impl TestStore {
+    pub async fn cleanup(self) {
+        if let Some(pg) = &self.pg {
+            pg.drop_schema().await.expect("drop schema");
+        }
+    }
+
+    /// Wait (up to `limit`) until `check` holds on the job counts.
+    pub async fn wait_for_counts(
+        &self,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&dyn Fn(JobState) -> i64) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let counts = self.store.jobs_count_by_state().await.expect("counts");
+            let count = |state: JobState| {
+                counts
+                    .iter()
+                    .filter(|c| c.state == state)
+                    .map(|c| c.count)
+                    .sum::<i64>()
+            };
+            if check(&count) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; counts: {counts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn new_job(kind: &str, queue: &str) -> NewJob {
+    NewJob {
+        kind: kind.into(),
+        queue: queue.into(),
+        tenant: String::new(),
+        payload: json!({}),
+        priority: 0,
+        max_attempts: 3,
+        timeout_ms: 10_000,
+        unique_key: None,
+        run_at: None,
+    }
+}
+
+/// The repository's `jobs/` catalog.
+pub fn repo_kinds() -> KindCatalog {
+    KindCatalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs")))
+        .expect("jobs/ loads")
+}
+
+pub fn kinds_of(kinds: &[JobKind]) -> KindCatalog {
+    let mut catalog = KindCatalog::default();
+    for kind in kinds {
+        catalog.add(kind.clone()).expect("unique kinds");
+    }
+    catalog
+}
+
+/// Generate one `#[tokio::test]` per backend for each listed async fn taking a [`Backend`].
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
