@@ -11,9 +11,9 @@
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
 use crate::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
+use crate::store::SharedStore;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::SharedStore;
 use crate::types::NewJob;
 use clap::Args;
 use serde_json::{Value, json};
@@ -57,7 +57,10 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
     };
     for name in &chosen {
         if !SCENARIOS.contains(&name.as_str()) {
-            return Err(format!("unknown scenario `{name}`; known: {}", SCENARIOS.join(", ")));
+            return Err(format!(
+                "unknown scenario `{name}`; known: {}",
+                SCENARIOS.join(", ")
+            ));
         }
     }
     for name in chosen {
@@ -100,17 +103,35 @@ impl FreshStore {
     async fn open(url: &str) -> Result<Self, String> {
         let err = |e: crate::store::StoreError| e.to_string();
         if url.starts_with("sqlite:") {
-            let dir = std::env::temp_dir().join(format!("steward-bench-{}-{}", std::process::id(), fastrand::u64(..)));
+            let dir = std::env::temp_dir().join(format!(
+                "steward-bench-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let file = dir.join("bench.db");
-            let store = SqliteStore::connect(&format!("sqlite://{}", file.display())).await.map_err(err)?;
+            let store = SqliteStore::connect(&format!("sqlite://{}", file.display()))
+                .await
+                .map_err(err)?;
             crate::store::JobStore::migrate(&store).await.map_err(err)?;
-            Ok(Self { store: Arc::new(store), backend: "sqlite", pg: None, _dir: Some(tempdir::TempDir(dir)) })
+            Ok(Self {
+                store: Arc::new(store),
+                backend: "sqlite",
+                pg: None,
+                _dir: Some(tempdir::TempDir(dir)),
+            })
         } else {
             let schema = format!("steward_bench_{}_{}", std::process::id(), fastrand::u32(..));
-            let store = PgStore::connect_with(url, Some(&schema), 12).await.map_err(err)?;
+            let store = PgStore::connect_with(url, Some(&schema), 12)
+                .await
+                .map_err(err)?;
             crate::store::JobStore::migrate(&store).await.map_err(err)?;
-            Ok(Self { store: Arc::new(store.clone()), backend: "postgres", pg: Some(store), _dir: None })
+            Ok(Self {
+                store: Arc::new(store.clone()),
+                backend: "postgres",
+                pg: Some(store),
+                _dir: None,
+            })
         }
     }
 
@@ -146,7 +167,10 @@ async fn enqueue_batch(store: &SharedStore, jobs: usize, callers: usize) -> Resu
         tasks.push(tokio::spawn(async move {
             let batch: Vec<NewJob> = (0..1000).map(|_| job("noop", "default")).collect();
             while next.fetch_add(1, Ordering::Relaxed) < batches {
-                store.jobs_insert_many(&batch).await.map_err(|e| e.to_string())?;
+                store
+                    .jobs_insert_many(&batch)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(())
         }));
@@ -156,7 +180,9 @@ async fn enqueue_batch(store: &SharedStore, jobs: usize, callers: usize) -> Resu
     }
     let secs = started.elapsed().as_secs_f64();
     let jobs = batches * 1000;
-    Ok(json!({"jobs": jobs, "batch": 1000, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}))
+    Ok(
+        json!({"jobs": jobs, "batch": 1000, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}),
+    )
 }
 
 async fn enqueue_single(store: &SharedStore, jobs: usize) -> Result<Value, String> {
@@ -172,7 +198,10 @@ async fn enqueue_single(store: &SharedStore, jobs: usize) -> Result<Value, Strin
             let mut latencies = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < jobs {
                 let t = Instant::now();
-                store.jobs_insert_many(&one).await.map_err(|e| e.to_string())?;
+                store
+                    .jobs_insert_many(&one)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, String>(latencies)
@@ -184,8 +213,10 @@ async fn enqueue_single(store: &SharedStore, jobs: usize) -> Result<Value, Strin
     }
     let secs = started.elapsed().as_secs_f64();
     let (p50, p99) = percentiles(&mut latencies);
-    Ok(json!({"jobs": jobs, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(),
-              "p50_ms": p50, "p99_ms": p99, "seconds": secs}))
+    Ok(
+        json!({"jobs": jobs, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(),
+              "p50_ms": p50, "p99_ms": p99, "seconds": secs}),
+    )
 }
 
 fn noop_kinds() -> KindCatalog {
@@ -194,12 +225,19 @@ fn noop_kinds() -> KindCatalog {
     kinds
 }
 
-async fn execute_noop(store: &SharedStore, jobs: usize, concurrency: usize) -> Result<Value, String> {
+async fn execute_noop(
+    store: &SharedStore,
+    jobs: usize,
+    concurrency: usize,
+) -> Result<Value, String> {
     let batch: Vec<NewJob> = (0..1000).map(|_| job("noop", "default")).collect();
     let mut done = 0;
     while done < jobs {
         let n = (jobs - done).min(batch.len());
-        store.jobs_insert_many(&batch[..n]).await.map_err(|e| e.to_string())?;
+        store
+            .jobs_insert_many(&batch[..n])
+            .await
+            .map_err(|e| e.to_string())?;
         done += n;
     }
     let ran = Arc::new(AtomicUsize::new(0));
@@ -221,11 +259,15 @@ async fn execute_noop(store: &SharedStore, jobs: usize, concurrency: usize) -> R
     }
     let mut config = RuntimeConfig::new(
         "bench",
-        vec![QueueConfig { name: "default".into(), concurrency }],
+        vec![QueueConfig {
+            name: "default".into(),
+            concurrency,
+        }],
     );
     config.batch_size = concurrency;
     config.shutdown_grace = Duration::from_secs(5);
-    let runtime = Runtime::new(Arc::clone(store), registry, noop_kinds(), config).map_err(|e| e.to_string())?;
+    let runtime = Runtime::new(Arc::clone(store), registry, noop_kinds(), config)
+        .map_err(|e| e.to_string())?;
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(runtime.run(shutdown.clone()));
@@ -233,7 +275,10 @@ async fn execute_noop(store: &SharedStore, jobs: usize, concurrency: usize) -> R
     let handlers_done = started.elapsed().as_secs_f64();
     // Shutdown drains the completer: the time includes writing every acknowledgement.
     shutdown.cancel();
-    running.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    running
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
     let left = store
         .jobs_count_by_state()
@@ -246,8 +291,10 @@ async fn execute_noop(store: &SharedStore, jobs: usize, concurrency: usize) -> R
     if left != 0 {
         return Err(format!("execute_noop: {left} jobs not completed"));
     }
-    Ok(json!({"jobs": jobs, "concurrency": concurrency, "jobs_per_s": (jobs as f64 / secs).round(),
-              "seconds": secs, "handlers_done_s": handlers_done}))
+    Ok(
+        json!({"jobs": jobs, "concurrency": concurrency, "jobs_per_s": (jobs as f64 / secs).round(),
+              "seconds": secs, "handlers_done_s": handlers_done}),
+    )
 }
 
 async fn pickup_latency(store: &SharedStore, samples: usize) -> Result<Value, String> {
@@ -257,8 +304,15 @@ async fn pickup_latency(store: &SharedStore, samples: usize) -> Result<Value, St
         let _ = tx.send(Instant::now());
         async { Ok(()) }
     });
-    let config = RuntimeConfig::new("bench", vec![QueueConfig { name: "default".into(), concurrency: 10 }]);
-    let runtime = Runtime::new(Arc::clone(store), registry, noop_kinds(), config).map_err(|e| e.to_string())?;
+    let config = RuntimeConfig::new(
+        "bench",
+        vec![QueueConfig {
+            name: "default".into(),
+            concurrency: 10,
+        }],
+    );
+    let runtime = Runtime::new(Arc::clone(store), registry, noop_kinds(), config)
+        .map_err(|e| e.to_string())?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(runtime.run(shutdown.clone()));
     // Let the producer reach its idle wait before measuring.
@@ -267,7 +321,10 @@ async fn pickup_latency(store: &SharedStore, samples: usize) -> Result<Value, St
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         let sent = Instant::now();
-        store.jobs_insert_many(&one).await.map_err(|e| e.to_string())?;
+        store
+            .jobs_insert_many(&one)
+            .await
+            .map_err(|e| e.to_string())?;
         let ran = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .map_err(|_| "pickup_latency: a job was not picked up within 10 s".to_string())?
@@ -277,7 +334,10 @@ async fn pickup_latency(store: &SharedStore, samples: usize) -> Result<Value, St
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     shutdown.cancel();
-    running.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    running
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let (p50, p99) = percentiles(&mut latencies);
     Ok(json!({"jobs": samples, "p50_ms": p50, "p99_ms": p99}))
 }

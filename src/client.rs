@@ -118,7 +118,10 @@ impl Client {
         options: EnqueueOptions,
     ) -> Result<Enqueued, ClientError> {
         let job = self.build(kind, payload, options)?;
-        let mut done = self.store.jobs_insert_many(std::slice::from_ref(&job)).await?;
+        let mut done = self
+            .store
+            .jobs_insert_many(std::slice::from_ref(&job))
+            .await?;
         done.pop()
             .ok_or_else(|| StoreError::Corrupt("insert returned nothing".into()).into())
     }

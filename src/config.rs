@@ -8,7 +8,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Database: `postgres://…` or `sqlite://path` (created if missing).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/steward.db", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/steward.db",
+        global = true
+    )]
     pub database_url: String,
 
     /// Directory of job-kind definitions.
@@ -20,7 +25,12 @@ pub struct Settings {
     pub worker_id: Option<String>,
 
     /// Log format: `text` or `json`.
-    #[arg(long, env = "STEWARD_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "STEWARD_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     pub log_format: String,
 }
 
@@ -49,7 +59,11 @@ pub struct WorkerSettings {
     pub shutdown_grace_ms: u64,
 
     /// How long completed jobs are kept, in seconds.
-    #[arg(long, env = "STEWARD_COMPLETED_RETENTION_SECS", default_value_t = 86_400)]
+    #[arg(
+        long,
+        env = "STEWARD_COMPLETED_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
     pub completed_retention_secs: u64,
 
     /// How long dead and cancelled jobs are kept, in seconds.
@@ -78,7 +92,11 @@ impl Settings {
 
 impl WorkerSettings {
     /// The runtime configuration these settings describe.
-    pub fn runtime(&self, worker_id: String, known_queues: &[String]) -> Result<RuntimeConfig, BadQueue> {
+    pub fn runtime(
+        &self,
+        worker_id: String,
+        known_queues: &[String],
+    ) -> Result<RuntimeConfig, BadQueue> {
         let queues = if self.queues.is_empty() {
             known_queues
                 .iter()
@@ -127,7 +145,10 @@ mod tests {
     fn queue_specs_parse() {
         assert_eq!(
             parse_queue("mail=5").expect("valid"),
-            QueueConfig { name: "mail".into(), concurrency: 5 }
+            QueueConfig {
+                name: "mail".into(),
+                concurrency: 5
+            }
         );
         assert_eq!(parse_queue("mail").expect("valid").concurrency, 100);
         assert!(parse_queue("mail=0").is_err());

@@ -254,7 +254,9 @@ impl KindCatalog {
         if !valid_name(&queue) {
             return Err(invalid(
                 at(file.queue.span()),
-                format!("queue `{queue}` must be 1-64 of a-z, 0-9, _ and -, starting with a letter"),
+                format!(
+                    "queue `{queue}` must be 1-64 of a-z, 0-9, _ and -, starting with a letter"
+                ),
             ));
         }
         let max_attempts = *file.max_attempts.get_ref();
@@ -367,13 +369,20 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let err = parse("kind = \"ok\"\nqueue = \"q\"\nmax_attempts = 0\n").unwrap_err();
-        assert_eq!(err.to_string(), "jobs/x.toml:3: max_attempts must be between 1 and 1000, got 0");
+        assert_eq!(
+            err.to_string(),
+            "jobs/x.toml:3: max_attempts must be between 1 and 1000, got 0"
+        );
         let err = parse("kind = \"ok\"\n\nbogus = 1\n").unwrap_err();
         assert!(err.to_string().starts_with("jobs/x.toml:3: "), "{err}");
         let err = parse("kind = \"ok\"\nqueue = [\n").unwrap_err();
         assert!(err.to_string().starts_with("jobs/x.toml:"), "{err}");
         let err = parse("kind = \"Bad Name\"\n").unwrap_err();
-        assert!(err.to_string().starts_with("jobs/x.toml:1: kind `Bad Name`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("jobs/x.toml:1: kind `Bad Name`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -391,6 +400,9 @@ mod tests {
             ..backoff
         };
         let d = jittered.delay_after(2);
-        assert!(d >= Duration::from_millis(200) && d <= Duration::from_millis(400), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+            "{d:?}"
+        );
     }
 }

@@ -64,7 +64,9 @@ impl fmt::Display for JobState {
 
 /// A state name that is not one of [`JobState::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown job state `{0}` (expected one of scheduled, available, running, completed, retryable, dead, cancelled)")]
+#[error(
+    "unknown job state `{0}` (expected one of scheduled, available, running, completed, retryable, dead, cancelled)"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for JobState {
@@ -139,7 +141,10 @@ impl FetchedJob {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The handler succeeded.
-    Completed { lease: Lease, finished_at: DateTime<Utc> },
+    Completed {
+        lease: Lease,
+        finished_at: DateTime<Utc>,
+    },
     /// The handler failed; `retry_at: None` sends the job to the dead-letter queue.
     Failed {
         lease: Lease,

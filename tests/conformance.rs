@@ -28,7 +28,12 @@ per_backend!(
     listing_filters_and_counts,
 );
 
-async fn fetch(store: &steward::store::SharedStore, queue: &str, limit: usize, worker: &str) -> Vec<FetchedJob> {
+async fn fetch(
+    store: &steward::store::SharedStore,
+    queue: &str,
+    limit: usize,
+    worker: &str,
+) -> Vec<FetchedJob> {
     store
         .jobs_fetch_available(FetchParams {
             queue,
@@ -50,19 +55,41 @@ async fn enqueue_then_fetch_leases_the_job(backend: Backend) {
     let fetched = fetch(&t.store, "default", 10, "w1").await;
     assert_eq!(fetched.len(), 1);
     let job = &fetched[0];
-    assert_eq!((job.id, job.attempt, job.payload.clone(), job.tenant.as_str()), (done[0].id, 1, json!({"n": 7}), "acme"));
-    assert!(fetch(&t.store, "default", 10, "w2").await.is_empty(), "a leased job is not fetched twice");
+    assert_eq!(
+        (
+            job.id,
+            job.attempt,
+            job.payload.clone(),
+            job.tenant.as_str()
+        ),
+        (done[0].id, 1, json!({"n": 7}), "acme")
+    );
+    assert!(
+        fetch(&t.store, "default", 10, "w2").await.is_empty(),
+        "a leased job is not fetched twice"
+    );
     assert!(fetch(&t.store, "other", 10, "w2").await.is_empty());
     let record = t.store.job_get(job.id).await.expect("get").expect("exists");
     assert_eq!(record.state, JobState::Running);
     assert_eq!(record.leased_by.as_deref(), Some("w1"));
     let applied = t
         .store
-        .jobs_apply_outcomes("w1", &[Outcome::Completed { lease: job.lease(), finished_at: Utc::now() }])
+        .jobs_apply_outcomes(
+            "w1",
+            &[Outcome::Completed {
+                lease: job.lease(),
+                finished_at: Utc::now(),
+            }],
+        )
         .await
         .expect("complete");
     assert_eq!(applied, vec![job.lease()]);
-    let record = t.store.job_get(job.id).await.expect("get").expect("kept after completion");
+    let record = t
+        .store
+        .job_get(job.id)
+        .await
+        .expect("get")
+        .expect("kept after completion");
     assert_eq!(record.state, JobState::Completed);
     assert_eq!(record.attempts.len(), 1);
     assert_eq!(record.attempts[0].worker.as_deref(), Some("w1"));
@@ -78,8 +105,19 @@ async fn fetch_orders_by_priority_then_arrival(backend: Backend) {
         job.priority = priority;
         jobs.push(job);
     }
-    let ids: Vec<i64> = t.store.jobs_insert_many(&jobs).await.expect("insert").iter().map(|e| e.id).collect();
-    let order: Vec<i64> = fetch(&t.store, "default", 10, "w").await.iter().map(|j| j.id).collect();
+    let ids: Vec<i64> = t
+        .store
+        .jobs_insert_many(&jobs)
+        .await
+        .expect("insert")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let order: Vec<i64> = fetch(&t.store, "default", 10, "w")
+        .await
+        .iter()
+        .map(|j| j.id)
+        .collect();
     assert_eq!(order, vec![ids[1], ids[3], ids[2], ids[0]]);
     t.cleanup().await;
 }
@@ -116,18 +154,37 @@ async fn scheduled_jobs_wait_for_their_time(backend: Backend) {
     later.run_at = Some(Utc::now() + chrono::Duration::hours(1));
     let mut soon = new_job("noop", "default");
     soon.run_at = Some(Utc::now() + chrono::Duration::milliseconds(50));
-    let ids = t.store.jobs_insert_many(&[later, soon]).await.expect("insert");
-    assert_eq!(t.store.job_get(ids[0].id).await.unwrap().unwrap().state, JobState::Scheduled);
-    assert!(fetch(&t.store, "default", 10, "w").await.is_empty(), "nothing is due yet");
+    let ids = t
+        .store
+        .jobs_insert_many(&[later, soon])
+        .await
+        .expect("insert");
+    assert_eq!(
+        t.store.job_get(ids[0].id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
+    assert!(
+        fetch(&t.store, "default", 10, "w").await.is_empty(),
+        "nothing is due yet"
+    );
     // Stage until the near one is due (a state wait, bounded), never the far one.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while t.store.jobs_stage_due(100).await.expect("stage").is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the due job was never staged");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the due job was never staged"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let fetched = fetch(&t.store, "default", 10, "w").await;
-    assert_eq!(fetched.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[1].id]);
-    assert_eq!(t.store.job_get(ids[0].id).await.unwrap().unwrap().state, JobState::Scheduled);
+    assert_eq!(
+        fetched.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1].id]
+    );
+    assert_eq!(
+        t.store.job_get(ids[0].id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
     t.cleanup().await;
 }
 
@@ -146,40 +203,112 @@ async fn rescue(t: &common::TestStore, id: i64) {
 
 async fn stale_worker_cannot_complete_fail_or_heartbeat(backend: Backend) {
     let t = fresh(backend).await;
-    let id = t.store.jobs_insert_many(&[new_job("noop", "default")]).await.unwrap()[0].id;
+    let id = t
+        .store
+        .jobs_insert_many(&[new_job("noop", "default")])
+        .await
+        .unwrap()[0]
+        .id;
     let stale = t
         .store
-        .jobs_fetch_available(FetchParams { queue: "default", limit: 1, worker: "stale", lease_for: Duration::ZERO })
+        .jobs_fetch_available(FetchParams {
+            queue: "default",
+            limit: 1,
+            worker: "stale",
+            lease_for: Duration::ZERO,
+        })
         .await
         .unwrap()
         .remove(0);
     rescue(&t, id).await;
     let record = t.store.job_get(id).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Available);
-    assert!(record.attempts[0].error.as_deref().unwrap_or("").contains("lease expired"));
+    assert!(
+        record.attempts[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("lease expired")
+    );
     let fresh_job = fetch(&t.store, "default", 1, "fresh").await.remove(0);
     assert_eq!(fresh_job.attempt, 2);
 
     let now = Utc::now();
     let stale_outcomes = [
-        Outcome::Completed { lease: stale.lease(), finished_at: now },
-        Outcome::Failed { lease: stale.lease(), error: "late".into(), started_at: now, finished_at: now, retry_at: None },
+        Outcome::Completed {
+            lease: stale.lease(),
+            finished_at: now,
+        },
+        Outcome::Failed {
+            lease: stale.lease(),
+            error: "late".into(),
+            started_at: now,
+            finished_at: now,
+            retry_at: None,
+        },
     ];
     for outcome in &stale_outcomes {
-        let applied = t.store.jobs_apply_outcomes("stale", std::slice::from_ref(outcome)).await.unwrap();
-        assert!(applied.is_empty(), "a stale worker's outcome must change nothing");
+        let applied = t
+            .store
+            .jobs_apply_outcomes("stale", std::slice::from_ref(outcome))
+            .await
+            .unwrap();
+        assert!(
+            applied.is_empty(),
+            "a stale worker's outcome must change nothing"
+        );
     }
     // Same worker name with the old attempt number is stale too: the lease is (attempt, worker).
     let old_attempt = Lease { id, attempt: 1 };
-    assert!(t.store.jobs_apply_outcomes("fresh", &[Outcome::Completed { lease: old_attempt, finished_at: now }]).await.unwrap().is_empty());
-    assert!(t.store.jobs_heartbeat_many("stale", &[stale.lease()], Duration::from_secs(30)).await.unwrap().is_empty());
+    assert!(
+        t.store
+            .jobs_apply_outcomes(
+                "fresh",
+                &[Outcome::Completed {
+                    lease: old_attempt,
+                    finished_at: now
+                }]
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        t.store
+            .jobs_heartbeat_many("stale", &[stale.lease()], Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let record = t.store.job_get(id).await.unwrap().unwrap();
-    assert_eq!((record.state, record.attempt, record.leased_by.as_deref()), (JobState::Running, 2, Some("fresh")));
+    assert_eq!(
+        (record.state, record.attempt, record.leased_by.as_deref()),
+        (JobState::Running, 2, Some("fresh"))
+    );
 
-    assert_eq!(t.store.jobs_heartbeat_many("fresh", &[fresh_job.lease()], Duration::from_secs(30)).await.unwrap(), vec![fresh_job.lease()]);
-    let applied = t.store.jobs_apply_outcomes("fresh", &[Outcome::Completed { lease: fresh_job.lease(), finished_at: now }]).await.unwrap();
+    assert_eq!(
+        t.store
+            .jobs_heartbeat_many("fresh", &[fresh_job.lease()], Duration::from_secs(30))
+            .await
+            .unwrap(),
+        vec![fresh_job.lease()]
+    );
+    let applied = t
+        .store
+        .jobs_apply_outcomes(
+            "fresh",
+            &[Outcome::Completed {
+                lease: fresh_job.lease(),
+                finished_at: now,
+            }],
+        )
+        .await
+        .unwrap();
     assert_eq!(applied, vec![fresh_job.lease()]);
-    assert_eq!(t.store.job_get(id).await.unwrap().unwrap().state, JobState::Completed);
+    assert_eq!(
+        t.store.job_get(id).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
     t.cleanup().await;
 }
 
@@ -193,39 +322,102 @@ async fn failures_back_off_then_dead_letter_with_every_attempt(backend: Backend)
     let retry_at = started + chrono::Duration::seconds(30);
     let applied = t
         .store
-        .jobs_apply_outcomes("w1", &[Outcome::Failed { lease: first.lease(), error: "boom 1".into(), started_at: started, finished_at: started, retry_at: Some(retry_at) }])
+        .jobs_apply_outcomes(
+            "w1",
+            &[Outcome::Failed {
+                lease: first.lease(),
+                error: "boom 1".into(),
+                started_at: started,
+                finished_at: started,
+                retry_at: Some(retry_at),
+            }],
+        )
         .await
         .unwrap();
     assert_eq!(applied.len(), 1);
     let record = t.store.job_get(id).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Retryable);
-    assert!((record.run_at - retry_at).num_milliseconds().abs() <= 1, "backoff is persisted in run_at");
-    assert!(t.store.jobs_stage_due(10).await.unwrap().is_empty(), "not due before its backoff");
+    assert!(
+        (record.run_at - retry_at).num_milliseconds().abs() <= 1,
+        "backoff is persisted in run_at"
+    );
+    assert!(
+        t.store.jobs_stage_due(10).await.unwrap().is_empty(),
+        "not due before its backoff"
+    );
     // Operator retry makes it available now (as the stager would once due).
-    t.store.jobs_retry(&JobFilter { ids: vec![id], ..Default::default() }).await.unwrap();
+    t.store
+        .jobs_retry(&JobFilter {
+            ids: vec![id],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let second = fetch(&t.store, "default", 1, "w2").await.remove(0);
     assert_eq!(second.attempt, 2);
     let ended = Utc::now();
     t.store
-        .jobs_apply_outcomes("w2", &[Outcome::Failed { lease: second.lease(), error: "boom 2".into(), started_at: ended, finished_at: ended, retry_at: None }])
+        .jobs_apply_outcomes(
+            "w2",
+            &[Outcome::Failed {
+                lease: second.lease(),
+                error: "boom 2".into(),
+                started_at: ended,
+                finished_at: ended,
+                retry_at: None,
+            }],
+        )
         .await
         .unwrap();
     let record = t.store.job_get(id).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Dead);
     assert!(record.finished_at.is_some());
-    let errors: Vec<_> = record.attempts.iter().map(|a| (a.attempt, a.worker.clone(), a.error.clone())).collect();
-    assert_eq!(errors, vec![(1, Some("w1".into()), Some("boom 1".into())), (2, Some("w2".into()), Some("boom 2".into()))]);
-    assert!(record.attempts.iter().all(|a| a.started_at.is_some() && a.finished_at.is_some()));
-    let dlq = t.store.jobs_list(&JobFilter { state: Some(JobState::Dead), ..Default::default() }).await.unwrap();
+    let errors: Vec<_> = record
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.worker.clone(), a.error.clone()))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (1, Some("w1".into()), Some("boom 1".into())),
+            (2, Some("w2".into()), Some("boom 2".into()))
+        ]
+    );
+    assert!(
+        record
+            .attempts
+            .iter()
+            .all(|a| a.started_at.is_some() && a.finished_at.is_some())
+    );
+    let dlq = t
+        .store
+        .jobs_list(&JobFilter {
+            state: Some(JobState::Dead),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(dlq.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
     t.cleanup().await;
 }
 
 async fn released_jobs_do_not_use_an_attempt(backend: Backend) {
     let t = fresh(backend).await;
-    let id = t.store.jobs_insert_many(&[new_job("noop", "default")]).await.unwrap()[0].id;
+    let id = t
+        .store
+        .jobs_insert_many(&[new_job("noop", "default")])
+        .await
+        .unwrap()[0]
+        .id;
     let job = fetch(&t.store, "default", 1, "w").await.remove(0);
-    assert_eq!(t.store.jobs_apply_outcomes("w", &[Outcome::Released { lease: job.lease() }]).await.unwrap(), vec![job.lease()]);
+    assert_eq!(
+        t.store
+            .jobs_apply_outcomes("w", &[Outcome::Released { lease: job.lease() }])
+            .await
+            .unwrap(),
+        vec![job.lease()]
+    );
     let record = t.store.job_get(id).await.unwrap().unwrap();
     assert_eq!((record.state, record.attempt), (JobState::Available, 0));
     assert_eq!(fetch(&t.store, "default", 1, "w").await[0].attempt, 1);
@@ -239,17 +431,37 @@ async fn duplicate_unique_enqueue_returns_the_existing_job(backend: Backend) {
     let first = t.store.jobs_insert_many(&[job.clone()]).await.unwrap()[0];
     assert!(first.inserted);
     // Twice in one batch, plus once more later, plus a keyless job in the same batch.
-    let again = t.store.jobs_insert_many(&[job.clone(), new_job("noop", "default"), job.clone()]).await.unwrap();
+    let again = t
+        .store
+        .jobs_insert_many(&[job.clone(), new_job("noop", "default"), job.clone()])
+        .await
+        .unwrap();
     assert_eq!((again[0].id, again[0].inserted), (first.id, false));
     assert!(again[1].inserted && again[1].id != first.id);
     assert_eq!((again[2].id, again[2].inserted), (first.id, false));
     // Cancelling frees the key.
-    t.store.jobs_cancel(&JobFilter { ids: vec![first.id], ..Default::default() }).await.unwrap();
+    t.store
+        .jobs_cancel(&JobFilter {
+            ids: vec![first.id],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let after_cancel = t.store.jobs_insert_many(&[job.clone()]).await.unwrap()[0];
     assert!(after_cancel.inserted && after_cancel.id != first.id);
     // Retrying the cancelled one now would make two live jobs with one key: refused.
-    let err = t.store.jobs_retry(&JobFilter { ids: vec![first.id], ..Default::default() }).await.unwrap_err();
-    assert!(matches!(err, steward::store::StoreError::Conflict(_)), "{err}");
+    let err = t
+        .store
+        .jobs_retry(&JobFilter {
+            ids: vec![first.id],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, steward::store::StoreError::Conflict(_)),
+        "{err}"
+    );
     t.cleanup().await;
 }
 
@@ -261,7 +473,10 @@ async fn uniqueness_holds_under_50_concurrent_enqueuers(backend: Backend) {
         tasks.push(tokio::spawn(async move {
             let mut job = new_job("noop", "default");
             job.unique_key = Some("only-one".into());
-            store.jobs_insert_many(&[job]).await.expect("enqueue never errors on a duplicate")[0]
+            store
+                .jobs_insert_many(&[job])
+                .await
+                .expect("enqueue never errors on a duplicate")[0]
         }));
     }
     let mut ids = HashSet::new();
@@ -273,7 +488,14 @@ async fn uniqueness_holds_under_50_concurrent_enqueuers(backend: Backend) {
     }
     assert_eq!(ids.len(), 1, "every enqueuer gets the same job");
     assert_eq!(inserted, 1);
-    assert_eq!(t.store.jobs_list(&JobFilter::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        t.store
+            .jobs_list(&JobFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     t.cleanup().await;
 }
 
@@ -281,7 +503,11 @@ async fn transactional_enqueue_follows_the_transaction(backend: Backend) {
     let t = fresh(backend).await;
     let client = Client::new(t.store.clone(), common::repo_kinds());
     async fn enqueue_in<C: TransactionalEnqueue + ?Sized>(client: &Client, conn: &mut C) -> i64 {
-        client.enqueue_in(conn, "noop", json!({}), EnqueueOptions::default()).await.expect("enqueue in tx").id
+        client
+            .enqueue_in(conn, "noop", json!({}), EnqueueOptions::default())
+            .await
+            .expect("enqueue in tx")
+            .id
     }
     let (rolled_back, committed) = match backend {
         Backend::Postgres => {
@@ -306,63 +532,216 @@ async fn transactional_enqueue_follows_the_transaction(backend: Backend) {
         }
     };
     assert!(t.store.job_get(rolled_back).await.unwrap().is_none() || rolled_back == committed);
-    let all: Vec<i64> = t.store.jobs_list(&JobFilter::default()).await.unwrap().iter().map(|j| j.id).collect();
-    assert_eq!(all, vec![committed], "only the committed transaction's job exists");
+    let all: Vec<i64> = t
+        .store
+        .jobs_list(&JobFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(
+        all,
+        vec![committed],
+        "only the committed transaction's job exists"
+    );
     t.cleanup().await;
 }
 
 async fn operators_retry_discard_and_cancel(backend: Backend) {
     let t = fresh(backend).await;
-    let mut jobs = vec![new_job("fail", "default"), new_job("fail", "default"), new_job("noop", "default"), new_job("sleep", "default")];
+    let mut jobs = vec![
+        new_job("fail", "default"),
+        new_job("fail", "default"),
+        new_job("noop", "default"),
+        new_job("sleep", "default"),
+    ];
     for job in &mut jobs {
         job.max_attempts = 1;
     }
-    let ids: Vec<i64> = t.store.jobs_insert_many(&jobs[..2]).await.unwrap().iter().map(|e| e.id).collect();
+    let ids: Vec<i64> = t
+        .store
+        .jobs_insert_many(&jobs[..2])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
     let now = Utc::now();
     for job in fetch(&t.store, "default", 10, "w").await {
-        t.store.jobs_apply_outcomes("w", &[Outcome::Failed { lease: job.lease(), error: "no".into(), started_at: now, finished_at: now, retry_at: None }]).await.unwrap();
+        t.store
+            .jobs_apply_outcomes(
+                "w",
+                &[Outcome::Failed {
+                    lease: job.lease(),
+                    error: "no".into(),
+                    started_at: now,
+                    finished_at: now,
+                    retry_at: None,
+                }],
+            )
+            .await
+            .unwrap();
     }
     // Bulk retry of the dead-letter queue.
-    let retried = t.store.jobs_retry(&JobFilter { state: Some(JobState::Dead), ..Default::default() }).await.unwrap();
+    let retried = t
+        .store
+        .jobs_retry(&JobFilter {
+            state: Some(JobState::Dead),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(retried.count, 2);
     let again = fetch(&t.store, "default", 10, "w").await;
     assert_eq!(again.len(), 2);
-    assert!(again.iter().all(|j| j.attempt == 2 && j.max_attempts == 2), "a retry grants one more attempt");
+    assert!(
+        again.iter().all(|j| j.attempt == 2 && j.max_attempts == 2),
+        "a retry grants one more attempt"
+    );
     for job in &again {
-        t.store.jobs_apply_outcomes("w", &[Outcome::Failed { lease: job.lease(), error: "still no".into(), started_at: now, finished_at: now, retry_at: None }]).await.unwrap();
+        t.store
+            .jobs_apply_outcomes(
+                "w",
+                &[Outcome::Failed {
+                    lease: job.lease(),
+                    error: "still no".into(),
+                    started_at: now,
+                    finished_at: now,
+                    retry_at: None,
+                }],
+            )
+            .await
+            .unwrap();
     }
     // Discard one dead job: out of the dead-letter queue, kept as cancelled.
-    assert_eq!(t.store.jobs_discard(&JobFilter { ids: vec![ids[0]], ..Default::default() }).await.unwrap().count, 1);
-    assert_eq!(t.store.job_get(ids[0]).await.unwrap().unwrap().state, JobState::Cancelled);
-    assert_eq!(t.store.job_get(ids[1]).await.unwrap().unwrap().state, JobState::Dead);
+    assert_eq!(
+        t.store
+            .jobs_discard(&JobFilter {
+                ids: vec![ids[0]],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .count,
+        1
+    );
+    assert_eq!(
+        t.store.job_get(ids[0]).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        t.store.job_get(ids[1]).await.unwrap().unwrap().state,
+        JobState::Dead
+    );
     // Cancel a queued job and a running one; the running one's worker loses its lease.
-    let more: Vec<i64> = t.store.jobs_insert_many(&jobs[2..]).await.unwrap().iter().map(|e| e.id).collect();
+    let more: Vec<i64> = t
+        .store
+        .jobs_insert_many(&jobs[2..])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
     let running = fetch(&t.store, "default", 1, "w").await.remove(0);
-    let cancelled = t.store.jobs_cancel(&JobFilter { ids: more.clone(), ..Default::default() }).await.unwrap();
+    let cancelled = t
+        .store
+        .jobs_cancel(&JobFilter {
+            ids: more.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(cancelled.count, 2);
-    assert!(t.store.jobs_heartbeat_many("w", &[running.lease()], Duration::from_secs(30)).await.unwrap().is_empty());
-    assert!(t.store.jobs_apply_outcomes("w", &[Outcome::Completed { lease: running.lease(), finished_at: now }]).await.unwrap().is_empty());
+    assert!(
+        t.store
+            .jobs_heartbeat_many("w", &[running.lease()], Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        t.store
+            .jobs_apply_outcomes(
+                "w",
+                &[Outcome::Completed {
+                    lease: running.lease(),
+                    finished_at: now
+                }]
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let record = t.store.job_get(running.id).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Cancelled);
-    assert!(record.attempts.last().and_then(|a| a.error.clone()).unwrap_or_default().contains("cancelled"));
+    assert!(
+        record
+            .attempts
+            .last()
+            .and_then(|a| a.error.clone())
+            .unwrap_or_default()
+            .contains("cancelled")
+    );
     // Completed jobs cannot be cancelled or retried.
-    assert_eq!(t.store.jobs_cancel(&JobFilter { ids: vec![ids[1]], state: Some(JobState::Completed), ..Default::default() }).await.unwrap().count, 0);
+    assert_eq!(
+        t.store
+            .jobs_cancel(&JobFilter {
+                ids: vec![ids[1]],
+                state: Some(JobState::Completed),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .count,
+        0
+    );
     t.cleanup().await;
 }
 
 async fn pruning_removes_finished_jobs_after_retention(backend: Backend) {
     let t = fresh(backend).await;
-    let ids: Vec<i64> = t.store.jobs_insert_many(&[new_job("noop", "default"), new_job("fail", "default")]).await.unwrap().iter().map(|e| e.id).collect();
+    let ids: Vec<i64> = t
+        .store
+        .jobs_insert_many(&[new_job("noop", "default"), new_job("fail", "default")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
     let jobs = fetch(&t.store, "default", 10, "w").await;
     let now = Utc::now();
-    t.store.jobs_apply_outcomes("w", &[
-        Outcome::Completed { lease: jobs[0].lease(), finished_at: now },
-        Outcome::Failed { lease: jobs[1].lease(), error: "x".into(), started_at: now, finished_at: now, retry_at: None },
-    ]).await.unwrap();
+    t.store
+        .jobs_apply_outcomes(
+            "w",
+            &[
+                Outcome::Completed {
+                    lease: jobs[0].lease(),
+                    finished_at: now,
+                },
+                Outcome::Failed {
+                    lease: jobs[1].lease(),
+                    error: "x".into(),
+                    started_at: now,
+                    finished_at: now,
+                    retry_at: None,
+                },
+            ],
+        )
+        .await
+        .unwrap();
     let past = now - chrono::Duration::hours(1);
-    assert_eq!(t.store.jobs_prune(past, past).await.unwrap(), 0, "younger than retention: kept");
+    assert_eq!(
+        t.store.jobs_prune(past, past).await.unwrap(),
+        0,
+        "younger than retention: kept"
+    );
     let future = now + chrono::Duration::seconds(1);
-    assert_eq!(t.store.jobs_prune(future, past).await.unwrap(), 1, "completed pruned, dead kept");
+    assert_eq!(
+        t.store.jobs_prune(future, past).await.unwrap(),
+        1,
+        "completed pruned, dead kept"
+    );
     assert!(t.store.job_get(ids[0]).await.unwrap().is_none());
     assert!(t.store.job_get(ids[1]).await.unwrap().is_some());
     assert_eq!(t.store.jobs_prune(future, future).await.unwrap(), 1);
@@ -376,20 +755,76 @@ async fn listing_filters_and_counts(backend: Backend) {
     a.tenant = "t1".into();
     let mut b = new_job("sleep", "q2");
     b.tenant = "t2".into();
-    let ids: Vec<i64> = t.store.jobs_insert_many(&[a, b.clone(), b]).await.unwrap().iter().map(|e| e.id).collect();
-    let by_tenant = t.store.jobs_list(&JobFilter { tenant: Some("t2".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(by_tenant.iter().map(|j| j.id).collect::<Vec<_>>(), ids[1..].to_vec());
-    let by_kind = t.store.jobs_list(&JobFilter { kind: Some("noop".into()), ..Default::default() }).await.unwrap();
+    let ids: Vec<i64> = t
+        .store
+        .jobs_insert_many(&[a, b.clone(), b])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let by_tenant = t
+        .store
+        .jobs_list(&JobFilter {
+            tenant: Some("t2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_tenant.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids[1..].to_vec()
+    );
+    let by_kind = t
+        .store
+        .jobs_list(&JobFilter {
+            kind: Some("noop".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(by_kind.len(), 1);
-    let page = t.store.jobs_list(&JobFilter { after_id: Some(ids[0]), limit: Some(1), ..Default::default() }).await.unwrap();
+    let page = t
+        .store
+        .jobs_list(&JobFilter {
+            after_id: Some(ids[0]),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[1]]);
     let job = fetch(&t.store, "q1", 1, "w").await.remove(0);
-    t.store.jobs_apply_outcomes("w", &[Outcome::Completed { lease: job.lease(), finished_at: Utc::now() }]).await.unwrap();
+    t.store
+        .jobs_apply_outcomes(
+            "w",
+            &[Outcome::Completed {
+                lease: job.lease(),
+                finished_at: Utc::now(),
+            }],
+        )
+        .await
+        .unwrap();
     let counts = t.store.jobs_count_by_state().await.unwrap();
-    let get = |queue: &str, state: JobState| counts.iter().find(|c| c.queue == queue && c.state == state).map(|c| c.count);
+    let get = |queue: &str, state: JobState| {
+        counts
+            .iter()
+            .find(|c| c.queue == queue && c.state == state)
+            .map(|c| c.count)
+    };
     assert_eq!(get("q1", JobState::Completed), Some(1));
     assert_eq!(get("q2", JobState::Available), Some(2));
-    let completed = t.store.jobs_list(&JobFilter { state: Some(JobState::Completed), ..Default::default() }).await.unwrap();
-    assert_eq!(completed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[0]]);
+    let completed = t
+        .store
+        .jobs_list(&JobFilter {
+            state: Some(JobState::Completed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        completed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
     t.cleanup().await;
 }

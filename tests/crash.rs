@@ -18,9 +18,22 @@ const JOBS: usize = 20_000;
 
 fn spawn_worker(url: &str, name: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["worker", "--queue", "ledger=12", "--lease-ms", "1500", "--poll-ms", "200", "--batch", "12"])
+        .args([
+            "worker",
+            "--queue",
+            "ledger=12",
+            "--lease-ms",
+            "1500",
+            "--poll-ms",
+            "200",
+            "--batch",
+            "12",
+        ])
         .env("DATABASE_URL", url)
-        .env("STEWARD_JOBS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"))
+        .env(
+            "STEWARD_JOBS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
+        )
         .env("STEWARD_WORKER_ID", name)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -37,10 +50,19 @@ async fn sigkilled_workers_lose_no_job() {
     let url = format!("{}{separator}options=-c%20search_path%3D{schema}", t.url);
 
     let client = Client::new(t.store.clone(), common::repo_kinds());
-    let template = client.build("ledger", json!({"ms": 20}), EnqueueOptions::default()).unwrap();
+    let template = client
+        .build("ledger", json!({"ms": 20}), EnqueueOptions::default())
+        .unwrap();
     let mut ids = Vec::with_capacity(JOBS);
     for chunk in vec![template; JOBS].chunks(1000) {
-        ids.extend(client.enqueue_many(chunk).await.unwrap().iter().map(|e| e.id));
+        ids.extend(
+            client
+                .enqueue_many(chunk)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id),
+        );
     }
 
     let mut generation = 0;
@@ -52,11 +74,18 @@ async fn sigkilled_workers_lose_no_job() {
     let mut next_kill = Instant::now() + Duration::from_millis(1500);
     loop {
         let counts = t.store.jobs_count_by_state().await.unwrap();
-        let completed: i64 = counts.iter().filter(|c| c.state == JobState::Completed).map(|c| c.count).sum();
+        let completed: i64 = counts
+            .iter()
+            .filter(|c| c.state == JobState::Completed)
+            .map(|c| c.count)
+            .sum();
         if completed as usize == JOBS {
             break;
         }
-        assert!(Instant::now() < deadline, "jobs not drained in time: {counts:?}");
+        assert!(
+            Instant::now() < deadline,
+            "jobs not drained in time: {counts:?}"
+        );
         if Instant::now() >= next_kill {
             generation += 1;
             let victim = kills % workers.len();
@@ -72,7 +101,10 @@ async fn sigkilled_workers_lose_no_job() {
         let _ = worker.kill();
         let _ = worker.wait();
     }
-    assert!(kills >= 3, "the test must actually kill workers (killed {kills})");
+    assert!(
+        kills >= 3,
+        "the test must actually kill workers (killed {kills})"
+    );
 
     let ledger = t.store.ledger_job_ids().await.unwrap();
     let mut seen: HashMap<i64, usize> = HashMap::new();
@@ -80,13 +112,24 @@ async fn sigkilled_workers_lose_no_job() {
         *seen.entry(*id).or_default() += 1;
     }
     let missing: Vec<_> = ids.iter().filter(|id| !seen.contains_key(id)).collect();
-    assert!(missing.is_empty(), "ids missing from the ledger: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "ids missing from the ledger: {missing:?}"
+    );
     assert_eq!(seen.len(), JOBS, "the ledger holds only our jobs");
-    let duplicated: Vec<i64> = seen.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+    let duplicated: Vec<i64> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
     for chunk in duplicated.chunks(1000) {
         let jobs = t
             .store
-            .jobs_list(&JobFilter { ids: chunk.to_vec(), limit: Some(1000), ..Default::default() })
+            .jobs_list(&JobFilter {
+                ids: chunk.to_vec(),
+                limit: Some(1000),
+                ..Default::default()
+            })
             .await
             .unwrap();
         for job in jobs {

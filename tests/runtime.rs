@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 use steward::kinds::{Backoff, JobKind};
-use steward::queue::{JobContext, JobError, QueueConfig, Registry, Runtime, RuntimeConfig, builtin};
+use steward::queue::{
+    JobContext, JobError, QueueConfig, Registry, Runtime, RuntimeConfig, builtin,
+};
 use steward::types::{JobFilter, JobState};
 use steward::{Client, EnqueueOptions};
 use tokio::sync::mpsc;
@@ -25,7 +27,13 @@ per_backend!(
 fn config(queues: &[(&str, usize)]) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(
         format!("test-{}", fastrand::u32(..)),
-        queues.iter().map(|(name, n)| QueueConfig { name: name.to_string(), concurrency: *n }).collect(),
+        queues
+            .iter()
+            .map(|(name, n)| QueueConfig {
+                name: name.to_string(),
+                concurrency: *n,
+            })
+            .collect(),
     )
     .with_lease(Duration::from_millis(900));
     config.poll_interval = Duration::from_millis(100);
@@ -40,7 +48,12 @@ struct Running {
     handle: tokio::task::JoinHandle<Result<(), steward::queue::RuntimeError>>,
 }
 
-fn start(t: &TestStore, registry: Registry, kinds: steward::kinds::KindCatalog, config: RuntimeConfig) -> Running {
+fn start(
+    t: &TestStore,
+    registry: Registry,
+    kinds: steward::kinds::KindCatalog,
+    config: RuntimeConfig,
+) -> Running {
     let runtime = Runtime::new(t.store.clone(), registry, kinds, config).expect("runtime");
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(runtime.run(shutdown.clone()));
@@ -50,7 +63,10 @@ fn start(t: &TestStore, registry: Registry, kinds: steward::kinds::KindCatalog, 
 impl Running {
     async fn stop(self) {
         self.shutdown.cancel();
-        self.handle.await.expect("join").expect("runtime ends cleanly");
+        self.handle
+            .await
+            .expect("join")
+            .expect("runtime ends cleanly");
     }
 }
 
@@ -59,11 +75,28 @@ async fn every_job_runs_and_its_effect_is_recorded_once(backend: Backend) {
     let client = Client::new(t.store.clone(), common::repo_kinds());
     let mut ids = Vec::new();
     for i in 0..500 {
-        let options = EnqueueOptions { tenant: Some(format!("tenant-{}", i % 7)), ..Default::default() };
-        ids.push(client.enqueue("ledger", json!({}), options).await.unwrap().id);
+        let options = EnqueueOptions {
+            tenant: Some(format!("tenant-{}", i % 7)),
+            ..Default::default()
+        };
+        ids.push(
+            client
+                .enqueue("ledger", json!({}), options)
+                .await
+                .unwrap()
+                .id,
+        );
     }
-    let running = start(&t, builtin::registry(), common::repo_kinds(), config(&[("ledger", 50)]));
-    t.wait_for_counts(Duration::from_secs(60), "500 completed", |n| n(JobState::Completed) == 500).await;
+    let running = start(
+        &t,
+        builtin::registry(),
+        common::repo_kinds(),
+        config(&[("ledger", 50)]),
+    );
+    t.wait_for_counts(Duration::from_secs(60), "500 completed", |n| {
+        n(JobState::Completed) == 500
+    })
+    .await;
     running.stop().await;
     let mut ledger = t.store.ledger_job_ids().await.unwrap();
     ledger.sort_unstable();
@@ -76,14 +109,45 @@ async fn failures_retry_with_backoff_then_dead_letter(backend: Backend) {
     let t = fresh(backend).await;
     let mut kind = JobKind::new("fail", "default");
     kind.max_attempts = 3;
-    kind.backoff = Backoff { base_ms: 30, max_ms: 200, jitter: false };
+    kind.backoff = Backoff {
+        base_ms: 30,
+        max_ms: 200,
+        jitter: false,
+    };
     let kinds = common::kinds_of(&[kind]);
     let client = Client::new(t.store.clone(), kinds.clone());
-    let flaky = client.enqueue("fail", json!({"message": "flaky"}), EnqueueOptions::default()).await.unwrap().id;
-    let fatal = client.enqueue("fail", json!({"message": "bad input", "fatal": true}), EnqueueOptions::default()).await.unwrap().id;
-    let heals = client.enqueue("fail", json!({"succeed_on_attempt": 2}), EnqueueOptions::default()).await.unwrap().id;
+    let flaky = client
+        .enqueue(
+            "fail",
+            json!({"message": "flaky"}),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let fatal = client
+        .enqueue(
+            "fail",
+            json!({"message": "bad input", "fatal": true}),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let heals = client
+        .enqueue(
+            "fail",
+            json!({"succeed_on_attempt": 2}),
+            EnqueueOptions::default(),
+        )
+        .await
+        .unwrap()
+        .id;
     let running = start(&t, builtin::registry(), kinds, config(&[("default", 10)]));
-    t.wait_for_counts(Duration::from_secs(30), "two dead, one completed", |n| n(JobState::Dead) == 2 && n(JobState::Completed) == 1).await;
+    t.wait_for_counts(Duration::from_secs(30), "two dead, one completed", |n| {
+        n(JobState::Dead) == 2 && n(JobState::Completed) == 1
+    })
+    .await;
     running.stop().await;
     let flaky = t.store.job_get(flaky).await.unwrap().unwrap();
     assert_eq!(flaky.state, JobState::Dead);
@@ -93,9 +157,16 @@ async fn failures_retry_with_backoff_then_dead_letter(backend: Backend) {
         .windows(2)
         .map(|w| (w[1].started_at.unwrap() - w[0].finished_at.unwrap()).num_milliseconds())
         .collect();
-    assert!(gaps[0] >= 30 && gaps[1] >= 60, "exponential backoff between attempts: {gaps:?}");
+    assert!(
+        gaps[0] >= 30 && gaps[1] >= 60,
+        "exponential backoff between attempts: {gaps:?}"
+    );
     let fatal = t.store.job_get(fatal).await.unwrap().unwrap();
-    assert_eq!((fatal.state, fatal.attempts.len()), (JobState::Dead, 1), "a fatal error is not retried");
+    assert_eq!(
+        (fatal.state, fatal.attempts.len()),
+        (JobState::Dead, 1),
+        "a fatal error is not retried"
+    );
     assert_eq!(fatal.attempts[0].error.as_deref(), Some("bad input"));
     let heals = t.store.job_get(heals).await.unwrap().unwrap();
     assert_eq!((heals.state, heals.attempt), (JobState::Completed, 2));
@@ -109,12 +180,22 @@ async fn a_job_past_its_timeout_is_stopped(backend: Backend) {
     kind.timeout = Duration::from_millis(200);
     let kinds = common::kinds_of(&[kind]);
     let client = Client::new(t.store.clone(), kinds.clone());
-    let id = client.enqueue("sleep", json!({"ms": 60_000}), EnqueueOptions::default()).await.unwrap().id;
+    let id = client
+        .enqueue("sleep", json!({"ms": 60_000}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     let running = start(&t, builtin::registry(), kinds, config(&[("default", 1)]));
-    t.wait_for_counts(Duration::from_secs(20), "the job dead", |n| n(JobState::Dead) == 1).await;
+    t.wait_for_counts(Duration::from_secs(20), "the job dead", |n| {
+        n(JobState::Dead) == 1
+    })
+    .await;
     running.stop().await;
     let job = t.store.job_get(id).await.unwrap().unwrap();
-    assert_eq!(job.attempts[0].error.as_deref(), Some("timed out after 200 ms"));
+    assert_eq!(
+        job.attempts[0].error.as_deref(),
+        Some("timed out after 200 ms")
+    );
     t.cleanup().await;
 }
 
@@ -140,24 +221,43 @@ fn blocking_registry(events: mpsc::UnboundedSender<(&'static str, i64)>) -> Regi
     registry
 }
 
-async fn next_event(events: &mut mpsc::UnboundedReceiver<(&'static str, i64)>) -> (&'static str, i64) {
-    tokio::time::timeout(Duration::from_secs(20), events.recv()).await.expect("event in time").expect("open")
+async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<(&'static str, i64)>,
+) -> (&'static str, i64) {
+    tokio::time::timeout(Duration::from_secs(20), events.recv())
+        .await
+        .expect("event in time")
+        .expect("open")
 }
 
 async fn cancelling_a_running_job_stops_its_handler(backend: Backend) {
     let t = fresh(backend).await;
     let kinds = common::kinds_of(&[JobKind::new("block", "default")]);
     let client = Client::new(t.store.clone(), kinds.clone());
-    let id = client.enqueue("block", json!({}), EnqueueOptions::default()).await.unwrap().id;
+    let id = client
+        .enqueue("block", json!({}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     let (tx, mut events) = mpsc::unbounded_channel();
     let running = start(&t, blocking_registry(tx), kinds, config(&[("default", 5)]));
     assert_eq!(next_event(&mut events).await, ("started", id));
-    let cancelled = t.store.jobs_cancel(&JobFilter { ids: vec![id], ..Default::default() }).await.unwrap();
+    let cancelled = t
+        .store
+        .jobs_cancel(&JobFilter {
+            ids: vec![id],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(cancelled.count, 1);
     // The next heartbeat finds the lease gone and stops the handler.
     assert_eq!(next_event(&mut events).await, ("stopped", id));
     running.stop().await;
-    assert_eq!(t.store.job_get(id).await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        t.store.job_get(id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
     t.cleanup().await;
 }
 
@@ -165,8 +265,16 @@ async fn shutdown_lets_running_jobs_finish_or_releases_them(backend: Backend) {
     let t = fresh(backend).await;
     let kinds = common::kinds_of(&[JobKind::new("block", "default")]);
     let client = Client::new(t.store.clone(), kinds.clone());
-    let quick = client.enqueue("block", json!({"ms": 300}), EnqueueOptions::default()).await.unwrap().id;
-    let stuck = client.enqueue("block", json!({"ms": 600_000}), EnqueueOptions::default()).await.unwrap().id;
+    let quick = client
+        .enqueue("block", json!({"ms": 300}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let stuck = client
+        .enqueue("block", json!({"ms": 600_000}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
     let (tx, mut events) = mpsc::unbounded_channel();
     let mut config = config(&[("default", 5)]);
     config.shutdown_grace = Duration::from_millis(1500);
@@ -178,12 +286,36 @@ async fn shutdown_lets_running_jobs_finish_or_releases_them(backend: Backend) {
     }
     running.stop().await;
     let quick = t.store.job_get(quick).await.unwrap().unwrap();
-    assert_eq!(quick.state, JobState::Completed, "a job that finishes within the grace period completes");
+    assert_eq!(
+        quick.state,
+        JobState::Completed,
+        "a job that finishes within the grace period completes"
+    );
     let stuck = t.store.job_get(stuck).await.unwrap().unwrap();
-    assert_eq!(stuck.state, JobState::Retryable, "a job still running after the grace period is released");
-    assert!(stuck.attempts[0].error.as_deref().unwrap_or("").contains("shutting down"));
-    assert!(stuck.run_at <= chrono::Utc::now(), "released for another worker at once");
-    let running_left = t.store.jobs_list(&JobFilter { state: Some(JobState::Running), ..Default::default() }).await.unwrap();
+    assert_eq!(
+        stuck.state,
+        JobState::Retryable,
+        "a job still running after the grace period is released"
+    );
+    assert!(
+        stuck.attempts[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("shutting down")
+    );
+    assert!(
+        stuck.run_at <= chrono::Utc::now(),
+        "released for another worker at once"
+    );
+    let running_left = t
+        .store
+        .jobs_list(&JobFilter {
+            state: Some(JobState::Running),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(running_left.is_empty());
     t.cleanup().await;
 }
@@ -193,10 +325,18 @@ fn a_kind_without_a_handler_stops_start_up_with_its_file_and_line() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let t = fresh(Backend::Sqlite).await;
-        let err = match Runtime::new(t.store.clone(), Registry::new(), common::repo_kinds(), config(&[("default", 1)])) {
+        let err = match Runtime::new(
+            t.store.clone(),
+            Registry::new(),
+            common::repo_kinds(),
+            config(&[("default", 1)]),
+        ) {
             Err(err) => err.to_string(),
             Ok(_) => panic!("must refuse"),
         };
-        assert!(err.contains("/jobs/fail.toml:2: no handler is registered for job kind `fail`"), "{err}");
+        assert!(
+            err.contains("/jobs/fail.toml:2: no handler is registered for job kind `fail`"),
+            "{err}"
+        );
     });
 }

@@ -31,22 +31,43 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
             ..EnqueueOptions::default()
         };
         enqueued.push(client.enqueue("noop", json!({}), options.clone()).await?.id);
-        enqueued.push(client.enqueue("ledger", json!({"ms": 5}), options).await?.id);
+        enqueued.push(
+            client
+                .enqueue("ledger", json!({"ms": 5}), options)
+                .await?
+                .id,
+        );
     }
-    enqueued.push(client.enqueue("sleep", json!({"ms": 1500}), EnqueueOptions::default()).await?.id);
+    enqueued.push(
+        client
+            .enqueue("sleep", json!({"ms": 1500}), EnqueueOptions::default())
+            .await?
+            .id,
+    );
     let dead = client
-        .enqueue("fail", json!({"message": "payment provider said no", "fatal": true}), EnqueueOptions::default())
+        .enqueue(
+            "fail",
+            json!({"message": "payment provider said no", "fatal": true}),
+            EnqueueOptions::default(),
+        )
         .await?
         .id;
     let flaky = client
-        .enqueue("fail", json!({"message": "flaky upstream"}), EnqueueOptions::default())
+        .enqueue(
+            "fail",
+            json!({"message": "flaky upstream"}),
+            EnqueueOptions::default(),
+        )
         .await?
         .id;
     let config = args.worker.runtime(settings.worker_id(), &kinds.queues())?;
     let runtime = Runtime::new(store.clone(), builtin::registry(), kinds, config)?;
     let shutdown = CancellationToken::new();
     println!("steward demo: SQLite at {}", settings.database_url);
-    println!("  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies", enqueued.len() + 2);
+    println!(
+        "  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies",
+        enqueued.len() + 2
+    );
     println!("  try, in another terminal:");
     println!("    steward jobs counts");
     println!("    steward dlq list");
@@ -83,7 +104,10 @@ async fn wait_until_settled(store: &crate::store::SharedStore) {
                 let busy = counts.iter().any(|c| {
                     matches!(
                         c.state,
-                        JobState::Available | JobState::Running | JobState::Retryable | JobState::Scheduled
+                        JobState::Available
+                            | JobState::Running
+                            | JobState::Retryable
+                            | JobState::Scheduled
                     ) && c.count > 0
                 });
                 if !busy {

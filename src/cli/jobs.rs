@@ -119,7 +119,9 @@ pub(crate) struct BulkArgs {
 impl FilterArgs {
     fn to_filter(&self) -> Result<JobFilter, CliError> {
         let state = match &self.state {
-            Some(state) => Some(JobState::from_str(state).map_err(|e| CliError::Usage(e.to_string()))?),
+            Some(state) => {
+                Some(JobState::from_str(state).map_err(|e| CliError::Usage(e.to_string()))?)
+            }
             None => None,
         };
         Ok(JobFilter {
@@ -136,8 +138,10 @@ impl FilterArgs {
 
 impl BulkArgs {
     fn to_filter(&self) -> Result<JobFilter, CliError> {
-        if self.all == !self.ids.is_empty() {
-            return Err(CliError::Usage("give job ids or --all, not both and not neither".into()));
+        if self.all != self.ids.is_empty() {
+            return Err(CliError::Usage(
+                "give job ids or --all, not both and not neither".into(),
+            ));
         }
         Ok(JobFilter {
             ids: self.ids.clone(),
@@ -158,7 +162,9 @@ pub(crate) async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> Result<(
     let run_at = match (&args.run_at, args.delay_ms) {
         (Some(at), _) => Some(
             DateTime::parse_from_rfc3339(at)
-                .map_err(|e| CliError::Usage(format!("--run-at `{at}` is not an RFC 3339 time: {e}")))?
+                .map_err(|e| {
+                    CliError::Usage(format!("--run-at `{at}` is not an RFC 3339 time: {e}"))
+                })?
                 .with_timezone(&Utc),
         ),
         (None, Some(ms)) => Some(Utc::now() + chrono::Duration::milliseconds(ms as i64)),
@@ -179,7 +185,11 @@ pub(crate) async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> Result<(
     for chunk in jobs.chunks(1000) {
         for enqueued in client.enqueue_many(chunk).await? {
             if args.count <= 10 {
-                let note = if enqueued.inserted { "enqueued" } else { "duplicate of live job" };
+                let note = if enqueued.inserted {
+                    "enqueued"
+                } else {
+                    "duplicate of live job"
+                };
                 println!("{note} {}", enqueued.id);
             }
         }
@@ -199,14 +209,21 @@ pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<()
                 .job_get(id)
                 .await?
                 .ok_or_else(|| CliError::Failed(format!("no job {id}")))?;
-            println!("{}", serde_json::to_string_pretty(&job).map_err(|e| CliError::Failed(e.to_string()))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&job).map_err(|e| CliError::Failed(e.to_string()))?
+            );
             Ok(())
         }
-        JobsCommand::Retry { ids } => report("retried", store.jobs_retry(&by_ids(ids)).await?.count),
+        JobsCommand::Retry { ids } => {
+            report("retried", store.jobs_retry(&by_ids(ids)).await?.count)
+        }
         JobsCommand::Discard { ids } => {
             report("discarded", store.jobs_discard(&by_ids(ids)).await?.count)
         }
-        JobsCommand::Cancel { ids } => report("cancelled", store.jobs_cancel(&by_ids(ids)).await?.count),
+        JobsCommand::Cancel { ids } => {
+            report("cancelled", store.jobs_cancel(&by_ids(ids)).await?.count)
+        }
         JobsCommand::Counts => {
             for count in store.jobs_count_by_state().await? {
                 println!("{:<20} {:<10} {}", count.queue, count.state, count.count);
@@ -224,10 +241,13 @@ pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> Result<(), 
             filter.state = Some(JobState::Dead);
             print_jobs(&store, &filter, json).await
         }
-        DlqCommand::Retry(args) => report("retried", store.jobs_retry(&args.to_filter()?).await?.count),
-        DlqCommand::Discard(args) => {
-            report("discarded", store.jobs_discard(&args.to_filter()?).await?.count)
+        DlqCommand::Retry(args) => {
+            report("retried", store.jobs_retry(&args.to_filter()?).await?.count)
         }
+        DlqCommand::Discard(args) => report(
+            "discarded",
+            store.jobs_discard(&args.to_filter()?).await?.count,
+        ),
     }
 }
 
@@ -247,7 +267,10 @@ async fn print_jobs(store: &SharedStore, filter: &JobFilter, json: bool) -> Resu
     let jobs = store.jobs_list(filter).await?;
     if json {
         for job in &jobs {
-            println!("{}", serde_json::to_string(job).map_err(|e| CliError::Failed(e.to_string()))?);
+            println!(
+                "{}",
+                serde_json::to_string(job).map_err(|e| CliError::Failed(e.to_string()))?
+            );
         }
         return Ok(());
     }

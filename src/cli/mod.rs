@@ -67,6 +67,8 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Kinds(_) | CliError::Queue(_) | CliError::Usage(_) => 2,
+            CliError::Runtime(crate::queue::RuntimeError::MissingHandler { .. })
+            | CliError::Runtime(crate::queue::RuntimeError::Config(_)) => 2,
             CliError::Client(crate::ClientError::UnknownKind(_))
             | CliError::Client(crate::ClientError::InvalidPayload { .. }) => 2,
             CliError::Store(StoreError::InvalidInput(_)) => 2,
@@ -93,7 +95,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

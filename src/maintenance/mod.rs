@@ -92,7 +92,9 @@ pub fn spawn(
             match service.run_once(&store).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(service = service.name(), jobs = n, "maintenance round"),
-                Err(err) => tracing::warn!(service = service.name(), error = %err, "maintenance round failed"),
+                Err(err) => {
+                    tracing::warn!(service = service.name(), error = %err, "maintenance round failed")
+                }
             }
         }
     })

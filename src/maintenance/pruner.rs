@@ -24,7 +24,8 @@ impl Service for Pruner {
     }
     async fn run_once(&self, store: &SharedStore) -> StoreResult<u64> {
         let now = Utc::now();
-        let completed_before = now - chrono::Duration::from_std(self.completed_retention).unwrap_or_default();
+        let completed_before =
+            now - chrono::Duration::from_std(self.completed_retention).unwrap_or_default();
         let dead_before = now - chrono::Duration::from_std(self.dead_retention).unwrap_or_default();
         let mut total = 0;
         loop {

@@ -85,7 +85,9 @@ where
                                 .map(|k| k.backoff.clone())
                                 .unwrap_or_default();
                             let delay = backoff.delay_after(job.attempt);
-                            Some(finished_at + chrono::Duration::from_std(delay).unwrap_or_default())
+                            Some(
+                                finished_at + chrono::Duration::from_std(delay).unwrap_or_default(),
+                            )
                         }
                     };
                     tracing::warn!(job_id = job.id, kind = %job.kind, attempt = job.attempt,

@@ -32,7 +32,10 @@ pub(crate) async fn run(
                 let held: HashSet<_> = held.into_iter().collect();
                 let lost: Vec<_> = leases.into_iter().filter(|l| !held.contains(l)).collect();
                 if !lost.is_empty() {
-                    tracing::warn!(count = lost.len(), "leases lost (rescued or cancelled); stopping those attempts");
+                    tracing::warn!(
+                        count = lost.len(),
+                        "leases lost (rescued or cancelled); stopping those attempts"
+                    );
                     inflight.stop(&lost, "lease lost: the job was cancelled or rescued");
                 }
             }

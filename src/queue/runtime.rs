@@ -101,7 +101,9 @@ impl RuntimeConfig {
             return Err(RuntimeError::Config("no queue to work".into()));
         }
         if self.heartbeat_every >= self.lease {
-            return Err(RuntimeError::Config("heartbeat must be shorter than the lease".into()));
+            return Err(RuntimeError::Config(
+                "heartbeat must be shorter than the lease".into(),
+            ));
         }
         if self.batch_size == 0 {
             return Err(RuntimeError::Config("batch size must be at least 1".into()));
@@ -228,7 +230,10 @@ impl Runtime {
                 shutdown.cancelled().await;
                 tokio::time::sleep(grace).await;
                 if inflight.len() > 0 {
-                    tracing::warn!(count = inflight.len(), "shutdown grace over; stopping running jobs");
+                    tracing::warn!(
+                        count = inflight.len(),
+                        "shutdown grace over; stopping running jobs"
+                    );
                     inflight.stop_all("worker shutting down");
                 }
             })

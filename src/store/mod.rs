@@ -66,8 +66,11 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Apply attempt outcomes. Each is fenced on (id, attempt, worker); the leases that still
     /// matched are returned, the others (stale workers) changed nothing.
-    async fn jobs_apply_outcomes(&self, worker: &str, outcomes: &[Outcome])
-    -> StoreResult<Vec<Lease>>;
+    async fn jobs_apply_outcomes(
+        &self,
+        worker: &str,
+        outcomes: &[Outcome],
+    ) -> StoreResult<Vec<Lease>>;
 
     /// Extend the leases a worker still holds; returns those it still holds. A lease missing
     /// from the answer was rescued or cancelled: the worker must stop that attempt.

@@ -63,7 +63,11 @@ impl PgStore {
     }
 
     /// Connect with an explicit pool size.
-    pub async fn connect_with(url: &str, schema: Option<&str>, max_connections: u32) -> StoreResult<Self> {
+    pub async fn connect_with(
+        url: &str,
+        schema: Option<&str>,
+        max_connections: u32,
+    ) -> StoreResult<Self> {
         let mut options = PgConnectOptions::from_str(url)?;
         let schema = match schema {
             Some(schema) => Some(validate_identifier(schema)?.to_string()),
@@ -74,13 +78,14 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
         // Enqueues notify `steward_jobs_<schema>`; the schema is the one jobs are written to.
-        let current: String = sqlx::query_scalar("SELECT coalesce(current_schema(), 'public')::text")
-            .fetch_one(&pool)
-            .await?;
+        let current: String =
+            sqlx::query_scalar("SELECT coalesce(current_schema(), 'public')::text")
+                .fetch_one(&pool)
+                .await?;
         let channel = format!("steward_jobs_{}", schema.as_deref().unwrap_or(&current));
         let (notify, _) = broadcast::channel(1024);
         Ok(Self {
@@ -107,9 +112,8 @@ impl PgStore {
         Ok(())
     }
 
-    /// Insert jobs on the caller's connection, typically inside the caller's transaction:
-    /// the jobs exist if and only if that transaction commits.
-
+    /// Listen for enqueue signals on a dedicated connection (once per store), re-listening
+    /// after a lost connection and waking every producer then, since signals may be lost.
     fn start_listener(&self) {
         if self.listener_started.set(()).is_err() {
             return;
@@ -171,10 +175,12 @@ where
     let mut distinct: Vec<&String> = queues.iter().collect();
     distinct.sort();
     distinct.dedup();
-    sqlx::query("SELECT pg_notify('steward_jobs_' || current_schema(), q) FROM unnest($1::text[]) AS q")
-        .bind(distinct)
-        .execute(executor)
-        .await?;
+    sqlx::query(
+        "SELECT pg_notify('steward_jobs_' || current_schema(), q) FROM unnest($1::text[]) AS q",
+    )
+    .bind(distinct)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
@@ -233,17 +239,17 @@ fn insert_sql(with_keys: bool) -> &'static str {
     static KEYED: OnceLock<String> = OnceLock::new();
     static KEYLESS: OnceLock<String> = OnceLock::new();
     let (cell, clause) = if with_keys {
-        (&KEYED, "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'cancelled' DO NOTHING")
+        (
+            &KEYED,
+            "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'cancelled' DO NOTHING",
+        )
     } else {
         (&KEYLESS, "")
     };
     cell.get_or_init(|| INSERT_TEMPLATE.replace("{on_conflict}", clause))
 }
 
-async fn insert_jobs(
-    conn: &mut PgConnection,
-    jobs: &[NewJob],
-) -> StoreResult<Vec<Enqueued>> {
+async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
     let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
     let mut pending: Vec<usize> = (0..jobs.len()).collect();
     let mut woken: Vec<String> = Vec::new();
@@ -259,11 +265,21 @@ async fn insert_jobs(
             .bind(batch.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|j| j.payload.clone()).collect::<Vec<Value>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|j| j.payload.clone())
+                    .collect::<Vec<Value>>(),
+            )
             .bind(batch.iter().map(|j| j.priority).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
-            .bind(batch.iter().map(|j| j.unique_key.clone()).collect::<Vec<_>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|j| j.unique_key.clone())
+                    .collect::<Vec<_>>(),
+            )
             .bind(batch.iter().map(|j| j.run_at).collect::<Vec<_>>())
             .fetch_all(&mut *conn)
             .await?;
@@ -323,7 +339,12 @@ async fn insert_jobs(
         for index in duplicates {
             let key = jobs[index].unique_key.clone().unwrap_or_default();
             match holders.get(&key) {
-                Some(&id) => results[index] = Some(Enqueued { id, inserted: false }),
+                Some(&id) => {
+                    results[index] = Some(Enqueued {
+                        id,
+                        inserted: false,
+                    })
+                }
                 None => next_pending.push(index),
             }
         }
@@ -387,7 +408,9 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRecord> {
 /// Append `AND …` conditions for a filter (the hot table and the completed table share columns).
 fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
     if !filter.ids.is_empty() {
-        qb.push(" AND id = ANY(").push_bind(filter.ids.clone()).push(")");
+        qb.push(" AND id = ANY(")
+            .push_bind(filter.ids.clone())
+            .push(")");
     }
     if let Some(queue) = &filter.queue {
         qb.push(" AND queue = ").push_bind(queue.clone());
@@ -494,8 +517,14 @@ impl JobStore for PgStore {
     ) -> StoreResult<Vec<Lease>> {
         let mut applied = Vec::with_capacity(outcomes.len());
         let (mut c_ids, mut c_attempts, mut c_at) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut f_ids, mut f_attempts, mut f_errors, mut f_started, mut f_finished, mut f_retry) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut f_ids, mut f_attempts, mut f_errors, mut f_started, mut f_finished, mut f_retry) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let (mut r_ids, mut r_attempts) = (Vec::new(), Vec::new());
         for outcome in outcomes {
             match outcome {

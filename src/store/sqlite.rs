@@ -238,7 +238,12 @@ async fn insert_jobs(
         for index in duplicates {
             let key = jobs[index].unique_key.clone().unwrap_or_default();
             match holders.get(&key) {
-                Some(&id) => results[index] = Some(Enqueued { id, inserted: false }),
+                Some(&id) => {
+                    results[index] = Some(Enqueued {
+                        id,
+                        inserted: false,
+                    })
+                }
                 None => next_pending.push(index),
             }
         }
@@ -466,14 +471,16 @@ impl JobStore for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
             let done = leases_from(rows)?;
-            sqlx::query("DELETE FROM steward_jobs WHERE id IN (SELECT value ->> '$.id' FROM json_each(?1))")
-                .bind(lease_json(done.iter().copied()))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM steward_jobs WHERE id IN (SELECT value ->> '$.id' FROM json_each(?1))",
+            )
+            .bind(lease_json(done.iter().copied()))
+            .execute(&mut *tx)
+            .await?;
             applied.extend(done);
         }
         if !failed.is_empty() {
-            let rows = sqlx::query(&format!(
+            let rows = sqlx::query(
                 r#"
                 UPDATE steward_jobs AS j SET
                     state = CASE WHEN f.retry_at IS NULL THEN 'dead' ELSE 'retryable' END,
@@ -491,8 +498,8 @@ impl JobStore for SqliteStore {
                       FROM json_each(?1)) AS f
                 WHERE j.id = f.id AND j.attempt = f.attempt AND j.state = 'running' AND j.leased_by = ?2
                 RETURNING id, attempt
-                "#
-            ))
+                "#,
+            )
             .bind(Value::Array(failed).to_string())
             .bind(worker)
             .fetch_all(&mut *tx)
@@ -664,9 +671,8 @@ impl JobStore for SqliteStore {
     }
 
     async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "UPDATE steward_jobs SET state = 'available', run_at = ",
-        );
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("UPDATE steward_jobs SET state = 'available', run_at = ");
         qb.push_bind(now_ms()).push(
             ", finished_at = NULL, max_attempts = max(max_attempts, attempt + 1) \
              WHERE state IN ('dead', 'cancelled', 'retryable', 'scheduled')",
@@ -698,17 +704,18 @@ impl JobStore for SqliteStore {
 
     async fn jobs_cancel(&self, filter: &JobFilter) -> StoreResult<Affected> {
         let now = now_ms();
-        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE steward_jobs SET state = 'cancelled', finished_at = ");
-        qb.push_bind(now)
-            .push(format!(
-                ", errors = CASE WHEN state = 'running' THEN json_insert(errors, '$[#]', json_object(\
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = ",
+        );
+        qb.push_bind(now).push(format!(
+            ", errors = CASE WHEN state = 'running' THEN json_insert(errors, '$[#]', json_object(\
                  'attempt', attempt, 'worker', leased_by, 'started_at', {}, 'finished_at', {}, \
                  'error', 'cancelled by an operator while running')) ELSE errors END, \
                  leased_by = NULL, lease_expires_at = NULL \
                  WHERE state IN ('scheduled', 'available', 'running', 'retryable')",
-                iso("attempted_at"),
-                iso(&now.to_string())
-            ));
+            iso("attempted_at"),
+            iso(&now.to_string())
+        ));
         if let Some(state) = filter.state {
             qb.push(" AND state = ").push_bind(state.as_str());
         }
@@ -721,7 +728,9 @@ impl JobStore for SqliteStore {
     }
 
     async fn jobs_discard(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE steward_jobs SET state = 'cancelled', finished_at = ");
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = ",
+        );
         qb.push_bind(now_ms()).push(" WHERE state = 'dead'");
         push_filter(&mut qb, filter);
         let _guard = self.write_lock.lock().await;

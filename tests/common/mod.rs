@@ -129,8 +129,11 @@ pub fn new_job(kind: &str, queue: &str) -> NewJob {
 
 /// The repository's `jobs/` catalog.
 pub fn repo_kinds() -> KindCatalog {
-    KindCatalog::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs")))
-        .expect("jobs/ loads")
+    KindCatalog::load_dir(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/jobs"
+    )))
+    .expect("jobs/ loads")
 }
 
 pub fn kinds_of(kinds: &[JobKind]) -> KindCatalog {

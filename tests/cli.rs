@@ -1,0 +1,188 @@
+//! The command line on bad input: a clear message, a non-zero exit, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn steward(args: &[&str], database_url: &str, jobs_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("STEWARD_JOBS_DIR", jobs_dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run steward")
+}
+
+fn repo_jobs() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"))
+}
+
+fn sqlite(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("cli.db").display())
+}
+
+/// Exit code and stderr; asserts it did not panic.
+fn failed(output: &Output) -> (i32, String) {
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "steward panicked: {stderr}");
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn unknown_job_kind_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = failed(&steward(
+        &["enqueue", "launch_rockets"],
+        &sqlite(&dir),
+        repo_jobs(),
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("error: unknown job kind `launch_rockets`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn malformed_payloads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let (code, stderr) = failed(&steward(
+        &["enqueue", "sleep", "--payload", "{\"ms\": "],
+        &url,
+        repo_jobs(),
+    ));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--payload is not valid JSON"), "{stderr}");
+    let (code, stderr) = failed(&steward(
+        &["enqueue", "sleep", "--payload", "{\"ms\": \"soon\"}"],
+        &url,
+        repo_jobs(),
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("invalid payload for job kind `sleep`"),
+        "{stderr}"
+    );
+    let (code, stderr) = failed(&steward(
+        &["enqueue", "noop", "--payload", "[1, 2]"],
+        &url,
+        repo_jobs(),
+    ));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("must be a JSON object"), "{stderr}");
+    // Nothing was enqueued by the refused commands.
+    let list = steward(&["jobs", "list", "--json"], &url, repo_jobs());
+    assert!(list.status.success());
+    assert!(String::from_utf8_lossy(&list.stdout).trim().is_empty());
+}
+
+#[test]
+fn malformed_job_definition_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("broken.toml"),
+        "kind = \"broken\"\nqueue = \"q\"\nmax_attempts = \"many\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = failed(&steward(&["worker"], &sqlite(&dir), &jobs));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("broken.toml:3:"), "{stderr}");
+    std::fs::write(jobs.join("broken.toml"), "kind = \"mystery\"\n").unwrap();
+    let (code, stderr) = failed(&steward(&["worker"], &sqlite(&dir), &jobs));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("broken.toml:1: no handler is registered for job kind `mystery`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreachable_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = failed(&steward(
+        &["jobs", "list"],
+        "postgres://postgres:secret@127.0.0.1:1/nowhere",
+        repo_jobs(),
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("cannot use database postgres://postgres:***@127.0.0.1:1/nowhere"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("secret"),
+        "the password must not be printed"
+    );
+    let (code, stderr) = failed(&steward(&["migrate"], "mysql://localhost/x", repo_jobs()));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("DATABASE_URL must start with postgres:// or sqlite:"),
+        "{stderr}"
+    );
+    drop(dir);
+}
+
+#[test]
+fn operator_commands_refuse_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let (code, stderr) = failed(&steward(&["jobs", "show", "999"], &url, repo_jobs()));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no job 999"), "{stderr}");
+    let (code, stderr) = failed(&steward(&["dlq", "retry"], &url, repo_jobs()));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("give job ids or --all"), "{stderr}");
+    let (code, stderr) = failed(&steward(
+        &["jobs", "list", "--state", "sleeping"],
+        &url,
+        repo_jobs(),
+    ));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown job state `sleeping`"), "{stderr}");
+    let (code, _) = failed(&steward(&["jobs", "show", "abc"], &url, repo_jobs()));
+    assert_eq!(code, 2);
+    let (code, stderr) = failed(&steward(
+        &["worker", "--queue", "default=0"],
+        &url,
+        repo_jobs(),
+    ));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid queue `default=0`"), "{stderr}");
+}
+
+#[test]
+fn enqueue_then_operate_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let out = steward(
+        &["enqueue", "noop", "--unique-key", "k1"],
+        &url,
+        repo_jobs(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "enqueued 1");
+    let out = steward(
+        &["enqueue", "noop", "--unique-key", "k1"],
+        &url,
+        repo_jobs(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "duplicate of live job 1"
+    );
+    let out = steward(&["jobs", "cancel", "1"], &url, repo_jobs());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "cancelled 1 job(s)"
+    );
+    let out = steward(&["jobs", "show", "1"], &url, repo_jobs());
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(job["state"], "cancelled");
+}
