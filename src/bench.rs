@@ -6,7 +6,10 @@
 //! - `enqueue_batch_parallel`: the same by 4 concurrent callers;
 //! - `enqueue_single`: jobs inserted one per statement by 16 concurrent callers;
 //! - `execute_noop`: a backlog of no-op jobs drained by one worker process (fetch, run, ack);
-//! - `pickup_latency`: on an idle queue, time from the enqueue call to the handler starting.
+//! - `pickup_latency`: on an idle queue, time from the enqueue call to the handler starting,
+//!   enqueuing through the worker's own store (woken in process);
+//! - `pickup_latency_cross`: the same, enqueuing through a second connection pool, so the
+//!   worker is woken only by PostgreSQL's NOTIFY, as a worker on another machine would be.
 
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
@@ -40,12 +43,13 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
     "execute_noop",
     "pickup_latency",
+    "pickup_latency_cross",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -70,7 +74,11 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "enqueue_batch_parallel" => enqueue_batch(&fresh.store, args.jobs, 4).await,
             "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
-            _ => pickup_latency(&fresh.store, args.samples).await,
+            "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
+            _ => match fresh.second_handle(&settings.database_url).await? {
+                Some(other) => pickup_latency(&fresh.store, &other, args.samples).await,
+                None => Ok(json!({"skipped": "SQLite wakes other processes by polling only"})),
+            },
         };
         fresh.close().await;
         let mut line = result?;
@@ -85,6 +93,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
 struct FreshStore {
     store: SharedStore,
     backend: &'static str,
+    schema: Option<String>,
     pg: Option<PgStore>,
     _dir: Option<tempdir::TempDir>,
 }
@@ -117,6 +126,7 @@ impl FreshStore {
             Ok(Self {
                 store: Arc::new(store),
                 backend: "sqlite",
+                schema: None,
                 pg: None,
                 _dir: Some(tempdir::TempDir(dir)),
             })
@@ -129,9 +139,23 @@ impl FreshStore {
             Ok(Self {
                 store: Arc::new(store.clone()),
                 backend: "postgres",
+                schema: Some(schema),
                 pg: Some(store),
                 _dir: None,
             })
+        }
+    }
+
+    /// A second, independent handle on the same PostgreSQL schema (`None` for SQLite).
+    async fn second_handle(&self, url: &str) -> Result<Option<SharedStore>, String> {
+        match &self.schema {
+            Some(schema) => {
+                let other = PgStore::connect_with(url, Some(schema), 2)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(Arc::new(other)))
+            }
+            None => Ok(None),
         }
     }
 
@@ -297,7 +321,11 @@ async fn execute_noop(
     )
 }
 
-async fn pickup_latency(store: &SharedStore, samples: usize) -> Result<Value, String> {
+async fn pickup_latency(
+    store: &SharedStore,
+    enqueue_through: &SharedStore,
+    samples: usize,
+) -> Result<Value, String> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
     let mut registry = Registry::new();
     registry.register("noop", move |_: Value, _| {
@@ -321,7 +349,7 @@ async fn pickup_latency(store: &SharedStore, samples: usize) -> Result<Value, St
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         let sent = Instant::now();
-        store
+        enqueue_through
             .jobs_insert_many(&one)
             .await
             .map_err(|e| e.to_string())?;

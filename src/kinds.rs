@@ -87,10 +87,12 @@ impl Backoff {
             builder = builder.with_jitter();
         }
         let index = usize::try_from(attempt.max(1) - 1).unwrap_or(0).min(64);
-        builder
+        let delay = builder
             .build()
             .nth(index)
-            .unwrap_or(Duration::from_millis(self.max_ms))
+            .unwrap_or(Duration::from_millis(self.max_ms));
+        // Whole milliseconds: the floating-point growth leaves sub-microsecond noise.
+        Duration::from_millis(delay.as_millis() as u64)
     }
 }
 

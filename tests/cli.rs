@@ -186,3 +186,55 @@ fn enqueue_then_operate_from_the_command_line() {
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(job["state"], "cancelled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_job_finish_then_exits_cleanly() {
+    use steward::store::JobStore;
+    use steward::types::JobState;
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let out = steward(
+        &["enqueue", "sleep", "--payload", "{\"ms\": 1500}"],
+        &url,
+        repo_jobs(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["worker", "--poll-ms", "50"])
+        .env("DATABASE_URL", &url)
+        .env("STEWARD_JOBS_DIR", repo_jobs())
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("spawn worker");
+    let store = steward::store::sqlite::SqliteStore::connect(&url)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.job_get(1).await.unwrap().map(|j| j.state) != Some(JobState::Running) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "graceful exit, got {exit:?}");
+    let job = store.job_get(1).await.unwrap().unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Completed,
+        "the running job finished before exit"
+    );
+}

@@ -216,12 +216,19 @@ SELECT i.kind, i.queue, i.tenant, i.payload,
 FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
 ORDER BY i.ord
 {on_conflict}
-RETURNING id, unique_key, state, queue, tenant
+RETURNING id, unique_key, state, queue
 )
 -- Only an enqueue into an empty queue needs to wake producers: a producer that fetched
--- something fetches again before it waits (see queue/producer.rs).
-SELECT i.id, i.unique_key, i.state, i.queue, g.was_empty
-FROM inserted i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
+-- something fetches again before it waits (see queue/producer.rs). The notification is part of
+-- this statement, so it costs no round trip and is delivered when the enqueue commits; taking
+-- PostgreSQL's notification lock only for empty queues keeps busy enqueuers from serialising.
+SELECT i.id, i.unique_key, i.state, i.queue,
+       (SELECT count(pg_notify('steward_jobs_' || current_schema(), w.queue))
+          FROM groups w
+         WHERE w.was_empty
+           AND EXISTS (SELECT 1 FROM inserted n WHERE n.queue = w.queue AND n.state = 'available')
+       ) AS woken
+FROM inserted i
 "#;
 
 /// Insert jobs on the caller's connection, typically inside the caller's transaction: the
@@ -230,7 +237,7 @@ pub async fn insert_on(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    insert_jobs(conn, jobs).await
+    Ok(insert_jobs(conn, jobs).await?.0)
 }
 
 /// The insert statement, with the unique-key arbiter only when the batch has keys: speculative
@@ -249,10 +256,14 @@ fn insert_sql(with_keys: bool) -> &'static str {
     cell.get_or_init(|| INSERT_TEMPLATE.replace("{on_conflict}", clause))
 }
 
-async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
+/// Insert, returning the results in input order and the queues that got available jobs.
+async fn insert_jobs(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> StoreResult<(Vec<Enqueued>, Vec<String>)> {
+    let mut woken: Vec<String> = Vec::new();
     let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
     let mut pending: Vec<usize> = (0..jobs.len()).collect();
-    let mut woken: Vec<String> = Vec::new();
     // A duplicate's holder can complete (leave the table) between our insert and our lookup;
     // then the key is free and the next round inserts. Three rounds settle any such race.
     for _round in 0..3 {
@@ -289,7 +300,7 @@ async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<Ve
         let mut keyed: HashMap<String, i64> = HashMap::new();
         for row in &rows {
             let id: i64 = row.try_get("id")?;
-            if row.try_get::<String, _>("state")? == "available" && row.try_get("was_empty")? {
+            if row.try_get::<String, _>("state")? == "available" {
                 woken.push(row.try_get("queue")?);
             }
             match row.try_get::<Option<String>, _>("unique_key")? {
@@ -355,14 +366,13 @@ async fn insert_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<Ve
             "a unique key kept changing hands while enqueuing; try again".into(),
         ));
     }
-    // A separate statement: a NOTIFY inside the insert's own statement would serialise every
-    // enqueue's commit on PostgreSQL's notification lock. Inside a caller's transaction it is
-    // still delivered at that transaction's commit.
-    notify_queues(&mut *conn, &woken).await?;
-    results
+    let results = results
         .into_iter()
         .map(|r| r.ok_or_else(|| StoreError::Corrupt("enqueue result missing".into())))
-        .collect()
+        .collect::<StoreResult<Vec<_>>>()?;
+    woken.sort();
+    woken.dedup();
+    Ok((results, woken))
 }
 
 fn job_from_row(row: &PgRow) -> StoreResult<JobRecord> {
@@ -462,7 +472,13 @@ impl JobStore for PgStore {
             return Ok(Vec::new());
         }
         let mut conn = self.pool.acquire().await?;
-        insert_jobs(&mut conn, jobs).await
+        let (results, woken) = insert_jobs(&mut conn, jobs).await?;
+        // Committed: wake this process's producers now, without waiting for the NOTIFY to
+        // travel back through the listener connection (other processes get the NOTIFY).
+        for queue in woken {
+            let _ = self.notify.send(queue);
+        }
+        Ok(results)
     }
 
     async fn jobs_fetch_available(&self, params: FetchParams<'_>) -> StoreResult<Vec<FetchedJob>> {
