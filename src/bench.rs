@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Samples for the latency scenario.
     #[arg(long, default_value_t = 1_000)]
     pub samples: usize,
+    /// Jobs per statement in the batched enqueue scenarios.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
     /// Handler concurrency and fetch batch of the execute scenario.
     #[arg(long, default_value_t = 1_000)]
     pub concurrency: usize,
@@ -70,8 +73,10 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
     for name in chosen {
         let fresh = FreshStore::open(&settings.database_url).await?;
         let result = match name.as_str() {
-            "enqueue_batch" => enqueue_batch(&fresh.store, args.jobs, 1).await,
-            "enqueue_batch_parallel" => enqueue_batch(&fresh.store, args.jobs, 4).await,
+            "enqueue_batch" => enqueue_batch(&fresh.store, args.jobs, args.batch, 1).await,
+            "enqueue_batch_parallel" => {
+                enqueue_batch(&fresh.store, args.jobs, args.batch, 4).await
+            }
             "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
@@ -180,16 +185,22 @@ fn job(kind: &str, queue: &str) -> NewJob {
     }
 }
 
-async fn enqueue_batch(store: &SharedStore, jobs: usize, callers: usize) -> Result<Value, String> {
+async fn enqueue_batch(
+    store: &SharedStore,
+    jobs: usize,
+    batch_size: usize,
+    callers: usize,
+) -> Result<Value, String> {
+    let batch_size = batch_size.max(1);
     let next = Arc::new(AtomicUsize::new(0));
-    let batches = jobs.div_ceil(1000);
+    let batches = jobs.div_ceil(batch_size);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..callers.max(1) {
         let store = Arc::clone(store);
         let next = Arc::clone(&next);
         tasks.push(tokio::spawn(async move {
-            let batch: Vec<NewJob> = (0..1000).map(|_| job("noop", "default")).collect();
+            let batch: Vec<NewJob> = (0..batch_size).map(|_| job("noop", "default")).collect();
             while next.fetch_add(1, Ordering::Relaxed) < batches {
                 store
                     .jobs_insert_many(&batch)
@@ -203,9 +214,9 @@ async fn enqueue_batch(store: &SharedStore, jobs: usize, callers: usize) -> Resu
         task.await.map_err(|e| e.to_string())??;
     }
     let secs = started.elapsed().as_secs_f64();
-    let jobs = batches * 1000;
+    let jobs = batches * batch_size;
     Ok(
-        json!({"jobs": jobs, "batch": 1000, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}),
+        json!({"jobs": jobs, "batch": batch_size, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}),
     )
 }
 
@@ -347,19 +358,25 @@ async fn pickup_latency(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let one = [job("noop", "default")];
     let mut latencies = Vec::with_capacity(samples);
+    let mut enqueue_calls = Vec::with_capacity(samples);
+    let mut after_commit = Vec::with_capacity(samples);
     for _ in 0..samples {
         let sent = Instant::now();
         enqueue_through
             .jobs_insert_many(&one)
             .await
             .map_err(|e| e.to_string())?;
+        let committed = Instant::now();
         let ran = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .map_err(|_| "pickup_latency: a job was not picked up within 10 s".to_string())?
             .ok_or("handler gone")?;
         latencies.push(ran.duration_since(sent));
-        // Idle queue: let the completer finish and the producer go back to waiting.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        enqueue_calls.push(committed.duration_since(sent));
+        after_commit.push(ran.saturating_duration_since(committed));
+        // Idle queue: let the completer write the ack and the producer go back to waiting,
+        // so each sample starts from an idle worker (at most 200 samples a second).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     shutdown.cancel();
     running
@@ -367,7 +384,13 @@ async fn pickup_latency(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let (p50, p99) = percentiles(&mut latencies);
-    Ok(json!({"jobs": samples, "p50_ms": p50, "p99_ms": p99}))
+    let (enqueue_p50, enqueue_p99) = percentiles(&mut enqueue_calls);
+    let (commit_p50, commit_p99) = percentiles(&mut after_commit);
+    // p50_ms/p99_ms: from the start of the enqueue call to the handler starting.
+    // commit_to_start_*: from the enqueue's commit (the call returning) to the handler starting.
+    Ok(json!({"jobs": samples, "p50_ms": p50, "p99_ms": p99,
+              "enqueue_call_p50_ms": enqueue_p50, "enqueue_call_p99_ms": enqueue_p99,
+              "commit_to_start_p50_ms": commit_p50, "commit_to_start_p99_ms": commit_p99}))
 }
 
 fn percentiles(samples: &mut [Duration]) -> (f64, f64) {

@@ -22,6 +22,7 @@ per_backend!(
     a_job_past_its_timeout_is_stopped,
     cancelling_a_running_job_stops_its_handler,
     shutdown_lets_running_jobs_finish_or_releases_them,
+    a_queue_never_runs_more_than_its_concurrency,
 );
 
 fn config(queues: &[(&str, usize)]) -> RuntimeConfig {
@@ -339,4 +340,36 @@ fn a_kind_without_a_handler_stops_start_up_with_its_file_and_line() {
             "{err}"
         );
     });
+}
+
+async fn a_queue_never_runs_more_than_its_concurrency(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = fresh(backend).await;
+    let kinds = common::kinds_of(&[JobKind::new("count", "narrow")]);
+    let client = Client::new(t.store.clone(), kinds.clone());
+    for _ in 0..30 {
+        client.enqueue("count", json!({}), EnqueueOptions::default()).await.unwrap();
+    }
+    let current = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::new();
+    {
+        let (current, peak) = (Arc::clone(&current), Arc::clone(&peak));
+        registry.register("count", move |_: Value, _: JobContext| {
+            let (current, peak) = (Arc::clone(&current), Arc::clone(&peak));
+            async move {
+                let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                current.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), JobError>(())
+            }
+        });
+    }
+    let running = start(&t, registry, kinds, config(&[("narrow", 3)]));
+    t.wait_for_counts(Duration::from_secs(30), "30 completed", |n| n(JobState::Completed) == 30).await;
+    running.stop().await;
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "the queue's limit is reached and never exceeded");
+    t.cleanup().await;
 }

@@ -78,6 +78,9 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            // No ping before each use: it would add a round trip to every statement. A dead
+            // connection fails its statement instead, which every caller retries.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
