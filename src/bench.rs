@@ -74,9 +74,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
         let fresh = FreshStore::open(&settings.database_url).await?;
         let result = match name.as_str() {
             "enqueue_batch" => enqueue_batch(&fresh.store, args.jobs, args.batch, 1).await,
-            "enqueue_batch_parallel" => {
-                enqueue_batch(&fresh.store, args.jobs, args.batch, 4).await
-            }
+            "enqueue_batch_parallel" => enqueue_batch(&fresh.store, args.jobs, args.batch, 4).await,
             "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,

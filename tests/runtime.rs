@@ -349,7 +349,10 @@ async fn a_queue_never_runs_more_than_its_concurrency(backend: Backend) {
     let kinds = common::kinds_of(&[JobKind::new("count", "narrow")]);
     let client = Client::new(t.store.clone(), kinds.clone());
     for _ in 0..30 {
-        client.enqueue("count", json!({}), EnqueueOptions::default()).await.unwrap();
+        client
+            .enqueue("count", json!({}), EnqueueOptions::default())
+            .await
+            .unwrap();
     }
     let current = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -368,8 +371,15 @@ async fn a_queue_never_runs_more_than_its_concurrency(backend: Backend) {
         });
     }
     let running = start(&t, registry, kinds, config(&[("narrow", 3)]));
-    t.wait_for_counts(Duration::from_secs(30), "30 completed", |n| n(JobState::Completed) == 30).await;
+    t.wait_for_counts(Duration::from_secs(30), "30 completed", |n| {
+        n(JobState::Completed) == 30
+    })
+    .await;
     running.stop().await;
-    assert_eq!(peak.load(Ordering::SeqCst), 3, "the queue's limit is reached and never exceeded");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "the queue's limit is reached and never exceeded"
+    );
     t.cleanup().await;
 }
