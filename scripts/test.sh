@@ -3,6 +3,8 @@
 # SQLite), runtime, crash and CLI tests. Needs a PostgreSQL: STEWARD_TEST_DATABASE_URL, else
 # the local one on 127.0.0.1:5432; if none answers, this script starts the local cluster, or a
 # throwaway one from the local initdb, or (as root) installs Debian's postgresql first.
+# tests/db_restart.rs restarts that server: STEWARD_TEST_PG_RESTART, else the local
+# cluster's pg_ctlcluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +50,9 @@ ensure_postgres() {
     "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -o "-p 54329 -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" -w start >/dev/null
     psql "postgres://postgres@127.0.0.1:54329/postgres" -qc 'CREATE DATABASE test' >/dev/null
-    export STEWARD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:54329/test"; return 0
+    export STEWARD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:54329/test"
+    export STEWARD_TEST_PG_RESTART="${as[*]} $bin/pg_ctl -D $dir/data -w restart -m fast >/dev/null"
+    return 0
   fi
   log "no PostgreSQL could be found or started; set STEWARD_TEST_DATABASE_URL"; exit 1
 }
