@@ -275,10 +275,14 @@ impl KindCatalog {
                 format!("timeout_secs must be between 1 and 604800, got {timeout_secs}"),
             ));
         }
-        if file.backoff.base_ms == 0 || file.backoff.max_ms < file.backoff.base_ms {
+        const THIRTY_DAYS_MS: u64 = 30 * 24 * 3600 * 1000;
+        if file.backoff.base_ms == 0
+            || file.backoff.max_ms < file.backoff.base_ms
+            || file.backoff.max_ms > THIRTY_DAYS_MS
+        {
             return Err(invalid(
                 line_of(text, text.find("[backoff]").unwrap_or(0)),
-                "backoff needs base_ms > 0 and max_ms >= base_ms".into(),
+                "backoff needs 0 < base_ms <= max_ms <= 2592000000 (30 days)".into(),
             ));
         }
         let kind = JobKind {

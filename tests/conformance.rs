@@ -20,6 +20,7 @@ per_backend!(
     stale_worker_cannot_complete_fail_or_heartbeat,
     failures_back_off_then_dead_letter_with_every_attempt,
     released_jobs_do_not_use_an_attempt,
+    an_error_message_with_nul_bytes_is_stored,
     duplicate_unique_enqueue_returns_the_existing_job,
     uniqueness_holds_under_50_concurrent_enqueuers,
     transactional_enqueue_follows_the_transaction,
@@ -144,6 +145,18 @@ async fn one_tenants_flood_does_not_delay_another_tenant(backend: Backend) {
     assert!(
         next.iter().any(|j| j.id == quiet),
         "the quiet tenant's job must come in the very next fetch, behind 99,000 flood jobs"
+    );
+    // The same inside one batch: a flood and another tenant's single job enqueued together.
+    let mut mixed = flood.clone();
+    let mut other = new_job("noop", "default");
+    other.tenant = "other".into();
+    mixed.push(other);
+    let ids = t.store.jobs_insert_many(&mixed).await.expect("mixed batch");
+    let other_id = ids.last().expect("ids").id;
+    let next = fetch(&t.store, "default", 1000, "w").await;
+    assert!(
+        next.iter().any(|j| j.id == other_id),
+        "a tenant's job at the end of a batch behind another tenant's 1,000 comes in the next fetch"
     );
     t.cleanup().await;
 }
@@ -825,6 +838,48 @@ async fn listing_filters_and_counts(backend: Backend) {
     assert_eq!(
         completed.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![ids[0]]
+    );
+    t.cleanup().await;
+}
+
+async fn an_error_message_with_nul_bytes_is_stored(backend: Backend) {
+    let t = fresh(backend).await;
+    let id = t
+        .store
+        .jobs_insert_many(&[new_job("fail", "default"), new_job("noop", "default")])
+        .await
+        .unwrap()[0]
+        .id;
+    let jobs = fetch(&t.store, "default", 10, "w").await;
+    let now = Utc::now();
+    let applied = t
+        .store
+        .jobs_apply_outcomes(
+            "w",
+            &[
+                Outcome::Failed {
+                    lease: jobs[0].lease(),
+                    error: "bad\0byte".into(),
+                    started_at: now,
+                    finished_at: now,
+                    retry_at: None,
+                },
+                Outcome::Completed {
+                    lease: jobs[1].lease(),
+                    finished_at: now,
+                },
+            ],
+        )
+        .await
+        .expect("a NUL in a handler's message must not fail the batch");
+    assert_eq!(applied.len(), 2);
+    let record = t.store.job_get(id).await.unwrap().unwrap();
+    assert!(
+        record.attempts[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("bad")
     );
     t.cleanup().await;
 }

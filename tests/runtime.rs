@@ -23,6 +23,7 @@ per_backend!(
     cancelling_a_running_job_stops_its_handler,
     shutdown_lets_running_jobs_finish_or_releases_them,
     a_queue_never_runs_more_than_its_concurrency,
+    a_panicking_handler_fails_its_attempt_and_the_worker_goes_on,
 );
 
 fn config(queues: &[(&str, usize)]) -> RuntimeConfig {
@@ -380,6 +381,52 @@ async fn a_queue_never_runs_more_than_its_concurrency(backend: Backend) {
         peak.load(Ordering::SeqCst),
         3,
         "the queue's limit is reached and never exceeded"
+    );
+    t.cleanup().await;
+}
+
+async fn a_panicking_handler_fails_its_attempt_and_the_worker_goes_on(backend: Backend) {
+    let t = fresh(backend).await;
+    let mut panics = JobKind::new("panics", "default");
+    panics.max_attempts = 1;
+    let kinds = common::kinds_of(&[panics, JobKind::new("noop", "default")]);
+    let client = Client::new(t.store.clone(), kinds.clone());
+    let bad = client
+        .enqueue("panics", json!({}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let mut registry = builtin::registry();
+    registry.register("panics", |_: Value, _: JobContext| async move {
+        if true {
+            panic!("handler bug");
+        }
+        Ok::<(), JobError>(())
+    });
+    let running = start(&t, registry, kinds, config(&[("default", 1)]));
+    t.wait_for_counts(Duration::from_secs(20), "the panicking job dead", |n| {
+        n(JobState::Dead) == 1
+    })
+    .await;
+    // The same worker (concurrency 1) still runs the next job.
+    let good = client
+        .enqueue("noop", json!({}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    t.wait_for_counts(Duration::from_secs(20), "the next job completed", |n| {
+        n(JobState::Completed) == 1
+    })
+    .await;
+    running.stop().await;
+    let bad = t.store.job_get(bad).await.unwrap().unwrap();
+    assert_eq!(
+        bad.attempts[0].error.as_deref(),
+        Some("handler panicked: handler bug")
+    );
+    assert_eq!(
+        t.store.job_get(good).await.unwrap().unwrap().state,
+        JobState::Completed
     );
     t.cleanup().await;
 }

@@ -59,6 +59,13 @@ where
         let started_at = Utc::now();
         let run = self.inner.call(task);
         let layer = self.layer.clone();
+        // If this future is dropped before the attempt ends (the worker itself went away),
+        // the guard still reports the attempt, so its lease and permit are not stranded.
+        let mut guard = AbandonGuard {
+            layer: Some(layer.clone()),
+            job: job.clone(),
+            started_at,
+        };
         Box::pin(async move {
             let result = run.await.map_err(|err| {
                 let err: BoxDynError = err.into();
@@ -101,11 +108,45 @@ where
                     })
                 }
             };
+            guard.disarm();
             if let Some(outcome) = outcome {
+                // The lease stays held (heartbeated) until the completer has written this.
+                layer.inflight.handler_done(lease);
                 layer.outcomes.send(outcome);
+            } else {
+                layer.inflight.remove(lease);
             }
-            layer.inflight.remove(lease);
             Ok(())
         })
+    }
+}
+
+struct AbandonGuard {
+    layer: Option<AckLayer>,
+    job: FetchedJob,
+    started_at: chrono::DateTime<Utc>,
+}
+
+impl AbandonGuard {
+    /// The attempt ended normally; nothing to report on drop.
+    fn disarm(&mut self) {
+        self.layer = None;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some(layer) = self.layer.take() {
+            let lease = self.job.lease();
+            let now = Utc::now();
+            layer.inflight.handler_done(lease);
+            layer.outcomes.send(Outcome::Failed {
+                lease,
+                error: "attempt abandoned: the worker stopped before it ended".into(),
+                started_at: self.started_at,
+                finished_at: now,
+                retry_at: Some(now),
+            });
+        }
     }
 }

@@ -44,15 +44,21 @@ impl Backend for QueueBackend {
             .map(|job| job.map(|job| Ok(Task::new(job))))
     }
 
-    /// Shutdown: jobs fetched but never started go back to available without using an attempt.
-    fn poll_close(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), NoError>> {
-        self.jobs.close();
-        while let Ok(job) = self.jobs.try_recv() {
-            let lease = job.lease();
-            self.ack.outcomes.send(Outcome::Released { lease });
-            self.ack.inflight.remove(lease);
+    /// Shutdown: jobs fetched but never started go back to available without using an
+    /// attempt. The channel is drained until the producer has dropped its end, so a fetch
+    /// still in flight when shutdown began is released too, not stranded.
+    fn poll_close(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), NoError>> {
+        loop {
+            match self.jobs.poll_recv(cx) {
+                Poll::Ready(Some(job)) => {
+                    let lease = job.lease();
+                    self.ack.inflight.handler_done(lease);
+                    self.ack.outcomes.send(Outcome::Released { lease });
+                }
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        Poll::Ready(Ok(()))
     }
 }
 

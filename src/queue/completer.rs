@@ -2,10 +2,13 @@
 //!
 //! Whatever piled up while the previous batch was being written goes in the next one, so the
 //! batch size follows the load by itself. Transient database errors (a restart, a lost
-//! connection) are retried with backoff; an outcome that can never be written is dropped,
-//! and its job is rescued when its lease expires: at-least-once, nothing lost.
+//! connection) are retried with backoff while the leases stay heartbeated. A batch the
+//! database refuses for good is split and written outcome by outcome, so one bad outcome
+//! cannot take the others with it; an outcome that still cannot be written is dropped and its
+//! job is rescued when its lease expires: at-least-once, nothing lost.
 
-use crate::store::SharedStore;
+use super::inflight::InFlight;
+use crate::store::{SharedStore, StoreError};
 use crate::types::Outcome;
 use backon::{ExponentialBuilder, Retryable};
 use std::sync::Arc;
@@ -30,33 +33,55 @@ impl OutcomeSender {
 pub(crate) fn spawn(
     store: SharedStore,
     worker: Arc<str>,
+    inflight: InFlight,
 ) -> (OutcomeSender, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
     let handle = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let write = || async { store.jobs_apply_outcomes(&worker, &batch).await };
-            let result = write
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(50))
-                        .with_max_delay(Duration::from_secs(2))
-                        .with_max_times(30),
-                )
-                .when(|e| e.is_transient())
-                .notify(|err, wait| tracing::warn!(error = %err, ?wait, "writing outcomes failed; retrying"))
-                .await;
-            match result {
-                Ok(applied) if applied.len() < batch.len() => tracing::info!(
-                    stale = batch.len() - applied.len(),
+            match write(&store, &worker, &batch).await {
+                Ok(applied) if applied < batch.len() => tracing::info!(
+                    stale = batch.len() - applied,
                     "outcomes of attempts this worker no longer held were ignored (fenced)"
                 ),
                 Ok(_) => {}
+                Err(err) if !err.is_transient() && batch.len() > 1 => {
+                    tracing::warn!(error = %err, "a batch of outcomes was refused; writing them one by one");
+                    for outcome in &batch {
+                        if let Err(err) =
+                            write(&store, &worker, std::slice::from_ref(outcome)).await
+                        {
+                            tracing::error!(error = %err, job_id = outcome.lease().id,
+                                "outcome could not be written; the job will be rescued");
+                        }
+                    }
+                }
                 Err(err) => tracing::error!(error = %err, count = batch.len(),
                     "outcomes could not be written; their jobs will be rescued"),
+            }
+            for outcome in &batch {
+                inflight.remove(outcome.lease());
             }
             batch.clear();
         }
     });
     (OutcomeSender(tx), handle)
+}
+
+/// One write, retrying transient errors for several minutes (a database restart).
+async fn write(store: &SharedStore, worker: &str, batch: &[Outcome]) -> Result<usize, StoreError> {
+    let attempt = || async { store.jobs_apply_outcomes(worker, batch).await };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(2))
+                .with_max_times(200),
+        )
+        .when(StoreError::is_transient)
+        .notify(
+            |err, wait| tracing::warn!(error = %err, ?wait, "writing outcomes failed; retrying"),
+        )
+        .await
+        .map(|applied| applied.len())
 }

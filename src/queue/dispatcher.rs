@@ -6,7 +6,9 @@ use super::registry::{JobContext, JobError, Registry};
 use crate::store::SharedStore;
 use crate::types::FetchedJob;
 use apalis_core::task::Task;
+use futures::FutureExt;
 use futures::future::BoxFuture;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -53,16 +55,33 @@ impl Service<Task<FetchedJob>> for Dispatcher {
                     store: Arc::clone(&this.store),
                     cancel: switch.cancel.clone(),
                 };
-                let handler = this.registry.start(ctx)?;
+                if switch.cancel.is_cancelled() {
+                    return Err(JobError::Interrupted(switch.reason()));
+                }
+                // A panicking handler fails its attempt like an error; it must not take the
+                // worker (and every job it holds) down with it.
+                let handler = AssertUnwindSafe(this.registry.start(ctx)?).catch_unwind();
                 tokio::select! {
+                    biased;
+                    _ = switch.cancel.cancelled() => Err(JobError::Interrupted(switch.reason())),
                     result = tokio::time::timeout(timeout, handler) => match result {
-                        Ok(result) => result,
+                        Ok(Ok(result)) => result,
+                        Ok(Err(panic)) => Err(JobError::Retryable(format!("handler panicked: {}", panic_message(&*panic)))),
                         Err(_) => Err(JobError::Retryable(format!("timed out after {} ms", timeout.as_millis()))),
                     },
-                    _ = switch.cancel.cancelled() => Err(JobError::Interrupted(switch.reason())),
                 }
             }
             .instrument(span),
         )
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-text panic payload".into()
     }
 }

@@ -1,5 +1,10 @@
 //! The jobs a worker process holds: their leases, their stop switches, and the permits that
 //! enforce each queue's concurrency limit.
+//!
+//! A job is held from its fetch until its outcome is written. When its handler ends, its
+//! permit goes back at once (the queue may take the next job) but its lease stays held, and
+//! heartbeated, until the completer has written the outcome: a slow or retried write never
+//! lets the lease expire under a finished job.
 
 use crate::types::Lease;
 use std::collections::HashMap;
@@ -11,7 +16,8 @@ struct Held {
     lease: Lease,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
-    _permit: OwnedSemaphorePermit,
+    /// `None` once the handler ended and the outcome waits for the completer.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Leases held by this process, across queues.
@@ -38,15 +44,18 @@ impl StopSwitch {
 }
 
 impl InFlight {
-    /// Record a leased job; its permit is returned when the job is removed.
+    /// Record a leased job. If this process still held an older attempt of the same job (it
+    /// was rescued from us and fetched again), that attempt is stopped first.
     pub fn insert(&self, lease: Lease, permit: OwnedSemaphorePermit) {
         let held = Held {
             lease,
             cancel: CancellationToken::new(),
             reason: Arc::new(Mutex::new(None)),
-            _permit: permit,
+            permit: Some(permit),
         };
-        self.lock().insert(lease.id, held);
+        if let Some(old) = self.lock().insert(lease.id, held) {
+            stop(&old, "lease lost: the job was rescued and fetched again");
+        }
     }
 
     /// The stop switch of a held job.
@@ -60,7 +69,15 @@ impl InFlight {
             })
     }
 
-    /// Forget a job (its attempt ended); frees its concurrency permit.
+    /// The handler ended: give the concurrency permit back, keep the lease until the outcome
+    /// is written.
+    pub fn handler_done(&self, lease: Lease) {
+        if let Some(held) = self.lock().get_mut(&lease.id).filter(|h| h.lease == lease) {
+            held.permit = None;
+        }
+    }
+
+    /// Forget a job: its outcome is written (or it was never started).
     pub fn remove(&self, lease: Lease) {
         let mut held = self.lock();
         if held.get(&lease.id).is_some_and(|h| h.lease == lease) {
@@ -68,7 +85,7 @@ impl InFlight {
         }
     }
 
-    /// Every lease held now.
+    /// Every lease held now (running, or waiting for its outcome to be written).
     pub fn leases(&self) -> Vec<Lease> {
         self.lock().values().map(|h| h.lease).collect()
     }
@@ -83,15 +100,16 @@ impl InFlight {
         }
     }
 
-    /// Stop every attempt (end of the shutdown grace period).
+    /// Stop every running attempt (end of the shutdown grace period).
     pub fn stop_all(&self, reason: &str) {
-        for h in self.lock().values() {
+        for h in self.lock().values().filter(|h| h.permit.is_some()) {
             stop(h, reason);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().len()
+    /// How many handlers are running or about to run.
+    pub fn running(&self) -> usize {
+        self.lock().values().filter(|h| h.permit.is_some()).count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Held>> {

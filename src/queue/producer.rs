@@ -6,13 +6,16 @@
 //! found nothing does it sleep, until an enqueue signal for its queue or the poll interval.
 //!
 //! Why that rule keeps pickup prompt although PostgreSQL enqueues signal only into an empty
-//! queue: a producer sleeps only after seeing the queue empty; any job committed after that
-//! either found the queue empty (and signalled) or found an earlier such job, whose signal
-//! wakes the producer, which then fetches until it sees the queue empty again.
+//! queue: a producer sleeps only after seeing the queue empty; a job committed after that
+//! almost always found the queue empty (and signalled) or found an earlier such job, whose
+//! signal wakes the producer, which then fetches until it sees the queue empty again. The one
+//! gap: an enqueue that ran while a fetch had claimed the last jobs but not yet committed sees
+//! them as still available and does not signal; the poll interval bounds that wait.
 
+use super::completer::OutcomeSender;
 use super::inflight::InFlight;
 use crate::store::{FetchParams, SharedStore};
-use crate::types::FetchedJob;
+use crate::types::{FetchedJob, Outcome};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) struct Producer {
     pub store: SharedStore,
+    pub outcomes: OutcomeSender,
     pub queue: String,
     pub worker: Arc<str>,
     pub batch: usize,
@@ -38,11 +42,12 @@ impl Producer {
         loop {
             // Wait for one free slot, then take as many as are free.
             let first = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
                 permit = Arc::clone(&self.permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => return,
                 },
-                _ = self.shutdown.cancelled() => return,
             };
             let want = (self.permits.available_permits() + 1).min(self.batch);
             drain(&mut signals);
@@ -73,7 +78,8 @@ impl Producer {
             };
             let got = jobs.len();
             let mut first = Some(first);
-            for job in jobs {
+            let mut jobs = jobs.into_iter();
+            while let Some(job) = jobs.next() {
                 let permit = match first.take() {
                     Some(permit) => permit,
                     // Only this producer takes permits, so the free ones counted are still free.
@@ -85,9 +91,15 @@ impl Producer {
                         },
                     },
                 };
-                self.inflight.insert(job.lease(), permit);
+                let lease = job.lease();
+                self.inflight.insert(lease, permit);
                 if self.jobs.send(job).await.is_err() {
-                    // The worker is gone (shutdown): what it did not take is rescued by lease.
+                    // The worker is gone: give back what it will never run, unstarted.
+                    self.inflight.handler_done(lease);
+                    self.outcomes.send(Outcome::Released { lease });
+                    for job in jobs {
+                        self.outcomes.send(Outcome::Released { lease: job.lease() });
+                    }
                     return;
                 }
             }
@@ -109,6 +121,8 @@ impl Producer {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
                 signal = signals.recv() => match signal {
                     Ok(queue) if queue == self.queue || queue.is_empty() => return,
                     Ok(_) => continue,
@@ -119,7 +133,6 @@ impl Producer {
                     }
                 },
                 _ = &mut deadline => return,
-                _ = self.shutdown.cancelled() => return,
             }
         }
     }

@@ -61,7 +61,8 @@ pub struct RuntimeConfig {
     pub lease: Duration,
     /// Heartbeat period (default lease / 3).
     pub heartbeat_every: Duration,
-    /// Fallback poll when no enqueue signal arrives (default 1 s; SQLite across processes relies on it).
+    /// Fallback poll when no enqueue signal arrives (default 500 ms; SQLite across processes
+    /// relies on it, and it bounds the rare PostgreSQL wake-up a racing enqueue can miss).
     pub poll_interval: Duration,
     /// Time running jobs get to finish at shutdown (default 10 s).
     pub shutdown_grace: Duration,
@@ -79,7 +80,7 @@ impl RuntimeConfig {
             batch_size: 1000,
             lease: Duration::from_secs(10),
             heartbeat_every: Duration::from_millis(3333),
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
             maintenance: MaintenanceConfig::default(),
             run_maintenance: true,
@@ -107,6 +108,19 @@ impl RuntimeConfig {
         }
         if self.batch_size == 0 {
             return Err(RuntimeError::Config("batch size must be at least 1".into()));
+        }
+        let m = &self.maintenance;
+        let periods = [
+            self.heartbeat_every,
+            self.poll_interval,
+            m.rescue_every,
+            m.stage_every,
+            m.prune_every,
+        ];
+        if periods.iter().any(Duration::is_zero) {
+            return Err(RuntimeError::Config(
+                "heartbeat, poll and maintenance periods must be greater than zero".into(),
+            ));
         }
         Ok(())
     }
@@ -149,7 +163,11 @@ impl Runtime {
         let config = &self.config;
         let worker: Arc<str> = Arc::from(config.worker_id.as_str());
         let inflight = InFlight::default();
-        let (outcomes, completer) = completer::spawn(Arc::clone(&self.store), Arc::clone(&worker));
+        let (outcomes, completer) = completer::spawn(
+            Arc::clone(&self.store),
+            Arc::clone(&worker),
+            inflight.clone(),
+        );
         let background = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat::run(
             Arc::clone(&self.store),
@@ -178,6 +196,7 @@ impl Runtime {
             producers.push(tokio::spawn(
                 Producer {
                     store: Arc::clone(&self.store),
+                    outcomes: outcomes.clone(),
                     queue: queue.name.clone(),
                     worker: Arc::clone(&worker),
                     batch: config.batch_size,
@@ -229,9 +248,9 @@ impl Runtime {
             tokio::spawn(async move {
                 shutdown.cancelled().await;
                 tokio::time::sleep(grace).await;
-                if inflight.len() > 0 {
+                if inflight.running() > 0 {
                     tracing::warn!(
-                        count = inflight.len(),
+                        count = inflight.running(),
                         "shutdown grace over; stopping running jobs"
                     );
                     inflight.stop_all("worker shutting down");

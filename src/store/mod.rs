@@ -57,8 +57,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// Apply the schema in `migrations/<backend>/`; idempotent.
     async fn migrate(&self) -> StoreResult<()>;
 
-    /// Insert jobs in one statement. A job whose unique key is held by a live job is not
-    /// inserted; the existing job's id is returned instead.
+    /// Insert jobs in one statement. A job whose unique key is held by another job that is
+    /// not completed or cancelled is not inserted; that job's id is returned instead. A dead
+    /// job keeps its key on purpose: the operator retries or discards it, rather than a
+    /// second copy slipping past the dead-letter queue.
     async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>>;
 
     /// Lease up to `limit` available jobs of a queue to a worker, fairest first.

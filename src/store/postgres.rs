@@ -197,7 +197,8 @@ WITH input AS (
 ),
 -- Fair keys: a tenant's jobs continue after its last available job, but never before the
 -- head of the queue, so a tenant arriving behind a flood starts at the head. Within a batch
--- keys follow the batch order (base + position), so each tenant's keys still increase.
+-- each tenant's jobs are numbered on from its own base, so a batch mixing a flood and one
+-- other tenant's job still puts that job at the head.
 groups AS MATERIALIZED (
     SELECT g.queue, g.tenant, h.head IS NULL AS was_empty,
            greatest(coalesce(h.head, 0), coalesce(
@@ -214,7 +215,7 @@ INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_ke
 SELECT i.kind, i.queue, i.tenant, i.payload,
        CASE WHEN i.run_at IS NULL OR i.run_at <= now() THEN 'available' ELSE 'scheduled' END,
        i.priority,
-       g.base + i.ord,
+       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant ORDER BY i.ord),
        i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, now())
 FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
 ORDER BY i.ord
@@ -561,7 +562,9 @@ impl JobStore for PgStore {
                 } => {
                     f_ids.push(lease.id);
                     f_attempts.push(lease.attempt);
-                    f_errors.push(error.as_str());
+                    // PostgreSQL text cannot hold NUL: a handler's message must not make the
+                    // whole batch fail.
+                    f_errors.push(error.replace('\0', "\u{fffd}"));
                     f_started.push(*started_at);
                     f_finished.push(*finished_at);
                     f_retry.push(*retry_at);

@@ -147,7 +147,7 @@ INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_ke
 SELECT i.kind, i.queue, i.tenant, i.payload,
        CASE WHEN i.run_at IS NULL OR i.run_at <= ?2 THEN 'available' ELSE 'scheduled' END,
        i.priority,
-       g.base + i.ord + 1,
+       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant ORDER BY i.ord),
        i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, ?2), ?2
 FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
 WHERE true
@@ -377,8 +377,9 @@ impl JobStore for SqliteStore {
     }
 
     async fn jobs_fetch_available(&self, params: FetchParams<'_>) -> StoreResult<Vec<FetchedJob>> {
-        let now = now_ms();
         let _guard = self.write_lock.lock().await;
+        // Read the clock once the lock is ours, so waiting for it does not shorten the lease.
+        let now = now_ms();
         let rows = sqlx::query(
             r#"
             UPDATE steward_jobs
