@@ -15,6 +15,7 @@ use steward::{Client, EnqueueOptions};
 per_backend!(
     enqueue_then_fetch_leases_the_job,
     fetch_orders_by_priority_then_arrival,
+    jobs_without_a_tenant_are_first_in_first_out,
     one_tenants_flood_does_not_delay_another_tenant,
     scheduled_jobs_wait_for_their_time,
     stale_worker_cannot_complete_fail_or_heartbeat,
@@ -880,6 +881,47 @@ async fn an_error_message_with_nul_bytes_is_stored(backend: Backend) {
             .as_deref()
             .unwrap_or("")
             .starts_with("bad")
+    );
+    t.cleanup().await;
+}
+
+async fn jobs_without_a_tenant_are_first_in_first_out(backend: Backend) {
+    let t = fresh(backend).await;
+    let ids = |done: Vec<steward::types::Enqueued>| done.iter().map(|e| e.id).collect::<Vec<_>>();
+    let first = ids(t
+        .store
+        .jobs_insert_many(&vec![new_job("noop", "default"); 3])
+        .await
+        .unwrap());
+    assert_eq!(fetch(&t.store, "default", 1, "w").await[0].id, first[0]);
+    let second = ids(t
+        .store
+        .jobs_insert_many(&vec![new_job("noop", "default"); 2])
+        .await
+        .unwrap());
+    let mut tenant_job = new_job("noop", "default");
+    tenant_job.tenant = "acme".into();
+    let tenant = ids(t.store.jobs_insert_many(&[tenant_job]).await.unwrap());
+    let order: Vec<i64> = fetch(&t.store, "default", 10, "w")
+        .await
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    // Jobs without a tenant keep arrival order across batches; a tenant's job is served
+    // fairly: it starts one step behind the head of the queue (ties go by id).
+    let tenantless: Vec<i64> = order
+        .iter()
+        .copied()
+        .filter(|id| *id != tenant[0])
+        .collect();
+    assert_eq!(tenantless, vec![first[1], first[2], second[0], second[1]]);
+    let position = order
+        .iter()
+        .position(|id| *id == tenant[0])
+        .expect("fetched");
+    assert!(
+        position <= 2,
+        "the tenant's job is not queued behind the backlog: {order:?}"
     );
     t.cleanup().await;
 }

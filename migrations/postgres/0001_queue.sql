@@ -27,8 +27,8 @@ CREATE TABLE steward_jobs (
 
 -- fetch: the head of a queue, fairest tenant first (fair_key), stable plan with LIMIT
 CREATE INDEX steward_jobs_fetch ON steward_jobs (queue, priority, fair_key, id) WHERE state = 'available';
--- fair keys: the last key handed to a tenant in a queue
-CREATE INDEX steward_jobs_fair ON steward_jobs (queue, tenant, fair_key) WHERE state = 'available';
+-- fair keys: the last key handed to a tenant in a queue (jobs without a tenant queue FIFO)
+CREATE INDEX steward_jobs_fair ON steward_jobs (queue, tenant, fair_key) WHERE state = 'available' AND tenant <> '';
 -- stager: scheduled and retryable jobs whose time has come
 CREATE INDEX steward_jobs_due ON steward_jobs (run_at) WHERE state IN ('scheduled','retryable');
 -- rescuer: running jobs whose lease expired

@@ -23,7 +23,7 @@ CREATE TABLE steward_jobs (
 );
 
 CREATE INDEX steward_jobs_fetch ON steward_jobs (queue, priority, fair_key, id) WHERE state = 'available';
-CREATE INDEX steward_jobs_fair ON steward_jobs (queue, tenant, fair_key) WHERE state = 'available';
+CREATE INDEX steward_jobs_fair ON steward_jobs (queue, tenant, fair_key) WHERE state = 'available' AND tenant <> '';
 CREATE INDEX steward_jobs_due ON steward_jobs (run_at) WHERE state IN ('scheduled','retryable');
 CREATE INDEX steward_jobs_lease ON steward_jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX steward_jobs_finished ON steward_jobs (state, finished_at) WHERE state IN ('dead','cancelled');

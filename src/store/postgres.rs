@@ -195,16 +195,23 @@ WITH input AS (
         WITH ORDINALITY AS t(kind, queue, tenant, payload, priority, max_attempts, timeout_ms,
                              unique_key, run_at, ord)
 ),
--- Fair keys: a tenant's jobs continue after its last available job, but never before the
--- head of the queue, so a tenant arriving behind a flood starts at the head. Within a batch
--- each tenant's jobs are numbered on from its own base, so a batch mixing a flood and one
--- other tenant's job still puts that job at the head.
+-- Fair keys. A tenant's jobs continue after its last available job, but never before the
+-- head of the queue, so a tenant arriving behind a flood starts at the head; within a batch
+-- each tenant's jobs are numbered on from its own base. Jobs without a tenant are first in,
+-- first out behind everything already waiting at their priority (and stay out of the fairness
+-- index, which keeps their enqueue cheaper).
 groups AS MATERIALIZED (
-    SELECT g.queue, g.tenant, h.head IS NULL AS was_empty,
+    SELECT g.queue, g.tenant, g.priority, h.head IS NULL AS was_empty,
            greatest(coalesce(h.head, 0), coalesce(
-               (SELECT max(t.fair_key) FROM steward_jobs t
-                 WHERE t.state = 'available' AND t.queue = g.queue AND t.tenant = g.tenant), 0)) AS base
-    FROM (SELECT DISTINCT queue, tenant FROM input) g
+               CASE WHEN g.tenant = ''
+                    THEN (SELECT t.fair_key FROM steward_jobs t
+                           WHERE t.state = 'available' AND t.queue = g.queue AND t.priority = g.priority
+                           ORDER BY t.fair_key DESC, t.id DESC LIMIT 1)
+                    ELSE (SELECT max(t.fair_key) FROM steward_jobs t
+                           WHERE t.state = 'available' AND t.queue = g.queue AND t.tenant = g.tenant
+                             AND t.tenant <> '')
+               END, 0)) AS base
+    FROM (SELECT DISTINCT queue, tenant, priority FROM input) g
     LEFT JOIN LATERAL (SELECT h.fair_key AS head FROM steward_jobs h
                         WHERE h.state = 'available' AND h.queue = g.queue
                         ORDER BY h.priority, h.fair_key, h.id LIMIT 1) h ON true
@@ -215,9 +222,9 @@ INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_ke
 SELECT i.kind, i.queue, i.tenant, i.payload,
        CASE WHEN i.run_at IS NULL OR i.run_at <= now() THEN 'available' ELSE 'scheduled' END,
        i.priority,
-       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant ORDER BY i.ord),
+       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant, i.priority ORDER BY i.ord),
        i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, now())
-FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
+FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant AND g.priority = i.priority
 ORDER BY i.ord
 {on_conflict}
 RETURNING id, unique_key, state, queue

@@ -133,23 +133,30 @@ WITH input AS MATERIALIZED (
     FROM json_each(?1)
 ),
 groups AS MATERIALIZED (
-    SELECT g.queue, g.tenant, max(
+    SELECT g.queue, g.tenant, g.priority, max(
         coalesce((SELECT h.fair_key FROM steward_jobs h
                    WHERE h.state = 'available' AND h.queue = g.queue
                    ORDER BY h.priority, h.fair_key, h.id LIMIT 1), 0),
-        coalesce((SELECT max(t.fair_key) FROM steward_jobs t
-                   WHERE t.state = 'available' AND t.queue = g.queue AND t.tenant = g.tenant), 0)
+        coalesce(CASE WHEN g.tenant = ''
+                      THEN (SELECT t.fair_key FROM steward_jobs t
+                             WHERE t.state = 'available' AND t.queue = g.queue
+                               AND t.priority = g.priority
+                             ORDER BY t.fair_key DESC, t.id DESC LIMIT 1)
+                      ELSE (SELECT max(t.fair_key) FROM steward_jobs t
+                             WHERE t.state = 'available' AND t.queue = g.queue
+                               AND t.tenant = g.tenant AND t.tenant <> '')
+                 END, 0)
     ) AS base
-    FROM (SELECT DISTINCT queue, tenant FROM input) g
+    FROM (SELECT DISTINCT queue, tenant, priority FROM input) g
 )
 INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_key, max_attempts,
                           timeout_ms, unique_key, run_at, created_at)
 SELECT i.kind, i.queue, i.tenant, i.payload,
        CASE WHEN i.run_at IS NULL OR i.run_at <= ?2 THEN 'available' ELSE 'scheduled' END,
        i.priority,
-       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant ORDER BY i.ord),
+       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant, i.priority ORDER BY i.ord),
        i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, ?2), ?2
-FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant
+FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant AND g.priority = i.priority
 WHERE true
 ORDER BY i.ord
 ON CONFLICT DO NOTHING
