@@ -34,5 +34,6 @@ pub mod maintenance;
 pub mod queue;
 pub mod store;
 pub mod types;
+pub mod workflow;
 
 pub use client::{Client, ClientError, EnqueueOptions};

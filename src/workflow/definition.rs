@@ -1,0 +1,535 @@
+//! Workflow definitions, one per file in `workflows/*.toml`.
+//!
+//! ```toml
+//! name = "provision_module"
+//! description = "Provision a module for a tenant"
+//! concurrency_key = "{tenant}:{module}"   # one run at a time per key (placeholders: params)
+//!
+//! [params]
+//! tenant = { required = true }
+//! module = { required = true }
+//! notes = { default = "" }
+//!
+//! [trigger]                               # optional: without it, API/CLI only
+//! cron = "0 30 2 * * *"                   # sec min hour day-of-month month day-of-week
+//! timezone = "America/Sao_Paulo"          # default UTC
+//! missed = "skip"                         # ticks missed while down: skip (default) | run_once
+//!
+//! [[steps]]
+//! name = "create_tables"
+//! handler = "provision.create_tables"     # a registered step handler
+//! job = "workflow_step"                   # the job kind (jobs/) that runs the step
+//! compensate = "provision.drop_tables"    # optional: undoes the step if a later one dies
+//! ```
+//!
+//! Validation happens at load: unknown handler, unknown job kind, bad cron or time zone,
+//! duplicate step name, a concurrency key naming an unknown parameter → an error with the
+//! file, the line and the problem.
+
+use crate::kinds::KindCatalog;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use toml::Spanned;
+
+/// A workflow definition that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A definition is malformed.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// What to do with cron ticks that passed while no scheduler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedTicks {
+    /// Forget them; fire at the next tick.
+    #[default]
+    Skip,
+    /// Fire once for all of them, then resume.
+    RunOnce,
+}
+
+/// A cron trigger.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// The expression as written.
+    pub expression: String,
+    pub schedule: cron::Schedule,
+    pub timezone: chrono_tz::Tz,
+    pub missed: MissedTicks,
+}
+
+/// A parameter a run takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamDef {
+    pub name: String,
+    pub required: bool,
+    pub default: Option<serde_json::Value>,
+    pub description: Option<String>,
+}
+
+/// One step of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDef {
+    pub name: String,
+    pub handler: String,
+    /// The job kind whose queue, attempts, backoff and timeout the step runs with.
+    pub job: String,
+    pub compensate: Option<String>,
+    pub line: usize,
+}
+
+/// A validated workflow.
+#[derive(Debug, Clone)]
+pub struct WorkflowDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub params: Vec<ParamDef>,
+    pub steps: Vec<StepDef>,
+    pub trigger: Option<Trigger>,
+    pub concurrency_key: Option<String>,
+    pub source: PathBuf,
+    pub line: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowFile {
+    name: Spanned<String>,
+    description: Option<String>,
+    concurrency_key: Option<Spanned<String>>,
+    #[serde(default)]
+    params: BTreeMap<String, Spanned<ParamFile>>,
+    trigger: Option<Spanned<TriggerFile>>,
+    steps: Spanned<Vec<Spanned<StepFile>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamFile {
+    #[serde(default)]
+    required: bool,
+    default: Option<toml::Value>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerFile {
+    cron: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    missed: MissedTicks,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    name: Spanned<String>,
+    handler: Spanned<String>,
+    job: Spanned<String>,
+    compensate: Option<Spanned<String>>,
+}
+
+/// Every workflow, by name.
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowCatalog {
+    workflows: BTreeMap<String, WorkflowDef>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c))
+}
+
+/// The `{placeholder}` names of a template, or the problem with it.
+fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
+        names.push(&rest[open + 1..open + close]);
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("unopened `}}` in `{template}`"));
+    }
+    Ok(names)
+}
+
+impl WorkflowCatalog {
+    /// Load every `*.toml` in a directory, checking job kinds against `kinds` and step
+    /// handlers with `is_handler`.
+    pub fn load_dir(
+        dir: &Path,
+        kinds: &KindCatalog,
+        is_handler: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, WorkflowError> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| WorkflowError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+        paths.sort();
+        let mut catalog = Self::default();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|source| WorkflowError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let workflow = Self::parse(&path, &text, kinds, is_handler)?;
+            if let Some(existing) = catalog.workflows.get(&workflow.name) {
+                return Err(WorkflowError::Invalid {
+                    path: path.clone(),
+                    line: workflow.line,
+                    message: format!(
+                        "workflow `{}` is already defined in {}:{}",
+                        workflow.name,
+                        existing.source.display(),
+                        existing.line
+                    ),
+                });
+            }
+            catalog.workflows.insert(workflow.name.clone(), workflow);
+        }
+        Ok(catalog)
+    }
+
+    /// Parse and validate one definition.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        kinds: &KindCatalog,
+        is_handler: &dyn Fn(&str) -> bool,
+    ) -> Result<WorkflowDef, WorkflowError> {
+        let invalid = |line: usize, message: String| WorkflowError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let file: WorkflowFile = toml::from_str(text).map_err(|err| {
+            let line = err.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            invalid(line, err.message().to_string())
+        })?;
+        let at = |span: std::ops::Range<usize>| line_of(text, span.start);
+
+        let name = file.name.get_ref().clone();
+        if !valid_name(&name) {
+            return Err(invalid(
+                at(file.name.span()),
+                format!(
+                    "workflow name `{name}` must be 1-64 of a-z, 0-9, _, - and ., starting with a letter"
+                ),
+            ));
+        }
+
+        let mut params = Vec::new();
+        for (param, spec) in &file.params {
+            if !valid_name(param) {
+                return Err(invalid(
+                    at(spec.span()),
+                    format!("parameter name `{param}` is not valid"),
+                ));
+            }
+            let spec_ref = spec.get_ref();
+            if spec_ref.required && spec_ref.default.is_some() {
+                return Err(invalid(
+                    at(spec.span()),
+                    format!("parameter `{param}` cannot be both required and have a default"),
+                ));
+            }
+            let default =
+                match &spec_ref.default {
+                    Some(value) => Some(serde_json::to_value(value).map_err(|e| {
+                        invalid(at(spec.span()), format!("parameter `{param}`: {e}"))
+                    })?),
+                    None => None,
+                };
+            params.push(ParamDef {
+                name: param.clone(),
+                required: spec_ref.required,
+                default,
+                description: spec_ref.description.clone(),
+            });
+        }
+
+        let concurrency_key = match &file.concurrency_key {
+            Some(key) => {
+                let names = placeholders(key.get_ref()).map_err(|e| invalid(at(key.span()), e))?;
+                if let Some(unknown) = names.iter().find(|n| !file.params.contains_key(**n)) {
+                    return Err(invalid(
+                        at(key.span()),
+                        format!("concurrency_key names `{unknown}`, which is not a parameter"),
+                    ));
+                }
+                Some(key.get_ref().clone())
+            }
+            None => None,
+        };
+
+        if file.steps.get_ref().is_empty() {
+            return Err(invalid(
+                at(file.steps.span()),
+                "a workflow needs at least one step".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut steps = Vec::new();
+        for step in file.steps.get_ref() {
+            let s = step.get_ref();
+            let line = at(s.name.span());
+            let step_name = s.name.get_ref();
+            if !valid_name(step_name) {
+                return Err(invalid(
+                    line,
+                    format!("step name `{step_name}` is not valid"),
+                ));
+            }
+            if !seen.insert(step_name.clone()) {
+                return Err(invalid(line, format!("duplicate step name `{step_name}`")));
+            }
+            if !is_handler(s.handler.get_ref()) {
+                return Err(invalid(
+                    at(s.handler.span()),
+                    format!("unknown step handler `{}`", s.handler.get_ref()),
+                ));
+            }
+            if kinds.get(s.job.get_ref()).is_none() {
+                return Err(invalid(
+                    at(s.job.span()),
+                    format!(
+                        "unknown job kind `{}` (declare it in jobs/)",
+                        s.job.get_ref()
+                    ),
+                ));
+            }
+            if let Some(compensate) = &s.compensate {
+                if !is_handler(compensate.get_ref()) {
+                    return Err(invalid(
+                        at(compensate.span()),
+                        format!("unknown compensation handler `{}`", compensate.get_ref()),
+                    ));
+                }
+            }
+            steps.push(StepDef {
+                name: step_name.clone(),
+                handler: s.handler.get_ref().clone(),
+                job: s.job.get_ref().clone(),
+                compensate: s.compensate.as_ref().map(|c| c.get_ref().clone()),
+                line,
+            });
+        }
+
+        let trigger = match &file.trigger {
+            Some(trigger) => {
+                let t = trigger.get_ref();
+                let expression = t.cron.get_ref().clone();
+                let schedule = cron::Schedule::from_str(&expression).map_err(|e| {
+                    invalid(
+                        at(t.cron.span()),
+                        format!("bad cron expression `{expression}`: {e}"),
+                    )
+                })?;
+                let timezone = match &t.timezone {
+                    Some(zone) => chrono_tz::Tz::from_str(zone.get_ref()).map_err(|_| {
+                        invalid(
+                            at(zone.span()),
+                            format!("unknown time zone `{}`", zone.get_ref()),
+                        )
+                    })?,
+                    None => chrono_tz::UTC,
+                };
+                if let Some(required) = params.iter().find(|p| p.required) {
+                    return Err(invalid(
+                        at(trigger.span()),
+                        format!(
+                            "a cron trigger cannot fill the required parameter `{}`; give it a default",
+                            required.name
+                        ),
+                    ));
+                }
+                Some(Trigger {
+                    expression,
+                    schedule,
+                    timezone,
+                    missed: t.missed,
+                })
+            }
+            None => None,
+        };
+
+        Ok(WorkflowDef {
+            name,
+            description: file.description,
+            params,
+            steps,
+            trigger,
+            concurrency_key,
+            source: path.to_path_buf(),
+            line: at(file.name.span()),
+        })
+    }
+
+    /// A workflow by name.
+    pub fn get(&self, name: &str) -> Option<&WorkflowDef> {
+        self.workflows.get(name)
+    }
+
+    /// Every workflow, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &WorkflowDef> {
+        self.workflows.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::JobKind;
+
+    fn kinds() -> KindCatalog {
+        let mut kinds = KindCatalog::default();
+        kinds
+            .add(JobKind::new("workflow_step", "workflows"))
+            .expect("kind");
+        kinds
+    }
+
+    fn parse(text: &str) -> Result<WorkflowDef, WorkflowError> {
+        let known = |h: &str| h.starts_with("ok.");
+        WorkflowCatalog::parse(Path::new("workflows/w.toml"), text, &kinds(), &known)
+    }
+
+    const GOOD: &str = r#"name = "nightly"
+[params]
+days = { default = 30 }
+[trigger]
+cron = "0 30 2 * * *"
+timezone = "America/Sao_Paulo"
+missed = "run_once"
+
+[[steps]]
+name = "export"
+handler = "ok.export"
+job = "workflow_step"
+compensate = "ok.undo"
+
+[[steps]]
+name = "delete"
+handler = "ok.delete"
+job = "workflow_step"
+"#;
+
+    #[test]
+    fn a_valid_definition_loads_with_its_next_fire_times() {
+        let workflow = parse(GOOD).expect("valid");
+        assert_eq!(workflow.steps.len(), 2);
+        assert_eq!(workflow.steps[0].compensate.as_deref(), Some("ok.undo"));
+        let trigger = workflow.trigger.expect("trigger");
+        assert_eq!(trigger.missed, MissedTicks::RunOnce);
+        let after = chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let next = trigger.next_after(after, 2);
+        // 02:30 in São Paulo (UTC-3) is 05:30 UTC.
+        assert_eq!(next[0].to_rfc3339(), "2026-11-24T05:30:00+00:00");
+        assert_eq!(next[1].to_rfc3339(), "2026-11-25T05:30:00+00:00");
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn malformed_definitions_name_file_and_line() {
+        let unknown_handler = GOOD.replace("ok.delete", "nope.delete");
+        assert_eq!(
+            error(&unknown_handler),
+            "workflows/w.toml:17: unknown step handler `nope.delete`"
+        );
+        let unknown_kind = GOOD.replacen("job = \"workflow_step\"", "job = \"mystery\"", 1);
+        assert_eq!(
+            error(&unknown_kind),
+            "workflows/w.toml:12: unknown job kind `mystery` (declare it in jobs/)"
+        );
+        let bad_cron = GOOD.replace("0 30 2 * * *", "every night");
+        assert!(
+            error(&bad_cron).starts_with("workflows/w.toml:5: bad cron expression `every night`")
+        );
+        let bad_zone = GOOD.replace("America/Sao_Paulo", "Mars/Olympus");
+        assert_eq!(
+            error(&bad_zone),
+            "workflows/w.toml:6: unknown time zone `Mars/Olympus`"
+        );
+        let duplicate = GOOD.replace("name = \"delete\"", "name = \"export\"");
+        assert_eq!(
+            error(&duplicate),
+            "workflows/w.toml:16: duplicate step name `export`"
+        );
+        let bad_compensation = GOOD.replace("ok.undo", "undo");
+        assert_eq!(
+            error(&bad_compensation),
+            "workflows/w.toml:13: unknown compensation handler `undo`"
+        );
+        let unknown_field = GOOD.replace(
+            "missed = \"run_once\"",
+            "missed = \"run_once\"\nretries = 3",
+        );
+        assert!(
+            error(&unknown_field).starts_with("workflows/w.toml:8:"),
+            "{}",
+            error(&unknown_field)
+        );
+        let bad_missed = GOOD.replace("run_once", "sometimes");
+        assert!(
+            error(&bad_missed).starts_with("workflows/w.toml:7:"),
+            "{}",
+            error(&bad_missed)
+        );
+        let no_steps = "name = \"x\"\nsteps = []\n";
+        assert_eq!(
+            error(no_steps),
+            "workflows/w.toml:2: a workflow needs at least one step"
+        );
+        let key = GOOD.replace(
+            "name = \"nightly\"",
+            "name = \"nightly\"\nconcurrency_key = \"{tenant}\"",
+        );
+        assert_eq!(
+            error(&key),
+            "workflows/w.toml:2: concurrency_key names `tenant`, which is not a parameter"
+        );
+        let required = GOOD.replace("days = { default = 30 }", "days = { required = true }");
+        assert!(error(&required).contains("cannot fill the required parameter `days`"));
+        let syntax = "name = \"x\"\n[[steps]\n";
+        assert!(
+            error(syntax).starts_with("workflows/w.toml:2:"),
+            "{}",
+            error(syntax)
+        );
+    }
+}
