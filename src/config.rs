@@ -20,6 +20,15 @@ pub struct Settings {
     #[arg(long, env = "STEWARD_JOBS_DIR", default_value = "jobs", global = true)]
     pub jobs_dir: std::path::PathBuf,
 
+    /// Directory of workflow definitions.
+    #[arg(
+        long,
+        env = "STEWARD_WORKFLOWS_DIR",
+        default_value = "workflows",
+        global = true
+    )]
+    pub workflows_dir: std::path::PathBuf,
+
     /// This process's worker id (part of every lease); default `<host>-<pid>`.
     #[arg(long, env = "STEWARD_WORKER_ID", global = true)]
     pub worker_id: Option<String>,

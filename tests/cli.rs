@@ -8,6 +8,10 @@ fn steward(args: &[&str], database_url: &str, jobs_dir: &Path) -> Output {
         .args(args)
         .env("DATABASE_URL", database_url)
         .env("STEWARD_JOBS_DIR", jobs_dir)
+        .env(
+            "STEWARD_WORKFLOWS_DIR",
+            jobs_dir.with_file_name("workflows"),
+        )
         .env("RUST_LOG", "error")
         .output()
         .expect("run steward")
@@ -82,6 +86,7 @@ fn malformed_job_definition_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs");
     std::fs::create_dir(&jobs).unwrap();
+    std::fs::create_dir(dir.path().join("workflows")).unwrap();
     std::fs::write(
         jobs.join("broken.toml"),
         "kind = \"broken\"\nqueue = \"q\"\nmax_attempts = \"many\"\n",
@@ -151,6 +156,70 @@ fn operator_commands_refuse_bad_arguments() {
     ));
     assert_eq!(code, 2);
     assert!(stderr.contains("invalid queue `default=0`"), "{stderr}");
+}
+
+#[test]
+fn workflow_runs_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let out = steward(
+        &[
+            "run",
+            "demo_pipeline",
+            "--param",
+            "tenant=acme",
+            "--idempotency-key",
+            "k",
+        ],
+        &url,
+        repo_jobs(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "started run 1");
+    let out = steward(
+        &["run", "demo_pipeline", "--idempotency-key", "k"],
+        &url,
+        repo_jobs(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "run 1 already exists for this idempotency key"
+    );
+    let out = steward(&["runs", "show", "1"], &url, repo_jobs());
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(run["params"]["tenant"], "acme");
+    assert_eq!(run["steps"][0]["state"], "queued");
+    let (code, stderr) = failed(&steward(&["run", "no_such_flow"], &url, repo_jobs()));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("unknown workflow `no_such_flow`"),
+        "{stderr}"
+    );
+    let (code, stderr) = failed(&steward(
+        &["run", "demo_pipeline", "--param", "oops"],
+        &url,
+        repo_jobs(),
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--param `oops` is not NAME=VALUE"),
+        "{stderr}"
+    );
+    let (code, stderr) = failed(&steward(&["runs", "retry", "1"], &url, repo_jobs()));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("only a failed run can be retried"),
+        "{stderr}"
+    );
+    let out = steward(&["runs", "cancel", "1"], &url, repo_jobs());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "run 1 cancelled"
+    );
 }
 
 #[test]

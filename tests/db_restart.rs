@@ -60,7 +60,7 @@ async fn a_database_restart_loses_no_job() {
     let runtime = Runtime::new(
         t.store.clone(),
         builtin::registry(),
-        common::repo_kinds(),
+        common::builtin_kinds(),
         config,
     )
     .unwrap();

@@ -92,7 +92,7 @@ async fn every_job_runs_and_its_effect_is_recorded_once(backend: Backend) {
     let running = start(
         &t,
         builtin::registry(),
-        common::repo_kinds(),
+        common::builtin_kinds(),
         config(&[("ledger", 50)]),
     );
     t.wait_for_counts(Duration::from_secs(60), "500 completed", |n| {

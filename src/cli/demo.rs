@@ -2,9 +2,9 @@
 //! handful of sample jobs (some that succeed, some that sleep, some that fail into the
 //! dead-letter queue), then it keeps running until Ctrl-C so the CLI can be tried against it.
 
-use super::{CliError, load_kinds, open_store, shutdown_signal};
+use super::{CliError, build_runtime, load_engine, load_kinds, open_store, shutdown_signal};
 use crate::config::{Settings, WorkerSettings};
-use crate::queue::{Runtime, builtin};
+use crate::queue::builtin;
 use crate::{Client, EnqueueOptions};
 use clap::Args;
 use serde_json::json;
@@ -60,8 +60,11 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
         )
         .await?
         .id;
+    let engine = load_engine(settings, store.clone(), &kinds)?;
+    let (saga, _) = engine.start("demo_saga", json!({}), None).await?;
+    let (pipeline, _) = engine.start("demo_pipeline", json!({}), None).await?;
     let config = args.worker.runtime(settings.worker_id(), &kinds.queues())?;
-    let runtime = Runtime::new(store.clone(), builtin::registry(), kinds, config)?;
+    let runtime = build_runtime(settings, store.clone(), kinds, config)?;
     let shutdown = CancellationToken::new();
     println!("steward demo: SQLite at {}", settings.database_url);
     println!(
@@ -74,6 +77,9 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     println!("    steward jobs show {dead}");
     println!("    steward dlq retry {dead}");
     println!("    steward enqueue sleep --payload '{{\"ms\": 200}}'");
+    println!("    steward runs show {pipeline}     # a workflow that completes");
+    println!("    steward runs show {saga}     # one that fails and compensates");
+    println!("    steward run demo_pipeline --param tenant=tenant-1");
     println!("  Ctrl-C stops the workers gracefully.");
     let trigger = shutdown.clone();
     let idle = args.exit_when_idle;
@@ -90,10 +96,13 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     for count in store.jobs_count_by_state().await? {
         println!("  {:<10} {:<10} {}", count.queue, count.state, count.count);
     }
+    for run in store.runs_list(None, 20).await? {
+        println!("  run {:<4} {:<16} {}", run.id, run.workflow, run.state);
+    }
     Ok(())
 }
 
-/// Until nothing is queued or running (the demo's own jobs have settled).
+/// Until nothing is queued or running (the demo's own jobs and runs have settled).
 async fn wait_until_settled(store: &crate::store::SharedStore) {
     use crate::types::JobState;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(200));
@@ -110,7 +119,17 @@ async fn wait_until_settled(store: &crate::store::SharedStore) {
                             | JobState::Scheduled
                     ) && c.count > 0
                 });
-                if !busy {
+                let runs_busy = match store.runs_list(None, 1000).await {
+                    Ok(runs) => runs.iter().any(|r| {
+                        matches!(
+                            r.state,
+                            crate::store::runs::RunState::Running
+                                | crate::store::runs::RunState::Compensating
+                        )
+                    }),
+                    Err(_) => true,
+                };
+                if !busy && !runs_busy {
                     return;
                 }
             }

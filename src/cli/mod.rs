@@ -4,6 +4,7 @@
 
 mod demo;
 mod jobs;
+mod runs;
 mod worker;
 
 use crate::config::{Settings, WorkerSettings};
@@ -38,6 +39,11 @@ enum Command {
     /// The dead-letter queue.
     #[command(subcommand)]
     Dlq(jobs::DlqCommand),
+    /// Start a workflow run.
+    Run(runs::RunArgs),
+    /// Inspect and operate on workflow runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Measure throughput and latency; prints one JSON object per scenario.
     Bench(crate::bench::BenchArgs),
 }
@@ -47,6 +53,10 @@ enum Command {
 pub enum CliError {
     #[error(transparent)]
     Kinds(#[from] KindError),
+    #[error(transparent)]
+    Workflows(#[from] crate::workflow::WorkflowError),
+    #[error(transparent)]
+    Engine(#[from] crate::workflow::EngineError),
     #[error("cannot use database {url}: {source}")]
     Connect { url: String, source: StoreError },
     #[error(transparent)]
@@ -66,7 +76,12 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Kinds(_) | CliError::Queue(_) | CliError::Usage(_) => 2,
+            CliError::Kinds(_)
+            | CliError::Workflows(_)
+            | CliError::Queue(_)
+            | CliError::Usage(_) => 2,
+            CliError::Engine(crate::workflow::EngineError::UnknownWorkflow(_))
+            | CliError::Engine(crate::workflow::EngineError::InvalidParams { .. }) => 2,
             CliError::Runtime(crate::queue::RuntimeError::MissingHandler { .. })
             | CliError::Runtime(crate::queue::RuntimeError::Config(_)) => 2,
             CliError::Client(crate::ClientError::UnknownKind(_))
@@ -140,6 +155,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Enqueue(args) => jobs::enqueue(&settings, &args).await,
         Command::Jobs(command) => jobs::jobs(&settings, command).await,
         Command::Dlq(command) => jobs::dlq(&settings, command).await,
+        Command::Run(args) => runs::run(&settings, &args).await,
+        Command::Runs(command) => runs::runs(&settings, command).await,
         Command::Bench(args) => crate::bench::run(&settings, &args)
             .await
             .map_err(CliError::Failed),
@@ -160,6 +177,43 @@ pub(crate) async fn open_store(url: &str) -> Result<SharedStore, CliError> {
 /// Load `jobs/*.toml`.
 pub(crate) fn load_kinds(settings: &Settings) -> Result<KindCatalog, CliError> {
     Ok(KindCatalog::load_dir(&settings.jobs_dir)?)
+}
+
+/// The workflow engine over `workflows/`, with the built-in step handlers.
+pub(crate) fn load_engine(
+    settings: &Settings,
+    store: SharedStore,
+    kinds: &KindCatalog,
+) -> Result<std::sync::Arc<crate::workflow::Engine>, CliError> {
+    let steps = crate::workflow::steps::registry();
+    let workflows =
+        crate::workflow::WorkflowCatalog::load_dir(&settings.workflows_dir, kinds, &|h| {
+            steps.contains(h)
+        })?;
+    Ok(crate::workflow::Engine::new(
+        store,
+        workflows,
+        kinds.clone(),
+        steps,
+    ))
+}
+
+/// A worker runtime: the built-in job handlers, the workflow engine's step jobs and its
+/// run sweeper.
+pub(crate) fn build_runtime(
+    settings: &Settings,
+    store: SharedStore,
+    kinds: KindCatalog,
+    config: crate::queue::RuntimeConfig,
+) -> Result<crate::queue::Runtime, CliError> {
+    let engine = load_engine(settings, store.clone(), &kinds)?;
+    let mut registry = crate::queue::builtin::registry();
+    engine.register_jobs(&mut registry);
+    let sweeper = crate::workflow::RunSweeper {
+        engine,
+        every: std::time::Duration::from_millis(500),
+    };
+    Ok(crate::queue::Runtime::new(store, registry, kinds, config)?.with_service(Box::new(sweeper)))
 }
 
 /// Resolve on SIGTERM or SIGINT.

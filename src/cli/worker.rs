@@ -1,8 +1,7 @@
 //! `steward worker`: run the queues until a signal.
 
-use super::{CliError, load_kinds, open_store, shutdown_signal};
+use super::{CliError, build_runtime, load_kinds, open_store, shutdown_signal};
 use crate::config::{Settings, WorkerSettings};
-use crate::queue::{Runtime, builtin};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn run(settings: &Settings, args: &WorkerSettings) -> Result<(), CliError> {
@@ -10,7 +9,7 @@ pub(crate) async fn run(settings: &Settings, args: &WorkerSettings) -> Result<()
     let store = open_store(&settings.database_url).await?;
     let config = args.runtime(settings.worker_id(), &kinds.queues())?;
     tracing::info!(worker = %config.worker_id, queues = ?config.queues, backend = store.capabilities().name, "worker starting");
-    let runtime = Runtime::new(store, builtin::registry(), kinds, config)?;
+    let runtime = build_runtime(settings, store, kinds, config)?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {

@@ -132,6 +132,7 @@ pub struct Runtime {
     registry: Arc<Registry>,
     kinds: Arc<KindCatalog>,
     config: RuntimeConfig,
+    services: Vec<Box<dyn maintenance::Service>>,
 }
 
 impl Runtime {
@@ -155,11 +156,18 @@ impl Runtime {
             registry: Arc::new(registry),
             kinds: Arc::new(kinds),
             config,
+            services: Vec::new(),
         })
     }
 
+    /// Also run a background service (such as the workflow engine's run sweeper).
+    pub fn with_service(mut self, service: Box<dyn maintenance::Service>) -> Self {
+        self.services.push(service);
+        self
+    }
+
     /// Run until `shutdown` is cancelled, then shut down gracefully.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
         let config = &self.config;
         let worker: Arc<str> = Arc::from(config.worker_id.as_str());
         let inflight = InFlight::default();
@@ -178,8 +186,10 @@ impl Runtime {
             background.clone(),
         ));
         let mut services = Vec::new();
+        let extra = std::mem::take(&mut self.services);
+        let config = &self.config;
         if config.run_maintenance {
-            for service in config.maintenance.services() {
+            for service in config.maintenance.services().into_iter().chain(extra) {
                 services.push(maintenance::spawn(
                     service,
                     Arc::clone(&self.store),

@@ -8,9 +8,13 @@
 
 pub mod error;
 pub mod postgres;
+mod postgres_runs;
+pub mod runs;
 pub mod sqlite;
+mod sqlite_runs;
 
 pub use error::{StoreError, StoreResult};
+pub use runs::{RunStore, StepTx};
 
 use crate::types::{
     Enqueued, FetchedJob, JobFilter, JobId, JobRecord, Lease, NewJob, Outcome, StateCount,
@@ -48,9 +52,9 @@ pub struct Affected {
     pub count: u64,
 }
 
-/// The storage interface of the durable queue.
+/// The storage interface of the durable queue (and, through [`RunStore`], of workflow runs).
 #[async_trait]
-pub trait JobStore: Send + Sync + 'static {
+pub trait JobStore: RunStore + Send + Sync + 'static {
     /// Static facts about the backend.
     fn capabilities(&self) -> Capabilities;
 

@@ -29,7 +29,7 @@ use tokio::sync::{Mutex, broadcast};
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    write_lock: Arc<Mutex<()>>,
+    pub(super) write_lock: Arc<Mutex<()>>,
     notify: broadcast::Sender<String>,
 }
 
@@ -44,7 +44,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 const JOB_COLUMNS: &str = "id, kind, queue, tenant, payload, state, priority, attempt, max_attempts, \
     timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, finished_at, errors";
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
@@ -52,12 +52,12 @@ fn ms(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }
 
-fn from_ms(value: i64) -> StoreResult<DateTime<Utc>> {
+pub(super) fn from_ms(value: i64) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_millis(value)
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {value} out of range")))
 }
 
-fn from_opt_ms(value: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+pub(super) fn from_opt_ms(value: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
     value.map(from_ms).transpose()
 }
 

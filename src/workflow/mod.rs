@@ -1,13 +1,19 @@
 //! Workflows: named sequences of steps, each run as a job, declared in `workflows/*.toml`.
 //!
-//! This module so far holds the definitions ([`definition`]): parsing, validation against the
-//! job kinds and step handlers (file and line on every error), and cron triggers with their
-//! next fire times ([`schedule`]). The engine that persists runs and advances them step by
-//! step is the next piece of work (issue #3).
+//! - [`definition`]: parsing and validation against the job kinds and step handlers (file and
+//!   line on every error), cron triggers with their next fire times ([`schedule`]);
+//! - [`engine`]: persisted runs advanced step by step, atomically, with compensation and
+//!   retry from the failed step;
+//! - [`steps`]: built-in step handlers for the demo and the tests.
+//!
+//! Not built yet (issue #3): fan-out/fan-in, firing cron triggers, progress reporting.
 
 pub mod definition;
+pub mod engine;
 pub mod schedule;
+pub mod steps;
 
 pub use definition::{
     MissedTicks, ParamDef, StepDef, Trigger, WorkflowCatalog, WorkflowDef, WorkflowError,
 };
+pub use engine::{Engine, EngineError, RunSweeper, StepContext, StepFuture, StepRegistry};

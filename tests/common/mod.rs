@@ -166,3 +166,15 @@ macro_rules! per_backend {
         }
     };
 }
+
+/// The repository's job kinds that the built-in handlers serve (without the workflow step
+/// kind, whose handler the workflow engine registers).
+pub fn builtin_kinds() -> KindCatalog {
+    let registry = steward::queue::builtin::registry();
+    let kinds: Vec<JobKind> = repo_kinds()
+        .iter()
+        .filter(|k| registry.contains(&k.name))
+        .cloned()
+        .collect();
+    kinds_of(&kinds)
+}

@@ -1,0 +1,113 @@
+//! `steward run` and `steward runs …`: workflow runs from the command line.
+
+use super::{CliError, load_engine, load_kinds, open_store};
+use crate::config::Settings;
+use crate::store::runs::{RunId, RunState};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value};
+use std::str::FromStr;
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Workflow name (defined in workflows/).
+    workflow: String,
+    /// A parameter, `name=value` (the value is read as JSON when it parses, else as text).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// Starting again with the same key returns the existing run.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// running, completed, compensating, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show a run with its steps.
+    Show { id: RunId },
+    /// Retry a failed run from its failed step.
+    Retry { id: RunId },
+    /// Cancel a running run.
+    Cancel { id: RunId },
+}
+
+fn parse_params(params: &[String]) -> Result<Value, CliError> {
+    let mut map = Map::new();
+    for param in params {
+        let (name, value) = param
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--param `{param}` is not NAME=VALUE")))?;
+        let value =
+            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        map.insert(name.to_string(), value);
+    }
+    Ok(Value::Object(map))
+}
+
+pub(crate) async fn run(settings: &Settings, args: &RunArgs) -> Result<(), CliError> {
+    let params = parse_params(&args.params)?;
+    let kinds = load_kinds(settings)?;
+    let store = open_store(&settings.database_url).await?;
+    let engine = load_engine(settings, store, &kinds)?;
+    let (id, created) = engine
+        .start(&args.workflow, params, args.idempotency_key.clone())
+        .await?;
+    if created {
+        println!("started run {id}");
+    } else {
+        println!("run {id} already exists for this idempotency key");
+    }
+    Ok(())
+}
+
+pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<(), CliError> {
+    let kinds = load_kinds(settings)?;
+    let store = open_store(&settings.database_url).await?;
+    let engine = load_engine(settings, store.clone(), &kinds)?;
+    match command {
+        RunsCommand::List { state, limit } => {
+            let state = match state {
+                Some(state) => Some(RunState::from_str(&state).map_err(CliError::Usage)?),
+                None => None,
+            };
+            println!(
+                "{:>6}  {:<20} {:<13} {:<6} error",
+                "id", "workflow", "state", "step"
+            );
+            for run in store.runs_list(state, limit).await? {
+                println!(
+                    "{:>6}  {:<20} {:<13} {:<6} {}",
+                    run.id,
+                    run.workflow,
+                    run.state,
+                    run.current_step,
+                    run.error.unwrap_or_default()
+                );
+            }
+        }
+        RunsCommand::Show { id } => {
+            let run = engine.run(id).await?;
+            let text =
+                serde_json::to_string_pretty(&run).map_err(|e| CliError::Failed(e.to_string()))?;
+            println!("{text}");
+        }
+        RunsCommand::Retry { id } => {
+            engine.retry(id).await?;
+            println!("run {id} retried from its failed step");
+        }
+        RunsCommand::Cancel { id } => {
+            if engine.cancel(id).await? {
+                println!("run {id} cancelled");
+            } else {
+                return Err(CliError::Failed(format!("run {id} is not running")));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! PostgreSQL implementation of [`RunStore`] and its step transaction.
+
+use super::postgres::{PgStore, insert_on};
+use super::runs::{
+    DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore, StepRecord, StepState,
+    StepTx,
+};
+use super::{StoreError, StoreResult};
+use crate::types::{JobId, Lease};
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use std::str::FromStr;
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Queue a step's job inside the transaction and point the step at it.
+async fn queue_step(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    next: &NextStep,
+    state: StepState,
+) -> StoreResult<()> {
+    let mut job = next.job.clone();
+    job.payload["run_id"] = Value::from(run_id);
+    let enqueued = insert_on(conn, std::slice::from_ref(&job)).await?;
+    let job_id = enqueued
+        .first()
+        .map(|e| e.id)
+        .ok_or_else(|| corrupt("step job not inserted"))?;
+    sqlx::query(
+        "UPDATE steward_run_steps SET state = $3, job_id = $4, error = NULL, \
+         started_at = CASE WHEN $3 = 'queued' THEN now() ELSE started_at END \
+         WHERE run_id = $1 AND idx = $2",
+    )
+    .bind(run_id)
+    .bind(next.idx)
+    .bind(state.as_str())
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE steward_runs SET current_step = $2, updated_at = now() WHERE id = $1")
+        .bind(run_id)
+        .bind(next.idx)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn step_from_row(row: &PgRow) -> StoreResult<StepRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(StepRecord {
+        idx: row.try_get("idx")?,
+        name: row.try_get("name")?,
+        state: StepState::from_str(&state).map_err(corrupt)?,
+        output: row.try_get("output")?,
+        job_id: row.try_get("job_id")?,
+        error: row.try_get("error")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+impl PgStore {
+    /// Attach their steps to run rows.
+    async fn with_steps(&self, rows: Vec<PgRow>) -> StoreResult<Vec<RunRecord>> {
+        let ids: Vec<RunId> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let step_rows = sqlx::query(
+            "SELECT run_id, idx, name, state, output, job_id, error, started_at, finished_at \
+             FROM steward_run_steps WHERE run_id = ANY($1) ORDER BY run_id, idx",
+        )
+        .bind(&ids)
+        .fetch_all(self.pool())
+        .await?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: RunId = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            let steps = step_rows
+                .iter()
+                .filter(|s| s.try_get::<RunId, _>("run_id").ok() == Some(id))
+                .map(step_from_row)
+                .collect::<StoreResult<Vec<_>>>()?;
+            runs.push(RunRecord {
+                id,
+                workflow: row.try_get("workflow")?,
+                params: row.try_get("params")?,
+                state: RunState::from_str(&state).map_err(corrupt)?,
+                current_step: row.try_get("current_step")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                error: row.try_get("error")?,
+                created_at: row.try_get("created_at")?,
+                finished_at: row.try_get("finished_at")?,
+                steps,
+            });
+        }
+        Ok(runs)
+    }
+}
+
+const RUN_COLUMNS: &str =
+    "id, workflow, params, state, current_step, idempotency_key, error, created_at, finished_at";
+
+#[async_trait]
+impl RunStore for PgStore {
+    async fn run_start(&self, start: &RunStart) -> StoreResult<(RunId, bool)> {
+        let mut tx = self.pool().begin().await?;
+        let inserted: Option<RunId> = sqlx::query_scalar(
+            "INSERT INTO steward_runs (workflow, params, state, idempotency_key) \
+             VALUES ($1, $2, 'running', $3) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        )
+        .bind(&start.workflow)
+        .bind(&start.params)
+        .bind(&start.idempotency_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(run_id) = inserted else {
+            tx.rollback().await?;
+            let existing: RunId =
+                sqlx::query_scalar("SELECT id FROM steward_runs WHERE idempotency_key = $1")
+                    .bind(&start.idempotency_key)
+                    .fetch_one(self.pool())
+                    .await?;
+            return Ok((existing, false));
+        };
+        sqlx::query(
+            "INSERT INTO steward_run_steps (run_id, idx, name, state) \
+             SELECT $1, (n.ord - 1)::int, n.name, 'pending' FROM unnest($2::text[]) WITH ORDINALITY AS n(name, ord)",
+        )
+        .bind(run_id)
+        .bind(&start.step_names)
+        .execute(&mut *tx)
+        .await?;
+        let first = NextStep {
+            idx: 0,
+            job: start.first_job.clone(),
+        };
+        queue_step(&mut tx, run_id, &first, StepState::Queued).await?;
+        tx.commit().await?;
+        Ok((run_id, true))
+    }
+
+    async fn run_get(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM steward_runs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(self.with_steps(rows).await?.pop())
+    }
+
+    async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM steward_runs WHERE ($1::text IS NULL OR state = $1) \
+             ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(state.map(RunState::as_str))
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(self.pool())
+        .await?;
+        self.with_steps(rows).await
+    }
+
+    async fn step_begin(&self, lease: Lease, worker: &str) -> StoreResult<Option<Box<dyn StepTx>>> {
+        let mut tx = self.pool().begin().await?;
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM steward_jobs WHERE id = $1 AND attempt = $2 AND leased_by = $3 \
+             AND state = 'running'",
+        )
+        .bind(lease.id)
+        .bind(lease.attempt)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Ok(Some(Box::new(PgStepTx {
+            tx,
+            lease,
+            worker: worker.to_string(),
+        })))
+    }
+
+    async fn runs_dead_steps(&self, limit: i64) -> StoreResult<Vec<DeadStep>> {
+        let rows = sqlx::query(
+            "SELECT r.id AS run_id, s.idx, s.state = 'compensating' AS compensating, \
+                    coalesce(j.errors -> -1 ->> 'error', 'the step job died') AS error \
+             FROM steward_runs r \
+             JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
+             JOIN steward_jobs j ON j.id = s.job_id \
+             WHERE r.state IN ('running', 'compensating') AND s.state IN ('queued', 'compensating') \
+               AND j.state IN ('dead', 'cancelled') \
+             ORDER BY r.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadStep {
+                    run_id: row.try_get("run_id")?,
+                    idx: row.try_get("idx")?,
+                    compensating: row.try_get("compensating")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn run_step_died(
+        &self,
+        dead: &DeadStep,
+        compensation: Option<NextStep>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        let expected = if dead.compensating {
+            StepState::Compensating
+        } else {
+            StepState::Queued
+        };
+        let current: Option<RunId> = sqlx::query_scalar(
+            "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
+             WHERE r.id = $1 AND r.current_step = $2 AND s.state = $3 FOR UPDATE OF r",
+        )
+        .bind(dead.run_id)
+        .bind(dead.idx)
+        .bind(expected.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current.is_none() {
+            return Ok(false);
+        }
+        // A dead compensation leaves its step completed (its effect was not undone).
+        let step_state = if dead.compensating {
+            StepState::Completed
+        } else {
+            StepState::Dead
+        };
+        let step_error = dead.error.clone();
+        let run_error = if dead.compensating {
+            format!("compensation of step {} died: {}", dead.idx, dead.error)
+        } else {
+            format!("step {} died: {}", dead.idx, dead.error)
+        };
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = $3, error = coalesce($4, error), finished_at = now() \
+             WHERE run_id = $1 AND idx = $2",
+        )
+        .bind(dead.run_id)
+        .bind(dead.idx)
+        .bind(step_state.as_str())
+        .bind(if dead.compensating { None } else { Some(&step_error) })
+        .execute(&mut *tx)
+        .await?;
+        match compensation.filter(|_| !dead.compensating) {
+            Some(next) => {
+                sqlx::query(
+                    "UPDATE steward_runs SET state = 'compensating', error = $2, updated_at = now() WHERE id = $1",
+                )
+                .bind(dead.run_id)
+                .bind(&run_error)
+                .execute(&mut *tx)
+                .await?;
+                queue_step(&mut tx, dead.run_id, &next, StepState::Compensating).await?;
+            }
+            None => {
+                // Nothing (more) to compensate: the run fails, pointing at its dead step.
+                sqlx::query(
+                    "UPDATE steward_runs r SET state = 'failed', error = $2, updated_at = now(), \
+                     finished_at = now(), current_step = coalesce((SELECT min(idx) FROM steward_run_steps s \
+                     WHERE s.run_id = r.id AND s.state = 'dead'), r.current_step) WHERE id = $1",
+                )
+                .bind(dead.run_id)
+                .bind(&run_error)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn run_retry(&self, id: RunId, job: NextStep) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        let updated = sqlx::query(
+            "UPDATE steward_runs SET state = 'running', error = NULL, finished_at = NULL, updated_at = now() \
+             WHERE id = $1 AND state = 'failed'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        queue_step(&mut tx, id, &job, StepState::Queued).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn run_cancel(&self, id: RunId) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        let job: Option<Option<JobId>> = sqlx::query_scalar(
+            "UPDATE steward_runs r SET state = 'cancelled', updated_at = now(), finished_at = now() \
+             FROM steward_run_steps s WHERE r.id = $1 AND r.state IN ('running', 'compensating') \
+               AND s.run_id = r.id AND s.idx = r.current_step RETURNING s.job_id",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = job else {
+            return Ok(false);
+        };
+        if let Some(job) = job {
+            sqlx::query(
+                "UPDATE steward_jobs SET state = 'cancelled', finished_at = now(), leased_by = NULL, \
+                 lease_expires_at = NULL WHERE id = $1 AND state IN ('scheduled', 'available', 'running', 'retryable')",
+            )
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+struct PgStepTx {
+    tx: Transaction<'static, Postgres>,
+    lease: Lease,
+    worker: String,
+}
+
+#[async_trait]
+impl StepTx for PgStepTx {
+    async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO steward_ledger (job_id, worker, entry) VALUES ($1, $2, $3)")
+            .bind(job_id)
+            .bind(worker)
+            .bind(entry)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn step_completed(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        output: &Value,
+        next: Option<NextStep>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'completed', output = $3, finished_at = now() \
+             WHERE run_id = $1 AND idx = $2",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(output)
+        .execute(&mut *self.tx)
+        .await?;
+        match next {
+            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Queued).await,
+            None => {
+                sqlx::query(
+                    "UPDATE steward_runs SET state = 'completed', updated_at = now(), finished_at = now() WHERE id = $1",
+                )
+                .bind(run_id)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn step_compensated(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        next: Option<NextStep>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'compensated', finished_at = now() WHERE run_id = $1 AND idx = $2",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .execute(&mut *self.tx)
+        .await?;
+        match next {
+            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Compensating).await,
+            None => {
+                // Compensation is over: the run is failed, pointing at its dead step.
+                sqlx::query(
+                    "UPDATE steward_runs r SET state = 'failed', updated_at = now(), finished_at = now(), \
+                     current_step = coalesce((SELECT min(idx) FROM steward_run_steps s \
+                                              WHERE s.run_id = r.id AND s.state = 'dead'), r.current_step) \
+                     WHERE id = $1",
+                )
+                .bind(run_id)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let mut this = *self;
+        // The fence is checked here, in the same transaction: the job row is not locked while
+        // the step runs (heartbeats must not wait on it), so the acknowledgement decides.
+        let moved = sqlx::query(
+            "WITH done AS (DELETE FROM steward_jobs WHERE id = $1 AND attempt = $2 AND leased_by = $3 \
+                           AND state = 'running' RETURNING *) \
+             INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt, \
+                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+                 finished_at, errors) \
+             SELECT id, kind, queue, tenant, payload, priority, attempt, max_attempts, timeout_ms, \
+                    unique_key, run_at, created_at, attempted_at, leased_by, now(), errors FROM done",
+        )
+        .bind(this.lease.id)
+        .bind(this.lease.attempt)
+        .bind(&this.worker)
+        .execute(&mut *this.tx)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            // The lease was lost while the step ran: none of its effects may land.
+            this.tx.rollback().await?;
+            return Err(StoreError::Conflict(
+                "lease lost before the step committed".into(),
+            ));
+        }
+        this.tx.commit().await?;
+        Ok(())
+    }
+}

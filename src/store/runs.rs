@@ -1,0 +1,187 @@
+//! Storage of workflow runs: the run and step tables, and the step transaction in which a
+//! step's database effects, its completion, the next step's job and the acknowledgement of
+//! the step's own job commit together (or not at all).
+
+use super::StoreResult;
+use crate::types::{JobId, Lease, NewJob};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use std::str::FromStr;
+
+/// Identifier of a workflow run.
+pub type RunId = i64;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),* }
+        impl $name {
+            /// The name stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(format!("unknown {} `{other}`", stringify!($name))),
+                }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Where a run is.
+    RunState {
+        Running = "running",
+        Completed = "completed",
+        Compensating = "compensating",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+string_enum!(
+    /// Where a step is.
+    StepState {
+        Pending = "pending",
+        Queued = "queued",
+        Completed = "completed",
+        Dead = "dead",
+        Compensating = "compensating",
+        Compensated = "compensated",
+    }
+);
+
+/// A step as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub idx: i32,
+    pub name: String,
+    pub state: StepState,
+    pub output: Option<Value>,
+    pub job_id: Option<JobId>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A run with its steps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub workflow: String,
+    pub params: Value,
+    pub state: RunState,
+    pub current_step: i32,
+    pub idempotency_key: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepRecord>,
+}
+
+/// What starting a run needs.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    pub workflow: String,
+    pub params: Value,
+    pub idempotency_key: Option<String>,
+    pub step_names: Vec<String>,
+    /// The first step's job (its payload names the run once it exists: see `first_job`).
+    pub first_job: NewJob,
+}
+
+/// A step whose job died for good, found by the run sweeper.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadStep {
+    pub run_id: RunId,
+    pub idx: i32,
+    /// True when the dead job was a compensation.
+    pub compensating: bool,
+    pub error: String,
+}
+
+/// The next job to queue for a run, with the step it belongs to.
+#[derive(Debug, Clone)]
+pub struct NextStep {
+    pub idx: i32,
+    pub job: NewJob,
+}
+
+/// Run storage; every [`super::JobStore`] implements it.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Create a run, its steps and its first step's job in one transaction. With an
+    /// idempotency key that already has a run, returns that run and creates nothing.
+    /// `first_job`'s payload gets `"run_id"` filled in.
+    async fn run_start(&self, start: &RunStart) -> StoreResult<(RunId, bool)>;
+
+    /// One run with its steps.
+    async fn run_get(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
+
+    /// Runs by id, newest first, optionally in one state.
+    async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>>;
+
+    /// Open the transaction of a step attempt; `None` when the lease is no longer this
+    /// worker's (the attempt must do nothing). The lease is checked again by
+    /// [`StepTx::commit`], which acknowledges the job in the same transaction.
+    async fn step_begin(&self, lease: Lease, worker: &str) -> StoreResult<Option<Box<dyn StepTx>>>;
+
+    /// Runs whose current step (or compensation) job is dead, not yet handled.
+    async fn runs_dead_steps(&self, limit: i64) -> StoreResult<Vec<DeadStep>>;
+
+    /// Record that a step died: the run compensates (queuing `compensation`) or, with none
+    /// to run, fails. A dead compensation fails the run. Applies only if still current.
+    async fn run_step_died(
+        &self,
+        dead: &DeadStep,
+        compensation: Option<NextStep>,
+    ) -> StoreResult<bool>;
+
+    /// Retry a failed run from its failed step (completed steps are not run again).
+    async fn run_retry(&self, id: RunId, job: NextStep) -> StoreResult<bool>;
+
+    /// Cancel a running or compensating run and its queued job.
+    async fn run_cancel(&self, id: RunId) -> StoreResult<bool>;
+}
+
+/// The transaction of one step attempt. Dropping it without [`StepTx::commit`] rolls back.
+#[async_trait]
+pub trait StepTx: Send {
+    /// A database effect for tests and the demo: append a ledger row.
+    async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()>;
+
+    /// The step succeeded with `output`; queue `next`, or complete the run.
+    async fn step_completed(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        output: &Value,
+        next: Option<NextStep>,
+    ) -> StoreResult<()>;
+
+    /// The step's compensation succeeded; queue the next compensation, or fail the run.
+    async fn step_compensated(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        next: Option<NextStep>,
+    ) -> StoreResult<()>;
+
+    /// Acknowledge the step's job and commit everything; if the lease was lost meanwhile,
+    /// roll everything back and return [`super::StoreError::Conflict`].
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}

@@ -1,0 +1,473 @@
+//! SQLite implementation of [`RunStore`] and its step transaction, mirroring
+//! `postgres_runs.rs`. A step transaction holds the store's writer lock: SQLite has one
+//! writer, and the step's own writes, its completion and the next job commit together.
+
+use super::runs::{
+    DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore, StepRecord, StepState,
+    StepTx,
+};
+use super::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on, now_ms};
+use super::{StoreError, StoreResult};
+use crate::types::{JobId, Lease};
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{Row, Sqlite, Transaction};
+use std::str::FromStr;
+use tokio::sync::OwnedMutexGuard;
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn json_column(row: &SqliteRow, name: &str) -> StoreResult<Option<Value>> {
+    let text: Option<String> = row.try_get(name)?;
+    text.map(|t| serde_json::from_str(&t).map_err(corrupt))
+        .transpose()
+}
+
+async fn queue_step(
+    conn: &mut SqliteConnection,
+    run_id: RunId,
+    next: &NextStep,
+    state: StepState,
+) -> StoreResult<()> {
+    let mut job = next.job.clone();
+    job.payload["run_id"] = Value::from(run_id);
+    let enqueued = insert_on(conn, std::slice::from_ref(&job)).await?;
+    let job_id = enqueued
+        .first()
+        .map(|e| e.id)
+        .ok_or_else(|| corrupt("step job not inserted"))?;
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE steward_run_steps SET state = ?3, job_id = ?4, error = NULL, \
+         started_at = CASE WHEN ?3 = 'queued' THEN ?5 ELSE started_at END \
+         WHERE run_id = ?1 AND idx = ?2",
+    )
+    .bind(run_id)
+    .bind(next.idx)
+    .bind(state.as_str())
+    .bind(job_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE steward_runs SET current_step = ?2, updated_at = ?3 WHERE id = ?1")
+        .bind(run_id)
+        .bind(next.idx)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn step_from_row(row: &SqliteRow) -> StoreResult<StepRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(StepRecord {
+        idx: row.try_get("idx")?,
+        name: row.try_get("name")?,
+        state: StepState::from_str(&state).map_err(corrupt)?,
+        output: json_column(row, "output")?,
+        job_id: row.try_get("job_id")?,
+        error: row.try_get("error")?,
+        started_at: from_opt_ms(row.try_get("started_at")?)?,
+        finished_at: from_opt_ms(row.try_get("finished_at")?)?,
+    })
+}
+
+const RUN_COLUMNS: &str =
+    "id, workflow, params, state, current_step, idempotency_key, error, created_at, finished_at";
+
+impl SqliteStore {
+    async fn with_steps(&self, rows: Vec<SqliteRow>) -> StoreResult<Vec<RunRecord>> {
+        let ids: Vec<RunId> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let step_rows = sqlx::query(
+            "SELECT run_id, idx, name, state, output, job_id, error, started_at, finished_at \
+             FROM steward_run_steps WHERE run_id IN (SELECT value FROM json_each(?1)) ORDER BY run_id, idx",
+        )
+        .bind(json!(ids).to_string())
+        .fetch_all(self.pool())
+        .await?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: RunId = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            let steps = step_rows
+                .iter()
+                .filter(|s| s.try_get::<RunId, _>("run_id").ok() == Some(id))
+                .map(step_from_row)
+                .collect::<StoreResult<Vec<_>>>()?;
+            runs.push(RunRecord {
+                id,
+                workflow: row.try_get("workflow")?,
+                params: json_column(row, "params")?.unwrap_or(Value::Null),
+                state: RunState::from_str(&state).map_err(corrupt)?,
+                current_step: row.try_get("current_step")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                error: row.try_get("error")?,
+                created_at: from_ms(row.try_get("created_at")?)?,
+                finished_at: from_opt_ms(row.try_get("finished_at")?)?,
+                steps,
+            });
+        }
+        Ok(runs)
+    }
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn run_start(&self, start: &RunStart) -> StoreResult<(RunId, bool)> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let now = now_ms();
+        let inserted: Option<RunId> = sqlx::query_scalar(
+            "INSERT INTO steward_runs (workflow, params, state, idempotency_key, created_at, updated_at) \
+             VALUES (?1, ?2, 'running', ?3, ?4, ?4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        )
+        .bind(&start.workflow)
+        .bind(start.params.to_string())
+        .bind(&start.idempotency_key)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(run_id) = inserted else {
+            tx.rollback().await?;
+            let existing: RunId =
+                sqlx::query_scalar("SELECT id FROM steward_runs WHERE idempotency_key = ?1")
+                    .bind(&start.idempotency_key)
+                    .fetch_one(self.pool())
+                    .await?;
+            return Ok((existing, false));
+        };
+        sqlx::query(
+            "INSERT INTO steward_run_steps (run_id, idx, name, state) \
+             SELECT ?1, key, value, 'pending' FROM json_each(?2)",
+        )
+        .bind(run_id)
+        .bind(json!(start.step_names).to_string())
+        .execute(&mut *tx)
+        .await?;
+        let first = NextStep {
+            idx: 0,
+            job: start.first_job.clone(),
+        };
+        queue_step(&mut tx, run_id, &first, StepState::Queued).await?;
+        tx.commit().await?;
+        Ok((run_id, true))
+    }
+
+    async fn run_get(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM steward_runs WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(self.with_steps(rows).await?.pop())
+    }
+
+    async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM steward_runs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
+        ))
+        .bind(state.map(RunState::as_str))
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(self.pool())
+        .await?;
+        self.with_steps(rows).await
+    }
+
+    async fn step_begin(&self, lease: Lease, worker: &str) -> StoreResult<Option<Box<dyn StepTx>>> {
+        let guard = self.write_lock.clone().lock_owned().await;
+        let mut tx = self.pool().begin().await?;
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM steward_jobs WHERE id = ?1 AND attempt = ?2 AND leased_by = ?3 AND state = 'running'",
+        )
+        .bind(lease.id)
+        .bind(lease.attempt)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        Ok(Some(Box::new(SqliteStepTx {
+            tx,
+            lease,
+            worker: worker.to_string(),
+            _guard: guard,
+        })))
+    }
+
+    async fn runs_dead_steps(&self, limit: i64) -> StoreResult<Vec<DeadStep>> {
+        let rows = sqlx::query(
+            "SELECT r.id AS run_id, s.idx, s.state = 'compensating' AS compensating, \
+                    coalesce(j.errors ->> '$[#-1].error', 'the step job died') AS error \
+             FROM steward_runs r \
+             JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
+             JOIN steward_jobs j ON j.id = s.job_id \
+             WHERE r.state IN ('running', 'compensating') AND s.state IN ('queued', 'compensating') \
+               AND j.state IN ('dead', 'cancelled') \
+             ORDER BY r.id LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadStep {
+                    run_id: row.try_get("run_id")?,
+                    idx: row.try_get("idx")?,
+                    compensating: row.try_get("compensating")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn run_step_died(
+        &self,
+        dead: &DeadStep,
+        compensation: Option<NextStep>,
+    ) -> StoreResult<bool> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let expected = if dead.compensating {
+            StepState::Compensating
+        } else {
+            StepState::Queued
+        };
+        let current: Option<RunId> = sqlx::query_scalar(
+            "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = ?2 \
+             WHERE r.id = ?1 AND r.current_step = ?2 AND s.state = ?3",
+        )
+        .bind(dead.run_id)
+        .bind(dead.idx)
+        .bind(expected.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current.is_none() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let run_error = if dead.compensating {
+            format!("compensation of step {} died: {}", dead.idx, dead.error)
+        } else {
+            format!("step {} died: {}", dead.idx, dead.error)
+        };
+        // A dead compensation leaves its step completed (its effect was not undone).
+        let step_state = if dead.compensating {
+            StepState::Completed
+        } else {
+            StepState::Dead
+        };
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = ?3, error = coalesce(?4, error), finished_at = ?5 \
+             WHERE run_id = ?1 AND idx = ?2",
+        )
+        .bind(dead.run_id)
+        .bind(dead.idx)
+        .bind(step_state.as_str())
+        .bind(if dead.compensating { None } else { Some(&dead.error) })
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        match compensation.filter(|_| !dead.compensating) {
+            Some(next) => {
+                sqlx::query("UPDATE steward_runs SET state = 'compensating', error = ?2, updated_at = ?3 WHERE id = ?1")
+                    .bind(dead.run_id)
+                    .bind(&run_error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                queue_step(&mut tx, dead.run_id, &next, StepState::Compensating).await?;
+            }
+            None => {
+                sqlx::query(
+                    "UPDATE steward_runs SET state = 'failed', error = ?2, updated_at = ?3, finished_at = ?3, \
+                     current_step = coalesce((SELECT min(idx) FROM steward_run_steps s \
+                     WHERE s.run_id = steward_runs.id AND s.state = 'dead'), current_step) WHERE id = ?1",
+                )
+                .bind(dead.run_id)
+                .bind(&run_error)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn run_retry(&self, id: RunId, job: NextStep) -> StoreResult<bool> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let updated = sqlx::query(
+            "UPDATE steward_runs SET state = 'running', error = NULL, finished_at = NULL, updated_at = ?2 \
+             WHERE id = ?1 AND state = 'failed'",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        queue_step(&mut tx, id, &job, StepState::Queued).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn run_cancel(&self, id: RunId) -> StoreResult<bool> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let now = now_ms();
+        let job: Option<Option<JobId>> = sqlx::query_scalar(
+            "SELECT s.job_id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
+             WHERE r.id = ?1 AND r.state IN ('running', 'compensating')",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = job else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE steward_runs SET state = 'cancelled', updated_at = ?2, finished_at = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(job) = job {
+            sqlx::query(
+                "UPDATE steward_jobs SET state = 'cancelled', finished_at = ?2, leased_by = NULL, \
+                 lease_expires_at = NULL WHERE id = ?1 AND state IN ('scheduled', 'available', 'running', 'retryable')",
+            )
+            .bind(job)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+struct SqliteStepTx {
+    tx: Transaction<'static, Sqlite>,
+    lease: Lease,
+    worker: String,
+    _guard: OwnedMutexGuard<()>,
+}
+
+#[async_trait]
+impl StepTx for SqliteStepTx {
+    async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO steward_ledger (job_id, worker, at, entry) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .bind(now_ms())
+        .bind(entry)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn step_completed(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        output: &Value,
+        next: Option<NextStep>,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'completed', output = ?3, finished_at = ?4 WHERE run_id = ?1 AND idx = ?2",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(output.to_string())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        match next {
+            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Queued).await,
+            None => {
+                sqlx::query("UPDATE steward_runs SET state = 'completed', updated_at = ?2, finished_at = ?2 WHERE id = ?1")
+                    .bind(run_id)
+                    .bind(now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn step_compensated(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        next: Option<NextStep>,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        sqlx::query("UPDATE steward_run_steps SET state = 'compensated', finished_at = ?3 WHERE run_id = ?1 AND idx = ?2")
+            .bind(run_id)
+            .bind(idx)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        match next {
+            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Compensating).await,
+            None => {
+                sqlx::query(
+                    "UPDATE steward_runs SET state = 'failed', updated_at = ?2, finished_at = ?2, \
+                     current_step = coalesce((SELECT min(idx) FROM steward_run_steps s \
+                     WHERE s.run_id = steward_runs.id AND s.state = 'dead'), current_step) WHERE id = ?1",
+                )
+                .bind(run_id)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let mut this = *self;
+        let now = now_ms();
+        let moved = sqlx::query(
+            "INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt, \
+                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+                 finished_at, errors) \
+             SELECT id, kind, queue, tenant, payload, priority, attempt, max_attempts, timeout_ms, \
+                    unique_key, run_at, created_at, attempted_at, leased_by, ?4, errors \
+             FROM steward_jobs WHERE id = ?1 AND attempt = ?2 AND leased_by = ?3 AND state = 'running'",
+        )
+        .bind(this.lease.id)
+        .bind(this.lease.attempt)
+        .bind(&this.worker)
+        .bind(now)
+        .execute(&mut *this.tx)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            this.tx.rollback().await?;
+            return Err(StoreError::Conflict(
+                "lease lost before the step committed".into(),
+            ));
+        }
+        sqlx::query("DELETE FROM steward_jobs WHERE id = ?1")
+            .bind(this.lease.id)
+            .execute(&mut *this.tx)
+            .await?;
+        this.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,419 @@
+//! The workflow engine: starts runs, runs each step as a job, and moves a run forward in the
+//! same transaction that records the step's effects and acknowledges its job.
+//!
+//! - **Forward**: the step job of step N runs the step's handler inside a [`StepTx`]; the
+//!   handler's database writes, step N's completion (with its output, the input of step N+1),
+//!   the job of step N+1 and the acknowledgement of step N's job commit together. A worker
+//!   that lost its lease commits nothing, so a step's database effect happens once.
+//! - **Failure**: when a step's job dies for good, the [`RunSweeper`] marks the step dead and
+//!   queues the compensations of the completed steps, latest first, each again a job; when
+//!   they are done the run is `failed`, pointing at its dead step.
+//! - **Retry**: an operator retries a failed run from its dead step; completed steps are not
+//!   run again.
+
+use super::definition::{WorkflowCatalog, WorkflowDef};
+use crate::kinds::KindCatalog;
+use crate::maintenance;
+use crate::queue::{JobContext, JobError, Registry};
+use crate::store::runs::{NextStep, RunId, RunRecord, RunStart, StepState};
+use crate::store::{SharedStore, StepTx, StoreError, StoreResult};
+use crate::types::{FetchedJob, NewJob};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the engine refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown workflow `{0}`")]
+    UnknownWorkflow(String),
+    #[error("invalid parameters for workflow `{workflow}`: {message}")]
+    InvalidParams { workflow: String, message: String },
+    #[error("no run {0}")]
+    NoRun(RunId),
+    #[error("run {id} is {state}; only a failed run can be retried")]
+    NotRetryable { id: RunId, state: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a step handler gets.
+pub struct StepContext<'a> {
+    pub run_id: RunId,
+    pub step: &'a str,
+    pub params: &'a Value,
+    /// The previous step's output (the run's parameters for the first step); for a
+    /// compensation, the output of the step being undone.
+    pub input: &'a Value,
+    pub job: &'a FetchedJob,
+    pub worker: &'a str,
+    /// Write the step's database effects here: they commit with the step's completion.
+    pub tx: &'a mut dyn StepTx,
+}
+
+/// What a step handler returns: its output (the next step's input).
+pub type StepFuture<'a> = BoxFuture<'a, Result<Value, JobError>>;
+type StepFn = Arc<dyn for<'a> Fn(StepContext<'a>) -> StepFuture<'a> + Send + Sync>;
+
+/// Step handlers by name.
+#[derive(Clone, Default)]
+pub struct StepRegistry {
+    handlers: HashMap<String, StepFn>,
+}
+
+impl StepRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register a step (or compensation) handler.
+    pub fn register<F>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        F: for<'a> Fn(StepContext<'a>) -> StepFuture<'a> + Send + Sync + 'static,
+    {
+        self.handlers.insert(name.to_string(), Arc::new(handler));
+        self
+    }
+
+    /// Is there a handler of this name?
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+}
+
+/// The payload of a step job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepJob {
+    #[serde(default)]
+    pub run_id: RunId,
+    pub step: i32,
+    #[serde(default)]
+    pub compensate: bool,
+}
+
+/// Starts, advances, fails, retries and cancels workflow runs.
+pub struct Engine {
+    store: SharedStore,
+    workflows: Arc<WorkflowCatalog>,
+    kinds: Arc<KindCatalog>,
+    steps: StepRegistry,
+}
+
+impl Engine {
+    /// An engine over validated workflows (their handlers and job kinds exist).
+    pub fn new(
+        store: SharedStore,
+        workflows: WorkflowCatalog,
+        kinds: KindCatalog,
+        steps: StepRegistry,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            workflows: Arc::new(workflows),
+            kinds: Arc::new(kinds),
+            steps,
+        })
+    }
+
+    /// The workflows this engine runs.
+    pub fn workflows(&self) -> &WorkflowCatalog {
+        &self.workflows
+    }
+
+    /// Register the job handler of every job kind a workflow step runs as.
+    pub fn register_jobs(self: &Arc<Self>, registry: &mut Registry) {
+        let mut kinds: Vec<&str> = self
+            .workflows
+            .iter()
+            .flat_map(|w| w.steps.iter().map(|s| s.job.as_str()))
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for kind in kinds {
+            let engine = Arc::clone(self);
+            registry.register(kind, move |args: StepJob, ctx: JobContext| {
+                let engine = Arc::clone(&engine);
+                async move { engine.run_step(args, ctx).await }
+            });
+        }
+    }
+
+    /// Start a run. With an idempotency key that already has a run, that run is returned
+    /// (`false`: nothing new was started).
+    pub async fn start(
+        &self,
+        workflow: &str,
+        params: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(RunId, bool), EngineError> {
+        let def = self
+            .workflows
+            .get(workflow)
+            .ok_or_else(|| EngineError::UnknownWorkflow(workflow.to_string()))?;
+        let params = complete_params(def, params)?;
+        let start = RunStart {
+            workflow: def.name.clone(),
+            params,
+            idempotency_key,
+            step_names: def.steps.iter().map(|s| s.name.clone()).collect(),
+            first_job: self.step_job(def, 0, false)?,
+        };
+        Ok(self.store.run_start(&start).await?)
+    }
+
+    /// Retry a failed run from its dead step.
+    pub async fn retry(&self, id: RunId) -> Result<(), EngineError> {
+        let run = self
+            .store
+            .run_get(id)
+            .await?
+            .ok_or(EngineError::NoRun(id))?;
+        let def = self
+            .workflows
+            .get(&run.workflow)
+            .ok_or_else(|| EngineError::UnknownWorkflow(run.workflow.clone()))?;
+        let not_retryable = || EngineError::NotRetryable {
+            id,
+            state: run.state.to_string(),
+        };
+        if run.state != crate::store::runs::RunState::Failed {
+            return Err(not_retryable());
+        }
+        let job = NextStep {
+            idx: run.current_step,
+            job: self.step_job(def, run.current_step, false)?,
+        };
+        if self.store.run_retry(id, job).await? {
+            Ok(())
+        } else {
+            Err(not_retryable())
+        }
+    }
+
+    /// Cancel a running or compensating run.
+    pub async fn cancel(&self, id: RunId) -> Result<bool, EngineError> {
+        Ok(self.store.run_cancel(id).await?)
+    }
+
+    /// A run with its steps.
+    pub async fn run(&self, id: RunId) -> Result<RunRecord, EngineError> {
+        self.store.run_get(id).await?.ok_or(EngineError::NoRun(id))
+    }
+
+    fn step_job(
+        &self,
+        def: &WorkflowDef,
+        idx: i32,
+        compensate: bool,
+    ) -> Result<NewJob, EngineError> {
+        let step = usize::try_from(idx)
+            .ok()
+            .and_then(|i| def.steps.get(i))
+            .ok_or_else(|| EngineError::InvalidParams {
+                workflow: def.name.clone(),
+                message: format!("no step {idx}"),
+            })?;
+        let kind = self
+            .kinds
+            .get(&step.job)
+            .ok_or_else(|| EngineError::InvalidParams {
+                workflow: def.name.clone(),
+                message: format!("job kind `{}` is not declared", step.job),
+            })?;
+        Ok(NewJob {
+            kind: kind.name.clone(),
+            queue: kind.queue.clone(),
+            tenant: String::new(),
+            payload: json!({"run_id": 0, "step": idx, "compensate": compensate}),
+            priority: kind.priority,
+            max_attempts: kind.max_attempts,
+            timeout_ms: kind.timeout.as_millis() as i64,
+            unique_key: None,
+            run_at: None,
+        })
+    }
+
+    /// The next compensation to run, below step `below`: the latest completed step that
+    /// has a compensation handler.
+    fn next_compensation(
+        &self,
+        def: &WorkflowDef,
+        run: &RunRecord,
+        below: i32,
+    ) -> Option<NextStep> {
+        run.steps
+            .iter()
+            .filter(|s| s.idx < below && s.state == StepState::Completed)
+            .rev()
+            .find(|s| {
+                usize::try_from(s.idx)
+                    .ok()
+                    .and_then(|i| def.steps.get(i))
+                    .is_some_and(|d| d.compensate.is_some())
+            })
+            .and_then(|s| {
+                self.step_job(def, s.idx, true)
+                    .ok()
+                    .map(|job| NextStep { idx: s.idx, job })
+            })
+    }
+
+    async fn run_step(&self, args: StepJob, ctx: JobContext) -> Result<(), JobError> {
+        let fatal = |m: String| JobError::Fatal(m);
+        let run = self
+            .store
+            .run_get(args.run_id)
+            .await?
+            .ok_or_else(|| fatal(format!("run {} does not exist", args.run_id)))?;
+        let def = self
+            .workflows
+            .get(&run.workflow)
+            .ok_or_else(|| fatal(format!("workflow `{}` is not defined here", run.workflow)))?;
+        let idx = usize::try_from(args.step).map_err(|_| fatal("negative step".into()))?;
+        let (step, record) = def
+            .steps
+            .get(idx)
+            .zip(run.steps.get(idx))
+            .ok_or_else(|| fatal(format!("run {} has no step {idx}", run.id)))?;
+        let expected = if args.compensate {
+            StepState::Compensating
+        } else {
+            StepState::Queued
+        };
+        if record.state != expected || record.job_id != Some(ctx.job.id) {
+            // A duplicate or superseded delivery (the run moved on, or was cancelled).
+            return Ok(());
+        }
+        let handler_name = if args.compensate {
+            step.compensate.as_deref().unwrap_or_default()
+        } else {
+            step.handler.as_str()
+        };
+        let handler = self
+            .steps
+            .handlers
+            .get(handler_name)
+            .ok_or_else(|| fatal(format!("no step handler `{handler_name}` on this worker")))?;
+        let Some(mut tx) = self.store.step_begin(ctx.job.lease(), &ctx.worker).await? else {
+            return Err(JobError::Interrupted(
+                "lease lost before the step began".into(),
+            ));
+        };
+        let input = if args.compensate {
+            record.output.clone().unwrap_or(Value::Null)
+        } else if idx == 0 {
+            run.params.clone()
+        } else {
+            run.steps[idx - 1].output.clone().unwrap_or(Value::Null)
+        };
+        let output = handler(StepContext {
+            run_id: run.id,
+            step: &step.name,
+            params: &run.params,
+            input: &input,
+            job: &ctx.job,
+            worker: &ctx.worker,
+            tx: &mut *tx,
+        })
+        .await?;
+        if args.compensate {
+            let next = self.next_compensation(def, &run, args.step);
+            tx.step_compensated(run.id, args.step, next).await?;
+        } else {
+            let next = match def.steps.get(idx + 1) {
+                Some(_) => Some(NextStep {
+                    idx: args.step + 1,
+                    job: self
+                        .step_job(def, args.step + 1, false)
+                        .map_err(|e| fatal(e.to_string()))?,
+                }),
+                None => None,
+            };
+            tx.step_completed(run.id, args.step, &output, next).await?;
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(why)) => Err(JobError::Interrupted(why)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// One sweep: runs whose current step died get their compensations queued (or fail).
+    pub async fn sweep_once(&self) -> StoreResult<u64> {
+        let mut handled = 0;
+        for dead in self.store.runs_dead_steps(500).await? {
+            let compensation = match self.store.run_get(dead.run_id).await? {
+                Some(run) if !dead.compensating => self
+                    .workflows
+                    .get(&run.workflow)
+                    .and_then(|def| self.next_compensation(def, &run, dead.idx)),
+                _ => None,
+            };
+            if self.store.run_step_died(&dead, compensation).await? {
+                handled += 1;
+            }
+        }
+        Ok(handled)
+    }
+}
+
+/// Fill defaults, refuse unknown and missing parameters.
+fn complete_params(def: &WorkflowDef, params: Value) -> Result<Value, EngineError> {
+    let invalid = |message: String| EngineError::InvalidParams {
+        workflow: def.name.clone(),
+        message,
+    };
+    let mut given: Map<String, Value> = match params {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        _ => return Err(invalid("parameters must be a JSON object".into())),
+    };
+    if let Some(unknown) = given
+        .keys()
+        .find(|k| def.params.iter().all(|p| &p.name != *k))
+    {
+        return Err(invalid(format!("unknown parameter `{unknown}`")));
+    }
+    for param in &def.params {
+        if !given.contains_key(&param.name) {
+            match &param.default {
+                Some(default) => {
+                    given.insert(param.name.clone(), default.clone());
+                }
+                None if param.required => {
+                    return Err(invalid(format!(
+                        "missing required parameter `{}`",
+                        param.name
+                    )));
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(Value::Object(given))
+}
+
+/// Maintenance service: hands runs whose step died to the engine (see [`Engine::sweep_once`]).
+pub struct RunSweeper {
+    pub engine: Arc<Engine>,
+    pub every: Duration,
+}
+
+#[async_trait]
+impl maintenance::Service for RunSweeper {
+    fn name(&self) -> &'static str {
+        "run_sweeper"
+    }
+    fn interval(&self) -> Duration {
+        self.every
+    }
+    async fn run_once(&self, _store: &SharedStore) -> StoreResult<u64> {
+        self.engine.sweep_once().await
+    }
+}

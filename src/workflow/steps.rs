@@ -1,0 +1,52 @@
+//! Step handlers built into the binary, for the demo and the tests: `ledger.append` writes a
+//! ledger row in the step's transaction (its effect commits with the step), `ledger.undo`
+//! records a compensation, `step.fail` always fails, `step.noop` passes its input on.
+//! Handlers whose effects live in the database write them through `ctx.tx`.
+
+use super::engine::{StepContext, StepFuture, StepRegistry};
+use crate::queue::JobError;
+use serde_json::json;
+
+fn ledger_append(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let entry = format!("run {} step {}", ctx.run_id, ctx.step);
+        ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+        Ok(json!({"wrote": entry}))
+    })
+}
+
+fn ledger_undo(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let entry = format!("run {} undo {}", ctx.run_id, ctx.step);
+        ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+        Ok(json!({}))
+    })
+}
+
+fn fail(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        Err(JobError::Retryable(format!(
+            "step {} of run {} failed on purpose",
+            ctx.step, ctx.run_id
+        )))
+    })
+}
+
+fn noop(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move { Ok(ctx.input.clone()) })
+}
+
+/// Register the built-in step handlers.
+pub fn register(steps: &mut StepRegistry) {
+    steps.register("ledger.append", ledger_append);
+    steps.register("ledger.undo", ledger_undo);
+    steps.register("step.fail", fail);
+    steps.register("step.noop", noop);
+}
+
+/// A registry holding the built-ins.
+pub fn registry() -> StepRegistry {
+    let mut steps = StepRegistry::new();
+    register(&mut steps);
+    steps
+}

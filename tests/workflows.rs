@@ -1,0 +1,337 @@
+//! The workflow engine on both backends: steps advance atomically with their effects,
+//! outputs feed the next step, a dead step triggers compensation in reverse order, a retry
+//! resumes from the failed step, starts are idempotent.
+
+mod common;
+
+use common::{Backend, TestStore, fresh};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use steward::kinds::{JobKind, KindCatalog};
+use steward::queue::{JobError, QueueConfig, Registry, Runtime, RuntimeConfig};
+use steward::store::runs::{RunState, StepState};
+use steward::workflow::{
+    Engine, EngineError, RunSweeper, StepContext, StepFuture, StepRegistry, WorkflowCatalog, steps,
+};
+use tokio_util::sync::CancellationToken;
+
+per_backend!(
+    a_run_advances_step_by_step_with_each_effect_once,
+    a_dead_step_compensates_in_reverse_and_retry_resumes_there,
+    starting_twice_with_one_key_is_one_run,
+);
+
+fn kinds() -> KindCatalog {
+    let mut step = JobKind::new("workflow_step", "workflows");
+    step.max_attempts = 1;
+    common::kinds_of(&[step])
+}
+
+fn catalog(definitions: &[&str], steps: &StepRegistry) -> WorkflowCatalog {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, text) in definitions.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("w{i}.toml")), text).unwrap();
+    }
+    WorkflowCatalog::load_dir(dir.path(), &kinds(), &|h| steps.contains(h))
+        .expect("valid workflows")
+}
+
+const THREE_STEPS: &str = r#"
+name = "three"
+[params]
+tenant = { default = "acme" }
+[[steps]]
+name = "first"
+handler = "ledger.append"
+job = "workflow_step"
+[[steps]]
+name = "second"
+handler = "step.noop"
+job = "workflow_step"
+[[steps]]
+name = "third"
+handler = "ledger.append"
+job = "workflow_step"
+"#;
+
+struct Running {
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), steward::queue::RuntimeError>>,
+}
+
+fn start(t: &TestStore, engine: &Arc<Engine>) -> Running {
+    let mut registry = Registry::new();
+    engine.register_jobs(&mut registry);
+    let mut config = RuntimeConfig::new(
+        format!("wf-{}", fastrand::u32(..)),
+        vec![QueueConfig {
+            name: "workflows".into(),
+            concurrency: 20,
+        }],
+    )
+    .with_lease(Duration::from_secs(5));
+    config.poll_interval = Duration::from_millis(100);
+    let runtime = Runtime::new(t.store.clone(), registry, kinds(), config)
+        .unwrap()
+        .with_service(Box::new(RunSweeper {
+            engine: Arc::clone(engine),
+            every: Duration::from_millis(50),
+        }));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    Running { shutdown, handle }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+async fn wait_runs(
+    t: &TestStore,
+    what: &str,
+    check: impl Fn(&[steward::store::runs::RunRecord]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = t.store.runs_list(None, 10_000).await.unwrap();
+        if check(&runs) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn ledger_entries(t: &TestStore) -> Vec<String> {
+    match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => sqlx::query_scalar(
+            "SELECT entry FROM steward_ledger WHERE entry IS NOT NULL ORDER BY seq",
+        )
+        .fetch_all(pg.pool())
+        .await
+        .unwrap(),
+        (_, Some(sqlite)) => sqlx::query_scalar(
+            "SELECT entry FROM steward_ledger WHERE entry IS NOT NULL ORDER BY seq",
+        )
+        .fetch_all(sqlite.pool())
+        .await
+        .unwrap(),
+        _ => unreachable!("a test store has a backend"),
+    }
+}
+
+async fn a_run_advances_step_by_step_with_each_effect_once(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = steps::registry();
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[THREE_STEPS], &steps),
+        kinds(),
+        steps,
+    );
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        ids.push(engine.start("three", json!({}), None).await.unwrap().0);
+    }
+    let running = start(&t, &engine);
+    wait_runs(&t, "25 completed runs", |runs| {
+        runs.len() == 25 && runs.iter().all(|r| r.state == RunState::Completed)
+    })
+    .await;
+    running.stop().await;
+    let entries = ledger_entries(&t).await;
+    assert_eq!(entries.len(), 50, "two ledger steps per run, once each");
+    for id in &ids {
+        for step in ["first", "third"] {
+            let entry = format!("run {id} step {step}");
+            assert_eq!(
+                entries.iter().filter(|e| **e == entry).count(),
+                1,
+                "{entry}"
+            );
+        }
+        let run = engine.run(*id).await.unwrap();
+        assert_eq!(
+            run.params,
+            json!({"tenant": "acme"}),
+            "defaults are filled in"
+        );
+        assert!(run.steps.iter().all(|s| s.state == StepState::Completed));
+        assert_eq!(
+            run.steps[1].output, run.steps[0].output,
+            "a step's output is the next step's input"
+        );
+        assert_eq!(
+            run.steps[0].output,
+            Some(json!({"wrote": format!("run {id} step first")}))
+        );
+    }
+    let err = engine
+        .start("three", json!({"bogus": 1}), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidParams { .. }), "{err}");
+    let err = engine.start("nope", json!({}), None).await.unwrap_err();
+    assert!(matches!(err, EngineError::UnknownWorkflow(_)), "{err}");
+    t.cleanup().await;
+}
+
+const COMPENSATED: &str = r#"
+name = "saga"
+[[steps]]
+name = "reserve"
+handler = "ledger.append"
+job = "workflow_step"
+compensate = "ledger.undo"
+[[steps]]
+name = "notify"
+handler = "step.noop"
+job = "workflow_step"
+[[steps]]
+name = "charge"
+handler = "ledger.append"
+job = "workflow_step"
+compensate = "ledger.undo"
+[[steps]]
+name = "gate"
+handler = "test.gate"
+job = "workflow_step"
+"#;
+
+async fn a_dead_step_compensates_in_reverse_and_retry_resumes_there(backend: Backend) {
+    let t = fresh(backend).await;
+    let open = Arc::new(AtomicBool::new(false));
+    let mut steps = steps::registry();
+    {
+        let open = Arc::clone(&open);
+        steps.register("test.gate", move |ctx: StepContext<'_>| -> StepFuture<'_> {
+            let open = open.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if !open {
+                    return Err(JobError::Fatal("the gate is closed".into()));
+                }
+                let entry = format!("run {} step {}", ctx.run_id, ctx.step);
+                ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+                Ok(Value::Null)
+            })
+        });
+    }
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[COMPENSATED], &steps),
+        kinds(),
+        steps,
+    );
+    let (id, _) = engine.start("saga", json!({}), None).await.unwrap();
+    let running = start(&t, &engine);
+    wait_runs(&t, "the run failed after compensating", |runs| {
+        runs[0].state == RunState::Failed
+    })
+    .await;
+    let run = engine.run(id).await.unwrap();
+    assert_eq!(run.current_step, 3, "the run points at its dead step");
+    let states: Vec<StepState> = run.steps.iter().map(|s| s.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            StepState::Compensated,
+            StepState::Completed,
+            StepState::Compensated,
+            StepState::Dead
+        ]
+    );
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("the gate is closed"),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(run.steps[3].error.as_deref(), Some("the gate is closed"));
+    assert_eq!(
+        ledger_entries(&t).await,
+        vec![
+            format!("run {id} step reserve"),
+            format!("run {id} step charge"),
+            format!("run {id} undo charge"),
+            format!("run {id} undo reserve"),
+        ],
+        "compensations run latest first"
+    );
+
+    // An operator fixes the cause and retries from the failed step.
+    let err = engine.retry(id + 1000).await.unwrap_err();
+    assert!(matches!(err, EngineError::NoRun(_)));
+    open.store(true, Ordering::SeqCst);
+    engine.retry(id).await.unwrap();
+    wait_runs(&t, "the retried run completed", |runs| {
+        runs[0].state == RunState::Completed
+    })
+    .await;
+    running.stop().await;
+    let entries = ledger_entries(&t).await;
+    assert_eq!(
+        entries.len(),
+        5,
+        "completed steps did not run again: {entries:?}"
+    );
+    assert_eq!(entries[4], format!("run {id} step gate"));
+    let err = engine.retry(id).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::NotRetryable { .. }),
+        "a completed run is not retried"
+    );
+    t.cleanup().await;
+}
+
+async fn starting_twice_with_one_key_is_one_run(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = steps::registry();
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[THREE_STEPS], &steps),
+        kinds(),
+        steps,
+    );
+    let key = Some("provision:acme:chat".to_string());
+    let (first, created) = engine.start("three", json!({}), key.clone()).await.unwrap();
+    assert!(created);
+    let (second, created) = engine
+        .start("three", json!({"tenant": "other"}), key)
+        .await
+        .unwrap();
+    assert_eq!((second, created), (first, false));
+    assert_eq!(t.store.runs_list(None, 100).await.unwrap().len(), 1);
+    let run = engine.run(first).await.unwrap();
+    assert_eq!(run.steps.len(), 3);
+    assert_eq!(run.steps[0].state, StepState::Queued);
+    assert_eq!(
+        t.store.jobs_list(&Default::default()).await.unwrap().len(),
+        1,
+        "one first-step job"
+    );
+    t.cleanup().await;
+}
+
+#[test]
+fn workflow_definitions_in_the_repository_are_valid() {
+    let kinds = common::repo_kinds();
+    let steps = steps::registry();
+    let catalog = WorkflowCatalog::load_dir(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
+        &kinds,
+        &|h| steps.contains(h),
+    )
+    .expect("workflows/ loads");
+    assert!(catalog.get("demo_saga").is_some());
+}
