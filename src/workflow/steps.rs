@@ -1,5 +1,6 @@
 //! Step handlers built into the binary, for the demo and the tests: `ledger.append` writes a
-//! ledger row in the step's transaction (its effect commits with the step), `ledger.undo`
+//! ledger row in the step's transaction (its effect commits with the step; a `step_ms` run
+//! parameter makes it work that long after the write), `ledger.undo`
 //! records a compensation, `step.fail` always fails, `step.noop` passes its input on.
 //! Handlers whose effects live in the database write them through `ctx.tx`.
 
@@ -11,6 +12,10 @@ fn ledger_append(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
         let entry = format!("run {} step {}", ctx.run_id, ctx.step);
         ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+        // Work after the write, before the commit: a crash here must leave no trace.
+        if let Some(ms) = ctx.params.get("step_ms").and_then(|v| v.as_u64()) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         Ok(json!({"wrote": entry}))
     })
 }
