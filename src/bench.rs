@@ -9,7 +9,9 @@
 //! - `pickup_latency`: on an idle queue, time from the enqueue call to the handler starting,
 //!   enqueuing through the worker's own store (woken in process);
 //! - `pickup_latency_cross`: the same, enqueuing through a second connection pool, so the
-//!   worker is woken only by PostgreSQL's NOTIFY, as a worker on another machine would be.
+//!   worker is woken only by PostgreSQL's NOTIFY, as a worker on another machine would be;
+//! - `workflow_steps`: 3-step no-op workflow runs driven to completion; each step transition
+//!   (step committed with the next step's job and its own acknowledgement) is one transaction.
 
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
@@ -46,13 +48,14 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
     "execute_noop",
     "pickup_latency",
     "pickup_latency_cross",
+    "workflow_steps",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -78,6 +81,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
+            "workflow_steps" => workflow_steps(&fresh.store, (args.jobs / 10).max(1)).await,
             _ => match fresh.second_handle(&settings.database_url).await? {
                 Some(other) => pickup_latency(&fresh.store, &other, args.samples).await,
                 None => Ok(json!({"skipped": "SQLite wakes other processes by polling only"})),
@@ -409,4 +413,99 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some((kb / 1024.0 * 10.0).round() / 10.0)
+}
+
+const BENCH_WORKFLOW: &str = r#"
+name = "bench_steps"
+[[steps]]
+name = "one"
+handler = "step.noop"
+job = "workflow_step"
+[[steps]]
+name = "two"
+handler = "step.noop"
+job = "workflow_step"
+[[steps]]
+name = "three"
+handler = "bench.last"
+job = "workflow_step"
+"#;
+
+async fn workflow_steps(store: &SharedStore, runs: usize) -> Result<Value, String> {
+    use crate::workflow::{Engine, RunSweeper, StepContext, StepFuture, WorkflowCatalog, steps};
+    let mut step_kind = JobKind::new("workflow_step", "workflows");
+    step_kind.max_attempts = 3;
+    let mut kinds = KindCatalog::default();
+    kinds.add(step_kind).map_err(|e| e.to_string())?;
+    let finished = Arc::new(AtomicUsize::new(0));
+    let all_finished = Arc::new(Notify::new());
+    let mut handlers = steps::registry();
+    {
+        let finished = Arc::clone(&finished);
+        let all_finished = Arc::clone(&all_finished);
+        handlers.register(
+            "bench.last",
+            move |ctx: StepContext<'_>| -> StepFuture<'_> {
+                if finished.fetch_add(1, Ordering::Relaxed) + 1 == runs {
+                    all_finished.notify_one();
+                }
+                Box::pin(async move { Ok(ctx.input.clone()) })
+            },
+        );
+    }
+    let definition = WorkflowCatalog::parse(
+        std::path::Path::new("<bench>"),
+        BENCH_WORKFLOW,
+        &kinds,
+        &|h| handlers.contains(h),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut catalog = WorkflowCatalog::default();
+    catalog.add(definition).map_err(|e| e.to_string())?;
+    let engine = Engine::new(Arc::clone(store), catalog, kinds.clone(), handlers);
+    for _ in 0..runs {
+        engine
+            .start("bench_steps", json!({}), None)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut registry = Registry::new();
+    engine.register_jobs(&mut registry);
+    let mut config = RuntimeConfig::new(
+        "bench",
+        vec![QueueConfig {
+            name: "workflows".into(),
+            concurrency: 200,
+        }],
+    );
+    config.batch_size = 200;
+    let runtime = Runtime::new(Arc::clone(store), registry, kinds, config)
+        .map_err(|e| e.to_string())?
+        .with_service(Box::new(RunSweeper {
+            engine: Arc::clone(&engine),
+            every: Duration::from_millis(500),
+        }));
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(runtime.run(shutdown.clone()));
+    all_finished.notified().await;
+    shutdown.cancel();
+    running
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    let completed = store
+        .runs_list(Some(crate::store::runs::RunState::Completed), 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    if completed.is_empty() {
+        return Err("workflow_steps: no run completed".into());
+    }
+    let transitions = runs * 3;
+    Ok(
+        json!({"runs": runs, "steps_per_run": 3, "transitions": transitions,
+              "transitions_per_s": (transitions as f64 / secs).round(),
+              "runs_per_s": (runs as f64 / secs).round(), "seconds": secs}),
+    )
 }

@@ -202,20 +202,7 @@ impl WorkflowCatalog {
                 path: path.clone(),
                 source,
             })?;
-            let workflow = Self::parse(&path, &text, kinds, is_handler)?;
-            if let Some(existing) = catalog.workflows.get(&workflow.name) {
-                return Err(WorkflowError::Invalid {
-                    path: path.clone(),
-                    line: workflow.line,
-                    message: format!(
-                        "workflow `{}` is already defined in {}:{}",
-                        workflow.name,
-                        existing.source.display(),
-                        existing.line
-                    ),
-                });
-            }
-            catalog.workflows.insert(workflow.name.clone(), workflow);
+            catalog.add(Self::parse(&path, &text, kinds, is_handler)?)?;
         }
         Ok(catalog)
     }
@@ -393,6 +380,24 @@ impl WorkflowCatalog {
             source: path.to_path_buf(),
             line: at(file.name.span()),
         })
+    }
+
+    /// Add a parsed workflow (a second one of the same name is refused).
+    pub fn add(&mut self, workflow: WorkflowDef) -> Result<(), WorkflowError> {
+        if let Some(existing) = self.workflows.get(&workflow.name) {
+            return Err(WorkflowError::Invalid {
+                path: workflow.source.clone(),
+                line: workflow.line,
+                message: format!(
+                    "workflow `{}` is already defined in {}:{}",
+                    workflow.name,
+                    existing.source.display(),
+                    existing.line
+                ),
+            });
+        }
+        self.workflows.insert(workflow.name.clone(), workflow);
+        Ok(())
     }
 
     /// A workflow by name.
