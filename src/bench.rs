@@ -139,7 +139,7 @@ impl FreshStore {
             })
         } else {
             let schema = format!("steward_bench_{}_{}", std::process::id(), fastrand::u32(..));
-            let store = PgStore::connect_with(url, Some(&schema), 12)
+            let store = PgStore::connect_with(url, Some(&schema), 40)
                 .await
                 .map_err(err)?;
             crate::store::JobStore::migrate(&store).await.map_err(err)?;

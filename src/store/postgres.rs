@@ -100,6 +100,13 @@ impl PgStore {
         })
     }
 
+    /// Wake this process's producers of these queues.
+    pub(crate) fn wake_local(&self, queues: &[String]) {
+        for queue in queues {
+            let _ = self.notify.send(queue.clone());
+        }
+    }
+
     /// The connection pool, for callers that open their own transactions.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -236,7 +243,7 @@ RETURNING id, unique_key, state, queue
 SELECT i.id, i.unique_key, i.state, i.queue,
        (SELECT count(pg_notify('steward_jobs_' || current_schema(), w.queue))
           FROM groups w
-         WHERE w.was_empty
+         WHERE w.was_empty AND {notify}
            AND EXISTS (SELECT 1 FROM inserted n WHERE n.queue = w.queue AND n.state = 'available')
        ) AS woken
 FROM inserted i
@@ -248,29 +255,42 @@ pub async fn insert_on(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(insert_jobs(conn, jobs).await?.0)
+    Ok(insert_jobs(conn, jobs, true).await?.0)
 }
 
-/// The insert statement, with the unique-key arbiter only when the batch has keys: speculative
-/// insertion (`ON CONFLICT`) costs about a third of a batch insert's time.
-fn insert_sql(with_keys: bool) -> &'static str {
-    static KEYED: OnceLock<String> = OnceLock::new();
-    static KEYLESS: OnceLock<String> = OnceLock::new();
-    let (cell, clause) = if with_keys {
-        (
-            &KEYED,
-            "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'cancelled' DO NOTHING",
-        )
+/// Insert without `pg_notify`, returning the queues that got available jobs: for workers that
+/// enqueue follow-up work themselves (the next workflow step) and wake their own producers
+/// after commit. PostgreSQL serialises the commits of notifying transactions, so a busy
+/// workflow queue would otherwise commit one step at a time.
+pub(crate) async fn insert_on_quietly(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> StoreResult<(Vec<Enqueued>, Vec<String>)> {
+    insert_jobs(conn, jobs, false).await
+}
+
+/// The insert statement, with the unique-key arbiter only when the batch has keys (speculative
+/// insertion, `ON CONFLICT`, costs about a third of a batch insert's time), and with or without
+/// the `pg_notify` (see [`insert_on_quietly`]).
+fn insert_sql(with_keys: bool, notify: bool) -> &'static str {
+    static VARIANTS: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
+    let clause = if with_keys {
+        "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'cancelled' DO NOTHING"
     } else {
-        (&KEYLESS, "")
+        ""
     };
-    cell.get_or_init(|| INSERT_TEMPLATE.replace("{on_conflict}", clause))
+    VARIANTS[usize::from(with_keys) * 2 + usize::from(notify)].get_or_init(|| {
+        INSERT_TEMPLATE
+            .replace("{on_conflict}", clause)
+            .replace("{notify}", if notify { "true" } else { "false" })
+    })
 }
 
 /// Insert, returning the results in input order and the queues that got available jobs.
 async fn insert_jobs(
     conn: &mut PgConnection,
     jobs: &[NewJob],
+    notify: bool,
 ) -> StoreResult<(Vec<Enqueued>, Vec<String>)> {
     let mut woken: Vec<String> = Vec::new();
     let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
@@ -283,7 +303,7 @@ async fn insert_jobs(
         }
         let batch: Vec<&NewJob> = pending.iter().map(|&i| &jobs[i]).collect();
         let with_keys = batch.iter().any(|j| j.unique_key.is_some());
-        let rows = sqlx::query(insert_sql(with_keys))
+        let rows = sqlx::query(insert_sql(with_keys, notify))
             .bind(batch.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
@@ -483,7 +503,7 @@ impl JobStore for PgStore {
             return Ok(Vec::new());
         }
         let mut conn = self.pool.acquire().await?;
-        let (results, woken) = insert_jobs(&mut conn, jobs).await?;
+        let (results, woken) = insert_jobs(&mut conn, jobs, true).await?;
         // Committed: wake this process's producers now, without waiting for the NOTIFY to
         // travel back through the listener connection (other processes get the NOTIFY).
         for queue in woken {

@@ -1,6 +1,6 @@
 //! PostgreSQL implementation of [`RunStore`] and its step transaction.
 
-use super::postgres::{PgStore, insert_on};
+use super::postgres::{PgStore, insert_on, insert_on_quietly};
 use super::runs::{
     DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore, StepRecord, StepState,
     StepTx,
@@ -17,36 +17,47 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-/// Queue a step's job inside the transaction and point the step at it.
+/// Queue a step's job inside the transaction and point the step (and the run) at it. With
+/// `done`, that earlier step is completed with its output in the same statement.
 async fn queue_step(
     conn: &mut PgConnection,
     run_id: RunId,
     next: &NextStep,
     state: StepState,
+    done: Option<(i32, &Value)>,
+    woken: Option<&mut Vec<String>>,
 ) -> StoreResult<()> {
     let mut job = next.job.clone();
     job.payload["run_id"] = Value::from(run_id);
-    let enqueued = insert_on(conn, std::slice::from_ref(&job)).await?;
+    let enqueued = match woken {
+        // Inside a step transaction: no NOTIFY; the step's worker wakes its producers.
+        Some(woken) => {
+            let (enqueued, queues) = insert_on_quietly(conn, std::slice::from_ref(&job)).await?;
+            woken.extend(queues);
+            enqueued
+        }
+        None => insert_on(conn, std::slice::from_ref(&job)).await?,
+    };
     let job_id = enqueued
         .first()
         .map(|e| e.id)
         .ok_or_else(|| corrupt("step job not inserted"))?;
     sqlx::query(
-        "UPDATE steward_run_steps SET state = $3, job_id = $4, error = NULL, \
-         started_at = CASE WHEN $3 = 'queued' THEN now() ELSE started_at END \
-         WHERE run_id = $1 AND idx = $2",
+        "WITH done AS (UPDATE steward_run_steps SET state = 'completed', output = $6, finished_at = now() \
+                       WHERE run_id = $1 AND idx = $5), \
+              queued AS (UPDATE steward_run_steps SET state = $3, job_id = $4, error = NULL, \
+                         started_at = CASE WHEN $3 = 'queued' THEN now() ELSE started_at END \
+                         WHERE run_id = $1 AND idx = $2) \
+         UPDATE steward_runs SET current_step = $2, updated_at = now() WHERE id = $1",
     )
     .bind(run_id)
     .bind(next.idx)
     .bind(state.as_str())
     .bind(job_id)
+    .bind(done.map(|(idx, _)| idx))
+    .bind(done.map(|(_, output)| output))
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE steward_runs SET current_step = $2, updated_at = now() WHERE id = $1")
-        .bind(run_id)
-        .bind(next.idx)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -141,7 +152,7 @@ impl RunStore for PgStore {
             idx: 0,
             job: start.first_job.clone(),
         };
-        queue_step(&mut tx, run_id, &first, StepState::Queued).await?;
+        queue_step(&mut tx, run_id, &first, StepState::Queued, None, None).await?;
         tx.commit().await?;
         Ok((run_id, true))
     }
@@ -169,24 +180,16 @@ impl RunStore for PgStore {
     }
 
     async fn step_begin(&self, lease: Lease, worker: &str) -> StoreResult<Option<Box<dyn StepTx>>> {
-        let mut tx = self.pool().begin().await?;
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM steward_jobs WHERE id = $1 AND attempt = $2 AND leased_by = $3 \
-             AND state = 'running'",
-        )
-        .bind(lease.id)
-        .bind(lease.attempt)
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
-            tx.rollback().await?;
-            return Ok(None);
-        }
+        // No lease check here: `commit` acknowledges the job fenced on the lease in the same
+        // transaction, so a stale attempt commits nothing. Saving the round trip matters: every
+        // step transition pays it.
+        let tx = self.pool().begin().await?;
         Ok(Some(Box::new(PgStepTx {
+            store: self.clone(),
             tx,
             lease,
             worker: worker.to_string(),
+            woken: Vec::new(),
         })))
     }
 
@@ -270,7 +273,15 @@ impl RunStore for PgStore {
                 .bind(&run_error)
                 .execute(&mut *tx)
                 .await?;
-                queue_step(&mut tx, dead.run_id, &next, StepState::Compensating).await?;
+                queue_step(
+                    &mut tx,
+                    dead.run_id,
+                    &next,
+                    StepState::Compensating,
+                    None,
+                    None,
+                )
+                .await?;
             }
             None => {
                 // Nothing (more) to compensate: the run fails, pointing at its dead step.
@@ -302,7 +313,7 @@ impl RunStore for PgStore {
         if updated == 0 {
             return Ok(false);
         }
-        queue_step(&mut tx, id, &job, StepState::Queued).await?;
+        queue_step(&mut tx, id, &job, StepState::Queued, None, None).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -335,9 +346,12 @@ impl RunStore for PgStore {
 }
 
 struct PgStepTx {
+    store: PgStore,
     tx: Transaction<'static, Postgres>,
     lease: Lease,
     worker: String,
+    /// Queues that got a job in this transaction: woken (in this process) after commit.
+    woken: Vec<String>,
 }
 
 #[async_trait]
@@ -359,22 +373,29 @@ impl StepTx for PgStepTx {
         output: &Value,
         next: Option<NextStep>,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE steward_run_steps SET state = 'completed', output = $3, finished_at = now() \
-             WHERE run_id = $1 AND idx = $2",
-        )
-        .bind(run_id)
-        .bind(idx)
-        .bind(output)
-        .execute(&mut *self.tx)
-        .await?;
         match next {
-            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Queued).await,
+            Some(next) => {
+                let done = Some((idx, output));
+                queue_step(
+                    &mut self.tx,
+                    run_id,
+                    &next,
+                    StepState::Queued,
+                    done,
+                    Some(&mut self.woken),
+                )
+                .await
+            }
             None => {
                 sqlx::query(
-                    "UPDATE steward_runs SET state = 'completed', updated_at = now(), finished_at = now() WHERE id = $1",
+                    "WITH done AS (UPDATE steward_run_steps SET state = 'completed', output = $3, \
+                                   finished_at = now() WHERE run_id = $1 AND idx = $2) \
+                     UPDATE steward_runs SET state = 'completed', updated_at = now(), finished_at = now() \
+                     WHERE id = $1",
                 )
                 .bind(run_id)
+                .bind(idx)
+                .bind(output)
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(())
@@ -396,7 +417,17 @@ impl StepTx for PgStepTx {
         .execute(&mut *self.tx)
         .await?;
         match next {
-            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Compensating).await,
+            Some(next) => {
+                queue_step(
+                    &mut self.tx,
+                    run_id,
+                    &next,
+                    StepState::Compensating,
+                    None,
+                    Some(&mut self.woken),
+                )
+                .await
+            }
             None => {
                 // Compensation is over: the run is failed, pointing at its dead step.
                 sqlx::query(
@@ -440,6 +471,7 @@ impl StepTx for PgStepTx {
             ));
         }
         this.tx.commit().await?;
+        this.store.wake_local(&this.woken);
         Ok(())
     }
 }

@@ -181,20 +181,10 @@ impl RunStore for SqliteStore {
     }
 
     async fn step_begin(&self, lease: Lease, worker: &str) -> StoreResult<Option<Box<dyn StepTx>>> {
+        // As on PostgreSQL, `commit` checks the lease (fenced acknowledgement) in the same
+        // transaction; no check is needed up front.
         let guard = self.write_lock.clone().lock_owned().await;
-        let mut tx = self.pool().begin().await?;
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM steward_jobs WHERE id = ?1 AND attempt = ?2 AND leased_by = ?3 AND state = 'running'",
-        )
-        .bind(lease.id)
-        .bind(lease.attempt)
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
-            tx.rollback().await?;
-            return Ok(None);
-        }
+        let tx = self.pool().begin().await?;
         Ok(Some(Box::new(SqliteStepTx {
             tx,
             lease,
