@@ -44,6 +44,12 @@ enum Command {
     /// Inspect and operate on workflow runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Cron triggers and their next fire times.
+    Schedules {
+        /// How many upcoming fire times to show per workflow.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
     /// Measure throughput and latency; prints one JSON object per scenario.
     Bench(crate::bench::BenchArgs),
 }
@@ -157,6 +163,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dlq(command) => jobs::dlq(&settings, command).await,
         Command::Run(args) => runs::run(&settings, &args).await,
         Command::Runs(command) => runs::runs(&settings, command).await,
+        Command::Schedules { count } => runs::schedules(&settings, count).await,
         Command::Bench(args) => crate::bench::run(&settings, &args)
             .await
             .map_err(CliError::Failed),
@@ -210,10 +217,16 @@ pub(crate) fn build_runtime(
     let mut registry = crate::queue::builtin::registry();
     engine.register_jobs(&mut registry);
     let sweeper = crate::workflow::RunSweeper {
-        engine,
+        engine: engine.clone(),
         every: std::time::Duration::from_millis(500),
     };
-    Ok(crate::queue::Runtime::new(store, registry, kinds, config)?.with_service(Box::new(sweeper)))
+    let scheduler = crate::workflow::scheduler::CronScheduler::new(
+        engine,
+        std::time::Duration::from_millis(100),
+    );
+    Ok(crate::queue::Runtime::new(store, registry, kinds, config)?
+        .with_service(Box::new(sweeper))
+        .with_service(Box::new(scheduler)))
 }
 
 /// Resolve on SIGTERM or SIGINT.

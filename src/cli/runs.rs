@@ -111,3 +111,25 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
     }
     Ok(())
 }
+
+pub(crate) async fn schedules(settings: &Settings, count: usize) -> Result<(), CliError> {
+    let kinds = load_kinds(settings)?;
+    let store = open_store(&settings.database_url).await?;
+    let engine = load_engine(settings, store, &kinds)?;
+    let fires =
+        crate::workflow::schedule::next_fires(engine.workflows(), chrono::Utc::now(), count.max(1));
+    if fires.is_empty() {
+        println!("no workflow has a cron trigger");
+    }
+    for fire in fires {
+        let at: Vec<String> = fire.at.iter().map(|t| t.to_rfc3339()).collect();
+        println!(
+            "{:<24} {:<16} {:<20} {}",
+            fire.workflow,
+            fire.cron,
+            fire.timezone,
+            at.join("  ")
+        );
+    }
+    Ok(())
+}

@@ -6,11 +6,14 @@
 //!   retry from the failed step;
 //! - [`steps`]: built-in step handlers for the demo and the tests.
 //!
-//! Not built yet (issue #3): fan-out/fan-in, firing cron triggers, progress reporting.
+//! - [`scheduler`]: fires cron triggers exactly once per tick across scheduler processes.
+//!
+//! Not built yet (issue #3): fan-out/fan-in, progress reporting.
 
 pub mod definition;
 pub mod engine;
 pub mod schedule;
+pub mod scheduler;
 pub mod steps;
 
 pub use definition::{
