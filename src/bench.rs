@@ -432,6 +432,10 @@ job = "workflow_step"
 "#;
 
 async fn workflow_steps(store: &SharedStore, runs: usize) -> Result<Value, String> {
+    let concurrency: usize = std::env::var("STEWARD_BENCH_STEP_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     use crate::workflow::{Engine, RunSweeper, StepContext, StepFuture, WorkflowCatalog, steps};
     let mut step_kind = JobKind::new("workflow_step", "workflows");
     step_kind.max_attempts = 3;
@@ -475,10 +479,10 @@ async fn workflow_steps(store: &SharedStore, runs: usize) -> Result<Value, Strin
         "bench",
         vec![QueueConfig {
             name: "workflows".into(),
-            concurrency: 200,
+            concurrency,
         }],
     );
-    config.batch_size = 200;
+    config.batch_size = concurrency;
     let runtime = Runtime::new(Arc::clone(store), registry, kinds, config)
         .map_err(|e| e.to_string())?
         .with_service(Box::new(RunSweeper {

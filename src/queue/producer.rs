@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) struct Producer {
     pub store: SharedStore,
+    /// The queue's concurrency limit in this process (the permits' total).
+    pub concurrency: usize,
     pub outcomes: OutcomeSender,
     pub queue: String,
     pub worker: Arc<str>,
@@ -39,6 +41,7 @@ impl Producer {
     pub async fn run(self) {
         let mut signals = self.store.subscribe();
         let mut failures: u32 = 0;
+        let mut busy = false;
         loop {
             // Wait for one free slot, then take as many as are free.
             let first = tokio::select! {
@@ -49,6 +52,15 @@ impl Producer {
                     Err(_) => return,
                 },
             };
+            // Under load, slots free up one at a time; a fetch per slot would make the fetch
+            // the bottleneck. When only a few slots are free and the last fetch found work,
+            // wait a moment for more to free up, so each fetch takes a useful batch. An idle
+            // queue (all slots free) fetches at once, so pickup latency is not affected.
+            let small =
+                (self.permits.available_permits() + 1) * 4 < self.batch.min(self.concurrency);
+            if small && busy {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let want = (self.permits.available_permits() + 1).min(self.batch);
             drain(&mut signals);
             let fetched = self
@@ -77,6 +89,7 @@ impl Producer {
                 }
             };
             let got = jobs.len();
+            busy = got > 0;
             let mut first = Some(first);
             let mut jobs = jobs.into_iter();
             while let Some(job) = jobs.next() {

@@ -206,6 +206,7 @@ impl Runtime {
             producers.push(tokio::spawn(
                 Producer {
                     store: Arc::clone(&self.store),
+                    concurrency: queue.concurrency,
                     outcomes: outcomes.clone(),
                     queue: queue.name.clone(),
                     worker: Arc::clone(&worker),
