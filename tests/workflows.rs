@@ -22,6 +22,7 @@ per_backend!(
     a_run_advances_step_by_step_with_each_effect_once,
     a_dead_step_compensates_in_reverse_and_retry_resumes_there,
     starting_twice_with_one_key_is_one_run,
+    a_long_step_reports_progress_while_it_runs,
 );
 
 fn kinds() -> KindCatalog {
@@ -334,4 +335,52 @@ fn workflow_definitions_in_the_repository_are_valid() {
     )
     .expect("workflows/ loads");
     assert!(catalog.get("demo_saga").is_some());
+}
+
+async fn a_long_step_reports_progress_while_it_runs(backend: Backend) {
+    let t = fresh(backend).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut steps = steps::registry();
+    {
+        let release = Arc::clone(&release);
+        steps.register("test.long", move |ctx: StepContext<'_>| -> StepFuture<'_> {
+            let release = Arc::clone(&release);
+            Box::pin(async move {
+                ctx.progress
+                    .report(json!({"rows": 500, "of": 1000}))
+                    .await?;
+                release.notified().await;
+                Ok(json!({"rows": 1000}))
+            })
+        });
+    }
+    let definition = "name = \"long\"\n[[steps]]\nname = \"export\"\nhandler = \"test.long\"\njob = \"workflow_step\"\n";
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[definition], &steps),
+        kinds(),
+        steps,
+    );
+    let (id, _) = engine.start("long", json!({}), None).await.unwrap();
+    let running = start(&t, &engine);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = engine.run(id).await.unwrap();
+        if run.steps[0].progress == Some(json!({"rows": 500, "of": 1000})) {
+            assert_eq!(run.state, RunState::Running);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "progress never showed: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.notify_one();
+    wait_runs(&t, "the long run completed", |runs| {
+        runs[0].state == RunState::Completed
+    })
+    .await;
+    running.stop().await;
+    t.cleanup().await;
 }

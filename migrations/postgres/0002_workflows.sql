@@ -22,6 +22,7 @@ CREATE TABLE steward_run_steps (
     name        TEXT        NOT NULL,
     state       TEXT        NOT NULL,
     output      JSONB,
+    progress    JSONB,
     job_id      BIGINT,
     error       TEXT,
     started_at  TIMESTAMPTZ,

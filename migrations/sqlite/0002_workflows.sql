@@ -19,6 +19,7 @@ CREATE TABLE steward_run_steps (
     name        TEXT    NOT NULL,
     state       TEXT    NOT NULL CHECK (state IN ('pending', 'queued', 'completed', 'dead', 'compensating', 'compensated')),
     output      TEXT,
+    progress    TEXT,
     job_id      INTEGER,
     error       TEXT,
     started_at  INTEGER,

@@ -68,6 +68,7 @@ fn step_from_row(row: &PgRow) -> StoreResult<StepRecord> {
         name: row.try_get("name")?,
         state: StepState::from_str(&state).map_err(corrupt)?,
         output: row.try_get("output")?,
+        progress: row.try_get("progress")?,
         job_id: row.try_get("job_id")?,
         error: row.try_get("error")?,
         started_at: row.try_get("started_at")?,
@@ -83,7 +84,7 @@ impl PgStore {
             .map(|r| r.try_get("id"))
             .collect::<Result<_, _>>()?;
         let step_rows = sqlx::query(
-            "SELECT run_id, idx, name, state, output, job_id, error, started_at, finished_at \
+            "SELECT run_id, idx, name, state, output, progress, job_id, error, started_at, finished_at \
              FROM steward_run_steps WHERE run_id = ANY($1) ORDER BY run_id, idx",
         )
         .bind(&ids)
@@ -318,6 +319,10 @@ impl RunStore for PgStore {
         Ok(true)
     }
 
+    async fn step_progress(&self, run_id: RunId, idx: i32, progress: &Value) -> StoreResult<()> {
+        self.set_step_progress(run_id, idx, progress).await
+    }
+
     async fn run_cancel(&self, id: RunId) -> StoreResult<bool> {
         let mut tx = self.pool().begin().await?;
         let job: Option<Option<JobId>> = sqlx::query_scalar(
@@ -342,6 +347,23 @@ impl RunStore for PgStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+impl PgStore {
+    async fn set_step_progress(
+        &self,
+        run_id: RunId,
+        idx: i32,
+        progress: &Value,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE steward_run_steps SET progress = $3 WHERE run_id = $1 AND idx = $2")
+            .bind(run_id)
+            .bind(idx)
+            .bind(progress)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 }
 

@@ -72,6 +72,8 @@ pub struct StepRecord {
     pub name: String,
     pub state: StepState,
     pub output: Option<Value>,
+    /// What a long step last reported (rows exported so far, tenants notified so far…).
+    pub progress: Option<Value>,
     pub job_id: Option<JobId>,
     pub error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
@@ -156,6 +158,9 @@ pub trait RunStore: Send + Sync {
 
     /// Cancel a running or compensating run and its queued job.
     async fn run_cancel(&self, id: RunId) -> StoreResult<bool>;
+
+    /// Record a running step's progress, visible at once (outside the step's transaction).
+    async fn step_progress(&self, run_id: RunId, idx: i32, progress: &Value) -> StoreResult<()>;
 }
 
 /// The transaction of one step attempt. Dropping it without [`StepTx::commit`] rolls back.

@@ -29,6 +29,9 @@ use tokio::sync::{Mutex, broadcast};
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Progress of running workflow steps: SQLite's single writer is held by the step's own
+    /// transaction, so progress is kept in memory (a single node reads it from here).
+    pub(super) progress: Arc<std::sync::Mutex<HashMap<(i64, i32), Value>>>,
     pub(super) write_lock: Arc<Mutex<()>>,
     notify: broadcast::Sender<String>,
 }
@@ -94,6 +97,7 @@ impl SqliteStore {
         let (notify, _) = broadcast::channel(1024);
         Ok(Self {
             pool,
+            progress: Arc::default(),
             write_lock: Arc::new(Mutex::new(())),
             notify,
         })

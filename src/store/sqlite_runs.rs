@@ -68,6 +68,7 @@ fn step_from_row(row: &SqliteRow) -> StoreResult<StepRecord> {
         name: row.try_get("name")?,
         state: StepState::from_str(&state).map_err(corrupt)?,
         output: json_column(row, "output")?,
+        progress: json_column(row, "progress")?,
         job_id: row.try_get("job_id")?,
         error: row.try_get("error")?,
         started_at: from_opt_ms(row.try_get("started_at")?)?,
@@ -85,7 +86,7 @@ impl SqliteStore {
             .map(|r| r.try_get("id"))
             .collect::<Result<_, _>>()?;
         let step_rows = sqlx::query(
-            "SELECT run_id, idx, name, state, output, job_id, error, started_at, finished_at \
+            "SELECT run_id, idx, name, state, output, progress, job_id, error, started_at, finished_at \
              FROM steward_run_steps WHERE run_id IN (SELECT value FROM json_each(?1)) ORDER BY run_id, idx",
         )
         .bind(json!(ids).to_string())
@@ -95,11 +96,21 @@ impl SqliteStore {
         for row in &rows {
             let id: RunId = row.try_get("id")?;
             let state: String = row.try_get("state")?;
-            let steps = step_rows
+            let mut steps = step_rows
                 .iter()
                 .filter(|s| s.try_get::<RunId, _>("run_id").ok() == Some(id))
                 .map(step_from_row)
                 .collect::<StoreResult<Vec<_>>>()?;
+            let progress = self
+                .progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for step in &mut steps {
+                if let Some(value) = progress.get(&(id, step.idx)) {
+                    step.progress = Some(value.clone());
+                }
+            }
+            drop(progress);
             runs.push(RunRecord {
                 id,
                 workflow: row.try_get("workflow")?,
@@ -311,6 +322,15 @@ impl RunStore for SqliteStore {
         queue_step(&mut tx, id, &job, StepState::Queued).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn step_progress(&self, run_id: RunId, idx: i32, progress: &Value) -> StoreResult<()> {
+        // The step's own transaction holds SQLite's single writer: keep progress in memory.
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((run_id, idx), progress.clone());
+        Ok(())
     }
 
     async fn run_cancel(&self, id: RunId) -> StoreResult<bool> {

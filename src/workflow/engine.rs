@@ -53,6 +53,25 @@ pub struct StepContext<'a> {
     pub worker: &'a str,
     /// Write the step's database effects here: they commit with the step's completion.
     pub tx: &'a mut dyn StepTx,
+    /// Report progress of a long step, visible to operators at once.
+    pub progress: Progress,
+}
+
+/// Reports a running step's progress (see [`StepContext::progress`]).
+#[derive(Clone)]
+pub struct Progress {
+    store: SharedStore,
+    run_id: RunId,
+    idx: i32,
+}
+
+impl Progress {
+    /// Record `value` (e.g. `{"rows": 120000, "of": 1000000}`) as the step's progress.
+    pub async fn report(&self, value: Value) -> StoreResult<()> {
+        self.store
+            .step_progress(self.run_id, self.idx, &value)
+            .await
+    }
 }
 
 /// What a step handler returns: its output (the next step's input).
@@ -320,6 +339,11 @@ impl Engine {
             job: &ctx.job,
             worker: &ctx.worker,
             tx: &mut *tx,
+            progress: Progress {
+                store: self.store.clone(),
+                run_id: run.id,
+                idx: args.step,
+            },
         })
         .await?;
         if args.compensate {

@@ -8,7 +8,7 @@
 //!
 //! - [`scheduler`]: fires cron triggers exactly once per tick across scheduler processes.
 //!
-//! Not built yet (issue #3): fan-out/fan-in, progress reporting.
+//! Not built yet (issue #3): fan-out/fan-in.
 
 pub mod definition;
 pub mod engine;
@@ -19,4 +19,6 @@ pub mod steps;
 pub use definition::{
     MissedTicks, ParamDef, StepDef, Trigger, WorkflowCatalog, WorkflowDef, WorkflowError,
 };
-pub use engine::{Engine, EngineError, RunSweeper, StepContext, StepFuture, StepRegistry};
+pub use engine::{
+    Engine, EngineError, Progress, RunSweeper, StepContext, StepFuture, StepRegistry,
+};
