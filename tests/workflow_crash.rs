@@ -34,7 +34,7 @@ handler = "ledger.append"
 job = "workflow_step"
 "#;
 
-fn spawn_worker(url: &str, workflows: &Path, name: &str) -> Child {
+fn spawn_worker(url: &str, dir: &Path, name: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
         .args([
             "worker",
@@ -48,11 +48,8 @@ fn spawn_worker(url: &str, workflows: &Path, name: &str) -> Child {
             "6",
         ])
         .env("DATABASE_URL", url)
-        .env(
-            "STEWARD_JOBS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
-        )
-        .env("STEWARD_WORKFLOWS_DIR", workflows)
+        .env("STEWARD_JOBS_DIR", dir.join("jobs"))
+        .env("STEWARD_WORKFLOWS_DIR", dir.join("workflows"))
         .env("STEWARD_WORKER_ID", name)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -70,11 +67,34 @@ async fn killed_workers_leave_each_step_effect_once(backend: Backend, workers: u
         }
         None => t.url.clone(),
     };
+    // The repository's job kinds, but steps get many attempts: a step whose worker is
+    // killed again and again must outlive the test's kills, not land in the dead-letter queue.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("three_writes.toml"), WORKFLOW).unwrap();
-    let kinds = common::repo_kinds();
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, jobs.join(path.file_name().unwrap())).unwrap();
+    }
+    let step_kind = std::fs::read_to_string(jobs.join("workflow_step.toml")).unwrap();
+    std::fs::write(
+        jobs.join("workflow_step.toml"),
+        step_kind.replace("max_attempts = 10", "max_attempts = 100"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("workflows").join("three_writes.toml"),
+        WORKFLOW,
+    )
+    .unwrap();
+    let kinds = steward::kinds::KindCatalog::load_dir(&jobs).unwrap();
+    assert_eq!(kinds.get("workflow_step").unwrap().max_attempts, 100);
     let registry = steps::registry();
-    let catalog = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| registry.contains(h)).unwrap();
+    let catalog = WorkflowCatalog::load_dir(&dir.path().join("workflows"), &kinds, &|h| {
+        registry.contains(h)
+    })
+    .unwrap();
     let engine = Engine::new(t.store.clone(), catalog, kinds, registry);
     for _ in 0..RUNS {
         engine

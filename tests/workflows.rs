@@ -23,6 +23,7 @@ per_backend!(
     a_dead_step_compensates_in_reverse_and_retry_resumes_there,
     starting_twice_with_one_key_is_one_run,
     a_long_step_reports_progress_while_it_runs,
+    a_step_fans_out_ten_thousand_children_and_fans_in_with_counts,
 );
 
 fn kinds() -> KindCatalog {
@@ -382,5 +383,91 @@ async fn a_long_step_reports_progress_while_it_runs(backend: Backend) {
     })
     .await;
     running.stop().await;
+    t.cleanup().await;
+}
+
+async fn a_step_fans_out_ten_thousand_children_and_fans_in_with_counts(backend: Backend) {
+    let t = fresh(backend).await;
+    let mut step_kind = JobKind::new("workflow_step", "workflows");
+    step_kind.max_attempts = 1;
+    let mut noop = JobKind::new("noop", "children");
+    noop.max_attempts = 1;
+    let mut fail = JobKind::new("fail", "children");
+    fail.max_attempts = 1;
+    let kinds = common::kinds_of(&[step_kind, noop, fail]);
+    let mut steps = steps::registry();
+    steps.register("test.fan", |mut ctx: StepContext<'_>| -> StepFuture<'_> {
+        Box::pin(async move {
+            let ok = (0..10_000).map(|i| (format!("tenant-{}", i % 50), json!({})));
+            let spawned = ctx.fan_out("noop", ok).await?;
+            let bad = (0..7).map(|_| (String::new(), json!({"fatal": true, "message": "no"})));
+            let spawned = spawned + ctx.fan_out("fail", bad).await?;
+            Ok(json!({"spawned": spawned}))
+        })
+    });
+    let definition = "name = \"fan\"\n[[steps]]\nname = \"notify_all\"\nhandler = \"test.fan\"\njob = \"workflow_step\"\n\
+                      [[steps]]\nname = \"after\"\nhandler = \"step.noop\"\njob = \"workflow_step\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fan.toml"), definition).unwrap();
+    let catalog = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h)).unwrap();
+    let engine = Engine::new(t.store.clone(), catalog, kinds.clone(), steps);
+    let (id, _) = engine.start("fan", json!({}), None).await.unwrap();
+
+    let mut registry = steward::queue::builtin::registry();
+    engine.register_jobs(&mut registry);
+    let mut config = RuntimeConfig::new(
+        "fan-test",
+        vec![
+            QueueConfig {
+                name: "workflows".into(),
+                concurrency: 10,
+            },
+            QueueConfig {
+                name: "children".into(),
+                concurrency: 500,
+            },
+        ],
+    );
+    config.batch_size = 500;
+    config.poll_interval = Duration::from_millis(100);
+    let runtime = Runtime::new(t.store.clone(), registry, kinds, config)
+        .unwrap()
+        .with_service(Box::new(RunSweeper {
+            engine: Arc::clone(&engine),
+            every: Duration::from_millis(100),
+        }));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let run = engine.run(id).await.unwrap();
+        if run.state == RunState::Completed {
+            let counts = &run.steps[0].output.as_ref().expect("output")["children"];
+            assert_eq!(counts["succeeded"], json!(10_000));
+            assert_eq!(counts["dead"], json!(7));
+            assert_eq!(counts["cancelled"], json!(0));
+            assert_eq!(
+                run.steps[0].output.as_ref().unwrap()["spawned"],
+                json!(10_007)
+            );
+            assert_eq!(
+                run.steps[1].output, run.steps[0].output,
+                "the counts are the next step's input"
+            );
+            break;
+        }
+        assert!(
+            run.state == RunState::Running,
+            "the run must not fail: {run:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fan-in never happened: {:?}",
+            run.steps
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
     t.cleanup().await;
 }

@@ -29,8 +29,16 @@ CREATE TABLE steward_run_steps (
     finished_at TIMESTAMPTZ,
     PRIMARY KEY (run_id, idx),
     CONSTRAINT steward_run_steps_state_check
-        CHECK (state IN ('pending', 'queued', 'completed', 'dead', 'compensating', 'compensated'))
+        CHECK (state IN ('pending', 'queued', 'waiting', 'completed', 'dead', 'compensating', 'compensated'))
 );
 
 -- Workflow steps record which run and step wrote a ledger row.
 ALTER TABLE steward_ledger ADD COLUMN entry TEXT;
+
+-- Fan-out: the child jobs a step spawned; the step completes when none of them is live.
+CREATE TABLE steward_run_children (
+    run_id BIGINT  NOT NULL,
+    idx    INTEGER NOT NULL,
+    job_id BIGINT  NOT NULL,
+    PRIMARY KEY (run_id, idx, job_id)
+);

@@ -17,7 +17,7 @@ CREATE TABLE steward_run_steps (
     run_id      INTEGER NOT NULL REFERENCES steward_runs (id) ON DELETE CASCADE,
     idx         INTEGER NOT NULL,
     name        TEXT    NOT NULL,
-    state       TEXT    NOT NULL CHECK (state IN ('pending', 'queued', 'completed', 'dead', 'compensating', 'compensated')),
+    state       TEXT    NOT NULL CHECK (state IN ('pending', 'queued', 'waiting', 'completed', 'dead', 'compensating', 'compensated')),
     output      TEXT,
     progress    TEXT,
     job_id      INTEGER,
@@ -29,3 +29,11 @@ CREATE TABLE steward_run_steps (
 
 -- Workflow steps record which run and step wrote a ledger row.
 ALTER TABLE steward_ledger ADD COLUMN entry TEXT;
+
+-- Fan-out: the child jobs a step spawned; the step completes when none of them is live.
+CREATE TABLE steward_run_children (
+    run_id INTEGER NOT NULL,
+    idx    INTEGER NOT NULL,
+    job_id INTEGER NOT NULL,
+    PRIMARY KEY (run_id, idx, job_id)
+);

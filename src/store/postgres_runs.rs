@@ -6,7 +6,7 @@ use super::runs::{
     StepTx,
 };
 use super::{StoreError, StoreResult};
-use crate::types::{JobId, Lease};
+use crate::types::{JobId, Lease, NewJob};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgRow};
@@ -187,6 +187,7 @@ impl RunStore for PgStore {
         let tx = self.pool().begin().await?;
         Ok(Some(Box::new(PgStepTx {
             store: self.clone(),
+            spawned: 0,
             tx,
             lease,
             worker: worker.to_string(),
@@ -323,6 +324,77 @@ impl RunStore for PgStore {
         self.set_step_progress(run_id, idx, progress).await
     }
 
+    async fn runs_fanned_in(&self, limit: i64) -> StoreResult<Vec<(RunId, i32)>> {
+        let rows = sqlx::query(
+            "SELECT s.run_id, s.idx FROM steward_run_steps s \
+             JOIN steward_runs r ON r.id = s.run_id AND r.current_step = s.idx \
+             WHERE s.state = 'waiting' AND r.state = 'running' \
+               AND NOT EXISTS (SELECT 1 FROM steward_run_children c JOIN steward_jobs j ON j.id = c.job_id \
+                               WHERE c.run_id = s.run_id AND c.idx = s.idx \
+                                 AND j.state NOT IN ('dead', 'cancelled')) \
+             ORDER BY s.run_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("run_id")?, row.try_get("idx")?)))
+            .collect()
+    }
+
+    async fn run_fan_in(
+        &self,
+        run_id: RunId,
+        idx: i32,
+        next: Option<NextStep>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        let waiting: Option<RunId> = sqlx::query_scalar(
+            "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
+             WHERE r.id = $1 AND r.state = 'running' AND r.current_step = $2 AND s.state = 'waiting' \
+               AND NOT EXISTS (SELECT 1 FROM steward_run_children c JOIN steward_jobs j ON j.id = c.job_id \
+                               WHERE c.run_id = $1 AND c.idx = $2 AND j.state NOT IN ('dead', 'cancelled')) \
+             FOR UPDATE OF r",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if waiting.is_none() {
+            return Ok(false);
+        }
+        // A child that left the hot table completed (or was pruned after completing).
+        sqlx::query(
+            "WITH counts AS ( \
+                 SELECT count(*) FILTER (WHERE j.id IS NULL) AS succeeded, \
+                        count(*) FILTER (WHERE j.state = 'dead') AS dead, \
+                        count(*) FILTER (WHERE j.state = 'cancelled') AS cancelled \
+                 FROM steward_run_children c LEFT JOIN steward_jobs j ON j.id = c.job_id \
+                 WHERE c.run_id = $1 AND c.idx = $2) \
+             UPDATE steward_run_steps SET state = 'completed', finished_at = now(), \
+                 output = CASE WHEN jsonb_typeof(output) = 'object' THEN output ELSE '{}'::jsonb END \
+                          || jsonb_build_object('children', (SELECT to_jsonb(counts) FROM counts)) \
+             WHERE run_id = $1 AND idx = $2",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .execute(&mut *tx)
+        .await?;
+        match next {
+            Some(next) => queue_step(&mut tx, run_id, &next, StepState::Queued, None, None).await?,
+            None => {
+                sqlx::query(
+                    "UPDATE steward_runs SET state = 'completed', updated_at = now(), finished_at = now() WHERE id = $1",
+                )
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn run_cancel(&self, id: RunId) -> StoreResult<bool> {
         let mut tx = self.pool().begin().await?;
         let job: Option<Option<JobId>> = sqlx::query_scalar(
@@ -369,6 +441,7 @@ impl PgStore {
 
 struct PgStepTx {
     store: PgStore,
+    spawned: usize,
     tx: Transaction<'static, Postgres>,
     lease: Lease,
     worker: String,
@@ -423,6 +496,42 @@ impl StepTx for PgStepTx {
                 Ok(())
             }
         }
+    }
+
+    async fn spawn_children(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        jobs: &[NewJob],
+    ) -> StoreResult<usize> {
+        let enqueued = insert_on(&mut self.tx, jobs).await?;
+        let ids: Vec<JobId> = enqueued.iter().map(|e| e.id).collect();
+        sqlx::query(
+            "INSERT INTO steward_run_children (run_id, idx, job_id) SELECT $1, $2, unnest($3::int8[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(&ids)
+        .execute(&mut *self.tx)
+        .await?;
+        self.woken.extend(jobs.iter().map(|j| j.queue.clone()));
+        self.spawned += ids.len();
+        Ok(ids.len())
+    }
+
+    fn spawned(&self) -> usize {
+        self.spawned
+    }
+
+    async fn step_waiting(&mut self, run_id: RunId, idx: i32, output: &Value) -> StoreResult<()> {
+        sqlx::query("UPDATE steward_run_steps SET state = 'waiting', output = $3 WHERE run_id = $1 AND idx = $2")
+            .bind(run_id)
+            .bind(idx)
+            .bind(output)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     async fn step_compensated(

@@ -58,6 +58,7 @@ string_enum!(
     StepState {
         Pending = "pending",
         Queued = "queued",
+        Waiting = "waiting",
         Completed = "completed",
         Dead = "dead",
         Compensating = "compensating",
@@ -159,6 +160,19 @@ pub trait RunStore: Send + Sync {
     /// Cancel a running or compensating run and its queued job.
     async fn run_cancel(&self, id: RunId) -> StoreResult<bool>;
 
+    /// Steps waiting for their children (fan-out) whose children have all ended.
+    async fn runs_fanned_in(&self, limit: i64) -> StoreResult<Vec<(RunId, i32)>>;
+
+    /// Complete a waiting step whose children all ended: its output gets
+    /// `"children": {"succeeded", "dead", "cancelled"}`; queue `next` or complete the run.
+    /// Applies only if the step is still waiting and no child is live.
+    async fn run_fan_in(
+        &self,
+        run_id: RunId,
+        idx: i32,
+        next: Option<NextStep>,
+    ) -> StoreResult<bool>;
+
     /// Record a running step's progress, visible at once (outside the step's transaction).
     async fn step_progress(&self, run_id: RunId, idx: i32, progress: &Value) -> StoreResult<()>;
 }
@@ -177,6 +191,21 @@ pub trait StepTx: Send {
         output: &Value,
         next: Option<NextStep>,
     ) -> StoreResult<()>;
+
+    /// Spawn child jobs of a step (fan-out); the step then waits for all of them to end
+    /// instead of completing (see [`StepTx::step_completed`]).
+    async fn spawn_children(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        jobs: &[NewJob],
+    ) -> StoreResult<usize>;
+
+    /// How many children this transaction spawned.
+    fn spawned(&self) -> usize;
+
+    /// The step spawned children: record its output and let it wait for them.
+    async fn step_waiting(&mut self, run_id: RunId, idx: i32, output: &Value) -> StoreResult<()>;
 
     /// The step's compensation succeeded; queue the next compensation, or fail the run.
     async fn step_compensated(

@@ -108,7 +108,7 @@ impl SqliteStore {
         &self.pool
     }
 
-    fn wake(&self, mut queues: Vec<String>) {
+    pub(super) fn wake(&self, mut queues: Vec<String>) {
         queues.sort();
         queues.dedup();
         for queue in queues {
@@ -125,6 +125,17 @@ pub async fn insert_on(conn: &mut SqliteConnection, jobs: &[NewJob]) -> StoreRes
         return Ok(Vec::new());
     }
     Ok(insert_jobs(conn, jobs).await?.0)
+}
+
+/// Insert, returning also the queues that got available jobs (to wake after commit).
+pub(super) async fn insert_on_with_queues(
+    conn: &mut SqliteConnection,
+    jobs: &[NewJob],
+) -> StoreResult<(Vec<Enqueued>, Vec<String>)> {
+    if jobs.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    insert_jobs(conn, jobs).await
 }
 
 const INSERT_SQL: &str = r#"

@@ -6,9 +6,9 @@ use super::runs::{
     DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore, StepRecord, StepState,
     StepTx,
 };
-use super::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on, now_ms};
+use super::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on_with_queues, now_ms};
 use super::{StoreError, StoreResult};
-use crate::types::{JobId, Lease};
+use crate::types::{JobId, Lease, NewJob};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
@@ -31,10 +31,12 @@ async fn queue_step(
     run_id: RunId,
     next: &NextStep,
     state: StepState,
+    woken: &mut Vec<String>,
 ) -> StoreResult<()> {
     let mut job = next.job.clone();
     job.payload["run_id"] = Value::from(run_id);
-    let enqueued = insert_on(conn, std::slice::from_ref(&job)).await?;
+    let (enqueued, queues) = insert_on_with_queues(conn, std::slice::from_ref(&job)).await?;
+    woken.extend(queues);
     let job_id = enqueued
         .first()
         .map(|e| e.id)
@@ -165,8 +167,10 @@ impl RunStore for SqliteStore {
             idx: 0,
             job: start.first_job.clone(),
         };
-        queue_step(&mut tx, run_id, &first, StepState::Queued).await?;
+        let mut woken = Vec::new();
+        queue_step(&mut tx, run_id, &first, StepState::Queued, &mut woken).await?;
         tx.commit().await?;
+        self.wake(woken);
         Ok((run_id, true))
     }
 
@@ -197,6 +201,9 @@ impl RunStore for SqliteStore {
         let guard = self.write_lock.clone().lock_owned().await;
         let tx = self.pool().begin().await?;
         Ok(Some(Box::new(SqliteStepTx {
+            store: self.clone(),
+            spawned: 0,
+            woken: Vec::new(),
             tx,
             lease,
             worker: worker.to_string(),
@@ -255,6 +262,7 @@ impl RunStore for SqliteStore {
             return Ok(false);
         }
         let now = now_ms();
+        let mut woken = Vec::new();
         let run_error = if dead.compensating {
             format!("compensation of step {} died: {}", dead.idx, dead.error)
         } else {
@@ -285,7 +293,14 @@ impl RunStore for SqliteStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                queue_step(&mut tx, dead.run_id, &next, StepState::Compensating).await?;
+                queue_step(
+                    &mut tx,
+                    dead.run_id,
+                    &next,
+                    StepState::Compensating,
+                    &mut woken,
+                )
+                .await?;
             }
             None => {
                 sqlx::query(
@@ -301,6 +316,7 @@ impl RunStore for SqliteStore {
             }
         }
         tx.commit().await?;
+        self.wake(woken);
         Ok(true)
     }
 
@@ -319,8 +335,84 @@ impl RunStore for SqliteStore {
         if updated == 0 {
             return Ok(false);
         }
-        queue_step(&mut tx, id, &job, StepState::Queued).await?;
+        let mut woken = Vec::new();
+        queue_step(&mut tx, id, &job, StepState::Queued, &mut woken).await?;
         tx.commit().await?;
+        self.wake(woken);
+        Ok(true)
+    }
+
+    async fn runs_fanned_in(&self, limit: i64) -> StoreResult<Vec<(RunId, i32)>> {
+        let rows = sqlx::query(
+            "SELECT s.run_id, s.idx FROM steward_run_steps s \
+             JOIN steward_runs r ON r.id = s.run_id AND r.current_step = s.idx \
+             WHERE s.state = 'waiting' AND r.state = 'running' \
+               AND NOT EXISTS (SELECT 1 FROM steward_run_children c JOIN steward_jobs j ON j.id = c.job_id \
+                               WHERE c.run_id = s.run_id AND c.idx = s.idx \
+                                 AND j.state NOT IN ('dead', 'cancelled')) \
+             ORDER BY s.run_id LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("run_id")?, row.try_get("idx")?)))
+            .collect()
+    }
+
+    async fn run_fan_in(
+        &self,
+        run_id: RunId,
+        idx: i32,
+        next: Option<NextStep>,
+    ) -> StoreResult<bool> {
+        let guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let waiting: Option<RunId> = sqlx::query_scalar(
+            "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = ?2 \
+             WHERE r.id = ?1 AND r.state = 'running' AND r.current_step = ?2 AND s.state = 'waiting' \
+               AND NOT EXISTS (SELECT 1 FROM steward_run_children c JOIN steward_jobs j ON j.id = c.job_id \
+                               WHERE c.run_id = ?1 AND c.idx = ?2 AND j.state NOT IN ('dead', 'cancelled'))",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if waiting.is_none() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        // A child that left the hot table completed (or was pruned after completing).
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'completed', finished_at = ?3, \
+                 output = json_set(CASE WHEN json_type(output) = 'object' THEN output ELSE '{}' END, \
+                     '$.children', (SELECT json_object( \
+                         'succeeded', sum(j.id IS NULL), \
+                         'dead', coalesce(sum(j.state = 'dead'), 0), \
+                         'cancelled', coalesce(sum(j.state = 'cancelled'), 0)) \
+                      FROM steward_run_children c LEFT JOIN steward_jobs j ON j.id = c.job_id \
+                      WHERE c.run_id = ?1 AND c.idx = ?2)) \
+             WHERE run_id = ?1 AND idx = ?2",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let mut woken = Vec::new();
+        match next {
+            Some(next) => queue_step(&mut tx, run_id, &next, StepState::Queued, &mut woken).await?,
+            None => {
+                sqlx::query("UPDATE steward_runs SET state = 'completed', updated_at = ?2, finished_at = ?2 WHERE id = ?1")
+                    .bind(run_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        drop(guard);
+        self.wake(woken);
         Ok(true)
     }
 
@@ -368,6 +460,9 @@ impl RunStore for SqliteStore {
 }
 
 struct SqliteStepTx {
+    store: SqliteStore,
+    spawned: usize,
+    woken: Vec<String>,
     tx: Transaction<'static, Sqlite>,
     lease: Lease,
     worker: String,
@@ -407,7 +502,16 @@ impl StepTx for SqliteStepTx {
         .execute(&mut *self.tx)
         .await?;
         match next {
-            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Queued).await,
+            Some(next) => {
+                queue_step(
+                    &mut self.tx,
+                    run_id,
+                    &next,
+                    StepState::Queued,
+                    &mut self.woken,
+                )
+                .await
+            }
             None => {
                 sqlx::query("UPDATE steward_runs SET state = 'completed', updated_at = ?2, finished_at = ?2 WHERE id = ?1")
                     .bind(run_id)
@@ -417,6 +521,46 @@ impl StepTx for SqliteStepTx {
                 Ok(())
             }
         }
+    }
+
+    async fn spawn_children(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        jobs: &[NewJob],
+    ) -> StoreResult<usize> {
+        let mut count = 0;
+        for chunk in jobs.chunks(5000) {
+            let (enqueued, queues) = insert_on_with_queues(&mut self.tx, chunk).await?;
+            let ids: Vec<JobId> = enqueued.iter().map(|e| e.id).collect();
+            sqlx::query(
+                "INSERT OR IGNORE INTO steward_run_children (run_id, idx, job_id) \
+                 SELECT ?1, ?2, value FROM json_each(?3)",
+            )
+            .bind(run_id)
+            .bind(idx)
+            .bind(json!(ids).to_string())
+            .execute(&mut *self.tx)
+            .await?;
+            self.woken.extend(queues);
+            count += ids.len();
+        }
+        self.spawned += count;
+        Ok(count)
+    }
+
+    fn spawned(&self) -> usize {
+        self.spawned
+    }
+
+    async fn step_waiting(&mut self, run_id: RunId, idx: i32, output: &Value) -> StoreResult<()> {
+        sqlx::query("UPDATE steward_run_steps SET state = 'waiting', output = ?3 WHERE run_id = ?1 AND idx = ?2")
+            .bind(run_id)
+            .bind(idx)
+            .bind(output.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     async fn step_compensated(
@@ -433,7 +577,16 @@ impl StepTx for SqliteStepTx {
             .execute(&mut *self.tx)
             .await?;
         match next {
-            Some(next) => queue_step(&mut self.tx, run_id, &next, StepState::Compensating).await,
+            Some(next) => {
+                queue_step(
+                    &mut self.tx,
+                    run_id,
+                    &next,
+                    StepState::Compensating,
+                    &mut self.woken,
+                )
+                .await
+            }
             None => {
                 sqlx::query(
                     "UPDATE steward_runs SET state = 'failed', updated_at = ?2, finished_at = ?2, \
@@ -478,6 +631,8 @@ impl StepTx for SqliteStepTx {
             .execute(&mut *this.tx)
             .await?;
         this.tx.commit().await?;
+        drop(this._guard);
+        this.store.wake(this.woken);
         Ok(())
     }
 }

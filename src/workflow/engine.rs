@@ -45,6 +45,8 @@ pub enum EngineError {
 pub struct StepContext<'a> {
     pub run_id: RunId,
     pub step: &'a str,
+    /// The step's position in the workflow.
+    pub step_index: i32,
     pub params: &'a Value,
     /// The previous step's output (the run's parameters for the first step); for a
     /// compensation, the output of the step being undone.
@@ -55,6 +57,42 @@ pub struct StepContext<'a> {
     pub tx: &'a mut dyn StepTx,
     /// Report progress of a long step, visible to operators at once.
     pub progress: Progress,
+    /// The job kinds, for building child jobs (see [`StepContext::fan_out`]).
+    pub kinds: &'a KindCatalog,
+}
+
+impl StepContext<'_> {
+    /// Fan out: spawn one child job of `kind` per payload, in the step's transaction. The
+    /// step then waits until every child has ended (completed, dead or cancelled); its output
+    /// gains `"children": {"succeeded", "dead", "cancelled"}` and the run goes on.
+    pub async fn fan_out(
+        &mut self,
+        kind: &str,
+        payloads: impl IntoIterator<Item = (String, Value)>,
+    ) -> Result<usize, JobError> {
+        let spec = self
+            .kinds
+            .get(kind)
+            .ok_or_else(|| JobError::Fatal(format!("fan-out to unknown job kind `{kind}`")))?;
+        let jobs: Vec<NewJob> = payloads
+            .into_iter()
+            .map(|(tenant, payload)| NewJob {
+                kind: spec.name.clone(),
+                queue: spec.queue.clone(),
+                tenant,
+                payload,
+                priority: spec.priority,
+                max_attempts: spec.max_attempts,
+                timeout_ms: spec.timeout.as_millis() as i64,
+                unique_key: None,
+                run_at: None,
+            })
+            .collect();
+        Ok(self
+            .tx
+            .spawn_children(self.run_id, self.step_index, &jobs)
+            .await?)
+    }
 }
 
 /// Reports a running step's progress (see [`StepContext::progress`]).
@@ -334,6 +372,8 @@ impl Engine {
         let output = handler(StepContext {
             run_id: run.id,
             step: &step.name,
+            step_index: args.step,
+            kinds: &self.kinds,
             params: &run.params,
             input: &input,
             job: &ctx.job,
@@ -359,7 +399,12 @@ impl Engine {
                 }),
                 None => None,
             };
-            tx.step_completed(run.id, args.step, &output, next).await?;
+            if tx.spawned() > 0 {
+                // Fan-out: the sweeper completes the step once every child has ended.
+                tx.step_waiting(run.id, args.step, &output).await?;
+            } else {
+                tx.step_completed(run.id, args.step, &output, next).await?;
+            }
         }
         match tx.commit().await {
             Ok(()) => Ok(()),
@@ -368,9 +413,31 @@ impl Engine {
         }
     }
 
-    /// One sweep: runs whose current step died get their compensations queued (or fail).
+    /// One sweep: runs whose current step died get their compensations queued (or fail), and
+    /// fanned-out steps whose children have all ended are completed (fan-in).
     pub async fn sweep_once(&self) -> StoreResult<u64> {
         let mut handled = 0;
+        for (run_id, idx) in self.store.runs_fanned_in(500).await? {
+            let Some(run) = self.store.run_get(run_id).await? else {
+                continue;
+            };
+            let Some(def) = self.workflows.get(&run.workflow) else {
+                continue;
+            };
+            let next = match usize::try_from(idx + 1).ok().and_then(|i| def.steps.get(i)) {
+                Some(_) => match self.step_job(def, idx + 1, false) {
+                    Ok(job) => Some(NextStep { idx: idx + 1, job }),
+                    Err(err) => {
+                        tracing::error!(run_id, error = %err, "cannot build the next step");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if self.store.run_fan_in(run_id, idx, next).await? {
+                handled += 1;
+            }
+        }
         for dead in self.store.runs_dead_steps(500).await? {
             let compensation = match self.store.run_get(dead.run_id).await? {
                 Some(run) if !dead.compensating => self
