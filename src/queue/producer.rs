@@ -89,6 +89,7 @@ impl Producer {
                 }
             };
             let got = jobs.len();
+            tracing::trace!(queue = %self.queue, want, got, "fetched");
             busy = got > 0;
             let mut first = Some(first);
             let mut jobs = jobs.into_iter();
