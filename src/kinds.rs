@@ -197,9 +197,7 @@ pub struct KindCatalog {
     kinds: BTreeMap<String, JobKind>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
+use crate::definitions::{line_of, read_toml_dir};
 
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -212,22 +210,9 @@ fn valid_name(name: &str) -> bool {
 impl KindCatalog {
     /// Load every `*.toml` in a directory.
     pub fn load_dir(dir: &Path) -> Result<Self, KindError> {
-        let io = |source| KindError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
-            .collect();
-        paths.sort();
+        let files = read_toml_dir(dir).map_err(|(path, source)| KindError::Io { path, source })?;
         let mut catalog = Self::default();
-        for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| KindError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        for (path, text) in files {
             catalog.add(Self::parse(&path, &text)?)?;
         }
         Ok(catalog)

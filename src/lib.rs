@@ -29,6 +29,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod definitions;
 pub mod kinds;
 pub mod maintenance;
 pub mod queue;

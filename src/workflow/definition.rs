@@ -150,9 +150,7 @@ pub struct WorkflowCatalog {
     workflows: BTreeMap<String, WorkflowDef>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
+use crate::definitions::{line_of, read_toml_dir};
 
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -187,21 +185,10 @@ impl WorkflowCatalog {
         kinds: &KindCatalog,
         is_handler: &dyn Fn(&str) -> bool,
     ) -> Result<Self, WorkflowError> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| WorkflowError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
-            .collect();
-        paths.sort();
+        let files =
+            read_toml_dir(dir).map_err(|(path, source)| WorkflowError::Io { path, source })?;
         let mut catalog = Self::default();
-        for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| WorkflowError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        for (path, text) in files {
             catalog.add(Self::parse(&path, &text, kinds, is_handler)?)?;
         }
         Ok(catalog)
