@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 per_backend!(
     a_run_advances_step_by_step_with_each_effect_once,
     a_dead_step_compensates_in_reverse_and_retry_resumes_there,
+    a_retry_resumes_at_the_failed_step_without_rerunning_completed_ones,
     starting_twice_with_one_key_is_one_run,
     a_long_step_reports_progress_while_it_runs,
     a_step_fans_out_ten_thousand_children_and_fans_in_with_counts,
@@ -271,7 +272,8 @@ async fn a_dead_step_compensates_in_reverse_and_retry_resumes_there(backend: Bac
         "compensations run latest first"
     );
 
-    // An operator fixes the cause and retries from the failed step.
+    // An operator fixes the cause and retries. Compensation undid `reserve` and `charge`, so
+    // the run resumes at `reserve`, the earliest undone step: nothing runs on rolled-back work.
     let err = engine.retry(id + 1000).await.unwrap_err();
     assert!(matches!(err, EngineError::NoRun(_)));
     open.store(true, Ordering::SeqCst);
@@ -283,11 +285,14 @@ async fn a_dead_step_compensates_in_reverse_and_retry_resumes_there(backend: Bac
     running.stop().await;
     let entries = ledger_entries(&t).await;
     assert_eq!(
-        entries.len(),
-        5,
-        "completed steps did not run again: {entries:?}"
+        entries[4..].to_vec(),
+        vec![
+            format!("run {id} step reserve"),
+            format!("run {id} step charge"),
+            format!("run {id} step gate"),
+        ],
+        "{entries:?}"
     );
-    assert_eq!(entries[4], format!("run {id} step gate"));
     let err = engine.retry(id).await.unwrap_err();
     assert!(
         matches!(err, EngineError::NotRetryable { .. }),
@@ -469,5 +474,56 @@ async fn a_step_fans_out_ten_thousand_children_and_fans_in_with_counts(backend: 
     }
     shutdown.cancel();
     handle.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+async fn a_retry_resumes_at_the_failed_step_without_rerunning_completed_ones(backend: Backend) {
+    let t = fresh(backend).await;
+    let open = Arc::new(AtomicBool::new(false));
+    let mut steps = steps::registry();
+    {
+        let open = Arc::clone(&open);
+        steps.register("test.gate", move |ctx: StepContext<'_>| -> StepFuture<'_> {
+            let open = open.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if !open {
+                    return Err(JobError::Fatal("the gate is closed".into()));
+                }
+                let entry = format!("run {} step {}", ctx.run_id, ctx.step);
+                ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+                Ok(Value::Null)
+            })
+        });
+    }
+    let definition = "name = \"plain\"\n[[steps]]\nname = \"first\"\nhandler = \"ledger.append\"\njob = \"workflow_step\"\n\
+                      [[steps]]\nname = \"gate\"\nhandler = \"test.gate\"\njob = \"workflow_step\"\n";
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[definition], &steps),
+        kinds(),
+        steps,
+    );
+    let (id, _) = engine.start("plain", json!({}), None).await.unwrap();
+    let running = start(&t, &engine);
+    wait_runs(&t, "the run failed", |runs| {
+        runs[0].state == RunState::Failed
+    })
+    .await;
+    assert_eq!(engine.run(id).await.unwrap().current_step, 1);
+    open.store(true, Ordering::SeqCst);
+    engine.retry(id).await.unwrap();
+    wait_runs(&t, "the retried run completed", |runs| {
+        runs[0].state == RunState::Completed
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        ledger_entries(&t).await,
+        vec![
+            format!("run {id} step first"),
+            format!("run {id} step gate")
+        ],
+        "the completed first step did not run again"
+    );
     t.cleanup().await;
 }

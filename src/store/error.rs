@@ -15,6 +15,10 @@ pub enum StoreError {
     /// The change would break a uniqueness rule.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The write no longer applies: what it was about moved on (a workflow step whose run
+    /// was failed, cancelled or advanced meanwhile).
+    #[error("stale: {0}")]
+    Stale(String),
     /// A stored value could not be decoded.
     #[error("corrupt row: {0}")]
     Corrupt(String),

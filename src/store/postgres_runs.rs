@@ -234,7 +234,8 @@ impl RunStore for PgStore {
         };
         let current: Option<RunId> = sqlx::query_scalar(
             "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
-             WHERE r.id = $1 AND r.current_step = $2 AND s.state = $3 FOR UPDATE OF r",
+             JOIN steward_jobs j ON j.id = s.job_id AND j.state IN ('dead', 'cancelled') \
+             WHERE r.id = $1 AND r.current_step = $2 AND s.state = $3 FOR UPDATE OF r, j",
         )
         .bind(dead.run_id)
         .bind(dead.idx)
@@ -302,19 +303,29 @@ impl RunStore for PgStore {
         Ok(true)
     }
 
-    async fn run_retry(&self, id: RunId, job: NextStep) -> StoreResult<bool> {
+    async fn run_retry(&self, id: RunId, failed_step: i32, job: NextStep) -> StoreResult<bool> {
         let mut tx = self.pool().begin().await?;
         let updated = sqlx::query(
             "UPDATE steward_runs SET state = 'running', error = NULL, finished_at = NULL, updated_at = now() \
-             WHERE id = $1 AND state = 'failed'",
+             WHERE id = $1 AND state = 'failed' AND current_step = $2",
         )
         .bind(id)
+        .bind(failed_step)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if updated == 0 {
             return Ok(false);
         }
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'pending', output = NULL, error = NULL, \
+             job_id = NULL, started_at = NULL, finished_at = NULL \
+             WHERE run_id = $1 AND idx >= $2 AND state IN ('dead', 'compensated')",
+        )
+        .bind(id)
+        .bind(job.idx)
+        .execute(&mut *tx)
+        .await?;
         queue_step(&mut tx, id, &job, StepState::Queued, None, None).await?;
         tx.commit().await?;
         Ok(true)
@@ -408,15 +419,19 @@ impl RunStore for PgStore {
         let Some(job) = job else {
             return Ok(false);
         };
-        if let Some(job) = job {
-            sqlx::query(
-                "UPDATE steward_jobs SET state = 'cancelled', finished_at = now(), leased_by = NULL, \
-                 lease_expires_at = NULL WHERE id = $1 AND state IN ('scheduled', 'available', 'running', 'retryable')",
-            )
-            .bind(job)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // The current step's job and, for a fanned-out step, its live children.
+        sqlx::query(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = now(), leased_by = NULL, \
+             lease_expires_at = NULL \
+             WHERE state IN ('scheduled', 'available', 'running', 'retryable') \
+               AND (id = $2 OR id IN (SELECT c.job_id FROM steward_run_children c \
+                                      JOIN steward_runs r ON r.id = c.run_id AND c.idx = r.current_step \
+                                      WHERE c.run_id = $1))",
+        )
+        .bind(id)
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -436,6 +451,37 @@ impl PgStore {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+}
+
+impl PgStepTx {
+    /// The step is still the run's current one, in `step_state`, run by this transaction's
+    /// job, in a run in `run_state`; the run row stays locked until commit. Else `Stale`.
+    async fn guard(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        run_state: &str,
+        step_state: &str,
+    ) -> StoreResult<()> {
+        let current: Option<RunId> = sqlx::query_scalar(
+            "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
+             WHERE r.id = $1 AND r.current_step = $2 AND r.state = $3 AND s.state = $4 AND s.job_id = $5 \
+             FOR UPDATE OF r",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(run_state)
+        .bind(step_state)
+        .bind(self.lease.id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        match current {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Stale(format!(
+                "run {run_id} moved on from step {idx}"
+            ))),
+        }
     }
 }
 
@@ -468,6 +514,7 @@ impl StepTx for PgStepTx {
         output: &Value,
         next: Option<NextStep>,
     ) -> StoreResult<()> {
+        self.guard(run_id, idx, "running", "queued").await?;
         match next {
             Some(next) => {
                 let done = Some((idx, output));
@@ -525,6 +572,7 @@ impl StepTx for PgStepTx {
     }
 
     async fn step_waiting(&mut self, run_id: RunId, idx: i32, output: &Value) -> StoreResult<()> {
+        self.guard(run_id, idx, "running", "queued").await?;
         sqlx::query("UPDATE steward_run_steps SET state = 'waiting', output = $3 WHERE run_id = $1 AND idx = $2")
             .bind(run_id)
             .bind(idx)
@@ -540,6 +588,8 @@ impl StepTx for PgStepTx {
         idx: i32,
         next: Option<NextStep>,
     ) -> StoreResult<()> {
+        self.guard(run_id, idx, "compensating", "compensating")
+            .await?;
         sqlx::query(
             "UPDATE steward_run_steps SET state = 'compensated', finished_at = now() WHERE run_id = $1 AND idx = $2",
         )

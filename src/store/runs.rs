@@ -154,8 +154,10 @@ pub trait RunStore: Send + Sync {
         compensation: Option<NextStep>,
     ) -> StoreResult<bool>;
 
-    /// Retry a failed run from its failed step (completed steps are not run again).
-    async fn run_retry(&self, id: RunId, job: NextStep) -> StoreResult<bool>;
+    /// Retry a failed run from step `job.idx`: steps from there on that died or were
+    /// compensated go back to pending, and `job` is queued. Applies only if the run is still
+    /// failed at step `failed_step` (a stale retry changes nothing).
+    async fn run_retry(&self, id: RunId, failed_step: i32, job: NextStep) -> StoreResult<bool>;
 
     /// Cancel a running or compensating run and its queued job.
     async fn run_cancel(&self, id: RunId) -> StoreResult<bool>;

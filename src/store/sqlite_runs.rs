@@ -251,6 +251,7 @@ impl RunStore for SqliteStore {
         };
         let current: Option<RunId> = sqlx::query_scalar(
             "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = ?2 \
+             JOIN steward_jobs j ON j.id = s.job_id AND j.state IN ('dead', 'cancelled') \
              WHERE r.id = ?1 AND r.current_step = ?2 AND s.state = ?3",
         )
         .bind(dead.run_id)
@@ -320,21 +321,31 @@ impl RunStore for SqliteStore {
         Ok(true)
     }
 
-    async fn run_retry(&self, id: RunId, job: NextStep) -> StoreResult<bool> {
+    async fn run_retry(&self, id: RunId, failed_step: i32, job: NextStep) -> StoreResult<bool> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         let updated = sqlx::query(
             "UPDATE steward_runs SET state = 'running', error = NULL, finished_at = NULL, updated_at = ?2 \
-             WHERE id = ?1 AND state = 'failed'",
+             WHERE id = ?1 AND state = 'failed' AND current_step = ?3",
         )
         .bind(id)
         .bind(now_ms())
+        .bind(failed_step)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if updated == 0 {
             return Ok(false);
         }
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'pending', output = NULL, error = NULL, \
+             job_id = NULL, started_at = NULL, finished_at = NULL \
+             WHERE run_id = ?1 AND idx >= ?2 AND state IN ('dead', 'compensated')",
+        )
+        .bind(id)
+        .bind(job.idx)
+        .execute(&mut *tx)
+        .await?;
         let mut woken = Vec::new();
         queue_step(&mut tx, id, &job, StepState::Queued, &mut woken).await?;
         tx.commit().await?;
@@ -444,18 +455,53 @@ impl RunStore for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        if let Some(job) = job {
-            sqlx::query(
-                "UPDATE steward_jobs SET state = 'cancelled', finished_at = ?2, leased_by = NULL, \
-                 lease_expires_at = NULL WHERE id = ?1 AND state IN ('scheduled', 'available', 'running', 'retryable')",
-            )
-            .bind(job)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // The current step's job and, for a fanned-out step, its live children.
+        sqlx::query(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = ?3, leased_by = NULL, \
+             lease_expires_at = NULL \
+             WHERE state IN ('scheduled', 'available', 'running', 'retryable') \
+               AND (id = ?2 OR id IN (SELECT c.job_id FROM steward_run_children c \
+                                      JOIN steward_runs r ON r.id = c.run_id AND c.idx = r.current_step \
+                                      WHERE c.run_id = ?1))",
+        )
+        .bind(id)
+        .bind(job)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+impl SqliteStepTx {
+    /// The step is still the run's current one, in `step_state`, run by this transaction's
+    /// job, in a run in `run_state`; the writer lock is held until commit. Else `Stale`.
+    async fn guard(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        run_state: &str,
+        step_state: &str,
+    ) -> StoreResult<()> {
+        let current: Option<RunId> = sqlx::query_scalar(
+            "SELECT r.id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = ?2 \
+             WHERE r.id = ?1 AND r.current_step = ?2 AND r.state = ?3 AND s.state = ?4 AND s.job_id = ?5 \
+",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(run_state)
+        .bind(step_state)
+        .bind(self.lease.id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        match current {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Stale(format!(
+                "run {run_id} moved on from step {idx}"
+            ))),
+        }
     }
 }
 
@@ -491,6 +537,7 @@ impl StepTx for SqliteStepTx {
         output: &Value,
         next: Option<NextStep>,
     ) -> StoreResult<()> {
+        self.guard(run_id, idx, "running", "queued").await?;
         let now = now_ms();
         sqlx::query(
             "UPDATE steward_run_steps SET state = 'completed', output = ?3, finished_at = ?4 WHERE run_id = ?1 AND idx = ?2",
@@ -554,6 +601,7 @@ impl StepTx for SqliteStepTx {
     }
 
     async fn step_waiting(&mut self, run_id: RunId, idx: i32, output: &Value) -> StoreResult<()> {
+        self.guard(run_id, idx, "running", "queued").await?;
         sqlx::query("UPDATE steward_run_steps SET state = 'waiting', output = ?3 WHERE run_id = ?1 AND idx = ?2")
             .bind(run_id)
             .bind(idx)
@@ -569,6 +617,8 @@ impl StepTx for SqliteStepTx {
         idx: i32,
         next: Option<NextStep>,
     ) -> StoreResult<()> {
+        self.guard(run_id, idx, "compensating", "compensating")
+            .await?;
         let now = now_ms();
         sqlx::query("UPDATE steward_run_steps SET state = 'compensated', finished_at = ?3 WHERE run_id = ?1 AND idx = ?2")
             .bind(run_id)

@@ -196,7 +196,7 @@ impl Engine {
             let engine = Arc::clone(self);
             registry.register(kind, move |args: StepJob, ctx: JobContext| {
                 let engine = Arc::clone(&engine);
-                async move { engine.run_step(args, ctx).await }
+                async move { engine.run_step_or_skip(args, ctx).await }
             });
         }
     }
@@ -224,7 +224,8 @@ impl Engine {
         Ok(self.store.run_start(&start).await?)
     }
 
-    /// Retry a failed run from its dead step.
+    /// Retry a failed run from its dead step, or from the earliest step its compensation
+    /// undid; steps before that (completed, not undone) do not run again.
     pub async fn retry(&self, id: RunId) -> Result<(), EngineError> {
         let run = self
             .store
@@ -242,11 +243,21 @@ impl Engine {
         if run.state != crate::store::runs::RunState::Failed {
             return Err(not_retryable());
         }
+        // Resume at the dead step, or earlier where compensation undid a step: a step must not
+        // run on top of work that was rolled back.
+        let from = run
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Compensated)
+            .map(|s| s.idx)
+            .chain(std::iter::once(run.current_step))
+            .min()
+            .unwrap_or(run.current_step);
         let job = NextStep {
-            idx: run.current_step,
-            job: self.step_job(def, run.current_step, false)?,
+            idx: from,
+            job: self.step_job(def, from, false)?,
         };
-        if self.store.run_retry(id, job).await? {
+        if self.store.run_retry(id, run.current_step, job).await? {
             Ok(())
         } else {
             Err(not_retryable())
@@ -413,6 +424,18 @@ impl Engine {
         }
     }
 
+    /// Run a step; a step whose run moved on meanwhile (failed, cancelled, advanced by
+    /// another delivery) ends without effect.
+    async fn run_step_or_skip(&self, args: StepJob, ctx: JobContext) -> Result<(), JobError> {
+        match self.run_step(args, ctx).await {
+            Err(JobError::Retryable(message)) if message.starts_with("stale: ") => {
+                tracing::info!(%message, "step skipped");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// One sweep: runs whose current step died get their compensations queued (or fail), and
     /// fanned-out steps whose children have all ended are completed (fan-in).
     pub async fn sweep_once(&self) -> StoreResult<u64> {
@@ -439,12 +462,18 @@ impl Engine {
             }
         }
         for dead in self.store.runs_dead_steps(500).await? {
-            let compensation = match self.store.run_get(dead.run_id).await? {
-                Some(run) if !dead.compensating => self
-                    .workflows
-                    .get(&run.workflow)
-                    .and_then(|def| self.next_compensation(def, &run, dead.idx)),
-                _ => None,
+            let Some(run) = self.store.run_get(dead.run_id).await? else {
+                continue;
+            };
+            // A worker without this workflow's definition (a rolling deploy) leaves the run
+            // to one that has it, rather than failing it without compensation.
+            let Some(def) = self.workflows.get(&run.workflow) else {
+                continue;
+            };
+            let compensation = if dead.compensating {
+                None
+            } else {
+                self.next_compensation(def, &run, dead.idx)
             };
             if self.store.run_step_died(&dead, compensation).await? {
                 handled += 1;
