@@ -25,6 +25,7 @@ per_backend!(
     starting_twice_with_one_key_is_one_run,
     a_long_step_reports_progress_while_it_runs,
     a_step_fans_out_ten_thousand_children_and_fans_in_with_counts,
+    runs_sharing_a_concurrency_key_run_one_at_a_time,
 );
 
 fn kinds() -> KindCatalog {
@@ -524,6 +525,80 @@ async fn a_retry_resumes_at_the_failed_step_without_rerunning_completed_ones(bac
             format!("run {id} step gate")
         ],
         "the completed first step did not run again"
+    );
+    t.cleanup().await;
+}
+
+async fn runs_sharing_a_concurrency_key_run_one_at_a_time(backend: Backend) {
+    let t = fresh(backend).await;
+    let open = Arc::new(AtomicBool::new(false));
+    let mut steps = steps::registry();
+    {
+        let open = Arc::clone(&open);
+        steps.register("test.hold", move |ctx: StepContext<'_>| -> StepFuture<'_> {
+            let open = Arc::clone(&open);
+            Box::pin(async move {
+                while !open.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let entry = format!("run {} step {}", ctx.run_id, ctx.step);
+                ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+                Ok(Value::Null)
+            })
+        });
+    }
+    let definition = "name = \"keyed\"\nconcurrency_key = \"tenant:{tenant}\"\n[params]\ntenant = { required = true }\n\
+                      [[steps]]\nname = \"hold\"\nhandler = \"test.hold\"\njob = \"workflow_step\"\n";
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[definition], &steps),
+        kinds(),
+        steps,
+    );
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        a.push(
+            engine
+                .start("keyed", json!({"tenant": "a"}), None)
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let (b, _) = engine
+        .start("keyed", json!({"tenant": "b"}), None)
+        .await
+        .unwrap();
+    let state = |runs: &[steward::store::runs::RunRecord], id: i64| {
+        runs.iter().find(|r| r.id == id).map(|r| r.state)
+    };
+    let runs = t.store.runs_list(None, 10).await.unwrap();
+    assert_eq!(state(&runs, a[0]), Some(RunState::Running));
+    assert_eq!(state(&runs, a[1]), Some(RunState::Queued));
+    assert_eq!(state(&runs, a[2]), Some(RunState::Queued));
+    assert_eq!(
+        state(&runs, b),
+        Some(RunState::Running),
+        "another key is not held back"
+    );
+    let running = start(&t, &engine);
+    open.store(true, Ordering::SeqCst);
+    wait_runs(&t, "all four runs completed", |runs| {
+        runs.len() == 4 && runs.iter().all(|r| r.state == RunState::Completed)
+    })
+    .await;
+    running.stop().await;
+    let entries = ledger_entries(&t).await;
+    let order: Vec<String> = entries
+        .into_iter()
+        .filter(|e| a.iter().any(|id| e.starts_with(&format!("run {id} "))))
+        .collect();
+    assert_eq!(
+        order,
+        a.iter()
+            .map(|id| format!("run {id} step hold"))
+            .collect::<Vec<_>>(),
+        "runs of one key ran one after another, in order"
     );
     t.cleanup().await;
 }

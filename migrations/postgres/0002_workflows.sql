@@ -7,14 +7,18 @@ CREATE TABLE steward_runs (
     state           TEXT        NOT NULL,
     current_step    INTEGER     NOT NULL DEFAULT 0,
     idempotency_key TEXT        UNIQUE,
+    concurrency_key TEXT,
     error           TEXT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at     TIMESTAMPTZ,
     CONSTRAINT steward_runs_state_check
-        CHECK (state IN ('running', 'completed', 'compensating', 'failed', 'cancelled'))
+        CHECK (state IN ('queued', 'running', 'completed', 'compensating', 'failed', 'cancelled'))
 );
-CREATE INDEX steward_runs_active ON steward_runs (state) WHERE state IN ('running', 'compensating');
+CREATE INDEX steward_runs_active ON steward_runs (state) WHERE state IN ('queued', 'running', 'compensating');
+-- One active run per concurrency key: later runs with the key wait as 'queued'.
+CREATE UNIQUE INDEX steward_runs_one_active ON steward_runs (workflow, concurrency_key)
+    WHERE concurrency_key IS NOT NULL AND state IN ('running', 'compensating');
 
 CREATE TABLE steward_run_steps (
     run_id      BIGINT      NOT NULL REFERENCES steward_runs (id) ON DELETE CASCADE,

@@ -3,15 +3,19 @@ CREATE TABLE steward_runs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow        TEXT    NOT NULL,
     params          TEXT    NOT NULL,
-    state           TEXT    NOT NULL CHECK (state IN ('running', 'completed', 'compensating', 'failed', 'cancelled')),
+    state           TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'compensating', 'failed', 'cancelled')),
     current_step    INTEGER NOT NULL DEFAULT 0,
     idempotency_key TEXT    UNIQUE,
+    concurrency_key TEXT,
     error           TEXT,
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     finished_at     INTEGER
 );
-CREATE INDEX steward_runs_active ON steward_runs (state) WHERE state IN ('running', 'compensating');
+CREATE INDEX steward_runs_active ON steward_runs (state) WHERE state IN ('queued', 'running', 'compensating');
+-- One active run per concurrency key: later runs with the key wait as 'queued'.
+CREATE UNIQUE INDEX steward_runs_one_active ON steward_runs (workflow, concurrency_key)
+    WHERE concurrency_key IS NOT NULL AND state IN ('running', 'compensating');
 
 CREATE TABLE steward_run_steps (
     run_id      INTEGER NOT NULL REFERENCES steward_runs (id) ON DELETE CASCADE,

@@ -77,6 +77,51 @@ fn step_from_row(row: &PgRow) -> StoreResult<StepRecord> {
 }
 
 impl PgStore {
+    /// One attempt of `run_start`: `queued` when forced or when the key is taken.
+    async fn run_insert(&self, start: &RunStart, force_queued: bool) -> StoreResult<(RunId, bool)> {
+        let mut tx = self.pool().begin().await?;
+        let inserted: Option<(RunId, String)> = sqlx::query_as(
+            "INSERT INTO steward_runs (workflow, params, state, idempotency_key, concurrency_key) \
+             VALUES ($1, $2, CASE WHEN $5 OR ($4::text IS NOT NULL AND EXISTS ( \
+                         SELECT 1 FROM steward_runs o WHERE o.workflow = $1 AND o.concurrency_key = $4 \
+                         AND o.state IN ('queued', 'running', 'compensating'))) \
+                     THEN 'queued' ELSE 'running' END, $3, $4) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, state",
+        )
+        .bind(&start.workflow)
+        .bind(&start.params)
+        .bind(&start.idempotency_key)
+        .bind(&start.concurrency_key)
+        .bind(force_queued)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((run_id, state)) = inserted else {
+            tx.rollback().await?;
+            let existing: RunId =
+                sqlx::query_scalar("SELECT id FROM steward_runs WHERE idempotency_key = $1")
+                    .bind(&start.idempotency_key)
+                    .fetch_one(self.pool())
+                    .await?;
+            return Ok((existing, false));
+        };
+        sqlx::query(
+            "INSERT INTO steward_run_steps (run_id, idx, name, state) \
+             SELECT $1, (n.ord - 1)::int, n.name, 'pending' FROM unnest($2::text[]) WITH ORDINALITY AS n(name, ord)",
+        )
+        .bind(run_id)
+        .bind(&start.step_names)
+        .execute(&mut *tx)
+        .await?;
+        if state == "running" {
+            let first = NextStep {
+                idx: 0,
+                job: start.first_job.clone(),
+            };
+            queue_step(&mut tx, run_id, &first, StepState::Queued, None, None).await?;
+        }
+        tx.commit().await?;
+        Ok((run_id, true))
+    }
     /// Attach their steps to run rows.
     async fn with_steps(&self, rows: Vec<PgRow>) -> StoreResult<Vec<RunRecord>> {
         let ids: Vec<RunId> = rows
@@ -122,40 +167,15 @@ const RUN_COLUMNS: &str =
 #[async_trait]
 impl RunStore for PgStore {
     async fn run_start(&self, start: &RunStart) -> StoreResult<(RunId, bool)> {
-        let mut tx = self.pool().begin().await?;
-        let inserted: Option<RunId> = sqlx::query_scalar(
-            "INSERT INTO steward_runs (workflow, params, state, idempotency_key) \
-             VALUES ($1, $2, 'running', $3) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        )
-        .bind(&start.workflow)
-        .bind(&start.params)
-        .bind(&start.idempotency_key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(run_id) = inserted else {
-            tx.rollback().await?;
-            let existing: RunId =
-                sqlx::query_scalar("SELECT id FROM steward_runs WHERE idempotency_key = $1")
-                    .bind(&start.idempotency_key)
-                    .fetch_one(self.pool())
-                    .await?;
-            return Ok((existing, false));
-        };
-        sqlx::query(
-            "INSERT INTO steward_run_steps (run_id, idx, name, state) \
-             SELECT $1, (n.ord - 1)::int, n.name, 'pending' FROM unnest($2::text[]) WITH ORDINALITY AS n(name, ord)",
-        )
-        .bind(run_id)
-        .bind(&start.step_names)
-        .execute(&mut *tx)
-        .await?;
-        let first = NextStep {
-            idx: 0,
-            job: start.first_job.clone(),
-        };
-        queue_step(&mut tx, run_id, &first, StepState::Queued, None, None).await?;
-        tx.commit().await?;
-        Ok((run_id, true))
+        // Two starts racing for a free key both try `running`; the one-active index refuses the
+        // second, which then queues.
+        for force_queued in [false, true] {
+            match self.run_insert(start, force_queued).await {
+                Err(err) if err.is_unique_violation() && !force_queued => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Conflict("could not start the run".into()))
     }
 
     async fn run_get(&self, id: RunId) -> StoreResult<Option<RunRecord>> {
@@ -335,6 +355,41 @@ impl RunStore for PgStore {
         self.set_step_progress(run_id, idx, progress).await
     }
 
+    async fn runs_promotable(&self, limit: i64) -> StoreResult<Vec<RunId>> {
+        Ok(sqlx::query_scalar(
+            "SELECT q.id FROM steward_runs q WHERE q.state = 'queued' \
+               AND NOT EXISTS (SELECT 1 FROM steward_runs a WHERE a.workflow = q.workflow \
+                   AND a.concurrency_key = q.concurrency_key AND a.state IN ('running', 'compensating')) \
+               AND q.id = (SELECT min(o.id) FROM steward_runs o WHERE o.workflow = q.workflow \
+                   AND o.concurrency_key = q.concurrency_key AND o.state = 'queued') \
+             ORDER BY q.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn run_promote(&self, id: RunId, first_job: NextStep) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        let promoted = sqlx::query(
+            "UPDATE steward_runs SET state = 'running', updated_at = now() WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from);
+        match promoted {
+            Ok(done) if done.rows_affected() == 1 => {}
+            Ok(_) => return Ok(false),
+            // Another scheduler promoted a run with this key first.
+            Err(err) if err.is_unique_violation() => return Ok(false),
+            Err(err) => return Err(err),
+        }
+        queue_step(&mut tx, id, &first_job, StepState::Queued, None, None).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn runs_fanned_in(&self, limit: i64) -> StoreResult<Vec<(RunId, i32)>> {
         let rows = sqlx::query(
             "SELECT s.run_id, s.idx FROM steward_run_steps s \
@@ -410,7 +465,7 @@ impl RunStore for PgStore {
         let mut tx = self.pool().begin().await?;
         let job: Option<Option<JobId>> = sqlx::query_scalar(
             "UPDATE steward_runs r SET state = 'cancelled', updated_at = now(), finished_at = now() \
-             FROM steward_run_steps s WHERE r.id = $1 AND r.state IN ('running', 'compensating') \
+             FROM steward_run_steps s WHERE r.id = $1 AND r.state IN ('queued', 'running', 'compensating') \
                AND s.run_id = r.id AND s.idx = r.current_step RETURNING s.job_id",
         )
         .bind(id)

@@ -45,6 +45,7 @@ macro_rules! string_enum {
 string_enum!(
     /// Where a run is.
     RunState {
+        Queued = "queued",
         Running = "running",
         Completed = "completed",
         Compensating = "compensating",
@@ -102,6 +103,8 @@ pub struct RunStart {
     pub workflow: String,
     pub params: Value,
     pub idempotency_key: Option<String>,
+    /// At most one run per workflow and key is active; later ones wait as `queued`.
+    pub concurrency_key: Option<String>,
     pub step_names: Vec<String>,
     /// The first step's job (its payload names the run once it exists: see `first_job`).
     pub first_job: NewJob,
@@ -128,8 +131,9 @@ pub struct NextStep {
 #[async_trait]
 pub trait RunStore: Send + Sync {
     /// Create a run, its steps and its first step's job in one transaction. With an
-    /// idempotency key that already has a run, returns that run and creates nothing.
-    /// `first_job`'s payload gets `"run_id"` filled in.
+    /// idempotency key that already has a run, returns that run and creates nothing. While
+    /// another run of the workflow with the same concurrency key is active (or queued), the
+    /// run is created `queued`, without a job. `first_job`'s payload gets `"run_id"`.
     async fn run_start(&self, start: &RunStart) -> StoreResult<(RunId, bool)>;
 
     /// One run with its steps.
@@ -161,6 +165,12 @@ pub trait RunStore: Send + Sync {
 
     /// Cancel a running or compensating run and its queued job.
     async fn run_cancel(&self, id: RunId) -> StoreResult<bool>;
+
+    /// Queued runs whose concurrency key is free, oldest first per key.
+    async fn runs_promotable(&self, limit: i64) -> StoreResult<Vec<RunId>>;
+
+    /// Start a queued run (its key must still be free): `running`, first step queued.
+    async fn run_promote(&self, id: RunId, first_job: NextStep) -> StoreResult<bool>;
 
     /// Steps waiting for their children (fan-out) whose children have all ended.
     async fn runs_fanned_in(&self, limit: i64) -> StoreResult<Vec<(RunId, i32)>>;

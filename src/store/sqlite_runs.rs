@@ -136,17 +136,22 @@ impl RunStore for SqliteStore {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         let now = now_ms();
-        let inserted: Option<RunId> = sqlx::query_scalar(
-            "INSERT INTO steward_runs (workflow, params, state, idempotency_key, created_at, updated_at) \
-             VALUES (?1, ?2, 'running', ?3, ?4, ?4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        let inserted: Option<(RunId, String)> = sqlx::query_as(
+            "INSERT INTO steward_runs (workflow, params, state, idempotency_key, concurrency_key, created_at, updated_at) \
+             VALUES (?1, ?2, CASE WHEN ?5 IS NOT NULL AND EXISTS ( \
+                         SELECT 1 FROM steward_runs o WHERE o.workflow = ?1 AND o.concurrency_key = ?5 \
+                         AND o.state IN ('queued', 'running', 'compensating')) THEN 'queued' ELSE 'running' END, \
+                     ?3, ?5, ?4, ?4) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, state",
         )
         .bind(&start.workflow)
         .bind(start.params.to_string())
         .bind(&start.idempotency_key)
         .bind(now)
+        .bind(&start.concurrency_key)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(run_id) = inserted else {
+        let Some((run_id, state)) = inserted else {
             tx.rollback().await?;
             let existing: RunId =
                 sqlx::query_scalar("SELECT id FROM steward_runs WHERE idempotency_key = ?1")
@@ -168,7 +173,9 @@ impl RunStore for SqliteStore {
             job: start.first_job.clone(),
         };
         let mut woken = Vec::new();
-        queue_step(&mut tx, run_id, &first, StepState::Queued, &mut woken).await?;
+        if state == "running" {
+            queue_step(&mut tx, run_id, &first, StepState::Queued, &mut woken).await?;
+        }
         tx.commit().await?;
         self.wake(woken);
         Ok((run_id, true))
@@ -427,6 +434,45 @@ impl RunStore for SqliteStore {
         Ok(true)
     }
 
+    async fn runs_promotable(&self, limit: i64) -> StoreResult<Vec<RunId>> {
+        Ok(sqlx::query_scalar(
+            "SELECT q.id FROM steward_runs q WHERE q.state = 'queued' \
+               AND NOT EXISTS (SELECT 1 FROM steward_runs a WHERE a.workflow = q.workflow \
+                   AND a.concurrency_key = q.concurrency_key AND a.state IN ('running', 'compensating')) \
+               AND q.id = (SELECT min(o.id) FROM steward_runs o WHERE o.workflow = q.workflow \
+                   AND o.concurrency_key = q.concurrency_key AND o.state = 'queued') \
+             ORDER BY q.id LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    async fn run_promote(&self, id: RunId, first_job: NextStep) -> StoreResult<bool> {
+        let guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let promoted = sqlx::query(
+            "UPDATE steward_runs SET state = 'running', updated_at = ?2 WHERE id = ?1 AND state = 'queued'",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from);
+        match promoted {
+            Ok(done) if done.rows_affected() == 1 => {}
+            Ok(_) => return Ok(false),
+            Err(err) if err.is_unique_violation() => return Ok(false),
+            Err(err) => return Err(err),
+        }
+        let mut woken = Vec::new();
+        queue_step(&mut tx, id, &first_job, StepState::Queued, &mut woken).await?;
+        tx.commit().await?;
+        drop(guard);
+        self.wake(woken);
+        Ok(true)
+    }
+
     async fn step_progress(&self, run_id: RunId, idx: i32, progress: &Value) -> StoreResult<()> {
         // The step's own transaction holds SQLite's single writer: keep progress in memory.
         self.progress
@@ -442,7 +488,7 @@ impl RunStore for SqliteStore {
         let now = now_ms();
         let job: Option<Option<JobId>> = sqlx::query_scalar(
             "SELECT s.job_id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
-             WHERE r.id = ?1 AND r.state IN ('running', 'compensating')",
+             WHERE r.id = ?1 AND r.state IN ('queued', 'running', 'compensating')",
         )
         .bind(id)
         .fetch_optional(&mut *tx)

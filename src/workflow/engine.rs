@@ -10,6 +10,8 @@
 //!   they are done the run is `failed`, pointing at its dead step.
 //! - **Retry**: an operator retries a failed run from its dead step; completed steps are not
 //!   run again.
+//! - **Concurrency key**: while a run of the workflow with the same key is active, a new one
+//!   waits `queued`; the sweeper starts the oldest once the key is free.
 
 use super::definition::{WorkflowCatalog, WorkflowDef};
 use crate::kinds::KindCatalog;
@@ -214,10 +216,15 @@ impl Engine {
             .get(workflow)
             .ok_or_else(|| EngineError::UnknownWorkflow(workflow.to_string()))?;
         let params = complete_params(def, params)?;
+        let concurrency_key = def
+            .concurrency_key
+            .as_ref()
+            .map(|template| render_key(template, &params));
         let start = RunStart {
             workflow: def.name.clone(),
             params,
             idempotency_key,
+            concurrency_key,
             step_names: def.steps.iter().map(|s| s.name.clone()).collect(),
             first_job: self.step_job(def, 0, false)?,
         };
@@ -440,6 +447,25 @@ impl Engine {
     /// fanned-out steps whose children have all ended are completed (fan-in).
     pub async fn sweep_once(&self) -> StoreResult<u64> {
         let mut handled = 0;
+        // Queued runs whose concurrency key came free start now.
+        for run_id in self.store.runs_promotable(500).await? {
+            let Some(run) = self.store.run_get(run_id).await? else {
+                continue;
+            };
+            let Some(def) = self.workflows.get(&run.workflow) else {
+                continue;
+            };
+            let first = match self.step_job(def, 0, false) {
+                Ok(job) => NextStep { idx: 0, job },
+                Err(err) => {
+                    tracing::error!(run_id, error = %err, "cannot build the first step");
+                    continue;
+                }
+            };
+            if self.store.run_promote(run_id, first).await? {
+                handled += 1;
+            }
+        }
         for (run_id, idx) in self.store.runs_fanned_in(500).await? {
             let Some(run) = self.store.run_get(run_id).await? else {
                 continue;
@@ -481,6 +507,28 @@ impl Engine {
         }
         Ok(handled)
     }
+}
+
+/// A concurrency-key template with its `{param}` placeholders filled (validated at load:
+/// every placeholder names a parameter; a missing optional one renders empty).
+fn render_key(template: &str, params: &Value) -> String {
+    let mut key = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        key.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let name = &rest[open + 1..open + close];
+        match params.get(name) {
+            Some(Value::String(text)) => key.push_str(text),
+            Some(Value::Null) | None => {}
+            Some(other) => key.push_str(&other.to_string()),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    key.push_str(rest);
+    key
 }
 
 /// Fill defaults, refuse unknown and missing parameters.
