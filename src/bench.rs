@@ -3,7 +3,7 @@
 //! Every scenario runs on a fresh schema (PostgreSQL) or a fresh file (SQLite) and prints one
 //! JSON object per line. Scenarios:
 //! - `enqueue_batch`: jobs inserted 1,000 per statement by one caller;
-//! - `enqueue_batch_parallel`: the same by 4 concurrent callers;
+//! - `enqueue_batch_parallel`: the same by `--callers` concurrent callers (default 4);
 //! - `enqueue_single`: jobs inserted one per statement by 16 concurrent callers;
 //! - `execute_noop`: a backlog of no-op jobs drained by one worker process (fetch, run, ack);
 //! - `pickup_latency`: on an idle queue, time from the enqueue call to the handler starting,
@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Samples for the latency scenario.
     #[arg(long, default_value_t = 1_000)]
     pub samples: usize,
+    /// Concurrent callers of `enqueue_batch_parallel`.
+    #[arg(long, default_value_t = 4)]
+    pub callers: usize,
     /// Jobs per statement in the batched enqueue scenarios.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
@@ -77,7 +80,9 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
         let fresh = FreshStore::open(&settings.database_url).await?;
         let result = match name.as_str() {
             "enqueue_batch" => enqueue_batch(&fresh.store, args.jobs, args.batch, 1).await,
-            "enqueue_batch_parallel" => enqueue_batch(&fresh.store, args.jobs, args.batch, 4).await,
+            "enqueue_batch_parallel" => {
+                enqueue_batch(&fresh.store, args.jobs, args.batch, args.callers).await
+            }
             "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
