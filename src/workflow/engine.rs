@@ -198,7 +198,7 @@ impl Engine {
             let engine = Arc::clone(self);
             registry.register(kind, move |args: StepJob, ctx: JobContext| {
                 let engine = Arc::clone(&engine);
-                async move { engine.run_step_or_skip(args, ctx).await }
+                async move { engine.run_step(args, ctx).await }
             });
         }
     }
@@ -404,9 +404,9 @@ impl Engine {
             },
         })
         .await?;
-        if args.compensate {
+        let recorded = if args.compensate {
             let next = self.next_compensation(def, &run, args.step);
-            tx.step_compensated(run.id, args.step, next).await?;
+            tx.step_compensated(run.id, args.step, next).await
         } else {
             let next = match def.steps.get(idx + 1) {
                 Some(_) => Some(NextStep {
@@ -419,27 +419,25 @@ impl Engine {
             };
             if tx.spawned() > 0 {
                 // Fan-out: the sweeper completes the step once every child has ended.
-                tx.step_waiting(run.id, args.step, &output).await?;
+                tx.step_waiting(run.id, args.step, &output).await
             } else {
-                tx.step_completed(run.id, args.step, &output, next).await?;
+                tx.step_completed(run.id, args.step, &output, next).await
             }
+        };
+        match recorded {
+            Ok(()) => {}
+            // The run moved on meanwhile (failed, cancelled, advanced by another delivery):
+            // the attempt ends without effect (its transaction rolls back on drop).
+            Err(StoreError::Stale(why)) => {
+                tracing::info!(run_id = run.id, %why, "step skipped");
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
         }
         match tx.commit().await {
             Ok(()) => Ok(()),
             Err(StoreError::Conflict(why)) => Err(JobError::Interrupted(why)),
             Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Run a step; a step whose run moved on meanwhile (failed, cancelled, advanced by
-    /// another delivery) ends without effect.
-    async fn run_step_or_skip(&self, args: StepJob, ctx: JobContext) -> Result<(), JobError> {
-        match self.run_step(args, ctx).await {
-            Err(JobError::Retryable(message)) if message.starts_with("stale: ") => {
-                tracing::info!(%message, "step skipped");
-                Ok(())
-            }
-            other => other,
         }
     }
 
