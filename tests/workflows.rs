@@ -189,6 +189,25 @@ async fn a_run_advances_step_by_step_with_each_effect_once(backend: Backend) {
     t.cleanup().await;
 }
 
+/// The built-in step handlers plus `test.gate`, which fails for good while `open` is false
+/// and, once open, writes a ledger row.
+fn gated_steps(open: &Arc<AtomicBool>) -> StepRegistry {
+    let mut steps = steps::registry();
+    let open = Arc::clone(open);
+    steps.register("test.gate", move |ctx: StepContext<'_>| -> StepFuture<'_> {
+        let open = open.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if !open {
+                return Err(JobError::Fatal("the gate is closed".into()));
+            }
+            let entry = format!("run {} step {}", ctx.run_id, ctx.step);
+            ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+            Ok(Value::Null)
+        })
+    });
+    steps
+}
+
 const COMPENSATED: &str = r#"
 name = "saga"
 [[steps]]
@@ -214,21 +233,7 @@ job = "workflow_step"
 async fn a_dead_step_compensates_in_reverse_and_retry_resumes_there(backend: Backend) {
     let t = fresh(backend).await;
     let open = Arc::new(AtomicBool::new(false));
-    let mut steps = steps::registry();
-    {
-        let open = Arc::clone(&open);
-        steps.register("test.gate", move |ctx: StepContext<'_>| -> StepFuture<'_> {
-            let open = open.load(Ordering::SeqCst);
-            Box::pin(async move {
-                if !open {
-                    return Err(JobError::Fatal("the gate is closed".into()));
-                }
-                let entry = format!("run {} step {}", ctx.run_id, ctx.step);
-                ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
-                Ok(Value::Null)
-            })
-        });
-    }
+    let steps = gated_steps(&open);
     let engine = Engine::new(
         t.store.clone(),
         catalog(&[COMPENSATED], &steps),
@@ -481,21 +486,7 @@ async fn a_step_fans_out_ten_thousand_children_and_fans_in_with_counts(backend: 
 async fn a_retry_resumes_at_the_failed_step_without_rerunning_completed_ones(backend: Backend) {
     let t = fresh(backend).await;
     let open = Arc::new(AtomicBool::new(false));
-    let mut steps = steps::registry();
-    {
-        let open = Arc::clone(&open);
-        steps.register("test.gate", move |ctx: StepContext<'_>| -> StepFuture<'_> {
-            let open = open.load(Ordering::SeqCst);
-            Box::pin(async move {
-                if !open {
-                    return Err(JobError::Fatal("the gate is closed".into()));
-                }
-                let entry = format!("run {} step {}", ctx.run_id, ctx.step);
-                ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
-                Ok(Value::Null)
-            })
-        });
-    }
+    let steps = gated_steps(&open);
     let definition = "name = \"plain\"\n[[steps]]\nname = \"first\"\nhandler = \"ledger.append\"\njob = \"workflow_step\"\n\
                       [[steps]]\nname = \"gate\"\nhandler = \"test.gate\"\njob = \"workflow_step\"\n";
     let engine = Engine::new(
