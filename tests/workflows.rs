@@ -12,7 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use steward::kinds::{JobKind, KindCatalog};
 use steward::queue::{JobError, QueueConfig, Registry, Runtime, RuntimeConfig};
-use steward::store::runs::{RunState, StepState};
+use steward::store::FetchParams;
+use steward::store::runs::{
+    CompletionOutcome, NextStep, RunId, RunState, StepCompletion, StepState,
+};
+use steward::types::{JobState, Lease, NewJob};
 use steward::workflow::{
     Engine, EngineError, RunSweeper, StepContext, StepFuture, StepRegistry, WorkflowCatalog, steps,
 };
@@ -26,6 +30,7 @@ per_backend!(
     a_long_step_reports_progress_while_it_runs,
     a_step_fans_out_ten_thousand_children_and_fans_in_with_counts,
     runs_sharing_a_concurrency_key_run_one_at_a_time,
+    batched_step_completions_are_fenced_and_guarded_one_by_one,
 );
 
 fn kinds() -> KindCatalog {
@@ -194,17 +199,24 @@ async fn a_run_advances_step_by_step_with_each_effect_once(backend: Backend) {
 fn gated_steps(open: &Arc<AtomicBool>) -> StepRegistry {
     let mut steps = steps::registry();
     let open = Arc::clone(open);
-    steps.register("test.gate", move |ctx: StepContext<'_>| -> StepFuture<'_> {
-        let open = open.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if !open {
-                return Err(JobError::Fatal("the gate is closed".into()));
-            }
-            let entry = format!("run {} step {}", ctx.run_id, ctx.step);
-            ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
-            Ok(Value::Null)
-        })
-    });
+    steps.register(
+        "test.gate",
+        move |mut ctx: StepContext<'_>| -> StepFuture<'_> {
+            let open = open.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if !open {
+                    return Err(JobError::Fatal("the gate is closed".into()));
+                }
+                let entry = format!("run {} step {}", ctx.run_id, ctx.step);
+                let (job_id, worker) = (ctx.job.id, ctx.worker);
+                ctx.tx()
+                    .await?
+                    .ledger_append(job_id, worker, &entry)
+                    .await?;
+                Ok(Value::Null)
+            })
+        },
+    );
     steps
 }
 
@@ -526,17 +538,24 @@ async fn runs_sharing_a_concurrency_key_run_one_at_a_time(backend: Backend) {
     let mut steps = steps::registry();
     {
         let open = Arc::clone(&open);
-        steps.register("test.hold", move |ctx: StepContext<'_>| -> StepFuture<'_> {
-            let open = Arc::clone(&open);
-            Box::pin(async move {
-                while !open.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                let entry = format!("run {} step {}", ctx.run_id, ctx.step);
-                ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
-                Ok(Value::Null)
-            })
-        });
+        steps.register(
+            "test.hold",
+            move |mut ctx: StepContext<'_>| -> StepFuture<'_> {
+                let open = Arc::clone(&open);
+                Box::pin(async move {
+                    while !open.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let entry = format!("run {} step {}", ctx.run_id, ctx.step);
+                    let (job_id, worker) = (ctx.job.id, ctx.worker);
+                    ctx.tx()
+                        .await?
+                        .ledger_append(job_id, worker, &entry)
+                        .await?;
+                    Ok(Value::Null)
+                })
+            },
+        );
     }
     let definition = "name = \"keyed\"\nconcurrency_key = \"tenant:{tenant}\"\n[params]\ntenant = { required = true }\n\
                       [[steps]]\nname = \"hold\"\nhandler = \"test.hold\"\njob = \"workflow_step\"\n";
@@ -592,4 +611,122 @@ async fn runs_sharing_a_concurrency_key_run_one_at_a_time(backend: Backend) {
         "runs of one key ran one after another, in order"
     );
     t.cleanup().await;
+}
+
+/// `steps_complete_many` (the batch that records completions of steps that wrote nothing):
+/// in one call, a completion whose lease holds and whose step is current is applied with the
+/// next step's job and its acknowledgement; one for a step the run is not at is stale, one
+/// from a lost attempt is refused; neither of those changes anything. A completion without a
+/// next step completes its run.
+async fn batched_step_completions_are_fenced_and_guarded_one_by_one(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = steps::registry();
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[THREE_STEPS], &steps),
+        kinds(),
+        steps,
+    );
+    let mut runs: Vec<RunId> = Vec::new();
+    for _ in 0..4 {
+        runs.push(engine.start("three", json!({}), None).await.unwrap().0);
+    }
+    let fetched = t
+        .store
+        .jobs_fetch_available(FetchParams {
+            queue: "workflows",
+            limit: 10,
+            worker: "w",
+            lease_for: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 4);
+    let job_of = |run: RunId| {
+        fetched
+            .iter()
+            .find(|j| j.payload["run_id"] == json!(run))
+            .expect("each run's first step job is fetched")
+    };
+    let next_job = NewJob {
+        kind: "workflow_step".into(),
+        queue: "workflows".into(),
+        tenant: String::new(),
+        payload: json!({"step": 1}),
+        priority: 0,
+        max_attempts: 1,
+        timeout_ms: 60_000,
+        unique_key: None,
+        run_at: None,
+    };
+    let completion = |run: RunId, idx: i32, lease: Lease, last: bool| StepCompletion {
+        lease,
+        worker: "w".into(),
+        run_id: run,
+        idx,
+        output: json!({"from": run}),
+        next: (!last).then(|| NextStep {
+            idx: idx + 1,
+            job: next_job.clone(),
+        }),
+    };
+    let lease = |run: RunId| job_of(run).lease();
+    let lost = Lease {
+        id: lease(runs[2]).id,
+        attempt: lease(runs[2]).attempt + 1,
+    };
+    let outcomes = t
+        .store
+        .steps_complete_many(&[
+            completion(runs[0], 0, lease(runs[0]), false),
+            completion(runs[1], 1, lease(runs[1]), false),
+            completion(runs[2], 0, lost, false),
+            completion(runs[3], 0, lease(runs[3]), true),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            CompletionOutcome::Applied,
+            CompletionOutcome::Stale,
+            CompletionOutcome::LeaseLost,
+            CompletionOutcome::Applied,
+        ]
+    );
+
+    let advanced = engine.run(runs[0]).await.unwrap();
+    assert_eq!(advanced.state, RunState::Running);
+    assert_eq!(advanced.current_step, 1);
+    assert_eq!(advanced.steps[0].state, StepState::Completed);
+    assert_eq!(advanced.steps[0].output, Some(json!({"from": runs[0]})));
+    assert_eq!(advanced.steps[1].state, StepState::Queued);
+    let queued = advanced.steps[1].job_id.expect("the next step has its job");
+    let next = t.store.job_get(queued).await.unwrap().unwrap();
+    assert_eq!(next.state, JobState::Available);
+    assert_eq!(next.payload["run_id"], json!(runs[0]));
+    let acked = t.store.job_get(lease(runs[0]).id).await.unwrap().unwrap();
+    assert_eq!(acked.state, JobState::Completed);
+
+    for untouched in [runs[1], runs[2]] {
+        let run = engine.run(untouched).await.unwrap();
+        assert_eq!(run.current_step, 0);
+        assert_eq!(run.steps[0].state, StepState::Queued);
+        assert_eq!(run.steps[0].output, None);
+        let job = t
+            .store
+            .job_get(job_of(untouched).id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            job.state,
+            JobState::Running,
+            "its job is left to its worker"
+        );
+    }
+
+    let finished = engine.run(runs[3]).await.unwrap();
+    assert_eq!(finished.state, RunState::Completed);
+    assert!(finished.finished_at.is_some());
 }

@@ -77,6 +77,7 @@ where
             let finished_at = Utc::now();
             let lease = job.lease();
             let outcome = match result {
+                Ok(_) if layer.inflight.acknowledged(lease) => None,
                 Ok(_) => Some(Outcome::Completed { lease, finished_at }),
                 Err(err) => {
                     let retry_at = match &err {

@@ -54,6 +54,7 @@ impl Service<Task<FetchedJob>> for Dispatcher {
                     worker: Arc::clone(&this.worker),
                     store: Arc::clone(&this.store),
                     cancel: switch.cancel.clone(),
+                    self_ack: switch.self_ack.clone(),
                 };
                 if switch.cancel.is_cancelled() {
                     return Err(JobError::Interrupted(switch.reason()));

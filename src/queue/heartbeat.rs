@@ -31,12 +31,12 @@ pub(crate) async fn run(
             Ok(held) => {
                 let held: HashSet<_> = held.into_iter().collect();
                 let lost: Vec<_> = leases.into_iter().filter(|l| !held.contains(l)).collect();
-                if !lost.is_empty() {
+                let stopped = inflight.stop(&lost, "lease lost: the job was cancelled or rescued");
+                if stopped > 0 {
                     tracing::warn!(
-                        count = lost.len(),
-                        "leases lost (rescued or cancelled); stopping those attempts"
+                        count = stopped,
+                        "leases lost (rescued or cancelled); stopped those attempts"
                     );
-                    inflight.stop(&lost, "lease lost: the job was cancelled or rescued");
                 }
             }
             Err(err) => tracing::warn!(error = %err, "heartbeat failed"),

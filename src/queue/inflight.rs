@@ -8,6 +8,7 @@
 
 use crate::types::Lease;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,8 @@ struct Held {
     lease: Lease,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
+    /// How far the handler got acknowledging the job itself (a workflow step does).
+    self_ack: SelfAck,
     /// `None` once the handler ended and the outcome waits for the completer.
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -26,11 +29,37 @@ pub(crate) struct InFlight {
     held: Arc<Mutex<HashMap<i64, Held>>>,
 }
 
+/// A handler that acknowledges its own job in its transaction (a workflow step) says so:
+/// first that it is committing (from then on the commit's fenced acknowledgement decides, and
+/// the heartbeat no longer stops the attempt when it sees the row go), then that the commit
+/// acknowledged the job (the runtime then writes no outcome).
+#[derive(Clone, Default)]
+pub(crate) struct SelfAck(Arc<AtomicU8>);
+
+const COMMITTING: u8 = 1;
+const ACKNOWLEDGED: u8 = 2;
+
+impl SelfAck {
+    pub fn committing(&self) {
+        self.0.fetch_max(COMMITTING, Ordering::AcqRel);
+    }
+    pub fn acknowledged(&self) {
+        self.0.store(ACKNOWLEDGED, Ordering::Release);
+    }
+    pub fn is_committing(&self) -> bool {
+        self.0.load(Ordering::Acquire) >= COMMITTING
+    }
+    pub fn is_acknowledged(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ACKNOWLEDGED
+    }
+}
+
 /// A stop switch for one attempt and why it was flipped.
 #[derive(Clone)]
 pub(crate) struct StopSwitch {
     pub cancel: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
+    pub self_ack: SelfAck,
 }
 
 impl StopSwitch {
@@ -51,6 +80,7 @@ impl InFlight {
             lease,
             cancel: CancellationToken::new(),
             reason: Arc::new(Mutex::new(None)),
+            self_ack: SelfAck::default(),
             permit: Some(permit),
         };
         if let Some(old) = self.lock().insert(lease.id, held) {
@@ -66,7 +96,15 @@ impl InFlight {
             .map(|h| StopSwitch {
                 cancel: h.cancel.clone(),
                 reason: Arc::clone(&h.reason),
+                self_ack: h.self_ack.clone(),
             })
+    }
+
+    /// Whether the handler acknowledged the job itself (its outcome is already written).
+    pub fn acknowledged(&self, lease: Lease) -> bool {
+        self.lock()
+            .get(&lease.id)
+            .is_some_and(|h| h.lease == lease && h.self_ack.is_acknowledged())
     }
 
     /// The handler ended: give the concurrency permit back, keep the lease until the outcome
@@ -90,14 +128,21 @@ impl InFlight {
         self.lock().values().map(|h| h.lease).collect()
     }
 
-    /// Stop some attempts, saying why.
-    pub fn stop(&self, leases: &[Lease], reason: &str) {
+    /// Stop some attempts, saying why; returns how many were running. Attempts whose
+    /// handler already ended, or is committing its own acknowledgement, are left alone.
+    pub fn stop(&self, leases: &[Lease], reason: &str) -> usize {
         let held = self.lock();
+        let mut stopped = 0;
         for lease in leases {
-            if let Some(h) = held.get(&lease.id).filter(|h| h.lease == *lease) {
+            if let Some(h) = held
+                .get(&lease.id)
+                .filter(|h| h.lease == *lease && h.permit.is_some() && !h.self_ack.is_committing())
+            {
                 stop(h, reason);
+                stopped += 1;
             }
         }
+        stopped
     }
 
     /// Stop every running attempt (end of the shutdown grace period).

@@ -1,5 +1,6 @@
 //! Handlers by job kind, and what a handler gets and returns.
 
+use super::inflight::SelfAck;
 use crate::store::{SharedStore, StoreError};
 use crate::types::FetchedJob;
 use futures::future::BoxFuture;
@@ -39,6 +40,22 @@ pub struct JobContext {
     /// Cancelled when the attempt must stop (lease lost, job cancelled, shutdown). Long
     /// handlers should check it; the runtime also drops the handler's future.
     pub cancel: CancellationToken,
+    pub(crate) self_ack: SelfAck,
+}
+
+impl JobContext {
+    /// Say that the handler is committing a transaction that acknowledges its own job,
+    /// fenced on its lease (a workflow step does, with the step's effects): the commit now
+    /// decides whether the attempt counts, so the heartbeat no longer stops it.
+    pub fn mark_committing(&self) {
+        self.self_ack.committing();
+    }
+
+    /// Say that that transaction committed: the runtime then writes no outcome for the
+    /// attempt and forgets the job at once.
+    pub fn mark_acknowledged(&self) {
+        self.self_ack.acknowledged();
+    }
 }
 
 /// The future a handler returns.

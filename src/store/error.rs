@@ -20,6 +20,10 @@ pub enum StoreError {
     #[error("stale: {0}")]
     Stale(String),
     /// A stored value could not be decoded.
+    /// A batched write this request was part of failed (the whole batch rolled back).
+    #[error("batched write failed: {0}")]
+    Batch(String),
+
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }

@@ -692,12 +692,26 @@ impl JobStore for PgStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
+        // A row locked right now belongs to a transaction finishing that attempt (a step
+        // committing with its acknowledgement, the completer): it is still ours, so it counts
+        // as held, and it is skipped rather than waited for. Waiting would queue every other
+        // acknowledgement behind the heartbeat, and would report as "lost" the rows those
+        // transactions delete meanwhile, stopping attempts that were about to commit.
         let rows = sqlx::query(
             r#"
-            UPDATE steward_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
-            FROM unnest($1::int8[], $2::int4[]) AS h(id, attempt)
-            WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running' AND j.leased_by = $4
-            RETURNING j.id, j.attempt
+            WITH held AS (
+                SELECT j.id, j.attempt FROM steward_jobs j
+                JOIN unnest($1::int8[], $2::int4[]) AS h(id, attempt)
+                  ON j.id = h.id AND j.attempt = h.attempt
+                WHERE j.state = 'running' AND j.leased_by = $4
+            ), free AS (
+                SELECT j.id FROM steward_jobs j JOIN held ON j.id = held.id
+                FOR UPDATE OF j SKIP LOCKED
+            ), extended AS (
+                UPDATE steward_jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+                FROM free WHERE j.id = free.id
+            )
+            SELECT id, attempt FROM held
             "#,
         )
         .bind(leases.iter().map(|l| l.id).collect::<Vec<_>>())

@@ -2,8 +2,8 @@
 
 use super::postgres::{PgStore, insert_on, insert_on_quietly};
 use super::runs::{
-    DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore, StepRecord, StepState,
-    StepTx,
+    CompletionOutcome, DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore,
+    StepCompletion, StepRecord, StepState, StepTx,
 };
 use super::{StoreError, StoreResult};
 use crate::types::{JobId, Lease, NewJob};
@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Postgres, Row, Transaction};
+use std::collections::HashSet;
 use std::str::FromStr;
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -59,6 +60,27 @@ async fn queue_step(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The outcome of each batched completion, from the jobs whose lease held (`fenced`) and the
+/// steps still waiting for their job (`current`).
+fn outcomes(
+    items: &[StepCompletion],
+    fenced: &HashSet<JobId>,
+    current: &HashSet<JobId>,
+) -> Vec<CompletionOutcome> {
+    items
+        .iter()
+        .map(|i| {
+            if !fenced.contains(&i.lease.id) {
+                CompletionOutcome::LeaseLost
+            } else if current.contains(&i.lease.id) {
+                CompletionOutcome::Applied
+            } else {
+                CompletionOutcome::Stale
+            }
+        })
+        .collect()
 }
 
 fn step_from_row(row: &PgRow) -> StoreResult<StepRecord> {
@@ -186,6 +208,139 @@ impl RunStore for PgStore {
         .fetch_all(self.pool())
         .await?;
         Ok(self.with_steps(rows).await?.pop())
+    }
+
+    async fn runs_get_many(&self, ids: &[RunId]) -> StoreResult<Vec<Option<RunRecord>>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM steward_runs WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        let mut found = self.with_steps(rows).await?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                found
+                    .iter()
+                    .position(|run| run.id == *id)
+                    .map(|at| found.swap_remove(at))
+            })
+            .collect())
+    }
+
+    async fn steps_complete_many(
+        &self,
+        items: &[StepCompletion],
+    ) -> StoreResult<Vec<CompletionOutcome>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool().begin().await?;
+        // Fence: the attempts whose lease still holds, locked (in id order, as everywhere).
+        let fenced: HashSet<JobId> = sqlx::query_scalar(
+            "SELECT j.id FROM steward_jobs j \
+             JOIN unnest($1::int8[], $2::int4[], $3::text[]) AS h(id, attempt, worker) \
+               ON j.id = h.id AND j.attempt = h.attempt AND j.leased_by = h.worker \
+             WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j",
+        )
+        .bind(items.iter().map(|i| i.lease.id).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.lease.attempt).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.worker.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        // Guard: the run is still at this step, and the step still waits for this job.
+        let live: Vec<&StepCompletion> = items
+            .iter()
+            .filter(|i| fenced.contains(&i.lease.id))
+            .collect();
+        let current: HashSet<JobId> = sqlx::query_scalar(
+            "SELECT s.job_id FROM steward_runs r \
+             JOIN unnest($1::int8[], $2::int4[], $3::int8[]) AS g(run_id, idx, job_id) \
+               ON r.id = g.run_id AND r.current_step = g.idx \
+             JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = g.idx AND s.job_id = g.job_id \
+             WHERE r.state = 'running' AND s.state = 'queued' ORDER BY r.id FOR UPDATE OF r",
+        )
+        .bind(live.iter().map(|i| i.run_id).collect::<Vec<_>>())
+        .bind(live.iter().map(|i| i.idx).collect::<Vec<_>>())
+        .bind(live.iter().map(|i| i.lease.id).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let applied: Vec<&StepCompletion> = live
+            .into_iter()
+            .filter(|i| current.contains(&i.lease.id))
+            .collect();
+        if applied.is_empty() {
+            tx.rollback().await?;
+            return Ok(outcomes(items, &fenced, &current));
+        }
+        // The next steps' jobs, then every step, next step and run in one statement.
+        let next_jobs: Vec<NewJob> = applied
+            .iter()
+            .filter_map(|i| {
+                i.next.as_ref().map(|next| {
+                    let mut job = next.job.clone();
+                    job.payload["run_id"] = Value::from(i.run_id);
+                    job
+                })
+            })
+            .collect();
+        let (enqueued, woken) = if next_jobs.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            insert_on_quietly(&mut tx, &next_jobs).await?
+        };
+        let mut next_ids = enqueued.iter().map(|e| e.id);
+        let next_job: Vec<Option<JobId>> = applied
+            .iter()
+            .map(|i| i.next.as_ref().and_then(|_| next_ids.next()))
+            .collect();
+        sqlx::query(
+            "WITH u AS (SELECT * FROM unnest($1::int8[], $2::int4[], $3::jsonb[], $4::int4[], $5::int8[]) \
+                        AS u(run_id, idx, output, next_idx, next_job)), \
+                  done AS (UPDATE steward_run_steps s SET state = 'completed', output = u.output, \
+                           finished_at = now() FROM u WHERE s.run_id = u.run_id AND s.idx = u.idx), \
+                  queued AS (UPDATE steward_run_steps s SET state = 'queued', job_id = u.next_job, \
+                             error = NULL, started_at = now() \
+                             FROM u WHERE u.next_idx IS NOT NULL AND s.run_id = u.run_id AND s.idx = u.next_idx) \
+             UPDATE steward_runs r SET updated_at = now(), \
+                 current_step = coalesce(u.next_idx, r.current_step), \
+                 state = CASE WHEN u.next_idx IS NULL THEN 'completed' ELSE r.state END, \
+                 finished_at = CASE WHEN u.next_idx IS NULL THEN now() ELSE r.finished_at END \
+             FROM u WHERE r.id = u.run_id",
+        )
+        .bind(applied.iter().map(|i| i.run_id).collect::<Vec<_>>())
+        .bind(applied.iter().map(|i| i.idx).collect::<Vec<_>>())
+        .bind(applied.iter().map(|i| &i.output).collect::<Vec<_>>())
+        .bind(
+            applied
+                .iter()
+                .map(|i| i.next.as_ref().map(|n| n.idx))
+                .collect::<Vec<_>>(),
+        )
+        .bind(&next_job)
+        .execute(&mut *tx)
+        .await?;
+        // The acknowledgements, fenced above (the rows are locked by this transaction).
+        sqlx::query(
+            "WITH done AS (DELETE FROM steward_jobs j USING unnest($1::int8[]) AS a(id) \
+                           WHERE j.id = a.id RETURNING j.*) \
+             INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt, \
+                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+                 finished_at, errors) \
+             SELECT id, kind, queue, tenant, payload, priority, attempt, max_attempts, timeout_ms, \
+                    unique_key, run_at, created_at, attempted_at, leased_by, now(), errors FROM done",
+        )
+        .bind(applied.iter().map(|i| i.lease.id).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.wake_local(&woken);
+        Ok(outcomes(items, &fenced, &current))
     }
 
     async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>> {

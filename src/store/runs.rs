@@ -127,6 +127,32 @@ pub struct NextStep {
     pub job: NewJob,
 }
 
+/// A step whose handler wrote nothing to the database: its completion is recorded together
+/// with other such steps' in one transaction ([`RunStore::steps_complete_many`]). Each one
+/// still commits atomically with the next step's job and its own acknowledgement.
+#[derive(Debug, Clone)]
+pub struct StepCompletion {
+    /// The step job's lease: the completion is fenced on it.
+    pub lease: Lease,
+    pub worker: String,
+    pub run_id: RunId,
+    pub idx: i32,
+    pub output: Value,
+    /// The next step's job; `None` completes the run.
+    pub next: Option<NextStep>,
+}
+
+/// What became of one [`StepCompletion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionOutcome {
+    /// Recorded; the step's job is acknowledged.
+    Applied,
+    /// The run moved on (cancelled, failed, advanced by another delivery): nothing recorded.
+    Stale,
+    /// The attempt's lease was lost: nothing recorded.
+    LeaseLost,
+}
+
 /// Run storage; every [`super::JobStore`] implements it.
 #[async_trait]
 pub trait RunStore: Send + Sync {
@@ -138,6 +164,45 @@ pub trait RunStore: Send + Sync {
 
     /// One run with its steps.
     async fn run_get(&self, id: RunId) -> StoreResult<Option<RunRecord>>;
+
+    /// Several runs with their steps, in the order of `ids` (`None` for a missing one).
+    async fn runs_get_many(&self, ids: &[RunId]) -> StoreResult<Vec<Option<RunRecord>>> {
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            runs.push(self.run_get(*id).await?);
+        }
+        Ok(runs)
+    }
+
+    /// Record step completions, each as if by its own [`StepTx`] (fenced on its lease,
+    /// guarded on its run's current step, with the next step's job and its acknowledgement),
+    /// in as few transactions as the backend can. Outcomes are in the order of `items`.
+    async fn steps_complete_many(
+        &self,
+        items: &[StepCompletion],
+    ) -> StoreResult<Vec<CompletionOutcome>> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(mut tx) = self.step_begin(item.lease, &item.worker).await? else {
+                outcomes.push(CompletionOutcome::LeaseLost);
+                continue;
+            };
+            let outcome = match tx
+                .step_completed(item.run_id, item.idx, &item.output, item.next.clone())
+                .await
+            {
+                Ok(()) => match tx.commit().await {
+                    Ok(()) => CompletionOutcome::Applied,
+                    Err(super::StoreError::Conflict(_)) => CompletionOutcome::LeaseLost,
+                    Err(err) => return Err(err),
+                },
+                Err(super::StoreError::Stale(_)) => CompletionOutcome::Stale,
+                Err(err) => return Err(err),
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
 
     /// Runs by id, newest first, optionally in one state.
     async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>>;

@@ -3,8 +3,8 @@
 //! writer, and the step's own writes, its completion and the next job commit together.
 
 use super::runs::{
-    DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore, StepRecord, StepState,
-    StepTx,
+    CompletionOutcome, DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore,
+    StepCompletion, StepRecord, StepState, StepTx,
 };
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on_with_queues, now_ms};
 use super::{StoreError, StoreResult};
@@ -191,6 +191,25 @@ impl RunStore for SqliteStore {
         Ok(self.with_steps(rows).await?.pop())
     }
 
+    async fn runs_get_many(&self, ids: &[RunId]) -> StoreResult<Vec<Option<RunRecord>>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM steward_runs WHERE id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(json!(ids).to_string())
+        .fetch_all(self.pool())
+        .await?;
+        let mut found = self.with_steps(rows).await?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                found
+                    .iter()
+                    .position(|run| run.id == *id)
+                    .map(|at| found.swap_remove(at))
+            })
+            .collect())
+    }
+
     async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM steward_runs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"
@@ -205,17 +224,49 @@ impl RunStore for SqliteStore {
     async fn step_begin(&self, lease: Lease, worker: &str) -> StoreResult<Option<Box<dyn StepTx>>> {
         // As on PostgreSQL, `commit` checks the lease (fenced acknowledgement) in the same
         // transaction; no check is needed up front.
-        let guard = self.write_lock.clone().lock_owned().await;
-        let tx = self.pool().begin().await?;
-        Ok(Some(Box::new(SqliteStepTx {
-            store: self.clone(),
-            spawned: 0,
-            woken: Vec::new(),
-            tx,
-            lease,
-            worker: worker.to_string(),
-            _guard: guard,
-        })))
+        Ok(Some(Box::new(self.begin_step(lease, worker).await?)))
+    }
+
+    async fn steps_complete_many(
+        &self,
+        items: &[StepCompletion],
+    ) -> StoreResult<Vec<CompletionOutcome>> {
+        let Some(first) = items.first() else {
+            return Ok(Vec::new());
+        };
+        // One transaction (one write lock, one fsync) for the batch; each completion in a
+        // savepoint, so a stale or fenced-out one leaves no trace.
+        let mut step = self.begin_step(first.lease, &first.worker).await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            step.lease = item.lease;
+            step.worker.clone_from(&item.worker);
+            sqlx::query("SAVEPOINT completion")
+                .execute(&mut *step.tx)
+                .await?;
+            let outcome = match step
+                .step_completed(item.run_id, item.idx, &item.output, item.next.clone())
+                .await
+            {
+                Ok(()) if step.acknowledge().await? => CompletionOutcome::Applied,
+                Ok(()) => CompletionOutcome::LeaseLost,
+                Err(StoreError::Stale(_)) => CompletionOutcome::Stale,
+                Err(err) => return Err(err),
+            };
+            if outcome != CompletionOutcome::Applied {
+                sqlx::query("ROLLBACK TO SAVEPOINT completion")
+                    .execute(&mut *step.tx)
+                    .await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT completion")
+                .execute(&mut *step.tx)
+                .await?;
+            outcomes.push(outcome);
+        }
+        step.tx.commit().await?;
+        drop(step._guard);
+        self.wake(step.woken);
+        Ok(outcomes)
     }
 
     async fn runs_dead_steps(&self, limit: i64) -> StoreResult<Vec<DeadStep>> {
@@ -520,6 +571,23 @@ impl RunStore for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A step transaction holding the write lock.
+    async fn begin_step(&self, lease: Lease, worker: &str) -> StoreResult<SqliteStepTx> {
+        let guard = self.write_lock.clone().lock_owned().await;
+        let tx = self.pool().begin().await?;
+        Ok(SqliteStepTx {
+            store: self.clone(),
+            spawned: 0,
+            woken: Vec::new(),
+            tx,
+            lease,
+            worker: worker.to_string(),
+            _guard: guard,
+        })
+    }
+}
+
 impl SqliteStepTx {
     /// The step is still the run's current one, in `step_state`, run by this transaction's
     /// job, in a run in `run_state`; the writer lock is held until commit. Else `Stale`.
@@ -700,6 +768,22 @@ impl StepTx for SqliteStepTx {
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         let mut this = *self;
+        if !this.acknowledge().await? {
+            this.tx.rollback().await?;
+            return Err(StoreError::Conflict(
+                "lease lost before the step committed".into(),
+            ));
+        }
+        this.tx.commit().await?;
+        drop(this._guard);
+        this.store.wake(this.woken);
+        Ok(())
+    }
+}
+
+impl SqliteStepTx {
+    /// Acknowledge the step's job, fenced on its lease; `false` when the lease was lost.
+    async fn acknowledge(&mut self) -> StoreResult<bool> {
         let now = now_ms();
         let moved = sqlx::query(
             "INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt, \
@@ -709,26 +793,20 @@ impl StepTx for SqliteStepTx {
                     unique_key, run_at, created_at, attempted_at, leased_by, ?4, errors \
              FROM steward_jobs WHERE id = ?1 AND attempt = ?2 AND leased_by = ?3 AND state = 'running'",
         )
-        .bind(this.lease.id)
-        .bind(this.lease.attempt)
-        .bind(&this.worker)
+        .bind(self.lease.id)
+        .bind(self.lease.attempt)
+        .bind(&self.worker)
         .bind(now)
-        .execute(&mut *this.tx)
+        .execute(&mut *self.tx)
         .await?
         .rows_affected();
         if moved != 1 {
-            this.tx.rollback().await?;
-            return Err(StoreError::Conflict(
-                "lease lost before the step committed".into(),
-            ));
+            return Ok(false);
         }
         sqlx::query("DELETE FROM steward_jobs WHERE id = ?1")
-            .bind(this.lease.id)
-            .execute(&mut *this.tx)
+            .bind(self.lease.id)
+            .execute(&mut *self.tx)
             .await?;
-        this.tx.commit().await?;
-        drop(this._guard);
-        this.store.wake(this.woken);
-        Ok(())
+        Ok(true)
     }
 }

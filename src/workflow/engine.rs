@@ -1,10 +1,14 @@
 //! The workflow engine: starts runs, runs each step as a job, and moves a run forward in the
 //! same transaction that records the step's effects and acknowledges its job.
 //!
-//! - **Forward**: the step job of step N runs the step's handler inside a [`StepTx`]; the
-//!   handler's database writes, step N's completion (with its output, the input of step N+1),
-//!   the job of step N+1 and the acknowledgement of step N's job commit together. A worker
-//!   that lost its lease commits nothing, so a step's database effect happens once.
+//! - **Forward**: the step job of step N runs the step's handler; a handler that writes to
+//!   the database opens the step's [`StepTx`] (`ctx.tx()`), and its writes, step N's
+//!   completion (with its output, the input of step N+1), the job of step N+1 and the
+//!   acknowledgement of step N's job commit together. A worker that lost its lease commits
+//!   nothing, so a step's database effect happens once. A handler that wrote nothing has the
+//!   same completion recorded in a batch with other such steps (one transaction for many,
+//!   each fenced and guarded on its own): that is what makes thousands of transitions per
+//!   second possible.
 //! - **Failure**: when a step's job dies for good, the [`RunSweeper`] marks the step dead and
 //!   queues the compensations of the completed steps, latest first, each again a job; when
 //!   they are done the run is `failed`, pointing at its dead step.
@@ -13,11 +17,14 @@
 //! - **Concurrency key**: while a run of the workflow with the same key is active, a new one
 //!   waits `queued`; the sweeper starts the oldest once the key is free.
 
+use super::coalesce::Coalescer;
 use super::definition::{WorkflowCatalog, WorkflowDef};
 use crate::kinds::KindCatalog;
 use crate::maintenance;
 use crate::queue::{JobContext, JobError, Registry};
-use crate::store::runs::{NextStep, RunId, RunRecord, RunStart, StepState};
+use crate::store::runs::{
+    CompletionOutcome, NextStep, RunId, RunRecord, RunStart, StepCompletion, StepState,
+};
 use crate::store::{SharedStore, StepTx, StoreError, StoreResult};
 use crate::types::{FetchedJob, NewJob};
 use async_trait::async_trait;
@@ -25,7 +32,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why the engine refused a request.
@@ -55,8 +62,9 @@ pub struct StepContext<'a> {
     pub input: &'a Value,
     pub job: &'a FetchedJob,
     pub worker: &'a str,
-    /// Write the step's database effects here: they commit with the step's completion.
-    pub tx: &'a mut dyn StepTx,
+    /// The step's transaction, opened by the first [`StepContext::tx`].
+    tx: &'a mut Option<Box<dyn StepTx>>,
+    store: &'a SharedStore,
     /// Report progress of a long step, visible to operators at once.
     pub progress: Progress,
     /// The job kinds, for building child jobs (see [`StepContext::fan_out`]).
@@ -64,6 +72,20 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// The step's transaction: write the step's database effects here, they commit with the
+    /// step's completion. Opened on first use; a step that never asks commits in a batch.
+    pub async fn tx(&mut self) -> Result<&mut dyn StepTx, JobError> {
+        let tx = match self.tx.take() {
+            Some(tx) => tx,
+            None => self
+                .store
+                .step_begin(self.job.lease(), self.worker)
+                .await?
+                .ok_or_else(|| JobError::Interrupted("lease lost before the step began".into()))?,
+        };
+        Ok(self.tx.insert(tx).as_mut())
+    }
+
     /// Fan out: spawn one child job of `kind` per payload, in the step's transaction. The
     /// step then waits until every child has ended (completed, dead or cancelled); its output
     /// gains `"children": {"succeeded", "dead", "cancelled"}` and the run goes on.
@@ -90,9 +112,11 @@ impl StepContext<'_> {
                 run_at: None,
             })
             .collect();
+        let (run_id, step_index) = (self.run_id, self.step_index);
         Ok(self
-            .tx
-            .spawn_children(self.run_id, self.step_index, &jobs)
+            .tx()
+            .await?
+            .spawn_children(run_id, step_index, &jobs)
             .await?)
     }
 }
@@ -162,7 +186,14 @@ pub struct Engine {
     workflows: Arc<WorkflowCatalog>,
     kinds: Arc<KindCatalog>,
     steps: StepRegistry,
+    /// Run reads of step jobs, batched.
+    reads: OnceLock<Coalescer<RunId, Option<RunRecord>>>,
+    /// Completions of steps that wrote nothing to the database, batched.
+    completions: OnceLock<Coalescer<StepCompletion, CompletionOutcome>>,
 }
+
+/// Most requests one coalesced read or completion batch carries.
+const COALESCE_MAX: usize = 500;
 
 impl Engine {
     /// An engine over validated workflows (their handlers and job kinds exist).
@@ -177,6 +208,34 @@ impl Engine {
             workflows: Arc::new(workflows),
             kinds: Arc::new(kinds),
             steps,
+            reads: OnceLock::new(),
+            completions: OnceLock::new(),
+        })
+    }
+
+    fn reads(&self) -> &Coalescer<RunId, Option<RunRecord>> {
+        self.reads.get_or_init(|| {
+            let store = Arc::clone(&self.store);
+            Coalescer::spawn(
+                COALESCE_MAX,
+                Arc::new(move |ids: Vec<RunId>| {
+                    let store = Arc::clone(&store);
+                    Box::pin(async move { store.runs_get_many(&ids).await })
+                }),
+            )
+        })
+    }
+
+    fn completions(&self) -> &Coalescer<StepCompletion, CompletionOutcome> {
+        self.completions.get_or_init(|| {
+            let store = Arc::clone(&self.store);
+            Coalescer::spawn(
+                COALESCE_MAX,
+                Arc::new(move |items: Vec<StepCompletion>| {
+                    let store = Arc::clone(&store);
+                    Box::pin(async move { store.steps_complete_many(&items).await })
+                }),
+            )
         })
     }
 
@@ -342,8 +401,8 @@ impl Engine {
     async fn run_step(&self, args: StepJob, ctx: JobContext) -> Result<(), JobError> {
         let fatal = |m: String| JobError::Fatal(m);
         let run = self
-            .store
-            .run_get(args.run_id)
+            .reads()
+            .call(args.run_id)
             .await?
             .ok_or_else(|| fatal(format!("run {} does not exist", args.run_id)))?;
         let def = self
@@ -375,11 +434,6 @@ impl Engine {
             .handlers
             .get(handler_name)
             .ok_or_else(|| fatal(format!("no step handler `{handler_name}` on this worker")))?;
-        let Some(mut tx) = self.store.step_begin(ctx.job.lease(), &ctx.worker).await? else {
-            return Err(JobError::Interrupted(
-                "lease lost before the step began".into(),
-            ));
-        };
         let input = if args.compensate {
             record.output.clone().unwrap_or(Value::Null)
         } else if idx == 0 {
@@ -387,6 +441,7 @@ impl Engine {
         } else {
             run.steps[idx - 1].output.clone().unwrap_or(Value::Null)
         };
+        let mut opened: Option<Box<dyn StepTx>> = None;
         let output = handler(StepContext {
             run_id: run.id,
             step: &step.name,
@@ -396,7 +451,8 @@ impl Engine {
             input: &input,
             job: &ctx.job,
             worker: &ctx.worker,
-            tx: &mut *tx,
+            tx: &mut opened,
+            store: &self.store,
             progress: Progress {
                 store: self.store.clone(),
                 run_id: run.id,
@@ -404,40 +460,68 @@ impl Engine {
             },
         })
         .await?;
-        let recorded = if args.compensate {
+        if args.compensate {
             let next = self.next_compensation(def, &run, args.step);
-            tx.step_compensated(run.id, args.step, next).await
-        } else {
-            let next = match def.steps.get(idx + 1) {
-                Some(_) => Some(NextStep {
-                    idx: args.step + 1,
-                    job: self
-                        .step_job(def, args.step + 1, false)
-                        .map_err(|e| fatal(e.to_string()))?,
-                }),
-                None => None,
-            };
-            if tx.spawned() > 0 {
-                // Fan-out: the sweeper completes the step once every child has ended.
-                tx.step_waiting(run.id, args.step, &output).await
-            } else {
-                tx.step_completed(run.id, args.step, &output, next).await
-            }
-        };
-        match recorded {
-            Ok(()) => {}
-            // The run moved on meanwhile (failed, cancelled, advanced by another delivery):
-            // the attempt ends without effect (its transaction rolls back on drop).
-            Err(StoreError::Stale(why)) => {
-                tracing::info!(run_id = run.id, %why, "step skipped");
-                return Ok(());
-            }
-            Err(err) => return Err(err.into()),
+            let mut tx = self.open_tx(opened, &ctx).await?;
+            let recorded = tx.step_compensated(run.id, args.step, next).await;
+            return finish(tx, recorded, &ctx, run.id).await;
         }
-        match tx.commit().await {
-            Ok(()) => Ok(()),
-            Err(StoreError::Conflict(why)) => Err(JobError::Interrupted(why)),
-            Err(err) => Err(err.into()),
+        let next = match def.steps.get(idx + 1) {
+            Some(_) => Some(NextStep {
+                idx: args.step + 1,
+                job: self
+                    .step_job(def, args.step + 1, false)
+                    .map_err(|e| fatal(e.to_string()))?,
+            }),
+            None => None,
+        };
+        let Some(mut tx) = opened else {
+            // The handler wrote nothing: its completion goes into the next batch.
+            let completion = StepCompletion {
+                lease: ctx.job.lease(),
+                worker: ctx.worker.to_string(),
+                run_id: run.id,
+                idx: args.step,
+                output,
+                next,
+            };
+            ctx.mark_committing();
+            return match self.completions().call(completion).await? {
+                CompletionOutcome::Applied => {
+                    ctx.mark_acknowledged();
+                    Ok(())
+                }
+                CompletionOutcome::Stale => {
+                    tracing::info!(run_id = run.id, "step skipped: the run moved on");
+                    Ok(())
+                }
+                CompletionOutcome::LeaseLost => Err(JobError::Interrupted(
+                    "lease lost before the step committed".into(),
+                )),
+            };
+        };
+        let recorded = if tx.spawned() > 0 {
+            // Fan-out: the sweeper completes the step once every child has ended.
+            tx.step_waiting(run.id, args.step, &output).await
+        } else {
+            tx.step_completed(run.id, args.step, &output, next).await
+        };
+        finish(tx, recorded, &ctx, run.id).await
+    }
+
+    /// The step's transaction: the one its handler opened, or a new one.
+    async fn open_tx(
+        &self,
+        opened: Option<Box<dyn StepTx>>,
+        ctx: &JobContext,
+    ) -> Result<Box<dyn StepTx>, JobError> {
+        match opened {
+            Some(tx) => Ok(tx),
+            None => self
+                .store
+                .step_begin(ctx.job.lease(), &ctx.worker)
+                .await?
+                .ok_or_else(|| JobError::Interrupted("lease lost before the step began".into())),
         }
     }
 
@@ -509,6 +593,34 @@ impl Engine {
 
 /// A concurrency-key template with its `{param}` placeholders filled (validated at load:
 /// every placeholder names a parameter; a missing optional one renders empty).
+/// Commit a step transaction whose step was recorded (`recorded`), acknowledging the job.
+async fn finish(
+    tx: Box<dyn StepTx>,
+    recorded: StoreResult<()>,
+    ctx: &JobContext,
+    run_id: RunId,
+) -> Result<(), JobError> {
+    match recorded {
+        Ok(()) => {}
+        // The run moved on meanwhile (failed, cancelled, advanced by another delivery):
+        // the attempt ends without effect (its transaction rolls back on drop).
+        Err(StoreError::Stale(why)) => {
+            tracing::info!(run_id, %why, "step skipped");
+            return Ok(());
+        }
+        Err(err) => return Err(err.into()),
+    }
+    ctx.mark_committing();
+    match tx.commit().await {
+        Ok(()) => {
+            ctx.mark_acknowledged();
+            Ok(())
+        }
+        Err(StoreError::Conflict(why)) => Err(JobError::Interrupted(why)),
+        Err(err) => Err(err.into()),
+    }
+}
+
 fn render_key(template: &str, params: &Value) -> String {
     let mut key = String::new();
     let mut rest = template;

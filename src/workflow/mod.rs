@@ -6,10 +6,11 @@
 //!   retry from the failed step;
 //! - [`steps`]: built-in step handlers for the demo and the tests.
 //!
-//! - [`scheduler`]: fires cron triggers exactly once per tick across scheduler processes.
-//!
-//! Not built yet (issue #3): fan-out/fan-in.
+//! - [`scheduler`]: fires cron triggers exactly once per tick across scheduler processes;
+//! - `coalesce`: batches the engine's run reads and the completions of steps that wrote
+//!   nothing to the database.
 
+mod coalesce;
 pub mod definition;
 pub mod engine;
 pub mod schedule;

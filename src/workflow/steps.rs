@@ -2,16 +2,20 @@
 //! ledger row in the step's transaction (its effect commits with the step; a `step_ms` run
 //! parameter makes it work that long after the write), `ledger.undo`
 //! records a compensation, `step.fail` always fails, `step.noop` passes its input on.
-//! Handlers whose effects live in the database write them through `ctx.tx`.
+//! Handlers whose effects live in the database write them through `ctx.tx()`.
 
 use super::engine::{StepContext, StepFuture, StepRegistry};
 use crate::queue::JobError;
 use serde_json::json;
 
-fn ledger_append(ctx: StepContext<'_>) -> StepFuture<'_> {
+fn ledger_append(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
         let entry = format!("run {} step {}", ctx.run_id, ctx.step);
-        ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+        let (job_id, worker) = (ctx.job.id, ctx.worker);
+        ctx.tx()
+            .await?
+            .ledger_append(job_id, worker, &entry)
+            .await?;
         // Work after the write, before the commit: a crash here must leave no trace.
         if let Some(ms) = ctx.params.get("step_ms").and_then(|v| v.as_u64()) {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -20,10 +24,14 @@ fn ledger_append(ctx: StepContext<'_>) -> StepFuture<'_> {
     })
 }
 
-fn ledger_undo(ctx: StepContext<'_>) -> StepFuture<'_> {
+fn ledger_undo(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
         let entry = format!("run {} undo {}", ctx.run_id, ctx.step);
-        ctx.tx.ledger_append(ctx.job.id, ctx.worker, &entry).await?;
+        let (job_id, worker) = (ctx.job.id, ctx.worker);
+        ctx.tx()
+            .await?
+            .ledger_append(job_id, worker, &entry)
+            .await?;
         Ok(json!({}))
     })
 }
