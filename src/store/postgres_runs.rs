@@ -236,13 +236,17 @@ impl RunStore for PgStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        // Every statement names its rows with `= ANY($1)` as well as the join on `unnest`: the
+        // planner then looks rows up by index whatever its statistics say, where a bare join
+        // on `unnest` is planned as a hash join over a full scan once the tables outgrow
+        // their last ANALYZE (90 ms instead of 2 for a batch of 200 at 20,000 runs).
         let mut tx = self.pool().begin().await?;
         // Fence: the attempts whose lease still holds, locked (in id order, as everywhere).
         let fenced: HashSet<JobId> = sqlx::query_scalar(
             "SELECT j.id FROM steward_jobs j \
              JOIN unnest($1::int8[], $2::int4[], $3::text[]) AS h(id, attempt, worker) \
                ON j.id = h.id AND j.attempt = h.attempt AND j.leased_by = h.worker \
-             WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j",
+             WHERE j.id = ANY($1) AND j.state = 'running' ORDER BY j.id FOR UPDATE OF j",
         )
         .bind(items.iter().map(|i| i.lease.id).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.lease.attempt).collect::<Vec<_>>())
@@ -261,7 +265,8 @@ impl RunStore for PgStore {
              JOIN unnest($1::int8[], $2::int4[], $3::int8[]) AS g(run_id, idx, job_id) \
                ON r.id = g.run_id AND r.current_step = g.idx \
              JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = g.idx AND s.job_id = g.job_id \
-             WHERE r.state = 'running' AND s.state = 'queued' ORDER BY r.id FOR UPDATE OF r",
+             WHERE r.id = ANY($1) AND r.state = 'running' AND s.state = 'queued' \
+             ORDER BY r.id FOR UPDATE OF r",
         )
         .bind(live.iter().map(|i| i.run_id).collect::<Vec<_>>())
         .bind(live.iter().map(|i| i.idx).collect::<Vec<_>>())
@@ -303,15 +308,17 @@ impl RunStore for PgStore {
             "WITH u AS (SELECT * FROM unnest($1::int8[], $2::int4[], $3::jsonb[], $4::int4[], $5::int8[]) \
                         AS u(run_id, idx, output, next_idx, next_job)), \
                   done AS (UPDATE steward_run_steps s SET state = 'completed', output = u.output, \
-                           finished_at = now() FROM u WHERE s.run_id = u.run_id AND s.idx = u.idx), \
+                           finished_at = now() FROM u \
+                           WHERE s.run_id = ANY($1) AND s.run_id = u.run_id AND s.idx = u.idx), \
                   queued AS (UPDATE steward_run_steps s SET state = 'queued', job_id = u.next_job, \
                              error = NULL, started_at = now() \
-                             FROM u WHERE u.next_idx IS NOT NULL AND s.run_id = u.run_id AND s.idx = u.next_idx) \
+                             FROM u WHERE s.run_id = ANY($1) AND u.next_idx IS NOT NULL \
+                               AND s.run_id = u.run_id AND s.idx = u.next_idx) \
              UPDATE steward_runs r SET updated_at = now(), \
                  current_step = coalesce(u.next_idx, r.current_step), \
                  state = CASE WHEN u.next_idx IS NULL THEN 'completed' ELSE r.state END, \
                  finished_at = CASE WHEN u.next_idx IS NULL THEN now() ELSE r.finished_at END \
-             FROM u WHERE r.id = u.run_id",
+             FROM u WHERE r.id = ANY($1) AND r.id = u.run_id",
         )
         .bind(applied.iter().map(|i| i.run_id).collect::<Vec<_>>())
         .bind(applied.iter().map(|i| i.idx).collect::<Vec<_>>())
@@ -327,8 +334,7 @@ impl RunStore for PgStore {
         .await?;
         // The acknowledgements, fenced above (the rows are locked by this transaction).
         sqlx::query(
-            "WITH done AS (DELETE FROM steward_jobs j USING unnest($1::int8[]) AS a(id) \
-                           WHERE j.id = a.id RETURNING j.*) \
+            "WITH done AS (DELETE FROM steward_jobs j WHERE j.id = ANY($1) RETURNING j.*) \
              INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt, \
                  max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
                  finished_at, errors) \
@@ -374,11 +380,10 @@ impl RunStore for PgStore {
         let rows = sqlx::query(
             "SELECT r.id AS run_id, s.idx, s.state = 'compensating' AS compensating, \
                     coalesce(j.errors -> -1 ->> 'error', 'the step job died') AS error \
-             FROM steward_runs r \
-             JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
-             JOIN steward_jobs j ON j.id = s.job_id \
-             WHERE r.state IN ('running', 'compensating') AND s.state IN ('queued', 'compensating') \
-               AND j.state IN ('dead', 'cancelled') \
+             FROM steward_jobs j \
+             JOIN steward_run_steps s ON s.job_id = j.id AND s.state IN ('queued', 'compensating') \
+             JOIN steward_runs r ON r.id = s.run_id AND r.current_step = s.idx \
+             WHERE j.state IN ('dead', 'cancelled') AND r.state IN ('running', 'compensating') \
              ORDER BY r.id LIMIT $1",
         )
         .bind(limit)

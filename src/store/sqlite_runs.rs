@@ -273,11 +273,10 @@ impl RunStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT r.id AS run_id, s.idx, s.state = 'compensating' AS compensating, \
                     coalesce(j.errors ->> '$[#-1].error', 'the step job died') AS error \
-             FROM steward_runs r \
-             JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
-             JOIN steward_jobs j ON j.id = s.job_id \
-             WHERE r.state IN ('running', 'compensating') AND s.state IN ('queued', 'compensating') \
-               AND j.state IN ('dead', 'cancelled') \
+             FROM steward_jobs j \
+             JOIN steward_run_steps s ON s.job_id = j.id AND s.state IN ('queued', 'compensating') \
+             JOIN steward_runs r ON r.id = s.run_id AND r.current_step = s.idx \
+             WHERE j.state IN ('dead', 'cancelled') AND r.state IN ('running', 'compensating') \
              ORDER BY r.id LIMIT ?1",
         )
         .bind(limit)
