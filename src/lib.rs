@@ -10,6 +10,9 @@
 //! - The **[`Client`]** enqueues, on its own or inside the caller's sqlx transaction.
 //! - The **runtime** ([`queue::Runtime`]) runs one apalis worker per queue over steward's own
 //!   storage ([`store`]), plus the maintenance services ([`maintenance`]).
+//! - **Workflows** ([`workflow`]) are persisted runs of steps, each step a job.
+//! - The **module lifecycle** rules ([`domain`]): catalog maturity, tenant module status,
+//!   availability, identifiers.
 //!
 //! ## Quick start
 //! ```no_run
@@ -30,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 mod definitions;
+pub mod domain;
 pub mod kinds;
 pub mod maintenance;
 pub mod queue;

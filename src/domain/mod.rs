@@ -1,0 +1,89 @@
+//! The SaaS module lifecycle (SPEC §4.1), independent of storage and of the workflow engine:
+//!
+//! - [`maturity`]: a catalog module's maturity (PLANNED … RETIRED) and its allowed moves;
+//! - [`status`]: a tenant module's status (REQUESTED … ARCHIVED, ERROR) and its allowed moves;
+//! - [`availability`]: who may request which module, when approval is needed, dependencies;
+//! - [`ident`]: module slugs and table names validated, SQL identifiers quoted.
+//!
+//! Every rule here is a pure function, so the storage and the workflows (provisioning,
+//! upgrade, archive) ask the same questions and get the same answers.
+
+pub mod availability;
+pub mod ident;
+pub mod maturity;
+pub mod status;
+
+/// Why the lifecycle refused something. Each variant has a stable code (see [`DomainError::code`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("a {what} cannot go from {from} to {to}")]
+    InvalidTransition {
+        what: &'static str,
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("unknown {what} `{value}`")]
+    Unknown { what: &'static str, value: String },
+    #[error("module `{module}` cannot be requested: {reason}")]
+    NotAvailable { module: String, reason: String },
+    #[error("module `{module}` needs its dependencies enabled first: {missing}")]
+    MissingDependencies { module: String, missing: String },
+    #[error("invalid {what} `{value}`: {reason}")]
+    InvalidIdentifier {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl DomainError {
+    /// A stable, machine-readable code (the API's error codes reuse it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DomainError::InvalidTransition { .. } => "invalid_transition",
+            DomainError::Unknown { .. } => "unknown_value",
+            DomainError::NotAvailable { .. } => "module_not_available",
+            DomainError::MissingDependencies { .. } => "missing_dependencies",
+            DomainError::InvalidIdentifier { .. } => "invalid_identifier",
+        }
+    }
+}
+
+/// Declares a status enum stored as its upper-case name, with parsing and display.
+macro_rules! upper_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        pub enum $name { $(#[serde(rename = $text)] $variant),* }
+
+        impl $name {
+            /// Every value, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The name stored in the database and shown to users.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::domain::DomainError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err($crate::domain::DomainError::Unknown {
+                        what: $what,
+                        value: other.to_string(),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use upper_enum;
