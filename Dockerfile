@@ -9,6 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/steward /usr/local/bin/steward
 COPY jobs /app/jobs
 COPY workflows /app/workflows
+COPY catalog /app/catalog
 WORKDIR /app
 ENTRYPOINT ["steward"]
 CMD ["worker"]

@@ -29,6 +29,15 @@ pub struct Settings {
     )]
     pub workflows_dir: std::path::PathBuf,
 
+    /// Directory of the module catalog (`catalog/*.toml`).
+    #[arg(
+        long,
+        env = "STEWARD_CATALOG_DIR",
+        default_value = "catalog",
+        global = true
+    )]
+    pub catalog_dir: std::path::PathBuf,
+
     /// This process's worker id (part of every lease); default `<host>-<pid>`.
     #[arg(long, env = "STEWARD_WORKER_ID", global = true)]
     pub worker_id: Option<String>,

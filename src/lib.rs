@@ -35,6 +35,7 @@ pub mod config;
 mod definitions;
 pub mod domain;
 pub mod kinds;
+pub mod lifecycle;
 pub mod maintenance;
 pub mod queue;
 pub mod store;

@@ -307,3 +307,79 @@ async fn sigterm_lets_the_running_job_finish_then_exits_cleanly() {
         "the running job finished before exit"
     );
 }
+
+#[test]
+fn module_lifecycle_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let run = |args: &[&str]| steward(args, &url, repo_jobs());
+    let ok = |args: &[&str]| {
+        let output = run(args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    assert!(ok(&["catalog", "load"]).contains("3 modules"));
+    assert!(ok(&["tenant", "create", "acme", "--internal-tester"]).contains("\"id\": 1"));
+    assert!(ok(&["module", "request", "1", "chatbot"]).contains("PENDING_APPROVAL"));
+    assert!(ok(&["module", "approve", "1", "chatbot"]).contains("PROVISIONING"));
+
+    // Refused by a rule: exit 1 and the rule; bad input: exit 2.
+    let (code, stderr) = failed(&run(&["module", "request", "1", "alert_engine"]));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("needs its dependencies enabled first: inventory"),
+        "{stderr}"
+    );
+    let (code, stderr) = failed(&run(&["module", "approve", "1", "chatbot"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("PROVISIONING"), "{stderr}");
+    let (code, stderr) = failed(&run(&[
+        "module",
+        "request",
+        "1",
+        "x\"; DROP TABLE tenants; --",
+    ]));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid module slug"), "{stderr}");
+    let (code, stderr) = failed(&run(&["catalog", "set-maturity", "inventory", "ALPHA"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot go from GA to ALPHA"), "{stderr}");
+    let (code, _) = failed(&run(&["catalog", "set-maturity", "inventory", "SHINY"]));
+    assert_eq!(code, 2);
+
+    let audit = ok(&["audit", "--tenant", "1"]);
+    assert!(
+        audit.contains("module.approve") && audit.contains("module.request"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn malformed_catalog_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog");
+    std::fs::create_dir(&catalog).unwrap();
+    std::fs::write(
+        catalog.join("broken.toml"),
+        "slug = \"broken\"\nname = \"Broken\"\ndescription = \"\"\npricing_tier = \"free\"\n\
+         maturity = \"GA\"\n\n[[versions]]\nversion = \"1.0.0\"\nbuild_hash = \"x\"\n\
+         tables = [\"tenant_other_items\"]\nup_sql = \"CREATE TABLE tenant_other_items (tenant_id BIGINT)\"\n\
+         down_sql = \"DROP TABLE tenant_other_items\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["catalog", "load"])
+        .env("DATABASE_URL", sqlite(&dir))
+        .env("STEWARD_CATALOG_DIR", &catalog)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let (code, stderr) = failed(&output);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("broken.toml:10"), "{stderr}");
+    assert!(stderr.contains("tenant_other_items"), "{stderr}");
+}

@@ -66,21 +66,21 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     let config = args.worker.runtime(settings.worker_id(), &kinds.queues())?;
     let runtime = build_runtime(settings, store.clone(), kinds, config)?;
     let shutdown = CancellationToken::new();
-    println!("steward demo: SQLite at {}", settings.database_url);
-    println!(
+    out!("steward demo: SQLite at {}", settings.database_url);
+    out!(
         "  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies",
         enqueued.len() + 2
     );
-    println!("  try, in another terminal:");
-    println!("    steward jobs counts");
-    println!("    steward dlq list");
-    println!("    steward jobs show {dead}");
-    println!("    steward dlq retry {dead}");
-    println!("    steward enqueue sleep --payload '{{\"ms\": 200}}'");
-    println!("    steward runs show {pipeline}     # a workflow that completes");
-    println!("    steward runs show {saga}     # one that fails and compensates");
-    println!("    steward run demo_pipeline --param tenant=tenant-1");
-    println!("  Ctrl-C stops the workers gracefully.");
+    out!("  try, in another terminal:");
+    out!("    steward jobs counts");
+    out!("    steward dlq list");
+    out!("    steward jobs show {dead}");
+    out!("    steward dlq retry {dead}");
+    out!("    steward enqueue sleep --payload '{{\"ms\": 200}}'");
+    out!("    steward runs show {pipeline}     # a workflow that completes");
+    out!("    steward runs show {saga}     # one that fails and compensates");
+    out!("    steward run demo_pipeline --param tenant=tenant-1");
+    out!("  Ctrl-C stops the workers gracefully.");
     let trigger = shutdown.clone();
     let idle = args.exit_when_idle;
     let watched = store.clone();
@@ -94,10 +94,10 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     });
     runtime.run(shutdown).await?;
     for count in store.jobs_count_by_state().await? {
-        println!("  {:<10} {:<10} {}", count.queue, count.state, count.count);
+        out!("  {:<10} {:<10} {}", count.queue, count.state, count.count);
     }
     for run in store.runs_list(None, 20).await? {
-        println!("  run {:<4} {:<16} {}", run.id, run.workflow, run.state);
+        out!("  run {:<4} {:<16} {}", run.id, run.workflow, run.state);
     }
     Ok(())
 }

@@ -190,12 +190,12 @@ pub(crate) async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> Result<(
                 } else {
                     "duplicate of live job"
                 };
-                println!("{note} {}", enqueued.id);
+                out!("{note} {}", enqueued.id);
             }
         }
     }
     if args.count > 10 {
-        println!("enqueued {} jobs of kind {}", args.count, args.kind);
+        out!("enqueued {} jobs of kind {}", args.count, args.kind);
     }
     Ok(())
 }
@@ -209,7 +209,7 @@ pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<()
                 .job_get(id)
                 .await?
                 .ok_or_else(|| CliError::Failed(format!("no job {id}")))?;
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&job).map_err(|e| CliError::Failed(e.to_string()))?
             );
@@ -226,7 +226,7 @@ pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<()
         }
         JobsCommand::Counts => {
             for count in store.jobs_count_by_state().await? {
-                println!("{:<20} {:<10} {}", count.queue, count.state, count.count);
+                out!("{:<20} {:<10} {}", count.queue, count.state, count.count);
             }
             Ok(())
         }
@@ -259,7 +259,7 @@ fn by_ids(ids: Vec<JobId>) -> JobFilter {
 }
 
 fn report(what: &str, count: u64) -> Result<(), CliError> {
-    println!("{what} {count} job(s)");
+    out!("{what} {count} job(s)");
     Ok(())
 }
 
@@ -267,19 +267,24 @@ async fn print_jobs(store: &SharedStore, filter: &JobFilter, json: bool) -> Resu
     let jobs = store.jobs_list(filter).await?;
     if json {
         for job in &jobs {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string(job).map_err(|e| CliError::Failed(e.to_string()))?
             );
         }
         return Ok(());
     }
-    println!(
+    out!(
         "{:>8}  {:<10}  {:<12}  {:<12}  {:<12}  {:>7}  last error",
-        "id", "state", "queue", "kind", "tenant", "attempt"
+        "id",
+        "state",
+        "queue",
+        "kind",
+        "tenant",
+        "attempt"
     );
     for job in &jobs {
-        println!(
+        out!(
             "{:>8}  {:<10}  {:<12}  {:<12}  {:<12}  {:>3}/{:<3}  {}",
             job.id,
             job.state,

@@ -2,8 +2,18 @@
 //! arguments, sets up logging, and turns every error into a message and an exit code
 //! (1: the operation failed, 2: bad input or configuration). It never panics on bad input.
 
+/// `println!` that does not panic when stdout is gone (`steward jobs list | head`): output
+/// nobody reads is dropped.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod demo;
 mod jobs;
+mod modules;
 mod runs;
 mod worker;
 
@@ -50,6 +60,22 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         count: usize,
     },
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(modules::TenantCommand),
+    /// The module catalog.
+    #[command(subcommand)]
+    Catalog(modules::CatalogCommand),
+    /// A tenant's modules: request, approve, reject.
+    #[command(subcommand)]
+    Module(modules::ModuleCommand),
+    /// The audit log (of a tenant, or of the catalog).
+    Audit {
+        #[arg(long)]
+        tenant: Option<i64>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
     /// Measure throughput and latency; prints one JSON object per scenario.
     Bench(crate::bench::BenchArgs),
 }
@@ -61,6 +87,10 @@ pub enum CliError {
     Kinds(#[from] KindError),
     #[error(transparent)]
     Workflows(#[from] crate::workflow::WorkflowError),
+    #[error(transparent)]
+    Catalog(#[from] crate::domain::catalog::CatalogError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
     #[error(transparent)]
     Engine(#[from] crate::workflow::EngineError),
     #[error("cannot use database {url}: {source}")]
@@ -84,6 +114,7 @@ impl CliError {
         match self {
             CliError::Kinds(_)
             | CliError::Workflows(_)
+            | CliError::Catalog(_)
             | CliError::Queue(_)
             | CliError::Usage(_) => 2,
             CliError::Engine(crate::workflow::EngineError::UnknownWorkflow(_))
@@ -93,6 +124,12 @@ impl CliError {
             CliError::Client(crate::ClientError::UnknownKind(_))
             | CliError::Client(crate::ClientError::InvalidPayload { .. }) => 2,
             CliError::Store(StoreError::InvalidInput(_)) => 2,
+            CliError::Lifecycle(crate::lifecycle::LifecycleError::Domain(
+                crate::domain::DomainError::InvalidIdentifier { .. }
+                | crate::domain::DomainError::Unknown { .. },
+            ))
+            | CliError::Lifecycle(crate::lifecycle::LifecycleError::NoModule(_))
+            | CliError::Lifecycle(crate::lifecycle::LifecycleError::NoTenant(_)) => 2,
             CliError::Connect {
                 source: StoreError::InvalidInput(_),
                 ..
@@ -153,7 +190,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Migrate => {
             let store = open_store(&settings.database_url).await?;
-            println!("schema is up to date ({})", store.capabilities().name);
+            out!("schema is up to date ({})", store.capabilities().name);
             Ok(())
         }
         Command::Worker(args) => worker::run(&settings, &args).await,
@@ -164,6 +201,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => runs::run(&settings, &args).await,
         Command::Runs(command) => runs::runs(&settings, command).await,
         Command::Schedules { count } => runs::schedules(&settings, count).await,
+        Command::Tenant(command) => modules::tenant(&settings, command).await,
+        Command::Catalog(command) => modules::catalog(&settings, command).await,
+        Command::Module(command) => modules::module(&settings, command).await,
+        Command::Audit { tenant, limit } => modules::audit(&settings, tenant, limit).await,
         Command::Bench(args) => crate::bench::run(&settings, &args)
             .await
             .map_err(CliError::Failed),

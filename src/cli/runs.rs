@@ -59,9 +59,9 @@ pub(crate) async fn run(settings: &Settings, args: &RunArgs) -> Result<(), CliEr
         .start(&args.workflow, params, args.idempotency_key.clone())
         .await?;
     if created {
-        println!("started run {id}");
+        out!("started run {id}");
     } else {
-        println!("run {id} already exists for this idempotency key");
+        out!("run {id} already exists for this idempotency key");
     }
     Ok(())
 }
@@ -76,12 +76,15 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
                 Some(state) => Some(RunState::from_str(&state).map_err(CliError::Usage)?),
                 None => None,
             };
-            println!(
+            out!(
                 "{:>6}  {:<20} {:<13} {:<6} error",
-                "id", "workflow", "state", "step"
+                "id",
+                "workflow",
+                "state",
+                "step"
             );
             for run in store.runs_list(state, limit).await? {
-                println!(
+                out!(
                     "{:>6}  {:<20} {:<13} {:<6} {}",
                     run.id,
                     run.workflow,
@@ -95,15 +98,15 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
             let run = engine.run(id).await?;
             let text =
                 serde_json::to_string_pretty(&run).map_err(|e| CliError::Failed(e.to_string()))?;
-            println!("{text}");
+            out!("{text}");
         }
         RunsCommand::Retry { id } => {
             engine.retry(id).await?;
-            println!("run {id} retried from its failed step");
+            out!("run {id} retried from its failed step");
         }
         RunsCommand::Cancel { id } => {
             if engine.cancel(id).await? {
-                println!("run {id} cancelled");
+                out!("run {id} cancelled");
             } else {
                 return Err(CliError::Failed(format!("run {id} is not running")));
             }
@@ -119,11 +122,11 @@ pub(crate) async fn schedules(settings: &Settings, count: usize) -> Result<(), C
     let fires =
         crate::workflow::schedule::next_fires(engine.workflows(), chrono::Utc::now(), count.max(1));
     if fires.is_empty() {
-        println!("no workflow has a cron trigger");
+        out!("no workflow has a cron trigger");
     }
     for fire in fires {
         let at: Vec<String> = fire.at.iter().map(|t| t.to_rfc3339()).collect();
-        println!(
+        out!(
             "{:<24} {:<16} {:<20} {}",
             fire.workflow,
             fire.cron,

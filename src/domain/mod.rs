@@ -3,12 +3,14 @@
 //! - [`maturity`]: a catalog module's maturity (PLANNED … RETIRED) and its allowed moves;
 //! - [`status`]: a tenant module's status (REQUESTED … ARCHIVED, ERROR) and its allowed moves;
 //! - [`availability`]: who may request which module, when approval is needed, dependencies;
-//! - [`ident`]: module slugs and table names validated, SQL identifiers quoted.
+//! - [`ident`]: module slugs and table names validated, SQL identifiers quoted;
+//! - [`catalog`]: the module catalog (`catalog/*.toml`: modules and versions), validated at load.
 //!
 //! Every rule here is a pure function, so the storage and the workflows (provisioning,
 //! upgrade, archive) ask the same questions and get the same answers.
 
 pub mod availability;
+pub mod catalog;
 pub mod ident;
 pub mod maturity;
 pub mod status;

@@ -20,6 +20,10 @@ pub enum StoreError {
     #[error("stale: {0}")]
     Stale(String),
     /// A stored value could not be decoded.
+    /// The module lifecycle's rules refused the change (nothing was written).
+    #[error(transparent)]
+    Domain(#[from] crate::domain::DomainError),
+
     /// A batched write this request was part of failed (the whole batch rolled back).
     #[error("batched write failed: {0}")]
     Batch(String),

@@ -6,13 +6,17 @@
 //! implement it file for file, and `tests/conformance.rs` runs one suite against both.
 //! Backend differences are stated once, in [`Capabilities`].
 
+pub mod domain;
 pub mod error;
 pub mod postgres;
+mod postgres_domain;
 mod postgres_runs;
 pub mod runs;
 pub mod sqlite;
+mod sqlite_domain;
 mod sqlite_runs;
 
+pub use domain::DomainStore;
 pub use error::{StoreError, StoreResult};
 pub use runs::{RunStore, StepTx};
 
@@ -52,9 +56,10 @@ pub struct Affected {
     pub count: u64,
 }
 
-/// The storage interface of the durable queue (and, through [`RunStore`], of workflow runs).
+/// The storage interface of the durable queue (and, through [`RunStore`] and [`DomainStore`],
+/// of workflow runs and of the module lifecycle).
 #[async_trait]
-pub trait JobStore: RunStore + Send + Sync + 'static {
+pub trait JobStore: RunStore + DomainStore + Send + Sync + 'static {
     /// Static facts about the backend.
     fn capabilities(&self) -> Capabilities;
 

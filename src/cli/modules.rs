@@ -1,0 +1,149 @@
+//! `steward tenant …`, `steward catalog …`, `steward module …` and `steward audit`: the
+//! module lifecycle from the command line (the HTTP API comes later).
+
+use super::{CliError, open_store};
+use crate::config::Settings;
+use crate::domain::catalog::Catalog;
+use crate::domain::maturity::Maturity;
+use crate::lifecycle::Lifecycle;
+use crate::store::domain::{NewTenant, TenantId};
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// May request ALPHA modules (with approval).
+        #[arg(long)]
+        internal_tester: bool,
+        /// Opted in to BETA modules.
+        #[arg(long)]
+        beta: bool,
+    },
+    /// A tenant's modules and their statuses.
+    Modules { tenant: TenantId },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CatalogCommand {
+    /// Publish `catalog/*.toml` (modules and versions) to the database.
+    Load,
+    /// The modules in the database.
+    List,
+    /// Move a module's maturity (e.g. GA → DEPRECATED).
+    SetMaturity { module: String, maturity: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModuleCommand {
+    /// A tenant requests a module (its latest version).
+    Request { tenant: TenantId, module: String },
+    /// A Master Admin approves a pending request.
+    Approve { tenant: TenantId, module: String },
+    /// A Master Admin rejects a pending request.
+    Reject {
+        tenant: TenantId,
+        module: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
+    out!("{text}");
+    Ok(())
+}
+
+pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Result<(), CliError> {
+    let store = open_store(&settings.database_url).await?;
+    match command {
+        TenantCommand::Create {
+            slug,
+            name,
+            internal_tester,
+            beta,
+        } => {
+            let created = store
+                .tenant_create(&NewTenant {
+                    name: name.unwrap_or_else(|| slug.clone()),
+                    slug,
+                    internal_tester,
+                    beta_opt_in: beta,
+                    ..Default::default()
+                })
+                .await?;
+            print_json(&created)
+        }
+        TenantCommand::Modules { tenant } => print_json(&store.tenant_modules(tenant).await?),
+    }
+}
+
+pub(crate) async fn catalog(settings: &Settings, command: CatalogCommand) -> Result<(), CliError> {
+    match command {
+        CatalogCommand::Load => {
+            // The files are checked before the database is touched.
+            let catalog = Catalog::load_dir(&settings.catalog_dir)?;
+            let store = open_store(&settings.database_url).await?;
+            let (modules, versions) = Lifecycle::new(store)
+                .load_catalog(&catalog, &actor())
+                .await?;
+            out!("catalog loaded: {modules} modules, {versions} versions");
+            Ok(())
+        }
+        CatalogCommand::List => {
+            let store = open_store(&settings.database_url).await?;
+            print_json(&store.modules_list().await?)
+        }
+        CatalogCommand::SetMaturity { module, maturity } => {
+            let to: Maturity = maturity
+                .parse()
+                .map_err(|e: crate::domain::DomainError| CliError::Usage(e.to_string()))?;
+            let store = open_store(&settings.database_url).await?;
+            let from = store.module_set_maturity(&module, to, &actor()).await?;
+            out!("module {module}: {from} → {to}");
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Result<(), CliError> {
+    let store = open_store(&settings.database_url).await?;
+    let life = Lifecycle::new(store);
+    match command {
+        ModuleCommand::Request { tenant, module } => {
+            let requested = life.request(tenant, &module, &actor()).await?;
+            if let Some(warning) = &requested.warning {
+                eprintln!("warning: {warning}");
+            }
+            print_json(&requested.module)
+        }
+        ModuleCommand::Approve { tenant, module } => {
+            print_json(&life.approve(tenant, &module, &actor()).await?)
+        }
+        ModuleCommand::Reject {
+            tenant,
+            module,
+            reason,
+        } => print_json(&life.reject(tenant, &module, &actor(), &reason).await?),
+    }
+}
+
+pub(crate) async fn audit(
+    settings: &Settings,
+    tenant: Option<TenantId>,
+    limit: i64,
+) -> Result<(), CliError> {
+    let store = open_store(&settings.database_url).await?;
+    print_json(&store.audit_list(tenant, limit).await?)
+}

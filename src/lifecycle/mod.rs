@@ -1,0 +1,251 @@
+//! The module lifecycle as operations: a tenant requests a module, a Master Admin approves or
+//! rejects it. Each decision applies the rules of [`crate::domain`] to what the store holds
+//! and records the outcome through [`DomainStore`](crate::store::DomainStore) (audited).
+//!
+//! Not built yet (issue #4): the provisioning and upgrade workflows that take a module from
+//! PROVISIONING to ENABLED and through UPGRADING.
+
+use crate::domain::DomainError;
+use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
+use crate::domain::catalog::Catalog;
+use crate::domain::ident::Slug;
+use crate::domain::status::TenantModuleStatus;
+use crate::store::domain::{ModuleRecord, NewVersion, StatusChange, TenantId, TenantModuleRecord};
+use crate::store::{SharedStore, StoreError};
+use std::collections::HashMap;
+
+/// Why a lifecycle operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("no tenant {0}")]
+    NoTenant(TenantId),
+    #[error("no module `{0}` in the catalog")]
+    NoModule(String),
+    #[error("module `{0}` has no published version")]
+    NoVersion(String),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for LifecycleError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Domain(rule) => LifecycleError::Domain(rule),
+            other => LifecycleError::Store(other),
+        }
+    }
+}
+
+/// What a request led to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requested {
+    pub module: TenantModuleRecord,
+    /// Shown to the tenant (BETA, MAINTENANCE).
+    pub warning: Option<String>,
+}
+
+/// The lifecycle operations over one store.
+#[derive(Clone)]
+pub struct Lifecycle {
+    store: SharedStore,
+}
+
+impl Lifecycle {
+    pub fn new(store: SharedStore) -> Self {
+        Self { store }
+    }
+
+    /// Publish a catalog (from `catalog/*.toml`): every module created or updated (a
+    /// module's maturity is taken from the file only when the module is new), every version
+    /// published (an already published version is left as it is). Returns how many modules
+    /// and versions the catalog holds.
+    pub async fn load_catalog(
+        &self,
+        catalog: &Catalog,
+        actor: &str,
+    ) -> Result<(usize, usize), LifecycleError> {
+        let mut versions = 0;
+        for def in catalog.iter() {
+            let record = ModuleRecord {
+                slug: def.slug.to_string(),
+                name: def.name.clone(),
+                description: def.description.clone(),
+                pricing_tier: def.pricing_tier.clone(),
+                maturity: def.maturity,
+                dependencies: def.dependencies.iter().map(|d| d.to_string()).collect(),
+                data_retention_days: def
+                    .data_retention_days
+                    .map(|d| i32::try_from(d).unwrap_or(i32::MAX)),
+                successor: def.successor.as_ref().map(|s| s.to_string()),
+                sunset_date: def.sunset_date.clone(),
+            };
+            self.store.module_put(&record, actor).await?;
+            for v in &def.versions {
+                let number = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+                self.store
+                    .version_publish(
+                        &record.slug,
+                        &NewVersion {
+                            version: v.version.clone(),
+                            major: number(v.major),
+                            minor: number(v.minor),
+                            patch: number(v.patch),
+                            build_hash: v.build_hash.clone(),
+                            changelog: v.changelog.clone(),
+                            up_sql: v.up_sql.clone(),
+                            down_sql: v.down_sql.clone(),
+                            pre_upgrade_sql: v.pre_upgrade_sql.clone(),
+                            post_upgrade_sql: v.post_upgrade_sql.clone(),
+                            settings_schema: v.settings_schema.clone(),
+                            tables_created: v.tables.iter().map(|t| t.to_string()).collect(),
+                        },
+                    )
+                    .await?;
+                versions += 1;
+            }
+        }
+        Ok((catalog.len(), versions))
+    }
+
+    /// A tenant asks for a module (its latest version). Refused, with the rule that refused
+    /// it, when the module is not available to this tenant or its dependencies are not
+    /// enabled; otherwise recorded as REQUESTED and moved on to PENDING_APPROVAL (ALPHA) or
+    /// PROVISIONING.
+    pub async fn request(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &str,
+    ) -> Result<Requested, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        let tenant = self
+            .store
+            .tenant_get(tenant_id)
+            .await?
+            .ok_or(LifecycleError::NoTenant(tenant_id))?;
+        let module = self
+            .store
+            .module_get(slug.as_str())
+            .await?
+            .ok_or_else(|| LifecycleError::NoModule(slug.to_string()))?;
+        let version = self
+            .store
+            .versions_of(slug.as_str())
+            .await?
+            .pop()
+            .ok_or_else(|| LifecycleError::NoVersion(slug.to_string()))?;
+        let modules: HashMap<String, TenantModuleStatus> = self
+            .store
+            .tenant_modules(tenant_id)
+            .await?
+            .into_iter()
+            .map(|m| (m.module, m.status))
+            .collect();
+        let admission = availability::admit(
+            &ModuleFacts {
+                slug: slug.as_str(),
+                maturity: module.maturity,
+                dependencies: &module.dependencies,
+            },
+            &TenantFacts {
+                internal_tester: tenant.internal_tester,
+                beta_opt_in: tenant.beta_opt_in,
+                modules: &modules,
+            },
+        )?;
+        self.store
+            .tenant_module_request(
+                tenant_id,
+                slug.as_str(),
+                version.id,
+                TenantModuleStatus::Requested,
+                actor,
+            )
+            .await?;
+        let (to, reason, warning) = match admission {
+            Admission::NeedsApproval { reason } => {
+                (TenantModuleStatus::PendingApproval, Some(reason), None)
+            }
+            Admission::Provision { warning } => (TenantModuleStatus::Provisioning, None, warning),
+        };
+        let module = self
+            .store
+            .tenant_module_move(&StatusChange {
+                tenant_id,
+                module: slug.as_str(),
+                to,
+                from: Some(TenantModuleStatus::Requested),
+                reason: reason.as_deref(),
+                actor,
+                action: "module.admit",
+            })
+            .await?;
+        Ok(Requested { module, warning })
+    }
+
+    /// A Master Admin approves a pending request: it moves on to PROVISIONING.
+    pub async fn approve(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &str,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        self.decide(
+            tenant_id,
+            slug,
+            actor,
+            TenantModuleStatus::Provisioning,
+            None,
+            "module.approve",
+        )
+        .await
+    }
+
+    /// A Master Admin rejects a pending request: the module stays off (DISABLED), nothing
+    /// was created.
+    pub async fn reject(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        self.decide(
+            tenant_id,
+            slug,
+            actor,
+            TenantModuleStatus::Disabled,
+            Some(reason),
+            "module.reject",
+        )
+        .await
+    }
+
+    async fn decide(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &str,
+        to: TenantModuleStatus,
+        reason: Option<&str>,
+        action: &str,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        // Only a pending request is decided (PROVISIONING → DISABLED is a legal move in
+        // general, but not an approval decision): `from` makes the store check it under lock.
+        Ok(self
+            .store
+            .tenant_module_move(&StatusChange {
+                tenant_id,
+                module: slug.as_str(),
+                to,
+                from: Some(TenantModuleStatus::PendingApproval),
+                reason,
+                actor,
+                action,
+            })
+            .await?)
+    }
+}

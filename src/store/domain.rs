@@ -1,0 +1,203 @@
+//! Storage of the module lifecycle: tenants, the catalog, tenant modules and the audit log.
+//!
+//! Every change of a tenant module's status or settings, and of a module's maturity, is
+//! checked against the rules of [`crate::domain`] under a row lock and written together with
+//! its `audit_logs` row (actor, action, before, after), in one transaction: a refused change
+//! changes nothing, an accepted one is never unaudited.
+
+use super::StoreResult;
+use crate::domain::maturity::Maturity;
+use crate::domain::status::TenantModuleStatus;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Identifier of a tenant.
+pub type TenantId = i64;
+
+/// A tenant to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewTenant {
+    pub slug: String,
+    pub name: String,
+    pub internal_tester: bool,
+    pub beta_opt_in: bool,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+}
+
+/// A tenant as stored (its webhook secret is never read back out).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub slug: String,
+    pub name: String,
+    pub internal_tester: bool,
+    pub beta_opt_in: bool,
+    pub webhook_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A catalog module as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModuleRecord {
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub pricing_tier: String,
+    pub maturity: Maturity,
+    pub dependencies: Vec<String>,
+    pub data_retention_days: Option<i32>,
+    pub successor: Option<String>,
+    pub sunset_date: Option<String>,
+}
+
+/// A module version to publish (its SQL is trusted catalog input; its table names are
+/// validated identifiers).
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub version: String,
+    pub major: i32,
+    pub minor: i32,
+    pub patch: i32,
+    pub build_hash: String,
+    pub changelog: String,
+    pub up_sql: String,
+    pub down_sql: String,
+    pub pre_upgrade_sql: Option<String>,
+    pub post_upgrade_sql: Option<String>,
+    pub settings_schema: Option<Value>,
+    pub tables_created: Vec<String>,
+}
+
+/// A published version, without its SQL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionRecord {
+    pub id: i64,
+    pub module: String,
+    pub version: String,
+    pub major: i32,
+    pub tables_created: Vec<String>,
+    pub settings_schema: Option<Value>,
+    pub migrated_at: Option<DateTime<Utc>>,
+}
+
+/// One tenant's module.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantModuleRecord {
+    pub tenant_id: TenantId,
+    pub module: String,
+    pub status: TenantModuleStatus,
+    pub version_id: Option<i64>,
+    pub previous_version_id: Option<i64>,
+    pub status_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub tenant_id: Option<TenantId>,
+    pub module: Option<String>,
+    pub entity: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// A requested status change of a tenant module.
+#[derive(Debug, Clone)]
+pub struct StatusChange<'a> {
+    pub tenant_id: TenantId,
+    pub module: &'a str,
+    pub to: TenantModuleStatus,
+    /// Only from this status (checked under the lock): an approval decides a pending request
+    /// and nothing else.
+    pub from: Option<TenantModuleStatus>,
+    /// Why (shown to operators; `ERROR` keeps the failure here).
+    pub reason: Option<&'a str>,
+    /// Who: a user, `system`, a workflow run.
+    pub actor: &'a str,
+    /// The audit action, e.g. `module.approve`.
+    pub action: &'a str,
+}
+
+/// Lifecycle storage; every [`super::JobStore`] implements it.
+#[async_trait]
+pub trait DomainStore: Send + Sync {
+    /// Create a tenant.
+    async fn tenant_create(&self, tenant: &NewTenant) -> StoreResult<TenantRecord>;
+
+    /// One tenant.
+    async fn tenant_get(&self, id: TenantId) -> StoreResult<Option<TenantRecord>>;
+
+    /// Create or update a catalog module. Its maturity is set only on creation: later moves
+    /// go through [`DomainStore::module_set_maturity`]. Audited.
+    async fn module_put(&self, module: &ModuleRecord, actor: &str) -> StoreResult<()>;
+
+    /// One catalog module.
+    async fn module_get(&self, slug: &str) -> StoreResult<Option<ModuleRecord>>;
+
+    /// Every catalog module, by slug.
+    async fn modules_list(&self) -> StoreResult<Vec<ModuleRecord>>;
+
+    /// Move a module's maturity (checked against [`Maturity::check_move`]); returns the
+    /// previous maturity. Audited.
+    async fn module_set_maturity(
+        &self,
+        slug: &str,
+        to: Maturity,
+        actor: &str,
+    ) -> StoreResult<Maturity>;
+
+    /// Publish a version of a module; publishing the same version again changes nothing and
+    /// returns the stored one.
+    async fn version_publish(
+        &self,
+        module: &str,
+        version: &NewVersion,
+    ) -> StoreResult<VersionRecord>;
+
+    /// A module's versions, oldest first.
+    async fn versions_of(&self, module: &str) -> StoreResult<Vec<VersionRecord>>;
+
+    /// Record a tenant's request for a module at `version_id`, in `status` (REQUESTED,
+    /// PENDING_APPROVAL or PROVISIONING as the availability rules decided). A module the
+    /// tenant had archived is requested anew; any other existing row is a conflict. Audited.
+    async fn tenant_module_request(
+        &self,
+        tenant_id: TenantId,
+        module: &str,
+        version_id: i64,
+        status: TenantModuleStatus,
+        actor: &str,
+    ) -> StoreResult<TenantModuleRecord>;
+
+    /// Move a tenant module's status, checked against [`TenantModuleStatus::check_move`]
+    /// under a row lock. Audited.
+    async fn tenant_module_move(
+        &self,
+        change: &StatusChange<'_>,
+    ) -> StoreResult<TenantModuleRecord>;
+
+    /// One tenant module.
+    async fn tenant_module_get(
+        &self,
+        tenant_id: TenantId,
+        module: &str,
+    ) -> StoreResult<Option<TenantModuleRecord>>;
+
+    /// A tenant's modules, by slug.
+    async fn tenant_modules(&self, tenant_id: TenantId) -> StoreResult<Vec<TenantModuleRecord>>;
+
+    /// The latest audit rows about a tenant (or about the catalog, with `None`), newest first.
+    async fn audit_list(
+        &self,
+        tenant_id: Option<TenantId>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditRecord>>;
+}

@@ -1,0 +1,522 @@
+//! SQLite implementation of [`DomainStore`] (timestamps in unix milliseconds, JSON as text;
+//! writes hold the store's write lock, SQLite's stand-in for `FOR UPDATE`).
+
+use super::domain::{
+    AuditRecord, DomainStore, ModuleRecord, NewTenant, NewVersion, StatusChange, TenantId,
+    TenantModuleRecord, TenantRecord, VersionRecord,
+};
+use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
+use super::{StoreError, StoreResult};
+use crate::domain::DomainError;
+use crate::domain::maturity::Maturity;
+use crate::domain::status::TenantModuleStatus;
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn json_text(row: &SqliteRow, column: &str) -> StoreResult<Option<Value>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(corrupt))
+        .transpose()
+}
+
+const TENANT_COLUMNS: &str =
+    "id, slug, name, internal_tester, beta_opt_in, webhook_url, created_at";
+const MODULE_COLUMNS: &str = "slug, name, description, pricing_tier, maturity, dependencies, \
+     data_retention_days, successor, sunset_date";
+const VERSION_COLUMNS: &str =
+    "id, module, version, major, tables_created, settings_schema, migrated_at";
+const TENANT_MODULE_COLUMNS: &str =
+    "tenant_id, module, status, version_id, previous_version_id, status_reason, updated_at";
+
+fn tenant_from(row: &SqliteRow) -> StoreResult<TenantRecord> {
+    Ok(TenantRecord {
+        id: row.try_get("id")?,
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        internal_tester: row.try_get("internal_tester")?,
+        beta_opt_in: row.try_get("beta_opt_in")?,
+        webhook_url: row.try_get("webhook_url")?,
+        created_at: from_ms(row.try_get("created_at")?)?,
+    })
+}
+
+fn module_from(row: &SqliteRow) -> StoreResult<ModuleRecord> {
+    let maturity: String = row.try_get("maturity")?;
+    let dependencies = json_text(row, "dependencies")?.unwrap_or(Value::Null);
+    Ok(ModuleRecord {
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        pricing_tier: row.try_get("pricing_tier")?,
+        maturity: maturity.parse().map_err(corrupt)?,
+        dependencies: serde_json::from_value(dependencies).map_err(corrupt)?,
+        data_retention_days: row.try_get("data_retention_days")?,
+        successor: row.try_get("successor")?,
+        sunset_date: row.try_get("sunset_date")?,
+    })
+}
+
+fn version_from(row: &SqliteRow) -> StoreResult<VersionRecord> {
+    let tables = json_text(row, "tables_created")?.unwrap_or(Value::Null);
+    Ok(VersionRecord {
+        id: row.try_get("id")?,
+        module: row.try_get("module")?,
+        version: row.try_get("version")?,
+        major: row.try_get("major")?,
+        tables_created: serde_json::from_value(tables).map_err(corrupt)?,
+        settings_schema: json_text(row, "settings_schema")?,
+        migrated_at: from_opt_ms(row.try_get("migrated_at")?)?,
+    })
+}
+
+fn tenant_module_from(row: &SqliteRow) -> StoreResult<TenantModuleRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(TenantModuleRecord {
+        tenant_id: row.try_get("tenant_id")?,
+        module: row.try_get("module")?,
+        status: status.parse().map_err(corrupt)?,
+        version_id: row.try_get("version_id")?,
+        previous_version_id: row.try_get("previous_version_id")?,
+        status_reason: row.try_get("status_reason")?,
+        updated_at: from_ms(row.try_get("updated_at")?)?,
+    })
+}
+
+/// One audit row, on the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+async fn audit(
+    conn: &mut SqliteConnection,
+    actor: &str,
+    action: &str,
+    tenant_id: Option<TenantId>,
+    module: Option<&str>,
+    entity: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(tenant_id)
+    .bind(module)
+    .bind(entity)
+    .bind(before.map(|v| v.to_string()))
+    .bind(after.map(|v| v.to_string()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn snapshot(record: &TenantModuleRecord) -> Value {
+    json!({"status": record.status, "version_id": record.version_id, "reason": record.status_reason})
+}
+
+#[async_trait]
+impl DomainStore for SqliteStore {
+    async fn tenant_create(&self, tenant: &NewTenant) -> StoreResult<TenantRecord> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO tenants (slug, name, internal_tester, beta_opt_in, webhook_url, webhook_secret) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&tenant.slug)
+        .bind(&tenant.name)
+        .bind(tenant.internal_tester)
+        .bind(tenant.beta_opt_in)
+        .bind(&tenant.webhook_url)
+        .bind(&tenant.webhook_secret)
+        .fetch_one(&mut *tx)
+        .await?;
+        let created = tenant_from(&row)?;
+        let after = serde_json::to_value(&created).map_err(corrupt)?;
+        audit(
+            &mut tx,
+            "system",
+            "tenant.create",
+            Some(created.id),
+            None,
+            "tenant",
+            None,
+            Some(after),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn tenant_get(&self, id: TenantId) -> StoreResult<Option<TenantRecord>> {
+        sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(tenant_from)
+        .transpose()
+    }
+
+    async fn module_put(&self, module: &ModuleRecord, actor: &str) -> StoreResult<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let before = sqlx::query(&format!(
+            "SELECT {MODULE_COLUMNS} FROM core_modules WHERE slug = ?1"
+        ))
+        .bind(&module.slug)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(module_from)
+        .transpose()?;
+        sqlx::query(
+            "INSERT INTO core_modules (slug, name, description, pricing_tier, maturity, dependencies, \
+                 data_retention_days, successor, sunset_date) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description, \
+                 pricing_tier = EXCLUDED.pricing_tier, dependencies = EXCLUDED.dependencies, \
+                 data_retention_days = EXCLUDED.data_retention_days, successor = EXCLUDED.successor, \
+                 sunset_date = EXCLUDED.sunset_date, updated_at = ?10",
+        )
+        .bind(&module.slug)
+        .bind(&module.name)
+        .bind(&module.description)
+        .bind(&module.pricing_tier)
+        .bind(module.maturity.as_str())
+        .bind(json!(module.dependencies).to_string())
+        .bind(module.data_retention_days)
+        .bind(&module.successor)
+        .bind(&module.sunset_date)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let mut after = module.clone();
+        if let Some(before) = &before {
+            after.maturity = before.maturity;
+        }
+        if before.as_ref() != Some(&after) {
+            let before = before
+                .map(|b| serde_json::to_value(b).map_err(corrupt))
+                .transpose()?;
+            let after = serde_json::to_value(&after).map_err(corrupt)?;
+            audit(
+                &mut tx,
+                actor,
+                "module.put",
+                None,
+                Some(&module.slug),
+                "core_module",
+                before,
+                Some(after),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn module_get(&self, slug: &str) -> StoreResult<Option<ModuleRecord>> {
+        sqlx::query(&format!(
+            "SELECT {MODULE_COLUMNS} FROM core_modules WHERE slug = ?1"
+        ))
+        .bind(slug)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(module_from)
+        .transpose()
+    }
+
+    async fn modules_list(&self) -> StoreResult<Vec<ModuleRecord>> {
+        sqlx::query(&format!(
+            "SELECT {MODULE_COLUMNS} FROM core_modules ORDER BY slug"
+        ))
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(module_from)
+        .collect()
+    }
+
+    async fn module_set_maturity(
+        &self,
+        slug: &str,
+        to: Maturity,
+        actor: &str,
+    ) -> StoreResult<Maturity> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT maturity FROM core_modules WHERE slug = ?1")
+                .bind(slug)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let current = current.ok_or_else(|| {
+            StoreError::InvalidInput(format!("no module `{slug}` in the catalog"))
+        })?;
+        let from: Maturity = current.parse().map_err(corrupt)?;
+        from.check_move(to)?;
+        sqlx::query("UPDATE core_modules SET maturity = ?2, updated_at = ?3 WHERE slug = ?1")
+            .bind(slug)
+            .bind(to.as_str())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "module.maturity",
+            None,
+            Some(slug),
+            "core_module",
+            Some(json!({"maturity": from})),
+            Some(json!({"maturity": to})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(from)
+    }
+
+    async fn version_publish(
+        &self,
+        module: &str,
+        version: &NewVersion,
+    ) -> StoreResult<VersionRecord> {
+        let _guard = self.write_lock.lock().await;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO core_module_versions (module, version, major, minor, patch, build_hash, changelog, \
+                 up_sql, down_sql, pre_upgrade_sql, post_upgrade_sql, settings_schema, tables_created) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT (module, version) DO NOTHING RETURNING {VERSION_COLUMNS}"
+        ))
+        .bind(module)
+        .bind(&version.version)
+        .bind(version.major)
+        .bind(version.minor)
+        .bind(version.patch)
+        .bind(&version.build_hash)
+        .bind(&version.changelog)
+        .bind(&version.up_sql)
+        .bind(&version.down_sql)
+        .bind(&version.pre_upgrade_sql)
+        .bind(&version.post_upgrade_sql)
+        .bind(version.settings_schema.as_ref().map(Value::to_string))
+        .bind(json!(version.tables_created).to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        let row = match inserted {
+            Some(row) => row,
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM core_module_versions WHERE module = ?1 AND version = ?2"
+                ))
+                .bind(module)
+                .bind(&version.version)
+                .fetch_one(self.pool())
+                .await?
+            }
+        };
+        version_from(&row)
+    }
+
+    async fn versions_of(&self, module: &str) -> StoreResult<Vec<VersionRecord>> {
+        sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM core_module_versions WHERE module = ?1 \
+             ORDER BY major, minor, patch"
+        ))
+        .bind(module)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(version_from)
+        .collect()
+    }
+
+    async fn tenant_module_request(
+        &self,
+        tenant_id: TenantId,
+        module: &str,
+        version_id: i64,
+        status: TenantModuleStatus,
+        actor: &str,
+    ) -> StoreResult<TenantModuleRecord> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = ?1 AND module = ?2"
+        ))
+        .bind(tenant_id)
+        .bind(module)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(tenant_module_from)
+        .transpose()?;
+        if let Some(existing) = &existing {
+            existing
+                .status
+                .check_move(TenantModuleStatus::Requested)
+                .map_err(|_| {
+                    StoreError::Conflict(format!(
+                        "tenant {tenant_id} already has module `{module}` ({})",
+                        existing.status
+                    ))
+                })?;
+        }
+        let row = sqlx::query(&format!(
+            "INSERT INTO tenant_modules (tenant_id, module, status, version_id) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (tenant_id, module) DO UPDATE SET status = EXCLUDED.status, \
+                 version_id = EXCLUDED.version_id, previous_version_id = NULL, status_reason = NULL, \
+                 provisioning = NULL, requested_at = ?5, enabled_at = NULL, updated_at = ?5 \
+             RETURNING {TENANT_MODULE_COLUMNS}"
+        ))
+        .bind(tenant_id)
+        .bind(module)
+        .bind(status.as_str())
+        .bind(version_id)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = tenant_module_from(&row)?;
+        audit(
+            &mut tx,
+            actor,
+            "module.request",
+            Some(tenant_id),
+            Some(module),
+            "tenant_module",
+            existing.as_ref().map(snapshot),
+            Some(snapshot(&record)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn tenant_module_move(
+        &self,
+        change: &StatusChange<'_>,
+    ) -> StoreResult<TenantModuleRecord> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let current = sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = ?1 AND module = ?2"
+        ))
+        .bind(change.tenant_id)
+        .bind(change.module)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(tenant_module_from)
+        .transpose()?
+        .ok_or_else(|| {
+            StoreError::InvalidInput(format!(
+                "tenant {} has no module `{}`",
+                change.tenant_id, change.module
+            ))
+        })?;
+        if change.from.is_some_and(|from| from != current.status) {
+            return Err(DomainError::InvalidTransition {
+                what: "tenant module (it moved meanwhile)",
+                from: current.status.as_str(),
+                to: change.to.as_str(),
+            }
+            .into());
+        }
+        current.status.check_move(change.to)?;
+        let row = sqlx::query(&format!(
+            "UPDATE tenant_modules SET status = ?3, status_reason = ?4, updated_at = ?5, \
+                 enabled_at = CASE WHEN ?3 = 'ENABLED' AND enabled_at IS NULL THEN ?5 ELSE enabled_at END \
+             WHERE tenant_id = ?1 AND module = ?2 RETURNING {TENANT_MODULE_COLUMNS}"
+        ))
+        .bind(change.tenant_id)
+        .bind(change.module)
+        .bind(change.to.as_str())
+        .bind(change.reason)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = tenant_module_from(&row)?;
+        audit(
+            &mut tx,
+            change.actor,
+            change.action,
+            Some(change.tenant_id),
+            Some(change.module),
+            "tenant_module",
+            Some(snapshot(&current)),
+            Some(snapshot(&record)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn tenant_module_get(
+        &self,
+        tenant_id: TenantId,
+        module: &str,
+    ) -> StoreResult<Option<TenantModuleRecord>> {
+        sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = ?1 AND module = ?2"
+        ))
+        .bind(tenant_id)
+        .bind(module)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(tenant_module_from)
+        .transpose()
+    }
+
+    async fn tenant_modules(&self, tenant_id: TenantId) -> StoreResult<Vec<TenantModuleRecord>> {
+        sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = ?1 ORDER BY module"
+        ))
+        .bind(tenant_id)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(tenant_module_from)
+        .collect()
+    }
+
+    async fn audit_list(
+        &self,
+        tenant_id: Option<TenantId>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, tenant_id, module, entity, before, after FROM audit_logs \
+             WHERE tenant_id IS ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(tenant_id)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    id: row.try_get("id")?,
+                    at: from_ms(row.try_get("at")?)?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    module: row.try_get("module")?,
+                    entity: row.try_get("entity")?,
+                    before: json_text(row, "before")?,
+                    after: json_text(row, "after")?,
+                })
+            })
+            .collect()
+    }
+}
