@@ -6,11 +6,17 @@ mod common;
 
 use common::{Backend, TestStore, fresh};
 use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 use steward::domain::maturity::Maturity;
 use steward::domain::status::TenantModuleStatus::{self, *};
 use steward::lifecycle::{Lifecycle, LifecycleError};
+use steward::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
 use steward::store::StoreError;
 use steward::store::domain::{ModuleRecord, NewTenant, NewVersion, StatusChange, TenantId};
+use steward::workflow::{Engine, RunSweeper, WorkflowCatalog, steps};
+use tokio_util::sync::CancellationToken;
 
 per_backend!(
     a_ga_request_provisions_and_alpha_waits_for_approval,
@@ -20,7 +26,322 @@ per_backend!(
     maturity_moves_follow_the_catalog_and_are_audited,
     an_archived_module_can_be_requested_again_but_a_live_one_cannot,
     crafted_slugs_are_refused_before_any_sql,
+    twenty_tenants_provision_one_module_its_tables_created_once,
+    a_failing_migration_leaves_no_table_and_the_module_in_error,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_keeps_tenants_apart_on_postgres() {
+    let t = fresh(Backend::Postgres).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    let a = tenant(&t, "a", false, false).await;
+    let b = tenant(&t, "b", false, false).await;
+    let life = life(&t);
+    life.request(a, "inventory", "tenant:a").await.unwrap();
+    life.request(b, "inventory", "tenant:b").await.unwrap();
+    let running = workers(&t);
+    assert_eq!(settled(&t, &[a, b], "inventory").await, [Enabled, Enabled]);
+    running.stop().await;
+
+    let pool = t.pg.as_ref().unwrap().pool();
+    // As the owner (steward itself), one row per tenant.
+    sqlx::query("INSERT INTO tenant_inventory_items (id, tenant_id) VALUES (1, $1), (2, $2)")
+        .bind(a)
+        .bind(b)
+        .execute(pool)
+        .await
+        .unwrap();
+    // As the application's role, scoped to tenant A.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE tenant_app_role")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+        .bind(a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let seen: Vec<i64> = sqlx::query_scalar("SELECT tenant_id FROM tenant_inventory_items")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, [a], "tenant A sees only its own rows");
+    sqlx::query("SAVEPOINT try_b")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO tenant_inventory_items (id, tenant_id) VALUES (3, $1)")
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    sqlx::query("ROLLBACK TO SAVEPOINT try_b")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // Without a tenant set, nothing at all.
+    sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let none: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_inventory_items")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(none, 0);
+    tx.rollback().await.unwrap();
+    // The application's role cannot touch steward's own tables.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE tenant_app_role")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert!(
+        sqlx::query("SELECT count(*) FROM tenants")
+            .fetch_one(&mut *tx)
+            .await
+            .is_err()
+    );
+    tx.rollback().await.unwrap();
+}
+
+async fn table_exists(t: &TestStore, table: &str) -> bool {
+    match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => sqlx::query_scalar::<_, bool>(
+            "SELECT to_regclass(current_schema() || '.' || $1) IS NOT NULL",
+        )
+        .bind(table)
+        .fetch_one(pg.pool())
+        .await
+        .unwrap(),
+        (_, Some(sqlite)) => {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            )
+            .bind(table)
+            .fetch_one(sqlite.pool())
+            .await
+            .unwrap()
+                == 1
+        }
+        _ => unreachable!(),
+    }
+}
+
+async fn twenty_tenants_provision_one_module_its_tables_created_once(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    let mut tenants = Vec::new();
+    for i in 0..20 {
+        tenants.push(tenant(&t, &format!("t{i}"), false, false).await);
+    }
+    let life = life(&t);
+    let requests = tenants
+        .iter()
+        .map(|id| life.request(*id, "inventory", "tenant"));
+    for requested in futures::future::join_all(requests).await {
+        assert_eq!(requested.unwrap().module.status, Provisioning);
+    }
+    let running = workers(&t);
+    let statuses = settled(&t, &tenants, "inventory").await;
+    running.stop().await;
+    assert!(statuses.iter().all(|s| *s == Enabled), "{statuses:?}");
+
+    assert!(table_exists(&t, "tenant_inventory_items").await);
+    assert!(table_exists(&t, "tenant_inventory_notes").await);
+    let version = &t.store.versions_of("inventory").await.unwrap()[0];
+    assert!(version.migrated_at.is_some());
+    // Exactly one provisioning created the tables; the others found them.
+    let mut created = 0;
+    for id in &tenants {
+        let audit = t.store.audit_list(Some(*id), 10).await.unwrap();
+        let enabled = audit
+            .iter()
+            .find(|a| a.action == "module.enable")
+            .expect("audited");
+        assert_eq!(enabled.after.as_ref().unwrap()["status"], json!("ENABLED"));
+        let record: serde_json::Value = match (&t.pg, &t.sqlite) {
+            (Some(pg), _) => {
+                sqlx::query_scalar("SELECT provisioning FROM tenant_modules WHERE tenant_id = $1")
+                    .bind(id)
+                    .fetch_one(pg.pool())
+                    .await
+                    .unwrap()
+            }
+            (_, Some(sqlite)) => serde_json::from_str(
+                &sqlx::query_scalar::<_, String>(
+                    "SELECT provisioning FROM tenant_modules WHERE tenant_id = ?1",
+                )
+                .bind(id)
+                .fetch_one(sqlite.pool())
+                .await
+                .unwrap(),
+            )
+            .unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            record["tables"],
+            json!(["tenant_inventory_items", "tenant_inventory_notes"])
+        );
+        assert_eq!(
+            record["row_level_security"],
+            json!(backend == Backend::Postgres)
+        );
+        if backend == Backend::Sqlite {
+            assert!(
+                record["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no row-level security")
+            );
+        }
+        if record["created"] == json!(true) {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+
+    // The audit trigger records a row written to a module table, with its tenant.
+    let insert = "INSERT INTO tenant_inventory_items (id, tenant_id, body) VALUES (7, ";
+    let statement = format!("{insert}{}, 'hello')", tenants[3]);
+    match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => {
+            sqlx::query(&statement).execute(pg.pool()).await.unwrap();
+        }
+        (_, Some(sqlite)) => {
+            sqlx::query(&statement)
+                .execute(sqlite.pool())
+                .await
+                .unwrap();
+        }
+        _ => unreachable!(),
+    }
+    let last = &t.store.audit_list(Some(tenants[3]), 1).await.unwrap()[0];
+    assert_eq!(last.action, "row.insert");
+    assert_eq!(last.entity, "tenant_inventory_items");
+    assert_eq!(last.module.as_deref(), Some("inventory"));
+    assert_eq!(last.after.as_ref().unwrap()["body"], json!("hello"));
+}
+
+async fn a_failing_migration_leaves_no_table_and_the_module_in_error(backend: Backend) {
+    let t = fresh(backend).await;
+    let tables = ["tenant_alerts_rules".to_string()];
+    let up_sql = "CREATE TABLE tenant_alerts_rules (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+                  created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+                  CREATE INDEX tenant_alerts_rules_bad ON tenant_alerts_rules (no_such_column);";
+    publish_version(&t, &module("alerts", Maturity::Ga, &[]), &tables, up_sql).await;
+    let acme = tenant(&t, "acme", false, false).await;
+    life(&t).request(acme, "alerts", "tenant").await.unwrap();
+    let running = workers(&t);
+    assert_eq!(settled(&t, &[acme], "alerts").await, [Error]);
+    running.stop().await;
+
+    let failed = t
+        .store
+        .tenant_module_get(acme, "alerts")
+        .await
+        .unwrap()
+        .unwrap();
+    let reason = failed.status_reason.unwrap();
+    assert!(
+        reason.contains("provisioning failed") && reason.contains("no_such_column"),
+        "{reason}"
+    );
+    assert!(
+        !table_exists(&t, "tenant_alerts_rules").await,
+        "no partial table"
+    );
+    assert!(
+        t.store.versions_of("alerts").await.unwrap()[0]
+            .migrated_at
+            .is_none()
+    );
+    let last = &t.store.audit_list(Some(acme), 1).await.unwrap()[0];
+    assert_eq!(last.action, "module.provision_failed");
+}
+
+fn engine(t: &TestStore) -> Arc<Engine> {
+    let kinds = common::repo_kinds();
+    let steps = steps::registry();
+    let workflows = WorkflowCatalog::load_dir(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
+        &kinds,
+        &|h| steps.contains(h),
+    )
+    .expect("workflows/ loads");
+    Engine::new(t.store.clone(), workflows, kinds, steps)
+}
+
+fn life(t: &TestStore) -> Lifecycle {
+    Lifecycle::new(engine(t)).expect("module_provision is defined")
+}
+
+/// Workers for the provisioning runs, until `stop`.
+struct Workers {
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), steward::queue::RuntimeError>>,
+}
+
+fn workers(t: &TestStore) -> Workers {
+    let engine = engine(t);
+    let mut registry = Registry::new();
+    engine.register_jobs(&mut registry);
+    let mut config = RuntimeConfig::new(
+        format!("lifecycle-{}", fastrand::u32(..)),
+        vec![QueueConfig {
+            name: "workflows".into(),
+            concurrency: 8,
+        }],
+    );
+    config.poll_interval = Duration::from_millis(50);
+    let step_kind = common::repo_kinds()
+        .get("workflow_step")
+        .expect("jobs/workflow_step.toml")
+        .clone();
+    let runtime = Runtime::new(
+        t.store.clone(),
+        registry,
+        common::kinds_of(&[step_kind]),
+        config,
+    )
+    .unwrap()
+    .with_service(Box::new(RunSweeper {
+        engine,
+        every: Duration::from_millis(50),
+    }));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    Workers { shutdown, handle }
+}
+
+impl Workers {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Wait until every listed tenant module has left PROVISIONING; their statuses.
+async fn settled(t: &TestStore, tenants: &[TenantId], slug: &str) -> Vec<TenantModuleStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut statuses = Vec::new();
+        for tenant in tenants {
+            statuses.push(status(t, *tenant, slug).await.expect("requested"));
+        }
+        if statuses.iter().all(|s| *s != Provisioning) {
+            return statuses;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still provisioning: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 fn module(slug: &str, maturity: Maturity, dependencies: &[&str]) -> ModuleRecord {
     ModuleRecord {
@@ -36,9 +357,27 @@ fn module(slug: &str, maturity: Maturity, dependencies: &[&str]) -> ModuleRecord
     }
 }
 
+/// A module whose version creates two tables, `tenant_<slug>_items` and `_notes`.
 async fn publish(t: &TestStore, m: &ModuleRecord) {
+    let tables = [
+        format!("tenant_{}_items", m.slug),
+        format!("tenant_{}_notes", m.slug),
+    ];
+    let up_sql = tables
+        .iter()
+        .map(|table| {
+            format!(
+                "CREATE TABLE {table} (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+                 body TEXT NOT NULL DEFAULT '', \
+                 created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (tenant_id, id));"
+            )
+        })
+        .collect::<String>();
+    publish_version(t, m, &tables, &up_sql).await;
+}
+
+async fn publish_version(t: &TestStore, m: &ModuleRecord, tables: &[String], up_sql: &str) {
     t.store.module_put(m, "catalog").await.unwrap();
-    let table = format!("tenant_{}_items", m.slug);
     t.store
         .version_publish(
             &m.slug,
@@ -49,12 +388,12 @@ async fn publish(t: &TestStore, m: &ModuleRecord) {
                 patch: 0,
                 build_hash: "abc".into(),
                 changelog: "first".into(),
-                up_sql: format!("CREATE TABLE {table} (tenant_id BIGINT NOT NULL)"),
-                down_sql: format!("DROP TABLE {table}"),
+                up_sql: up_sql.into(),
+                down_sql: tables.iter().map(|t| format!("DROP TABLE {t};")).collect(),
                 pre_upgrade_sql: None,
                 post_upgrade_sql: None,
                 settings_schema: None,
-                tables_created: vec![table],
+                tables_created: tables.to_vec(),
             },
         )
         .await
@@ -95,16 +434,18 @@ async fn a_ga_request_provisions_and_alpha_waits_for_approval(backend: Backend) 
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
     let acme = tenant(&t, "acme", true, false).await;
-    let life = Lifecycle::new(t.store.clone());
+    let life = life(&t);
 
     let ga = life.request(acme, "inventory", "user:ana").await.unwrap();
     assert_eq!(ga.module.status, Provisioning);
+    assert!(ga.run.is_some(), "its provisioning run started");
     assert_eq!(ga.warning, None);
     let versions = t.store.versions_of("inventory").await.unwrap();
     assert_eq!(ga.module.version_id, Some(versions[0].id));
 
     let alpha = life.request(acme, "chatbot", "user:ana").await.unwrap();
     assert_eq!(alpha.module.status, PendingApproval);
+    assert_eq!(alpha.run, None, "nothing is provisioned before approval");
     assert!(alpha.module.status_reason.unwrap().contains("approval"));
 
     // Request, then admission: two audited steps per request, newest first.
@@ -137,7 +478,7 @@ async fn refused_moves_change_nothing_and_accepted_ones_are_audited(backend: Bac
     let t = fresh(backend).await;
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
-    Lifecycle::new(t.store.clone())
+    life(&t)
         .request(acme, "inventory", "user:ana")
         .await
         .unwrap();
@@ -152,6 +493,7 @@ async fn refused_moves_change_nothing_and_accepted_ones_are_audited(backend: Bac
         reason: None,
         actor: "user:bob",
         action: "test.move",
+        provisioning: None,
     };
     for refused in [Requested, UpToDate, Upgrading, Archived, Suspended] {
         let err = t
@@ -196,12 +538,12 @@ async fn approval_decides_only_pending_requests(backend: Backend) {
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let a = tenant(&t, "a", true, false).await;
     let b = tenant(&t, "b", true, false).await;
-    let life = Lifecycle::new(t.store.clone());
+    let life = life(&t);
     life.request(a, "chatbot", "tenant:a").await.unwrap();
     life.request(b, "chatbot", "tenant:b").await.unwrap();
     life.request(a, "inventory", "tenant:a").await.unwrap();
 
-    let approved = life.approve(a, "chatbot", "admin:root").await.unwrap();
+    let (approved, _run) = life.approve(a, "chatbot", "admin:root").await.unwrap();
     assert_eq!(approved.status, Provisioning);
     let rejected = life
         .reject(b, "chatbot", "admin:root", "no SLA for you")
@@ -255,7 +597,7 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
     }
     publish(&t, &module("alerts", Maturity::Ga, &["inventory"])).await;
     let plain = tenant(&t, "plain", false, false).await;
-    let life = Lifecycle::new(t.store.clone());
+    let life = life(&t);
 
     for slug in ["planned", "indev", "alpha", "beta"] {
         let err = life.request(plain, slug, "tenant").await.unwrap_err();
@@ -288,6 +630,7 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             reason: None,
             actor: "system",
             action: "module.enable",
+            provisioning: None,
         })
         .await
         .unwrap();
@@ -379,7 +722,7 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
     let t = fresh(backend).await;
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
-    let life = Lifecycle::new(t.store.clone());
+    let life = life(&t);
     life.request(acme, "inventory", "tenant").await.unwrap();
     let err = life.request(acme, "inventory", "tenant").await.unwrap_err();
     assert!(
@@ -398,6 +741,7 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
                 reason: None,
                 actor: "system",
                 action: "test.move",
+                provisioning: None,
             })
             .await
             .unwrap();
@@ -415,7 +759,7 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
 async fn crafted_slugs_are_refused_before_any_sql(backend: Backend) {
     let t = fresh(backend).await;
     let acme = tenant(&t, "acme", true, true).await;
-    let life = Lifecycle::new(t.store.clone());
+    let life = life(&t);
     for crafted in [
         "x\"; DROP TABLE tenants; --",
         "inventory' OR '1'='1",

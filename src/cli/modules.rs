@@ -1,7 +1,7 @@
 //! `steward tenant …`, `steward catalog …`, `steward module …` and `steward audit`: the
 //! module lifecycle from the command line (the HTTP API comes later).
 
-use super::{CliError, open_store};
+use super::{CliError, load_engine, load_kinds, open_store};
 use crate::config::Settings;
 use crate::domain::catalog::Catalog;
 use crate::domain::maturity::Maturity;
@@ -52,6 +52,15 @@ pub(crate) enum ModuleCommand {
     },
 }
 
+/// The lifecycle over the workflow engine of `workflows/` (provisioning runs are started
+/// here and run by `steward worker`).
+async fn lifecycle(settings: &Settings) -> Result<Lifecycle, CliError> {
+    let kinds = load_kinds(settings)?;
+    let store = open_store(&settings.database_url).await?;
+    let engine = load_engine(settings, store, &kinds)?;
+    Ok(Lifecycle::new(engine)?)
+}
+
 fn actor() -> String {
     format!(
         "cli:{}",
@@ -94,10 +103,8 @@ pub(crate) async fn catalog(settings: &Settings, command: CatalogCommand) -> Res
         CatalogCommand::Load => {
             // The files are checked before the database is touched.
             let catalog = Catalog::load_dir(&settings.catalog_dir)?;
-            let store = open_store(&settings.database_url).await?;
-            let (modules, versions) = Lifecycle::new(store)
-                .load_catalog(&catalog, &actor())
-                .await?;
+            let life = lifecycle(settings).await?;
+            let (modules, versions) = life.load_catalog(&catalog, &actor()).await?;
             out!("catalog loaded: {modules} modules, {versions} versions");
             Ok(())
         }
@@ -118,18 +125,22 @@ pub(crate) async fn catalog(settings: &Settings, command: CatalogCommand) -> Res
 }
 
 pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Result<(), CliError> {
-    let store = open_store(&settings.database_url).await?;
-    let life = Lifecycle::new(store);
+    let life = lifecycle(settings).await?;
     match command {
         ModuleCommand::Request { tenant, module } => {
             let requested = life.request(tenant, &module, &actor()).await?;
             if let Some(warning) = &requested.warning {
                 eprintln!("warning: {warning}");
             }
+            if let Some(run) = requested.run {
+                eprintln!("provisioning run {run} started");
+            }
             print_json(&requested.module)
         }
         ModuleCommand::Approve { tenant, module } => {
-            print_json(&life.approve(tenant, &module, &actor()).await?)
+            let (record, run) = life.approve(tenant, &module, &actor()).await?;
+            eprintln!("provisioning run {run} started");
+            print_json(&record)
         }
         ModuleCommand::Reject {
             tenant,

@@ -2,8 +2,11 @@
 //! rejects it. Each decision applies the rules of [`crate::domain`] to what the store holds
 //! and records the outcome through [`DomainStore`](crate::store::DomainStore) (audited).
 //!
-//! Not built yet (issue #4): the provisioning and upgrade workflows that take a module from
-//! PROVISIONING to ENABLED and through UPGRADING.
+//! An admitted or approved request starts the `module_provision` workflow ([`steps`]),
+//! which takes the module from PROVISIONING to ENABLED (or ERROR). Not built yet (issue #4):
+//! upgrade with rollback, disable and archive.
+
+pub mod steps;
 
 use crate::domain::DomainError;
 use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
@@ -11,8 +14,12 @@ use crate::domain::catalog::Catalog;
 use crate::domain::ident::Slug;
 use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{ModuleRecord, NewVersion, StatusChange, TenantId, TenantModuleRecord};
+use crate::store::runs::RunId;
 use crate::store::{SharedStore, StoreError};
+use crate::workflow::{Engine, EngineError};
+use serde_json::json;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Why a lifecycle operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +34,10 @@ pub enum LifecycleError {
     Domain(#[from] DomainError),
     #[error(transparent)]
     Store(StoreError),
+    #[error("the workflow `{0}` is not defined (workflows/)")]
+    NoWorkflow(&'static str),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 impl From<StoreError> for LifecycleError {
@@ -42,19 +53,49 @@ impl From<StoreError> for LifecycleError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Requested {
     pub module: TenantModuleRecord,
+    /// The provisioning run, when the request was admitted without approval.
+    pub run: Option<RunId>,
     /// Shown to the tenant (BETA, MAINTENANCE).
     pub warning: Option<String>,
 }
 
-/// The lifecycle operations over one store.
+/// The workflow that provisions a tenant module.
+pub const PROVISION_WORKFLOW: &str = "module_provision";
+
+/// The lifecycle operations, over the workflow engine (and its store).
 #[derive(Clone)]
 pub struct Lifecycle {
     store: SharedStore,
+    engine: Arc<Engine>,
 }
 
 impl Lifecycle {
-    pub fn new(store: SharedStore) -> Self {
-        Self { store }
+    /// Lifecycle operations on `engine`, which must run the `module_provision` workflow.
+    pub fn new(engine: Arc<Engine>) -> Result<Self, LifecycleError> {
+        if engine.workflows().get(PROVISION_WORKFLOW).is_none() {
+            return Err(LifecycleError::NoWorkflow(PROVISION_WORKFLOW));
+        }
+        Ok(Self {
+            store: Arc::clone(engine.store()),
+            engine,
+        })
+    }
+
+    /// Start provisioning a tenant module that is PROVISIONING; returns the run.
+    pub async fn start_provisioning(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+    ) -> Result<RunId, LifecycleError> {
+        let (run, _) = self
+            .engine
+            .start(
+                PROVISION_WORKFLOW,
+                json!({"tenant_id": tenant_id, "module": slug}),
+                None,
+            )
+            .await?;
+        Ok(run)
     }
 
     /// Publish a catalog (from `catalog/*.toml`): every module created or updated (a
@@ -180,27 +221,42 @@ impl Lifecycle {
                 reason: reason.as_deref(),
                 actor,
                 action: "module.admit",
+                provisioning: None,
             })
             .await?;
-        Ok(Requested { module, warning })
+        let run = match module.status {
+            TenantModuleStatus::Provisioning => {
+                Some(self.start_provisioning(tenant_id, slug.as_str()).await?)
+            }
+            _ => None,
+        };
+        Ok(Requested {
+            module,
+            run,
+            warning,
+        })
     }
 
-    /// A Master Admin approves a pending request: it moves on to PROVISIONING.
+    /// A Master Admin approves a pending request: it moves on to PROVISIONING and its
+    /// provisioning run starts (returned).
     pub async fn approve(
         &self,
         tenant_id: TenantId,
         slug: &str,
         actor: &str,
-    ) -> Result<TenantModuleRecord, LifecycleError> {
-        self.decide(
-            tenant_id,
-            slug,
-            actor,
-            TenantModuleStatus::Provisioning,
-            None,
-            "module.approve",
-        )
-        .await
+    ) -> Result<(TenantModuleRecord, RunId), LifecycleError> {
+        let module = self
+            .decide(
+                tenant_id,
+                slug,
+                actor,
+                TenantModuleStatus::Provisioning,
+                None,
+                "module.approve",
+            )
+            .await?;
+        let run = self.start_provisioning(tenant_id, &module.module).await?;
+        Ok((module, run))
     }
 
     /// A Master Admin rejects a pending request: the module stays off (DISABLED), nothing
@@ -245,6 +301,7 @@ impl Lifecycle {
                 reason,
                 actor,
                 action,
+                provisioning: None,
             })
             .await?)
     }

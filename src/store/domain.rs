@@ -109,6 +109,24 @@ pub struct AuditRecord {
     pub after: Option<Value>,
 }
 
+/// What creating a module version's tables did (kept as the tenant module's provisioning
+/// record).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrationReport {
+    pub module: String,
+    pub version: String,
+    pub tables: Vec<String>,
+    /// This call created the tables; `false` when an earlier one had (they are shared by all
+    /// tenants of the module).
+    pub created: bool,
+    /// `tenant_id = current_setting('app.current_tenant_id')` policies on every table.
+    pub row_level_security: bool,
+    /// Least-privilege grants to `tenant_app_role`.
+    pub grants: bool,
+    /// What the backend could not do, said plainly.
+    pub note: Option<String>,
+}
+
 /// A requested status change of a tenant module.
 #[derive(Debug, Clone)]
 pub struct StatusChange<'a> {
@@ -124,6 +142,8 @@ pub struct StatusChange<'a> {
     pub actor: &'a str,
     /// The audit action, e.g. `module.approve`.
     pub action: &'a str,
+    /// What provisioning did, recorded with the move (`tenant_modules.provisioning`).
+    pub provisioning: Option<&'a Value>,
 }
 
 /// Lifecycle storage; every [`super::JobStore`] implements it.

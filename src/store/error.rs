@@ -24,6 +24,10 @@ pub enum StoreError {
     #[error(transparent)]
     Domain(#[from] crate::domain::DomainError),
 
+    /// A module version's migration failed; everything it did was rolled back.
+    #[error("migration failed: {0}")]
+    Migration(String),
+
     /// A batched write this request was part of failed (the whole batch rolled back).
     #[error("batched write failed: {0}")]
     Batch(String),

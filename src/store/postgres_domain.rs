@@ -1,12 +1,13 @@
 //! PostgreSQL implementation of [`DomainStore`].
 
 use super::domain::{
-    AuditRecord, DomainStore, ModuleRecord, NewTenant, NewVersion, StatusChange, TenantId,
-    TenantModuleRecord, TenantRecord, VersionRecord,
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, StatusChange,
+    TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
 };
 use super::postgres::PgStore;
 use super::{StoreError, StoreResult};
 use crate::domain::DomainError;
+use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use async_trait::async_trait;
@@ -111,6 +112,66 @@ async fn audit(
 
 fn snapshot(record: &TenantModuleRecord) -> Value {
     json!({"status": record.status, "version_id": record.version_id, "reason": record.status_reason})
+}
+
+/// Move a tenant module's status on the caller's transaction: locked, checked against the
+/// rules (and `change.from`), updated and audited. Shared by [`DomainStore`] and the step
+/// transactions of the lifecycle workflows.
+pub(super) async fn move_status(
+    conn: &mut PgConnection,
+    change: &StatusChange<'_>,
+) -> StoreResult<TenantModuleRecord> {
+    let current = sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = $1 AND module = $2 FOR UPDATE"
+        ))
+        .bind(change.tenant_id)
+        .bind(change.module)
+        .fetch_optional(&mut *conn)
+        .await?
+        .as_ref()
+        .map(tenant_module_from)
+        .transpose()?
+        .ok_or_else(|| {
+            StoreError::InvalidInput(format!(
+                "tenant {} has no module `{}`",
+                change.tenant_id, change.module
+            ))
+        })?;
+    if change.from.is_some_and(|from| from != current.status) {
+        return Err(DomainError::InvalidTransition {
+            what: "tenant module (it moved meanwhile)",
+            from: current.status.as_str(),
+            to: change.to.as_str(),
+        }
+        .into());
+    }
+    current.status.check_move(change.to)?;
+    let row = sqlx::query(&format!(
+            "UPDATE tenant_modules SET status = $3, status_reason = $4, updated_at = now(), \
+                 provisioning = coalesce($5, provisioning), \
+                 enabled_at = CASE WHEN $3 = 'ENABLED' AND enabled_at IS NULL THEN now() ELSE enabled_at END \
+             WHERE tenant_id = $1 AND module = $2 RETURNING {TENANT_MODULE_COLUMNS}"
+        ))
+        .bind(change.tenant_id)
+        .bind(change.module)
+        .bind(change.to.as_str())
+        .bind(change.reason)
+        .bind(change.provisioning)
+        .fetch_one(&mut *conn)
+        .await?;
+    let record = tenant_module_from(&row)?;
+    audit(
+        &mut *conn,
+        change.actor,
+        change.action,
+        Some(change.tenant_id),
+        Some(change.module),
+        "tenant_module",
+        Some(snapshot(&current)),
+        Some(snapshot(&record)),
+    )
+    .await?;
+    Ok(record)
 }
 
 #[async_trait]
@@ -392,54 +453,7 @@ impl DomainStore for PgStore {
         change: &StatusChange<'_>,
     ) -> StoreResult<TenantModuleRecord> {
         let mut tx = self.pool().begin().await?;
-        let current = sqlx::query(&format!(
-            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = $1 AND module = $2 FOR UPDATE"
-        ))
-        .bind(change.tenant_id)
-        .bind(change.module)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(tenant_module_from)
-        .transpose()?
-        .ok_or_else(|| {
-            StoreError::InvalidInput(format!(
-                "tenant {} has no module `{}`",
-                change.tenant_id, change.module
-            ))
-        })?;
-        if change.from.is_some_and(|from| from != current.status) {
-            return Err(DomainError::InvalidTransition {
-                what: "tenant module (it moved meanwhile)",
-                from: current.status.as_str(),
-                to: change.to.as_str(),
-            }
-            .into());
-        }
-        current.status.check_move(change.to)?;
-        let row = sqlx::query(&format!(
-            "UPDATE tenant_modules SET status = $3, status_reason = $4, updated_at = now(), \
-                 enabled_at = CASE WHEN $3 = 'ENABLED' AND enabled_at IS NULL THEN now() ELSE enabled_at END \
-             WHERE tenant_id = $1 AND module = $2 RETURNING {TENANT_MODULE_COLUMNS}"
-        ))
-        .bind(change.tenant_id)
-        .bind(change.module)
-        .bind(change.to.as_str())
-        .bind(change.reason)
-        .fetch_one(&mut *tx)
-        .await?;
-        let record = tenant_module_from(&row)?;
-        audit(
-            &mut tx,
-            change.actor,
-            change.action,
-            Some(change.tenant_id),
-            Some(change.module),
-            "tenant_module",
-            Some(snapshot(&current)),
-            Some(snapshot(&record)),
-        )
-        .await?;
+        let record = move_status(&mut tx, change).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -502,4 +516,160 @@ impl DomainStore for PgStore {
             })
             .collect()
     }
+}
+
+/// The audit trigger every module table gets (created or replaced under the migration lock).
+const AUDIT_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION steward_module_audit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after)
+    VALUES (coalesce(nullif(current_setting('app.actor', true), ''), session_user),
+            'row.' || lower(TG_OP),
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END,
+            TG_ARGV[0], TG_TABLE_NAME,
+            CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE to_jsonb(OLD) END,
+            CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END);
+    RETURN NULL;
+END
+$fn$"#;
+
+/// `tenant_app_role` (cluster-wide, created once) and its use of this schema.
+const APP_ROLE: &str = r#"
+DO $do$
+BEGIN
+    BEGIN
+        CREATE ROLE tenant_app_role NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO tenant_app_role', current_schema());
+END
+$do$"#;
+
+/// See [`crate::store::StepTx::module_migrate`].
+pub(super) async fn migrate_module(
+    conn: &mut PgConnection,
+    module: &str,
+    version_id: i64,
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    // One module migration at a time in this database: tenants provisioning the same module
+    // at once wait here, then find its tables created.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
+        .execute(&mut *conn)
+        .await?;
+    let row = sqlx::query(
+        "SELECT version, up_sql, tables_created, migrated_at FROM core_module_versions \
+         WHERE id = $1 AND module = $2 FOR UPDATE",
+    )
+    .bind(version_id)
+    .bind(slug.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
+    })?;
+    let version: String = row.try_get("version")?;
+    let declared: Vec<String> =
+        serde_json::from_value(row.try_get("tables_created")?).map_err(corrupt)?;
+    let tables = declared
+        .iter()
+        .map(|t| ModuleTable::parse(&slug, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut report = MigrationReport {
+        module: slug.to_string(),
+        version,
+        tables: declared,
+        created: false,
+        row_level_security: true,
+        grants: true,
+        note: None,
+    };
+    let migrated_at: Option<chrono::DateTime<chrono::Utc>> = row.try_get("migrated_at")?;
+    if migrated_at.is_some() {
+        return Ok(report);
+    }
+    let up_sql: String = row.try_get("up_sql")?;
+    sqlx::query("SAVEPOINT module_migration")
+        .execute(&mut *conn)
+        .await?;
+    match create_tables(conn, &slug, &tables, &up_sql).await {
+        Ok(()) => {
+            sqlx::query("RELEASE SAVEPOINT module_migration")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Err(err) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
+                .execute(&mut *conn)
+                .await?;
+            return Err(match err {
+                StoreError::Database(sqlx::Error::Database(db)) => {
+                    StoreError::Migration(db.message().to_string())
+                }
+                other => other,
+            });
+        }
+    }
+    sqlx::query("UPDATE core_module_versions SET migrated_at = now() WHERE id = $1")
+        .bind(version_id)
+        .execute(&mut *conn)
+        .await?;
+    report.created = true;
+    Ok(report)
+}
+
+async fn create_tables(
+    conn: &mut PgConnection,
+    slug: &Slug,
+    tables: &[ModuleTable],
+    up_sql: &str,
+) -> StoreResult<()> {
+    sqlx::Executor::execute(&mut *conn, AUDIT_FUNCTION).await?;
+    sqlx::Executor::execute(&mut *conn, APP_ROLE).await?;
+    sqlx::Executor::execute(&mut *conn, up_sql).await?;
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1",
+        )
+        .bind(table.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        if columns.is_empty() {
+            return Err(StoreError::Migration(format!(
+                "the migration did not create the declared table {table}"
+            )));
+        }
+        for needed in ["tenant_id", "created_at"] {
+            if !columns.iter().any(|c| c == needed) {
+                return Err(StoreError::Migration(format!(
+                    "module table {table} has no {needed} column"
+                )));
+            }
+        }
+        let name = table.quoted();
+        let index = quote_ident(&format!("{table}_tenant_created"));
+        let trigger = quote_ident(&format!("{table}_audit"));
+        let module = slug.as_str(); // validated: [a-z0-9_] only
+        let statements = [
+            format!("CREATE INDEX {index} ON {name} (tenant_id, created_at)"),
+            format!(
+                "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {name} \
+                 FOR EACH ROW EXECUTE FUNCTION steward_module_audit('{module}')"
+            ),
+            format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"),
+            format!("ALTER TABLE {name} FORCE ROW LEVEL SECURITY"),
+            format!(
+                "CREATE POLICY tenant_isolation ON {name} \
+                 USING (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint) \
+                 WITH CHECK (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint)"
+            ),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO tenant_app_role"),
+        ];
+        for statement in statements {
+            sqlx::query(&statement).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! PostgreSQL implementation of [`RunStore`] and its step transaction.
 
+use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
 use super::postgres::{PgStore, insert_on, insert_on_quietly};
 use super::runs::{
     CompletionOutcome, DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore,
@@ -712,6 +713,21 @@ struct PgStepTx {
 
 #[async_trait]
 impl StepTx for PgStepTx {
+    async fn module_migrate(
+        &mut self,
+        module: &str,
+        version_id: i64,
+    ) -> StoreResult<MigrationReport> {
+        super::postgres_domain::migrate_module(&mut self.tx, module, version_id).await
+    }
+
+    async fn tenant_module_move(
+        &mut self,
+        change: &StatusChange<'_>,
+    ) -> StoreResult<TenantModuleRecord> {
+        super::postgres_domain::move_status(&mut self.tx, change).await
+    }
+
     async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()> {
         sqlx::query("INSERT INTO steward_ledger (job_id, worker, entry) VALUES ($1, $2, $3)")
             .bind(job_id)

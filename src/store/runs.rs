@@ -257,6 +257,23 @@ pub trait RunStore: Send + Sync {
 /// The transaction of one step attempt. Dropping it without [`StepTx::commit`] rolls back.
 #[async_trait]
 pub trait StepTx: Send {
+    /// Module lifecycle: create a module version's tables in this database once (under a
+    /// lock; a later call finds them created and does nothing), with the `(tenant_id,
+    /// created_at)` index, audit triggers and, where the backend has them, grants to
+    /// `tenant_app_role` and row-level security. A failing migration leaves nothing behind
+    /// and returns [`super::StoreError::Migration`]; the transaction stays usable.
+    async fn module_migrate(
+        &mut self,
+        module: &str,
+        version_id: i64,
+    ) -> StoreResult<super::domain::MigrationReport>;
+
+    /// Module lifecycle: move a tenant module's status in the step's transaction.
+    async fn tenant_module_move(
+        &mut self,
+        change: &super::domain::StatusChange<'_>,
+    ) -> StoreResult<super::domain::TenantModuleRecord>;
+
     /// A database effect for tests and the demo: append a ledger row.
     async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()>;
 

@@ -2,12 +2,13 @@
 //! writes hold the store's write lock, SQLite's stand-in for `FOR UPDATE`).
 
 use super::domain::{
-    AuditRecord, DomainStore, ModuleRecord, NewTenant, NewVersion, StatusChange, TenantId,
-    TenantModuleRecord, TenantRecord, VersionRecord,
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, StatusChange,
+    TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
 };
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
 use super::{StoreError, StoreResult};
 use crate::domain::DomainError;
+use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use async_trait::async_trait;
@@ -118,6 +119,67 @@ async fn audit(
 
 fn snapshot(record: &TenantModuleRecord) -> Value {
     json!({"status": record.status, "version_id": record.version_id, "reason": record.status_reason})
+}
+
+/// Move a tenant module's status on the caller's transaction: locked, checked against the
+/// rules (and `change.from`), updated and audited. Shared by [`DomainStore`] and the step
+/// transactions of the lifecycle workflows.
+pub(super) async fn move_status(
+    conn: &mut SqliteConnection,
+    change: &StatusChange<'_>,
+) -> StoreResult<TenantModuleRecord> {
+    let current = sqlx::query(&format!(
+        "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = ?1 AND module = ?2"
+    ))
+    .bind(change.tenant_id)
+    .bind(change.module)
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(tenant_module_from)
+    .transpose()?
+    .ok_or_else(|| {
+        StoreError::InvalidInput(format!(
+            "tenant {} has no module `{}`",
+            change.tenant_id, change.module
+        ))
+    })?;
+    if change.from.is_some_and(|from| from != current.status) {
+        return Err(DomainError::InvalidTransition {
+            what: "tenant module (it moved meanwhile)",
+            from: current.status.as_str(),
+            to: change.to.as_str(),
+        }
+        .into());
+    }
+    current.status.check_move(change.to)?;
+    let row = sqlx::query(&format!(
+            "UPDATE tenant_modules SET status = ?3, status_reason = ?4, updated_at = ?5, \
+                 provisioning = coalesce(?6, provisioning), \
+                 enabled_at = CASE WHEN ?3 = 'ENABLED' AND enabled_at IS NULL THEN ?5 ELSE enabled_at END \
+             WHERE tenant_id = ?1 AND module = ?2 RETURNING {TENANT_MODULE_COLUMNS}"
+        ))
+        .bind(change.tenant_id)
+        .bind(change.module)
+        .bind(change.to.as_str())
+        .bind(change.reason)
+        .bind(now_ms())
+        .bind(change.provisioning.map(Value::to_string))
+        .fetch_one(&mut *conn)
+        .await?;
+    let record = tenant_module_from(&row)?;
+    audit(
+        &mut *conn,
+        change.actor,
+        change.action,
+        Some(change.tenant_id),
+        Some(change.module),
+        "tenant_module",
+        Some(snapshot(&current)),
+        Some(snapshot(&record)),
+    )
+    .await?;
+    Ok(record)
 }
 
 #[async_trait]
@@ -408,55 +470,7 @@ impl DomainStore for SqliteStore {
     ) -> StoreResult<TenantModuleRecord> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
-        let current = sqlx::query(&format!(
-            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = ?1 AND module = ?2"
-        ))
-        .bind(change.tenant_id)
-        .bind(change.module)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(tenant_module_from)
-        .transpose()?
-        .ok_or_else(|| {
-            StoreError::InvalidInput(format!(
-                "tenant {} has no module `{}`",
-                change.tenant_id, change.module
-            ))
-        })?;
-        if change.from.is_some_and(|from| from != current.status) {
-            return Err(DomainError::InvalidTransition {
-                what: "tenant module (it moved meanwhile)",
-                from: current.status.as_str(),
-                to: change.to.as_str(),
-            }
-            .into());
-        }
-        current.status.check_move(change.to)?;
-        let row = sqlx::query(&format!(
-            "UPDATE tenant_modules SET status = ?3, status_reason = ?4, updated_at = ?5, \
-                 enabled_at = CASE WHEN ?3 = 'ENABLED' AND enabled_at IS NULL THEN ?5 ELSE enabled_at END \
-             WHERE tenant_id = ?1 AND module = ?2 RETURNING {TENANT_MODULE_COLUMNS}"
-        ))
-        .bind(change.tenant_id)
-        .bind(change.module)
-        .bind(change.to.as_str())
-        .bind(change.reason)
-        .bind(now_ms())
-        .fetch_one(&mut *tx)
-        .await?;
-        let record = tenant_module_from(&row)?;
-        audit(
-            &mut tx,
-            change.actor,
-            change.action,
-            Some(change.tenant_id),
-            Some(change.module),
-            "tenant_module",
-            Some(snapshot(&current)),
-            Some(snapshot(&record)),
-        )
-        .await?;
+        let record = move_status(&mut tx, change).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -519,4 +533,161 @@ impl DomainStore for SqliteStore {
             })
             .collect()
     }
+}
+
+/// See [`crate::store::StepTx::module_migrate`]. SQLite has no roles and no row-level
+/// security: the record says so, and tenant isolation is the application's there. The
+/// step transaction holds the write lock, which serialises migrations.
+pub(super) async fn migrate_module(
+    conn: &mut SqliteConnection,
+    module: &str,
+    version_id: i64,
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    let row = sqlx::query(
+        "SELECT version, up_sql, tables_created, migrated_at FROM core_module_versions \
+         WHERE id = ?1 AND module = ?2",
+    )
+    .bind(version_id)
+    .bind(slug.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
+    })?;
+    let version: String = row.try_get("version")?;
+    let declared: Vec<String> = json_text(&row, "tables_created")?
+        .map(|v| serde_json::from_value(v).map_err(corrupt))
+        .transpose()?
+        .unwrap_or_default();
+    let tables = declared
+        .iter()
+        .map(|t| ModuleTable::parse(&slug, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut report = MigrationReport {
+        module: slug.to_string(),
+        version,
+        tables: declared,
+        created: false,
+        row_level_security: false,
+        grants: false,
+        note: Some(
+            "SQLite has no roles and no row-level security: no grants or policies were \
+             created, tenant isolation is the application's"
+                .into(),
+        ),
+    };
+    let migrated_at: Option<i64> = row.try_get("migrated_at")?;
+    if migrated_at.is_some() {
+        return Ok(report);
+    }
+    let up_sql: String = row.try_get("up_sql")?;
+    sqlx::query("SAVEPOINT module_migration")
+        .execute(&mut *conn)
+        .await?;
+    match create_tables(conn, &slug, &tables, &up_sql).await {
+        Ok(()) => {
+            sqlx::query("RELEASE SAVEPOINT module_migration")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Err(err) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT module_migration")
+                .execute(&mut *conn)
+                .await?;
+            return Err(match err {
+                StoreError::Database(sqlx::Error::Database(db)) => {
+                    StoreError::Migration(db.message().to_string())
+                }
+                other => other,
+            });
+        }
+    }
+    sqlx::query("UPDATE core_module_versions SET migrated_at = ?2 WHERE id = ?1")
+        .bind(version_id)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    report.created = true;
+    Ok(report)
+}
+
+async fn create_tables(
+    conn: &mut SqliteConnection,
+    slug: &Slug,
+    tables: &[ModuleTable],
+    up_sql: &str,
+) -> StoreResult<()> {
+    sqlx::Executor::execute(&mut *conn, up_sql).await?;
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+            .bind(table.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+        if columns.is_empty() {
+            return Err(StoreError::Migration(format!(
+                "the migration did not create the declared table {table}"
+            )));
+        }
+        for needed in ["tenant_id", "created_at"] {
+            if !columns.iter().any(|c| c == needed) {
+                return Err(StoreError::Migration(format!(
+                    "module table {table} has no {needed} column"
+                )));
+            }
+        }
+        // The row as JSON, column by column (SQLite has no to_json(row)); the names come
+        // from the catalog's SQL, so each is checked before it is put in a trigger.
+        for column in &columns {
+            crate::domain::ident::check_setting_key(column).map_err(|_| {
+                StoreError::Migration(format!(
+                    "module table {table} has a column named {column:?}: use a-z, 0-9 and _"
+                ))
+            })?;
+        }
+        let row_json = |alias: &str| {
+            let pairs: Vec<String> = columns
+                .iter()
+                .map(|c| format!("'{c}', {alias}.{}", quote_ident(c)))
+                .collect();
+            format!("json_object({})", pairs.join(", "))
+        };
+        let name = table.quoted();
+        let module = slug.as_str(); // validated: [a-z0-9_] only
+        let entity = table.as_str(); // validated likewise
+        let mut statements = vec![format!(
+            "CREATE INDEX {} ON {name} (tenant_id, created_at)",
+            quote_ident(&format!("{table}_tenant_created"))
+        )];
+        for (op, before, after, tenant) in [
+            (
+                "INSERT",
+                "NULL".to_string(),
+                row_json("NEW"),
+                "NEW.tenant_id",
+            ),
+            ("UPDATE", row_json("OLD"), row_json("NEW"), "NEW.tenant_id"),
+            (
+                "DELETE",
+                row_json("OLD"),
+                "NULL".to_string(),
+                "OLD.tenant_id",
+            ),
+        ] {
+            statements.push(format!(
+                "CREATE TRIGGER {} AFTER {op} ON {name} FOR EACH ROW BEGIN \
+                 INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
+                 VALUES ('database', 'row.{}', {tenant}, '{module}', '{entity}', {before}, {after}); END",
+                quote_ident(&format!("{table}_audit_{}", op.to_lowercase())),
+                op.to_lowercase(),
+            ));
+        }
+        for statement in statements {
+            sqlx::query(&statement).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! `postgres_runs.rs`. A step transaction holds the store's writer lock: SQLite has one
 //! writer, and the step's own writes, its completion and the next job commit together.
 
+use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
 use super::runs::{
     CompletionOutcome, DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore,
     StepCompletion, StepRecord, StepState, StepTx,
@@ -630,6 +631,21 @@ struct SqliteStepTx {
 
 #[async_trait]
 impl StepTx for SqliteStepTx {
+    async fn module_migrate(
+        &mut self,
+        module: &str,
+        version_id: i64,
+    ) -> StoreResult<MigrationReport> {
+        super::sqlite_domain::migrate_module(&mut self.tx, module, version_id).await
+    }
+
+    async fn tenant_module_move(
+        &mut self,
+        change: &StatusChange<'_>,
+    ) -> StoreResult<TenantModuleRecord> {
+        super::sqlite_domain::move_status(&mut self.tx, change).await
+    }
+
     async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO steward_ledger (job_id, worker, at, entry) VALUES (?1, ?2, ?3, ?4)",

@@ -72,6 +72,11 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// The store, for reads before the step's writes (which go through [`StepContext::tx`]).
+    pub fn store(&self) -> &SharedStore {
+        self.store
+    }
+
     /// The step's transaction: write the step's database effects here, they commit with the
     /// step's completion. Opened on first use; a step that never asks commits in a batch.
     pub async fn tx(&mut self) -> Result<&mut dyn StepTx, JobError> {
@@ -237,6 +242,11 @@ impl Engine {
                 }),
             )
         })
+    }
+
+    /// The store this engine runs on.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
     }
 
     /// The workflows this engine runs.

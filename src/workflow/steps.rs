@@ -49,8 +49,9 @@ fn noop(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move { Ok(ctx.input.clone()) })
 }
 
-/// Register the built-in step handlers.
+/// Register the built-in step handlers (with the module lifecycle's).
 pub fn register(steps: &mut StepRegistry) {
+    crate::lifecycle::steps::register(steps);
     steps.register("ledger.append", ledger_append);
     steps.register("ledger.undo", ledger_undo);
     steps.register("step.fail", fail);
