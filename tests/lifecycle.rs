@@ -28,6 +28,7 @@ per_backend!(
     crafted_slugs_are_refused_before_any_sql,
     twenty_tenants_provision_one_module_its_tables_created_once,
     a_failing_migration_leaves_no_table_and_the_module_in_error,
+    a_first_install_runs_every_version_and_later_tenants_join_the_installed_one,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +233,14 @@ async fn a_failing_migration_leaves_no_table_and_the_module_in_error(backend: Ba
     let up_sql = "CREATE TABLE tenant_alerts_rules (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
                   created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
                   CREATE INDEX tenant_alerts_rules_bad ON tenant_alerts_rules (no_such_column);";
-    publish_version(&t, &module("alerts", Maturity::Ga, &[]), &tables, up_sql).await;
+    publish_version(
+        &t,
+        &module("alerts", Maturity::Ga, &[]),
+        "1.0.0",
+        &tables,
+        up_sql,
+    )
+    .await;
     let acme = tenant(&t, "acme", false, false).await;
     life(&t).request(acme, "alerts", "tenant").await.unwrap();
     let running = workers(&t);
@@ -373,19 +381,26 @@ async fn publish(t: &TestStore, m: &ModuleRecord) {
             )
         })
         .collect::<String>();
-    publish_version(t, m, &tables, &up_sql).await;
+    publish_version(t, m, "1.0.0", &tables, &up_sql).await;
 }
 
-async fn publish_version(t: &TestStore, m: &ModuleRecord, tables: &[String], up_sql: &str) {
+async fn publish_version(
+    t: &TestStore,
+    m: &ModuleRecord,
+    version: &str,
+    tables: &[String],
+    up_sql: &str,
+) {
+    let numbers: Vec<i32> = version.split('.').map(|n| n.parse().unwrap()).collect();
     t.store.module_put(m, "catalog").await.unwrap();
     t.store
         .version_publish(
             &m.slug,
             &NewVersion {
-                version: "1.0.0".into(),
-                major: 1,
-                minor: 0,
-                patch: 0,
+                version: version.into(),
+                major: numbers[0],
+                minor: numbers[1],
+                patch: numbers[2],
                 build_hash: "abc".into(),
                 changelog: "first".into(),
                 up_sql: up_sql.into(),
@@ -773,4 +788,106 @@ async fn crafted_slugs_are_refused_before_any_sql(backend: Backend) {
         t.store.tenant_get(acme).await.unwrap().is_some(),
         "tenants survived"
     );
+}
+
+async fn column_exists(t: &TestStore, table: &str, column: &str) -> bool {
+    let sql = match (&t.pg, &t.sqlite) {
+        (Some(_), _) => {
+            "SELECT count(*) FROM information_schema.columns \
+                         WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+        }
+        _ => "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+    };
+    let count: i64 = match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => {
+            sqlx::query_scalar(sql)
+                .bind(table)
+                .bind(column)
+                .fetch_one(pg.pool())
+                .await
+        }
+        (_, Some(sqlite)) => {
+            sqlx::query_scalar(sql)
+                .bind(table)
+                .bind(column)
+                .fetch_one(sqlite.pool())
+                .await
+        }
+        _ => unreachable!(),
+    }
+    .unwrap();
+    count == 1
+}
+
+async fn a_first_install_runs_every_version_and_later_tenants_join_the_installed_one(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    let items = "CREATE TABLE tenant_stock_items (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+                 created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);";
+    let moves = "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT; \
+                 CREATE TABLE tenant_stock_moves (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+                 created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);";
+    let stock = module("stock", Maturity::Ga, &[]);
+    publish_version(&t, &stock, "1.0.0", &["tenant_stock_items".into()], items).await;
+    // A second module published with both versions before anyone asks for it.
+    let fresh_items = items.replace("stock", "depot");
+    let fresh_moves = moves.replace("stock", "depot");
+    let depot = module("depot", Maturity::Ga, &[]);
+    publish_version(
+        &t,
+        &depot,
+        "1.0.0",
+        &["tenant_depot_items".into()],
+        &fresh_items,
+    )
+    .await;
+    publish_version(
+        &t,
+        &depot,
+        "2.0.0",
+        &["tenant_depot_moves".into()],
+        &fresh_moves,
+    )
+    .await;
+
+    let a = tenant(&t, "a", false, false).await;
+    let b = tenant(&t, "b", false, false).await;
+    let life = life(&t);
+    life.request(a, "stock", "tenant").await.unwrap();
+    life.request(a, "depot", "tenant").await.unwrap();
+    let running = workers(&t);
+    assert_eq!(settled(&t, &[a], "stock").await, [Enabled]);
+    assert_eq!(settled(&t, &[a], "depot").await, [Enabled]);
+
+    // The first install of `depot` ran 1.0.0 then 2.0.0.
+    assert!(column_exists(&t, "tenant_depot_items", "location").await);
+    assert!(table_exists(&t, "tenant_depot_moves").await);
+    let depot_versions = t.store.versions_of("depot").await.unwrap();
+    assert!(depot_versions.iter().all(|v| v.migrated_at.is_some()));
+    let enabled = t
+        .store
+        .tenant_module_get(a, "depot")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(enabled.version_id, Some(depot_versions[1].id));
+
+    // `stock` 2.0.0 is published after tenant A installed 1.0.0: tenant B joins 1.0.0 and
+    // nothing of 2.0.0 runs (that is an upgrade's job).
+    publish_version(&t, &stock, "2.0.0", &["tenant_stock_moves".into()], moves).await;
+    life.request(b, "stock", "tenant").await.unwrap();
+    assert_eq!(settled(&t, &[b], "stock").await, [Enabled]);
+    running.stop().await;
+    let stock_versions = t.store.versions_of("stock").await.unwrap();
+    let joined = t
+        .store
+        .tenant_module_get(b, "stock")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(joined.version_id, Some(stock_versions[0].id));
+    assert!(stock_versions[1].migrated_at.is_none());
+    assert!(!table_exists(&t, "tenant_stock_moves").await);
+    assert!(!column_exists(&t, "tenant_stock_items", "location").await);
 }

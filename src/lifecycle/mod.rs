@@ -150,7 +150,7 @@ impl Lifecycle {
         Ok((catalog.len(), versions))
     }
 
-    /// A tenant asks for a module (its latest version). Refused, with the rule that refused
+    /// A tenant asks for a module (at the version installed here, else the latest). Refused, with the rule that refused
     /// it, when the module is not available to this tenant or its dependencies are not
     /// enabled; otherwise recorded as REQUESTED and moved on to PENDING_APPROVAL (ALPHA) or
     /// PROVISIONING.
@@ -171,11 +171,14 @@ impl Lifecycle {
             .module_get(slug.as_str())
             .await?
             .ok_or_else(|| LifecycleError::NoModule(slug.to_string()))?;
-        let version = self
-            .store
-            .versions_of(slug.as_str())
-            .await?
-            .pop()
+        // New tenants get the version the module's tables are at in this database (upgrades
+        // move everyone together), or the latest one on a first install.
+        let versions = self.store.versions_of(slug.as_str()).await?;
+        let version = versions
+            .iter()
+            .rev()
+            .find(|v| v.migrated_at.is_some())
+            .or(versions.last())
             .ok_or_else(|| LifecycleError::NoVersion(slug.to_string()))?;
         let modules: HashMap<String, TenantModuleStatus> = self
             .store

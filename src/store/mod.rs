@@ -8,6 +8,7 @@
 
 pub mod domain;
 pub mod error;
+mod migration;
 pub mod postgres;
 mod postgres_domain;
 mod postgres_runs;

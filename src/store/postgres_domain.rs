@@ -4,6 +4,7 @@ use super::domain::{
     AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, StatusChange,
     TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
 };
+use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::postgres::PgStore;
 use super::{StoreError, StoreResult};
 use crate::domain::DomainError;
@@ -558,61 +559,51 @@ pub(super) async fn migrate_module(
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
         .execute(&mut *conn)
         .await?;
-    let row = sqlx::query(
-        "SELECT version, up_sql, tables_created, migrated_at FROM core_module_versions \
-         WHERE id = $1 AND module = $2 FOR UPDATE",
+    let rows = sqlx::query(
+        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
+         FROM core_module_versions WHERE module = $1 ORDER BY major, minor, patch FOR UPDATE",
     )
-    .bind(version_id)
     .bind(slug.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
-    })?;
-    let version: String = row.try_get("version")?;
-    let declared: Vec<String> =
-        serde_json::from_value(row.try_get("tables_created")?).map_err(corrupt)?;
-    let tables = declared
+    .fetch_all(&mut *conn)
+    .await?;
+    let versions = rows
         .iter()
-        .map(|t| ModuleTable::parse(&slug, t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut report = MigrationReport {
-        module: slug.to_string(),
-        version,
-        tables: declared,
-        created: false,
-        row_level_security: true,
-        grants: true,
-        note: None,
-    };
-    let migrated_at: Option<chrono::DateTime<chrono::Utc>> = row.try_get("migrated_at")?;
-    if migrated_at.is_some() {
+        .map(|row| {
+            Ok(VersionSql {
+                id: row.try_get("id")?,
+                version: row.try_get("version")?,
+                up_sql: row.try_get("up_sql")?,
+                tables: serde_json::from_value(row.try_get("tables_created")?).map_err(corrupt)?,
+                migrated: row.try_get("migrated")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let plan = MigrationPlan::new(&slug, versions, version_id)?;
+    let mut report = plan.report(true, None);
+    if plan.pending.is_empty() {
         return Ok(report);
     }
-    let up_sql: String = row.try_get("up_sql")?;
     sqlx::query("SAVEPOINT module_migration")
         .execute(&mut *conn)
         .await?;
-    match create_tables(conn, &slug, &tables, &up_sql).await {
-        Ok(()) => {
-            sqlx::query("RELEASE SAVEPOINT module_migration")
-                .execute(&mut *conn)
-                .await?;
-        }
-        Err(err) => {
-            sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
-                .execute(&mut *conn)
-                .await?;
-            return Err(match err {
-                StoreError::Database(sqlx::Error::Database(db)) => {
-                    StoreError::Migration(db.message().to_string())
-                }
-                other => other,
-            });
+    let mut outcome = Ok(());
+    for version in &plan.pending {
+        outcome = create_tables(conn, &slug, &version.tables, &version.up_sql).await;
+        if outcome.is_err() {
+            break;
         }
     }
-    sqlx::query("UPDATE core_module_versions SET migrated_at = now() WHERE id = $1")
-        .bind(version_id)
+    if let Err(err) = outcome {
+        sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
+            .execute(&mut *conn)
+            .await?;
+        return Err(as_migration_error(err));
+    }
+    sqlx::query("RELEASE SAVEPOINT module_migration")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE core_module_versions SET migrated_at = now() WHERE id = ANY($1)")
+        .bind(plan.pending.iter().map(|v| v.id).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     report.created = true;
@@ -625,6 +616,8 @@ async fn create_tables(
     tables: &[ModuleTable],
     up_sql: &str,
 ) -> StoreResult<()> {
+    // PostgreSQL's audit trigger serialises the whole row (`to_jsonb`), so columns added by
+    // later versions are audited without touching it.
     sqlx::Executor::execute(&mut *conn, AUDIT_FUNCTION).await?;
     sqlx::Executor::execute(&mut *conn, APP_ROLE).await?;
     sqlx::Executor::execute(&mut *conn, up_sql).await?;

@@ -5,6 +5,7 @@ use super::domain::{
     AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, StatusChange,
     TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
 };
+use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
 use super::{StoreError, StoreResult};
 use crate::domain::DomainError;
@@ -544,94 +545,86 @@ pub(super) async fn migrate_module(
     version_id: i64,
 ) -> StoreResult<MigrationReport> {
     let slug = Slug::parse(module)?;
-    let row = sqlx::query(
-        "SELECT version, up_sql, tables_created, migrated_at FROM core_module_versions \
-         WHERE id = ?1 AND module = ?2",
+    let rows = sqlx::query(
+        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
+         FROM core_module_versions WHERE module = ?1 ORDER BY major, minor, patch",
     )
-    .bind(version_id)
     .bind(slug.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
-    })?;
-    let version: String = row.try_get("version")?;
-    let declared: Vec<String> = json_text(&row, "tables_created")?
-        .map(|v| serde_json::from_value(v).map_err(corrupt))
-        .transpose()?
-        .unwrap_or_default();
-    let tables = declared
+    .fetch_all(&mut *conn)
+    .await?;
+    let versions = rows
         .iter()
-        .map(|t| ModuleTable::parse(&slug, t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut report = MigrationReport {
-        module: slug.to_string(),
-        version,
-        tables: declared,
-        created: false,
-        row_level_security: false,
-        grants: false,
-        note: Some(
+        .map(|row| {
+            Ok(VersionSql {
+                id: row.try_get("id")?,
+                version: row.try_get("version")?,
+                up_sql: row.try_get("up_sql")?,
+                tables: json_text(row, "tables_created")?
+                    .map(|v| serde_json::from_value(v).map_err(corrupt))
+                    .transpose()?
+                    .unwrap_or_default(),
+                migrated: row.try_get("migrated")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let plan = MigrationPlan::new(&slug, versions, version_id)?;
+    let mut report = plan.report(
+        false,
+        Some(
             "SQLite has no roles and no row-level security: no grants or policies were \
              created, tenant isolation is the application's"
                 .into(),
         ),
-    };
-    let migrated_at: Option<i64> = row.try_get("migrated_at")?;
-    if migrated_at.is_some() {
+    );
+    if plan.pending.is_empty() {
         return Ok(report);
     }
-    let up_sql: String = row.try_get("up_sql")?;
     sqlx::query("SAVEPOINT module_migration")
         .execute(&mut *conn)
         .await?;
-    match create_tables(conn, &slug, &tables, &up_sql).await {
-        Ok(()) => {
-            sqlx::query("RELEASE SAVEPOINT module_migration")
-                .execute(&mut *conn)
-                .await?;
-        }
-        Err(err) => {
-            sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("RELEASE SAVEPOINT module_migration")
-                .execute(&mut *conn)
-                .await?;
-            return Err(match err {
-                StoreError::Database(sqlx::Error::Database(db)) => {
-                    StoreError::Migration(db.message().to_string())
-                }
-                other => other,
-            });
+    let mut outcome = Ok(());
+    for version in &plan.pending {
+        outcome = create_tables(conn, &version.tables, &version.up_sql).await;
+        if outcome.is_err() {
+            break;
         }
     }
-    sqlx::query("UPDATE core_module_versions SET migrated_at = ?2 WHERE id = ?1")
-        .bind(version_id)
-        .bind(now_ms())
+    if outcome.is_ok() {
+        outcome = install_audit_triggers(conn, &slug, &plan.tables).await;
+    }
+    if let Err(err) = outcome {
+        sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("RELEASE SAVEPOINT module_migration")
+            .execute(&mut *conn)
+            .await?;
+        return Err(as_migration_error(err));
+    }
+    sqlx::query("RELEASE SAVEPOINT module_migration")
         .execute(&mut *conn)
         .await?;
+    sqlx::query(
+        "UPDATE core_module_versions SET migrated_at = ?2 \
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json!(plan.pending.iter().map(|v| v.id).collect::<Vec<_>>()).to_string())
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
     report.created = true;
     Ok(report)
 }
 
+/// Run a version's SQL, check its declared tables, index them.
 async fn create_tables(
     conn: &mut SqliteConnection,
-    slug: &Slug,
     tables: &[ModuleTable],
     up_sql: &str,
 ) -> StoreResult<()> {
     sqlx::Executor::execute(&mut *conn, up_sql).await?;
     for table in tables {
-        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
-            .bind(table.as_str())
-            .fetch_all(&mut *conn)
-            .await?;
-        if columns.is_empty() {
-            return Err(StoreError::Migration(format!(
-                "the migration did not create the declared table {table}"
-            )));
-        }
+        let columns = columns_of(conn, table).await?;
         for needed in ["tenant_id", "created_at"] {
             if !columns.iter().any(|c| c == needed) {
                 return Err(StoreError::Migration(format!(
@@ -639,8 +632,39 @@ async fn create_tables(
                 )));
             }
         }
-        // The row as JSON, column by column (SQLite has no to_json(row)); the names come
-        // from the catalog's SQL, so each is checked before it is put in a trigger.
+        let statement = format!(
+            "CREATE INDEX {} ON {} (tenant_id, created_at)",
+            quote_ident(&format!("{table}_tenant_created")),
+            table.quoted()
+        );
+        sqlx::query(&statement).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn columns_of(conn: &mut SqliteConnection, table: &ModuleTable) -> StoreResult<Vec<String>> {
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+        .bind(table.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    if columns.is_empty() {
+        return Err(StoreError::Migration(format!(
+            "the migration did not create the declared table {table}"
+        )));
+    }
+    Ok(columns)
+}
+
+/// (Re)create the audit triggers of every module table. SQLite has no `to_json(row)`, so a
+/// trigger names each column: after a version adds or drops columns they are made again.
+async fn install_audit_triggers(
+    conn: &mut SqliteConnection,
+    slug: &Slug,
+    tables: &[ModuleTable],
+) -> StoreResult<()> {
+    for table in tables {
+        let columns = columns_of(conn, table).await?;
+        // The names come from the catalog's SQL: each is checked before it goes in a trigger.
         for column in &columns {
             crate::domain::ident::check_setting_key(column).map_err(|_| {
                 StoreError::Migration(format!(
@@ -658,10 +682,6 @@ async fn create_tables(
         let name = table.quoted();
         let module = slug.as_str(); // validated: [a-z0-9_] only
         let entity = table.as_str(); // validated likewise
-        let mut statements = vec![format!(
-            "CREATE INDEX {} ON {name} (tenant_id, created_at)",
-            quote_ident(&format!("{table}_tenant_created"))
-        )];
         for (op, before, after, tenant) in [
             (
                 "INSERT",
@@ -677,16 +697,18 @@ async fn create_tables(
                 "OLD.tenant_id",
             ),
         ] {
-            statements.push(format!(
-                "CREATE TRIGGER {} AFTER {op} ON {name} FOR EACH ROW BEGIN \
+            let trigger = quote_ident(&format!("{table}_audit_{}", op.to_lowercase()));
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TRIGGER {trigger} AFTER {op} ON {name} FOR EACH ROW BEGIN \
                  INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
                  VALUES ('database', 'row.{}', {tenant}, '{module}', '{entity}', {before}, {after}); END",
-                quote_ident(&format!("{table}_audit_{}", op.to_lowercase())),
                 op.to_lowercase(),
-            ));
-        }
-        for statement in statements {
-            sqlx::query(&statement).execute(&mut *conn).await?;
+            ))
+            .execute(&mut *conn)
+            .await?;
         }
     }
     Ok(())
