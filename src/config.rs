@@ -29,6 +29,24 @@ pub struct Settings {
     )]
     pub workflows_dir: std::path::PathBuf,
 
+    /// Where exports and upgrade backups are written (the local export storage).
+    #[arg(
+        long,
+        env = "STEWARD_EXPORT_DIR",
+        default_value = "data/exports",
+        global = true
+    )]
+    pub export_dir: std::path::PathBuf,
+
+    /// How long after an upgrade a manual rollback is allowed, in hours.
+    #[arg(
+        long,
+        env = "STEWARD_ROLLBACK_WINDOW_HOURS",
+        default_value_t = 48,
+        global = true
+    )]
+    pub rollback_window_hours: u64,
+
     /// Directory of the module catalog (`catalog/*.toml`).
     #[arg(
         long,

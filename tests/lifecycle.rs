@@ -29,6 +29,8 @@ per_backend!(
     twenty_tenants_provision_one_module_its_tables_created_once,
     a_failing_migration_leaves_no_table_and_the_module_in_error,
     a_first_install_runs_every_version_and_later_tenants_join_the_installed_one,
+    a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_the_window,
+    a_failed_upgrade_restores_version_status_and_rows,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,6 +511,7 @@ async fn refused_moves_change_nothing_and_accepted_ones_are_audited(backend: Bac
         actor: "user:bob",
         action: "test.move",
         provisioning: None,
+        set_version: None,
     };
     for refused in [Requested, UpToDate, Upgrading, Archived, Suspended] {
         let err = t
@@ -646,6 +649,7 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             actor: "system",
             action: "module.enable",
             provisioning: None,
+            set_version: None,
         })
         .await
         .unwrap();
@@ -757,6 +761,7 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
                 actor: "system",
                 action: "test.move",
                 provisioning: None,
+                set_version: None,
             })
             .await
             .unwrap();
@@ -890,4 +895,268 @@ async fn a_first_install_runs_every_version_and_later_tenants_join_the_installed
     assert!(stock_versions[1].migrated_at.is_none());
     assert!(!table_exists(&t, "tenant_stock_moves").await);
     assert!(!column_exists(&t, "tenant_stock_items", "location").await);
+}
+
+async fn wait_for(
+    t: &TestStore,
+    tenants: &[TenantId],
+    slug: &str,
+    want: TenantModuleStatus,
+) -> Vec<steward::store::domain::TenantModuleRecord> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut records = Vec::new();
+        for tenant in tenants {
+            records.push(
+                t.store
+                    .tenant_module_get(*tenant, slug)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        if records.iter().all(|r| r.status == want) {
+            return records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {want}: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn execute(t: &TestStore, sql: &str) {
+    match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => {
+            sqlx::raw_sql(sql).execute(pg.pool()).await.unwrap();
+        }
+        (_, Some(sqlite)) => {
+            sqlx::raw_sql(sql).execute(sqlite.pool()).await.unwrap();
+        }
+        _ => unreachable!(),
+    }
+}
+
+async fn count(t: &TestStore, sql: &str) -> i64 {
+    match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => sqlx::query_scalar(sql).fetch_one(pg.pool()).await.unwrap(),
+        (_, Some(sqlite)) => sqlx::query_scalar(sql)
+            .fetch_one(sqlite.pool())
+            .await
+            .unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+const STOCK_V1: &str = "CREATE TABLE tenant_stock_items (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+    sku TEXT NOT NULL, created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);";
+
+/// `stock` 1.0.0 enabled for two tenants, each with a row.
+async fn stock_in_use(t: &TestStore) -> (TenantId, TenantId) {
+    let stock = module("stock", Maturity::Ga, &[]);
+    publish_version(t, &stock, "1.0.0", &["tenant_stock_items".into()], STOCK_V1).await;
+    let a = tenant(t, "a", false, false).await;
+    let b = tenant(t, "b", false, false).await;
+    let life = life(t);
+    life.request(a, "stock", "tenant").await.unwrap();
+    life.request(b, "stock", "tenant").await.unwrap();
+    let running = workers(t);
+    wait_for(t, &[a, b], "stock", Enabled).await;
+    running.stop().await;
+    execute(
+        t,
+        &format!(
+            "INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES (1, {a}, 'apple'), (2, {b}, 'pear')"
+        ),
+    )
+    .await;
+    (a, b)
+}
+
+async fn publish_upgrade(
+    t: &TestStore,
+    version: &str,
+    tables: &[&str],
+    up: &str,
+    down: &str,
+    post: Option<&str>,
+) {
+    let numbers: Vec<i32> = version.split('.').map(|n| n.parse().unwrap()).collect();
+    t.store
+        .version_publish(
+            "stock",
+            &NewVersion {
+                version: version.into(),
+                major: numbers[0],
+                minor: numbers[1],
+                patch: numbers[2],
+                build_hash: "h".into(),
+                changelog: String::new(),
+                up_sql: up.into(),
+                down_sql: down.into(),
+                pre_upgrade_sql: None,
+                post_upgrade_sql: post.map(str::to_string),
+                settings_schema: None,
+                tables_created: tables.iter().map(|s| s.to_string()).collect(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_the_window(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    publish_upgrade(
+        &t,
+        "2.0.0",
+        &["tenant_stock_moves"],
+        "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT; \
+         CREATE TABLE tenant_stock_moves (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);",
+        "DROP TABLE tenant_stock_moves; ALTER TABLE tenant_stock_items DROP COLUMN location;",
+        Some("UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL;"),
+    )
+    .await;
+    let exports = tempfile::tempdir().unwrap();
+    let life = life(&t);
+    let run = life
+        .upgrade("stock", "2.0.0", exports.path())
+        .await
+        .unwrap();
+    let running = workers(&t);
+    let upgraded = wait_for(&t, &[a, b], "stock", UpToDate).await;
+    running.stop().await;
+
+    let versions = t.store.versions_of("stock").await.unwrap();
+    for record in &upgraded {
+        assert_eq!(record.version_id, Some(versions[1].id));
+        assert_eq!(record.previous_version_id, Some(versions[0].id));
+    }
+    assert!(table_exists(&t, "tenant_stock_moves").await);
+    assert_eq!(
+        count(
+            &t,
+            "SELECT count(*) FROM tenant_stock_items WHERE location = 'main'"
+        )
+        .await,
+        2,
+        "the post-upgrade step ran for every row"
+    );
+    // The backup of the major upgrade: every row of the 1.0.0 tables.
+    let backup = exports.path().join(format!(
+        "backups/stock/1.0.0/run-{run}/tenant_stock_items.jsonl"
+    ));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&backup)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["sku"], json!("apple"));
+    let audit = t.store.audit_list(Some(a), 5).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "module.upgrade"),
+        "{audit:?}"
+    );
+
+    // Rolled back within the window: 1.0.0 again, with its rows.
+    let back = life
+        .rollback("stock", Duration::from_secs(48 * 3600), "admin")
+        .await
+        .unwrap();
+    assert_eq!(back, [a, b]);
+    let restored = wait_for(&t, &[a, b], "stock", Enabled).await;
+    assert!(
+        restored
+            .iter()
+            .all(|r| r.version_id == Some(versions[0].id))
+    );
+    assert!(!table_exists(&t, "tenant_stock_moves").await);
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM tenant_stock_items").await,
+        2
+    );
+    assert!(
+        t.store.versions_of("stock").await.unwrap()[1]
+            .migrated_at
+            .is_none()
+    );
+
+    // Upgraded again, then aged past the window: the rollback is refused, nothing changes.
+    life.upgrade("stock", "2.0.0", exports.path())
+        .await
+        .unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[a, b], "stock", UpToDate).await;
+    running.stop().await;
+    execute(
+        &t,
+        match backend {
+            Backend::Postgres => {
+                "UPDATE tenant_modules SET upgraded_at = now() - interval '49 hours'"
+            }
+            Backend::Sqlite => {
+                "UPDATE tenant_modules SET upgraded_at = upgraded_at - 49 * 3600 * 1000"
+            }
+        },
+    )
+    .await;
+    let err = life
+        .rollback("stock", Duration::from_secs(48 * 3600), "admin")
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "rollback_window_closed");
+    wait_for(&t, &[a, b], "stock", UpToDate).await;
+    assert!(table_exists(&t, "tenant_stock_moves").await);
+}
+
+async fn a_failed_upgrade_restores_version_status_and_rows(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    publish_upgrade(
+        &t,
+        "1.1.0",
+        &[],
+        "ALTER TABLE tenant_stock_items ADD COLUMN extra TEXT; \
+         CREATE INDEX tenant_stock_items_bad ON tenant_stock_items (no_such_column);",
+        "ALTER TABLE tenant_stock_items DROP COLUMN extra;",
+        None,
+    )
+    .await;
+    life(&t)
+        .upgrade("stock", "1.1.0", std::path::Path::new("unused"))
+        .await
+        .unwrap();
+    let running = workers(&t);
+    // Through UPGRADING and back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let audit = t.store.audit_list(Some(b), 1).await.unwrap();
+        if audit[0].action == "module.upgrade_failed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{audit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    let versions = t.store.versions_of("stock").await.unwrap();
+    let restored = wait_for(&t, &[a, b], "stock", Enabled).await;
+    for record in &restored {
+        assert_eq!(record.version_id, Some(versions[0].id));
+        let reason = record.status_reason.as_deref().unwrap();
+        assert!(
+            reason.contains("rolled back") && reason.contains("no_such_column"),
+            "{reason}"
+        );
+    }
+    assert!(!column_exists(&t, "tenant_stock_items", "extra").await);
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM tenant_stock_items").await,
+        2
+    );
+    assert!(versions[1].migrated_at.is_none());
 }

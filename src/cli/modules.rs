@@ -43,6 +43,10 @@ pub(crate) enum ModuleCommand {
     Request { tenant: TenantId, module: String },
     /// A Master Admin approves a pending request.
     Approve { tenant: TenantId, module: String },
+    /// Upgrade a module to a version for all its tenants (runs on `steward worker`).
+    Upgrade { module: String, version: String },
+    /// Roll a module's last upgrade back (within STEWARD_ROLLBACK_WINDOW_HOURS of it).
+    Rollback { module: String },
     /// A Master Admin rejects a pending request.
     Reject {
         tenant: TenantId,
@@ -141,6 +145,19 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             let (record, run) = life.approve(tenant, &module, &actor()).await?;
             eprintln!("provisioning run {run} started");
             print_json(&record)
+        }
+        ModuleCommand::Upgrade { module, version } => {
+            let run = life
+                .upgrade(&module, &version, &settings.export_dir)
+                .await?;
+            out!("upgrade run {run} started");
+            Ok(())
+        }
+        ModuleCommand::Rollback { module } => {
+            let window = std::time::Duration::from_secs(settings.rollback_window_hours * 3600);
+            let tenants = life.rollback(&module, window, &actor()).await?;
+            out!("module {module} rolled back for {} tenants", tenants.len());
+            Ok(())
         }
         ModuleCommand::Reject {
             tenant,

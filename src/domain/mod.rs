@@ -30,6 +30,10 @@ pub enum DomainError {
     NotAvailable { module: String, reason: String },
     #[error("module `{module}` needs its dependencies enabled first: {missing}")]
     MissingDependencies { module: String, missing: String },
+    #[error(
+        "module `{module}` was upgraded more than {hours} h ago: the rollback window is closed"
+    )]
+    RollbackWindowClosed { module: String, hours: u64 },
     #[error("invalid {what} `{value}`: {reason}")]
     InvalidIdentifier {
         what: &'static str,
@@ -47,6 +51,7 @@ impl DomainError {
             DomainError::NotAvailable { .. } => "module_not_available",
             DomainError::MissingDependencies { .. } => "missing_dependencies",
             DomainError::InvalidIdentifier { .. } => "invalid_identifier",
+            DomainError::RollbackWindowClosed { .. } => "rollback_window_closed",
         }
     }
 }

@@ -28,7 +28,7 @@ pub enum LifecycleError {
     NoTenant(TenantId),
     #[error("no module `{0}` in the catalog")]
     NoModule(String),
-    #[error("module `{0}` has no published version")]
+    #[error("module `{0}` has no such published version")]
     NoVersion(String),
     #[error(transparent)]
     Domain(#[from] DomainError),
@@ -62,6 +62,9 @@ pub struct Requested {
 /// The workflow that provisions a tenant module.
 pub const PROVISION_WORKFLOW: &str = "module_provision";
 
+/// The workflow that upgrades a module for all its tenants.
+pub const UPGRADE_WORKFLOW: &str = "module_upgrade";
+
 /// The lifecycle operations, over the workflow engine (and its store).
 #[derive(Clone)]
 pub struct Lifecycle {
@@ -72,8 +75,10 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// Lifecycle operations on `engine`, which must run the `module_provision` workflow.
     pub fn new(engine: Arc<Engine>) -> Result<Self, LifecycleError> {
-        if engine.workflows().get(PROVISION_WORKFLOW).is_none() {
-            return Err(LifecycleError::NoWorkflow(PROVISION_WORKFLOW));
+        for workflow in [PROVISION_WORKFLOW, UPGRADE_WORKFLOW] {
+            if engine.workflows().get(workflow).is_none() {
+                return Err(LifecycleError::NoWorkflow(workflow));
+            }
         }
         Ok(Self {
             store: Arc::clone(engine.store()),
@@ -225,6 +230,7 @@ impl Lifecycle {
                 actor,
                 action: "module.admit",
                 provisioning: None,
+                set_version: None,
             })
             .await?;
         let run = match module.status {
@@ -238,6 +244,50 @@ impl Lifecycle {
             run,
             warning,
         })
+    }
+
+    /// Upgrade a module to `version` for every tenant using it: starts the `module_upgrade`
+    /// run (backups of a major upgrade go under `export_dir`).
+    pub async fn upgrade(
+        &self,
+        slug: &str,
+        version: &str,
+        export_dir: &std::path::Path,
+    ) -> Result<RunId, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        if !self
+            .store
+            .versions_of(slug.as_str())
+            .await?
+            .iter()
+            .any(|v| v.version == version)
+        {
+            return Err(LifecycleError::NoVersion(format!("{slug} {version}")));
+        }
+        let (run, _) = self
+            .engine
+            .start(
+                UPGRADE_WORKFLOW,
+                json!({"module": slug.as_str(), "version": version,
+                       "export_dir": export_dir.display().to_string()}),
+                None,
+            )
+            .await?;
+        Ok(run)
+    }
+
+    /// Roll a module's last upgrade back by hand, within `window` of it (refused after).
+    pub async fn rollback(
+        &self,
+        slug: &str,
+        window: std::time::Duration,
+        actor: &str,
+    ) -> Result<Vec<TenantId>, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        Ok(self
+            .store
+            .module_rollback(slug.as_str(), window, actor)
+            .await?)
     }
 
     /// A Master Admin approves a pending request: it moves on to PROVISIONING and its
@@ -305,6 +355,7 @@ impl Lifecycle {
                 actor,
                 action,
                 provisioning: None,
+                set_version: None,
             })
             .await?)
     }

@@ -10,6 +10,7 @@
 //! elsewhere and does nothing), and both write in the step's transaction, so a crash
 //! between them repeats nothing and loses nothing.
 
+use crate::domain::ident::{ModuleTable, Slug};
 use crate::domain::status::TenantModuleStatus;
 use crate::queue::JobError;
 use crate::store::StoreError;
@@ -66,6 +67,7 @@ fn migrate(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                     actor: ACTOR,
                     action: "module.provision_failed",
                     provisioning: None,
+                    set_version: None,
                 })
                 .await?;
                 Ok(json!({"failed": reason}))
@@ -94,9 +96,176 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                 actor: ACTOR,
                 action: "module.enable",
                 provisioning: Some(&input),
+                set_version: None,
             })
             .await?;
         Ok(input)
+    })
+}
+
+fn param<'a>(ctx: &'a StepContext<'_>, name: &str) -> Result<&'a str, JobError> {
+    ctx.params
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| JobError::Fatal(format!("parameter {name} must be text")))
+}
+
+const UPGRADE_ACTOR: &str = "workflow:module_upgrade";
+
+/// `upgrade.begin`: every tenant using the module (ENABLED or UP_TO_DATE) → UPGRADING.
+fn upgrade_begin(mut ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let module = param(&ctx, "module")?.to_string();
+        let wanted = param(&ctx, "version")?.to_string();
+        let versions = ctx.store().versions_of(&module).await?;
+        let target = versions
+            .iter()
+            .find(|v| v.version == wanted)
+            .ok_or_else(|| JobError::Fatal(format!("`{module}` has no version {wanted}")))?;
+        let installed = versions
+            .iter()
+            .rev()
+            .find(|v| v.migrated_at.is_some())
+            .ok_or_else(|| JobError::Fatal(format!("`{module}` is not installed")))?;
+        let position = |id| versions.iter().position(|v| v.id == id);
+        if position(target.id) <= position(installed.id) {
+            return Err(JobError::Fatal(format!(
+                "`{module}` is at {}; {wanted} is not newer",
+                installed.version
+            )));
+        }
+        let users: Vec<(TenantId, TenantModuleStatus)> = ctx
+            .store()
+            .module_tenants(&module)
+            .await?
+            .into_iter()
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    TenantModuleStatus::Enabled | TenantModuleStatus::UpToDate
+                )
+            })
+            .map(|m| (m.tenant_id, m.status))
+            .collect();
+        let reason = format!("upgrading to {wanted}");
+        let tx = ctx.tx().await?;
+        for (tenant_id, status) in &users {
+            tx.tenant_module_move(&StatusChange {
+                tenant_id: *tenant_id,
+                module: &module,
+                to: TenantModuleStatus::Upgrading,
+                from: Some(*status),
+                reason: Some(&reason),
+                actor: UPGRADE_ACTOR,
+                action: "module.upgrade_begin",
+                provisioning: None,
+                set_version: None,
+            })
+            .await?;
+        }
+        Ok(json!({
+            "module": module,
+            "version": wanted,
+            "target_id": target.id,
+            "from_version": installed.version,
+            "major": target.major > installed.major,
+            "tables": versions.iter().filter(|v| v.migrated_at.is_some())
+                .flat_map(|v| v.tables_created.clone()).collect::<Vec<_>>(),
+            "tenants": users.iter().map(|(id, s)| json!([id, s])).collect::<Vec<_>>(),
+        }))
+    })
+}
+
+/// `upgrade.backup`: before a major upgrade, every module table to the export storage
+/// (`<export_dir>/backups/<module>/<from version>/run-<run>/<table>.jsonl`).
+fn upgrade_backup(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let mut output = ctx.input.clone();
+        if output["major"] != json!(true) {
+            output["backup"] = Value::Null;
+            return Ok(output);
+        }
+        let module = param(&ctx, "module")?;
+        let slug = Slug::parse(module).map_err(|e| JobError::Fatal(e.to_string()))?;
+        let dir = std::path::Path::new(param(&ctx, "export_dir")?)
+            .join("backups")
+            .join(slug.as_str())
+            .join(output["from_version"].as_str().unwrap_or("unknown"))
+            .join(format!("run-{}", ctx.run_id));
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| JobError::Retryable(format!("cannot create {}: {e}", dir.display())))?;
+        let mut rows = serde_json::Map::new();
+        let tables: Vec<String> = serde_json::from_value(output["tables"].clone())
+            .map_err(|e| JobError::Fatal(e.to_string()))?;
+        for name in tables {
+            let table =
+                ModuleTable::parse(&slug, &name).map_err(|e| JobError::Fatal(e.to_string()))?;
+            let path = dir.join(format!("{name}.jsonl"));
+            let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
+                JobError::Retryable(format!("cannot write {}: {e}", path.display()))
+            })?;
+            let count = ctx.store().module_table_dump(&table, &mut file).await?;
+            file.sync_all()
+                .await
+                .map_err(|e| JobError::Retryable(format!("cannot sync {}: {e}", path.display())))?;
+            rows.insert(name, json!(count));
+        }
+        output["backup"] = json!({"dir": dir.display().to_string(), "rows": rows});
+        Ok(output)
+    })
+}
+
+/// `upgrade.apply`: pre-upgrade, migration and post-upgrade in one savepoint, then every
+/// tenant UP_TO_DATE at the new version; on failure every tenant back where it was, at its
+/// version, with the reason (the data never changed: the savepoint rolled it all back).
+fn upgrade_apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let input = ctx.input.clone();
+        let module = param(&ctx, "module")?.to_string();
+        let target = input["target_id"]
+            .as_i64()
+            .ok_or_else(|| JobError::Fatal("no target version in the step input".into()))?;
+        let tenants: Vec<(TenantId, TenantModuleStatus)> =
+            serde_json::from_value(input["tenants"].clone())
+                .map_err(|e| JobError::Fatal(e.to_string()))?;
+        let ids: Vec<TenantId> = tenants.iter().map(|(id, _)| *id).collect();
+        let tx = ctx.tx().await?;
+        let (outcome, failed) = match tx.module_upgrade(&module, target, &ids).await {
+            Ok(report) => (
+                serde_json::to_value(report).map_err(|e| JobError::Fatal(e.to_string()))?,
+                None,
+            ),
+            Err(StoreError::Migration(reason)) => (json!({"failed": reason}), Some(reason)),
+            Err(other) => return Err(other.into()),
+        };
+        let reason = failed.as_ref().map(|why| {
+            format!(
+                "upgrade to {} failed and was rolled back: {why}",
+                input["version"]
+            )
+        });
+        for (tenant_id, before) in &tenants {
+            let (to, action, set_version) = match &failed {
+                None => (TenantModuleStatus::UpToDate, "module.upgrade", Some(target)),
+                Some(_) => (*before, "module.upgrade_failed", None),
+            };
+            tx.tenant_module_move(&StatusChange {
+                tenant_id: *tenant_id,
+                module: &module,
+                to,
+                from: Some(TenantModuleStatus::Upgrading),
+                reason: reason.as_deref(),
+                actor: UPGRADE_ACTOR,
+                action,
+                provisioning: None,
+                set_version,
+            })
+            .await?;
+        }
+        let mut output = input;
+        output["outcome"] = outcome;
+        Ok(output)
     })
 }
 
@@ -104,4 +273,7 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
 pub fn register(steps: &mut StepRegistry) {
     steps.register("module.migrate", migrate);
     steps.register("module.enable", enable);
+    steps.register("upgrade.begin", upgrade_begin);
+    steps.register("upgrade.backup", upgrade_backup);
+    steps.register("upgrade.apply", upgrade_apply);
 }

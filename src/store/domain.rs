@@ -6,6 +6,7 @@
 //! changes nothing, an accepted one is never unaudited.
 
 use super::StoreResult;
+use crate::domain::ident::ModuleTable;
 use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use async_trait::async_trait;
@@ -144,6 +145,9 @@ pub struct StatusChange<'a> {
     pub action: &'a str,
     /// What provisioning did, recorded with the move (`tenant_modules.provisioning`).
     pub provisioning: Option<&'a Value>,
+    /// An upgrade (or a rollback) lands: the module is now at this version, the one it was
+    /// at becomes `previous_version_id`, and `upgraded_at` is now.
+    pub set_version: Option<i64>,
 }
 
 /// Lifecycle storage; every [`super::JobStore`] implements it.
@@ -213,6 +217,28 @@ pub trait DomainStore: Send + Sync {
 
     /// A tenant's modules, by slug.
     async fn tenant_modules(&self, tenant_id: TenantId) -> StoreResult<Vec<TenantModuleRecord>>;
+
+    /// Every tenant's record of a module, by tenant.
+    async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>>;
+
+    /// Write every row of a module table, one JSON object per line, to `out` (streamed: memory
+    /// stays flat); returns how many rows.
+    async fn module_table_dump(
+        &self,
+        table: &ModuleTable,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> StoreResult<u64>;
+
+    /// Roll a module's last upgrade back by hand: refused once the upgrade is older than
+    /// `window`. In one transaction: the down SQL of every version after the previous one,
+    /// latest first, and every upgraded tenant back to ENABLED at the previous version
+    /// (audited). Returns the tenants rolled back.
+    async fn module_rollback(
+        &self,
+        module: &str,
+        window: std::time::Duration,
+        actor: &str,
+    ) -> StoreResult<Vec<TenantId>>;
 
     /// The latest audit rows about a tenant (or about the catalog, with `None`), newest first.
     async fn audit_list(

@@ -111,6 +111,10 @@ async fn audit(
     Ok(())
 }
 
+fn io_error(err: std::io::Error) -> StoreError {
+    StoreError::Database(sqlx::Error::Io(err))
+}
+
 fn snapshot(record: &TenantModuleRecord) -> Value {
     json!({"status": record.status, "version_id": record.version_id, "reason": record.status_reason})
 }
@@ -150,6 +154,9 @@ pub(super) async fn move_status(
     let row = sqlx::query(&format!(
             "UPDATE tenant_modules SET status = $3, status_reason = $4, updated_at = now(), \
                  provisioning = coalesce($5, provisioning), \
+                 previous_version_id = CASE WHEN $6::int8 IS NULL THEN previous_version_id ELSE version_id END, \
+                 version_id = coalesce($6, version_id), \
+                 upgraded_at = CASE WHEN $6::int8 IS NULL THEN upgraded_at ELSE now() END, \
                  enabled_at = CASE WHEN $3 = 'ENABLED' AND enabled_at IS NULL THEN now() ELSE enabled_at END \
              WHERE tenant_id = $1 AND module = $2 RETURNING {TENANT_MODULE_COLUMNS}"
         ))
@@ -158,6 +165,7 @@ pub(super) async fn move_status(
         .bind(change.to.as_str())
         .bind(change.reason)
         .bind(change.provisioning)
+        .bind(change.set_version)
         .fetch_one(&mut *conn)
         .await?;
     let record = tenant_module_from(&row)?;
@@ -488,6 +496,122 @@ impl DomainStore for PgStore {
         .collect()
     }
 
+    async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>> {
+        sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE module = $1 ORDER BY tenant_id"
+        ))
+        .bind(module)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(tenant_module_from)
+        .collect()
+    }
+
+    async fn module_table_dump(
+        &self,
+        table: &ModuleTable,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> StoreResult<u64> {
+        use futures::TryStreamExt;
+        use tokio::io::AsyncWriteExt;
+        let sql = format!(
+            "SELECT to_jsonb(t)::text FROM {} t ORDER BY tenant_id, created_at",
+            table.quoted()
+        );
+        let mut rows = sqlx::query_scalar::<_, String>(&sql).fetch(self.pool());
+        let mut count = 0;
+        while let Some(line) = rows.try_next().await? {
+            out.write_all(line.as_bytes()).await.map_err(io_error)?;
+            out.write_all(b"\n").await.map_err(io_error)?;
+            count += 1;
+        }
+        out.flush().await.map_err(io_error)?;
+        Ok(count)
+    }
+
+    async fn module_rollback(
+        &self,
+        module: &str,
+        window: std::time::Duration,
+        actor: &str,
+    ) -> StoreResult<Vec<TenantId>> {
+        let slug = Slug::parse(module)?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
+            .execute(&mut *tx)
+            .await?;
+        let upgraded = sqlx::query(
+            "SELECT tenant_id, version_id, previous_version_id, \
+                    upgraded_at < now() - $2 * interval '1 second' AS too_old \
+             FROM tenant_modules WHERE module = $1 AND status = 'UP_TO_DATE' \
+               AND previous_version_id IS NOT NULL ORDER BY tenant_id FOR UPDATE",
+        )
+        .bind(slug.as_str())
+        .bind(window.as_secs() as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(first) = upgraded.first() else {
+            return Err(StoreError::InvalidInput(format!(
+                "module `{slug}` has no upgraded tenant to roll back"
+            )));
+        };
+        let current: i64 = first.try_get("version_id")?;
+        let previous: i64 = first.try_get("previous_version_id")?;
+        for row in &upgraded {
+            if row.try_get::<Option<bool>, _>("too_old")?.unwrap_or(true) {
+                return Err(DomainError::RollbackWindowClosed {
+                    module: slug.to_string(),
+                    hours: window.as_secs() / 3600,
+                }
+                .into());
+            }
+        }
+        // The versions after `previous`, latest first: their down SQL undoes them.
+        let undo: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT v.id, v.down_sql FROM core_module_versions v, core_module_versions p \
+             WHERE v.module = $1 AND p.id = $2 AND v.migrated_at IS NOT NULL \
+               AND (v.major, v.minor, v.patch) > (p.major, p.minor, p.patch) \
+             ORDER BY v.major DESC, v.minor DESC, v.patch DESC",
+        )
+        .bind(slug.as_str())
+        .bind(previous)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (_, down_sql) in &undo {
+            sqlx::Executor::execute(&mut *tx, down_sql.as_str())
+                .await
+                .map_err(|e| as_migration_error(e.into()))?;
+        }
+        sqlx::query("UPDATE core_module_versions SET migrated_at = NULL WHERE id = ANY($1)")
+            .bind(undo.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        let mut tenants = Vec::with_capacity(upgraded.len());
+        for row in &upgraded {
+            let tenant_id: TenantId = row.try_get("tenant_id")?;
+            let reason = format!("rolled back from version {current}");
+            move_status(
+                &mut tx,
+                &StatusChange {
+                    tenant_id,
+                    module: slug.as_str(),
+                    to: TenantModuleStatus::Enabled,
+                    from: Some(TenantModuleStatus::UpToDate),
+                    reason: Some(&reason),
+                    actor,
+                    action: "module.rollback",
+                    provisioning: None,
+                    set_version: Some(previous),
+                },
+            )
+            .await?;
+            tenants.push(tenant_id);
+        }
+        tx.commit().await?;
+        Ok(tenants)
+    }
+
     async fn audit_list(
         &self,
         tenant_id: Option<TenantId>,
@@ -665,4 +789,62 @@ async fn create_tables(
         }
     }
     Ok(())
+}
+
+/// See [`crate::store::StepTx::module_upgrade`].
+pub(super) async fn upgrade_module(
+    conn: &mut PgConnection,
+    module: &str,
+    version_id: i64,
+    tenants: &[TenantId],
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    let (pre, post): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT pre_upgrade_sql, post_upgrade_sql FROM core_module_versions \
+         WHERE id = $1 AND module = $2",
+    )
+    .bind(version_id)
+    .bind(slug.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
+    })?;
+    sqlx::query("SAVEPOINT module_upgrade")
+        .execute(&mut *conn)
+        .await?;
+    let outcome = async {
+        if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
+            sqlx::Executor::execute(&mut *conn, pre).await?;
+        }
+        let report = migrate_module(conn, slug.as_str(), version_id).await?;
+        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
+            for tenant in tenants {
+                sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+                    .bind(tenant.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::Executor::execute(&mut *conn, post).await?;
+            }
+            sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok::<_, StoreError>(report)
+    }
+    .await;
+    match outcome {
+        Ok(report) => {
+            sqlx::query("RELEASE SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Ok(report)
+        }
+        Err(err) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Err(as_migration_error(err))
+        }
+    }
 }

@@ -721,6 +721,15 @@ impl StepTx for PgStepTx {
         super::postgres_domain::migrate_module(&mut self.tx, module, version_id).await
     }
 
+    async fn module_upgrade(
+        &mut self,
+        module: &str,
+        version_id: i64,
+        tenants: &[super::domain::TenantId],
+    ) -> StoreResult<MigrationReport> {
+        super::postgres_domain::upgrade_module(&mut self.tx, module, version_id, tenants).await
+    }
+
     async fn tenant_module_move(
         &mut self,
         change: &StatusChange<'_>,

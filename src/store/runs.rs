@@ -268,6 +268,19 @@ pub trait StepTx: Send {
         version_id: i64,
     ) -> StoreResult<super::domain::MigrationReport>;
 
+    /// Module lifecycle: upgrade a module's tables to `version_id`, all in one savepoint: the
+    /// version's pre-upgrade SQL, the migration of every version not yet migrated (as
+    /// [`StepTx::module_migrate`]), then its post-upgrade SQL once per tenant with
+    /// `app.current_tenant_id` set (PostgreSQL; once on SQLite, which has no settings). Any
+    /// failure rolls all of it back ([`super::StoreError::Migration`]); the transaction stays
+    /// usable.
+    async fn module_upgrade(
+        &mut self,
+        module: &str,
+        version_id: i64,
+        tenants: &[super::domain::TenantId],
+    ) -> StoreResult<super::domain::MigrationReport>;
+
     /// Module lifecycle: move a tenant module's status in the step's transaction.
     async fn tenant_module_move(
         &mut self,

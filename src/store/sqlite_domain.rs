@@ -118,6 +118,10 @@ async fn audit(
     Ok(())
 }
 
+fn io_error(err: std::io::Error) -> StoreError {
+    StoreError::Database(sqlx::Error::Io(err))
+}
+
 fn snapshot(record: &TenantModuleRecord) -> Value {
     json!({"status": record.status, "version_id": record.version_id, "reason": record.status_reason})
 }
@@ -157,6 +161,9 @@ pub(super) async fn move_status(
     let row = sqlx::query(&format!(
             "UPDATE tenant_modules SET status = ?3, status_reason = ?4, updated_at = ?5, \
                  provisioning = coalesce(?6, provisioning), \
+                 previous_version_id = CASE WHEN ?7 IS NULL THEN previous_version_id ELSE version_id END, \
+                 version_id = coalesce(?7, version_id), \
+                 upgraded_at = CASE WHEN ?7 IS NULL THEN upgraded_at ELSE ?5 END, \
                  enabled_at = CASE WHEN ?3 = 'ENABLED' AND enabled_at IS NULL THEN ?5 ELSE enabled_at END \
              WHERE tenant_id = ?1 AND module = ?2 RETURNING {TENANT_MODULE_COLUMNS}"
         ))
@@ -166,6 +173,7 @@ pub(super) async fn move_status(
         .bind(change.reason)
         .bind(now_ms())
         .bind(change.provisioning.map(Value::to_string))
+        .bind(change.set_version)
         .fetch_one(&mut *conn)
         .await?;
     let record = tenant_module_from(&row)?;
@@ -505,6 +513,149 @@ impl DomainStore for SqliteStore {
         .collect()
     }
 
+    async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>> {
+        sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE module = ?1 ORDER BY tenant_id"
+        ))
+        .bind(module)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(tenant_module_from)
+        .collect()
+    }
+
+    async fn module_table_dump(
+        &self,
+        table: &ModuleTable,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> StoreResult<u64> {
+        use futures::TryStreamExt;
+        use tokio::io::AsyncWriteExt;
+        let mut conn = self.pool().acquire().await?;
+        let columns = columns_of(&mut conn, table).await?;
+        let pairs: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                crate::domain::ident::check_setting_key(c)?;
+                Ok(format!("'{c}', t.{}", quote_ident(c)))
+            })
+            .collect::<Result<_, DomainError>>()?;
+        let sql = format!(
+            "SELECT json_object({}) FROM {} t ORDER BY tenant_id, created_at",
+            pairs.join(", "),
+            table.quoted()
+        );
+        let mut rows = sqlx::query_scalar::<_, String>(&sql).fetch(&mut *conn);
+        let mut count = 0;
+        while let Some(line) = rows.try_next().await? {
+            out.write_all(line.as_bytes()).await.map_err(io_error)?;
+            out.write_all(b"\n").await.map_err(io_error)?;
+            count += 1;
+        }
+        out.flush().await.map_err(io_error)?;
+        Ok(count)
+    }
+
+    async fn module_rollback(
+        &self,
+        module: &str,
+        window: std::time::Duration,
+        actor: &str,
+    ) -> StoreResult<Vec<TenantId>> {
+        let slug = Slug::parse(module)?;
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let since = now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let upgraded: Vec<(TenantId, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT tenant_id, version_id, previous_version_id, upgraded_at \
+             FROM tenant_modules WHERE module = ?1 AND status = 'UP_TO_DATE' \
+               AND previous_version_id IS NOT NULL ORDER BY tenant_id",
+        )
+        .bind(slug.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(&(_, current, previous, _)) = upgraded.first() else {
+            return Err(StoreError::InvalidInput(format!(
+                "module `{slug}` has no upgraded tenant to roll back"
+            )));
+        };
+        if upgraded
+            .iter()
+            .any(|(_, _, _, at)| at.is_none_or(|at| at < since))
+        {
+            return Err(DomainError::RollbackWindowClosed {
+                module: slug.to_string(),
+                hours: window.as_secs() / 3600,
+            }
+            .into());
+        }
+        let versions: Vec<(i64, String, String, bool, bool)> = sqlx::query_as(
+            "SELECT v.id, v.down_sql, v.tables_created, v.migrated_at IS NOT NULL, \
+                    (v.major, v.minor, v.patch) > (p.major, p.minor, p.patch) \
+             FROM core_module_versions v, core_module_versions p \
+             WHERE v.module = ?1 AND p.id = ?2 ORDER BY v.major, v.minor, v.patch",
+        )
+        .bind(slug.as_str())
+        .bind(previous)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut all_tables = Vec::new();
+        let mut kept_tables = Vec::new();
+        for (_, _, tables, _, after) in &versions {
+            let names: Vec<String> = serde_json::from_str(tables).map_err(corrupt)?;
+            for name in names {
+                let table = ModuleTable::parse(&slug, &name)?;
+                if !after {
+                    kept_tables.push(table.clone());
+                }
+                all_tables.push(table);
+            }
+        }
+        // The triggers name columns the down SQL may drop: off first, back after.
+        drop_audit_triggers(&mut tx, &all_tables).await?;
+        let undo: Vec<&(i64, String, String, bool, bool)> = versions
+            .iter()
+            .rev()
+            .filter(|(_, _, _, migrated, after)| *migrated && *after)
+            .collect();
+        for (_, down_sql, _, _, _) in &undo {
+            sqlx::Executor::execute(&mut *tx, down_sql.as_str())
+                .await
+                .map_err(|e| as_migration_error(e.into()))?;
+        }
+        install_audit_triggers(&mut tx, &slug, &kept_tables).await?;
+        sqlx::query(
+            "UPDATE core_module_versions SET migrated_at = NULL \
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json!(undo.iter().map(|v| v.0).collect::<Vec<_>>()).to_string())
+        .execute(&mut *tx)
+        .await?;
+        let mut tenants = Vec::with_capacity(upgraded.len());
+        for (tenant_id, _, _, _) in &upgraded {
+            let reason = format!("rolled back from version {current}");
+            move_status(
+                &mut tx,
+                &StatusChange {
+                    tenant_id: *tenant_id,
+                    module: slug.as_str(),
+                    to: TenantModuleStatus::Enabled,
+                    from: Some(TenantModuleStatus::UpToDate),
+                    reason: Some(&reason),
+                    actor,
+                    action: "module.rollback",
+                    provisioning: None,
+                    set_version: Some(previous),
+                },
+            )
+            .await?;
+            tenants.push(*tenant_id);
+        }
+        tx.commit().await?;
+        Ok(tenants)
+    }
+
     async fn audit_list(
         &self,
         tenant_id: Option<TenantId>,
@@ -712,4 +863,95 @@ async fn install_audit_triggers(
         }
     }
     Ok(())
+}
+
+async fn drop_audit_triggers(
+    conn: &mut SqliteConnection,
+    tables: &[ModuleTable],
+) -> StoreResult<()> {
+    for table in tables {
+        for op in ["insert", "update", "delete"] {
+            let trigger = quote_ident(&format!("{table}_audit_{op}"));
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// See [`crate::store::StepTx::module_upgrade`] (SQLite has no settings: the post-upgrade SQL
+/// runs once).
+pub(super) async fn upgrade_module(
+    conn: &mut SqliteConnection,
+    module: &str,
+    version_id: i64,
+    tenants: &[TenantId],
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    let (pre, post): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT pre_upgrade_sql, post_upgrade_sql FROM core_module_versions \
+         WHERE id = ?1 AND module = ?2",
+    )
+    .bind(version_id)
+    .bind(slug.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
+    })?;
+    sqlx::query("SAVEPOINT module_upgrade")
+        .execute(&mut *conn)
+        .await?;
+    let outcome = async {
+        if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
+            sqlx::Executor::execute(&mut *conn, pre).await?;
+        }
+        // The triggers name columns a version may change: off during the migration, back after.
+        let tables: Vec<ModuleTable> = sqlx::query_scalar::<_, String>(
+            "SELECT tables_created FROM core_module_versions WHERE module = ?1",
+        )
+        .bind(slug.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|t| serde_json::from_str::<Vec<String>>(t).map_err(corrupt))
+        .collect::<StoreResult<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .map(|t| ModuleTable::parse(&slug, &t).map_err(StoreError::from))
+        .collect::<StoreResult<_>>()?;
+        drop_audit_triggers(conn, &tables).await?;
+        let report = migrate_module(conn, slug.as_str(), version_id).await?;
+        let through: Vec<ModuleTable> = report
+            .tables
+            .iter()
+            .map(|t| ModuleTable::parse(&slug, t))
+            .collect::<Result<_, _>>()?;
+        install_audit_triggers(conn, &slug, &through).await?;
+        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
+            if !tenants.is_empty() {
+                sqlx::Executor::execute(&mut *conn, post).await?;
+            }
+        }
+        Ok::<_, StoreError>(report)
+    }
+    .await;
+    match outcome {
+        Ok(report) => {
+            sqlx::query("RELEASE SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Ok(report)
+        }
+        Err(err) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Err(as_migration_error(err))
+        }
+    }
 }

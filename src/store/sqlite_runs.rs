@@ -639,6 +639,15 @@ impl StepTx for SqliteStepTx {
         super::sqlite_domain::migrate_module(&mut self.tx, module, version_id).await
     }
 
+    async fn module_upgrade(
+        &mut self,
+        module: &str,
+        version_id: i64,
+        tenants: &[super::domain::TenantId],
+    ) -> StoreResult<MigrationReport> {
+        super::sqlite_domain::upgrade_module(&mut self.tx, module, version_id, tenants).await
+    }
+
     async fn tenant_module_move(
         &mut self,
         change: &StatusChange<'_>,
