@@ -678,31 +678,17 @@ pub(super) async fn migrate_module(
     version_id: i64,
 ) -> StoreResult<MigrationReport> {
     let slug = Slug::parse(module)?;
+    // Tenants joining an installed module only read; the lock is for those who migrate.
+    let plan = read_plan(conn, &slug, version_id, false).await?;
+    if plan.pending.is_empty() {
+        return Ok(plan.report(true, None));
+    }
     // One module migration at a time in this database: tenants provisioning the same module
     // at once wait here, then find its tables created.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
         .execute(&mut *conn)
         .await?;
-    let rows = sqlx::query(
-        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
-         FROM core_module_versions WHERE module = $1 ORDER BY major, minor, patch FOR UPDATE",
-    )
-    .bind(slug.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let versions = rows
-        .iter()
-        .map(|row| {
-            Ok(VersionSql {
-                id: row.try_get("id")?,
-                version: row.try_get("version")?,
-                up_sql: row.try_get("up_sql")?,
-                tables: serde_json::from_value(row.try_get("tables_created")?).map_err(corrupt)?,
-                migrated: row.try_get("migrated")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-    let plan = MigrationPlan::new(&slug, versions, version_id)?;
+    let plan = read_plan(conn, &slug, version_id, true).await?;
     let mut report = plan.report(true, None);
     if plan.pending.is_empty() {
         return Ok(report);
@@ -732,6 +718,37 @@ pub(super) async fn migrate_module(
         .await?;
     report.created = true;
     Ok(report)
+}
+
+/// The module's versions through `version_id` and which still have to run (`locked`: read
+/// them `FOR UPDATE`, under the migration lock).
+async fn read_plan(
+    conn: &mut PgConnection,
+    slug: &Slug,
+    version_id: i64,
+    locked: bool,
+) -> StoreResult<MigrationPlan> {
+    let rows = sqlx::query(&format!(
+        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
+         FROM core_module_versions WHERE module = $1 ORDER BY major, minor, patch{}",
+        if locked { " FOR UPDATE" } else { "" }
+    ))
+    .bind(slug.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let versions = rows
+        .iter()
+        .map(|row| {
+            Ok(VersionSql {
+                id: row.try_get("id")?,
+                version: row.try_get("version")?,
+                up_sql: row.try_get("up_sql")?,
+                tables: serde_json::from_value(row.try_get("tables_created")?).map_err(corrupt)?,
+                migrated: row.try_get("migrated")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    MigrationPlan::new(slug, versions, version_id)
 }
 
 async fn create_tables(

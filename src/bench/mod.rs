@@ -12,6 +12,9 @@
 //!   worker is woken only by PostgreSQL's NOTIFY, as a worker on another machine would be;
 //! - `workflow_steps`: 3-step no-op workflow runs driven to completion; each step transition
 //!   (step committed with the next step's job and its own acknowledgement) is one transaction.
+//! - `provision_tenants` ([`provision`]): `--tenants N` tenants provision a two-table module.
+
+mod provision;
 
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
@@ -46,12 +49,15 @@ pub struct BenchArgs {
     /// Jobs per statement in the batched enqueue scenarios.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
+    /// Tenants of the `provision_tenants` scenario.
+    #[arg(long, default_value_t = 1_000)]
+    pub tenants: usize,
     /// Handler concurrency and fetch batch of the execute scenario.
     #[arg(long, default_value_t = 1_000)]
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -59,6 +65,7 @@ const SCENARIOS: [&str; 7] = [
     "pickup_latency",
     "pickup_latency_cross",
     "workflow_steps",
+    "provision_tenants",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -87,6 +94,9 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
             "workflow_steps" => workflow_steps(&fresh, (args.jobs / 10).max(1)).await,
+            "provision_tenants" => {
+                provision::provision_tenants(&fresh, settings, args.tenants).await
+            }
             _ => match fresh.second_handle(&settings.database_url).await? {
                 Some(other) => pickup_latency(&fresh.store, &other, args.samples).await,
                 None => Ok(json!({"skipped": "SQLite wakes other processes by polling only"})),
