@@ -31,6 +31,7 @@ per_backend!(
     a_first_install_runs_every_version_and_later_tenants_join_the_installed_one,
     a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_the_window,
     a_failed_upgrade_restores_version_status_and_rows,
+    a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1159,4 +1160,120 @@ async fn a_failed_upgrade_restores_version_status_and_rows(backend: Backend) {
         2
     );
     assert!(versions[1].migrated_at.is_none());
+}
+
+async fn try_execute(t: &TestStore, sql: &str) -> Result<(), String> {
+    let result = match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => sqlx::raw_sql(sql).execute(pg.pool()).await.map(|_| ()),
+        (_, Some(sqlite)) => sqlx::raw_sql(sql).execute(sqlite.pool()).await.map(|_| ()),
+        _ => unreachable!(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    execute(
+        &t,
+        &format!("INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES (3, {a}, 'fig')"),
+    )
+    .await;
+    let life = life(&t);
+    let exports = tempfile::tempdir().unwrap();
+
+    // Only an unused module is archived.
+    let err = life.archive(b, "stock", exports.path()).await.unwrap_err();
+    assert_eq!(rule_code(err), "invalid_transition");
+
+    assert_eq!(
+        life.disable(a, "stock", "tenant:a").await.unwrap().status,
+        Disabled
+    );
+    for frozen in [
+        format!("INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES (4, {a}, 'kiwi')"),
+        format!("UPDATE tenant_stock_items SET sku = 'plum' WHERE tenant_id = {a}"),
+    ] {
+        let err = try_execute(&t, &frozen).await.unwrap_err();
+        assert!(err.contains("frozen"), "{frozen}: {err}");
+    }
+    // Other tenants are not affected.
+    try_execute(
+        &t,
+        &format!("INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES (5, {b}, 'lime')"),
+    )
+    .await
+    .unwrap();
+
+    let run = life.archive(a, "stock", exports.path()).await.unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[a], "stock", Archived).await;
+    running.stop().await;
+
+    let dir = exports
+        .path()
+        .join(format!("tenant_exports/{a}/stock/tenant_stock_items"));
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        file.to_string_lossy()
+            .ends_with(&format!("-run{run}.jsonl")),
+        "{file:?}"
+    );
+    let mut skus: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sku"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    skus.sort();
+    assert_eq!(
+        skus,
+        ["apple", "fig"],
+        "the export holds exactly tenant A's rows"
+    );
+    assert_eq!(
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {a}")
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {b}")
+        )
+        .await,
+        2
+    );
+    let last = &t.store.audit_list(Some(a), 1).await.unwrap()[0];
+    assert_eq!(last.action, "module.archive");
+
+    // Archived is final until the module is requested anew.
+    let err = life.reenable(a, "stock", "tenant:a").await.unwrap_err();
+    assert_eq!(rule_code(err), "invalid_transition");
+    // Disabling and enabling again thaws the data.
+    life.disable(b, "stock", "tenant:b").await.unwrap();
+    assert_eq!(
+        life.reenable(b, "stock", "tenant:b").await.unwrap().status,
+        Enabled
+    );
+    try_execute(
+        &t,
+        &format!("INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES (6, {b}, 'date')"),
+    )
+    .await
+    .unwrap();
 }

@@ -43,6 +43,12 @@ pub(crate) enum ModuleCommand {
     Request { tenant: TenantId, module: String },
     /// A Master Admin approves a pending request.
     Approve { tenant: TenantId, module: String },
+    /// A tenant turns a module off (DISABLED: data kept, frozen).
+    Disable { tenant: TenantId, module: String },
+    /// Turn a DISABLED or SUSPENDED module back on.
+    Enable { tenant: TenantId, module: String },
+    /// Archive a DISABLED or SUSPENDED module: export its data, then remove it.
+    Archive { tenant: TenantId, module: String },
     /// Upgrade a module to a version for all its tenants (runs on `steward worker`).
     Upgrade { module: String, version: String },
     /// Roll a module's last upgrade back (within STEWARD_ROLLBACK_WINDOW_HOURS of it).
@@ -145,6 +151,17 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             let (record, run) = life.approve(tenant, &module, &actor()).await?;
             eprintln!("provisioning run {run} started");
             print_json(&record)
+        }
+        ModuleCommand::Disable { tenant, module } => {
+            print_json(&life.disable(tenant, &module, &actor()).await?)
+        }
+        ModuleCommand::Enable { tenant, module } => {
+            print_json(&life.reenable(tenant, &module, &actor()).await?)
+        }
+        ModuleCommand::Archive { tenant, module } => {
+            let run = life.archive(tenant, &module, &settings.export_dir).await?;
+            out!("archive run {run} started");
+            Ok(())
         }
         ModuleCommand::Upgrade { module, version } => {
             let run = life

@@ -65,6 +65,9 @@ pub const PROVISION_WORKFLOW: &str = "module_provision";
 /// The workflow that upgrades a module for all its tenants.
 pub const UPGRADE_WORKFLOW: &str = "module_upgrade";
 
+/// The workflow that archives a tenant module (export, then remove).
+pub const ARCHIVE_WORKFLOW: &str = "module_archive";
+
 /// The lifecycle operations, over the workflow engine (and its store).
 #[derive(Clone)]
 pub struct Lifecycle {
@@ -75,7 +78,7 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// Lifecycle operations on `engine`, which must run the `module_provision` workflow.
     pub fn new(engine: Arc<Engine>) -> Result<Self, LifecycleError> {
-        for workflow in [PROVISION_WORKFLOW, UPGRADE_WORKFLOW] {
+        for workflow in [PROVISION_WORKFLOW, UPGRADE_WORKFLOW, ARCHIVE_WORKFLOW] {
             if engine.workflows().get(workflow).is_none() {
                 return Err(LifecycleError::NoWorkflow(workflow));
             }
@@ -269,6 +272,92 @@ impl Lifecycle {
             .start(
                 UPGRADE_WORKFLOW,
                 json!({"module": slug.as_str(), "version": version,
+                       "export_dir": export_dir.display().to_string()}),
+                None,
+            )
+            .await?;
+        Ok(run)
+    }
+
+    /// A tenant turns a module off: DISABLED, its data kept and frozen.
+    pub async fn disable(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &str,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        self.set_status(
+            tenant_id,
+            slug,
+            actor,
+            TenantModuleStatus::Disabled,
+            "module.disable",
+        )
+        .await
+    }
+
+    /// A tenant turns a DISABLED (or an operator a SUSPENDED) module back on.
+    pub async fn reenable(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &str,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        self.set_status(
+            tenant_id,
+            slug,
+            actor,
+            TenantModuleStatus::Enabled,
+            "module.reenable",
+        )
+        .await
+    }
+
+    async fn set_status(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &str,
+        to: TenantModuleStatus,
+        action: &str,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        Ok(self
+            .store
+            .tenant_module_move(&StatusChange {
+                tenant_id,
+                module: slug.as_str(),
+                to,
+                from: None,
+                reason: None,
+                actor,
+                action,
+                provisioning: None,
+                set_version: None,
+            })
+            .await?)
+    }
+
+    /// Archive a DISABLED or SUSPENDED tenant module: starts the `module_archive` run, which
+    /// exports the tenant's rows under `export_dir` and only then removes them.
+    pub async fn archive(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        export_dir: &std::path::Path,
+    ) -> Result<RunId, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        let current = self
+            .store
+            .tenant_module_get(tenant_id, slug.as_str())
+            .await?
+            .ok_or_else(|| LifecycleError::NoModule(slug.to_string()))?;
+        current.status.check_move(TenantModuleStatus::Archived)?;
+        let (run, _) = self
+            .engine
+            .start(
+                ARCHIVE_WORKFLOW,
+                json!({"tenant_id": tenant_id, "module": slug.as_str(),
                        "export_dir": export_dir.display().to_string()}),
                 None,
             )

@@ -221,11 +221,12 @@ pub trait DomainStore: Send + Sync {
     /// Every tenant's record of a module, by tenant.
     async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>>;
 
-    /// Write every row of a module table, one JSON object per line, to `out` (streamed: memory
-    /// stays flat); returns how many rows.
+    /// Write the rows of a module table (all, or one tenant's), one JSON object per line, to
+    /// `out` (streamed: memory stays flat); returns how many rows.
     async fn module_table_dump(
         &self,
         table: &ModuleTable,
+        tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64>;
 

@@ -511,15 +511,19 @@ impl DomainStore for PgStore {
     async fn module_table_dump(
         &self,
         table: &ModuleTable,
+        tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64> {
         use futures::TryStreamExt;
         use tokio::io::AsyncWriteExt;
         let sql = format!(
-            "SELECT to_jsonb(t)::text FROM {} t ORDER BY tenant_id, created_at",
+            "SELECT to_jsonb(t)::text FROM {} t WHERE $1::int8 IS NULL OR tenant_id = $1 \
+             ORDER BY tenant_id, created_at",
             table.quoted()
         );
-        let mut rows = sqlx::query_scalar::<_, String>(&sql).fetch(self.pool());
+        let mut rows = sqlx::query_scalar::<_, String>(&sql)
+            .bind(tenant)
+            .fetch(self.pool());
         let mut count = 0;
         while let Some(line) = rows.try_next().await? {
             out.write_all(line.as_bytes()).await.map_err(io_error)?;
@@ -659,6 +663,22 @@ BEGIN
 END
 $fn$"#;
 
+/// Freezes a tenant's rows while its module is not in use (DISABLED, SUSPENDED, …): no row is
+/// written or changed for it; steward's own deletions (archive, purge) still go through.
+const GUARD_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION steward_module_guard() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tenant_modules
+                   WHERE tenant_id = NEW.tenant_id AND module = TG_ARGV[0]
+                     AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) THEN
+        RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], NEW.tenant_id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$fn$"#;
+
 /// `tenant_app_role` (cluster-wide, created once) and its use of this schema.
 const APP_ROLE: &str = r#"
 DO $do$
@@ -760,6 +780,7 @@ async fn create_tables(
     // PostgreSQL's audit trigger serialises the whole row (`to_jsonb`), so columns added by
     // later versions are audited without touching it.
     sqlx::Executor::execute(&mut *conn, AUDIT_FUNCTION).await?;
+    sqlx::Executor::execute(&mut *conn, GUARD_FUNCTION).await?;
     sqlx::Executor::execute(&mut *conn, APP_ROLE).await?;
     sqlx::Executor::execute(&mut *conn, up_sql).await?;
     for table in tables {
@@ -786,8 +807,13 @@ async fn create_tables(
         let index = quote_ident(&format!("{table}_tenant_created"));
         let trigger = quote_ident(&format!("{table}_audit"));
         let module = slug.as_str(); // validated: [a-z0-9_] only
+        let guard = quote_ident(&format!("{table}_frozen"));
         let statements = [
             format!("CREATE INDEX {index} ON {name} (tenant_id, created_at)"),
+            format!(
+                "CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE ON {name} \
+                 FOR EACH ROW EXECUTE FUNCTION steward_module_guard('{module}')"
+            ),
             format!(
                 "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {name} \
                  FOR EACH ROW EXECUTE FUNCTION steward_module_audit('{module}')"

@@ -730,6 +730,28 @@ impl StepTx for PgStepTx {
         super::postgres_domain::upgrade_module(&mut self.tx, module, version_id, tenants).await
     }
 
+    async fn module_rows_delete(
+        &mut self,
+        table: &crate::domain::ident::ModuleTable,
+        tenant: super::domain::TenantId,
+        expected: u64,
+    ) -> StoreResult<()> {
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM {} WHERE tenant_id = $1",
+            table.quoted()
+        ))
+        .bind(tenant)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if deleted != expected {
+            return Err(StoreError::Conflict(format!(
+                "{table} holds {deleted} rows of tenant {tenant}, its export {expected}: nothing deleted"
+            )));
+        }
+        Ok(())
+    }
+
     async fn tenant_module_move(
         &mut self,
         change: &StatusChange<'_>,

@@ -281,6 +281,16 @@ pub trait StepTx: Send {
         tenants: &[super::domain::TenantId],
     ) -> StoreResult<super::domain::MigrationReport>;
 
+    /// Module lifecycle: delete one tenant's rows from a module table, exactly `expected` of
+    /// them (the rows its export holds); any other count is a [`super::StoreError::Conflict`]
+    /// and the step's transaction must not commit.
+    async fn module_rows_delete(
+        &mut self,
+        table: &crate::domain::ident::ModuleTable,
+        tenant: super::domain::TenantId,
+        expected: u64,
+    ) -> StoreResult<()>;
+
     /// Module lifecycle: move a tenant module's status in the step's transaction.
     async fn tenant_module_move(
         &mut self,

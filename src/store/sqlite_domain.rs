@@ -528,6 +528,7 @@ impl DomainStore for SqliteStore {
     async fn module_table_dump(
         &self,
         table: &ModuleTable,
+        tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64> {
         use futures::TryStreamExt;
@@ -542,11 +543,14 @@ impl DomainStore for SqliteStore {
             })
             .collect::<Result<_, DomainError>>()?;
         let sql = format!(
-            "SELECT json_object({}) FROM {} t ORDER BY tenant_id, created_at",
+            "SELECT json_object({}) FROM {} t WHERE ?1 IS NULL OR tenant_id = ?1 \
+             ORDER BY tenant_id, created_at",
             pairs.join(", "),
             table.quoted()
         );
-        let mut rows = sqlx::query_scalar::<_, String>(&sql).fetch(&mut *conn);
+        let mut rows = sqlx::query_scalar::<_, String>(&sql)
+            .bind(tenant)
+            .fetch(&mut *conn);
         let mut count = 0;
         while let Some(line) = rows.try_next().await? {
             out.write_all(line.as_bytes()).await.map_err(io_error)?;
@@ -833,6 +837,22 @@ async fn install_audit_triggers(
         let name = table.quoted();
         let module = slug.as_str(); // validated: [a-z0-9_] only
         let entity = table.as_str(); // validated likewise
+        // Frozen while the tenant's module is not in use (DISABLED, SUSPENDED, …): no row is
+        // written or changed for it; steward's own deletions (archive, purge) still go through.
+        for op in ["INSERT", "UPDATE"] {
+            let guard = quote_ident(&format!("{table}_frozen_{}", op.to_lowercase()));
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {guard}"))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TRIGGER {guard} BEFORE {op} ON {name} FOR EACH ROW \
+                 WHEN NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = NEW.tenant_id \
+                   AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
+                 BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
         for (op, before, after, tenant) in [
             (
                 "INSERT",
@@ -870,8 +890,14 @@ async fn drop_audit_triggers(
     tables: &[ModuleTable],
 ) -> StoreResult<()> {
     for table in tables {
-        for op in ["insert", "update", "delete"] {
-            let trigger = quote_ident(&format!("{table}_audit_{op}"));
+        for trigger in [
+            "audit_insert",
+            "audit_update",
+            "audit_delete",
+            "frozen_insert",
+            "frozen_update",
+        ] {
+            let trigger = quote_ident(&format!("{table}_{trigger}"));
             sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
                 .execute(&mut *conn)
                 .await?;
