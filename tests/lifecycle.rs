@@ -32,6 +32,7 @@ per_backend!(
     a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_the_window,
     a_failed_upgrade_restores_version_status_and_rows,
     a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes,
+    settings_changes_are_audited_and_crafted_keys_refused,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1276,4 +1277,72 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     )
     .await
     .unwrap();
+}
+
+async fn settings_changes_are_audited_and_crafted_keys_refused(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    let acme = tenant(&t, "acme", false, false).await;
+    life(&t).request(acme, "inventory", "tenant").await.unwrap();
+    assert_eq!(
+        t.store.settings_get(acme, "inventory").await.unwrap(),
+        json!({})
+    );
+
+    let first = json!({"low_stock_threshold": 5});
+    let before = t
+        .store
+        .settings_set(acme, "inventory", &first, "user:ana")
+        .await
+        .unwrap();
+    assert_eq!(before, json!({}));
+    let second = json!({"low_stock_threshold": 9});
+    t.store
+        .settings_set(acme, "inventory", &second, "user:bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store.settings_get(acme, "inventory").await.unwrap(),
+        second
+    );
+    let last = &t.store.audit_list(Some(acme), 1).await.unwrap()[0];
+    assert_eq!(
+        (last.action.as_str(), last.actor.as_str()),
+        ("module.settings", "user:bob")
+    );
+    assert_eq!(last.before, Some(first));
+    assert_eq!(last.after, Some(second.clone()));
+
+    let audited = t.store.audit_list(Some(acme), 100).await.unwrap().len();
+    for crafted in [
+        json!({"x\"; DROP TABLE tenants; --": 1}),
+        json!({"Threshold": 1}),
+        json!({"a b": 1}),
+        json!(["not", "an", "object"]),
+    ] {
+        let err = t
+            .store
+            .settings_set(acme, "inventory", &crafted, "user:eve")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Domain(ref r) if r.code() == "invalid_identifier"),
+            "{crafted}: {err:?}"
+        );
+    }
+    assert_eq!(
+        t.store.settings_get(acme, "inventory").await.unwrap(),
+        second
+    );
+    assert_eq!(
+        t.store.audit_list(Some(acme), 100).await.unwrap().len(),
+        audited
+    );
+    assert!(t.store.tenant_get(acme).await.unwrap().is_some());
+    let err = t
+        .store
+        .settings_set(acme, "nosuch", &json!({}), "user")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
 }

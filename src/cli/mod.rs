@@ -124,6 +124,9 @@ impl CliError {
             CliError::Client(crate::ClientError::UnknownKind(_))
             | CliError::Client(crate::ClientError::InvalidPayload { .. }) => 2,
             CliError::Store(StoreError::InvalidInput(_)) => 2,
+            CliError::Store(StoreError::Domain(
+                crate::domain::DomainError::InvalidIdentifier { .. },
+            )) => 2,
             CliError::Lifecycle(crate::lifecycle::LifecycleError::Domain(
                 crate::domain::DomainError::InvalidIdentifier { .. }
                 | crate::domain::DomainError::Unknown { .. },

@@ -49,6 +49,13 @@ pub(crate) enum ModuleCommand {
     Enable { tenant: TenantId, module: String },
     /// Archive a DISABLED or SUSPENDED module: export its data, then remove it.
     Archive { tenant: TenantId, module: String },
+    /// Show a tenant module's settings, or replace them with `--set JSON` (audited).
+    Settings {
+        tenant: TenantId,
+        module: String,
+        #[arg(long, value_name = "JSON")]
+        set: Option<String>,
+    },
     /// Upgrade a module to a version for all its tenants (runs on `steward worker`).
     Upgrade { module: String, version: String },
     /// Roll a module's last upgrade back (within STEWARD_ROLLBACK_WINDOW_HOURS of it).
@@ -162,6 +169,21 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             let run = life.archive(tenant, &module, &settings.export_dir).await?;
             out!("archive run {run} started");
             Ok(())
+        }
+        ModuleCommand::Settings {
+            tenant,
+            module,
+            set,
+        } => {
+            let store = open_store(&settings.database_url).await?;
+            if let Some(text) = set {
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| CliError::Usage(format!("--set is not valid JSON: {e}")))?;
+                store
+                    .settings_set(tenant, &module, &value, &actor())
+                    .await?;
+            }
+            print_json(&store.settings_get(tenant, &module).await?)
         }
         ModuleCommand::Upgrade { module, version } => {
             let run = life

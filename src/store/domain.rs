@@ -150,6 +150,23 @@ pub struct StatusChange<'a> {
     pub set_version: Option<i64>,
 }
 
+/// Settings must be a JSON object whose keys are identifiers (`[a-z][a-z0-9_]*`): they end up
+/// in SQL and in templates, so a key that could break out of one is refused before anything.
+pub fn check_settings(settings: &Value) -> Result<(), crate::domain::DomainError> {
+    let object =
+        settings
+            .as_object()
+            .ok_or_else(|| crate::domain::DomainError::InvalidIdentifier {
+                what: "settings",
+                value: settings.to_string().chars().take(80).collect(),
+                reason: "must be a JSON object",
+            })?;
+    for key in object.keys() {
+        crate::domain::ident::check_setting_key(key)?;
+    }
+    Ok(())
+}
+
 /// Lifecycle storage; every [`super::JobStore`] implements it.
 #[async_trait]
 pub trait DomainStore: Send + Sync {
@@ -217,6 +234,19 @@ pub trait DomainStore: Send + Sync {
 
     /// A tenant's modules, by slug.
     async fn tenant_modules(&self, tenant_id: TenantId) -> StoreResult<Vec<TenantModuleRecord>>;
+
+    /// Replace a tenant module's settings (a JSON object whose keys are checked identifiers);
+    /// audited with the settings before and after. Returns the previous settings.
+    async fn settings_set(
+        &self,
+        tenant_id: TenantId,
+        module: &str,
+        settings: &Value,
+        actor: &str,
+    ) -> StoreResult<Value>;
+
+    /// A tenant module's settings (`{}` when none were set).
+    async fn settings_get(&self, tenant_id: TenantId, module: &str) -> StoreResult<Value>;
 
     /// Every tenant's record of a module, by tenant.
     async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>>;

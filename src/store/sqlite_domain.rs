@@ -513,6 +513,75 @@ impl DomainStore for SqliteStore {
         .collect()
     }
 
+    async fn settings_set(
+        &self,
+        tenant_id: TenantId,
+        module: &str,
+        settings: &Value,
+        actor: &str,
+    ) -> StoreResult<Value> {
+        super::domain::check_settings(settings)?;
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM tenant_modules WHERE tenant_id = ?1 AND module = ?2")
+                .bind(tenant_id)
+                .bind(module)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Err(StoreError::InvalidInput(format!(
+                "tenant {tenant_id} has no module `{module}`"
+            )));
+        }
+        let before: Option<Value> = sqlx::query_scalar::<_, String>(
+            "SELECT settings FROM tenant_module_settings WHERE tenant_id = ?1 AND module = ?2",
+        )
+        .bind(tenant_id)
+        .bind(module)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|text| serde_json::from_str(&text).map_err(corrupt))
+        .transpose()?;
+        sqlx::query(
+            "INSERT INTO tenant_module_settings (tenant_id, module, settings, updated_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (tenant_id, module) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+        )
+        .bind(tenant_id)
+        .bind(module)
+        .bind(settings.to_string())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            "module.settings",
+            Some(tenant_id),
+            Some(module),
+            "tenant_module_settings",
+            before.clone(),
+            Some(settings.clone()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(before.unwrap_or_else(|| json!({})))
+    }
+
+    async fn settings_get(&self, tenant_id: TenantId, module: &str) -> StoreResult<Value> {
+        let settings: Option<String> = sqlx::query_scalar(
+            "SELECT settings FROM tenant_module_settings WHERE tenant_id = ?1 AND module = ?2",
+        )
+        .bind(tenant_id)
+        .bind(module)
+        .fetch_optional(self.pool())
+        .await?;
+        let settings: Option<Value> = settings
+            .map(|text| serde_json::from_str(&text).map_err(corrupt))
+            .transpose()?;
+        Ok(settings.unwrap_or_else(|| json!({})))
+    }
+
     async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>> {
         sqlx::query(&format!(
             "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE module = ?1 ORDER BY tenant_id"
