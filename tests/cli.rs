@@ -383,3 +383,37 @@ fn malformed_catalog_names_file_and_line() {
     assert!(stderr.contains("broken.toml:10"), "{stderr}");
     assert!(stderr.contains("tenant_other_items"), "{stderr}");
 }
+
+#[test]
+fn the_demo_runs_the_module_lifecycle_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["demo", "--exit-when-idle"])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", sqlite(&dir))
+        .env("STEWARD_JOBS_DIR", repo.join("jobs"))
+        .env("STEWARD_WORKFLOWS_DIR", repo.join("workflows"))
+        .env("STEWARD_CATALOG_DIR", repo.join("catalog"))
+        .env("STEWARD_EXPORT_DIR", dir.path().join("exports"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (code, stderr) = failed(&output);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for step in [
+        "inventory 1.0.0 provisioned for tenants 1 and 2",
+        "chatbot (ALPHA) is PENDING_APPROVAL",
+        "inventory upgraded to 2.0.0",
+        "inventory rolled back to 1.0.0 for 2 tenants",
+        "alert_engine 1.1.0 failed and was rolled back",
+    ] {
+        assert!(
+            stdout.contains(step),
+            "missing `{step}` in:\n{stdout}\n{stderr}"
+        );
+    }
+    let backups = dir.path().join("exports/backups/inventory/1.0.0");
+    assert!(backups.is_dir(), "the major upgrade was backed up");
+}

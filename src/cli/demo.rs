@@ -1,8 +1,12 @@
-//! `steward demo`: the embedded default. SQLite under `./data/`, the worker runtime, and a
+//! `steward demo`: the embedded default. SQLite under `./data/`, the worker runtime, a
 //! handful of sample jobs (some that succeed, some that sleep, some that fail into the
-//! dead-letter queue), then it keeps running until Ctrl-C so the CLI can be tried against it.
+//! dead-letter queue), two workflow runs, and the module lifecycle ([`demo_lifecycle`]:
+//! provisioning, approval, a failed migration, an upgrade and its rollback); then it keeps
+//! running until Ctrl-C so the CLI can be tried against it.
 
-use super::{CliError, build_runtime, load_engine, load_kinds, open_store, shutdown_signal};
+use super::{
+    CliError, build_runtime, demo_lifecycle, load_engine, load_kinds, open_store, shutdown_signal,
+};
 use crate::config::{Settings, WorkerSettings};
 use crate::queue::builtin;
 use crate::{Client, EnqueueOptions};
@@ -63,6 +67,13 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     let engine = load_engine(settings, store.clone(), &kinds)?;
     let (saga, _) = engine.start("demo_saga", json!({}), None).await?;
     let (pipeline, _) = engine.start("demo_pipeline", json!({}), None).await?;
+    let lifecycle = demo_lifecycle::LifecycleDemo {
+        life: crate::lifecycle::Lifecycle::new(engine.clone())?,
+        store: store.clone(),
+        catalog_dir: settings.catalog_dir.clone(),
+        export_dir: settings.export_dir.clone(),
+        window: std::time::Duration::from_secs(settings.rollback_window_hours * 3600),
+    };
     let config = args.worker.runtime(settings.worker_id(), &kinds.queues())?;
     let runtime = build_runtime(settings, store.clone(), kinds, config)?;
     let shutdown = CancellationToken::new();
@@ -84,8 +95,14 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     let trigger = shutdown.clone();
     let idle = args.exit_when_idle;
     let watched = store.clone();
+    let scenario = tokio::spawn(async move {
+        if let Err(err) = lifecycle.run().await {
+            eprintln!("  lifecycle demo stopped: {err}");
+        }
+    });
     tokio::spawn(async move {
         if idle {
+            let _ = scenario.await;
             wait_until_settled(&watched).await;
         } else {
             shutdown_signal().await;

@@ -12,6 +12,7 @@ macro_rules! out {
 }
 
 mod demo;
+mod demo_lifecycle;
 mod jobs;
 mod modules;
 mod runs;

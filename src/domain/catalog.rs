@@ -331,6 +331,16 @@ impl Catalog {
         parse_located(path, text).map(|located| located.def)
     }
 
+    /// The catalog as it was at each module's first release: every module with its first
+    /// version only (the demo provisions from it, then publishes the rest and upgrades).
+    pub fn first_releases(&self) -> Catalog {
+        let mut first = self.clone();
+        for module in first.modules.values_mut() {
+            module.versions.truncate(1);
+        }
+        first
+    }
+
     /// A module by slug.
     pub fn get(&self, slug: &str) -> Option<&ModuleDef> {
         self.modules.get(slug)

@@ -245,7 +245,7 @@ fn upgrade_apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         let reason = failed.as_ref().map(|why| {
             format!(
                 "upgrade to {} failed and was rolled back: {why}",
-                input["version"]
+                input["version"].as_str().unwrap_or("?")
             )
         });
         for (tenant_id, before) in &tenants {
