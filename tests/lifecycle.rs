@@ -33,6 +33,7 @@ per_backend!(
     a_failed_upgrade_restores_version_status_and_rows,
     a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes,
     settings_changes_are_audited_and_crafted_keys_refused,
+    stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1345,4 +1346,47 @@ async fn settings_changes_are_audited_and_crafted_keys_refused(backend: Backend)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+}
+
+async fn stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    let a = tenant(&t, "a", false, false).await;
+    let b = tenant(&t, "b", false, false).await;
+    let life = life(&t);
+
+    // Tenant A: PROVISIONING without a run, as a crash between the move and the start leaves it.
+    let version = t.store.versions_of("inventory").await.unwrap()[0].id;
+    t.store
+        .tenant_module_request(a, "inventory", version, Provisioning, "tenant")
+        .await
+        .unwrap();
+    // Tenant B: its run is cancelled before it did anything.
+    let requested = life.request(b, "inventory", "tenant").await.unwrap();
+    let cancelled = requested.run.unwrap();
+    assert!(engine(&t).cancel(cancelled).await.unwrap());
+
+    assert_eq!(life.reconcile(Duration::ZERO).await.unwrap(), 1);
+    let failed = t
+        .store
+        .tenant_module_get(b, "inventory")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, Error);
+    assert!(
+        failed
+            .status_reason
+            .unwrap()
+            .contains(&format!("run {cancelled} cancelled"))
+    );
+
+    // A's run was started by the reconciler, once: reconciling again finds the same run.
+    let runs = t.store.runs_list(None, 100).await.unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(life.reconcile(Duration::ZERO).await.unwrap(), 0);
+    assert_eq!(t.store.runs_list(None, 100).await.unwrap().len(), 2);
+    let running = workers(&t);
+    wait_for(&t, &[a], "inventory", Enabled).await;
+    running.stop().await;
 }

@@ -250,8 +250,8 @@ pub(crate) fn load_engine(
     ))
 }
 
-/// A worker runtime: the built-in job handlers, the workflow engine's step jobs and its
-/// run sweeper.
+/// A worker runtime: the built-in job handlers, the workflow engine's step jobs, its run
+/// sweeper and cron scheduler, and the provisioning reconciler.
 pub(crate) fn build_runtime(
     settings: &Settings,
     store: SharedStore,
@@ -266,12 +266,18 @@ pub(crate) fn build_runtime(
         every: std::time::Duration::from_millis(500),
     };
     let scheduler = crate::workflow::scheduler::CronScheduler::new(
-        engine,
+        engine.clone(),
         std::time::Duration::from_millis(100),
     );
+    let reconciler = crate::lifecycle::ProvisioningReconciler {
+        lifecycle: crate::lifecycle::Lifecycle::new(engine)?,
+        idle: std::time::Duration::from_secs(30),
+        every: std::time::Duration::from_secs(5),
+    };
     Ok(crate::queue::Runtime::new(store, registry, kinds, config)?
         .with_service(Box::new(sweeper))
-        .with_service(Box::new(scheduler)))
+        .with_service(Box::new(scheduler))
+        .with_service(Box::new(reconciler)))
 }
 
 /// Resolve on SIGTERM or SIGINT.

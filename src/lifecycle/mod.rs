@@ -6,7 +6,10 @@
 //! which takes the module from PROVISIONING to ENABLED (or ERROR). Not built yet (issue #4):
 //! upgrade with rollback, disable and archive.
 
+mod reconciler;
 pub mod steps;
+
+pub use reconciler::ProvisioningReconciler;
 
 use crate::domain::DomainError;
 use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
@@ -14,7 +17,7 @@ use crate::domain::catalog::Catalog;
 use crate::domain::ident::Slug;
 use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{ModuleRecord, NewVersion, StatusChange, TenantId, TenantModuleRecord};
-use crate::store::runs::RunId;
+use crate::store::runs::{RunId, RunState};
 use crate::store::{SharedStore, StoreError};
 use crate::workflow::{Engine, EngineError};
 use serde_json::json;
@@ -89,21 +92,68 @@ impl Lifecycle {
         })
     }
 
-    /// Start provisioning a tenant module that is PROVISIONING; returns the run.
+    /// Start provisioning a tenant module that is PROVISIONING; returns the run. One run per
+    /// request: the idempotency key names the tenant, the module and the request's time, so
+    /// starting again (the reconciler does, after a crash) returns the same run.
     pub async fn start_provisioning(
         &self,
-        tenant_id: TenantId,
-        slug: &str,
+        module: &TenantModuleRecord,
     ) -> Result<RunId, LifecycleError> {
+        let key = format!(
+            "{PROVISION_WORKFLOW}:{}:{}:{}",
+            module.tenant_id,
+            module.module,
+            module.requested_at.timestamp_millis()
+        );
         let (run, _) = self
             .engine
             .start(
                 PROVISION_WORKFLOW,
-                json!({"tenant_id": tenant_id, "module": slug}),
-                None,
+                json!({"tenant_id": module.tenant_id, "module": module.module}),
+                Some(key),
             )
             .await?;
         Ok(run)
+    }
+
+    /// Repair provisioning left behind: a tenant module PROVISIONING for longer than `idle`
+    /// gets its run (started again, idempotently: a crash between the move and the start
+    /// left it without one), and one whose run failed or was cancelled moves to ERROR with
+    /// the run's reason. Returns how many were repaired.
+    pub async fn reconcile(&self, idle: std::time::Duration) -> Result<u64, LifecycleError> {
+        let mut repaired = 0;
+        let stuck = self
+            .store
+            .tenant_modules_stuck(TenantModuleStatus::Provisioning, idle, 100)
+            .await?;
+        for module in stuck {
+            let run = self.start_provisioning(&module).await?;
+            let run = self.engine.run(run).await?;
+            if !matches!(run.state, RunState::Failed | RunState::Cancelled) {
+                continue;
+            }
+            let reason = format!(
+                "provisioning run {} {}: {}",
+                run.id,
+                run.state,
+                run.error.as_deref().unwrap_or("no reason recorded")
+            );
+            self.store
+                .tenant_module_move(&StatusChange {
+                    tenant_id: module.tenant_id,
+                    module: &module.module,
+                    to: TenantModuleStatus::Error,
+                    from: Some(TenantModuleStatus::Provisioning),
+                    reason: Some(&reason),
+                    actor: "steward:reconciler",
+                    action: "module.provision_failed",
+                    provisioning: None,
+                    set_version: None,
+                })
+                .await?;
+            repaired += 1;
+        }
+        Ok(repaired)
     }
 
     /// Publish a catalog (from `catalog/*.toml`): every module created or updated (a
@@ -237,9 +287,7 @@ impl Lifecycle {
             })
             .await?;
         let run = match module.status {
-            TenantModuleStatus::Provisioning => {
-                Some(self.start_provisioning(tenant_id, slug.as_str()).await?)
-            }
+            TenantModuleStatus::Provisioning => Some(self.start_provisioning(&module).await?),
             _ => None,
         };
         Ok(Requested {
@@ -397,7 +445,7 @@ impl Lifecycle {
                 "module.approve",
             )
             .await?;
-        let run = self.start_provisioning(tenant_id, &module.module).await?;
+        let run = self.start_provisioning(&module).await?;
         Ok((module, run))
     }
 

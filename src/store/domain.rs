@@ -93,6 +93,7 @@ pub struct TenantModuleRecord {
     pub version_id: Option<i64>,
     pub previous_version_id: Option<i64>,
     pub status_reason: Option<String>,
+    pub requested_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -247,6 +248,14 @@ pub trait DomainStore: Send + Sync {
 
     /// A tenant module's settings (`{}` when none were set).
     async fn settings_get(&self, tenant_id: TenantId, module: &str) -> StoreResult<Value>;
+
+    /// Tenant modules in `status` that have not moved for at least `idle` (oldest first).
+    async fn tenant_modules_stuck(
+        &self,
+        status: TenantModuleStatus,
+        idle: std::time::Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<TenantModuleRecord>>;
 
     /// Every tenant's record of a module, by tenant.
     async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>>;

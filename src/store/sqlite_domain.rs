@@ -33,8 +33,8 @@ const MODULE_COLUMNS: &str = "slug, name, description, pricing_tier, maturity, d
      data_retention_days, successor, sunset_date";
 const VERSION_COLUMNS: &str =
     "id, module, version, major, tables_created, settings_schema, migrated_at";
-const TENANT_MODULE_COLUMNS: &str =
-    "tenant_id, module, status, version_id, previous_version_id, status_reason, updated_at";
+const TENANT_MODULE_COLUMNS: &str = "tenant_id, module, status, version_id, previous_version_id, status_reason, requested_at, \
+     updated_at";
 
 fn tenant_from(row: &SqliteRow) -> StoreResult<TenantRecord> {
     Ok(TenantRecord {
@@ -86,6 +86,7 @@ fn tenant_module_from(row: &SqliteRow) -> StoreResult<TenantModuleRecord> {
         version_id: row.try_get("version_id")?,
         previous_version_id: row.try_get("previous_version_id")?,
         status_reason: row.try_get("status_reason")?,
+        requested_at: from_ms(row.try_get("requested_at")?)?,
         updated_at: from_ms(row.try_get("updated_at")?)?,
     })
 }
@@ -580,6 +581,27 @@ impl DomainStore for SqliteStore {
             .map(|text| serde_json::from_str(&text).map_err(corrupt))
             .transpose()?;
         Ok(settings.unwrap_or_else(|| json!({})))
+    }
+
+    async fn tenant_modules_stuck(
+        &self,
+        status: TenantModuleStatus,
+        idle: std::time::Duration,
+        limit: i64,
+    ) -> StoreResult<Vec<TenantModuleRecord>> {
+        let before = now_ms() - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query(&format!(
+            "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules \
+             WHERE status = ?1 AND updated_at <= ?2 ORDER BY updated_at LIMIT ?3"
+        ))
+        .bind(status.as_str())
+        .bind(before)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(tenant_module_from)
+        .collect()
     }
 
     async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>> {
