@@ -515,6 +515,7 @@ async fn refused_moves_change_nothing_and_accepted_ones_are_audited(backend: Bac
         action: "test.move",
         provisioning: None,
         set_version: None,
+        unchanged_since: None,
     };
     for refused in [Requested, UpToDate, Upgrading, Archived, Suspended] {
         let err = t
@@ -653,6 +654,7 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             action: "module.enable",
             provisioning: None,
             set_version: None,
+            unchanged_since: None,
         })
         .await
         .unwrap();
@@ -765,6 +767,7 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
                 action: "test.move",
                 provisioning: None,
                 set_version: None,
+                unchanged_since: None,
             })
             .await
             .unwrap();
@@ -1089,13 +1092,30 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
             .is_none()
     );
 
-    // Upgraded again, then aged past the window: the rollback is refused, nothing changes.
+    // Upgraded again; a tenant joining now gets 2.0.0, so undoing 2.0.0 is refused.
     life.upgrade("stock", "2.0.0", exports.path())
         .await
         .unwrap();
     let running = workers(&t);
     wait_for(&t, &[a, b], "stock", UpToDate).await;
+    let c = tenant(&t, "c", false, false).await;
+    life.request(c, "stock", "tenant").await.unwrap();
+    let joined = wait_for(&t, &[c], "stock", Enabled).await;
     running.stop().await;
+    assert_eq!(joined[0].version_id, Some(versions[1].id));
+    let err = life
+        .rollback("stock", Duration::from_secs(48 * 3600), "admin")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::Store(StoreError::Conflict(ref why)) if why.contains(&format!("[{c}]"))),
+        "{err:?}"
+    );
+    assert!(
+        table_exists(&t, "tenant_stock_moves").await,
+        "nothing was undone"
+    );
+    // Aged past the window: refused for that reason first.
     execute(
         &t,
         match backend {
@@ -1260,8 +1280,42 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
         .await,
         2
     );
-    let last = &t.store.audit_list(Some(a), 1).await.unwrap()[0];
-    assert_eq!(last.action, "module.archive");
+    let audit = t.store.audit_list(Some(a), 10).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "module.archive"),
+        "{audit:?}"
+    );
+
+    // A change made after a read is caught: the archive deletes only what its export saw.
+    let seen = t
+        .store
+        .tenant_module_get(b, "stock")
+        .await
+        .unwrap()
+        .unwrap();
+    life.disable(b, "stock", "tenant:b").await.unwrap();
+    life.reenable(b, "stock", "tenant:b").await.unwrap();
+    let err = t
+        .store
+        .tenant_module_move(&StatusChange {
+            tenant_id: b,
+            module: "stock",
+            to: Disabled,
+            from: Some(Enabled),
+            reason: None,
+            actor: "test",
+            action: "test.move",
+            provisioning: None,
+            set_version: None,
+            unchanged_since: Some(seen.updated_at),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Domain(ref r) if r.to_string().contains("changed since")),
+        "{err:?}"
+    );
+    assert_eq!(status(&t, b, "stock").await, Some(Enabled));
 
     // Archived is final until the module is requested anew.
     let err = life.reenable(a, "stock", "tenant:a").await.unwrap_err();

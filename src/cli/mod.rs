@@ -269,15 +269,19 @@ pub(crate) fn build_runtime(
         engine.clone(),
         std::time::Duration::from_millis(100),
     );
-    let reconciler = crate::lifecycle::ProvisioningReconciler {
-        lifecycle: crate::lifecycle::Lifecycle::new(engine)?,
-        idle: std::time::Duration::from_secs(30),
-        every: std::time::Duration::from_secs(5),
-    };
-    Ok(crate::queue::Runtime::new(store, registry, kinds, config)?
+    let mut runtime = crate::queue::Runtime::new(store, registry, kinds, config)?
         .with_service(Box::new(sweeper))
-        .with_service(Box::new(scheduler))
-        .with_service(Box::new(reconciler)))
+        .with_service(Box::new(scheduler));
+    // The module lifecycle runs where its workflows are defined (a deployment with its own
+    // workflows/ and no lifecycle has no reconciler).
+    if let Ok(lifecycle) = crate::lifecycle::Lifecycle::new(engine) {
+        runtime = runtime.with_service(Box::new(crate::lifecycle::ProvisioningReconciler {
+            lifecycle,
+            idle: std::time::Duration::from_secs(30),
+            every: std::time::Duration::from_secs(5),
+        }));
+    }
+    Ok(runtime)
 }
 
 /// Resolve on SIGTERM or SIGINT.

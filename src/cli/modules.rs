@@ -193,7 +193,8 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             Ok(())
         }
         ModuleCommand::Rollback { module } => {
-            let window = std::time::Duration::from_secs(settings.rollback_window_hours * 3600);
+            let window =
+                std::time::Duration::from_secs(settings.rollback_window_hours.saturating_mul(3600));
             let tenants = life.rollback(&module, window, &actor()).await?;
             out!("module {module} rolled back for {} tenants", tenants.len());
             Ok(())

@@ -149,6 +149,7 @@ impl Lifecycle {
                     action: "module.provision_failed",
                     provisioning: None,
                     set_version: None,
+                    unchanged_since: None,
                 })
                 .await?;
             repaired += 1;
@@ -284,6 +285,7 @@ impl Lifecycle {
                 action: "module.admit",
                 provisioning: None,
                 set_version: None,
+                unchanged_since: None,
             })
             .await?;
         let run = match module.status {
@@ -382,6 +384,7 @@ impl Lifecycle {
                 action,
                 provisioning: None,
                 set_version: None,
+                unchanged_since: None,
             })
             .await?)
     }
@@ -493,6 +496,7 @@ impl Lifecycle {
                 action,
                 provisioning: None,
                 set_version: None,
+                unchanged_since: None,
             })
             .await?)
     }

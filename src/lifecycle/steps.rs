@@ -68,6 +68,7 @@ fn migrate(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                     action: "module.provision_failed",
                     provisioning: None,
                     set_version: None,
+                    unchanged_since: None,
                 })
                 .await?;
                 Ok(json!({"failed": reason}))
@@ -97,6 +98,7 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                 action: "module.enable",
                 provisioning: Some(&input),
                 set_version: None,
+                unchanged_since: None,
             })
             .await?;
         Ok(input)
@@ -160,6 +162,7 @@ fn upgrade_begin(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                 action: "module.upgrade_begin",
                 provisioning: None,
                 set_version: None,
+                unchanged_since: None,
             })
             .await?;
         }
@@ -263,6 +266,7 @@ fn upgrade_apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                 action,
                 provisioning: None,
                 set_version,
+                unchanged_since: None,
             })
             .await?;
         }
@@ -332,7 +336,8 @@ fn archive_export(ctx: StepContext<'_>) -> StepFuture<'_> {
                 json!({"path": path.display().to_string(), "rows": rows}),
             );
         }
-        Ok(json!({"files": files}))
+        Ok(json!({"files": files, "status": current.status,
+                   "updated_at_us": current.updated_at.timestamp_micros()}))
     })
 }
 
@@ -345,15 +350,14 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         let files = input["files"]
             .as_object()
             .ok_or_else(|| JobError::Fatal("no export in the step input".into()))?;
+        let seen = input["updated_at_us"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .ok_or_else(|| JobError::Fatal("no export time in the step input".into()))?;
         let tx = ctx.tx().await?;
-        for (name, file) in files {
-            let table =
-                ModuleTable::parse(&slug, name).map_err(|e| JobError::Fatal(e.to_string()))?;
-            let rows = file["rows"].as_u64().unwrap_or(0);
-            tx.module_rows_delete(&table, tenant_id, rows)
-                .await
-                .map_err(|e| JobError::Fatal(e.to_string()))?;
-        }
+        // First the move, under the lock and only if nothing changed since the export (a
+        // tenant that turned the module on and off again may have new rows): then exactly
+        // the exported rows go.
         tx.tenant_module_move(&StatusChange {
             tenant_id,
             module: &module,
@@ -364,9 +368,63 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             action: "module.archive",
             provisioning: Some(&json!({"archive": files})),
             set_version: None,
+            unchanged_since: Some(seen),
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            StoreError::Domain(rule) => JobError::Fatal(rule.to_string()),
+            other => other.into(),
+        })?;
+        for (name, file) in files {
+            let table =
+                ModuleTable::parse(&slug, name).map_err(|e| JobError::Fatal(e.to_string()))?;
+            let rows = file["rows"].as_u64().unwrap_or(0);
+            tx.module_rows_delete(&table, tenant_id, rows)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(why) => JobError::Fatal(why),
+                    other => other.into(),
+                })?;
+        }
         Ok(input)
+    })
+}
+
+/// `upgrade.abort` (compensation of `upgrade.begin`): a later step died, so every tenant the
+/// upgrade took goes back where it was. A tenant that already moved on is left alone.
+fn upgrade_abort(mut ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let input = ctx.input.clone();
+        let module = param(&ctx, "module")?.to_string();
+        let tenants: Vec<(TenantId, TenantModuleStatus)> =
+            serde_json::from_value(input["tenants"].clone())
+                .map_err(|e| JobError::Fatal(e.to_string()))?;
+        let reason = format!(
+            "upgrade to {} abandoned: a later step failed",
+            input["version"].as_str().unwrap_or("?")
+        );
+        let tx = ctx.tx().await?;
+        for (tenant_id, before) in &tenants {
+            let moved = tx
+                .tenant_module_move(&StatusChange {
+                    tenant_id: *tenant_id,
+                    module: &module,
+                    to: *before,
+                    from: Some(TenantModuleStatus::Upgrading),
+                    reason: Some(&reason),
+                    actor: UPGRADE_ACTOR,
+                    action: "module.upgrade_aborted",
+                    provisioning: None,
+                    set_version: None,
+                    unchanged_since: None,
+                })
+                .await;
+            match moved {
+                Ok(_) | Err(StoreError::Domain(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(json!({"restored": tenants.len()}))
     })
 }
 
@@ -377,6 +435,7 @@ pub fn register(steps: &mut StepRegistry) {
     steps.register("upgrade.begin", upgrade_begin);
     steps.register("upgrade.backup", upgrade_backup);
     steps.register("upgrade.apply", upgrade_apply);
+    steps.register("upgrade.abort", upgrade_abort);
     steps.register("archive.export", archive_export);
     steps.register("archive.remove", archive_remove);
 }

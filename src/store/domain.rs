@@ -149,6 +149,9 @@ pub struct StatusChange<'a> {
     /// An upgrade (or a rollback) lands: the module is now at this version, the one it was
     /// at becomes `previous_version_id`, and `upgraded_at` is now.
     pub set_version: Option<i64>,
+    /// Only if the tenant module has not changed since then (its `updated_at`), checked under
+    /// the lock: an archive deletes only what its export saw.
+    pub unchanged_since: Option<DateTime<Utc>>,
 }
 
 /// Settings must be a JSON object whose keys are identifiers (`[a-z][a-z0-9_]*`): they end up

@@ -79,8 +79,12 @@ impl MigrationPlan {
 }
 
 /// A database error of the catalog's SQL is the migration's failure, with the database's
-/// words; anything else (a lost connection) stays what it is, to be retried.
+/// words; anything transient (a lost connection, a deadlock, a busy SQLite file) stays what
+/// it is, to be retried.
 pub(super) fn as_migration_error(err: StoreError) -> StoreError {
+    if err.is_transient() {
+        return err;
+    }
     match err {
         StoreError::Database(sqlx::Error::Database(db)) => {
             StoreError::Migration(db.message().to_string())

@@ -151,6 +151,17 @@ pub(super) async fn move_status(
         }
         .into());
     }
+    if change
+        .unchanged_since
+        .is_some_and(|at| at.timestamp_micros() != current.updated_at.timestamp_micros())
+    {
+        return Err(DomainError::InvalidTransition {
+            what: "tenant module (it changed since it was read)",
+            from: current.status.as_str(),
+            to: change.to.as_str(),
+        }
+        .into());
+    }
     current.status.check_move(change.to)?;
     let row = sqlx::query(&format!(
             "UPDATE tenant_modules SET status = $3, status_reason = $4, updated_at = now(), \
@@ -230,6 +241,7 @@ impl DomainStore for PgStore {
     }
 
     async fn module_put(&self, module: &ModuleRecord, actor: &str) -> StoreResult<()> {
+        Slug::parse(&module.slug)?;
         let mut tx = self.pool().begin().await?;
         let before = sqlx::query(&format!(
             "SELECT {MODULE_COLUMNS} FROM core_modules WHERE slug = $1 FOR UPDATE"
@@ -573,7 +585,7 @@ impl DomainStore for PgStore {
              ORDER BY updated_at LIMIT $3"
         ))
         .bind(status.as_str())
-        .bind(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(idle.as_millis().min(3_000_000_000_000)).unwrap_or(0))
         .bind(limit)
         .fetch_all(self.pool())
         .await?
@@ -638,7 +650,7 @@ impl DomainStore for PgStore {
                AND previous_version_id IS NOT NULL ORDER BY tenant_id FOR UPDATE",
         )
         .bind(slug.as_str())
-        .bind(window.as_secs() as i64)
+        .bind(i64::try_from(window.as_secs().min(3_000_000_000)).unwrap_or(3_000_000_000))
         .fetch_all(&mut *tx)
         .await?;
         let Some(first) = upgraded.first() else {
@@ -668,13 +680,34 @@ impl DomainStore for PgStore {
         .bind(previous)
         .fetch_all(&mut *tx)
         .await?;
+        let undone: Vec<i64> = undo.iter().map(|(id, _)| *id).collect();
+        let stranded: Vec<TenantId> = sqlx::query_scalar(
+            "SELECT tenant_id FROM tenant_modules WHERE module = $1 AND version_id = ANY($2) \
+               AND status NOT IN ('UP_TO_DATE', 'ARCHIVED') ORDER BY tenant_id",
+        )
+        .bind(slug.as_str())
+        .bind(&undone)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !stranded.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "tenants {stranded:?} joined `{slug}` at a version the rollback would undo: \
+                 rollback refused"
+            )));
+        }
+        sqlx::query("SELECT set_config('steward.migration', 'on', true)")
+            .execute(&mut *tx)
+            .await?;
         for (_, down_sql) in &undo {
             sqlx::Executor::execute(&mut *tx, down_sql.as_str())
                 .await
                 .map_err(|e| as_migration_error(e.into()))?;
         }
+        sqlx::query("SELECT set_config('steward.migration', '', true)")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE core_module_versions SET migrated_at = NULL WHERE id = ANY($1)")
-            .bind(undo.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(&undone)
             .execute(&mut *tx)
             .await?;
         let mut tenants = Vec::with_capacity(upgraded.len());
@@ -693,6 +726,7 @@ impl DomainStore for PgStore {
                     action: "module.rollback",
                     provisioning: None,
                     set_version: Some(previous),
+                    unchanged_since: None,
                 },
             )
             .await?;
@@ -738,6 +772,10 @@ const AUDIT_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION steward_module_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
+    -- A migration's own row changes are audited as the upgrade, not row by row.
+    IF current_setting('steward.migration', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after)
     VALUES (coalesce(nullif(current_setting('app.actor', true), ''), session_user),
             'row.' || lower(TG_OP),
@@ -755,6 +793,10 @@ const GUARD_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION steward_module_guard() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
+    -- Migrations change every tenant's rows (the tables are shared), frozen ones included.
+    IF current_setting('steward.migration', true) = 'on' THEN
+        RETURN NEW;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM tenant_modules
                    WHERE tenant_id = NEW.tenant_id AND module = TG_ARGV[0]
                      AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) THEN
@@ -905,7 +947,6 @@ async fn create_tables(
                  FOR EACH ROW EXECUTE FUNCTION steward_module_audit('{module}')"
             ),
             format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"),
-            format!("ALTER TABLE {name} FORCE ROW LEVEL SECURITY"),
             format!(
                 "CREATE POLICY tenant_isolation ON {name} \
                  USING (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint) \
@@ -943,6 +984,9 @@ pub(super) async fn upgrade_module(
         .execute(&mut *conn)
         .await?;
     let outcome = async {
+        sqlx::query("SELECT set_config('steward.migration', 'on', true)")
+            .execute(&mut *conn)
+            .await?;
         if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
             sqlx::Executor::execute(&mut *conn, pre).await?;
         }
@@ -959,6 +1003,9 @@ pub(super) async fn upgrade_module(
                 .execute(&mut *conn)
                 .await?;
         }
+        sqlx::query("SELECT set_config('steward.migration', '', true)")
+            .execute(&mut *conn)
+            .await?;
         Ok::<_, StoreError>(report)
     }
     .await;

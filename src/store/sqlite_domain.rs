@@ -158,6 +158,17 @@ pub(super) async fn move_status(
         }
         .into());
     }
+    if change
+        .unchanged_since
+        .is_some_and(|at| at.timestamp_micros() != current.updated_at.timestamp_micros())
+    {
+        return Err(DomainError::InvalidTransition {
+            what: "tenant module (it changed since it was read)",
+            from: current.status.as_str(),
+            to: change.to.as_str(),
+        }
+        .into());
+    }
     current.status.check_move(change.to)?;
     let row = sqlx::query(&format!(
             "UPDATE tenant_modules SET status = ?3, status_reason = ?4, updated_at = ?5, \
@@ -239,6 +250,7 @@ impl DomainStore for SqliteStore {
     }
 
     async fn module_put(&self, module: &ModuleRecord, actor: &str) -> StoreResult<()> {
+        Slug::parse(&module.slug)?;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         let before = sqlx::query(&format!(
@@ -707,13 +719,30 @@ impl DomainStore for SqliteStore {
                 all_tables.push(table);
             }
         }
-        // The triggers name columns the down SQL may drop: off first, back after.
-        drop_audit_triggers(&mut tx, &all_tables).await?;
         let undo: Vec<&(i64, String, String, bool, bool)> = versions
             .iter()
             .rev()
             .filter(|(_, _, _, migrated, after)| *migrated && *after)
             .collect();
+        let undone = json!(undo.iter().map(|v| v.0).collect::<Vec<_>>()).to_string();
+        let stranded: Vec<TenantId> = sqlx::query_scalar(
+            "SELECT tenant_id FROM tenant_modules WHERE module = ?1 \
+               AND version_id IN (SELECT value FROM json_each(?2)) \
+               AND status NOT IN ('UP_TO_DATE', 'ARCHIVED') ORDER BY tenant_id",
+        )
+        .bind(slug.as_str())
+        .bind(&undone)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !stranded.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "tenants {stranded:?} joined `{slug}` at a version the rollback would undo: \
+                 rollback refused"
+            )));
+        }
+        // The triggers name columns the down SQL may drop, and a migration changes every
+        // tenant's rows: off first, back after.
+        drop_audit_triggers(&mut tx, &all_tables).await?;
         for (_, down_sql, _, _, _) in &undo {
             sqlx::Executor::execute(&mut *tx, down_sql.as_str())
                 .await
@@ -724,7 +753,7 @@ impl DomainStore for SqliteStore {
             "UPDATE core_module_versions SET migrated_at = NULL \
              WHERE id IN (SELECT value FROM json_each(?1))",
         )
-        .bind(json!(undo.iter().map(|v| v.0).collect::<Vec<_>>()).to_string())
+        .bind(&undone)
         .execute(&mut *tx)
         .await?;
         let mut tenants = Vec::with_capacity(upgraded.len());
@@ -742,6 +771,7 @@ impl DomainStore for SqliteStore {
                     action: "module.rollback",
                     provisioning: None,
                     set_version: Some(previous),
+                    unchanged_since: None,
                 },
             )
             .await?;
@@ -1045,12 +1075,15 @@ pub(super) async fn upgrade_module(
             .iter()
             .map(|t| ModuleTable::parse(&slug, t))
             .collect::<Result<_, _>>()?;
-        install_audit_triggers(conn, &slug, &through).await?;
         if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
             if !tenants.is_empty() {
+                // As on PostgreSQL, the migration's row changes touch every tenant's rows
+                // (frozen ones included) and are audited as the upgrade, not row by row.
+                drop_audit_triggers(conn, &through).await?;
                 sqlx::Executor::execute(&mut *conn, post).await?;
             }
         }
+        install_audit_triggers(conn, &slug, &through).await?;
         Ok::<_, StoreError>(report)
     }
     .await;
