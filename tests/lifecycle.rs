@@ -34,6 +34,7 @@ per_backend!(
     a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes,
     settings_changes_are_audited_and_crafted_keys_refused,
     stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error,
+    an_upgrade_that_dies_after_it_began_puts_every_tenant_back,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1443,4 +1444,59 @@ async fn stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error(backend:
     let running = workers(&t);
     wait_for(&t, &[a], "inventory", Enabled).await;
     running.stop().await;
+}
+
+async fn an_upgrade_that_dies_after_it_began_puts_every_tenant_back(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    publish_upgrade(
+        &t,
+        "2.0.0",
+        &[],
+        "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT;",
+        "ALTER TABLE tenant_stock_items DROP COLUMN location;",
+        None,
+    )
+    .await;
+    // A backup step that fails for good (its export_dir is not a path), after `begin` moved
+    // every tenant to UPGRADING: the run dies and its compensation puts them back.
+    let (run, _) = engine(&t)
+        .start(
+            "module_upgrade",
+            json!({"module": "stock", "version": "2.0.0", "export_dir": 5}),
+            None,
+        )
+        .await
+        .unwrap();
+    let running = workers(&t);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let record = engine(&t).run(run).await.unwrap();
+        if record.state == steward::store::runs::RunState::Failed {
+            break record;
+        }
+        assert!(std::time::Instant::now() < deadline, "{record:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    running.stop().await;
+    assert_eq!(
+        failed.steps[0].state,
+        steward::store::runs::StepState::Compensated
+    );
+    let back = wait_for(&t, &[a, b], "stock", Enabled).await;
+    let versions = t.store.versions_of("stock").await.unwrap();
+    assert!(back.iter().all(|r| r.version_id == Some(versions[0].id)));
+    assert!(
+        back[0]
+            .status_reason
+            .as_deref()
+            .unwrap()
+            .contains("abandoned")
+    );
+    assert!(!column_exists(&t, "tenant_stock_items", "location").await);
+    let audit = t.store.audit_list(Some(a), 5).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "module.upgrade_aborted"),
+        "{audit:?}"
+    );
 }
