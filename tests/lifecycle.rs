@@ -35,6 +35,7 @@ per_backend!(
     settings_changes_are_audited_and_crafted_keys_refused,
     stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error,
     an_upgrade_that_dies_after_it_began_puts_every_tenant_back,
+    plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1499,4 +1500,127 @@ async fn an_upgrade_that_dies_after_it_began_puts_every_tenant_back(backend: Bac
         audit.iter().any(|e| e.action == "module.upgrade_aborted"),
         "{audit:?}"
     );
+}
+
+async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    publish(&t, &module("reports", Maturity::Ga, &[])).await;
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    publish(&t, &module("labs", Maturity::Beta, &[])).await;
+    t.store.plan_create("pro", "Pro").await.unwrap();
+    t.store.plan_create("free", "Free").await.unwrap();
+    let mut by_status = Vec::new();
+    for status in ["active", "inactive", "cancelled", "expired"] {
+        let id = tenant(&t, status, false, false).await;
+        t.store
+            .subscription_create(id, "pro", status)
+            .await
+            .unwrap();
+        by_status.push(id);
+    }
+    let beta = tenant(&t, "beta-fan", false, true).await;
+    t.store
+        .subscription_create(beta, "pro", "active")
+        .await
+        .unwrap();
+    let free = tenant(&t, "free-rider", false, false).await;
+    t.store
+        .subscription_create(free, "free", "active")
+        .await
+        .unwrap();
+    let life = life(&t);
+
+    // Adding a module to a plan syncs it, and only it, to the plan's active subscribers.
+    let summary = life
+        .plan_add_module("pro", "inventory", "admin")
+        .await
+        .unwrap();
+    assert_eq!(summary.len(), 1);
+    assert_eq!(
+        (summary[0].plan.as_str(), summary[0].module.as_str()),
+        ("pro", "inventory")
+    );
+    assert_eq!((summary[0].synced, summary[0].subscribed), (2, 2));
+    let active = by_status[0];
+    for id in [active, beta] {
+        assert_eq!(status(&t, id, "inventory").await, Some(Provisioning));
+    }
+    for id in by_status[1..].iter().copied().chain([free]) {
+        assert_eq!(
+            status(&t, id, "inventory").await,
+            None,
+            "tenant {id} untouched"
+        );
+    }
+    let audit = t.store.audit_list(Some(active), 5).await.unwrap();
+    assert_eq!(audit[0].action, "plan.sync");
+
+    // ALPHA modules are not synced; BETA only to opted-in tenants.
+    for slug in ["chatbot", "labs", "reports"] {
+        t.store.plan_add_module("pro", slug, "admin").await.unwrap();
+    }
+    let all = life.sync_plans(None, None, "admin").await.unwrap();
+    let line = |module: &str| all.iter().find(|l| l.module == module).cloned();
+    assert_eq!(line("chatbot"), None);
+    assert_eq!(line("labs").map(|l| (l.synced, l.subscribed)), Some((1, 1)));
+    assert_eq!(
+        line("reports").map(|l| (l.synced, l.subscribed)),
+        Some((2, 2))
+    );
+    assert_eq!(
+        line("inventory").map(|l| (l.synced, l.subscribed)),
+        Some((0, 2))
+    );
+    assert_eq!(status(&t, beta, "labs").await, Some(Provisioning));
+    assert_eq!(status(&t, active, "labs").await, None);
+
+    // A second sync changes nothing.
+    let audited = t.store.audit_list(Some(active), 1000).await.unwrap().len();
+    let again = life.sync_plans(Some("pro"), None, "admin").await.unwrap();
+    assert!(again.iter().all(|l| l.synced == 0), "{again:?}");
+    assert_eq!(
+        t.store.audit_list(Some(active), 1000).await.unwrap().len(),
+        audited
+    );
+
+    // A module taken out of the plan stays with the tenants that have it.
+    assert!(
+        t.store
+            .plan_remove_module("pro", "reports", "admin")
+            .await
+            .unwrap()
+    );
+    life.sync_plans(None, None, "admin").await.unwrap();
+    assert_eq!(status(&t, active, "reports").await, Some(Provisioning));
+
+    // Bad input: an unknown plan or module, a crafted slug.
+    assert!(matches!(
+        life.sync_plans(Some("nosuch"), None, "admin")
+            .await
+            .unwrap_err(),
+        LifecycleError::Store(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        t.store
+            .plan_add_module("pro", "nosuch", "admin")
+            .await
+            .unwrap_err(),
+        StoreError::InvalidInput(_)
+    ));
+    assert_eq!(
+        rule_code(
+            life.sync_plans(Some("pro"), Some("x'; --"), "admin")
+                .await
+                .unwrap_err()
+        ),
+        "invalid_identifier"
+    );
+    assert!(matches!(
+        t.store
+            .subscription_create(active, "pro", "paused")
+            .await
+            .unwrap_err(),
+        StoreError::InvalidInput(_)
+    ));
 }

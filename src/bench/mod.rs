@@ -13,7 +13,9 @@
 //! - `workflow_steps`: 3-step no-op workflow runs driven to completion; each step transition
 //!   (step committed with the next step's job and its own acknowledgement) is one transaction.
 //! - `provision_tenants` ([`provision`]): `--tenants N` tenants provision a two-table module.
+//! - `plan_sync` ([`plan_sync`]): a module added to a plan reaches `--subscribers N` tenants.
 
+mod plan_sync;
 mod provision;
 
 use crate::config::Settings;
@@ -49,6 +51,9 @@ pub struct BenchArgs {
     /// Jobs per statement in the batched enqueue scenarios.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
+    /// Subscribers of the `plan_sync` scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub subscribers: usize,
     /// Tenants of the `provision_tenants` scenario.
     #[arg(long, default_value_t = 1_000)]
     pub tenants: usize,
@@ -57,7 +62,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -66,6 +71,7 @@ const SCENARIOS: [&str; 8] = [
     "pickup_latency_cross",
     "workflow_steps",
     "provision_tenants",
+    "plan_sync",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -94,6 +100,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
             "workflow_steps" => workflow_steps(&fresh, (args.jobs / 10).max(1)).await,
+            "plan_sync" => plan_sync::plan_sync(&fresh, args.subscribers).await,
             "provision_tenants" => {
                 provision::provision_tenants(&fresh, settings, args.tenants).await
             }

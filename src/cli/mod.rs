@@ -70,6 +70,9 @@ enum Command {
     /// A tenant's modules: request, approve, reject.
     #[command(subcommand)]
     Module(modules::ModuleCommand),
+    /// Plans, their modules and subscriptions; plan-module sync.
+    #[command(subcommand)]
+    Plan(modules::PlanCommand),
     /// The audit log (of a tenant, or of the catalog).
     Audit {
         #[arg(long)]
@@ -208,6 +211,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Tenant(command) => modules::tenant(&settings, command).await,
         Command::Catalog(command) => modules::catalog(&settings, command).await,
         Command::Module(command) => modules::module(&settings, command).await,
+        Command::Plan(command) => modules::plan(&settings, command).await,
         Command::Audit { tenant, limit } => modules::audit(&settings, tenant, limit).await,
         Command::Bench(args) => crate::bench::run(&settings, &args)
             .await

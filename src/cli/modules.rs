@@ -38,6 +38,35 @@ pub(crate) enum CatalogCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum PlanCommand {
+    /// Create a plan.
+    Create { slug: String, name: String },
+    /// Add a module to a plan and sync it to the plan's active subscribers.
+    AddModule { plan: String, module: String },
+    /// Take a module out of a plan (tenants that have it keep it).
+    RemoveModule { plan: String, module: String },
+    /// Subscribe a tenant to a plan.
+    Subscribe {
+        tenant: TenantId,
+        plan: String,
+        /// active, inactive, cancelled or expired.
+        #[arg(long, default_value = "active")]
+        status: String,
+    },
+    /// Give tenants with an active subscription their plan's modules (never removes).
+    SyncModules {
+        /// One plan (or --all).
+        plan: Option<String>,
+        /// Only this module.
+        #[arg(long)]
+        module: Option<String>,
+        /// Every plan.
+        #[arg(long, conflicts_with = "plan")]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum ModuleCommand {
     /// A tenant requests a module (its latest version).
     Request { tenant: TenantId, module: String },
@@ -205,6 +234,62 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             reason,
         } => print_json(&life.reject(tenant, &module, &actor(), &reason).await?),
     }
+}
+
+pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<(), CliError> {
+    let life = lifecycle(settings).await?;
+    let store = open_store(&settings.database_url).await?;
+    let summary = match command {
+        PlanCommand::Create { slug, name } => {
+            let id = store.plan_create(&slug, &name).await?;
+            out!("plan {slug} created (id {id})");
+            return Ok(());
+        }
+        PlanCommand::AddModule { plan, module } => {
+            life.plan_add_module(&plan, &module, &actor()).await?
+        }
+        PlanCommand::RemoveModule { plan, module } => {
+            let removed = store.plan_remove_module(&plan, &module, &actor()).await?;
+            out!(
+                "plan {plan}: module {module} {}",
+                if removed {
+                    "removed (tenants keep it)"
+                } else {
+                    "was not in it"
+                }
+            );
+            return Ok(());
+        }
+        PlanCommand::Subscribe {
+            tenant,
+            plan,
+            status,
+        } => {
+            let id = store.subscription_create(tenant, &plan, &status).await?;
+            out!("tenant {tenant} subscribed to {plan} ({status}, subscription {id})");
+            return Ok(());
+        }
+        PlanCommand::SyncModules { plan, module, all } => {
+            if plan.is_none() && !all {
+                return Err(CliError::Usage("name a PLAN or pass --all".into()));
+            }
+            life.sync_plans(plan.as_deref(), module.as_deref(), &actor())
+                .await?
+        }
+    };
+    for line in &summary {
+        out!(
+            "plan {}: {} → {} of {} tenants synced",
+            line.plan,
+            line.module,
+            line.synced,
+            line.subscribed
+        );
+    }
+    if summary.is_empty() {
+        out!("nothing to sync");
+    }
+    Ok(())
 }
 
 pub(crate) async fn audit(

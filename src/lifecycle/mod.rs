@@ -16,7 +16,9 @@ use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
 use crate::domain::catalog::Catalog;
 use crate::domain::ident::Slug;
 use crate::domain::status::TenantModuleStatus;
-use crate::store::domain::{ModuleRecord, NewVersion, StatusChange, TenantId, TenantModuleRecord};
+use crate::store::domain::{
+    ModuleRecord, NewVersion, PlanSynced, StatusChange, TenantId, TenantModuleRecord,
+};
 use crate::store::runs::{RunId, RunState};
 use crate::store::{SharedStore, StoreError};
 use crate::workflow::{Engine, EngineError};
@@ -124,7 +126,7 @@ impl Lifecycle {
         let mut repaired = 0;
         let stuck = self
             .store
-            .tenant_modules_stuck(TenantModuleStatus::Provisioning, idle, 100)
+            .tenant_modules_stuck(TenantModuleStatus::Provisioning, idle, 1000)
             .await?;
         for module in stuck {
             let run = self.start_provisioning(&module).await?;
@@ -414,6 +416,38 @@ impl Lifecycle {
             )
             .await?;
         Ok(run)
+    }
+
+    /// Add a module to a plan and sync it to the plan's active subscribers (their
+    /// provisioning runs are started by the reconciler of `steward worker`).
+    pub async fn plan_add_module(
+        &self,
+        plan: &str,
+        slug: &str,
+        actor: &str,
+    ) -> Result<Vec<PlanSynced>, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        self.store
+            .plan_add_module(plan, slug.as_str(), actor)
+            .await?;
+        self.sync_plans(Some(plan), Some(slug.as_str()), actor)
+            .await
+    }
+
+    /// Sync plan modules to tenants with an active subscription (one plan or all, one module
+    /// or all): set-based, never removes, idempotent. The new tenant modules are
+    /// PROVISIONING; the reconciler of `steward worker` starts their runs.
+    pub async fn sync_plans(
+        &self,
+        plan: Option<&str>,
+        slug: Option<&str>,
+        actor: &str,
+    ) -> Result<Vec<PlanSynced>, LifecycleError> {
+        let slug = slug.map(Slug::parse).transpose()?;
+        Ok(self
+            .store
+            .plan_sync(plan, slug.as_ref().map(Slug::as_str), actor)
+            .await?)
     }
 
     /// Roll a module's last upgrade back by hand, within `window` of it (refused after).

@@ -129,6 +129,19 @@ pub struct MigrationReport {
     pub note: Option<String>,
 }
 
+/// How a subscription stands (`subscriptions.status`).
+pub const SUBSCRIPTION_STATUSES: [&str; 4] = ["active", "inactive", "cancelled", "expired"];
+
+/// One line of a plan-module sync's summary: how many tenants of `plan` got `module`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanSynced {
+    pub plan: String,
+    pub module: String,
+    /// Tenants that got the module now (PROVISIONING), out of `subscribed` active ones.
+    pub synced: u64,
+    pub subscribed: u64,
+}
+
 /// A requested status change of a tenant module.
 #[derive(Debug, Clone)]
 pub struct StatusChange<'a> {
@@ -282,6 +295,39 @@ pub trait DomainStore: Send + Sync {
         window: std::time::Duration,
         actor: &str,
     ) -> StoreResult<Vec<TenantId>>;
+
+    /// Seed `count` tenants (`<prefix>-<n>`) each with an active subscription to `plan`, in
+    /// set-based statements (benchmarks and demos). Returns how many were created.
+    async fn tenants_seed(&self, prefix: &str, count: i64, plan: &str) -> StoreResult<u64>;
+
+    /// Create a plan; returns its id.
+    async fn plan_create(&self, slug: &str, name: &str) -> StoreResult<i64>;
+
+    /// Add a module to a plan (`true`) or find it there already (`false`). Audited.
+    async fn plan_add_module(&self, plan: &str, module: &str, actor: &str) -> StoreResult<bool>;
+
+    /// Take a module out of a plan; tenants that have it keep it. Audited.
+    async fn plan_remove_module(&self, plan: &str, module: &str, actor: &str) -> StoreResult<bool>;
+
+    /// Subscribe a tenant to a plan with a status (one of [`SUBSCRIPTION_STATUSES`]).
+    async fn subscription_create(
+        &self,
+        tenant_id: TenantId,
+        plan: &str,
+        status: &str,
+    ) -> StoreResult<i64>;
+
+    /// Give every tenant with an active subscription the modules of its plan (one plan, or
+    /// all; one module, or all) that it does not have yet, as PROVISIONING, in set-based
+    /// statements, audited; never removes anything, and a second sync changes nothing.
+    /// Modules closed to new tenants (not RC, GA, MAINTENANCE, or BETA for opted-in tenants)
+    /// are skipped. Returns a line per plan and module.
+    async fn plan_sync(
+        &self,
+        plan: Option<&str>,
+        module: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<Vec<PlanSynced>>;
 
     /// The latest audit rows about a tenant (or about the catalog, with `None`), newest first.
     async fn audit_list(

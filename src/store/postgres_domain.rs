@@ -1,8 +1,8 @@
 //! PostgreSQL implementation of [`DomainStore`].
 
 use super::domain::{
-    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, StatusChange,
-    TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, PlanSynced,
+    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::postgres::PgStore;
@@ -110,6 +110,67 @@ async fn audit(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Plan-module sync in one statement: the (tenant, module) pairs active subscriptions call
+/// for, the version each module is installed at (else its latest), the inserts (existing
+/// rows untouched), their audit rows, and the summary per plan and module.
+const PLAN_SYNC: &str = r#"
+WITH wanted AS (
+    -- (A tenant subscribed twice to one plan appears twice: counted once below.)
+    SELECT p.slug AS plan, s.tenant_id, pm.module
+    FROM subscriptions s
+    JOIN plans p ON p.id = s.plan_id
+    JOIN plan_modules pm ON pm.plan_id = p.id
+    JOIN core_modules m ON m.slug = pm.module
+    JOIN tenants t ON t.id = s.tenant_id
+    WHERE s.status = 'active' AND (s.expires_at IS NULL OR s.expires_at > now())
+      AND ($1::text IS NULL OR p.slug = $1) AND ($2::text IS NULL OR pm.module = $2)
+      AND (m.maturity IN ('RC', 'GA', 'MAINTENANCE') OR (m.maturity = 'BETA' AND t.beta_opt_in))
+), version AS (
+    SELECT DISTINCT ON (module) module, id FROM core_module_versions
+    ORDER BY module, migrated_at IS NULL, major DESC, minor DESC, patch DESC
+), inserted AS (
+    INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason)
+    SELECT DISTINCT ON (w.tenant_id, w.module) w.tenant_id, w.module, 'PROVISIONING', v.id,
+           'added by plan ' || w.plan
+    FROM wanted w JOIN version v ON v.module = w.module
+    ORDER BY w.tenant_id, w.module, w.plan
+    ON CONFLICT (tenant_id, module) DO NOTHING
+    RETURNING tenant_id, module, substr(status_reason, 15) AS plan
+), audited AS (
+    INSERT INTO audit_logs (actor, action, tenant_id, module, entity, after)
+    SELECT $3, 'plan.sync', tenant_id, module, 'tenant_module', '{"status": "PROVISIONING"}'::jsonb
+    FROM inserted
+), synced AS (
+    SELECT plan, module, count(*) AS n FROM inserted GROUP BY plan, module
+), subscribed AS (
+    SELECT plan, module, count(DISTINCT tenant_id) AS n FROM wanted GROUP BY plan, module
+)
+-- Aggregates joined, never the 100,000-row sets (a CTE has no index to join on).
+SELECT s.plan, s.module, coalesce(y.n, 0) AS synced, s.n AS subscribed
+FROM subscribed s LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module
+ORDER BY s.plan, s.module
+"#;
+
+async fn plan_exists(conn: &mut PgConnection, plan: &str) -> StoreResult<()> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM plans WHERE slug = $1")
+        .bind(plan)
+        .fetch_optional(&mut *conn)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| StoreError::InvalidInput(format!("no plan `{plan}`")))
+}
+
+/// A plan-module insert refused by a foreign key names what is missing.
+fn plan_error(err: sqlx::Error, plan: &str, module: &str) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::InvalidInput(
+            format!("no module `{module}` in the catalog (plan `{plan}`)"),
+        ),
+        _ => err.into(),
+    }
 }
 
 fn io_error(err: std::io::Error) -> StoreError {
@@ -734,6 +795,150 @@ impl DomainStore for PgStore {
         }
         tx.commit().await?;
         Ok(tenants)
+    }
+
+    async fn tenants_seed(&self, prefix: &str, count: i64, plan: &str) -> StoreResult<u64> {
+        let mut tx = self.pool().begin().await?;
+        plan_exists(&mut tx, plan).await?;
+        let created = sqlx::query(
+            "WITH t AS (INSERT INTO tenants (slug, name) \
+                        SELECT $1 || '-' || n, $1 || ' ' || n FROM generate_series(1, $2) n \
+                        RETURNING id) \
+             INSERT INTO subscriptions (tenant_id, plan_id, status) \
+             SELECT t.id, p.id, 'active' FROM t, plans p WHERE p.slug = $3",
+        )
+        .bind(prefix)
+        .bind(count)
+        .bind(plan)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn plan_create(&self, slug: &str, name: &str) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("INSERT INTO plans (slug, name) VALUES ($1, $2) RETURNING id")
+                .bind(slug)
+                .bind(name)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    async fn plan_add_module(&self, plan: &str, module: &str, actor: &str) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        let added = sqlx::query(
+            "INSERT INTO plan_modules (plan_id, module) SELECT id, $2 FROM plans WHERE slug = $1 \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(plan)
+        .bind(module)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| plan_error(e, plan, module))?
+        .rows_affected()
+            == 1;
+        if added {
+            audit(
+                &mut tx,
+                actor,
+                "plan.add_module",
+                None,
+                Some(module),
+                "plan_module",
+                None,
+                Some(json!({"plan": plan})),
+            )
+            .await?;
+        } else {
+            plan_exists(&mut tx, plan).await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn plan_remove_module(&self, plan: &str, module: &str, actor: &str) -> StoreResult<bool> {
+        let mut tx = self.pool().begin().await?;
+        plan_exists(&mut tx, plan).await?;
+        let removed = sqlx::query(
+            "DELETE FROM plan_modules USING plans \
+             WHERE plan_modules.plan_id = plans.id AND plans.slug = $1 AND plan_modules.module = $2",
+        )
+        .bind(plan)
+        .bind(module)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if removed {
+            audit(
+                &mut tx,
+                actor,
+                "plan.remove_module",
+                None,
+                Some(module),
+                "plan_module",
+                Some(json!({"plan": plan})),
+                None,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn subscription_create(
+        &self,
+        tenant_id: TenantId,
+        plan: &str,
+        status: &str,
+    ) -> StoreResult<i64> {
+        if !super::domain::SUBSCRIPTION_STATUSES.contains(&status) {
+            return Err(StoreError::InvalidInput(format!(
+                "unknown subscription status `{status}` (one of {:?})",
+                super::domain::SUBSCRIPTION_STATUSES
+            )));
+        }
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO subscriptions (tenant_id, plan_id, status) \
+             SELECT $1, id, $3 FROM plans WHERE slug = $2 RETURNING id",
+        )
+        .bind(tenant_id)
+        .bind(plan)
+        .bind(status)
+        .fetch_optional(self.pool())
+        .await?;
+        id.ok_or_else(|| StoreError::InvalidInput(format!("no plan `{plan}`")))
+    }
+
+    async fn plan_sync(
+        &self,
+        plan: Option<&str>,
+        module: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<Vec<PlanSynced>> {
+        let mut tx = self.pool().begin().await?;
+        if let Some(plan) = plan {
+            plan_exists(&mut tx, plan).await?;
+        }
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(PLAN_SYNC)
+            .bind(plan)
+            .bind(module)
+            .bind(actor)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(plan, module, synced, subscribed)| PlanSynced {
+                plan,
+                module,
+                synced: u64::try_from(synced).unwrap_or(0),
+                subscribed: u64::try_from(subscribed).unwrap_or(0),
+            })
+            .collect())
     }
 
     async fn audit_list(

@@ -2,8 +2,8 @@
 //! writes hold the store's write lock, SQLite's stand-in for `FOR UPDATE`).
 
 use super::domain::{
-    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, StatusChange,
-    TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, PlanSynced,
+    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
@@ -117,6 +117,16 @@ async fn audit(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+async fn plan_exists(conn: &mut SqliteConnection, plan: &str) -> StoreResult<()> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM plans WHERE slug = ?1")
+        .bind(plan)
+        .fetch_optional(&mut *conn)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| StoreError::InvalidInput(format!("no plan `{plan}`")))
 }
 
 fn io_error(err: std::io::Error) -> StoreError {
@@ -779,6 +789,242 @@ impl DomainStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(tenants)
+    }
+
+    async fn tenants_seed(&self, prefix: &str, count: i64, plan: &str) -> StoreResult<u64> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        plan_exists(&mut tx, plan).await?;
+        let now = now_ms();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2) \
+             INSERT INTO tenants (slug, name, created_at) \
+             SELECT ?1 || '-' || i, ?1 || ' ' || i, ?3 FROM n",
+        )
+        .bind(prefix)
+        .bind(count)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let created = sqlx::query(
+            "INSERT INTO subscriptions (tenant_id, plan_id, status, started_at) \
+             SELECT t.id, p.id, 'active', ?3 FROM tenants t, plans p \
+             WHERE p.slug = ?2 AND t.slug LIKE ?1 || '-%' AND t.created_at = ?3",
+        )
+        .bind(prefix)
+        .bind(plan)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn plan_create(&self, slug: &str, name: &str) -> StoreResult<i64> {
+        let _guard = self.write_lock.lock().await;
+        Ok(
+            sqlx::query_scalar("INSERT INTO plans (slug, name) VALUES (?1, ?2) RETURNING id")
+                .bind(slug)
+                .bind(name)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    async fn plan_add_module(&self, plan: &str, module: &str, actor: &str) -> StoreResult<bool> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        plan_exists(&mut tx, plan).await?;
+        let known: Option<String> =
+            sqlx::query_scalar("SELECT slug FROM core_modules WHERE slug = ?1")
+                .bind(module)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_none() {
+            return Err(StoreError::InvalidInput(format!(
+                "no module `{module}` in the catalog (plan `{plan}`)"
+            )));
+        }
+        let added = sqlx::query(
+            "INSERT INTO plan_modules (plan_id, module, added_at) \
+             SELECT id, ?2, ?3 FROM plans WHERE slug = ?1 ON CONFLICT DO NOTHING",
+        )
+        .bind(plan)
+        .bind(module)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if added {
+            audit(
+                &mut tx,
+                actor,
+                "plan.add_module",
+                None,
+                Some(module),
+                "plan_module",
+                None,
+                Some(json!({"plan": plan})),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn plan_remove_module(&self, plan: &str, module: &str, actor: &str) -> StoreResult<bool> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        plan_exists(&mut tx, plan).await?;
+        let removed = sqlx::query(
+            "DELETE FROM plan_modules WHERE module = ?2 \
+               AND plan_id = (SELECT id FROM plans WHERE slug = ?1)",
+        )
+        .bind(plan)
+        .bind(module)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if removed {
+            audit(
+                &mut tx,
+                actor,
+                "plan.remove_module",
+                None,
+                Some(module),
+                "plan_module",
+                Some(json!({"plan": plan})),
+                None,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn subscription_create(
+        &self,
+        tenant_id: TenantId,
+        plan: &str,
+        status: &str,
+    ) -> StoreResult<i64> {
+        if !super::domain::SUBSCRIPTION_STATUSES.contains(&status) {
+            return Err(StoreError::InvalidInput(format!(
+                "unknown subscription status `{status}` (one of {:?})",
+                super::domain::SUBSCRIPTION_STATUSES
+            )));
+        }
+        let _guard = self.write_lock.lock().await;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO subscriptions (tenant_id, plan_id, status, started_at) \
+             SELECT ?1, id, ?3, ?4 FROM plans WHERE slug = ?2 RETURNING id",
+        )
+        .bind(tenant_id)
+        .bind(plan)
+        .bind(status)
+        .bind(now_ms())
+        .fetch_optional(self.pool())
+        .await?;
+        id.ok_or_else(|| StoreError::InvalidInput(format!("no plan `{plan}`")))
+    }
+
+    async fn plan_sync(
+        &self,
+        plan: Option<&str>,
+        module: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<Vec<PlanSynced>> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        if let Some(plan) = plan {
+            plan_exists(&mut tx, plan).await?;
+        }
+        let now = now_ms();
+        // The same steps as PostgreSQL's single statement, through two temporary tables
+        // (SQLite has no data-modifying CTEs); the write lock makes them one step.
+        for statement in [
+            "CREATE TEMP TABLE IF NOT EXISTS steward_sync_wanted (plan TEXT, tenant_id INTEGER, module TEXT)",
+            "CREATE TEMP TABLE IF NOT EXISTS steward_sync_new (tenant_id INTEGER, module TEXT, plan TEXT)",
+            "DELETE FROM temp.steward_sync_wanted",
+            "DELETE FROM temp.steward_sync_new",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO temp.steward_sync_wanted (plan, tenant_id, module) \
+             SELECT DISTINCT p.slug, s.tenant_id, pm.module \
+             FROM subscriptions s JOIN plans p ON p.id = s.plan_id \
+             JOIN plan_modules pm ON pm.plan_id = p.id \
+             JOIN core_modules m ON m.slug = pm.module JOIN tenants t ON t.id = s.tenant_id \
+             WHERE s.status = 'active' AND (s.expires_at IS NULL OR s.expires_at > ?3) \
+               AND (?1 IS NULL OR p.slug = ?1) AND (?2 IS NULL OR pm.module = ?2) \
+               AND (m.maturity IN ('RC', 'GA', 'MAINTENANCE') OR (m.maturity = 'BETA' AND t.beta_opt_in))",
+        )
+        .bind(plan)
+        .bind(module)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO temp.steward_sync_new (tenant_id, module, plan) \
+             SELECT w.tenant_id, w.module, min(w.plan) FROM temp.steward_sync_wanted w \
+             WHERE NOT EXISTS (SELECT 1 FROM tenant_modules tm \
+                               WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module) \
+               AND EXISTS (SELECT 1 FROM core_module_versions v WHERE v.module = w.module) \
+             GROUP BY w.tenant_id, w.module",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason, \
+                                         requested_at, updated_at) \
+             SELECT n.tenant_id, n.module, 'PROVISIONING', \
+                    (SELECT v.id FROM core_module_versions v WHERE v.module = n.module \
+                     ORDER BY v.migrated_at IS NULL, v.major DESC, v.minor DESC, v.patch DESC LIMIT 1), \
+                    'added by plan ' || n.plan, ?1, ?1 \
+             FROM temp.steward_sync_new n",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit_logs (at, actor, action, tenant_id, module, entity, after) \
+             SELECT ?1, ?2, 'plan.sync', tenant_id, module, 'tenant_module', '{\"status\":\"PROVISIONING\"}' \
+             FROM temp.steward_sync_new",
+        )
+        .bind(now)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "WITH subscribed AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_wanted \
+                                 GROUP BY plan, module), \
+                  synced AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_new \
+                             GROUP BY plan, module) \
+             SELECT s.plan, s.module, coalesce(y.n, 0), s.n FROM subscribed s \
+             LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module ORDER BY s.plan, s.module",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for statement in [
+            "DELETE FROM temp.steward_sync_wanted",
+            "DELETE FROM temp.steward_sync_new",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(plan, module, synced, subscribed)| PlanSynced {
+                plan,
+                module,
+                synced: u64::try_from(synced).unwrap_or(0),
+                subscribed: u64::try_from(subscribed).unwrap_or(0),
+            })
+            .collect())
     }
 
     async fn audit_list(
