@@ -142,6 +142,23 @@ pub struct PlanSynced {
     pub subscribed: u64,
 }
 
+impl PlanSynced {
+    /// A summary row as both backends read it: plan, module, synced, subscribed.
+    pub(super) fn from_row((plan, module, synced, subscribed): (String, String, i64, i64)) -> Self {
+        PlanSynced {
+            plan,
+            module,
+            synced: u64::try_from(synced).unwrap_or(0),
+            subscribed: u64::try_from(subscribed).unwrap_or(0),
+        }
+    }
+}
+
+/// A failed write of a dump or export, as a storage error.
+pub(super) fn io_error(err: std::io::Error) -> super::StoreError {
+    super::StoreError::Database(sqlx::Error::Io(err))
+}
+
 /// A requested status change of a tenant module.
 #[derive(Debug, Clone)]
 pub struct StatusChange<'a> {

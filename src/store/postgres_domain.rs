@@ -2,7 +2,7 @@
 
 use super::domain::{
     AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, PlanSynced,
-    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
+    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::postgres::PgStore;
@@ -171,10 +171,6 @@ fn plan_error(err: sqlx::Error, plan: &str, module: &str) -> StoreError {
         ),
         _ => err.into(),
     }
-}
-
-fn io_error(err: std::io::Error) -> StoreError {
-    StoreError::Database(sqlx::Error::Io(err))
 }
 
 fn snapshot(record: &TenantModuleRecord) -> Value {
@@ -930,15 +926,7 @@ impl DomainStore for PgStore {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|(plan, module, synced, subscribed)| PlanSynced {
-                plan,
-                module,
-                synced: u64::try_from(synced).unwrap_or(0),
-                subscribed: u64::try_from(subscribed).unwrap_or(0),
-            })
-            .collect())
+        Ok(rows.into_iter().map(PlanSynced::from_row).collect())
     }
 
     async fn audit_list(

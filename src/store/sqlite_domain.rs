@@ -3,7 +3,7 @@
 
 use super::domain::{
     AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, PlanSynced,
-    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord,
+    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
@@ -127,10 +127,6 @@ async fn plan_exists(conn: &mut SqliteConnection, plan: &str) -> StoreResult<()>
     found
         .map(|_| ())
         .ok_or_else(|| StoreError::InvalidInput(format!("no plan `{plan}`")))
-}
-
-fn io_error(err: std::io::Error) -> StoreError {
-    StoreError::Database(sqlx::Error::Io(err))
 }
 
 fn snapshot(record: &TenantModuleRecord) -> Value {
@@ -1016,15 +1012,7 @@ impl DomainStore for SqliteStore {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|(plan, module, synced, subscribed)| PlanSynced {
-                plan,
-                module,
-                synced: u64::try_from(synced).unwrap_or(0),
-                subscribed: u64::try_from(subscribed).unwrap_or(0),
-            })
-            .collect())
+        Ok(rows.into_iter().map(PlanSynced::from_row).collect())
     }
 
     async fn audit_list(
