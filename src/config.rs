@@ -38,6 +38,41 @@ pub struct Settings {
     )]
     pub export_dir: std::path::PathBuf,
 
+    /// S3 bucket for exports; when set, exports go to S3 instead of `export_dir`.
+    #[arg(long, env = "STEWARD_S3_BUCKET", global = true)]
+    pub s3_bucket: Option<String>,
+
+    /// S3 endpoint (an S3-compatible service: MinIO, Ceph, …); AWS itself when unset.
+    #[arg(long, env = "STEWARD_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(
+        long,
+        env = "STEWARD_S3_REGION",
+        default_value = "us-east-1",
+        global = true
+    )]
+    pub s3_region: String,
+
+    /// Path-style S3 addresses (`endpoint/bucket/key`), as most S3-compatible services want.
+    #[arg(
+        long,
+        env = "STEWARD_S3_PATH_STYLE",
+        default_value_t = false,
+        global = true
+    )]
+    pub s3_path_style: bool,
+
+    /// How long a webhook delivery waits for the tenant's endpoint, in seconds.
+    #[arg(
+        long,
+        env = "STEWARD_WEBHOOK_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub webhook_timeout_secs: u64,
+
     /// How long after an upgrade a manual rollback is allowed, in hours.
     #[arg(
         long,
@@ -113,6 +148,17 @@ pub struct WorkerSettings {
 pub struct BadQueue(pub String);
 
 impl Settings {
+    /// The export storage: S3 when a bucket is set, else `export_dir`.
+    pub fn exports(&self) -> crate::export::SharedExports {
+        crate::export::open(&crate::export::StorageConfig {
+            dir: self.export_dir.clone(),
+            s3_bucket: self.s3_bucket.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
+        })
+    }
+
     /// The worker id, or `<host>-<pid>`.
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {

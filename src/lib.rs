@@ -34,6 +34,7 @@ pub mod client;
 pub mod config;
 mod definitions;
 pub mod domain;
+pub mod export;
 pub mod kinds;
 pub mod lifecycle;
 pub mod maintenance;

@@ -25,7 +25,7 @@ fn every_second(missed: &str) -> String {
 
 fn engine(t: &common::TestStore, definition: &str) -> Arc<Engine> {
     let kinds = common::repo_kinds();
-    let registry = steps::registry();
+    let registry = steps::registry(common::scratch_exports());
     let def = WorkflowCatalog::parse(
         std::path::Path::new("tick.toml"),
         definition,
@@ -144,10 +144,10 @@ async fn two_scheduler_processes_for_thirty_seconds() {
     loop {
         let runs = t.store.runs_list(None, 1000).await.unwrap();
         let ticks: BTreeSet<_> = ticks_of(&runs).into_iter().collect();
-        if let (Some(first), Some(last)) = (ticks.first(), ticks.last()) {
-            if (*last - *first).num_seconds() >= 30 {
-                break;
-            }
+        if let (Some(first), Some(last)) = (ticks.first(), ticks.last())
+            && (*last - *first).num_seconds() >= 30
+        {
+            break;
         }
         assert!(
             std::time::Instant::now() < deadline,

@@ -280,7 +280,7 @@ async fn a_failing_migration_leaves_no_table_and_the_module_in_error(backend: Ba
 
 fn engine(t: &TestStore) -> Arc<Engine> {
     let kinds = common::repo_kinds();
-    let steps = steps::registry();
+    let steps = steps::registry(t.exports.clone());
     let workflows = WorkflowCatalog::load_dir(
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
         &kinds,
@@ -1206,10 +1206,9 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     )
     .await;
     let life = life(&t);
-    let exports = tempfile::tempdir().unwrap();
 
     // Only an unused module is archived.
-    let err = life.archive(b, "stock", exports.path()).await.unwrap_err();
+    let err = life.archive(b, "stock").await.unwrap_err();
     assert_eq!(rule_code(err), "invalid_transition");
 
     assert_eq!(
@@ -1231,34 +1230,27 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     .await
     .unwrap();
 
-    let run = life.archive(a, "stock", exports.path()).await.unwrap();
+    let run = life.archive(a, "stock").await.unwrap();
     let running = workers(&t);
     wait_for(&t, &[a], "stock", Archived).await;
     running.stop().await;
 
-    let dir = exports
-        .path()
-        .join(format!("tenant_exports/{a}/stock/tenant_stock_items"));
-    let file = std::fs::read_dir(&dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    assert!(
-        file.to_string_lossy()
-            .ends_with(&format!("-run{run}.jsonl")),
-        "{file:?}"
-    );
-    let mut skus: Vec<String> = std::fs::read_to_string(&file)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["sku"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let date = chrono::Utc::now().date_naive();
+    let key = format!("tenant_exports/{a}/stock/tenant_stock_items/{date}-archive-run{run}.csv");
+    let csv = t
+        .exports
+        .read(&key)
+        .await
+        .expect("the archive's export exists");
+    let mut reader = csv::Reader::from_reader(csv.as_slice());
+    let headers = reader.headers().unwrap().clone();
+    let sku = headers
+        .iter()
+        .position(|h| h == "sku")
+        .expect("a sku column");
+    let mut skus: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[sku].to_string())
         .collect();
     skus.sort();
     assert_eq!(

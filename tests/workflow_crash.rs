@@ -90,7 +90,7 @@ async fn killed_workers_leave_each_step_effect_once(backend: Backend, workers: u
     .unwrap();
     let kinds = steward::kinds::KindCatalog::load_dir(&jobs).unwrap();
     assert_eq!(kinds.get("workflow_step").unwrap().max_attempts, 100);
-    let registry = steps::registry();
+    let registry = steps::registry(common::scratch_exports());
     let catalog = WorkflowCatalog::load_dir(&dir.path().join("workflows"), &kinds, &|h| {
         registry.contains(h)
     })

@@ -11,6 +11,7 @@ macro_rules! out {
     }};
 }
 
+mod data;
 mod demo;
 mod demo_lifecycle;
 mod jobs;
@@ -80,6 +81,12 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// Monthly cost per tenant and module, from the usage logs.
+    #[command(subcommand)]
+    Cost(data::CostCommand),
+    /// Purge-and-export now: every tenant module's rows past its retention go to the export
+    /// storage, verified, then are deleted (also nightly).
+    Purge,
     /// Measure throughput and latency; prints one JSON object per scenario.
     Bench(crate::bench::BenchArgs),
 }
@@ -212,6 +219,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Catalog(command) => modules::catalog(&settings, command).await,
         Command::Module(command) => modules::module(&settings, command).await,
         Command::Plan(command) => modules::plan(&settings, command).await,
+        Command::Cost(command) => data::cost(&settings, command).await,
+        Command::Purge => data::purge(&settings).await,
         Command::Audit { tenant, limit } => modules::audit(&settings, tenant, limit).await,
         Command::Bench(args) => crate::bench::run(&settings, &args)
             .await
@@ -241,7 +250,7 @@ pub(crate) fn load_engine(
     store: SharedStore,
     kinds: &KindCatalog,
 ) -> Result<std::sync::Arc<crate::workflow::Engine>, CliError> {
-    let steps = crate::workflow::steps::registry();
+    let steps = crate::workflow::steps::registry(settings.exports());
     let workflows =
         crate::workflow::WorkflowCatalog::load_dir(&settings.workflows_dir, kinds, &|h| {
             steps.contains(h)
@@ -265,6 +274,11 @@ pub(crate) fn build_runtime(
     let engine = load_engine(settings, store.clone(), &kinds)?;
     let mut registry = crate::queue::builtin::registry();
     engine.register_jobs(&mut registry);
+    let webhooks = crate::lifecycle::deprecation::WebhookSender::new(
+        std::time::Duration::from_secs(settings.webhook_timeout_secs),
+    )
+    .map_err(CliError::Failed)?;
+    crate::lifecycle::deprecation::register_jobs(&mut registry, webhooks);
     let sweeper = crate::workflow::RunSweeper {
         engine: engine.clone(),
         every: std::time::Duration::from_millis(500),

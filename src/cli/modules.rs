@@ -25,6 +25,14 @@ pub(crate) enum TenantCommand {
     },
     /// A tenant's modules and their statuses.
     Modules { tenant: TenantId },
+    /// Set where a tenant receives webhooks, and the secret that signs them.
+    Webhook {
+        tenant: TenantId,
+        url: String,
+        /// The signing secret (from the environment, so it stays out of shell history).
+        #[arg(long, env = "STEWARD_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,8 +41,15 @@ pub(crate) enum CatalogCommand {
     Load,
     /// The modules in the database.
     List,
-    /// Move a module's maturity (e.g. GA → DEPRECATED).
-    SetMaturity { module: String, maturity: String },
+    /// Move a module's maturity (e.g. GA → DEPRECATED). DEPRECATED and RETIRED notify every
+    /// impacted tenant by webhook; RETIRED then disables the tenants that turned it off.
+    SetMaturity {
+        module: String,
+        maturity: String,
+        /// Retired by policy: tenants still using the module are SUSPENDED.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +156,23 @@ pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Resul
             print_json(&created)
         }
         TenantCommand::Modules { tenant } => print_json(&store.tenant_modules(tenant).await?),
+        TenantCommand::Webhook {
+            tenant,
+            url,
+            secret,
+        } => {
+            let parsed = reqwest::Url::parse(&url)
+                .map_err(|e| CliError::Usage(format!("webhook url `{url}`: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || secret.is_empty() {
+                return Err(CliError::Usage(
+                    "a webhook needs an http(s) url and a non-empty secret".into(),
+                ));
+            }
+            let target = crate::store::data::WebhookTarget { url, secret };
+            store.tenant_set_webhook(tenant, Some(&target)).await?;
+            out!("tenant {tenant}: webhooks go to {}", target.url);
+            Ok(())
+        }
     }
 }
 
@@ -158,13 +190,20 @@ pub(crate) async fn catalog(settings: &Settings, command: CatalogCommand) -> Res
             let store = open_store(&settings.database_url).await?;
             print_json(&store.modules_list().await?)
         }
-        CatalogCommand::SetMaturity { module, maturity } => {
+        CatalogCommand::SetMaturity {
+            module,
+            maturity,
+            force,
+        } => {
             let to: Maturity = maturity
                 .parse()
                 .map_err(|e: crate::domain::DomainError| CliError::Usage(e.to_string()))?;
-            let store = open_store(&settings.database_url).await?;
-            let from = store.module_set_maturity(&module, to, &actor()).await?;
+            let life = lifecycle(settings).await?;
+            let (from, run) = life.set_maturity(&module, to, force, &actor()).await?;
             out!("module {module}: {from} → {to}");
+            if let Some(run) = run {
+                out!("deprecation run {run} started: it notifies every impacted tenant");
+            }
             Ok(())
         }
     }
@@ -195,7 +234,7 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             print_json(&life.reenable(tenant, &module, &actor()).await?)
         }
         ModuleCommand::Archive { tenant, module } => {
-            let run = life.archive(tenant, &module, &settings.export_dir).await?;
+            let run = life.archive(tenant, &module).await?;
             out!("archive run {run} started");
             Ok(())
         }

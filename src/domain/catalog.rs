@@ -380,14 +380,14 @@ fn check_links(modules: &BTreeMap<String, Located>) -> Result<(), CatalogError> 
                 ));
             }
         }
-        if let (Some(successor), Some(line)) = (&module.def.successor, module.successor_line) {
-            if !modules.contains_key(successor.as_str()) {
-                return Err(invalid(
-                    module,
-                    line,
-                    format!("successor `{successor}` of module `{slug}` is not in the catalog"),
-                ));
-            }
+        if let (Some(successor), Some(line)) = (&module.def.successor, module.successor_line)
+            && !modules.contains_key(successor.as_str())
+        {
+            return Err(invalid(
+                module,
+                line,
+                format!("successor `{successor}` of module `{slug}` is not in the catalog"),
+            ));
         }
     }
     for module in modules.values() {
@@ -532,16 +532,16 @@ fn parse_located(path: &Path, text: &str) -> Result<Located, CatalogError> {
                 format!("version {version} is listed twice (first at line {first})"),
             ));
         }
-        if let Some(previous) = versions.last() {
-            if previous.triple() > (major, minor, patch) {
-                return Err(invalid(
-                    version_line,
-                    format!(
-                        "version {version} comes after {}: versions must be listed in increasing order",
-                        previous.version
-                    ),
-                ));
-            }
+        if let Some(previous) = versions.last()
+            && previous.triple() > (major, minor, patch)
+        {
+            return Err(invalid(
+                version_line,
+                format!(
+                    "version {version} comes after {}: versions must be listed in increasing order",
+                    previous.version
+                ),
+            ));
         }
         seen.insert((major, minor, patch), version_line);
 

@@ -6,15 +6,30 @@
 //! which takes the module from PROVISIONING to ENABLED (or ERROR). Not built yet (issue #4):
 //! upgrade with rollback, disable and archive.
 
+pub mod cost;
+pub mod deprecation;
+pub mod purge;
 mod reconciler;
 pub mod steps;
 
 pub use reconciler::ProvisioningReconciler;
 
+/// Register every lifecycle step handler; those that export data write to `exports`.
+pub fn register_steps(
+    steps: &mut crate::workflow::StepRegistry,
+    exports: crate::export::SharedExports,
+) {
+    steps::register(steps);
+    purge::register(steps, exports);
+    cost::register(steps);
+    deprecation::register(steps);
+}
+
 use crate::domain::DomainError;
 use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
 use crate::domain::catalog::Catalog;
 use crate::domain::ident::Slug;
+use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{
     ModuleRecord, NewVersion, PlanSynced, StatusChange, TenantId, TenantModuleRecord,
@@ -72,6 +87,9 @@ pub const UPGRADE_WORKFLOW: &str = "module_upgrade";
 
 /// The workflow that archives a tenant module (export, then remove).
 pub const ARCHIVE_WORKFLOW: &str = "module_archive";
+
+/// The workflow that notifies tenants of a deprecation or retirement and applies it.
+pub const DEPRECATION_WORKFLOW: &str = "module_deprecation";
 
 /// The lifecycle operations, over the workflow engine (and its store).
 #[derive(Clone)]
@@ -331,6 +349,47 @@ impl Lifecycle {
         Ok(run)
     }
 
+    /// Move a catalog module's maturity. To DEPRECATED or RETIRED, this starts the
+    /// `module_deprecation` run that notifies every impacted tenant by webhook and then
+    /// applies the retirement (`force`: retired by policy, tenants still using it are
+    /// SUSPENDED). Asking again for the maturity the module already has starts the run if a
+    /// crash kept it from starting, and otherwise returns the same run. Returns the previous
+    /// maturity and the run.
+    pub async fn set_maturity(
+        &self,
+        slug: &str,
+        to: Maturity,
+        force: bool,
+        actor: &str,
+    ) -> Result<(Maturity, Option<RunId>), LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        let current = self
+            .store
+            .module_get(slug.as_str())
+            .await?
+            .ok_or_else(|| LifecycleError::NoModule(slug.to_string()))?;
+        let notifies = matches!(to, Maturity::Deprecated | Maturity::Retired);
+        let from = if current.maturity == to && notifies {
+            current.maturity
+        } else {
+            self.store
+                .module_set_maturity(slug.as_str(), to, actor)
+                .await?
+        };
+        if !notifies {
+            return Ok((from, None));
+        }
+        let (run, _) = self
+            .engine
+            .start(
+                DEPRECATION_WORKFLOW,
+                json!({"module": slug.as_str(), "maturity": to.to_string(), "force": force}),
+                Some(format!("{DEPRECATION_WORKFLOW}:{slug}:{to}")),
+            )
+            .await?;
+        Ok((from, Some(run)))
+    }
+
     /// A tenant turns a module off: DISABLED, its data kept and frozen.
     pub async fn disable(
         &self,
@@ -392,13 +451,9 @@ impl Lifecycle {
     }
 
     /// Archive a DISABLED or SUSPENDED tenant module: starts the `module_archive` run, which
-    /// exports the tenant's rows under `export_dir` and only then removes them.
-    pub async fn archive(
-        &self,
-        tenant_id: TenantId,
-        slug: &str,
-        export_dir: &std::path::Path,
-    ) -> Result<RunId, LifecycleError> {
+    /// exports the tenant's rows to the export storage, verifies them, and only then removes
+    /// them.
+    pub async fn archive(&self, tenant_id: TenantId, slug: &str) -> Result<RunId, LifecycleError> {
         let slug = Slug::parse(slug)?;
         let current = self
             .store
@@ -410,8 +465,7 @@ impl Lifecycle {
             .engine
             .start(
                 ARCHIVE_WORKFLOW,
-                json!({"tenant_id": tenant_id, "module": slug.as_str(),
-                       "export_dir": export_dir.display().to_string()}),
+                json!({"tenant_id": tenant_id, "module": slug.as_str()}),
                 None,
             )
             .await?;

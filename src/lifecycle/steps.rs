@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 const ACTOR: &str = "workflow:module_provision";
 
-fn params(ctx: &StepContext<'_>) -> Result<(TenantId, String), JobError> {
+/// The `tenant_id` and `module` parameters of a run about one tenant module.
+pub(crate) fn tenant_module_params(ctx: &StepContext<'_>) -> Result<(TenantId, String), JobError> {
     let tenant_id = ctx
         .params
         .get("tenant_id")
@@ -39,7 +40,7 @@ fn params(ctx: &StepContext<'_>) -> Result<(TenantId, String), JobError> {
 
 fn migrate(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
-        let (tenant_id, module) = params(&ctx)?;
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
         let current = ctx
             .store()
             .tenant_module_get(tenant_id, &module)
@@ -85,7 +86,7 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         if input.get("failed").is_some() || input.get("skipped").is_some() {
             return Ok(input);
         }
-        let (tenant_id, module) = params(&ctx)?;
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
         ctx.tx()
             .await?
             .tenant_module_move(&StatusChange {
@@ -278,73 +279,10 @@ fn upgrade_apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
 
 const ARCHIVE_ACTOR: &str = "workflow:module_archive";
 
-/// `archive.export`: the tenant's rows of every table of its module version, as JSON lines under
-/// `<export_dir>/tenant_exports/<tenant>/<module>/<table>/<date>-run<run>.jsonl`, synced to disk
-/// before the step ends (the rows are frozen while the module is off, so the export is whole).
-fn archive_export(ctx: StepContext<'_>) -> StepFuture<'_> {
-    Box::pin(async move {
-        let (tenant_id, module) = params(&ctx)?;
-        let slug = Slug::parse(&module).map_err(|e| JobError::Fatal(e.to_string()))?;
-        let current = ctx
-            .store()
-            .tenant_module_get(tenant_id, &module)
-            .await?
-            .ok_or_else(|| JobError::Fatal(format!("tenant {tenant_id} has no `{module}`")))?;
-        if !matches!(
-            current.status,
-            TenantModuleStatus::Disabled | TenantModuleStatus::Suspended
-        ) {
-            return Err(JobError::Fatal(format!(
-                "only a DISABLED or SUSPENDED module is archived; `{module}` is {}",
-                current.status
-            )));
-        }
-        let versions = ctx.store().versions_of(&module).await?;
-        let upto = versions
-            .iter()
-            .position(|v| Some(v.id) == current.version_id)
-            .ok_or_else(|| JobError::Fatal(format!("`{module}` has no version to archive")))?;
-        let date = chrono::Utc::now().format("%Y-%m-%d");
-        let mut files = serde_json::Map::new();
-        for name in versions[..=upto]
-            .iter()
-            .flat_map(|v| v.tables_created.iter())
-        {
-            let table =
-                ModuleTable::parse(&slug, name).map_err(|e| JobError::Fatal(e.to_string()))?;
-            let dir = std::path::Path::new(param(&ctx, "export_dir")?)
-                .join("tenant_exports")
-                .join(tenant_id.to_string())
-                .join(slug.as_str())
-                .join(name);
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-                JobError::Retryable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-            let path = dir.join(format!("{date}-run{}.jsonl", ctx.run_id));
-            let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
-                JobError::Retryable(format!("cannot write {}: {e}", path.display()))
-            })?;
-            let rows = ctx
-                .store()
-                .module_table_dump(&table, Some(tenant_id), &mut file)
-                .await?;
-            file.sync_all()
-                .await
-                .map_err(|e| JobError::Retryable(format!("cannot sync {}: {e}", path.display())))?;
-            files.insert(
-                name.clone(),
-                json!({"path": path.display().to_string(), "rows": rows}),
-            );
-        }
-        Ok(json!({"files": files, "status": current.status,
-                   "updated_at_us": current.updated_at.timestamp_micros()}))
-    })
-}
-
 /// `archive.remove`: delete exactly the exported rows, then ARCHIVED, in one transaction.
 fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
-        let (tenant_id, module) = params(&ctx)?;
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
         let slug = Slug::parse(&module).map_err(|e| JobError::Fatal(e.to_string()))?;
         let input = ctx.input.clone();
         let files = input["files"]
@@ -436,6 +374,5 @@ pub fn register(steps: &mut StepRegistry) {
     steps.register("upgrade.backup", upgrade_backup);
     steps.register("upgrade.apply", upgrade_apply);
     steps.register("upgrade.abort", upgrade_abort);
-    steps.register("archive.export", archive_export);
     steps.register("archive.remove", archive_remove);
 }

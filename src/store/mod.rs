@@ -6,17 +6,21 @@
 //! implement it file for file, and `tests/conformance.rs` runs one suite against both.
 //! Backend differences are stated once, in [`Capabilities`].
 
+pub mod data;
 pub mod domain;
 pub mod error;
 mod migration;
 pub mod postgres;
+mod postgres_data;
 mod postgres_domain;
 mod postgres_runs;
 pub mod runs;
 pub mod sqlite;
+mod sqlite_data;
 mod sqlite_domain;
 mod sqlite_runs;
 
+pub use data::DataStore;
 pub use domain::DomainStore;
 pub use error::{StoreError, StoreResult};
 pub use runs::{RunStore, StepTx};
@@ -60,7 +64,7 @@ pub struct Affected {
 /// The storage interface of the durable queue (and, through [`RunStore`] and [`DomainStore`],
 /// of workflow runs and of the module lifecycle).
 #[async_trait]
-pub trait JobStore: RunStore + DomainStore + Send + Sync + 'static {
+pub trait JobStore: RunStore + DomainStore + DataStore + Send + Sync + 'static {
     /// Static facts about the backend.
     fn capabilities(&self) -> Capabilities;
 

@@ -969,6 +969,10 @@ BEGIN
     IF current_setting('steward.migration', true) = 'on' THEN
         RETURN NULL;
     END IF;
+    -- A purge deletes rows already in a verified export: the export is their record.
+    IF TG_OP = 'DELETE' AND current_setting('steward.purge', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after)
     VALUES (coalesce(nullif(current_setting('app.actor', true), ''), session_user),
             'row.' || lower(TG_OP),

@@ -736,6 +736,10 @@ impl StepTx for PgStepTx {
         tenant: super::domain::TenantId,
         expected: u64,
     ) -> StoreResult<()> {
+        // The rows are in the archive's export: no row audit (see AUDIT_FUNCTION).
+        sqlx::query("SELECT set_config('steward.purge', 'on', true)")
+            .execute(&mut *self.tx)
+            .await?;
         let deleted = sqlx::query(&format!(
             "DELETE FROM {} WHERE tenant_id = $1",
             table.quoted()
@@ -749,6 +753,9 @@ impl StepTx for PgStepTx {
                 "{table} holds {deleted} rows of tenant {tenant}, its export {expected}: nothing deleted"
             )));
         }
+        sqlx::query("SELECT set_config('steward.purge', '', true)")
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -79,15 +79,16 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
-        if let Some(parent) = options.get_filename().parent() {
-            if !parent.as_os_str().is_empty() && !parent.exists() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::InvalidInput(format!(
-                        "cannot create directory {}: {e}",
-                        parent.display()
-                    ))
-                })?;
-            }
+        if let Some(parent) = options.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::InvalidInput(format!(
+                    "cannot create directory {}: {e}",
+                    parent.display()
+                ))
+            })?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

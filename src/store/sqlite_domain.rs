@@ -1208,16 +1208,25 @@ async fn install_audit_triggers(
             .execute(&mut *conn)
             .await?;
         }
-        for (op, before, after, tenant) in [
+        // A purge deletes rows already in a verified export (see `steward_purging`).
+        for (op, when, before, after, tenant) in [
             (
                 "INSERT",
+                "",
                 "NULL".to_string(),
                 row_json("NEW"),
                 "NEW.tenant_id",
             ),
-            ("UPDATE", row_json("OLD"), row_json("NEW"), "NEW.tenant_id"),
+            (
+                "UPDATE",
+                "",
+                row_json("OLD"),
+                row_json("NEW"),
+                "NEW.tenant_id",
+            ),
             (
                 "DELETE",
+                "WHEN NOT EXISTS (SELECT 1 FROM steward_purging)",
                 row_json("OLD"),
                 "NULL".to_string(),
                 "OLD.tenant_id",
@@ -1228,7 +1237,7 @@ async fn install_audit_triggers(
                 .execute(&mut *conn)
                 .await?;
             sqlx::query(&format!(
-                "CREATE TRIGGER {trigger} AFTER {op} ON {name} FOR EACH ROW BEGIN \
+                "CREATE TRIGGER {trigger} AFTER {op} ON {name} FOR EACH ROW {when} BEGIN \
                  INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
                  VALUES ('database', 'row.{}', {tenant}, '{module}', '{entity}', {before}, {after}); END",
                 op.to_lowercase(),
@@ -1309,13 +1318,13 @@ pub(super) async fn upgrade_module(
             .iter()
             .map(|t| ModuleTable::parse(&slug, t))
             .collect::<Result<_, _>>()?;
-        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
-            if !tenants.is_empty() {
-                // As on PostgreSQL, the migration's row changes touch every tenant's rows
-                // (frozen ones included) and are audited as the upgrade, not row by row.
-                drop_audit_triggers(conn, &through).await?;
-                sqlx::Executor::execute(&mut *conn, post).await?;
-            }
+        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty())
+            && !tenants.is_empty()
+        {
+            // As on PostgreSQL, the migration's row changes touch every tenant's rows
+            // (frozen ones included) and are audited as the upgrade, not row by row.
+            drop_audit_triggers(conn, &through).await?;
+            sqlx::Executor::execute(&mut *conn, post).await?;
         }
         install_audit_triggers(conn, &slug, &through).await?;
         Ok::<_, StoreError>(report)

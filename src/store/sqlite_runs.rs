@@ -654,6 +654,10 @@ impl StepTx for SqliteStepTx {
         tenant: super::domain::TenantId,
         expected: u64,
     ) -> StoreResult<()> {
+        // The rows are in the archive's export: no row audit (see `steward_purging`).
+        sqlx::query("INSERT INTO steward_purging (marker) VALUES (1)")
+            .execute(&mut *self.tx)
+            .await?;
         let deleted = sqlx::query(&format!(
             "DELETE FROM {} WHERE tenant_id = ?1",
             table.quoted()
@@ -667,6 +671,9 @@ impl StepTx for SqliteStepTx {
                 "{table} holds {deleted} rows of tenant {tenant}, its export {expected}: nothing deleted"
             )));
         }
+        sqlx::query("DELETE FROM steward_purging")
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -302,13 +302,13 @@ impl WorkflowCatalog {
                     ),
                 ));
             }
-            if let Some(compensate) = &s.compensate {
-                if !is_handler(compensate.get_ref()) {
-                    return Err(invalid(
-                        at(compensate.span()),
-                        format!("unknown compensation handler `{}`", compensate.get_ref()),
-                    ));
-                }
+            if let Some(compensate) = &s.compensate
+                && !is_handler(compensate.get_ref())
+            {
+                return Err(invalid(
+                    at(compensate.span()),
+                    format!("unknown compensation handler `{}`", compensate.get_ref()),
+                ));
             }
             steps.push(StepDef {
                 name: step_name.clone(),

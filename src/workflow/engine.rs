@@ -69,6 +69,7 @@ pub struct StepContext<'a> {
     pub progress: Progress,
     /// The job kinds, for building child jobs (see [`StepContext::fan_out`]).
     pub kinds: &'a KindCatalog,
+    engine: &'a Engine,
 }
 
 impl StepContext<'_> {
@@ -89,6 +90,23 @@ impl StepContext<'_> {
                 .ok_or_else(|| JobError::Interrupted("lease lost before the step began".into()))?,
         };
         Ok(self.tx.insert(tx).as_mut())
+    }
+
+    /// Start another workflow's run (see [`Engine::start`]). Not part of the step's
+    /// transaction: give it an idempotency key, so a retried step finds the run it started.
+    pub async fn start_run(
+        &mut self,
+        workflow: &str,
+        params: Value,
+        idempotency_key: String,
+    ) -> Result<(RunId, bool), JobError> {
+        self.engine
+            .start(workflow, params, Some(idempotency_key))
+            .await
+            .map_err(|e| match e {
+                EngineError::Store(e) => e.into(),
+                other => JobError::Fatal(other.to_string()),
+            })
     }
 
     /// Fan out: spawn one child job of `kind` per payload, in the step's transaction. The
@@ -463,6 +481,7 @@ impl Engine {
             worker: &ctx.worker,
             tx: &mut opened,
             store: &self.store,
+            engine: self,
             progress: Progress {
                 store: self.store.clone(),
                 run_id: run.id,

@@ -49,9 +49,10 @@ fn noop(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move { Ok(ctx.input.clone()) })
 }
 
-/// Register the built-in step handlers (with the module lifecycle's).
-pub fn register(steps: &mut StepRegistry) {
-    crate::lifecycle::steps::register(steps);
+/// Register the built-in step handlers (with the module lifecycle's, which write exports
+/// to `exports`).
+pub fn register(steps: &mut StepRegistry, exports: crate::export::SharedExports) {
+    crate::lifecycle::register_steps(steps, exports);
     steps.register("ledger.append", ledger_append);
     steps.register("ledger.undo", ledger_undo);
     steps.register("step.fail", fail);
@@ -59,8 +60,8 @@ pub fn register(steps: &mut StepRegistry) {
 }
 
 /// A registry holding the built-ins.
-pub fn registry() -> StepRegistry {
+pub fn registry(exports: crate::export::SharedExports) -> StepRegistry {
     let mut steps = StepRegistry::new();
-    register(&mut steps);
+    register(&mut steps, exports);
     steps
 }

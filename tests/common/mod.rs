@@ -30,7 +30,25 @@ pub struct TestStore {
     pub sqlite: Option<SqliteStore>,
     pub url: String,
     pub schema: Option<String>,
+    /// A local export storage of this test's own.
+    pub exports: steward::export::SharedExports,
+    pub exports_dir: tempfile::TempDir,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// An export storage for tests that never export (workflow and cron tests).
+pub fn scratch_exports() -> steward::export::SharedExports {
+    Arc::new(steward::export::local::LocalStorage::new(
+        std::env::temp_dir().join(format!("steward-test-exports-{}", std::process::id())),
+    ))
+}
+
+fn local_exports() -> (tempfile::TempDir, steward::export::SharedExports) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exports: steward::export::SharedExports = Arc::new(
+        steward::export::local::LocalStorage::new(dir.path().to_path_buf()),
+    );
+    (dir, exports)
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -51,7 +69,10 @@ pub async fn fresh(backend: Backend) -> TestStore {
                     panic!("tests need PostgreSQL at {url} (set STEWARD_TEST_DATABASE_URL): {e}")
                 });
             pg.migrate().await.expect("migrate postgres");
+            let (exports_dir, exports) = local_exports();
             TestStore {
+                exports,
+                exports_dir,
                 store: Arc::new(pg.clone()),
                 pg: Some(pg),
                 sqlite: None,
@@ -65,7 +86,10 @@ pub async fn fresh(backend: Backend) -> TestStore {
             let url = format!("sqlite://{}", dir.path().join("steward.db").display());
             let sqlite = SqliteStore::connect(&url).await.expect("open sqlite");
             sqlite.migrate().await.expect("migrate sqlite");
+            let (exports_dir, exports) = local_exports();
             TestStore {
+                exports,
+                exports_dir,
                 store: Arc::new(sqlite.clone()),
                 pg: None,
                 sqlite: Some(sqlite),

@@ -1,0 +1,63 @@
+//! `steward cost …` and `steward purge`: monthly cost aggregation and purge-and-export on
+//! demand (both also run nightly from their cron workflows).
+
+use super::{CliError, load_engine, load_kinds, open_store};
+use crate::config::Settings;
+use crate::store::data::parse_month;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CostCommand {
+    /// Recompute one month of `tenant_module_monthly_cost` from the usage logs (idempotent).
+    Aggregate {
+        /// The month, `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+    },
+    /// The monthly cost rows (of one month, or all).
+    Show {
+        #[arg(long)]
+        month: Option<String>,
+    },
+}
+
+fn month(text: &str) -> Result<chrono::NaiveDate, CliError> {
+    parse_month(text).ok_or_else(|| CliError::Usage(format!("month `{text}` is not YYYY-MM")))
+}
+
+pub(crate) async fn cost(settings: &Settings, command: CostCommand) -> Result<(), CliError> {
+    match command {
+        CostCommand::Aggregate { month: text } => {
+            let month = month(&text)?;
+            let store = open_store(&settings.database_url).await?;
+            let done = store.cost_aggregate(month).await?;
+            out!(
+                "{text}: {} usage rows → {} tenant module rows",
+                done.usage_rows,
+                done.cost_rows
+            );
+            Ok(())
+        }
+        CostCommand::Show { month: text } => {
+            let month = text.as_deref().map(month).transpose()?;
+            let store = open_store(&settings.database_url).await?;
+            let rows = store.monthly_costs(month).await?;
+            let text =
+                serde_json::to_string_pretty(&rows).map_err(|e| CliError::Failed(e.to_string()))?;
+            out!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// Start the nightly purge-and-export now (a worker runs it).
+pub(crate) async fn purge(settings: &Settings) -> Result<(), CliError> {
+    let kinds = load_kinds(settings)?;
+    let store = open_store(&settings.database_url).await?;
+    let engine = load_engine(settings, store, &kinds)?;
+    let (run, _) = engine
+        .start("data_retention", serde_json::json!({}), None)
+        .await?;
+    out!("data retention run {run} started: each tenant module with expired rows gets a purge run");
+    Ok(())
+}

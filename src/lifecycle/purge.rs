@@ -1,0 +1,282 @@
+//! Purge-and-export (SPEC §4.2.3) and the archive's export, on the export storage.
+//!
+//! - `retention.schedule` (nightly, `workflows/data_retention.toml`): for every tenant module
+//!   whose module keeps data `data_retention_days`, with rows older than that, starts a
+//!   `module_purge` run (idempotency key `purge:<tenant>:<module>:<date>`: one per night).
+//! - `purge.export` (`workflows/module_purge.toml`): each table's expired rows as CSV to
+//!   `tenant_exports/<tenant>/<module>/<table>/<date>.csv`, read back and verified. A retry
+//!   writes the objects again from the same rows: nothing was deleted yet.
+//! - `purge.delete`: only then, exactly those rows, in batches of [`PURGE_BATCH`] (each its own
+//!   transaction). Before each table it checks that no more rows match than were exported
+//!   (rows can only have gone, by an earlier attempt of this step), so a retried step goes on
+//!   where it stopped and never deletes a row that is not in the export.
+//! - `archive.export`: every row of the tenant's module, with the same export.
+
+use super::steps::tenant_module_params;
+use crate::domain::ident::{ModuleTable, Slug};
+use crate::domain::status::TenantModuleStatus;
+use crate::export::csv_stream::{ExportFailure, ExportReport, export_rows};
+use crate::export::{ExportError, SharedExports, object_key};
+use crate::queue::JobError;
+use crate::store::SharedStore;
+use crate::workflow::{StepContext, StepFuture, StepRegistry};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::json;
+
+/// Rows deleted per transaction by `purge.delete`.
+pub const PURGE_BATCH: u64 = 20_000;
+
+const ACTOR: &str = "workflow:module_purge";
+
+impl From<ExportFailure> for JobError {
+    fn from(e: ExportFailure) -> Self {
+        match e {
+            ExportFailure::Storage(ExportError::Invalid(why)) => JobError::Fatal(why),
+            ExportFailure::Csv(why) => JobError::Fatal(why),
+            ExportFailure::Store(e) => e.into(),
+            other => JobError::Retryable(other.to_string()),
+        }
+    }
+}
+
+fn fatal(e: impl std::fmt::Display) -> JobError {
+    JobError::Fatal(e.to_string())
+}
+
+/// The tables of a tenant's module version: those its version and every earlier one created.
+pub(crate) async fn tenant_tables(
+    store: &SharedStore,
+    slug: &Slug,
+    version_id: Option<i64>,
+) -> Result<Vec<ModuleTable>, JobError> {
+    let versions = store.versions_of(slug.as_str()).await?;
+    let upto = versions
+        .iter()
+        .position(|v| Some(v.id) == version_id)
+        .ok_or_else(|| JobError::Fatal(format!("`{slug}` has no version for this tenant")))?;
+    versions[..=upto]
+        .iter()
+        .flat_map(|v| v.tables_created.iter())
+        .map(|name| ModuleTable::parse(slug, name).map_err(fatal))
+        .collect()
+}
+
+/// Report the bytes uploaded so far as the step's progress (best effort, off the hot path).
+fn progress_reporter(ctx: &StepContext<'_>, table: &ModuleTable) -> impl Fn(u64) + Send + Sync {
+    let progress = ctx.progress.clone();
+    let table = table.to_string();
+    move |bytes| {
+        let (progress, table) = (progress.clone(), table.clone());
+        tokio::spawn(async move {
+            let _ = progress
+                .report(json!({"table": table, "bytes_uploaded": bytes}))
+                .await;
+        });
+    }
+}
+
+fn before_param(ctx: &StepContext<'_>) -> Result<DateTime<Utc>, JobError> {
+    ctx.params["before"]
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| JobError::Fatal("parameter before must be an RFC 3339 time".into()))
+}
+
+fn date_param(ctx: &StepContext<'_>) -> Result<NaiveDate, JobError> {
+    ctx.params["date"]
+        .as_str()
+        .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        .ok_or_else(|| JobError::Fatal("parameter date must be YYYY-MM-DD".into()))
+}
+
+/// `retention.schedule`: one `module_purge` run per tenant module with expired rows.
+fn retention_schedule(mut ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let today = Utc::now().date_naive();
+        let midnight = today.and_time(chrono::NaiveTime::MIN).and_utc();
+        let (mut started, mut targets) = (0, 0);
+        for target in ctx.store().retention_targets().await? {
+            targets += 1;
+            let slug = Slug::parse(&target.module).map_err(fatal)?;
+            let before = midnight - chrono::Duration::days(i64::from(target.retention_days));
+            let mut expired = 0;
+            for table in tenant_tables(ctx.store(), &slug, Some(target.version_id)).await? {
+                expired += ctx
+                    .store()
+                    .module_rows_count(&table, target.tenant_id, Some(before))
+                    .await?;
+            }
+            if expired == 0 {
+                continue;
+            }
+            let (_, new) = ctx
+                .start_run(
+                    "module_purge",
+                    json!({"tenant_id": target.tenant_id, "module": target.module,
+                           "before": before.to_rfc3339(), "date": today.to_string()}),
+                    format!("purge:{}:{}:{today}", target.tenant_id, target.module),
+                )
+                .await?;
+            started += usize::from(new);
+        }
+        Ok(json!({"targets": targets, "purges_started": started}))
+    })
+}
+
+/// `purge.export`: every table's expired rows of the tenant, exported and verified.
+fn purge_export(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_> {
+    Box::pin(async move {
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
+        let slug = Slug::parse(&module).map_err(fatal)?;
+        let (before, date) = (before_param(&ctx)?, date_param(&ctx)?);
+        let current = ctx
+            .store()
+            .tenant_module_get(tenant_id, &module)
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("tenant {tenant_id} has no `{module}`")))?;
+        let mut reports = Vec::new();
+        for table in tenant_tables(ctx.store(), &slug, current.version_id).await? {
+            if ctx
+                .store()
+                .module_rows_count(&table, tenant_id, Some(before))
+                .await?
+                == 0
+            {
+                continue;
+            }
+            let key = object_key(tenant_id, &slug, table.as_str(), date, None);
+            let report = export_rows(
+                ctx.store().as_ref(),
+                exports.as_ref(),
+                &table,
+                tenant_id,
+                Some(before),
+                &key,
+                &progress_reporter(&ctx, &table),
+            )
+            .await?;
+            reports.push(json!({"table": table.as_str(), "export": report}));
+        }
+        Ok(
+            json!({"before": before.to_rfc3339(), "storage": exports.location(),
+                  "exports": reports}),
+        )
+    })
+}
+
+/// `purge.delete`: exactly the exported rows, in batches.
+fn purge_delete(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
+        let slug = Slug::parse(&module).map_err(fatal)?;
+        let before = before_param(&ctx)?;
+        let input = ctx.input.clone();
+        let exports = input["exports"]
+            .as_array()
+            .ok_or_else(|| JobError::Fatal("no exports in the step input".into()))?;
+        let mut deleted_total = 0;
+        for entry in exports {
+            let table = ModuleTable::parse(&slug, entry["table"].as_str().unwrap_or_default())
+                .map_err(fatal)?;
+            let report: ExportReport =
+                serde_json::from_value(entry["export"].clone()).map_err(fatal)?;
+            let left = ctx
+                .store()
+                .module_rows_count(&table, tenant_id, Some(before))
+                .await?;
+            if left > report.rows {
+                return Err(JobError::Fatal(format!(
+                    "{table}: {left} rows of tenant {tenant_id} are older than {before} but \
+                     {} were exported to {}: nothing more deleted (purge again to export them)",
+                    report.rows, report.key
+                )));
+            }
+            let mut deleted = 0;
+            loop {
+                let batch = ctx
+                    .store()
+                    .module_rows_purge(&table, tenant_id, Some(before), PURGE_BATCH)
+                    .await?;
+                deleted += batch;
+                if batch < PURGE_BATCH {
+                    break;
+                }
+                let _ = ctx
+                    .progress
+                    .report(json!({"table": table.as_str(), "deleted": deleted}))
+                    .await;
+            }
+            deleted_total += deleted;
+            ctx.store()
+                .audit_append(
+                    ACTOR,
+                    "data.purge",
+                    Some(tenant_id),
+                    Some(&module),
+                    table.as_str(),
+                    &json!({"before": before.to_rfc3339(), "export": report,
+                            "deleted_now": deleted, "run": ctx.run_id}),
+                )
+                .await?;
+        }
+        let mut output = input;
+        output["deleted"] = json!(deleted_total);
+        Ok(output)
+    })
+}
+
+/// `archive.export`: every row of the tenant's module version, exported and verified (the
+/// rows are frozen while the module is off, so the export is whole).
+fn archive_export(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_> {
+    Box::pin(async move {
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
+        let slug = Slug::parse(&module).map_err(fatal)?;
+        let current = ctx
+            .store()
+            .tenant_module_get(tenant_id, &module)
+            .await?
+            .ok_or_else(|| JobError::Fatal(format!("tenant {tenant_id} has no `{module}`")))?;
+        if !matches!(
+            current.status,
+            TenantModuleStatus::Disabled | TenantModuleStatus::Suspended
+        ) {
+            return Err(JobError::Fatal(format!(
+                "only a DISABLED or SUSPENDED module is archived; `{module}` is {}",
+                current.status
+            )));
+        }
+        let date = Utc::now().date_naive();
+        let suffix = format!("archive-run{}", ctx.run_id);
+        let mut files = serde_json::Map::new();
+        for table in tenant_tables(ctx.store(), &slug, current.version_id).await? {
+            let key = object_key(tenant_id, &slug, table.as_str(), date, Some(&suffix));
+            let report = export_rows(
+                ctx.store().as_ref(),
+                exports.as_ref(),
+                &table,
+                tenant_id,
+                None,
+                &key,
+                &progress_reporter(&ctx, &table),
+            )
+            .await?;
+            files.insert(table.as_str().to_string(), json!(report));
+        }
+        Ok(
+            json!({"files": files, "storage": exports.location(), "status": current.status,
+                  "updated_at_us": current.updated_at.timestamp_micros()}),
+        )
+    })
+}
+
+/// Register the steps that write to the export storage.
+pub fn register(steps: &mut StepRegistry, exports: SharedExports) {
+    steps.register("retention.schedule", retention_schedule);
+    steps.register("purge.delete", purge_delete);
+    let purge = exports.clone();
+    steps.register("purge.export", move |ctx| purge_export(ctx, purge.clone()));
+    steps.register("archive.export", move |ctx| {
+        archive_export(ctx, exports.clone())
+    });
+}

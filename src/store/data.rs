@@ -1,0 +1,193 @@
+//! The storage of tenant data work: what module tables hold past their retention, streaming
+//! those rows out and deleting them in batches (purge-and-export, archive), usage logs and
+//! their monthly cost, and the tenants' webhook endpoints. Implemented in `postgres_data.rs`
+//! and `sqlite_data.rs`; `tests/data.rs` runs against both.
+
+use super::StoreResult;
+use super::domain::TenantId;
+use crate::domain::ident::ModuleTable;
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+/// Rows of a module table, every value as text (`None` for NULL), in column order.
+pub type RowBatch = Vec<Vec<Option<String>>>;
+
+/// Rows per [`RowBatch`] a store sends while exporting.
+pub const EXPORT_BATCH_ROWS: usize = 2_000;
+
+/// A tenant module whose catalog entry limits how long its data is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionTarget {
+    pub tenant_id: TenantId,
+    pub module: String,
+    pub retention_days: i32,
+    /// The tenant's module version (its tables are those of this version and earlier ones).
+    pub version_id: i64,
+}
+
+/// One usage log entry (`module_usage_logs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageEntry {
+    pub tenant_id: TenantId,
+    pub module: String,
+    pub route: String,
+    pub tokens: i64,
+    pub row_count: i64,
+    /// Exact, at most 6 decimal places.
+    pub estimated_cost: Decimal,
+    pub latency_ms: i32,
+    pub at: DateTime<Utc>,
+}
+
+/// One row of `tenant_module_monthly_cost`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MonthlyCost {
+    pub tenant_id: TenantId,
+    pub module: String,
+    /// The first day of the month.
+    pub month: NaiveDate,
+    pub calls: i64,
+    pub tokens: i64,
+    pub row_count: i64,
+    pub cost: Decimal,
+}
+
+/// What an aggregation of one month wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CostAggregated {
+    /// Usage log rows read.
+    pub usage_rows: i64,
+    /// (tenant, module) rows written for the month.
+    pub cost_rows: i64,
+}
+
+/// Where a tenant receives webhooks, and the secret that signs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub secret: String,
+}
+
+/// The storage of tenant data work.
+#[async_trait]
+pub trait DataStore: Send + Sync {
+    /// Every tenant module holding data (not being provisioned, upgraded or archived) whose
+    /// module sets `data_retention_days`.
+    async fn retention_targets(&self) -> StoreResult<Vec<RetentionTarget>>;
+
+    /// A module table's columns, in order.
+    async fn module_table_columns(&self, table: &ModuleTable) -> StoreResult<Vec<String>>;
+
+    /// Stream a tenant's rows of `table` (only those created before `before`, when given) into
+    /// `out`, [`EXPORT_BATCH_ROWS`] at a time, values as text in
+    /// [`DataStore::module_table_columns`] order. The channel's bound keeps memory flat: the
+    /// store reads no faster than the receiver writes. Returns how many rows were sent.
+    async fn module_rows_export(
+        &self,
+        table: &ModuleTable,
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+        out: tokio::sync::mpsc::Sender<RowBatch>,
+    ) -> StoreResult<u64>;
+
+    /// How many of a tenant's rows of `table` were created before `before` (all, with `None`).
+    async fn module_rows_count(
+        &self,
+        table: &ModuleTable,
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+    ) -> StoreResult<u64>;
+
+    /// Delete at most `limit` of those rows, in one transaction of its own, without a row
+    /// audit each (the purge is audited once, by its caller: the rows are in the export).
+    /// Returns how many went.
+    async fn module_rows_purge(
+        &self,
+        table: &ModuleTable,
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+        limit: u64,
+    ) -> StoreResult<u64>;
+
+    /// Append one audit row.
+    async fn audit_append(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant_id: Option<TenantId>,
+        module: Option<&str>,
+        entity: &str,
+        after: &serde_json::Value,
+    ) -> StoreResult<()>;
+
+    /// Record usage log entries.
+    async fn usage_record(&self, entries: &[UsageEntry]) -> StoreResult<u64>;
+
+    /// Recompute `month` (its first day) from the usage logs: every (tenant, module) row of the
+    /// month replaced in one transaction, so a re-run, or a run after late logs arrived,
+    /// gives exactly the rows a first run over the same logs gives. Sums are exact.
+    async fn cost_aggregate(&self, month: NaiveDate) -> StoreResult<CostAggregated>;
+
+    /// The monthly cost rows of a month (or all months), by tenant and module.
+    async fn monthly_costs(&self, month: Option<NaiveDate>) -> StoreResult<Vec<MonthlyCost>>;
+
+    /// A tenant's webhook endpoint and secret, when it has both.
+    async fn tenant_webhook(&self, tenant: TenantId) -> StoreResult<Option<WebhookTarget>>;
+
+    /// Set (or clear, with `None`) a tenant's webhook endpoint and secret.
+    async fn tenant_set_webhook(
+        &self,
+        tenant: TenantId,
+        target: Option<&WebhookTarget>,
+    ) -> StoreResult<()>;
+}
+
+/// Refuse a usage entry the cost table could not hold exactly: a negative or over-precise
+/// cost, negative counts, an invalid module slug.
+pub(crate) fn check_usage(entry: &UsageEntry) -> StoreResult<()> {
+    crate::domain::ident::Slug::parse(&entry.module)?;
+    if entry.estimated_cost.is_sign_negative() || entry.estimated_cost.normalize().scale() > 6 {
+        return Err(super::StoreError::InvalidInput(format!(
+            "estimated cost {} must be at least 0 with at most 6 decimal places",
+            entry.estimated_cost
+        )));
+    }
+    if entry.tokens < 0 || entry.row_count < 0 || entry.latency_ms < 0 {
+        return Err(super::StoreError::InvalidInput(
+            "tokens, row count and latency must not be negative".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The first day of the month after `month`.
+pub fn next_month(month: NaiveDate) -> NaiveDate {
+    month
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap_or(NaiveDate::MAX)
+}
+
+/// Parse `YYYY-MM` into the first day of that month.
+pub fn parse_month(text: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_parse_and_roll_over() {
+        let oct = parse_month("2026-10").expect("a month");
+        assert_eq!(oct, NaiveDate::from_ymd_opt(2026, 10, 1).expect("date"));
+        assert_eq!(
+            next_month(parse_month("2026-12").expect("a month")),
+            NaiveDate::from_ymd_opt(2027, 1, 1).expect("date")
+        );
+        for bad in ["2026-13", "2026", "26-10", "2026-10-05", "octobre"] {
+            assert_eq!(parse_month(bad), None, "{bad}");
+        }
+    }
+}
