@@ -9,10 +9,11 @@
 use super::{DigestWriter, ExportError, ExportStorage, ObjectDigest, Upload, check_key};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+pub use aws_sdk_s3::config::Credentials;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
@@ -37,6 +38,27 @@ impl S3Storage {
     /// environment.
     pub fn from_env(bucket: &str, endpoint: Option<&str>, region: &str, path_style: bool) -> Self {
         let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let credentials = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(key), Some(secret)) => Some(Credentials::new(
+                key,
+                secret,
+                env("AWS_SESSION_TOKEN"),
+                None,
+                "steward-environment",
+            )),
+            _ => None,
+        };
+        Self::new(bucket, endpoint, region, path_style, credentials)
+    }
+
+    /// A client for `bucket` at `endpoint` with these credentials.
+    pub fn new(
+        bucket: &str,
+        endpoint: Option<&str>,
+        region: &str,
+        path_style: bool,
+        credentials: Option<Credentials>,
+    ) -> Self {
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
@@ -59,15 +81,8 @@ impl S3Storage {
         if let Some(endpoint) = endpoint {
             config = config.endpoint_url(endpoint);
         }
-        if let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
-        {
-            config = config.credentials_provider(Credentials::new(
-                key,
-                secret,
-                env("AWS_SESSION_TOKEN"),
-                None,
-                "steward-environment",
-            ));
+        if let Some(credentials) = credentials {
+            config = config.credentials_provider(credentials);
         }
         Self {
             client: Client::from_conf(config.build()),
