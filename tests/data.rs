@@ -371,13 +371,46 @@ async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backen
         t.exports.digest("tenant_exports/manual.csv").await.unwrap()
     );
     insert_rows(&t, a, 11, 1, 200).await;
+
+    // `purge.delete` alone, given that export as its input: it refuses, and deletes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("delete_only.toml"),
+        "name = \"delete_only\"\n[params]\ntenant_id = { required = true }\n\
+         module = { required = true }\nbefore = { required = true }\n\
+         exports = { required = true }\n\
+         [[steps]]\nname = \"delete\"\nhandler = \"purge.delete\"\njob = \"workflow_step\"\n",
+    )
+    .unwrap();
+    let kinds = common::repo_kinds();
+    let steps = steps::registry(t.exports.clone());
+    let workflows = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h)).unwrap();
+    let delete_only = Engine::new(t.store.clone(), workflows, kinds, steps);
+    let workers = Workers::start(&t, &delete_only);
+    let (run, _) = delete_only
+        .start(
+            "delete_only",
+            json!({"tenant_id": a, "module": "journal", "before": before.to_rfc3339(),
+                   "exports": [{"table": "tenant_journal_entries", "export": report}]}),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_until(&t, "the run to fail", Duration::from_secs(60), || async {
+        run_state(&t, run).await == RunState::Failed
+    })
+    .await;
+    workers.stop().await;
+    let failed = t.store.run_get(run).await.unwrap().unwrap();
+    let why = failed.steps[0].error.clone().unwrap_or_default();
+    assert!(why.contains("nothing more deleted"), "{why}");
     assert_eq!(
-        t.store
-            .module_rows_count(&table, a, Some(before))
-            .await
-            .unwrap(),
-        11,
-        "the guard purge.delete applies sees more rows than were exported"
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_journal_entries WHERE tenant_id = {a}")
+        )
+        .await,
+        11
     );
     t.cleanup().await;
 }
