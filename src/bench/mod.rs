@@ -15,6 +15,7 @@
 //! - `provision_tenants` ([`provision`]): `--tenants N` tenants provision a two-table module.
 //! - `plan_sync` ([`plan_sync`]): a module added to a plan reaches `--subscribers N` tenants.
 
+mod data;
 mod plan_sync;
 mod provision;
 
@@ -57,12 +58,21 @@ pub struct BenchArgs {
     /// Tenants of the `provision_tenants` scenario.
     #[arg(long, default_value_t = 1_000)]
     pub tenants: usize,
+    /// Rows of the `purge_export` scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: usize,
+    /// Usage log rows of the `cost_aggregate` scenario.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub usage_rows: usize,
+    /// Deliveries of the `webhooks` scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub deliveries: usize,
     /// Handler concurrency and fetch batch of the execute scenario.
     #[arg(long, default_value_t = 1_000)]
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 12] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -72,6 +82,9 @@ const SCENARIOS: [&str; 9] = [
     "workflow_steps",
     "provision_tenants",
     "plan_sync",
+    "purge_export",
+    "cost_aggregate",
+    "webhooks",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -101,6 +114,9 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
             "workflow_steps" => workflow_steps(&fresh, (args.jobs / 10).max(1)).await,
             "plan_sync" => plan_sync::plan_sync(&fresh, args.subscribers).await,
+            "purge_export" => data::purge_export(&fresh, args.rows).await,
+            "cost_aggregate" => data::cost_aggregate(&fresh, args.usage_rows).await,
+            "webhooks" => data::webhooks(&fresh, args.deliveries).await,
             "provision_tenants" => {
                 provision::provision_tenants(&fresh, settings, args.tenants).await
             }
@@ -124,6 +140,7 @@ struct FreshStore {
     backend: &'static str,
     schema: Option<String>,
     pg: Option<PgStore>,
+    sqlite: Option<SqliteStore>,
     _dir: Option<tempdir::TempDir>,
 }
 
@@ -153,10 +170,11 @@ impl FreshStore {
                 .map_err(err)?;
             crate::store::JobStore::migrate(&store).await.map_err(err)?;
             Ok(Self {
-                store: Arc::new(store),
+                store: Arc::new(store.clone()),
                 backend: "sqlite",
                 schema: None,
                 pg: None,
+                sqlite: Some(store),
                 _dir: Some(tempdir::TempDir(dir)),
             })
         } else {
@@ -170,6 +188,7 @@ impl FreshStore {
                 backend: "postgres",
                 schema: Some(schema),
                 pg: Some(store),
+                sqlite: None,
                 _dir: None,
             })
         }
@@ -186,6 +205,16 @@ impl FreshStore {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Run set-up SQL (one or more statements) on the bench's database.
+    async fn raw(&self, sql: &str) -> Result<(), String> {
+        let done = match (&self.pg, &self.sqlite) {
+            (Some(pg), _) => sqlx::raw_sql(sql).execute(pg.pool()).await.map(drop),
+            (_, Some(sqlite)) => sqlx::raw_sql(sql).execute(sqlite.pool()).await.map(drop),
+            _ => Ok(()),
+        };
+        done.map_err(|e| format!("bench set-up failed: {e}"))
     }
 
     /// A second, independent handle on the same PostgreSQL schema (`None` for SQLite).
