@@ -374,18 +374,7 @@ async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backen
 
     // `purge.delete` alone, given that export as its input: it refuses, and deletes nothing.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("delete_only.toml"),
-        "name = \"delete_only\"\n[params]\ntenant_id = { required = true }\n\
-         module = { required = true }\nbefore = { required = true }\n\
-         exports = { required = true }\n\
-         [[steps]]\nname = \"delete\"\nhandler = \"purge.delete\"\njob = \"workflow_step\"\n",
-    )
-    .unwrap();
-    let kinds = common::repo_kinds();
-    let steps = steps::registry(t.exports.clone());
-    let workflows = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h)).unwrap();
-    let delete_only = Engine::new(t.store.clone(), workflows, kinds, steps);
+    let delete_only = delete_only_engine(&t, dir.path());
     let workers = Workers::start(&t, &delete_only);
     let (run, _) = delete_only
         .start(
@@ -415,8 +404,82 @@ async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backen
     t.cleanup().await;
 }
 
+/// An engine whose only workflow runs `purge.delete` on the export given as its parameters.
+fn delete_only_engine(t: &TestStore, dir: &Path) -> Arc<Engine> {
+    std::fs::write(
+        dir.join("delete_only.toml"),
+        "name = \"delete_only\"\n[params]\ntenant_id = { required = true }\n\
+         module = { required = true }\nbefore = { required = true }\n\
+         exports = { required = true }\n\
+         [[steps]]\nname = \"delete\"\nhandler = \"purge.delete\"\njob = \"workflow_step\"\n",
+    )
+    .unwrap();
+    let kinds = common::repo_kinds();
+    let steps = steps::registry(t.exports.clone());
+    let workflows = WorkflowCatalog::load_dir(dir, &kinds, &|h| steps.contains(h)).unwrap();
+    Engine::new(t.store.clone(), workflows, kinds, steps)
+}
+
+async fn a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export(backend: Backend) {
+    let t = fresh(backend).await;
+    let engine = engine(&t, t.exports.clone());
+    let a = journal_in_use(&t, &engine, 1).await[0];
+    insert_rows(&t, a, 1, 10, 100).await;
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    let table = steward::domain::ident::ModuleTable::parse(
+        &steward::domain::ident::Slug::parse("journal").unwrap(),
+        "tenant_journal_entries",
+    )
+    .unwrap();
+    let report = steward::export::csv_stream::export_rows(
+        t.store.as_ref(),
+        t.exports.as_ref(),
+        &table,
+        a,
+        Some(before),
+        "tenant_exports/resume.csv",
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    // An earlier attempt deleted one batch of 4, then died before the step completed.
+    assert_eq!(
+        t.store
+            .module_rows_purge(&table, a, Some(before), 4)
+            .await
+            .unwrap(),
+        4
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let delete_only = delete_only_engine(&t, dir.path());
+    let workers = Workers::start(&t, &delete_only);
+    let (run, _) = delete_only
+        .start(
+            "delete_only",
+            json!({"tenant_id": a, "module": "journal", "before": before.to_rfc3339(),
+                   "exports": [{"table": "tenant_journal_entries", "export": report}]}),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_run(&t, run, Duration::from_secs(60)).await;
+    workers.stop().await;
+    let done = t.store.run_get(run).await.unwrap().unwrap();
+    assert_eq!(done.steps[0].output.as_ref().unwrap()["deleted"], json!(6));
+    assert_eq!(
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_journal_entries WHERE tenant_id = {a}")
+        )
+        .await,
+        0
+    );
+    t.cleanup().await;
+}
+
 per_backend!(
     purge_exports_expired_rows_verified_then_deletes_exactly_them,
+    a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export,
     a_purge_refuses_to_delete_rows_its_export_does_not_hold,
     cost_aggregation_is_exact_on_month_boundaries_and_idempotent,
     deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_reason,

@@ -112,7 +112,7 @@ pub(super) async fn cost_aggregate(fresh: &FreshStore, rows: usize) -> Result<Va
         format!(
             "INSERT INTO module_usage_logs \
                  (tenant_id, module, route, tokens, row_count, estimated_cost, latency_ms, created_at) \
-             SELECT i % 1000, 'module_' || (i % 5), '/api', i % 500, i % 7, (i % 1000) / 1000.0, \
+             SELECT i % 1000, 'module_' || (i / 1000 % 5), '/api', i % 500, i % 7, (i % 1000) / 1000.0, \
                     i % 300, timestamptz '2026-10-01 00:00:00+00' + (i % 2678400) * interval '1 second' \
              FROM generate_series(1, {rows}) i; ANALYZE module_usage_logs;"
         )
@@ -121,7 +121,7 @@ pub(super) async fn cost_aggregate(fresh: &FreshStore, rows: usize) -> Result<Va
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
              INSERT INTO module_usage_logs \
                  (tenant_id, module, route, tokens, row_count, estimated_cost, latency_ms, created_at) \
-             SELECT i % 1000, 'module_' || (i % 5), '/api', i % 500, i % 7, \
+             SELECT i % 1000, 'module_' || (i / 1000 % 5), '/api', i % 500, i % 7, \
                     printf('%d.%03d', (i % 1000) / 1000, i % 1000), i % 300, \
                     1790812800000 + (i % 2678400) * 1000 FROM n;"
         )
