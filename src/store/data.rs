@@ -171,6 +171,15 @@ pub fn next_month(month: NaiveDate) -> NaiveDate {
 
 /// Parse `YYYY-MM` into the first day of that month.
 pub fn parse_month(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    let shape = b.len() == 7
+        && b[4] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || c.is_ascii_digit());
+    if !shape {
+        return None;
+    }
     NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok()
 }
 
