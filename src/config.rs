@@ -73,6 +73,15 @@ pub struct Settings {
     )]
     pub webhook_timeout_secs: u64,
 
+    /// The HS256 secret of the API's bearer tokens (at least 32 bytes; never in the repo).
+    #[arg(
+        long,
+        env = "STEWARD_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret: Option<String>,
+
     /// How long after an upgrade a manual rollback is allowed, in hours.
     #[arg(
         long,
@@ -148,6 +157,15 @@ pub struct WorkerSettings {
 pub struct BadQueue(pub String);
 
 impl Settings {
+    /// The API's token keys, from `STEWARD_JWT_SECRET`.
+    pub fn auth_keys(&self) -> Result<crate::api::auth::AuthKeys, String> {
+        let secret = self
+            .jwt_secret
+            .as_deref()
+            .ok_or("STEWARD_JWT_SECRET is not set: the API and `steward token` need it")?;
+        crate::api::auth::AuthKeys::new(secret)
+    }
+
     /// The export storage: S3 when a bucket is set, else `export_dir`.
     pub fn exports(&self) -> crate::export::SharedExports {
         crate::export::open(&crate::export::StorageConfig {

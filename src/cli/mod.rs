@@ -87,6 +87,26 @@ enum Command {
     /// Purge-and-export now: every tenant module's rows past its retention go to the export
     /// storage, verified, then are deleted (also nightly).
     Purge,
+    /// Serve the HTTP API until SIGTERM or SIGINT.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "STEWARD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Mint an API token (printed on stdout).
+    Token {
+        #[arg(long, value_enum)]
+        role: crate::api::auth::Role,
+        /// The tenant of a tenant_admin.
+        #[arg(long)]
+        tenant: Option<i64>,
+        /// Who the token is for (the `sub` claim).
+        #[arg(long, default_value = "cli")]
+        sub: String,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: i64,
+    },
     /// Measure throughput and latency; prints one JSON object per scenario.
     Bench(crate::bench::BenchArgs),
 }
@@ -221,6 +241,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plan(command) => modules::plan(&settings, command).await,
         Command::Cost(command) => data::cost(&settings, command).await,
         Command::Purge => data::purge(&settings).await,
+        Command::Serve { listen } => serve(&settings, &listen).await,
+        Command::Token {
+            role,
+            tenant,
+            sub,
+            ttl_hours,
+        } => {
+            let keys = settings.auth_keys().map_err(CliError::Usage)?;
+            let token = keys
+                .mint(&sub, role, tenant, chrono::Duration::hours(ttl_hours))
+                .map_err(CliError::Usage)?;
+            out!("{token}");
+            Ok(())
+        }
         Command::Audit { tenant, limit } => modules::audit(&settings, tenant, limit).await,
         Command::Bench(args) => crate::bench::run(&settings, &args)
             .await
@@ -300,6 +334,27 @@ pub(crate) fn build_runtime(
         }));
     }
     Ok(runtime)
+}
+
+/// `steward serve`: the HTTP API.
+async fn serve(settings: &Settings, listen: &str) -> Result<(), CliError> {
+    let keys = settings.auth_keys().map_err(CliError::Usage)?;
+    let store = open_store(&settings.database_url).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
+    eprintln!("steward API on http://{listen}");
+    crate::api::serve(
+        listener,
+        crate::api::AppState {
+            store,
+            exports: settings.exports(),
+            keys,
+        },
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| CliError::Failed(e.to_string()))
 }
 
 /// Resolve on SIGTERM or SIGINT.

@@ -1,0 +1,200 @@
+//! Bearer JWT (HS256) authentication and role checks.
+//!
+//! Roles: `master_admin` (everything), `service` (the platform: start runs, enqueue, read) and
+//! `tenant_admin` (only its own `tenant_id`). A token comes in `Authorization: Bearer …`, or,
+//! for the dashboard, in the `steward_token` cookie. `steward token` mints one.
+
+use super::AppState;
+use super::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Who may do what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[value(name = "master_admin")]
+    MasterAdmin,
+    #[value(name = "tenant_admin")]
+    TenantAdmin,
+    Service,
+}
+
+/// The claims steward signs and checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    /// The tenant of a `tenant_admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<i64>,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// The HS256 keys of one secret.
+#[derive(Clone)]
+pub struct AuthKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+/// The name of the dashboard's cookie.
+pub const COOKIE: &str = "steward_token";
+
+impl AuthKeys {
+    /// Keys from a secret of at least 32 bytes.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        if secret.len() < 32 {
+            return Err("the JWT secret (STEWARD_JWT_SECRET) must be at least 32 bytes".into());
+        }
+        let bad = |e: jsonwebtoken::errors::Error| format!("unusable JWT secret: {e}");
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()).map_err(bad)?,
+            decoding: DecodingKey::from_secret(secret.as_bytes()).map_err(bad)?,
+        })
+    }
+
+    /// A token for `role` (a `tenant_admin` needs its tenant) valid for `ttl`.
+    pub fn mint(
+        &self,
+        sub: &str,
+        role: Role,
+        tenant_id: Option<i64>,
+        ttl: chrono::Duration,
+    ) -> Result<String, String> {
+        if (role == Role::TenantAdmin) != tenant_id.is_some() {
+            return Err("a tenant_admin token needs --tenant, and only it".into());
+        }
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: sub.to_string(),
+            role,
+            tenant_id,
+            iat: now,
+            exp: now + ttl.num_seconds(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| format!("cannot sign the token: {e}"))
+    }
+
+    /// The claims of a token signed with these keys, not expired.
+    pub fn check(&self, token: &str) -> Result<Claims, ApiError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::unauthenticated("the token has expired")
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    ApiError::unauthenticated("the token's signature is not valid")
+                }
+                _ => ApiError::unauthenticated(format!("the token is not valid: {e}")),
+            })
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl Caller {
+    /// Operators' actions (retry, discard, cancel, bulk, catalog): master_admin, or a
+    /// tenant_admin on its own tenant's work.
+    pub fn may_operate(&self, tenant: Option<i64>) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::MasterAdmin => Ok(()),
+            Role::TenantAdmin if tenant.is_some() && tenant == self.0.tenant_id => Ok(()),
+            _ => Err(ApiError::forbidden(format!(
+                "a {} may not do this",
+                serde_json::to_value(self.0.role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Reading a tenant's data: anyone but another tenant's admin.
+    pub fn may_read(&self, tenant: Option<i64>) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::MasterAdmin | Role::Service => Ok(()),
+            Role::TenantAdmin if tenant.is_some() && tenant == self.0.tenant_id => Ok(()),
+            Role::TenantAdmin => Err(ApiError::forbidden("this belongs to another tenant")),
+        }
+    }
+
+    /// The tenant a tenant_admin is confined to (`None`: any).
+    pub fn confined_to(&self) -> Option<i64> {
+        match self.0.role {
+            Role::TenantAdmin => self.0.tenant_id,
+            _ => None,
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+    }
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::unauthenticated("a bearer token is required"))?;
+        state.keys.check(&token).map(Caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn tokens_check_signature_expiry_and_role_shape() {
+        let keys = AuthKeys::new(SECRET).unwrap();
+        let token = keys
+            .mint("ops", Role::MasterAdmin, None, chrono::Duration::hours(1))
+            .unwrap();
+        assert_eq!(keys.check(&token).unwrap().role, Role::MasterAdmin);
+        let other = AuthKeys::new("another secret of thirty-two bytes!").unwrap();
+        assert_eq!(other.check(&token).unwrap_err().code, "unauthenticated");
+        let expired = keys
+            .mint("ops", Role::Service, None, chrono::Duration::seconds(-5))
+            .unwrap();
+        assert!(
+            keys.check(&expired)
+                .unwrap_err()
+                .message
+                .contains("expired")
+        );
+        assert!(
+            keys.mint("t", Role::TenantAdmin, None, chrono::Duration::hours(1))
+                .is_err()
+        );
+        assert!(AuthKeys::new("short").is_err());
+    }
+}
