@@ -91,6 +91,25 @@ impl S3Storage {
     }
 }
 
+impl S3Storage {
+    /// The body of the object `key`, streamed.
+    async fn get(&self, key: &str) -> Result<ByteStream, ExportError> {
+        check_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(s) if s.is_no_such_key() => ExportError::NotFound(key.to_string()),
+                _ => unavailable(&format!("read {key}"), e),
+            })?;
+        Ok(out.body)
+    }
+}
+
 struct S3Upload {
     client: Client,
     bucket: String,
@@ -182,19 +201,7 @@ impl ExportStorage for S3Storage {
     }
 
     async fn digest(&self, key: &str) -> Result<ObjectDigest, ExportError> {
-        check_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(s) if s.is_no_such_key() => ExportError::NotFound(key.to_string()),
-                _ => unavailable(&format!("read {key}"), e),
-            })?;
-        let mut body = out.body;
+        let mut body = self.get(key).await?;
         let mut digest = DigestWriter::default();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| unavailable(&format!("read {key}"), e))?;
@@ -204,20 +211,9 @@ impl ExportStorage for S3Storage {
     }
 
     async fn read(&self, key: &str) -> Result<Vec<u8>, ExportError> {
-        check_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(s) if s.is_no_such_key() => ExportError::NotFound(key.to_string()),
-                _ => unavailable(&format!("read {key}"), e),
-            })?;
-        let bytes = out
-            .body
+        let bytes = self
+            .get(key)
+            .await?
             .collect()
             .await
             .map_err(|e| unavailable(&format!("read {key}"), e))?;
