@@ -342,12 +342,19 @@ async fn purge_exports_expired_rows_verified_then_deletes_exactly_them(backend: 
     t.cleanup().await;
 }
 
-async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backend) {
-    let t = fresh(backend).await;
-    let engine = engine(&t, t.exports.clone());
-    let a = journal_in_use(&t, &engine, 1).await[0];
-    insert_rows(&t, a, 1, 10, 100).await;
-    // Export by hand, then a backdated row appears before the deletion.
+/// Tenant A of `journal` with 10 expired rows, exported by hand to `key`.
+async fn ten_expired_rows_exported(
+    t: &TestStore,
+    key: &str,
+) -> (
+    TenantId,
+    chrono::DateTime<chrono::Utc>,
+    steward::domain::ident::ModuleTable,
+    steward::export::csv_stream::ExportReport,
+) {
+    let engine = engine(t, t.exports.clone());
+    let a = journal_in_use(t, &engine, 1).await[0];
+    insert_rows(t, a, 1, 10, 100).await;
     let before = chrono::Utc::now() - chrono::Duration::days(30);
     let table = steward::domain::ident::ModuleTable::parse(
         &steward::domain::ident::Slug::parse("journal").unwrap(),
@@ -360,11 +367,19 @@ async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backen
         &table,
         a,
         Some(before),
-        "tenant_exports/manual.csv",
+        key,
         &|_| {},
     )
     .await
     .unwrap();
+    (a, before, table, report)
+}
+
+async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backend) {
+    let t = fresh(backend).await;
+    // Export by hand, then a backdated row appears before the deletion.
+    let (a, before, _table, report) =
+        ten_expired_rows_exported(&t, "tenant_exports/manual.csv").await;
     assert_eq!(report.rows, 10);
     assert_eq!(
         report.digest,
@@ -422,26 +437,8 @@ fn delete_only_engine(t: &TestStore, dir: &Path) -> Arc<Engine> {
 
 async fn a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export(backend: Backend) {
     let t = fresh(backend).await;
-    let engine = engine(&t, t.exports.clone());
-    let a = journal_in_use(&t, &engine, 1).await[0];
-    insert_rows(&t, a, 1, 10, 100).await;
-    let before = chrono::Utc::now() - chrono::Duration::days(30);
-    let table = steward::domain::ident::ModuleTable::parse(
-        &steward::domain::ident::Slug::parse("journal").unwrap(),
-        "tenant_journal_entries",
-    )
-    .unwrap();
-    let report = steward::export::csv_stream::export_rows(
-        t.store.as_ref(),
-        t.exports.as_ref(),
-        &table,
-        a,
-        Some(before),
-        "tenant_exports/resume.csv",
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let (a, before, table, report) =
+        ten_expired_rows_exported(&t, "tenant_exports/resume.csv").await;
     // An earlier attempt deleted one batch of 4, then died before the step completed.
     assert_eq!(
         t.store
