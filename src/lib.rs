@@ -33,6 +33,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 mod definitions;
 pub mod domain;
 pub mod export;

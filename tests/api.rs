@@ -6,11 +6,14 @@ mod common;
 
 use common::{Backend, TestStore, fresh};
 use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use steward::api::auth::{AuthKeys, Role};
 use steward::api::{AppState, serve};
 use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
 use steward::types::{JobId, JobState, NewJob};
+use steward::workflow::{Engine, WorkflowCatalog, steps};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
@@ -28,11 +31,7 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
-        let state = AppState {
-            store: t.store.clone(),
-            exports: t.exports.clone(),
-            keys: keys.clone(),
-        };
+        let state = AppState::new(engine(t), t.exports.clone(), keys.clone());
         let until = stop.clone();
         tokio::spawn(async move {
             serve(listener, state, async move { until.cancelled().await }).await
@@ -52,11 +51,24 @@ impl Api {
     }
 
     async fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.send(method, path, token, None).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
-        let mut request = match method {
-            "GET" => self.http.get(url),
-            _ => self.http.post(url),
-        };
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -66,6 +78,19 @@ impl Api {
         let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
         (status, body)
     }
+}
+
+/// The engine of the repository's `workflows/` over this test's store.
+fn engine(t: &TestStore) -> Arc<Engine> {
+    let kinds = common::repo_kinds();
+    let steps = steps::registry(t.exports.clone());
+    let workflows = WorkflowCatalog::load_dir(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
+        &kinds,
+        &|h| steps.contains(h),
+    )
+    .expect("workflows/ loads");
+    Engine::new(t.store.clone(), workflows, kinds, steps)
 }
 
 /// One dead `fail` job for each tenant ("1" and "2").
@@ -255,7 +280,404 @@ async fn only_the_right_callers_reach_the_api(backend: Backend) {
     t.cleanup().await;
 }
 
-per_backend!(only_the_right_callers_reach_the_api);
+async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
+    let t = fresh(backend).await;
+    let (mine, theirs) = dead_jobs(&t).await;
+    let api = Api::start(&t).await;
+    let master = api.token(Role::MasterAdmin, None);
+    let service = api.token(Role::Service, None);
+    let tenant_one = api.token(Role::TenantAdmin, Some(1));
+
+    // A run starts once per idempotency key.
+    let start = json!({"workflow": "cost_aggregation", "params": {"month": "2026-10"},
+                       "idempotency_key": "october"});
+    let (status, first) = api
+        .send("POST", "/api/runs", Some(&service), Some(start.clone()))
+        .await;
+    assert_eq!(
+        (status, first["created"].clone()),
+        (201, json!(true)),
+        "{first}"
+    );
+    let (status, again) = api
+        .send("POST", "/api/runs", Some(&service), Some(start.clone()))
+        .await;
+    assert_eq!((status, again["created"].clone()), (200, json!(false)));
+    assert_eq!(again["run"], first["run"]);
+    let run = first["run"].as_i64().unwrap();
+    let (status, body) = api
+        .call("GET", &format!("/api/runs/{run}"), Some(&service))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["workflow"], json!("cost_aggregation"));
+    assert_eq!(body["params"]["month"], json!("2026-10"));
+    let (status, body) = api
+        .call("GET", "/api/runs?state=running", Some(&master))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["runs"][0]["id"], json!(run));
+    // Only a failed run can be retried.
+    let (status, body) = api
+        .call("POST", &format!("/api/runs/{run}/retry"), Some(&master))
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (409, json!("not_applicable"))
+    );
+    // Refused: a tenant admin, an unknown workflow, parameters that are not an object,
+    // unknown fields, a body that is not JSON.
+    for (token, body, want, code) in [
+        (&tenant_one, start.clone(), 403, "forbidden"),
+        (&master, json!({"workflow": "nope"}), 404, "not_found"),
+        (
+            &master,
+            json!({"workflow": "cost_aggregation", "params": [1]}),
+            400,
+            "invalid_input",
+        ),
+        (
+            &master,
+            json!({"workflow": "cost_aggregation", "colour": 1}),
+            400,
+            "invalid_input",
+        ),
+        (&master, json!("text"), 400, "invalid_input"),
+    ] {
+        let (status, answer) = api
+            .send("POST", "/api/runs", Some(token), Some(body.clone()))
+            .await;
+        assert_eq!(
+            (status, answer["code"].clone()),
+            (want, json!(code)),
+            "{body}: {answer}"
+        );
+    }
+    let runs = t.store.runs_list(None, 100).await.unwrap();
+    assert_eq!(runs.len(), 1, "nothing else started");
+
+    // Bulk retry of the dead-letter queue: a tenant admin reaches only its own jobs.
+    let (status, body) = api
+        .send("POST", "/api/dlq/retry", Some(&tenant_one), Some(json!({})))
+        .await;
+    assert_eq!(
+        (status, body["affected"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
+    assert_eq!(state_of(&t, mine).await, JobState::Available);
+    assert_eq!(state_of(&t, theirs).await, JobState::Dead);
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/dlq/discard",
+            Some(&tenant_one),
+            Some(json!({"tenant": "2"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(state_of(&t, theirs).await, JobState::Dead);
+    let (status, body) = api
+        .send(
+            "POST",
+            "/api/dlq/discard",
+            Some(&master),
+            Some(json!({"kind": "fail"})),
+        )
+        .await;
+    assert_eq!((status, body["affected"].clone()), (200, json!(1)));
+    assert_eq!(state_of(&t, theirs).await, JobState::Cancelled);
+
+    // /metrics and /openapi.json need a token; they describe what is there.
+    assert_eq!(api.call("GET", "/metrics", None).await.0, 401);
+    let response = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(&master)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains(r#"steward_jobs{queue="default",state="cancelled"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"steward_runs{workflow="cost_aggregation",state="running"} 1"#),
+        "{text}"
+    );
+    let (status, doc) = api.call("GET", "/openapi.json", Some(&master)).await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/api/runs"]["post"].is_object(), "{doc}");
+    assert!(doc["paths"]["/api/tenant/{id}/modules/{module}"]["patch"].is_object());
+
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
+async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
+    let t = fresh(backend).await;
+    let api = Api::start(&t).await;
+    let catalog = steward::domain::catalog::Catalog::load_dir(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/catalog"
+    )))
+    .unwrap();
+    let engine = engine(&t);
+    let life = steward::lifecycle::Lifecycle::new(engine).unwrap();
+    life.load_catalog(&catalog, "test").await.unwrap();
+    let tenant = |slug: &str| steward::store::domain::NewTenant {
+        slug: slug.into(),
+        name: slug.into(),
+        ..Default::default()
+    };
+    let one = t.store.tenant_create(&tenant("one")).await.unwrap().id;
+    let two = t.store.tenant_create(&tenant("two")).await.unwrap().id;
+    let admin_one = api.token(Role::TenantAdmin, Some(one));
+    let master = api.token(Role::MasterAdmin, None);
+
+    let (status, body) = api.call("GET", "/api/modules", Some(&admin_one)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["slug"] == json!("inventory"))
+    );
+
+    // A tenant admin requests a module for its own tenant, not for another.
+    let ask = json!({"module": "inventory"});
+    let (status, _) = api
+        .send(
+            "POST",
+            &format!("/api/tenant/{two}/modules"),
+            Some(&admin_one),
+            Some(ask.clone()),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert!(
+        t.store
+            .tenant_module_get(two, "inventory")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (status, body) = api
+        .send(
+            "POST",
+            &format!("/api/tenant/{one}/modules"),
+            Some(&admin_one),
+            Some(ask.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["module"]["status"], json!("PROVISIONING"));
+    assert!(body["run"].is_i64());
+    let (status, body) = api
+        .send(
+            "POST",
+            &format!("/api/tenant/{one}/modules"),
+            Some(&admin_one),
+            Some(json!({"module": "nope"})),
+        )
+        .await;
+    assert_eq!((status, body["code"].clone()), (404, json!("not_found")));
+
+    // Settings are checked against the version's JSON Schema.
+    let settings = format!("/api/tenant/{one}/modules/inventory");
+    let (status, body) = api
+        .send(
+            "PATCH",
+            &settings,
+            Some(&admin_one),
+            Some(json!({"settings": {"low_stock_threshold": -1}})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (422, json!("invalid_settings")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("low_stock_threshold"),
+        "{body}"
+    );
+    let (status, body) = api
+        .send(
+            "PATCH",
+            &settings,
+            Some(&admin_one),
+            Some(json!({"settings": {"colour": "red"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (422, json!("invalid_settings")),
+        "{body}"
+    );
+    assert_eq!(
+        t.store.settings_get(one, "inventory").await.unwrap(),
+        json!({})
+    );
+    let (status, body) = api
+        .send(
+            "PATCH",
+            &settings,
+            Some(&admin_one),
+            Some(json!({"settings": {"low_stock_threshold": 5}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        t.store.settings_get(one, "inventory").await.unwrap(),
+        json!({"low_stock_threshold": 5})
+    );
+    // A state the lifecycle does not allow from PROVISIONING is refused with its rule.
+    let (status, body) = api
+        .send(
+            "PATCH",
+            &settings,
+            Some(&admin_one),
+            Some(json!({"state": "DISABLED"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (422, json!("invalid_transition")),
+        "{body}"
+    );
+    let (status, _) = api
+        .send(
+            "PATCH",
+            &settings,
+            Some(&admin_one),
+            Some(json!({"state": "BOGUS"})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = api
+        .send("PATCH", &settings, Some(&admin_one), Some(json!({})))
+        .await;
+    assert_eq!(status, 400);
+
+    // Usage: the aggregated months of this tenant module.
+    let (status, body) = api
+        .call(
+            "GET",
+            &format!("{settings}/usage?month=2026-10"),
+            Some(&admin_one),
+        )
+        .await;
+    assert_eq!((status, body["months"].clone()), (200, json!([])));
+    let (status, _) = api
+        .call(
+            "GET",
+            &format!("{settings}/usage?month=2026-13"),
+            Some(&admin_one),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // The catalog and the plans are a master admin's.
+    let deprecate = json!({"maturity": "DEPRECATED"});
+    let (status, _) = api
+        .send(
+            "PUT",
+            "/api/catalog/inventory/maturity",
+            Some(&admin_one),
+            Some(deprecate.clone()),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        t.store
+            .module_get("inventory")
+            .await
+            .unwrap()
+            .unwrap()
+            .maturity
+            .to_string(),
+        "GA"
+    );
+    let (status, body) = api
+        .send(
+            "PUT",
+            "/api/catalog/inventory/maturity",
+            Some(&master),
+            Some(deprecate),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["from"].clone(), body["to"].clone()),
+        (json!("GA"), json!("DEPRECATED"))
+    );
+    let run = body["run"].as_i64().expect("the deprecation run");
+    let run = t.store.run_get(run).await.unwrap().unwrap();
+    assert_eq!(run.workflow, "module_deprecation");
+    let (status, body) = api
+        .send(
+            "PUT",
+            "/api/catalog/inventory/maturity",
+            Some(&master),
+            Some(json!({"maturity": "PLANNED"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (422, json!("invalid_transition")),
+        "{body}"
+    );
+
+    t.store.plan_create("pro", "Pro").await.unwrap();
+    t.store
+        .subscription_create(two, "pro", "active")
+        .await
+        .unwrap();
+    let (status, _) = api
+        .send(
+            "POST",
+            "/api/plans/pro/modules",
+            Some(&admin_one),
+            Some(json!({"module": "alert_engine"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = api
+        .send(
+            "POST",
+            "/api/plans/pro/modules",
+            Some(&master),
+            Some(json!({"module": "alert_engine"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["synced"][0]["synced"], json!(1), "{body}");
+    assert_eq!(
+        t.store
+            .tenant_module_get(two, "alert_engine")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .to_string(),
+        "PROVISIONING"
+    );
+
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
+per_backend!(
+    only_the_right_callers_reach_the_api,
+    runs_start_once_per_key_and_dead_letters_go_in_bulk,
+    tenants_manage_their_modules_and_admins_the_catalog,
+);
 
 #[test]
 fn steward_token_mints_a_token_the_api_accepts_and_refuses_bad_input() {

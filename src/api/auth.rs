@@ -129,6 +129,46 @@ impl Caller {
         }
     }
 
+    /// Starting workflow runs: master_admin and service (the platform).
+    pub fn may_trigger(&self) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::MasterAdmin | Role::Service => Ok(()),
+            Role::TenantAdmin => Err(ApiError::forbidden(
+                "a tenant_admin may not start workflow runs",
+            )),
+        }
+    }
+
+    /// A tenant's modules (request, state, settings): master_admin, service, or that
+    /// tenant's own admin.
+    pub fn may_manage_tenant(&self, tenant: i64) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::MasterAdmin | Role::Service => Ok(()),
+            Role::TenantAdmin if self.0.tenant_id == Some(tenant) => Ok(()),
+            Role::TenantAdmin => Err(ApiError::forbidden("this belongs to another tenant")),
+        }
+    }
+
+    /// The catalog and the plans: master_admin only.
+    pub fn may_administer(&self) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::MasterAdmin => Ok(()),
+            _ => Err(ApiError::forbidden("only a master_admin may do this")),
+        }
+    }
+
+    /// The tenant filter of a listing or bulk action: what was asked, or, for a
+    /// tenant_admin, its own tenant (asking for another is forbidden).
+    pub fn scope_tenant(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+        match (self.confined_to(), asked) {
+            (Some(own), Some(asked)) if asked != own.to_string() => {
+                Err(ApiError::forbidden("this belongs to another tenant"))
+            }
+            (Some(own), _) => Ok(Some(own.to_string())),
+            (None, asked) => Ok(asked),
+        }
+    }
+
     /// The tenant a tenant_admin is confined to (`None`: any).
     pub fn confined_to(&self) -> Option<i64> {
         match self.0.role {

@@ -16,6 +16,16 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The body of every error response (for the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable and machine-readable: `invalid_input`, `unauthenticated`, `forbidden`,
+    /// `not_found`, `conflict`, `not_applicable`, a domain rule's code, …
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,
@@ -76,5 +86,88 @@ impl IntoResponse for ApiError {
             message: &self.message,
         };
         (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::domain::DomainError> for ApiError {
+    fn from(rule: crate::domain::DomainError) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            rule.code(),
+            rule.to_string(),
+        )
+    }
+}
+
+impl From<crate::workflow::EngineError> for ApiError {
+    fn from(e: crate::workflow::EngineError) -> Self {
+        use crate::workflow::EngineError::*;
+        match e {
+            UnknownWorkflow(_) | NoRun(_) => Self::not_found(e.to_string()),
+            InvalidParams { .. } => Self::bad_request(e.to_string()),
+            NotRetryable { .. } => Self::new(StatusCode::CONFLICT, "not_applicable", e.to_string()),
+            Store(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::lifecycle::LifecycleError> for ApiError {
+    fn from(e: crate::lifecycle::LifecycleError) -> Self {
+        use crate::lifecycle::LifecycleError::*;
+        match e {
+            NoTenant(_) | NoModule(_) | NoVersion(_) => Self::not_found(e.to_string()),
+            Domain(rule) => rule.into(),
+            Store(err) => err.into(),
+            Engine(err) => err.into(),
+            NoWorkflow(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// A JSON body extractor whose rejection is an [`ApiError`] (400 `invalid_input`, with
+/// serde's message naming the field).
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+/// A query-string extractor whose rejection is an [`ApiError`].
+pub struct QueryArgs<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for QueryArgs<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match <axum::extract::Query<T> as axum::extract::FromRequestParts<S>>::from_request_parts(
+            parts, state,
+        )
+        .await
+        {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
     }
 }

@@ -3,17 +3,19 @@
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, JsonBody, QueryArgs};
 use crate::types::{JobFilter, JobId, JobRecord, JobState};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// Filters of `GET /api/jobs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// scheduled, available, running, completed, retryable, dead or cancelled.
     pub state: Option<String>,
     pub queue: Option<String>,
     pub kind: Option<String>,
@@ -28,12 +30,15 @@ fn tenant_of(job: &JobRecord) -> Option<i64> {
     job.tenant.parse().ok()
 }
 
+/// Jobs by state, queue, kind and tenant, oldest first, a page at a time.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, description = "a page of jobs and `next_after_id`"),
+              (status = 400, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryArgs(query): QueryArgs<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let job_state = query
         .state
         .as_deref()
@@ -46,13 +51,7 @@ pub(super) async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
-    let tenant = match (caller.confined_to(), query.tenant) {
-        (Some(own), Some(asked)) if asked != own.to_string() => {
-            return Err(ApiError::forbidden("this belongs to another tenant"));
-        }
-        (Some(own), _) => Some(own.to_string()),
-        (None, asked) => asked,
-    };
+    let tenant = caller.scope_tenant(query.tenant)?;
     let jobs = state
         .store
         .jobs_list(&JobFilter {
@@ -86,6 +85,10 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a job id")))
 }
 
+/// One job with every attempt.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job id")),
+    responses((status = 200, description = "the job"), (status = 400, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -96,6 +99,11 @@ pub(super) async fn show(
     Ok(Json(job))
 }
 
+/// Retry, discard or cancel one job.
+#[utoipa::path(post, path = "/api/jobs/{id}/{action}", tag = "jobs",
+    params(("id" = String, Path, description = "job id"), ("action" = String, Path, description = "retry, discard or cancel")),
+    responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn act(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,4 +136,45 @@ pub(super) async fn act(
     Ok(Json(
         json!({"job": id, "action": action, "affected": affected.count}),
     ))
+}
+
+/// Which dead jobs a bulk retry or discard applies to (empty: every dead job).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadFilter {
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Retry or discard every dead job matching the filter (a tenant admin: only its own).
+#[utoipa::path(post, path = "/api/dlq/{action}", tag = "jobs", request_body = DeadFilter,
+    params(("action" = String, Path, description = "retry or discard")),
+    responses((status = 200, description = "how many jobs"), (status = 400, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(super) async fn bulk(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(action): Path<String>,
+    JsonBody(body): JsonBody<DeadFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.scope_tenant(body.tenant)?;
+    caller.may_operate(tenant.as_deref().and_then(|t| t.parse().ok()))?;
+    let filter = JobFilter {
+        state: Some(JobState::Dead),
+        queue: body.queue,
+        kind: body.kind,
+        tenant,
+        ..Default::default()
+    };
+    let affected = match action.as_str() {
+        "retry" => state.store.jobs_retry(&filter).await?,
+        "discard" => state.store.jobs_discard(&filter).await?,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no bulk action `{other}`; retry or discard"
+            )));
+        }
+    };
+    Ok(Json(json!({"action": action, "affected": affected.count})))
 }

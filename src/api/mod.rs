@@ -1,52 +1,156 @@
 //! The HTTP API (axum): how the platform and operators reach steward (SPEC §5). Every route
 //! but `/health` needs a bearer JWT ([`auth`]); every error is JSON with a stable code
-//! ([`error`]).
+//! ([`error`]); `/openapi.json` describes every route ([`openapi`]); `/dashboard` is the
+//! operators' HTML view of the same ([`crate::dashboard`]).
 //!
 //! | route | who |
 //! |---|---|
 //! | `GET /health` | anyone: database and export storage reachable |
-//! | `GET /api/jobs?state&queue&kind&tenant&after_id&limit` | readers (a tenant admin: its own jobs) |
-//! | `GET /api/jobs/{id}` | readers |
-//! | `POST /api/jobs/{id}/retry`, `/discard`, `/cancel` | operators |
+//! | `GET /openapi.json`, `GET /metrics` | anyone authenticated |
+//! | `GET /api/jobs?state&queue&kind&tenant&after_id&limit`, `GET /api/jobs/{id}` | readers (a tenant admin: its own jobs) |
+//! | `POST /api/jobs/{id}/{retry,discard,cancel}`, `POST /api/dlq/{retry,discard}` | operators |
+//! | `POST /api/runs`, `GET /api/runs`, `GET /api/runs/{id}` | the platform and readers |
+//! | `POST /api/runs/{id}/{retry,cancel}` | operators |
+//! | `GET /api/modules`, `/api/tenant/{id}/modules[/{module}[/usage]]` | the tenant, the platform |
+//! | `PUT /api/catalog/{module}/maturity`, `POST /api/plans/{plan}/modules` | master admins |
 
 pub mod auth;
 pub mod error;
 mod jobs;
+mod modules;
+pub mod openapi;
+pub mod prometheus;
+mod runs;
 
 use crate::export::SharedExports;
+use crate::lifecycle::Lifecycle;
 use crate::store::SharedStore;
+use crate::workflow::Engine;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use std::sync::Arc;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: SharedStore,
+    pub engine: Arc<Engine>,
+    /// The module lifecycle, when `workflows/` defines it.
+    pub lifecycle: Option<Lifecycle>,
     pub exports: SharedExports,
     pub keys: auth::AuthKeys,
 }
 
-/// The API's routes.
+impl AppState {
+    /// The state of an API over `engine`'s store and workflows.
+    pub fn new(engine: Arc<Engine>, exports: SharedExports, keys: auth::AuthKeys) -> Self {
+        Self {
+            store: Arc::clone(engine.store()),
+            lifecycle: Lifecycle::new(Arc::clone(&engine)).ok(),
+            engine,
+            exports,
+            keys,
+        }
+    }
+}
+
+/// The API's routes (and the dashboard's).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics))
         .route("/api/jobs", get(jobs::list))
         .route("/api/jobs/{id}", get(jobs::show))
         .route("/api/jobs/{id}/{action}", post(jobs::act))
+        .route("/api/dlq/{action}", post(jobs::bulk))
+        .route("/api/runs", post(runs::start).get(runs::list))
+        .route("/api/runs/{id}", get(runs::show))
+        .route("/api/runs/{id}/{action}", post(runs::act))
+        .route("/api/modules", get(modules::catalog))
+        .route(
+            "/api/tenant/{id}/modules",
+            get(modules::tenant_modules).post(modules::request),
+        )
+        .route(
+            "/api/tenant/{id}/modules/{module}",
+            axum::routing::patch(modules::change),
+        )
+        .route(
+            "/api/tenant/{id}/modules/{module}/usage",
+            get(modules::usage),
+        )
+        .route("/api/catalog/{module}/maturity", put(modules::set_maturity))
+        .route("/api/plans/{plan}/modules", post(modules::plan_add))
+        .merge(crate::dashboard::routes())
         .fallback(|| async { error::ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take this method",
+            )
+        })
+        .layer(axum::middleware::from_fn(observe))
         .with_state(state)
 }
 
-async fn health(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
-    let database = state.store.jobs_count_by_state().await.map(drop);
+/// Every request runs in a span with its trace id (from a W3C `traceparent` header, else a
+/// new one), is logged once with its status and duration, and lands in the request
+/// duration histogram.
+async fn observe(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let trace_id = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let span = tracing::info_span!("steward.http", %trace_id, %method, %path);
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(status, elapsed_ms = elapsed.as_millis() as u64, "request");
+    });
+    ::metrics::histogram!("steward_http_request_duration_seconds",
+        "method" => method.to_string(), "status" => status.to_string())
+    .record(elapsed.as_secs_f64());
+    response
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    _caller: auth::Caller,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), error::ApiError> {
+    let body = prometheus::render(&state).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    ))
+}
+
+async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let database = state.store.ping().await;
     let storage = state.exports.check().await;
     let ok = database.is_ok() && storage.is_ok();
     let status = if ok {
-        axum::http::StatusCode::OK
+        StatusCode::OK
     } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::SERVICE_UNAVAILABLE
     };
     let describe = |r: Result<(), String>| match r {
         Ok(()) => serde_json::json!("ok"),

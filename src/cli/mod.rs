@@ -336,25 +336,29 @@ pub(crate) fn build_runtime(
     Ok(runtime)
 }
 
-/// `steward serve`: the HTTP API.
+/// `steward serve`: the HTTP API and the dashboard.
 async fn serve(settings: &Settings, listen: &str) -> Result<(), CliError> {
-    let keys = settings.auth_keys().map_err(CliError::Usage)?;
-    let store = open_store(&settings.database_url).await?;
+    let state = api_state(settings, open_store(&settings.database_url).await?)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
-    eprintln!("steward API on http://{listen}");
-    crate::api::serve(
-        listener,
-        crate::api::AppState {
-            store,
-            exports: settings.exports(),
-            keys,
-        },
-        shutdown_signal(),
-    )
-    .await
-    .map_err(|e| CliError::Failed(e.to_string()))
+    eprintln!("steward API on http://{listen} (dashboard: http://{listen}/dashboard)");
+    crate::api::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))
+}
+
+/// What the API needs: the workflow engine over `store`, the export storage, the JWT keys;
+/// and this process's metrics recorder.
+pub(crate) fn api_state(
+    settings: &Settings,
+    store: SharedStore,
+) -> Result<crate::api::AppState, CliError> {
+    let keys = settings.auth_keys().map_err(CliError::Usage)?;
+    let kinds = load_kinds(settings)?;
+    let engine = load_engine(settings, store, &kinds)?;
+    crate::api::prometheus::install();
+    Ok(crate::api::AppState::new(engine, settings.exports(), keys))
 }
 
 /// Resolve on SIGTERM or SIGINT.

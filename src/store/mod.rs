@@ -134,6 +134,13 @@ pub trait JobStore: RunStore + DomainStore + DataStore + Send + Sync + 'static {
     /// Job counts per queue and state.
     async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>>;
 
+    /// Jobs completed per minute over the last `minutes` minutes, oldest first (minutes
+    /// without any are left out): the dashboard's throughput chart.
+    async fn jobs_completed_per_minute(
+        &self,
+        minutes: i64,
+    ) -> StoreResult<Vec<(chrono::DateTime<chrono::Utc>, i64)>>;
+
     /// Subscribe to "a job became available in queue X" signals.
     fn subscribe(&self) -> broadcast::Receiver<String>;
 

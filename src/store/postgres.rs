@@ -905,6 +905,20 @@ impl JobStore for PgStore {
         })
     }
 
+    async fn jobs_completed_per_minute(
+        &self,
+        minutes: i64,
+    ) -> StoreResult<Vec<(DateTime<Utc>, i64)>> {
+        let rows: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(
+            "SELECT date_trunc('minute', finished_at) AS minute, count(*) FROM steward_jobs_completed \
+             WHERE finished_at > now() - make_interval(mins => $1::int) GROUP BY 1 ORDER BY 1",
+        )
+        .bind(minutes.clamp(1, 24 * 60))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>> {
         let rows = sqlx::query(
             "SELECT queue, state, count(*) AS n FROM steward_jobs GROUP BY queue, state \

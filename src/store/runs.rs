@@ -207,6 +207,9 @@ pub trait RunStore: Send + Sync {
     /// Runs by id, newest first, optionally in one state.
     async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>>;
 
+    /// How many runs each workflow has in each state (the run outcomes of `/metrics`).
+    async fn runs_count_by_state(&self) -> StoreResult<Vec<(String, RunState, i64)>>;
+
     /// Open the transaction of a step attempt; `None` when the lease is no longer this
     /// worker's (the attempt must do nothing). The lease is checked again by
     /// [`StepTx::commit`], which acknowledges the job in the same transaction.

@@ -765,6 +765,23 @@ impl JobStore for SqliteStore {
         })
     }
 
+    async fn jobs_completed_per_minute(
+        &self,
+        minutes: i64,
+    ) -> StoreResult<Vec<(DateTime<Utc>, i64)>> {
+        let since = now_ms() - minutes.clamp(1, 24 * 60) * 60_000;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT finished_at / 60000 * 60000 AS minute, count(*) FROM steward_jobs_completed \
+             WHERE finished_at > ?1 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(minute, n)| Ok((from_ms(minute)?, n)))
+            .collect()
+    }
+
     async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>> {
         let rows = sqlx::query(
             "SELECT queue, state, count(*) AS n FROM steward_jobs GROUP BY queue, state \

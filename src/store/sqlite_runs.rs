@@ -211,6 +211,20 @@ impl RunStore for SqliteStore {
             .collect())
     }
 
+    async fn runs_count_by_state(&self) -> StoreResult<Vec<(String, RunState, i64)>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT workflow, state, count(*) FROM steward_runs GROUP BY workflow, state ORDER BY 1, 2",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(workflow, state, n)| {
+                let state = RunState::from_str(&state).map_err(StoreError::Corrupt)?;
+                Ok((workflow, state, n))
+            })
+            .collect()
+    }
+
     async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM steward_runs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2"

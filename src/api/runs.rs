@@ -1,0 +1,162 @@
+//! Workflow runs: start one (idempotently, with a key), read one with its steps, list them,
+//! retry a failed run from its failed step, cancel one.
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, JsonBody, QueryArgs};
+use crate::store::runs::{RunId, RunRecord, RunState};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The body of `POST /api/runs`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// A workflow of `workflows/` (`module_provision`, `data_retention`, …).
+    pub workflow: String,
+    /// The run's parameters (a JSON object); the workflow's defaults fill what is missing.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Option<Value>,
+    /// Starting again with the same key returns the first run and starts nothing.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Filters of `GET /api/runs`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunsQuery {
+    /// queued, running, compensating, completed, failed or cancelled.
+    pub state: Option<String>,
+    /// 1..=500, default 50.
+    pub limit: Option<i64>,
+}
+
+/// The tenant a run works for, when its parameters name one.
+pub(super) fn tenant_of(run: &RunRecord) -> Option<i64> {
+    run.params.get("tenant_id").and_then(Value::as_i64)
+}
+
+fn run_id(raw: &str) -> Result<RunId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a run id")))
+}
+
+pub(super) async fn load(state: &AppState, id: RunId) -> Result<RunRecord, ApiError> {
+    state
+        .store
+        .run_get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
+}
+
+/// Start a workflow run.
+#[utoipa::path(post, path = "/api/runs", tag = "runs", request_body = StartRun,
+    responses((status = 201, description = "started"), (status = 200, description = "the run of this idempotency key"),
+              (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(super) async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<StartRun>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.may_trigger()?;
+    let params = body.params.unwrap_or_else(|| json!({}));
+    if !params.is_object() {
+        return Err(ApiError::bad_request("params must be a JSON object"));
+    }
+    if let Some(key) = &body.idempotency_key
+        && (key.is_empty() || key.len() > 200)
+    {
+        return Err(ApiError::bad_request(
+            "idempotency_key must be 1 to 200 characters",
+        ));
+    }
+    let (run, created) = state
+        .engine
+        .start(&body.workflow, params, body.idempotency_key)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({"run": run, "created": created}))))
+}
+
+/// Runs, newest first.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, description = "runs"), (status = 400, body = super::error::ErrorBody)))]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryArgs(query): QueryArgs<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let run_state = query
+        .state
+        .as_deref()
+        .map(|s| s.parse::<RunState>().map_err(ApiError::bad_request))
+        .transpose()?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    let runs: Vec<RunRecord> = state
+        .store
+        .runs_list(run_state, limit)
+        .await?
+        .into_iter()
+        .filter(|run| caller.may_read(tenant_of(run)).is_ok())
+        .collect();
+    Ok(Json(json!({ "runs": runs })))
+}
+
+/// One run with its steps.
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = String, Path, description = "run id")),
+    responses((status = 200, description = "the run"), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub(super) async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, ApiError> {
+    let run = load(&state, run_id(&id)?).await?;
+    caller.may_read(tenant_of(&run))?;
+    Ok(Json(run))
+}
+
+/// Retry a failed run from its failed step, or cancel a run.
+#[utoipa::path(post, path = "/api/runs/{id}/{action}", tag = "runs",
+    params(("id" = String, Path, description = "run id"), ("action" = String, Path, description = "retry or cancel")),
+    responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub(super) async fn act(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = run_id(&id)?;
+    let run = load(&state, id).await?;
+    caller.may_operate(tenant_of(&run))?;
+    match action.as_str() {
+        "retry" => state.engine.retry(id).await?,
+        "cancel" => {
+            if !state.engine.cancel(id).await? {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_applicable",
+                    format!("run {id} is {}: it cannot be cancelled", run.state),
+                ));
+            }
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no action `{other}`; retry or cancel"
+            )));
+        }
+    }
+    Ok(Json(json!({"run": id, "action": action})))
+}
