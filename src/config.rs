@@ -149,6 +149,11 @@ pub struct WorkerSettings {
     /// How long dead and cancelled jobs are kept, in seconds.
     #[arg(long, env = "STEWARD_DEAD_RETENTION_SECS", default_value_t = 30 * 86_400)]
     pub dead_retention_secs: u64,
+
+    /// Also serve the API, the dashboard and this process's `/metrics` on this address
+    /// (`steward demo`: 127.0.0.1:8080 unless given).
+    #[arg(long, env = "STEWARD_WORKER_LISTEN")]
+    pub listen: Option<String>,
 }
 
 /// A `--queue` value that is not `name=concurrency`.

@@ -389,7 +389,7 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(["demo", "--exit-when-idle"])
+        .args(["demo", "--exit-when-idle", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("DATABASE_URL", sqlite(&dir))
         .env("STEWARD_JOBS_DIR", repo.join("jobs"))
@@ -408,6 +408,7 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
         "inventory upgraded to 2.0.0",
         "inventory rolled back to 1.0.0 for 2 tenants",
         "alert_engine 1.1.0 failed and was rolled back",
+        "/dashboard  (log in with the token below)",
     ] {
         assert!(
             stdout.contains(step),

@@ -21,6 +21,7 @@ pub struct ListQuery {
     pub kind: Option<String>,
     pub tenant: Option<String>,
     /// Keyset paging: only jobs with a greater id.
+    #[param(value_type = Option<i64>)]
     pub after_id: Option<JobId>,
     /// 1..=1000, default 100.
     pub limit: Option<i64>,
@@ -86,7 +87,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// One job with every attempt.
-#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job id")),
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "job id")),
     responses((status = 200, description = "the job"), (status = 400, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn show(
@@ -101,7 +102,7 @@ pub(super) async fn show(
 
 /// Retry, discard or cancel one job.
 #[utoipa::path(post, path = "/api/jobs/{id}/{action}", tag = "jobs",
-    params(("id" = String, Path, description = "job id"), ("action" = String, Path, description = "retry, discard or cancel")),
+    params(("id" = i64, Path, description = "job id"), ("action" = String, Path, description = "retry, discard or cancel")),
     responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn act(

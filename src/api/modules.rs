@@ -46,7 +46,7 @@ pub(super) async fn catalog(
 
 /// A tenant's modules.
 #[utoipa::path(get, path = "/api/tenant/{id}/modules", tag = "modules",
-    params(("id" = String, Path, description = "tenant id")),
+    params(("id" = i64, Path, description = "tenant id")),
     responses((status = 200, description = "the tenant's modules"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody)))]
 pub(super) async fn tenant_modules(
@@ -70,7 +70,7 @@ pub struct RequestModule {
 
 /// A tenant asks for a module: admitted (provisioning starts) or pending approval.
 #[utoipa::path(post, path = "/api/tenant/{id}/modules", tag = "modules", request_body = RequestModule,
-    params(("id" = String, Path, description = "tenant id")),
+    params(("id" = i64, Path, description = "tenant id")),
     responses((status = 201, description = "requested"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 422, body = super::error::ErrorBody)))]
@@ -109,7 +109,7 @@ pub struct ChangeModule {
 
 /// Change a tenant module's state or settings.
 #[utoipa::path(patch, path = "/api/tenant/{id}/modules/{module}", tag = "modules", request_body = ChangeModule,
-    params(("id" = String, Path, description = "tenant id"), ("module" = String, Path, description = "module slug")),
+    params(("id" = i64, Path, description = "tenant id"), ("module" = String, Path, description = "module slug")),
     responses((status = 200, description = "changed"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 422, body = super::error::ErrorBody)))]
@@ -224,7 +224,7 @@ pub struct UsageQuery {
 
 /// A tenant module's monthly usage and cost (as the last aggregation computed them).
 #[utoipa::path(get, path = "/api/tenant/{id}/modules/{module}/usage", tag = "modules", params(
-        ("id" = String, Path, description = "tenant id"), ("module" = String, Path, description = "module slug"), UsageQuery),
+        ("id" = i64, Path, description = "tenant id"), ("module" = String, Path, description = "module slug"), UsageQuery),
     responses((status = 200, description = "monthly usage"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody)))]
 pub(super) async fn usage(

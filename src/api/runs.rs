@@ -116,7 +116,7 @@ pub(super) async fn list(
 }
 
 /// One run with its steps.
-#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = String, Path, description = "run id")),
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "run id")),
     responses((status = 200, description = "the run"), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn show(
     State(state): State<AppState>,
@@ -130,7 +130,7 @@ pub(super) async fn show(
 
 /// Retry a failed run from its failed step, or cancel a run.
 #[utoipa::path(post, path = "/api/runs/{id}/{action}", tag = "runs",
-    params(("id" = String, Path, description = "run id"), ("action" = String, Path, description = "retry or cancel")),
+    params(("id" = i64, Path, description = "run id"), ("action" = String, Path, description = "retry or cancel")),
     responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn act(

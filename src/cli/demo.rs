@@ -5,7 +5,8 @@
 //! running until Ctrl-C so the CLI can be tried against it.
 
 use super::{
-    CliError, build_runtime, demo_lifecycle, load_engine, load_kinds, open_store, shutdown_signal,
+    CliError, api_state, build_runtime, demo_lifecycle, load_engine, load_kinds, open_store,
+    shutdown_signal, spawn_api,
 };
 use crate::config::{Settings, WorkerSettings};
 use crate::queue::builtin;
@@ -56,6 +57,18 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
         )
         .await?
         .id;
+    let retry_me = client
+        .enqueue(
+            "fail",
+            json!({"message": "the CRM was down for maintenance", "fatal": true,
+                   "succeed_on_attempt": 2}),
+            EnqueueOptions {
+                tenant: Some("tenant-1".into()),
+                ..EnqueueOptions::default()
+            },
+        )
+        .await?
+        .id;
     let flaky = client
         .enqueue(
             "fail",
@@ -78,6 +91,7 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     let runtime = build_runtime(settings, store.clone(), kinds, config)?;
     let shutdown = CancellationToken::new();
     out!("steward demo: SQLite at {}", settings.database_url);
+    dashboard(settings, &store, args, &shutdown, retry_me).await?;
     out!(
         "  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies",
         enqueued.len() + 2
@@ -115,6 +129,50 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     }
     for run in store.runs_list(None, 20).await? {
         out!("  run {:<4} {:<16} {}", run.id, run.workflow, run.state);
+    }
+    Ok(())
+}
+
+/// Serve the API and the dashboard (with a secret of its own when STEWARD_JWT_SECRET is
+/// not set) and print where to look and the token to log in with.
+async fn dashboard(
+    settings: &Settings,
+    store: &crate::store::SharedStore,
+    args: &DemoArgs,
+    shutdown: &CancellationToken,
+    retry_me: crate::types::JobId,
+) -> Result<(), CliError> {
+    let mut settings = settings.clone();
+    if settings.jwt_secret.is_none() {
+        settings.jwt_secret = Some(format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ));
+    }
+    let state = api_state(&settings, store.clone())?;
+    let token = state
+        .keys
+        .mint(
+            "demo-operator",
+            crate::api::auth::Role::MasterAdmin,
+            None,
+            chrono::Duration::hours(12),
+        )
+        .map_err(CliError::Failed)?;
+    let listen = args.worker.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    match spawn_api(state, listen, shutdown.clone()).await {
+        Ok(addr) => {
+            out!("  dashboard: http://{addr}/dashboard  (log in with the token below)");
+            out!(
+                "  API:       http://{addr}/openapi.json, http://{addr}/metrics, http://{addr}/health"
+            );
+            out!("  token:     {token}");
+            out!(
+                "  open Dead letters, then job {retry_me} (the CRM was down): click Retry and watch it complete"
+            );
+        }
+        Err(err) => out!("  dashboard not started ({err}); pass --listen ADDR"),
     }
     Ok(())
 }

@@ -348,6 +348,28 @@ async fn serve(settings: &Settings, listen: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(e.to_string()))
 }
 
+/// Serve the API and the dashboard on `listen` beside a worker until `shutdown`; returns
+/// the bound address.
+pub(crate) async fn spawn_api(
+    state: crate::api::AppState,
+    listen: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::net::SocketAddr, CliError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    tokio::spawn(async move {
+        let stop = async move { shutdown.cancelled().await };
+        if let Err(err) = crate::api::serve(listener, state, stop).await {
+            tracing::error!(error = %err, "the API stopped");
+        }
+    });
+    Ok(addr)
+}
+
 /// What the API needs: the workflow engine over `store`, the export storage, the JWT keys;
 /// and this process's metrics recorder.
 pub(crate) fn api_state(

@@ -38,42 +38,90 @@ impl Service<Task<FetchedJob>> for Dispatcher {
         let this = self.clone();
         let span = tracing::info_span!(
             "steward.job.run",
+            trace_id = %trace_id(&job),
             job_id = job.id,
             kind = %job.kind,
             attempt = job.attempt,
             tenant_id = %job.tenant,
         );
+        let (queue, kind) = (job.queue.clone(), job.kind.clone());
         Box::pin(
             async move {
-                let Some(switch) = this.inflight.switch(job.lease()) else {
-                    return Err(JobError::Interrupted("lease no longer held".into()));
+                let started = std::time::Instant::now();
+                let result = this.dispatch(job).await;
+                let outcome = match &result {
+                    Ok(()) => "completed",
+                    Err(JobError::Interrupted(_)) => "interrupted",
+                    Err(JobError::Fatal(_)) => "fatal",
+                    Err(_) => "failed",
                 };
-                let timeout = Duration::from_millis(job.timeout_ms.max(1) as u64);
-                let ctx = JobContext {
-                    job,
-                    worker: Arc::clone(&this.worker),
-                    store: Arc::clone(&this.store),
-                    cancel: switch.cancel.clone(),
-                    self_ack: switch.self_ack.clone(),
-                };
-                if switch.cancel.is_cancelled() {
-                    return Err(JobError::Interrupted(switch.reason()));
-                }
-                // A panicking handler fails its attempt like an error; it must not take the
-                // worker (and every job it holds) down with it.
-                let handler = AssertUnwindSafe(this.registry.start(ctx)?).catch_unwind();
-                tokio::select! {
-                    biased;
-                    _ = switch.cancel.cancelled() => Err(JobError::Interrupted(switch.reason())),
-                    result = tokio::time::timeout(timeout, handler) => match result {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(panic)) => Err(JobError::Retryable(format!("handler panicked: {}", panic_message(&*panic)))),
-                        Err(_) => Err(JobError::Retryable(format!("timed out after {} ms", timeout.as_millis()))),
-                    },
-                }
+                metrics::counter!("steward_job_attempts_total",
+                    "queue" => queue.clone(), "kind" => kind.clone(), "outcome" => outcome)
+                .increment(1);
+                metrics::histogram!("steward_job_duration_seconds", "queue" => queue, "kind" => kind)
+                    .record(started.elapsed().as_secs_f64());
+                result
             }
             .instrument(span),
         )
+    }
+}
+
+impl Dispatcher {
+    /// Run one attempt: the handler under the job's timeout and stop switch.
+    async fn dispatch(self, job: FetchedJob) -> Result<(), JobError> {
+        let Some(switch) = self.inflight.switch(job.lease()) else {
+            return Err(JobError::Interrupted("lease no longer held".into()));
+        };
+        let timeout = Duration::from_millis(job.timeout_ms.max(1) as u64);
+        let ctx = JobContext {
+            job,
+            worker: Arc::clone(&self.worker),
+            store: Arc::clone(&self.store),
+            cancel: switch.cancel.clone(),
+            self_ack: switch.self_ack.clone(),
+        };
+        if switch.cancel.is_cancelled() {
+            return Err(JobError::Interrupted(switch.reason()));
+        }
+        // A panicking handler fails its attempt like an error; it must not take the
+        // worker (and every job it holds) down with it.
+        let handler = AssertUnwindSafe(self.registry.start(ctx)?).catch_unwind();
+        tokio::select! {
+            biased;
+            _ = switch.cancel.cancelled() => Err(JobError::Interrupted(switch.reason())),
+            result = tokio::time::timeout(timeout, handler) => match result {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(JobError::Retryable(format!("handler panicked: {}", panic_message(&*panic)))),
+                Err(_) => Err(JobError::Retryable(format!("timed out after {} ms", timeout.as_millis()))),
+            },
+        }
+    }
+}
+
+/// The trace id of a job's log lines: the one its payload carries (`trace_id`, 32 hex
+/// digits), else one per workflow run (every step of a run shares it), else one per job
+/// (every attempt shares it), so that `grep trace_id` finds the whole story.
+fn trace_id(job: &FetchedJob) -> String {
+    let given = job
+        .payload
+        .get("trace_id")
+        .and_then(serde_json::Value::as_str)
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    if let Some(id) = given {
+        return id.to_ascii_lowercase();
+    }
+    match job
+        .payload
+        .get("run_id")
+        .and_then(serde_json::Value::as_i64)
+    {
+        Some(run) => format!("{:016x}{run:016x}", u64::from_be_bytes(*b"steward\x01")),
+        None => format!(
+            "{:016x}{:016x}",
+            u64::from_be_bytes(*b"steward\x02"),
+            job.id
+        ),
     }
 }
 
