@@ -4,7 +4,9 @@
 # the local one on 127.0.0.1:5432; if none answers, this script starts the local cluster, or a
 # throwaway one from the local initdb, or (as root) installs Debian's postgresql first.
 # tests/db_restart.rs restarts that server: STEWARD_TEST_PG_RESTART, else the local
-# cluster's pg_ctlcluster.
+# cluster's pg_ctlcluster. tests/dashboard.rs drives a headless Chromium (Debian's chromium
+# and chromium-driver, installed here as root when missing); the API fuzz run uses
+# schemathesis from PyPI, installed in a venv under ~/.cache/steward-tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,9 +59,45 @@ ensure_postgres() {
   log "no PostgreSQL could be found or started; set STEWARD_TEST_DATABASE_URL"; exit 1
 }
 
+ensure_browser() {
+  if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver (Debian packages) for the dashboard test"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+    return 0
+  fi
+  log "the dashboard test needs chromium and chromedriver: apt-get install chromium chromium-driver"; exit 1
+}
+
+ensure_schemathesis() {
+  local venv="${STEWARD_TOOLS_DIR:-$HOME/.cache/steward-tools}/venv"
+  if [ ! -x "$venv/bin/schemathesis" ]; then
+    log "installing schemathesis (PyPI) in $venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q 'schemathesis==4.32.5' \
+      || { log "could not install schemathesis (python3 with venv and pip, and PyPI, are needed)"; exit 1; }
+  fi
+  export SCHEMATHESIS="$venv/bin/schemathesis"
+}
+
 ensure_postgres
+ensure_browser
+ensure_schemathesis
 log "PostgreSQL for tests: $STEWARD_TEST_DATABASE_URL"
 log "cargo fmt --check"; cargo fmt --all -- --check
 log "cargo clippy"; cargo clippy --all-targets --locked -- -D warnings
 log "cargo test"; cargo test --locked -- --test-threads 4
+
+log "API fuzz run from /openapi.json (schemathesis), SQLite and PostgreSQL"
+cargo build --locked --quiet
+export STEWARD_BIN="${CARGO_TARGET_DIR:-target}/debug/steward"
+fuzz_dir=$(mktemp -d /tmp/steward-fuzz-db.XXXXXX)
+scripts/fuzz-api.sh "sqlite://$fuzz_dir/fuzz.db"
+rm -rf "$fuzz_dir"
+pg_admin="${STEWARD_TEST_DATABASE_URL%/*}/postgres"
+psql "$pg_admin" -qc 'DROP DATABASE IF EXISTS steward_fuzz' -qc 'CREATE DATABASE steward_fuzz' >/dev/null
+scripts/fuzz-api.sh "${STEWARD_TEST_DATABASE_URL%/*}/steward_fuzz"
+psql "$pg_admin" -qc 'DROP DATABASE IF EXISTS steward_fuzz' >/dev/null
 log "all tests passed"

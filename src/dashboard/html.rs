@@ -85,7 +85,7 @@ th{background:#eef0f4}.num{text-align:right}
 .state-running,.state-compensating{background:#d6e6fb}.state-retryable{background:#fbe9c7}
 .state-cancelled{background:#e0e0e0}.state-available,.state-scheduled,.state-queued,.state-pending{background:#eef0f4}
 .cards{display:flex;gap:.8rem;flex-wrap:wrap;margin-bottom:1rem}
-.card{background:#fff;padding:.6rem 1rem;border-radius:.4rem;min-width:7rem}
+.card{text-decoration:none;color:inherit;background:#fff;padding:.6rem 1rem;border-radius:.4rem;min-width:7rem}
 .card b{display:block;font-size:1.4rem}
 form.inline{display:inline}button{cursor:pointer;border:1px solid #9aa4b8;background:#fff;border-radius:.3rem;padding:.15rem .6rem}
 button.danger{border-color:#c0392b;color:#c0392b}button.primary{border-color:#2d6cdf;color:#2d6cdf}

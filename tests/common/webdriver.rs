@@ -1,0 +1,246 @@
+//! A minimal W3C WebDriver client over reqwest, enough to drive a real headless Chromium
+//! through `chromedriver`: open pages, find elements, type, click, read text, take a
+//! screenshot. (The protocol is JSON over HTTP; a full client crate would add a second HTTP
+//! stack to the build for these few calls.)
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A chromedriver process and one browser session; both end on drop.
+pub struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+fn find_binary(names: &[&str]) -> String {
+    for name in names {
+        for dir in ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"] {
+            let path = format!("{dir}/{name}");
+            if std::path::Path::new(&path).exists() {
+                return path;
+            }
+        }
+    }
+    panic!(
+        "the dashboard test needs Chromium and ChromeDriver ({names:?}): \
+         apt-get install chromium chromium-driver (scripts/test.sh does)"
+    )
+}
+
+impl Browser {
+    /// Start chromedriver and a headless Chromium session.
+    pub async fn start() -> Browser {
+        let driver_path = find_binary(&["chromedriver"]);
+        let chromium = find_binary(&["chromium", "chromium-browser"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(driver_path)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        // Wait until the driver answers that it is ready.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = match http.get(format!("{base}/status")).send().await {
+                Ok(response) => response
+                    .text()
+                    .await
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .is_some_and(|v| v["value"]["ready"] == json!(true)),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut browser = Browser {
+            driver,
+            base,
+            session: String::new(),
+            http,
+        };
+        let answer = browser
+            .call(
+                reqwest::Method::POST,
+                "/session",
+                json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": chromium,
+                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                 "--disable-dev-shm-usage", "--window-size=1280,1000"]
+                    }
+                }}}),
+            )
+            .await;
+        browser.session = answer["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"))
+            .to_string();
+        browser
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = if path == "/session" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/session/{}{path}", self.base, self.session)
+        };
+        let mut request = self.http.request(method.clone(), url);
+        if method != reqwest::Method::GET {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let text = request.send().await.unwrap().text().await.unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if let Some(error) = value["value"]["error"].as_str() {
+            panic!("webdriver {path}: {error}: {}", value["value"]["message"]);
+        }
+        value["value"].clone()
+    }
+
+    /// Open `url`.
+    pub async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({ "url": url }))
+            .await;
+    }
+
+    /// The current page's HTML.
+    pub async fn source(&self) -> String {
+        self.call(reqwest::Method::GET, "/source", Value::Null)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The current page's address.
+    pub async fn url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", Value::Null)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The element matching a CSS selector (panics when there is none).
+    pub async fn find(&self, css: &str) -> String {
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element `{css}`: {found}"))
+            .to_string()
+    }
+
+    /// Wait (up to 10 s) until an element matches `css`: a click that submits a form
+    /// returns before the next page has loaded.
+    pub async fn wait_for(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .call(
+                    reqwest::Method::POST,
+                    "/elements",
+                    json!({"using": "css selector", "value": css}),
+                )
+                .await;
+            if found.as_array().is_some_and(|a| !a.is_empty()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nothing matched `{css}`");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Type `text` into the element matching `css`.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    /// Click the element matching `css`.
+    pub async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            json!({}),
+        )
+        .await;
+    }
+
+    /// The visible text of the element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        let element = self.find(css).await;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    /// Reload the page.
+    pub async fn refresh(&self) {
+        self.call(reqwest::Method::POST, "/refresh", json!({}))
+            .await;
+    }
+
+    /// A PNG of the viewport.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        let data = self
+            .call(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap()
+    }
+}
+
+impl Browser {
+    /// End the session (Chromium quits) and the driver.
+    pub async fn close(self) {
+        self.call(reqwest::Method::DELETE, "", json!({})).await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}

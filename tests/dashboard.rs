@@ -1,0 +1,154 @@
+//! The dashboard in a real headless Chromium (through chromedriver): log in with a token,
+//! see the overview (its screenshot is written to the test's target directory), find the
+//! dead job in the dead-letter view, click Retry, and watch the job complete.
+
+mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+use common::{Backend, fresh};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use steward::api::auth::{AuthKeys, Role};
+use steward::api::{AppState, serve};
+use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
+use steward::types::{JobState, NewJob};
+use steward::workflow::{Engine, WorkflowCatalog, steps};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "a-dashboard-secret-of-32-bytes-or-more";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retries_a_dead_job_from_the_dashboard() {
+    let t = fresh(Backend::Postgres).await;
+    // Work for the overview's counts and chart, and a job that dies on its first attempt
+    // and succeeds on its second (the outage is over when the operator retries).
+    let mut jobs: Vec<NewJob> = (0..30)
+        .map(|i| NewJob {
+            tenant: format!("{}", i % 3 + 1),
+            ..common::new_job("noop", "default")
+        })
+        .collect();
+    jobs.push(NewJob {
+        tenant: "1".into(),
+        payload: json!({"message": "the CRM was down", "fatal": true, "succeed_on_attempt": 2}),
+        max_attempts: 1,
+        ..common::new_job("fail", "default")
+    });
+    let ids = t.store.jobs_insert_many(&jobs).await.unwrap();
+    let dead = ids.last().unwrap().id;
+
+    let mut config = RuntimeConfig::new(
+        "dashboard-test",
+        vec![QueueConfig {
+            name: "default".into(),
+            concurrency: 4,
+        }],
+    );
+    config.poll_interval = Duration::from_millis(50);
+    let runtime = Runtime::new(
+        t.store.clone(),
+        steward::queue::builtin::registry(),
+        common::builtin_kinds(),
+        config,
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(runtime.run(stop.clone()));
+    t.wait_for_counts(Duration::from_secs(30), "30 done, 1 dead", |count| {
+        count(JobState::Completed) == 30 && count(JobState::Dead) == 1
+    })
+    .await;
+
+    let keys = AuthKeys::new(SECRET).unwrap();
+    let kinds = common::repo_kinds();
+    let registry = steps::registry(t.exports.clone());
+    let workflows = WorkflowCatalog::load_dir(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
+        &kinds,
+        &|h| registry.contains(h),
+    )
+    .unwrap();
+    let engine = Engine::new(t.store.clone(), workflows, kinds, registry);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(engine, t.exports.clone(), keys.clone());
+    let until = stop.clone();
+    tokio::spawn(
+        async move { serve(listener, state, async move { until.cancelled().await }).await },
+    );
+
+    // Without a token the dashboard sends the browser to the login page.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = http.get(format!("{base}/dashboard")).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/dashboard/login");
+
+    let browser = webdriver::Browser::start().await;
+    browser.goto(&format!("{base}/dashboard/dead")).await;
+    assert!(browser.url().await.ends_with("/dashboard/login"));
+    // A bad token is refused on the login page.
+    browser.type_into("#token", "not-a-token").await;
+    browser.click("#login").await;
+    browser.wait_for("p.error").await;
+    assert!(browser.text("p.error").await.contains("not valid"));
+    assert!(browser.url().await.ends_with("/dashboard/login"));
+    let token = keys
+        .mint("ops", Role::MasterAdmin, None, chrono::Duration::hours(1))
+        .unwrap();
+    browser.type_into("#token", &token).await;
+    browser.click("#login").await;
+    browser.wait_for("#totals").await;
+
+    // The overview: counts per state and the throughput chart.
+    assert!(browser.url().await.ends_with("/dashboard"));
+    assert_eq!(browser.text("#count-dead b").await, "1");
+    assert_eq!(browser.text("#count-completed b").await, "30");
+    browser.find("#throughput rect").await;
+    let png = browser.screenshot().await;
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-overview.png");
+    std::fs::write(&shot, &png).unwrap();
+    println!("overview screenshot: {}", shot.display());
+
+    // The dead-letter view lists the dead job with its error; Retry it.
+    browser.click("a[href='/dashboard/dead']").await;
+    browser.wait_for("#bulk-retry").await;
+    let row = format!("#job-{dead}");
+    assert!(browser.text(&row).await.contains("the CRM was down"));
+    browser.click(&format!("{row} button.primary")).await;
+    browser.wait_for("#job-state").await;
+    assert!(
+        browser
+            .url()
+            .await
+            .ends_with(&format!("/dashboard/jobs/{dead}"))
+    );
+    // The worker picks it up: the job page shows it completed (reloaded until it does).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if browser.text("#job-state").await == "completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried job did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.refresh().await;
+    }
+    let job = t.store.job_get(dead).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.attempts.len(), 2, "the failed attempt and the retry");
+    browser.find("#attempts").await;
+    assert!(browser.text("#attempts").await.contains("the CRM was down"));
+    browser.close().await;
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    t.cleanup().await;
+}
