@@ -128,6 +128,32 @@ pub struct FetchedJob {
 }
 
 impl FetchedJob {
+    /// The trace id of a job's log lines: the one its payload carries (`trace_id`, 32 hex
+    /// digits), else one per workflow run (every step of a run shares it), else one per job
+    /// (every attempt shares it), so that `grep trace_id` finds the whole story.
+    pub fn trace_id(&self) -> String {
+        let given = self
+            .payload
+            .get("trace_id")
+            .and_then(serde_json::Value::as_str)
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        if let Some(id) = given {
+            return id.to_ascii_lowercase();
+        }
+        match self
+            .payload
+            .get("run_id")
+            .and_then(serde_json::Value::as_i64)
+        {
+            Some(run) => format!("{:016x}{run:016x}", u64::from_be_bytes(*b"steward\x01")),
+            None => format!(
+                "{:016x}{:016x}",
+                u64::from_be_bytes(*b"steward\x02"),
+                self.id
+            ),
+        }
+    }
+
     /// The lease this fetch granted.
     pub fn lease(&self) -> Lease {
         Lease {
@@ -221,4 +247,42 @@ pub struct StateCount {
     pub queue: String,
     pub state: JobState,
     pub count: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(id: JobId, payload: Value) -> FetchedJob {
+        FetchedJob {
+            id,
+            kind: "noop".into(),
+            queue: "default".into(),
+            tenant: String::new(),
+            payload,
+            priority: 0,
+            fair_key: 0,
+            attempt: 1,
+            max_attempts: 3,
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn trace_ids_follow_the_payload_then_the_run_then_the_job() {
+        let given = "0123456789ABCDEF0123456789abcdef";
+        assert_eq!(
+            fetched(1, serde_json::json!({"trace_id": given})).trace_id(),
+            given.to_ascii_lowercase()
+        );
+        let step_a = fetched(1, serde_json::json!({"run_id": 7})).trace_id();
+        let step_b = fetched(2, serde_json::json!({"run_id": 7})).trace_id();
+        assert_eq!(step_a, step_b, "every step of a run shares its trace");
+        let job = fetched(1, serde_json::json!({"trace_id": "short"})).trace_id();
+        assert_ne!(job, step_a);
+        for id in [step_a, job] {
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+    }
 }

@@ -396,12 +396,24 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
         .env("STEWARD_WORKFLOWS_DIR", repo.join("workflows"))
         .env("STEWARD_CATALOG_DIR", repo.join("catalog"))
         .env("STEWARD_EXPORT_DIR", dir.path().join("exports"))
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "warn")
+        .env("STEWARD_LOG_FORMAT", "json")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let (code, stderr) = failed(&output);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // JSON logs: the failed attempt of the demo's tenant-1 job carries its trace and tenant.
+    let failed_attempt = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| {
+            line["fields"]["message"] == "attempt failed"
+                && line["fields"]["tenant_id"] == "tenant-1"
+        })
+        .unwrap_or_else(|| panic!("no JSON line of a tenant-1 failure in:\n{stderr}"));
+    let trace_id = failed_attempt["fields"]["trace_id"].as_str().unwrap();
+    assert_eq!(trace_id.len(), 32, "{failed_attempt}");
     for step in [
         "inventory 1.0.0 provisioned for tenants 1 and 2",
         "chatbot (ALPHA) is PENDING_APPROVAL",

@@ -98,7 +98,7 @@ where
                             )
                         }
                     };
-                    tracing::warn!(job_id = job.id, kind = %job.kind, attempt = job.attempt,
+                    tracing::warn!(trace_id = %job.trace_id(), job_id = job.id, kind = %job.kind, attempt = job.attempt,
                         tenant_id = %job.tenant, error = %err, dead = retry_at.is_none(), "attempt failed");
                     Some(Outcome::Failed {
                         lease,

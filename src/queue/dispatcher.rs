@@ -38,7 +38,7 @@ impl Service<Task<FetchedJob>> for Dispatcher {
         let this = self.clone();
         let span = tracing::info_span!(
             "steward.job.run",
-            trace_id = %trace_id(&job),
+            trace_id = %job.trace_id(),
             job_id = job.id,
             kind = %job.kind,
             attempt = job.attempt,
@@ -96,32 +96,6 @@ impl Dispatcher {
                 Err(_) => Err(JobError::Retryable(format!("timed out after {} ms", timeout.as_millis()))),
             },
         }
-    }
-}
-
-/// The trace id of a job's log lines: the one its payload carries (`trace_id`, 32 hex
-/// digits), else one per workflow run (every step of a run shares it), else one per job
-/// (every attempt shares it), so that `grep trace_id` finds the whole story.
-fn trace_id(job: &FetchedJob) -> String {
-    let given = job
-        .payload
-        .get("trace_id")
-        .and_then(serde_json::Value::as_str)
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-    if let Some(id) = given {
-        return id.to_ascii_lowercase();
-    }
-    match job
-        .payload
-        .get("run_id")
-        .and_then(serde_json::Value::as_i64)
-    {
-        Some(run) => format!("{:016x}{run:016x}", u64::from_be_bytes(*b"steward\x01")),
-        None => format!(
-            "{:016x}{:016x}",
-            u64::from_be_bytes(*b"steward\x02"),
-            job.id
-        ),
     }
 }
 

@@ -125,15 +125,6 @@ impl Browser {
             .await;
     }
 
-    /// The current page's HTML.
-    pub async fn source(&self) -> String {
-        self.call(reqwest::Method::GET, "/source", Value::Null)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
     /// The current page's address.
     pub async fn url(&self) -> String {
         self.call(reqwest::Method::GET, "/url", Value::Null)
