@@ -673,7 +673,100 @@ async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
     t.cleanup().await;
 }
 
+async fn a_failed_run_is_retried_from_its_failed_step(backend: Backend) {
+    let t = fresh(backend).await;
+    let api = Api::start(&t).await;
+    let master = api.token(Role::MasterAdmin, None);
+    // Workers for workflow steps, with the sweeper that fails a run whose step died.
+    let engine = engine(&t);
+    let mut registry = steward::queue::Registry::new();
+    engine.register_jobs(&mut registry);
+    let mut config = RuntimeConfig::new(
+        "api-runs",
+        vec![QueueConfig {
+            name: "workflows".into(),
+            concurrency: 4,
+        }],
+    );
+    config.poll_interval = Duration::from_millis(20);
+    let step_kind = common::repo_kinds().get("workflow_step").unwrap().clone();
+    let runtime = Runtime::new(
+        t.store.clone(),
+        registry,
+        common::kinds_of(&[step_kind]),
+        config,
+    )
+    .unwrap()
+    .with_service(Box::new(steward::workflow::RunSweeper {
+        engine,
+        every: Duration::from_millis(20),
+    }));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+
+    // A month that does not exist: the aggregation step dies at once and the run fails.
+    let (status, body) = api
+        .send(
+            "POST",
+            "/api/runs",
+            Some(&master),
+            Some(json!({"workflow": "cost_aggregation", "params": {"month": "2026-13"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let run = body["run"].as_i64().unwrap();
+    let failed = |t: &TestStore| {
+        let store = t.store.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let record = store.run_get(run).await.unwrap().unwrap();
+                if record.state == steward::store::runs::RunState::Failed {
+                    return record;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "run {run} did not fail: {record:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let first = failed(&t).await;
+    assert!(
+        first.error.as_deref().unwrap_or("").contains("2026-13"),
+        "{first:?}"
+    );
+    let (status, body) = api
+        .call("GET", &format!("/api/runs/{run}"), Some(&master))
+        .await;
+    assert_eq!((status, body["state"].clone()), (200, json!("failed")));
+
+    // Retried from the failed step: a new job for it, and (the month still being wrong) the
+    // run fails again.
+    let (status, body) = api
+        .call("POST", &format!("/api/runs/{run}/retry"), Some(&master))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let tenant_one = api.token(Role::TenantAdmin, Some(1));
+    let (status, _) = api
+        .call("POST", &format!("/api/runs/{run}/retry"), Some(&tenant_one))
+        .await;
+    assert_eq!(status, 403);
+    let second = failed(&t).await;
+    assert_ne!(
+        second.steps[0].job_id, first.steps[0].job_id,
+        "the step ran again"
+    );
+
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
 per_backend!(
+    a_failed_run_is_retried_from_its_failed_step,
     only_the_right_callers_reach_the_api,
     runs_start_once_per_key_and_dead_letters_go_in_bulk,
     tenants_manage_their_modules_and_admins_the_catalog,

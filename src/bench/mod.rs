@@ -89,6 +89,8 @@ const SCENARIOS: [&str; 12] = [
 
 /// Run the chosen scenarios and print their results.
 pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
+    // Measure what a worker pays: its metrics recorder (attempt counters and histograms) on.
+    crate::api::prometheus::install();
     let chosen: Vec<String> = if args.scenarios.is_empty() {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
     } else {
