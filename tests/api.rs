@@ -13,7 +13,7 @@ use steward::api::auth::{AuthKeys, Role};
 use steward::api::{AppState, serve};
 use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
 use steward::types::{JobId, JobState, NewJob};
-use steward::workflow::{Engine, WorkflowCatalog, steps};
+use steward::workflow::Engine;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
@@ -82,15 +82,7 @@ impl Api {
 
 /// The engine of the repository's `workflows/` over this test's store.
 fn engine(t: &TestStore) -> Arc<Engine> {
-    let kinds = common::repo_kinds();
-    let steps = steps::registry(t.exports.clone());
-    let workflows = WorkflowCatalog::load_dir(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
-        &kinds,
-        &|h| steps.contains(h),
-    )
-    .expect("workflows/ loads");
-    Engine::new(t.store.clone(), workflows, kinds, steps)
+    common::repo_engine(t, t.exports.clone())
 }
 
 /// One dead `fail` job for each tenant ("1" and "2").

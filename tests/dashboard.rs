@@ -14,7 +14,6 @@ use steward::api::auth::{AuthKeys, Role};
 use steward::api::{AppState, serve};
 use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
 use steward::types::{JobState, NewJob};
-use steward::workflow::{Engine, WorkflowCatalog, steps};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "a-dashboard-secret-of-32-bytes-or-more";
@@ -62,15 +61,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     .await;
 
     let keys = AuthKeys::new(SECRET).unwrap();
-    let kinds = common::repo_kinds();
-    let registry = steps::registry(t.exports.clone());
-    let workflows = WorkflowCatalog::load_dir(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
-        &kinds,
-        &|h| registry.contains(h),
-    )
-    .unwrap();
-    let engine = Engine::new(t.store.clone(), workflows, kinds, registry);
+    let engine = common::repo_engine(&t, t.exports.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(engine, t.exports.clone(), keys.clone());

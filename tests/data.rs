@@ -33,15 +33,7 @@ const JOURNAL: &str = "CREATE TABLE tenant_journal_entries (tenant_id BIGINT NOT
     created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (tenant_id, id));";
 
 fn engine(t: &TestStore, exports: SharedExports) -> Arc<Engine> {
-    let kinds = common::repo_kinds();
-    let steps = steps::registry(exports);
-    let workflows = WorkflowCatalog::load_dir(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
-        &kinds,
-        &|h| steps.contains(h),
-    )
-    .expect("workflows/ loads");
-    Engine::new(t.store.clone(), workflows, kinds, steps)
+    common::repo_engine(t, exports)
 }
 
 struct Workers {

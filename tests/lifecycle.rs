@@ -6,7 +6,6 @@ mod common;
 
 use common::{Backend, TestStore, fresh};
 use serde_json::json;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use steward::domain::maturity::Maturity;
@@ -15,7 +14,7 @@ use steward::lifecycle::{Lifecycle, LifecycleError};
 use steward::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
 use steward::store::StoreError;
 use steward::store::domain::{ModuleRecord, NewTenant, NewVersion, StatusChange, TenantId};
-use steward::workflow::{Engine, RunSweeper, WorkflowCatalog, steps};
+use steward::workflow::{Engine, RunSweeper};
 use tokio_util::sync::CancellationToken;
 
 per_backend!(
@@ -279,15 +278,7 @@ async fn a_failing_migration_leaves_no_table_and_the_module_in_error(backend: Ba
 }
 
 fn engine(t: &TestStore) -> Arc<Engine> {
-    let kinds = common::repo_kinds();
-    let steps = steps::registry(t.exports.clone());
-    let workflows = WorkflowCatalog::load_dir(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
-        &kinds,
-        &|h| steps.contains(h),
-    )
-    .expect("workflows/ loads");
-    Engine::new(t.store.clone(), workflows, kinds, steps)
+    common::repo_engine(t, t.exports.clone())
 }
 
 fn life(t: &TestStore) -> Lifecycle {

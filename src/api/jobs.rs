@@ -27,7 +27,7 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-fn tenant_of(job: &JobRecord) -> Option<i64> {
+pub(crate) fn tenant_of(job: &JobRecord) -> Option<i64> {
     job.tenant.parse().ok()
 }
 
@@ -73,7 +73,7 @@ pub(super) async fn list(
     Ok(Json(json!({"jobs": jobs, "next_after_id": next})))
 }
 
-async fn load(state: &AppState, id: JobId) -> Result<JobRecord, ApiError> {
+pub(crate) async fn load(state: &AppState, id: JobId) -> Result<JobRecord, ApiError> {
     state
         .store
         .job_get(id)
@@ -81,7 +81,7 @@ async fn load(state: &AppState, id: JobId) -> Result<JobRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-fn job_id(raw: &str) -> Result<JobId, ApiError> {
+pub(crate) fn job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a job id")))
 }
@@ -110,14 +110,29 @@ pub(super) async fn act(
     caller: Caller,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = job_id(&id)?;
-    let job = load(&state, id).await?;
+    let (id, affected) = act_on(&state, &caller, &id, &action).await?;
+    Ok(Json(
+        json!({"job": id, "action": action, "affected": affected}),
+    ))
+}
+
+/// Retry, discard or cancel the job `raw_id` for `caller` (the API's and the dashboard's
+/// one way): 404 for an unknown job or action, 403 for another tenant's job, 409 when the
+/// job's state does not allow it.
+pub(crate) async fn act_on(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+    action: &str,
+) -> Result<(JobId, u64), ApiError> {
+    let id = job_id(raw_id)?;
+    let job = load(state, id).await?;
     caller.may_operate(tenant_of(&job))?;
     let filter = JobFilter {
         ids: vec![id],
         ..Default::default()
     };
-    let affected = match action.as_str() {
+    let affected = match action {
         "retry" => state.store.jobs_retry(&filter).await?,
         "discard" => state.store.jobs_discard(&filter).await?,
         "cancel" => state.store.jobs_cancel(&filter).await?,
@@ -134,9 +149,7 @@ pub(super) async fn act(
             format!("job {id} is {}: it cannot be {action}ed", job.state),
         ));
     }
-    Ok(Json(
-        json!({"job": id, "action": action, "affected": affected.count}),
-    ))
+    Ok((id, affected.count))
 }
 
 /// Which dead jobs a bulk retry or discard applies to (empty: every dead job).
@@ -159,16 +172,28 @@ pub(super) async fn bulk(
     Path(action): Path<String>,
     JsonBody(body): JsonBody<DeadFilter>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = caller.scope_tenant(body.tenant)?;
+    let affected = act_on_dead(&state, &caller, body, &action).await?;
+    Ok(Json(json!({"action": action, "affected": affected})))
+}
+
+/// Retry or discard every dead job matching `filter` that `caller` may operate on (a tenant
+/// admin: only its own tenant's); returns how many.
+pub(crate) async fn act_on_dead(
+    state: &AppState,
+    caller: &Caller,
+    filter: DeadFilter,
+    action: &str,
+) -> Result<u64, ApiError> {
+    let tenant = caller.scope_tenant(filter.tenant)?;
     caller.may_operate(tenant.as_deref().and_then(|t| t.parse().ok()))?;
     let filter = JobFilter {
         state: Some(JobState::Dead),
-        queue: body.queue,
-        kind: body.kind,
+        queue: filter.queue,
+        kind: filter.kind,
         tenant,
         ..Default::default()
     };
-    let affected = match action.as_str() {
+    let affected = match action {
         "retry" => state.store.jobs_retry(&filter).await?,
         "discard" => state.store.jobs_discard(&filter).await?,
         other => {
@@ -177,5 +202,5 @@ pub(super) async fn bulk(
             )));
         }
     };
-    Ok(Json(json!({"action": action, "affected": affected.count})))
+    Ok(affected.count)
 }

@@ -16,11 +16,11 @@
 
 pub mod auth;
 pub mod error;
-mod jobs;
+pub(crate) mod jobs;
 mod modules;
 pub mod openapi;
 pub mod prometheus;
-mod runs;
+pub(crate) mod runs;
 
 use crate::export::SharedExports;
 use crate::lifecycle::Lifecycle;

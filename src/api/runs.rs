@@ -38,16 +38,16 @@ pub struct RunsQuery {
 }
 
 /// The tenant a run works for, when its parameters name one.
-pub(super) fn tenant_of(run: &RunRecord) -> Option<i64> {
+pub(crate) fn tenant_of(run: &RunRecord) -> Option<i64> {
     run.params.get("tenant_id").and_then(Value::as_i64)
 }
 
-fn run_id(raw: &str) -> Result<RunId, ApiError> {
+pub(crate) fn run_id(raw: &str) -> Result<RunId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a run id")))
 }
 
-pub(super) async fn load(state: &AppState, id: RunId) -> Result<RunRecord, ApiError> {
+pub(crate) async fn load(state: &AppState, id: RunId) -> Result<RunRecord, ApiError> {
     state
         .store
         .run_get(id)
@@ -138,10 +138,22 @@ pub(super) async fn act(
     caller: Caller,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = run_id(&id)?;
-    let run = load(&state, id).await?;
+    let id = act_on(&state, &caller, &id, &action).await?;
+    Ok(Json(json!({"run": id, "action": action})))
+}
+
+/// Retry (from its failed step) or cancel the run `raw_id` for `caller`: the API's and the
+/// dashboard's one way.
+pub(crate) async fn act_on(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+    action: &str,
+) -> Result<RunId, ApiError> {
+    let id = run_id(raw_id)?;
+    let run = load(state, id).await?;
     caller.may_operate(tenant_of(&run))?;
-    match action.as_str() {
+    match action {
         "retry" => state.engine.retry(id).await?,
         "cancel" => {
             if !state.engine.cancel(id).await? {
@@ -158,5 +170,5 @@ pub(super) async fn act(
             )));
         }
     }
-    Ok(Json(json!({"run": id, "action": action})))
+    Ok(id)
 }

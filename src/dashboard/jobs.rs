@@ -6,6 +6,7 @@ use super::{PageError, gate, who};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
+use crate::api::jobs as api_jobs;
 use crate::types::{JobFilter, JobId, JobRecord, JobState};
 use axum::extract::{Form, Path, Query, State};
 use axum::response::{Html, Redirect};
@@ -202,24 +203,15 @@ pub(super) async fn dead(
     Ok(Html(layout("Dead letters", &who(&caller), &body)))
 }
 
-fn job_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a job id")))
-}
-
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    let id = job_id(&id)?;
-    let job = state
-        .store
-        .job_get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    caller.may_read(job.tenant.parse().ok())?;
+    let id = api_jobs::job_id(&id)?;
+    let job = api_jobs::load(&state, id).await?;
+    caller.may_read(api_jobs::tenant_of(&job))?;
     let mut body = format!(
         r#"<table id="job"><tr><th>state</th><td id="job-state">{state}</td></tr>
 <tr><th>kind</th><td>{kind}</td></tr><tr><th>queue</th><td>{queue}</td></tr>
@@ -271,23 +263,7 @@ pub(super) async fn act(
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Redirect, PageError> {
     let caller = gate(caller)?;
-    let id = job_id(&id)?;
-    let job = state
-        .store
-        .job_get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    caller.may_operate(job.tenant.parse().ok())?;
-    let filter = JobFilter {
-        ids: vec![id],
-        ..Default::default()
-    };
-    match action.as_str() {
-        "retry" => state.store.jobs_retry(&filter).await?,
-        "discard" => state.store.jobs_discard(&filter).await?,
-        "cancel" => state.store.jobs_cancel(&filter).await?,
-        other => return Err(ApiError::not_found(format!("no action `{other}`")).into()),
-    };
+    let (id, _) = api_jobs::act_on(&state, &caller, &id, &action).await?;
     Ok(Redirect::to(&format!("/dashboard/jobs/{id}")))
 }
 
@@ -298,14 +274,11 @@ pub(super) async fn bulk(
     Form(filters): Form<Filters>,
 ) -> Result<Redirect, PageError> {
     let caller = gate(caller)?;
-    let mut filter = filters.to_filter(&caller, Some(JobState::Dead))?;
-    filter.limit = None;
-    filter.after_id = None;
-    caller.may_operate(filter.tenant.as_deref().and_then(|t| t.parse().ok()))?;
-    match action.as_str() {
-        "retry" => state.store.jobs_retry(&filter).await?,
-        "discard" => state.store.jobs_discard(&filter).await?,
-        other => return Err(ApiError::not_found(format!("no bulk action `{other}`")).into()),
+    let filter = api_jobs::DeadFilter {
+        queue: some(&filters.queue),
+        kind: some(&filters.kind),
+        tenant: some(&filters.tenant),
     };
+    api_jobs::act_on_dead(&state, &caller, filter, &action).await?;
     Ok(Redirect::to("/dashboard/dead"))
 }

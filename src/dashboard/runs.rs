@@ -6,7 +6,8 @@ use super::{PageError, gate, who};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::store::runs::{RunId, RunRecord, RunState, StepRecord, StepState};
+use crate::api::runs as api_runs;
+use crate::store::runs::{RunRecord, RunState, StepRecord, StepState};
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, Redirect};
 use chrono::Utc;
@@ -59,8 +60,7 @@ fn bar(id: &str, left: f64, width: f64) -> String {
 }
 
 fn visible(caller: &Caller, run: &RunRecord) -> bool {
-    let tenant = run.params.get("tenant_id").and_then(Value::as_i64);
-    caller.may_read(tenant).is_ok()
+    caller.may_read(api_runs::tenant_of(run)).is_ok()
 }
 
 pub(super) async fn list(
@@ -100,26 +100,15 @@ pub(super) async fn list(
     Ok(Html(layout("Runs", &who(&caller), &body)))
 }
 
-fn run_id(raw: &str) -> Result<RunId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a run id")))
-}
-
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    let id = run_id(&id)?;
-    let run = state
-        .store
-        .run_get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    if !visible(&caller, &run) {
-        return Err(ApiError::forbidden("this belongs to another tenant").into());
-    }
+    let id = api_runs::run_id(&id)?;
+    let run = api_runs::load(&state, id).await?;
+    caller.may_read(api_runs::tenant_of(&run))?;
     // The timeline spans from the run's start to its end (or now).
     let start = run.created_at;
     let end = run.finished_at.unwrap_or_else(Utc::now);
@@ -193,14 +182,7 @@ pub(super) async fn retry(
     Path(id): Path<String>,
 ) -> Result<Redirect, PageError> {
     let caller = gate(caller)?;
-    let id = run_id(&id)?;
-    let run = state
-        .store
-        .run_get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    caller.may_operate(run.params.get("tenant_id").and_then(Value::as_i64))?;
-    state.engine.retry(id).await.map_err(ApiError::from)?;
+    let id = api_runs::act_on(&state, &caller, &id, "retry").await?;
     Ok(Redirect::to(&format!("/dashboard/runs/{id}")))
 }
 

@@ -133,6 +133,7 @@ impl DataStore for SqliteStore {
         before: Option<DateTime<Utc>>,
         limit: u64,
     ) -> StoreResult<u64> {
+        let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         // The rows are in the export: the row audit trigger skips deletions while this
         // transaction's marker row exists (SQLite has one writer: no one else sees it).
@@ -166,6 +167,7 @@ impl DataStore for SqliteStore {
         entity: &str,
         after: &serde_json::Value,
     ) -> StoreResult<()> {
+        let _guard = self.write_lock.lock().await;
         sqlx::query(
             "INSERT INTO audit_logs (actor, action, tenant_id, module, entity, after) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -182,6 +184,7 @@ impl DataStore for SqliteStore {
     }
 
     async fn usage_record(&self, entries: &[UsageEntry]) -> StoreResult<u64> {
+        let _guard = self.write_lock.lock().await;
         for e in entries {
             super::data::check_usage(e)?;
         }
@@ -208,6 +211,7 @@ impl DataStore for SqliteStore {
     }
 
     async fn cost_aggregate(&self, month: NaiveDate) -> StoreResult<CostAggregated> {
+        let _guard = self.write_lock.lock().await;
         let start = |d: NaiveDate| d.and_time(chrono::NaiveTime::MIN).and_utc();
         let (from, to) = (ms(start(month)), ms(start(next_month(month))));
         let month_text = month.format("%Y-%m-%d").to_string();
@@ -308,6 +312,7 @@ impl DataStore for SqliteStore {
         tenant: TenantId,
         target: Option<&WebhookTarget>,
     ) -> StoreResult<()> {
+        let _guard = self.write_lock.lock().await;
         let updated =
             sqlx::query("UPDATE tenants SET webhook_url = ?2, webhook_secret = ?3 WHERE id = ?1")
                 .bind(tenant)

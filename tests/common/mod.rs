@@ -202,3 +202,20 @@ pub fn builtin_kinds() -> KindCatalog {
         .collect();
     kinds_of(&kinds)
 }
+
+/// The workflow engine of the repository's `workflows/` and `jobs/` over this test's store,
+/// exporting to `exports`.
+pub fn repo_engine(
+    t: &TestStore,
+    exports: steward::export::SharedExports,
+) -> Arc<steward::workflow::Engine> {
+    let kinds = repo_kinds();
+    let steps = steward::workflow::steps::registry(exports);
+    let workflows = steward::workflow::WorkflowCatalog::load_dir(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
+        &kinds,
+        &|h| steps.contains(h),
+    )
+    .expect("workflows/ loads");
+    steward::workflow::Engine::new(t.store.clone(), workflows, kinds, steps)
+}
