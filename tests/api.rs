@@ -557,7 +557,28 @@ async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
         .await;
     assert_eq!(status, 400);
 
-    // Usage: the aggregated months of this tenant module.
+    // Usage: the aggregated months of this tenant module, and only of it.
+    let entry = |tenant: i64, module: &str, cost: &str| steward::store::data::UsageEntry {
+        tenant_id: tenant,
+        module: module.into(),
+        route: "/api/items".into(),
+        tokens: 10,
+        row_count: 1,
+        estimated_cost: cost.parse().unwrap(),
+        latency_ms: 5,
+        at: "2026-10-15T12:00:00Z".parse().unwrap(),
+    };
+    t.store
+        .usage_record(&[
+            entry(one, "inventory", "0.25"),
+            entry(one, "inventory", "0.50"),
+            entry(one, "chatbot", "9"),
+            entry(two, "inventory", "7"),
+        ])
+        .await
+        .unwrap();
+    let october = steward::store::data::parse_month("2026-10").unwrap();
+    t.store.cost_aggregate(october).await.unwrap();
     let (status, body) = api
         .call(
             "GET",
@@ -565,7 +586,27 @@ async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
             Some(&admin_one),
         )
         .await;
+    assert_eq!(status, 200, "{body}");
+    let months = body["months"].as_array().unwrap();
+    assert_eq!(months.len(), 1, "{body}");
+    assert_eq!(months[0]["calls"], json!(2));
+    assert_eq!(months[0]["cost"], json!("0.75"));
+    let (status, body) = api
+        .call(
+            "GET",
+            &format!("{settings}/usage?month=2026-09"),
+            Some(&admin_one),
+        )
+        .await;
     assert_eq!((status, body["months"].clone()), (200, json!([])));
+    let (status, _) = api
+        .call(
+            "GET",
+            &format!("/api/tenant/{two}/modules/inventory/usage"),
+            Some(&admin_one),
+        )
+        .await;
+    assert_eq!(status, 403);
     let (status, _) = api
         .call(
             "GET",

@@ -18,7 +18,7 @@ use steward::export::SharedExports;
 use steward::lifecycle::Lifecycle;
 use steward::lifecycle::deprecation::{self, WebhookSender};
 use steward::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
-use steward::store::data::{UsageEntry, WebhookTarget, parse_month};
+use steward::store::data::{CostFilter, UsageEntry, WebhookTarget, parse_month};
 use steward::store::domain::{ModuleRecord, NewTenant, NewVersion, TenantId};
 use steward::store::runs::{RunId, RunState};
 use steward::types::{JobFilter, JobState};
@@ -685,7 +685,11 @@ async fn cost_aggregation_is_exact_on_month_boundaries_and_idempotent(backend: B
     let oct = parse_month("2026-10").unwrap();
     let done = t.store.cost_aggregate(oct).await.unwrap();
     assert_eq!((done.usage_rows, done.cost_rows), (5, 3));
-    let first = t.store.monthly_costs(Some(oct)).await.unwrap();
+    let first = t
+        .store
+        .monthly_costs(&CostFilter::month(Some(oct)))
+        .await
+        .unwrap();
     let row = |rows: &[steward::store::data::MonthlyCost], tenant, module: &str| {
         rows.iter()
             .find(|r| r.tenant_id == tenant && r.module == module)
@@ -708,13 +712,23 @@ async fn cost_aggregation_is_exact_on_month_boundaries_and_idempotent(backend: B
         .cost_aggregate(parse_month("2026-09").unwrap())
         .await
         .unwrap();
-    let sep = t.store.monthly_costs(parse_month("2026-09")).await.unwrap();
+    let sep = t
+        .store
+        .monthly_costs(&CostFilter::month(parse_month("2026-09")))
+        .await
+        .unwrap();
     assert_eq!(sep.len(), 1);
     assert_eq!(sep[0].cost, Decimal::from_str("0.000001").unwrap());
 
     // A re-run gives identical rows.
     t.store.cost_aggregate(oct).await.unwrap();
-    assert_eq!(t.store.monthly_costs(Some(oct)).await.unwrap(), first);
+    assert_eq!(
+        t.store
+            .monthly_costs(&CostFilter::month(Some(oct)))
+            .await
+            .unwrap(),
+        first
+    );
 
     // A late log changes its month on the next run, and only its row.
     t.store
@@ -722,7 +736,11 @@ async fn cost_aggregation_is_exact_on_month_boundaries_and_idempotent(backend: B
         .await
         .unwrap();
     t.store.cost_aggregate(oct).await.unwrap();
-    let second = t.store.monthly_costs(Some(oct)).await.unwrap();
+    let second = t
+        .store
+        .monthly_costs(&CostFilter::month(Some(oct)))
+        .await
+        .unwrap();
     assert_eq!(
         row(&second, 1, "inventory").cost,
         Decimal::from_str("0.35").unwrap()

@@ -243,13 +243,14 @@ pub(super) async fn usage(
                 .ok_or_else(|| ApiError::bad_request(format!("month `{m}` is not YYYY-MM")))
         })
         .transpose()?;
-    let months: Vec<_> = state
+    let months = state
         .store
-        .monthly_costs(month)
-        .await?
-        .into_iter()
-        .filter(|c| c.tenant_id == id && c.module == module)
-        .collect();
+        .monthly_costs(&crate::store::data::CostFilter {
+            month,
+            tenant: Some(id),
+            module: Some(module.clone()),
+        })
+        .await?;
     Ok(Json(
         json!({"tenant_id": id, "module": module, "months": months}),
     ))

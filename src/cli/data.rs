@@ -41,7 +41,9 @@ pub(crate) async fn cost(settings: &Settings, command: CostCommand) -> Result<()
         CostCommand::Show { month: text } => {
             let month = text.as_deref().map(month).transpose()?;
             let store = open_store(&settings.database_url).await?;
-            let rows = store.monthly_costs(month).await?;
+            let rows = store
+                .monthly_costs(&crate::store::data::CostFilter::month(month))
+                .await?;
             let text =
                 serde_json::to_string_pretty(&rows).map_err(|e| CliError::Failed(e.to_string()))?;
             out!("{text}");

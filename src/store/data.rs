@@ -54,6 +54,25 @@ pub struct MonthlyCost {
     pub cost: Decimal,
 }
 
+/// Which monthly cost rows to read (an empty field: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CostFilter {
+    /// The first day of the month.
+    pub month: Option<NaiveDate>,
+    pub tenant: Option<TenantId>,
+    pub module: Option<String>,
+}
+
+impl CostFilter {
+    /// Every row of one month (or of all months).
+    pub fn month(month: Option<NaiveDate>) -> Self {
+        Self {
+            month,
+            ..Self::default()
+        }
+    }
+}
+
 /// What an aggregation of one month wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CostAggregated {
@@ -130,8 +149,8 @@ pub trait DataStore: Send + Sync {
     /// gives exactly the rows a first run over the same logs gives. Sums are exact.
     async fn cost_aggregate(&self, month: NaiveDate) -> StoreResult<CostAggregated>;
 
-    /// The monthly cost rows of a month (or all months), by tenant and module.
-    async fn monthly_costs(&self, month: Option<NaiveDate>) -> StoreResult<Vec<MonthlyCost>>;
+    /// The monthly cost rows the filter selects, by month, tenant and module.
+    async fn monthly_costs(&self, filter: &CostFilter) -> StoreResult<Vec<MonthlyCost>>;
 
     /// A tenant's webhook endpoint and secret, when it has both.
     async fn tenant_webhook(&self, tenant: TenantId) -> StoreResult<Option<WebhookTarget>>;

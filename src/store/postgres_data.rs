@@ -1,8 +1,8 @@
 //! [`DataStore`] on PostgreSQL.
 
 use super::data::{
-    CostAggregated, DataStore, EXPORT_BATCH_ROWS, MonthlyCost, RetentionTarget, RowBatch,
-    UsageEntry, WebhookTarget, next_month,
+    CostAggregated, CostFilter, DataStore, EXPORT_BATCH_ROWS, MonthlyCost, RetentionTarget,
+    RowBatch, UsageEntry, WebhookTarget, next_month,
 };
 use super::domain::TenantId;
 use super::postgres::PgStore;
@@ -218,13 +218,16 @@ impl DataStore for PgStore {
         })
     }
 
-    async fn monthly_costs(&self, month: Option<NaiveDate>) -> StoreResult<Vec<MonthlyCost>> {
+    async fn monthly_costs(&self, filter: &CostFilter) -> StoreResult<Vec<MonthlyCost>> {
         let rows = sqlx::query(
             "SELECT tenant_id, module, month, calls, tokens, row_count, cost::text AS cost \
-             FROM tenant_module_monthly_cost WHERE $1::date IS NULL OR month = $1 \
+             FROM tenant_module_monthly_cost WHERE ($1::date IS NULL OR month = $1) \
+             AND ($2::bigint IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR module = $3) \
              ORDER BY month, tenant_id, module",
         )
-        .bind(month)
+        .bind(filter.month)
+        .bind(filter.tenant)
+        .bind(filter.module.as_deref())
         .fetch_all(self.pool())
         .await?;
         rows.iter()

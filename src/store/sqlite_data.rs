@@ -3,8 +3,8 @@
 //! decimal text, summed exactly as integer millionths.
 
 use super::data::{
-    CostAggregated, DataStore, EXPORT_BATCH_ROWS, MonthlyCost, RetentionTarget, RowBatch,
-    UsageEntry, WebhookTarget, next_month,
+    CostAggregated, CostFilter, DataStore, EXPORT_BATCH_ROWS, MonthlyCost, RetentionTarget,
+    RowBatch, UsageEntry, WebhookTarget, next_month,
 };
 use super::domain::TenantId;
 use super::sqlite::SqliteStore;
@@ -265,13 +265,16 @@ impl DataStore for SqliteStore {
         })
     }
 
-    async fn monthly_costs(&self, month: Option<NaiveDate>) -> StoreResult<Vec<MonthlyCost>> {
+    async fn monthly_costs(&self, filter: &CostFilter) -> StoreResult<Vec<MonthlyCost>> {
         let rows = sqlx::query(
             "SELECT tenant_id, module, month, calls, tokens, row_count, cost \
-             FROM tenant_module_monthly_cost WHERE ?1 IS NULL OR month = ?1 \
+             FROM tenant_module_monthly_cost WHERE (?1 IS NULL OR month = ?1) \
+             AND (?2 IS NULL OR tenant_id = ?2) AND (?3 IS NULL OR module = ?3) \
              ORDER BY month, tenant_id, module",
         )
-        .bind(month.map(|m| m.format("%Y-%m-%d").to_string()))
+        .bind(filter.month.map(|m| m.format("%Y-%m-%d").to_string()))
+        .bind(filter.tenant)
+        .bind(filter.module.as_deref())
         .fetch_all(self.pool())
         .await?;
         rows.iter()
