@@ -98,29 +98,12 @@ async fn dead_jobs(t: &TestStore) -> (JobId, JobId) {
         .jobs_insert_many(&[job("1"), job("2")])
         .await
         .unwrap();
-    let mut config = RuntimeConfig::new(
-        "api-test",
-        vec![QueueConfig {
-            name: "default".into(),
-            concurrency: 4,
-        }],
-    );
-    config.poll_interval = Duration::from_millis(20);
-    let runtime = Runtime::new(
-        t.store.clone(),
-        steward::queue::builtin::registry(),
-        common::builtin_kinds(),
-        config,
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    let workers = common::builtin_workers(t, "api-test");
     t.wait_for_counts(Duration::from_secs(30), "two dead jobs", |count| {
         count(JobState::Dead) == 2
     })
     .await;
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    workers.stop().await;
     (ids[0].id, ids[1].id)
 }
 

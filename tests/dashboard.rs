@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use steward::api::auth::{AuthKeys, Role};
 use steward::api::{AppState, serve};
-use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
 use steward::types::{JobState, NewJob};
 use tokio_util::sync::CancellationToken;
 
@@ -38,23 +37,8 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     let ids = t.store.jobs_insert_many(&jobs).await.unwrap();
     let dead = ids.last().unwrap().id;
 
-    let mut config = RuntimeConfig::new(
-        "dashboard-test",
-        vec![QueueConfig {
-            name: "default".into(),
-            concurrency: 4,
-        }],
-    );
-    config.poll_interval = Duration::from_millis(50);
-    let runtime = Runtime::new(
-        t.store.clone(),
-        steward::queue::builtin::registry(),
-        common::builtin_kinds(),
-        config,
-    )
-    .unwrap();
+    let workers = common::builtin_workers(&t, "dashboard-test");
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(runtime.run(stop.clone()));
     t.wait_for_counts(Duration::from_secs(30), "30 done, 1 dead", |count| {
         count(JobState::Completed) == 30 && count(JobState::Dead) == 1
     })
@@ -140,6 +124,6 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     browser.close().await;
 
     stop.cancel();
-    worker.await.unwrap().unwrap();
+    workers.stop().await;
     t.cleanup().await;
 }

@@ -219,3 +219,41 @@ pub fn repo_engine(
     .expect("workflows/ loads");
     steward::workflow::Engine::new(t.store.clone(), workflows, kinds, steps)
 }
+
+/// Worker runtime of the built-in handlers on the `default` queue, running until
+/// [`Workers::stop`].
+pub struct Workers {
+    pub shutdown: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), steward::queue::RuntimeError>>,
+}
+
+/// Start workers for the built-in job kinds (`noop`, `fail`, …) on the `default` queue.
+pub fn builtin_workers(t: &TestStore, worker_id: &str) -> Workers {
+    use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
+    let mut config = RuntimeConfig::new(
+        worker_id,
+        vec![QueueConfig {
+            name: "default".into(),
+            concurrency: 4,
+        }],
+    );
+    config.poll_interval = Duration::from_millis(20);
+    let runtime = Runtime::new(
+        t.store.clone(),
+        steward::queue::builtin::registry(),
+        builtin_kinds(),
+        config,
+    )
+    .expect("runtime");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    Workers { shutdown, handle }
+}
+
+impl Workers {
+    /// Stop the workers gracefully and wait for them.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("join").expect("runtime ran");
+    }
+}
