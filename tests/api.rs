@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use steward::domain::actor::Actor;
 use steward::api::auth::{AuthKeys, Role};
 use steward::api::{AppState, serve};
 use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
@@ -400,7 +401,7 @@ async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
     .unwrap();
     let engine = engine(&t);
     let life = steward::lifecycle::Lifecycle::new(engine).unwrap();
-    life.load_catalog(&catalog, "test").await.unwrap();
+    life.load_catalog(&catalog, &Actor::master_admin("test")).await.unwrap();
     let tenant = |slug: &str| steward::store::domain::NewTenant {
         slug: slug.into(),
         name: slug.into(),
@@ -673,16 +674,26 @@ async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["synced"][0]["synced"], json!(1), "{body}");
+    // alert_engine needs inventory, which tenant two does not have: it is skipped, and the
+    // summary says why (never a module without its dependencies).
+    assert_eq!(body["synced"][0]["synced"], json!(0), "{body}");
     assert_eq!(
+        body["synced"][0]["skipped_missing_dependencies"],
+        json!(1),
+        "{body}"
+    );
+    assert!(
+        body["synced"][0]["skipped_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("depends on")),
+        "{body}"
+    );
+    assert!(
         t.store
             .tenant_module_get(two, "alert_engine")
             .await
             .unwrap()
-            .unwrap()
-            .status
-            .to_string(),
-        "PROVISIONING"
+            .is_none()
     );
 
     api.stop.cancel();

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use steward::domain::actor::Actor;
 use steward::domain::maturity::Maturity;
 use steward::domain::status::TenantModuleStatus::{self, *};
 use steward::export::SharedExports;
@@ -143,7 +144,7 @@ async fn journal_in_use(t: &TestStore, engine: &Arc<Engine>, tenants: usize) -> 
             .await
             .unwrap()
             .id;
-        life.request(id, "journal", "test").await.unwrap();
+        life.request(id, "journal", &Actor::tenant_admin("test")).await.unwrap();
         ids.push(id);
     }
     let workers = Workers::start(t, engine);
@@ -872,7 +873,7 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
     let life = Lifecycle::new(engine.clone()).unwrap();
     // Some tenants turned it off already; one was suspended.
     let (off, suspended) = (tenants[1], tenants[2]);
-    life.disable(off, "journal", "tenant").await.unwrap();
+    life.disable(off, "journal", &Actor::tenant_admin("tenant")).await.unwrap();
     t.store
         .tenant_module_move(&steward::store::domain::StatusChange {
             tenant_id: suspended,
@@ -885,19 +886,20 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
             provisioning: None,
             set_version: None,
             unchanged_since: None,
+            catch_up: &[],
         })
         .await
         .unwrap();
 
     let workers = Workers::start(&t, &engine);
     let (from, run) = life
-        .set_maturity("journal", Maturity::Deprecated, false, "test")
+        .set_maturity("journal", Maturity::Deprecated, false, &Actor::master_admin("test"))
         .await
         .unwrap();
     assert_eq!(from, Maturity::Ga);
     wait_run(&t, run.unwrap(), Duration::from_secs(120)).await;
     let (_, retire) = life
-        .set_maturity("journal", Maturity::Retired, true, "test")
+        .set_maturity("journal", Maturity::Retired, true, &Actor::master_admin("test"))
         .await
         .unwrap();
     wait_run(&t, retire.unwrap(), Duration::from_secs(120)).await;

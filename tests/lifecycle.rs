@@ -8,12 +8,15 @@ use common::{Backend, TestStore, fresh};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use steward::domain::actor::Actor;
 use steward::domain::maturity::Maturity;
 use steward::domain::status::TenantModuleStatus::{self, *};
 use steward::lifecycle::{Lifecycle, LifecycleError};
 use steward::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
 use steward::store::StoreError;
-use steward::store::domain::{ModuleRecord, NewTenant, NewVersion, StatusChange, TenantId};
+use steward::store::domain::{
+    ModuleRecord, ModuleRequest, NewTenant, NewVersion, StatusChange, TenantId,
+};
 use steward::workflow::{Engine, RunSweeper};
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +47,8 @@ async fn row_level_security_keeps_tenants_apart_on_postgres() {
     let a = tenant(&t, "a", false, false).await;
     let b = tenant(&t, "b", false, false).await;
     let life = life(&t);
-    life.request(a, "inventory", "tenant:a").await.unwrap();
-    life.request(b, "inventory", "tenant:b").await.unwrap();
+    life.request(a, "inventory", &Actor::tenant_admin("tenant:a")).await.unwrap();
+    life.request(b, "inventory", &Actor::tenant_admin("tenant:b")).await.unwrap();
     let running = workers(&t);
     assert_eq!(settled(&t, &[a, b], "inventory").await, [Enabled, Enabled]);
     running.stop().await;
@@ -145,9 +148,10 @@ async fn twenty_tenants_provision_one_module_its_tables_created_once(backend: Ba
         tenants.push(tenant(&t, &format!("t{i}"), false, false).await);
     }
     let life = life(&t);
+    let actor = Actor::tenant_admin("tenant");
     let requests = tenants
         .iter()
-        .map(|id| life.request(*id, "inventory", "tenant"));
+        .map(|id| life.request(*id, "inventory", &actor));
     for requested in futures::future::join_all(requests).await {
         assert_eq!(requested.unwrap().module.status, Provisioning);
     }
@@ -248,7 +252,7 @@ async fn a_failing_migration_leaves_no_table_and_the_module_in_error(backend: Ba
     )
     .await;
     let acme = tenant(&t, "acme", false, false).await;
-    life(&t).request(acme, "alerts", "tenant").await.unwrap();
+    life(&t).request(acme, "alerts", &Actor::tenant_admin("tenant")).await.unwrap();
     let running = workers(&t);
     assert_eq!(settled(&t, &[acme], "alerts").await, [Error]);
     running.stop().await;
@@ -292,7 +296,12 @@ struct Workers {
 }
 
 fn workers(t: &TestStore) -> Workers {
-    let engine = engine(t);
+    workers_with(t, t.exports.clone())
+}
+
+/// Workers whose steps export to `exports`.
+fn workers_with(t: &TestStore, exports: steward::export::SharedExports) -> Workers {
+    let engine = common::repo_engine(t, exports);
     let mut registry = Registry::new();
     engine.register_jobs(&mut registry);
     let mut config = RuntimeConfig::new(
@@ -449,38 +458,34 @@ async fn a_ga_request_provisions_and_alpha_waits_for_approval(backend: Backend) 
     let acme = tenant(&t, "acme", true, false).await;
     let life = life(&t);
 
-    let ga = life.request(acme, "inventory", "user:ana").await.unwrap();
+    let ga = life.request(acme, "inventory", &Actor::tenant_admin("user:ana")).await.unwrap();
     assert_eq!(ga.module.status, Provisioning);
     assert!(ga.run.is_some(), "its provisioning run started");
     assert_eq!(ga.warning, None);
     let versions = t.store.versions_of("inventory").await.unwrap();
     assert_eq!(ga.module.version_id, Some(versions[0].id));
 
-    let alpha = life.request(acme, "chatbot", "user:ana").await.unwrap();
+    let alpha = life.request(acme, "chatbot", &Actor::tenant_admin("user:ana")).await.unwrap();
     assert_eq!(alpha.module.status, PendingApproval);
     assert_eq!(alpha.run, None, "nothing is provisioned before approval");
     assert!(alpha.module.status_reason.unwrap().contains("approval"));
 
-    // Request, then admission: two audited steps per request, newest first.
+    // A request and its admission are one write (no crash leaves a module REQUESTED):
+    // one audited row per request, newest first, straight to the admitted status.
     let audit = t.store.audit_list(Some(acme), 100).await.unwrap();
     let actions: Vec<(&str, Option<&str>)> = audit
         .iter()
         .map(|a| (a.action.as_str(), a.module.as_deref()))
         .collect();
     assert_eq!(
-        actions[..4],
+        actions[..2],
         [
-            ("module.admit", Some("chatbot")),
             ("module.request", Some("chatbot")),
-            ("module.admit", Some("inventory")),
             ("module.request", Some("inventory")),
         ]
     );
     assert_eq!(audit[0].actor, "user:ana");
-    assert_eq!(
-        audit[0].before.as_ref().unwrap()["status"],
-        json!("REQUESTED")
-    );
+    assert_eq!(audit[0].before, None);
     assert_eq!(
         audit[0].after.as_ref().unwrap()["status"],
         json!("PENDING_APPROVAL")
@@ -492,7 +497,7 @@ async fn refused_moves_change_nothing_and_accepted_ones_are_audited(backend: Bac
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
     life(&t)
-        .request(acme, "inventory", "user:ana")
+        .request(acme, "inventory", &Actor::tenant_admin("user:ana"))
         .await
         .unwrap();
     let before = t.store.tenant_module_get(acme, "inventory").await.unwrap();
@@ -509,6 +514,7 @@ async fn refused_moves_change_nothing_and_accepted_ones_are_audited(backend: Bac
         provisioning: None,
         set_version: None,
         unchanged_since: None,
+        catch_up: &[],
     };
     for refused in [Requested, UpToDate, Upgrading, Archived, Suspended] {
         let err = t
@@ -554,14 +560,14 @@ async fn approval_decides_only_pending_requests(backend: Backend) {
     let a = tenant(&t, "a", true, false).await;
     let b = tenant(&t, "b", true, false).await;
     let life = life(&t);
-    life.request(a, "chatbot", "tenant:a").await.unwrap();
-    life.request(b, "chatbot", "tenant:b").await.unwrap();
-    life.request(a, "inventory", "tenant:a").await.unwrap();
+    life.request(a, "chatbot", &Actor::tenant_admin("tenant:a")).await.unwrap();
+    life.request(b, "chatbot", &Actor::tenant_admin("tenant:b")).await.unwrap();
+    life.request(a, "inventory", &Actor::tenant_admin("tenant:a")).await.unwrap();
 
-    let (approved, _run) = life.approve(a, "chatbot", "admin:root").await.unwrap();
+    let (approved, _run) = life.approve(a, "chatbot", &Actor::master_admin("admin:root")).await.unwrap();
     assert_eq!(approved.status, Provisioning);
     let rejected = life
-        .reject(b, "chatbot", "admin:root", "no SLA for you")
+        .reject(b, "chatbot", &Actor::master_admin("admin:root"), "no SLA for you")
         .await
         .unwrap();
     assert_eq!(rejected.status, Disabled);
@@ -569,12 +575,12 @@ async fn approval_decides_only_pending_requests(backend: Backend) {
 
     // Deciding again, or deciding what was never pending, is refused and changes nothing.
     assert_eq!(
-        rule_code(life.approve(a, "chatbot", "admin:root").await.unwrap_err()),
+        rule_code(life.approve(a, "chatbot", &Actor::master_admin("admin:root")).await.unwrap_err()),
         "invalid_transition"
     );
     assert_eq!(
         rule_code(
-            life.reject(b, "chatbot", "admin:root", "again")
+            life.reject(b, "chatbot", &Actor::master_admin("admin:root"), "again")
                 .await
                 .unwrap_err()
         ),
@@ -582,7 +588,7 @@ async fn approval_decides_only_pending_requests(backend: Backend) {
     );
     assert_eq!(
         rule_code(
-            life.reject(a, "inventory", "admin:root", "no")
+            life.reject(a, "inventory", &Actor::master_admin("admin:root"), "no")
                 .await
                 .unwrap_err()
         ),
@@ -615,7 +621,7 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
     let life = life(&t);
 
     for slug in ["planned", "indev", "alpha", "beta"] {
-        let err = life.request(plain, slug, "tenant").await.unwrap_err();
+        let err = life.request(plain, slug, &Actor::tenant_admin("tenant")).await.unwrap_err();
         assert_eq!(rule_code(err), "module_not_available", "{slug}");
         assert_eq!(
             status(&t, plain, slug).await,
@@ -623,17 +629,17 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             "{slug}: nothing recorded"
         );
     }
-    let err = life.request(plain, "alerts", "tenant").await.unwrap_err();
+    let err = life.request(plain, "alerts", &Actor::tenant_admin("tenant")).await.unwrap_err();
     assert_eq!(rule_code(err), "missing_dependencies");
     assert_eq!(status(&t, plain, "alerts").await, None);
 
-    let legacy = life.request(plain, "legacy", "tenant").await.unwrap();
+    let legacy = life.request(plain, "legacy", &Actor::tenant_admin("tenant")).await.unwrap();
     assert!(legacy.warning.unwrap().contains("MAINTENANCE"));
 
     // The dependency provisioning is not enough; enabled is.
-    life.request(plain, "inventory", "tenant").await.unwrap();
+    life.request(plain, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
     assert_eq!(
-        rule_code(life.request(plain, "alerts", "tenant").await.unwrap_err()),
+        rule_code(life.request(plain, "alerts", &Actor::tenant_admin("tenant")).await.unwrap_err()),
         "missing_dependencies"
     );
     t.store
@@ -648,11 +654,12 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             provisioning: None,
             set_version: None,
             unchanged_since: None,
+            catch_up: &[],
         })
         .await
         .unwrap();
     assert_eq!(
-        life.request(plain, "alerts", "tenant")
+        life.request(plain, "alerts", &Actor::tenant_admin("tenant"))
             .await
             .unwrap()
             .module
@@ -670,15 +677,15 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             .module_set_maturity(slug, to, "admin")
             .await
             .unwrap();
-        let err = life.request(other, slug, "tenant").await.unwrap_err();
+        let err = life.request(other, slug, &Actor::tenant_admin("tenant")).await.unwrap_err();
         assert_eq!(rule_code(err), "module_not_available");
     }
     assert!(matches!(
-        life.request(plain, "nosuch", "tenant").await.unwrap_err(),
+        life.request(plain, "nosuch", &Actor::tenant_admin("tenant")).await.unwrap_err(),
         LifecycleError::NoModule(_)
     ));
     assert!(matches!(
-        life.request(9_999_999, "inventory", "tenant")
+        life.request(9_999_999, "inventory", &Actor::tenant_admin("tenant"))
             .await
             .unwrap_err(),
         LifecycleError::NoTenant(_)
@@ -740,12 +747,9 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
     let life = life(&t);
-    life.request(acme, "inventory", "tenant").await.unwrap();
-    let err = life.request(acme, "inventory", "tenant").await.unwrap_err();
-    assert!(
-        matches!(err, LifecycleError::Store(StoreError::Conflict(_))),
-        "{err:?}"
-    );
+    life.request(acme, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
+    let err = life.request(acme, "inventory", &Actor::tenant_admin("tenant")).await.unwrap_err();
+    assert_eq!(rule_code(err), "invalid_transition");
     assert_eq!(status(&t, acme, "inventory").await, Some(Provisioning));
 
     for to in [Enabled, Disabled, Archived] {
@@ -761,12 +765,13 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
                 provisioning: None,
                 set_version: None,
                 unchanged_since: None,
+                catch_up: &[],
             })
             .await
             .unwrap();
     }
     assert_eq!(
-        life.request(acme, "inventory", "tenant")
+        life.request(acme, "inventory", &Actor::tenant_admin("tenant"))
             .await
             .unwrap()
             .module
@@ -785,7 +790,7 @@ async fn crafted_slugs_are_refused_before_any_sql(backend: Backend) {
         "Inventory",
         "",
     ] {
-        let err = life.request(acme, crafted, "tenant").await.unwrap_err();
+        let err = life.request(acme, crafted, &Actor::tenant_admin("tenant")).await.unwrap_err();
         assert_eq!(rule_code(err), "invalid_identifier", "{crafted:?}");
     }
     assert!(
@@ -858,8 +863,8 @@ async fn a_first_install_runs_every_version_and_later_tenants_join_the_installed
     let a = tenant(&t, "a", false, false).await;
     let b = tenant(&t, "b", false, false).await;
     let life = life(&t);
-    life.request(a, "stock", "tenant").await.unwrap();
-    life.request(a, "depot", "tenant").await.unwrap();
+    life.request(a, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.request(a, "depot", &Actor::tenant_admin("tenant")).await.unwrap();
     let running = workers(&t);
     assert_eq!(settled(&t, &[a], "stock").await, [Enabled]);
     assert_eq!(settled(&t, &[a], "depot").await, [Enabled]);
@@ -880,7 +885,7 @@ async fn a_first_install_runs_every_version_and_later_tenants_join_the_installed
     // `stock` 2.0.0 is published after tenant A installed 1.0.0: tenant B joins 1.0.0 and
     // nothing of 2.0.0 runs (that is an upgrade's job).
     publish_version(&t, &stock, "2.0.0", &["tenant_stock_moves".into()], moves).await;
-    life.request(b, "stock", "tenant").await.unwrap();
+    life.request(b, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
     assert_eq!(settled(&t, &[b], "stock").await, [Enabled]);
     running.stop().await;
     let stock_versions = t.store.versions_of("stock").await.unwrap();
@@ -958,8 +963,8 @@ async fn stock_in_use(t: &TestStore) -> (TenantId, TenantId) {
     let a = tenant(t, "a", false, false).await;
     let b = tenant(t, "b", false, false).await;
     let life = life(t);
-    life.request(a, "stock", "tenant").await.unwrap();
-    life.request(b, "stock", "tenant").await.unwrap();
+    life.request(a, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.request(b, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
     let running = workers(t);
     wait_for(t, &[a, b], "stock", Enabled).await;
     running.stop().await;
@@ -1020,10 +1025,9 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
         Some("UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL;"),
     )
     .await;
-    let exports = tempfile::tempdir().unwrap();
     let life = life(&t);
     let run = life
-        .upgrade("stock", "2.0.0", exports.path())
+        .upgrade("stock", "2.0.0", &Actor::master_admin("admin"))
         .await
         .unwrap();
     let running = workers(&t);
@@ -1045,8 +1049,8 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
         2,
         "the post-upgrade step ran for every row"
     );
-    // The backup of the major upgrade: every row of the 1.0.0 tables.
-    let backup = exports.path().join(format!(
+    // The backup of the major upgrade, in the export storage: every row of the 1.0.0 tables.
+    let backup = t.exports_dir.path().join(format!(
         "backups/stock/1.0.0/run-{run}/tenant_stock_items.jsonl"
     ));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&backup)
@@ -1064,7 +1068,7 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
 
     // Rolled back within the window: 1.0.0 again, with its rows.
     let back = life
-        .rollback("stock", Duration::from_secs(48 * 3600), "admin")
+        .rollback("stock", Duration::from_secs(48 * 3600), &Actor::master_admin("admin"))
         .await
         .unwrap();
     assert_eq!(back, [a, b]);
@@ -1086,18 +1090,18 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
     );
 
     // Upgraded again; a tenant joining now gets 2.0.0, so undoing 2.0.0 is refused.
-    life.upgrade("stock", "2.0.0", exports.path())
+    life.upgrade("stock", "2.0.0", &Actor::master_admin("admin"))
         .await
         .unwrap();
     let running = workers(&t);
     wait_for(&t, &[a, b], "stock", UpToDate).await;
     let c = tenant(&t, "c", false, false).await;
-    life.request(c, "stock", "tenant").await.unwrap();
+    life.request(c, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
     let joined = wait_for(&t, &[c], "stock", Enabled).await;
     running.stop().await;
     assert_eq!(joined[0].version_id, Some(versions[1].id));
     let err = life
-        .rollback("stock", Duration::from_secs(48 * 3600), "admin")
+        .rollback("stock", Duration::from_secs(48 * 3600), &Actor::master_admin("admin"))
         .await
         .unwrap_err();
     assert!(
@@ -1122,7 +1126,7 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
     )
     .await;
     let err = life
-        .rollback("stock", Duration::from_secs(48 * 3600), "admin")
+        .rollback("stock", Duration::from_secs(48 * 3600), &Actor::master_admin("admin"))
         .await
         .unwrap_err();
     assert_eq!(rule_code(err), "rollback_window_closed");
@@ -1144,7 +1148,7 @@ async fn a_failed_upgrade_restores_version_status_and_rows(backend: Backend) {
     )
     .await;
     life(&t)
-        .upgrade("stock", "1.1.0", std::path::Path::new("unused"))
+        .upgrade("stock", "1.1.0", &Actor::master_admin("admin"))
         .await
         .unwrap();
     let running = workers(&t);
@@ -1199,11 +1203,11 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     let life = life(&t);
 
     // Only an unused module is archived.
-    let err = life.archive(b, "stock").await.unwrap_err();
+    let err = life.archive(b, "stock", &Actor::master_admin("test")).await.unwrap_err();
     assert_eq!(rule_code(err), "invalid_transition");
 
     assert_eq!(
-        life.disable(a, "stock", "tenant:a").await.unwrap().status,
+        life.disable(a, "stock", &Actor::tenant_admin("tenant:a")).await.unwrap().status,
         Disabled
     );
     for frozen in [
@@ -1221,7 +1225,7 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     .await
     .unwrap();
 
-    let run = life.archive(a, "stock").await.unwrap();
+    let run = life.archive(a, "stock", &Actor::master_admin("test")).await.unwrap();
     let running = workers(&t);
     wait_for(&t, &[a], "stock", Archived).await;
     running.stop().await;
@@ -1278,8 +1282,8 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
         .await
         .unwrap()
         .unwrap();
-    life.disable(b, "stock", "tenant:b").await.unwrap();
-    life.reenable(b, "stock", "tenant:b").await.unwrap();
+    life.disable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap();
+    life.reenable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap();
     let err = t
         .store
         .tenant_module_move(&StatusChange {
@@ -1293,6 +1297,7 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
             provisioning: None,
             set_version: None,
             unchanged_since: Some(seen.updated_at),
+            catch_up: &[],
         })
         .await
         .unwrap_err();
@@ -1303,12 +1308,12 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     assert_eq!(status(&t, b, "stock").await, Some(Enabled));
 
     // Archived is final until the module is requested anew.
-    let err = life.reenable(a, "stock", "tenant:a").await.unwrap_err();
+    let err = life.reenable(a, "stock", &Actor::tenant_admin("tenant:a")).await.unwrap_err();
     assert_eq!(rule_code(err), "invalid_transition");
     // Disabling and enabling again thaws the data.
-    life.disable(b, "stock", "tenant:b").await.unwrap();
+    life.disable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap();
     assert_eq!(
-        life.reenable(b, "stock", "tenant:b").await.unwrap().status,
+        life.reenable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap().status,
         Enabled
     );
     try_execute(
@@ -1323,7 +1328,7 @@ async fn settings_changes_are_audited_and_crafted_keys_refused(backend: Backend)
     let t = fresh(backend).await;
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
-    life(&t).request(acme, "inventory", "tenant").await.unwrap();
+    life(&t).request(acme, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
     assert_eq!(
         t.store.settings_get(acme, "inventory").await.unwrap(),
         json!({})
@@ -1397,13 +1402,21 @@ async fn stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error(backend:
     // Tenant A: PROVISIONING without a run, as a crash between the move and the start leaves it.
     let version = t.store.versions_of("inventory").await.unwrap()[0].id;
     t.store
-        .tenant_module_request(a, "inventory", version, Provisioning, "tenant")
+        .tenant_module_request(&ModuleRequest {
+            tenant_id: a,
+            module: "inventory",
+            version_id: version,
+            status: Provisioning,
+            reason: None,
+            expected: None,
+            actor: "tenant",
+        })
         .await
         .unwrap();
     // Tenant B: its run is cancelled before it did anything.
-    let requested = life.request(b, "inventory", "tenant").await.unwrap();
+    let requested = life.request(b, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
     let cancelled = requested.run.unwrap();
-    assert!(engine(&t).cancel(cancelled).await.unwrap());
+    engine(&t).cancel(cancelled, "admin").await.unwrap();
 
     assert_eq!(life.reconcile(Duration::ZERO).await.unwrap(), 1);
     let failed = t
@@ -1442,17 +1455,20 @@ async fn an_upgrade_that_dies_after_it_began_puts_every_tenant_back(backend: Bac
         None,
     )
     .await;
-    // A backup step that fails for good (its export_dir is not a path), after `begin` moved
-    // every tenant to UPGRADING: the run dies and its compensation puts them back.
-    let (run, _) = engine(&t)
-        .start(
-            "module_upgrade",
-            json!({"module": "stock", "version": "2.0.0", "export_dir": 5}),
-            None,
-        )
+    // A backup step that fails for good (the export directory is a file: a configuration
+    // that never works), after `begin` moved every tenant to UPGRADING: the run dies and its
+    // compensation puts them back.
+    let scratch = tempfile::tempdir().unwrap();
+    let not_a_dir = scratch.path().join("exports");
+    std::fs::write(&not_a_dir, b"a file").unwrap();
+    let broken: steward::export::SharedExports =
+        Arc::new(steward::export::local::LocalStorage::new(not_a_dir));
+    let upgrades = Lifecycle::new(common::repo_engine(&t, broken.clone())).unwrap();
+    let run = upgrades
+        .upgrade("stock", "2.0.0", &Actor::master_admin("admin"))
         .await
         .unwrap();
-    let running = workers(&t);
+    let running = workers_with(&t, broken);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let failed = loop {
         let record = engine(&t).run(run).await.unwrap();
@@ -1516,7 +1532,7 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
 
     // Adding a module to a plan syncs it, and only it, to the plan's active subscribers.
     let summary = life
-        .plan_add_module("pro", "inventory", "admin")
+        .plan_add_module("pro", "inventory", &Actor::master_admin("admin"))
         .await
         .unwrap();
     assert_eq!(summary.len(), 1);
@@ -1543,7 +1559,7 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
     for slug in ["chatbot", "labs", "reports"] {
         t.store.plan_add_module("pro", slug, "admin").await.unwrap();
     }
-    let all = life.sync_plans(None, None, "admin").await.unwrap();
+    let all = life.sync_plans(None, None, &Actor::master_admin("admin")).await.unwrap();
     let line = |module: &str| all.iter().find(|l| l.module == module).cloned();
     assert_eq!(line("chatbot"), None);
     assert_eq!(line("labs").map(|l| (l.synced, l.subscribed)), Some((1, 1)));
@@ -1560,7 +1576,7 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
 
     // A second sync changes nothing.
     let audited = t.store.audit_list(Some(active), 1000).await.unwrap().len();
-    let again = life.sync_plans(Some("pro"), None, "admin").await.unwrap();
+    let again = life.sync_plans(Some("pro"), None, &Actor::master_admin("admin")).await.unwrap();
     assert!(again.iter().all(|l| l.synced == 0), "{again:?}");
     assert_eq!(
         t.store.audit_list(Some(active), 1000).await.unwrap().len(),
@@ -1574,12 +1590,12 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
             .await
             .unwrap()
     );
-    life.sync_plans(None, None, "admin").await.unwrap();
+    life.sync_plans(None, None, &Actor::master_admin("admin")).await.unwrap();
     assert_eq!(status(&t, active, "reports").await, Some(Provisioning));
 
     // Bad input: an unknown plan or module, a crafted slug.
     assert!(matches!(
-        life.sync_plans(Some("nosuch"), None, "admin")
+        life.sync_plans(Some("nosuch"), None, &Actor::master_admin("admin"))
             .await
             .unwrap_err(),
         LifecycleError::Store(StoreError::InvalidInput(_))
@@ -1593,7 +1609,7 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
     ));
     assert_eq!(
         rule_code(
-            life.sync_plans(Some("pro"), Some("x'; --"), "admin")
+            life.sync_plans(Some("pro"), Some("x'; --"), &Actor::master_admin("admin"))
                 .await
                 .unwrap_err()
         ),

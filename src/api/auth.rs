@@ -169,6 +169,18 @@ impl Caller {
         }
     }
 
+    /// The caller as the lifecycle operations see it: `api:<subject>`, with the authority
+    /// of the token's role (verified by its signature, never taken from the name).
+    pub fn actor(&self) -> crate::domain::actor::Actor {
+        use crate::domain::actor::Actor;
+        let name = format!("api:{}", self.0.sub);
+        match self.0.role {
+            Role::MasterAdmin => Actor::master_admin(name),
+            Role::TenantAdmin => Actor::tenant_admin(name),
+            Role::Service => Actor::service(name),
+        }
+    }
+
     /// The tenant a tenant_admin is confined to (`None`: any).
     pub fn confined_to(&self) -> Option<i64> {
         match self.0.role {

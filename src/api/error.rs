@@ -65,11 +65,7 @@ impl From<crate::store::StoreError> for ApiError {
             InvalidInput(why) => Self::bad_request(why),
             Conflict(why) => Self::new(StatusCode::CONFLICT, "conflict", why),
             Stale(why) => Self::new(StatusCode::CONFLICT, "stale", why),
-            Domain(rule) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                rule.code(),
-                rule.to_string(),
-            ),
+            Domain(rule) => rule.into(),
             other => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -91,11 +87,13 @@ impl IntoResponse for ApiError {
 
 impl From<crate::domain::DomainError> for ApiError {
     fn from(rule: crate::domain::DomainError) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            rule.code(),
-            rule.to_string(),
-        )
+        use crate::domain::DomainError::*;
+        let status = match rule {
+            NotPermitted { .. } => StatusCode::FORBIDDEN,
+            HasDependants { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Self::new(status, rule.code(), rule.to_string())
     }
 }
 
@@ -105,7 +103,9 @@ impl From<crate::workflow::EngineError> for ApiError {
         match e {
             UnknownWorkflow(_) | NoRun(_) => Self::not_found(e.to_string()),
             InvalidParams { .. } => Self::bad_request(e.to_string()),
-            NotRetryable { .. } => Self::new(StatusCode::CONFLICT, "not_applicable", e.to_string()),
+            NotRetryable { .. } | NotCancellable { .. } => {
+                Self::new(StatusCode::CONFLICT, "not_applicable", e.to_string())
+            }
             Store(err) => err.into(),
         }
     }
@@ -115,7 +115,10 @@ impl From<crate::lifecycle::LifecycleError> for ApiError {
     fn from(e: crate::lifecycle::LifecycleError) -> Self {
         use crate::lifecycle::LifecycleError::*;
         match e {
-            NoTenant(_) | NoModule(_) | NoVersion(_) => Self::not_found(e.to_string()),
+            NoTenant(_) | NoModule(_) | NoVersion(_) | NoTenantModule(..) | NoJob(_) => {
+                Self::not_found(e.to_string())
+            }
+            NothingDone(why) => Self::new(StatusCode::CONFLICT, "not_applicable", why),
             Domain(rule) => rule.into(),
             Store(err) => err.into(),
             Engine(err) => err.into(),

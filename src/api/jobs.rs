@@ -133,7 +133,14 @@ pub(crate) async fn act_on(
         ..Default::default()
     };
     let affected = match action {
-        "retry" => state.store.jobs_retry(&filter).await?,
+        // A workflow step's dead job is retried through its run (the lifecycle's rules).
+        "retry" => crate::store::Affected {
+            count: state
+                .operator
+                .retry_jobs(&filter, &caller.actor())
+                .await?
+                .count(),
+        },
         "discard" => state.store.jobs_discard(&filter).await?,
         "cancel" => state.store.jobs_cancel(&filter).await?,
         other => {
@@ -194,7 +201,13 @@ pub(crate) async fn act_on_dead(
         ..Default::default()
     };
     let affected = match action {
-        "retry" => state.store.jobs_retry(&filter).await?,
+        "retry" => crate::store::Affected {
+            count: state
+                .operator
+                .retry_jobs(&filter, &caller.actor())
+                .await?
+                .count(),
+        },
         "discard" => state.store.jobs_discard(&filter).await?,
         other => {
             return Err(ApiError::not_found(format!(

@@ -11,8 +11,10 @@
 //! | `POST /api/jobs/{id}/{retry,discard,cancel}`, `POST /api/dlq/{retry,discard}` | operators |
 //! | `POST /api/runs`, `GET /api/runs`, `GET /api/runs/{id}` | the platform and readers |
 //! | `POST /api/runs/{id}/{retry,cancel}` | operators |
-//! | `GET /api/modules`, `/api/tenant/{id}/modules[/{module}[/usage]]` | the tenant, the platform |
-//! | `PUT /api/catalog/{module}/maturity`, `POST /api/plans/{plan}/modules` | master admins |
+//! | `GET /api/modules` | everyone (a tenant admin sees its tenant's catalog, SPEC §4.1) |
+//! | `/api/tenant/{id}/modules[/{module}[/usage]]`, `GET /api/tenant/{id}/audit` | the tenant, the platform |
+//! | `POST /api/tenant/{id}/modules/{module}/{approve,reject,suspend,resume,repair}` | master admins (the operations decide) |
+//! | `PUT /api/catalog/{module}/maturity`, `POST /api/catalog/{module}/{upgrade,rollback}`, `POST /api/plans/{plan}/modules` | master admins |
 
 pub mod auth;
 pub mod error;
@@ -24,6 +26,7 @@ pub(crate) mod runs;
 
 use crate::export::SharedExports;
 use crate::lifecycle::Lifecycle;
+use crate::lifecycle::operator::Operator;
 use crate::store::SharedStore;
 use crate::workflow::Engine;
 use axum::Router;
@@ -39,6 +42,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// The module lifecycle, when `workflows/` defines it.
     pub lifecycle: Option<Lifecycle>,
+    /// Run and job actions (retry, cancel) with the lifecycle's rules.
+    pub operator: Operator,
+    /// How long after an upgrade a manual rollback is allowed.
+    pub rollback_window: std::time::Duration,
     pub exports: SharedExports,
     pub keys: auth::AuthKeys,
 }
@@ -49,6 +56,8 @@ impl AppState {
         Self {
             store: Arc::clone(engine.store()),
             lifecycle: Lifecycle::new(Arc::clone(&engine)).ok(),
+            operator: Operator::new(Arc::clone(&engine)),
+            rollback_window: std::time::Duration::from_secs(48 * 3600),
             engine,
             exports,
             keys,
@@ -82,7 +91,14 @@ pub fn router(state: AppState) -> Router {
             "/api/tenant/{id}/modules/{module}/usage",
             get(modules::usage),
         )
+        .route(
+            "/api/tenant/{id}/modules/{module}/{action}",
+            post(modules::operate),
+        )
+        .route("/api/tenant/{id}/audit", get(modules::audit))
         .route("/api/catalog/{module}/maturity", put(modules::set_maturity))
+        .route("/api/catalog/{module}/upgrade", post(modules::upgrade))
+        .route("/api/catalog/{module}/rollback", post(modules::rollback))
         .route("/api/plans/{plan}/modules", post(modules::plan_add))
         .merge(crate::dashboard::routes())
         .fallback(|| async { error::ApiError::not_found("no such route") })

@@ -1,6 +1,9 @@
 //! The seed's module endpoints: the catalog, a tenant's modules (request one, change its
-//! state or settings, read its usage), a catalog maturity change (fires the deprecation
-//! webhooks) and a plan module change (fires the plan sync).
+//! state or settings, read its usage), the Master Admin's operations on a tenant module
+//! (approve, reject, suspend, resume, repair), a tenant's audit log, a catalog maturity
+//! change (fires the deprecation webhooks), upgrade and rollback, and a plan module change
+//! (fires the plan sync). Every change goes through [`Lifecycle`]: the rules (who may, from
+//! which status, dependencies, settings) are decided there, not here.
 
 use super::AppState;
 use super::auth::Caller;
@@ -8,6 +11,7 @@ use super::error::{ApiError, JsonBody, QueryArgs};
 use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use crate::lifecycle::Lifecycle;
+use crate::lifecycle::switch::ModuleChange;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -29,19 +33,49 @@ fn tenant_id(raw: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a tenant id")))
 }
 
-fn actor(caller: &Caller) -> String {
-    format!("api:{}", caller.0.sub)
+/// Which tenant's view of the catalog.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CatalogQuery {
+    /// The catalog as this tenant sees it (a tenant admin always sees its own).
+    pub tenant: Option<i64>,
+    /// Show DEPRECATED modules too (the tenant's "show legacy modules").
+    #[serde(default)]
+    pub show_legacy: bool,
 }
 
-/// The catalog: every module with its maturity.
-#[utoipa::path(get, path = "/api/modules", tag = "modules",
-    responses((status = 200, description = "the modules")))]
+/// The catalog. A tenant admin (or any caller naming a tenant) gets what that tenant's
+/// marketplace lists (SPEC §4.1: ALPHA for internal testers only, BETA and MAINTENANCE with
+/// their badges, DEPRECATED only with `show_legacy`, never PLANNED, IN_DEVELOPMENT or
+/// RETIRED); master admins and services without a tenant get every module.
+#[utoipa::path(get, path = "/api/modules", tag = "modules", params(CatalogQuery),
+    responses((status = 200, description = "the modules"), (status = 400, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn catalog(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
+    QueryArgs(query): QueryArgs<CatalogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let modules = state.store.modules_list().await?;
-    Ok(Json(json!({ "modules": modules })))
+    let tenant = match (caller.confined_to(), query.tenant) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Err(ApiError::forbidden("this belongs to another tenant"));
+        }
+        (Some(own), _) => Some(own),
+        (None, asked) => asked,
+    };
+    match tenant {
+        Some(tenant) => {
+            let modules = lifecycle(&state)?
+                .catalog_for(tenant, query.show_legacy)
+                .await?;
+            Ok(Json(json!({ "tenant": tenant, "modules": modules })))
+        }
+        None => {
+            let modules = state.store.modules_list().await?;
+            Ok(Json(json!({ "modules": modules })))
+        }
+    }
 }
 
 /// A tenant's modules.
@@ -83,7 +117,7 @@ pub(super) async fn request(
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     let requested = lifecycle(&state)?
-        .request(id, &body.module, &actor(&caller))
+        .request(id, &body.module, &caller.actor())
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -121,96 +155,173 @@ pub(super) async fn change(
 ) -> Result<Json<Value>, ApiError> {
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
-    let lifecycle = lifecycle(&state)?;
-    let actor = actor(&caller);
     if body.state.is_none() && body.settings.is_none() {
         return Err(ApiError::bad_request("give a state, settings, or both"));
     }
-    let current = state
-        .store
-        .tenant_module_get(id, &module)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("tenant {id} has no module `{module}`")))?;
-    let mut answer = json!({});
-    if let Some(settings) = &body.settings {
-        validate_settings(&state, &current, settings).await?;
-        let previous = state
-            .store
-            .settings_set(id, &module, settings, &actor)
-            .await?;
-        answer["previous_settings"] = previous;
-        answer["settings"] = settings.clone();
+    if body.settings.as_ref().is_some_and(|s| !s.is_object()) {
+        return Err(ApiError::bad_request("settings must be a JSON object"));
     }
-    if let Some(to) = &body.state {
-        let to: TenantModuleStatus = to.parse()?;
-        match to {
-            TenantModuleStatus::Enabled => {
-                answer["module"] = json!(lifecycle.reenable(id, &module, &actor).await?);
-            }
-            TenantModuleStatus::Disabled => {
-                answer["module"] = json!(lifecycle.disable(id, &module, &actor).await?);
-            }
-            TenantModuleStatus::Archived => {
-                answer["run"] = json!(lifecycle.archive(id, &module).await?);
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "a tenant module cannot be set to {other} here: ENABLED, DISABLED or ARCHIVED"
-                )));
-            }
-        }
+    let change = ModuleChange {
+        state: body
+            .state
+            .as_deref()
+            .map(str::parse::<TenantModuleStatus>)
+            .transpose()?,
+        settings: body.settings.clone(),
+    };
+    let changed = lifecycle(&state)?
+        .change(id, &module, &change, &caller.actor())
+        .await?;
+    let mut answer = json!({});
+    if let Some(module) = changed.module {
+        answer["module"] = json!(module);
+    }
+    if let Some(run) = changed.run {
+        answer["run"] = json!(run);
+    }
+    if let Some(previous) = changed.previous_settings {
+        answer["previous_settings"] = previous;
+        answer["settings"] = body.settings.unwrap_or_default();
     }
     Ok(Json(answer))
 }
 
-/// Check `settings` against the JSON Schema of the tenant module's version (422 with every
-/// violation when it does not conform).
-async fn validate_settings(
-    state: &AppState,
-    module: &crate::store::domain::TenantModuleRecord,
-    settings: &Value,
-) -> Result<(), ApiError> {
-    if !settings.is_object() {
-        return Err(ApiError::bad_request("settings must be a JSON object"));
-    }
-    let versions = state.store.versions_of(&module.module).await?;
-    let Some(schema) = versions
-        .iter()
-        .find(|v| Some(v.id) == module.version_id)
-        .and_then(|v| v.settings_schema.as_ref())
-    else {
-        return Ok(());
-    };
-    let validator = jsonschema::validator_for(schema).map_err(|e| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_schema",
-            format!(
-                "the settings schema of `{}` is unusable: {e}",
-                module.module
-            ),
-        )
-    })?;
-    let problems: Vec<String> = validator
-        .iter_errors(settings)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            if at.is_empty() {
-                e.to_string()
-            } else {
-                format!("{at}: {e}")
-            }
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
+/// The body of a Master Admin's operation on a tenant module.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperateModule {
+    /// Why (required for reject and suspend; shown to the tenant).
+    pub reason: Option<String>,
+}
+
+/// A Master Admin's operation on a tenant module: `approve` or `reject` a pending request,
+/// `suspend` a module in use or `resume` it, `repair` a record that disagrees with its
+/// module (left UPGRADING, or behind an upgrade it missed).
+#[utoipa::path(post, path = "/api/tenant/{id}/modules/{module}/{action}", tag = "modules",
+    request_body(content = Option<OperateModule>, description = "the reason, for reject and suspend"),
+    params(("id" = i64, Path, description = "tenant id"), ("module" = String, Path, description = "module slug"),
+           ("action" = String, Path, description = "approve, reject, suspend, resume or repair")),
+    responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(super) async fn operate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, module, action)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = tenant_id(&id)?;
+    caller.may_manage_tenant(id)?;
+    // The body is optional (approve, resume and repair need none).
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
     } else {
-        Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_settings",
-            problems.join("; "),
-        ))
+        serde_json::from_slice::<OperateModule>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?
+            .reason
+    };
+    let life = lifecycle(&state)?;
+    let actor = caller.actor();
+    let needs_reason = || {
+        reason
+            .clone()
+            .filter(|r| !r.trim().is_empty())
+            .ok_or_else(|| ApiError::bad_request(format!("{action} needs a reason")))
+    };
+    let answer = match action.as_str() {
+        "approve" => {
+            let (record, run) = life.approve(id, &module, &actor).await?;
+            json!({"module": record, "run": run})
+        }
+        "reject" => json!({"module": life.reject(id, &module, &actor, &needs_reason()?).await?}),
+        "suspend" => json!({"module": life.suspend(id, &module, &actor, &needs_reason()?).await?}),
+        "resume" => json!({"module": life.resume(id, &module, &actor).await?}),
+        "repair" => {
+            let (record, done) = life.repair(id, &module, &actor).await?;
+            json!({"module": record, "repaired": done})
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no action `{other}`; approve, reject, suspend, resume or repair"
+            )));
+        }
+    };
+    Ok(Json(answer))
+}
+
+/// How many audit rows.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A tenant's audit log, newest first: every status and settings change of its modules,
+/// who made it, before and after.
+#[utoipa::path(get, path = "/api/tenant/{id}/audit", tag = "modules", params(
+        ("id" = i64, Path, description = "tenant id"), AuditQuery),
+    responses((status = 200, description = "the audit rows"), (status = 400, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody)))]
+pub(super) async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryArgs(query): QueryArgs<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = tenant_id(&id)?;
+    caller.may_manage_tenant(id)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
+    let rows = state.store.audit_list(Some(id), limit).await?;
+    Ok(Json(json!({"tenant_id": id, "audit": rows})))
+}
+
+/// The body of `POST /api/catalog/{module}/upgrade`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeModule {
+    /// A published version, newer than the one installed.
+    pub version: String,
+}
+
+/// Upgrade a module for every tenant using it (starts `module_upgrade`; a major upgrade
+/// backs the tables up to the export storage first).
+#[utoipa::path(post, path = "/api/catalog/{module}/upgrade", tag = "catalog", request_body = UpgradeModule,
+    params(("module" = String, Path, description = "module slug")),
+    responses((status = 200, description = "the upgrade run"), (status = 400, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(super) async fn upgrade(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(module): Path<String>,
+    JsonBody(body): JsonBody<UpgradeModule>,
+) -> Result<Json<Value>, ApiError> {
+    let run = lifecycle(&state)?
+        .upgrade(&module, &body.version, &caller.actor())
+        .await?;
+    Ok(Json(json!({"module": module, "version": body.version, "run": run})))
+}
+
+/// Roll a module's last upgrade back, within the rollback window.
+#[utoipa::path(post, path = "/api/catalog/{module}/rollback", tag = "catalog",
+    params(("module" = String, Path, description = "module slug")),
+    responses((status = 200, description = "the tenants rolled back"), (status = 400, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub(super) async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(module): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenants = lifecycle(&state)?
+        .rollback(&module, state.rollback_window, &caller.actor())
+        .await?;
+    Ok(Json(json!({"module": module, "tenants": tenants})))
 }
 
 /// The month of a usage query.
@@ -279,10 +390,9 @@ pub(super) async fn set_maturity(
     Path(module): Path<String>,
     JsonBody(body): JsonBody<SetMaturity>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.may_administer()?;
     let to: Maturity = body.maturity.parse()?;
     let (from, run) = lifecycle(&state)?
-        .set_maturity(&module, to, body.force, &actor(&caller))
+        .set_maturity(&module, to, body.force, &caller.actor())
         .await?;
     Ok(Json(
         json!({"module": module, "from": from, "to": to, "run": run}),
@@ -308,9 +418,8 @@ pub(super) async fn plan_add(
     Path(plan): Path<String>,
     JsonBody(body): JsonBody<AddPlanModule>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.may_administer()?;
     let synced = lifecycle(&state)?
-        .plan_add_module(&plan, &body.module, &actor(&caller))
+        .plan_add_module(&plan, &body.module, &caller.actor())
         .await?;
     Ok(Json(json!({"plan": plan, "synced": synced})))
 }

@@ -55,10 +55,12 @@ pub(crate) async fn load(state: &AppState, id: RunId) -> Result<RunRecord, ApiEr
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
 }
 
-/// Start a workflow run.
+/// Start a workflow run (not one that only its operation starts: provisioning, upgrade,
+/// archive, purge and deprecation are reached through the module and catalog endpoints).
 #[utoipa::path(post, path = "/api/runs", tag = "runs", request_body = StartRun,
     responses((status = 201, description = "started"), (status = 200, description = "the run of this idempotency key"),
-              (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+              (status = 400, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,8 +79,8 @@ pub(super) async fn start(
         ));
     }
     let (run, created) = state
-        .engine
-        .start(&body.workflow, params, body.idempotency_key)
+        .operator
+        .start_run(&body.workflow, params, body.idempotency_key)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -132,7 +134,8 @@ pub(super) async fn show(
 #[utoipa::path(post, path = "/api/runs/{id}/{action}", tag = "runs",
     params(("id" = i64, Path, description = "run id"), ("action" = String, Path, description = "retry or cancel")),
     responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
-              (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn act(
     State(state): State<AppState>,
     caller: Caller,
@@ -154,16 +157,8 @@ pub(crate) async fn act_on(
     let run = load(state, id).await?;
     caller.may_operate(tenant_of(&run))?;
     match action {
-        "retry" => state.engine.retry(id).await?,
-        "cancel" => {
-            if !state.engine.cancel(id).await? {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_applicable",
-                    format!("run {id} is {}: it cannot be cancelled", run.state),
-                ));
-            }
-        }
+        "retry" => state.operator.retry_run(id, &caller.actor()).await?,
+        "cancel" => state.operator.cancel_run(id, &caller.actor()).await?,
         other => {
             return Err(ApiError::not_found(format!(
                 "no action `{other}`; retry or cancel"

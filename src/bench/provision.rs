@@ -122,9 +122,10 @@ pub(super) async fn provision_tenants(
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(runtime.run(shutdown.clone()));
 
+    let bench_actor = crate::domain::actor::Actor::tenant_admin("bench");
     let started = Instant::now();
     let requests: Vec<_> = futures::stream::iter(ids.iter().copied())
-        .map(|id| life.request(id, MODULE, "bench"))
+        .map(|id| life.request(id, MODULE, &bench_actor))
         .buffer_unordered(16)
         .collect()
         .await;

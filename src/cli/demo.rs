@@ -84,7 +84,6 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
         life: crate::lifecycle::Lifecycle::new(engine.clone())?,
         store: store.clone(),
         catalog_dir: settings.catalog_dir.clone(),
-        export_dir: settings.export_dir.clone(),
         window: std::time::Duration::from_secs(settings.rollback_window_hours.saturating_mul(3600)),
     };
     let config = args.worker.runtime(settings.worker_id(), &kinds.queues())?;

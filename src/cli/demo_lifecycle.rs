@@ -3,6 +3,7 @@
 //! ends in ERROR with nothing left behind, `inventory` is upgraded to 2.0.0 (a major: backed
 //! up first) and rolled back. Every step is printed, and all of it is in `steward audit`.
 
+use crate::domain::actor::Actor;
 use crate::domain::catalog::Catalog;
 use crate::domain::status::TenantModuleStatus;
 use crate::lifecycle::{Lifecycle, LifecycleError};
@@ -27,8 +28,17 @@ pub(crate) struct LifecycleDemo {
     pub life: Lifecycle,
     pub store: SharedStore,
     pub catalog_dir: std::path::PathBuf,
-    pub export_dir: std::path::PathBuf,
     pub window: Duration,
+}
+
+/// The demo's Master Admin.
+fn admin() -> Actor {
+    Actor::master_admin("demo:admin")
+}
+
+/// The demo tenants' administrator.
+fn tenant_admin() -> Actor {
+    Actor::tenant_admin("demo:tenant")
 }
 
 impl LifecycleDemo {
@@ -38,7 +48,7 @@ impl LifecycleDemo {
         let catalog = Catalog::load_dir(&self.catalog_dir)?;
         let (modules, versions) = self
             .life
-            .load_catalog(&catalog.first_releases(), "demo")
+            .load_catalog(&catalog.first_releases(), &admin())
             .await?;
         out!("  lifecycle: catalog loaded ({modules} modules, {versions} first releases)");
         let acme = match self.tenant("acme", true).await? {
@@ -51,62 +61,62 @@ impl LifecycleDemo {
         let globex = self.tenant("globex", false).await?.unwrap_or_default();
 
         for tenant in [acme, globex] {
-            self.life.request(tenant, "inventory", "demo").await?;
+            self.life
+                .request(tenant, "inventory", &tenant_admin())
+                .await?;
         }
         self.wait(&[acme, globex], "inventory", TenantModuleStatus::Enabled)
             .await?;
         out!("  lifecycle: inventory 1.0.0 provisioned for tenants {acme} and {globex}");
 
-        let chatbot = self.life.request(acme, "chatbot", "demo").await?;
+        let chatbot = self
+            .life
+            .request(acme, "chatbot", &tenant_admin())
+            .await?;
         out!(
             "  lifecycle: chatbot (ALPHA) is {} for tenant {acme}",
             chatbot.module.status
         );
-        self.life.approve(acme, "chatbot", "demo:admin").await?;
+        self.life.approve(acme, "chatbot", &admin()).await?;
         self.wait(&[acme], "chatbot", TenantModuleStatus::Enabled)
             .await?;
         out!("  lifecycle: chatbot approved and provisioned");
 
         // alert_engine (it needs inventory) for globex, at its first release.
-        self.life.request(globex, "alert_engine", "demo").await?;
+        self.life
+            .request(globex, "alert_engine", &tenant_admin())
+            .await?;
         self.wait(&[globex], "alert_engine", TenantModuleStatus::Enabled)
             .await?;
         out!("  lifecycle: alert_engine 1.0.0 provisioned for tenant {globex}");
 
         // Then the later releases arrive.
-        let (_, versions) = self.life.load_catalog(&catalog, "demo").await?;
+        let (_, versions) = self.life.load_catalog(&catalog, &admin()).await?;
         out!("  lifecycle: later releases published ({versions} versions in all)");
 
-        let run = self
-            .life
-            .upgrade("inventory", "2.0.0", &self.export_dir)
-            .await?;
+        let run = self.life.upgrade("inventory", "2.0.0", &admin()).await?;
         self.wait(&[acme, globex], "inventory", TenantModuleStatus::UpToDate)
             .await?;
         out!(
-            "  lifecycle: inventory upgraded to 2.0.0 (run {run}; backup under {})",
-            self.export_dir.join("backups/inventory").display()
+            "  lifecycle: inventory upgraded to 2.0.0 (run {run}; tables backed up to the \
+             export storage under backups/inventory/)"
         );
         let back = self
             .life
-            .rollback("inventory", self.window, "demo:admin")
+            .rollback("inventory", self.window, &admin())
             .await?;
         out!(
             "  lifecycle: inventory rolled back to 1.0.0 for {} tenants",
             back.len()
         );
         // alert_engine 1.1.0 fails on purpose: the upgrade rolls itself back.
-        let run = self
-            .life
-            .upgrade("alert_engine", "1.1.0", &self.export_dir)
-            .await?;
+        let run = self.life.upgrade("alert_engine", "1.1.0", &admin()).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let last = self.store.audit_list(Some(globex), 1).await?;
-            if last
-                .first()
-                .is_some_and(|a| a.action == "module.upgrade_failed")
-            {
+            // The run ends `failed` with its error once the tenants are back where they were.
+            if self.store.run_get(run).await?.is_some_and(|r| {
+                matches!(r.state, crate::store::runs::RunState::Failed)
+            }) {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
@@ -120,7 +130,8 @@ impl LifecycleDemo {
             .wait(&[globex], "alert_engine", TenantModuleStatus::Enabled)
             .await?;
         out!(
-            "  lifecycle: alert_engine 1.1.0 failed and was rolled back (run {run}): {}",
+            "  lifecycle: alert_engine 1.1.0 failed and was rolled back (run {run} failed, \
+             `steward runs list --state failed`): {}",
             kept.first()
                 .and_then(|m| m.status_reason.clone())
                 .unwrap_or_default()

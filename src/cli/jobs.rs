@@ -215,9 +215,7 @@ pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<()
             );
             Ok(())
         }
-        JobsCommand::Retry { ids } => {
-            report("retried", store.jobs_retry(&by_ids(ids)).await?.count)
-        }
+        JobsCommand::Retry { ids } => retry(settings, store, &by_ids(ids)).await,
         JobsCommand::Discard { ids } => {
             report("discarded", store.jobs_discard(&by_ids(ids)).await?.count)
         }
@@ -241,9 +239,7 @@ pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> Result<(), 
             filter.state = Some(JobState::Dead);
             print_jobs(&store, &filter, json).await
         }
-        DlqCommand::Retry(args) => {
-            report("retried", store.jobs_retry(&args.to_filter()?).await?.count)
-        }
+        DlqCommand::Retry(args) => retry(settings, store, &args.to_filter()?).await,
         DlqCommand::Discard(args) => report(
             "discarded",
             store.jobs_discard(&args.to_filter()?).await?.count,
@@ -258,7 +254,31 @@ fn by_ids(ids: Vec<JobId>) -> JobFilter {
     }
 }
 
+/// Retry through the operations: a workflow step's dead job resumes its run.
+async fn retry(settings: &Settings, store: SharedStore, filter: &JobFilter) -> Result<(), CliError> {
+    let kinds = super::load_kinds(settings)?;
+    let engine = super::load_engine(settings, store, &kinds)?;
+    let operator = crate::lifecycle::operator::Operator::new(engine);
+    let retried = operator
+        .retry_jobs(filter, &super::operator_actor())
+        .await?;
+    for run in &retried.runs {
+        out!("run {run} retried from its failed step (its dead step job left the DLQ)");
+    }
+    for refused in &retried.refused {
+        eprintln!("not retried: {refused}");
+    }
+    out!("retried {} job(s)", retried.jobs);
+    Ok(())
+}
+
+/// An action that applied to nothing is a failure (exit non-zero), never a success.
 fn report(what: &str, count: u64) -> Result<(), CliError> {
+    if count == 0 {
+        return Err(CliError::Failed(format!(
+            "no job was {what}: none matched in a state that allows it"
+        )));
+    }
     out!("{what} {count} job(s)");
     Ok(())
 }

@@ -164,6 +164,10 @@ impl CliError {
             ))
             | CliError::Lifecycle(crate::lifecycle::LifecycleError::NoModule(_))
             | CliError::Lifecycle(crate::lifecycle::LifecycleError::NoTenant(_)) => 2,
+            CliError::Lifecycle(crate::lifecycle::LifecycleError::Engine(
+                crate::workflow::EngineError::UnknownWorkflow(_)
+                | crate::workflow::EngineError::InvalidParams { .. },
+            )) => 2,
             CliError::Connect {
                 source: StoreError::InvalidInput(_),
                 ..
@@ -380,7 +384,10 @@ pub(crate) fn api_state(
     let kinds = load_kinds(settings)?;
     let engine = load_engine(settings, store, &kinds)?;
     crate::api::prometheus::install();
-    Ok(crate::api::AppState::new(engine, settings.exports(), keys))
+    let mut state = crate::api::AppState::new(engine, settings.exports(), keys);
+    state.rollback_window =
+        std::time::Duration::from_secs(settings.rollback_window_hours.saturating_mul(3600));
+    Ok(state)
 }
 
 /// Resolve on SIGTERM or SIGINT.
@@ -404,4 +411,13 @@ pub(crate) async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// The operator at the CLI: a Master Admin (whoever runs it holds the database's
+/// credentials), named `cli:$USER` in the audit log.
+pub(crate) fn operator_actor() -> crate::domain::actor::Actor {
+    crate::domain::actor::Actor::master_admin(format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    ))
 }

@@ -89,8 +89,22 @@ pub(crate) enum ModuleCommand {
     Approve { tenant: TenantId, module: String },
     /// A tenant turns a module off (DISABLED: data kept, frozen).
     Disable { tenant: TenantId, module: String },
-    /// Turn a DISABLED or SUSPENDED module back on.
+    /// Turn a DISABLED module back on (one that was in use; a rejected or failed one is
+    /// requested again). Catches up with an upgrade it missed.
     Enable { tenant: TenantId, module: String },
+    /// A Master Admin suspends a module in use (payment, limits).
+    Suspend {
+        tenant: TenantId,
+        module: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A Master Admin lifts a suspension.
+    Resume { tenant: TenantId, module: String },
+    /// Repair a tenant module whose record disagrees with the module (left UPGRADING with no
+    /// upgrade in progress, behind an upgrade it missed, left REQUESTED); exits non-zero when
+    /// there is nothing to repair.
+    Repair { tenant: TenantId, module: String },
     /// Archive a DISABLED or SUSPENDED module: export its data, then remove it.
     Archive { tenant: TenantId, module: String },
     /// Show a tenant module's settings, or replace them with `--set JSON` (audited).
@@ -122,12 +136,7 @@ async fn lifecycle(settings: &Settings) -> Result<Lifecycle, CliError> {
     Ok(Lifecycle::new(engine)?)
 }
 
-fn actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
-}
+use super::operator_actor as actor;
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -234,7 +243,7 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             print_json(&life.reenable(tenant, &module, &actor()).await?)
         }
         ModuleCommand::Archive { tenant, module } => {
-            let run = life.archive(tenant, &module).await?;
+            let run = life.archive(tenant, &module, &actor()).await?;
             out!("archive run {run} started");
             Ok(())
         }
@@ -243,20 +252,17 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             module,
             set,
         } => {
-            let store = open_store(&settings.database_url).await?;
             if let Some(text) = set {
                 let value: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| CliError::Usage(format!("--set is not valid JSON: {e}")))?;
-                store
-                    .settings_set(tenant, &module, &value, &actor())
-                    .await?;
+                // Validated against the version's JSON Schema, as the API does.
+                life.set_settings(tenant, &module, &value, &actor()).await?;
             }
+            let store = open_store(&settings.database_url).await?;
             print_json(&store.settings_get(tenant, &module).await?)
         }
         ModuleCommand::Upgrade { module, version } => {
-            let run = life
-                .upgrade(&module, &version, &settings.export_dir)
-                .await?;
+            let run = life.upgrade(&module, &version, &actor()).await?;
             out!("upgrade run {run} started");
             Ok(())
         }
@@ -272,6 +278,21 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             module,
             reason,
         } => print_json(&life.reject(tenant, &module, &actor(), &reason).await?),
+        ModuleCommand::Suspend {
+            tenant,
+            module,
+            reason,
+        } => print_json(&life.suspend(tenant, &module, &actor(), &reason).await?),
+        ModuleCommand::Resume { tenant, module } => {
+            print_json(&life.resume(tenant, &module, &actor()).await?)
+        }
+        ModuleCommand::Repair { tenant, module } => {
+            let (record, done) = life.repair(tenant, &module, &actor()).await?;
+            for line in &done {
+                eprintln!("repaired: {line}");
+            }
+            print_json(&record)
+        }
     }
 }
 
@@ -288,7 +309,9 @@ pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<()
             life.plan_add_module(&plan, &module, &actor()).await?
         }
         PlanCommand::RemoveModule { plan, module } => {
-            let removed = store.plan_remove_module(&plan, &module, &actor()).await?;
+            let removed = store
+                .plan_remove_module(&plan, &module, actor().as_str())
+                .await?;
             out!(
                 "plan {plan}: module {module} {}",
                 if removed {
@@ -324,6 +347,14 @@ pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<()
             line.synced,
             line.subscribed
         );
+        if let Some(reason) = &line.skipped_reason {
+            out!(
+                "plan {}: {} → {} tenants skipped: {reason}",
+                line.plan,
+                line.module,
+                line.skipped_missing_dependencies
+            );
+        }
     }
     if summary.is_empty() {
         out!("nothing to sync");

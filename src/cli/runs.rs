@@ -33,8 +33,13 @@ pub(crate) enum RunsCommand {
     Show { id: RunId },
     /// Retry a failed run from its failed step.
     Retry { id: RunId },
-    /// Cancel a running run.
+    /// Cancel a run: its completed steps are compensated (latest first), then it is
+    /// cancelled.
     Cancel { id: RunId },
+}
+
+fn operator(engine: &std::sync::Arc<crate::workflow::Engine>) -> crate::lifecycle::operator::Operator {
+    crate::lifecycle::operator::Operator::new(std::sync::Arc::clone(engine))
 }
 
 fn parse_params(params: &[String]) -> Result<Value, CliError> {
@@ -55,8 +60,8 @@ pub(crate) async fn run(settings: &Settings, args: &RunArgs) -> Result<(), CliEr
     let kinds = load_kinds(settings)?;
     let store = open_store(&settings.database_url).await?;
     let engine = load_engine(settings, store, &kinds)?;
-    let (id, created) = engine
-        .start(&args.workflow, params, args.idempotency_key.clone())
+    let (id, created) = crate::lifecycle::operator::Operator::new(engine)
+        .start_run(&args.workflow, params, args.idempotency_key.clone())
         .await?;
     if created {
         out!("started run {id}");
@@ -101,15 +106,22 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
             out!("{text}");
         }
         RunsCommand::Retry { id } => {
-            engine.retry(id).await?;
+            operator(&engine).retry_run(id, &super::operator_actor()).await?;
             out!("run {id} retried from its failed step");
         }
         RunsCommand::Cancel { id } => {
-            if engine.cancel(id).await? {
-                out!("run {id} cancelled");
-            } else {
-                return Err(CliError::Failed(format!("run {id} is not running")));
-            }
+            operator(&engine)
+                .cancel_run(id, &super::operator_actor())
+                .await?;
+            let run = engine.run(id).await?;
+            out!(
+                "run {id} {}",
+                if run.state == RunState::Cancelled {
+                    "cancelled"
+                } else {
+                    "cancelling: its completed steps are being compensated"
+                }
+            );
         }
     }
     Ok(())

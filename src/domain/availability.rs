@@ -100,9 +100,54 @@ pub fn admit(module: &ModuleFacts<'_>, tenant: &TenantFacts<'_>) -> Result<Admis
     Ok(admission)
 }
 
+/// How a module shows in a tenant's catalog (the marketplace), or `None` when it does not
+/// show at all (SPEC §4.1, the seed's availability table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Listing {
+    /// RC, GA.
+    Stable,
+    /// ALPHA, shown to internal testers only, no SLA.
+    Alpha,
+    /// BETA, with its badge.
+    Beta,
+    /// MAINTENANCE, with the *Legacy* badge.
+    Legacy,
+    /// DEPRECATED, only when the tenant asks to show legacy modules, with a warning.
+    Deprecated,
+}
+
+/// Where `maturity` lists for a tenant (`internal_tester`; `show_legacy`: the tenant asked to
+/// see legacy modules). PLANNED, IN_DEVELOPMENT and RETIRED never list.
+pub fn listing(maturity: Maturity, internal_tester: bool, show_legacy: bool) -> Option<Listing> {
+    match maturity {
+        Maturity::Planned | Maturity::InDevelopment | Maturity::Retired => None,
+        Maturity::Alpha => internal_tester.then_some(Listing::Alpha),
+        Maturity::Beta => Some(Listing::Beta),
+        Maturity::Rc | Maturity::Ga => Some(Listing::Stable),
+        Maturity::Maintenance => Some(Listing::Legacy),
+        Maturity::Deprecated => show_legacy.then_some(Listing::Deprecated),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_catalog_lists_what_the_availability_table_shows() {
+        use Maturity::*;
+        for m in [Planned, InDevelopment, Retired] {
+            assert_eq!(listing(m, true, true), None, "{m}");
+        }
+        assert_eq!(listing(Alpha, false, true), None);
+        assert_eq!(listing(Alpha, true, false), Some(Listing::Alpha));
+        assert_eq!(listing(Beta, false, false), Some(Listing::Beta));
+        assert_eq!(listing(Ga, false, false), Some(Listing::Stable));
+        assert_eq!(listing(Maintenance, false, false), Some(Listing::Legacy));
+        assert_eq!(listing(Deprecated, false, false), None);
+        assert_eq!(listing(Deprecated, false, true), Some(Listing::Deprecated));
+    }
 
     fn tenant(
         internal: bool,

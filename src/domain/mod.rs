@@ -4,15 +4,19 @@
 //! - [`status`]: a tenant module's status (REQUESTED … ARCHIVED, ERROR) and its allowed moves;
 //! - [`availability`]: who may request which module, when approval is needed, dependencies;
 //! - [`ident`]: module slugs and table names validated, SQL identifiers quoted;
-//! - [`catalog`]: the module catalog (`catalog/*.toml`: modules and versions), validated at load.
+//! - [`catalog`]: the module catalog (`catalog/*.toml`: modules and versions), validated at load;
+//! - [`actor`]: who asks for an operation, and with what authority;
+//! - [`settings`]: a tenant module's settings against its version's JSON Schema.
 //!
 //! Every rule here is a pure function, so the storage and the workflows (provisioning,
 //! upgrade, archive) ask the same questions and get the same answers.
 
+pub mod actor;
 pub mod availability;
 pub mod catalog;
 pub mod ident;
 pub mod maturity;
+pub mod settings;
 pub mod status;
 
 /// Why the lifecycle refused something. Each variant has a stable code (see [`DomainError::code`]).
@@ -40,6 +44,16 @@ pub enum DomainError {
         value: String,
         reason: &'static str,
     },
+    #[error("{what} is not permitted: {reason}")]
+    NotPermitted { what: String, reason: String },
+    #[error("module `{module}` cannot be turned back on: {reason}; request it again")]
+    RequestAgain { module: String, reason: String },
+    #[error("module `{module}` is needed by {dependants}: turn those off first")]
+    HasDependants { module: String, dependants: String },
+    #[error("the settings of `{module}` do not follow its schema: {problems}")]
+    InvalidSettings { module: String, problems: String },
+    #[error("the settings schema of `{module}` is unusable: {reason}")]
+    UnusableSchema { module: String, reason: String },
 }
 
 impl DomainError {
@@ -52,6 +66,11 @@ impl DomainError {
             DomainError::MissingDependencies { .. } => "missing_dependencies",
             DomainError::InvalidIdentifier { .. } => "invalid_identifier",
             DomainError::RollbackWindowClosed { .. } => "rollback_window_closed",
+            DomainError::NotPermitted { .. } => "not_permitted",
+            DomainError::RequestAgain { .. } => "request_again",
+            DomainError::HasDependants { .. } => "has_dependants",
+            DomainError::InvalidSettings { .. } => "invalid_settings",
+            DomainError::UnusableSchema { .. } => "invalid_schema",
         }
     }
 }

@@ -9,11 +9,14 @@
 //! - an upgrade starts from `ENABLED` or `UP_TO_DATE` and ends `UP_TO_DATE`, or back where it
 //!   started (rolled back), or `ERROR` if even the rollback failed;
 //! - a manual rollback takes an `UP_TO_DATE` module back to `ENABLED` on its previous version;
+//! - a module turned back on (or repaired) after an upgrade it missed catches up: its
+//!   post-upgrade SQL runs for it and it lands `UP_TO_DATE` at the upgraded version;
 //! - operators and policy suspend (`SUSPENDED`), tenants turn off (`DISABLED`, data kept,
 //!   triggers frozen) and on again; archiving (`ARCHIVED`) exports and removes the data and
 //!   is final until the tenant requests the module anew;
 //! - from `ERROR` an operator retries provisioning or the upgrade, or turns the module off.
 
+use super::actor::Actor;
 use super::{DomainError, upper_enum};
 
 upper_enum!(
@@ -37,16 +40,16 @@ impl TenantModuleStatus {
     pub fn next(self) -> &'static [TenantModuleStatus] {
         use TenantModuleStatus::*;
         match self {
-            Requested => &[PendingApproval, Provisioning],
+            Requested => &[PendingApproval, Provisioning, Error],
             PendingApproval => &[Provisioning, Disabled],
             Provisioning => &[Enabled, Error],
-            Enabled => &[Upgrading, Suspended, Disabled],
+            Enabled => &[Upgrading, UpToDate, Suspended, Disabled],
             Upgrading => &[UpToDate, Enabled, Error],
             UpToDate => &[Upgrading, Enabled, Suspended, Disabled],
-            Suspended => &[Enabled, Disabled, Archived],
-            Disabled => &[Enabled, Archived],
+            Suspended => &[Enabled, UpToDate, Disabled, Archived],
+            Disabled => &[Enabled, UpToDate, Archived, Requested],
             Archived => &[Requested],
-            Error => &[Provisioning, Upgrading, Disabled, Archived],
+            Error => &[Provisioning, Upgrading, Disabled, Archived, Requested],
         }
     }
 
@@ -82,6 +85,113 @@ impl TenantModuleStatus {
     }
 }
 
+/// May `actor` turn `module` (now `status`, turned off from `disabled_from`) back on?
+///
+/// - a module turned off while in use (ENABLED, UP_TO_DATE) comes back on for its tenant;
+/// - SUSPENDED (payment, limits, a forced retirement), or turned off while SUSPENDED: only a
+///   Master Admin lifts it;
+/// - rejected or withdrawn before approval, turned off in ERROR, or never enabled: nothing
+///   was (or is known to be) created for it, so it is requested again, not re-enabled;
+/// - a RETIRED module never comes back on.
+pub fn check_reenable(
+    module: &str,
+    status: TenantModuleStatus,
+    disabled_from: Option<TenantModuleStatus>,
+    module_retired: bool,
+    actor: &Actor,
+) -> Result<(), DomainError> {
+    use TenantModuleStatus::*;
+    let not_permitted = |reason: &str| DomainError::NotPermitted {
+        what: format!("turning `{module}` back on"),
+        reason: reason.to_string(),
+    };
+    if module_retired {
+        return Err(not_permitted("the module is RETIRED"));
+    }
+    let lift_suspension = || {
+        if actor.is_operator() {
+            Ok(())
+        } else {
+            Err(not_permitted("only a Master Admin lifts a suspension"))
+        }
+    };
+    match (status, disabled_from) {
+        (Suspended, _) | (Disabled, Some(Suspended)) => lift_suspension(),
+        (Disabled, Some(Enabled | UpToDate | Upgrading)) => Ok(()),
+        (Disabled, Some(PendingApproval)) => Err(DomainError::RequestAgain {
+            module: module.to_string(),
+            reason: "it was rejected or withdrawn before approval, so nothing was created".into(),
+        }),
+        (Disabled, Some(Error)) => Err(DomainError::RequestAgain {
+            module: module.to_string(),
+            reason: "it was turned off in ERROR".into(),
+        }),
+        (Disabled, _) => Err(DomainError::RequestAgain {
+            module: module.to_string(),
+            reason: "it was never enabled".into(),
+        }),
+        (Error, _) => Err(DomainError::RequestAgain {
+            module: module.to_string(),
+            reason: "it is in ERROR".into(),
+        }),
+        (other, _) => other.check_move(Enabled),
+    }
+}
+
+/// May a tenant request a module again, given its record (`None`: it never had it)? A new
+/// request replaces an ARCHIVED, ERROR, or rejected/never-enabled DISABLED module; anything
+/// else is a module the tenant has.
+pub fn check_request_again(
+    status: Option<TenantModuleStatus>,
+    disabled_from: Option<TenantModuleStatus>,
+) -> Result<(), DomainError> {
+    use TenantModuleStatus::*;
+    match (status, disabled_from) {
+        (None, _) | (Some(Archived | Error), _) => Ok(()),
+        (Some(Disabled), Some(PendingApproval | Error) | None) => Ok(()),
+        (Some(status), _) => Err(DomainError::InvalidTransition {
+            what: if status == Disabled {
+                "tenant module (turned off with its data kept: turn it back on instead)"
+            } else {
+                "tenant module (the tenant already has it)"
+            },
+            from: status.as_str(),
+            to: Requested.as_str(),
+        }),
+    }
+}
+
+/// May `module` (now `status`) be turned off, given the tenant's enabled modules that depend
+/// on it (`dependants`)? Refused with their list while any is in use.
+pub fn check_disable(
+    module: &str,
+    status: TenantModuleStatus,
+    dependants: &[String],
+) -> Result<(), DomainError> {
+    if !dependants.is_empty() {
+        return Err(DomainError::HasDependants {
+            module: module.to_string(),
+            dependants: dependants.join(", "),
+        });
+    }
+    status.check_move(TenantModuleStatus::Disabled)
+}
+
+/// Only a Master Admin (or steward's own policy) suspends a tenant's module.
+pub fn check_suspend(
+    module: &str,
+    status: TenantModuleStatus,
+    actor: &Actor,
+) -> Result<(), DomainError> {
+    if !actor.is_operator() {
+        return Err(DomainError::NotPermitted {
+            what: format!("suspending `{module}`"),
+            reason: "only a Master Admin suspends a module".into(),
+        });
+    }
+    status.check_move(TenantModuleStatus::Suspended)
+}
+
 #[cfg(test)]
 mod tests {
     use super::TenantModuleStatus::{self, *};
@@ -90,11 +200,13 @@ mod tests {
     const ALLOWED: &[(TenantModuleStatus, TenantModuleStatus)] = &[
         (Requested, PendingApproval),
         (Requested, Provisioning),
+        (Requested, Error),
         (PendingApproval, Provisioning),
         (PendingApproval, Disabled),
         (Provisioning, Enabled),
         (Provisioning, Error),
         (Enabled, Upgrading),
+        (Enabled, UpToDate),
         (Enabled, Suspended),
         (Enabled, Disabled),
         (Upgrading, UpToDate),
@@ -105,16 +217,22 @@ mod tests {
         (UpToDate, Suspended),
         (UpToDate, Disabled),
         (Suspended, Enabled),
+        (Suspended, UpToDate),
         (Suspended, Disabled),
         (Suspended, Archived),
         (Disabled, Enabled),
+        (Disabled, UpToDate),
         (Disabled, Archived),
+        (Disabled, Requested),
         (Archived, Requested),
         (Error, Provisioning),
         (Error, Upgrading),
         (Error, Disabled),
         (Error, Archived),
+        (Error, Requested),
     ];
+
+    use super::{check_reenable, check_request_again};
 
     #[test]
     fn every_move_outside_the_table_is_refused_with_both_ends_named() {
@@ -145,6 +263,46 @@ mod tests {
             assert!(Requested.check_move(target).is_err());
             assert!(PendingApproval.check_move(target).is_err());
         }
+    }
+
+    #[test]
+    fn a_tenant_cannot_reenable_what_it_did_not_turn_off_from_use() {
+        use crate::domain::actor::Actor;
+        let tenant = Actor::tenant_admin("t");
+        let admin = Actor::master_admin("ops");
+        let code = |r: Result<(), crate::domain::DomainError>| r.map_err(|e| e.code());
+        assert_eq!(code(check_reenable("m", Disabled, Some(Enabled), false, &tenant)), Ok(()));
+        assert_eq!(code(check_reenable("m", Disabled, Some(UpToDate), false, &tenant)), Ok(()));
+        for from in [Some(PendingApproval), Some(Error), None] {
+            assert_eq!(
+                code(check_reenable("m", Disabled, from, false, &admin)),
+                Err("request_again"),
+                "{from:?}"
+            );
+        }
+        assert_eq!(code(check_reenable("m", Error, None, false, &admin)), Err("request_again"));
+        for (status, from) in [(Suspended, None), (Disabled, Some(Suspended))] {
+            assert_eq!(
+                code(check_reenable("m", status, from, false, &tenant)),
+                Err("not_permitted")
+            );
+            assert_eq!(code(check_reenable("m", status, from, false, &admin)), Ok(()));
+        }
+        assert_eq!(
+            code(check_reenable("m", Disabled, Some(Enabled), true, &admin)),
+            Err("not_permitted")
+        );
+    }
+
+    #[test]
+    fn only_rejected_failed_or_archived_modules_are_requested_again() {
+        assert!(check_request_again(None, None).is_ok());
+        assert!(check_request_again(Some(Archived), None).is_ok());
+        assert!(check_request_again(Some(Error), None).is_ok());
+        assert!(check_request_again(Some(Disabled), Some(PendingApproval)).is_ok());
+        assert!(check_request_again(Some(Disabled), Some(Enabled)).is_err());
+        assert!(check_request_again(Some(Enabled), None).is_err());
+        assert!(check_request_again(Some(PendingApproval), None).is_err());
     }
 
     #[test]

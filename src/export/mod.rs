@@ -97,6 +97,54 @@ pub trait ExportStorage: Send + Sync {
 /// The export storage as the rest of steward holds it.
 pub type SharedExports = Arc<dyn ExportStorage>;
 
+/// Upload a local file to `key` in parts of [`PART_BYTES`] and verify it: the object read
+/// back must have the file's size and SHA-256. Returns that digest.
+pub async fn upload_file(
+    storage: &dyn ExportStorage,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<ObjectDigest, ExportError> {
+    use tokio::io::AsyncReadExt;
+    let unavailable = |e: std::io::Error| ExportError::Unavailable(format!("{}: {e}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(unavailable)?;
+    let mut upload = storage.upload(key).await?;
+    let mut digest = DigestWriter::default();
+    loop {
+        let mut part = Vec::with_capacity(PART_BYTES);
+        let read = (&mut file)
+            .take(PART_BYTES as u64)
+            .read_to_end(&mut part)
+            .await;
+        let part = match read {
+            Ok(0) if digest.size > 0 => break,
+            Ok(_) => part,
+            Err(e) => {
+                upload.abort().await;
+                return Err(unavailable(e));
+            }
+        };
+        digest.update(&part);
+        let last = part.len() < PART_BYTES;
+        if let Err(e) = upload.part(part).await {
+            upload.abort().await;
+            return Err(e);
+        }
+        if last {
+            break;
+        }
+    }
+    upload.finish().await?;
+    let written = digest.finish();
+    let stored = storage.digest(key).await?;
+    if stored != written {
+        return Err(ExportError::Mismatch(format!(
+            "{key}: wrote {} bytes (sha256 {}), the storage holds {} bytes (sha256 {})",
+            written.size, written.sha256, stored.size, stored.sha256
+        )));
+    }
+    Ok(written)
+}
+
 /// The object key of a table's export: `tenant_exports/<tenant>/<module>/<table>/<date>.csv`
 /// (`suffix` tells apart exports of the same day, e.g. an archive after a purge).
 pub fn object_key(

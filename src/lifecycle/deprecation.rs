@@ -166,18 +166,17 @@ fn apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         };
         let tx = ctx.tx().await?;
         for (tenant_id, from, to) in &tenants {
-            tx.tenant_module_move(&StatusChange {
-                tenant_id: *tenant_id,
-                module: &module,
-                to: *to,
-                from: Some(*from),
-                reason: Some(reason),
-                actor: ACTOR,
-                action: "module.retire",
-                provisioning: None,
-                set_version: None,
-                unchanged_since: None,
-            })
+            tx.tenant_module_move(
+                &StatusChange::new(
+                    *tenant_id,
+                    &module,
+                    Some(*from),
+                    *to,
+                    ACTOR,
+                    "module.retire",
+                )
+                .because(reason),
+            )
             .await?;
         }
         output["changed"] = json!(tenants.len());

@@ -11,6 +11,7 @@
 //! between them repeats nothing and loses nothing.
 
 use crate::domain::ident::{ModuleTable, Slug};
+use crate::export::SharedExports;
 use crate::domain::status::TenantModuleStatus;
 use crate::queue::JobError;
 use crate::store::StoreError;
@@ -59,19 +60,20 @@ fn migrate(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             Ok(report) => serde_json::to_value(report).map_err(|e| JobError::Fatal(e.to_string())),
             Err(StoreError::Migration(reason)) => {
                 let reason = format!("provisioning failed: {reason}");
-                tx.tenant_module_move(&StatusChange {
-                    tenant_id,
-                    module: &module,
-                    to: TenantModuleStatus::Error,
-                    from: Some(TenantModuleStatus::Provisioning),
-                    reason: Some(&reason),
-                    actor: ACTOR,
-                    action: "module.provision_failed",
-                    provisioning: None,
-                    set_version: None,
-                    unchanged_since: None,
-                })
+                tx.tenant_module_move(
+                    &StatusChange::new(
+                        tenant_id,
+                        &module,
+                        Some(TenantModuleStatus::Provisioning),
+                        TenantModuleStatus::Error,
+                        ACTOR,
+                        "module.provision_failed",
+                    )
+                    .because(&reason),
+                )
                 .await?;
+                // The ERROR move commits with the step; the run ends failed, not completed.
+                ctx.fail_run(reason.clone());
                 Ok(json!({"failed": reason}))
             }
             Err(StoreError::Domain(rule)) => Err(JobError::Fatal(rule.to_string())),
@@ -87,21 +89,16 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             return Ok(input);
         }
         let (tenant_id, module) = tenant_module_params(&ctx)?;
-        ctx.tx()
-            .await?
-            .tenant_module_move(&StatusChange {
-                tenant_id,
-                module: &module,
-                to: TenantModuleStatus::Enabled,
-                from: Some(TenantModuleStatus::Provisioning),
-                reason: None,
-                actor: ACTOR,
-                action: "module.enable",
-                provisioning: Some(&input),
-                set_version: None,
-                unchanged_since: None,
-            })
-            .await?;
+        let mut change = StatusChange::new(
+            tenant_id,
+            &module,
+            Some(TenantModuleStatus::Provisioning),
+            TenantModuleStatus::Enabled,
+            ACTOR,
+            "module.enable",
+        );
+        change.provisioning = Some(&input);
+        ctx.tx().await?.tenant_module_move(&change).await?;
         Ok(input)
     })
 }
@@ -153,18 +150,17 @@ fn upgrade_begin(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         let reason = format!("upgrading to {wanted}");
         let tx = ctx.tx().await?;
         for (tenant_id, status) in &users {
-            tx.tenant_module_move(&StatusChange {
-                tenant_id: *tenant_id,
-                module: &module,
-                to: TenantModuleStatus::Upgrading,
-                from: Some(*status),
-                reason: Some(&reason),
-                actor: UPGRADE_ACTOR,
-                action: "module.upgrade_begin",
-                provisioning: None,
-                set_version: None,
-                unchanged_since: None,
-            })
+            tx.tenant_module_move(
+                &StatusChange::new(
+                    *tenant_id,
+                    &module,
+                    Some(*status),
+                    TenantModuleStatus::Upgrading,
+                    UPGRADE_ACTOR,
+                    "module.upgrade_begin",
+                )
+                .because(&reason),
+            )
             .await?;
         }
         Ok(json!({
@@ -180,9 +176,10 @@ fn upgrade_begin(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     })
 }
 
-/// `upgrade.backup`: before a major upgrade, every module table to the export storage
-/// (`<export_dir>/backups/<module>/<from version>/run-<run>/<table>.jsonl`).
-fn upgrade_backup(ctx: StepContext<'_>) -> StepFuture<'_> {
+/// `upgrade.backup`: before a major upgrade, every module table (all tenants' rows, one
+/// JSON object per line) to the export storage, read back and verified:
+/// `backups/<module>/<from version>/run-<run>/<table>.jsonl`. Never a path from a parameter.
+fn upgrade_backup(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_> {
     Box::pin(async move {
         let mut output = ctx.input.clone();
         if output["major"] != json!(true) {
@@ -191,34 +188,51 @@ fn upgrade_backup(ctx: StepContext<'_>) -> StepFuture<'_> {
         }
         let module = param(&ctx, "module")?;
         let slug = Slug::parse(module).map_err(|e| JobError::Fatal(e.to_string()))?;
-        let dir = std::path::Path::new(param(&ctx, "export_dir")?)
-            .join("backups")
-            .join(slug.as_str())
-            .join(output["from_version"].as_str().unwrap_or("unknown"))
-            .join(format!("run-{}", ctx.run_id));
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| JobError::Retryable(format!("cannot create {}: {e}", dir.display())))?;
-        let mut rows = serde_json::Map::new();
+        // A version as published (semver), kept to characters a key may hold.
+        let from: String = output["from_version"]
+            .as_str()
+            .unwrap_or("unknown")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
+            .collect();
+        let prefix = format!("backups/{slug}/{from}/run-{}", ctx.run_id);
+        let mut files = serde_json::Map::new();
         let tables: Vec<String> = serde_json::from_value(output["tables"].clone())
             .map_err(|e| JobError::Fatal(e.to_string()))?;
         for name in tables {
             let table =
                 ModuleTable::parse(&slug, &name).map_err(|e| JobError::Fatal(e.to_string()))?;
-            let path = dir.join(format!("{name}.jsonl"));
-            let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
-                JobError::Retryable(format!("cannot write {}: {e}", path.display()))
-            })?;
+            // Streamed to a scratch file first (memory stays flat), then uploaded in parts.
+            let scratch = std::env::temp_dir().join(format!(
+                "steward-backup-{}-{}-{name}.jsonl",
+                std::process::id(),
+                ctx.run_id
+            ));
+            let retry = |e: std::io::Error| {
+                JobError::Retryable(format!("cannot write {}: {e}", scratch.display()))
+            };
+            let mut file = tokio::fs::File::create(&scratch).await.map_err(retry)?;
             let count = ctx
                 .store()
                 .module_table_dump(&table, None, &mut file)
-                .await?;
-            file.sync_all()
-                .await
-                .map_err(|e| JobError::Retryable(format!("cannot sync {}: {e}", path.display())))?;
-            rows.insert(name, json!(count));
+                .await;
+            drop(file);
+            let key = format!("{prefix}/{name}.jsonl");
+            let uploaded = match count {
+                Ok(count) => crate::export::upload_file(exports.as_ref(), &key, &scratch)
+                    .await
+                    .map(|digest| (count, digest))
+                    .map_err(|e| match e {
+                        crate::export::ExportError::Invalid(why) => JobError::Fatal(why),
+                        other => JobError::Retryable(other.to_string()),
+                    }),
+                Err(e) => Err(e.into()),
+            };
+            let _ = tokio::fs::remove_file(&scratch).await;
+            let (count, digest) = uploaded?;
+            files.insert(name, json!({"key": key, "rows": count, "digest": digest}));
         }
-        output["backup"] = json!({"dir": dir.display().to_string(), "rows": rows});
+        output["backup"] = json!({"storage": exports.location(), "prefix": prefix, "tables": files});
         Ok(output)
     })
 }
@@ -257,19 +271,22 @@ fn upgrade_apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                 None => (TenantModuleStatus::UpToDate, "module.upgrade", Some(target)),
                 Some(_) => (*before, "module.upgrade_failed", None),
             };
-            tx.tenant_module_move(&StatusChange {
-                tenant_id: *tenant_id,
-                module: &module,
+            let mut change = StatusChange::new(
+                *tenant_id,
+                &module,
+                Some(TenantModuleStatus::Upgrading),
                 to,
-                from: Some(TenantModuleStatus::Upgrading),
-                reason: reason.as_deref(),
-                actor: UPGRADE_ACTOR,
+                UPGRADE_ACTOR,
                 action,
-                provisioning: None,
-                set_version,
-                unchanged_since: None,
-            })
-            .await?;
+            );
+            change.reason = reason.as_deref();
+            change.set_version = set_version;
+            tx.tenant_module_move(&change).await?;
+        }
+        if let Some(reason) = reason {
+            // Every tenant is back where it was, committed with this step; the run ends
+            // failed with the reason (not completed).
+            ctx.fail_run(reason);
         }
         let mut output = input;
         output["outcome"] = outcome;
@@ -296,18 +313,19 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         // First the move, under the lock and only if nothing changed since the export (a
         // tenant that turned the module on and off again may have new rows): then exactly
         // the exported rows go.
-        tx.tenant_module_move(&StatusChange {
+        let record = json!({"archive": files});
+        let mut change = StatusChange::new(
             tenant_id,
-            module: &module,
-            to: TenantModuleStatus::Archived,
-            from: None,
-            reason: Some("data exported, then removed"),
-            actor: ARCHIVE_ACTOR,
-            action: "module.archive",
-            provisioning: Some(&json!({"archive": files})),
-            set_version: None,
-            unchanged_since: Some(seen),
-        })
+            &module,
+            None,
+            TenantModuleStatus::Archived,
+            ARCHIVE_ACTOR,
+            "module.archive",
+        )
+        .because("data exported, then removed");
+        change.provisioning = Some(&record);
+        change.unchanged_since = Some(seen);
+        tx.tenant_module_move(&change)
         .await
         .map_err(|e| match e {
             StoreError::Domain(rule) => JobError::Fatal(rule.to_string()),
@@ -338,24 +356,23 @@ fn upgrade_abort(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             serde_json::from_value(input["tenants"].clone())
                 .map_err(|e| JobError::Fatal(e.to_string()))?;
         let reason = format!(
-            "upgrade to {} abandoned: a later step failed",
+            "upgrade to {} abandoned: a later step failed, or the run was cancelled",
             input["version"].as_str().unwrap_or("?")
         );
         let tx = ctx.tx().await?;
         for (tenant_id, before) in &tenants {
             let moved = tx
-                .tenant_module_move(&StatusChange {
-                    tenant_id: *tenant_id,
-                    module: &module,
-                    to: *before,
-                    from: Some(TenantModuleStatus::Upgrading),
-                    reason: Some(&reason),
-                    actor: UPGRADE_ACTOR,
-                    action: "module.upgrade_aborted",
-                    provisioning: None,
-                    set_version: None,
-                    unchanged_since: None,
-                })
+                .tenant_module_move(
+                    &StatusChange::new(
+                        *tenant_id,
+                        &module,
+                        Some(TenantModuleStatus::Upgrading),
+                        *before,
+                        UPGRADE_ACTOR,
+                        "module.upgrade_aborted",
+                    )
+                    .because(&reason),
+                )
                 .await;
             match moved {
                 Ok(_) | Err(StoreError::Domain(_)) => {}
@@ -367,11 +384,11 @@ fn upgrade_abort(mut ctx: StepContext<'_>) -> StepFuture<'_> {
 }
 
 /// Register the lifecycle step handlers.
-pub fn register(steps: &mut StepRegistry) {
+pub fn register(steps: &mut StepRegistry, exports: SharedExports) {
     steps.register("module.migrate", migrate);
     steps.register("module.enable", enable);
     steps.register("upgrade.begin", upgrade_begin);
-    steps.register("upgrade.backup", upgrade_backup);
+    steps.register("upgrade.backup", move |ctx| upgrade_backup(ctx, exports.clone()));
     steps.register("upgrade.apply", upgrade_apply);
     steps.register("upgrade.abort", upgrade_abort);
     steps.register("archive.remove", archive_remove);

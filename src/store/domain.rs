@@ -93,6 +93,9 @@ pub struct TenantModuleRecord {
     pub version_id: Option<i64>,
     pub previous_version_id: Option<i64>,
     pub status_reason: Option<String>,
+    /// For a DISABLED module, the status it was turned off from (what may turn it back on
+    /// depends on it: see [`crate::domain::status::check_reenable`]).
+    pub disabled_from: Option<TenantModuleStatus>,
     pub requested_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -140,16 +143,30 @@ pub struct PlanSynced {
     /// Tenants that got the module now (PROVISIONING), out of `subscribed` active ones.
     pub synced: u64,
     pub subscribed: u64,
+    /// Tenants left without it because a module it depends on is not enabled for them
+    /// (a later sync gives it once it is).
+    pub skipped_missing_dependencies: u64,
+    /// Why tenants were skipped, when some were.
+    pub skipped_reason: Option<String>,
 }
 
 impl PlanSynced {
     /// A summary row as both backends read it: plan, module, synced, subscribed.
-    pub(super) fn from_row((plan, module, synced, subscribed): (String, String, i64, i64)) -> Self {
+    pub(super) fn from_row(
+        (plan, module, synced, subscribed, skipped): (String, String, i64, i64, i64),
+    ) -> Self {
+        let skipped = u64::try_from(skipped).unwrap_or(0);
         PlanSynced {
             plan,
             module,
             synced: u64::try_from(synced).unwrap_or(0),
             subscribed: u64::try_from(subscribed).unwrap_or(0),
+            skipped_missing_dependencies: skipped,
+            skipped_reason: (skipped > 0).then(|| {
+                "a module it depends on is not enabled for these tenants: they get it on a \
+                 later sync, once it is"
+                    .to_string()
+            }),
         }
     }
 }
@@ -157,6 +174,20 @@ impl PlanSynced {
 /// A failed write of a dump or export, as a storage error.
 pub(super) fn io_error(err: std::io::Error) -> super::StoreError {
     super::StoreError::Database(sqlx::Error::Io(err))
+}
+
+/// A tenant module's request, as the operation decided it (see
+/// [`DomainStore::tenant_module_request`]).
+#[derive(Debug, Clone)]
+pub struct ModuleRequest<'a> {
+    pub tenant_id: TenantId,
+    pub module: &'a str,
+    pub version_id: i64,
+    pub status: TenantModuleStatus,
+    pub reason: Option<&'a str>,
+    /// What the operation saw: no row (`None`) or a row in this status.
+    pub expected: Option<TenantModuleStatus>,
+    pub actor: &'a str,
 }
 
 /// A requested status change of a tenant module.
@@ -182,23 +213,50 @@ pub struct StatusChange<'a> {
     /// Only if the tenant module has not changed since then (its `updated_at`), checked under
     /// the lock: an archive deletes only what its export saw.
     pub unchanged_since: Option<DateTime<Utc>>,
+    /// Versions whose post-upgrade SQL runs for this tenant before the move, oldest first:
+    /// a tenant that was off during an upgrade catches up when it is turned back on (on
+    /// PostgreSQL, with `app.current_tenant_id` set; SQLite's post-upgrade SQL ran for every
+    /// tenant during the upgrade, so there it has nothing left to do).
+    pub catch_up: &'a [i64],
 }
 
-/// Settings must be a JSON object whose keys are identifiers (`[a-z][a-z0-9_]*`): they end up
-/// in SQL and in templates, so a key that could break out of one is refused before anything.
-pub fn check_settings(settings: &Value) -> Result<(), crate::domain::DomainError> {
-    let object =
-        settings
-            .as_object()
-            .ok_or_else(|| crate::domain::DomainError::InvalidIdentifier {
-                what: "settings",
-                value: settings.to_string().chars().take(80).collect(),
-                reason: "must be a JSON object",
-            })?;
-    for key in object.keys() {
-        crate::domain::ident::check_setting_key(key)?;
+impl<'a> StatusChange<'a> {
+    /// A plain move of `tenant_id`'s `module` to `to`, only from `from`, by `actor` as
+    /// `action`; the optional parts are set on the returned value.
+    pub fn new(
+        tenant_id: TenantId,
+        module: &'a str,
+        from: Option<TenantModuleStatus>,
+        to: TenantModuleStatus,
+        actor: &'a str,
+        action: &'a str,
+    ) -> Self {
+        Self {
+            tenant_id,
+            module,
+            to,
+            from,
+            reason: None,
+            actor,
+            action,
+            provisioning: None,
+            set_version: None,
+            unchanged_since: None,
+            catch_up: &[],
+        }
     }
-    Ok(())
+
+    /// With a reason.
+    pub fn because(mut self, reason: &'a str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+}
+
+/// Settings keys are identifiers (see [`crate::domain::settings::check_keys`]); checked
+/// again here because they end up in SQL.
+pub fn check_settings(settings: &Value) -> Result<(), crate::domain::DomainError> {
+    crate::domain::settings::check_keys(settings)
 }
 
 /// Lifecycle storage; every [`super::JobStore`] implements it.
@@ -240,16 +298,13 @@ pub trait DomainStore: Send + Sync {
     /// A module's versions, oldest first.
     async fn versions_of(&self, module: &str) -> StoreResult<Vec<VersionRecord>>;
 
-    /// Record a tenant's request for a module at `version_id`, in `status` (REQUESTED,
-    /// PENDING_APPROVAL or PROVISIONING as the availability rules decided). A module the
-    /// tenant had archived is requested anew; any other existing row is a conflict. Audited.
+    /// Record a tenant's request for a module at `version_id`, in `status` (PENDING_APPROVAL
+    /// or PROVISIONING, as the operation decided), with `reason`, in one transaction. Written
+    /// only if the tenant module is still as the operation saw it (`expected`: `None` when it
+    /// had none, else its status), checked under a row lock; otherwise a conflict. Audited.
     async fn tenant_module_request(
         &self,
-        tenant_id: TenantId,
-        module: &str,
-        version_id: i64,
-        status: TenantModuleStatus,
-        actor: &str,
+        request: &ModuleRequest<'_>,
     ) -> StoreResult<TenantModuleRecord>;
 
     /// Move a tenant module's status, checked against [`TenantModuleStatus::check_move`]

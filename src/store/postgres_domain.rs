@@ -1,8 +1,8 @@
 //! PostgreSQL implementation of [`DomainStore`].
 
 use super::domain::{
-    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, PlanSynced,
-    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
+    PlanSynced, StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::postgres::PgStore;
@@ -27,7 +27,7 @@ const MODULE_COLUMNS: &str = "slug, name, description, pricing_tier, maturity, d
 const VERSION_COLUMNS: &str =
     "id, module, version, major, tables_created, settings_schema, migrated_at";
 const TENANT_MODULE_COLUMNS: &str = "tenant_id, module, status, version_id, previous_version_id, status_reason, requested_at, \
-     updated_at";
+     updated_at, disabled_from";
 
 fn tenant_from(row: &PgRow) -> StoreResult<TenantRecord> {
     Ok(TenantRecord {
@@ -79,6 +79,11 @@ fn tenant_module_from(row: &PgRow) -> StoreResult<TenantModuleRecord> {
         version_id: row.try_get("version_id")?,
         previous_version_id: row.try_get("previous_version_id")?,
         status_reason: row.try_get("status_reason")?,
+        disabled_from: row
+            .try_get::<Option<String>, _>("disabled_from")?
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(corrupt)?,
         requested_at: row.try_get("requested_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -118,7 +123,14 @@ async fn audit(
 const PLAN_SYNC: &str = r#"
 WITH wanted AS (
     -- (A tenant subscribed twice to one plan appears twice: counted once below.)
-    SELECT p.slug AS plan, s.tenant_id, pm.module
+    -- `dependencies_enabled`: every module this one depends on is ENABLED or UP_TO_DATE for
+    -- the tenant (domain::status::satisfies_dependency); otherwise the tenant is skipped.
+    SELECT p.slug AS plan, s.tenant_id, pm.module,
+           NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(m.dependencies) d(dep)
+                       WHERE NOT EXISTS (SELECT 1 FROM tenant_modules dm
+                                         WHERE dm.tenant_id = s.tenant_id AND dm.module = d.dep
+                                           AND dm.status IN ('ENABLED', 'UP_TO_DATE'))
+           ) AS dependencies_enabled
     FROM subscriptions s
     JOIN plans p ON p.id = s.plan_id
     JOIN plan_modules pm ON pm.plan_id = p.id
@@ -135,6 +147,7 @@ WITH wanted AS (
     SELECT DISTINCT ON (w.tenant_id, w.module) w.tenant_id, w.module, 'PROVISIONING', v.id,
            'added by plan ' || w.plan
     FROM wanted w JOIN version v ON v.module = w.module
+    WHERE w.dependencies_enabled
     ORDER BY w.tenant_id, w.module, w.plan
     ON CONFLICT (tenant_id, module) DO NOTHING
     RETURNING tenant_id, module, substr(status_reason, 15) AS plan
@@ -144,12 +157,18 @@ WITH wanted AS (
     FROM inserted
 ), synced AS (
     SELECT plan, module, count(*) AS n FROM inserted GROUP BY plan, module
+), skipped AS (
+    SELECT plan, module, count(DISTINCT tenant_id) AS n FROM wanted w
+    WHERE NOT w.dependencies_enabled
+      AND NOT EXISTS (SELECT 1 FROM tenant_modules tm WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module)
+    GROUP BY plan, module
 ), subscribed AS (
     SELECT plan, module, count(DISTINCT tenant_id) AS n FROM wanted GROUP BY plan, module
 )
 -- Aggregates joined, never the 100,000-row sets (a CTE has no index to join on).
-SELECT s.plan, s.module, coalesce(y.n, 0) AS synced, s.n AS subscribed
+SELECT s.plan, s.module, coalesce(y.n, 0) AS synced, s.n AS subscribed, coalesce(k.n, 0) AS skipped
 FROM subscribed s LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module
+LEFT JOIN skipped k ON k.plan = s.plan AND k.module = s.module
 ORDER BY s.plan, s.module
 "#;
 
@@ -220,8 +239,10 @@ pub(super) async fn move_status(
         .into());
     }
     current.status.check_move(change.to)?;
+    catch_up(&mut *conn, change).await?;
     let row = sqlx::query(&format!(
             "UPDATE tenant_modules SET status = $3, status_reason = $4, updated_at = now(), \
+                 disabled_from = CASE WHEN $3 = 'DISABLED' THEN status ELSE NULL END, \
                  provisioning = coalesce($5, provisioning), \
                  previous_version_id = CASE WHEN $6::int8 IS NULL THEN previous_version_id ELSE version_id END, \
                  version_id = coalesce($6, version_id), \
@@ -250,6 +271,34 @@ pub(super) async fn move_status(
     )
     .await?;
     Ok(record)
+}
+
+/// The post-upgrade SQL of `change.catch_up`'s versions, for its tenant only.
+async fn catch_up(conn: &mut PgConnection, change: &StatusChange<'_>) -> StoreResult<()> {
+    if change.catch_up.is_empty() {
+        return Ok(());
+    }
+    let posts: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT post_upgrade_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2) \
+         ORDER BY major, minor, patch",
+    )
+    .bind(change.module)
+    .bind(change.catch_up)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query("SELECT set_config('steward.migration', 'on', true), set_config('app.current_tenant_id', $1, true)")
+        .bind(change.tenant_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    for post in posts.iter().flatten().filter(|s| !s.trim().is_empty()) {
+        sqlx::Executor::execute(&mut *conn, post.as_str())
+            .await
+            .map_err(|e| as_migration_error(e.into()))?;
+    }
+    sqlx::query("SELECT set_config('steward.migration', '', true), set_config('app.current_tenant_id', '', true)")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -470,54 +519,50 @@ impl DomainStore for PgStore {
 
     async fn tenant_module_request(
         &self,
-        tenant_id: TenantId,
-        module: &str,
-        version_id: i64,
-        status: TenantModuleStatus,
-        actor: &str,
+        request: &ModuleRequest<'_>,
     ) -> StoreResult<TenantModuleRecord> {
         let mut tx = self.pool().begin().await?;
         let existing = sqlx::query(&format!(
             "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = $1 AND module = $2 FOR UPDATE"
         ))
-        .bind(tenant_id)
-        .bind(module)
+        .bind(request.tenant_id)
+        .bind(request.module)
         .fetch_optional(&mut *tx)
         .await?
         .as_ref()
         .map(tenant_module_from)
         .transpose()?;
-        if let Some(existing) = &existing {
-            existing
-                .status
-                .check_move(TenantModuleStatus::Requested)
-                .map_err(|_| {
-                    StoreError::Conflict(format!(
-                        "tenant {tenant_id} already has module `{module}` ({})",
-                        existing.status
-                    ))
-                })?;
+        if existing.as_ref().map(|e| e.status) != request.expected {
+            return Err(StoreError::Conflict(format!(
+                "tenant {}'s module `{}` changed meanwhile ({})",
+                request.tenant_id,
+                request.module,
+                existing.map_or("removed".into(), |e| e.status.to_string())
+            )));
         }
         let row = sqlx::query(&format!(
-            "INSERT INTO tenant_modules (tenant_id, module, status, version_id) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (tenant_id, module) DO UPDATE SET status = EXCLUDED.status, \
-                 version_id = EXCLUDED.version_id, previous_version_id = NULL, status_reason = NULL, \
+                 version_id = EXCLUDED.version_id, previous_version_id = NULL, \
+                 status_reason = EXCLUDED.status_reason, disabled_from = NULL, \
                  provisioning = NULL, requested_at = now(), enabled_at = NULL, updated_at = now() \
              RETURNING {TENANT_MODULE_COLUMNS}"
         ))
-        .bind(tenant_id)
-        .bind(module)
-        .bind(status.as_str())
-        .bind(version_id)
+        .bind(request.tenant_id)
+        .bind(request.module)
+        .bind(request.status.as_str())
+        .bind(request.version_id)
+        .bind(request.reason)
         .fetch_one(&mut *tx)
         .await?;
         let record = tenant_module_from(&row)?;
         audit(
             &mut tx,
-            actor,
+            request.actor,
             "module.request",
-            Some(tenant_id),
-            Some(module),
+            Some(request.tenant_id),
+            Some(request.module),
             "tenant_module",
             existing.as_ref().map(snapshot),
             Some(snapshot(&record)),
@@ -784,6 +829,7 @@ impl DomainStore for PgStore {
                     provisioning: None,
                     set_version: Some(previous),
                     unchanged_since: None,
+                    catch_up: &[],
                 },
             )
             .await?;
@@ -919,7 +965,7 @@ impl DomainStore for PgStore {
         if let Some(plan) = plan {
             plan_exists(&mut tx, plan).await?;
         }
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(PLAN_SYNC)
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(PLAN_SYNC)
             .bind(plan)
             .bind(module)
             .bind(actor)

@@ -3,7 +3,7 @@
 use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
 use super::postgres::{PgStore, insert_on, insert_on_quietly};
 use super::runs::{
-    CompletionOutcome, DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore,
+    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState, RunStore,
     StepCompletion, StepRecord, StepState, StepTx,
 };
 use super::{StoreError, StoreResult};
@@ -636,14 +636,34 @@ impl RunStore for PgStore {
         Ok(true)
     }
 
-    async fn run_cancel(&self, id: RunId) -> StoreResult<bool> {
+    async fn run_cancel(&self, cancel: &RunCancel) -> StoreResult<bool> {
         let mut tx = self.pool().begin().await?;
-        let job: Option<Option<JobId>> = sqlx::query_scalar(
-            "UPDATE steward_runs r SET state = 'cancelled', updated_at = now(), finished_at = now() \
-             FROM steward_run_steps s WHERE r.id = $1 AND r.state IN ('queued', 'running', 'compensating') \
-               AND s.run_id = r.id AND s.idx = r.current_step RETURNING s.job_id",
+        let reason = format!("cancelled by {}", cancel.by);
+        // A run already compensating (a step died) finishes its compensations first.
+        let compensating: Option<RunId> = sqlx::query_scalar(
+            "UPDATE steward_runs SET cancelled_by = $2, updated_at = now() \
+             WHERE id = $1 AND state = 'compensating' AND cancelled_by IS NULL RETURNING id",
         )
-        .bind(id)
+        .bind(cancel.id)
+        .bind(&cancel.by)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if compensating.is_some() {
+            tx.commit().await?;
+            return Ok(true);
+        }
+        let job: Option<Option<JobId>> = sqlx::query_scalar(
+            "UPDATE steward_runs r SET state = CASE WHEN $4 THEN 'compensating' ELSE 'cancelled' END, \
+                 cancelled_by = $2, error = $3, updated_at = now(), \
+                 finished_at = CASE WHEN $4 THEN NULL ELSE now() END \
+             FROM steward_run_steps s WHERE r.id = $1 AND r.state IN ('queued', 'running') \
+               AND r.current_step = $5 AND s.run_id = r.id AND s.idx = r.current_step RETURNING s.job_id",
+        )
+        .bind(cancel.id)
+        .bind(&cancel.by)
+        .bind(&reason)
+        .bind(cancel.compensation.is_some())
+        .bind(cancel.current_step)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = job else {
@@ -658,10 +678,13 @@ impl RunStore for PgStore {
                                       JOIN steward_runs r ON r.id = c.run_id AND c.idx = r.current_step \
                                       WHERE c.run_id = $1))",
         )
-        .bind(id)
+        .bind(cancel.id)
         .bind(job)
         .execute(&mut *tx)
         .await?;
+        if let Some(next) = &cancel.compensation {
+            queue_step(&mut tx, cancel.id, next, StepState::Compensating, None, None).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -828,6 +851,52 @@ impl StepTx for PgStepTx {
         }
     }
 
+    async fn step_failed(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        output: &Value,
+        error: &str,
+        compensation: Option<NextStep>,
+    ) -> StoreResult<()> {
+        self.guard(run_id, idx, "running", "queued").await?;
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'dead', output = $3, error = $4, finished_at = now() \
+             WHERE run_id = $1 AND idx = $2",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(output)
+        .bind(error)
+        .execute(&mut *self.tx)
+        .await?;
+        let run_error = format!("step {idx} failed: {error}");
+        sqlx::query(
+            "UPDATE steward_runs SET state = CASE WHEN $3 THEN 'compensating' ELSE 'failed' END, \
+                 error = $2, updated_at = now(), finished_at = CASE WHEN $3 THEN NULL ELSE now() END \
+             WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(&run_error)
+        .bind(compensation.is_some())
+        .execute(&mut *self.tx)
+        .await?;
+        if let Some(next) = compensation {
+            queue_step(
+                &mut self.tx,
+                run_id,
+                &next,
+                StepState::Compensating,
+                None,
+                Some(&mut self.woken),
+            )
+            .await?;
+            // `queue_step` points the run at the compensation; a retry resumes at the
+            // failed step (the lowest dead or compensated one).
+        }
+        Ok(())
+    }
+
     async fn spawn_children(
         &mut self,
         run_id: RunId,
@@ -893,9 +962,11 @@ impl StepTx for PgStepTx {
                 .await
             }
             None => {
-                // Compensation is over: the run is failed, pointing at its dead step.
+                // Compensation is over: the run is failed, pointing at its dead step (or
+                // cancelled, when an operator's cancel started the compensation).
                 sqlx::query(
-                    "UPDATE steward_runs r SET state = 'failed', updated_at = now(), finished_at = now(), \
+                    "UPDATE steward_runs r SET updated_at = now(), finished_at = now(), \
+                     state = CASE WHEN cancelled_by IS NULL THEN 'failed' ELSE 'cancelled' END, \
                      current_step = coalesce((SELECT min(idx) FROM steward_run_steps s \
                                               WHERE s.run_id = r.id AND s.state = 'dead'), r.current_step) \
                      WHERE id = $1",

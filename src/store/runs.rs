@@ -120,6 +120,18 @@ pub struct DeadStep {
     pub error: String,
 }
 
+/// An operator's cancel of a run, as the engine decided it.
+#[derive(Debug, Clone)]
+pub struct RunCancel {
+    pub id: RunId,
+    /// Who cancelled (kept on the run: its error reads "cancelled by …").
+    pub by: String,
+    /// The step the run was at when the engine read it.
+    pub current_step: i32,
+    /// The compensation of the latest completed step that has one.
+    pub compensation: Option<NextStep>,
+}
+
 /// The next job to queue for a run, with the step it belongs to.
 #[derive(Debug, Clone)]
 pub struct NextStep {
@@ -231,8 +243,12 @@ pub trait RunStore: Send + Sync {
     /// failed at step `failed_step` (a stale retry changes nothing).
     async fn run_retry(&self, id: RunId, failed_step: i32, job: NextStep) -> StoreResult<bool>;
 
-    /// Cancel a running or compensating run and its queued job.
-    async fn run_cancel(&self, id: RunId) -> StoreResult<bool>;
+    /// Cancel a run (see [`RunCancel`]): its current step's job (and a fanned-out step's
+    /// live children) are cancelled; with a compensation the run is `compensating` and ends
+    /// `cancelled` once its compensations are done, without one it is `cancelled` at once. A
+    /// run already compensating only records who cancelled it (it still finishes undoing its
+    /// work). Applies only if the run is still at `current_step` (else `false`: read again).
+    async fn run_cancel(&self, cancel: &RunCancel) -> StoreResult<bool>;
 
     /// Queued runs whose concurrency key is free, oldest first per key.
     async fn runs_promotable(&self, limit: i64) -> StoreResult<Vec<RunId>>;
@@ -310,6 +326,18 @@ pub trait StepTx: Send {
         idx: i32,
         output: &Value,
         next: Option<NextStep>,
+    ) -> StoreResult<()>;
+
+    /// The step ran and its effects commit, but its outcome is a failure (an upgrade that
+    /// rolled itself back): the step is dead with `error` and `output`; with a compensation
+    /// the run compensates, else it is `failed` with the error.
+    async fn step_failed(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        output: &Value,
+        error: &str,
+        compensation: Option<NextStep>,
     ) -> StoreResult<()>;
 
     /// Spawn child jobs of a step (fan-out); the step then waits for all of them to end

@@ -2,8 +2,8 @@
 //! writes hold the store's write lock, SQLite's stand-in for `FOR UPDATE`).
 
 use super::domain::{
-    AuditRecord, DomainStore, MigrationReport, ModuleRecord, NewTenant, NewVersion, PlanSynced,
-    StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
+    PlanSynced, StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
@@ -34,7 +34,7 @@ const MODULE_COLUMNS: &str = "slug, name, description, pricing_tier, maturity, d
 const VERSION_COLUMNS: &str =
     "id, module, version, major, tables_created, settings_schema, migrated_at";
 const TENANT_MODULE_COLUMNS: &str = "tenant_id, module, status, version_id, previous_version_id, status_reason, requested_at, \
-     updated_at";
+     updated_at, disabled_from";
 
 fn tenant_from(row: &SqliteRow) -> StoreResult<TenantRecord> {
     Ok(TenantRecord {
@@ -86,6 +86,11 @@ fn tenant_module_from(row: &SqliteRow) -> StoreResult<TenantModuleRecord> {
         version_id: row.try_get("version_id")?,
         previous_version_id: row.try_get("previous_version_id")?,
         status_reason: row.try_get("status_reason")?,
+        disabled_from: row
+            .try_get::<Option<String>, _>("disabled_from")?
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(corrupt)?,
         requested_at: from_ms(row.try_get("requested_at")?)?,
         updated_at: from_ms(row.try_get("updated_at")?)?,
     })
@@ -176,8 +181,11 @@ pub(super) async fn move_status(
         .into());
     }
     current.status.check_move(change.to)?;
+    // `change.catch_up` has nothing to run here: SQLite's post-upgrade SQL ran for every
+    // tenant during the upgrade (it has no per-transaction tenant setting to scope it).
     let row = sqlx::query(&format!(
             "UPDATE tenant_modules SET status = ?3, status_reason = ?4, updated_at = ?5, \
+                 disabled_from = CASE WHEN ?3 = 'DISABLED' THEN status ELSE NULL END, \
                  provisioning = coalesce(?6, provisioning), \
                  previous_version_id = CASE WHEN ?7 IS NULL THEN previous_version_id ELSE version_id END, \
                  version_id = coalesce(?7, version_id), \
@@ -433,56 +441,52 @@ impl DomainStore for SqliteStore {
 
     async fn tenant_module_request(
         &self,
-        tenant_id: TenantId,
-        module: &str,
-        version_id: i64,
-        status: TenantModuleStatus,
-        actor: &str,
+        request: &ModuleRequest<'_>,
     ) -> StoreResult<TenantModuleRecord> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         let existing = sqlx::query(&format!(
             "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules WHERE tenant_id = ?1 AND module = ?2"
         ))
-        .bind(tenant_id)
-        .bind(module)
+        .bind(request.tenant_id)
+        .bind(request.module)
         .fetch_optional(&mut *tx)
         .await?
         .as_ref()
         .map(tenant_module_from)
         .transpose()?;
-        if let Some(existing) = &existing {
-            existing
-                .status
-                .check_move(TenantModuleStatus::Requested)
-                .map_err(|_| {
-                    StoreError::Conflict(format!(
-                        "tenant {tenant_id} already has module `{module}` ({})",
-                        existing.status
-                    ))
-                })?;
+        if existing.as_ref().map(|e| e.status) != request.expected {
+            return Err(StoreError::Conflict(format!(
+                "tenant {}'s module `{}` changed meanwhile ({})",
+                request.tenant_id,
+                request.module,
+                existing.map_or("removed".into(), |e| e.status.to_string())
+            )));
         }
         let row = sqlx::query(&format!(
-            "INSERT INTO tenant_modules (tenant_id, module, status, version_id) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason) \
+             VALUES (?1, ?2, ?3, ?4, ?6) \
              ON CONFLICT (tenant_id, module) DO UPDATE SET status = EXCLUDED.status, \
-                 version_id = EXCLUDED.version_id, previous_version_id = NULL, status_reason = NULL, \
+                 version_id = EXCLUDED.version_id, previous_version_id = NULL, \
+                 status_reason = EXCLUDED.status_reason, disabled_from = NULL, \
                  provisioning = NULL, requested_at = ?5, enabled_at = NULL, updated_at = ?5 \
              RETURNING {TENANT_MODULE_COLUMNS}"
         ))
-        .bind(tenant_id)
-        .bind(module)
-        .bind(status.as_str())
-        .bind(version_id)
+        .bind(request.tenant_id)
+        .bind(request.module)
+        .bind(request.status.as_str())
+        .bind(request.version_id)
         .bind(now_ms())
+        .bind(request.reason)
         .fetch_one(&mut *tx)
         .await?;
         let record = tenant_module_from(&row)?;
         audit(
             &mut tx,
-            actor,
+            request.actor,
             "module.request",
-            Some(tenant_id),
-            Some(module),
+            Some(request.tenant_id),
+            Some(request.module),
             "tenant_module",
             existing.as_ref().map(snapshot),
             Some(snapshot(&record)),
@@ -778,6 +782,7 @@ impl DomainStore for SqliteStore {
                     provisioning: None,
                     set_version: Some(previous),
                     unchanged_since: None,
+                    catch_up: &[],
                 },
             )
             .await?;
@@ -942,7 +947,8 @@ impl DomainStore for SqliteStore {
         // The same steps as PostgreSQL's single statement, through two temporary tables
         // (SQLite has no data-modifying CTEs); the write lock makes them one step.
         for statement in [
-            "CREATE TEMP TABLE IF NOT EXISTS steward_sync_wanted (plan TEXT, tenant_id INTEGER, module TEXT)",
+            "CREATE TEMP TABLE IF NOT EXISTS steward_sync_wanted (plan TEXT, tenant_id INTEGER, module TEXT, \
+                                                                  dependencies_enabled INTEGER)",
             "CREATE TEMP TABLE IF NOT EXISTS steward_sync_new (tenant_id INTEGER, module TEXT, plan TEXT)",
             "DELETE FROM temp.steward_sync_wanted",
             "DELETE FROM temp.steward_sync_new",
@@ -950,8 +956,15 @@ impl DomainStore for SqliteStore {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
         sqlx::query(
-            "INSERT INTO temp.steward_sync_wanted (plan, tenant_id, module) \
-             SELECT DISTINCT p.slug, s.tenant_id, pm.module \
+            // `dependencies_enabled`: every module this one depends on is ENABLED or
+            // UP_TO_DATE for the tenant (domain::status::satisfies_dependency); otherwise the
+            // tenant is skipped.
+            "INSERT INTO temp.steward_sync_wanted (plan, tenant_id, module, dependencies_enabled) \
+             SELECT DISTINCT p.slug, s.tenant_id, pm.module, \
+                    NOT EXISTS (SELECT 1 FROM json_each(m.dependencies) d \
+                                WHERE NOT EXISTS (SELECT 1 FROM tenant_modules dm \
+                                                  WHERE dm.tenant_id = s.tenant_id AND dm.module = d.value \
+                                                    AND dm.status IN ('ENABLED', 'UP_TO_DATE'))) \
              FROM subscriptions s JOIN plans p ON p.id = s.plan_id \
              JOIN plan_modules pm ON pm.plan_id = p.id \
              JOIN core_modules m ON m.slug = pm.module JOIN tenants t ON t.id = s.tenant_id \
@@ -969,6 +982,7 @@ impl DomainStore for SqliteStore {
              SELECT w.tenant_id, w.module, min(w.plan) FROM temp.steward_sync_wanted w \
              WHERE NOT EXISTS (SELECT 1 FROM tenant_modules tm \
                                WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module) \
+               AND w.dependencies_enabled \
                AND EXISTS (SELECT 1 FROM core_module_versions v WHERE v.module = w.module) \
              GROUP BY w.tenant_id, w.module",
         )
@@ -995,13 +1009,19 @@ impl DomainStore for SqliteStore {
         .bind(actor)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
             "WITH subscribed AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_wanted \
                                  GROUP BY plan, module), \
                   synced AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_new \
-                             GROUP BY plan, module) \
-             SELECT s.plan, s.module, coalesce(y.n, 0), s.n FROM subscribed s \
-             LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module ORDER BY s.plan, s.module",
+                             GROUP BY plan, module), \
+                  skipped AS (SELECT plan, module, count(DISTINCT tenant_id) AS n \
+                              FROM temp.steward_sync_wanted w WHERE NOT w.dependencies_enabled \
+                                AND NOT EXISTS (SELECT 1 FROM tenant_modules tm \
+                                                WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module) \
+                              GROUP BY plan, module) \
+             SELECT s.plan, s.module, coalesce(y.n, 0), s.n, coalesce(k.n, 0) FROM subscribed s \
+             LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module \
+             LEFT JOIN skipped k ON k.plan = s.plan AND k.module = s.module ORDER BY s.plan, s.module",
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -4,7 +4,7 @@
 
 use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
 use super::runs::{
-    CompletionOutcome, DeadStep, NextStep, RunId, RunRecord, RunStart, RunState, RunStore,
+    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState, RunStore,
     StepCompletion, StepRecord, StepState, StepTx,
 };
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on_with_queues, now_ms};
@@ -547,25 +547,50 @@ impl RunStore for SqliteStore {
         Ok(())
     }
 
-    async fn run_cancel(&self, id: RunId) -> StoreResult<bool> {
+    async fn run_cancel(&self, cancel: &RunCancel) -> StoreResult<bool> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         let now = now_ms();
+        let reason = format!("cancelled by {}", cancel.by);
+        // A run already compensating (a step died) finishes its compensations first.
+        let compensating = sqlx::query(
+            "UPDATE steward_runs SET cancelled_by = ?2, updated_at = ?3 \
+             WHERE id = ?1 AND state = 'compensating' AND cancelled_by IS NULL",
+        )
+        .bind(cancel.id)
+        .bind(&cancel.by)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if compensating > 0 {
+            tx.commit().await?;
+            return Ok(true);
+        }
         let job: Option<Option<JobId>> = sqlx::query_scalar(
             "SELECT s.job_id FROM steward_runs r JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
-             WHERE r.id = ?1 AND r.state IN ('queued', 'running', 'compensating')",
+             WHERE r.id = ?1 AND r.state IN ('queued', 'running') AND r.current_step = ?2",
         )
-        .bind(id)
+        .bind(cancel.id)
+        .bind(cancel.current_step)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = job else {
             return Ok(false);
         };
-        sqlx::query("UPDATE steward_runs SET state = 'cancelled', updated_at = ?2, finished_at = ?2 WHERE id = ?1")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let compensate = cancel.compensation.is_some();
+        sqlx::query(
+            "UPDATE steward_runs SET state = CASE WHEN ?5 THEN 'compensating' ELSE 'cancelled' END, \
+                 cancelled_by = ?3, error = ?4, updated_at = ?2, \
+                 finished_at = CASE WHEN ?5 THEN NULL ELSE ?2 END WHERE id = ?1",
+        )
+        .bind(cancel.id)
+        .bind(now)
+        .bind(&cancel.by)
+        .bind(&reason)
+        .bind(compensate)
+        .execute(&mut *tx)
+        .await?;
         // The current step's job and, for a fanned-out step, its live children.
         sqlx::query(
             "UPDATE steward_jobs SET state = 'cancelled', finished_at = ?3, leased_by = NULL, \
@@ -575,12 +600,17 @@ impl RunStore for SqliteStore {
                                       JOIN steward_runs r ON r.id = c.run_id AND c.idx = r.current_step \
                                       WHERE c.run_id = ?1))",
         )
-        .bind(id)
+        .bind(cancel.id)
         .bind(job)
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let mut woken = Vec::new();
+        if let Some(next) = &cancel.compensation {
+            queue_step(&mut tx, cancel.id, next, StepState::Compensating, &mut woken).await?;
+        }
         tx.commit().await?;
+        self.wake(woken);
         Ok(true)
     }
 }
@@ -751,6 +781,52 @@ impl StepTx for SqliteStepTx {
         }
     }
 
+    async fn step_failed(
+        &mut self,
+        run_id: RunId,
+        idx: i32,
+        output: &Value,
+        error: &str,
+        compensation: Option<NextStep>,
+    ) -> StoreResult<()> {
+        self.guard(run_id, idx, "running", "queued").await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE steward_run_steps SET state = 'dead', output = ?3, error = ?4, finished_at = ?5 \
+             WHERE run_id = ?1 AND idx = ?2",
+        )
+        .bind(run_id)
+        .bind(idx)
+        .bind(output.to_string())
+        .bind(error)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        let compensate = compensation.is_some();
+        sqlx::query(
+            "UPDATE steward_runs SET state = CASE WHEN ?3 THEN 'compensating' ELSE 'failed' END, \
+                 error = ?2, updated_at = ?4, finished_at = CASE WHEN ?3 THEN NULL ELSE ?4 END \
+             WHERE id = ?1",
+        )
+        .bind(run_id)
+        .bind(format!("step {idx} failed: {error}"))
+        .bind(compensate)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        if let Some(next) = compensation {
+            queue_step(
+                &mut self.tx,
+                run_id,
+                &next,
+                StepState::Compensating,
+                &mut self.woken,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn spawn_children(
         &mut self,
         run_id: RunId,
@@ -819,8 +895,11 @@ impl StepTx for SqliteStepTx {
                 .await
             }
             None => {
+                // Compensation is over: the run is failed, pointing at its dead step (or
+                // cancelled, when an operator's cancel started the compensation).
                 sqlx::query(
-                    "UPDATE steward_runs SET state = 'failed', updated_at = ?2, finished_at = ?2, \
+                    "UPDATE steward_runs SET updated_at = ?2, finished_at = ?2, \
+                     state = CASE WHEN cancelled_by IS NULL THEN 'failed' ELSE 'cancelled' END, \
                      current_step = coalesce((SELECT min(idx) FROM steward_run_steps s \
                      WHERE s.run_id = steward_runs.id AND s.state = 'dead'), current_step) WHERE id = ?1",
                 )

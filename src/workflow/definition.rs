@@ -4,6 +4,8 @@
 //! name = "provision_module"
 //! description = "Provision a module for a tenant"
 //! concurrency_key = "{tenant}:{module}"   # one run at a time per key (placeholders: params)
+//! operation = "request, approve"         # optional: started only by these operations, never
+//!                                        # with raw parameters over the API or `steward run`
 //!
 //! [params]
 //! tenant = { required = true }
@@ -101,6 +103,9 @@ pub struct WorkflowDef {
     pub steps: Vec<StepDef>,
     pub trigger: Option<Trigger>,
     pub concurrency_key: Option<String>,
+    /// The operations that start this workflow (e.g. `request, approve`): its runs are never
+    /// started with raw parameters from the API or `steward run`, nor retried around them.
+    pub operation: Option<String>,
     pub source: PathBuf,
     pub line: usize,
 }
@@ -111,6 +116,7 @@ struct WorkflowFile {
     name: Spanned<String>,
     description: Option<String>,
     concurrency_key: Option<Spanned<String>>,
+    operation: Option<String>,
     #[serde(default)]
     params: BTreeMap<String, Spanned<ParamFile>>,
     trigger: Option<Spanned<TriggerFile>>,
@@ -364,6 +370,7 @@ impl WorkflowCatalog {
             steps,
             trigger,
             concurrency_key,
+            operation: file.operation,
             source: path.to_path_buf(),
             line: at(file.name.span()),
         })

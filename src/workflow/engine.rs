@@ -23,7 +23,8 @@ use crate::kinds::KindCatalog;
 use crate::maintenance;
 use crate::queue::{JobContext, JobError, Registry};
 use crate::store::runs::{
-    CompletionOutcome, NextStep, RunId, RunRecord, RunStart, StepCompletion, StepState,
+    CompletionOutcome, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState, StepCompletion,
+    StepState,
 };
 use crate::store::{SharedStore, StepTx, StoreError, StoreResult};
 use crate::types::{FetchedJob, NewJob};
@@ -46,6 +47,8 @@ pub enum EngineError {
     NoRun(RunId),
     #[error("run {id} is {state}; only a failed run can be retried")]
     NotRetryable { id: RunId, state: String },
+    #[error("run {id} is {state}: it has ended and cannot be cancelled")]
+    NotCancellable { id: RunId, state: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -64,6 +67,8 @@ pub struct StepContext<'a> {
     pub worker: &'a str,
     /// The step's transaction, opened by the first [`StepContext::tx`].
     tx: &'a mut Option<Box<dyn StepTx>>,
+    /// Set by [`StepContext::fail_run`].
+    failure: &'a mut Option<String>,
     store: &'a SharedStore,
     /// Report progress of a long step, visible to operators at once.
     pub progress: Progress,
@@ -90,6 +95,13 @@ impl StepContext<'_> {
                 .ok_or_else(|| JobError::Interrupted("lease lost before the step began".into()))?,
         };
         Ok(self.tx.insert(tx).as_mut())
+    }
+
+    /// The step's effects commit (its transaction, its output), but its outcome is a
+    /// failure, e.g. an upgrade whose migration failed and was rolled back: the run
+    /// compensates the earlier steps and ends `failed` with `reason`, not `completed`.
+    pub fn fail_run(&mut self, reason: impl Into<String>) {
+        *self.failure = Some(reason.into());
     }
 
     /// Start another workflow's run (see [`Engine::start`]). Not part of the step's
@@ -358,9 +370,58 @@ impl Engine {
         }
     }
 
-    /// Cancel a running or compensating run.
-    pub async fn cancel(&self, id: RunId) -> Result<bool, EngineError> {
-        Ok(self.store.run_cancel(id).await?)
+    /// Cancel a run on behalf of `by`. Its completed steps' compensations run first, latest
+    /// first (as when a step dies), then the run is `cancelled`; a run with nothing to undo
+    /// is `cancelled` at once. A run already compensating finishes and ends `cancelled`.
+    /// Refused for a run that has ended.
+    pub async fn cancel(&self, id: RunId, by: &str) -> Result<(), EngineError> {
+        // The run may move on between the read and the write: read again (a few times).
+        for _ in 0..5 {
+            let run = self.run(id).await?;
+            if matches!(
+                run.state,
+                RunState::Completed | RunState::Failed | RunState::Cancelled
+            ) {
+                return Err(EngineError::NotCancellable {
+                    id,
+                    state: run.state.to_string(),
+                });
+            }
+            let compensation = match (run.state, self.workflows.get(&run.workflow)) {
+                (RunState::Running, Some(def)) => {
+                    self.next_compensation(def, &run, run.current_step)
+                }
+                _ => None,
+            };
+            let cancel = RunCancel {
+                id,
+                by: by.to_string(),
+                current_step: run.current_step,
+                compensation,
+            };
+            if self.store.run_cancel(&cancel).await? {
+                return Ok(());
+            }
+        }
+        Err(EngineError::Store(StoreError::Conflict(format!(
+            "run {id} kept moving while it was being cancelled: try again"
+        ))))
+    }
+
+    /// The run a workflow-step job belongs to, when `job` is one (its kind runs workflow
+    /// steps and its payload names a run).
+    pub fn run_of_job(&self, kind: &str, payload: &Value) -> Option<RunId> {
+        let runs_steps = self
+            .workflows
+            .iter()
+            .any(|w| w.steps.iter().any(|s| s.job == kind));
+        if !runs_steps {
+            return None;
+        }
+        serde_json::from_value::<StepJob>(payload.clone())
+            .ok()
+            .map(|step| step.run_id)
+            .filter(|id| *id > 0)
     }
 
     /// A run with its steps.
@@ -470,6 +531,7 @@ impl Engine {
             run.steps[idx - 1].output.clone().unwrap_or(Value::Null)
         };
         let mut opened: Option<Box<dyn StepTx>> = None;
+        let mut failure: Option<String> = None;
         let output = handler(StepContext {
             run_id: run.id,
             step: &step.name,
@@ -480,6 +542,7 @@ impl Engine {
             job: &ctx.job,
             worker: &ctx.worker,
             tx: &mut opened,
+            failure: &mut failure,
             store: &self.store,
             engine: self,
             progress: Progress {
@@ -493,6 +556,15 @@ impl Engine {
             let next = self.next_compensation(def, &run, args.step);
             let mut tx = self.open_tx(opened, &ctx).await?;
             let recorded = tx.step_compensated(run.id, args.step, next).await;
+            return finish(tx, recorded, &ctx, run.id).await;
+        }
+        if let Some(reason) = failure {
+            // The step's effects commit; the run fails (after compensating earlier steps).
+            let compensation = self.next_compensation(def, &run, args.step);
+            let mut tx = self.open_tx(opened, &ctx).await?;
+            let recorded = tx
+                .step_failed(run.id, args.step, &output, &reason, compensation)
+                .await;
             return finish(tx, recorded, &ctx, run.id).await;
         }
         let next = match def.steps.get(idx + 1) {

@@ -1,0 +1,192 @@
+//! The operators' actions on runs and jobs, with the lifecycle's rules applied: the one way
+//! the CLI, the API and the dashboard retry or cancel a run and retry dead jobs.
+//!
+//! - A failed `module_provision` run is not retried: its module is in ERROR, and an ERROR
+//!   module is requested again (the availability rules run again). Other workflows that
+//!   only an operation starts are retried by a Master Admin only.
+//! - Cancelling a run compensates its completed steps (see [`Engine::cancel`]); a cancelled
+//!   provisioning leaves its module in ERROR, "cancelled by <who>".
+//! - A dead (or cancelled) job that is a workflow step is retried **through its run**: the
+//!   run resumes from its failed step, under the same rules as a run retry, and the dead job
+//!   leaves the dead-letter queue. A retry that applies to nothing is an error, never a
+//!   success.
+
+use super::request::provisioning_ended;
+use super::{LifecycleError, PROVISION_WORKFLOW};
+use crate::domain::DomainError;
+use crate::domain::actor::{Actor, Authority};
+use crate::store::runs::RunId;
+use crate::types::{JobFilter, JobId, JobState};
+use crate::workflow::Engine;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a retry of jobs did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Retried {
+    /// Jobs made available again (not workflow steps).
+    pub jobs: u64,
+    /// Runs resumed from their failed step, for the dead step jobs among those asked for.
+    pub runs: Vec<RunId>,
+    /// Step jobs whose run could not be retried, and why.
+    pub refused: Vec<String>,
+}
+
+impl Retried {
+    /// How many things were retried.
+    pub fn count(&self) -> u64 {
+        self.jobs + self.runs.len() as u64
+    }
+}
+
+/// Run and job actions over the engine (no lifecycle workflows needed).
+#[derive(Clone)]
+pub struct Operator {
+    engine: Arc<Engine>,
+}
+
+impl Operator {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    /// Start a run with raw parameters (the API's `POST /api/runs`, `steward run`): refused
+    /// for a workflow that only its operation starts (provisioning, upgrade, archive, purge,
+    /// deprecation: their parameters are the operation's decisions, not a caller's).
+    pub async fn start_run(
+        &self,
+        workflow: &str,
+        params: serde_json::Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(RunId, bool), LifecycleError> {
+        if let Some(operation) = self
+            .engine
+            .workflows()
+            .get(workflow)
+            .and_then(|def| def.operation.as_deref())
+        {
+            return Err(DomainError::NotPermitted {
+                what: format!("starting `{workflow}` with parameters"),
+                reason: format!("it is started only by the {operation} operation"),
+            }
+            .into());
+        }
+        Ok(self.engine.start(workflow, params, idempotency_key).await?)
+    }
+
+    /// Retry a failed run from its failed step, if the rules allow it for `actor`.
+    pub async fn retry_run(&self, id: RunId, actor: &Actor) -> Result<(), LifecycleError> {
+        let run = self.engine.run(id).await?;
+        if run.workflow == PROVISION_WORKFLOW {
+            return Err(DomainError::NotPermitted {
+                what: format!("retrying provisioning run {id}"),
+                reason: "a failed provisioning leaves its module in ERROR: request the module \
+                         again (the availability rules and approval apply anew)"
+                    .into(),
+            }
+            .into());
+        }
+        let operation = self
+            .engine
+            .workflows()
+            .get(&run.workflow)
+            .and_then(|def| def.operation.clone());
+        if let Some(operation) = operation
+            && actor.authority != Authority::MasterAdmin
+        {
+            return Err(DomainError::NotPermitted {
+                what: format!("retrying run {id} of `{}`", run.workflow),
+                reason: format!("it is started by the {operation} operation; a Master Admin retries it"),
+            }
+            .into());
+        }
+        Ok(self.engine.retry(id).await?)
+    }
+
+    /// Cancel a run: its completed steps are compensated, then it is `cancelled`. A cancelled
+    /// provisioning leaves its module in ERROR ("cancelled by <who>").
+    pub async fn cancel_run(&self, id: RunId, actor: &Actor) -> Result<(), LifecycleError> {
+        let run = self.engine.run(id).await?;
+        self.engine.cancel(id, actor.as_str()).await?;
+        if run.workflow == PROVISION_WORKFLOW {
+            let tenant = run.params["tenant_id"]
+                .as_i64()
+                .or_else(|| run.params["tenant_id"].as_str().and_then(|s| s.parse().ok()));
+            if let (Some(tenant), Some(module)) = (tenant, run.params["module"].as_str()) {
+                let reason = format!("provisioning run {id} cancelled by {}", actor.as_str());
+                provisioning_ended(self.engine.store(), tenant, module, &reason, actor).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Retry the jobs `filter` matches: workflow-step jobs that are dead or cancelled through
+    /// their runs (see the module's documentation), every other job directly. Nothing
+    /// retried is [`LifecycleError::NothingDone`].
+    pub async fn retry_jobs(
+        &self,
+        filter: &JobFilter,
+        actor: &Actor,
+    ) -> Result<Retried, LifecycleError> {
+        let store = self.engine.store();
+        let mut plain: Vec<JobId> = Vec::new();
+        // Run → the dead step jobs of it that were asked for.
+        let mut runs: BTreeMap<RunId, Vec<JobId>> = BTreeMap::new();
+        let mut page = JobFilter {
+            limit: Some(1000),
+            ..filter.clone()
+        };
+        loop {
+            let jobs = store.jobs_list(&page).await?;
+            let Some(last) = jobs.last() else { break };
+            page.after_id = Some(last.id);
+            let full = jobs.len() as i64 >= 1000;
+            for job in jobs {
+                let through_run = matches!(job.state, JobState::Dead | JobState::Cancelled);
+                match self.engine.run_of_job(&job.kind, &job.payload) {
+                    Some(run) if through_run => runs.entry(run).or_default().push(job.id),
+                    _ => plain.push(job.id),
+                }
+            }
+            if !full || !filter.ids.is_empty() {
+                break;
+            }
+        }
+        let mut retried = Retried::default();
+        if !plain.is_empty() {
+            retried.jobs = store
+                .jobs_retry(&JobFilter {
+                    ids: plain,
+                    ..Default::default()
+                })
+                .await?
+                .count;
+        }
+        for (run, jobs) in runs {
+            match self.retry_run(run, actor).await {
+                Ok(()) => {
+                    retried.runs.push(run);
+                    // The run queued a new job for the step: the dead one leaves the DLQ.
+                    store
+                        .jobs_discard(&JobFilter {
+                            ids: jobs,
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+                Err(err) => retried
+                    .refused
+                    .push(format!("jobs {jobs:?} belong to run {run}: {err}")),
+            }
+        }
+        if retried.count() == 0 {
+            let why = if retried.refused.is_empty() {
+                "no job matched that can be retried".to_string()
+            } else {
+                retried.refused.join("; ")
+            };
+            return Err(LifecycleError::NothingDone(format!("nothing was retried: {why}")));
+        }
+        Ok(retried)
+    }
+}

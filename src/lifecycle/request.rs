@@ -1,0 +1,302 @@
+//! A tenant asks for a module; a Master Admin approves or rejects it; the reconciler
+//! repairs requests a crash left behind.
+//!
+//! A request and its admission (PENDING_APPROVAL or PROVISIONING) are one write: the
+//! availability rules decide first, then the record is written in the status they chose, so
+//! no crash leaves a module REQUESTED. PROVISIONING starts the `module_provision` run.
+
+use super::{Lifecycle, LifecycleError, PROVISION_WORKFLOW, installed};
+use crate::domain::DomainError;
+use crate::domain::actor::Actor;
+use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
+use crate::domain::ident::Slug;
+use crate::domain::status::{self, TenantModuleStatus};
+use crate::store::domain::{ModuleRequest, StatusChange, TenantId, TenantModuleRecord};
+use crate::store::runs::{RunId, RunState};
+use serde_json::json;
+use std::collections::HashMap;
+
+/// What a request led to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requested {
+    pub module: TenantModuleRecord,
+    /// The provisioning run, when the request was admitted without approval.
+    pub run: Option<RunId>,
+    /// Shown to the tenant (BETA, MAINTENANCE).
+    pub warning: Option<String>,
+}
+
+impl Lifecycle {
+    /// A tenant asks for a module (at the version installed here, else the latest). Refused,
+    /// with the rule that refused it, when the module is not available to this tenant, its
+    /// dependencies are not enabled, or the tenant has it already (a rejected, failed or
+    /// archived module is requested again). Otherwise recorded as PENDING_APPROVAL (ALPHA)
+    /// or PROVISIONING in one write, and provisioning starts.
+    pub async fn request(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &Actor,
+    ) -> Result<Requested, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        let existing = self.store.tenant_module_get(tenant_id, slug.as_str()).await?;
+        status::check_request_again(
+            existing.as_ref().map(|m| m.status),
+            existing.as_ref().and_then(|m| m.disabled_from),
+        )?;
+        let (admission, version_id) = self.admission(tenant_id, &slug).await?;
+        let (to, reason, warning) = match admission {
+            Admission::NeedsApproval { reason } => {
+                (TenantModuleStatus::PendingApproval, Some(reason), None)
+            }
+            Admission::Provision { warning } => (TenantModuleStatus::Provisioning, None, warning),
+        };
+        let module = self
+            .store
+            .tenant_module_request(&ModuleRequest {
+                tenant_id,
+                module: slug.as_str(),
+                version_id,
+                status: to,
+                reason: reason.as_deref(),
+                expected: existing.map(|m| m.status),
+                actor: actor.as_str(),
+            })
+            .await?;
+        let run = match module.status {
+            TenantModuleStatus::Provisioning => Some(self.start_provisioning(&module).await?),
+            _ => None,
+        };
+        Ok(Requested {
+            module,
+            run,
+            warning,
+        })
+    }
+
+    /// The availability rules' answer for `tenant_id` and `slug`, and the version it gets.
+    async fn admission(
+        &self,
+        tenant_id: TenantId,
+        slug: &Slug,
+    ) -> Result<(Admission, i64), LifecycleError> {
+        let tenant = self
+            .store
+            .tenant_get(tenant_id)
+            .await?
+            .ok_or(LifecycleError::NoTenant(tenant_id))?;
+        let module = self
+            .store
+            .module_get(slug.as_str())
+            .await?
+            .ok_or_else(|| LifecycleError::NoModule(slug.to_string()))?;
+        // New tenants get the version the module's tables are at in this database (upgrades
+        // move everyone together), or the latest one on a first install.
+        let versions = self.store.versions_of(slug.as_str()).await?;
+        let version = installed(&versions)
+            .or(versions.last())
+            .ok_or_else(|| LifecycleError::NoVersion(slug.to_string()))?;
+        let modules: HashMap<String, TenantModuleStatus> = self
+            .store
+            .tenant_modules(tenant_id)
+            .await?
+            .into_iter()
+            .map(|m| (m.module, m.status))
+            .collect();
+        let admission = availability::admit(
+            &ModuleFacts {
+                slug: slug.as_str(),
+                maturity: module.maturity,
+                dependencies: &module.dependencies,
+            },
+            &TenantFacts {
+                internal_tester: tenant.internal_tester,
+                beta_opt_in: tenant.beta_opt_in,
+                modules: &modules,
+            },
+        )?;
+        Ok((admission, version.id))
+    }
+
+    /// Start provisioning a tenant module that is PROVISIONING; returns the run. One run per
+    /// request: the idempotency key names the tenant, the module and the request's time, so
+    /// starting again (the reconciler does, after a crash) returns the same run.
+    pub async fn start_provisioning(
+        &self,
+        module: &TenantModuleRecord,
+    ) -> Result<RunId, LifecycleError> {
+        let key = format!(
+            "{PROVISION_WORKFLOW}:{}:{}:{}",
+            module.tenant_id,
+            module.module,
+            module.requested_at.timestamp_millis()
+        );
+        let (run, _) = self
+            .engine
+            .start(
+                PROVISION_WORKFLOW,
+                json!({"tenant_id": module.tenant_id, "module": module.module}),
+                Some(key),
+            )
+            .await?;
+        Ok(run)
+    }
+
+    /// A Master Admin approves a pending request: it moves on to PROVISIONING and its
+    /// provisioning run starts (returned).
+    pub async fn approve(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &Actor,
+    ) -> Result<(TenantModuleRecord, RunId), LifecycleError> {
+        let module = self
+            .decide(tenant_id, slug, actor, TenantModuleStatus::Provisioning, None)
+            .await?;
+        let run = self.start_provisioning(&module).await?;
+        Ok((module, run))
+    }
+
+    /// A Master Admin rejects a pending request: the module stays off (DISABLED, rejected:
+    /// it is requested again, never re-enabled), nothing was created.
+    pub async fn reject(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &Actor,
+        reason: &str,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        self.decide(
+            tenant_id,
+            slug,
+            actor,
+            TenantModuleStatus::Disabled,
+            Some(reason),
+        )
+        .await
+    }
+
+    async fn decide(
+        &self,
+        tenant_id: TenantId,
+        slug: &str,
+        actor: &Actor,
+        to: TenantModuleStatus,
+        reason: Option<&str>,
+    ) -> Result<TenantModuleRecord, LifecycleError> {
+        let slug = Slug::parse(slug)?;
+        let action = if to == TenantModuleStatus::Disabled {
+            "module.reject"
+        } else {
+            "module.approve"
+        };
+        if actor.authority != crate::domain::actor::Authority::MasterAdmin {
+            return Err(DomainError::NotPermitted {
+                what: format!("deciding a request for `{slug}`"),
+                reason: "only a Master Admin approves or rejects".into(),
+            }
+            .into());
+        }
+        // Only a pending request is decided (PROVISIONING → DISABLED is a legal move in
+        // general, but not an approval decision): `from` is checked under the row lock.
+        let mut change = StatusChange::new(
+            tenant_id,
+            slug.as_str(),
+            Some(TenantModuleStatus::PendingApproval),
+            to,
+            actor.as_str(),
+            action,
+        );
+        change.reason = reason;
+        Ok(self.store.tenant_module_move(&change).await?)
+    }
+
+    /// Repair requests left behind: a tenant module PROVISIONING for longer than `idle` gets
+    /// its run (started again, idempotently: a crash between the write and the start left
+    /// it without one), and one whose run failed or was cancelled moves to ERROR with the
+    /// run's reason; one left REQUESTED (by a version of steward that wrote a request and its
+    /// admission apart) is admitted now, or moved to ERROR with the rule that refuses it.
+    /// Returns how many were repaired.
+    pub async fn reconcile(&self, idle: std::time::Duration) -> Result<u64, LifecycleError> {
+        let system = Actor::system("steward:reconciler");
+        let mut repaired = 0;
+        for module in self
+            .store
+            .tenant_modules_stuck(TenantModuleStatus::Requested, idle, 1000)
+            .await?
+        {
+            let slug = Slug::parse(&module.module)?;
+            let (to, reason) = match self.admission(module.tenant_id, &slug).await {
+                Ok((Admission::NeedsApproval { reason }, _)) => {
+                    (TenantModuleStatus::PendingApproval, Some(reason))
+                }
+                Ok((Admission::Provision { .. }, _)) => (TenantModuleStatus::Provisioning, None),
+                Err(LifecycleError::Domain(rule)) => {
+                    (TenantModuleStatus::Error, Some(rule.to_string()))
+                }
+                Err(other) => return Err(other),
+            };
+            let mut change = StatusChange::new(
+                module.tenant_id,
+                slug.as_str(),
+                Some(TenantModuleStatus::Requested),
+                to,
+                system.as_str(),
+                "module.admit",
+            );
+            change.reason = reason.as_deref();
+            let moved = self.store.tenant_module_move(&change).await?;
+            if moved.status == TenantModuleStatus::Provisioning {
+                self.start_provisioning(&moved).await?;
+            }
+            repaired += 1;
+        }
+        let stuck = self
+            .store
+            .tenant_modules_stuck(TenantModuleStatus::Provisioning, idle, 1000)
+            .await?;
+        for module in stuck {
+            let run = self.start_provisioning(&module).await?;
+            let run = self.engine.run(run).await?;
+            if !matches!(run.state, RunState::Failed | RunState::Cancelled) {
+                continue;
+            }
+            let reason = format!(
+                "provisioning run {} {}: {}",
+                run.id,
+                run.state,
+                run.error.as_deref().unwrap_or("no reason recorded")
+            );
+            provisioning_ended(&self.store, module.tenant_id, &module.module, &reason, &system)
+                .await?;
+            repaired += 1;
+        }
+        Ok(repaired)
+    }
+}
+
+/// A provisioning that will not finish (its run failed or was cancelled): the tenant module
+/// moves from PROVISIONING to ERROR with `reason` (it is requested again). A module that
+/// already left PROVISIONING is left as it is.
+pub(crate) async fn provisioning_ended(
+    store: &crate::store::SharedStore,
+    tenant_id: TenantId,
+    module: &str,
+    reason: &str,
+    actor: &Actor,
+) -> Result<(), LifecycleError> {
+    let change = StatusChange::new(
+        tenant_id,
+        module,
+        Some(TenantModuleStatus::Provisioning),
+        TenantModuleStatus::Error,
+        actor.as_str(),
+        "module.provision_failed",
+    )
+    .because(reason);
+    match store.tenant_module_move(&change).await {
+        Ok(_) => Ok(()),
+        Err(crate::store::StoreError::Domain(DomainError::InvalidTransition { .. })) => Ok(()),
+        Err(other) => Err(other.into()),
+    }
+}
