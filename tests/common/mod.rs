@@ -2,6 +2,8 @@
 //! SQLite file, and waiting on database states instead of sleeping.
 #![allow(dead_code)]
 
+pub mod lifecycle;
+
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

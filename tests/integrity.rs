@@ -1,0 +1,710 @@
+//! The lifecycle's rules hold on every path, and the state tells the truth (issue #12), on
+//! both backends: a tenant cannot skip approval, undo a rejection, turn an ERROR module on or
+//! lift a suspension; a refused change writes nothing; dependencies are enabled first
+//! everywhere; a request and its admission are one write; cancel compensates; a rolled-back
+//! upgrade is a failed run; a dead step job is retried through its run; a tenant that missed
+//! an upgrade catches up when it is turned back on; an inconsistent record is repaired.
+
+mod common;
+
+use common::lifecycle::*;
+use common::{Backend, TestStore, fresh};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use steward::domain::actor::Actor;
+use steward::domain::maturity::Maturity;
+use steward::domain::status::TenantModuleStatus::*;
+use steward::lifecycle::LifecycleError;
+use steward::lifecycle::operator::Operator;
+use steward::lifecycle::switch::ModuleChange;
+use steward::store::domain::{ModuleRequest, StatusChange};
+use steward::store::runs::{RunId, RunRecord, RunState, StepState};
+use steward::types::{JobFilter, JobState};
+
+per_backend!(
+    a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_suspension,
+    a_refused_change_writes_nothing_and_settings_follow_the_schema,
+    dependencies_come_first_on_every_path,
+    a_request_and_its_admission_are_one_write_and_a_stranded_request_is_admitted,
+    a_cancelled_upgrade_compensates_and_leaves_no_tenant_upgrading,
+    a_cancelled_provisioning_leaves_the_module_in_error_to_be_requested_again,
+    a_rolled_back_upgrade_and_a_failed_migration_are_failed_runs,
+    a_dead_step_job_is_retried_through_its_run,
+    lifecycle_workflows_are_started_and_retried_only_through_their_operations,
+    a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on,
+    an_inconsistent_record_is_repaired_and_a_consistent_one_is_left_alone,
+);
+
+fn tenant_admin() -> Actor {
+    Actor::tenant_admin("tenant:admin")
+}
+
+fn master() -> Actor {
+    Actor::master_admin("admin:root")
+}
+
+async fn wait_run(t: &TestStore, run: RunId, want: RunState) -> RunRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = t.store.run_get(run).await.unwrap().unwrap();
+        if record.state == want {
+            return record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {run} is not {want}: {record:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A module whose migration fails.
+async fn publish_broken(t: &TestStore) {
+    let broken = module("broken", Maturity::Ga, &[]);
+    publish_version(
+        t,
+        &broken,
+        "1.0.0",
+        &["tenant_broken_items".into()],
+        "CREATE TABLE tenant_broken_items (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         INSERT INTO no_such_table VALUES (1);",
+    )
+    .await;
+}
+
+async fn a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_suspension(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    publish_broken(&t).await;
+    let a = tenant(&t, "a", true, false).await;
+    let b = tenant(&t, "b", true, false).await;
+    let life = life(&t);
+
+    // Skipping approval: withdraw the pending ALPHA request, then turn it "back" on.
+    life.request(a, "chatbot", &tenant_admin()).await.unwrap();
+    life.disable(a, "chatbot", &tenant_admin()).await.unwrap();
+    let err = life.reenable(a, "chatbot", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "request_again");
+    assert_eq!(status(&t, a, "chatbot").await, Some(Disabled));
+    assert!(!table_exists(&t, "tenant_chatbot_items").await, "never created");
+    // Requested again, it waits for approval again.
+    let again = life.request(a, "chatbot", &tenant_admin()).await.unwrap();
+    assert_eq!(again.module.status, PendingApproval);
+
+    // Undoing a rejection: a tenant cannot approve, and a rejected module is not re-enabled.
+    life.request(b, "chatbot", &tenant_admin()).await.unwrap();
+    let err = life.approve(b, "chatbot", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    life.reject(b, "chatbot", &master(), "no SLA for this tenant")
+        .await
+        .unwrap();
+    for who in [tenant_admin(), master()] {
+        let err = life.reenable(b, "chatbot", &who).await.unwrap_err();
+        assert_eq!(rule_code(err), "request_again");
+    }
+    assert_eq!(status(&t, b, "chatbot").await, Some(Disabled));
+
+    // ERROR is requested again, not enabled (directly or through DISABLED).
+    life.request(a, "broken", &tenant_admin()).await.unwrap();
+    let running = workers(&t);
+    assert_eq!(settled(&t, &[a], "broken").await, [Error]);
+    life.request(a, "inventory", &tenant_admin()).await.unwrap();
+    wait_for(&t, &[a], "inventory", Enabled).await;
+    running.stop().await;
+    let err = life.reenable(a, "broken", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "request_again");
+    life.disable(a, "broken", &tenant_admin()).await.unwrap();
+    let err = life.reenable(a, "broken", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "request_again");
+    assert_eq!(status(&t, a, "broken").await, Some(Disabled));
+
+    // A suspension is a Master Admin's to make and to lift, even through DISABLED.
+    let err = life
+        .suspend(a, "inventory", &tenant_admin(), "unpaid")
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    life.suspend(a, "inventory", &master(), "unpaid").await.unwrap();
+    let err = life.reenable(a, "inventory", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    let err = life.resume(a, "inventory", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    life.disable(a, "inventory", &tenant_admin()).await.unwrap();
+    let err = life.reenable(a, "inventory", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    assert_eq!(status(&t, a, "inventory").await, Some(Disabled));
+    let resumed = life.resume(a, "inventory", &master()).await.unwrap();
+    assert_eq!(resumed.status, Enabled);
+    // Turned off from use, the tenant turns it back on itself.
+    life.disable(a, "inventory", &tenant_admin()).await.unwrap();
+    let back = life.reenable(a, "inventory", &tenant_admin()).await.unwrap();
+    assert_eq!(back.status, Enabled);
+    let audit = t.store.audit_list(Some(a), 3).await.unwrap();
+    assert_eq!(audit[0].action, "module.reenable");
+    assert_eq!(audit[0].actor, "tenant:admin");
+    t.cleanup().await;
+}
+
+async fn a_refused_change_writes_nothing_and_settings_follow_the_schema(backend: Backend) {
+    let t = fresh(backend).await;
+    let inventory = module("inventory", Maturity::Ga, &[]);
+    publish(&t, &inventory).await;
+    // A second version with a settings schema, installed for the tenant.
+    let schema = json!({"type": "object", "properties": {"threshold": {"type": "integer", "minimum": 0}},
+                        "additionalProperties": false});
+    t.store
+        .version_publish(
+            "inventory",
+            &steward::store::domain::NewVersion {
+                version: "1.1.0".into(),
+                major: 1,
+                minor: 1,
+                patch: 0,
+                build_hash: "h".into(),
+                changelog: String::new(),
+                up_sql: String::new(),
+                down_sql: String::new(),
+                pre_upgrade_sql: None,
+                post_upgrade_sql: None,
+                settings_schema: Some(schema),
+                tables_created: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    let a = tenant(&t, "a", false, false).await;
+    let life = life(&t);
+    life.request(a, "inventory", &tenant_admin()).await.unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[a], "inventory", Enabled).await;
+    running.stop().await;
+    let valid = json!({"threshold": 3});
+    life.set_settings(a, "inventory", &valid, &tenant_admin())
+        .await
+        .unwrap();
+
+    // A state the module cannot take with new settings: refused, and the settings stay.
+    let change = ModuleChange {
+        state: Some(Enabled),
+        settings: Some(json!({"threshold": 9})),
+    };
+    let err = life
+        .change(a, "inventory", &change, &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "invalid_transition");
+    assert_eq!(t.store.settings_get(a, "inventory").await.unwrap(), valid);
+    // Invalid settings with a valid state change: neither is written.
+    let change = ModuleChange {
+        state: Some(Disabled),
+        settings: Some(json!({"threshold": -1, "extra": true})),
+    };
+    let err = life
+        .change(a, "inventory", &change, &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "invalid_settings");
+    assert_eq!(status(&t, a, "inventory").await, Some(Enabled));
+    assert_eq!(t.store.settings_get(a, "inventory").await.unwrap(), valid);
+    // The operation every entry point uses checks the schema too.
+    let err = life
+        .set_settings(a, "inventory", &json!({"threshold": "many"}), &master())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "invalid_settings");
+    assert_eq!(t.store.settings_get(a, "inventory").await.unwrap(), valid);
+    t.cleanup().await;
+}
+
+async fn dependencies_come_first_on_every_path(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    publish(&t, &module("alerts", Maturity::Ga, &["inventory"])).await;
+    let with = tenant(&t, "with", false, false).await;
+    let without = tenant(&t, "without", false, false).await;
+    let life = life(&t);
+
+    // Plan sync: only the tenant with inventory enabled gets alerts; the other is counted
+    // as skipped, with the reason.
+    t.store.plan_create("pro", "Pro").await.unwrap();
+    for tenant in [with, without] {
+        t.store
+            .subscription_create(tenant, "pro", "active")
+            .await
+            .unwrap();
+    }
+    life.request(with, "inventory", &tenant_admin()).await.unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[with], "inventory", Enabled).await;
+    let summary = life
+        .plan_add_module("pro", "alerts", &master())
+        .await
+        .unwrap();
+    assert_eq!(summary.len(), 1);
+    assert_eq!(
+        (
+            summary[0].synced,
+            summary[0].subscribed,
+            summary[0].skipped_missing_dependencies
+        ),
+        (1, 2, 1)
+    );
+    assert!(summary[0].skipped_reason.is_some());
+    assert_eq!(status(&t, without, "alerts").await, None);
+    assert_eq!(status(&t, with, "alerts").await, Some(Provisioning));
+    life.start_provisioning(&t.store.tenant_module_get(with, "alerts").await.unwrap().unwrap())
+        .await
+        .unwrap();
+    wait_for(&t, &[with], "alerts", Enabled).await;
+    running.stop().await;
+
+    // Disabling a module another enabled module depends on: refused, naming it.
+    let err = life
+        .disable(with, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "has_dependants");
+    assert_eq!(status(&t, with, "inventory").await, Some(Enabled));
+    // Dependants off first, then the dependency; turning the dependant back on before its
+    // dependency is refused.
+    life.disable(with, "alerts", &tenant_admin()).await.unwrap();
+    life.disable(with, "inventory", &tenant_admin())
+        .await
+        .unwrap();
+    let err = life
+        .reenable(with, "alerts", &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "missing_dependencies");
+    life.reenable(with, "inventory", &tenant_admin())
+        .await
+        .unwrap();
+    life.reenable(with, "alerts", &tenant_admin())
+        .await
+        .unwrap();
+    // A later sync gives the skipped tenant alerts once inventory is enabled for it.
+    life.request(without, "inventory", &tenant_admin())
+        .await
+        .unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[without], "inventory", Enabled).await;
+    running.stop().await;
+    let summary = life
+        .sync_plans(Some("pro"), None, &Actor::service("platform"))
+        .await
+        .unwrap();
+    let alerts = summary.iter().find(|s| s.module == "alerts").unwrap();
+    assert_eq!(
+        (alerts.synced, alerts.skipped_missing_dependencies),
+        (1, 0)
+    );
+    assert_eq!(status(&t, without, "alerts").await, Some(Provisioning));
+    t.cleanup().await;
+}
+
+async fn a_request_and_its_admission_are_one_write_and_a_stranded_request_is_admitted(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    let a = tenant(&t, "a", true, false).await;
+    let life = life(&t);
+    // One write: the only audit row goes straight to the admitted status.
+    life.request(a, "chatbot", &tenant_admin()).await.unwrap();
+    let audit: Vec<_> = t
+        .store
+        .audit_list(Some(a), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.module.as_deref() == Some("chatbot"))
+        .collect();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].before, None);
+    assert_eq!(audit[0].after.as_ref().unwrap()["status"], "PENDING_APPROVAL");
+
+    // A module left REQUESTED (as a crash between two writes left it before): the
+    // reconciler admits it and starts its provisioning.
+    let version = t.store.versions_of("inventory").await.unwrap()[0].id;
+    t.store
+        .tenant_module_request(&ModuleRequest {
+            tenant_id: a,
+            module: "inventory",
+            version_id: version,
+            status: Requested,
+            reason: None,
+            expected: None,
+            actor: "steward-0.1",
+        })
+        .await
+        .unwrap();
+    assert_eq!(life.reconcile(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(status(&t, a, "inventory").await, Some(Provisioning));
+    let running = workers(&t);
+    wait_for(&t, &[a], "inventory", Enabled).await;
+    running.stop().await;
+    t.cleanup().await;
+}
+
+/// An export storage that cannot be reached: S3 on a closed loopback port.
+fn unreachable_storage() -> steward::export::SharedExports {
+    Arc::new(steward::export::s3::S3Storage::new(
+        "exports",
+        Some("http://127.0.0.1:9"),
+        "us-east-1",
+        true,
+        Some(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        )),
+    ))
+}
+
+async fn a_cancelled_upgrade_compensates_and_leaves_no_tenant_upgrading(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    publish_upgrade(
+        &t,
+        "2.0.0",
+        &[],
+        "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT;",
+        "ALTER TABLE tenant_stock_items DROP COLUMN location;",
+        None,
+    )
+    .await;
+    // The major upgrade's backup cannot reach its storage: the run waits at `backup`,
+    // retrying, with every tenant UPGRADING, when the operator cancels it.
+    let storage = unreachable_storage();
+    let life = steward::lifecycle::Lifecycle::new(common::repo_engine(&t, storage.clone())).unwrap();
+    let run = life.upgrade("stock", "2.0.0", &master()).await.unwrap();
+    let running = workers_with(&t, storage);
+    wait_for(&t, &[a, b], "stock", Upgrading).await;
+    Operator::new(life.engine().clone())
+        .cancel_run(run, &Actor::master_admin("ops:ana"))
+        .await
+        .unwrap();
+    let cancelled = wait_run(&t, run, RunState::Cancelled).await;
+    running.stop().await;
+    assert_eq!(cancelled.steps[0].state, StepState::Compensated);
+    assert!(
+        cancelled
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("cancelled by ops:ana")),
+        "{cancelled:?}"
+    );
+    let versions = t.store.versions_of("stock").await.unwrap();
+    for record in wait_for(&t, &[a, b], "stock", Enabled).await {
+        assert_eq!(record.version_id, Some(versions[0].id));
+    }
+    assert!(!column_exists(&t, "tenant_stock_items", "location").await);
+    // A run that has ended cannot be cancelled (and says so).
+    let err = Operator::new(life.engine().clone())
+        .cancel_run(run, &master())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot be cancelled"), "{err}");
+    t.cleanup().await;
+}
+
+async fn a_cancelled_provisioning_leaves_the_module_in_error_to_be_requested_again(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    let a = tenant(&t, "a", false, false).await;
+    let life = life(&t);
+    // No worker runs: the provisioning run waits at its first step.
+    let requested = life.request(a, "inventory", &tenant_admin()).await.unwrap();
+    let run = requested.run.unwrap();
+    Operator::new(engine(&t))
+        .cancel_run(run, &Actor::tenant_admin("api:ana"))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store.run_get(run).await.unwrap().unwrap().state,
+        RunState::Cancelled
+    );
+    let record = t.store.tenant_module_get(a, "inventory").await.unwrap().unwrap();
+    assert_eq!(record.status, Error);
+    assert!(
+        record
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("cancelled by api:ana")),
+        "{record:?}"
+    );
+    // Re-requestable, and provisioned this time.
+    let again = life.request(a, "inventory", &tenant_admin()).await.unwrap();
+    assert_eq!(again.module.status, Provisioning);
+    let running = workers(&t);
+    wait_for(&t, &[a], "inventory", Enabled).await;
+    running.stop().await;
+    t.cleanup().await;
+}
+
+async fn a_rolled_back_upgrade_and_a_failed_migration_are_failed_runs(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    publish_upgrade(
+        &t,
+        "1.1.0",
+        &[],
+        "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT; SELECT * FROM no_such_table;",
+        "",
+        None,
+    )
+    .await;
+    let life = life(&t);
+    let run = life.upgrade("stock", "1.1.0", &master()).await.unwrap();
+    let running = workers(&t);
+    let failed = wait_run(&t, run, RunState::Failed).await;
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("rolled back")),
+        "{failed:?}"
+    );
+    // The tenants are where they were, and the failure is found where operators look.
+    wait_for(&t, &[a, b], "stock", Enabled).await;
+    let listed = t.store.runs_list(Some(RunState::Failed), 50).await.unwrap();
+    assert!(listed.iter().any(|r| r.id == run), "{listed:?}");
+
+    // A provisioning whose migration fails: ERROR, and a failed run with the reason.
+    publish_broken(&t).await;
+    let requested = life.request(a, "broken", &tenant_admin()).await.unwrap();
+    let failed = wait_run(&t, requested.run.unwrap(), RunState::Failed).await;
+    running.stop().await;
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("provisioning failed")),
+        "{failed:?}"
+    );
+    assert_eq!(status(&t, a, "broken").await, Some(Error));
+    t.cleanup().await;
+}
+
+async fn a_dead_step_job_is_retried_through_its_run(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, _) = stock_in_use(&t).await;
+    // An archive started while the module is still in use: its export step dies (only a
+    // DISABLED or SUSPENDED module is archived) and the run fails.
+    let engine = engine(&t);
+    let (run, _) = engine
+        .start("module_archive", json!({"tenant_id": a, "module": "stock"}), None)
+        .await
+        .unwrap();
+    let running = workers(&t);
+    let failed = wait_run(&t, run, RunState::Failed).await;
+    running.stop().await;
+    let dead_job = failed.steps[0].job_id.unwrap();
+    assert_eq!(
+        t.store.job_get(dead_job).await.unwrap().unwrap().state,
+        JobState::Dead
+    );
+    let operator = Operator::new(engine);
+    let only_it = JobFilter {
+        ids: vec![dead_job],
+        ..Default::default()
+    };
+    // A tenant admin may not retry an operation's run through its job: nothing is retried,
+    // and that is an error, not a success.
+    let err = operator
+        .retry_jobs(&only_it, &tenant_admin())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::NothingDone(ref why) if why.contains("not permitted")),
+        "{err:?}"
+    );
+    assert_eq!(
+        t.store.run_get(run).await.unwrap().unwrap().state,
+        RunState::Failed
+    );
+    // Once the module is off, the operator's retry of the dead job resumes the run.
+    life(&t).disable(a, "stock", &tenant_admin()).await.unwrap();
+    let retried = operator.retry_jobs(&only_it, &master()).await.unwrap();
+    assert_eq!((retried.jobs, retried.runs.clone()), (0, vec![run]));
+    let running = workers(&t);
+    let done = wait_run(&t, run, RunState::Completed).await;
+    running.stop().await;
+    assert_ne!(done.steps[0].job_id, Some(dead_job), "the step ran again");
+    assert_eq!(status(&t, a, "stock").await, Some(Archived));
+    // The dead job left the dead-letter queue; retrying it again does nothing, and says so.
+    assert_ne!(
+        t.store.job_get(dead_job).await.unwrap().unwrap().state,
+        JobState::Dead
+    );
+    let err = operator
+        .retry_jobs(
+            &JobFilter {
+                state: Some(JobState::Dead),
+                ..Default::default()
+            },
+            &master(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LifecycleError::NothingDone(_)), "{err:?}");
+    t.cleanup().await;
+}
+
+async fn lifecycle_workflows_are_started_and_retried_only_through_their_operations(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    publish_broken(&t).await;
+    let a = tenant(&t, "a", false, false).await;
+    let operator = Operator::new(engine(&t));
+    for (workflow, params) in [
+        ("module_upgrade", json!({"module": "broken", "version": "1.0.0"})),
+        ("module_purge", json!({"tenant_id": a, "module": "broken", "before": "2100-01-01"})),
+        ("module_deprecation", json!({"module": "broken", "maturity": "RETIRED", "force": true})),
+        ("module_provision", json!({"tenant_id": a, "module": "broken"})),
+        ("module_archive", json!({"tenant_id": a, "module": "broken"})),
+    ] {
+        let err = operator
+            .start_run(workflow, params, None)
+            .await
+            .unwrap_err();
+        assert_eq!(rule_code(err), "not_permitted", "{workflow}");
+    }
+    assert!(t.store.runs_list(None, 10).await.unwrap().is_empty());
+    // A failed provisioning is not retried: the ERROR module is requested again.
+    let life = life(&t);
+    let requested = life.request(a, "broken", &tenant_admin()).await.unwrap();
+    let running = workers(&t);
+    let run = requested.run.unwrap();
+    wait_run(&t, run, RunState::Failed).await;
+    running.stop().await;
+    for who in [tenant_admin(), master()] {
+        let err = operator.retry_run(run, &who).await.unwrap_err();
+        assert_eq!(rule_code(err), "not_permitted");
+    }
+    assert_eq!(
+        t.store.run_get(run).await.unwrap().unwrap().state,
+        RunState::Failed
+    );
+    t.cleanup().await;
+}
+
+async fn a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    let life = life(&t);
+    life.disable(b, "stock", &tenant_admin()).await.unwrap();
+    // The post-upgrade step fills a new column for the tenant it runs for (on PostgreSQL
+    // scoped by app.current_tenant_id; SQLite runs it once for every tenant).
+    let post = match backend {
+        Backend::Postgres => {
+            "UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL \
+             AND tenant_id = current_setting('app.current_tenant_id')::bigint;"
+        }
+        Backend::Sqlite => "UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL;",
+    };
+    publish_upgrade(
+        &t,
+        "2.0.0",
+        &[],
+        "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT;",
+        "ALTER TABLE tenant_stock_items DROP COLUMN location;",
+        Some(post),
+    )
+    .await;
+    let run = life.upgrade("stock", "2.0.0", &master()).await.unwrap();
+    let running = workers(&t);
+    wait_run(&t, run, RunState::Completed).await;
+    running.stop().await;
+    let versions = t.store.versions_of("stock").await.unwrap();
+    let off = t.store.tenant_module_get(b, "stock").await.unwrap().unwrap();
+    assert_eq!((off.status, off.version_id), (Disabled, Some(versions[0].id)));
+    if backend == Backend::Postgres {
+        assert_eq!(
+            count(
+                &t,
+                &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {b} AND location IS NULL")
+            )
+            .await,
+            1,
+            "the upgrade left the disabled tenant's rows alone"
+        );
+    }
+    // Turned back on: the post-upgrade step runs for it, and it is at the upgraded version.
+    let back = life.reenable(b, "stock", &tenant_admin()).await.unwrap();
+    assert_eq!((back.status, back.version_id), (UpToDate, Some(versions[1].id)));
+    assert_eq!(
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {b} AND location = 'main'")
+        )
+        .await,
+        1
+    );
+    let upgraded = t.store.tenant_module_get(a, "stock").await.unwrap().unwrap();
+    assert_eq!(upgraded.version_id, back.version_id, "tenants agree with the tables");
+    t.cleanup().await;
+}
+
+async fn an_inconsistent_record_is_repaired_and_a_consistent_one_is_left_alone(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    let life = life(&t);
+    // Consistent: nothing to repair, and that is an error, not a success.
+    let err = life.repair(a, "stock", &master()).await.unwrap_err();
+    assert!(matches!(err, LifecycleError::NothingDone(_)), "{err:?}");
+    let err = life.repair(a, "stock", &tenant_admin()).await.unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    // A left UPGRADING with no upgrade running (as a crash of an older steward left it).
+    t.store
+        .tenant_module_move(&StatusChange::new(
+            a,
+            "stock",
+            Some(Enabled),
+            Upgrading,
+            "steward-0.1",
+            "module.upgrade_begin",
+        ))
+        .await
+        .unwrap();
+    let (repaired, done) = life.repair(a, "stock", &master()).await.unwrap();
+    assert_eq!(repaired.status, Enabled, "{done:?}");
+    // B in use at a version older than the tables (the tables were upgraded without it).
+    publish_upgrade(&t, "1.1.0", &[], "SELECT 1;", "SELECT 1;", None).await;
+    let run = life.upgrade("stock", "1.1.0", &master()).await.unwrap();
+    let running = workers(&t);
+    wait_run(&t, run, RunState::Completed).await;
+    running.stop().await;
+    let versions = t.store.versions_of("stock").await.unwrap();
+    let mut behind = StatusChange::new(
+        b,
+        "stock",
+        Some(UpToDate),
+        Enabled,
+        "steward-0.1",
+        "module.rollback",
+    );
+    behind.set_version = Some(versions[0].id);
+    t.store.tenant_module_move(&behind).await.unwrap();
+    let (repaired, done) = life.repair(b, "stock", &master()).await.unwrap();
+    assert_eq!(
+        (repaired.status, repaired.version_id),
+        (UpToDate, Some(versions[1].id)),
+        "{done:?}"
+    );
+    let audit = t.store.audit_list(Some(b), 1).await.unwrap();
+    assert_eq!(
+        (audit[0].action.as_str(), audit[0].actor.as_str()),
+        ("module.repair", "admin:root")
+    );
+    t.cleanup().await;
+}
