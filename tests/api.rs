@@ -793,6 +793,9 @@ async fn a_failed_run_is_retried_from_its_failed_step(backend: Backend) {
 }
 
 per_backend!(
+    a_tenant_admins_catalog_shows_what_the_availability_table_shows,
+    module_operations_reach_the_api_for_the_right_roles_only,
+    a_dead_step_jobs_retry_advances_its_run,
     a_failed_run_is_retried_from_its_failed_step,
     only_the_right_callers_reach_the_api,
     runs_start_once_per_key_and_dead_letters_go_in_bulk,
@@ -847,4 +850,338 @@ fn steward_token_mints_a_token_the_api_accepts_and_refuses_bad_input() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
+}
+
+/// Every module maturity, published straight to the catalog.
+async fn every_maturity(t: &TestStore) {
+    use steward::domain::maturity::Maturity::*;
+    for (slug, maturity) in [
+        ("planned_mod", Planned),
+        ("dev_mod", InDevelopment),
+        ("alpha_mod", Alpha),
+        ("beta_mod", Beta),
+        ("ga_mod", Ga),
+        ("maint_mod", Maintenance),
+        ("old_mod", Deprecated),
+        ("gone_mod", Retired),
+    ] {
+        common::lifecycle::publish(t, &common::lifecycle::module(slug, maturity, &[])).await;
+    }
+}
+
+fn slugs(body: &Value) -> Vec<String> {
+    let mut slugs: Vec<String> = body["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["slug"].as_str().unwrap().to_string())
+        .collect();
+    slugs.sort();
+    slugs
+}
+
+async fn a_tenant_admins_catalog_shows_what_the_availability_table_shows(backend: Backend) {
+    let t = fresh(backend).await;
+    every_maturity(&t).await;
+    let plain = common::lifecycle::tenant(&t, "plain", false, false).await;
+    let tester = common::lifecycle::tenant(&t, "tester", true, false).await;
+    let api = Api::start(&t).await;
+    let own = api.token(Role::TenantAdmin, Some(plain));
+    let (status, body) = api.call("GET", "/api/modules", Some(&own)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(slugs(&body), ["beta_mod", "ga_mod", "maint_mod"]);
+    let badge = |body: &Value, slug: &str| {
+        body["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["slug"] == json!(slug))
+            .map(|m| m["listing"].clone())
+    };
+    assert_eq!(badge(&body, "beta_mod"), Some(json!("beta")));
+    assert_eq!(badge(&body, "maint_mod"), Some(json!("legacy")));
+    // "Show legacy modules" adds DEPRECATED, with its warning; never PLANNED, IN_DEVELOPMENT,
+    // RETIRED, nor ALPHA for a tenant that is not an internal tester.
+    let (_, body) = api
+        .call("GET", "/api/modules?show_legacy=true", Some(&own))
+        .await;
+    assert_eq!(slugs(&body), ["beta_mod", "ga_mod", "maint_mod", "old_mod"]);
+    assert_eq!(badge(&body, "old_mod"), Some(json!("deprecated")));
+    let (_, body) = api
+        .call(
+            "GET",
+            "/api/modules",
+            Some(&api.token(Role::TenantAdmin, Some(tester))),
+        )
+        .await;
+    assert_eq!(slugs(&body), ["alpha_mod", "beta_mod", "ga_mod", "maint_mod"]);
+    // Another tenant's view is not a tenant admin's to read; the platform sees any.
+    let (status, _) = api
+        .call("GET", &format!("/api/modules?tenant={tester}"), Some(&own))
+        .await;
+    assert_eq!(status, 403);
+    let (_, body) = api
+        .call(
+            "GET",
+            &format!("/api/modules?tenant={tester}"),
+            Some(&api.token(Role::Service, None)),
+        )
+        .await;
+    assert_eq!(slugs(&body).len(), 4);
+    let (_, body) = api
+        .call(
+            "GET",
+            "/api/modules",
+            Some(&api.token(Role::MasterAdmin, None)),
+        )
+        .await;
+    assert_eq!(slugs(&body).len(), 8, "the whole catalog for operators");
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
+async fn module_operations_reach_the_api_for_the_right_roles_only(backend: Backend) {
+    use common::lifecycle::{module, publish, status, tenant, wait_for, workers};
+    use steward::domain::maturity::Maturity;
+    use steward::domain::status::TenantModuleStatus::*;
+    let t = fresh(backend).await;
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    let one = tenant(&t, "one", true, false).await;
+    let api = Api::start(&t).await;
+    let own = api.token(Role::TenantAdmin, Some(one));
+    let service = api.token(Role::Service, None);
+    let master = api.token(Role::MasterAdmin, None);
+    let modules = format!("/api/tenant/{one}/modules");
+    for slug in ["chatbot", "inventory"] {
+        let (status, body) = api
+            .send("POST", &modules, Some(&own), Some(json!({"module": slug})))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let running = workers(&t);
+    wait_for(&t, &[one], "inventory", Enabled).await;
+
+    // Approve and reject are a Master Admin's: the tenant's own admin and the platform's
+    // services are refused, and nothing moves.
+    let chatbot = format!("{modules}/chatbot");
+    for token in [&own, &service] {
+        for action in ["approve", "reject"] {
+            let (status, body) = api
+                .send(
+                    "POST",
+                    &format!("{chatbot}/{action}"),
+                    Some(token),
+                    Some(json!({"reason": "mine"})),
+                )
+                .await;
+            assert_eq!(
+                (status, body["code"].clone()),
+                (403, json!("not_permitted")),
+                "{action}: {body}"
+            );
+        }
+    }
+    assert_eq!(status(&t, one, "chatbot").await, Some(PendingApproval));
+    // A refused PATCH writes nothing: a pending module cannot be turned on, and the
+    // settings sent with it are not written either.
+    let (status_code, body) = api
+        .send(
+            "PATCH",
+            &chatbot,
+            Some(&own),
+            Some(json!({"state": "ENABLED", "settings": {"mode": "x"}})),
+        )
+        .await;
+    assert_eq!(status_code, 422, "{body}");
+    assert_eq!(
+        t.store.settings_get(one, "chatbot").await.unwrap(),
+        json!({})
+    );
+    let (status_code, body) = api
+        .send("POST", &format!("{chatbot}/reject"), Some(&master), None)
+        .await;
+    assert_eq!(
+        (status_code, body["code"].clone()),
+        (400, json!("invalid_input")),
+        "a rejection needs a reason: {body}"
+    );
+    let (status_code, body) = api
+        .send(
+            "POST",
+            &format!("{chatbot}/approve"),
+            Some(&master),
+            None,
+        )
+        .await;
+    assert_eq!(status_code, 200, "{body}");
+    assert!(body["run"].is_i64());
+    wait_for(&t, &[one], "chatbot", Enabled).await;
+    running.stop().await;
+
+    // Suspend and resume: a Master Admin's; the tenant cannot lift a suspension.
+    let inventory = format!("{modules}/inventory");
+    let (status_code, _) = api
+        .send(
+            "POST",
+            &format!("{inventory}/suspend"),
+            Some(&own),
+            Some(json!({"reason": "unpaid"})),
+        )
+        .await;
+    assert_eq!(status_code, 403);
+    let (status_code, body) = api
+        .send(
+            "POST",
+            &format!("{inventory}/suspend"),
+            Some(&master),
+            Some(json!({"reason": "unpaid"})),
+        )
+        .await;
+    assert_eq!(status_code, 200, "{body}");
+    assert_eq!(body["module"]["status"], json!("SUSPENDED"));
+    for (method, path, body) in [
+        ("POST", format!("{inventory}/resume"), None),
+        ("PATCH", inventory.clone(), Some(json!({"state": "ENABLED"}))),
+    ] {
+        let (status_code, answer) = api.send(method, &path, Some(&own), body).await;
+        assert_eq!(
+            (status_code, answer["code"].clone()),
+            (403, json!("not_permitted")),
+            "{path}: {answer}"
+        );
+    }
+    assert_eq!(status(&t, one, "inventory").await, Some(Suspended));
+    let (status_code, body) = api
+        .send("POST", &format!("{inventory}/resume"), Some(&master), None)
+        .await;
+    assert_eq!(
+        (status_code, body["module"]["status"].clone()),
+        (200, json!("ENABLED"))
+    );
+    // Repair of a consistent record: 409, nothing done.
+    let (status_code, body) = api
+        .send("POST", &format!("{inventory}/repair"), Some(&master), None)
+        .await;
+    assert_eq!(
+        (status_code, body["code"].clone()),
+        (409, json!("not_applicable")),
+        "{body}"
+    );
+    let (status_code, _) = api
+        .send("POST", &format!("{inventory}/explode"), Some(&master), None)
+        .await;
+    assert_eq!(status_code, 404);
+
+    // Upgrade and rollback of the catalog: a Master Admin's.
+    for token in [&own, &service] {
+        let (status_code, body) = api
+            .send(
+                "POST",
+                "/api/catalog/inventory/upgrade",
+                Some(token),
+                Some(json!({"version": "1.0.0"})),
+            )
+            .await;
+        assert_eq!(status_code, 403, "{body}");
+        let (status_code, body) = api
+            .send("POST", "/api/catalog/inventory/rollback", Some(token), None)
+            .await;
+        assert_eq!(status_code, 403, "{body}");
+    }
+    let (status_code, body) = api
+        .send("POST", "/api/catalog/inventory/rollback", Some(&master), None)
+        .await;
+    assert_eq!(status_code, 400, "nothing was upgraded: {body}");
+
+    // Lifecycle workflows are never started with raw parameters.
+    for token in [&service, &master] {
+        let (status_code, body) = api
+            .send(
+                "POST",
+                "/api/runs",
+                Some(token),
+                Some(json!({"workflow": "module_purge",
+                            "params": {"tenant_id": one, "module": "inventory", "before": "2100-01-01"}})),
+            )
+            .await;
+        assert_eq!(
+            (status_code, body["code"].clone()),
+            (403, json!("not_permitted")),
+            "{body}"
+        );
+    }
+    // The tenant's audit log: its own admin reads it, another tenant's does not.
+    let (status_code, body) = api
+        .call("GET", &format!("/api/tenant/{one}/audit"), Some(&own))
+        .await;
+    assert_eq!(status_code, 200, "{body}");
+    let actions: Vec<&str> = body["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["action"].as_str().unwrap())
+        .collect();
+    for expected in ["module.approve", "module.suspend", "module.resume"] {
+        assert!(actions.contains(&expected), "{actions:?}");
+    }
+    let (status_code, _) = api
+        .call(
+            "GET",
+            &format!("/api/tenant/{one}/audit"),
+            Some(&api.token(Role::TenantAdmin, Some(one + 1))),
+        )
+        .await;
+    assert_eq!(status_code, 403);
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
+async fn a_dead_step_jobs_retry_advances_its_run(backend: Backend) {
+    use common::lifecycle::{life, stock_in_use, workers};
+    let t = fresh(backend).await;
+    let (a, _) = stock_in_use(&t).await;
+    let api = Api::start(&t).await;
+    let master = api.token(Role::MasterAdmin, None);
+    // An archive of a module in use: its export step dies, the run fails.
+    let (run, _) = engine(&t)
+        .start("module_archive", json!({"tenant_id": a, "module": "stock"}), None)
+        .await
+        .unwrap();
+    let running = workers(&t);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let dead = loop {
+        let record = t.store.run_get(run).await.unwrap().unwrap();
+        if record.state == steward::store::runs::RunState::Failed {
+            break record.steps[0].job_id.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    life(&t)
+        .disable(a, "stock", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
+    // "Retry all matching" in the dead-letter queue retries the run through its dead job.
+    let (status, body) = api
+        .send("POST", "/api/dlq/retry", Some(&master), Some(json!({})))
+        .await;
+    assert_eq!((status, body["affected"].clone()), (200, json!(1)), "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = t.store.run_get(run).await.unwrap().unwrap();
+        if record.state == steward::store::runs::RunState::Completed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    // Nothing dead is left: retrying the job again is refused, not reported as done.
+    let (status, body) = api
+        .call("POST", &format!("/api/jobs/{dead}/retry"), Some(&master))
+        .await;
+    assert_eq!((status, body["code"].clone()), (409, json!("not_applicable")), "{body}");
+    api.stop.cancel();
+    t.cleanup().await;
 }
