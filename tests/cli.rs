@@ -254,6 +254,20 @@ fn enqueue_then_operate_from_the_command_line() {
     let out = steward(&["jobs", "show", "1"], &url, repo_jobs());
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(job["state"], "cancelled");
+    // An action that applies to nothing says so and exits non-zero: a job that does not
+    // exist, a dead-letter queue with nothing in it.
+    for args in [
+        &["jobs", "retry", "999"][..],
+        &["jobs", "discard", "999"][..],
+        &["dlq", "retry", "--all"][..],
+    ] {
+        let (code, stderr) = failed(&steward(args, &url, repo_jobs()));
+        assert_eq!(code, 1, "{args:?}");
+        assert!(
+            stderr.contains("no job") || stderr.contains("nothing was retried"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,6 +364,39 @@ fn module_lifecycle_from_the_command_line() {
     assert!(stderr.contains("cannot go from GA to ALPHA"), "{stderr}");
     let (code, _) = failed(&run(&["catalog", "set-maturity", "inventory", "SHINY"]));
     assert_eq!(code, 2);
+
+    // Settings from the CLI are checked against the version's JSON Schema, as the API's.
+    ok(&["module", "request", "1", "inventory"]);
+    let (code, stderr) = failed(&run(&[
+        "module",
+        "settings",
+        "1",
+        "inventory",
+        "--set",
+        r#"{"low_stock_threshold": -3, "colour": "red"}"#,
+    ]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("do not follow its schema"), "{stderr}");
+    assert_eq!(
+        ok(&["module", "settings", "1", "inventory"]).trim(),
+        "{}",
+        "nothing was written"
+    );
+    assert!(
+        ok(&[
+            "module",
+            "settings",
+            "1",
+            "inventory",
+            "--set",
+            r#"{"low_stock_threshold": 3}"#
+        ])
+        .contains("\"low_stock_threshold\": 3")
+    );
+    // Repairing a consistent record does nothing, and says so.
+    let (code, stderr) = failed(&run(&["module", "repair", "1", "chatbot"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("nothing to repair"), "{stderr}");
 
     let audit = ok(&["audit", "--tenant", "1"]);
     assert!(
