@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use steward::domain::actor::Actor;
 use steward::api::auth::{AuthKeys, Role};
 use steward::api::{AppState, serve};
+use steward::domain::actor::Actor;
 use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
 use steward::types::{JobId, JobState, NewJob};
 use steward::workflow::Engine;
@@ -401,7 +401,9 @@ async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
     .unwrap();
     let engine = engine(&t);
     let life = steward::lifecycle::Lifecycle::new(engine).unwrap();
-    life.load_catalog(&catalog, &Actor::master_admin("test")).await.unwrap();
+    life.load_catalog(&catalog, &Actor::master_admin("test"))
+        .await
+        .unwrap();
     let tenant = |slug: &str| steward::store::domain::NewTenant {
         slug: slug.into(),
         name: slug.into(),
@@ -914,7 +916,10 @@ async fn a_tenant_admins_catalog_shows_what_the_availability_table_shows(backend
             Some(&api.token(Role::TenantAdmin, Some(tester))),
         )
         .await;
-    assert_eq!(slugs(&body), ["alpha_mod", "beta_mod", "ga_mod", "maint_mod"]);
+    assert_eq!(
+        slugs(&body),
+        ["alpha_mod", "beta_mod", "ga_mod", "maint_mod"]
+    );
     // Another tenant's view is not a tenant admin's to read; the platform sees any.
     let (status, _) = api
         .call("GET", &format!("/api/modules?tenant={tester}"), Some(&own))
@@ -1007,12 +1012,7 @@ async fn module_operations_reach_the_api_for_the_right_roles_only(backend: Backe
         "a rejection needs a reason: {body}"
     );
     let (status_code, body) = api
-        .send(
-            "POST",
-            &format!("{chatbot}/approve"),
-            Some(&master),
-            None,
-        )
+        .send("POST", &format!("{chatbot}/approve"), Some(&master), None)
         .await;
     assert_eq!(status_code, 200, "{body}");
     assert!(body["run"].is_i64());
@@ -1042,7 +1042,11 @@ async fn module_operations_reach_the_api_for_the_right_roles_only(backend: Backe
     assert_eq!(body["module"]["status"], json!("SUSPENDED"));
     for (method, path, body) in [
         ("POST", format!("{inventory}/resume"), None),
-        ("PATCH", inventory.clone(), Some(json!({"state": "ENABLED"}))),
+        (
+            "PATCH",
+            inventory.clone(),
+            Some(json!({"state": "ENABLED"})),
+        ),
     ] {
         let (status_code, answer) = api.send(method, &path, Some(&own), body).await;
         assert_eq!(
@@ -1090,7 +1094,12 @@ async fn module_operations_reach_the_api_for_the_right_roles_only(backend: Backe
         assert_eq!(status_code, 403, "{body}");
     }
     let (status_code, body) = api
-        .send("POST", "/api/catalog/inventory/rollback", Some(&master), None)
+        .send(
+            "POST",
+            "/api/catalog/inventory/rollback",
+            Some(&master),
+            None,
+        )
         .await;
     assert_eq!(status_code, 400, "nothing was upgraded: {body}");
 
@@ -1145,7 +1154,11 @@ async fn a_dead_step_jobs_retry_advances_its_run(backend: Backend) {
     let master = api.token(Role::MasterAdmin, None);
     // An archive of a module in use: its export step dies, the run fails.
     let (run, _) = engine(&t)
-        .start("module_archive", json!({"tenant_id": a, "module": "stock"}), None)
+        .start(
+            "module_archive",
+            json!({"tenant_id": a, "module": "stock"}),
+            None,
+        )
         .await
         .unwrap();
     let running = workers(&t);
@@ -1166,7 +1179,11 @@ async fn a_dead_step_jobs_retry_advances_its_run(backend: Backend) {
     let (status, body) = api
         .send("POST", "/api/dlq/retry", Some(&master), Some(json!({})))
         .await;
-    assert_eq!((status, body["affected"].clone()), (200, json!(1)), "{body}");
+    assert_eq!(
+        (status, body["affected"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let record = t.store.run_get(run).await.unwrap().unwrap();
@@ -1181,7 +1198,11 @@ async fn a_dead_step_jobs_retry_advances_its_run(backend: Backend) {
     let (status, body) = api
         .call("POST", &format!("/api/jobs/{dead}/retry"), Some(&master))
         .await;
-    assert_eq!((status, body["code"].clone()), (409, json!("not_applicable")), "{body}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (409, json!("not_applicable")),
+        "{body}"
+    );
     api.stop.cancel();
     t.cleanup().await;
 }

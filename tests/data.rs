@@ -144,7 +144,9 @@ async fn journal_in_use(t: &TestStore, engine: &Arc<Engine>, tenants: usize) -> 
             .await
             .unwrap()
             .id;
-        life.request(id, "journal", &Actor::tenant_admin("test")).await.unwrap();
+        life.request(id, "journal", &Actor::tenant_admin("test"))
+            .await
+            .unwrap();
         ids.push(id);
     }
     let workers = Workers::start(t, engine);
@@ -873,7 +875,9 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
     let life = Lifecycle::new(engine.clone()).unwrap();
     // Some tenants turned it off already; one was suspended.
     let (off, suspended) = (tenants[1], tenants[2]);
-    life.disable(off, "journal", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.disable(off, "journal", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     t.store
         .tenant_module_move(&steward::store::domain::StatusChange {
             tenant_id: suspended,
@@ -893,13 +897,23 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
 
     let workers = Workers::start(&t, &engine);
     let (from, run) = life
-        .set_maturity("journal", Maturity::Deprecated, false, &Actor::master_admin("test"))
+        .set_maturity(
+            "journal",
+            Maturity::Deprecated,
+            false,
+            &Actor::master_admin("test"),
+        )
         .await
         .unwrap();
     assert_eq!(from, Maturity::Ga);
     wait_run(&t, run.unwrap(), Duration::from_secs(120)).await;
     let (_, retire) = life
-        .set_maturity("journal", Maturity::Retired, true, &Actor::master_admin("test"))
+        .set_maturity(
+            "journal",
+            Maturity::Retired,
+            true,
+            &Actor::master_admin("test"),
+        )
         .await
         .unwrap();
     wait_run(&t, retire.unwrap(), Duration::from_secs(120)).await;

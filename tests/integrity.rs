@@ -88,17 +88,26 @@ async fn a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_s
     // Skipping approval: withdraw the pending ALPHA request, then turn it "back" on.
     life.request(a, "chatbot", &tenant_admin()).await.unwrap();
     life.disable(a, "chatbot", &tenant_admin()).await.unwrap();
-    let err = life.reenable(a, "chatbot", &tenant_admin()).await.unwrap_err();
+    let err = life
+        .reenable(a, "chatbot", &tenant_admin())
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "request_again");
     assert_eq!(status(&t, a, "chatbot").await, Some(Disabled));
-    assert!(!table_exists(&t, "tenant_chatbot_items").await, "never created");
+    assert!(
+        !table_exists(&t, "tenant_chatbot_items").await,
+        "never created"
+    );
     // Requested again, it waits for approval again.
     let again = life.request(a, "chatbot", &tenant_admin()).await.unwrap();
     assert_eq!(again.module.status, PendingApproval);
 
     // Undoing a rejection: a tenant cannot approve, and a rejected module is not re-enabled.
     life.request(b, "chatbot", &tenant_admin()).await.unwrap();
-    let err = life.approve(b, "chatbot", &tenant_admin()).await.unwrap_err();
+    let err = life
+        .approve(b, "chatbot", &tenant_admin())
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "not_permitted");
     life.reject(b, "chatbot", &master(), "no SLA for this tenant")
         .await
@@ -116,10 +125,16 @@ async fn a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_s
     life.request(a, "inventory", &tenant_admin()).await.unwrap();
     wait_for(&t, &[a], "inventory", Enabled).await;
     running.stop().await;
-    let err = life.reenable(a, "broken", &tenant_admin()).await.unwrap_err();
+    let err = life
+        .reenable(a, "broken", &tenant_admin())
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "request_again");
     life.disable(a, "broken", &tenant_admin()).await.unwrap();
-    let err = life.reenable(a, "broken", &tenant_admin()).await.unwrap_err();
+    let err = life
+        .reenable(a, "broken", &tenant_admin())
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "request_again");
     assert_eq!(status(&t, a, "broken").await, Some(Disabled));
 
@@ -129,20 +144,34 @@ async fn a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_s
         .await
         .unwrap_err();
     assert_eq!(rule_code(err), "not_permitted");
-    life.suspend(a, "inventory", &master(), "unpaid").await.unwrap();
-    let err = life.reenable(a, "inventory", &tenant_admin()).await.unwrap_err();
+    life.suspend(a, "inventory", &master(), "unpaid")
+        .await
+        .unwrap();
+    let err = life
+        .reenable(a, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "not_permitted");
-    let err = life.resume(a, "inventory", &tenant_admin()).await.unwrap_err();
+    let err = life
+        .resume(a, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "not_permitted");
     life.disable(a, "inventory", &tenant_admin()).await.unwrap();
-    let err = life.reenable(a, "inventory", &tenant_admin()).await.unwrap_err();
+    let err = life
+        .reenable(a, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "not_permitted");
     assert_eq!(status(&t, a, "inventory").await, Some(Disabled));
     let resumed = life.resume(a, "inventory", &master()).await.unwrap();
     assert_eq!(resumed.status, Enabled);
     // Turned off from use, the tenant turns it back on itself.
     life.disable(a, "inventory", &tenant_admin()).await.unwrap();
-    let back = life.reenable(a, "inventory", &tenant_admin()).await.unwrap();
+    let back = life
+        .reenable(a, "inventory", &tenant_admin())
+        .await
+        .unwrap();
     assert_eq!(back.status, Enabled);
     let audit = t.store.audit_list(Some(a), 3).await.unwrap();
     assert_eq!(audit[0].action, "module.reenable");
@@ -238,7 +267,9 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
             .await
             .unwrap();
     }
-    life.request(with, "inventory", &tenant_admin()).await.unwrap();
+    life.request(with, "inventory", &tenant_admin())
+        .await
+        .unwrap();
     let running = workers(&t);
     wait_for(&t, &[with], "inventory", Enabled).await;
     let summary = life
@@ -257,9 +288,15 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     assert!(summary[0].skipped_reason.is_some());
     assert_eq!(status(&t, without, "alerts").await, None);
     assert_eq!(status(&t, with, "alerts").await, Some(Provisioning));
-    life.start_provisioning(&t.store.tenant_module_get(with, "alerts").await.unwrap().unwrap())
-        .await
-        .unwrap();
+    life.start_provisioning(
+        &t.store
+            .tenant_module_get(with, "alerts")
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     wait_for(&t, &[with], "alerts", Enabled).await;
     running.stop().await;
 
@@ -299,10 +336,7 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
         .await
         .unwrap();
     let alerts = summary.iter().find(|s| s.module == "alerts").unwrap();
-    assert_eq!(
-        (alerts.synced, alerts.skipped_missing_dependencies),
-        (1, 0)
-    );
+    assert_eq!((alerts.synced, alerts.skipped_missing_dependencies), (1, 0));
     assert_eq!(status(&t, without, "alerts").await, Some(Provisioning));
     t.cleanup().await;
 }
@@ -327,7 +361,10 @@ async fn a_request_and_its_admission_are_one_write_and_a_stranded_request_is_adm
         .collect();
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(audit[0].before, None);
-    assert_eq!(audit[0].after.as_ref().unwrap()["status"], "PENDING_APPROVAL");
+    assert_eq!(
+        audit[0].after.as_ref().unwrap()["status"],
+        "PENDING_APPROVAL"
+    );
 
     // A module left REQUESTED (as a crash between two writes left it before): the
     // reconciler admits it and starts its provisioning.
@@ -380,7 +417,8 @@ async fn a_cancelled_upgrade_compensates_and_leaves_no_tenant_upgrading(backend:
     // The major upgrade's backup cannot reach its storage: the run waits at `backup`,
     // retrying, with every tenant UPGRADING, when the operator cancels it.
     let storage = unreachable_storage();
-    let life = steward::lifecycle::Lifecycle::new(common::repo_engine(&t, storage.clone())).unwrap();
+    let life =
+        steward::lifecycle::Lifecycle::new(common::repo_engine(&t, storage.clone())).unwrap();
     let run = life.upgrade("stock", "2.0.0", &master()).await.unwrap();
     let running = workers_with(&t, storage);
     wait_for(&t, &[a, b], "stock", Upgrading).await;
@@ -430,7 +468,12 @@ async fn a_cancelled_provisioning_leaves_the_module_in_error_to_be_requested_aga
         t.store.run_get(run).await.unwrap().unwrap().state,
         RunState::Cancelled
     );
-    let record = t.store.tenant_module_get(a, "inventory").await.unwrap().unwrap();
+    let record = t
+        .store
+        .tenant_module_get(a, "inventory")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(record.status, Error);
     assert!(
         record
@@ -499,7 +542,11 @@ async fn a_dead_step_job_is_retried_through_its_run(backend: Backend) {
     // DISABLED or SUSPENDED module is archived) and the run fails.
     let engine = engine(&t);
     let (run, _) = engine
-        .start("module_archive", json!({"tenant_id": a, "module": "stock"}), None)
+        .start(
+            "module_archive",
+            json!({"tenant_id": a, "module": "stock"}),
+            None,
+        )
         .await
         .unwrap();
     let running = workers(&t);
@@ -565,11 +612,26 @@ async fn lifecycle_workflows_are_started_and_retried_only_through_their_operatio
     let a = tenant(&t, "a", false, false).await;
     let operator = Operator::new(engine(&t));
     for (workflow, params) in [
-        ("module_upgrade", json!({"module": "broken", "version": "1.0.0"})),
-        ("module_purge", json!({"tenant_id": a, "module": "broken", "before": "2100-01-01"})),
-        ("module_deprecation", json!({"module": "broken", "maturity": "RETIRED", "force": true})),
-        ("module_provision", json!({"tenant_id": a, "module": "broken"})),
-        ("module_archive", json!({"tenant_id": a, "module": "broken"})),
+        (
+            "module_upgrade",
+            json!({"module": "broken", "version": "1.0.0"}),
+        ),
+        (
+            "module_purge",
+            json!({"tenant_id": a, "module": "broken", "before": "2100-01-01"}),
+        ),
+        (
+            "module_deprecation",
+            json!({"module": "broken", "maturity": "RETIRED", "force": true}),
+        ),
+        (
+            "module_provision",
+            json!({"tenant_id": a, "module": "broken"}),
+        ),
+        (
+            "module_archive",
+            json!({"tenant_id": a, "module": "broken"}),
+        ),
     ] {
         let err = operator
             .start_run(workflow, params, None)
@@ -608,7 +670,9 @@ async fn a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on(backend: 
             "UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL \
              AND tenant_id = current_setting('app.current_tenant_id')::bigint;"
         }
-        Backend::Sqlite => "UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL;",
+        Backend::Sqlite => {
+            "UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL;"
+        }
     };
     publish_upgrade(
         &t,
@@ -624,8 +688,16 @@ async fn a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on(backend: 
     wait_run(&t, run, RunState::Completed).await;
     running.stop().await;
     let versions = t.store.versions_of("stock").await.unwrap();
-    let off = t.store.tenant_module_get(b, "stock").await.unwrap().unwrap();
-    assert_eq!((off.status, off.version_id), (Disabled, Some(versions[0].id)));
+    let off = t
+        .store
+        .tenant_module_get(b, "stock")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (off.status, off.version_id),
+        (Disabled, Some(versions[0].id))
+    );
     if backend == Backend::Postgres {
         assert_eq!(
             count(
@@ -639,7 +711,10 @@ async fn a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on(backend: 
     }
     // Turned back on: the post-upgrade step runs for it, and it is at the upgraded version.
     let back = life.reenable(b, "stock", &tenant_admin()).await.unwrap();
-    assert_eq!((back.status, back.version_id), (UpToDate, Some(versions[1].id)));
+    assert_eq!(
+        (back.status, back.version_id),
+        (UpToDate, Some(versions[1].id))
+    );
     assert_eq!(
         count(
             &t,
@@ -648,14 +723,20 @@ async fn a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on(backend: 
         .await,
         1
     );
-    let upgraded = t.store.tenant_module_get(a, "stock").await.unwrap().unwrap();
-    assert_eq!(upgraded.version_id, back.version_id, "tenants agree with the tables");
+    let upgraded = t
+        .store
+        .tenant_module_get(a, "stock")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        upgraded.version_id, back.version_id,
+        "tenants agree with the tables"
+    );
     t.cleanup().await;
 }
 
-async fn an_inconsistent_record_is_repaired_and_a_consistent_one_is_left_alone(
-    backend: Backend,
-) {
+async fn an_inconsistent_record_is_repaired_and_a_consistent_one_is_left_alone(backend: Backend) {
     let t = fresh(backend).await;
     let (a, b) = stock_in_use(&t).await;
     let life = life(&t);

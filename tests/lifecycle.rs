@@ -43,8 +43,12 @@ async fn row_level_security_keeps_tenants_apart_on_postgres() {
     let a = tenant(&t, "a", false, false).await;
     let b = tenant(&t, "b", false, false).await;
     let life = life(&t);
-    life.request(a, "inventory", &Actor::tenant_admin("tenant:a")).await.unwrap();
-    life.request(b, "inventory", &Actor::tenant_admin("tenant:b")).await.unwrap();
+    life.request(a, "inventory", &Actor::tenant_admin("tenant:a"))
+        .await
+        .unwrap();
+    life.request(b, "inventory", &Actor::tenant_admin("tenant:b"))
+        .await
+        .unwrap();
     let running = workers(&t);
     assert_eq!(settled(&t, &[a, b], "inventory").await, [Enabled, Enabled]);
     running.stop().await;
@@ -225,7 +229,10 @@ async fn a_failing_migration_leaves_no_table_and_the_module_in_error(backend: Ba
     )
     .await;
     let acme = tenant(&t, "acme", false, false).await;
-    life(&t).request(acme, "alerts", &Actor::tenant_admin("tenant")).await.unwrap();
+    life(&t)
+        .request(acme, "alerts", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     let running = workers(&t);
     assert_eq!(settled(&t, &[acme], "alerts").await, [Error]);
     running.stop().await;
@@ -261,14 +268,20 @@ async fn a_ga_request_provisions_and_alpha_waits_for_approval(backend: Backend) 
     let acme = tenant(&t, "acme", true, false).await;
     let life = life(&t);
 
-    let ga = life.request(acme, "inventory", &Actor::tenant_admin("user:ana")).await.unwrap();
+    let ga = life
+        .request(acme, "inventory", &Actor::tenant_admin("user:ana"))
+        .await
+        .unwrap();
     assert_eq!(ga.module.status, Provisioning);
     assert!(ga.run.is_some(), "its provisioning run started");
     assert_eq!(ga.warning, None);
     let versions = t.store.versions_of("inventory").await.unwrap();
     assert_eq!(ga.module.version_id, Some(versions[0].id));
 
-    let alpha = life.request(acme, "chatbot", &Actor::tenant_admin("user:ana")).await.unwrap();
+    let alpha = life
+        .request(acme, "chatbot", &Actor::tenant_admin("user:ana"))
+        .await
+        .unwrap();
     assert_eq!(alpha.module.status, PendingApproval);
     assert_eq!(alpha.run, None, "nothing is provisioned before approval");
     assert!(alpha.module.status_reason.unwrap().contains("approval"));
@@ -363,14 +376,28 @@ async fn approval_decides_only_pending_requests(backend: Backend) {
     let a = tenant(&t, "a", true, false).await;
     let b = tenant(&t, "b", true, false).await;
     let life = life(&t);
-    life.request(a, "chatbot", &Actor::tenant_admin("tenant:a")).await.unwrap();
-    life.request(b, "chatbot", &Actor::tenant_admin("tenant:b")).await.unwrap();
-    life.request(a, "inventory", &Actor::tenant_admin("tenant:a")).await.unwrap();
+    life.request(a, "chatbot", &Actor::tenant_admin("tenant:a"))
+        .await
+        .unwrap();
+    life.request(b, "chatbot", &Actor::tenant_admin("tenant:b"))
+        .await
+        .unwrap();
+    life.request(a, "inventory", &Actor::tenant_admin("tenant:a"))
+        .await
+        .unwrap();
 
-    let (approved, _run) = life.approve(a, "chatbot", &Actor::master_admin("admin:root")).await.unwrap();
+    let (approved, _run) = life
+        .approve(a, "chatbot", &Actor::master_admin("admin:root"))
+        .await
+        .unwrap();
     assert_eq!(approved.status, Provisioning);
     let rejected = life
-        .reject(b, "chatbot", &Actor::master_admin("admin:root"), "no SLA for you")
+        .reject(
+            b,
+            "chatbot",
+            &Actor::master_admin("admin:root"),
+            "no SLA for you",
+        )
         .await
         .unwrap();
     assert_eq!(rejected.status, Disabled);
@@ -378,7 +405,11 @@ async fn approval_decides_only_pending_requests(backend: Backend) {
 
     // Deciding again, or deciding what was never pending, is refused and changes nothing.
     assert_eq!(
-        rule_code(life.approve(a, "chatbot", &Actor::master_admin("admin:root")).await.unwrap_err()),
+        rule_code(
+            life.approve(a, "chatbot", &Actor::master_admin("admin:root"))
+                .await
+                .unwrap_err()
+        ),
         "invalid_transition"
     );
     assert_eq!(
@@ -424,7 +455,10 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
     let life = life(&t);
 
     for slug in ["planned", "indev", "alpha", "beta"] {
-        let err = life.request(plain, slug, &Actor::tenant_admin("tenant")).await.unwrap_err();
+        let err = life
+            .request(plain, slug, &Actor::tenant_admin("tenant"))
+            .await
+            .unwrap_err();
         assert_eq!(rule_code(err), "module_not_available", "{slug}");
         assert_eq!(
             status(&t, plain, slug).await,
@@ -432,17 +466,29 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             "{slug}: nothing recorded"
         );
     }
-    let err = life.request(plain, "alerts", &Actor::tenant_admin("tenant")).await.unwrap_err();
+    let err = life
+        .request(plain, "alerts", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "missing_dependencies");
     assert_eq!(status(&t, plain, "alerts").await, None);
 
-    let legacy = life.request(plain, "legacy", &Actor::tenant_admin("tenant")).await.unwrap();
+    let legacy = life
+        .request(plain, "legacy", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     assert!(legacy.warning.unwrap().contains("MAINTENANCE"));
 
     // The dependency provisioning is not enough; enabled is.
-    life.request(plain, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.request(plain, "inventory", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     assert_eq!(
-        rule_code(life.request(plain, "alerts", &Actor::tenant_admin("tenant")).await.unwrap_err()),
+        rule_code(
+            life.request(plain, "alerts", &Actor::tenant_admin("tenant"))
+                .await
+                .unwrap_err()
+        ),
         "missing_dependencies"
     );
     t.store
@@ -480,11 +526,16 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             .module_set_maturity(slug, to, "admin")
             .await
             .unwrap();
-        let err = life.request(other, slug, &Actor::tenant_admin("tenant")).await.unwrap_err();
+        let err = life
+            .request(other, slug, &Actor::tenant_admin("tenant"))
+            .await
+            .unwrap_err();
         assert_eq!(rule_code(err), "module_not_available");
     }
     assert!(matches!(
-        life.request(plain, "nosuch", &Actor::tenant_admin("tenant")).await.unwrap_err(),
+        life.request(plain, "nosuch", &Actor::tenant_admin("tenant"))
+            .await
+            .unwrap_err(),
         LifecycleError::NoModule(_)
     ));
     assert!(matches!(
@@ -550,8 +601,13 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
     let life = life(&t);
-    life.request(acme, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
-    let err = life.request(acme, "inventory", &Actor::tenant_admin("tenant")).await.unwrap_err();
+    life.request(acme, "inventory", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
+    let err = life
+        .request(acme, "inventory", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "invalid_transition");
     assert_eq!(status(&t, acme, "inventory").await, Some(Provisioning));
 
@@ -593,7 +649,10 @@ async fn crafted_slugs_are_refused_before_any_sql(backend: Backend) {
         "Inventory",
         "",
     ] {
-        let err = life.request(acme, crafted, &Actor::tenant_admin("tenant")).await.unwrap_err();
+        let err = life
+            .request(acme, crafted, &Actor::tenant_admin("tenant"))
+            .await
+            .unwrap_err();
         assert_eq!(rule_code(err), "invalid_identifier", "{crafted:?}");
     }
     assert!(
@@ -637,8 +696,12 @@ async fn a_first_install_runs_every_version_and_later_tenants_join_the_installed
     let a = tenant(&t, "a", false, false).await;
     let b = tenant(&t, "b", false, false).await;
     let life = life(&t);
-    life.request(a, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
-    life.request(a, "depot", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.request(a, "stock", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
+    life.request(a, "depot", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     let running = workers(&t);
     assert_eq!(settled(&t, &[a], "stock").await, [Enabled]);
     assert_eq!(settled(&t, &[a], "depot").await, [Enabled]);
@@ -659,7 +722,9 @@ async fn a_first_install_runs_every_version_and_later_tenants_join_the_installed
     // `stock` 2.0.0 is published after tenant A installed 1.0.0: tenant B joins 1.0.0 and
     // nothing of 2.0.0 runs (that is an upgrade's job).
     publish_version(&t, &stock, "2.0.0", &["tenant_stock_moves".into()], moves).await;
-    life.request(b, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.request(b, "stock", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     assert_eq!(settled(&t, &[b], "stock").await, [Enabled]);
     running.stop().await;
     let stock_versions = t.store.versions_of("stock").await.unwrap();
@@ -734,7 +799,11 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
 
     // Rolled back within the window: 1.0.0 again, with its rows.
     let back = life
-        .rollback("stock", Duration::from_secs(48 * 3600), &Actor::master_admin("admin"))
+        .rollback(
+            "stock",
+            Duration::from_secs(48 * 3600),
+            &Actor::master_admin("admin"),
+        )
         .await
         .unwrap();
     assert_eq!(back, [a, b]);
@@ -762,12 +831,18 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
     let running = workers(&t);
     wait_for(&t, &[a, b], "stock", UpToDate).await;
     let c = tenant(&t, "c", false, false).await;
-    life.request(c, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.request(c, "stock", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     let joined = wait_for(&t, &[c], "stock", Enabled).await;
     running.stop().await;
     assert_eq!(joined[0].version_id, Some(versions[1].id));
     let err = life
-        .rollback("stock", Duration::from_secs(48 * 3600), &Actor::master_admin("admin"))
+        .rollback(
+            "stock",
+            Duration::from_secs(48 * 3600),
+            &Actor::master_admin("admin"),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -792,7 +867,11 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
     )
     .await;
     let err = life
-        .rollback("stock", Duration::from_secs(48 * 3600), &Actor::master_admin("admin"))
+        .rollback(
+            "stock",
+            Duration::from_secs(48 * 3600),
+            &Actor::master_admin("admin"),
+        )
         .await
         .unwrap_err();
     assert_eq!(rule_code(err), "rollback_window_closed");
@@ -860,11 +939,17 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     let life = life(&t);
 
     // Only an unused module is archived.
-    let err = life.archive(b, "stock", &Actor::master_admin("test")).await.unwrap_err();
+    let err = life
+        .archive(b, "stock", &Actor::master_admin("test"))
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "invalid_transition");
 
     assert_eq!(
-        life.disable(a, "stock", &Actor::tenant_admin("tenant:a")).await.unwrap().status,
+        life.disable(a, "stock", &Actor::tenant_admin("tenant:a"))
+            .await
+            .unwrap()
+            .status,
         Disabled
     );
     for frozen in [
@@ -882,7 +967,10 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     .await
     .unwrap();
 
-    let run = life.archive(a, "stock", &Actor::master_admin("test")).await.unwrap();
+    let run = life
+        .archive(a, "stock", &Actor::master_admin("test"))
+        .await
+        .unwrap();
     let running = workers(&t);
     wait_for(&t, &[a], "stock", Archived).await;
     running.stop().await;
@@ -939,8 +1027,12 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
         .await
         .unwrap()
         .unwrap();
-    life.disable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap();
-    life.reenable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap();
+    life.disable(b, "stock", &Actor::tenant_admin("tenant:b"))
+        .await
+        .unwrap();
+    life.reenable(b, "stock", &Actor::tenant_admin("tenant:b"))
+        .await
+        .unwrap();
     let err = t
         .store
         .tenant_module_move(&StatusChange {
@@ -965,12 +1057,20 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
     assert_eq!(status(&t, b, "stock").await, Some(Enabled));
 
     // Archived is final until the module is requested anew.
-    let err = life.reenable(a, "stock", &Actor::tenant_admin("tenant:a")).await.unwrap_err();
+    let err = life
+        .reenable(a, "stock", &Actor::tenant_admin("tenant:a"))
+        .await
+        .unwrap_err();
     assert_eq!(rule_code(err), "invalid_transition");
     // Disabling and enabling again thaws the data.
-    life.disable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap();
+    life.disable(b, "stock", &Actor::tenant_admin("tenant:b"))
+        .await
+        .unwrap();
     assert_eq!(
-        life.reenable(b, "stock", &Actor::tenant_admin("tenant:b")).await.unwrap().status,
+        life.reenable(b, "stock", &Actor::tenant_admin("tenant:b"))
+            .await
+            .unwrap()
+            .status,
         Enabled
     );
     try_execute(
@@ -985,7 +1085,10 @@ async fn settings_changes_are_audited_and_crafted_keys_refused(backend: Backend)
     let t = fresh(backend).await;
     publish(&t, &module("inventory", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
-    life(&t).request(acme, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
+    life(&t)
+        .request(acme, "inventory", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     assert_eq!(
         t.store.settings_get(acme, "inventory").await.unwrap(),
         json!({})
@@ -1071,7 +1174,10 @@ async fn stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error(backend:
         .await
         .unwrap();
     // Tenant B: its run is cancelled before it did anything.
-    let requested = life.request(b, "inventory", &Actor::tenant_admin("tenant")).await.unwrap();
+    let requested = life
+        .request(b, "inventory", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     let cancelled = requested.run.unwrap();
     engine(&t).cancel(cancelled, "admin").await.unwrap();
 
@@ -1216,7 +1322,10 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
     for slug in ["chatbot", "labs", "reports"] {
         t.store.plan_add_module("pro", slug, "admin").await.unwrap();
     }
-    let all = life.sync_plans(None, None, &Actor::master_admin("admin")).await.unwrap();
+    let all = life
+        .sync_plans(None, None, &Actor::master_admin("admin"))
+        .await
+        .unwrap();
     let line = |module: &str| all.iter().find(|l| l.module == module).cloned();
     assert_eq!(line("chatbot"), None);
     assert_eq!(line("labs").map(|l| (l.synced, l.subscribed)), Some((1, 1)));
@@ -1233,7 +1342,10 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
 
     // A second sync changes nothing.
     let audited = t.store.audit_list(Some(active), 1000).await.unwrap().len();
-    let again = life.sync_plans(Some("pro"), None, &Actor::master_admin("admin")).await.unwrap();
+    let again = life
+        .sync_plans(Some("pro"), None, &Actor::master_admin("admin"))
+        .await
+        .unwrap();
     assert!(again.iter().all(|l| l.synced == 0), "{again:?}");
     assert_eq!(
         t.store.audit_list(Some(active), 1000).await.unwrap().len(),
@@ -1247,7 +1359,9 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
             .await
             .unwrap()
     );
-    life.sync_plans(None, None, &Actor::master_admin("admin")).await.unwrap();
+    life.sync_plans(None, None, &Actor::master_admin("admin"))
+        .await
+        .unwrap();
     assert_eq!(status(&t, active, "reports").await, Some(Provisioning));
 
     // Bad input: an unknown plan or module, a crafted slug.

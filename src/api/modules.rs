@@ -304,7 +304,9 @@ pub(super) async fn upgrade(
     let run = lifecycle(&state)?
         .upgrade(&module, &body.version, &caller.actor())
         .await?;
-    Ok(Json(json!({"module": module, "version": body.version, "run": run})))
+    Ok(Json(
+        json!({"module": module, "version": body.version, "run": run}),
+    ))
 }
 
 /// Roll a module's last upgrade back, within the rollback window.

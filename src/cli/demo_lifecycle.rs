@@ -69,10 +69,7 @@ impl LifecycleDemo {
             .await?;
         out!("  lifecycle: inventory 1.0.0 provisioned for tenants {acme} and {globex}");
 
-        let chatbot = self
-            .life
-            .request(acme, "chatbot", &tenant_admin())
-            .await?;
+        let chatbot = self.life.request(acme, "chatbot", &tenant_admin()).await?;
         out!(
             "  lifecycle: chatbot (ALPHA) is {} for tenant {acme}",
             chatbot.module.status
@@ -114,9 +111,12 @@ impl LifecycleDemo {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             // The run ends `failed` with its error once the tenants are back where they were.
-            if self.store.run_get(run).await?.is_some_and(|r| {
-                matches!(r.state, crate::store::runs::RunState::Failed)
-            }) {
+            if self
+                .store
+                .run_get(run)
+                .await?
+                .is_some_and(|r| matches!(r.state, crate::store::runs::RunState::Failed))
+            {
                 break;
             }
             if tokio::time::Instant::now() > deadline {

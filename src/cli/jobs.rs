@@ -255,7 +255,11 @@ fn by_ids(ids: Vec<JobId>) -> JobFilter {
 }
 
 /// Retry through the operations: a workflow step's dead job resumes its run.
-async fn retry(settings: &Settings, store: SharedStore, filter: &JobFilter) -> Result<(), CliError> {
+async fn retry(
+    settings: &Settings,
+    store: SharedStore,
+    filter: &JobFilter,
+) -> Result<(), CliError> {
     let kinds = super::load_kinds(settings)?;
     let engine = super::load_engine(settings, store, &kinds)?;
     let operator = crate::lifecycle::operator::Operator::new(engine);

@@ -38,7 +38,9 @@ pub(crate) enum RunsCommand {
     Cancel { id: RunId },
 }
 
-fn operator(engine: &std::sync::Arc<crate::workflow::Engine>) -> crate::lifecycle::operator::Operator {
+fn operator(
+    engine: &std::sync::Arc<crate::workflow::Engine>,
+) -> crate::lifecycle::operator::Operator {
     crate::lifecycle::operator::Operator::new(std::sync::Arc::clone(engine))
 }
 
@@ -106,7 +108,9 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
             out!("{text}");
         }
         RunsCommand::Retry { id } => {
-            operator(&engine).retry_run(id, &super::operator_actor()).await?;
+            operator(&engine)
+                .retry_run(id, &super::operator_actor())
+                .await?;
             out!("run {id} retried from its failed step");
         }
         RunsCommand::Cancel { id } => {

@@ -66,7 +66,10 @@ mod tests {
         let err = validate("m", Some(&schema), &json!({"threshold": -1, "mode": "c"})).unwrap_err();
         assert_eq!(err.code(), "invalid_settings");
         let text = err.to_string();
-        assert!(text.contains("/threshold") && text.contains("/mode"), "{text}");
+        assert!(
+            text.contains("/threshold") && text.contains("/mode"),
+            "{text}"
+        );
         let err = validate("m", None, &json!({"x; DROP TABLE t": 1})).unwrap_err();
         assert_eq!(err.code(), "invalid_identifier");
         assert!(validate("m", None, &json!([1])).is_err());

@@ -271,8 +271,20 @@ mod tests {
         let tenant = Actor::tenant_admin("t");
         let admin = Actor::master_admin("ops");
         let code = |r: Result<(), crate::domain::DomainError>| r.map_err(|e| e.code());
-        assert_eq!(code(check_reenable("m", Disabled, Some(Enabled), false, &tenant)), Ok(()));
-        assert_eq!(code(check_reenable("m", Disabled, Some(UpToDate), false, &tenant)), Ok(()));
+        assert_eq!(
+            code(check_reenable("m", Disabled, Some(Enabled), false, &tenant)),
+            Ok(())
+        );
+        assert_eq!(
+            code(check_reenable(
+                "m",
+                Disabled,
+                Some(UpToDate),
+                false,
+                &tenant
+            )),
+            Ok(())
+        );
         for from in [Some(PendingApproval), Some(Error), None] {
             assert_eq!(
                 code(check_reenable("m", Disabled, from, false, &admin)),
@@ -280,13 +292,19 @@ mod tests {
                 "{from:?}"
             );
         }
-        assert_eq!(code(check_reenable("m", Error, None, false, &admin)), Err("request_again"));
+        assert_eq!(
+            code(check_reenable("m", Error, None, false, &admin)),
+            Err("request_again")
+        );
         for (status, from) in [(Suspended, None), (Disabled, Some(Suspended))] {
             assert_eq!(
                 code(check_reenable("m", status, from, false, &tenant)),
                 Err("not_permitted")
             );
-            assert_eq!(code(check_reenable("m", status, from, false, &admin)), Ok(()));
+            assert_eq!(
+                code(check_reenable("m", status, from, false, &admin)),
+                Ok(())
+            );
         }
         assert_eq!(
             code(check_reenable("m", Disabled, Some(Enabled), true, &admin)),

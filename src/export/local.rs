@@ -73,14 +73,15 @@ impl ExportStorage for LocalStorage {
         let dir = target
             .parent()
             .ok_or_else(|| ExportError::Invalid(format!("invalid object key `{key}`")))?;
-        tokio::fs::create_dir_all(dir).await.map_err(|e| match e.kind() {
-            // The root (or a folder in it) is a file: a configuration that never works.
-            std::io::ErrorKind::NotADirectory => ExportError::Invalid(format!(
-                "export directory {}: {e}",
-                self.root.display()
-            )),
-            _ => unavailable(dir, e),
-        })?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| match e.kind() {
+                // The root (or a folder in it) is a file: a configuration that never works.
+                std::io::ErrorKind::NotADirectory => {
+                    ExportError::Invalid(format!("export directory {}: {e}", self.root.display()))
+                }
+                _ => unavailable(dir, e),
+            })?;
         let partial = target.with_extension(format!("partial-{}", uuid::Uuid::new_v4()));
         let file = tokio::fs::File::create(&partial)
             .await

@@ -105,7 +105,8 @@ pub async fn upload_file(
     path: &std::path::Path,
 ) -> Result<ObjectDigest, ExportError> {
     use tokio::io::AsyncReadExt;
-    let unavailable = |e: std::io::Error| ExportError::Unavailable(format!("{}: {e}", path.display()));
+    let unavailable =
+        |e: std::io::Error| ExportError::Unavailable(format!("{}: {e}", path.display()));
     let mut file = tokio::fs::File::open(path).await.map_err(unavailable)?;
     let mut upload = storage.upload(key).await?;
     let mut digest = DigestWriter::default();

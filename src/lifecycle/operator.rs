@@ -96,7 +96,9 @@ impl Operator {
         {
             return Err(DomainError::NotPermitted {
                 what: format!("retrying run {id} of `{}`", run.workflow),
-                reason: format!("it is started by the {operation} operation; a Master Admin retries it"),
+                reason: format!(
+                    "it is started by the {operation} operation; a Master Admin retries it"
+                ),
             }
             .into());
         }
@@ -109,9 +111,11 @@ impl Operator {
         let run = self.engine.run(id).await?;
         self.engine.cancel(id, actor.as_str()).await?;
         if run.workflow == PROVISION_WORKFLOW {
-            let tenant = run.params["tenant_id"]
-                .as_i64()
-                .or_else(|| run.params["tenant_id"].as_str().and_then(|s| s.parse().ok()));
+            let tenant = run.params["tenant_id"].as_i64().or_else(|| {
+                run.params["tenant_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+            });
             if let (Some(tenant), Some(module)) = (tenant, run.params["module"].as_str()) {
                 let reason = format!("provisioning run {id} cancelled by {}", actor.as_str());
                 provisioning_ended(self.engine.store(), tenant, module, &reason, actor).await?;
@@ -185,7 +189,9 @@ impl Operator {
             } else {
                 retried.refused.join("; ")
             };
-            return Err(LifecycleError::NothingDone(format!("nothing was retried: {why}")));
+            return Err(LifecycleError::NothingDone(format!(
+                "nothing was retried: {why}"
+            )));
         }
         Ok(retried)
     }

@@ -39,7 +39,10 @@ impl Lifecycle {
         actor: &Actor,
     ) -> Result<Requested, LifecycleError> {
         let slug = Slug::parse(slug)?;
-        let existing = self.store.tenant_module_get(tenant_id, slug.as_str()).await?;
+        let existing = self
+            .store
+            .tenant_module_get(tenant_id, slug.as_str())
+            .await?;
         status::check_request_again(
             existing.as_ref().map(|m| m.status),
             existing.as_ref().and_then(|m| m.disabled_from),
@@ -151,7 +154,13 @@ impl Lifecycle {
         actor: &Actor,
     ) -> Result<(TenantModuleRecord, RunId), LifecycleError> {
         let module = self
-            .decide(tenant_id, slug, actor, TenantModuleStatus::Provisioning, None)
+            .decide(
+                tenant_id,
+                slug,
+                actor,
+                TenantModuleStatus::Provisioning,
+                None,
+            )
             .await?;
         let run = self.start_provisioning(&module).await?;
         Ok((module, run))
@@ -267,8 +276,14 @@ impl Lifecycle {
                 run.state,
                 run.error.as_deref().unwrap_or("no reason recorded")
             );
-            provisioning_ended(&self.store, module.tenant_id, &module.module, &reason, &system)
-                .await?;
+            provisioning_ended(
+                &self.store,
+                module.tenant_id,
+                &module.module,
+                &reason,
+                &system,
+            )
+            .await?;
             repaired += 1;
         }
         Ok(repaired)

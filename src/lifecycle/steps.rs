@@ -11,8 +11,8 @@
 //! between them repeats nothing and loses nothing.
 
 use crate::domain::ident::{ModuleTable, Slug};
-use crate::export::SharedExports;
 use crate::domain::status::TenantModuleStatus;
+use crate::export::SharedExports;
 use crate::queue::JobError;
 use crate::store::StoreError;
 use crate::store::domain::{StatusChange, TenantId};
@@ -212,10 +212,7 @@ fn upgrade_backup(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_
                 JobError::Retryable(format!("cannot write {}: {e}", scratch.display()))
             };
             let mut file = tokio::fs::File::create(&scratch).await.map_err(retry)?;
-            let count = ctx
-                .store()
-                .module_table_dump(&table, None, &mut file)
-                .await;
+            let count = ctx.store().module_table_dump(&table, None, &mut file).await;
             drop(file);
             let key = format!("{prefix}/{name}.jsonl");
             let uploaded = match count {
@@ -232,7 +229,8 @@ fn upgrade_backup(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_
             let (count, digest) = uploaded?;
             files.insert(name, json!({"key": key, "rows": count, "digest": digest}));
         }
-        output["backup"] = json!({"storage": exports.location(), "prefix": prefix, "tables": files});
+        output["backup"] =
+            json!({"storage": exports.location(), "prefix": prefix, "tables": files});
         Ok(output)
     })
 }
@@ -325,9 +323,7 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         .because("data exported, then removed");
         change.provisioning = Some(&record);
         change.unchanged_since = Some(seen);
-        tx.tenant_module_move(&change)
-        .await
-        .map_err(|e| match e {
+        tx.tenant_module_move(&change).await.map_err(|e| match e {
             StoreError::Domain(rule) => JobError::Fatal(rule.to_string()),
             other => other.into(),
         })?;
@@ -388,7 +384,9 @@ pub fn register(steps: &mut StepRegistry, exports: SharedExports) {
     steps.register("module.migrate", migrate);
     steps.register("module.enable", enable);
     steps.register("upgrade.begin", upgrade_begin);
-    steps.register("upgrade.backup", move |ctx| upgrade_backup(ctx, exports.clone()));
+    steps.register("upgrade.backup", move |ctx| {
+        upgrade_backup(ctx, exports.clone())
+    });
     steps.register("upgrade.apply", upgrade_apply);
     steps.register("upgrade.abort", upgrade_abort);
     steps.register("archive.remove", archive_remove);

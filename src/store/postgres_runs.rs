@@ -3,8 +3,8 @@
 use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
 use super::postgres::{PgStore, insert_on, insert_on_quietly};
 use super::runs::{
-    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState, RunStore,
-    StepCompletion, StepRecord, StepState, StepTx,
+    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState,
+    RunStore, StepCompletion, StepRecord, StepState, StepTx,
 };
 use super::{StoreError, StoreResult};
 use crate::types::{JobId, Lease, NewJob};
@@ -683,7 +683,15 @@ impl RunStore for PgStore {
         .execute(&mut *tx)
         .await?;
         if let Some(next) = &cancel.compensation {
-            queue_step(&mut tx, cancel.id, next, StepState::Compensating, None, None).await?;
+            queue_step(
+                &mut tx,
+                cancel.id,
+                next,
+                StepState::Compensating,
+                None,
+                None,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(true)

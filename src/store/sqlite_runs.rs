@@ -4,8 +4,8 @@
 
 use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
 use super::runs::{
-    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState, RunStore,
-    StepCompletion, StepRecord, StepState, StepTx,
+    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState,
+    RunStore, StepCompletion, StepRecord, StepState, StepTx,
 };
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on_with_queues, now_ms};
 use super::{StoreError, StoreResult};
@@ -607,7 +607,14 @@ impl RunStore for SqliteStore {
         .await?;
         let mut woken = Vec::new();
         if let Some(next) = &cancel.compensation {
-            queue_step(&mut tx, cancel.id, next, StepState::Compensating, &mut woken).await?;
+            queue_step(
+                &mut tx,
+                cancel.id,
+                next,
+                StepState::Compensating,
+                &mut woken,
+            )
+            .await?;
         }
         tx.commit().await?;
         self.wake(woken);

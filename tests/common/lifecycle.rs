@@ -298,8 +298,12 @@ pub async fn stock_in_use(t: &TestStore) -> (TenantId, TenantId) {
     let a = tenant(t, "a", false, false).await;
     let b = tenant(t, "b", false, false).await;
     let life = life(t);
-    life.request(a, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
-    life.request(b, "stock", &Actor::tenant_admin("tenant")).await.unwrap();
+    life.request(a, "stock", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
+    life.request(b, "stock", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
     let running = workers(t);
     wait_for(t, &[a, b], "stock", Enabled).await;
     running.stop().await;
