@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use steward::workflow::scheduler::CronScheduler;
-use steward::workflow::{Engine, WorkflowCatalog, steps};
+use steward::workflow::{Engine, WorkflowCatalog};
 
 per_backend!(
     two_schedulers_fire_each_tick_once,
@@ -25,7 +25,7 @@ fn every_second(missed: &str) -> String {
 
 fn engine(t: &common::TestStore, definition: &str) -> Arc<Engine> {
     let kinds = common::repo_kinds();
-    let registry = steps::registry(common::scratch_exports());
+    let registry = steward::lifecycle::step_registry(common::scratch_exports());
     let def = WorkflowCatalog::parse(
         std::path::Path::new("tick.toml"),
         definition,

@@ -10,8 +10,9 @@ use common::{Backend, fresh};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use steward::api::AppState;
 use steward::api::auth::{AuthKeys, Role};
-use steward::api::{AppState, serve};
+use steward::http::serve;
 use steward::types::{JobState, NewJob};
 use tokio_util::sync::CancellationToken;
 

@@ -23,7 +23,7 @@ use steward::store::data::{CostFilter, UsageEntry, WebhookTarget, parse_month};
 use steward::store::domain::{ModuleRecord, NewTenant, NewVersion, TenantId};
 use steward::store::runs::{RunId, RunState};
 use steward::types::{JobFilter, JobState};
-use steward::workflow::{Engine, RunSweeper, WorkflowCatalog, steps};
+use steward::workflow::{Engine, RunSweeper, WorkflowCatalog};
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------------
@@ -425,7 +425,7 @@ fn delete_only_engine(t: &TestStore, dir: &Path) -> Arc<Engine> {
     )
     .unwrap();
     let kinds = common::repo_kinds();
-    let steps = steps::registry(t.exports.clone());
+    let steps = steward::lifecycle::step_registry(t.exports.clone());
     let workflows = WorkflowCatalog::load_dir(dir, &kinds, &|h| steps.contains(h)).unwrap();
     Engine::new(t.store.clone(), workflows, kinds, steps)
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use steward::store::runs::RunState;
-use steward::workflow::{Engine, WorkflowCatalog, steps};
+use steward::workflow::{Engine, WorkflowCatalog};
 
 const RUNS: usize = 500;
 
@@ -90,7 +90,7 @@ async fn killed_workers_leave_each_step_effect_once(backend: Backend, workers: u
     .unwrap();
     let kinds = steward::kinds::KindCatalog::load_dir(&jobs).unwrap();
     assert_eq!(kinds.get("workflow_step").unwrap().max_attempts, 100);
-    let registry = steps::registry(common::scratch_exports());
+    let registry = steward::lifecycle::step_registry(common::scratch_exports());
     let catalog = WorkflowCatalog::load_dir(&dir.path().join("workflows"), &kinds, &|h| {
         registry.contains(h)
     })

@@ -18,7 +18,7 @@ use steward::store::runs::{
 };
 use steward::types::{JobState, Lease, NewJob};
 use steward::workflow::{
-    Engine, EngineError, RunSweeper, StepContext, StepFuture, StepRegistry, WorkflowCatalog, steps,
+    Engine, EngineError, RunSweeper, StepContext, StepFuture, StepRegistry, WorkflowCatalog,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -140,7 +140,7 @@ async fn ledger_entries(t: &TestStore) -> Vec<String> {
 
 async fn a_run_advances_step_by_step_with_each_effect_once(backend: Backend) {
     let t = fresh(backend).await;
-    let steps = steps::registry(common::scratch_exports());
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
     let engine = Engine::new(
         t.store.clone(),
         catalog(&[THREE_STEPS], &steps),
@@ -197,7 +197,7 @@ async fn a_run_advances_step_by_step_with_each_effect_once(backend: Backend) {
 /// The built-in step handlers plus `test.gate`, which fails for good while `open` is false
 /// and, once open, writes a ledger row.
 fn gated_steps(open: &Arc<AtomicBool>) -> StepRegistry {
-    let mut steps = steps::registry(common::scratch_exports());
+    let mut steps = steward::lifecycle::step_registry(common::scratch_exports());
     let open = Arc::clone(open);
     steps.register(
         "test.gate",
@@ -321,7 +321,7 @@ async fn a_dead_step_compensates_in_reverse_and_retry_resumes_there(backend: Bac
 
 async fn starting_twice_with_one_key_is_one_run(backend: Backend) {
     let t = fresh(backend).await;
-    let steps = steps::registry(common::scratch_exports());
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
     let engine = Engine::new(
         t.store.clone(),
         catalog(&[THREE_STEPS], &steps),
@@ -351,7 +351,7 @@ async fn starting_twice_with_one_key_is_one_run(backend: Backend) {
 #[test]
 fn workflow_definitions_in_the_repository_are_valid() {
     let kinds = common::repo_kinds();
-    let steps = steps::registry(common::scratch_exports());
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
     let catalog = WorkflowCatalog::load_dir(
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
         &kinds,
@@ -364,7 +364,7 @@ fn workflow_definitions_in_the_repository_are_valid() {
 async fn a_long_step_reports_progress_while_it_runs(backend: Backend) {
     let t = fresh(backend).await;
     let release = Arc::new(tokio::sync::Notify::new());
-    let mut steps = steps::registry(common::scratch_exports());
+    let mut steps = steward::lifecycle::step_registry(common::scratch_exports());
     {
         let release = Arc::clone(&release);
         steps.register("test.long", move |ctx: StepContext<'_>| -> StepFuture<'_> {
@@ -418,7 +418,7 @@ async fn a_step_fans_out_ten_thousand_children_and_fans_in_with_counts(backend: 
     let mut fail = JobKind::new("fail", "children");
     fail.max_attempts = 1;
     let kinds = common::kinds_of(&[step_kind, noop, fail]);
-    let mut steps = steps::registry(common::scratch_exports());
+    let mut steps = steward::lifecycle::step_registry(common::scratch_exports());
     steps.register("test.fan", |mut ctx: StepContext<'_>| -> StepFuture<'_> {
         Box::pin(async move {
             let ok = (0..10_000).map(|i| (format!("tenant-{}", i % 50), json!({})));
@@ -535,7 +535,7 @@ async fn a_retry_resumes_at_the_failed_step_without_rerunning_completed_ones(bac
 async fn runs_sharing_a_concurrency_key_run_one_at_a_time(backend: Backend) {
     let t = fresh(backend).await;
     let open = Arc::new(AtomicBool::new(false));
-    let mut steps = steps::registry(common::scratch_exports());
+    let mut steps = steward::lifecycle::step_registry(common::scratch_exports());
     {
         let open = Arc::clone(&open);
         steps.register(
@@ -620,7 +620,7 @@ async fn runs_sharing_a_concurrency_key_run_one_at_a_time(backend: Backend) {
 /// next step completes its run.
 async fn batched_step_completions_are_fenced_and_guarded_one_by_one(backend: Backend) {
     let t = fresh(backend).await;
-    let steps = steps::registry(common::scratch_exports());
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
     let engine = Engine::new(
         t.store.clone(),
         catalog(&[THREE_STEPS], &steps),

@@ -172,7 +172,8 @@ pub struct DeadFilter {
 #[utoipa::path(post, path = "/api/dlq/{action}", tag = "jobs", request_body = DeadFilter,
     params(("action" = String, Path, description = "retry or discard")),
     responses((status = 200, description = "how many jobs"), (status = 400, body = super::error::ErrorBody),
-              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn bulk(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,7 +1,8 @@
 //! The HTTP API (axum): how the platform and operators reach steward (SPEC §5). Every route
 //! but `/health` needs a bearer JWT ([`auth`]); every error is JSON with a stable code
 //! ([`error`]); `/openapi.json` describes every route ([`openapi`]); `/dashboard` is the
-//! operators' HTML view of the same ([`crate::dashboard`]).
+//! operators' HTML view of the same ([`crate::dashboard`], which sits above the API; the two
+//! are put together in [`crate::http`]).
 //!
 //! | route | who |
 //! |---|---|
@@ -65,8 +66,8 @@ impl AppState {
     }
 }
 
-/// The API's routes (and the dashboard's).
-pub fn router(state: AppState) -> Router {
+/// The API's routes (the whole HTTP app, with the dashboard's, is [`crate::http::app`]).
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::document))
@@ -100,7 +101,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/catalog/{module}/upgrade", post(modules::upgrade))
         .route("/api/catalog/{module}/rollback", post(modules::rollback))
         .route("/api/plans/{plan}/modules", post(modules::plan_add))
-        .merge(crate::dashboard::routes())
+}
+
+/// Answers for what no route takes: 404 `not_found`, 405 `method_not_allowed` (JSON).
+pub fn with_fallbacks(router: Router<AppState>) -> Router<AppState> {
+    router
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(
@@ -109,14 +114,12 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take this method",
             )
         })
-        .layer(axum::middleware::from_fn(observe))
-        .with_state(state)
 }
 
 /// Every request runs in a span with its trace id (from a W3C `traceparent` header, else a
 /// new one), is logged once with its status and duration, and lands in the request
 /// duration histogram.
-async fn observe(
+pub async fn observe(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -180,15 +183,4 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_
             "storage": describe(storage.map_err(|e| e.to_string())),
         })),
     )
-}
-
-/// Serve the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -146,7 +146,7 @@ pub struct ChangeModule {
     params(("id" = i64, Path, description = "tenant id"), ("module" = String, Path, description = "module slug")),
     responses((status = 200, description = "changed"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
-              (status = 422, body = super::error::ErrorBody)))]
+              (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn change(
     State(state): State<AppState>,
     caller: Caller,
@@ -220,6 +220,11 @@ pub(super) async fn operate(
             .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?
             .reason
     };
+    if reason.as_deref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "a reason cannot hold a NUL character",
+        ));
+    }
     let life = lifecycle(&state)?;
     let actor = caller.actor();
     let needs_reason = || {

@@ -510,9 +510,7 @@ async fn workflow_steps(fresh: &FreshStore, runs: usize) -> Result<Value, String
     kinds.add(step_kind).map_err(|e| e.to_string())?;
     let finished = Arc::new(AtomicUsize::new(0));
     let all_finished = Arc::new(Notify::new());
-    let mut handlers = steps::registry(std::sync::Arc::new(
-        crate::export::local::LocalStorage::new(std::env::temp_dir().join("steward-bench-exports")),
-    ));
+    let mut handlers = steps::registry();
     {
         let finished = Arc::clone(&finished);
         let all_finished = Arc::clone(&all_finished);

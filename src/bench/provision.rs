@@ -27,7 +27,7 @@ pub(super) async fn provision_tenants(
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let store = &fresh.store;
     let kinds = KindCatalog::load_dir(&settings.jobs_dir).map_err(|e| err(&e))?;
-    let steps = crate::workflow::steps::registry(settings.exports());
+    let steps = crate::lifecycle::step_registry(settings.exports());
     let workflows =
         WorkflowCatalog::load_dir(&settings.workflows_dir, &kinds, &|h| steps.contains(h))
             .map_err(|e| err(&e))?;

@@ -288,7 +288,7 @@ pub(crate) fn load_engine(
     store: SharedStore,
     kinds: &KindCatalog,
 ) -> Result<std::sync::Arc<crate::workflow::Engine>, CliError> {
-    let steps = crate::workflow::steps::registry(settings.exports());
+    let steps = crate::lifecycle::step_registry(settings.exports());
     let workflows =
         crate::workflow::WorkflowCatalog::load_dir(&settings.workflows_dir, kinds, &|h| {
             steps.contains(h)
@@ -347,7 +347,7 @@ async fn serve(settings: &Settings, listen: &str) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
     eprintln!("steward API on http://{listen} (dashboard: http://{listen}/dashboard)");
-    crate::api::serve(listener, state, shutdown_signal())
+    crate::http::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| CliError::Failed(e.to_string()))
 }
@@ -367,7 +367,7 @@ pub(crate) async fn spawn_api(
         .map_err(|e| CliError::Failed(e.to_string()))?;
     tokio::spawn(async move {
         let stop = async move { shutdown.cancelled().await };
-        if let Err(err) = crate::api::serve(listener, state, stop).await {
+        if let Err(err) = crate::http::serve(listener, state, stop).await {
             tracing::error!(error = %err, "the API stopped");
         }
     });

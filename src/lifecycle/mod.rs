@@ -35,6 +35,15 @@ use crate::store::{SharedStore, StoreError};
 use crate::workflow::{Engine, EngineError};
 use std::sync::Arc;
 
+/// Every step handler this binary has: the workflow engine's built-ins and the lifecycle's
+/// (those that export data write to `exports`). The lifecycle sits above the engine, so it
+/// is the one that puts both together.
+pub fn step_registry(exports: crate::export::SharedExports) -> crate::workflow::StepRegistry {
+    let mut steps = crate::workflow::steps::registry();
+    register_steps(&mut steps, exports);
+    steps
+}
+
 /// Register every lifecycle step handler; those that export data write to `exports`.
 pub fn register_steps(
     steps: &mut crate::workflow::StepRegistry,

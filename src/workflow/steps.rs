@@ -49,10 +49,9 @@ fn noop(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move { Ok(ctx.input.clone()) })
 }
 
-/// Register the built-in step handlers (with the module lifecycle's, which write exports
-/// to `exports`).
-pub fn register(steps: &mut StepRegistry, exports: crate::export::SharedExports) {
-    crate::lifecycle::register_steps(steps, exports);
+/// Register the built-in step handlers (the module lifecycle adds its own: see
+/// [`crate::lifecycle::step_registry`]).
+pub fn register(steps: &mut StepRegistry) {
     steps.register("ledger.append", ledger_append);
     steps.register("ledger.undo", ledger_undo);
     steps.register("step.fail", fail);
@@ -60,8 +59,8 @@ pub fn register(steps: &mut StepRegistry, exports: crate::export::SharedExports)
 }
 
 /// A registry holding the built-ins.
-pub fn registry(exports: crate::export::SharedExports) -> StepRegistry {
+pub fn registry() -> StepRegistry {
     let mut steps = StepRegistry::new();
-    register(&mut steps, exports);
+    register(&mut steps);
     steps
 }

@@ -212,7 +212,7 @@ pub fn repo_engine(
     exports: steward::export::SharedExports,
 ) -> Arc<steward::workflow::Engine> {
     let kinds = repo_kinds();
-    let steps = steward::workflow::steps::registry(exports);
+    let steps = steward::lifecycle::step_registry(exports);
     let workflows = steward::workflow::WorkflowCatalog::load_dir(
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
         &kinds,
