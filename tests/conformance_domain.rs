@@ -1777,21 +1777,21 @@ async fn the_rollback_undoes_the_last_upgrade_within_its_window(backend: Backend
     let t = fresh(backend).await;
     let (a, b) = stock_in_use(&t).await;
     let window = Duration::from_secs(48 * 3600);
-    let err = t
-        .store
-        .module_rollback("stock", window, "admin:root")
+    let admin = Actor::master_admin("admin:root");
+    // The operation decides (window, tenants, versions); the store applies its plan.
+    let err = life(&t)
+        .rollback("stock", window, &admin)
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::InvalidInput(_)),
+        matches!(err, steward::lifecycle::LifecycleError::NothingDone(_)),
         "nothing upgraded: {err:?}"
     );
-    let err = t
-        .store
-        .module_rollback("stock'; --", window, "admin:root")
+    let err = life(&t)
+        .rollback("stock'; --", window, &admin)
         .await
         .unwrap_err();
-    assert_eq!(rule(err), "invalid_identifier");
+    assert_eq!(rule_code(err), "invalid_identifier");
 
     publish_upgrade(
         &t,
@@ -1817,12 +1817,11 @@ async fn the_rollback_undoes_the_last_upgrade_within_its_window(backend: Backend
 
     // Older than the window: refused, nothing undone.
     backdate(&t, "upgraded_at", 49, "module = 'stock'").await;
-    let err = t
-        .store
-        .module_rollback("stock", window, "admin:root")
+    let err = life(&t)
+        .rollback("stock", window, &admin)
         .await
         .unwrap_err();
-    assert_eq!(rule(err), "rollback_window_closed");
+    assert_eq!(rule_code(err), "rollback_window_closed");
     assert!(table_exists(&t, "tenant_stock_moves").await);
     assert!(column_exists(&t, "tenant_stock_items", "location").await);
     for id in [a, b] {
@@ -1831,11 +1830,25 @@ async fn the_rollback_undoes_the_last_upgrade_within_its_window(backend: Backend
 
     // Within it: the down SQL runs and every upgraded tenant is back at the previous version.
     backdate(&t, "upgraded_at", 0, "module = 'stock'").await;
-    let rolled_back = t
+    // The store applies a plan only to the rows it was decided on: a stale one (a tenant
+    // seen in another status) is a conflict, and nothing is undone.
+    let stale = [(a, Enabled, Some(v2)), (b, UpToDate, Some(v2))];
+    let err = t
         .store
-        .module_rollback("stock", window, "admin:root")
+        .module_rollback(&steward::store::domain::RollbackPlan {
+            module: "stock",
+            undo: &[v2],
+            previous: v1,
+            tenants: &[a, b],
+            seen: &stale,
+            reason: "test",
+            actor: "admin:root",
+        })
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(table_exists(&t, "tenant_stock_moves").await);
+    let rolled_back = life(&t).rollback("stock", window, &admin).await.unwrap();
     assert_eq!(rolled_back, [a, b]);
     for record in t.store.module_tenants("stock").await.unwrap() {
         assert_eq!(record.status, Enabled);
@@ -1880,11 +1893,13 @@ async fn the_rollback_undoes_the_last_upgrade_within_its_window(backend: Backend
         (inserted.action.as_str(), inserted.entity.as_str()),
         ("row.insert", "tenant_stock_items")
     );
-    let err = t
-        .store
-        .module_rollback("stock", window, "admin:root")
+    let err = life(&t)
+        .rollback("stock", window, &admin)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    assert!(
+        matches!(err, steward::lifecycle::LifecycleError::NothingDone(_)),
+        "{err:?}"
+    );
     t.cleanup().await;
 }

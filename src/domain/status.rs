@@ -192,6 +192,25 @@ pub fn check_suspend(
     status.check_move(TenantModuleStatus::Suspended)
 }
 
+/// May an upgrade that landed at `upgraded_at` still be rolled back by hand at `now`, within
+/// `window`? (An upgrade with no recorded time is out of the window.)
+pub fn check_rollback_window(
+    module: &str,
+    upgraded_at: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    window: std::time::Duration,
+) -> Result<(), DomainError> {
+    let window_closed = || DomainError::RollbackWindowClosed {
+        module: module.to_string(),
+        hours: window.as_secs() / 3600,
+    };
+    let window = chrono::Duration::from_std(window).map_err(|_| window_closed())?;
+    match upgraded_at {
+        Some(at) if now - at <= window => Ok(()),
+        _ => Err(window_closed()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::TenantModuleStatus::{self, *};

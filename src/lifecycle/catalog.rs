@@ -9,7 +9,8 @@ use crate::domain::availability::{self, Listing};
 use crate::domain::catalog::Catalog;
 use crate::domain::ident::Slug;
 use crate::domain::maturity::Maturity;
-use crate::store::domain::{ModuleRecord, NewVersion, PlanSynced, TenantId};
+use crate::domain::status::{self, TenantModuleStatus};
+use crate::store::domain::{ModuleRecord, NewVersion, PlanSynced, RollbackPlan, TenantId};
 use crate::store::runs::RunId;
 use serde_json::json;
 
@@ -145,7 +146,10 @@ impl Lifecycle {
     }
 
     /// Roll a module's last upgrade back by hand (a Master Admin), within `window` of it
-    /// (refused after).
+    /// (refused after): the down SQL of every version after the one the upgraded tenants came
+    /// from, latest first, and every upgraded tenant back to ENABLED at that version, in one
+    /// transaction. Refused while a tenant joined the module at a version it would undo.
+    /// Returns the tenants rolled back.
     pub async fn rollback(
         &self,
         slug: &str,
@@ -154,10 +158,79 @@ impl Lifecycle {
     ) -> Result<Vec<TenantId>, LifecycleError> {
         let slug = Slug::parse(slug)?;
         master_only(actor, format!("rolling `{slug}` back"))?;
-        Ok(self
-            .store
-            .module_rollback(slug.as_str(), window, actor.as_str())
-            .await?)
+        let records = self.store.module_tenants(slug.as_str()).await?;
+        let upgraded: Vec<_> = records
+            .iter()
+            .filter(|m| m.status == TenantModuleStatus::UpToDate && m.previous_version_id.is_some())
+            .collect();
+        let Some(first) = upgraded.first() else {
+            return Err(LifecycleError::NothingDone(format!(
+                "module `{slug}` has no upgraded tenant to roll back"
+            )));
+        };
+        let (current, previous) = (first.version_id, first.previous_version_id);
+        if upgraded
+            .iter()
+            .any(|m| (m.version_id, m.previous_version_id) != (current, previous))
+        {
+            return Err(LifecycleError::Store(crate::store::StoreError::Conflict(
+                format!("the tenants of `{slug}` were not upgraded together: repair them first"),
+            )));
+        }
+        let now = chrono::Utc::now();
+        for tenant in &upgraded {
+            status::check_rollback_window(slug.as_str(), tenant.upgraded_at, now, window)?;
+        }
+        let previous = previous.unwrap_or_default();
+        // The versions after `previous` that are installed, latest first: their down SQL.
+        let versions = self.store.versions_of(slug.as_str()).await?;
+        let from = versions
+            .iter()
+            .position(|v| v.id == previous)
+            .ok_or_else(|| LifecycleError::NoVersion(slug.to_string()))?;
+        let undo: Vec<i64> = versions[from + 1..]
+            .iter()
+            .rev()
+            .filter(|v| v.migrated_at.is_some())
+            .map(|v| v.id)
+            .collect();
+        let stranded: Vec<TenantId> = records
+            .iter()
+            .filter(|m| m.version_id.is_some_and(|v| undo.contains(&v)))
+            .filter(|m| {
+                !matches!(
+                    m.status,
+                    TenantModuleStatus::UpToDate | TenantModuleStatus::Archived
+                )
+            })
+            .map(|m| m.tenant_id)
+            .collect();
+        if !stranded.is_empty() {
+            return Err(LifecycleError::Store(crate::store::StoreError::Conflict(
+                format!(
+                    "tenants {stranded:?} joined `{slug}` at a version the rollback would undo: \
+                 rollback refused"
+                ),
+            )));
+        }
+        let tenants: Vec<TenantId> = upgraded.iter().map(|m| m.tenant_id).collect();
+        let seen: Vec<_> = records
+            .iter()
+            .map(|m| (m.tenant_id, m.status, m.version_id))
+            .collect();
+        let reason = format!("rolled back from version {}", current.unwrap_or_default());
+        self.store
+            .module_rollback(&RollbackPlan {
+                module: slug.as_str(),
+                undo: &undo,
+                previous,
+                tenants: &tenants,
+                seen: &seen,
+                reason: &reason,
+                actor: actor.as_str(),
+            })
+            .await?;
+        Ok(tenants)
     }
 
     /// Move a catalog module's maturity (a Master Admin). To DEPRECATED or RETIRED, this

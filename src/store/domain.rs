@@ -96,6 +96,8 @@ pub struct TenantModuleRecord {
     /// For a DISABLED module, the status it was turned off from (what may turn it back on
     /// depends on it: see [`crate::domain::status::check_reenable`]).
     pub disabled_from: Option<TenantModuleStatus>,
+    /// When its last upgrade (or rollback) landed.
+    pub upgraded_at: Option<DateTime<Utc>>,
     pub requested_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -174,6 +176,34 @@ impl PlanSynced {
 /// A failed write of a dump or export, as a storage error.
 pub(super) fn io_error(err: std::io::Error) -> super::StoreError {
     super::StoreError::Database(sqlx::Error::Io(err))
+}
+
+/// A rollback as the operation decided it (see [`DomainStore::module_rollback`]).
+#[derive(Debug, Clone)]
+pub struct RollbackPlan<'a> {
+    pub module: &'a str,
+    /// The versions to undo, latest first.
+    pub undo: &'a [i64],
+    /// The version the tenants go back to.
+    pub previous: i64,
+    pub tenants: &'a [TenantId],
+    /// Every tenant row of the module as the operation read it: (tenant, status, version).
+    pub seen: &'a [(TenantId, TenantModuleStatus, Option<i64>)],
+    pub reason: &'a str,
+    pub actor: &'a str,
+}
+
+/// Do the module's tenant rows (tenant, status, version, by tenant) match what the
+/// operation saw?
+pub(super) fn rows_as_seen(
+    rows: &[(TenantId, String, Option<i64>)],
+    seen: &[(TenantId, TenantModuleStatus, Option<i64>)],
+) -> bool {
+    rows.len() == seen.len()
+        && rows
+            .iter()
+            .zip(seen)
+            .all(|((t, s, v), (st, ss, sv))| t == st && s == ss.as_str() && v == sv)
 }
 
 /// A tenant module's request, as the operation decided it (see
@@ -357,16 +387,12 @@ pub trait DomainStore: Send + Sync {
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64>;
 
-    /// Roll a module's last upgrade back by hand: refused once the upgrade is older than
-    /// `window`. In one transaction: the down SQL of every version after the previous one,
-    /// latest first, and every upgraded tenant back to ENABLED at the previous version
-    /// (audited). Returns the tenants rolled back.
-    async fn module_rollback(
-        &self,
-        module: &str,
-        window: std::time::Duration,
-        actor: &str,
-    ) -> StoreResult<Vec<TenantId>>;
+    /// Apply a rollback the operation decided ([`RollbackPlan`]), in one transaction under
+    /// the migration lock, only if the module's tenant rows are still exactly as the
+    /// operation saw them (`plan.seen`; else a conflict and nothing changes): the down SQL
+    /// of `plan.undo` in that order, those versions no longer migrated, and every tenant of
+    /// `plan.tenants` UP_TO_DATE → ENABLED at `plan.previous`, audited.
+    async fn module_rollback(&self, plan: &RollbackPlan<'_>) -> StoreResult<()>;
 
     /// Seed `count` tenants (`<prefix>-<n>`) each with an active subscription to `plan`, in
     /// set-based statements (benchmarks and demos). Returns how many were created.

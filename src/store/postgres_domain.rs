@@ -2,7 +2,8 @@
 
 use super::domain::{
     AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
-    PlanSynced, StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
+    PlanSynced, RollbackPlan, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
+    VersionRecord, io_error, rows_as_seen,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::postgres::PgStore;
@@ -27,7 +28,7 @@ const MODULE_COLUMNS: &str = "slug, name, description, pricing_tier, maturity, d
 const VERSION_COLUMNS: &str =
     "id, module, version, major, tables_created, settings_schema, migrated_at";
 const TENANT_MODULE_COLUMNS: &str = "tenant_id, module, status, version_id, previous_version_id, status_reason, requested_at, \
-     updated_at, disabled_from";
+     updated_at, disabled_from, upgraded_at";
 
 fn tenant_from(row: &PgRow) -> StoreResult<TenantRecord> {
     Ok(TenantRecord {
@@ -84,6 +85,7 @@ fn tenant_module_from(row: &PgRow) -> StoreResult<TenantModuleRecord> {
             .map(|s| s.parse())
             .transpose()
             .map_err(corrupt)?,
+        upgraded_at: row.try_get("upgraded_at")?,
         requested_at: row.try_get("requested_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -734,73 +736,38 @@ impl DomainStore for PgStore {
         Ok(count)
     }
 
-    async fn module_rollback(
-        &self,
-        module: &str,
-        window: std::time::Duration,
-        actor: &str,
-    ) -> StoreResult<Vec<TenantId>> {
-        let slug = Slug::parse(module)?;
+    async fn module_rollback(&self, plan: &RollbackPlan<'_>) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
             .execute(&mut *tx)
             .await?;
-        let upgraded = sqlx::query(
-            "SELECT tenant_id, version_id, previous_version_id, \
-                    upgraded_at < now() - $2 * interval '1 second' AS too_old \
-             FROM tenant_modules WHERE module = $1 AND status = 'UP_TO_DATE' \
-               AND previous_version_id IS NOT NULL ORDER BY tenant_id FOR UPDATE",
+        let rows: Vec<(TenantId, String, Option<i64>)> = sqlx::query_as(
+            "SELECT tenant_id, status, version_id FROM tenant_modules WHERE module = $1 \
+             ORDER BY tenant_id FOR UPDATE",
         )
-        .bind(slug.as_str())
-        .bind(i64::try_from(window.as_secs().min(3_000_000_000)).unwrap_or(3_000_000_000))
+        .bind(plan.module)
         .fetch_all(&mut *tx)
         .await?;
-        let Some(first) = upgraded.first() else {
-            return Err(StoreError::InvalidInput(format!(
-                "module `{slug}` has no upgraded tenant to roll back"
-            )));
-        };
-        let current: i64 = first.try_get("version_id")?;
-        let previous: i64 = first.try_get("previous_version_id")?;
-        for row in &upgraded {
-            if row.try_get::<Option<bool>, _>("too_old")?.unwrap_or(true) {
-                return Err(DomainError::RollbackWindowClosed {
-                    module: slug.to_string(),
-                    hours: window.as_secs() / 3600,
-                }
-                .into());
-            }
-        }
-        // The versions after `previous`, latest first: their down SQL undoes them.
-        let undo: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT v.id, v.down_sql FROM core_module_versions v, core_module_versions p \
-             WHERE v.module = $1 AND p.id = $2 AND v.migrated_at IS NOT NULL \
-               AND (v.major, v.minor, v.patch) > (p.major, p.minor, p.patch) \
-             ORDER BY v.major DESC, v.minor DESC, v.patch DESC",
-        )
-        .bind(slug.as_str())
-        .bind(previous)
-        .fetch_all(&mut *tx)
-        .await?;
-        let undone: Vec<i64> = undo.iter().map(|(id, _)| *id).collect();
-        let stranded: Vec<TenantId> = sqlx::query_scalar(
-            "SELECT tenant_id FROM tenant_modules WHERE module = $1 AND version_id = ANY($2) \
-               AND status NOT IN ('UP_TO_DATE', 'ARCHIVED') ORDER BY tenant_id",
-        )
-        .bind(slug.as_str())
-        .bind(&undone)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !stranded.is_empty() {
+        if !rows_as_seen(&rows, plan.seen) {
             return Err(StoreError::Conflict(format!(
-                "tenants {stranded:?} joined `{slug}` at a version the rollback would undo: \
-                 rollback refused"
+                "the tenants of `{}` changed while the rollback was decided: try again",
+                plan.module
             )));
         }
+        let downs: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, down_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2)",
+        )
+        .bind(plan.module)
+        .bind(plan.undo)
+        .fetch_all(&mut *tx)
+        .await?;
         sqlx::query("SELECT set_config('steward.migration', 'on', true)")
             .execute(&mut *tx)
             .await?;
-        for (_, down_sql) in &undo {
+        for id in plan.undo {
+            let (_, down_sql) = downs.iter().find(|(v, _)| v == id).ok_or_else(|| {
+                StoreError::InvalidInput(format!("`{}` has no version {id}", plan.module))
+            })?;
             sqlx::Executor::execute(&mut *tx, down_sql.as_str())
                 .await
                 .map_err(|e| as_migration_error(e.into()))?;
@@ -809,34 +776,24 @@ impl DomainStore for PgStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE core_module_versions SET migrated_at = NULL WHERE id = ANY($1)")
-            .bind(&undone)
+            .bind(plan.undo)
             .execute(&mut *tx)
             .await?;
-        let mut tenants = Vec::with_capacity(upgraded.len());
-        for row in &upgraded {
-            let tenant_id: TenantId = row.try_get("tenant_id")?;
-            let reason = format!("rolled back from version {current}");
-            move_status(
-                &mut tx,
-                &StatusChange {
-                    tenant_id,
-                    module: slug.as_str(),
-                    to: TenantModuleStatus::Enabled,
-                    from: Some(TenantModuleStatus::UpToDate),
-                    reason: Some(&reason),
-                    actor,
-                    action: "module.rollback",
-                    provisioning: None,
-                    set_version: Some(previous),
-                    unchanged_since: None,
-                    catch_up: &[],
-                },
+        for tenant in plan.tenants {
+            let mut change = StatusChange::new(
+                *tenant,
+                plan.module,
+                Some(TenantModuleStatus::UpToDate),
+                TenantModuleStatus::Enabled,
+                plan.actor,
+                "module.rollback",
             )
-            .await?;
-            tenants.push(tenant_id);
+            .because(plan.reason);
+            change.set_version = Some(plan.previous);
+            move_status(&mut tx, &change).await?;
         }
         tx.commit().await?;
-        Ok(tenants)
+        Ok(())
     }
 
     async fn tenants_seed(&self, prefix: &str, count: i64, plan: &str) -> StoreResult<u64> {

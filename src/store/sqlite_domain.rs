@@ -3,7 +3,8 @@
 
 use super::domain::{
     AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
-    PlanSynced, StatusChange, TenantId, TenantModuleRecord, TenantRecord, VersionRecord, io_error,
+    PlanSynced, RollbackPlan, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
+    VersionRecord, io_error, rows_as_seen,
 };
 use super::migration::{MigrationPlan, VersionSql, as_migration_error};
 use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
@@ -34,7 +35,7 @@ const MODULE_COLUMNS: &str = "slug, name, description, pricing_tier, maturity, d
 const VERSION_COLUMNS: &str =
     "id, module, version, major, tables_created, settings_schema, migrated_at";
 const TENANT_MODULE_COLUMNS: &str = "tenant_id, module, status, version_id, previous_version_id, status_reason, requested_at, \
-     updated_at, disabled_from";
+     updated_at, disabled_from, upgraded_at";
 
 fn tenant_from(row: &SqliteRow) -> StoreResult<TenantRecord> {
     Ok(TenantRecord {
@@ -91,6 +92,7 @@ fn tenant_module_from(row: &SqliteRow) -> StoreResult<TenantModuleRecord> {
             .map(|s| s.parse())
             .transpose()
             .map_err(corrupt)?,
+        upgraded_at: from_opt_ms(row.try_get("upgraded_at")?)?,
         requested_at: from_ms(row.try_get("requested_at")?)?,
         updated_at: from_ms(row.try_get("updated_at")?)?,
     })
@@ -674,86 +676,49 @@ impl DomainStore for SqliteStore {
         Ok(count)
     }
 
-    async fn module_rollback(
-        &self,
-        module: &str,
-        window: std::time::Duration,
-        actor: &str,
-    ) -> StoreResult<Vec<TenantId>> {
-        let slug = Slug::parse(module)?;
+    async fn module_rollback(&self, plan: &RollbackPlan<'_>) -> StoreResult<()> {
+        let slug = Slug::parse(plan.module)?;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
-        let since = now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let upgraded: Vec<(TenantId, i64, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT tenant_id, version_id, previous_version_id, upgraded_at \
-             FROM tenant_modules WHERE module = ?1 AND status = 'UP_TO_DATE' \
-               AND previous_version_id IS NOT NULL ORDER BY tenant_id",
+        let rows: Vec<(TenantId, String, Option<i64>)> = sqlx::query_as(
+            "SELECT tenant_id, status, version_id FROM tenant_modules WHERE module = ?1 \
+             ORDER BY tenant_id",
         )
         .bind(slug.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let Some(&(_, current, previous, _)) = upgraded.first() else {
-            return Err(StoreError::InvalidInput(format!(
-                "module `{slug}` has no upgraded tenant to roll back"
+        if !rows_as_seen(&rows, plan.seen) {
+            return Err(StoreError::Conflict(format!(
+                "the tenants of `{slug}` changed while the rollback was decided: try again"
             )));
-        };
-        if upgraded
-            .iter()
-            .any(|(_, _, _, at)| at.is_none_or(|at| at < since))
-        {
-            return Err(DomainError::RollbackWindowClosed {
-                module: slug.to_string(),
-                hours: window.as_secs() / 3600,
-            }
-            .into());
         }
-        let versions: Vec<(i64, String, String, bool, bool)> = sqlx::query_as(
-            "SELECT v.id, v.down_sql, v.tables_created, v.migrated_at IS NOT NULL, \
-                    (v.major, v.minor, v.patch) > (p.major, p.minor, p.patch) \
-             FROM core_module_versions v, core_module_versions p \
-             WHERE v.module = ?1 AND p.id = ?2 ORDER BY v.major, v.minor, v.patch",
+        let versions: Vec<(i64, String, String, bool)> = sqlx::query_as(
+            "SELECT id, down_sql, tables_created, migrated_at IS NOT NULL \
+             FROM core_module_versions WHERE module = ?1",
         )
         .bind(slug.as_str())
-        .bind(previous)
         .fetch_all(&mut *tx)
         .await?;
         let mut all_tables = Vec::new();
         let mut kept_tables = Vec::new();
-        for (_, _, tables, _, after) in &versions {
+        for (id, _, tables, migrated) in &versions {
             let names: Vec<String> = serde_json::from_str(tables).map_err(corrupt)?;
             for name in names {
                 let table = ModuleTable::parse(&slug, &name)?;
-                if !after {
+                if *migrated && !plan.undo.contains(id) {
                     kept_tables.push(table.clone());
                 }
                 all_tables.push(table);
             }
         }
-        let undo: Vec<&(i64, String, String, bool, bool)> = versions
-            .iter()
-            .rev()
-            .filter(|(_, _, _, migrated, after)| *migrated && *after)
-            .collect();
-        let undone = json!(undo.iter().map(|v| v.0).collect::<Vec<_>>()).to_string();
-        let stranded: Vec<TenantId> = sqlx::query_scalar(
-            "SELECT tenant_id FROM tenant_modules WHERE module = ?1 \
-               AND version_id IN (SELECT value FROM json_each(?2)) \
-               AND status NOT IN ('UP_TO_DATE', 'ARCHIVED') ORDER BY tenant_id",
-        )
-        .bind(slug.as_str())
-        .bind(&undone)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !stranded.is_empty() {
-            return Err(StoreError::Conflict(format!(
-                "tenants {stranded:?} joined `{slug}` at a version the rollback would undo: \
-                 rollback refused"
-            )));
-        }
         // The triggers name columns the down SQL may drop, and a migration changes every
         // tenant's rows: off first, back after.
         drop_audit_triggers(&mut tx, &all_tables).await?;
-        for (_, down_sql, _, _, _) in &undo {
+        for id in plan.undo {
+            let (_, down_sql, _, _) = versions
+                .iter()
+                .find(|(v, ..)| v == id)
+                .ok_or_else(|| StoreError::InvalidInput(format!("`{slug}` has no version {id}")))?;
             sqlx::Executor::execute(&mut *tx, down_sql.as_str())
                 .await
                 .map_err(|e| as_migration_error(e.into()))?;
@@ -763,33 +728,24 @@ impl DomainStore for SqliteStore {
             "UPDATE core_module_versions SET migrated_at = NULL \
              WHERE id IN (SELECT value FROM json_each(?1))",
         )
-        .bind(&undone)
+        .bind(json!(plan.undo).to_string())
         .execute(&mut *tx)
         .await?;
-        let mut tenants = Vec::with_capacity(upgraded.len());
-        for (tenant_id, _, _, _) in &upgraded {
-            let reason = format!("rolled back from version {current}");
-            move_status(
-                &mut tx,
-                &StatusChange {
-                    tenant_id: *tenant_id,
-                    module: slug.as_str(),
-                    to: TenantModuleStatus::Enabled,
-                    from: Some(TenantModuleStatus::UpToDate),
-                    reason: Some(&reason),
-                    actor,
-                    action: "module.rollback",
-                    provisioning: None,
-                    set_version: Some(previous),
-                    unchanged_since: None,
-                    catch_up: &[],
-                },
+        for tenant in plan.tenants {
+            let mut change = StatusChange::new(
+                *tenant,
+                slug.as_str(),
+                Some(TenantModuleStatus::UpToDate),
+                TenantModuleStatus::Enabled,
+                plan.actor,
+                "module.rollback",
             )
-            .await?;
-            tenants.push(*tenant_id);
+            .because(plan.reason);
+            change.set_version = Some(plan.previous);
+            move_status(&mut tx, &change).await?;
         }
         tx.commit().await?;
-        Ok(tenants)
+        Ok(())
     }
 
     async fn tenants_seed(&self, prefix: &str, count: i64, plan: &str) -> StoreResult<u64> {
