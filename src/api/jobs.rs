@@ -133,14 +133,7 @@ pub(crate) async fn act_on(
         ..Default::default()
     };
     let affected = match action {
-        // A workflow step's dead job is retried through its run (the lifecycle's rules).
-        "retry" => crate::store::Affected {
-            count: state
-                .operator
-                .retry_jobs(&filter, &caller.actor())
-                .await?
-                .count(),
-        },
+        "retry" => retry(state, caller, &filter).await?,
         "discard" => state.store.jobs_discard(&filter).await?,
         "cancel" => state.store.jobs_cancel(&filter).await?,
         other => {
@@ -202,13 +195,7 @@ pub(crate) async fn act_on_dead(
         ..Default::default()
     };
     let affected = match action {
-        "retry" => crate::store::Affected {
-            count: state
-                .operator
-                .retry_jobs(&filter, &caller.actor())
-                .await?
-                .count(),
-        },
+        "retry" => retry(state, caller, &filter).await?,
         "discard" => state.store.jobs_discard(&filter).await?,
         other => {
             return Err(ApiError::not_found(format!(
@@ -217,4 +204,17 @@ pub(crate) async fn act_on_dead(
         }
     };
     Ok(affected.count)
+}
+
+/// Retry the jobs `filter` matches through the operations: a workflow step's dead job is
+/// retried through its run (the lifecycle's rules); nothing retried is a 409.
+async fn retry(
+    state: &AppState,
+    caller: &Caller,
+    filter: &JobFilter,
+) -> Result<crate::store::Affected, ApiError> {
+    let retried = state.operator.retry_jobs(filter, &caller.actor()).await?;
+    Ok(crate::store::Affected {
+        count: retried.count(),
+    })
 }
