@@ -1,7 +1,7 @@
 //! The storage of tenant data work: what module tables hold past their retention, streaming
 //! those rows out and deleting them in batches (purge-and-export, archive), usage logs and
-//! their monthly cost, and the tenants' webhook endpoints. Implemented in `postgres_data.rs`
-//! and `sqlite_data.rs`; `tests/data.rs` runs against both.
+//! their monthly cost, and the tenants' webhook endpoints. Implemented in `postgres/data.rs`
+//! and `sqlite/data.rs`; `tests/data.rs` runs against both.
 
 use super::StoreResult;
 use super::domain::TenantId;

@@ -11,14 +11,8 @@ pub mod domain;
 pub mod error;
 mod migration;
 pub mod postgres;
-mod postgres_data;
-mod postgres_domain;
-mod postgres_runs;
 pub mod runs;
 pub mod sqlite;
-mod sqlite_data;
-mod sqlite_domain;
-mod sqlite_runs;
 
 pub use data::DataStore;
 pub use domain::DomainStore;

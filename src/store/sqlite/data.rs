@@ -2,14 +2,14 @@
 //! module tables keep `created_at` as SQLite's `CURRENT_TIMESTAMP` text (UTC). Costs are
 //! decimal text, summed exactly as integer millionths.
 
-use super::data::{
+use crate::domain::ident::{ModuleTable, quote_ident};
+use crate::store::data::{
     CostAggregated, CostFilter, DataStore, EXPORT_BATCH_ROWS, MonthlyCost, RetentionTarget,
     RowBatch, UsageEntry, WebhookTarget, next_month,
 };
-use super::domain::TenantId;
-use super::sqlite::SqliteStore;
-use super::{StoreError, StoreResult};
-use crate::domain::ident::{ModuleTable, quote_ident};
+use crate::store::domain::TenantId;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
@@ -186,7 +186,7 @@ impl DataStore for SqliteStore {
     async fn usage_record(&self, entries: &[UsageEntry]) -> StoreResult<u64> {
         let _guard = self.write_lock.lock().await;
         for e in entries {
-            super::data::check_usage(e)?;
+            crate::store::data::check_usage(e)?;
         }
         let mut tx = self.pool().begin().await?;
         for e in entries {

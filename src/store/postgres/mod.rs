@@ -10,6 +10,10 @@
 //! - arrays are bound with `unnest`, so a batch of any size is one round trip;
 //! - new work is signalled with `pg_notify`, delivered at commit (also for transactional enqueue).
 
+mod data;
+mod domain;
+mod runs;
+
 use super::{
     Affected, Capabilities, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
 };

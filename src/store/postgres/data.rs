@@ -1,13 +1,13 @@
 //! [`DataStore`] on PostgreSQL.
 
-use super::data::{
+use crate::domain::ident::{ModuleTable, quote_ident};
+use crate::store::data::{
     CostAggregated, CostFilter, DataStore, EXPORT_BATCH_ROWS, MonthlyCost, RetentionTarget,
     RowBatch, UsageEntry, WebhookTarget, next_month,
 };
-use super::domain::TenantId;
-use super::postgres::PgStore;
-use super::{StoreError, StoreResult};
-use crate::domain::ident::{ModuleTable, quote_ident};
+use crate::store::domain::TenantId;
+use crate::store::postgres::PgStore;
+use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
@@ -177,7 +177,7 @@ impl DataStore for PgStore {
 
     async fn usage_record(&self, entries: &[UsageEntry]) -> StoreResult<u64> {
         for e in entries {
-            super::data::check_usage(e)?;
+            crate::store::data::check_usage(e)?;
         }
         let inserted = sqlx::query(
             "INSERT INTO module_usage_logs \

@@ -1,10 +1,14 @@
 //! SQLite implementation of [`JobStore`]: the embedded, zero-set-up, single-node backend.
 //!
-//! It mirrors `postgres.rs` statement for statement. The differences are SQLite's: batches are
+//! It mirrors `postgres/mod.rs` statement for statement. The differences are SQLite's: batches are
 //! bound as one JSON array read with `json_each` (the `unnest` of PostgreSQL), timestamps are
 //! unix milliseconds, writers are serialised by one in-process lock (SQLite has a single writer
 //! anyway; the lock turns "database is busy" into an orderly queue), and new work is signalled
 //! in process only, so producers in other processes poll.
+
+mod data;
+mod domain;
+mod runs;
 
 use super::{Affected, Capabilities, FetchParams, JobStore, StoreError, StoreResult};
 use crate::types::{

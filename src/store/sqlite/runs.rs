@@ -1,14 +1,14 @@
 //! SQLite implementation of [`RunStore`] and its step transaction, mirroring
-//! `postgres_runs.rs`. A step transaction holds the store's writer lock: SQLite has one
+//! `postgres/runs.rs`. A step transaction holds the store's writer lock: SQLite has one
 //! writer, and the step's own writes, its completion and the next job commit together.
 
-use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
-use super::runs::{
+use crate::store::domain::{MigrationReport, StatusChange, TenantModuleRecord};
+use crate::store::runs::{
     CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState,
     RunStore, StepCompletion, StepRecord, StepState, StepTx,
 };
-use super::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on_with_queues, now_ms};
-use super::{StoreError, StoreResult};
+use crate::store::sqlite::{SqliteStore, from_ms, from_opt_ms, insert_on_with_queues, now_ms};
+use crate::store::{StoreError, StoreResult};
 use crate::types::{JobId, Lease, NewJob};
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -687,22 +687,23 @@ impl StepTx for SqliteStepTx {
         module: &str,
         version_id: i64,
     ) -> StoreResult<MigrationReport> {
-        super::sqlite_domain::migrate_module(&mut self.tx, module, version_id).await
+        crate::store::sqlite::domain::migrate_module(&mut self.tx, module, version_id).await
     }
 
     async fn module_upgrade(
         &mut self,
         module: &str,
         version_id: i64,
-        tenants: &[super::domain::TenantId],
+        tenants: &[crate::store::domain::TenantId],
     ) -> StoreResult<MigrationReport> {
-        super::sqlite_domain::upgrade_module(&mut self.tx, module, version_id, tenants).await
+        crate::store::sqlite::domain::upgrade_module(&mut self.tx, module, version_id, tenants)
+            .await
     }
 
     async fn module_rows_delete(
         &mut self,
         table: &crate::domain::ident::ModuleTable,
-        tenant: super::domain::TenantId,
+        tenant: crate::store::domain::TenantId,
         expected: u64,
     ) -> StoreResult<()> {
         // The rows are in the archive's export: no row audit (see `steward_purging`).
@@ -732,7 +733,7 @@ impl StepTx for SqliteStepTx {
         &mut self,
         change: &StatusChange<'_>,
     ) -> StoreResult<TenantModuleRecord> {
-        super::sqlite_domain::move_status(&mut self.tx, change).await
+        crate::store::sqlite::domain::move_status(&mut self.tx, change).await
     }
 
     async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()> {

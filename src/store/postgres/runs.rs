@@ -1,12 +1,12 @@
 //! PostgreSQL implementation of [`RunStore`] and its step transaction.
 
-use super::domain::{MigrationReport, StatusChange, TenantModuleRecord};
-use super::postgres::{PgStore, insert_on, insert_on_quietly};
-use super::runs::{
+use crate::store::domain::{MigrationReport, StatusChange, TenantModuleRecord};
+use crate::store::postgres::{PgStore, insert_on, insert_on_quietly};
+use crate::store::runs::{
     CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState,
     RunStore, StepCompletion, StepRecord, StepState, StepTx,
 };
-use super::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult};
 use crate::types::{JobId, Lease, NewJob};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -763,22 +763,23 @@ impl StepTx for PgStepTx {
         module: &str,
         version_id: i64,
     ) -> StoreResult<MigrationReport> {
-        super::postgres_domain::migrate_module(&mut self.tx, module, version_id).await
+        crate::store::postgres::domain::migrate_module(&mut self.tx, module, version_id).await
     }
 
     async fn module_upgrade(
         &mut self,
         module: &str,
         version_id: i64,
-        tenants: &[super::domain::TenantId],
+        tenants: &[crate::store::domain::TenantId],
     ) -> StoreResult<MigrationReport> {
-        super::postgres_domain::upgrade_module(&mut self.tx, module, version_id, tenants).await
+        crate::store::postgres::domain::upgrade_module(&mut self.tx, module, version_id, tenants)
+            .await
     }
 
     async fn module_rows_delete(
         &mut self,
         table: &crate::domain::ident::ModuleTable,
-        tenant: super::domain::TenantId,
+        tenant: crate::store::domain::TenantId,
         expected: u64,
     ) -> StoreResult<()> {
         // The rows are in the archive's export: no row audit (see AUDIT_FUNCTION).
@@ -808,7 +809,7 @@ impl StepTx for PgStepTx {
         &mut self,
         change: &StatusChange<'_>,
     ) -> StoreResult<TenantModuleRecord> {
-        super::postgres_domain::move_status(&mut self.tx, change).await
+        crate::store::postgres::domain::move_status(&mut self.tx, change).await
     }
 
     async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()> {

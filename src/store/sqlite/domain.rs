@@ -1,18 +1,18 @@
 //! SQLite implementation of [`DomainStore`] (timestamps in unix milliseconds, JSON as text;
 //! writes hold the store's write lock, SQLite's stand-in for `FOR UPDATE`).
 
-use super::domain::{
-    AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
-    PlanSynced, RollbackPlan, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
-    VersionRecord, io_error, rows_as_seen,
-};
-use super::migration::{MigrationPlan, VersionSql, as_migration_error};
-use super::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
-use super::{StoreError, StoreResult};
 use crate::domain::DomainError;
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
+use crate::store::domain::{
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
+    PlanSynced, RollbackPlan, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
+    VersionRecord, io_error, rows_as_seen,
+};
+use crate::store::migration::{MigrationPlan, VersionSql, as_migration_error};
+use crate::store::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
+use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -545,7 +545,7 @@ impl DomainStore for SqliteStore {
         settings: &Value,
         actor: &str,
     ) -> StoreResult<Value> {
-        super::domain::check_settings(settings)?;
+        crate::store::domain::check_settings(settings)?;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         let exists: Option<i32> =
@@ -868,10 +868,10 @@ impl DomainStore for SqliteStore {
         plan: &str,
         status: &str,
     ) -> StoreResult<i64> {
-        if !super::domain::SUBSCRIPTION_STATUSES.contains(&status) {
+        if !crate::store::domain::SUBSCRIPTION_STATUSES.contains(&status) {
             return Err(StoreError::InvalidInput(format!(
                 "unknown subscription status `{status}` (one of {:?})",
-                super::domain::SUBSCRIPTION_STATUSES
+                crate::store::domain::SUBSCRIPTION_STATUSES
             )));
         }
         let _guard = self.write_lock.lock().await;

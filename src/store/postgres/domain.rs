@@ -1,17 +1,17 @@
 //! PostgreSQL implementation of [`DomainStore`].
 
-use super::domain::{
-    AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
-    PlanSynced, RollbackPlan, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
-    VersionRecord, io_error, rows_as_seen,
-};
-use super::migration::{MigrationPlan, VersionSql, as_migration_error};
-use super::postgres::PgStore;
-use super::{StoreError, StoreResult};
 use crate::domain::DomainError;
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
+use crate::store::domain::{
+    AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
+    PlanSynced, RollbackPlan, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
+    VersionRecord, io_error, rows_as_seen,
+};
+use crate::store::migration::{MigrationPlan, VersionSql, as_migration_error};
+use crate::store::postgres::PgStore;
+use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -620,7 +620,7 @@ impl DomainStore for PgStore {
         settings: &Value,
         actor: &str,
     ) -> StoreResult<Value> {
-        super::domain::check_settings(settings)?;
+        crate::store::domain::check_settings(settings)?;
         let mut tx = self.pool().begin().await?;
         let exists: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM tenant_modules WHERE tenant_id = $1 AND module = $2 FOR UPDATE",
@@ -894,10 +894,10 @@ impl DomainStore for PgStore {
         plan: &str,
         status: &str,
     ) -> StoreResult<i64> {
-        if !super::domain::SUBSCRIPTION_STATUSES.contains(&status) {
+        if !crate::store::domain::SUBSCRIPTION_STATUSES.contains(&status) {
             return Err(StoreError::InvalidInput(format!(
                 "unknown subscription status `{status}` (one of {:?})",
-                super::domain::SUBSCRIPTION_STATUSES
+                crate::store::domain::SUBSCRIPTION_STATUSES
             )));
         }
         let id: Option<i64> = sqlx::query_scalar(
