@@ -407,6 +407,30 @@ async fn versions_publish_once_and_list_in_version_order(backend: Backend) {
         .module_put(&module("stock", Maturity::Ga, &[]), "catalog")
         .await
         .unwrap();
+    // A table that is not the module's own (`tenant_stock_…`) is refused before anything.
+    let err = t
+        .store
+        .version_publish(
+            "stock",
+            &NewVersion {
+                version: "0.1.0".into(),
+                major: 0,
+                minor: 1,
+                patch: 0,
+                build_hash: "x".into(),
+                changelog: String::new(),
+                up_sql: String::new(),
+                down_sql: String::new(),
+                pre_upgrade_sql: None,
+                post_upgrade_sql: None,
+                settings_schema: None,
+                tables_created: vec!["users".into()],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(rule(err), "invalid_identifier");
+    assert!(t.store.versions_of("stock").await.unwrap().is_empty());
     // Published out of order; 1.10.0 is after 1.2.0 (numbers, not text).
     let v1_10 = t
         .store
@@ -477,6 +501,24 @@ async fn a_request_is_written_only_if_the_row_is_as_expected(backend: Backend) {
         expected,
         actor: "user:ana",
     };
+    // A tenant that does not exist, or a version of another module: refused, nothing written.
+    publish(&t, &module("other_mod", Maturity::Ga, &[])).await;
+    let foreign = t.store.versions_of("other_mod").await.unwrap()[0].id;
+    for orphan in [
+        ModuleRequest {
+            tenant_id: 999_999,
+            ..request(acme, PendingApproval, None)
+        },
+        ModuleRequest {
+            version_id: foreign,
+            ..request(acme, PendingApproval, None)
+        },
+    ] {
+        let err = t.store.tenant_module_request(&orphan).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    }
+    assert!(t.store.tenant_modules(999_999).await.unwrap().is_empty());
+    assert!(t.store.tenant_modules(acme).await.unwrap().is_empty());
 
     let pending = t
         .store
@@ -1738,6 +1780,14 @@ async fn seeded_tenants_each_get_an_active_subscription_in_one_write(backend: Ba
         .await
         .unwrap();
     let outsider = tenant(&t, "outsider", false, false).await;
+    for none in [0, -3] {
+        let err = t
+            .store
+            .tenants_seed("none", none, "bench")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    }
 
     assert_eq!(t.store.tenants_seed("load", 25, "bench").await.unwrap(), 25);
     // Their subscriptions are active: a sync gives each of them the plan's module.

@@ -193,6 +193,39 @@ pub struct RollbackPlan<'a> {
     pub actor: &'a str,
 }
 
+/// A version's table names are module table identifiers of its module (`tenant_<module>_…`):
+/// checked before it is published, since provisioning builds SQL from them.
+pub(super) fn check_version(module: &str, version: &NewVersion) -> StoreResult<()> {
+    let slug = crate::domain::ident::Slug::parse(module)?;
+    for table in &version.tables_created {
+        crate::domain::ident::ModuleTable::parse(&slug, table)?;
+    }
+    Ok(())
+}
+
+/// How many tenants a seed creates: at least one.
+pub(super) fn check_seed_count(count: i64) -> StoreResult<()> {
+    if count < 1 {
+        return Err(super::StoreError::InvalidInput(format!(
+            "a seed creates at least one tenant, not {count}"
+        )));
+    }
+    Ok(())
+}
+
+/// The request names a tenant that exists and a version of its module: the rows are written
+/// without foreign keys (see migration 0005), so this is checked in the transaction.
+pub(super) fn check_request_refers(found: i64, request: &ModuleRequest<'_>) -> StoreResult<()> {
+    if found == 1 {
+        Ok(())
+    } else {
+        Err(super::StoreError::InvalidInput(format!(
+            "no tenant {}, or no version {} of module `{}`",
+            request.tenant_id, request.version_id, request.module
+        )))
+    }
+}
+
 /// Do the module's tenant rows (tenant, status, version, by tenant) match what the
 /// operation saw?
 pub(super) fn rows_as_seen(

@@ -8,7 +8,7 @@ use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{
     AuditRecord, DomainStore, MigrationReport, ModuleRecord, ModuleRequest, NewTenant, NewVersion,
     PlanSynced, RollbackPlan, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
-    VersionRecord, io_error, rows_as_seen,
+    VersionRecord, check_request_refers, check_seed_count, check_version, io_error, rows_as_seen,
 };
 use crate::store::migration::{MigrationPlan, VersionSql, as_migration_error};
 use crate::store::sqlite::{SqliteStore, from_ms, from_opt_ms, now_ms};
@@ -391,6 +391,7 @@ impl DomainStore for SqliteStore {
         module: &str,
         version: &NewVersion,
     ) -> StoreResult<VersionRecord> {
+        check_version(module, version)?;
         let _guard = self.write_lock.lock().await;
         let inserted = sqlx::query(&format!(
             "INSERT INTO core_module_versions (module, version, major, minor, patch, build_hash, changelog, \
@@ -457,6 +458,13 @@ impl DomainStore for SqliteStore {
         .as_ref()
         .map(tenant_module_from)
         .transpose()?;
+        let found: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants t, core_module_versions v WHERE t.id = ?1 AND v.id = ?2 AND v.module = ?3")
+            .bind(request.tenant_id)
+            .bind(request.version_id)
+            .bind(request.module)
+            .fetch_one(&mut *tx)
+            .await?;
+        check_request_refers(found, request)?;
         if existing.as_ref().map(|e| e.status) != request.expected {
             return Err(StoreError::Conflict(format!(
                 "tenant {}'s module `{}` changed meanwhile ({})",
@@ -749,6 +757,7 @@ impl DomainStore for SqliteStore {
     }
 
     async fn tenants_seed(&self, prefix: &str, count: i64, plan: &str) -> StoreResult<u64> {
+        check_seed_count(count)?;
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin().await?;
         plan_exists(&mut tx, plan).await?;
