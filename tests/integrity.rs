@@ -381,8 +381,33 @@ async fn a_request_and_its_admission_are_one_write_and_a_stranded_request_is_adm
         })
         .await
         .unwrap();
-    assert_eq!(life.reconcile(Duration::ZERO).await.unwrap(), 1);
+    // One the rules refuse now (the module was retired meanwhile): ERROR with the reason,
+    // and it does not keep the others from being admitted.
+    publish(&t, &module("gone", Maturity::Retired, &[])).await;
+    let gone = t.store.versions_of("gone").await.unwrap()[0].id;
+    t.store
+        .tenant_module_request(&ModuleRequest {
+            tenant_id: a,
+            module: "gone",
+            version_id: gone,
+            status: Requested,
+            reason: None,
+            expected: None,
+            actor: "steward-0.1",
+        })
+        .await
+        .unwrap();
+    assert_eq!(life.reconcile(Duration::ZERO).await.unwrap(), 2);
     assert_eq!(status(&t, a, "inventory").await, Some(Provisioning));
+    let refused = t.store.tenant_module_get(a, "gone").await.unwrap().unwrap();
+    assert_eq!(refused.status, Error);
+    assert!(
+        refused
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("retired")),
+        "{refused:?}"
+    );
     let running = workers(&t);
     wait_for(&t, &[a], "inventory", Enabled).await;
     running.stop().await;

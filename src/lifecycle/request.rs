@@ -240,9 +240,14 @@ impl Lifecycle {
                     (TenantModuleStatus::PendingApproval, Some(reason))
                 }
                 Ok((Admission::Provision { .. }, _)) => (TenantModuleStatus::Provisioning, None),
-                Err(LifecycleError::Domain(rule)) => {
-                    (TenantModuleStatus::Error, Some(rule.to_string()))
-                }
+                // Refused now (a rule, or the tenant, module or version is gone): ERROR with
+                // the reason, so one stranded row never blocks the others.
+                Err(
+                    refused @ (LifecycleError::Domain(_)
+                    | LifecycleError::NoTenant(_)
+                    | LifecycleError::NoModule(_)
+                    | LifecycleError::NoVersion(_)),
+                ) => (TenantModuleStatus::Error, Some(refused.to_string())),
                 Err(other) => return Err(other),
             };
             let mut change = StatusChange::new(
