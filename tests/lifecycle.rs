@@ -1019,6 +1019,13 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
         audit.iter().any(|e| e.action == "module.archive"),
         "{audit:?}"
     );
+    // Who asked for the archive is recorded with its run.
+    let asked = audit
+        .iter()
+        .find(|e| e.action == "module.archive_requested")
+        .expect("the archive request is audited");
+    assert_eq!(asked.actor, "test");
+    assert!(asked.after.as_ref().unwrap()["run"].is_i64());
 
     // A change made after a read is caught: the archive deletes only what its export saw.
     let seen = t

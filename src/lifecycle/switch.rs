@@ -312,17 +312,17 @@ impl Lifecycle {
 
     /// Archive a DISABLED or SUSPENDED tenant module: starts the `module_archive` run, which
     /// exports the tenant's rows to the export storage, verifies them, and only then removes
-    /// them.
+    /// them. Who asked is in the audit log with the run.
     pub async fn archive(
         &self,
         tenant_id: TenantId,
         slug: &str,
-        _actor: &Actor,
+        actor: &Actor,
     ) -> Result<RunId, LifecycleError> {
         let slug = Slug::parse(slug)?;
         let current = self.tenant_module(tenant_id, &slug).await?;
         current.status.check_move(TenantModuleStatus::Archived)?;
-        let (run, _) = self
+        let (run, started) = self
             .engine
             .start(
                 ARCHIVE_WORKFLOW,
@@ -330,6 +330,18 @@ impl Lifecycle {
                 None,
             )
             .await?;
+        if started {
+            self.store
+                .audit_append(
+                    actor.as_str(),
+                    "module.archive_requested",
+                    Some(tenant_id),
+                    Some(slug.as_str()),
+                    "tenant_module",
+                    &json!({"run": run, "status": current.status}),
+                )
+                .await?;
+        }
         Ok(run)
     }
 
