@@ -12,6 +12,7 @@ pub mod error;
 mod migration;
 pub mod postgres;
 pub mod runs;
+pub mod sql;
 pub mod sqlite;
 
 pub use data::DataStore;

@@ -10,8 +10,9 @@
 //! - arrays are bound with `unnest`, so a batch of any size is one round trip;
 //! - new work is signalled with `pg_notify`, delivered at commit (also for transactional enqueue).
 
+pub mod conn;
 mod data;
-mod domain;
+mod lifecycle;
 mod runs;
 
 use super::{

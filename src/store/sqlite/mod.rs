@@ -6,9 +6,9 @@
 //! anyway; the lock turns "database is busy" into an orderly queue), and new work is signalled
 //! in process only, so producers in other processes poll.
 
+pub mod conn;
 mod data;
-mod domain;
-mod runs;
+mod lifecycle;
 
 use super::{Affected, Capabilities, FetchParams, JobStore, StoreError, StoreResult};
 use crate::types::{

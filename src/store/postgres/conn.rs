@@ -1,0 +1,276 @@
+//! [`Conn`] on PostgreSQL: portable statements bound to `sqlx`, and the lifecycle primitives
+//! written in PostgreSQL's own dialect (`postgres/lifecycle.rs`).
+
+use crate::domain::ident::ModuleTable;
+use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
+use crate::store::postgres::{PgStore, insert_on, insert_on_quietly, lifecycle};
+use crate::store::runs::{CompletionOutcome, StepCompletion};
+use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx};
+use crate::store::{StoreError, StoreResult};
+use crate::types::{Enqueued, Lease, NewJob};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgConnection, PgRow};
+use sqlx::query::Query;
+use sqlx::{Postgres, Row as _, Transaction};
+
+impl Row for PgRow {
+    fn text(&self, column: &str) -> StoreResult<String> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> StoreResult<i64> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int32(&self, column: &str) -> StoreResult<i32> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_int32(&self, column: &str) -> StoreResult<Option<i32>> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &str) -> StoreResult<bool> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_json(&self, column: &str) -> StoreResult<Option<Value>> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+fn bind(sql: &str, args: Vec<Arg>) -> Query<'_, Postgres, PgArguments> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match arg {
+            Arg::Text(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Int32(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Time(v) => query.bind(v),
+            Arg::Json(v) => query.bind(v),
+            Arg::Ints(v) => query.bind(v),
+            Arg::Texts(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+enum Inner {
+    Tx(Transaction<'static, Postgres>),
+    Pooled(PoolConnection<Postgres>),
+}
+
+/// A pooled connection or a transaction of a [`PgStore`].
+pub struct PgConn {
+    inner: Inner,
+    store: PgStore,
+    /// Enqueues skip `pg_notify` and wake this process's producers at commit instead (step
+    /// transactions: PostgreSQL serialises the commits of notifying transactions).
+    quiet: bool,
+    woken: Vec<String>,
+}
+
+impl PgConn {
+    pub(crate) async fn begin(store: &PgStore, quiet: bool) -> StoreResult<Self> {
+        Ok(Self {
+            inner: Inner::Tx(store.pool().begin().await?),
+            store: store.clone(),
+            quiet,
+            woken: Vec::new(),
+        })
+    }
+
+    pub(crate) async fn acquire(store: &PgStore) -> StoreResult<Self> {
+        Ok(Self {
+            inner: Inner::Pooled(store.pool().acquire().await?),
+            store: store.clone(),
+            quiet: false,
+            woken: Vec::new(),
+        })
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        match &mut self.inner {
+            Inner::Tx(tx) => tx,
+            Inner::Pooled(conn) => conn,
+        }
+    }
+}
+
+#[async_trait]
+impl Conn for PgConn {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn execute(&mut self, sql: Sql) -> StoreResult<u64> {
+        let text = Dialect::Postgres.render(&sql.text);
+        Ok(bind(&text, sql.args)
+            .execute(self.conn())
+            .await?
+            .rows_affected())
+    }
+
+    async fn fetch_all(&mut self, sql: Sql) -> StoreResult<Vec<AnyRow>> {
+        let text = Dialect::Postgres.render(&sql.text);
+        let rows = bind(&text, sql.args).fetch_all(self.conn()).await?;
+        Ok(rows.into_iter().map(|r| Box::new(r) as AnyRow).collect())
+    }
+
+    async fn fetch_optional(&mut self, sql: Sql) -> StoreResult<Option<AnyRow>> {
+        let text = Dialect::Postgres.render(&sql.text);
+        let row = bind(&text, sql.args).fetch_optional(self.conn()).await?;
+        Ok(row.map(|r| Box::new(r) as AnyRow))
+    }
+
+    async fn jobs_insert(
+        &mut self,
+        jobs: &[NewJob],
+        notify_nodes: bool,
+    ) -> StoreResult<Vec<Enqueued>> {
+        if notify_nodes || !self.quiet {
+            // (`insert_on` notifies at commit, this process's producers included.)
+            return insert_on(self.conn(), jobs).await;
+        }
+        let (enqueued, queues) = insert_on_quietly(self.conn(), jobs).await?;
+        self.woken.extend(queues);
+        Ok(enqueued)
+    }
+
+    async fn job_acknowledge(&mut self, lease: Lease, worker: &str) -> StoreResult<bool> {
+        // The fence is checked here, in the same transaction: the job row is not locked while
+        // the step runs (heartbeats must not wait on it), so the acknowledgement decides.
+        let moved = sqlx::query(
+            "WITH done AS (DELETE FROM steward_jobs WHERE id = $1 AND attempt = $2 AND leased_by = $3 \
+                           AND state = 'running' RETURNING *) \
+             INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt, \
+                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+                 finished_at, errors) \
+             SELECT id, kind, queue, tenant, payload, priority, attempt, max_attempts, timeout_ms, \
+                    unique_key, run_at, created_at, attempted_at, leased_by, now(), errors FROM done",
+        )
+        .bind(lease.id)
+        .bind(lease.attempt)
+        .bind(worker)
+        .execute(self.conn())
+        .await?
+        .rows_affected();
+        Ok(moved == 1)
+    }
+
+    async fn purge_marker(&mut self, on: bool) -> StoreResult<()> {
+        sqlx::query("SELECT set_config('steward.purge', $1, true)")
+            .bind(if on { "on" } else { "" })
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn migration_lock(&mut self) -> StoreResult<()> {
+        lifecycle::migration_lock(self.conn()).await
+    }
+
+    async fn module_migrate(
+        &mut self,
+        module: &str,
+        version_id: i64,
+    ) -> StoreResult<MigrationReport> {
+        lifecycle::migrate_module(self.conn(), module, version_id).await
+    }
+
+    async fn module_upgrade(
+        &mut self,
+        module: &str,
+        version_id: i64,
+        tenants: &[TenantId],
+    ) -> StoreResult<MigrationReport> {
+        lifecycle::upgrade_module(self.conn(), module, version_id, tenants).await
+    }
+
+    async fn module_undo(&mut self, module: &str, undo: &[i64]) -> StoreResult<()> {
+        lifecycle::undo_versions(self.conn(), module, undo).await
+    }
+
+    async fn catch_up(&mut self, change: &StatusChange<'_>) -> StoreResult<()> {
+        lifecycle::catch_up(self.conn(), change).await
+    }
+
+    async fn plan_sync(
+        &mut self,
+        plan: Option<&str>,
+        module: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<Vec<PlanSynced>> {
+        lifecycle::plan_sync(self.conn(), plan, module, actor).await
+    }
+
+    async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64> {
+        lifecycle::tenants_seed(self.conn(), prefix, count, plan_id).await
+    }
+}
+
+#[async_trait]
+impl Tx for PgConn {
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let this = *self;
+        match this.inner {
+            Inner::Tx(tx) => tx.commit().await?,
+            Inner::Pooled(_) => {
+                return Err(StoreError::Corrupt(
+                    "commit of a connection that is not a transaction".into(),
+                ));
+            }
+        }
+        this.store.wake_local(&this.woken);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SqlStore for PgStore {
+    async fn write(&self) -> StoreResult<Box<dyn Tx>> {
+        Ok(Box::new(PgConn::begin(self, false).await?))
+    }
+
+    async fn write_step(&self) -> StoreResult<Box<dyn Tx>> {
+        Ok(Box::new(PgConn::begin(self, true).await?))
+    }
+
+    async fn read(&self) -> StoreResult<Box<dyn Conn>> {
+        Ok(Box::new(PgConn::acquire(self).await?))
+    }
+
+    async fn table_dump(
+        &self,
+        table: &ModuleTable,
+        tenant: Option<TenantId>,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> StoreResult<u64> {
+        lifecycle::table_dump(self.pool(), table, tenant, out).await
+    }
+
+    async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()> {
+        sqlx::query("UPDATE steward_run_steps SET progress = $3 WHERE run_id = $1 AND idx = $2")
+            .bind(run_id)
+            .bind(idx)
+            .bind(progress)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn steps_complete_batched(
+        &self,
+        items: &[StepCompletion],
+    ) -> StoreResult<Option<Vec<CompletionOutcome>>> {
+        Ok(Some(self.steps_complete_batch(items).await?))
+    }
+}

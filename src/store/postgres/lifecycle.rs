@@ -1,0 +1,467 @@
+//! The lifecycle primitives PostgreSQL does in its own dialect: module migrations with
+//! triggers, row-level security and grants; post-upgrade catch-up per tenant; plan sync as one
+//! set-based statement; seeding; streaming dumps. The rules around them live in
+//! `store/sql/domain.rs` and `lifecycle/`.
+
+use crate::domain::ident::{ModuleTable, Slug, quote_ident};
+use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId, io_error};
+use crate::store::migration::{MigrationPlan, VersionSql, as_migration_error};
+use crate::store::sql::corrupt;
+use crate::store::{StoreError, StoreResult};
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+
+/// One module migration at a time in this database.
+pub(super) async fn migration_lock(conn: &mut PgConnection) -> StoreResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Plan-module sync in one statement: the (tenant, module) pairs active subscriptions call
+/// for, the version each module is installed at (else its latest), the inserts (existing
+/// rows untouched), their audit rows, and the summary per plan and module.
+const PLAN_SYNC: &str = r#"
+WITH wanted AS (
+    -- (A tenant subscribed twice to one plan appears twice: counted once below.)
+    -- `dependencies_enabled`: every module this one depends on is ENABLED or UP_TO_DATE for
+    -- the tenant (domain::status::satisfies_dependency); otherwise the tenant is skipped.
+    SELECT p.slug AS plan, s.tenant_id, pm.module,
+           NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(m.dependencies) d(dep)
+                       WHERE NOT EXISTS (SELECT 1 FROM tenant_modules dm
+                                         WHERE dm.tenant_id = s.tenant_id AND dm.module = d.dep
+                                           AND dm.status IN ('ENABLED', 'UP_TO_DATE'))
+           ) AS dependencies_enabled
+    FROM subscriptions s
+    JOIN plans p ON p.id = s.plan_id
+    JOIN plan_modules pm ON pm.plan_id = p.id
+    JOIN core_modules m ON m.slug = pm.module
+    JOIN tenants t ON t.id = s.tenant_id
+    WHERE s.status = 'active' AND (s.expires_at IS NULL OR s.expires_at > now())
+      AND ($1::text IS NULL OR p.slug = $1) AND ($2::text IS NULL OR pm.module = $2)
+      AND (m.maturity IN ('RC', 'GA', 'MAINTENANCE') OR (m.maturity = 'BETA' AND t.beta_opt_in))
+), version AS (
+    SELECT DISTINCT ON (module) module, id FROM core_module_versions
+    ORDER BY module, migrated_at IS NULL, major DESC, minor DESC, patch DESC
+), inserted AS (
+    INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason)
+    SELECT DISTINCT ON (w.tenant_id, w.module) w.tenant_id, w.module, 'PROVISIONING', v.id,
+           'added by plan ' || w.plan
+    FROM wanted w JOIN version v ON v.module = w.module
+    WHERE w.dependencies_enabled
+    ORDER BY w.tenant_id, w.module, w.plan
+    ON CONFLICT (tenant_id, module) DO NOTHING
+    RETURNING tenant_id, module, substr(status_reason, 15) AS plan
+), audited AS (
+    INSERT INTO audit_logs (actor, action, tenant_id, module, entity, after)
+    SELECT $3, 'plan.sync', tenant_id, module, 'tenant_module', '{"status": "PROVISIONING"}'::jsonb
+    FROM inserted
+), synced AS (
+    SELECT plan, module, count(*) AS n FROM inserted GROUP BY plan, module
+), skipped AS (
+    SELECT plan, module, count(DISTINCT tenant_id) AS n FROM wanted w
+    WHERE NOT w.dependencies_enabled
+      AND NOT EXISTS (SELECT 1 FROM tenant_modules tm WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module)
+    GROUP BY plan, module
+), subscribed AS (
+    SELECT plan, module, count(DISTINCT tenant_id) AS n FROM wanted GROUP BY plan, module
+)
+-- Aggregates joined, never the 100,000-row sets (a CTE has no index to join on).
+SELECT s.plan, s.module, coalesce(y.n, 0) AS synced, s.n AS subscribed, coalesce(k.n, 0) AS skipped
+FROM subscribed s LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module
+LEFT JOIN skipped k ON k.plan = s.plan AND k.module = s.module
+ORDER BY s.plan, s.module
+"#;
+
+/// See [`crate::store::sql::Conn::plan_sync`].
+pub(super) async fn plan_sync(
+    conn: &mut PgConnection,
+    plan: Option<&str>,
+    module: Option<&str>,
+    actor: &str,
+) -> StoreResult<Vec<PlanSynced>> {
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(PLAN_SYNC)
+        .bind(plan)
+        .bind(module)
+        .bind(actor)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().map(PlanSynced::from_row).collect())
+}
+
+/// See [`crate::store::sql::Conn::tenants_seed`].
+pub(super) async fn tenants_seed(
+    conn: &mut PgConnection,
+    prefix: &str,
+    count: i64,
+    plan_id: i64,
+) -> StoreResult<u64> {
+    Ok(sqlx::query(
+        "WITH t AS (INSERT INTO tenants (slug, name) \
+                    SELECT $1 || '-' || n, $1 || ' ' || n FROM generate_series(1, $2) n \
+                    RETURNING id) \
+         INSERT INTO subscriptions (tenant_id, plan_id, status) SELECT t.id, $3, 'active' FROM t",
+    )
+    .bind(prefix)
+    .bind(count)
+    .bind(plan_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// See [`crate::store::sql::Conn::module_undo`].
+pub(super) async fn undo_versions(
+    conn: &mut PgConnection,
+    module: &str,
+    undo: &[i64],
+) -> StoreResult<()> {
+    let downs: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, down_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2)",
+    )
+    .bind(module)
+    .bind(undo)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query("SELECT set_config('steward.migration', 'on', true)")
+        .execute(&mut *conn)
+        .await?;
+    for id in undo {
+        let (_, down_sql) = downs
+            .iter()
+            .find(|(v, _)| v == id)
+            .ok_or_else(|| StoreError::InvalidInput(format!("`{module}` has no version {id}")))?;
+        sqlx::Executor::execute(&mut *conn, down_sql.as_str())
+            .await
+            .map_err(|e| as_migration_error(e.into()))?;
+    }
+    sqlx::query("SELECT set_config('steward.migration', '', true)")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE core_module_versions SET migrated_at = NULL WHERE id = ANY($1)")
+        .bind(undo)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// See [`crate::store::DomainStore::module_table_dump`].
+pub(super) async fn table_dump(
+    pool: &sqlx::PgPool,
+    table: &ModuleTable,
+    tenant: Option<TenantId>,
+    out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+) -> StoreResult<u64> {
+    use futures::TryStreamExt;
+    use tokio::io::AsyncWriteExt;
+    let sql = format!(
+        "SELECT to_jsonb(t)::text FROM {} t WHERE $1::int8 IS NULL OR tenant_id = $1 \
+         ORDER BY tenant_id, created_at",
+        table.quoted()
+    );
+    let mut rows = sqlx::query_scalar::<_, String>(&sql)
+        .bind(tenant)
+        .fetch(pool);
+    let mut count = 0;
+    while let Some(line) = rows.try_next().await? {
+        out.write_all(line.as_bytes()).await.map_err(io_error)?;
+        out.write_all(b"\n").await.map_err(io_error)?;
+        count += 1;
+    }
+    out.flush().await.map_err(io_error)?;
+    Ok(count)
+}
+
+/// The post-upgrade SQL of `change.catch_up`'s versions, for its tenant only.
+pub(super) async fn catch_up(
+    conn: &mut PgConnection,
+    change: &StatusChange<'_>,
+) -> StoreResult<()> {
+    if change.catch_up.is_empty() {
+        return Ok(());
+    }
+    let posts: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT post_upgrade_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2) \
+         ORDER BY major, minor, patch",
+    )
+    .bind(change.module)
+    .bind(change.catch_up)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query("SELECT set_config('steward.migration', 'on', true), set_config('app.current_tenant_id', $1, true)")
+        .bind(change.tenant_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    for post in posts.iter().flatten().filter(|s| !s.trim().is_empty()) {
+        sqlx::Executor::execute(&mut *conn, post.as_str())
+            .await
+            .map_err(|e| as_migration_error(e.into()))?;
+    }
+    sqlx::query("SELECT set_config('steward.migration', '', true), set_config('app.current_tenant_id', '', true)")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The audit trigger every module table gets (created or replaced under the migration lock).
+const AUDIT_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION steward_module_audit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    -- A migration's own row changes are audited as the upgrade, not row by row.
+    IF current_setting('steward.migration', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    -- A purge deletes rows already in a verified export: the export is their record.
+    IF TG_OP = 'DELETE' AND current_setting('steward.purge', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after)
+    VALUES (coalesce(nullif(current_setting('app.actor', true), ''), session_user),
+            'row.' || lower(TG_OP),
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END,
+            TG_ARGV[0], TG_TABLE_NAME,
+            CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE to_jsonb(OLD) END,
+            CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END);
+    RETURN NULL;
+END
+$fn$"#;
+
+/// Freezes a tenant's rows while its module is not in use (DISABLED, SUSPENDED, …): no row is
+/// written or changed for it; steward's own deletions (archive, purge) still go through.
+const GUARD_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION steward_module_guard() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+BEGIN
+    -- Migrations change every tenant's rows (the tables are shared), frozen ones included.
+    IF current_setting('steward.migration', true) = 'on' THEN
+        RETURN NEW;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tenant_modules
+                   WHERE tenant_id = NEW.tenant_id AND module = TG_ARGV[0]
+                     AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) THEN
+        RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], NEW.tenant_id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$fn$"#;
+
+/// `tenant_app_role` (cluster-wide, created once) and its use of this schema.
+const APP_ROLE: &str = r#"
+DO $do$
+BEGIN
+    BEGIN
+        CREATE ROLE tenant_app_role NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO tenant_app_role', current_schema());
+END
+$do$"#;
+
+/// See [`crate::store::StepTx::module_migrate`].
+pub(super) async fn migrate_module(
+    conn: &mut PgConnection,
+    module: &str,
+    version_id: i64,
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    // Tenants joining an installed module only read; the lock is for those who migrate.
+    let plan = read_plan(conn, &slug, version_id, false).await?;
+    if plan.pending.is_empty() {
+        return Ok(plan.report(true, None));
+    }
+    // One module migration at a time in this database: tenants provisioning the same module
+    // at once wait here, then find its tables created.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
+        .execute(&mut *conn)
+        .await?;
+    let plan = read_plan(conn, &slug, version_id, true).await?;
+    let mut report = plan.report(true, None);
+    if plan.pending.is_empty() {
+        return Ok(report);
+    }
+    sqlx::query("SAVEPOINT module_migration")
+        .execute(&mut *conn)
+        .await?;
+    let mut outcome = Ok(());
+    for version in &plan.pending {
+        outcome = create_tables(conn, &slug, &version.tables, &version.up_sql).await;
+        if outcome.is_err() {
+            break;
+        }
+    }
+    if let Err(err) = outcome {
+        sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
+            .execute(&mut *conn)
+            .await?;
+        return Err(as_migration_error(err));
+    }
+    sqlx::query("RELEASE SAVEPOINT module_migration")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE core_module_versions SET migrated_at = now() WHERE id = ANY($1)")
+        .bind(plan.pending.iter().map(|v| v.id).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    report.created = true;
+    Ok(report)
+}
+
+/// The module's versions through `version_id` and which still have to run (`locked`: read
+/// them `FOR UPDATE`, under the migration lock).
+async fn read_plan(
+    conn: &mut PgConnection,
+    slug: &Slug,
+    version_id: i64,
+    locked: bool,
+) -> StoreResult<MigrationPlan> {
+    let rows = sqlx::query(&format!(
+        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
+         FROM core_module_versions WHERE module = $1 ORDER BY major, minor, patch{}",
+        if locked { " FOR UPDATE" } else { "" }
+    ))
+    .bind(slug.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let versions = rows
+        .iter()
+        .map(|row| {
+            Ok(VersionSql {
+                id: row.try_get("id")?,
+                version: row.try_get("version")?,
+                up_sql: row.try_get("up_sql")?,
+                tables: serde_json::from_value(row.try_get("tables_created")?).map_err(corrupt)?,
+                migrated: row.try_get("migrated")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    MigrationPlan::new(slug, versions, version_id)
+}
+
+async fn create_tables(
+    conn: &mut PgConnection,
+    slug: &Slug,
+    tables: &[ModuleTable],
+    up_sql: &str,
+) -> StoreResult<()> {
+    // PostgreSQL's audit trigger serialises the whole row (`to_jsonb`), so columns added by
+    // later versions are audited without touching it.
+    sqlx::Executor::execute(&mut *conn, AUDIT_FUNCTION).await?;
+    sqlx::Executor::execute(&mut *conn, GUARD_FUNCTION).await?;
+    sqlx::Executor::execute(&mut *conn, APP_ROLE).await?;
+    sqlx::Executor::execute(&mut *conn, up_sql).await?;
+    for table in tables {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1",
+        )
+        .bind(table.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        if columns.is_empty() {
+            return Err(StoreError::Migration(format!(
+                "the migration did not create the declared table {table}"
+            )));
+        }
+        for needed in ["tenant_id", "created_at"] {
+            if !columns.iter().any(|c| c == needed) {
+                return Err(StoreError::Migration(format!(
+                    "module table {table} has no {needed} column"
+                )));
+            }
+        }
+        let name = table.quoted();
+        let index = quote_ident(&format!("{table}_tenant_created"));
+        let trigger = quote_ident(&format!("{table}_audit"));
+        let module = slug.as_str(); // validated: [a-z0-9_] only
+        let guard = quote_ident(&format!("{table}_frozen"));
+        let statements = [
+            format!("CREATE INDEX {index} ON {name} (tenant_id, created_at)"),
+            format!(
+                "CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE ON {name} \
+                 FOR EACH ROW EXECUTE FUNCTION steward_module_guard('{module}')"
+            ),
+            format!(
+                "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {name} \
+                 FOR EACH ROW EXECUTE FUNCTION steward_module_audit('{module}')"
+            ),
+            format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"),
+            format!(
+                "CREATE POLICY tenant_isolation ON {name} \
+                 USING (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint) \
+                 WITH CHECK (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint)"
+            ),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO tenant_app_role"),
+        ];
+        for statement in statements {
+            sqlx::query(&statement).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// See [`crate::store::StepTx::module_upgrade`].
+pub(super) async fn upgrade_module(
+    conn: &mut PgConnection,
+    module: &str,
+    version_id: i64,
+    tenants: &[TenantId],
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    let (pre, post): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT pre_upgrade_sql, post_upgrade_sql FROM core_module_versions \
+         WHERE id = $1 AND module = $2",
+    )
+    .bind(version_id)
+    .bind(slug.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
+    })?;
+    sqlx::query("SAVEPOINT module_upgrade")
+        .execute(&mut *conn)
+        .await?;
+    let outcome = async {
+        sqlx::query("SELECT set_config('steward.migration', 'on', true)")
+            .execute(&mut *conn)
+            .await?;
+        if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
+            sqlx::Executor::execute(&mut *conn, pre).await?;
+        }
+        let report = migrate_module(conn, slug.as_str(), version_id).await?;
+        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
+            for tenant in tenants {
+                sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+                    .bind(tenant.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::Executor::execute(&mut *conn, post).await?;
+            }
+            sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query("SELECT set_config('steward.migration', '', true)")
+            .execute(&mut *conn)
+            .await?;
+        Ok::<_, StoreError>(report)
+    }
+    .await;
+    match outcome {
+        Ok(report) => {
+            sqlx::query("RELEASE SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Ok(report)
+        }
+        Err(err) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Err(as_migration_error(err))
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! SQL written once. The lifecycle, run and data stores are one implementation
+//! ([`domain`], [`runs`], [`data`]) over a small connection interface, [`Conn`], that each
+//! backend implements: PostgreSQL in `store/postgres/conn.rs`, SQLite in `store/sqlite/conn.rs`.
+//!
+//! Statements are written in the portable subset both databases speak (`$1` placeholders,
+//! `RETURNING`, `ON CONFLICT`, `CAST(x AS TEXT)`, `->>`), plus two tokens each dialect renders:
+//! `{now}` (the database's clock: `now()`, or unix milliseconds on SQLite), `{for_update}`
+//! (a row lock; SQLite has one writer, held by the store's write transaction instead) and
+//! `{date}` (a calendar date: `date`, or ISO text on SQLite); a list
+//! is bound as [`Arg::Ints`] and tested with `x = ANY($n)` (SQLite reads it with `json_each`). Values
+//! cross as [`Arg`]s and are read through [`Row`], so a timestamp is a `timestamptz` on
+//! PostgreSQL and unix milliseconds on SQLite without the caller knowing. What cannot be said
+//! portably (set-based plan sync, table creation with row-level security, streaming dumps) is a
+//! method of [`Conn`] or [`SqlStore`] that each backend writes in its own dialect; the hot
+//! queue path (`store/*/mod.rs`) stays hand-written per backend, where the benchmarks say so.
+
+pub mod domain;
+pub mod runs;
+
+use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
+use crate::store::runs::{CompletionOutcome, StepCompletion};
+use crate::store::{StoreError, StoreResult};
+use crate::types::{Enqueued, Lease, NewJob};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// Which SQL a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    /// The statement with this dialect's tokens rendered.
+    pub fn render(self, text: &str) -> Cow<'_, str> {
+        let sqlite_list = self == Dialect::Sqlite && text.contains("= ANY($");
+        if !text.contains('{') && !sqlite_list {
+            return Cow::Borrowed(text);
+        }
+        let tokens: [(&str, &str); 3] = match self {
+            Dialect::Postgres => [
+                ("{now}", "now()"),
+                ("{for_update}", "FOR UPDATE"),
+                ("{date}", "date"),
+            ],
+            Dialect::Sqlite => [
+                ("{now}", "CAST(unixepoch('subsec') * 1000 AS INTEGER)"),
+                ("{for_update}", ""),
+                ("{date}", "TEXT"),
+            ],
+        };
+        let mut text = text.to_string();
+        for (token, sql) in tokens {
+            if text.contains(token) {
+                text = text.replace(token, sql);
+            }
+        }
+        if sqlite_list {
+            while let Some(at) = text.find("= ANY($") {
+                let digits = text[at + 7..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .count();
+                let n = text[at + 7..at + 7 + digits].to_string();
+                let end = at + 7 + digits + 1; // past ")"
+                text.replace_range(at..end, &format!("IN (SELECT value FROM json_each(${n}))"));
+            }
+        }
+        Cow::Owned(text)
+    }
+
+    /// One of two statements, where the dialects truly differ.
+    pub fn pick(self, postgres: &'static str, sqlite: &'static str) -> &'static str {
+        match self {
+            Dialect::Postgres => postgres,
+            Dialect::Sqlite => sqlite,
+        }
+    }
+}
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Int32(Option<i32>),
+    Bool(Option<bool>),
+    /// `timestamptz` on PostgreSQL, unix milliseconds on SQLite.
+    Time(Option<DateTime<Utc>>),
+    /// `jsonb` on PostgreSQL, JSON text on SQLite.
+    Json(Option<Value>),
+    /// A list for `= ANY($n)`: an `int8[]` on PostgreSQL, a JSON array on SQLite.
+    Ints(Vec<i64>),
+    /// A list of text: a `text[]` on PostgreSQL, a JSON array on SQLite.
+    Texts(Vec<String>),
+}
+
+macro_rules! arg_from {
+    ($variant:ident: $($t:ty => $conv:expr),* $(,)?) => {$(
+        impl From<$t> for Arg {
+            fn from(value: $t) -> Self {
+                let conv: fn($t) -> _ = $conv;
+                Arg::$variant(conv(value))
+            }
+        }
+    )*};
+}
+
+arg_from!(Text:
+    &str => |v| Some(v.to_string()),
+    String => Some,
+    &String => |v| Some(v.clone()),
+    Option<&str> => |v| v.map(str::to_string),
+    Option<String> => |v| v,
+    &Option<String> => |v| v.clone(),
+);
+arg_from!(Int: i64 => Some, Option<i64> => |v| v);
+arg_from!(Int32: i32 => Some, Option<i32> => |v| v);
+arg_from!(Bool: bool => Some);
+arg_from!(Ints: Vec<i64> => |v| v, &[i64] => <[i64]>::to_vec, &Vec<i64> => Clone::clone);
+arg_from!(Texts: Vec<String> => |v| v);
+arg_from!(Time: DateTime<Utc> => Some, Option<DateTime<Utc>> => |v| v);
+arg_from!(Json:
+    Value => Some,
+    &Value => |v| Some(v.clone()),
+    Option<Value> => |v| v,
+    Option<&Value> => |v| v.cloned(),
+    &Option<Value> => |v| v.clone(),
+);
+
+/// A statement and its arguments.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    pub text: Cow<'static, str>,
+    pub args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn new(text: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            text: text.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Bind the next `$n`.
+    pub fn arg(mut self, value: impl Into<Arg>) -> Self {
+        self.args.push(value.into());
+        self
+    }
+}
+
+/// `sql!("… $1 … $2", a, b)`: a statement with its arguments in placeholder order.
+macro_rules! sql {
+    ($text:expr $(, $arg:expr)* $(,)?) => {
+        $crate::store::sql::Sql::new($text)$(.arg($arg))*
+    };
+}
+pub(crate) use sql;
+
+/// A row of either backend, read by column name into steward's types.
+pub trait Row: Send + Sync {
+    fn text(&self, column: &str) -> StoreResult<String>;
+    fn opt_text(&self, column: &str) -> StoreResult<Option<String>>;
+    fn int(&self, column: &str) -> StoreResult<i64>;
+    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>>;
+    fn int32(&self, column: &str) -> StoreResult<i32>;
+    fn opt_int32(&self, column: &str) -> StoreResult<Option<i32>>;
+    fn flag(&self, column: &str) -> StoreResult<bool>;
+    fn opt_time(&self, column: &str) -> StoreResult<Option<DateTime<Utc>>>;
+    fn opt_json(&self, column: &str) -> StoreResult<Option<Value>>;
+
+    fn time(&self, column: &str) -> StoreResult<DateTime<Utc>> {
+        self.opt_time(column)?
+            .ok_or_else(|| corrupt(format!("{column} is null")))
+    }
+
+    fn json(&self, column: &str) -> StoreResult<Value> {
+        Ok(self.opt_json(column)?.unwrap_or(Value::Null))
+    }
+}
+
+/// A row of either backend.
+pub type AnyRow = Box<dyn Row>;
+
+/// A column parsed into a type, for boxed rows.
+pub fn parse<T: std::str::FromStr>(row: &dyn Row, column: &str) -> StoreResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    row.text(column)?.parse().map_err(corrupt)
+}
+
+/// A stored value that does not decode.
+pub fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// A connection, or a transaction, of either backend.
+///
+/// The first four methods run portable statements; the rest are the primitives whose SQL
+/// differs per dialect, each written once per backend.
+#[async_trait]
+pub trait Conn: Send {
+    fn dialect(&self) -> Dialect;
+
+    /// Run a statement; how many rows it changed.
+    async fn execute(&mut self, sql: Sql) -> StoreResult<u64>;
+
+    async fn fetch_all(&mut self, sql: Sql) -> StoreResult<Vec<AnyRow>>;
+
+    async fn fetch_optional(&mut self, sql: Sql) -> StoreResult<Option<AnyRow>>;
+
+    async fn fetch_one(&mut self, sql: Sql) -> StoreResult<AnyRow> {
+        self.fetch_optional(sql)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Insert jobs with the queue's own insert statement; this process's producers of the
+    /// queues that got available jobs are woken once the transaction commits. Other nodes are
+    /// notified at commit too, except in a step transaction without `notify_nodes` (PostgreSQL
+    /// serialises the commits of notifying transactions: the next step's job is picked up by
+    /// this node's producers, which it wakes itself).
+    async fn jobs_insert(
+        &mut self,
+        jobs: &[NewJob],
+        notify_nodes: bool,
+    ) -> StoreResult<Vec<Enqueued>>;
+
+    /// Mark (`on`) or unmark this transaction as deleting rows already in a verified export:
+    /// the audit triggers skip those deletions, the export is their record.
+    async fn purge_marker(&mut self, on: bool) -> StoreResult<()>;
+
+    /// Acknowledge a running job (moved to the completed table), fenced on its lease;
+    /// `false` when the lease was lost.
+    async fn job_acknowledge(&mut self, lease: Lease, worker: &str) -> StoreResult<bool>;
+
+    /// Run the down SQL of `undo` (in that order) and mark those versions not migrated.
+    async fn module_undo(&mut self, module: &str, undo: &[i64]) -> StoreResult<()>;
+
+    /// Serialise module migrations (PostgreSQL: a transaction-scoped advisory lock; SQLite's
+    /// write transaction already is one).
+    async fn migration_lock(&mut self) -> StoreResult<()>;
+
+    /// Create a module version's tables (see [`crate::store::StepTx::module_migrate`]).
+    async fn module_migrate(
+        &mut self,
+        module: &str,
+        version_id: i64,
+    ) -> StoreResult<MigrationReport>;
+
+    /// Upgrade a module's tables (see [`crate::store::StepTx::module_upgrade`]).
+    async fn module_upgrade(
+        &mut self,
+        module: &str,
+        version_id: i64,
+        tenants: &[TenantId],
+    ) -> StoreResult<MigrationReport>;
+
+    /// Run `change.catch_up`'s post-upgrade SQL for its tenant (see [`StatusChange`]).
+    async fn catch_up(&mut self, change: &StatusChange<'_>) -> StoreResult<()>;
+
+    /// Plan-module sync as one set-based statement (see
+    /// [`crate::store::DomainStore::plan_sync`]).
+    async fn plan_sync(
+        &mut self,
+        plan: Option<&str>,
+        module: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<Vec<PlanSynced>>;
+
+    /// Seed `count` tenants subscribed to plan `plan_id` (see
+    /// [`crate::store::DomainStore::tenants_seed`]).
+    async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64>;
+}
+
+/// A write transaction: dropped without [`Tx::commit`], it rolls back.
+#[async_trait]
+pub trait Tx: Conn {
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// A backend as the shared stores see it: where connections and transactions come from, and
+/// the few whole operations a backend does its own way.
+#[async_trait]
+pub trait SqlStore: Send + Sync + Clone + 'static {
+    /// A transaction that may write (SQLite: holding the store's write lock until it ends).
+    async fn write(&self) -> StoreResult<Box<dyn Tx>>;
+
+    /// A step transaction (see [`Conn::jobs_insert`]).
+    async fn write_step(&self) -> StoreResult<Box<dyn Tx>> {
+        self.write().await
+    }
+
+    /// A connection for reads.
+    async fn read(&self) -> StoreResult<Box<dyn Conn>>;
+
+    /// Stream a module table's rows as JSON lines (see
+    /// [`crate::store::DomainStore::module_table_dump`]).
+    async fn table_dump(
+        &self,
+        table: &crate::domain::ident::ModuleTable,
+        tenant: Option<TenantId>,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> StoreResult<u64>;
+
+    /// Record a running step's progress where readers see it at once.
+    async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()>;
+
+    /// The latest progress of a step kept outside the database (SQLite), if any.
+    fn progress_overlay(&self, _run_id: i64, _idx: i32) -> Option<Value> {
+        None
+    }
+
+    /// Record step completions in as few transactions as the backend can; `None` to take them
+    /// one step transaction each.
+    async fn steps_complete_batched(
+        &self,
+        _items: &[StepCompletion],
+    ) -> StoreResult<Option<Vec<CompletionOutcome>>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,528 @@
+//! The lifecycle primitives SQLite does in its own dialect: module migrations with triggers
+//! that name each column (SQLite has no `to_json(row)`), plan sync through temporary tables
+//! (no data-modifying CTEs), seeding, undoing versions and streaming dumps. The rules around
+//! them live in `store/sql/domain.rs` and `lifecycle/`.
+
+use crate::domain::DomainError;
+use crate::domain::ident::{ModuleTable, Slug, quote_ident};
+use crate::store::domain::{MigrationReport, PlanSynced, TenantId, io_error};
+use crate::store::migration::{MigrationPlan, VersionSql, as_migration_error};
+use crate::store::sql::{Row as _, corrupt};
+use crate::store::sqlite::now_ms;
+use crate::store::{StoreError, StoreResult};
+use serde_json::json;
+use sqlx::sqlite::SqliteConnection;
+
+/// See [`crate::store::sql::Conn::plan_sync`].
+pub(super) async fn plan_sync(
+    conn: &mut SqliteConnection,
+    plan: Option<&str>,
+    module: Option<&str>,
+    actor: &str,
+) -> StoreResult<Vec<PlanSynced>> {
+    let now = now_ms();
+    // The same steps as PostgreSQL's single statement, through two temporary tables
+    // (SQLite has no data-modifying CTEs); the write lock makes them one step.
+    for statement in [
+        "CREATE TEMP TABLE IF NOT EXISTS steward_sync_wanted (plan TEXT, tenant_id INTEGER, module TEXT, \
+                                                              dependencies_enabled INTEGER)",
+        "CREATE TEMP TABLE IF NOT EXISTS steward_sync_new (tenant_id INTEGER, module TEXT, plan TEXT)",
+        "DELETE FROM temp.steward_sync_wanted",
+        "DELETE FROM temp.steward_sync_new",
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    sqlx::query(
+        // `dependencies_enabled`: every module this one depends on is ENABLED or
+        // UP_TO_DATE for the tenant (domain::status::satisfies_dependency); otherwise the
+        // tenant is skipped.
+        "INSERT INTO temp.steward_sync_wanted (plan, tenant_id, module, dependencies_enabled) \
+         SELECT DISTINCT p.slug, s.tenant_id, pm.module, \
+                NOT EXISTS (SELECT 1 FROM json_each(m.dependencies) d \
+                            WHERE NOT EXISTS (SELECT 1 FROM tenant_modules dm \
+                                              WHERE dm.tenant_id = s.tenant_id AND dm.module = d.value \
+                                                AND dm.status IN ('ENABLED', 'UP_TO_DATE'))) \
+         FROM subscriptions s JOIN plans p ON p.id = s.plan_id \
+         JOIN plan_modules pm ON pm.plan_id = p.id \
+         JOIN core_modules m ON m.slug = pm.module JOIN tenants t ON t.id = s.tenant_id \
+         WHERE s.status = 'active' AND (s.expires_at IS NULL OR s.expires_at > ?3) \
+           AND (?1 IS NULL OR p.slug = ?1) AND (?2 IS NULL OR pm.module = ?2) \
+           AND (m.maturity IN ('RC', 'GA', 'MAINTENANCE') OR (m.maturity = 'BETA' AND t.beta_opt_in))",
+    )
+    .bind(plan)
+    .bind(module)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO temp.steward_sync_new (tenant_id, module, plan) \
+         SELECT w.tenant_id, w.module, min(w.plan) FROM temp.steward_sync_wanted w \
+         WHERE NOT EXISTS (SELECT 1 FROM tenant_modules tm \
+                           WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module) \
+           AND w.dependencies_enabled \
+           AND EXISTS (SELECT 1 FROM core_module_versions v WHERE v.module = w.module) \
+         GROUP BY w.tenant_id, w.module",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason, \
+                                     requested_at, updated_at) \
+         SELECT n.tenant_id, n.module, 'PROVISIONING', \
+                (SELECT v.id FROM core_module_versions v WHERE v.module = n.module \
+                 ORDER BY v.migrated_at IS NULL, v.major DESC, v.minor DESC, v.patch DESC LIMIT 1), \
+                'added by plan ' || n.plan, ?1, ?1 \
+         FROM temp.steward_sync_new n",
+    )
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO audit_logs (at, actor, action, tenant_id, module, entity, after) \
+         SELECT ?1, ?2, 'plan.sync', tenant_id, module, 'tenant_module', '{\"status\":\"PROVISIONING\"}' \
+         FROM temp.steward_sync_new",
+    )
+    .bind(now)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "WITH subscribed AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_wanted \
+                             GROUP BY plan, module), \
+              synced AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_new \
+                         GROUP BY plan, module), \
+              skipped AS (SELECT plan, module, count(DISTINCT tenant_id) AS n \
+                          FROM temp.steward_sync_wanted w WHERE NOT w.dependencies_enabled \
+                            AND NOT EXISTS (SELECT 1 FROM tenant_modules tm \
+                                            WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module) \
+                          GROUP BY plan, module) \
+         SELECT s.plan, s.module, coalesce(y.n, 0), s.n, coalesce(k.n, 0) FROM subscribed s \
+         LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module \
+         LEFT JOIN skipped k ON k.plan = s.plan AND k.module = s.module ORDER BY s.plan, s.module",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for statement in [
+        "DELETE FROM temp.steward_sync_wanted",
+        "DELETE FROM temp.steward_sync_new",
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    Ok(rows.into_iter().map(PlanSynced::from_row).collect())
+}
+
+/// See [`crate::store::sql::Conn::tenants_seed`].
+pub(super) async fn tenants_seed(
+    conn: &mut SqliteConnection,
+    prefix: &str,
+    count: i64,
+    plan_id: i64,
+) -> StoreResult<u64> {
+    let now = now_ms();
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2) \
+         INSERT INTO tenants (slug, name, created_at) \
+         SELECT ?1 || '-' || i, ?1 || ' ' || i, ?3 FROM n",
+    )
+    .bind(prefix)
+    .bind(count)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(sqlx::query(
+        "INSERT INTO subscriptions (tenant_id, plan_id, status, started_at) \
+         SELECT t.id, ?2, 'active', ?3 FROM tenants t \
+         WHERE t.slug LIKE ?1 || '-%' AND t.created_at = ?3",
+    )
+    .bind(prefix)
+    .bind(plan_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// See [`crate::store::sql::Conn::module_undo`]: the triggers name columns the down SQL may
+/// drop, and a migration changes every tenant's rows, so they are off first and back after.
+pub(super) async fn undo_versions(
+    conn: &mut SqliteConnection,
+    module: &str,
+    undo: &[i64],
+) -> StoreResult<()> {
+    let slug = Slug::parse(module)?;
+    let versions: Vec<(i64, String, String, bool)> = sqlx::query_as(
+        "SELECT id, down_sql, tables_created, migrated_at IS NOT NULL \
+         FROM core_module_versions WHERE module = ?1",
+    )
+    .bind(slug.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut all_tables = Vec::new();
+    let mut kept_tables = Vec::new();
+    for (id, _, tables, migrated) in &versions {
+        let names: Vec<String> = serde_json::from_str(tables).map_err(corrupt)?;
+        for name in names {
+            let table = ModuleTable::parse(&slug, &name)?;
+            if *migrated && !undo.contains(id) {
+                kept_tables.push(table.clone());
+            }
+            all_tables.push(table);
+        }
+    }
+    drop_audit_triggers(conn, &all_tables).await?;
+    for id in undo {
+        let (_, down_sql, _, _) = versions
+            .iter()
+            .find(|(v, ..)| v == id)
+            .ok_or_else(|| StoreError::InvalidInput(format!("`{slug}` has no version {id}")))?;
+        sqlx::Executor::execute(&mut *conn, down_sql.as_str())
+            .await
+            .map_err(|e| as_migration_error(e.into()))?;
+    }
+    install_audit_triggers(conn, &slug, &kept_tables).await?;
+    sqlx::query(
+        "UPDATE core_module_versions SET migrated_at = NULL \
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json!(undo).to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// See [`crate::store::DomainStore::module_table_dump`].
+pub(super) async fn table_dump(
+    pool: &sqlx::SqlitePool,
+    table: &ModuleTable,
+    tenant: Option<TenantId>,
+    out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+) -> StoreResult<u64> {
+    use futures::TryStreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut conn = pool.acquire().await?;
+    let columns = columns_of(&mut conn, table).await?;
+    let pairs: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            crate::domain::ident::check_setting_key(c)?;
+            Ok(format!("'{c}', t.{}", quote_ident(c)))
+        })
+        .collect::<Result<_, DomainError>>()?;
+    let sql = format!(
+        "SELECT json_object({}) FROM {} t WHERE ?1 IS NULL OR tenant_id = ?1 \
+         ORDER BY tenant_id, created_at",
+        pairs.join(", "),
+        table.quoted()
+    );
+    let mut rows = sqlx::query_scalar::<_, String>(&sql)
+        .bind(tenant)
+        .fetch(&mut *conn);
+    let mut count = 0;
+    while let Some(line) = rows.try_next().await? {
+        out.write_all(line.as_bytes()).await.map_err(io_error)?;
+        out.write_all(b"\n").await.map_err(io_error)?;
+        count += 1;
+    }
+    out.flush().await.map_err(io_error)?;
+    Ok(count)
+}
+
+/// See [`crate::store::StepTx::module_migrate`]. SQLite has no roles and no row-level
+/// security: the record says so, and tenant isolation is the application's there. The
+/// step transaction holds the write lock, which serialises migrations.
+pub(super) async fn migrate_module(
+    conn: &mut SqliteConnection,
+    module: &str,
+    version_id: i64,
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    let rows = sqlx::query(
+        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
+         FROM core_module_versions WHERE module = ?1 ORDER BY major, minor, patch",
+    )
+    .bind(slug.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let versions = rows
+        .iter()
+        .map(|row| {
+            Ok(VersionSql {
+                id: row.int("id")?,
+                version: row.text("version")?,
+                up_sql: row.text("up_sql")?,
+                tables: serde_json::from_value(row.json("tables_created")?).map_err(corrupt)?,
+                migrated: row.flag("migrated")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let plan = MigrationPlan::new(&slug, versions, version_id)?;
+    let mut report = plan.report(
+        false,
+        Some(
+            "SQLite has no roles and no row-level security: no grants or policies were \
+             created, tenant isolation is the application's"
+                .into(),
+        ),
+    );
+    if plan.pending.is_empty() {
+        return Ok(report);
+    }
+    sqlx::query("SAVEPOINT module_migration")
+        .execute(&mut *conn)
+        .await?;
+    let mut outcome = Ok(());
+    for version in &plan.pending {
+        outcome = create_tables(conn, &version.tables, &version.up_sql).await;
+        if outcome.is_err() {
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        outcome = install_audit_triggers(conn, &slug, &plan.tables).await;
+    }
+    if let Err(err) = outcome {
+        sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("RELEASE SAVEPOINT module_migration")
+            .execute(&mut *conn)
+            .await?;
+        return Err(as_migration_error(err));
+    }
+    sqlx::query("RELEASE SAVEPOINT module_migration")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE core_module_versions SET migrated_at = ?2 \
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json!(plan.pending.iter().map(|v| v.id).collect::<Vec<_>>()).to_string())
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    report.created = true;
+    Ok(report)
+}
+
+/// Run a version's SQL, check its declared tables, index them.
+async fn create_tables(
+    conn: &mut SqliteConnection,
+    tables: &[ModuleTable],
+    up_sql: &str,
+) -> StoreResult<()> {
+    sqlx::Executor::execute(&mut *conn, up_sql).await?;
+    for table in tables {
+        let columns = columns_of(conn, table).await?;
+        for needed in ["tenant_id", "created_at"] {
+            if !columns.iter().any(|c| c == needed) {
+                return Err(StoreError::Migration(format!(
+                    "module table {table} has no {needed} column"
+                )));
+            }
+        }
+        let statement = format!(
+            "CREATE INDEX {} ON {} (tenant_id, created_at)",
+            quote_ident(&format!("{table}_tenant_created")),
+            table.quoted()
+        );
+        sqlx::query(&statement).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn columns_of(conn: &mut SqliteConnection, table: &ModuleTable) -> StoreResult<Vec<String>> {
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+        .bind(table.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    if columns.is_empty() {
+        return Err(StoreError::Migration(format!(
+            "the migration did not create the declared table {table}"
+        )));
+    }
+    Ok(columns)
+}
+
+/// (Re)create the audit triggers of every module table. SQLite has no `to_json(row)`, so a
+/// trigger names each column: after a version adds or drops columns they are made again.
+async fn install_audit_triggers(
+    conn: &mut SqliteConnection,
+    slug: &Slug,
+    tables: &[ModuleTable],
+) -> StoreResult<()> {
+    for table in tables {
+        let columns = columns_of(conn, table).await?;
+        // The names come from the catalog's SQL: each is checked before it goes in a trigger.
+        for column in &columns {
+            crate::domain::ident::check_setting_key(column).map_err(|_| {
+                StoreError::Migration(format!(
+                    "module table {table} has a column named {column:?}: use a-z, 0-9 and _"
+                ))
+            })?;
+        }
+        let row_json = |alias: &str| {
+            let pairs: Vec<String> = columns
+                .iter()
+                .map(|c| format!("'{c}', {alias}.{}", quote_ident(c)))
+                .collect();
+            format!("json_object({})", pairs.join(", "))
+        };
+        let name = table.quoted();
+        let module = slug.as_str(); // validated: [a-z0-9_] only
+        let entity = table.as_str(); // validated likewise
+        // Frozen while the tenant's module is not in use (DISABLED, SUSPENDED, …): no row is
+        // written or changed for it; steward's own deletions (archive, purge) still go through.
+        for op in ["INSERT", "UPDATE"] {
+            let guard = quote_ident(&format!("{table}_frozen_{}", op.to_lowercase()));
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {guard}"))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TRIGGER {guard} BEFORE {op} ON {name} FOR EACH ROW \
+                 WHEN NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = NEW.tenant_id \
+                   AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
+                 BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+        // A purge deletes rows already in a verified export (see `steward_purging`).
+        for (op, when, before, after, tenant) in [
+            (
+                "INSERT",
+                "",
+                "NULL".to_string(),
+                row_json("NEW"),
+                "NEW.tenant_id",
+            ),
+            (
+                "UPDATE",
+                "",
+                row_json("OLD"),
+                row_json("NEW"),
+                "NEW.tenant_id",
+            ),
+            (
+                "DELETE",
+                "WHEN NOT EXISTS (SELECT 1 FROM steward_purging)",
+                row_json("OLD"),
+                "NULL".to_string(),
+                "OLD.tenant_id",
+            ),
+        ] {
+            let trigger = quote_ident(&format!("{table}_audit_{}", op.to_lowercase()));
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TRIGGER {trigger} AFTER {op} ON {name} FOR EACH ROW {when} BEGIN \
+                 INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
+                 VALUES ('database', 'row.{}', {tenant}, '{module}', '{entity}', {before}, {after}); END",
+                op.to_lowercase(),
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn drop_audit_triggers(
+    conn: &mut SqliteConnection,
+    tables: &[ModuleTable],
+) -> StoreResult<()> {
+    for table in tables {
+        for trigger in [
+            "audit_insert",
+            "audit_update",
+            "audit_delete",
+            "frozen_insert",
+            "frozen_update",
+        ] {
+            let trigger = quote_ident(&format!("{table}_{trigger}"));
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// See [`crate::store::StepTx::module_upgrade`] (SQLite has no settings: the post-upgrade SQL
+/// runs once).
+pub(super) async fn upgrade_module(
+    conn: &mut SqliteConnection,
+    module: &str,
+    version_id: i64,
+    tenants: &[TenantId],
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    let (pre, post): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT pre_upgrade_sql, post_upgrade_sql FROM core_module_versions \
+         WHERE id = ?1 AND module = ?2",
+    )
+    .bind(version_id)
+    .bind(slug.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
+    })?;
+    sqlx::query("SAVEPOINT module_upgrade")
+        .execute(&mut *conn)
+        .await?;
+    let outcome = async {
+        if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
+            sqlx::Executor::execute(&mut *conn, pre).await?;
+        }
+        // The triggers name columns a version may change: off during the migration, back after.
+        let tables: Vec<ModuleTable> = sqlx::query_scalar::<_, String>(
+            "SELECT tables_created FROM core_module_versions WHERE module = ?1",
+        )
+        .bind(slug.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|t| serde_json::from_str::<Vec<String>>(t).map_err(corrupt))
+        .collect::<StoreResult<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .map(|t| ModuleTable::parse(&slug, &t).map_err(StoreError::from))
+        .collect::<StoreResult<_>>()?;
+        drop_audit_triggers(conn, &tables).await?;
+        let report = migrate_module(conn, slug.as_str(), version_id).await?;
+        let through: Vec<ModuleTable> = report
+            .tables
+            .iter()
+            .map(|t| ModuleTable::parse(&slug, t))
+            .collect::<Result<_, _>>()?;
+        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty())
+            && !tenants.is_empty()
+        {
+            // As on PostgreSQL, the migration's row changes touch every tenant's rows
+            // (frozen ones included) and are audited as the upgrade, not row by row.
+            drop_audit_triggers(conn, &through).await?;
+            sqlx::Executor::execute(&mut *conn, post).await?;
+        }
+        install_audit_triggers(conn, &slug, &through).await?;
+        Ok::<_, StoreError>(report)
+    }
+    .await;
+    match outcome {
+        Ok(report) => {
+            sqlx::query("RELEASE SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Ok(report)
+        }
+        Err(err) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT module_upgrade")
+                .execute(&mut *conn)
+                .await?;
+            Err(as_migration_error(err))
+        }
+    }
+}
