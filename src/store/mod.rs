@@ -59,7 +59,7 @@ pub struct Affected {
 /// The storage interface of the durable queue (and, through [`RunStore`] and [`DomainStore`],
 /// of workflow runs and of the module lifecycle).
 #[async_trait]
-pub trait JobStore: RunStore + DomainStore + DataStore + Send + Sync + 'static {
+pub trait JobStore: JobAdmin + RunStore + DomainStore + DataStore + Send + Sync + 'static {
     /// Static facts about the backend.
     fn capabilities(&self) -> Capabilities;
 
@@ -102,6 +102,14 @@ pub trait JobStore: RunStore + DomainStore + DataStore + Send + Sync + 'static {
     /// queues that got jobs.
     async fn jobs_stage_due(&self, limit: usize) -> StoreResult<Vec<String>>;
 
+    /// Subscribe to "a job became available in queue X" signals.
+    fn subscribe(&self) -> broadcast::Receiver<String>;
+}
+
+/// What operators and maintenance do with jobs: read them, act on them in bulk, prune them.
+/// Written once for both backends (`store/sql/jobs.rs`).
+#[async_trait]
+pub trait JobAdmin: Send + Sync {
     /// Delete completed jobs finished before `completed_before` and dead or cancelled jobs
     /// finished before `dead_before`.
     async fn jobs_prune(
@@ -135,9 +143,6 @@ pub trait JobStore: RunStore + DomainStore + DataStore + Send + Sync + 'static {
         &self,
         minutes: i64,
     ) -> StoreResult<Vec<(chrono::DateTime<chrono::Utc>, i64)>>;
-
-    /// Subscribe to "a job became available in queue X" signals.
-    fn subscribe(&self) -> broadcast::Receiver<String>;
 
     /// Probe for crash tests and the demo: record that `worker` ran job `job_id`.
     async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()>;

@@ -257,6 +257,10 @@ impl SqlStore for PgStore {
         lifecycle::table_dump(self.pool(), table, tenant, out).await
     }
 
+    async fn queues_woken(&self, queues: Vec<String>) -> StoreResult<()> {
+        self.notify_queues(&queues).await
+    }
+
     async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()> {
         sqlx::query("UPDATE steward_run_steps SET progress = $3 WHERE run_id = $1 AND idx = $2")
             .bind(run_id)

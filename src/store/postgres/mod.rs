@@ -15,18 +15,12 @@ mod data;
 mod lifecycle;
 mod runs;
 
-use super::{
-    Affected, Capabilities, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
-};
-use crate::types::{
-    AttemptRecord, Enqueued, FetchedJob, JobFilter, JobId, JobRecord, JobState, Lease, NewJob,
-    Outcome, StateCount,
-};
+use super::{Capabilities, FetchParams, JobStore, StoreError, StoreResult, validate_identifier};
+use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgRow};
-use sqlx::{Executor, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{Executor, PgPool, Postgres, Row};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -52,9 +46,6 @@ impl std::fmt::Debug for PgStore {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-
-const JOB_COLUMNS: &str = "id, kind, queue, tenant, payload, state, priority, attempt, max_attempts, \
-    timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, finished_at, errors";
 
 impl PgStore {
     /// Connect. With `schema`, every connection works in that schema (tests and benchmarks use
@@ -411,67 +402,6 @@ async fn insert_jobs(
     Ok((results, woken))
 }
 
-fn job_from_row(row: &PgRow) -> StoreResult<JobRecord> {
-    let state: String = row.try_get("state")?;
-    let state = JobState::from_str(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let errors: Value = row.try_get("errors")?;
-    let mut attempts: Vec<AttemptRecord> =
-        serde_json::from_value(errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let attempt: i32 = row.try_get("attempt")?;
-    let attempted_at: Option<DateTime<Utc>> = row.try_get("attempted_at")?;
-    let leased_by: Option<String> = row.try_get("leased_by")?;
-    let finished_at: Option<DateTime<Utc>> = row.try_get("finished_at")?;
-    if state == JobState::Completed {
-        attempts.push(AttemptRecord {
-            attempt,
-            worker: leased_by.clone(),
-            started_at: attempted_at,
-            finished_at,
-            error: None,
-        });
-    }
-    Ok(JobRecord {
-        id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
-        queue: row.try_get("queue")?,
-        tenant: row.try_get("tenant")?,
-        payload: row.try_get("payload")?,
-        state,
-        priority: row.try_get("priority")?,
-        attempt,
-        max_attempts: row.try_get("max_attempts")?,
-        timeout_ms: row.try_get("timeout_ms")?,
-        unique_key: row.try_get("unique_key")?,
-        run_at: row.try_get("run_at")?,
-        created_at: row.try_get("created_at")?,
-        attempted_at,
-        leased_by,
-        finished_at,
-        attempts,
-    })
-}
-
-/// Append `AND …` conditions for a filter (the hot table and the completed table share columns).
-fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, filter: &JobFilter) {
-    if !filter.ids.is_empty() {
-        qb.push(" AND id = ANY(")
-            .push_bind(filter.ids.clone())
-            .push(")");
-    }
-    if let Some(queue) = &filter.queue {
-        qb.push(" AND queue = ").push_bind(queue.clone());
-    }
-    if let Some(kind) = &filter.kind {
-        qb.push(" AND kind = ").push_bind(kind.clone());
-    }
-    if let Some(tenant) = &filter.tenant {
-        qb.push(" AND tenant = ").push_bind(tenant.clone());
-    }
-    if let Some(after) = filter.after_id {
-        qb.push(" AND id > ").push_bind(after);
-    }
-}
-
 fn leases_from(rows: Vec<PgRow>) -> StoreResult<Vec<Lease>> {
     rows.iter()
         .map(|row| {
@@ -787,189 +717,8 @@ impl JobStore for PgStore {
         Ok(queues)
     }
 
-    async fn jobs_prune(
-        &self,
-        completed_before: DateTime<Utc>,
-        dead_before: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let completed = sqlx::query(
-            "DELETE FROM steward_jobs_completed WHERE id IN \
-             (SELECT id FROM steward_jobs_completed WHERE finished_at < $1 LIMIT 10000)",
-        )
-        .bind(completed_before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let dead = sqlx::query(
-            "DELETE FROM steward_jobs WHERE id IN (SELECT id FROM steward_jobs \
-             WHERE state IN ('dead', 'cancelled') AND finished_at < $1 LIMIT 10000)",
-        )
-        .bind(dead_before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(completed + dead)
-    }
-
-    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
-        let filter = JobFilter {
-            ids: vec![id],
-            ..JobFilter::default()
-        };
-        Ok(self.jobs_list(&filter).await?.into_iter().next())
-    }
-
-    async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
-        let mut qb = QueryBuilder::<Postgres>::new("SELECT * FROM (");
-        let want_live = filter.state != Some(JobState::Completed);
-        let want_completed = filter.state.is_none() || filter.state == Some(JobState::Completed);
-        if want_live {
-            qb.push(format!("SELECT {JOB_COLUMNS} FROM steward_jobs WHERE true"));
-            if let Some(state) = filter.state {
-                qb.push(" AND state = ").push_bind(state.as_str());
-            }
-            push_filter(&mut qb, filter);
-        }
-        if want_live && want_completed {
-            qb.push(" UNION ALL ");
-        }
-        if want_completed {
-            qb.push(
-                "SELECT id, kind, queue, tenant, payload, 'completed' AS state, priority, attempt, \
-                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
-                 finished_at, errors FROM steward_jobs_completed WHERE true",
-            );
-            push_filter(&mut qb, filter);
-        }
-        qb.push(") AS jobs ORDER BY id LIMIT ")
-            .push_bind(filter.limit.unwrap_or(100).clamp(1, 10_000));
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(job_from_row).collect()
-    }
-
-    async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "UPDATE steward_jobs SET state = 'available', run_at = now(), finished_at = NULL, \
-             max_attempts = greatest(max_attempts, attempt + 1) \
-             WHERE state IN ('dead', 'cancelled', 'retryable', 'scheduled')",
-        );
-        if let Some(state) = filter.state {
-            qb.push(" AND state = ").push_bind(state.as_str());
-        }
-        push_filter(&mut qb, filter);
-        qb.push(" RETURNING queue");
-        let rows = match qb.build().fetch_all(&self.pool).await {
-            Ok(rows) => rows,
-            Err(err) => {
-                let err = StoreError::from(err);
-                if err.is_unique_violation() {
-                    return Err(StoreError::Conflict(
-                        "a live job already holds this job's unique key".into(),
-                    ));
-                }
-                return Err(err);
-            }
-        };
-        let queues = rows
-            .iter()
-            .map(|row| row.try_get::<String, _>("queue"))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.notify_queues(&queues).await?;
-        Ok(Affected {
-            count: queues.len() as u64,
-        })
-    }
-
-    async fn jobs_cancel(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "UPDATE steward_jobs SET state = 'cancelled', finished_at = now(), \
-             errors = CASE WHEN state = 'running' THEN errors || jsonb_build_array(jsonb_build_object(\
-                'attempt', attempt, 'worker', leased_by, 'started_at', attempted_at, \
-                'finished_at', now(), 'error', 'cancelled by an operator while running')) ELSE errors END, \
-             leased_by = NULL, lease_expires_at = NULL \
-             WHERE state IN ('scheduled', 'available', 'running', 'retryable')",
-        );
-        if let Some(state) = filter.state {
-            qb.push(" AND state = ").push_bind(state.as_str());
-        }
-        push_filter(&mut qb, filter);
-        let done = qb.build().execute(&self.pool).await?;
-        Ok(Affected {
-            count: done.rows_affected(),
-        })
-    }
-
-    async fn jobs_discard(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let mut qb = QueryBuilder::<Postgres>::new(
-            "UPDATE steward_jobs SET state = 'cancelled', finished_at = now() WHERE state = 'dead'",
-        );
-        push_filter(&mut qb, filter);
-        let done = qb.build().execute(&self.pool).await?;
-        Ok(Affected {
-            count: done.rows_affected(),
-        })
-    }
-
-    async fn jobs_completed_per_minute(
-        &self,
-        minutes: i64,
-    ) -> StoreResult<Vec<(DateTime<Utc>, i64)>> {
-        let rows: Vec<(DateTime<Utc>, i64)> = sqlx::query_as(
-            "SELECT date_trunc('minute', finished_at) AS minute, count(*) FROM steward_jobs_completed \
-             WHERE finished_at > now() - make_interval(mins => $1::int) GROUP BY 1 ORDER BY 1",
-        )
-        .bind(minutes.clamp(1, 24 * 60))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows)
-    }
-
-    async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>> {
-        let rows = sqlx::query(
-            "SELECT queue, state, count(*) AS n FROM steward_jobs GROUP BY queue, state \
-             UNION ALL SELECT queue, 'completed', count(*) FROM steward_jobs_completed GROUP BY queue \
-             ORDER BY 1, 2",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok(StateCount {
-                    queue: row.try_get("queue")?,
-                    state: JobState::from_str(&state)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    count: row.try_get("n")?,
-                })
-            })
-            .collect()
-    }
-
     fn subscribe(&self) -> broadcast::Receiver<String> {
         self.start_listener();
         self.notify.subscribe()
-    }
-
-    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()> {
-        sqlx::query("INSERT INTO steward_ledger (job_id, worker) VALUES ($1, $2)")
-            .bind(job_id)
-            .bind(worker)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>> {
-        let rows = sqlx::query("SELECT job_id FROM steward_ledger ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get("job_id").map_err(StoreError::from))
-            .collect()
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 }

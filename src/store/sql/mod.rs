@@ -15,6 +15,7 @@
 //! queue path (`store/*/mod.rs`) stays hand-written per backend, where the benchmarks say so.
 
 pub mod domain;
+pub mod jobs;
 pub mod runs;
 
 use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
@@ -307,6 +308,9 @@ pub trait SqlStore: Send + Sync + Clone + 'static {
         tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64>;
+
+    /// Wake the producers of these queues (they got available jobs), on every node.
+    async fn queues_woken(&self, queues: Vec<String>) -> StoreResult<()>;
 
     /// Record a running step's progress where readers see it at once.
     async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()>;

@@ -262,6 +262,11 @@ impl SqlStore for SqliteStore {
         lifecycle::table_dump(self.pool(), table, tenant, out).await
     }
 
+    async fn queues_woken(&self, queues: Vec<String>) -> StoreResult<()> {
+        self.wake(queues);
+        Ok(())
+    }
+
     async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()> {
         // The step's own transaction holds SQLite's single writer: keep progress in memory.
         self.progress

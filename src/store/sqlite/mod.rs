@@ -10,11 +10,8 @@ pub mod conn;
 mod data;
 mod lifecycle;
 
-use super::{Affected, Capabilities, FetchParams, JobStore, StoreError, StoreResult};
-use crate::types::{
-    AttemptRecord, Enqueued, FetchedJob, JobFilter, JobId, JobRecord, JobState, Lease, NewJob,
-    Outcome, StateCount,
-};
+use super::{Capabilities, FetchParams, JobStore, StoreError, StoreResult};
+use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -22,7 +19,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -47,9 +44,6 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
-const JOB_COLUMNS: &str = "id, kind, queue, tenant, payload, state, priority, attempt, max_attempts, \
-    timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, finished_at, errors";
 
 pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -287,67 +281,6 @@ async fn insert_jobs(
         .map(|r| r.ok_or_else(|| StoreError::Corrupt("enqueue result missing".into())))
         .collect::<StoreResult<Vec<_>>>()?;
     Ok((results, woken))
-}
-
-fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
-    let state: String = row.try_get("state")?;
-    let state = JobState::from_str(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let errors: String = row.try_get("errors")?;
-    let mut attempts: Vec<AttemptRecord> =
-        serde_json::from_str(&errors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let payload: String = row.try_get("payload")?;
-    let attempt: i32 = row.try_get("attempt")?;
-    let attempted_at = from_opt_ms(row.try_get("attempted_at")?)?;
-    let leased_by: Option<String> = row.try_get("leased_by")?;
-    let finished_at = from_opt_ms(row.try_get("finished_at")?)?;
-    if state == JobState::Completed {
-        attempts.push(AttemptRecord {
-            attempt,
-            worker: leased_by.clone(),
-            started_at: attempted_at,
-            finished_at,
-            error: None,
-        });
-    }
-    Ok(JobRecord {
-        id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
-        queue: row.try_get("queue")?,
-        tenant: row.try_get("tenant")?,
-        payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        state,
-        priority: row.try_get("priority")?,
-        attempt,
-        max_attempts: row.try_get("max_attempts")?,
-        timeout_ms: row.try_get("timeout_ms")?,
-        unique_key: row.try_get("unique_key")?,
-        run_at: from_ms(row.try_get("run_at")?)?,
-        created_at: from_ms(row.try_get("created_at")?)?,
-        attempted_at,
-        leased_by,
-        finished_at,
-        attempts,
-    })
-}
-
-fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
-    if !filter.ids.is_empty() {
-        qb.push(" AND id IN (SELECT value FROM json_each(")
-            .push_bind(json!(filter.ids).to_string())
-            .push("))");
-    }
-    if let Some(queue) = &filter.queue {
-        qb.push(" AND queue = ").push_bind(queue.clone());
-    }
-    if let Some(kind) = &filter.kind {
-        qb.push(" AND kind = ").push_bind(kind.clone());
-    }
-    if let Some(tenant) = &filter.tenant {
-        qb.push(" AND tenant = ").push_bind(tenant.clone());
-    }
-    if let Some(after) = filter.after_id {
-        qb.push(" AND id > ").push_bind(after);
-    }
 }
 
 fn leases_from(rows: Vec<SqliteRow>) -> StoreResult<Vec<Lease>> {
@@ -638,201 +571,7 @@ impl JobStore for SqliteStore {
         Ok(queues)
     }
 
-    async fn jobs_prune(
-        &self,
-        completed_before: DateTime<Utc>,
-        dead_before: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let _guard = self.write_lock.lock().await;
-        let completed = sqlx::query(
-            "DELETE FROM steward_jobs_completed WHERE id IN \
-             (SELECT id FROM steward_jobs_completed WHERE finished_at < ?1 LIMIT 10000)",
-        )
-        .bind(ms(completed_before))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let dead = sqlx::query(
-            "DELETE FROM steward_jobs WHERE id IN (SELECT id FROM steward_jobs \
-             WHERE state IN ('dead', 'cancelled') AND finished_at < ?1 LIMIT 10000)",
-        )
-        .bind(ms(dead_before))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(completed + dead)
-    }
-
-    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
-        let filter = JobFilter {
-            ids: vec![id],
-            ..JobFilter::default()
-        };
-        Ok(self.jobs_list(&filter).await?.into_iter().next())
-    }
-
-    async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
-        let mut qb = QueryBuilder::<Sqlite>::new("SELECT * FROM (");
-        let want_live = filter.state != Some(JobState::Completed);
-        let want_completed = filter.state.is_none() || filter.state == Some(JobState::Completed);
-        if want_live {
-            qb.push(format!("SELECT {JOB_COLUMNS} FROM steward_jobs WHERE true"));
-            if let Some(state) = filter.state {
-                qb.push(" AND state = ").push_bind(state.as_str());
-            }
-            push_filter(&mut qb, filter);
-        }
-        if want_live && want_completed {
-            qb.push(" UNION ALL ");
-        }
-        if want_completed {
-            qb.push(
-                "SELECT id, kind, queue, tenant, payload, 'completed' AS state, priority, attempt, \
-                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
-                 finished_at, errors FROM steward_jobs_completed WHERE true",
-            );
-            push_filter(&mut qb, filter);
-        }
-        qb.push(") ORDER BY id LIMIT ")
-            .push_bind(filter.limit.unwrap_or(100).clamp(1, 10_000));
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(job_from_row).collect()
-    }
-
-    async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("UPDATE steward_jobs SET state = 'available', run_at = ");
-        qb.push_bind(now_ms()).push(
-            ", finished_at = NULL, max_attempts = max(max_attempts, attempt + 1) \
-             WHERE state IN ('dead', 'cancelled', 'retryable', 'scheduled')",
-        );
-        if let Some(state) = filter.state {
-            qb.push(" AND state = ").push_bind(state.as_str());
-        }
-        push_filter(&mut qb, filter);
-        qb.push(" RETURNING queue");
-        let _guard = self.write_lock.lock().await;
-        let rows = match qb.build().fetch_all(&self.pool).await {
-            Ok(rows) => rows,
-            Err(err) => {
-                let err = StoreError::from(err);
-                if err.is_unique_violation() {
-                    return Err(StoreError::Conflict(
-                        "a live job already holds this job's unique key".into(),
-                    ));
-                }
-                return Err(err);
-            }
-        };
-        drop(_guard);
-        let queues = queues_from(&rows)?;
-        let count = queues.len() as u64;
-        self.wake(queues);
-        Ok(Affected { count })
-    }
-
-    async fn jobs_cancel(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let now = now_ms();
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "UPDATE steward_jobs SET state = 'cancelled', finished_at = ",
-        );
-        qb.push_bind(now).push(format!(
-            ", errors = CASE WHEN state = 'running' THEN json_insert(errors, '$[#]', json_object(\
-                 'attempt', attempt, 'worker', leased_by, 'started_at', {}, 'finished_at', {}, \
-                 'error', 'cancelled by an operator while running')) ELSE errors END, \
-                 leased_by = NULL, lease_expires_at = NULL \
-                 WHERE state IN ('scheduled', 'available', 'running', 'retryable')",
-            iso("attempted_at"),
-            iso(&now.to_string())
-        ));
-        if let Some(state) = filter.state {
-            qb.push(" AND state = ").push_bind(state.as_str());
-        }
-        push_filter(&mut qb, filter);
-        let _guard = self.write_lock.lock().await;
-        let done = qb.build().execute(&self.pool).await?;
-        Ok(Affected {
-            count: done.rows_affected(),
-        })
-    }
-
-    async fn jobs_discard(&self, filter: &JobFilter) -> StoreResult<Affected> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "UPDATE steward_jobs SET state = 'cancelled', finished_at = ",
-        );
-        qb.push_bind(now_ms()).push(" WHERE state = 'dead'");
-        push_filter(&mut qb, filter);
-        let _guard = self.write_lock.lock().await;
-        let done = qb.build().execute(&self.pool).await?;
-        Ok(Affected {
-            count: done.rows_affected(),
-        })
-    }
-
-    async fn jobs_completed_per_minute(
-        &self,
-        minutes: i64,
-    ) -> StoreResult<Vec<(DateTime<Utc>, i64)>> {
-        let since = now_ms() - minutes.clamp(1, 24 * 60) * 60_000;
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT finished_at / 60000 * 60000 AS minute, count(*) FROM steward_jobs_completed \
-             WHERE finished_at > ?1 GROUP BY 1 ORDER BY 1",
-        )
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(minute, n)| Ok((from_ms(minute)?, n)))
-            .collect()
-    }
-
-    async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>> {
-        let rows = sqlx::query(
-            "SELECT queue, state, count(*) AS n FROM steward_jobs GROUP BY queue, state \
-             UNION ALL SELECT queue, 'completed', count(*) FROM steward_jobs_completed GROUP BY queue \
-             ORDER BY 1, 2",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok(StateCount {
-                    queue: row.try_get("queue")?,
-                    state: JobState::from_str(&state)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    count: row.try_get("n")?,
-                })
-            })
-            .collect()
-    }
-
     fn subscribe(&self) -> broadcast::Receiver<String> {
         self.notify.subscribe()
-    }
-
-    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()> {
-        let _guard = self.write_lock.lock().await;
-        sqlx::query("INSERT INTO steward_ledger (job_id, worker, at) VALUES (?1, ?2, ?3)")
-            .bind(job_id)
-            .bind(worker)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>> {
-        let rows = sqlx::query("SELECT job_id FROM steward_ledger ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get("job_id").map_err(StoreError::from))
-            .collect()
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 }

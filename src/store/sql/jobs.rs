@@ -1,0 +1,307 @@
+//! [`JobAdmin`] written once, for every [`SqlStore`]: listing jobs (live and completed),
+//! the operators' bulk actions, pruning and counts. The queue's hot path (insert, fetch,
+//! outcomes, heartbeats, rescue, staging) stays per backend in `store/*/mod.rs`.
+
+use crate::store::sql::{Arg, Row, Sql, SqlStore, corrupt, parse, sql};
+use crate::store::{Affected, JobAdmin, StoreError, StoreResult};
+use crate::types::{AttemptRecord, JobFilter, JobId, JobRecord, JobState, StateCount};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+const JOB_COLUMNS: &str = "id, kind, queue, tenant, payload, state, \
+     CAST(priority AS INTEGER) AS priority, attempt, \
+     max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+     finished_at, errors";
+
+fn job_from(row: &dyn Row) -> StoreResult<JobRecord> {
+    let state: JobState = parse(row, "state")?;
+    let mut attempts: Vec<AttemptRecord> =
+        serde_json::from_value(row.json("errors")?).map_err(corrupt)?;
+    let attempt = row.int32("attempt")?;
+    let attempted_at = row.opt_time("attempted_at")?;
+    let leased_by = row.opt_text("leased_by")?;
+    let finished_at = row.opt_time("finished_at")?;
+    if state == JobState::Completed {
+        attempts.push(AttemptRecord {
+            attempt,
+            worker: leased_by.clone(),
+            started_at: attempted_at,
+            finished_at,
+            error: None,
+        });
+    }
+    Ok(JobRecord {
+        id: row.int("id")?,
+        kind: row.text("kind")?,
+        queue: row.text("queue")?,
+        tenant: row.text("tenant")?,
+        payload: row.json("payload")?,
+        state,
+        priority: i16::try_from(row.int32("priority")?).map_err(corrupt)?,
+        attempt,
+        max_attempts: row.int32("max_attempts")?,
+        timeout_ms: row.int("timeout_ms")?,
+        unique_key: row.opt_text("unique_key")?,
+        run_at: row.time("run_at")?,
+        created_at: row.time("created_at")?,
+        attempted_at,
+        leased_by,
+        finished_at,
+        attempts,
+    })
+}
+
+/// `AND …` conditions for a filter, binding its values after `args` (the hot table and the
+/// completed table share columns, so one text serves both).
+fn filter_conditions(filter: &JobFilter, args: &mut Vec<Arg>) -> String {
+    let mut text = String::new();
+    let mut push = |condition: &str, arg: Arg| {
+        args.push(arg);
+        text.push_str(&condition.replace('?', &format!("${}", args.len())));
+    };
+    if !filter.ids.is_empty() {
+        push(" AND id = ANY(?)", Arg::from(&filter.ids));
+    }
+    if let Some(queue) = &filter.queue {
+        push(" AND queue = ?", Arg::from(queue));
+    }
+    if let Some(kind) = &filter.kind {
+        push(" AND kind = ?", Arg::from(kind));
+    }
+    if let Some(tenant) = &filter.tenant {
+        push(" AND tenant = ?", Arg::from(tenant));
+    }
+    if let Some(after) = filter.after_id {
+        push(" AND id > ?", Arg::from(after));
+    }
+    text
+}
+
+/// A bulk action on the live jobs a filter (and the action's own condition) selects.
+fn bulk(action: impl Into<String>, filter: &JobFilter, with_state: bool) -> Sql {
+    let mut args = Vec::new();
+    let mut text = action.into();
+    if let (true, Some(state)) = (with_state, filter.state) {
+        args.push(Arg::from(state.as_str()));
+        text.push_str(" AND state = $1");
+    }
+    text.push_str(&filter_conditions(filter, &mut args));
+    Sql {
+        text: text.into(),
+        args,
+    }
+}
+
+#[async_trait]
+impl<S: SqlStore> JobAdmin for S {
+    async fn jobs_prune(
+        &self,
+        completed_before: DateTime<Utc>,
+        dead_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.write().await?;
+        let completed = tx
+            .execute(sql!(
+                "DELETE FROM steward_jobs_completed WHERE id IN \
+                 (SELECT id FROM steward_jobs_completed WHERE finished_at < $1 LIMIT 10000)",
+                completed_before
+            ))
+            .await?;
+        let dead = tx
+            .execute(sql!(
+                "DELETE FROM steward_jobs WHERE id IN (SELECT id FROM steward_jobs \
+                 WHERE state IN ('dead', 'cancelled') AND finished_at < $1 LIMIT 10000)",
+                dead_before
+            ))
+            .await?;
+        tx.commit().await?;
+        Ok(completed + dead)
+    }
+
+    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
+        let filter = JobFilter {
+            ids: vec![id],
+            ..JobFilter::default()
+        };
+        Ok(self.jobs_list(&filter).await?.into_iter().next())
+    }
+
+    async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let mut args = Vec::new();
+        let mut parts = Vec::new();
+        if filter.state != Some(JobState::Completed) {
+            let mut live = format!("SELECT {JOB_COLUMNS} FROM steward_jobs WHERE true");
+            if let Some(state) = filter.state {
+                args.push(Arg::from(state.as_str()));
+                live.push_str(" AND state = $1");
+            }
+            parts.push(live);
+        }
+        let conditions = filter_conditions(filter, &mut args);
+        if matches!(filter.state, None | Some(JobState::Completed)) {
+            parts.push(
+                "SELECT id, kind, queue, tenant, payload, 'completed' AS state, \
+                     CAST(priority AS INTEGER) AS priority, attempt, \
+                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
+                 finished_at, errors FROM steward_jobs_completed WHERE true"
+                    .to_string(),
+            );
+        }
+        args.push(Arg::from(filter.limit.unwrap_or(100).clamp(1, 10_000)));
+        let union = parts
+            .iter()
+            .map(|part| format!("{part}{conditions}"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let text = format!(
+            "SELECT * FROM ({union}) AS jobs ORDER BY id LIMIT ${}",
+            args.len()
+        );
+        self.read()
+            .await?
+            .fetch_all(Sql {
+                text: text.into(),
+                args,
+            })
+            .await?
+            .iter()
+            .map(|row| job_from(&**row))
+            .collect()
+    }
+
+    async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut tx = self.write().await?;
+        let greatest = tx.dialect().pick("greatest", "max");
+        let mut sql = bulk(
+            format!(
+                "UPDATE steward_jobs SET state = 'available', run_at = {{now}}, finished_at = NULL, \
+                     max_attempts = {greatest}(max_attempts, attempt + 1) \
+                 WHERE state IN ('dead', 'cancelled', 'retryable', 'scheduled')"
+            ),
+            filter,
+            true,
+        );
+        sql.text.to_mut().push_str(" RETURNING queue");
+        let rows = match tx.fetch_all(sql).await {
+            Ok(rows) => rows,
+            Err(err) if err.is_unique_violation() => {
+                return Err(StoreError::Conflict(
+                    "a live job already holds this job's unique key".into(),
+                ));
+            }
+            Err(err) => return Err(err),
+        };
+        let queues = rows
+            .iter()
+            .map(|row| row.text("queue"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        let count = queues.len() as u64;
+        self.queues_woken(queues).await?;
+        Ok(Affected { count })
+    }
+
+    async fn jobs_cancel(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut tx = self.write().await?;
+        let attempt = tx.dialect().pick(
+            "errors || jsonb_build_array(jsonb_build_object('attempt', attempt, \
+                 'worker', leased_by, 'started_at', attempted_at, 'finished_at', now(), \
+                 'error', 'cancelled by an operator while running'))",
+            "json_insert(errors, '$[#]', json_object('attempt', attempt, 'worker', leased_by, \
+                 'started_at', strftime('%Y-%m-%dT%H:%M:%fZ', attempted_at / 1000.0, 'unixepoch'), \
+                 'finished_at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
+                 'error', 'cancelled by an operator while running'))",
+        );
+        let sql = bulk(
+            format!(
+                "UPDATE steward_jobs SET state = 'cancelled', finished_at = {{now}}, \
+                     errors = CASE WHEN state = 'running' THEN {attempt} ELSE errors END, \
+                     leased_by = NULL, lease_expires_at = NULL \
+                 WHERE state IN ('scheduled', 'available', 'running', 'retryable')"
+            ),
+            filter,
+            true,
+        );
+        let count = tx.execute(sql).await?;
+        tx.commit().await?;
+        Ok(Affected { count })
+    }
+
+    async fn jobs_discard(&self, filter: &JobFilter) -> StoreResult<Affected> {
+        let mut tx = self.write().await?;
+        let sql = bulk(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = {now} WHERE state = 'dead'",
+            filter,
+            false,
+        );
+        let count = tx.execute(sql).await?;
+        tx.commit().await?;
+        Ok(Affected { count })
+    }
+
+    async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>> {
+        self.read()
+            .await?
+            .fetch_all(sql!(
+                "SELECT queue, state, count(*) AS n FROM steward_jobs GROUP BY queue, state \
+                 UNION ALL SELECT queue, 'completed', count(*) FROM steward_jobs_completed \
+                 GROUP BY queue ORDER BY 1, 2"
+            ))
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(StateCount {
+                    queue: row.text("queue")?,
+                    state: parse(&**row, "state")?,
+                    count: row.int("n")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn jobs_completed_per_minute(
+        &self,
+        minutes: i64,
+    ) -> StoreResult<Vec<(DateTime<Utc>, i64)>> {
+        let mut conn = self.read().await?;
+        let text = conn.dialect().pick(
+            "SELECT date_trunc('minute', finished_at) AS minute, count(*) AS n \
+             FROM steward_jobs_completed \
+             WHERE finished_at > now() - make_interval(mins => $1::int) GROUP BY 1 ORDER BY 1",
+            "SELECT finished_at / 60000 * 60000 AS minute, count(*) AS n \
+             FROM steward_jobs_completed \
+             WHERE finished_at > {now} - $1 * 60000 GROUP BY 1 ORDER BY 1",
+        );
+        conn.fetch_all(sql!(text, minutes.clamp(1, 24 * 60)))
+            .await?
+            .iter()
+            .map(|row| Ok((row.time("minute")?, row.int("n")?)))
+            .collect()
+    }
+
+    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        tx.execute(sql!(
+            "INSERT INTO steward_ledger (job_id, worker, at) VALUES ($1, $2, {now})",
+            job_id,
+            worker
+        ))
+        .await?;
+        tx.commit().await
+    }
+
+    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>> {
+        self.read()
+            .await?
+            .fetch_all(sql!("SELECT job_id FROM steward_ledger ORDER BY seq"))
+            .await?
+            .iter()
+            .map(|row| row.int("job_id"))
+            .collect()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read().await?.execute(sql!("SELECT 1")).await?;
+        Ok(())
+    }
+}
