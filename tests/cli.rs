@@ -272,7 +272,7 @@ fn enqueue_then_operate_from_the_command_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_running_job_finish_then_exits_cleanly() {
-    use steward::store::{JobAdmin, JobStore};
+    use steward::store::JobAdmin;
     use steward::types::JobState;
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite(&dir);
