@@ -3,7 +3,7 @@
 
 use crate::domain::ident::ModuleTable;
 use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
-use crate::store::postgres::{PgStore, insert_on, insert_on_quietly, lifecycle};
+use crate::store::postgres::{PgStore, data, insert_on, insert_on_quietly, lifecycle};
 use crate::store::runs::{CompletionOutcome, StepCompletion};
 use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx};
 use crate::store::{StoreError, StoreResult};
@@ -58,6 +58,7 @@ fn bind(sql: &str, args: Vec<Arg>) -> Query<'_, Postgres, PgArguments> {
             Arg::Json(v) => query.bind(v),
             Arg::Ints(v) => query.bind(v),
             Arg::Texts(v) => query.bind(v),
+            Arg::RowTime(v) => query.bind(v.map(|t| t.naive_utc())),
         };
     }
     query
@@ -212,6 +213,17 @@ impl Conn for PgConn {
         lifecycle::plan_sync(self.conn(), plan, module, actor).await
     }
 
+    async fn table_columns(&mut self, table: &ModuleTable) -> StoreResult<Vec<String>> {
+        data::table_columns(self.conn(), table).await
+    }
+
+    async fn costs_aggregate(
+        &mut self,
+        month: chrono::NaiveDate,
+    ) -> StoreResult<crate::store::data::CostAggregated> {
+        data::costs_aggregate(self.conn(), month).await
+    }
+
     async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64> {
         lifecycle::tenants_seed(self.conn(), prefix, count, plan_id).await
     }
@@ -255,6 +267,17 @@ impl SqlStore for PgStore {
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64> {
         lifecycle::table_dump(self.pool(), table, tenant, out).await
+    }
+
+    async fn rows_export(
+        &self,
+        table: &ModuleTable,
+        columns: &[String],
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+        out: tokio::sync::mpsc::Sender<crate::store::data::RowBatch>,
+    ) -> StoreResult<u64> {
+        data::rows_export(self.pool(), table, columns, tenant, before, out).await
     }
 
     async fn queues_woken(&self, queues: Vec<String>) -> StoreResult<()> {

@@ -11,7 +11,7 @@
 //! - new work is signalled with `pg_notify`, delivered at commit (also for transactional enqueue).
 
 pub mod conn;
-mod data;
+pub(crate) mod data;
 mod lifecycle;
 mod runs;
 

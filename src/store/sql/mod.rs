@@ -6,7 +6,8 @@
 //! `RETURNING`, `ON CONFLICT`, `CAST(x AS TEXT)`, `->>`), plus two tokens each dialect renders:
 //! `{now}` (the database's clock: `now()`, or unix milliseconds on SQLite), `{for_update}`
 //! (a row lock; SQLite has one writer, held by the store's write transaction instead) and
-//! `{date}` (a calendar date: `date`, or ISO text on SQLite); a list
+//! `{date}` and `{decimal}` (a calendar date and an exact amount: `date` and `numeric`, or
+//! text on SQLite); a list
 //! is bound as [`Arg::Ints`] and tested with `x = ANY($n)` (SQLite reads it with `json_each`). Values
 //! cross as [`Arg`]s and are read through [`Row`], so a timestamp is a `timestamptz` on
 //! PostgreSQL and unix milliseconds on SQLite without the caller knowing. What cannot be said
@@ -14,6 +15,7 @@
 //! method of [`Conn`] or [`SqlStore`] that each backend writes in its own dialect; the hot
 //! queue path (`store/*/mod.rs`) stays hand-written per backend, where the benchmarks say so.
 
+pub mod data;
 pub mod domain;
 pub mod jobs;
 pub mod runs;
@@ -41,16 +43,18 @@ impl Dialect {
         if !text.contains('{') && !sqlite_list {
             return Cow::Borrowed(text);
         }
-        let tokens: [(&str, &str); 3] = match self {
+        let tokens: [(&str, &str); 4] = match self {
             Dialect::Postgres => [
                 ("{now}", "now()"),
                 ("{for_update}", "FOR UPDATE"),
                 ("{date}", "date"),
+                ("{decimal}", "numeric"),
             ],
             Dialect::Sqlite => [
                 ("{now}", "CAST(unixepoch('subsec') * 1000 AS INTEGER)"),
                 ("{for_update}", ""),
                 ("{date}", "TEXT"),
+                ("{decimal}", "TEXT"),
             ],
         };
         let mut text = text.to_string();
@@ -97,6 +101,10 @@ pub enum Arg {
     Ints(Vec<i64>),
     /// A list of text: a `text[]` on PostgreSQL, a JSON array on SQLite.
     Texts(Vec<String>),
+    /// A time compared with a module table's `created_at`: a UTC `timestamp` on PostgreSQL
+    /// (right against `timestamp` and `timestamptz` columns alike), `CURRENT_TIMESTAMP` text
+    /// on SQLite.
+    RowTime(Option<DateTime<Utc>>),
 }
 
 macro_rules! arg_from {
@@ -274,6 +282,18 @@ pub trait Conn: Send {
         actor: &str,
     ) -> StoreResult<Vec<PlanSynced>>;
 
+    /// A module table's columns, in order (none when it does not exist).
+    async fn table_columns(
+        &mut self,
+        table: &crate::domain::ident::ModuleTable,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Recompute one month's costs (see [`crate::store::DataStore::cost_aggregate`]).
+    async fn costs_aggregate(
+        &mut self,
+        month: chrono::NaiveDate,
+    ) -> StoreResult<crate::store::data::CostAggregated>;
+
     /// Seed `count` tenants subscribed to plan `plan_id` (see
     /// [`crate::store::DomainStore::tenants_seed`]).
     async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64>;
@@ -307,6 +327,17 @@ pub trait SqlStore: Send + Sync + Clone + 'static {
         table: &crate::domain::ident::ModuleTable,
         tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> StoreResult<u64>;
+
+    /// Stream a module table's rows out as text (see
+    /// [`crate::store::DataStore::module_rows_export`]).
+    async fn rows_export(
+        &self,
+        table: &crate::domain::ident::ModuleTable,
+        columns: &[String],
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+        out: tokio::sync::mpsc::Sender<crate::store::data::RowBatch>,
     ) -> StoreResult<u64>;
 
     /// Wake the producers of these queues (they got available jobs), on every node.

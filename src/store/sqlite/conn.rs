@@ -6,7 +6,9 @@
 use crate::domain::ident::ModuleTable;
 use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
 use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, corrupt};
-use crate::store::sqlite::{SqliteStore, from_opt_ms, insert_on_with_queues, lifecycle, now_ms};
+use crate::store::sqlite::{
+    SqliteStore, data, from_opt_ms, insert_on_with_queues, lifecycle, now_ms,
+};
 use crate::store::{StoreError, StoreResult};
 use crate::types::{Enqueued, Lease, NewJob};
 use async_trait::async_trait;
@@ -62,6 +64,7 @@ fn bind(sql: &str, args: Vec<Arg>) -> Query<'_, Sqlite, SqliteArguments<'_>> {
             Arg::Json(v) => query.bind(v.map(|v| v.to_string())),
             Arg::Ints(v) => query.bind(Value::from(v).to_string()),
             Arg::Texts(v) => query.bind(Value::from(v).to_string()),
+            Arg::RowTime(v) => query.bind(super::data::cutoff(v)),
         };
     }
     query
@@ -218,6 +221,17 @@ impl Conn for SqliteConn {
         lifecycle::plan_sync(self.conn(), plan, module, actor).await
     }
 
+    async fn table_columns(&mut self, table: &ModuleTable) -> StoreResult<Vec<String>> {
+        data::table_columns(self.conn(), table).await
+    }
+
+    async fn costs_aggregate(
+        &mut self,
+        month: chrono::NaiveDate,
+    ) -> StoreResult<crate::store::data::CostAggregated> {
+        data::costs_aggregate(self.conn(), month).await
+    }
+
     async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64> {
         lifecycle::tenants_seed(self.conn(), prefix, count, plan_id).await
     }
@@ -260,6 +274,17 @@ impl SqlStore for SqliteStore {
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64> {
         lifecycle::table_dump(self.pool(), table, tenant, out).await
+    }
+
+    async fn rows_export(
+        &self,
+        table: &ModuleTable,
+        columns: &[String],
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+        out: tokio::sync::mpsc::Sender<crate::store::data::RowBatch>,
+    ) -> StoreResult<u64> {
+        data::rows_export(self.pool(), table, columns, tenant, before, out).await
     }
 
     async fn queues_woken(&self, queues: Vec<String>) -> StoreResult<()> {

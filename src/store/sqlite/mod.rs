@@ -7,7 +7,7 @@
 //! in process only, so producers in other processes poll.
 
 pub mod conn;
-mod data;
+pub(crate) mod data;
 mod lifecycle;
 
 use super::{Capabilities, FetchParams, JobStore, StoreError, StoreResult};

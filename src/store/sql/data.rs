@@ -1,0 +1,273 @@
+//! [`DataStore`] written once, for every [`SqlStore`]: retention targets, row counts and
+//! purges of module tables, usage logs, monthly costs and webhook endpoints. Streaming an
+//! export, listing a table's columns and the monthly cost aggregation are each backend's own
+//! (`SqlStore::rows_export`, `Conn::table_columns`, `SqlStore::costs_aggregate`).
+
+use crate::domain::ident::ModuleTable;
+use crate::store::data::{
+    CostAggregated, CostFilter, DataStore, MonthlyCost, RetentionTarget, RowBatch, UsageEntry,
+    WebhookTarget, check_usage,
+};
+use crate::store::domain::TenantId;
+use crate::store::sql::{Arg, Sql, SqlStore, corrupt, sql};
+use crate::store::{StoreError, StoreResult};
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+
+/// Usage rows per insert statement (8 values each, well under both databases' limits).
+const USAGE_ROWS_PER_INSERT: usize = 1_000;
+
+#[async_trait]
+impl<S: SqlStore> DataStore for S {
+    async fn retention_targets(&self) -> StoreResult<Vec<RetentionTarget>> {
+        self.read()
+            .await?
+            .fetch_all(sql!(
+                "SELECT tm.tenant_id, tm.module, m.data_retention_days, tm.version_id \
+                 FROM tenant_modules tm JOIN core_modules m ON m.slug = tm.module \
+                 WHERE m.data_retention_days IS NOT NULL AND tm.version_id IS NOT NULL \
+                   AND tm.status IN ('ENABLED', 'UP_TO_DATE', 'SUSPENDED', 'DISABLED', 'ERROR') \
+                 ORDER BY tm.module, tm.tenant_id"
+            ))
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(RetentionTarget {
+                    tenant_id: r.int("tenant_id")?,
+                    module: r.text("module")?,
+                    retention_days: r.int32("data_retention_days")?,
+                    version_id: r.int("version_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn module_table_columns(&self, table: &ModuleTable) -> StoreResult<Vec<String>> {
+        let columns = self.read().await?.table_columns(table).await?;
+        if columns.is_empty() {
+            return Err(StoreError::InvalidInput(format!("no table {table}")));
+        }
+        Ok(columns)
+    }
+
+    async fn module_rows_export(
+        &self,
+        table: &ModuleTable,
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+        out: tokio::sync::mpsc::Sender<RowBatch>,
+    ) -> StoreResult<u64> {
+        let columns = self.module_table_columns(table).await?;
+        self.rows_export(table, &columns, tenant, before, out).await
+    }
+
+    async fn module_rows_count(
+        &self,
+        table: &ModuleTable,
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+    ) -> StoreResult<u64> {
+        let sql = sql!(
+            format!(
+                "SELECT count(*) AS n FROM {} WHERE tenant_id = $1 \
+                 AND ($2 IS NULL OR created_at < $2)",
+                table.quoted()
+            ),
+            tenant,
+            Arg::RowTime(before)
+        );
+        let count = self.read().await?.fetch_one(sql).await?.int("n")?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn module_rows_purge(
+        &self,
+        table: &ModuleTable,
+        tenant: TenantId,
+        before: Option<DateTime<Utc>>,
+        limit: u64,
+    ) -> StoreResult<u64> {
+        let mut tx = self.write().await?;
+        // The rows are in the export: the row audit trigger skips them.
+        tx.purge_marker(true).await?;
+        // PostgreSQL: `ctid = ANY(ARRAY(...))` is a TID scan, each batch costs its own rows.
+        let batch = tx.dialect().pick(
+            "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE tenant_id = $1 \
+                 AND ($2::timestamp IS NULL OR created_at < $2::timestamp) LIMIT $3))",
+            "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE tenant_id = $1 \
+                 AND ($2 IS NULL OR created_at < $2) LIMIT $3)",
+        );
+        let sql = sql!(
+            batch.replace("{t}", &table.quoted()),
+            tenant,
+            Arg::RowTime(before),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        );
+        let deleted = tx.execute(sql).await?;
+        tx.purge_marker(false).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn audit_append(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant_id: Option<TenantId>,
+        module: Option<&str>,
+        entity: &str,
+        after: &serde_json::Value,
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        crate::store::sql::domain::Audit {
+            actor,
+            action,
+            tenant_id,
+            module,
+            entity,
+            before: None,
+            after: Some(after.clone()),
+        }
+        .write(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn usage_record(&self, entries: &[UsageEntry]) -> StoreResult<u64> {
+        for entry in entries {
+            check_usage(entry)?;
+        }
+        let mut tx = self.write().await?;
+        let mut inserted = 0;
+        for chunk in entries.chunks(USAGE_ROWS_PER_INSERT) {
+            let mut args = Vec::with_capacity(chunk.len() * 8);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|e| {
+                    let n = args.len();
+                    args.extend([
+                        Arg::from(e.tenant_id),
+                        Arg::from(&e.module),
+                        Arg::from(&e.route),
+                        Arg::from(e.tokens),
+                        Arg::from(e.row_count),
+                        Arg::from(e.estimated_cost.normalize().to_string()),
+                        Arg::from(e.latency_ms),
+                        Arg::from(e.at),
+                    ]);
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, CAST(${} AS {{decimal}}), ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5,
+                        n + 6,
+                        n + 7,
+                        n + 8
+                    )
+                })
+                .collect();
+            let text = format!(
+                "INSERT INTO module_usage_logs (tenant_id, module, route, tokens, row_count, \
+                     estimated_cost, latency_ms, created_at) VALUES {}",
+                rows.join(", ")
+            );
+            inserted += tx
+                .execute(Sql {
+                    text: text.into(),
+                    args,
+                })
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn cost_aggregate(&self, month: NaiveDate) -> StoreResult<CostAggregated> {
+        let mut tx = self.write().await?;
+        let aggregated = tx.costs_aggregate(month).await?;
+        tx.commit().await?;
+        Ok(aggregated)
+    }
+
+    async fn monthly_costs(&self, filter: &CostFilter) -> StoreResult<Vec<MonthlyCost>> {
+        let month = filter.month.map(|m| m.format("%Y-%m-%d").to_string());
+        self.read()
+            .await?
+            .fetch_all(sql!(
+                "SELECT tenant_id, module, CAST(month AS TEXT) AS month, calls, tokens, \
+                     row_count, CAST(cost AS TEXT) AS cost \
+                 FROM tenant_module_monthly_cost \
+                 WHERE (CAST($1 AS TEXT) IS NULL OR CAST(month AS TEXT) = $1) \
+                   AND (CAST($2 AS BIGINT) IS NULL OR tenant_id = $2) \
+                   AND (CAST($3 AS TEXT) IS NULL OR module = $3) \
+                 ORDER BY month, tenant_id, module",
+                month,
+                filter.tenant,
+                filter.module.as_deref()
+            ))
+            .await?
+            .iter()
+            .map(|r| {
+                let month = r.text("month")?;
+                let cost = r.text("cost")?;
+                Ok(MonthlyCost {
+                    tenant_id: r.int("tenant_id")?,
+                    module: r.text("module")?,
+                    month: NaiveDate::parse_from_str(&month, "%Y-%m-%d")
+                        .map_err(|e| corrupt(format!("month `{month}`: {e}")))?,
+                    calls: r.int("calls")?,
+                    tokens: r.int("tokens")?,
+                    row_count: r.int("row_count")?,
+                    cost: cost
+                        .parse::<Decimal>()
+                        .map(|d| d.normalize())
+                        .map_err(|e| corrupt(format!("amount `{cost}`: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn tenant_webhook(&self, tenant: TenantId) -> StoreResult<Option<WebhookTarget>> {
+        let row = self
+            .read()
+            .await?
+            .fetch_optional(sql!(
+                "SELECT webhook_url, webhook_secret FROM tenants WHERE id = $1",
+                tenant
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(
+            match (
+                row.opt_text("webhook_url")?,
+                row.opt_text("webhook_secret")?,
+            ) {
+                (Some(url), Some(secret)) => Some(WebhookTarget { url, secret }),
+                _ => None,
+            },
+        )
+    }
+
+    async fn tenant_set_webhook(
+        &self,
+        tenant: TenantId,
+        target: Option<&WebhookTarget>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        let updated = tx
+            .execute(sql!(
+                "UPDATE tenants SET webhook_url = $2, webhook_secret = $3 WHERE id = $1",
+                tenant,
+                target.map(|t| t.url.as_str()),
+                target.map(|t| t.secret.as_str())
+            ))
+            .await?;
+        if updated == 0 {
+            return Err(StoreError::InvalidInput(format!("no tenant {tenant}")));
+        }
+        tx.commit().await
+    }
+}
