@@ -5,7 +5,7 @@ use crate::domain::ident::ModuleTable;
 use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
 use crate::store::postgres::{PgStore, data, insert_on, insert_on_quietly, lifecycle};
 use crate::store::runs::{CompletionOutcome, StepCompletion};
-use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx};
+use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, plain_getters};
 use crate::store::{StoreError, StoreResult};
 use crate::types::{Enqueued, Lease, NewJob};
 use async_trait::async_trait;
@@ -16,28 +16,10 @@ use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::query::Query;
 use sqlx::{Postgres, Row as _, Transaction};
 
+const DIALECT: Dialect = Dialect::Postgres;
+
 impl Row for PgRow {
-    fn text(&self, column: &str) -> StoreResult<String> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> StoreResult<i64> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
-        Ok(self.try_get(column)?)
-    }
-    fn int32(&self, column: &str) -> StoreResult<i32> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_int32(&self, column: &str) -> StoreResult<Option<i32>> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> StoreResult<bool> {
-        Ok(self.try_get(column)?)
-    }
+    plain_getters!();
     fn opt_time(&self, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(self.try_get(column)?)
     }
@@ -109,25 +91,23 @@ impl PgConn {
 #[async_trait]
 impl Conn for PgConn {
     fn dialect(&self) -> Dialect {
-        Dialect::Postgres
+        DIALECT
     }
 
     async fn execute(&mut self, sql: Sql) -> StoreResult<u64> {
-        let text = Dialect::Postgres.render(&sql.text);
-        Ok(bind(&text, sql.args)
-            .execute(self.conn())
-            .await?
-            .rows_affected())
+        let text = DIALECT.render(&sql.text);
+        let done = bind(&text, sql.args).execute(self.conn()).await?;
+        Ok(done.rows_affected())
     }
 
     async fn fetch_all(&mut self, sql: Sql) -> StoreResult<Vec<AnyRow>> {
-        let text = Dialect::Postgres.render(&sql.text);
+        let text = DIALECT.render(&sql.text);
         let rows = bind(&text, sql.args).fetch_all(self.conn()).await?;
         Ok(rows.into_iter().map(|r| Box::new(r) as AnyRow).collect())
     }
 
     async fn fetch_optional(&mut self, sql: Sql) -> StoreResult<Option<AnyRow>> {
-        let text = Dialect::Postgres.render(&sql.text);
+        let text = DIALECT.render(&sql.text);
         let row = bind(&text, sql.args).fetch_optional(self.conn()).await?;
         Ok(row.map(|r| Box::new(r) as AnyRow))
     }

@@ -195,6 +195,34 @@ pub trait Row: Send + Sync {
 /// A row of either backend.
 pub type AnyRow = Box<dyn Row>;
 
+/// The [`Row`] getters that are a plain `try_get` on every backend (inside an `impl Row`).
+macro_rules! plain_getters {
+    () => {
+        fn text(&self, column: &str) -> StoreResult<String> {
+            Ok(self.try_get(column)?)
+        }
+        fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
+            Ok(self.try_get(column)?)
+        }
+        fn int(&self, column: &str) -> StoreResult<i64> {
+            Ok(self.try_get(column)?)
+        }
+        fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
+            Ok(self.try_get(column)?)
+        }
+        fn int32(&self, column: &str) -> StoreResult<i32> {
+            Ok(self.try_get(column)?)
+        }
+        fn opt_int32(&self, column: &str) -> StoreResult<Option<i32>> {
+            Ok(self.try_get(column)?)
+        }
+        fn flag(&self, column: &str) -> StoreResult<bool> {
+            Ok(self.try_get(column)?)
+        }
+    };
+}
+pub(crate) use plain_getters;
+
 /// A column parsed into a type, for boxed rows.
 pub fn parse<T: std::str::FromStr>(row: &dyn Row, column: &str) -> StoreResult<T>
 where

@@ -5,7 +5,9 @@
 
 use crate::domain::ident::ModuleTable;
 use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
-use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, corrupt};
+use crate::store::sql::{
+    AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, corrupt, plain_getters,
+};
 use crate::store::sqlite::{
     SqliteStore, data, from_opt_ms, insert_on_with_queues, lifecycle, now_ms,
 };
@@ -20,28 +22,10 @@ use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
 use sqlx::{Row as _, Sqlite, Transaction};
 use tokio::sync::OwnedMutexGuard;
 
+const DIALECT: Dialect = Dialect::Sqlite;
+
 impl Row for SqliteRow {
-    fn text(&self, column: &str) -> StoreResult<String> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> StoreResult<i64> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
-        Ok(self.try_get(column)?)
-    }
-    fn int32(&self, column: &str) -> StoreResult<i32> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_int32(&self, column: &str) -> StoreResult<Option<i32>> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> StoreResult<bool> {
-        Ok(self.try_get(column)?)
-    }
+    plain_getters!();
     fn opt_time(&self, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
         from_opt_ms(self.try_get(column)?)
     }
@@ -112,25 +96,23 @@ impl SqliteConn {
 #[async_trait]
 impl Conn for SqliteConn {
     fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
+        DIALECT
     }
 
     async fn execute(&mut self, sql: Sql) -> StoreResult<u64> {
-        let text = Dialect::Sqlite.render(&sql.text);
-        Ok(bind(&text, sql.args)
-            .execute(self.conn())
-            .await?
-            .rows_affected())
+        let text = DIALECT.render(&sql.text);
+        let done = bind(&text, sql.args).execute(self.conn()).await?;
+        Ok(done.rows_affected())
     }
 
     async fn fetch_all(&mut self, sql: Sql) -> StoreResult<Vec<AnyRow>> {
-        let text = Dialect::Sqlite.render(&sql.text);
+        let text = DIALECT.render(&sql.text);
         let rows = bind(&text, sql.args).fetch_all(self.conn()).await?;
         Ok(rows.into_iter().map(|r| Box::new(r) as AnyRow).collect())
     }
 
     async fn fetch_optional(&mut self, sql: Sql) -> StoreResult<Option<AnyRow>> {
-        let text = Dialect::Sqlite.render(&sql.text);
+        let text = DIALECT.render(&sql.text);
         let row = bind(&text, sql.args).fetch_optional(self.conn()).await?;
         Ok(row.map(|r| Box::new(r) as AnyRow))
     }
