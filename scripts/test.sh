@@ -3,8 +3,9 @@
 # SQLite), runtime, crash and CLI tests. Needs a PostgreSQL: STEWARD_TEST_DATABASE_URL, else
 # the local one on 127.0.0.1:5432; if none answers, this script starts the local cluster, or a
 # throwaway one from the local initdb, or (as root) installs Debian's postgresql first.
-# tests/db_restart.rs restarts that server: STEWARD_TEST_PG_RESTART, else the local
-# cluster's pg_ctlcluster. tests/dashboard.rs drives a headless Chromium (Debian's chromium
+# tests/db_restart.rs stops and restarts a PostgreSQL: always a throwaway cluster this script
+# starts from the local initdb on its own port (never the one above), removed at exit.
+# tests/dashboard.rs drives a headless Chromium (Debian's chromium
 # and chromium-driver, installed here as root when missing); the API fuzz run uses
 # schemathesis from PyPI, installed in a venv under ~/.cache/steward-tools.
 set -euo pipefail
@@ -53,10 +54,31 @@ ensure_postgres() {
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -o "-p 54329 -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" -w start >/dev/null
     psql "postgres://postgres@127.0.0.1:54329/postgres" -qc 'CREATE DATABASE test' >/dev/null
     export STEWARD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:54329/test"
-    export STEWARD_TEST_PG_RESTART="${as[*]} $bin/pg_ctl -D $dir/data -w restart -m fast >/dev/null"
     return 0
   fi
   log "no PostgreSQL could be found or started; set STEWARD_TEST_DATABASE_URL"; exit 1
+}
+
+# A PostgreSQL of the test command's own, for the tests that stop and start their database
+# (tests/db_restart.rs): initdb'd in a temporary directory, on a free port, removed at exit.
+start_outage_cluster() {
+  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    log "the restart tests need PostgreSQL's initdb and pg_ctl (apt-get install postgresql)"; exit 1
+  fi
+  local dir; dir=$(mktemp -d /tmp/steward-outage-pg.XXXXXX)
+  local as=(); if [ "$(id -u)" = 0 ]; then chown postgres "$dir" && as=(runuser -u postgres --); fi
+  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
+  local start="${as[*]} $bin/pg_ctl -D $dir/data -l $dir/log -o '-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off' -w start >/dev/null"
+  eval "$start"
+  export STEWARD_TEST_OUTAGE_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  export STEWARD_TEST_OUTAGE_START="$start"
+  export STEWARD_TEST_OUTAGE_STOP="${as[*]} $bin/pg_ctl -D $dir/data -w stop -m fast >/dev/null"
+  OUTAGE_DIR=$dir
+  OUTAGE_STOP="${as[*]} $bin/pg_ctl -D $dir/data -w stop -m immediate"
+  trap 'eval "$OUTAGE_STOP" >/dev/null 2>&1 || true; rm -rf "$OUTAGE_DIR"' EXIT
+  log "throwaway PostgreSQL for the restart tests on port $port ($dir)"
 }
 
 ensure_browser() {
@@ -83,6 +105,7 @@ ensure_schemathesis() {
 }
 
 ensure_postgres
+start_outage_cluster
 ensure_browser
 ensure_schemathesis
 log "PostgreSQL for tests: $STEWARD_TEST_DATABASE_URL"

@@ -82,6 +82,16 @@ pub struct Settings {
     )]
     pub jwt_secret: Option<String>,
 
+    /// How long to wait for the database at start-up (it may still be starting), in seconds;
+    /// 0 fails at once.
+    #[arg(
+        long,
+        env = "STEWARD_DB_WAIT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub db_wait_secs: u64,
+
     /// How long after an upgrade a manual rollback is allowed, in hours.
     #[arg(
         long,

@@ -107,11 +107,20 @@ fn malformed_job_definition_names_file_and_line() {
 #[test]
 fn unreachable_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, stderr) = failed(&steward(
-        &["jobs", "list"],
-        "postgres://postgres:secret@127.0.0.1:1/nowhere",
-        repo_jobs(),
-    ));
+    // `--db-wait-secs 1`: by default a command waits 60 s for a database that is still
+    // starting; this one never comes, so the test bounds the wait (and sees it logged).
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["--db-wait-secs", "1", "jobs", "list"])
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres:secret@127.0.0.1:1/nowhere",
+        )
+        .env("STEWARD_JOBS_DIR", repo_jobs())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (code, stderr) = failed(&output);
+    assert!(stderr.contains("waiting for the database"), "{stderr}");
     assert_eq!(code, 1);
     assert!(
         stderr.contains("cannot use database postgres://postgres:***@127.0.0.1:1/nowhere"),
@@ -476,4 +485,70 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
     }
     let backups = dir.path().join("exports/backups/inventory/1.0.0");
     assert!(backups.is_dir(), "the major upgrade was backed up");
+}
+
+/// A command started while PostgreSQL is not reachable yet waits for it (with backoff, saying
+/// so) and does its work once it answers: here the database's port is a loopback relay that
+/// starts relaying to the real server only after the command has begun waiting.
+#[test]
+fn a_command_waits_for_a_database_that_comes_up_later() {
+    use std::io::{BufRead, BufReader};
+    use std::net::{TcpListener, TcpStream};
+    let Ok(real) = std::env::var("STEWARD_TEST_DATABASE_URL") else {
+        panic!("this test needs STEWARD_TEST_DATABASE_URL (scripts/test.sh sets it)");
+    };
+    let target = real
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in STEWARD_TEST_DATABASE_URL")
+        .to_string();
+    // A port nobody listens on yet: bind, note it, close.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = real.replacen(&target, &format!("127.0.0.1:{port}"), 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["jobs", "list"])
+        .env("DATABASE_URL", &url)
+        .env("STEWARD_JOBS_DIR", repo_jobs())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the command says it is waiting, then open the port.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("waiting for the database") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "steward exited: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let server = TcpStream::connect(&target).unwrap();
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "steward failed after the database came up: {seen}"
+    );
 }

@@ -1,39 +1,248 @@
-//! PostgreSQL restarts under a running worker: the runtime rides it out (fetch, heartbeat and
-//! acknowledgements retry transient errors, LISTEN reconnects) and no job is lost.
-//!
-//! The restart command is `STEWARD_TEST_PG_RESTART` (set by `scripts/test.sh`), else the
-//! local Debian cluster's `pg_ctlcluster … restart`. This file is its own test binary, so no
-//! other test runs while the server restarts.
+//! PostgreSQL stopping and starting under running workers. Always on a throwaway cluster that
+//! `scripts/test.sh` initdb's and starts for these tests alone (`STEWARD_TEST_OUTAGE_*`), never
+//! a server the test command did not start; without one these tests fail. The tests of this
+//! binary take turns on that one server.
 
 mod common;
 
-use common::{Backend, fresh};
 use serde_json::json;
 use std::collections::HashSet;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
+use steward::maintenance::{self, MaintenanceConfig};
 use steward::queue::{QueueConfig, Runtime, RuntimeConfig, builtin};
-use steward::types::JobState;
+use steward::store::postgres::PgStore;
+use steward::store::{JobAdmin, JobStore, SharedStore};
+use steward::types::{JobFilter, JobState};
 use steward::{Client, EnqueueOptions};
 use tokio_util::sync::CancellationToken;
 
-fn restart_command() -> String {
-    if let Ok(command) = std::env::var("STEWARD_TEST_PG_RESTART") {
-        return command;
+/// The throwaway server: its URL and the commands that stop and start it.
+struct Outage {
+    url: String,
+    start: String,
+    stop: String,
+}
+
+fn outage() -> Outage {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: these tests stop and start a PostgreSQL of their own, which \
+                 scripts/test.sh starts (run the tests through it)"
+            )
+        })
+    };
+    Outage {
+        url: var("STEWARD_TEST_OUTAGE_DATABASE_URL"),
+        start: var("STEWARD_TEST_OUTAGE_START"),
+        stop: var("STEWARD_TEST_OUTAGE_STOP"),
     }
-    let version = std::fs::read_dir("/etc/postgresql")
-        .ok()
-        .and_then(|mut dir| dir.next())
-        .and_then(|entry| entry.ok())
-        .map(|entry| entry.file_name().to_string_lossy().to_string())
-        .expect("set STEWARD_TEST_PG_RESTART to a command that restarts the test PostgreSQL");
-    format!("pg_ctlcluster --skip-systemctl-redirect {version} main restart")
+}
+
+fn shell(command: &str) {
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .expect("run sh");
+    assert!(status.success(), "`{command}` failed: {status:?}");
+}
+
+/// One test at a time on the one server.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A fresh schema on the throwaway server, with the default pool.
+async fn store_on(url: &str) -> PgStore {
+    let schema = format!(
+        "steward_outage_{}_{}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let store = PgStore::connect(url, Some(&schema)).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Wait until `check` holds, reading through errors while the server is away.
+async fn wait_until(store: &PgStore, what: &str, check: impl Fn(&[(JobState, i64)]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(counts) = store.jobs_count_by_state().await {
+            let counts: Vec<(JobState, i64)> = counts.iter().map(|c| (c.state, c.count)).collect();
+            if check(&counts) {
+                return;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn count(counts: &[(JobState, i64)], state: JobState) -> i64 {
+    counts
+        .iter()
+        .filter(|(s, _)| *s == state)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// With the default lease (10 s), the server stops for twice the lease while a worker holds
+/// running jobs, then starts again: the live worker's jobs are not rescued and run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_takes_no_job_from_a_live_worker() {
+    let _turn = TURN.lock().await;
+    let outage = outage();
+    let store = store_on(&outage.url).await;
+    let shared: SharedStore = Arc::new(store.clone());
+    let client = Client::new(shared.clone(), common::repo_kinds());
+    let job = client
+        .build("sleep", json!({"ms": 30_000}), EnqueueOptions::default())
+        .unwrap();
+    client
+        .enqueue_many(&[job.clone(), job.clone(), job])
+        .await
+        .unwrap();
+    let config = RuntimeConfig::new(
+        "outage-test",
+        vec![QueueConfig {
+            name: "default".into(),
+            concurrency: 100,
+        }],
+    );
+    let lease = config.lease;
+    let runtime = Runtime::new(
+        shared.clone(),
+        builtin::registry(),
+        common::builtin_kinds(),
+        config,
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(runtime.run(shutdown.clone()));
+    // Another node: its own pool and its maintenance services (rescuer included), with the
+    // defaults. Its first round after the outage must not take the live worker's jobs.
+    let other: SharedStore = Arc::new(PgStore::connect(&outage.url, store.schema()).await.unwrap());
+    let other_node: Vec<_> = MaintenanceConfig::default()
+        .services()
+        .into_iter()
+        .map(|service| maintenance::spawn(service, other.clone(), shutdown.clone()))
+        .collect();
+    wait_until(&store, "3 jobs running", |c| {
+        count(c, JobState::Running) == 3
+    })
+    .await;
+
+    shell(&outage.stop);
+    // The outage itself: twice the lease, during which no heartbeat can land.
+    tokio::time::sleep(lease * 2).await;
+    shell(&outage.start);
+
+    wait_until(&store, "the 3 jobs completed", |c| {
+        count(c, JobState::Completed) == 3
+    })
+    .await;
+    let jobs = store
+        .jobs_list(&JobFilter {
+            state: Some(JobState::Completed),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    for job in &jobs {
+        assert_eq!(
+            job.attempt, 1,
+            "job {} ran more than once: {:?}",
+            job.id, job.attempts
+        );
+        assert!(
+            job.attempts.iter().all(|a| a.error.is_none()),
+            "job {} lost an attempt: {:?}",
+            job.id,
+            job.attempts
+        );
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    for service in other_node {
+        service.await.unwrap();
+    }
+    store.drop_schema().await.unwrap();
+}
+
+/// `steward worker` started while the server is down waits for it, then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
+    use std::io::{BufRead, BufReader};
+    let _turn = TURN.lock().await;
+    let outage = outage();
+    let schema = format!("steward_outage_worker_{}", std::process::id());
+    let url = format!("{}?options=-csearch_path%3D{schema}", outage.url);
+    // The schema must exist for the worker's migration: made before the server stops.
+    let admin = sqlx::PgPool::connect(&outage.url).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    shell(&outage.stop);
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["worker", "--queue", "default"])
+        .env("DATABASE_URL", &url)
+        .env(
+            "STEWARD_JOBS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
+        )
+        .env(
+            "STEWARD_WORKFLOWS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
+        )
+        .env(
+            "STEWARD_CATALOG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/catalog"),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(worker.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("waiting for the database") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the worker exited: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    shell(&outage.start);
+
+    let store = PgStore::connect(&outage.url, Some(&schema)).await.unwrap();
+    store.migrate().await.unwrap();
+    let shared: SharedStore = Arc::new(store.clone());
+    let client = Client::new(shared, common::repo_kinds());
+    let job = client
+        .build("noop", json!({}), EnqueueOptions::default())
+        .unwrap();
+    client.enqueue_many(&[job]).await.unwrap();
+    wait_until(&store, "the worker ran the job", |c| {
+        count(c, JobState::Completed) == 1
+    })
+    .await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    store.drop_schema().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_loses_no_job() {
-    let t = fresh(Backend::Postgres).await;
-    let client = Client::new(t.store.clone(), common::repo_kinds());
+    let _turn = TURN.lock().await;
+    let outage = outage();
+    let pg = store_on(&outage.url).await;
+    let store: SharedStore = Arc::new(pg.clone());
+    let client = Client::new(store.clone(), common::repo_kinds());
     let job = client
         .build("ledger", json!({"ms": 2}), EnqueueOptions::default())
         .unwrap();
@@ -48,17 +257,15 @@ async fn a_database_restart_loses_no_job() {
                 .map(|e| e.id),
         );
     }
-    let mut config = RuntimeConfig::new(
+    let config = RuntimeConfig::new(
         "restart-test",
         vec![QueueConfig {
             name: "ledger".into(),
             concurrency: 20,
         }],
-    )
-    .with_lease(Duration::from_secs(15));
-    config.poll_interval = Duration::from_millis(200);
+    );
     let runtime = Runtime::new(
-        t.store.clone(),
+        store.clone(),
         builtin::registry(),
         common::builtin_kinds(),
         config,
@@ -67,28 +274,23 @@ async fn a_database_restart_loses_no_job() {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(runtime.run(shutdown.clone()));
 
-    t.wait_for_counts(
-        Duration::from_secs(60),
-        "some jobs done before the restart",
-        |n| n(JobState::Completed) >= 300,
-    )
+    wait_until(&pg, "some jobs done before the restart", |c| {
+        count(c, JobState::Completed) >= 300
+    })
     .await;
-    let pool = t.pg.as_ref().unwrap().pool().clone();
+    let pool = pg.pool().clone();
     let started_before: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT pg_postmaster_start_time()")
             .fetch_one(&pool)
             .await
             .unwrap();
-    let status = Command::new("sh")
-        .args(["-c", &restart_command()])
-        .status()
-        .expect("run restart");
-    assert!(status.success(), "restarting PostgreSQL failed: {status:?}");
+    shell(&outage.stop);
+    shell(&outage.start);
 
     // The test's own pool also lost its connections: wait for the server, then for the jobs.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        match t.store.jobs_count_by_state().await {
+        match store.jobs_count_by_state().await {
             Ok(counts) => {
                 let completed: i64 = counts
                     .iter()
@@ -128,16 +330,10 @@ async fn a_database_restart_loses_no_job() {
     );
     shutdown.cancel();
     running.await.unwrap().unwrap();
-    let ledger: HashSet<i64> = t
-        .store
-        .ledger_job_ids()
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let ledger: HashSet<i64> = store.ledger_job_ids().await.unwrap().into_iter().collect();
     assert!(
         ids.iter().all(|id| ledger.contains(id)),
         "every job's effect is in the ledger"
     );
-    t.cleanup().await;
+    pg.drop_schema().await.unwrap();
 }

@@ -29,7 +29,7 @@ pub(crate) async fn cost(settings: &Settings, command: CostCommand) -> Result<()
     match command {
         CostCommand::Aggregate { month: text } => {
             let month = month(&text)?;
-            let store = open_store(&settings.database_url).await?;
+            let store = open_store(settings).await?;
             let done = store.cost_aggregate(month).await?;
             out!(
                 "{text}: {} usage rows → {} tenant module rows",
@@ -40,7 +40,7 @@ pub(crate) async fn cost(settings: &Settings, command: CostCommand) -> Result<()
         }
         CostCommand::Show { month: text } => {
             let month = text.as_deref().map(month).transpose()?;
-            let store = open_store(&settings.database_url).await?;
+            let store = open_store(settings).await?;
             let rows = store
                 .monthly_costs(&crate::store::data::CostFilter::month(month))
                 .await?;
@@ -55,7 +55,7 @@ pub(crate) async fn cost(settings: &Settings, command: CostCommand) -> Result<()
 /// Start the nightly purge-and-export now (a worker runs it).
 pub(crate) async fn purge(settings: &Settings) -> Result<(), CliError> {
     let kinds = load_kinds(settings)?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let engine = load_engine(settings, store, &kinds)?;
     let (run, _) = engine
         .start("data_retention", serde_json::json!({}), None)

@@ -26,7 +26,7 @@ pub(crate) struct DemoArgs {
 
 pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliError> {
     let kinds = load_kinds(settings)?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let client = Client::new(store.clone(), kinds.clone()).with_registry(builtin::registry());
     let mut enqueued = Vec::new();
     for i in 0..20 {

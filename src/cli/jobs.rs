@@ -178,7 +178,7 @@ pub(crate) async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> Result<(
         ..EnqueueOptions::default()
     };
     // Validate before touching the database, so bad input fails the same way everywhere.
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let client = Client::new(store, kinds).with_registry(builtin::registry());
     let job = client.build(&args.kind, payload, options)?;
     let jobs = vec![job; args.count.max(1)];
@@ -201,7 +201,7 @@ pub(crate) async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> Result<(
 }
 
 pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<(), CliError> {
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     match command {
         JobsCommand::List { filter, json } => print_jobs(&store, &filter.to_filter()?, json).await,
         JobsCommand::Show { id } => {
@@ -232,7 +232,7 @@ pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<()
 }
 
 pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> Result<(), CliError> {
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     match command {
         DlqCommand::List { filter, json } => {
             let mut filter = filter.to_filter()?;

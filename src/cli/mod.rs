@@ -227,7 +227,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = cli.settings;
     match cli.command {
         Command::Migrate => {
-            let store = open_store(&settings.database_url).await?;
+            let store = open_store(&settings).await?;
             out!("schema is up to date ({})", store.capabilities().name);
             Ok(())
         }
@@ -266,15 +266,40 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Connect and migrate.
-pub(crate) async fn open_store(url: &str) -> Result<SharedStore, CliError> {
+/// Connect and migrate, waiting for a database that is not up yet (a transient error: refused
+/// connection, server starting) with backoff for up to `--db-wait-secs`, saying what it waits
+/// for; a permanent error (bad URL, wrong password) fails at once.
+pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, CliError> {
+    use backon::{ExponentialBuilder, Retryable};
+    let url = settings.database_url.as_str();
     let connect_error = |source| CliError::Connect {
         url: store::redact(url),
         source,
     };
-    let store = store::connect(url).await.map_err(connect_error)?;
-    store.migrate().await.map_err(connect_error)?;
-    Ok(store)
+    let wait = std::time::Duration::from_secs(settings.db_wait_secs);
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_total_delay(Some(wait))
+        .without_max_times();
+    let connect = || async {
+        let store = store::connect(url).await?;
+        store.migrate().await?;
+        Ok::<_, StoreError>(store)
+    };
+    connect
+        .retry(backoff)
+        .when(|err: &StoreError| !wait.is_zero() && err.is_transient())
+        .notify(|err, next| {
+            tracing::warn!(
+                database = %store::redact(url),
+                error = %err,
+                retry_in = ?next,
+                "waiting for the database"
+            )
+        })
+        .await
+        .map_err(connect_error)
 }
 
 /// Load `jobs/*.toml`.
@@ -342,7 +367,7 @@ pub(crate) fn build_runtime(
 
 /// `steward serve`: the HTTP API and the dashboard.
 async fn serve(settings: &Settings, listen: &str) -> Result<(), CliError> {
-    let state = api_state(settings, open_store(&settings.database_url).await?)?;
+    let state = api_state(settings, open_store(settings).await?)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;

@@ -131,7 +131,7 @@ pub(crate) enum ModuleCommand {
 /// here and run by `steward worker`).
 async fn lifecycle(settings: &Settings) -> Result<Lifecycle, CliError> {
     let kinds = load_kinds(settings)?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let engine = load_engine(settings, store, &kinds)?;
     Ok(Lifecycle::new(engine)?)
 }
@@ -145,7 +145,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
 }
 
 pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Result<(), CliError> {
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     match command {
         TenantCommand::Create {
             slug,
@@ -196,7 +196,7 @@ pub(crate) async fn catalog(settings: &Settings, command: CatalogCommand) -> Res
             Ok(())
         }
         CatalogCommand::List => {
-            let store = open_store(&settings.database_url).await?;
+            let store = open_store(settings).await?;
             print_json(&store.modules_list().await?)
         }
         CatalogCommand::SetMaturity {
@@ -258,7 +258,7 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
                 // Validated against the version's JSON Schema, as the API does.
                 life.set_settings(tenant, &module, &value, &actor()).await?;
             }
-            let store = open_store(&settings.database_url).await?;
+            let store = open_store(settings).await?;
             print_json(&store.settings_get(tenant, &module).await?)
         }
         ModuleCommand::Upgrade { module, version } => {
@@ -298,7 +298,7 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
 
 pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<(), CliError> {
     let life = lifecycle(settings).await?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let summary = match command {
         PlanCommand::Create { slug, name } => {
             let id = store.plan_create(&slug, &name).await?;
@@ -367,6 +367,6 @@ pub(crate) async fn audit(
     tenant: Option<TenantId>,
     limit: i64,
 ) -> Result<(), CliError> {
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     print_json(&store.audit_list(tenant, limit).await?)
 }

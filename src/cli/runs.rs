@@ -60,7 +60,7 @@ fn parse_params(params: &[String]) -> Result<Value, CliError> {
 pub(crate) async fn run(settings: &Settings, args: &RunArgs) -> Result<(), CliError> {
     let params = parse_params(&args.params)?;
     let kinds = load_kinds(settings)?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let engine = load_engine(settings, store, &kinds)?;
     let (id, created) = crate::lifecycle::operator::Operator::new(engine)
         .start_run(&args.workflow, params, args.idempotency_key.clone())
@@ -75,7 +75,7 @@ pub(crate) async fn run(settings: &Settings, args: &RunArgs) -> Result<(), CliEr
 
 pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<(), CliError> {
     let kinds = load_kinds(settings)?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let engine = load_engine(settings, store.clone(), &kinds)?;
     match command {
         RunsCommand::List { state, limit } => {
@@ -133,7 +133,7 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
 
 pub(crate) async fn schedules(settings: &Settings, count: usize) -> Result<(), CliError> {
     let kinds = load_kinds(settings)?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let engine = load_engine(settings, store, &kinds)?;
     let fires =
         crate::workflow::schedule::next_fires(engine.workflows(), chrono::Utc::now(), count.max(1));

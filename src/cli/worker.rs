@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn run(settings: &Settings, args: &WorkerSettings) -> Result<(), CliError> {
     let kinds = load_kinds(settings)?;
-    let store = open_store(&settings.database_url).await?;
+    let store = open_store(settings).await?;
     let config = args.runtime(settings.worker_id(), &kinds.queues())?;
     tracing::info!(worker = %config.worker_id, queues = ?config.queues, backend = store.capabilities().name, "worker starting");
     let shutdown = CancellationToken::new();

@@ -34,6 +34,9 @@ pub trait Service: Send + Sync + 'static {
 pub struct MaintenanceConfig {
     /// How often expired leases are looked for (default 1 s).
     pub rescue_every: Duration,
+    /// After a database outage, how long the rescuer waits once it answers again before it
+    /// rescues anything (default 10 s, the default lease; the runtime sets its own lease).
+    pub rescue_grace: Duration,
     /// How often due scheduled and retryable jobs are made available (default 200 ms).
     pub stage_every: Duration,
     /// How often finished jobs are pruned (default 60 s).
@@ -48,6 +51,7 @@ impl Default for MaintenanceConfig {
     fn default() -> Self {
         Self {
             rescue_every: Duration::from_secs(1),
+            rescue_grace: Duration::from_secs(10),
             stage_every: Duration::from_millis(200),
             prune_every: Duration::from_secs(60),
             completed_retention: Duration::from_secs(24 * 3600),
@@ -60,9 +64,7 @@ impl MaintenanceConfig {
     /// The services this configuration describes.
     pub fn services(&self) -> Vec<Box<dyn Service>> {
         vec![
-            Box::new(Rescuer {
-                every: self.rescue_every,
-            }),
+            Box::new(Rescuer::new(self.rescue_every, self.rescue_grace)),
             Box::new(Stager {
                 every: self.stage_every,
             }),

@@ -189,7 +189,10 @@ impl Runtime {
         let extra = std::mem::take(&mut self.services);
         let config = &self.config;
         if config.run_maintenance {
-            for service in config.maintenance.services().into_iter().chain(extra) {
+            // After an outage, the rescuer waits at least one of this process's leases.
+            let mut maintenance = config.maintenance.clone();
+            maintenance.rescue_grace = maintenance.rescue_grace.max(config.lease);
+            for service in maintenance.services().into_iter().chain(extra) {
                 services.push(maintenance::spawn(
                     service,
                     Arc::clone(&self.store),

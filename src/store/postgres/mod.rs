@@ -103,6 +103,11 @@ impl PgStore {
         }
     }
 
+    /// The schema every connection works in, when one was given.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
     /// The connection pool, for callers that open their own transactions.
     pub fn pool(&self) -> &PgPool {
         &self.pool
