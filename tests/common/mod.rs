@@ -65,7 +65,7 @@ pub async fn fresh(backend: Backend) -> TestStore {
                 fastrand::u32(..)
             );
             let url = pg_url();
-            let pg = PgStore::connect_with(&url, Some(&schema), 20)
+            let pg = PgStore::connect(&url, Some(&schema))
                 .await
                 .unwrap_or_else(|e| {
                     panic!("tests need PostgreSQL at {url} (set STEWARD_TEST_DATABASE_URL): {e}")

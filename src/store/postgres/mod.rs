@@ -27,10 +27,24 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// How many connections a store keeps to PostgreSQL, per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// Handlers' transactions, the API, operations and enqueues.
+    pub work: u32,
+    /// The runtime's bookkeeping (fetch, outcomes, heartbeats, maintenance).
+    pub service: u32,
+}
+
 /// The PostgreSQL job store.
 #[derive(Clone)]
 pub struct PgStore {
+    /// Work: handlers' step transactions, the API, the operations, enqueues.
     pool: PgPool,
+    /// Bookkeeping: fetches, outcome writes, heartbeats, rescue, staging, notifications. Its
+    /// own connections, so that handlers holding every work connection (long steps) never
+    /// starve the runtime of the writes that keep its leases.
+    service: PgPool,
     schema: Option<String>,
     channel: String,
     notify: broadcast::Sender<String>,
@@ -49,21 +63,48 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 
 impl PgStore {
     /// Connect. With `schema`, every connection works in that schema (tests and benchmarks use
-    /// a fresh one each); it is created by [`JobStore::migrate`].
+    /// a fresh one each); it is created by [`JobStore::migrate`]. Pool sizes come from
+    /// `STEWARD_DB_POOL` (work, default 10) and `STEWARD_DB_SERVICE_POOL` (bookkeeping,
+    /// default 4).
     pub async fn connect(url: &str, schema: Option<&str>) -> StoreResult<Self> {
-        let max = std::env::var("STEWARD_DB_POOL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
-        Self::connect_with(url, schema, max).await
+        let size = |name: &str, default: u32| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let pools = PoolSizes {
+            work: size("STEWARD_DB_POOL", 10),
+            service: size("STEWARD_DB_SERVICE_POOL", 4),
+        };
+        Self::connect_sized(url, schema, pools).await
     }
 
-    /// Connect with an explicit pool size.
+    /// Connect with an explicit work pool size (and the default bookkeeping pool).
     pub async fn connect_with(
         url: &str,
         schema: Option<&str>,
         max_connections: u32,
     ) -> StoreResult<Self> {
+        let pools = PoolSizes {
+            work: max_connections,
+            service: 4,
+        };
+        Self::connect_sized(url, schema, pools).await
+    }
+
+    /// Connect with both pool sizes. Refused, saying what to change, when the server cannot
+    /// take them: `max_connections` (less its reserved slots) smaller than the two pools.
+    pub async fn connect_sized(
+        url: &str,
+        schema: Option<&str>,
+        pools: PoolSizes,
+    ) -> StoreResult<Self> {
+        if pools.work == 0 || pools.service == 0 {
+            return Err(StoreError::InvalidInput(
+                "STEWARD_DB_POOL and STEWARD_DB_SERVICE_POOL must be at least 1".into(),
+            ));
+        }
         let mut options = PgConnectOptions::from_str(url)?;
         let schema = match schema {
             Some(schema) => Some(validate_identifier(schema)?.to_string()),
@@ -72,23 +113,47 @@ impl PgStore {
         if let Some(schema) = &schema {
             options = options.options([("search_path", schema.as_str())]);
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            // No ping before each use: it would add a round trip to every statement. A dead
-            // connection fails its statement instead, which every caller retries.
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+        let pool_options = |size: u32, wait: u64| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                // No ping before each use: it would add a round trip to every statement. A
+                // dead connection fails its statement instead, which every caller retries.
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(wait))
+        };
+        // Handlers queue for a work connection while others hold theirs for a long step;
+        // bookkeeping waits briefly and retries on its next tick.
+        let pool = pool_options(pools.work, 30)
+            .connect_with(options.clone())
             .await?;
+        let service = pool_options(pools.service, 5).connect_lazy_with(options);
+        let (current, max, reserved): (String, String, String) = sqlx::query_as(
+            "SELECT coalesce(current_schema(), 'public')::text, \
+                    current_setting('max_connections'), \
+                    current_setting('superuser_reserved_connections')",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let usable = max
+            .parse::<u32>()
+            .unwrap_or(u32::MAX)
+            .saturating_sub(reserved.parse::<u32>().unwrap_or(0));
+        if pools.work + pools.service + 1 > usable {
+            return Err(StoreError::InvalidInput(format!(
+                "this process needs {} connections (STEWARD_DB_POOL {} + STEWARD_DB_SERVICE_POOL \
+                 {} + 1 to listen) but the server allows {usable}: lower the pools or raise \
+                 PostgreSQL's max_connections",
+                pools.work + pools.service + 1,
+                pools.work,
+                pools.service
+            )));
+        }
         // Enqueues notify `steward_jobs_<schema>`; the schema is the one jobs are written to.
-        let current: String =
-            sqlx::query_scalar("SELECT coalesce(current_schema(), 'public')::text")
-                .fetch_one(&pool)
-                .await?;
         let channel = format!("steward_jobs_{}", schema.as_deref().unwrap_or(&current));
         let (notify, _) = broadcast::channel(1024);
         Ok(Self {
             pool,
+            service,
             schema,
             channel,
             notify,
@@ -113,6 +178,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// The bookkeeping pool (see [`PoolSizes`]).
+    pub(crate) fn service_pool(&self) -> &PgPool {
+        &self.service
+    }
+
     /// Drop the store's schema and everything in it (tests and benchmarks).
     pub async fn drop_schema(&self) -> StoreResult<()> {
         if let Some(schema) = &self.schema {
@@ -129,7 +199,7 @@ impl PgStore {
         if self.listener_started.set(()).is_err() {
             return;
         }
-        let pool = self.pool.clone();
+        let pool = self.service.clone();
         let channel = self.channel.clone();
         let sender = self.notify.clone();
         tokio::spawn(async move {
@@ -172,7 +242,7 @@ impl PgStore {
     }
 
     async fn notify_queues(&self, queues: &[String]) -> StoreResult<()> {
-        notify_queues(&self.pool, queues).await
+        notify_queues(&self.service, queues).await
     }
 }
 
@@ -474,7 +544,7 @@ impl JobStore for PgStore {
         .bind(params.limit as i64)
         .bind(params.worker)
         .bind(params.lease_for.as_millis() as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.service)
         .await?;
         let mut jobs = rows
             .iter()
@@ -566,7 +636,7 @@ impl JobStore for PgStore {
             .bind(&c_attempts)
             .bind(&c_at)
             .bind(worker)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.service)
             .await?;
             applied.extend(leases_from(rows)?);
         }
@@ -594,7 +664,7 @@ impl JobStore for PgStore {
             .bind(&f_finished)
             .bind(&f_retry)
             .bind(worker)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.service)
             .await?;
             applied.extend(leases_from(rows)?);
         }
@@ -611,7 +681,7 @@ impl JobStore for PgStore {
             .bind(&r_ids)
             .bind(&r_attempts)
             .bind(worker)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.service)
             .await?;
             let queues = rows
                 .iter()
@@ -658,7 +728,7 @@ impl JobStore for PgStore {
         .bind(leases.iter().map(|l| l.attempt).collect::<Vec<_>>())
         .bind(lease_for.as_millis() as i64)
         .bind(worker)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.service)
         .await?;
         leases_from(rows)
     }
@@ -685,7 +755,7 @@ impl JobStore for PgStore {
             "#,
         )
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.service)
         .await?;
         let mut queues = Vec::new();
         for row in rows {
@@ -712,7 +782,7 @@ impl JobStore for PgStore {
             "#,
         )
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.service)
         .await?;
         let queues = rows
             .iter()

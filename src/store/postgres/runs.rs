@@ -43,7 +43,7 @@ impl PgStore {
         // planner then looks rows up by index whatever its statistics say, where a bare join
         // on `unnest` is planned as a hash join over a full scan once the tables outgrow
         // their last ANALYZE (90 ms instead of 2 for a batch of 200 at 20,000 runs).
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.service_pool().begin().await?;
         // Fence: the attempts whose lease still holds, locked (in id order, as everywhere).
         let fenced: HashSet<JobId> = sqlx::query_scalar(
             "SELECT j.id FROM steward_jobs j \

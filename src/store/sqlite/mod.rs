@@ -34,6 +34,11 @@ pub struct SqliteStore {
     /// transaction, so progress is kept in memory (a single node reads it from here).
     pub(super) progress: Arc<std::sync::Mutex<HashMap<(i64, i32), Value>>>,
     pub(super) write_lock: Arc<Mutex<()>>,
+    /// Lease extensions heartbeats could not write because a step transaction held the one
+    /// writer (steps may hold it for long): (lease, worker, until ms). The next heartbeat or
+    /// rescue round that gets the writer applies them first, so a long step never costs this
+    /// process's other jobs their leases.
+    pending_leases: Arc<std::sync::Mutex<HashMap<Lease, (String, i64)>>>,
     notify: broadcast::Sender<String>,
 }
 
@@ -98,6 +103,7 @@ impl SqliteStore {
             pool,
             progress: Arc::default(),
             write_lock: Arc::new(Mutex::new(())),
+            pending_leases: Arc::default(),
             notify,
         })
     }
@@ -105,6 +111,37 @@ impl SqliteStore {
     /// The connection pool, for callers that open their own transactions.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Write the lease extensions heartbeats kept while the writer was busy (the caller holds
+    /// the write lock).
+    async fn apply_pending_leases(&self) -> StoreResult<()> {
+        let pending: Vec<_> = std::mem::take(
+            &mut *self
+                .pending_leases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .map(|(l, (worker, until))| {
+            json!({"id": l.id, "attempt": l.attempt, "worker": worker, "until": until})
+        })
+        .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE steward_jobs AS j SET lease_expires_at = max(j.lease_expires_at, h.until) \
+             FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt, \
+                          value ->> '$.worker' AS worker, value ->> '$.until' AS until \
+                   FROM json_each(?1)) AS h \
+             WHERE j.id = h.id AND j.attempt = h.attempt AND j.leased_by = h.worker \
+               AND j.state = 'running'",
+        )
+        .bind(Value::Array(pending).to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub(super) fn wake(&self, mut queues: Vec<String>) {
@@ -502,7 +539,29 @@ impl JobStore for SqliteStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let _guard = self.write_lock.lock().await;
+        let Ok(_guard) = self.write_lock.try_lock() else {
+            // A step transaction holds the one writer, maybe for long: read (WAL readers do
+            // not wait) which leases the worker still holds, and keep their extension for the
+            // next writer of this process (the rescuer applies them before it looks).
+            let rows = sqlx::query(
+                "SELECT j.id, j.attempt FROM steward_jobs j \
+                 JOIN (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt \
+                       FROM json_each(?1)) AS h ON j.id = h.id AND j.attempt = h.attempt \
+                 WHERE j.state = 'running' AND j.leased_by = ?2",
+            )
+            .bind(lease_json(leases.iter().copied()))
+            .bind(worker)
+            .fetch_all(&self.pool)
+            .await?;
+            let held = leases_from(rows)?;
+            let until = now_ms() + lease_for.as_millis() as i64;
+            self.pending_leases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(held.iter().map(|l| (*l, (worker.to_string(), until))));
+            return Ok(held);
+        };
+        self.apply_pending_leases().await?;
         let rows = sqlx::query(
             r#"
             UPDATE steward_jobs AS j SET lease_expires_at = ?2
@@ -522,6 +581,7 @@ impl JobStore for SqliteStore {
 
     async fn jobs_rescue_expired(&self, limit: usize) -> StoreResult<Vec<String>> {
         let _guard = self.write_lock.lock().await;
+        self.apply_pending_leases().await?;
         let rows = sqlx::query(&format!(
             r#"
             UPDATE steward_jobs SET
