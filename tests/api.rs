@@ -795,7 +795,171 @@ async fn a_failed_run_is_retried_from_its_failed_step(backend: Backend) {
     t.cleanup().await;
 }
 
+/// The schema an OpenAPI `$ref` (or inline schema) stands for.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap_or_default();
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// A NUL byte in every string input of every operation the OpenAPI document lists (path
+/// parameters, query parameters, each string field of a JSON body), by a master admin: always
+/// a 4xx or a success, never a 5xx, and no answer carries the database's own text.
+async fn nul_bytes_in_any_input_are_a_client_error(backend: Backend) {
+    let t = fresh(backend).await;
+    let tenant = t.store.tenant_create(&Default::default()).await;
+    let tenant = tenant.map(|t| t.id).unwrap_or(1);
+    let api = Api::start(&t).await;
+    let master = api.token(Role::MasterAdmin, None);
+    let (status, doc) = api.call("GET", "/openapi.json", Some(&master)).await;
+    assert_eq!(status, 200);
+    let nul = "x\u{0}y";
+    let mut calls = 0;
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let mut url = path.clone();
+            let mut query = Vec::new();
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().unwrap();
+                let schema = resolve(&doc, &parameter["schema"]);
+                let is_text = schema["type"] == "string" || schema["type"].is_null();
+                let value = if is_text {
+                    "x%00y".to_string()
+                } else {
+                    tenant.to_string()
+                };
+                match parameter["in"].as_str() {
+                    Some("path") => url = url.replace(&format!("{{{name}}}"), &value),
+                    Some("query") if is_text => query.push(format!("{name}={value}")),
+                    _ => {}
+                }
+            }
+            if !query.is_empty() {
+                url = format!("{url}?{}", query.join("&"));
+            }
+            let body = operation["requestBody"]["content"]["application/json"]["schema"]
+                .as_object()
+                .map(|schema| {
+                    let schema = resolve(&doc, &Value::Object(schema.clone())).clone();
+                    let mut body = serde_json::Map::new();
+                    for (field, spec) in schema["properties"].as_object().into_iter().flatten() {
+                        let spec = resolve(&doc, spec);
+                        let value = match spec["type"].as_str() {
+                            Some("string") | None => json!(nul),
+                            Some("object") => json!({"key": nul, nul: "value"}),
+                            Some("array") => json!([nul]),
+                            _ => continue,
+                        };
+                        body.insert(field.clone(), value);
+                    }
+                    Value::Object(body)
+                });
+            let (status, answer) = api
+                .send(&method.to_uppercase(), &url, Some(&master), body.clone())
+                .await;
+            calls += 1;
+            assert!(
+                status < 500,
+                "{method} {url} with {body:?} answered {status}: {answer}"
+            );
+            let text = answer.to_string();
+            assert!(
+                !text.contains("database error") && !text.contains("returned from database"),
+                "{method} {url}: the answer shows the database's text: {text}"
+            );
+        }
+    }
+    assert!(
+        calls >= 15,
+        "the document lists the API's operations ({calls})"
+    );
+    // The module routes, with NUL in every path segment and body field they take.
+    let m = format!("/api/tenant/{tenant}/modules");
+    let extra = [
+        ("POST", m.clone(), Some(json!({"module": nul}))),
+        (
+            "PATCH",
+            format!("{m}/x%00y"),
+            Some(json!({"state": nul, "settings": {"k": nul}})),
+        ),
+        (
+            "PATCH",
+            format!("{m}/x%00y"),
+            Some(json!({"settings": {nul: 1}})),
+        ),
+        ("GET", format!("{m}/x%00y/usage?month=x%00y"), None),
+        (
+            "POST",
+            format!("{m}/x%00y/approve"),
+            Some(json!({"reason": nul})),
+        ),
+        (
+            "POST",
+            format!("{m}/x%00y/suspend"),
+            Some(json!({"reason": nul})),
+        ),
+        ("POST", format!("{m}/x%00y/x%00y"), Some(json!({}))),
+        ("GET", format!("/api/tenant/{tenant}/audit?limit=5"), None),
+        ("GET", "/api/modules?show_legacy=x%00y".to_string(), None),
+        (
+            "PUT",
+            "/api/catalog/x%00y/maturity".to_string(),
+            Some(json!({"maturity": nul, "force": false})),
+        ),
+        (
+            "POST",
+            "/api/catalog/x%00y/upgrade".to_string(),
+            Some(json!({"version": nul})),
+        ),
+        (
+            "POST",
+            "/api/catalog/x%00y/rollback".to_string(),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/api/plans/x%00y/modules".to_string(),
+            Some(json!({"module": nul})),
+        ),
+        (
+            "POST",
+            "/api/runs".to_string(),
+            Some(json!({"workflow": nul, "params": {nul: nul}, "idempotency_key": nul})),
+        ),
+        (
+            "POST",
+            "/api/runs".to_string(),
+            Some(
+                json!({"workflow": "demo_pipeline", "params": {"tenant": nul}, "idempotency_key": nul}),
+            ),
+        ),
+        (
+            "GET",
+            "/api/jobs?queue=x%00y&kind=x%00y&tenant=x%00y&state=x%00y".to_string(),
+            None,
+        ),
+    ];
+    for (method, url, body) in extra {
+        let (status, answer) = api.send(method, &url, Some(&master), body.clone()).await;
+        assert!(
+            status < 500,
+            "{method} {url} with {body:?} answered {status}: {answer}"
+        );
+        assert!(
+            !answer.to_string().contains("database"),
+            "{method} {url}: the answer shows the database's text: {answer}"
+        );
+    }
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
 per_backend!(
+    nul_bytes_in_any_input_are_a_client_error,
     a_tenant_admins_catalog_shows_what_the_availability_table_shows,
     module_operations_reach_the_api_for_the_right_roles_only,
     a_dead_step_jobs_retry_advances_its_run,

@@ -1,5 +1,7 @@
 //! API errors: JSON `{"code": "...", "message": "..."}` with a stable code and a 4xx status
-//! for everything a caller did wrong. Only a database that cannot be reached is a 503.
+//! for everything a caller did wrong. A database that cannot be reached is a 503, anything
+//! else a 500; neither body carries the database's text, which is logged with the request's
+//! `trace_id` instead.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -66,11 +68,29 @@ impl From<crate::store::StoreError> for ApiError {
             Conflict(why) => Self::new(StatusCode::CONFLICT, "conflict", why),
             Stale(why) => Self::new(StatusCode::CONFLICT, "stale", why),
             Domain(rule) => rule.into(),
-            other => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                other.to_string(),
+            ref other if other.is_bad_value() => Self::bad_request(
+                "a value was refused: text must be valid UTF-8 without NUL characters, \
+                 numbers and dates well formed and in range",
             ),
+            ref other if other.is_unique_violation() => {
+                Self::new(StatusCode::CONFLICT, "conflict", "it already exists")
+            }
+            ref other if other.is_transient() => {
+                tracing::warn!(error = %other, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable: try again",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the request failed; the logs hold the detail under this request's trace_id",
+                )
+            }
         }
     }
 }

@@ -25,9 +25,15 @@ pub enum JobError {
     Interrupted(String),
 }
 
+/// A storage error keeps its class: permanent ones (bad input, a rule, corrupt data, a failed
+/// migration) fail the job for good; transient ones and races are retried.
 impl From<StoreError> for JobError {
     fn from(err: StoreError) -> Self {
-        JobError::Retryable(err.to_string())
+        if err.is_permanent() {
+            JobError::Fatal(err.to_string())
+        } else {
+            JobError::Retryable(err.to_string())
+        }
     }
 }
 

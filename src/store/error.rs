@@ -71,6 +71,32 @@ impl StoreError {
         }
     }
 
+    /// True for input the database refused as a value: a NUL byte or an invalid escape in a
+    /// text or JSON value, a malformed number or date (SQLSTATE class 22), or a value out of a
+    /// column's range. The caller's input is at fault: a 400, never a retry.
+    pub fn is_bad_value(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|code| code.starts_with("22"))
+            }
+            _ => false,
+        }
+    }
+
+    /// True when trying again cannot help: the input, the rules or the stored data are at
+    /// fault (a job fails for good; the API answers 4xx or a generic 500).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::InvalidInput(_)
+            | StoreError::Domain(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Migration(_)
+            | StoreError::Migrate(_) => true,
+            StoreError::Database(_) => self.is_bad_value(),
+            StoreError::Conflict(_) | StoreError::Stale(_) | StoreError::Batch(_) => false,
+        }
+    }
+
     /// True when the database refused the change because of a unique index.
     pub fn is_unique_violation(&self) -> bool {
         match self {
