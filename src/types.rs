@@ -179,8 +179,14 @@ pub enum Outcome {
         finished_at: DateTime<Utc>,
         retry_at: Option<DateTime<Utc>>,
     },
-    /// The job was fetched but never started (shutdown): back to available, attempt not counted.
-    Released { lease: Lease },
+    /// The job was not run here (fetched but not started before shutdown, or a kind this
+    /// worker has no handler for): back to the queue, its attempt not counted; available at
+    /// once, or `scheduled` until `retry_at` (so another deployment, one with the handler,
+    /// takes it meanwhile).
+    Released {
+        lease: Lease,
+        retry_at: Option<DateTime<Utc>>,
+    },
 }
 
 impl Outcome {
@@ -189,7 +195,7 @@ impl Outcome {
         match self {
             Outcome::Completed { lease, .. }
             | Outcome::Failed { lease, .. }
-            | Outcome::Released { lease } => *lease,
+            | Outcome::Released { lease, .. } => *lease,
         }
     }
 }

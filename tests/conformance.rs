@@ -427,14 +427,32 @@ async fn released_jobs_do_not_use_an_attempt(backend: Backend) {
     let job = fetch(&t.store, "default", 1, "w").await.remove(0);
     assert_eq!(
         t.store
-            .jobs_apply_outcomes("w", &[Outcome::Released { lease: job.lease() }])
+            .jobs_apply_outcomes(
+                "w",
+                &[Outcome::Released {
+                    lease: job.lease(),
+                    retry_at: None
+                }]
+            )
             .await
             .unwrap(),
         vec![job.lease()]
     );
     let record = t.store.job_get(id).await.unwrap().unwrap();
     assert_eq!((record.state, record.attempt), (JobState::Available, 0));
-    assert_eq!(fetch(&t.store, "default", 1, "w").await[0].attempt, 1);
+    let job = fetch(&t.store, "default", 1, "w").await.remove(0);
+    assert_eq!(job.attempt, 1);
+    // Released for later (a kind this worker has no handler for): scheduled, still unused.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(30);
+    let outcome = Outcome::Released {
+        lease: job.lease(),
+        retry_at: Some(later),
+    };
+    t.store.jobs_apply_outcomes("w", &[outcome]).await.unwrap();
+    let record = t.store.job_get(id).await.unwrap().unwrap();
+    assert_eq!((record.state, record.attempt), (JobState::Scheduled, 0));
+    assert_eq!(record.run_at.timestamp_millis(), later.timestamp_millis());
+    assert!(fetch(&t.store, "default", 1, "w").await.is_empty());
     t.cleanup().await;
 }
 

@@ -137,3 +137,61 @@ async fn sqlite_long_steps_do_not_starve_bookkeeping() {
         .unwrap_or(3);
     long_steps_do_not_starve_bookkeeping(Backend::Sqlite, steps).await;
 }
+
+/// A job whose kind this worker has no handler for (another deployment has it) is released
+/// without using an attempt and kept away for a while, not dead-lettered.
+async fn a_kind_without_a_handler_here_is_left_for_another_worker(backend: Backend) {
+    let t = fresh(backend).await;
+    let mut kinds: Vec<_> = common::builtin_kinds().iter().cloned().collect();
+    let mut elsewhere = kinds.iter().find(|k| k.name == "noop").unwrap().clone();
+    elsewhere.name = "handled_elsewhere".into();
+    kinds.push(elsewhere);
+    let kinds = common::kinds_of(&kinds);
+    let client = Client::new(t.store.clone(), kinds.clone());
+    let job = client
+        .build("handled_elsewhere", json!({}), EnqueueOptions::default())
+        .unwrap();
+    let id = client.enqueue_many(&[job]).await.unwrap()[0].id;
+    let config = RuntimeConfig::new(
+        "old-binary",
+        vec![QueueConfig {
+            name: "default".into(),
+            concurrency: 100,
+        }],
+    );
+    let runtime = Runtime::new(t.store.clone(), builtin::registry(), kinds, config).unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(runtime.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let job = t.store.job_get(id).await.unwrap().unwrap();
+        if job.state == JobState::Scheduled {
+            break job;
+        }
+        assert!(
+            matches!(job.state, JobState::Available | JobState::Running),
+            "{job:?}"
+        );
+        assert!(Instant::now() < deadline, "{job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(job.attempt, 0, "no attempt used: {job:?}");
+    assert!(job.attempts.is_empty(), "no failure recorded: {job:?}");
+    assert!(
+        job.run_at > chrono::Utc::now(),
+        "kept away for a while: {job:?}"
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_kind_without_a_handler_here_is_left_for_another_worker() {
+    a_kind_without_a_handler_here_is_left_for_another_worker(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_kind_without_a_handler_here_is_left_for_another_worker() {
+    a_kind_without_a_handler_here_is_left_for_another_worker(Backend::Sqlite).await;
+}

@@ -322,24 +322,21 @@ async fn shutdown_lets_running_jobs_finish_or_releases_them(backend: Backend) {
     t.cleanup().await;
 }
 
+/// A kind declared in `jobs/` without a handler in this binary does not stop start-up (a
+/// rolling deploy runs old and new binaries side by side; `tests/cli.rs` checks the warning
+/// names its file and line, `tests/production_defaults.rs` that its jobs are left for others).
 #[test]
-fn a_kind_without_a_handler_stops_start_up_with_its_file_and_line() {
+fn a_kind_without_a_handler_does_not_stop_start_up() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let t = fresh(Backend::Sqlite).await;
-        let err = match Runtime::new(
+        let started = Runtime::new(
             t.store.clone(),
             Registry::new(),
             common::repo_kinds(),
             config(&[("default", 1)]),
-        ) {
-            Err(err) => err.to_string(),
-            Ok(_) => panic!("must refuse"),
-        };
-        assert!(
-            err.contains("/jobs/fail.toml:2: no handler is registered for job kind `fail`"),
-            "{err}"
         );
+        assert!(started.is_ok(), "{:?}", started.err());
     });
 }
 

@@ -150,8 +150,7 @@ impl CliError {
             | CliError::Usage(_) => 2,
             CliError::Engine(crate::workflow::EngineError::UnknownWorkflow(_))
             | CliError::Engine(crate::workflow::EngineError::InvalidParams { .. }) => 2,
-            CliError::Runtime(crate::queue::RuntimeError::MissingHandler { .. })
-            | CliError::Runtime(crate::queue::RuntimeError::Config(_)) => 2,
+            CliError::Runtime(crate::queue::RuntimeError::Config(_)) => 2,
             CliError::Client(crate::ClientError::UnknownKind(_))
             | CliError::Client(crate::ClientError::InvalidPayload { .. }) => 2,
             CliError::Store(StoreError::InvalidInput(_)) => 2,

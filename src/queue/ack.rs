@@ -11,6 +11,10 @@ use apalis_core::task::Task;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use std::sync::Arc;
+
+/// How long a job whose kind this worker has no handler for stays away from it (released,
+/// not counted as an attempt), so that a worker with the handler takes it first.
+pub(crate) const NOT_HERE_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -79,9 +83,19 @@ where
             let outcome = match result {
                 Ok(_) if layer.inflight.acknowledged(lease) => None,
                 Ok(_) => Some(Outcome::Completed { lease, finished_at }),
+                Err(JobError::NotHere(why)) => {
+                    tracing::warn!(job_id = job.id, kind = %job.kind, "{why}: released for {}s",
+                        NOT_HERE_DELAY.as_secs());
+                    let retry_at = finished_at
+                        + chrono::Duration::from_std(NOT_HERE_DELAY).unwrap_or_default();
+                    Some(Outcome::Released {
+                        lease,
+                        retry_at: Some(retry_at),
+                    })
+                }
                 Err(err) => {
                     let retry_at = match &err {
-                        JobError::Fatal(_) => None,
+                        JobError::Fatal(_) | JobError::NotHere(_) => None,
                         // Not the job's fault (shutdown): run again now. A lost lease is
                         // somebody else's attempt now; the fenced write below changes nothing.
                         JobError::Interrupted(_) => Some(finished_at),

@@ -53,7 +53,10 @@ impl Backend for QueueBackend {
                 Poll::Ready(Some(job)) => {
                     let lease = job.lease();
                     self.ack.inflight.handler_done(lease);
-                    self.ack.outcomes.send(Outcome::Released { lease });
+                    self.ack.outcomes.send(Outcome::Released {
+                        lease,
+                        retry_at: None,
+                    });
                 }
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,

@@ -53,6 +53,7 @@ impl Service<Task<FetchedJob>> for Dispatcher {
                     Ok(()) => "completed",
                     Err(JobError::Interrupted(_)) => "interrupted",
                     Err(JobError::Fatal(_)) => "fatal",
+                    Err(JobError::NotHere(_)) => "released",
                     Err(_) => "failed",
                 };
                 metrics::counter!("steward_job_attempts_total",

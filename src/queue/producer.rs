@@ -110,9 +110,15 @@ impl Producer {
                 if self.jobs.send(job).await.is_err() {
                     // The worker is gone: give back what it will never run, unstarted.
                     self.inflight.handler_done(lease);
-                    self.outcomes.send(Outcome::Released { lease });
+                    self.outcomes.send(Outcome::Released {
+                        lease,
+                        retry_at: None,
+                    });
                     for job in jobs {
-                        self.outcomes.send(Outcome::Released { lease: job.lease() });
+                        self.outcomes.send(Outcome::Released {
+                            lease: job.lease(),
+                            retry_at: None,
+                        });
                     }
                     return;
                 }

@@ -23,6 +23,11 @@ pub enum JobError {
     /// The attempt was stopped from outside (lease lost, shutdown); not the handler's fault.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// This worker has no handler for the job's kind (a rolling deploy: an older binary):
+    /// the job goes back to its queue for a while, its attempt not counted, for a worker that
+    /// has the handler.
+    #[error("{0}")]
+    NotHere(String),
 }
 
 /// A storage error keeps its class: permanent ones (bad input, a rule, corrupt data, a failed
@@ -132,7 +137,7 @@ impl Registry {
     pub(crate) fn start(&self, ctx: JobContext) -> Result<HandlerFuture, JobError> {
         match self.handlers.get(&ctx.job.kind) {
             Some(entry) => Ok((entry.run)(ctx)),
-            None => Err(JobError::Fatal(format!(
+            None => Err(JobError::NotHere(format!(
                 "no handler for job kind `{}` on this worker",
                 ctx.job.kind
             ))),

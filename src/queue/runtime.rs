@@ -18,7 +18,6 @@ use crate::maintenance::{self, MaintenanceConfig};
 use crate::store::SharedStore;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -27,13 +26,6 @@ use tokio_util::sync::CancellationToken;
 /// Why the runtime could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// A declared kind has no handler in this binary.
-    #[error("{file}:{line}: no handler is registered for job kind `{kind}`")]
-    MissingHandler {
-        file: PathBuf,
-        line: usize,
-        kind: String,
-    },
     /// The configuration is unusable.
     #[error("invalid runtime configuration: {0}")]
     Config(String),
@@ -136,7 +128,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Check that every declared kind has a handler, and the configuration is sound.
+    /// Check that the configuration is sound. A declared kind without a handler in this binary
+    /// is a warning, not an error (a rolling deploy runs old and new binaries at once): its
+    /// jobs are released here without using an attempt, for a worker that has the handler.
     pub fn new(
         store: SharedStore,
         registry: Registry,
@@ -144,12 +138,14 @@ impl Runtime {
         config: RuntimeConfig,
     ) -> Result<Self, RuntimeError> {
         config.validate()?;
-        if let Some(kind) = kinds.iter().find(|k| !registry.contains(&k.name)) {
-            return Err(RuntimeError::MissingHandler {
-                file: kind.source.clone(),
-                line: kind.line,
-                kind: kind.name.clone(),
-            });
+        for kind in kinds.iter().filter(|k| !registry.contains(&k.name)) {
+            tracing::warn!(
+                "{}:{}: no handler is registered for job kind `{}` in this binary: its jobs are \
+                 left to workers that have one",
+                kind.source.display(),
+                kind.line,
+                kind.name
+            );
         }
         Ok(Self {
             store,

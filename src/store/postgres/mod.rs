@@ -582,7 +582,7 @@ impl JobStore for PgStore {
             Vec::new(),
             Vec::new(),
         );
-        let (mut r_ids, mut r_attempts) = (Vec::new(), Vec::new());
+        let (mut r_ids, mut r_attempts, mut r_at) = (Vec::new(), Vec::new(), Vec::new());
         for outcome in outcomes {
             match outcome {
                 Outcome::Completed { lease, finished_at } => {
@@ -606,9 +606,10 @@ impl JobStore for PgStore {
                     f_finished.push(*finished_at);
                     f_retry.push(*retry_at);
                 }
-                Outcome::Released { lease } => {
+                Outcome::Released { lease, retry_at } => {
                     r_ids.push(lease.id);
                     r_attempts.push(lease.attempt);
+                    r_at.push(*retry_at);
                 }
             }
         }
@@ -671,9 +672,11 @@ impl JobStore for PgStore {
         if !r_ids.is_empty() {
             let rows = sqlx::query(
                 r#"
-                UPDATE steward_jobs j SET state = 'available', attempt = j.attempt - 1,
+                UPDATE steward_jobs j SET attempt = j.attempt - 1,
+                    state = CASE WHEN r.retry_at IS NULL THEN 'available' ELSE 'scheduled' END,
+                    run_at = coalesce(r.retry_at, j.run_at),
                     leased_by = NULL, lease_expires_at = NULL, attempted_at = NULL
-                FROM unnest($1::int8[], $2::int4[]) AS r(id, attempt)
+                FROM unnest($1::int8[], $2::int4[], $4::timestamptz[]) AS r(id, attempt, retry_at)
                 WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.leased_by = $3
                 RETURNING j.id, r.attempt AS attempt, j.queue
                 "#,
@@ -681,6 +684,7 @@ impl JobStore for PgStore {
             .bind(&r_ids)
             .bind(&r_attempts)
             .bind(worker)
+            .bind(&r_at)
             .fetch_all(&self.service)
             .await?;
             let queues = rows

@@ -71,7 +71,7 @@ impl SqliteConn {
     pub(crate) async fn begin(store: &SqliteStore) -> StoreResult<Self> {
         let guard = store.write_lock.clone().lock_owned().await;
         Ok(Self {
-            inner: Inner::Tx(store.pool().begin().await?, guard),
+            inner: Inner::Tx(store.pool().begin_with("BEGIN IMMEDIATE").await?, guard),
             store: store.clone(),
             woken: Vec::new(),
         })

@@ -444,12 +444,15 @@ impl JobStore for SqliteStore {
                     "started_at": started_at.to_rfc3339(), "finished_at": finished_at.to_rfc3339(),
                     "finished_ms": ms(*finished_at), "retry_at": retry_at.map(ms),
                 })),
-                Outcome::Released { lease } => released.push(*lease),
+                Outcome::Released { lease, retry_at } => {
+                    released.push(json!({"id": lease.id, "attempt": lease.attempt,
+                        "retry_at": retry_at.map(|t| t.timestamp_millis())}))
+                }
             }
         }
         let mut applied = Vec::with_capacity(outcomes.len());
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if !completed.is_empty() {
             let rows = sqlx::query(
                 r#"
@@ -509,15 +512,18 @@ impl JobStore for SqliteStore {
         if !released.is_empty() {
             let rows = sqlx::query(
                 r#"
-                UPDATE steward_jobs AS j SET state = 'available', attempt = j.attempt - 1,
+                UPDATE steward_jobs AS j SET attempt = j.attempt - 1,
+                    state = CASE WHEN r.retry_at IS NULL THEN 'available' ELSE 'scheduled' END,
+                    run_at = coalesce(r.retry_at, j.run_at),
                     leased_by = NULL, lease_expires_at = NULL, attempted_at = NULL
-                FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt
+                FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
+                             value ->> '$.retry_at' AS retry_at
                       FROM json_each(?1)) AS r
                 WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.leased_by = ?2
                 RETURNING id, attempt + 1 AS attempt, queue
                 "#,
             )
-            .bind(lease_json(released.into_iter()))
+            .bind(Value::Array(released).to_string())
             .bind(worker)
             .fetch_all(&mut *tx)
             .await?;
