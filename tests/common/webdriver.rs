@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A chromedriver process and one browser session; both end on drop.
+/// A chromedriver process and one browser session; both end on drop, and the browser's
+/// profile (a directory of this session's own) is removed with them.
 pub struct Browser {
     driver: Child,
     base: String,
     session: String,
     http: reqwest::Client,
+    profile: tempfile::TempDir,
 }
 
 fn find_binary(names: &[&str]) -> String {
@@ -72,12 +74,15 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let profile = tempfile::tempdir().expect("browser profile directory");
         let mut browser = Browser {
             driver,
             base,
             session: String::new(),
             http,
+            profile,
         };
+        let user_data = format!("--user-data-dir={}", browser.profile.path().display());
         let answer = browser
             .call(
                 reqwest::Method::POST,
@@ -87,7 +92,8 @@ impl Browser {
                     "goog:chromeOptions": {
                         "binary": chromium,
                         "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                                 "--disable-dev-shm-usage", "--window-size=1280,1000"]
+                                 "--disable-dev-shm-usage", "--window-size=1280,1000",
+                                 user_data]
                     }
                 }}}),
             )
@@ -231,6 +237,21 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // End the session first (Chromium exits and removes its own temporary files), with a
+        // plain blocking request: drop cannot await.
+        use std::io::{Read, Write};
+        let address = self.base.trim_start_matches("http://").to_string();
+        if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n",
+                self.session
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
