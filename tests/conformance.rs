@@ -13,6 +13,7 @@ use steward::types::{FetchedJob, JobFilter, JobState, Lease, Outcome};
 use steward::{Client, EnqueueOptions};
 
 per_backend!(
+    one_holder_leads_until_it_resigns_or_its_lease_runs_out,
     enqueue_then_fetch_leases_the_job,
     fetch_orders_by_priority_then_arrival,
     jobs_without_a_tenant_are_first_in_first_out,
@@ -940,6 +941,47 @@ async fn jobs_without_a_tenant_are_first_in_first_out(backend: Backend) {
     assert!(
         position <= 2,
         "the tenant's job is not queued behind the backlog: {order:?}"
+    );
+    t.cleanup().await;
+}
+
+async fn one_holder_leads_until_it_resigns_or_its_lease_runs_out(backend: Backend) {
+    let t = fresh(backend).await;
+    let s = &t.store;
+    let long = Duration::from_secs(60);
+    assert!(s.leader_elect("steward", "a", long).await.unwrap());
+    assert!(
+        !s.leader_elect("steward", "b", long).await.unwrap(),
+        "a leads"
+    );
+    assert!(
+        s.leader_elect("steward", "a", long).await.unwrap(),
+        "a renews"
+    );
+    assert!(
+        s.leader_elect("other", "b", long).await.unwrap(),
+        "names are apart"
+    );
+    s.leader_resign("steward", "b").await.unwrap();
+    assert!(
+        !s.leader_elect("steward", "b", long).await.unwrap(),
+        "only a resigns a"
+    );
+    s.leader_resign("steward", "a").await.unwrap();
+    assert!(
+        s.leader_elect("steward", "b", long).await.unwrap(),
+        "b after a resigned"
+    );
+    // A lease that runs out: another holder takes over.
+    assert!(
+        s.leader_elect("short", "a", Duration::from_millis(1))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        s.leader_elect("short", "c", long).await.unwrap(),
+        "a's lease ran out"
     );
     t.cleanup().await;
 }

@@ -1,10 +1,12 @@
 //! Maintenance services, each the same shape (like River's): a name, an interval, and a
 //! `run_once` that tests can call directly; [`spawn`] runs it in a loop until shutdown.
 //!
-//! Every worker process runs them. They need no leader: each statement claims its rows with
-//! `FOR UPDATE SKIP LOCKED` (PostgreSQL) or under the single writer (SQLite), so two nodes
-//! running the same service at once share the work instead of repeating it.
+//! Only the elected leader runs them ([`elector`]): one node at a time fires cron ticks, sweeps
+//! runs and prunes. Each statement still claims its rows with `FOR UPDATE SKIP LOCKED`
+//! (PostgreSQL) or under the single writer (SQLite), so the short overlap of a hand-over
+//! repeats nothing.
 
+pub mod elector;
 mod pruner;
 mod rescuer;
 mod stager;
@@ -77,11 +79,22 @@ impl MaintenanceConfig {
     }
 }
 
-/// Run a service until `stop`; errors are logged and the loop goes on.
+/// Run a service until `stop`, always (see [`spawn_led`]); errors are logged and the loop
+/// goes on.
 pub fn spawn(
     service: Box<dyn Service>,
     store: SharedStore,
     stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    spawn_led(service, store, stop, elector::Leadership::always())
+}
+
+/// Run a service until `stop`, each round only while this process leads.
+pub fn spawn_led(
+    service: Box<dyn Service>,
+    store: SharedStore,
+    stop: CancellationToken,
+    leadership: elector::Leadership,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(service.interval());
@@ -90,6 +103,9 @@ pub fn spawn(
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.cancelled() => return,
+            }
+            if !leadership.is_leader() {
+                continue;
             }
             match service.run_once(&store).await {
                 Ok(0) => {}

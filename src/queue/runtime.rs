@@ -185,14 +185,23 @@ impl Runtime {
         let extra = std::mem::take(&mut self.services);
         let config = &self.config;
         if config.run_maintenance {
+            // One node (the elected leader, leases as long as the jobs') runs them.
+            let (leadership, elector) = maintenance::elector::spawn(
+                Arc::clone(&self.store),
+                config.worker_id.clone(),
+                config.lease,
+                shutdown.clone(),
+            );
+            services.push(elector);
             // After an outage, the rescuer waits at least one of this process's leases.
             let mut maintenance = config.maintenance.clone();
             maintenance.rescue_grace = maintenance.rescue_grace.max(config.lease);
             for service in maintenance.services().into_iter().chain(extra) {
-                services.push(maintenance::spawn(
+                services.push(maintenance::spawn_led(
                     service,
                     Arc::clone(&self.store),
                     shutdown.clone(),
+                    leadership.clone(),
                 ));
             }
         }

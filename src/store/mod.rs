@@ -152,6 +152,18 @@ pub trait JobAdmin: Send + Sync {
 
     /// Check the database answers.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Take or keep the leadership `name` for `holder` for `ttl` (by the database's clock):
+    /// `true` when `holder` leads now (it did, or the last leader's lease expired).
+    async fn leader_elect(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<bool>;
+
+    /// Give the leadership up (at shutdown), so another node takes it at once.
+    async fn leader_resign(&self, name: &str, holder: &str) -> StoreResult<()>;
 }
 
 /// A connection on which jobs can be enqueued inside the caller's own transaction: a

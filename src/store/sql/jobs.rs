@@ -304,4 +304,46 @@ impl<S: SqlStore> JobAdmin for S {
         self.read().await?.execute(sql!("SELECT 1")).await?;
         Ok(())
     }
+
+    async fn leader_elect(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let until = tx.dialect().pick(
+            "now() + $3 * interval '1 millisecond'",
+            "CAST(unixepoch('subsec') * 1000 AS INTEGER) + $3",
+        );
+        let led = tx
+            .fetch_optional(sql!(
+                format!(
+                    "INSERT INTO steward_leaders (name, holder, expires_at) VALUES ($1, $2, {until}) \
+                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, \
+                         expires_at = EXCLUDED.expires_at \
+                     WHERE steward_leaders.holder = EXCLUDED.holder \
+                        OR steward_leaders.expires_at < {{now}} \
+                     RETURNING holder"
+                ),
+                name,
+                holder,
+                i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+            ))
+            .await?
+            .is_some();
+        tx.commit().await?;
+        Ok(led)
+    }
+
+    async fn leader_resign(&self, name: &str, holder: &str) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        tx.execute(sql!(
+            "DELETE FROM steward_leaders WHERE name = $1 AND holder = $2",
+            name,
+            holder
+        ))
+        .await?;
+        tx.commit().await
+    }
 }
