@@ -322,6 +322,35 @@ async fn shutdown_lets_running_jobs_finish_or_releases_them(backend: Backend) {
     t.cleanup().await;
 }
 
+/// A pruner never runs with a retention it cannot honour: zero, or one so long that date
+/// arithmetic would overflow (and prune everything).
+#[test]
+fn out_of_range_retentions_are_refused_at_start_up() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let t = fresh(Backend::Sqlite).await;
+        for (completed, dead) in [
+            (Duration::ZERO, Duration::from_secs(3600)),
+            (Duration::from_secs(3600), Duration::MAX),
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+        ] {
+            let mut config = config(&[("default", 1)]);
+            config.maintenance.completed_retention = completed;
+            config.maintenance.dead_retention = dead;
+            let started = Runtime::new(
+                t.store.clone(),
+                Registry::new(),
+                common::builtin_kinds(),
+                config,
+            );
+            match started {
+                Err(err) => assert!(err.to_string().contains("retention"), "{err}"),
+                Ok(_) => panic!("retentions {completed:?} / {dead:?} must be refused"),
+            }
+        }
+    });
+}
+
 /// A kind declared in `jobs/` without a handler in this binary does not stop start-up (a
 /// rolling deploy runs old and new binaries side by side; `tests/cli.rs` checks the warning
 /// names its file and line, `tests/production_defaults.rs` that its jobs are left for others).

@@ -63,6 +63,37 @@ impl Default for MaintenanceConfig {
 }
 
 impl MaintenanceConfig {
+    /// Retentions a pruner accepts: from a minute (a shorter one would prune jobs operators are
+    /// still looking at) to a hundred years (longer ones overflow date arithmetic, which must
+    /// never turn into "prune everything").
+    pub const RETENTION_RANGE: (Duration, Duration) = (
+        Duration::from_secs(60),
+        Duration::from_secs(100 * 365 * 24 * 3600),
+    );
+
+    /// Refuse periods of zero and retentions out of [`Self::RETENTION_RANGE`].
+    pub fn validate(&self) -> Result<(), String> {
+        let periods = [self.rescue_every, self.stage_every, self.prune_every];
+        if periods.iter().any(Duration::is_zero) {
+            return Err("maintenance periods must be greater than zero".into());
+        }
+        let (min, max) = Self::RETENTION_RANGE;
+        for (name, retention) in [
+            ("completed", self.completed_retention),
+            ("dead", self.dead_retention),
+        ] {
+            if retention < min || retention > max {
+                return Err(format!(
+                    "the {name} jobs' retention must be between {} s and {} s, not {} s",
+                    min.as_secs(),
+                    max.as_secs(),
+                    retention.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The services this configuration describes.
     pub fn services(&self) -> Vec<Box<dyn Service>> {
         vec![

@@ -101,20 +101,12 @@ impl RuntimeConfig {
         if self.batch_size == 0 {
             return Err(RuntimeError::Config("batch size must be at least 1".into()));
         }
-        let m = &self.maintenance;
-        let periods = [
-            self.heartbeat_every,
-            self.poll_interval,
-            m.rescue_every,
-            m.stage_every,
-            m.prune_every,
-        ];
-        if periods.iter().any(Duration::is_zero) {
+        if self.heartbeat_every.is_zero() || self.poll_interval.is_zero() {
             return Err(RuntimeError::Config(
-                "heartbeat, poll and maintenance periods must be greater than zero".into(),
+                "heartbeat and poll periods must be greater than zero".into(),
             ));
         }
-        Ok(())
+        self.maintenance.validate().map_err(RuntimeError::Config)
     }
 }
 

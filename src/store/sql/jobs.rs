@@ -103,14 +103,16 @@ impl<S: SqlStore> JobAdmin for S {
         let completed = tx
             .execute(sql!(
                 "DELETE FROM steward_jobs_completed WHERE id IN \
-                 (SELECT id FROM steward_jobs_completed WHERE finished_at < $1 LIMIT 10000)",
+                 (SELECT id FROM steward_jobs_completed WHERE finished_at < $1 LIMIT 10000 \
+                  {skip_locked})",
                 completed_before
             ))
             .await?;
         let dead = tx
             .execute(sql!(
                 "DELETE FROM steward_jobs WHERE id IN (SELECT id FROM steward_jobs \
-                 WHERE state IN ('dead', 'cancelled') AND finished_at < $1 LIMIT 10000)",
+                 WHERE state IN ('dead', 'cancelled') AND finished_at < $1 LIMIT 10000 \
+                 {skip_locked})",
                 dead_before
             ))
             .await?;

@@ -5,7 +5,8 @@
 //! Statements are written in the portable subset both databases speak (`$1` placeholders,
 //! `RETURNING`, `ON CONFLICT`, `CAST(x AS TEXT)`, `->>`), plus two tokens each dialect renders:
 //! `{now}` (the database's clock: `now()`, or unix milliseconds on SQLite), `{for_update}`
-//! (a row lock; SQLite has one writer, held by the store's write transaction instead) and
+//! and `{skip_locked}` (a row lock, or rows another transaction holds passed over; SQLite has
+//! one writer, held by the store's write transaction instead) and
 //! `{date}` and `{decimal}` (a calendar date and an exact amount: `date` and `numeric`, or
 //! text on SQLite); a list
 //! is bound as [`Arg::Ints`] and tested with `x = ANY($n)` (SQLite reads it with `json_each`). Values
@@ -43,16 +44,18 @@ impl Dialect {
         if !text.contains('{') && !sqlite_list {
             return Cow::Borrowed(text);
         }
-        let tokens: [(&str, &str); 4] = match self {
+        let tokens: [(&str, &str); 5] = match self {
             Dialect::Postgres => [
                 ("{now}", "now()"),
                 ("{for_update}", "FOR UPDATE"),
+                ("{skip_locked}", "FOR UPDATE SKIP LOCKED"),
                 ("{date}", "date"),
                 ("{decimal}", "numeric"),
             ],
             Dialect::Sqlite => [
                 ("{now}", "CAST(unixepoch('subsec') * 1000 AS INTEGER)"),
                 ("{for_update}", ""),
+                ("{skip_locked}", ""),
                 ("{date}", "TEXT"),
                 ("{decimal}", "TEXT"),
             ],
