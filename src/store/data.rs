@@ -17,6 +17,31 @@ pub type RowBatch = Vec<Vec<Option<String>>>;
 /// Rows per [`RowBatch`] a store sends while exporting.
 pub const EXPORT_BATCH_ROWS: usize = 2_000;
 
+/// Send a stream of rows to an export's writer in batches of [`EXPORT_BATCH_ROWS`] (memory
+/// stays flat); returns how many rows were sent.
+pub(crate) async fn send_in_batches(
+    rows: impl futures::Stream<Item = StoreResult<Vec<Option<String>>>>,
+    out: tokio::sync::mpsc::Sender<RowBatch>,
+) -> StoreResult<u64> {
+    use futures::StreamExt;
+    let mut rows = std::pin::pin!(rows);
+    let mut count = 0u64;
+    let mut batch = Vec::with_capacity(EXPORT_BATCH_ROWS);
+    let gone = || super::StoreError::InvalidInput("the export's writer stopped".into());
+    while let Some(row) = rows.next().await {
+        batch.push(row?);
+        count += 1;
+        if batch.len() == EXPORT_BATCH_ROWS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH_ROWS));
+            out.send(full).await.map_err(|_| gone())?;
+        }
+    }
+    if !batch.is_empty() {
+        out.send(batch).await.map_err(|_| gone())?;
+    }
+    Ok(count)
+}
+
 /// A tenant module whose catalog entry limits how long its data is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RetentionTarget {

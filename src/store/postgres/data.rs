@@ -4,7 +4,7 @@
 use crate::domain::ident::{ModuleTable, quote_ident};
 use crate::store::StoreError;
 use crate::store::StoreResult;
-use crate::store::data::{CostAggregated, EXPORT_BATCH_ROWS, RowBatch, next_month};
+use crate::store::data::{CostAggregated, RowBatch, next_month, send_in_batches};
 use crate::store::domain::TenantId;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
@@ -50,25 +50,11 @@ pub(super) async fn rows_export(
         values.join(", "),
         table.quoted()
     );
-    let mut rows = sqlx::query_scalar::<_, Vec<Option<String>>>(&sql)
+    let rows = sqlx::query_scalar::<_, Vec<Option<String>>>(&sql)
         .bind(tenant)
         .bind(cutoff(before))
         .fetch(pool);
-    let mut count = 0u64;
-    let mut batch = Vec::with_capacity(EXPORT_BATCH_ROWS);
-    let gone = || StoreError::InvalidInput("the export's writer stopped".into());
-    while let Some(row) = rows.try_next().await? {
-        batch.push(row);
-        count += 1;
-        if batch.len() == EXPORT_BATCH_ROWS {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH_ROWS));
-            out.send(full).await.map_err(|_| gone())?;
-        }
-    }
-    if !batch.is_empty() {
-        out.send(batch).await.map_err(|_| gone())?;
-    }
-    Ok(count)
+    send_in_batches(rows.map_err(StoreError::from), out).await
 }
 
 /// See [`crate::store::sql::Conn::costs_aggregate`].

@@ -3,7 +3,7 @@
 //! `store/sql/data.rs`). Module tables keep `created_at` as `CURRENT_TIMESTAMP` text (UTC).
 
 use crate::domain::ident::{ModuleTable, quote_ident};
-use crate::store::data::{CostAggregated, EXPORT_BATCH_ROWS, RowBatch, next_month};
+use crate::store::data::{CostAggregated, RowBatch, next_month, send_in_batches};
 use crate::store::domain::TenantId;
 use crate::store::{StoreError, StoreResult};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -58,28 +58,20 @@ pub(super) async fn rows_export(
         values.join(", "),
         table.quoted()
     );
-    let mut rows = sqlx::query(&sql)
+    let rows = sqlx::query(&sql)
         .bind(tenant)
         .bind(cutoff(before))
         .fetch(pool);
-    let mut count = 0u64;
-    let mut batch = Vec::with_capacity(EXPORT_BATCH_ROWS);
-    let gone = || StoreError::InvalidInput("the export's writer stopped".into());
-    while let Some(row) = rows.try_next().await? {
-        let values = (0..columns.len())
-            .map(|i| row.try_get::<Option<String>, _>(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        batch.push(values);
-        count += 1;
-        if batch.len() == EXPORT_BATCH_ROWS {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH_ROWS));
-            out.send(full).await.map_err(|_| gone())?;
-        }
-    }
-    if !batch.is_empty() {
-        out.send(batch).await.map_err(|_| gone())?;
-    }
-    Ok(count)
+    let width = columns.len();
+    let rows = rows.map_err(StoreError::from).and_then(|row| async move {
+        (0..width)
+            .map(|i| {
+                row.try_get::<Option<String>, _>(i)
+                    .map_err(StoreError::from)
+            })
+            .collect::<StoreResult<Vec<_>>>()
+    });
+    send_in_batches(rows, out).await
 }
 
 /// See [`crate::store::sql::Conn::costs_aggregate`].
