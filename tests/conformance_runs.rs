@@ -195,14 +195,17 @@ async fn a_step_commits_its_effects_with_its_completion_and_the_next_job(backend
     let mut tx = begin(&t, &job, "w1").await;
     tx.ledger_append(job.id, "w1", "dropped").await.unwrap();
     drop(tx);
-    assert!(t.store.ledger_job_ids().await.unwrap().is_empty());
+    assert!(t.store.ledger_entries().await.unwrap().is_empty());
     let mut tx = begin(&t, &job, "w1").await;
     tx.ledger_append(job.id, "w1", "kept").await.unwrap();
     tx.step_completed(run, 0, &json!({"out": 1}), Some(next(1, false)))
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(t.store.ledger_job_ids().await.unwrap(), [job.id]);
+    assert_eq!(
+        t.store.ledger_entries().await.unwrap(),
+        [(job.id, "w1".to_string())]
+    );
     let record = t.store.run_get(run).await.unwrap().unwrap();
     assert_eq!(record.current_step, 1);
     assert_eq!(record.steps[0].output, Some(json!({"out": 1})));
@@ -326,8 +329,8 @@ async fn a_failed_outcome_commits_and_fails_or_compensates(backend: Backend) {
     assert_eq!(record.steps[0].state, StepState::Dead);
     assert_eq!(record.steps[0].output, Some(json!({"failed": "why"})));
     assert_eq!(
-        t.store.ledger_job_ids().await.unwrap(),
-        [job.id],
+        t.store.ledger_entries().await.unwrap(),
+        [(job.id, "w".to_string())],
         "the step's effects committed"
     );
     // With a completed step to undo: compensating first.
@@ -566,7 +569,10 @@ async fn queue_primitives_answer_on_both_backends(backend: Backend) {
     assert!(inserted[0].inserted);
     // The ledger and the throughput per minute.
     t.store.ledger_append(inserted[0].id, "w").await.unwrap();
-    assert_eq!(t.store.ledger_job_ids().await.unwrap(), [inserted[0].id]);
+    assert_eq!(
+        t.store.ledger_entries().await.unwrap(),
+        [(inserted[0].id, "w".to_string())]
+    );
     let job = t
         .store
         .jobs_fetch_available(FetchParams {

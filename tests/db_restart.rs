@@ -330,7 +330,13 @@ async fn a_database_restart_loses_no_job() {
     );
     shutdown.cancel();
     running.await.unwrap().unwrap();
-    let ledger: HashSet<i64> = store.ledger_job_ids().await.unwrap().into_iter().collect();
+    let ledger: HashSet<i64> = store
+        .ledger_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert!(
         ids.iter().all(|id| ledger.contains(id)),
         "every job's effect is in the ledger"

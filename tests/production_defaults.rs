@@ -116,7 +116,7 @@ async fn long_steps_do_not_starve_bookkeeping(backend: Backend, steps_count: usi
             job.id, job.kind, job.attempts
         );
     }
-    let ledger = t.store.ledger_job_ids().await.unwrap();
+    let ledger = t.store.ledger_entries().await.unwrap();
     assert_eq!(ledger.len(), steps_count, "each step's write landed once");
     t.cleanup().await;
 }

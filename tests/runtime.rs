@@ -100,7 +100,14 @@ async fn every_job_runs_and_its_effect_is_recorded_once(backend: Backend) {
     })
     .await;
     running.stop().await;
-    let mut ledger = t.store.ledger_job_ids().await.unwrap();
+    let mut ledger: Vec<i64> = t
+        .store
+        .ledger_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     ledger.sort_unstable();
     ids.sort_unstable();
     assert_eq!(ledger, ids, "each job's effect exactly once");

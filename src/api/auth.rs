@@ -32,6 +32,9 @@ pub struct Claims {
     pub tenant_id: Option<i64>,
     pub iat: i64,
     pub exp: i64,
+    /// Not valid before this time (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// The HS256 keys of one secret.
@@ -75,29 +78,51 @@ impl AuthKeys {
             tenant_id,
             iat: now,
             exp: now + ttl.num_seconds(),
+            nbf: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| format!("cannot sign the token: {e}"))
     }
 
-    /// The claims of a token signed with these keys, not expired.
+    /// The claims of a token signed with these keys: not expired, not before its `nbf`, not
+    /// issued in the future, and shaped for its role (a `tenant_admin` names its tenant, no
+    /// other role does).
     pub fn check(&self, token: &str) -> Result<Claims, ApiError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     ApiError::unauthenticated("the token has expired")
                 }
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    ApiError::unauthenticated("the token is not valid yet (nbf)")
+                }
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                     ApiError::unauthenticated("the token's signature is not valid")
                 }
                 _ => ApiError::unauthenticated(format!("the token is not valid: {e}")),
-            })
+            })?;
+        // A clock a little ahead on the issuer's side is tolerated; a token from the future is not.
+        if claims.iat > chrono::Utc::now().timestamp() + IAT_SKEW_SECS {
+            return Err(ApiError::unauthenticated(
+                "the token is issued in the future (iat)",
+            ));
+        }
+        if (claims.role == Role::TenantAdmin) != claims.tenant_id.is_some() {
+            return Err(ApiError::unauthenticated(
+                "a tenant_admin token must name its tenant_id, and no other role's may",
+            ));
+        }
+        Ok(claims)
     }
 }
+
+/// How far in the future a token's `iat` may be (clock skew between issuer and steward).
+const IAT_SKEW_SECS: i64 = 60;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -248,5 +273,51 @@ mod tests {
                 .is_err()
         );
         assert!(AuthKeys::new("short").is_err());
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_not_yet_valid_from_the_future_or_misshaped_are_refused() {
+        let keys = AuthKeys::new(SECRET).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let base = serde_json::json!({"sub": "x", "role": "service", "iat": now, "exp": now + 600});
+        assert!(keys.check(&signed(base.clone())).is_ok());
+        let mut nbf = base.clone();
+        nbf["nbf"] = (now + 300).into();
+        let err = keys.check(&signed(nbf)).unwrap_err();
+        assert_eq!(
+            (err.code, err.message.contains("nbf")),
+            ("unauthenticated", true)
+        );
+        let mut future = base.clone();
+        future["iat"] = (now + 3600).into();
+        assert!(
+            keys.check(&signed(future))
+                .unwrap_err()
+                .message
+                .contains("iat")
+        );
+        let mut no_iat = base.clone();
+        no_iat.as_object_mut().unwrap().remove("iat");
+        assert!(keys.check(&signed(no_iat)).is_err());
+        let tenantless =
+            serde_json::json!({"sub": "t", "role": "tenant_admin", "iat": now, "exp": now + 600});
+        assert!(
+            keys.check(&signed(tenantless))
+                .unwrap_err()
+                .message
+                .contains("tenant_id")
+        );
+        let mut scoped_service = base;
+        scoped_service["tenant_id"] = 7.into();
+        assert!(keys.check(&signed(scoped_service)).is_err());
     }
 }

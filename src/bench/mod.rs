@@ -14,10 +14,13 @@
 //!   (step committed with the next step's job and its own acknowledgement) is one transaction.
 //! - `provision_tenants` ([`provision`]): `--tenants N` tenants provision a two-table module.
 //! - `plan_sync` ([`plan_sync`]): a module added to a plan reaches `--subscribers N` tenants.
+//! - `scale_out` ([`scale_out`]): 1, 2 and 3 `steward worker` processes drain one backlog;
+//!   the rescue time of a SIGKILLed one.
 
 mod data;
 mod plan_sync;
 mod provision;
+mod scale_out;
 
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
@@ -72,7 +75,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -85,6 +88,7 @@ const SCENARIOS: [&str; 12] = [
     "purge_export",
     "cost_aggregate",
     "webhooks",
+    "scale_out",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -119,6 +123,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "purge_export" => data::purge_export(&fresh, args.rows).await,
             "cost_aggregate" => data::cost_aggregate(&fresh, args.usage_rows).await,
             "webhooks" => data::webhooks(&fresh, args.deliveries).await,
+            "scale_out" => scale_out::scale_out(&settings.database_url, args.jobs).await,
             "provision_tenants" => {
                 provision::provision_tenants(&fresh, settings, args.tenants).await
             }

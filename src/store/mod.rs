@@ -147,8 +147,9 @@ pub trait JobAdmin: Send + Sync {
     /// Probe for crash tests and the demo: record that `worker` ran job `job_id`.
     async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()>;
 
-    /// Every job id in the ledger, in order of appending (duplicates included).
-    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>>;
+    /// Every ledger row as (job id, worker that wrote it), in order of appending
+    /// (duplicates included).
+    async fn ledger_entries(&self) -> StoreResult<Vec<(JobId, String)>>;
 
     /// Check the database answers.
     async fn ping(&self) -> StoreResult<()>;

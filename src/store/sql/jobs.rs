@@ -292,13 +292,15 @@ impl<S: SqlStore> JobAdmin for S {
         tx.commit().await
     }
 
-    async fn ledger_job_ids(&self) -> StoreResult<Vec<JobId>> {
+    async fn ledger_entries(&self) -> StoreResult<Vec<(JobId, String)>> {
         self.read()
             .await?
-            .fetch_all(sql!("SELECT job_id FROM steward_ledger ORDER BY seq"))
+            .fetch_all(sql!(
+                "SELECT job_id, worker FROM steward_ledger ORDER BY seq"
+            ))
             .await?
             .iter()
-            .map(|row| row.int("job_id"))
+            .map(|row| Ok((row.int("job_id")?, row.text("worker")?)))
             .collect()
     }
 
