@@ -12,6 +12,7 @@ pub struct Settings {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://data/steward.db",
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,
@@ -73,6 +74,16 @@ pub struct Settings {
     )]
     pub webhook_timeout_secs: u64,
 
+    /// Address ranges webhooks may reach besides public ones (`10.0.0.0/8,127.0.0.1`), for
+    /// a private deployment: loopback, private and link-local endpoints are refused otherwise.
+    #[arg(
+        long,
+        env = "STEWARD_WEBHOOK_ALLOW",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub webhook_allow: Vec<String>,
+
     /// The HS256 secret of the API's bearer tokens (at least 32 bytes; never in the repo).
     #[arg(
         long,
@@ -81,6 +92,16 @@ pub struct Settings {
         global = true
     )]
     pub jwt_secret: Option<String>,
+
+    /// A long-lived bearer credential that may read `/metrics` and nothing else (for
+    /// Prometheus' `authorization.credentials_file`; at least 32 bytes).
+    #[arg(
+        long,
+        env = "STEWARD_METRICS_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub metrics_token: Option<String>,
 
     /// How long to wait for the database at start-up (it may still be starting), in seconds;
     /// 0 fails at once.
@@ -190,6 +211,11 @@ impl Settings {
             s3_region: self.s3_region.clone(),
             s3_path_style: self.s3_path_style,
         })
+    }
+
+    /// Where webhooks may go: public addresses and `--webhook-allow`.
+    pub fn webhook_policy(&self) -> Result<crate::lifecycle::webhook::EndpointPolicy, String> {
+        crate::lifecycle::webhook::EndpointPolicy::allowing(&self.webhook_allow)
     }
 
     /// The worker id, or `<host>-<pid>`.

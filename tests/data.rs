@@ -17,7 +17,7 @@ use steward::domain::maturity::Maturity;
 use steward::domain::status::TenantModuleStatus::{self, *};
 use steward::export::SharedExports;
 use steward::lifecycle::Lifecycle;
-use steward::lifecycle::deprecation::{self, WebhookSender};
+use steward::lifecycle::webhook::{self, EndpointPolicy, WebhookSender};
 use steward::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
 use steward::store::data::{CostFilter, UsageEntry, WebhookTarget, parse_month};
 use steward::store::domain::{ModuleRecord, NewTenant, NewVersion, TenantId};
@@ -46,9 +46,12 @@ impl Workers {
     fn start(t: &TestStore, engine: &Arc<Engine>) -> Self {
         let mut registry = Registry::new();
         engine.register_jobs(&mut registry);
-        deprecation::register_jobs(
+        // The tests' webhook receiver listens on loopback, which a deployment refuses unless
+        // allowed: allowed here as a private deployment would (STEWARD_WEBHOOK_ALLOW).
+        let policy = EndpointPolicy::allowing(&["127.0.0.1".to_string()]).unwrap();
+        webhook::register_jobs(
             &mut registry,
-            WebhookSender::new(Duration::from_secs(5)).expect("http client"),
+            WebhookSender::new(Duration::from_secs(5), policy).expect("http client"),
         );
         let mut config = RuntimeConfig::new(
             format!("data-{}", fastrand::u32(..)),
@@ -809,17 +812,21 @@ async fn receiver(secrets: HashMap<TenantId, String>) -> (String, Arc<Mutex<Rece
                     let body_json: Value = serde_json::from_slice(&body).unwrap();
                     let tenant = body_json["tenant_id"].as_i64().unwrap();
                     let signature = headers
-                        .get(deprecation::SIGNATURE_HEADER)
+                        .get(webhook::SIGNATURE_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
                     let id = headers
-                        .get(deprecation::DELIVERY_HEADER)
+                        .get(webhook::DELIVERY_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                         .to_string();
                     let mut r = received.lock().unwrap();
-                    if !deprecation::verify(&secrets[&tenant], &body, signature)
-                        || body_json["delivery_id"] != json!(id)
+                    if !webhook::verify(
+                        &secrets[&tenant],
+                        &body,
+                        signature,
+                        chrono::Utc::now().timestamp(),
+                    ) || body_json["delivery_id"] != json!(id)
                     {
                         r.bad_signatures += 1;
                         return StatusCode::UNAUTHORIZED;

@@ -659,7 +659,7 @@ async fn lifecycle_workflows_are_started_and_retried_only_through_their_operatio
         ),
     ] {
         let err = operator
-            .start_run(workflow, params, None)
+            .start_run(workflow, params, None, &master())
             .await
             .unwrap_err();
         assert_eq!(rule_code(err), "not_permitted", "{workflow}");

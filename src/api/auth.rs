@@ -244,6 +244,35 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// SHA-256 of a credential: compared instead of the credential itself.
+pub fn digest(credential: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(credential.as_bytes()).into()
+}
+
+/// Who may read `/metrics`: the scrape credential (`STEWARD_METRICS_TOKEN`), or a token of a
+/// master_admin or the platform. A tenant admin may not: the figures cover every tenant.
+#[derive(Debug)]
+pub struct Scraper;
+
+impl FromRequestParts<AppState> for Scraper {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::unauthenticated("a bearer token is required"))?;
+        if state.metrics_token == Some(digest(&token)) {
+            return Ok(Self);
+        }
+        match state.keys.check(&token)?.role {
+            Role::MasterAdmin | Role::Service => Ok(Self),
+            Role::TenantAdmin => Err(ApiError::forbidden(
+                "a tenant_admin may not read deployment-wide metrics",
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,6 +165,16 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         match <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the body is larger than {} bytes",
+                        crate::http::guard::BODY_LIMIT
+                    ),
+                ))
+            }
             Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }
     }

@@ -7,7 +7,8 @@
 //! | route | who |
 //! |---|---|
 //! | `GET /health` | anyone: database and export storage reachable |
-//! | `GET /openapi.json`, `GET /metrics` | anyone authenticated |
+//! | `GET /openapi.json` | anyone authenticated |
+//! | `GET /metrics` | master admins, the platform, the `metrics` scrape role (deployment-wide figures: not tenant admins) |
 //! | `GET /api/jobs?state&queue&kind&tenant&after_id&limit`, `GET /api/jobs/{id}` | readers (a tenant admin: its own jobs) |
 //! | `POST /api/jobs/{id}/{retry,discard,cancel}`, `POST /api/dlq/{retry,discard}` | operators |
 //! | `POST /api/runs`, `GET /api/runs`, `GET /api/runs/{id}` | the platform and readers |
@@ -32,7 +33,7 @@ use crate::store::SharedStore;
 use crate::workflow::Engine;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::routing::{get, post, put};
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub rollback_window: std::time::Duration,
     pub exports: SharedExports,
     pub keys: auth::AuthKeys,
+    /// The SHA-256 of the scrape credential that may read `/metrics` (and nothing else).
+    pub metrics_token: Option<[u8; 32]>,
 }
 
 impl AppState {
@@ -62,45 +65,122 @@ impl AppState {
             engine,
             exports,
             keys,
+            metrics_token: None,
+        }
+    }
+
+    /// Accept `token` as a bearer credential for `/metrics` only.
+    pub fn with_metrics_token(mut self, token: &str) -> Result<Self, String> {
+        if token.len() < 32 {
+            return Err(
+                "the metrics token (STEWARD_METRICS_TOKEN) must be at least 32 bytes".into(),
+            );
+        }
+        self.metrics_token = Some(auth::digest(token));
+        Ok(self)
+    }
+}
+
+/// A router that also lists what it serves (method and path template), so that the table
+/// of who may call what (SECURITY.md) can be checked against every route.
+pub struct Routes {
+    router: Router<AppState>,
+    served: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            router: Router::new(),
+            served: Vec::new(),
         }
     }
 }
 
+impl Routes {
+    /// Serve `path` with `handler`, which answers `methods` (space-separated, e.g. `GET POST`).
+    pub fn add(
+        mut self,
+        methods: &'static str,
+        path: &'static str,
+        handler: axum::routing::MethodRouter<AppState>,
+    ) -> Self {
+        self.router = self.router.route(path, handler);
+        self.served
+            .extend(methods.split_whitespace().map(|method| (method, path)));
+        self
+    }
+
+    /// Both sets of routes.
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.served.extend(other.served);
+        self
+    }
+
+    /// What is served: (method, path template) pairs.
+    pub fn served(&self) -> &[(&'static str, &'static str)] {
+        &self.served
+    }
+
+    /// The router.
+    pub fn into_router(self) -> Router<AppState> {
+        self.router
+    }
+}
+
 /// The API's routes (the whole HTTP app, with the dashboard's, is [`crate::http::app`]).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/openapi.json", get(openapi::document))
-        .route("/metrics", get(metrics))
-        .route("/api/jobs", get(jobs::list))
-        .route("/api/jobs/{id}", get(jobs::show))
-        .route("/api/jobs/{id}/{action}", post(jobs::act))
-        .route("/api/dlq/{action}", post(jobs::bulk))
-        .route("/api/runs", post(runs::start).get(runs::list))
-        .route("/api/runs/{id}", get(runs::show))
-        .route("/api/runs/{id}/{action}", post(runs::act))
-        .route("/api/modules", get(modules::catalog))
-        .route(
+pub fn routes() -> Routes {
+    use axum::routing::patch;
+    Routes::default()
+        .add("GET", "/health", get(health))
+        .add("GET", "/openapi.json", get(openapi::document))
+        .add("GET", "/metrics", get(metrics))
+        .add("GET", "/api/jobs", get(jobs::list))
+        .add("GET", "/api/jobs/{id}", get(jobs::show))
+        .add("POST", "/api/jobs/{id}/{action}", post(jobs::act))
+        .add("POST", "/api/dlq/{action}", post(jobs::bulk))
+        .add("GET POST", "/api/runs", post(runs::start).get(runs::list))
+        .add("GET", "/api/runs/{id}", get(runs::show))
+        .add("POST", "/api/runs/{id}/{action}", post(runs::act))
+        .add("GET", "/api/modules", get(modules::catalog))
+        .add(
+            "GET POST",
             "/api/tenant/{id}/modules",
             get(modules::tenant_modules).post(modules::request),
         )
-        .route(
+        .add(
+            "PATCH",
             "/api/tenant/{id}/modules/{module}",
-            axum::routing::patch(modules::change),
+            patch(modules::change),
         )
-        .route(
+        .add(
+            "GET",
             "/api/tenant/{id}/modules/{module}/usage",
             get(modules::usage),
         )
-        .route(
+        .add(
+            "POST",
             "/api/tenant/{id}/modules/{module}/{action}",
             post(modules::operate),
         )
-        .route("/api/tenant/{id}/audit", get(modules::audit))
-        .route("/api/catalog/{module}/maturity", put(modules::set_maturity))
-        .route("/api/catalog/{module}/upgrade", post(modules::upgrade))
-        .route("/api/catalog/{module}/rollback", post(modules::rollback))
-        .route("/api/plans/{plan}/modules", post(modules::plan_add))
+        .add("GET", "/api/tenant/{id}/audit", get(modules::audit))
+        .add(
+            "PUT",
+            "/api/catalog/{module}/maturity",
+            put(modules::set_maturity),
+        )
+        .add(
+            "POST",
+            "/api/catalog/{module}/upgrade",
+            post(modules::upgrade),
+        )
+        .add(
+            "POST",
+            "/api/catalog/{module}/rollback",
+            post(modules::rollback),
+        )
+        .add("POST", "/api/plans/{plan}/modules", post(modules::plan_add))
 }
 
 /// Answers for what no route takes: 404 `not_found`, 405 `method_not_allowed` (JSON).
@@ -134,6 +214,23 @@ pub async fn observe(
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    // Metric labels come from fixed sets, never from what a client sent: the method if it
+    // is a standard one, the route template, the status class.
+    let method_label = match method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
     let span = tracing::info_span!("steward.http", %trace_id, %method, %path);
     let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
@@ -142,15 +239,24 @@ pub async fn observe(
     span.in_scope(|| {
         tracing::info!(status, elapsed_ms = elapsed.as_millis() as u64, "request");
     });
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
     ::metrics::histogram!("steward_http_request_duration_seconds",
-        "method" => method.to_string(), "status" => status.to_string())
+        "method" => method_label, "route" => route, "status" => class)
     .record(elapsed.as_secs_f64());
     response
 }
 
+/// `/metrics`: deployment-wide figures, so the scrape credential, a master_admin or the
+/// platform's service tokens; not a tenant admin.
 async fn metrics(
     State(state): State<AppState>,
-    _caller: auth::Caller,
+    _scraper: auth::Scraper,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String), error::ApiError> {
     let body = prometheus::render(&state).await?;
     Ok((

@@ -14,8 +14,8 @@ use crate::domain::ident::{ModuleTable, Slug};
 use crate::export::csv_stream::export_rows;
 use crate::export::local::LocalStorage;
 use crate::kinds::{JobKind, KindCatalog};
-use crate::lifecycle::deprecation::{self, WebhookSender};
 use crate::lifecycle::purge::PURGE_BATCH;
+use crate::lifecycle::webhook::{self, EndpointPolicy, WebhookSender};
 use crate::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
 use crate::store::data::WebhookTarget;
 use crate::store::domain::NewTenant;
@@ -220,12 +220,12 @@ pub(super) async fn webhooks(fresh: &FreshStore, deliveries: usize) -> Result<Va
                             .ok()
                             .and_then(|v| v["tenant_id"].as_i64());
                         let signature = headers
-                            .get(deprecation::SIGNATURE_HEADER)
+                            .get(webhook::SIGNATURE_HEADER)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default();
-                        let valid = tenant
-                            .and_then(|t| secrets.get(&t))
-                            .is_some_and(|s| deprecation::verify(s, &body, signature));
+                        let valid = tenant.and_then(|t| secrets.get(&t)).is_some_and(|s| {
+                            webhook::verify(s, &body, signature, chrono::Utc::now().timestamp())
+                        });
                         if !valid {
                             return axum::http::StatusCode::UNAUTHORIZED;
                         }
@@ -243,7 +243,13 @@ pub(super) async fn webhooks(fresh: &FreshStore, deliveries: usize) -> Result<Va
     });
 
     let mut registry = Registry::new();
-    deprecation::register_jobs(&mut registry, WebhookSender::new(Duration::from_secs(10))?);
+    // The receiver is this process's loopback server: allowed explicitly, as a private
+    // deployment would (public addresses only by default).
+    let policy = EndpointPolicy::allowing(&["127.0.0.1".to_string()])?;
+    webhook::register_jobs(
+        &mut registry,
+        WebhookSender::new(Duration::from_secs(10), policy)?,
+    );
     let mut kinds = KindCatalog::default();
     kinds
         .add(JobKind::new("webhook_deliver", "webhooks"))

@@ -89,7 +89,10 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     let config = args.worker.runtime(settings.worker_id(), &kinds.queues())?;
     let runtime = build_runtime(settings, store.clone(), kinds, config)?;
     let shutdown = CancellationToken::new();
-    out!("steward demo: SQLite at {}", settings.database_url);
+    out!(
+        "steward demo: SQLite at {}",
+        crate::store::redact(&settings.database_url)
+    );
     dashboard(settings, &store, args, &shutdown, retry_me).await?;
     out!(
         "  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies",

@@ -336,11 +336,12 @@ pub(crate) fn build_runtime(
     let engine = load_engine(settings, store.clone(), &kinds)?;
     let mut registry = crate::queue::builtin::registry();
     engine.register_jobs(&mut registry);
-    let webhooks = crate::lifecycle::deprecation::WebhookSender::new(
+    let webhooks = crate::lifecycle::webhook::WebhookSender::new(
         std::time::Duration::from_secs(settings.webhook_timeout_secs),
+        settings.webhook_policy().map_err(CliError::Usage)?,
     )
     .map_err(CliError::Failed)?;
-    crate::lifecycle::deprecation::register_jobs(&mut registry, webhooks);
+    crate::lifecycle::webhook::register_jobs(&mut registry, webhooks);
     let sweeper = crate::workflow::RunSweeper {
         engine: engine.clone(),
         every: std::time::Duration::from_millis(500),
@@ -409,6 +410,9 @@ pub(crate) fn api_state(
     let engine = load_engine(settings, store, &kinds)?;
     crate::api::prometheus::install();
     let mut state = crate::api::AppState::new(engine, settings.exports(), keys);
+    if let Some(token) = &settings.metrics_token {
+        state = state.with_metrics_token(token).map_err(CliError::Usage)?;
+    }
     state.rollback_window =
         std::time::Duration::from_secs(settings.rollback_window_hours.saturating_mul(3600));
     Ok(state)

@@ -170,13 +170,15 @@ pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Resul
             url,
             secret,
         } => {
-            let parsed = reqwest::Url::parse(&url)
-                .map_err(|e| CliError::Usage(format!("webhook url `{url}`: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") || secret.is_empty() {
-                return Err(CliError::Usage(
-                    "a webhook needs an http(s) url and a non-empty secret".into(),
-                ));
+            if secret.is_empty() {
+                return Err(CliError::Usage("a webhook needs a non-empty secret".into()));
             }
+            settings
+                .webhook_policy()
+                .map_err(CliError::Usage)?
+                .check_url(&url)
+                .await
+                .map_err(CliError::Usage)?;
             let target = crate::store::data::WebhookTarget { url, secret };
             store.tenant_set_webhook(tenant, Some(&target)).await?;
             out!("tenant {tenant}: webhooks go to {}", target.url);

@@ -63,7 +63,12 @@ pub(crate) async fn run(settings: &Settings, args: &RunArgs) -> Result<(), CliEr
     let store = open_store(settings).await?;
     let engine = load_engine(settings, store, &kinds)?;
     let (id, created) = crate::lifecycle::operator::Operator::new(engine)
-        .start_run(&args.workflow, params, args.idempotency_key.clone())
+        .start_run(
+            &args.workflow,
+            params,
+            args.idempotency_key.clone(),
+            &super::operator_actor(),
+        )
         .await?;
     if created {
         out!("started run {id}");

@@ -9,31 +9,30 @@ mod jobs;
 mod overview;
 mod runs;
 
-use crate::api::AppState;
 use crate::api::auth::{COOKIE, Caller};
 use crate::api::error::ApiError;
-use axum::Router;
+use crate::api::{AppState, Routes};
 use axum::extract::{Form, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
 /// The dashboard's routes, under `/dashboard`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/dashboard", get(overview::page))
-        .route("/dashboard/login", get(login_form).post(login))
-        .route("/dashboard/logout", post(logout))
-        .route("/dashboard/jobs", get(jobs::list))
-        .route("/dashboard/jobs/{id}", get(jobs::show))
-        .route("/dashboard/jobs/{id}/{action}", post(jobs::act))
-        .route("/dashboard/dead", get(jobs::dead))
-        .route("/dashboard/dead/{action}", post(jobs::bulk))
-        .route("/dashboard/runs", get(runs::list))
-        .route("/dashboard/runs/{id}", get(runs::show))
-        .route("/dashboard/runs/{id}/retry", post(runs::retry))
-        .route("/dashboard/schedules", get(runs::schedules))
+pub fn routes() -> Routes {
+    Routes::default()
+        .add("GET", "/dashboard", get(overview::page))
+        .add("GET POST", "/dashboard/login", get(login_form).post(login))
+        .add("POST", "/dashboard/logout", post(logout))
+        .add("GET", "/dashboard/jobs", get(jobs::list))
+        .add("GET", "/dashboard/jobs/{id}", get(jobs::show))
+        .add("POST", "/dashboard/jobs/{id}/{action}", post(jobs::act))
+        .add("GET", "/dashboard/dead", get(jobs::dead))
+        .add("POST", "/dashboard/dead/{action}", post(jobs::bulk))
+        .add("GET", "/dashboard/runs", get(runs::list))
+        .add("GET", "/dashboard/runs/{id}", get(runs::show))
+        .add("POST", "/dashboard/runs/{id}/retry", post(runs::retry))
+        .add("GET", "/dashboard/schedules", get(runs::schedules))
 }
 
 /// What a page handler gets back when it fails: an HTML error page (or the login page for
@@ -97,13 +96,27 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+/// The cookie's attributes: never readable by script, never sent cross-site, and `Secure`
+/// when the request came over TLS (through a proxy that says so).
+fn cookie_attributes(headers: &HeaderMap) -> &'static str {
+    if crate::http::guard::over_tls(headers) {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let token = form.token.trim();
     match state.keys.check(token) {
         Ok(_) => (
             [(
                 header::SET_COOKIE,
-                format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"),
+                format!("{COOKIE}={token}; {}", cookie_attributes(&headers)),
             )],
             Redirect::to("/dashboard"),
         )
@@ -123,11 +136,11 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
     }
 }
 
-async fn logout() -> Response {
+async fn logout(headers: HeaderMap) -> Response {
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            format!("{COOKIE}=; {}; Max-Age=0", cookie_attributes(&headers)),
         )],
         Redirect::to("/dashboard/login"),
     )

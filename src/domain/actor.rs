@@ -24,6 +24,18 @@ pub struct Actor {
     pub authority: Authority,
 }
 
+impl Authority {
+    /// The role's name as tokens and workflow definitions (`started_by`) spell it.
+    pub fn role(self) -> &'static str {
+        match self {
+            Self::MasterAdmin => "master_admin",
+            Self::TenantAdmin => "tenant_admin",
+            Self::Service => "service",
+            Self::System => "system",
+        }
+    }
+}
+
 impl Actor {
     /// A Master Admin (or an operator at the CLI).
     pub fn master_admin(name: impl Into<String>) -> Self {

@@ -269,7 +269,7 @@ impl Lifecycle {
             .start(
                 DEPRECATION_WORKFLOW,
                 json!({"module": slug.as_str(), "maturity": to.to_string(), "force": force}),
-                Some(format!("{DEPRECATION_WORKFLOW}:{slug}:{to}")),
+                Some(format!("{slug}:{to}")),
             )
             .await?;
         Ok((from, Some(run)))

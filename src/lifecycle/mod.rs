@@ -24,6 +24,7 @@ mod reconciler;
 pub mod request;
 pub mod steps;
 pub mod switch;
+pub mod webhook;
 
 pub use reconciler::ProvisioningReconciler;
 pub use request::Requested;

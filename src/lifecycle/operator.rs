@@ -58,19 +58,36 @@ impl Operator {
         workflow: &str,
         params: serde_json::Value,
         idempotency_key: Option<String>,
+        actor: &Actor,
     ) -> Result<(RunId, bool), LifecycleError> {
-        if let Some(operation) = self
-            .engine
-            .workflows()
-            .get(workflow)
-            .and_then(|def| def.operation.as_deref())
-        {
+        let def = self.engine.workflows().get(workflow);
+        if let Some(operation) = def.and_then(|def| def.operation.as_deref()) {
             return Err(DomainError::NotPermitted {
                 what: format!("starting `{workflow}` with parameters"),
                 reason: format!("it is started only by the {operation} operation"),
             }
             .into());
         }
+        if let Some(def) = def
+            && !def.started_by.iter().any(|r| r == actor.authority.role())
+        {
+            return Err(DomainError::NotPermitted {
+                what: format!("starting `{workflow}`"),
+                reason: if def.started_by.is_empty() {
+                    "its definition names no role that may start it (started_by)".into()
+                } else {
+                    format!(
+                        "only {} may start it, not a {}",
+                        def.started_by.join(" or "),
+                        actor.authority.role()
+                    )
+                },
+            }
+            .into());
+        }
+        // A caller's keys live apart from the ones steward gives its own runs (cron ticks,
+        // purges, deprecations), so no caller can take over one of those.
+        let idempotency_key = idempotency_key.map(|key| format!("api:{key}"));
         Ok(self.engine.start(workflow, params, idempotency_key).await?)
     }
 

@@ -21,6 +21,10 @@ struct Held {
     self_ack: SelfAck,
     /// `None` once the handler ended and the outcome waits for the completer.
     permit: Option<OwnedSemaphorePermit>,
+    /// Held until the outcome is written: bounds how many finished jobs may wait for the
+    /// completer, so a completer that falls behind slows fetching down instead of leaving
+    /// ever more leases to heartbeat.
+    _unwritten: OwnedSemaphorePermit,
 }
 
 /// Leases held by this process, across queues.
@@ -75,13 +79,19 @@ impl StopSwitch {
 impl InFlight {
     /// Record a leased job. If this process still held an older attempt of the same job (it
     /// was rescued from us and fetched again), that attempt is stopped first.
-    pub fn insert(&self, lease: Lease, permit: OwnedSemaphorePermit) {
+    pub fn insert(
+        &self,
+        lease: Lease,
+        permit: OwnedSemaphorePermit,
+        unwritten: OwnedSemaphorePermit,
+    ) {
         let held = Held {
             lease,
             cancel: CancellationToken::new(),
             reason: Arc::new(Mutex::new(None)),
             self_ack: SelfAck::default(),
             permit: Some(permit),
+            _unwritten: unwritten,
         };
         if let Some(old) = self.lock().insert(lease.id, held) {
             stop(&old, "lease lost: the job was rescued and fetched again");
@@ -168,6 +178,12 @@ fn stop(held: &Held, reason: &str) {
         *slot = Some(reason.to_string());
     }
     held.cancel.cancel();
+}
+
+/// How many jobs of a queue this process may hold at once, running or waiting for their
+/// outcome to be written: twice its concurrency.
+pub(crate) fn unwritten_slots(concurrency: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(concurrency.max(1) * 2))
 }
 
 /// A queue's concurrency limit in this process.

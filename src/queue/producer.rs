@@ -32,6 +32,8 @@ pub(crate) struct Producer {
     pub lease_for: Duration,
     pub poll_interval: Duration,
     pub permits: Arc<Semaphore>,
+    /// Jobs held (running or waiting for the completer); see [`super::inflight`].
+    pub unwritten: Arc<Semaphore>,
     pub inflight: InFlight,
     pub jobs: mpsc::Sender<FetchedJob>,
     pub shutdown: CancellationToken,
@@ -43,7 +45,16 @@ impl Producer {
         let mut failures: u32 = 0;
         let mut busy = false;
         loop {
-            // Wait for one free slot, then take as many as are free.
+            // Wait for one free slot (and room among the held jobs), then take as many as
+            // are free.
+            let first_held = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                slot = Arc::clone(&self.unwritten).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
             let first = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return,
@@ -61,7 +72,9 @@ impl Producer {
             if small && busy {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let want = (self.permits.available_permits() + 1).min(self.batch);
+            let want = (self.permits.available_permits() + 1)
+                .min(self.unwritten.available_permits() + 1)
+                .min(self.batch);
             drain(&mut signals);
             let fetched = self
                 .store
@@ -79,6 +92,7 @@ impl Producer {
                 }
                 Err(err) => {
                     drop(first);
+                    drop(first_held);
                     failures = failures.saturating_add(1);
                     let wait = Duration::from_millis(50u64 << failures.min(6));
                     tracing::warn!(queue = %self.queue, error = %err, ?wait, "fetch failed; retrying");
@@ -92,6 +106,7 @@ impl Producer {
             tracing::trace!(queue = %self.queue, want, got, "fetched");
             busy = got > 0;
             let mut first = Some(first);
+            let mut first_held = Some(first_held);
             let mut jobs = jobs.into_iter();
             while let Some(job) = jobs.next() {
                 let permit = match first.take() {
@@ -105,8 +120,15 @@ impl Producer {
                         },
                     },
                 };
+                let held = match first_held.take() {
+                    Some(slot) => slot,
+                    None => match Arc::clone(&self.unwritten).acquire_owned().await {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                };
                 let lease = job.lease();
-                self.inflight.insert(lease, permit);
+                self.inflight.insert(lease, permit, held);
                 if self.jobs.send(job).await.is_err() {
                     // The worker is gone: give back what it will never run, unstarted.
                     self.inflight.handler_done(lease);
@@ -124,6 +146,7 @@ impl Producer {
                 }
             }
             drop(first);
+            drop(first_held);
             // Sleep only after an empty fetch. After a partial one, fetch again first: an
             // enqueue that committed meanwhile may not have signalled (PostgreSQL enqueues
             // signal only into an empty queue).

@@ -214,6 +214,7 @@ impl Runtime {
                     lease_for: config.lease,
                     poll_interval: config.poll_interval,
                     permits,
+                    unwritten: inflight::unwritten_slots(queue.concurrency),
                     inflight: inflight.clone(),
                     jobs: tx,
                     shutdown: shutdown.clone(),

@@ -7,10 +7,13 @@
 //! operation = "request, approve"         # optional: started only by these operations, never
 //!                                        # with raw parameters over the API or `steward run`
 //!
-//! [params]
-//! tenant = { required = true }
-//! module = { required = true }
-//! notes = { default = "" }
+//! started_by = ["master_admin", "service"] # optional: the roles that may start it over the
+//!                                        # API (and `steward run`); without it, none may
+//!
+//! [params]                                # `type`: string, integer, number, boolean, date
+//! tenant = { required = true, type = "integer" }  #   (YYYY-MM-DD), object or array; required
+//! module = { required = true, type = "string" }   #   for every parameter of a workflow
+//! notes = { default = "", type = "string" }       #   with `started_by`
 //!
 //! [trigger]                               # optional: without it, API/CLI only
 //! cron = "0 30 2 * * *"                   # sec min hour day-of-month month day-of-week
@@ -74,6 +77,39 @@ pub struct Trigger {
     pub missed: MissedTicks,
 }
 
+/// The declared type of a run parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+    Object,
+    Array,
+}
+
+impl ParamType {
+    /// Whether `value` is of this type.
+    pub fn admits(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (self, value) {
+            (Self::String, Value::String(_)) => true,
+            (Self::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            (Self::Number, Value::Number(_)) => true,
+            (Self::Boolean, Value::Bool(_)) => true,
+            (Self::Date, Value::String(s)) => {
+                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+            }
+            (Self::Object, Value::Object(_)) => true,
+            (Self::Array, Value::Array(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A parameter a run takes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamDef {
@@ -81,6 +117,8 @@ pub struct ParamDef {
     pub required: bool,
     pub default: Option<serde_json::Value>,
     pub description: Option<String>,
+    /// Its declared type (checked on every start), if declared.
+    pub kind: Option<ParamType>,
 }
 
 /// One step of a workflow.
@@ -106,9 +144,15 @@ pub struct WorkflowDef {
     /// The operations that start this workflow (e.g. `request, approve`): its runs are never
     /// started with raw parameters from the API or `steward run`, nor retried around them.
     pub operation: Option<String>,
+    /// The roles (`master_admin`, `service`, `tenant_admin`) that may start it with
+    /// parameters over the API or `steward run`; empty: none.
+    pub started_by: Vec<String>,
     pub source: PathBuf,
     pub line: usize,
 }
+
+/// The roles a definition's `started_by` may name.
+pub const ROLES: [&str; 3] = ["master_admin", "service", "tenant_admin"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +161,8 @@ struct WorkflowFile {
     description: Option<String>,
     concurrency_key: Option<Spanned<String>>,
     operation: Option<String>,
+    #[serde(default)]
+    started_by: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     params: BTreeMap<String, Spanned<ParamFile>>,
     trigger: Option<Spanned<TriggerFile>>,
@@ -130,6 +176,8 @@ struct ParamFile {
     required: bool,
     default: Option<toml::Value>,
     description: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<ParamType>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,13 +298,59 @@ impl WorkflowCatalog {
                     })?),
                     None => None,
                 };
+            if let (Some(kind), Some(default)) = (spec_ref.kind, &default)
+                && !kind.admits(default)
+            {
+                return Err(invalid(
+                    at(spec.span()),
+                    format!("parameter `{param}`: the default is not of its type {kind:?}"),
+                ));
+            }
             params.push(ParamDef {
                 name: param.clone(),
                 required: spec_ref.required,
                 default,
                 description: spec_ref.description.clone(),
+                kind: spec_ref.kind,
             });
         }
+
+        let started_by = match &file.started_by {
+            Some(roles) => {
+                let line = at(roles.span());
+                if let Some(bad) = roles
+                    .get_ref()
+                    .iter()
+                    .find(|r| !ROLES.contains(&r.as_str()))
+                {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "started_by: unknown role `{bad}` (known: {})",
+                            ROLES.join(", ")
+                        ),
+                    ));
+                }
+                if file.operation.is_some() {
+                    return Err(invalid(
+                        line,
+                        "a workflow started by an operation cannot also name started_by".into(),
+                    ));
+                }
+                if let Some(untyped) = params.iter().find(|p| p.kind.is_none()) {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "parameter `{}` needs a type: the workflow is started from outside \
+                             (started_by)",
+                            untyped.name
+                        ),
+                    ));
+                }
+                roles.get_ref().clone()
+            }
+            None => Vec::new(),
+        };
 
         let concurrency_key = match &file.concurrency_key {
             Some(key) => {
@@ -371,6 +465,7 @@ impl WorkflowCatalog {
             trigger,
             concurrency_key,
             operation: file.operation,
+            started_by,
             source: path.to_path_buf(),
             line: at(file.name.span()),
         })

@@ -302,8 +302,9 @@ impl Engine {
         }
     }
 
-    /// Start a run. With an idempotency key that already has a run, that run is returned
-    /// (`false`: nothing new was started).
+    /// Start a run. With an idempotency key that already has a run of this workflow, that
+    /// run is returned (`false`: nothing new was started). Keys are stored as
+    /// `<workflow>:<key>`.
     pub async fn start(
         &self,
         workflow: &str,
@@ -322,7 +323,9 @@ impl Engine {
         let start = RunStart {
             workflow: def.name.clone(),
             params,
-            idempotency_key,
+            // Keys are unique per workflow: stored under the workflow's name (which holds no
+            // `:`), so a key given to one workflow can never take another's run.
+            idempotency_key: idempotency_key.map(|key| format!("{}:{key}", def.name)),
             concurrency_key,
             step_names: def.steps.iter().map(|s| s.name.clone()).collect(),
             first_job: self.step_job(def, 0, false)?,
@@ -760,6 +763,15 @@ fn complete_params(def: &WorkflowDef, params: Value) -> Result<Value, EngineErro
         return Err(invalid(format!("unknown parameter `{unknown}`")));
     }
     for param in &def.params {
+        if let (Some(kind), Some(value)) = (param.kind, given.get(&param.name))
+            && !kind.admits(value)
+        {
+            return Err(invalid(format!(
+                "parameter `{}` must be of type {}",
+                param.name,
+                format!("{kind:?}").to_lowercase()
+            )));
+        }
         if !given.contains_key(&param.name) {
             match &param.default {
                 Some(default) => {

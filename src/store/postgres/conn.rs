@@ -148,11 +148,7 @@ impl Conn for PgConn {
     }
 
     async fn purge_marker(&mut self, on: bool) -> StoreResult<()> {
-        sqlx::query("SELECT set_config('steward.purge', $1, true)")
-            .bind(if on { "on" } else { "" })
-            .execute(self.conn())
-            .await?;
-        Ok(())
+        lifecycle::privilege(self.conn(), "purge", on).await
     }
 
     async fn migration_lock(&mut self) -> StoreResult<()> {

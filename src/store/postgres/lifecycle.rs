@@ -124,9 +124,7 @@ pub(super) async fn undo_versions(
     .bind(undo)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::query("SELECT set_config('steward.migration', 'on', true)")
-        .execute(&mut *conn)
-        .await?;
+    privilege(conn, "migration", true).await?;
     for id in undo {
         let (_, down_sql) = downs
             .iter()
@@ -136,9 +134,7 @@ pub(super) async fn undo_versions(
             .await
             .map_err(|e| as_migration_error(e.into()))?;
     }
-    sqlx::query("SELECT set_config('steward.migration', '', true)")
-        .execute(&mut *conn)
-        .await?;
+    privilege(conn, "migration", false).await?;
     sqlx::query("UPDATE core_module_versions SET migrated_at = NULL WHERE id = ANY($1)")
         .bind(undo)
         .execute(&mut *conn)
@@ -189,7 +185,8 @@ pub(super) async fn catch_up(
     .bind(change.catch_up)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::query("SELECT set_config('steward.migration', 'on', true), set_config('app.current_tenant_id', $1, true)")
+    privilege(conn, "post_upgrade", true).await?;
+    sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
         .bind(change.tenant_id.to_string())
         .execute(&mut *conn)
         .await?;
@@ -198,23 +195,26 @@ pub(super) async fn catch_up(
             .await
             .map_err(|e| as_migration_error(e.into()))?;
     }
-    sqlx::query("SELECT set_config('steward.migration', '', true), set_config('app.current_tenant_id', '', true)")
+    privilege(conn, "post_upgrade", false).await?;
+    sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// The audit trigger every module table gets (created or replaced under the migration lock).
+/// The audit trigger every module table gets (created or replaced under the migration lock):
+/// who wrote which row (its key) and which columns, never the values, so that a row purged
+/// or archived does not live on here. steward's own bulk changes (migrations and post-upgrade
+/// steps are audited as the upgrade; purges have their verified export) are not audited row
+/// by row: they are marked in `steward_privileged`, which only steward's role writes.
 const AUDIT_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION steward_module_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 BEGIN
-    -- A migration's own row changes are audited as the upgrade, not row by row.
-    IF current_setting('steward.migration', true) = 'on' THEN
+    IF steward_privileged('migration') OR steward_privileged('post_upgrade') THEN
         RETURN NULL;
     END IF;
-    -- A purge deletes rows already in a verified export: the export is their record.
-    IF TG_OP = 'DELETE' AND current_setting('steward.purge', true) = 'on' THEN
+    IF TG_OP = 'DELETE' AND steward_privileged('purge') THEN
         RETURN NULL;
     END IF;
     INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after)
@@ -222,31 +222,64 @@ BEGIN
             'row.' || lower(TG_OP),
             CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END,
             TG_ARGV[0], TG_TABLE_NAME,
-            CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE to_jsonb(OLD) END,
-            CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE to_jsonb(NEW) END);
+            CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE jsonb_build_object('id', to_jsonb(OLD) -> 'id') END,
+            CASE WHEN TG_OP = 'DELETE' THEN NULL
+                 ELSE jsonb_build_object('id', to_jsonb(NEW) -> 'id', 'changed',
+                      (SELECT coalesce(jsonb_agg(n.key ORDER BY n.key), '[]'::jsonb)
+                         FROM jsonb_each(to_jsonb(NEW)) n
+                        WHERE TG_OP = 'INSERT' OR n.value IS DISTINCT FROM to_jsonb(OLD) -> n.key)) END);
     RETURN NULL;
 END
 $fn$"#;
 
 /// Freezes a tenant's rows while its module is not in use (DISABLED, SUSPENDED, …): no row is
-/// written or changed for it; steward's own deletions (archive, purge) still go through.
+/// written, changed or deleted for it. steward's own changes pass: a schema migration (every
+/// tenant's rows), a post-upgrade step (only the tenant it runs for: other tenants' rows are
+/// skipped, and a frozen tenant gets the step when its module is enabled again), a purge or
+/// an archive (deletions after a verified export).
 const GUARD_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION steward_module_guard() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+DECLARE
+    row_tenant BIGINT;
 BEGIN
-    -- Migrations change every tenant's rows (the tables are shared), frozen ones included.
-    IF current_setting('steward.migration', true) = 'on' THEN
-        RETURN NEW;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM tenant_modules
-                   WHERE tenant_id = NEW.tenant_id AND module = TG_ARGV[0]
-                     AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) THEN
-        RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], NEW.tenant_id
+    IF TG_OP = 'DELETE' THEN row_tenant := OLD.tenant_id; ELSE row_tenant := NEW.tenant_id; END IF;
+    IF steward_privileged('migration') THEN
+        NULL;
+    ELSIF steward_privileged('post_upgrade') THEN
+        IF row_tenant IS DISTINCT FROM
+           nullif(current_setting('app.current_tenant_id', true), '')::bigint THEN
+            RETURN NULL;
+        END IF;
+    ELSIF TG_OP = 'DELETE' AND steward_privileged('purge') THEN
+        NULL;
+    ELSIF NOT EXISTS (SELECT 1 FROM tenant_modules
+                      WHERE tenant_id = row_tenant AND module = TG_ARGV[0]
+                        AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) THEN
+        RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], row_tenant
             USING ERRCODE = 'check_violation';
     END IF;
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
     RETURN NEW;
 END
 $fn$"#;
+
+/// Mark (or unmark) this transaction as steward's own `kind` of change for the module tables'
+/// triggers (see [`GUARD_FUNCTION`]).
+pub(super) async fn privilege(
+    conn: &mut PgConnection,
+    kind: &'static str,
+    on: bool,
+) -> StoreResult<()> {
+    let sql = if on {
+        "INSERT INTO steward_privileged (txid, kind) VALUES (txid_current(), $1) \
+         ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM steward_privileged WHERE txid = txid_current() AND kind = $1"
+    };
+    sqlx::query(sql).bind(kind).execute(&mut *conn).await?;
+    Ok(())
+}
 
 /// `tenant_app_role` (cluster-wide, created once) and its use of this schema.
 const APP_ROLE: &str = r#"
@@ -380,7 +413,7 @@ async fn create_tables(
         let statements = [
             format!("CREATE INDEX {index} ON {name} (tenant_id, created_at)"),
             format!(
-                "CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE ON {name} \
+                "CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE OR DELETE ON {name} \
                  FOR EACH ROW EXECUTE FUNCTION steward_module_guard('{module}')"
             ),
             format!(
@@ -425,14 +458,15 @@ pub(super) async fn upgrade_module(
         .execute(&mut *conn)
         .await?;
     let outcome = async {
-        sqlx::query("SELECT set_config('steward.migration', 'on', true)")
-            .execute(&mut *conn)
-            .await?;
+        privilege(conn, "migration", true).await?;
         if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
             sqlx::Executor::execute(&mut *conn, pre).await?;
         }
         let report = migrate_module(conn, slug.as_str(), version_id).await?;
+        privilege(conn, "migration", false).await?;
         if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
+            // Each tenant's step touches only that tenant's rows (the guard skips the rest).
+            privilege(conn, "post_upgrade", true).await?;
             for tenant in tenants {
                 sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
                     .bind(tenant.to_string())
@@ -443,10 +477,8 @@ pub(super) async fn upgrade_module(
             sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
                 .execute(&mut *conn)
                 .await?;
+            privilege(conn, "post_upgrade", false).await?;
         }
-        sqlx::query("SELECT set_config('steward.migration', '', true)")
-            .execute(&mut *conn)
-            .await?;
         Ok::<_, StoreError>(report)
     }
     .await;

@@ -360,26 +360,57 @@ async fn install_audit_triggers(
                 ))
             })?;
         }
-        let row_json = |alias: &str| {
-            let pairs: Vec<String> = columns
-                .iter()
-                .map(|c| format!("'{c}', {alias}.{}", quote_ident(c)))
-                .collect();
-            format!("json_object({})", pairs.join(", "))
+        // Who wrote which row (its key) and which columns, never the values: a row purged or
+        // archived must not live on in audit_logs.
+        let has_id = columns.iter().any(|c| c == "id");
+        let key = |alias: &str| {
+            if has_id {
+                format!("{alias}.\"id\"")
+            } else {
+                "NULL".to_string()
+            }
         };
+        let all_columns = format!(
+            "json_array({})",
+            columns
+                .iter()
+                .map(|c| format!("'{c}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let changed_columns = format!(
+            "(SELECT json_group_array(value) FROM json_each(json_array({})) WHERE value IS NOT NULL)",
+            columns
+                .iter()
+                .map(|c| {
+                    let q = quote_ident(c);
+                    format!("CASE WHEN OLD.{q} IS NOT NEW.{q} THEN '{c}' END")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let name = table.quoted();
         let module = slug.as_str(); // validated: [a-z0-9_] only
         let entity = table.as_str(); // validated likewise
         // Frozen while the tenant's module is not in use (DISABLED, SUSPENDED, …): no row is
         // written or changed for it; steward's own deletions (archive, purge) still go through.
-        for op in ["INSERT", "UPDATE"] {
+        for (op, row, unless) in [
+            ("INSERT", "NEW", ""),
+            ("UPDATE", "NEW", ""),
+            // steward's own deletions (archive, purge) are marked in `steward_purging`.
+            (
+                "DELETE",
+                "OLD",
+                "NOT EXISTS (SELECT 1 FROM steward_purging) AND ",
+            ),
+        ] {
             let guard = quote_ident(&format!("{table}_frozen_{}", op.to_lowercase()));
             sqlx::query(&format!("DROP TRIGGER IF EXISTS {guard}"))
                 .execute(&mut *conn)
                 .await?;
             sqlx::query(&format!(
                 "CREATE TRIGGER {guard} BEFORE {op} ON {name} FOR EACH ROW \
-                 WHEN NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = NEW.tenant_id \
+                 WHEN {unless}NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = {row}.tenant_id \
                    AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
                  BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
             ))
@@ -392,20 +423,26 @@ async fn install_audit_triggers(
                 "INSERT",
                 "",
                 "NULL".to_string(),
-                row_json("NEW"),
+                format!(
+                    "json_object('id', {}, 'changed', json({all_columns}))",
+                    key("NEW")
+                ),
                 "NEW.tenant_id",
             ),
             (
                 "UPDATE",
                 "",
-                row_json("OLD"),
-                row_json("NEW"),
+                format!("json_object('id', {})", key("OLD")),
+                format!(
+                    "json_object('id', {}, 'changed', json({changed_columns}))",
+                    key("NEW")
+                ),
                 "NEW.tenant_id",
             ),
             (
                 "DELETE",
                 "WHEN NOT EXISTS (SELECT 1 FROM steward_purging)",
-                row_json("OLD"),
+                format!("json_object('id', {})", key("OLD")),
                 "NULL".to_string(),
                 "OLD.tenant_id",
             ),
@@ -438,6 +475,7 @@ async fn drop_audit_triggers(
             "audit_delete",
             "frozen_insert",
             "frozen_update",
+            "frozen_delete",
         ] {
             let trigger = quote_ident(&format!("{table}_{trigger}"));
             sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))

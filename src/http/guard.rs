@@ -1,0 +1,123 @@
+//! Guards every response of the HTTP app gets, as middleware so that a page added later gets
+//! them without asking: a body limit answered with 413, security headers, and a strict
+//! Origin check on writes that a browser could make on the operator's behalf.
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// Largest request body accepted (larger: 413 `payload_too_large`).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The dashboard is server-rendered HTML with one inline style sheet and no script: nothing
+/// else may load, nothing may frame it, forms post only to itself.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
+     img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Security headers on every response.
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Writes a browser can be made to send with the operator's cookie (every method but GET,
+/// HEAD and OPTIONS, without an `Authorization` header) must come from a page of this server:
+/// their `Origin` (or, lacking it, `Referer`) names the host the request was sent to.
+/// Anything else is 403 `cross_origin`. Callers with a bearer token are not affected: a
+/// browser never adds one on its own.
+pub async fn origin_check(request: Request, next: Next) -> Response {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if safe || request.headers().contains_key(header::AUTHORIZATION) {
+        return next.run(request).await;
+    }
+    if same_origin(request.headers()) {
+        next.run(request).await
+    } else {
+        crate::api::error::ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "a write without a bearer token must come from this server's own pages \
+             (Origin or Referer naming this host)",
+        )
+        .into_response()
+    }
+}
+
+/// Whether `Origin` (else `Referer`) names the request's `Host`.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let source = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    let Some(source) = source else {
+        return false;
+    };
+    let Some((_scheme, rest)) = source.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.eq_ignore_ascii_case(host)
+}
+
+/// Whether the request reached us over TLS, as far as we can tell: a proxy in front says so
+/// with `X-Forwarded-Proto: https` (steward itself serves plain HTTP). The dashboard marks its
+/// cookie `Secure` then.
+pub fn over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn only_this_hosts_pages_are_same_origin() {
+        let ok = |pairs: &[(&'static str, &str)]| same_origin(&headers(pairs));
+        assert!(ok(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080")
+        ]));
+        assert!(ok(&[
+            ("host", "ops.example"),
+            ("referer", "https://ops.example/dashboard/dead?q=1")
+        ]));
+        assert!(!ok(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://evil.example")
+        ]));
+        assert!(!ok(&[
+            ("host", "ops.example"),
+            ("origin", "https://ops.example.evil.example")
+        ]));
+        assert!(!ok(&[("host", "ops.example"), ("origin", "null")]));
+        assert!(!ok(&[("host", "ops.example")]));
+        assert!(!ok(&[("origin", "http://ops.example")]));
+    }
+}

@@ -1,0 +1,766 @@
+//! Attacks on the HTTP server and the webhook sender, each tried as an attacker would and
+//! shown to fail (issue #14): tokens not yet valid or without their role's claims, a tenant
+//! admin reading deployment-wide metrics, made-up HTTP methods inflating `/metrics`, a 10 MB
+//! body, cross-site dashboard writes, slowloris connections, and webhook endpoints that
+//! point inside the network, redirect there, or answer with a huge body.
+
+mod common;
+
+use common::{Backend, TestStore, fresh};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use steward::api::AppState;
+use steward::api::auth::{AuthKeys, Role};
+use steward::http::{ServerLimits, serve_with};
+use steward::lifecycle::webhook::{self, EndpointPolicy, WebhookSender};
+use steward::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
+use steward::store::data::WebhookTarget;
+use steward::store::domain::NewTenant;
+use steward::types::{JobState, NewJob};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+const METRICS_TOKEN: &str = "a-scrape-credential-of-32-bytes-or-more";
+
+struct Server {
+    base: String,
+    addr: std::net::SocketAddr,
+    keys: AuthKeys,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(t: &TestStore, limits: ServerLimits) -> Server {
+    let keys = AuthKeys::new(SECRET).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(
+        common::repo_engine(t, t.exports.clone()),
+        t.exports.clone(),
+        keys.clone(),
+    )
+    .with_metrics_token(METRICS_TOKEN)
+    .unwrap();
+    let stop = CancellationToken::new();
+    let until = stop.clone();
+    let done = tokio::spawn(async move {
+        serve_with(
+            listener,
+            state,
+            limits,
+            async move { until.cancelled().await },
+        )
+        .await
+    });
+    Server {
+        base: format!("http://{addr}"),
+        addr,
+        keys,
+        stop,
+        done,
+    }
+}
+
+fn signed(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+async fn get(http: &reqwest::Client, url: &str, token: &str) -> (u16, String) {
+    let response = http.get(url).bearer_auth(token).send().await.unwrap();
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+async fn tokens_metrics_and_bodies(backend: Backend) {
+    let t = fresh(backend).await;
+    let server = start(&t, ServerLimits::default()).await;
+    let http = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp();
+
+    // A token not valid before a future time, and a tenant_admin naming no tenant: 401.
+    let not_yet = signed(
+        json!({"sub": "x", "role": "master_admin", "iat": now, "exp": now + 600, "nbf": now + 300}),
+    );
+    let tenantless =
+        signed(json!({"sub": "x", "role": "tenant_admin", "iat": now, "exp": now + 600}));
+    for token in [&not_yet, &tenantless] {
+        let (status, body) = get(&http, &format!("{}/api/jobs", server.base), token).await;
+        assert_eq!(status, 401, "{body}");
+    }
+
+    // Metrics: the scrape credential and operators, not a tenant admin.
+    let tenant_admin = server
+        .keys
+        .mint("t", Role::TenantAdmin, Some(1), chrono::Duration::hours(1))
+        .unwrap();
+    let master = server
+        .keys
+        .mint("m", Role::MasterAdmin, None, chrono::Duration::hours(1))
+        .unwrap();
+    let metrics = format!("{}/metrics", server.base);
+    assert_eq!(get(&http, &metrics, &tenant_admin).await.0, 403);
+    assert_eq!(get(&http, &metrics, METRICS_TOKEN).await.0, 200);
+    assert_eq!(get(&http, &metrics, &master).await.0, 200);
+    // The scrape credential reads nothing else.
+    assert_eq!(
+        get(&http, &format!("{}/api/jobs", server.base), METRICS_TOKEN)
+            .await
+            .0,
+        401
+    );
+
+    // Made-up methods and paths do not become metric labels: after 5,000 requests the
+    // unmatched ones are a handful of series (method "other", a status class), not one each.
+    steward::api::prometheus::install().expect("the metrics recorder");
+    for i in 0..5_000 {
+        let method = reqwest::Method::from_bytes(format!("M{i}X").as_bytes()).unwrap();
+        let response = http
+            .request(method, format!("{}/made-up/{i}", server.base))
+            .send()
+            .await
+            .unwrap();
+        // No such route; a write without a token is refused before routing (403).
+        assert!(
+            matches!(response.status().as_u16(), 403 | 404),
+            "{response:?}"
+        );
+    }
+    let page = get(&http, &metrics, METRICS_TOKEN).await.1;
+    assert!(
+        !page.contains("M17X") && !page.contains("/made-up/"),
+        "labels from the client"
+    );
+    let unmatched: Vec<&str> = page
+        .lines()
+        .filter(|l| {
+            l.starts_with("steward_http_request_duration_seconds_count")
+                && l.contains("route=\"unmatched\"")
+        })
+        .collect();
+    assert!(
+        !unmatched.is_empty() && unmatched.len() <= 4,
+        "the made-up requests are counted in a few series: {unmatched:?} in {page}"
+    );
+    assert!(page.len() < 100 * 1024, "/metrics is {} bytes", page.len());
+
+    // A 10 MB body: 413 with a stable code, before anything reads it.
+    let big = format!("{{\"workflow\":\"{}\"}}", "x".repeat(10 * 1024 * 1024));
+    let response = http
+        .post(format!("{}/api/runs", server.base))
+        .bearer_auth(&master)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], json!("payload_too_large"));
+
+    server.stop.cancel();
+    server.done.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+async fn dashboard_writes_need_this_origin(backend: Backend) {
+    let t = fresh(backend).await;
+    let server = start(&t, ServerLimits::default()).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let master = server
+        .keys
+        .mint("m", Role::MasterAdmin, None, chrono::Duration::hours(1))
+        .unwrap();
+    let cookie = format!("steward_token={master}");
+    let post = |origin: Option<&str>| {
+        let mut request = http
+            .post(format!("{}/dashboard/dead/retry", server.base))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("kind=&queue=&tenant=");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    // Without an Origin, or from another site: refused, nothing done.
+    for origin in [None, Some("http://evil.example"), Some("null")] {
+        let response = post(origin).await.unwrap();
+        assert_eq!(response.status().as_u16(), 403, "origin {origin:?}");
+    }
+    // From the dashboard itself: the action runs (a redirect back to the page).
+    let response = post(Some(&server.base)).await.unwrap();
+    assert_ne!(response.status().as_u16(), 403);
+    assert!(response.status().as_u16() < 500);
+    // A bearer-token client (the platform) is not a browser: no Origin needed.
+    let response = http
+        .post(format!("{}/api/dlq/retry", server.base))
+        .bearer_auth(&master)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status().as_u16(), 403);
+
+    // Security headers on every page, and a Secure cookie behind a TLS proxy.
+    let page = http
+        .get(format!("{}/dashboard/login", server.base))
+        .send()
+        .await
+        .unwrap();
+    let headers = page.headers();
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let login = http
+        .post(format!("{}/dashboard/login", server.base))
+        .header("origin", &server.base)
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={master}"))
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        set_cookie.contains("Secure") && set_cookie.contains("HttpOnly"),
+        "{set_cookie}"
+    );
+
+    server.stop.cancel();
+    server.done.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+/// Half-sent requests are dropped after the header timeout and shutdown is bounded. The
+/// limits are shortened from their defaults (10 s) so the test takes seconds, not minutes.
+async fn slowloris_connections_are_closed(backend: Backend) {
+    let t = fresh(backend).await;
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_secs(1),
+        max_connections: 64,
+        shutdown_grace: Duration::from_secs(1),
+    };
+    let server = start(&t, limits).await;
+    let mut slow = Vec::new();
+    for i in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if i % 2 == 0 {
+            // Half a request head; the other half of the connections send nothing at all.
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+        }
+        slow.push(stream);
+    }
+    // The server still answers while they hang.
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    // Every slow connection is closed by the server within the timeout (and a margin).
+    let started = Instant::now();
+    for mut stream in slow {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a slow connection stayed open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Shutdown with a connection mid-request returns within the grace.
+    let mut hanging = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    hanging
+        .write_all(b"GET /health HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let stopping = Instant::now();
+    server.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server.done)
+        .await
+        .expect("shutdown is bounded")
+        .unwrap()
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(3));
+    t.cleanup().await;
+}
+
+/// A loopback receiver: `/hook` answers `status` with `body_bytes` of body; `/redirect`
+/// redirects to `/secret`; every request is counted by path.
+async fn receiver(status: u16, body_bytes: usize) -> (String, Arc<[AtomicUsize; 3]>) {
+    let hits: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (h1, h2, h3) = (hits.clone(), hits.clone(), hits.clone());
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(move || {
+                h1[0].fetch_add(1, Ordering::SeqCst);
+                async move {
+                    // The body is streamed: an endpoint answering without end.
+                    let chunk = bytes_of(64 * 1024);
+                    let chunks = body_bytes / chunk.len();
+                    let stream = futures::stream::iter(
+                        (0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                    );
+                    axum::response::Response::builder()
+                        .status(status)
+                        .body(axum::body::Body::from_stream(stream))
+                        .unwrap()
+                }
+            }),
+        )
+        .route(
+            "/redirect",
+            axum::routing::post(move || {
+                h2[1].fetch_add(1, Ordering::SeqCst);
+                async { axum::response::Redirect::temporary("/secret") }
+            }),
+        )
+        .route(
+            "/secret",
+            axum::routing::any(move || {
+                h3[2].fetch_add(1, Ordering::SeqCst);
+                async { "internal-secret-do-not-leak" }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, hits)
+}
+
+fn bytes_of(n: usize) -> axum::body::Bytes {
+    axum::body::Bytes::from(vec![b's'; n])
+}
+
+/// Deliver one webhook to `url` under `policy`; the job's last error (`None`: delivered).
+async fn deliver_once(t: &TestStore, url: &str, policy: EndpointPolicy) -> Option<String> {
+    let tenant = t
+        .store
+        .tenant_create(&NewTenant {
+            slug: format!("t{}", fastrand::u32(..)),
+            name: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    t.store
+        .tenant_set_webhook(
+            tenant.id,
+            Some(&WebhookTarget {
+                url: url.to_string(),
+                secret: "s".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    let job = NewJob {
+        payload: json!({"delivery_id": "d1", "tenant_id": tenant.id, "event": "module.deprecated", "body": "{}"}),
+        max_attempts: 1,
+        ..common::new_job("webhook_deliver", "webhooks")
+    };
+    let id = t.store.jobs_insert_many(&[job]).await.unwrap()[0].id;
+    let mut registry = Registry::new();
+    webhook::register_jobs(
+        &mut registry,
+        WebhookSender::new(Duration::from_secs(20), policy).unwrap(),
+    );
+    let config = RuntimeConfig::new(
+        "security",
+        vec![QueueConfig {
+            name: "webhooks".into(),
+            concurrency: 2,
+        }],
+    );
+    let runtime = Runtime::new(t.store.clone(), registry, common::repo_kinds(), config).unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(runtime.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = t.store.job_get(id).await.unwrap().unwrap();
+        if matches!(job.state, JobState::Completed | JobState::Dead) {
+            break job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delivery did not end: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    job.attempts.last().and_then(|a| a.error.clone())
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+async fn webhooks_reach_only_what_they_may(backend: Backend) {
+    let t = fresh(backend).await;
+    let (base, hits) = receiver(200, 0).await;
+
+    // Loopback with the default policy: refused at delivery, nothing sent.
+    let error = deliver_once(&t, &format!("{base}/hook"), EndpointPolicy::default())
+        .await
+        .expect("refused");
+    assert!(error.contains("may not reach"), "{error}");
+    assert_eq!(
+        hits[0].load(Ordering::SeqCst),
+        0,
+        "nothing reached the receiver"
+    );
+    // ... and at registration, for the metadata address and a name resolving to loopback.
+    for url in [
+        format!("{base}/hook"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://localhost:5432/".to_string(),
+    ] {
+        assert!(
+            EndpointPolicy::default().check_url(&url).await.is_err(),
+            "{url}"
+        );
+    }
+
+    // Loopback allowed (a private deployment), but a redirect is not followed.
+    let loopback = || EndpointPolicy::allowing(&["127.0.0.1".to_string()]).unwrap();
+    let error = deliver_once(&t, &format!("{base}/redirect"), loopback())
+        .await
+        .expect("a redirect is a failure");
+    assert!(error.contains("307"), "{error}");
+    assert_eq!(hits[1].load(Ordering::SeqCst), 1);
+    assert_eq!(
+        hits[2].load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+
+    // A 300 MB answer: not read, not kept, not shown.
+    let (big, big_hits) = receiver(500, 300 * 1024 * 1024).await;
+    let before = rss_mb();
+    let error = deliver_once(&t, &format!("{big}/hook"), loopback())
+        .await
+        .expect("a 500 is a failure");
+    assert_eq!(big_hits[0].load(Ordering::SeqCst), 1);
+    assert!(error.contains("500") && !error.contains("sss"), "{error}");
+    let grown = rss_mb() - before;
+    assert!(grown < 100.0, "RSS grew by {grown:.0} MB");
+    t.cleanup().await;
+}
+
+async fn post_json(http: &reqwest::Client, url: &str, token: &str, body: Value) -> (u16, Value) {
+    let response = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The four abuses of `POST /api/runs` by a service token, refused; and a caller's
+/// idempotency key never takes a run steward starts itself.
+async fn runs_start_only_what_a_role_may(backend: Backend) {
+    let t = fresh(backend).await;
+    let server = start(&t, ServerLimits::default()).await;
+    let http = reqwest::Client::new();
+    let runs = format!("{}/api/runs", server.base);
+    let service = server
+        .keys
+        .mint("platform", Role::Service, None, chrono::Duration::hours(1))
+        .unwrap();
+    let tenant_admin = server
+        .keys
+        .mint("t", Role::TenantAdmin, Some(1), chrono::Duration::hours(1))
+        .unwrap();
+    for abuse in [
+        json!({"workflow": "module_upgrade", "params": {"module": "journal", "version": "2.0.0", "export_dir": "/any/dir"}}),
+        json!({"workflow": "module_purge", "params": {"tenant_id": 1, "module": "journal", "before": "2100-01-01T00:00:00Z", "date": "2100-01-01"}}),
+        json!({"workflow": "module_deprecation", "params": {"module": "journal", "maturity": "RETIRED", "force": true}}),
+        json!({"workflow": "module_provision", "params": {"tenant_id": 1, "module": "journal"}}),
+    ] {
+        let (status, body) = post_json(&http, &runs, &service, abuse.clone()).await;
+        assert_eq!(status, 403, "{abuse}: {body}");
+    }
+    // A workflow open to the platform, but not to a tenant admin, and only with typed params.
+    let (status, _) = post_json(
+        &http,
+        &runs,
+        &tenant_admin,
+        json!({"workflow": "demo_pipeline"}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, body) = post_json(
+        &http,
+        &runs,
+        &service,
+        json!({"workflow": "demo_pipeline", "params": {"tenant": {"$gt": ""}}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!("invalid_input")),
+        "{body}"
+    );
+    // The key the deprecation of `journal` uses, taken first by a caller on another workflow:
+    // the real deprecation still starts its own run.
+    let key = "journal:DEPRECATED";
+    let (status, body) = post_json(
+        &http,
+        &runs,
+        &service,
+        json!({"workflow": "demo_pipeline", "idempotency_key": key}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let engine = common::repo_engine(&t, t.exports.clone());
+    let (deprecation, created) = engine
+        .start(
+            "module_deprecation",
+            json!({"module": "journal", "maturity": "DEPRECATED", "force": false}),
+            Some(key.to_string()),
+        )
+        .await
+        .unwrap();
+    assert!(created, "the deprecation was not taken over");
+    assert_ne!(json!(deprecation), body["run"]);
+    // And the same key on the same workflow from the API is still one run.
+    let (status, again) = post_json(
+        &http,
+        &runs,
+        &service,
+        json!({"workflow": "demo_pipeline", "idempotency_key": key}),
+    )
+    .await;
+    assert_eq!((status, again["run"].clone()), (200, body["run"].clone()));
+    assert_eq!(
+        t.store.runs_list(None, 100).await.unwrap().len(),
+        2,
+        "nothing else started"
+    );
+    server.stop.cancel();
+    t.cleanup().await;
+}
+
+/// One row of SECURITY.md's table: method, route template, what each caller gets
+/// (anonymous, tenant_admin of tenant 1, service, master_admin).
+fn security_table() -> Vec<(String, String, [String; 4])> {
+    include_str!("../SECURITY.md")
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<String> = line
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect();
+            let methods = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+            (cells.len() == 6 && methods.contains(&cells[0].as_str())).then(|| {
+                (
+                    cells[0].clone(),
+                    cells[1].clone(),
+                    [
+                        cells[2].clone(),
+                        cells[3].clone(),
+                        cells[4].clone(),
+                        cells[5].clone(),
+                    ],
+                )
+            })
+        })
+        .collect()
+}
+
+async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
+    let t = fresh(backend).await;
+    let table = security_table();
+    let listed: std::collections::BTreeSet<(String, String)> = table
+        .iter()
+        .map(|(m, p, _)| (m.clone(), p.clone()))
+        .collect();
+    let served: std::collections::BTreeSet<(String, String)> = steward::http::routes()
+        .served()
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        served.difference(&listed).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "routes the server answers that SECURITY.md's table lacks"
+    );
+    assert_eq!(
+        listed.difference(&served).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "rows of SECURITY.md's table the server does not answer"
+    );
+
+    // The objects the rows are called on.
+    let job = t
+        .store
+        .jobs_insert_many(&[NewJob {
+            tenant: "1".into(),
+            ..common::new_job("noop", "default")
+        }])
+        .await
+        .unwrap()[0]
+        .id;
+    let engine = common::repo_engine(&t, t.exports.clone());
+    let (run, _) = engine
+        .start("demo_pipeline", json!({}), None)
+        .await
+        .unwrap();
+    let server = start(&t, ServerLimits::default()).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mint = |role, tenant| {
+        server
+            .keys
+            .mint("table", role, tenant, chrono::Duration::hours(1))
+            .unwrap()
+    };
+    let callers = [
+        None,
+        Some(mint(Role::TenantAdmin, Some(1))),
+        Some(mint(Role::Service, None)),
+        Some(mint(Role::MasterAdmin, None)),
+    ];
+    let mut wrong = Vec::new();
+    for (method, template, expected) in &table {
+        let object = if template.contains("/runs/") {
+            run
+        } else {
+            job
+        };
+        let path = template
+            .replace("/api/tenant/{id}", "/api/tenant/1")
+            .replace("{id}", &object.to_string())
+            .replace("{module}", "journal")
+            .replace("{plan}", "basic")
+            .replace(
+                "{action}",
+                if template.contains("/tenant/") {
+                    "approve"
+                } else {
+                    "retry"
+                },
+            );
+        for (caller, want) in callers.iter().zip(expected) {
+            let mut request = http.request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", server.base),
+            );
+            if path.starts_with("/dashboard") {
+                request = request.header("origin", &server.base);
+                if path == "/dashboard/login" && method == "POST" {
+                    let token = caller.clone().unwrap_or_default();
+                    request = request
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(format!("token={token}"));
+                } else {
+                    if let Some(token) = caller {
+                        request = request.header("cookie", format!("steward_token={token}"));
+                    }
+                    request = request
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body("kind=&queue=&tenant=");
+                }
+            } else {
+                if let Some(token) = caller {
+                    request = request.bearer_auth(token);
+                }
+                let body = match (method.as_str(), template.as_str()) {
+                    ("POST", "/api/runs") => json!({"workflow": "demo_pipeline"}),
+                    ("POST", "/api/tenant/{id}/modules") => json!({"module": "journal"}),
+                    ("PATCH", _) => json!({"settings": {}}),
+                    ("PUT", _) => json!({"maturity": "BETA"}),
+                    ("POST", "/api/catalog/{module}/upgrade") => json!({"version": "9.9.9"}),
+                    ("POST", "/api/plans/{plan}/modules") => json!({"module": "journal"}),
+                    _ => json!({}),
+                };
+                if method != "GET" {
+                    request = request
+                        .header("content-type", "application/json")
+                        .body(body.to_string());
+                }
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let to_login = status == 303
+                && response
+                    .headers()
+                    .get("location")
+                    .is_some_and(|l| l == "/dashboard/login");
+            let holds = match want.as_str() {
+                "ok" => status < 500 && status != 401 && status != 403 && !to_login,
+                "login" => to_login,
+                code => code.parse::<u16>().ok() == Some(status),
+            };
+            if !holds {
+                let who = ["anonymous", "tenant_admin", "service", "master_admin"]
+                    [callers.iter().position(|c| c == caller).unwrap()];
+                wrong.push(format!(
+                    "{method} {path} as {who}: {status}, the table says {want}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "answers that differ from SECURITY.md:\n{}",
+        wrong.join("\n")
+    );
+    server.stop.cancel();
+    t.cleanup().await;
+}
+
+per_backend!(
+    every_route_answers_each_role_as_the_table_says,
+    runs_start_only_what_a_role_may,
+    tokens_metrics_and_bodies,
+    dashboard_writes_need_this_origin,
+    slowloris_connections_are_closed,
+    webhooks_reach_only_what_they_may,
+);
