@@ -304,7 +304,7 @@ async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
     // Refused: a tenant admin, an unknown workflow, parameters that are not an object,
     // unknown fields, a body that is not JSON.
     for (token, body, want, code) in [
-        (&tenant_one, start.clone(), 403, "forbidden"),
+        (&tenant_one, start.clone(), 403, "not_permitted"),
         (&master, json!({"workflow": "nope"}), 404, "not_found"),
         (
             &master,

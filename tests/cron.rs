@@ -42,7 +42,7 @@ fn ticks_of(runs: &[steward::store::runs::RunRecord]) -> Vec<DateTime<Utc>> {
     runs.iter()
         .map(|r| {
             let key = r.idempotency_key.as_deref().expect("cron runs have keys");
-            let at = key.strip_prefix("cron:tick:").expect("cron key");
+            let at = key.strip_prefix("tick:cron:").expect("cron key");
             DateTime::parse_from_rfc3339(at)
                 .expect("tick time")
                 .with_timezone(&Utc)

@@ -952,18 +952,17 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
         broken_dead, 2,
         "the broken endpoint's deliveries are dead-lettered"
     );
-    assert!(
-        dead.iter()
-            .filter(|j| j.payload["tenant_id"] == json!(broken))
-            .all(|j| j
-                .attempts
-                .last()
-                .unwrap()
-                .error
-                .as_ref()
-                .unwrap()
-                .contains("disk full"))
-    );
+    // The last answer's status and time, never its body (the endpoint's to keep).
+    for job in dead
+        .iter()
+        .filter(|j| j.payload["tenant_id"] == json!(broken))
+    {
+        let last = job.attempts.last().unwrap().error.clone().unwrap();
+        assert!(
+            last.contains("500") && !last.contains("disk full"),
+            "{last}"
+        );
+    }
     {
         let r = received.lock().unwrap();
         assert_eq!(r.bad_signatures, 0, "every signature verifies");

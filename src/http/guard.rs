@@ -30,17 +30,21 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// Writes a browser can be made to send with the operator's cookie (every method but GET,
-/// HEAD and OPTIONS, without an `Authorization` header) must come from a page of this server:
-/// their `Origin` (or, lacking it, `Referer`) names the host the request was sent to.
-/// Anything else is 403 `cross_origin`. Callers with a bearer token are not affected: a
-/// browser never adds one on its own.
+/// Writes a browser can be made to send on the operator's behalf (every method but GET, HEAD
+/// and OPTIONS, to a dashboard page or carrying a cookie, without an `Authorization` header)
+/// must come from a page of this server: their `Origin` (or, lacking it, `Referer`) names the
+/// host the request was sent to. Anything else is 403 `cross_origin`. Callers with a bearer
+/// token are not affected (a browser never adds one on its own), nor are anonymous API calls
+/// (they get their 401).
 pub async fn origin_check(request: Request, next: Next) -> Response {
     let safe = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if safe || request.headers().contains_key(header::AUTHORIZATION) {
+    let headers = request.headers();
+    let browser_write =
+        request.uri().path().starts_with("/dashboard") || headers.contains_key(header::COOKIE);
+    if safe || !browser_write || headers.contains_key(header::AUTHORIZATION) {
         return next.run(request).await;
     }
     if same_origin(request.headers()) {

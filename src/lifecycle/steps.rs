@@ -203,10 +203,12 @@ fn upgrade_backup(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_
             let table =
                 ModuleTable::parse(&slug, &name).map_err(|e| JobError::Fatal(e.to_string()))?;
             // Streamed to a scratch file first (memory stays flat), then uploaded in parts.
+            // Unique per attempt: two stores in one process (or a retried step) never share it.
             let scratch = std::env::temp_dir().join(format!(
-                "steward-backup-{}-{}-{name}.jsonl",
+                "steward-backup-{}-{}-{}-{name}.jsonl",
                 std::process::id(),
-                ctx.run_id
+                ctx.run_id,
+                fastrand::u64(..)
             ));
             let retry = |e: std::io::Error| {
                 JobError::Retryable(format!("cannot write {}: {e}", scratch.display()))

@@ -20,9 +20,10 @@ use std::time::Duration;
 /// Most ticks fired per workflow and round (a guard against a clock jump).
 const MAX_TICKS_PER_ROUND: usize = 1000;
 
-/// The idempotency key of a workflow's tick.
-pub fn tick_key(workflow: &str, tick: DateTime<Utc>) -> String {
-    format!("cron:{workflow}:{}", tick.to_rfc3339())
+/// The idempotency key of a workflow's tick (the engine keeps keys per workflow, so the
+/// stored key reads `<workflow>:cron:<tick>`).
+pub fn tick_key(tick: DateTime<Utc>) -> String {
+    format!("cron:{}", tick.to_rfc3339())
 }
 
 /// See the module docs.
@@ -84,11 +85,7 @@ impl CronScheduler {
             for tick in &due {
                 match self
                     .engine
-                    .start(
-                        &workflow.name,
-                        serde_json::json!({}),
-                        Some(tick_key(&workflow.name, *tick)),
-                    )
+                    .start(&workflow.name, serde_json::json!({}), Some(tick_key(*tick)))
                     .await
                 {
                     Ok((_, true)) => started += 1,

@@ -188,10 +188,23 @@ impl Conn for SqliteConn {
         lifecycle::undo_versions(self.conn(), module, undo).await
     }
 
-    async fn catch_up(&mut self, _change: &StatusChange<'_>) -> StoreResult<()> {
-        // Nothing left to do: SQLite's post-upgrade SQL ran for every tenant during the
-        // upgrade (it has no per-transaction tenant setting to scope it).
-        Ok(())
+    async fn catch_up(&mut self, change: &StatusChange<'_>) -> StoreResult<()> {
+        if change.catch_up.is_empty() {
+            return Ok(());
+        }
+        let mut posts = Vec::new();
+        for version in change.catch_up {
+            let post: Option<String> = sqlx::query_scalar(
+                "SELECT post_upgrade_sql FROM core_module_versions WHERE module = ?1 AND id = ?2",
+            )
+            .bind(change.module)
+            .bind(version)
+            .fetch_optional(self.conn())
+            .await?
+            .flatten();
+            posts.extend(post);
+        }
+        lifecycle::post_upgrade(self.conn(), &[change.tenant_id], &posts).await
     }
 
     async fn plan_sync(

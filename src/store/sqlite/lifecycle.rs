@@ -393,15 +393,33 @@ async fn install_audit_triggers(
         let module = slug.as_str(); // validated: [a-z0-9_] only
         let entity = table.as_str(); // validated likewise
         // Frozen while the tenant's module is not in use (DISABLED, SUSPENDED, …): no row is
-        // written or changed for it; steward's own deletions (archive, purge) still go through.
+        // written, changed or deleted for it; steward's own deletions (archive, purge) and
+        // post-upgrade steps (scoped below) still go through.
+        // During a post-upgrade step (`steward_post_upgrade` holds its tenants) the freeze
+        // gives way to the step's scope: rows of the tenants it runs for change, every other
+        // tenant's rows are skipped.
+        let stepping = "EXISTS (SELECT 1 FROM steward_post_upgrade)";
+        for (op, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
+            let scope = quote_ident(&format!("{table}_scope_{}", op.to_lowercase()));
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {scope}"))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE TRIGGER {scope} BEFORE {op} ON {name} FOR EACH ROW \
+                 WHEN {stepping} AND {row}.tenant_id NOT IN (SELECT tenant_id FROM steward_post_upgrade) \
+                 BEGIN SELECT RAISE(IGNORE); END"
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
         for (op, row, unless) in [
-            ("INSERT", "NEW", ""),
-            ("UPDATE", "NEW", ""),
+            ("INSERT", "NEW", format!("NOT {stepping} AND ")),
+            ("UPDATE", "NEW", format!("NOT {stepping} AND ")),
             // steward's own deletions (archive, purge) are marked in `steward_purging`.
             (
                 "DELETE",
                 "OLD",
-                "NOT EXISTS (SELECT 1 FROM steward_purging) AND ",
+                format!("NOT {stepping} AND NOT EXISTS (SELECT 1 FROM steward_purging) AND "),
             ),
         ] {
             let guard = quote_ident(&format!("{table}_frozen_{}", op.to_lowercase()));
@@ -421,7 +439,7 @@ async fn install_audit_triggers(
         for (op, when, before, after, tenant) in [
             (
                 "INSERT",
-                "",
+                "WHEN NOT EXISTS (SELECT 1 FROM steward_post_upgrade)",
                 "NULL".to_string(),
                 format!(
                     "json_object('id', {}, 'changed', json({all_columns}))",
@@ -431,7 +449,7 @@ async fn install_audit_triggers(
             ),
             (
                 "UPDATE",
-                "",
+                "WHEN NOT EXISTS (SELECT 1 FROM steward_post_upgrade)",
                 format!("json_object('id', {})", key("OLD")),
                 format!(
                     "json_object('id', {}, 'changed', json({changed_columns}))",
@@ -441,7 +459,8 @@ async fn install_audit_triggers(
             ),
             (
                 "DELETE",
-                "WHEN NOT EXISTS (SELECT 1 FROM steward_purging)",
+                "WHEN NOT EXISTS (SELECT 1 FROM steward_purging) \
+                 AND NOT EXISTS (SELECT 1 FROM steward_post_upgrade)",
                 format!("json_object('id', {})", key("OLD")),
                 "NULL".to_string(),
                 "OLD.tenant_id",
@@ -476,6 +495,9 @@ async fn drop_audit_triggers(
             "frozen_insert",
             "frozen_update",
             "frozen_delete",
+            "scope_insert",
+            "scope_update",
+            "scope_delete",
         ] {
             let trigger = quote_ident(&format!("{table}_{trigger}"));
             sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
@@ -484,6 +506,38 @@ async fn drop_audit_triggers(
         }
     }
     Ok(())
+}
+
+/// Run post-upgrade SQL for `tenants` only: the module tables' scope triggers skip every other
+/// tenant's rows while `steward_post_upgrade` holds them (see `install_audit_triggers`).
+pub(super) async fn post_upgrade(
+    conn: &mut SqliteConnection,
+    tenants: &[TenantId],
+    posts: &[String],
+) -> StoreResult<()> {
+    if tenants.is_empty() || posts.iter().all(|p| p.trim().is_empty()) {
+        return Ok(());
+    }
+    for tenant in tenants {
+        sqlx::query("INSERT INTO steward_post_upgrade (tenant_id) VALUES (?1)")
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let mut outcome = Ok(());
+    for post in posts.iter().filter(|s| !s.trim().is_empty()) {
+        outcome = sqlx::Executor::execute(&mut *conn, post.as_str())
+            .await
+            .map(drop)
+            .map_err(|e| as_migration_error(e.into()));
+        if outcome.is_err() {
+            break;
+        }
+    }
+    sqlx::query("DELETE FROM steward_post_upgrade")
+        .execute(&mut *conn)
+        .await?;
+    outcome
 }
 
 /// See [`crate::store::StepTx::module_upgrade`] (SQLite has no settings: the post-upgrade SQL
@@ -534,15 +588,10 @@ pub(super) async fn upgrade_module(
             .iter()
             .map(|t| ModuleTable::parse(&slug, t))
             .collect::<Result<_, _>>()?;
-        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty())
-            && !tenants.is_empty()
-        {
-            // As on PostgreSQL, the migration's row changes touch every tenant's rows
-            // (frozen ones included) and are audited as the upgrade, not row by row.
-            drop_audit_triggers(conn, &through).await?;
-            sqlx::Executor::execute(&mut *conn, post).await?;
-        }
         install_audit_triggers(conn, &slug, &through).await?;
+        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
+            post_upgrade(conn, tenants, &[post.to_string()]).await?;
+        }
         Ok::<_, StoreError>(report)
     }
     .await;
