@@ -103,6 +103,16 @@ pub struct Settings {
     )]
     pub metrics_token: Option<String>,
 
+    /// The key tenants' webhook secrets are sealed with at rest (AES-256-GCM; 64 hex digits).
+    /// Registering a webhook needs it, and so does delivering to one registered with it.
+    #[arg(
+        long,
+        env = "STEWARD_SECRET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub secret_key: Option<String>,
+
     /// How long to wait for the database at start-up (it may still be starting), in seconds;
     /// 0 fails at once.
     #[arg(
@@ -211,6 +221,15 @@ impl Settings {
             s3_region: self.s3_region.clone(),
             s3_path_style: self.s3_path_style,
         })
+    }
+
+    /// The key secrets are sealed with, when set.
+    pub fn secret_key(&self) -> Result<Option<crate::secrets::SecretKey>, String> {
+        self.secret_key
+            .as_deref()
+            .map(crate::secrets::SecretKey::from_hex)
+            .transpose()
+            .map_err(|e| e.to_string())
     }
 
     /// Where webhooks may go: public addresses and `--webhook-allow`.

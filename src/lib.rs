@@ -42,6 +42,7 @@ pub mod kinds;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod queue;
+pub mod secrets;
 pub mod store;
 pub mod types;
 pub mod workflow;

@@ -569,3 +569,95 @@ fn a_command_waits_for_a_database_that_comes_up_later() {
         "steward failed after the database came up: {seen}"
     );
 }
+
+/// Secrets in the environment never reach the help text (clap shows env values otherwise).
+#[test]
+fn help_never_prints_secrets() {
+    for args in [&["--help"][..], &["worker", "--help"], &["serve", "--help"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(args)
+            .env(
+                "DATABASE_URL",
+                "postgres://steward:hunter2-db-pass@db.internal/steward",
+            )
+            .env(
+                "STEWARD_JWT_SECRET",
+                "jwt-secret-value-of-more-than-32-bytes",
+            )
+            .env(
+                "STEWARD_METRICS_TOKEN",
+                "metrics-token-value-of-more-than-32-bytes",
+            )
+            .env(
+                "STEWARD_SECRET_KEY",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            )
+            .output()
+            .expect("run steward");
+        assert!(output.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            text.contains("DATABASE_URL"),
+            "{args:?}: the option is documented"
+        );
+        for secret in [
+            "hunter2",
+            "jwt-secret-value",
+            "metrics-token-value",
+            "00112233445566",
+        ] {
+            assert!(!text.contains(secret), "{args:?} printed {secret}");
+        }
+    }
+}
+
+/// A tenant's webhook secret is stored sealed, and only with a key to seal it.
+#[test]
+fn webhook_secrets_are_stored_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_steward"));
+        command
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("STEWARD_JOBS_DIR", repo_jobs())
+            .env(
+                "STEWARD_WORKFLOWS_DIR",
+                repo_jobs().with_file_name("workflows"),
+            )
+            .env("RUST_LOG", "error");
+        if let Some(key) = key {
+            command.env("STEWARD_SECRET_KEY", key);
+        }
+        command.output().expect("run steward")
+    };
+    let created = run(&["tenant", "create", "acme"], None);
+    assert!(created.status.success(), "{created:?}");
+    let set = [
+        "tenant",
+        "webhook",
+        "1",
+        "https://93.184.216.34/hooks",
+        "--secret",
+        "whsec-plain-value",
+    ];
+    let (code, stderr) = failed(&run(&set, None));
+    assert!(
+        code != 0 && stderr.contains("STEWARD_SECRET_KEY"),
+        "{stderr}"
+    );
+    let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let output = run(&set, Some(key));
+    assert!(output.status.success(), "{output:?}");
+    let file = dir.path().join("cli.db");
+    let bytes = std::fs::read(&file).unwrap();
+    let wal = std::fs::read(file.with_extension("db-wal")).unwrap_or_default();
+    let needle = b"whsec-plain-value";
+    assert!(
+        !bytes.windows(needle.len()).any(|w| w == needle)
+            && !wal.windows(needle.len()).any(|w| w == needle),
+        "the secret is not in the database file"
+    );
+}

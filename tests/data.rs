@@ -51,7 +51,7 @@ impl Workers {
         let policy = EndpointPolicy::allowing(&["127.0.0.1".to_string()]).unwrap();
         webhook::register_jobs(
             &mut registry,
-            WebhookSender::new(Duration::from_secs(5), policy).expect("http client"),
+            WebhookSender::new(Duration::from_secs(5), policy, None).expect("http client"),
         );
         let mut config = RuntimeConfig::new(
             format!("data-{}", fastrand::u32(..)),

@@ -16,6 +16,7 @@ use steward::api::auth::{AuthKeys, Role};
 use steward::http::{ServerLimits, serve_with};
 use steward::lifecycle::webhook::{self, EndpointPolicy, WebhookSender};
 use steward::queue::{QueueConfig, Registry, Runtime, RuntimeConfig};
+use steward::secrets::SecretKey;
 use steward::store::data::WebhookTarget;
 use steward::store::domain::NewTenant;
 use steward::types::{JobState, NewJob};
@@ -386,7 +387,13 @@ fn bytes_of(n: usize) -> axum::body::Bytes {
 }
 
 /// Deliver one webhook to `url` under `policy`; the job's last error (`None`: delivered).
-async fn deliver_once(t: &TestStore, url: &str, policy: EndpointPolicy) -> Option<String> {
+async fn deliver_once(
+    t: &TestStore,
+    url: &str,
+    policy: EndpointPolicy,
+    secret: &str,
+    key: Option<SecretKey>,
+) -> Option<String> {
     let tenant = t
         .store
         .tenant_create(&NewTenant {
@@ -401,7 +408,7 @@ async fn deliver_once(t: &TestStore, url: &str, policy: EndpointPolicy) -> Optio
             tenant.id,
             Some(&WebhookTarget {
                 url: url.to_string(),
-                secret: "s".into(),
+                secret: secret.to_string(),
             }),
         )
         .await
@@ -415,7 +422,7 @@ async fn deliver_once(t: &TestStore, url: &str, policy: EndpointPolicy) -> Optio
     let mut registry = Registry::new();
     webhook::register_jobs(
         &mut registry,
-        WebhookSender::new(Duration::from_secs(20), policy).unwrap(),
+        WebhookSender::new(Duration::from_secs(20), policy, key).unwrap(),
     );
     let config = RuntimeConfig::new(
         "security",
@@ -460,9 +467,15 @@ async fn webhooks_reach_only_what_they_may(backend: Backend) {
     let (base, hits) = receiver(200, 0).await;
 
     // Loopback with the default policy: refused at delivery, nothing sent.
-    let error = deliver_once(&t, &format!("{base}/hook"), EndpointPolicy::default())
-        .await
-        .expect("refused");
+    let error = deliver_once(
+        &t,
+        &format!("{base}/hook"),
+        EndpointPolicy::default(),
+        "s",
+        None,
+    )
+    .await
+    .expect("refused");
     assert!(error.contains("may not reach"), "{error}");
     assert_eq!(
         hits[0].load(Ordering::SeqCst),
@@ -483,7 +496,7 @@ async fn webhooks_reach_only_what_they_may(backend: Backend) {
 
     // Loopback allowed (a private deployment), but a redirect is not followed.
     let loopback = || EndpointPolicy::allowing(&["127.0.0.1".to_string()]).unwrap();
-    let error = deliver_once(&t, &format!("{base}/redirect"), loopback())
+    let error = deliver_once(&t, &format!("{base}/redirect"), loopback(), "s", None)
         .await
         .expect("a redirect is a failure");
     assert!(error.contains("307"), "{error}");
@@ -497,13 +510,25 @@ async fn webhooks_reach_only_what_they_may(backend: Backend) {
     // A 300 MB answer: not read, not kept, not shown.
     let (big, big_hits) = receiver(500, 300 * 1024 * 1024).await;
     let before = rss_mb();
-    let error = deliver_once(&t, &format!("{big}/hook"), loopback())
+    let error = deliver_once(&t, &format!("{big}/hook"), loopback(), "s", None)
         .await
         .expect("a 500 is a failure");
     assert_eq!(big_hits[0].load(Ordering::SeqCst), 1);
     assert!(error.contains("500") && !error.contains("sss"), "{error}");
     let grown = rss_mb() - before;
     assert!(grown < 100.0, "RSS grew by {grown:.0} MB");
+
+    // A secret stored sealed: delivered with the key, refused (for good) without it.
+    let hex_key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let sealed = SecretKey::from_hex(hex_key).unwrap().seal("whsec").unwrap();
+    let key = SecretKey::from_hex(hex_key).unwrap();
+    let error = deliver_once(&t, &format!("{base}/hook"), loopback(), &sealed, Some(key)).await;
+    assert_eq!(error, None, "delivered");
+    assert_eq!(hits[0].load(Ordering::SeqCst), 1);
+    let error = deliver_once(&t, &format!("{base}/hook"), loopback(), &sealed, None)
+        .await
+        .expect("no key, no delivery");
+    assert!(error.contains("STEWARD_SECRET_KEY"), "{error}");
     t.cleanup().await;
 }
 

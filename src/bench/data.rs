@@ -248,7 +248,7 @@ pub(super) async fn webhooks(fresh: &FreshStore, deliveries: usize) -> Result<Va
     let policy = EndpointPolicy::allowing(&["127.0.0.1".to_string()])?;
     webhook::register_jobs(
         &mut registry,
-        WebhookSender::new(Duration::from_secs(10), policy)?,
+        WebhookSender::new(Duration::from_secs(10), policy, None)?,
     );
     let mut kinds = KindCatalog::default();
     kinds

@@ -339,6 +339,7 @@ pub(crate) fn build_runtime(
     let webhooks = crate::lifecycle::webhook::WebhookSender::new(
         std::time::Duration::from_secs(settings.webhook_timeout_secs),
         settings.webhook_policy().map_err(CliError::Usage)?,
+        settings.secret_key().map_err(CliError::Usage)?,
     )
     .map_err(CliError::Failed)?;
     crate::lifecycle::webhook::register_jobs(&mut registry, webhooks);

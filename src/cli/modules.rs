@@ -173,12 +173,25 @@ pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Resul
             if secret.is_empty() {
                 return Err(CliError::Usage("a webhook needs a non-empty secret".into()));
             }
+            let key = settings
+                .secret_key()
+                .map_err(CliError::Usage)?
+                .ok_or_else(|| {
+                    CliError::Usage(
+                        "set STEWARD_SECRET_KEY (64 hex digits, e.g. `openssl rand -hex 32`): \
+                     webhook secrets are stored sealed with it"
+                            .into(),
+                    )
+                })?;
             settings
                 .webhook_policy()
                 .map_err(CliError::Usage)?
                 .check_url(&url)
                 .await
                 .map_err(CliError::Usage)?;
+            let secret = key
+                .seal(&secret)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
             let target = crate::store::data::WebhookTarget { url, secret };
             store.tenant_set_webhook(tenant, Some(&target)).await?;
             out!("tenant {tenant}: webhooks go to {}", target.url);

@@ -17,6 +17,7 @@
 //!   is that check.
 
 use crate::queue::{JobContext, JobError, Registry};
+use crate::secrets::SecretKey;
 use crate::store::domain::TenantId;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
@@ -252,11 +253,19 @@ pub struct DeliveryArgs {
 pub struct WebhookSender {
     client: reqwest::Client,
     policy: EndpointPolicy,
+    /// Opens the tenants' sealed secrets (see [`crate::secrets`]).
+    key: Option<Arc<SecretKey>>,
 }
 
 impl WebhookSender {
-    /// A sender whose requests give up after `timeout` and go only where `policy` permits.
-    pub fn new(timeout: Duration, policy: EndpointPolicy) -> Result<Self, String> {
+    /// A sender whose requests give up after `timeout` and go only where `policy` permits;
+    /// `key` opens the secrets stored sealed.
+    pub fn new(
+        timeout: Duration,
+        policy: EndpointPolicy,
+        key: Option<SecretKey>,
+    ) -> Result<Self, String> {
+        let key = key.map(Arc::new);
         reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -265,7 +274,11 @@ impl WebhookSender {
             .no_proxy()
             .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
             .build()
-            .map(|client| Self { client, policy })
+            .map(|client| Self {
+                client,
+                policy,
+                key,
+            })
             .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
     }
 
@@ -288,8 +301,10 @@ impl WebhookSender {
                 target.url
             )));
         }
+        let secret = crate::secrets::open(self.key.as_deref(), &target.secret)
+            .map_err(|e| JobError::Fatal(format!("tenant {}: {e}", args.tenant_id)))?;
         let signature = sign(
-            &target.secret,
+            &secret,
             args.body.as_bytes(),
             chrono::Utc::now().timestamp(),
         );

@@ -264,6 +264,26 @@ BEGIN
 END
 $fn$"#;
 
+/// On start-up, a deployment that already has module tables gets their trigger functions as
+/// this version writes them (they are created with the first module table; `CREATE OR
+/// REPLACE` keeps the triggers that call them), under the migration lock.
+pub(super) async fn refresh_trigger_functions(pool: &sqlx::PgPool) -> StoreResult<()> {
+    let mut tx = pool.begin().await?;
+    migration_lock(&mut tx).await?;
+    let installed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE p.proname = 'steward_module_guard' AND n.nspname = current_schema())",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if installed {
+        sqlx::Executor::execute(&mut *tx, AUDIT_FUNCTION).await?;
+        sqlx::Executor::execute(&mut *tx, GUARD_FUNCTION).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Mark (or unmark) this transaction as steward's own `kind` of change for the module tables'
 /// triggers (see [`GUARD_FUNCTION`]).
 pub(super) async fn privilege(

@@ -505,6 +505,7 @@ impl JobStore for PgStore {
                 .await?;
         }
         MIGRATOR.run(&self.pool).await?;
+        lifecycle::refresh_trigger_functions(&self.pool).await?;
         Ok(())
     }
 
