@@ -154,16 +154,6 @@ impl Caller {
         }
     }
 
-    /// Starting workflow runs: master_admin and service (the platform).
-    pub fn may_trigger(&self) -> Result<(), ApiError> {
-        match self.0.role {
-            Role::MasterAdmin | Role::Service => Ok(()),
-            Role::TenantAdmin => Err(ApiError::forbidden(
-                "a tenant_admin may not start workflow runs",
-            )),
-        }
-    }
-
     /// A tenant's modules (request, state, settings): master_admin, service, or that
     /// tenant's own admin.
     pub fn may_manage_tenant(&self, tenant: i64) -> Result<(), ApiError> {
