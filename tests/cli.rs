@@ -502,6 +502,35 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
     }
     let backups = dir.path().join("exports/backups/inventory/1.0.0");
     assert!(backups.is_dir(), "the major upgrade was backed up");
+    // Read back by `module restore-backup`: verified, and since the rollback kept every row,
+    // nothing to put back, which it says with a non-zero exit.
+    let run = std::fs::read_dir(&backups)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("run-").map(str::to_string))
+        })
+        .expect("a run-<id> directory");
+    for (run, expected) in [
+        (run.as_str(), "nothing to restore"),
+        ("999999", "no run 999999"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(["module", "restore-backup", "inventory", "--run", run])
+            .current_dir(dir.path())
+            .env("DATABASE_URL", sqlite(&dir))
+            .env("STEWARD_JOBS_DIR", repo.join("jobs"))
+            .env("STEWARD_WORKFLOWS_DIR", repo.join("workflows"))
+            .env("STEWARD_EXPORT_DIR", dir.path().join("exports"))
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let (code, stderr) = failed(&output);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
 }
 
 /// A command started while PostgreSQL is not reachable yet waits for it (with backoff, saying

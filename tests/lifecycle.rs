@@ -29,6 +29,7 @@ per_backend!(
     a_first_install_runs_every_version_and_later_tenants_join_the_installed_one,
     a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_the_window,
     a_failed_upgrade_restores_version_status_and_rows,
+    a_backup_is_verified_then_restored_into_the_version_it_was_taken_of,
     a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes,
     settings_changes_are_audited_and_crafted_keys_refused,
     stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error,
@@ -951,6 +952,129 @@ async fn a_major_upgrade_backs_up_then_moves_every_tenant_and_rolls_back_within_
     assert_eq!(rule_code(err), "rollback_window_closed");
     wait_for(&t, &[a, b], "stock", UpToDate).await;
     assert!(table_exists(&t, "tenant_stock_moves").await);
+}
+
+/// `restore-backup`: only a Master Admin, only into the version backed up, only rows that
+/// are missing and not frozen, only from objects that are what the upgrade wrote; a restore
+/// that puts nothing back says so.
+async fn a_backup_is_verified_then_restored_into_the_version_it_was_taken_of(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    publish_upgrade(
+        &t,
+        "2.0.0",
+        &[],
+        "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT;",
+        "ALTER TABLE tenant_stock_items DROP COLUMN location;",
+        None,
+    )
+    .await;
+    let life = life(&t);
+    let admin = Actor::master_admin("admin");
+    let run = life.upgrade("stock", "2.0.0", &admin).await.unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[a, b], "stock", UpToDate).await;
+    running.stop().await;
+    let exports = steward::export::local::LocalStorage::new(t.exports_dir.path().to_path_buf());
+
+    // The tables are at 2.0.0: the 1.0.0 rows are not forced into them.
+    let err = life
+        .restore_backup(&exports, "stock", run, &admin)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::Store(StoreError::Conflict(ref why)) if why.contains("roll the module back to 1.0.0")),
+        "{err:?}"
+    );
+    life.rollback("stock", Duration::from_secs(3600), &admin)
+        .await
+        .unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[a, b], "stock", Enabled).await;
+    running.stop().await;
+
+    // Both rows lost; then tenant B turns the module off (its rows are frozen).
+    execute(&t, "DELETE FROM tenant_stock_items").await;
+    life.disable(b, "stock", &Actor::tenant_admin("tenant:b"))
+        .await
+        .unwrap();
+    let err = life
+        .restore_backup(&exports, "stock", run, &Actor::tenant_admin("tenant:a"))
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    let err = life
+        .restore_backup(&exports, "stock", run + 1_000, &admin)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no run"), "{err}");
+
+    // A backup object changed in the storage: refused before anything is written.
+    let object = t.exports_dir.path().join(format!(
+        "backups/stock/1.0.0/run-{run}/tenant_stock_items.jsonl"
+    ));
+    let original = std::fs::read(&object).unwrap();
+    let forged = String::from_utf8(original.clone())
+        .unwrap()
+        .replace("apple", "bomb!");
+    std::fs::write(&object, forged).unwrap();
+    let err = life
+        .restore_backup(&exports, "stock", run, &admin)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not what the upgrade wrote"),
+        "{err}"
+    );
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM tenant_stock_items").await,
+        0
+    );
+    std::fs::write(&object, &original).unwrap();
+
+    let restored = life
+        .restore_backup(&exports, "stock", run, &admin)
+        .await
+        .unwrap();
+    assert_eq!(restored.version, "1.0.0");
+    assert_eq!(restored.inserted(), 1, "{restored:?}");
+    assert_eq!(restored.frozen_tenants, [b]);
+    assert_eq!(
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {a} AND id = 1 AND sku = 'apple'")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {b}")
+        )
+        .await,
+        0,
+        "a frozen tenant's rows are not written"
+    );
+    let audit = t.store.audit_list(None, 20).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "module.backup_restored"),
+        "{audit:?}"
+    );
+
+    // Again: every row the restore may write is there, and it says so.
+    let err = life
+        .restore_backup(&exports, "stock", run, &admin)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::NothingDone(ref why) if why.contains("nothing to restore")),
+        "{err:?}"
+    );
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM tenant_stock_items").await,
+        1
+    );
 }
 
 async fn a_failed_upgrade_restores_version_status_and_rows(backend: Backend) {

@@ -142,7 +142,7 @@ impl From<crate::lifecycle::LifecycleError> for ApiError {
             Domain(rule) => rule.into(),
             Store(err) => err.into(),
             Engine(err) => err.into(),
-            NoWorkflow(_) => Self::new(
+            NoWorkflow(_) | Export(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),

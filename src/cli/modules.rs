@@ -118,6 +118,15 @@ pub(crate) enum ModuleCommand {
     Upgrade { module: String, version: String },
     /// Roll a module's last upgrade back (within STEWARD_ROLLBACK_WINDOW_HOURS of it).
     Rollback { module: String },
+    /// Put back the rows a module's tables lost from the backup a major upgrade run made
+    /// (verified first; only into the version backed up; rows already there and frozen
+    /// tenants' rows are left alone). Exits non-zero when it restored nothing.
+    RestoreBackup {
+        module: String,
+        /// The `module_upgrade` run that made the backup (`steward runs list`).
+        #[arg(long)]
+        run: crate::store::runs::RunId,
+    },
     /// A Master Admin rejects a pending request.
     Reject {
         tenant: TenantId,
@@ -286,6 +295,22 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
                 std::time::Duration::from_secs(settings.rollback_window_hours.saturating_mul(3600));
             let tenants = life.rollback(&module, window, &actor()).await?;
             out!("module {module} rolled back for {} tenants", tenants.len());
+            Ok(())
+        }
+        ModuleCommand::RestoreBackup { module, run } => {
+            let exports = settings.exports();
+            let restored = life
+                .restore_backup(exports.as_ref(), &module, run, &actor())
+                .await?;
+            for table in &restored.tables {
+                out!(
+                    "{}: {} of {} rows restored ({} of frozen tenants left out)",
+                    table.table,
+                    table.inserted,
+                    table.rows,
+                    table.frozen
+                );
+            }
             Ok(())
         }
         ModuleCommand::Reject {

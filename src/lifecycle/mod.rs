@@ -10,6 +10,7 @@
 //!   state and settings;
 //! - [`catalog`]: publish the catalog, maturity, plans and plan sync, the catalog a tenant
 //!   sees, upgrade and rollback;
+//! - [`restore`]: put a major upgrade's backup back into the module's tables;
 //! - [`operator`]: run retry and cancel, and the dead-letter queue's retry (a dead workflow
 //!   step is retried through its run);
 //! - [`steps`], [`purge`], [`cost`], [`deprecation`]: the step handlers of the lifecycle
@@ -22,6 +23,7 @@ pub mod operator;
 pub mod purge;
 mod reconciler;
 pub mod request;
+pub mod restore;
 pub mod steps;
 pub mod switch;
 pub mod webhook;
@@ -77,6 +79,9 @@ pub enum LifecycleError {
     NoWorkflow(&'static str),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The export storage (a backup read back) could not be reached.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// The action applied to nothing (an operator must not read success into it).
     #[error("{0}")]
     NothingDone(String),

@@ -155,6 +155,16 @@ pub trait DataStore: Send + Sync {
         limit: u64,
     ) -> StoreResult<u64>;
 
+    /// Insert those of `rows` (JSON objects keyed by column, as
+    /// [`crate::store::DomainStore::module_table_dump`] writes them) that `table` does not
+    /// hold yet (matched by `(tenant_id, id)`; a row already there stays as it is), in one
+    /// transaction, through the table's triggers. Returns how many were inserted.
+    async fn module_rows_restore(
+        &self,
+        table: &ModuleTable,
+        rows: &[serde_json::Value],
+    ) -> StoreResult<u64>;
+
     /// Append one audit row.
     async fn audit_append(
         &self,

@@ -3,13 +3,13 @@
 //! export, listing a table's columns and the monthly cost aggregation are each backend's own
 //! (`SqlStore::rows_export`, `Conn::table_columns`, `SqlStore::costs_aggregate`).
 
-use crate::domain::ident::ModuleTable;
+use crate::domain::ident::{ModuleTable, check_setting_key, quote_ident};
 use crate::store::data::{
     CostAggregated, CostFilter, DataStore, MonthlyCost, RetentionTarget, RowBatch, UsageEntry,
     WebhookTarget, check_usage,
 };
 use crate::store::domain::TenantId;
-use crate::store::sql::{Arg, Sql, SqlStore, corrupt, sql};
+use crate::store::sql::{Arg, Dialect, Sql, SqlStore, corrupt, sql};
 use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -108,6 +108,58 @@ impl<S: SqlStore> DataStore for S {
         tx.purge_marker(false).await?;
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    async fn module_rows_restore(
+        &self,
+        table: &ModuleTable,
+        rows: &[serde_json::Value],
+    ) -> StoreResult<u64> {
+        let columns = self.module_table_columns(table).await?;
+        for column in &columns {
+            check_setting_key(column)?;
+        }
+        let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let mut tx = self.write().await?;
+        // PostgreSQL types each value by its column; SQLite takes them as JSON gives them. A
+        // row is there when its (tenant_id, id) is, whatever constraints the table declares.
+        let (values, from, key) = match tx.dialect() {
+            Dialect::Postgres => (
+                names.iter().map(|n| format!("r.{n}")).collect::<Vec<_>>(),
+                format!(
+                    "jsonb_populate_recordset(NULL::{}, $1::jsonb) r",
+                    table.quoted()
+                ),
+                ("r.tenant_id".to_string(), "r.id".to_string()),
+            ),
+            Dialect::Sqlite => (
+                columns
+                    .iter()
+                    .map(|c| format!("json_extract(r.value, '$.\"{c}\"')"))
+                    .collect(),
+                "json_each($1) r".to_string(),
+                (
+                    "json_extract(r.value, '$.tenant_id')".to_string(),
+                    "json_extract(r.value, '$.id')".to_string(),
+                ),
+            ),
+        };
+        let sql = sql!(
+            format!(
+                "INSERT INTO {t} ({}) SELECT {} FROM {from} WHERE NOT EXISTS \
+                 (SELECT 1 FROM {t} x WHERE x.tenant_id = {} AND x.id = {}) \
+                 ON CONFLICT DO NOTHING",
+                names.join(", "),
+                values.join(", "),
+                key.0,
+                key.1,
+                t = table.quoted(),
+            ),
+            Arg::Json(Some(serde_json::Value::Array(rows.to_vec())))
+        );
+        let inserted = tx.execute(sql).await?;
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     async fn audit_append(
