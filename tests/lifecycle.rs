@@ -31,6 +31,7 @@ per_backend!(
     a_failed_upgrade_restores_version_status_and_rows,
     a_backup_is_verified_then_restored_into_the_version_it_was_taken_of,
     a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes,
+    tables_of_an_older_deployment_get_the_delete_freeze_at_start_up,
     settings_changes_are_audited_and_crafted_keys_refused,
     stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error,
     an_upgrade_that_dies_after_it_began_puts_every_tenant_back,
@@ -1122,6 +1123,54 @@ async fn a_failed_upgrade_restores_version_status_and_rows(backend: Backend) {
         2
     );
     assert!(versions[1].migrated_at.is_none());
+}
+
+/// A deployment whose module tables were made by an older steward (a freeze trigger without
+/// DELETE) gets today's triggers when it starts (`migrate`): a frozen row cannot be deleted.
+async fn tables_of_an_older_deployment_get_the_delete_freeze_at_start_up(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, _) = stock_in_use(&t).await;
+    execute(
+        &t,
+        &format!("INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES (3, {a}, 'fig')"),
+    )
+    .await;
+    // The triggers as an older version made them.
+    execute(
+        &t,
+        match backend {
+            Backend::Postgres => {
+                "DROP TRIGGER tenant_stock_items_frozen ON tenant_stock_items; \
+                 CREATE TRIGGER tenant_stock_items_frozen BEFORE INSERT OR UPDATE \
+                 ON tenant_stock_items FOR EACH ROW EXECUTE FUNCTION steward_module_guard('stock')"
+            }
+            Backend::Sqlite => "DROP TRIGGER tenant_stock_items_frozen_delete",
+        },
+    )
+    .await;
+    life(&t)
+        .disable(a, "stock", &Actor::tenant_admin("tenant:a"))
+        .await
+        .unwrap();
+    // The gap: a frozen row deleted.
+    try_execute(&t, "DELETE FROM tenant_stock_items WHERE id = 3")
+        .await
+        .unwrap();
+
+    use steward::store::JobStore;
+    t.store.migrate().await.unwrap();
+    let err = try_execute(&t, "DELETE FROM tenant_stock_items WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert!(err.contains("frozen"), "{err}");
+    assert_eq!(
+        count(
+            &t,
+            &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {a}")
+        )
+        .await,
+        1
+    );
 }
 
 async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes(

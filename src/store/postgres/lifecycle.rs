@@ -279,6 +279,30 @@ pub(super) async fn refresh_trigger_functions(pool: &sqlx::PgPool) -> StoreResul
     if installed {
         sqlx::Executor::execute(&mut *tx, AUDIT_FUNCTION).await?;
         sqlx::Executor::execute(&mut *tx, GUARD_FUNCTION).await?;
+        // Tables created by an older version may have a freeze trigger without DELETE.
+        let tables: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT v.module, t.name FROM core_module_versions v, \
+             jsonb_array_elements_text(v.tables_created) AS t(name) \
+             WHERE v.migrated_at IS NOT NULL AND to_regclass(quote_ident(t.name)) IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (module, name) in tables {
+            let slug = Slug::parse(&module)?;
+            let table = ModuleTable::parse(&slug, &name)?;
+            let guard = quote_ident(&format!("{table}_frozen"));
+            let quoted = table.quoted();
+            sqlx::Executor::execute(
+                &mut *tx,
+                format!(
+                    "DROP TRIGGER IF EXISTS {guard} ON {quoted}; \
+                     CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE OR DELETE ON {quoted} \
+                     FOR EACH ROW EXECUTE FUNCTION steward_module_guard('{slug}')"
+                )
+                .as_str(),
+            )
+            .await?;
+        }
     }
     tx.commit().await?;
     Ok(())

@@ -330,6 +330,42 @@ async fn create_tables(
     Ok(())
 }
 
+/// On start-up, every installed module table gets its triggers as this version writes them
+/// (a deployment whose tables were created by an older one may lack some, e.g. the freeze on
+/// DELETE), in one write transaction.
+pub(super) async fn refresh_module_triggers(pool: &sqlx::SqlitePool) -> StoreResult<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT module, tables_created FROM core_module_versions \
+         WHERE migrated_at IS NOT NULL ORDER BY module, major, minor, patch",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut by_module: std::collections::BTreeMap<String, Vec<ModuleTable>> = Default::default();
+    for (module, tables) in rows {
+        let slug = Slug::parse(&module)?;
+        let names: Vec<String> = serde_json::from_str(&tables).map_err(corrupt)?;
+        for name in names {
+            let table = ModuleTable::parse(&slug, &name)?;
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            )
+            .bind(table.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            let tables = by_module.entry(module.clone()).or_default();
+            if exists && !tables.contains(&table) {
+                tables.push(table);
+            }
+        }
+    }
+    for (module, tables) in by_module {
+        install_audit_triggers(&mut tx, &Slug::parse(&module)?, &tables).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 async fn columns_of(conn: &mut SqliteConnection, table: &ModuleTable) -> StoreResult<Vec<String>> {
     let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
         .bind(table.as_str())

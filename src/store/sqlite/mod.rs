@@ -359,6 +359,7 @@ impl JobStore for SqliteStore {
     async fn migrate(&self) -> StoreResult<()> {
         let _guard = self.write_lock.lock().await;
         MIGRATOR.run(&self.pool).await?;
+        lifecycle::refresh_module_triggers(&self.pool).await?;
         Ok(())
     }
 

@@ -1,0 +1,192 @@
+//! A real `steward serve` process, with its default limits, under the abuse of #14: 80,000
+//! requests with made-up methods leave `/metrics` small; half-sent requests are closed by
+//! the header-read timeout while the server keeps answering; SIGTERM with connections hanging
+//! ends the process within the shutdown grace.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+const METRICS_TOKEN: &str = "a-metrics-scrape-token-of-32-bytes-at-least";
+/// The defaults of `steward serve` (`http::ServerLimits::default()`).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn serve(dir: &tempfile::TempDir, listen: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["serve", "--listen", listen])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("serve.db").display()),
+        )
+        .env("STEWARD_JWT_SECRET", SECRET)
+        .env("STEWARD_METRICS_TOKEN", METRICS_TOKEN)
+        .env(
+            "STEWARD_JOBS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
+        )
+        .env(
+            "STEWARD_WORKFLOWS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
+        )
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn steward serve")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Half a request head, sent and left hanging.
+async fn half_sent(addr: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_within_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let base = format!("http://{listen}");
+    let mut server = serve(&dir, &listen);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(format!("{base}/health")).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "steward serve did not start: {:?}",
+            server.try_wait()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_before = rss_kib(server.id());
+
+    // 80,000 requests with made-up methods and paths, eight clients at a time.
+    let senders: Vec<_> = (0..8)
+        .map(|client| {
+            let http = http.clone();
+            let base = base.clone();
+            tokio::spawn(async move {
+                for i in 0..10_000 {
+                    let n = client * 10_000 + i;
+                    let method = reqwest::Method::from_bytes(format!("M{n}X").as_bytes()).unwrap();
+                    let status = http
+                        .request(method, format!("{base}/made-up/{n}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16();
+                    assert!((403..=405).contains(&status), "{n}: {status}");
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let page = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("steward_http_request_duration_seconds"),
+        "{page}"
+    );
+    assert!(!page.contains("M17X") && !page.contains("/made-up/"));
+    assert!(
+        page.len() < 100 * 1024,
+        "/metrics is {} bytes after 80,000 made-up requests",
+        page.len()
+    );
+    let rss_after = rss_kib(server.id());
+    eprintln!(
+        "/metrics {} bytes; RSS {rss_before} KiB before, {rss_after} KiB after",
+        page.len()
+    );
+    // The attack this answers took a server from 65 to 145 MB.
+    assert!(
+        rss_after < rss_before + 20 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+
+    // Slow clients (half the request head, then nothing) are closed by the header-read
+    // timeout while the server answers others.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        slow.push(half_sent(&listen).await);
+    }
+    let opened = Instant::now();
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    for mut stream in slow {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(HEADER_READ_TIMEOUT * 2, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a slow connection stayed open");
+    }
+    assert!(opened.elapsed() < HEADER_READ_TIMEOUT + Duration::from_secs(5));
+
+    // SIGTERM with connections hanging: the process exits, cleanly, within the grace.
+    let mut hanging = Vec::new();
+    for _ in 0..50 {
+        hanging.push(half_sent(&listen).await);
+    }
+    let stopping = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(5),
+            "steward serve still running {:?} after SIGTERM",
+            stopping.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    drop(hanging);
+}
