@@ -1157,7 +1157,6 @@ async fn tables_of_an_older_deployment_get_the_delete_freeze_at_start_up(backend
         .await
         .unwrap();
 
-    use steward::store::JobStore;
     t.store.migrate().await.unwrap();
     let err = try_execute(&t, "DELETE FROM tenant_stock_items WHERE id = 1")
         .await
