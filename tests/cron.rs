@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use steward::workflow::Engine;
 use steward::workflow::scheduler::CronScheduler;
-use steward::workflow::{Engine, WorkflowCatalog};
 
 per_backend!(
     two_schedulers_fire_each_tick_once,
@@ -24,18 +24,7 @@ fn every_second(missed: &str) -> String {
 }
 
 fn engine(t: &common::TestStore, definition: &str) -> Arc<Engine> {
-    let kinds = common::repo_kinds();
-    let registry = steward::lifecycle::step_registry(common::scratch_exports());
-    let def = WorkflowCatalog::parse(
-        std::path::Path::new("tick.toml"),
-        definition,
-        &kinds,
-        &|h| registry.contains(h),
-    )
-    .expect("valid");
-    let mut catalog = WorkflowCatalog::default();
-    catalog.add(def).unwrap();
-    Engine::new(t.store.clone(), catalog, kinds, registry)
+    common::engine_of(t.store.clone(), definition)
 }
 
 fn ticks_of(runs: &[steward::store::runs::RunRecord]) -> Vec<DateTime<Utc>> {

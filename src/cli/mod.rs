@@ -343,14 +343,13 @@ pub(crate) fn build_runtime(
     )
     .map_err(CliError::Failed)?;
     crate::lifecycle::webhook::register_jobs(&mut registry, webhooks);
+    let periods = config.maintenance.clone();
     let sweeper = crate::workflow::RunSweeper {
         engine: engine.clone(),
-        every: std::time::Duration::from_millis(500),
+        every: periods.sweep_every,
     };
-    let scheduler = crate::workflow::scheduler::CronScheduler::new(
-        engine.clone(),
-        std::time::Duration::from_millis(100),
-    );
+    let scheduler =
+        crate::workflow::scheduler::CronScheduler::new(engine.clone(), periods.cron_every);
     let mut runtime = crate::queue::Runtime::new(store, registry, kinds, config)?
         .with_service(Box::new(sweeper))
         .with_service(Box::new(scheduler));
@@ -359,8 +358,8 @@ pub(crate) fn build_runtime(
     if let Ok(lifecycle) = crate::lifecycle::Lifecycle::new(engine) {
         runtime = runtime.with_service(Box::new(crate::lifecycle::ProvisioningReconciler {
             lifecycle,
-            idle: std::time::Duration::from_secs(30),
-            every: std::time::Duration::from_secs(5),
+            idle: periods.reconcile_idle,
+            every: periods.reconcile_every,
         }));
     }
     Ok(runtime)

@@ -1,5 +1,8 @@
-//! Maintenance services, each the same shape (like River's): a name, an interval, and a
-//! `run_once` that tests can call directly; [`spawn`] runs it in a loop until shutdown.
+//! Maintenance services, each the same shape (like River's): a name, an interval from
+//! [`MaintenanceConfig`] (defaults, validated at start-up), and a batched `run_once` that tests
+//! can call directly; [`spawn`] runs it in a loop until shutdown and reports every round on
+//! [`Rounds`], the test signal (tests wait for a round instead of sleeping, and see which
+//! node ran it).
 //!
 //! Only the elected leader runs them ([`elector`]): one node at a time fires cron ticks, sweeps
 //! runs and prunes. Each statement still claims its rows with `FOR UPDATE SKIP LOCKED`
@@ -31,7 +34,39 @@ pub trait Service: Send + Sync + 'static {
     async fn run_once(&self, store: &SharedStore) -> StoreResult<u64>;
 }
 
-/// Intervals and retention of the maintenance services, with their defaults.
+/// One round of a periodic service, as the process that ran it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Round {
+    /// [`Service::name`].
+    pub service: &'static str,
+    /// What `run_once` touched, or its error as text.
+    pub outcome: Result<u64, String>,
+}
+
+/// The test signal of a process's periodic services: every round, as it ends, to whoever
+/// subscribed (nobody in production: a send without receivers costs nothing). A receiver that
+/// lags loses the oldest rounds, never blocks a service.
+#[derive(Clone)]
+pub struct Rounds(tokio::sync::broadcast::Sender<Round>);
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(1024).0)
+    }
+}
+
+impl Rounds {
+    /// Rounds from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Round> {
+        self.0.subscribe()
+    }
+
+    fn report(&self, round: Round) {
+        let _ = self.0.send(round);
+    }
+}
+
+/// Intervals and retention of the periodic services, with their defaults.
 #[derive(Debug, Clone)]
 pub struct MaintenanceConfig {
     /// How often expired leases are looked for (default 1 s).
@@ -47,6 +82,16 @@ pub struct MaintenanceConfig {
     pub completed_retention: Duration,
     /// Dead and cancelled jobs are kept this long (default 30 days).
     pub dead_retention: Duration,
+    /// How often runs whose step died are swept (default 500 ms; `workflow::RunSweeper`).
+    pub sweep_every: Duration,
+    /// How often cron triggers are checked for due ticks (default 100 ms;
+    /// `workflow::scheduler::CronScheduler`).
+    pub cron_every: Duration,
+    /// How often tenant modules stuck in PROVISIONING are looked for (default 5 s;
+    /// `lifecycle::ProvisioningReconciler`)…
+    pub reconcile_every: Duration,
+    /// …once they have not moved for this long (default 30 s).
+    pub reconcile_idle: Duration,
 }
 
 impl Default for MaintenanceConfig {
@@ -58,6 +103,10 @@ impl Default for MaintenanceConfig {
             prune_every: Duration::from_secs(60),
             completed_retention: Duration::from_secs(24 * 3600),
             dead_retention: Duration::from_secs(30 * 24 * 3600),
+            sweep_every: Duration::from_millis(500),
+            cron_every: Duration::from_millis(100),
+            reconcile_every: Duration::from_secs(5),
+            reconcile_idle: Duration::from_secs(30),
         }
     }
 }
@@ -73,7 +122,15 @@ impl MaintenanceConfig {
 
     /// Refuse periods of zero and retentions out of [`Self::RETENTION_RANGE`].
     pub fn validate(&self) -> Result<(), String> {
-        let periods = [self.rescue_every, self.stage_every, self.prune_every];
+        let periods = [
+            self.rescue_every,
+            self.stage_every,
+            self.prune_every,
+            self.sweep_every,
+            self.cron_every,
+            self.reconcile_every,
+            self.reconcile_idle,
+        ];
         if periods.iter().any(Duration::is_zero) {
             return Err("maintenance periods must be greater than zero".into());
         }
@@ -117,15 +174,23 @@ pub fn spawn(
     store: SharedStore,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_led(service, store, stop, elector::Leadership::always())
+    spawn_led(
+        service,
+        store,
+        stop,
+        elector::Leadership::always(),
+        Rounds::default(),
+    )
 }
 
-/// Run a service until `stop`, each round only while this process leads.
+/// Run a service until `stop`, each round only while this process leads, reporting each
+/// round on `rounds`.
 pub fn spawn_led(
     service: Box<dyn Service>,
     store: SharedStore,
     stop: CancellationToken,
     leadership: elector::Leadership,
+    rounds: Rounds,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(service.interval());
@@ -138,13 +203,18 @@ pub fn spawn_led(
             if !leadership.is_leader() {
                 continue;
             }
-            match service.run_once(&store).await {
+            let outcome = service.run_once(&store).await;
+            match &outcome {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(service = service.name(), jobs = n, "maintenance round"),
                 Err(err) => {
                     tracing::warn!(service = service.name(), error = %err, "maintenance round failed")
                 }
             }
+            rounds.report(Round {
+                service: service.name(),
+                outcome: outcome.map_err(|e| e.to_string()),
+            });
         }
     })
 }

@@ -117,6 +117,7 @@ pub struct Runtime {
     kinds: Arc<KindCatalog>,
     config: RuntimeConfig,
     services: Vec<Box<dyn maintenance::Service>>,
+    rounds: maintenance::Rounds,
 }
 
 impl Runtime {
@@ -145,7 +146,14 @@ impl Runtime {
             kinds: Arc::new(kinds),
             config,
             services: Vec::new(),
+            rounds: maintenance::Rounds::default(),
         })
+    }
+
+    /// The rounds of this runtime's periodic services (its test signal): subscribe before
+    /// [`Runtime::run`] to see each round this node runs.
+    pub fn rounds(&self) -> maintenance::Rounds {
+        self.rounds.clone()
     }
 
     /// Also run a background service (such as the workflow engine's run sweeper).
@@ -194,6 +202,7 @@ impl Runtime {
                     Arc::clone(&self.store),
                     shutdown.clone(),
                     leadership.clone(),
+                    self.rounds.clone(),
                 ));
             }
         }

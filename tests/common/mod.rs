@@ -154,6 +154,23 @@ pub fn new_job(kind: &str, queue: &str) -> NewJob {
 }
 
 /// The repository's `jobs/` catalog.
+/// A workflow engine on `store` whose only workflow is `definition` (TOML), with the repo's
+/// kinds and every built-in step handler.
+pub fn engine_of(store: SharedStore, definition: &str) -> Arc<steward::workflow::Engine> {
+    let kinds = repo_kinds();
+    let registry = steward::lifecycle::step_registry(scratch_exports());
+    let def = steward::workflow::WorkflowCatalog::parse(
+        std::path::Path::new("test.toml"),
+        definition,
+        &kinds,
+        &|h| registry.contains(h),
+    )
+    .expect("valid");
+    let mut catalog = steward::workflow::WorkflowCatalog::default();
+    catalog.add(def).unwrap();
+    steward::workflow::Engine::new(store, catalog, kinds, registry)
+}
+
 pub fn repo_kinds() -> KindCatalog {
     KindCatalog::load_dir(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
