@@ -690,3 +690,112 @@ fn webhook_secrets_are_stored_sealed() {
         "the secret is not in the database file"
     );
 }
+
+/// Numeric options are checked by the parser: a negative or zero limit is refused with the
+/// range, before any database is opened.
+#[test]
+fn numeric_options_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["jobs", "list", "--limit=-5"][..],
+        &["jobs", "list", "--limit", "0"],
+        &["dlq", "list", "--limit", "100000"],
+        &["runs", "list", "--limit=-1"],
+        &["audit", "--limit", "0"],
+        &["schedules", "--count", "0"],
+        &["token", "--role", "service", "--ttl-hours=-3"],
+    ] {
+        let (code, stderr) = failed(&steward(args, &sqlite(&dir), repo_jobs()));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("is not in"), "{args:?}: {stderr}");
+    }
+    assert!(
+        !dir.path().join("cli.db").exists(),
+        "refused before the database was opened"
+    );
+}
+
+/// `--version` names the schema the binary writes.
+#[test]
+fn the_version_names_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = steward(&["--version"], &sqlite(&dir), repo_jobs());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        stdout.starts_with(&format!("steward {} (schema ", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+}
+
+/// Cron expressions as crontab writes them (five fields) are accepted beside six-field ones.
+#[test]
+fn five_field_cron_expressions_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("nightly.toml"),
+        "name = \"nightly\"\n[trigger]\ncron = \"15 1 * * *\"\n\
+         [[steps]]\nname = \"only\"\nhandler = \"step.noop\"\njob = \"workflow_step\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["schedules", "--count", "2"])
+        .env("DATABASE_URL", sqlite(&dir))
+        .env("STEWARD_JOBS_DIR", repo_jobs())
+        .env("STEWARD_WORKFLOWS_DIR", &workflows)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let (code, stderr) = failed(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("nightly"), "{stdout}");
+    assert!(stdout.contains("01:15:00"), "{stdout}");
+    // A broken one says how many fields it wants, with the file and line.
+    std::fs::write(
+        workflows.join("nightly.toml"),
+        "name = \"nightly\"\n[trigger]\ncron = \"15 1 *\"\n\
+         [[steps]]\nname = \"only\"\nhandler = \"step.noop\"\njob = \"workflow_step\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["schedules"])
+        .env("DATABASE_URL", sqlite(&dir))
+        .env("STEWARD_JOBS_DIR", repo_jobs())
+        .env("STEWARD_WORKFLOWS_DIR", &workflows)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let (code, stderr) = failed(&output);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("nightly.toml:3"), "{stderr}");
+    assert!(stderr.contains("give five"), "{stderr}");
+}
+
+/// Logs written to a pipe or a file carry no colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    // A port nobody listens on: the command logs that it waits for the database, then gives up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["jobs", "list", "--db-wait-secs", "1"])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://nobody@127.0.0.1:{port}/none"),
+        )
+        .env("STEWARD_JOBS_DIR", repo_jobs())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let (code, stderr) = failed(&output);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("waiting for the database"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in: {stderr:?}");
+}

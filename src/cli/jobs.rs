@@ -51,8 +51,8 @@ pub(crate) struct FilterArgs {
     /// Only jobs with a greater id (paging).
     #[arg(long)]
     after: Option<JobId>,
-    /// At most this many (default 100).
-    #[arg(long)]
+    /// At most this many (default 100, at most 10,000).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     limit: Option<i64>,
 }
 

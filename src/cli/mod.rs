@@ -25,9 +25,16 @@ use crate::store::{self, SharedStore, StoreError};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// The schema this binary writes and expects: the number of its last migration (the same on
+/// both backends; a unit test checks it against `migrations/`).
+pub const SCHEMA_VERSION: u32 = 9;
+
+/// `steward --version`: the binary's version and its schema's.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 9)");
+
 /// steward: durable jobs and workflows for a SaaS module lifecycle.
 #[derive(Debug, Parser)]
-#[command(name = "steward", version, about)]
+#[command(name = "steward", version = VERSION, about)]
 pub struct Cli {
     #[command(flatten)]
     settings: Settings,
@@ -59,8 +66,8 @@ enum Command {
     /// Cron triggers and their next fire times.
     Schedules {
         /// How many upcoming fire times to show per workflow.
-        #[arg(long, default_value_t = 3)]
-        count: usize,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        count: u16,
     },
     /// Tenants.
     #[command(subcommand)]
@@ -78,7 +85,8 @@ enum Command {
     Audit {
         #[arg(long)]
         tenant: Option<i64>,
-        #[arg(long, default_value_t = 50)]
+        /// At most this many (1 to 10,000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
     },
     /// Monthly cost per tenant and module, from the usage logs.
@@ -103,8 +111,8 @@ enum Command {
         /// Who the token is for (the `sub` claim).
         #[arg(long, default_value = "cli")]
         sub: String,
-        /// Validity in hours.
-        #[arg(long, default_value_t = 24)]
+        /// Validity in hours (at most a year).
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=8760))]
         ttl_hours: i64,
     },
     /// Measure throughput and latency; prints one JSON object per scenario.
@@ -212,8 +220,12 @@ pub fn main() -> ExitCode {
 fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: never in a file, a pipe or a log collector.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().with_current_span(true).try_init()
@@ -237,7 +249,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dlq(command) => jobs::dlq(&settings, command).await,
         Command::Run(args) => runs::run(&settings, &args).await,
         Command::Runs(command) => runs::runs(&settings, command).await,
-        Command::Schedules { count } => runs::schedules(&settings, count).await,
+        Command::Schedules { count } => runs::schedules(&settings, usize::from(count)).await,
         Command::Tenant(command) => modules::tenant(&settings, command).await,
         Command::Catalog(command) => modules::catalog(&settings, command).await,
         Command::Module(command) => modules::module(&settings, command).await,
@@ -448,4 +460,34 @@ pub(crate) fn operator_actor() -> crate::domain::actor::Actor {
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_schema_version_is_the_number_of_the_last_migration() {
+        for backend in ["postgres", "sqlite"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let last = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_str()?
+                        .split('_')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .max();
+            assert_eq!(last, Some(super::SCHEMA_VERSION), "{backend}");
+        }
+        assert!(
+            super::VERSION.ends_with(&format!("(schema {})", super::SCHEMA_VERSION)),
+            "{}",
+            super::VERSION
+        );
+    }
 }

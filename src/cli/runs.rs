@@ -26,7 +26,8 @@ pub(crate) enum RunsCommand {
         /// running, completed, compensating, failed or cancelled.
         #[arg(long)]
         state: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// At most this many (1 to 10,000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
     },
     /// Show a run with its steps.

@@ -423,12 +423,8 @@ impl WorkflowCatalog {
             Some(trigger) => {
                 let t = trigger.get_ref();
                 let expression = t.cron.get_ref().clone();
-                let schedule = cron::Schedule::from_str(&expression).map_err(|e| {
-                    invalid(
-                        at(t.cron.span()),
-                        format!("bad cron expression `{expression}`: {e}"),
-                    )
-                })?;
+                let schedule =
+                    parse_cron(&expression).map_err(|why| invalid(at(t.cron.span()), why))?;
                 let timezone = match &t.timezone {
                     Some(zone) => chrono_tz::Tz::from_str(zone.get_ref()).map_err(|_| {
                         invalid(
@@ -498,6 +494,28 @@ impl WorkflowCatalog {
     pub fn iter(&self) -> impl Iterator<Item = &WorkflowDef> {
         self.workflows.values()
     }
+}
+
+/// A cron expression as crontab writes it (five fields: minute, hour, day of month, month,
+/// day of week) or with seconds first (six, or seven with a year).
+pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
+    let fields = expression.split_whitespace().count();
+    let full = match fields {
+        5 => format!("0 {expression}"),
+        6 | 7 => expression.to_string(),
+        _ => {
+            return Err(format!(
+                "bad cron expression `{expression}`: {fields} fields; give five (minute hour \
+                 day-of-month month day-of-week, e.g. `15 1 * * *`) or six with seconds first"
+            ));
+        }
+    };
+    cron::Schedule::from_str(&full).map_err(|e| {
+        format!(
+            "bad cron expression `{expression}`: {e} (fields: minute hour day-of-month month \
+             day-of-week, with an optional seconds field first)"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -625,5 +643,20 @@ job = "workflow_step"
             "{}",
             error(syntax)
         );
+    }
+
+    #[test]
+    fn cron_takes_five_fields_as_crontab_does_or_six_with_seconds() {
+        use chrono::TimeZone;
+        let after = chrono::Utc.with_ymd_and_hms(2026, 12, 3, 0, 0, 0).unwrap();
+        let five = super::parse_cron("15 1 * * *").unwrap();
+        let six = super::parse_cron("0 15 1 * * *").unwrap();
+        let expected = chrono::Utc.with_ymd_and_hms(2026, 12, 3, 1, 15, 0).unwrap();
+        assert_eq!(five.after(&after).next(), Some(expected));
+        assert_eq!(six.after(&after).next(), Some(expected));
+        let err = super::parse_cron("15 1 *").unwrap_err();
+        assert!(err.contains("give five"), "{err}");
+        let err = super::parse_cron("61 1 * * *").unwrap_err();
+        assert!(err.contains("minute hour"), "{err}");
     }
 }

@@ -121,6 +121,13 @@ impl PgStore {
                 .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(wait))
         };
+        // One connection first: a server that is down or refuses us fails this at once, where
+        // the pool would retry for its whole acquire timeout (callers wait with their own
+        // bounded backoff, `--db-wait-secs`).
+        sqlx::Connection::close(
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await?,
+        )
+        .await?;
         // Handlers queue for a work connection while others hold theirs for a long step;
         // bookkeeping waits briefly and retries on its next tick.
         let pool = pool_options(pools.work, 30)
