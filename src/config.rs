@@ -193,8 +193,13 @@ pub struct WorkerSettings {
 
     /// Also serve the API, the dashboard and this process's `/metrics` on this address
     /// (`steward demo`: 127.0.0.1:8080 unless given).
-    #[arg(long, env = "STEWARD_WORKER_LISTEN")]
+    #[arg(long, env = "STEWARD_WORKER_LISTEN", conflicts_with = "metrics_listen")]
     pub listen: Option<String>,
+
+    /// Serve only `/health` and this process's `/metrics` on this address, for a scraper
+    /// holding STEWARD_METRICS_TOKEN (no API, no STEWARD_JWT_SECRET needed).
+    #[arg(long, env = "STEWARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// A `--queue` value that is not `name=concurrency`.

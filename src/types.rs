@@ -247,6 +247,18 @@ pub struct JobFilter {
     pub limit: Option<i64>,
 }
 
+/// What `/metrics` shows of the runtime besides counts (see
+/// [`crate::store::JobAdmin::runtime_gauges`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RuntimeGauges {
+    /// Per queue with available jobs: how long, in milliseconds, the oldest has been due.
+    pub oldest_available_ms: Vec<(String, i64)>,
+    /// Per worker holding running jobs: how many.
+    pub running_by_worker: Vec<(String, i64)>,
+    /// The leaderships held now: (name, holder).
+    pub leaders: Vec<(String, String)>,
+}
+
 /// How many jobs are in a state, per queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StateCount {

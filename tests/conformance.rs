@@ -14,6 +14,7 @@ use steward::{Client, EnqueueOptions};
 
 per_backend!(
     one_holder_leads_until_it_resigns_or_its_lease_runs_out,
+    runtime_gauges_show_queue_latency_workers_and_the_leader,
     enqueue_then_fetch_leases_the_job,
     fetch_orders_by_priority_then_arrival,
     jobs_without_a_tenant_are_first_in_first_out,
@@ -942,6 +943,39 @@ async fn jobs_without_a_tenant_are_first_in_first_out(backend: Backend) {
         position <= 2,
         "the tenant's job is not queued behind the backlog: {order:?}"
     );
+    t.cleanup().await;
+}
+
+async fn runtime_gauges_show_queue_latency_workers_and_the_leader(backend: Backend) {
+    let t = fresh(backend).await;
+    let empty = t.store.runtime_gauges().await.unwrap();
+    assert_eq!(empty, Default::default());
+    let mut old = new_job("noop", "slow");
+    old.run_at = Some(Utc::now() - chrono::Duration::seconds(90));
+    t.store
+        .jobs_insert_many(&[old, new_job("noop", "busy"), new_job("noop", "busy")])
+        .await
+        .unwrap();
+    assert_eq!(fetch(&t.store, "busy", 1, "w1").await.len(), 1);
+    assert!(
+        t.store
+            .leader_elect("steward", "w1", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let gauges = t.store.runtime_gauges().await.unwrap();
+    let age = |queue: &str| {
+        gauges
+            .oldest_available_ms
+            .iter()
+            .find(|(q, _)| q == queue)
+            .map(|(_, ms)| *ms)
+    };
+    let slow = age("slow").expect("the slow queue has an available job");
+    assert!((89_000..200_000).contains(&slow), "{gauges:?}");
+    assert!(age("busy").is_some_and(|ms| ms < 60_000), "{gauges:?}");
+    assert_eq!(gauges.running_by_worker, [("w1".to_string(), 1)]);
+    assert_eq!(gauges.leaders, [("steward".to_string(), "w1".to_string())]);
     t.cleanup().await;
 }
 

@@ -1119,6 +1119,19 @@ async fn purges_count_export_and_delete_only_expired_rows_in_batches(backend: Ba
     );
     assert_eq!(t.store.module_rows_count(&items, b, None).await.unwrap(), 0);
     assert_eq!(t.store.module_rows_count(&items, a, None).await.unwrap(), 1);
+    // Restored: the rows the table lacks, matched by (tenant_id, id); rows that are there stay.
+    let rows = [
+        json!({"id": 1, "tenant_id": b, "sku": "back", "created_at": "2026-01-02 03:04:05"}),
+        json!({"id": 2, "tenant_id": b, "sku": "back", "created_at": "2026-01-02 03:04:05"}),
+    ];
+    assert_eq!(t.store.module_rows_restore(&items, &rows).await.unwrap(), 2);
+    assert_eq!(
+        t.store.module_rows_restore(&items, &rows).await.unwrap(),
+        0,
+        "already there"
+    );
+    assert_eq!(t.store.module_rows_count(&items, b, None).await.unwrap(), 2);
+    assert_eq!(t.store.module_rows_count(&items, a, None).await.unwrap(), 1);
     // No row-by-row audit of the purged rows (the export is their record).
     for id in [a, b] {
         let audit = t.store.audit_list(Some(id), 100).await.unwrap();

@@ -190,3 +190,153 @@ async fn a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_wit
     assert!(status.success(), "{status:?}: {stderr}");
     drop(hanging);
 }
+
+/// Every sample's metric has `# HELP` and `# TYPE` (histogram samples under their base name).
+fn undescribed(page: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    for line in page
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|b| page.contains(&format!("# TYPE {b} histogram")))
+            })
+            .unwrap_or(name);
+        for kind in ["HELP", "TYPE"] {
+            if !page.contains(&format!("# {kind} {base} ")) {
+                missing.push(format!("{kind} {base}"));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// `steward worker --metrics-listen` without STEWARD_JWT_SECRET: `/health` and its own
+/// `/metrics` for the scrape credential only; every series described; the queue's latency
+/// and the zero counts there; every metric the Grafana dashboard charts exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("worker.db").display());
+    let jobs = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs");
+    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
+    let enqueued = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["enqueue", "noop"])
+        .env("DATABASE_URL", &url)
+        .env("STEWARD_JOBS_DIR", jobs)
+        .env("STEWARD_WORKFLOWS_DIR", workflows)
+        .output()
+        .unwrap();
+    assert!(enqueued.status.success(), "{enqueued:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["worker", "--metrics-listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &url)
+        .env("STEWARD_METRICS_TOKEN", METRICS_TOKEN)
+        .env_remove("STEWARD_JWT_SECRET")
+        .env("STEWARD_JOBS_DIR", jobs)
+        .env("STEWARD_WORKFLOWS_DIR", workflows)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let scrape = || async {
+        let response = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(response.text().await.ok()?)
+    };
+    // Until the worker ran the job (its attempt is in this process's recorder).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        if let Some(page) = scrape().await
+            && page.contains("steward_job_attempts_total{")
+            && page.contains("steward_http_request_duration_seconds_count{")
+        {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attempt in /metrics: {:?}",
+            worker.try_wait()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(undescribed(&page), Vec::<String>::new(), "{page}");
+    for series in [
+        "steward_queue_oldest_available_seconds{queue=\"default\"} 0.000",
+        "steward_jobs{queue=\"default\",state=\"available\"} 0",
+        "steward_jobs{queue=\"default\",state=\"dead\"} 0",
+        "steward_dead_letters{queue=\"default\"} 0",
+        "steward_runs{workflow=\"module_provision\",state=\"failed\"} 0",
+        "outcome=\"completed\"",
+    ] {
+        assert!(page.contains(series), "no `{series}` in {page}");
+    }
+    // The dashboard charts only what is there.
+    let grafana = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/steward.json"
+    ))
+    .unwrap();
+    let mut charted: Vec<&str> = grafana
+        .match_indices("steward_")
+        .map(|(at, _)| {
+            let rest = &grafana[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| name.len() > "steward_".len())
+        .collect();
+    charted.sort();
+    charted.dedup();
+    for name in charted {
+        let base = ["_bucket", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            page.contains(&format!("# HELP {base} ")),
+            "the Grafana dashboard charts {name}, which /metrics lacks"
+        );
+    }
+    // Only the scrape credential; nothing but /health and /metrics.
+    let anonymous = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let forged = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    let api = http
+        .get(format!("{base}/api/jobs"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 404);
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

@@ -129,6 +129,14 @@ impl Routes {
     }
 }
 
+/// What a worker serves on its own (`steward worker --metrics-listen`): `/health` and
+/// `/metrics`, nothing else.
+pub fn monitoring_routes() -> Routes {
+    Routes::default()
+        .add("GET", "/health", get(health))
+        .add("GET", "/metrics", get(metrics))
+}
+
 /// The API's routes (the whole HTTP app, with the dashboard's, is [`crate::http::app`]).
 pub fn routes() -> Routes {
     use axum::routing::patch;

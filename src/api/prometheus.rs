@@ -1,13 +1,19 @@
 //! `/metrics` in the Prometheus text format.
 //!
-//! Two sources: the database (jobs by queue and state, dead letters, run outcomes: true for
-//! the whole deployment, whichever process is scraped) and this process's own recorder
-//! (attempts and their durations, recorded by the worker's dispatcher; HTTP request
-//! durations, recorded by the API).
+//! Two sources: the database (jobs by queue and state, dead letters, the age of each queue's
+//! oldest available job, running jobs per worker, the leader, run outcomes: true for the
+//! whole deployment, whichever process is scraped) and this process's own recorder (attempts
+//! and their durations, recorded by the worker's dispatcher; HTTP request durations, recorded
+//! by the API). Every series has `# HELP` and `# TYPE`; a database series whose count falls to
+//! zero stays, at 0, for every queue the kinds declare or the database holds and every
+//! workflow defined (a graph of it drops to zero instead of ending).
 
 use super::AppState;
 use super::error::ApiError;
+use crate::store::runs::RunState;
+use crate::types::JobState;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::OnceLock;
 
@@ -23,11 +29,27 @@ const BUCKETS: &[f64] = &[
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
                 .ok()?
                 .install_recorder()
-                .ok()
+                .ok()?;
+            metrics::describe_counter!(
+                "steward_job_attempts_total",
+                "Job attempts this process ran, by queue, kind and outcome (completed, failed, \
+                 fatal, interrupted, released)."
+            );
+            metrics::describe_histogram!(
+                "steward_job_duration_seconds",
+                metrics::Unit::Seconds,
+                "How long this process's job attempts ran, by queue and kind."
+            );
+            metrics::describe_histogram!(
+                "steward_http_request_duration_seconds",
+                metrics::Unit::Seconds,
+                "HTTP requests this process answered, by method, route template and status class."
+            );
+            Some(handle)
         })
         .as_ref()
 }
@@ -40,41 +62,120 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `# HELP` and `# TYPE` of a gauge.
+fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+}
+
 /// The whole `/metrics` page.
 pub(super) async fn render(state: &AppState) -> Result<String, ApiError> {
     let mut out = String::new();
-    let jobs = state.store.jobs_count_by_state().await?;
-    out.push_str("# HELP steward_jobs Jobs by queue and state (from the database).\n");
-    out.push_str("# TYPE steward_jobs gauge\n");
-    for count in &jobs {
-        let _ = writeln!(
-            out,
-            "steward_jobs{{queue=\"{}\",state=\"{}\"}} {}",
-            label(&count.queue),
-            count.state,
-            count.count
-        );
-    }
-    out.push_str("# HELP steward_dead_letters Dead jobs waiting for an operator, by queue.\n");
-    out.push_str("# TYPE steward_dead_letters gauge\n");
-    for count in jobs
+    let counts = state.store.jobs_count_by_state().await?;
+    let gauges = state.store.runtime_gauges().await?;
+    let mut queues: BTreeSet<String> = state.engine.kinds().queues().into_iter().collect();
+    queues.extend(counts.iter().map(|c| c.queue.clone()));
+    let jobs: HashMap<(&str, JobState), i64> = counts
         .iter()
-        .filter(|c| c.state == crate::types::JobState::Dead)
-    {
+        .map(|c| ((c.queue.as_str(), c.state), c.count))
+        .collect();
+
+    gauge(
+        &mut out,
+        "steward_jobs",
+        "Jobs by queue and state (from the database; completed: those not yet pruned).",
+    );
+    for queue in &queues {
+        for job_state in JobState::ALL {
+            let n = jobs.get(&(queue.as_str(), job_state)).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "steward_jobs{{queue=\"{}\",state=\"{job_state}\"}} {n}",
+                label(queue)
+            );
+        }
+    }
+    gauge(
+        &mut out,
+        "steward_dead_letters",
+        "Dead jobs waiting for an operator, by queue.",
+    );
+    for queue in &queues {
+        let n = jobs
+            .get(&(queue.as_str(), JobState::Dead))
+            .copied()
+            .unwrap_or(0);
         let _ = writeln!(
             out,
-            "steward_dead_letters{{queue=\"{}\"}} {}",
-            label(&count.queue),
-            count.count
+            "steward_dead_letters{{queue=\"{}\"}} {n}",
+            label(queue)
         );
     }
-    out.push_str("# HELP steward_runs Workflow runs by workflow and state (run outcomes).\n");
-    out.push_str("# TYPE steward_runs gauge\n");
+    gauge(
+        &mut out,
+        "steward_queue_oldest_available_seconds",
+        "How long the oldest available job of each queue has been due (the queue's latency; 0 \
+         when none waits).",
+    );
+    let oldest: BTreeMap<&str, i64> = gauges
+        .oldest_available_ms
+        .iter()
+        .map(|(q, ms)| (q.as_str(), *ms))
+        .collect();
+    for queue in &queues {
+        let ms = oldest.get(queue.as_str()).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "steward_queue_oldest_available_seconds{{queue=\"{}\"}} {:.3}",
+            label(queue),
+            ms as f64 / 1000.0
+        );
+    }
+    gauge(
+        &mut out,
+        "steward_worker_running_jobs",
+        "Running jobs each worker process holds a lease on.",
+    );
+    for (worker, n) in &gauges.running_by_worker {
+        let _ = writeln!(
+            out,
+            "steward_worker_running_jobs{{worker=\"{}\"}} {n}",
+            label(worker)
+        );
+    }
+    gauge(
+        &mut out,
+        "steward_leader",
+        "1 for the worker process that runs the periodic services (cron, sweeper, rescuer, \
+         pruner) now.",
+    );
+    for (name, holder) in &gauges.leaders {
+        let _ = writeln!(
+            out,
+            "steward_leader{{name=\"{}\",worker=\"{}\"}} 1",
+            label(name),
+            label(holder)
+        );
+    }
+    gauge(
+        &mut out,
+        "steward_runs",
+        "Workflow runs by workflow and state (run outcomes).",
+    );
+    let mut runs: BTreeMap<(String, &str), i64> = BTreeMap::new();
+    for workflow in state.engine.workflows().iter() {
+        for run_state in RunState::ALL {
+            runs.insert((workflow.name.clone(), run_state.as_str()), 0);
+        }
+    }
     for (workflow, run_state, n) in state.store.runs_count_by_state().await? {
+        runs.insert((workflow, run_state.as_str()), n);
+    }
+    for ((workflow, run_state), n) in &runs {
         let _ = writeln!(
             out,
             "steward_runs{{workflow=\"{}\",state=\"{run_state}\"}} {n}",
-            label(&workflow)
+            label(workflow)
         );
     }
     if let Some(handle) = install() {

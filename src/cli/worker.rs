@@ -12,7 +12,10 @@ pub(crate) async fn run(settings: &Settings, args: &WorkerSettings) -> Result<()
     let config = args.runtime(settings.worker_id(), &kinds.queues())?;
     tracing::info!(worker = %config.worker_id, queues = ?config.queues, backend = store.capabilities().name, "worker starting");
     let shutdown = CancellationToken::new();
-    if let Some(listen) = &args.listen {
+    if let Some(listen) = &args.metrics_listen {
+        let addr = spawn_monitoring(settings, store.clone(), listen, shutdown.clone()).await?;
+        tracing::info!(%addr, "/health and /metrics served beside the worker");
+    } else if let Some(listen) = &args.listen {
         let state = api_state(settings, store.clone())?;
         let addr = spawn_api(state, listen, shutdown.clone()).await?;
         tracing::info!(%addr, "API, dashboard and /metrics served beside the worker");
@@ -30,4 +33,49 @@ pub(crate) async fn run(settings: &Settings, args: &WorkerSettings) -> Result<()
     runtime.run(shutdown).await?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// `--metrics-listen`: `/health` and `/metrics` only, for the scrape credential. Without
+/// STEWARD_JWT_SECRET the API's keys are random, so no token but the scrape credential opens it.
+async fn spawn_monitoring(
+    settings: &Settings,
+    store: crate::store::SharedStore,
+    listen: &str,
+    shutdown: CancellationToken,
+) -> Result<std::net::SocketAddr, CliError> {
+    let token = settings.metrics_token.as_deref().ok_or_else(|| {
+        CliError::Usage(
+            "--metrics-listen needs STEWARD_METRICS_TOKEN (the credential a scraper sends)".into(),
+        )
+    })?;
+    let keys = match settings.auth_keys() {
+        Ok(keys) => keys,
+        Err(_) => {
+            let mut secret = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut secret)
+                .map_err(|_| CliError::Failed("no randomness for the API keys".into()))?;
+            crate::api::auth::AuthKeys::new(&hex::encode(secret)).map_err(CliError::Usage)?
+        }
+    };
+    let kinds = super::load_kinds(settings)?;
+    let engine = super::load_engine(settings, store, &kinds)?;
+    crate::api::prometheus::install();
+    let state = crate::api::AppState::new(engine, settings.exports(), keys)
+        .with_metrics_token(token)
+        .map_err(CliError::Usage)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let app = crate::http::monitoring_app(state);
+    tokio::spawn(async move {
+        let stop = async move { shutdown.cancelled().await };
+        let limits = crate::http::ServerLimits::default();
+        if let Err(err) = crate::http::serve_app(listener, app, limits, stop).await {
+            tracing::error!(error = %err, "the monitoring listener stopped");
+        }
+    });
+    Ok(addr)
 }

@@ -10,7 +10,7 @@ pub mod server;
 use crate::api::{self, AppState};
 use axum::Router;
 
-pub use server::{ServerLimits, serve, serve_with};
+pub use server::{ServerLimits, serve, serve_app, serve_with};
 
 /// Every route of the app: the API's and the dashboard's.
 pub fn routes() -> api::Routes {
@@ -19,7 +19,17 @@ pub fn routes() -> api::Routes {
 
 /// The whole HTTP app over `state`.
 pub fn app(state: AppState) -> Router {
-    api::with_fallbacks(routes().into_router())
+    guarded(routes(), state)
+}
+
+/// A worker's own monitoring app: `/health` and `/metrics` only, with the same guards.
+pub fn monitoring_app(state: AppState) -> Router {
+    guarded(api::monitoring_routes(), state)
+}
+
+/// `routes` behind the guards every response gets.
+fn guarded(routes: api::Routes, state: AppState) -> Router {
+    api::with_fallbacks(routes.into_router())
         .layer(axum::middleware::from_fn(guard::origin_check))
         .layer(axum::middleware::from_fn(guard::security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(guard::BODY_LIMIT))

@@ -144,6 +144,10 @@ pub trait JobAdmin: Send + Sync {
         minutes: i64,
     ) -> StoreResult<Vec<(chrono::DateTime<chrono::Utc>, i64)>>;
 
+    /// Per queue, how long its oldest available job has been due (the queue's latency); per
+    /// worker, the running jobs it holds; the leaderships held now.
+    async fn runtime_gauges(&self) -> StoreResult<crate::types::RuntimeGauges>;
+
     /// Probe for crash tests and the demo: record that `worker` ran job `job_id`.
     async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()>;
 

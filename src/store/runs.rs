@@ -20,6 +20,9 @@ macro_rules! string_enum {
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),* }
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
             /// The name stored in the database.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),* }

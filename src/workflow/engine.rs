@@ -280,6 +280,11 @@ impl Engine {
     }
 
     /// The workflows this engine runs.
+    pub fn kinds(&self) -> &KindCatalog {
+        &self.kinds
+    }
+
+    /// The workflow definitions.
     pub fn workflows(&self) -> &WorkflowCatalog {
         &self.workflows
     }

@@ -261,6 +261,45 @@ impl<S: SqlStore> JobAdmin for S {
             .collect()
     }
 
+    async fn runtime_gauges(&self) -> StoreResult<crate::types::RuntimeGauges> {
+        let mut conn = self.read().await?;
+        let age = conn.dialect().pick(
+            "CAST(EXTRACT(EPOCH FROM now() - min(run_at)) * 1000 AS BIGINT)",
+            "CAST(unixepoch('subsec') * 1000 AS INTEGER) - min(run_at)",
+        );
+        let pairs = |rows: Vec<crate::store::sql::AnyRow>, key: &str, value: &str| {
+            rows.iter()
+                .map(|r| Ok((r.text(key)?, r.int(value)?.max(0))))
+                .collect::<StoreResult<Vec<_>>>()
+        };
+        let oldest = conn
+            .fetch_all(sql!(format!(
+                "SELECT queue, {age} AS ms FROM steward_jobs WHERE state = 'available' \
+                 GROUP BY queue ORDER BY queue"
+            )))
+            .await?;
+        let running = conn
+            .fetch_all(sql!(
+                "SELECT leased_by, count(*) AS n FROM steward_jobs \
+                 WHERE state = 'running' AND leased_by IS NOT NULL \
+                 GROUP BY leased_by ORDER BY leased_by"
+            ))
+            .await?;
+        let leaders = conn
+            .fetch_all(sql!(
+                "SELECT name, holder FROM steward_leaders WHERE expires_at > {now} ORDER BY name"
+            ))
+            .await?
+            .iter()
+            .map(|r| Ok((r.text("name")?, r.text("holder")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(crate::types::RuntimeGauges {
+            oldest_available_ms: pairs(oldest, "queue", "ms")?,
+            running_by_worker: pairs(running, "leased_by", "n")?,
+            leaders,
+        })
+    }
+
     async fn jobs_completed_per_minute(
         &self,
         minutes: i64,
