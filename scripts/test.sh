@@ -96,12 +96,13 @@ ensure_browser() {
 
 ensure_schemathesis() {
   local venv="${STEWARD_TOOLS_DIR:-$HOME/.cache/steward-tools}/venv"
-  if [ ! -x "$venv/bin/schemathesis" ]; then
-    log "installing schemathesis (PyPI) in $venv"
-    python3 -m venv "$venv" && "$venv/bin/pip" install -q 'schemathesis==4.32.5' \
+  if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+    log "installing schemathesis and openapi-spec-validator (PyPI) in $venv"
+    { [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"; } \
+      && "$venv/bin/pip" install -q 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' \
       || { log "could not install schemathesis (python3 with venv and pip, and PyPI, are needed)"; exit 1; }
   fi
-  export SCHEMATHESIS="$venv/bin/schemathesis"
+  export SCHEMATHESIS="$venv/bin/schemathesis" OPENAPI_SPEC_VALIDATOR="$venv/bin/openapi-spec-validator"
 }
 
 ensure_postgres

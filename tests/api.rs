@@ -364,7 +364,7 @@ async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
     assert_eq!((status, body["affected"].clone()), (200, json!(1)));
     assert_eq!(state_of(&t, theirs).await, JobState::Cancelled);
 
-    // /metrics and /openapi.json need a token; they describe what is there.
+    // /metrics needs a token; it describes what is there.
     assert_eq!(api.call("GET", "/metrics", None).await.0, 401);
     let response = api
         .http
@@ -383,10 +383,27 @@ async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
         text.contains(r#"steward_runs{workflow="cost_aggregation",state="running"} 1"#),
         "{text}"
     );
-    let (status, doc) = api.call("GET", "/openapi.json", Some(&master)).await;
+    // /openapi.json for anyone: unique operation ids, every response described.
+    let (status, doc) = api.call("GET", "/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/api/runs"]["post"].is_object(), "{doc}");
     assert!(doc["paths"]["/api/tenant/{id}/modules/{module}"]["patch"].is_object());
+    let mut ids = Vec::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            ids.push(operation["operationId"].as_str().unwrap().to_string());
+            for (code, response) in operation["responses"].as_object().unwrap() {
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {code}: no description"
+                );
+            }
+        }
+    }
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "operation ids repeat: {ids:?}");
 
     api.stop.cancel();
     t.cleanup().await;
