@@ -3,7 +3,9 @@
 # database given as $1 (seeded with the catalog, tenants, a plan and jobs), every operation
 # called with generated valid and invalid input as a master admin. Fails on any 5xx
 # (schemathesis's not_a_server_error check), on a crash of the server, or on a panic in its log.
-# Needs the steward binary ($STEWARD_BIN) and schemathesis ($SCHEMATHESIS).
+# Validates the served document (openapi-spec-validator, $OPENAPI_SPEC_VALIDATOR) and type-checks
+# a TypeScript client generated from it (scripts/check-ts-client.sh) first. Needs the steward
+# binary ($STEWARD_BIN) and schemathesis ($SCHEMATHESIS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +34,8 @@ for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&
 # The document itself: fetched without a token, valid OpenAPI 3.1 (0 errors).
 curl -fsS "http://127.0.0.1:$port/openapi.json" >"$work/openapi.json"
 "${OPENAPI_SPEC_VALIDATOR:?path of openapi-spec-validator}" "$work/openapi.json"
+# A typed client of it compiles.
+scripts/check-ts-client.sh "$work/openapi.json"
 
 "$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
   --header "Authorization: Bearer $token" \

@@ -7,7 +7,9 @@
 # starts from the local initdb on its own port (never the one above), removed at exit.
 # tests/dashboard.rs drives a headless Chromium (Debian's chromium
 # and chromium-driver, installed here as root when missing); the API fuzz run uses
-# schemathesis from PyPI, installed in a venv under ~/.cache/steward-tools.
+# schemathesis and openapi-spec-validator from PyPI, installed in a venv under
+# ~/.cache/steward-tools, and checks a TypeScript client generated from /openapi.json with
+# openapi-typescript and tsc from npm (scripts/check-ts-client.sh, same cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -137,7 +137,7 @@ pub struct ChangeModule {
     /// tenant's rows, then remove them).
     pub state: Option<String>,
     /// The module's settings, validated against its version's JSON Schema.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<std::collections::HashMap<String, Value>>)]
     pub settings: Option<Value>,
 }
 

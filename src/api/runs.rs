@@ -19,7 +19,7 @@ pub struct StartRun {
     pub workflow: String,
     /// The run's parameters (a JSON object); the workflow's defaults fill what is missing.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<std::collections::HashMap<String, Value>>)]
     pub params: Option<Value>,
     /// Starting again with the same key returns the first run and starts nothing.
     #[serde(default)]
