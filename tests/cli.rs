@@ -626,8 +626,14 @@ fn help_never_prints_secrets() {
         assert!(output.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&output.stdout).to_string()
             + &String::from_utf8_lossy(&output.stderr);
+        // Documented in `steward --help`; a subcommand's help points there.
+        let documented = if args.len() == 1 {
+            "DATABASE_URL"
+        } else {
+            "`steward --help`"
+        };
         assert!(
-            text.contains("DATABASE_URL"),
+            text.contains(documented),
             "{args:?}: the option is documented"
         );
         for secret in [
@@ -798,4 +804,37 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert_ne!(code, 0);
     assert!(stderr.contains("waiting for the database"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "colour codes in: {stderr:?}");
+}
+
+/// The global options are described once, in `steward --help`; a subcommand's help lists its
+/// own options (each described) and points there; the globals still work after it.
+#[test]
+fn global_options_are_described_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = steward(&["--help"], &sqlite(&dir), repo_jobs());
+    let root = String::from_utf8_lossy(&root.stdout).to_string();
+    assert_eq!(root.matches("--database-url").count(), 1, "{root}");
+    assert!(root.contains("[env: DATABASE_URL]"), "{root}");
+    for args in [
+        &["jobs", "list", "--help"][..],
+        &["module", "request", "--help"],
+    ] {
+        let output = steward(args, &sqlite(&dir), repo_jobs());
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}");
+        assert!(!help.contains("--database-url"), "{args:?}: {help}");
+        assert!(!help.contains("--s3-bucket"), "{args:?}: {help}");
+        assert!(help.contains("`steward --help`"), "{args:?}: {help}");
+    }
+    let help = steward(&["module", "request", "--help"], &sqlite(&dir), repo_jobs());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("<TENANT>  The tenant's id"));
+    // Given after the subcommand, a global option is still taken.
+    let output = steward(
+        &["jobs", "list", "--database-url", "mysql://elsewhere"],
+        &sqlite(&dir),
+        repo_jobs(),
+    );
+    let (code, stderr) = failed(&output);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("mysql://elsewhere"), "{stderr}");
 }

@@ -16,6 +16,7 @@ pub(crate) enum CostCommand {
     },
     /// The monthly cost rows (of one month, or all).
     Show {
+        /// The month, `YYYY-MM`.
         #[arg(long)]
         month: Option<String>,
     },

@@ -42,10 +42,13 @@ pub(crate) struct FilterArgs {
     /// scheduled, available, running, completed, retryable, dead or cancelled.
     #[arg(long)]
     state: Option<String>,
+    /// Only jobs of this queue.
     #[arg(long)]
     queue: Option<String>,
+    /// Only jobs of this kind.
     #[arg(long)]
     kind: Option<String>,
+    /// Only jobs of this tenant.
     #[arg(long)]
     tenant: Option<String>,
     /// Only jobs with a greater id (paging).
@@ -67,19 +70,25 @@ pub(crate) enum JobsCommand {
         json: bool,
     },
     /// Show a job with every attempt.
-    Show { id: JobId },
+    Show {
+        /// The job's id.
+        id: JobId,
+    },
     /// Make dead, cancelled, retryable or scheduled jobs available now.
     Retry {
+        /// Job ids.
         #[arg(required = true)]
         ids: Vec<JobId>,
     },
     /// Drop dead jobs from the dead-letter queue.
     Discard {
+        /// Job ids.
         #[arg(required = true)]
         ids: Vec<JobId>,
     },
     /// Cancel queued or running jobs.
     Cancel {
+        /// Job ids.
         #[arg(required = true)]
         ids: Vec<JobId>,
     },
@@ -93,6 +102,7 @@ pub(crate) enum DlqCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -104,14 +114,18 @@ pub(crate) enum DlqCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct BulkArgs {
+    /// Job ids.
     ids: Vec<JobId>,
     /// Every dead job matching --queue/--kind/--tenant.
     #[arg(long)]
     all: bool,
+    /// Only jobs of this queue.
     #[arg(long)]
     queue: Option<String>,
+    /// Only jobs of this kind.
     #[arg(long)]
     kind: Option<String>,
+    /// Only jobs of this tenant.
     #[arg(long)]
     tenant: Option<String>,
 }

@@ -83,6 +83,7 @@ enum Command {
     Plan(modules::PlanCommand),
     /// The audit log (of a tenant, or of the catalog).
     Audit {
+        /// Only this tenant's entries (default: the catalog's).
         #[arg(long)]
         tenant: Option<i64>,
         /// At most this many (1 to 10,000).
@@ -103,6 +104,7 @@ enum Command {
     },
     /// Mint an API token (printed on stdout).
     Token {
+        /// master_admin, tenant_admin or service.
         #[arg(long, value_enum)]
         role: crate::api::auth::Role,
         /// The tenant of a tenant_admin.
@@ -184,9 +186,64 @@ impl CliError {
     }
 }
 
+/// The command line as parsed: the global options (database, directories, S3, secrets…) are
+/// accepted everywhere but described once, at the end of `steward --help`; each subcommand's
+/// help lists its own options and points there.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut root = Cli::command();
+    let globals: Vec<clap::Id> = root
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.get_id().clone())
+        .collect();
+    let mut text = String::from("Global options (accepted by every command):\n");
+    for arg in root.get_arguments().filter(|a| a.is_global_set()) {
+        let long = arg.get_long().unwrap_or_default();
+        let value = arg
+            .get_value_names()
+            .and_then(|names| names.first())
+            .filter(|_| arg.get_action().takes_values())
+            .map(|name| format!(" <{name}>"))
+            .unwrap_or_default();
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let env = arg
+            .get_env()
+            .map(|e| format!(" [env: {}]", e.to_string_lossy()))
+            .unwrap_or_default();
+        let default = arg
+            .get_default_values()
+            .first()
+            .map(|d| format!(" [default: {}]", d.to_string_lossy()))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "  --{long}{value}\n          {help}{env}{default}\n"
+        ));
+    }
+    for id in globals {
+        root = root.mut_arg(id, |a| a.hide(true));
+    }
+    point_to_globals(root.after_help(text), false)
+}
+
+/// Every subcommand's help, at any depth, ends by pointing to the global options.
+fn point_to_globals(command: clap::Command, here: bool) -> clap::Command {
+    let command = if here {
+        command.after_help(
+            "Global options (database, directories, S3, secrets, logging): `steward --help`.",
+        )
+    } else {
+        command
+    };
+    command.mut_subcommands(|sub| point_to_globals(sub, true))
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
@@ -464,6 +521,29 @@ pub(crate) fn operator_actor() -> crate::domain::actor::Actor {
 
 #[cfg(test)]
 mod tests {
+    /// Every option and argument of every command says what it is.
+    #[test]
+    fn every_option_is_described() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.get_help().is_some() {
+                    continue;
+                }
+                missing.push(format!("{path} {id}"));
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::command(), "steward", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "options without a description: {missing:#?}"
+        );
+    }
+
     #[test]
     fn the_schema_version_is_the_number_of_the_last_migration() {
         for backend in ["postgres", "sqlite"] {

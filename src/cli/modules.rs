@@ -13,7 +13,9 @@ use clap::Subcommand;
 pub(crate) enum TenantCommand {
     /// Create a tenant.
     Create {
+        /// A short unique name: lowercase letters, digits and `_`.
         slug: String,
+        /// A name for people.
         #[arg(long)]
         name: Option<String>,
         /// May request ALPHA modules (with approval).
@@ -24,10 +26,15 @@ pub(crate) enum TenantCommand {
         beta: bool,
     },
     /// A tenant's modules and their statuses.
-    Modules { tenant: TenantId },
+    Modules {
+        /// The tenant's id.
+        tenant: TenantId,
+    },
     /// Set where a tenant receives webhooks, and the secret that signs them.
     Webhook {
+        /// The tenant's id.
         tenant: TenantId,
+        /// Where the tenant receives webhooks (https; public addresses only unless STEWARD_WEBHOOK_ALLOW says otherwise).
         url: String,
         /// The signing secret (from the environment, so it stays out of shell history).
         #[arg(long, env = "STEWARD_WEBHOOK_SECRET", hide_env_values = true)]
@@ -44,7 +51,9 @@ pub(crate) enum CatalogCommand {
     /// Move a module's maturity (e.g. GA → DEPRECATED). DEPRECATED and RETIRED notify every
     /// impacted tenant by webhook; RETIRED then disables the tenants that turned it off.
     SetMaturity {
+        /// The module's slug (e.g. `inventory`).
         module: String,
+        /// ALPHA, BETA, GA, DEPRECATED or RETIRED.
         maturity: String,
         /// Retired by policy: tenants still using the module are SUSPENDED.
         #[arg(long)]
@@ -55,14 +64,31 @@ pub(crate) enum CatalogCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum PlanCommand {
     /// Create a plan.
-    Create { slug: String, name: String },
+    Create {
+        /// A short unique name: lowercase letters, digits and `_`.
+        slug: String,
+        /// A name for people.
+        name: String,
+    },
     /// Add a module to a plan and sync it to the plan's active subscribers.
-    AddModule { plan: String, module: String },
+    AddModule {
+        /// The plan's slug.
+        plan: String,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// Take a module out of a plan (tenants that have it keep it).
-    RemoveModule { plan: String, module: String },
+    RemoveModule {
+        /// The plan's slug.
+        plan: String,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// Subscribe a tenant to a plan.
     Subscribe {
+        /// The tenant's id.
         tenant: TenantId,
+        /// The plan's slug.
         plan: String,
         /// active, inactive, cancelled or expired.
         #[arg(long, default_value = "active")]
@@ -84,44 +110,94 @@ pub(crate) enum PlanCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModuleCommand {
     /// A tenant requests a module (its latest version).
-    Request { tenant: TenantId, module: String },
+    Request {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// A Master Admin approves a pending request.
-    Approve { tenant: TenantId, module: String },
+    Approve {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// A tenant turns a module off (DISABLED: data kept, frozen).
-    Disable { tenant: TenantId, module: String },
+    Disable {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// Turn a DISABLED module back on (one that was in use; a rejected or failed one is
     /// requested again). Catches up with an upgrade it missed.
-    Enable { tenant: TenantId, module: String },
+    Enable {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// A Master Admin suspends a module in use (payment, limits).
     Suspend {
+        /// The tenant's id.
         tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
         module: String,
+        /// Why (shown to the tenant and kept in the audit log).
         #[arg(long)]
         reason: String,
     },
     /// A Master Admin lifts a suspension.
-    Resume { tenant: TenantId, module: String },
+    Resume {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// Repair a tenant module whose record disagrees with the module (left UPGRADING with no
     /// upgrade in progress, behind an upgrade it missed, left REQUESTED); exits non-zero when
     /// there is nothing to repair.
-    Repair { tenant: TenantId, module: String },
+    Repair {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// Archive a DISABLED or SUSPENDED module: export its data, then remove it.
-    Archive { tenant: TenantId, module: String },
+    Archive {
+        /// The tenant's id.
+        tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// Show a tenant module's settings, or replace them with `--set JSON` (audited).
     Settings {
+        /// The tenant's id.
         tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
         module: String,
+        /// The new settings, a JSON object (checked against the version's JSON Schema).
         #[arg(long, value_name = "JSON")]
         set: Option<String>,
     },
     /// Upgrade a module to a version for all its tenants (runs on `steward worker`).
-    Upgrade { module: String, version: String },
+    Upgrade {
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+        /// A published version of the module (semver).
+        version: String,
+    },
     /// Roll a module's last upgrade back (within STEWARD_ROLLBACK_WINDOW_HOURS of it).
-    Rollback { module: String },
+    Rollback {
+        /// The module's slug (e.g. `inventory`).
+        module: String,
+    },
     /// Put back the rows a module's tables lost from the backup a major upgrade run made
     /// (verified first; only into the version backed up; rows already there and frozen
     /// tenants' rows are left alone). Exits non-zero when it restored nothing.
     RestoreBackup {
+        /// The module's slug (e.g. `inventory`).
         module: String,
         /// The `module_upgrade` run that made the backup (`steward runs list`).
         #[arg(long)]
@@ -129,8 +205,11 @@ pub(crate) enum ModuleCommand {
     },
     /// A Master Admin rejects a pending request.
     Reject {
+        /// The tenant's id.
         tenant: TenantId,
+        /// The module's slug (e.g. `inventory`).
         module: String,
+        /// Why (shown to the tenant and kept in the audit log).
         #[arg(long)]
         reason: String,
     },

@@ -31,12 +31,21 @@ pub(crate) enum RunsCommand {
         limit: i64,
     },
     /// Show a run with its steps.
-    Show { id: RunId },
+    Show {
+        /// The run's id.
+        id: RunId,
+    },
     /// Retry a failed run from its failed step.
-    Retry { id: RunId },
+    Retry {
+        /// The run's id.
+        id: RunId,
+    },
     /// Cancel a run: its completed steps are compensated (latest first), then it is
     /// cancelled.
-    Cancel { id: RunId },
+    Cancel {
+        /// The run's id.
+        id: RunId,
+    },
 }
 
 fn operator(
