@@ -21,7 +21,21 @@ fn repo_jobs() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"))
 }
 
+/// A SQLite database in `dir`, migrated (`steward migrate`, as a user runs it first).
 fn sqlite(dir: &tempfile::TempDir) -> String {
+    let url = blank_sqlite(dir);
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run steward migrate");
+    assert!(output.status.success(), "{output:?}");
+    url
+}
+
+/// The URL of a SQLite database in `dir` that nothing has created yet.
+fn blank_sqlite(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("cli.db").display())
 }
 
@@ -711,7 +725,7 @@ fn numeric_options_out_of_range_are_refused() {
         &["schedules", "--count", "0"],
         &["token", "--role", "service", "--ttl-hours=-3"],
     ] {
-        let (code, stderr) = failed(&steward(args, &sqlite(&dir), repo_jobs()));
+        let (code, stderr) = failed(&steward(args, &blank_sqlite(&dir), repo_jobs()));
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains("is not in"), "{args:?}: {stderr}");
     }
@@ -837,4 +851,30 @@ fn global_options_are_described_once() {
     let (code, stderr) = failed(&output);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("mysql://elsewhere"), "{stderr}");
+}
+
+/// Only `steward migrate` (and the demo) change the schema: any other command on a database
+/// that was never migrated, or is behind, is refused with the command to run, and changes
+/// nothing.
+#[test]
+fn commands_refuse_a_database_whose_schema_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = blank_sqlite(&dir);
+    for args in [
+        &["jobs", "list"][..],
+        &["enqueue", "noop"],
+        &["catalog", "list"],
+        &["jobs", "list"],
+    ] {
+        let (code, stderr) = failed(&steward(args, &url, repo_jobs()));
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("has no steward schema") && stderr.contains("run `steward migrate`"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let output = steward(&["migrate"], &url, repo_jobs());
+    assert!(output.status.success(), "{output:?}");
+    let (code, stderr) = failed(&steward(&["jobs", "list"], &url, repo_jobs()));
+    assert_eq!(code, 0, "{stderr}");
 }

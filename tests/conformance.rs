@@ -15,6 +15,7 @@ use steward::{Client, EnqueueOptions};
 per_backend!(
     one_holder_leads_until_it_resigns_or_its_lease_runs_out,
     runtime_gauges_show_queue_latency_workers_and_the_leader,
+    the_schema_version_is_this_builds_once_migrated,
     enqueue_then_fetch_leases_the_job,
     fetch_orders_by_priority_then_arrival,
     jobs_without_a_tenant_are_first_in_first_out,
@@ -943,6 +944,36 @@ async fn jobs_without_a_tenant_are_first_in_first_out(backend: Backend) {
         position <= 2,
         "the tenant's job is not queued behind the backlog: {order:?}"
     );
+    t.cleanup().await;
+}
+
+async fn the_schema_version_is_this_builds_once_migrated(backend: Backend) {
+    let t = fresh(backend).await;
+    assert_eq!(
+        t.store.schema_version().await.unwrap(),
+        steward::store::SCHEMA_VERSION
+    );
+    // A database never migrated has none.
+    let dir = tempfile::tempdir().unwrap();
+    let blank: steward::store::SharedStore = match backend {
+        Backend::Postgres => std::sync::Arc::new(
+            steward::store::postgres::PgStore::connect(
+                &t.url,
+                Some(&format!("{}_blank", t.schema.as_deref().unwrap())),
+            )
+            .await
+            .unwrap(),
+        ),
+        Backend::Sqlite => std::sync::Arc::new(
+            steward::store::sqlite::SqliteStore::connect(&format!(
+                "sqlite://{}",
+                dir.path().join("blank.db").display()
+            ))
+            .await
+            .unwrap(),
+        ),
+    };
+    assert_eq!(blank.schema_version().await.unwrap(), 0);
     t.cleanup().await;
 }
 

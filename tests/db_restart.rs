@@ -178,13 +178,11 @@ async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
     let outage = outage();
     let schema = format!("steward_outage_worker_{}", std::process::id());
     let url = format!("{}?options=-csearch_path%3D{schema}", outage.url);
-    // The schema must exist for the worker's migration: made before the server stops.
-    let admin = sqlx::PgPool::connect(&outage.url).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    // Migrated before the server stops, as a deployment runs `steward migrate` first (the
+    // worker itself never changes the schema).
+    let migrated = PgStore::connect(&outage.url, Some(&schema)).await.unwrap();
+    migrated.migrate().await.unwrap();
+    migrated.pool().close().await;
     shell(&outage.stop);
     let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(["worker", "--queue", "default"])

@@ -14,7 +14,22 @@ const METRICS_TOKEN: &str = "a-metrics-scrape-token-of-32-bytes-at-least";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// `steward migrate` on `url`, as a deployment runs it before anything else.
+fn migrate(url: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run steward migrate");
+    assert!(output.status.success(), "{output:?}");
+}
+
 fn serve(dir: &tempfile::TempDir, listen: &str) -> Child {
+    migrate(&format!(
+        "sqlite://{}",
+        dir.path().join("serve.db").display()
+    ));
     Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(["serve", "--listen", listen])
         .env(
@@ -226,6 +241,7 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
     let url = format!("sqlite://{}", dir.path().join("worker.db").display());
     let jobs = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs");
     let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
+    migrate(&url);
     let enqueued = Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(["enqueue", "noop"])
         .env("DATABASE_URL", &url)

@@ -5,8 +5,8 @@
 //! running until Ctrl-C so the CLI can be tried against it.
 
 use super::{
-    CliError, api_state, build_runtime, demo_lifecycle, load_engine, load_kinds, open_store,
-    shutdown_signal, spawn_api,
+    CliError, api_state, build_runtime, demo_lifecycle, load_engine, load_kinds,
+    open_store_migrated, shutdown_signal, spawn_api,
 };
 use crate::config::{Settings, WorkerSettings};
 use crate::queue::builtin;
@@ -26,7 +26,7 @@ pub(crate) struct DemoArgs {
 
 pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliError> {
     let kinds = load_kinds(settings)?;
-    let store = open_store(settings).await?;
+    let store = open_store_migrated(settings).await?;
     let client = Client::new(store.clone(), kinds.clone()).with_registry(builtin::registry());
     let mut enqueued = Vec::new();
     for i in 0..20 {

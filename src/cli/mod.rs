@@ -25,10 +25,6 @@ use crate::store::{self, SharedStore, StoreError};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// The schema this binary writes and expects: the number of its last migration (the same on
-/// both backends; a unit test checks it against `migrations/`).
-pub const SCHEMA_VERSION: u32 = 9;
-
 /// `steward --version`: the binary's version and its schema's.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 9)");
 
@@ -44,7 +40,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply the schema (also done by every command that needs it).
+    /// Apply the schema: the only command (with the demo) that changes it; the others refuse
+    /// a database whose schema is behind.
     Migrate,
     /// Run workers and maintenance until SIGTERM or SIGINT.
     Worker(WorkerSettings),
@@ -295,7 +292,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = cli.settings;
     match cli.command {
         Command::Migrate => {
-            let store = open_store(&settings).await?;
+            let store = open_store_migrated(&settings).await?;
             out!("schema is up to date ({})", store.capabilities().name);
             Ok(())
         }
@@ -334,10 +331,44 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Connect and migrate, waiting for a database that is not up yet (a transient error: refused
-/// connection, server starting) with backoff for up to `--db-wait-secs`, saying what it waits
-/// for; a permanent error (bad URL, wrong password) fails at once.
+/// Connect to a database whose schema is this build's (see [`open_store_migrated`]): only
+/// `steward migrate` and the demo change the schema. One that is behind (or was never
+/// migrated) is refused with the command to run; a newer one (a rolling deploy, this binary
+/// the older) is used with a warning.
 pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, CliError> {
+    let store = connect_waiting(settings, false).await?;
+    let version = store.schema_version().await?;
+    let needed = store::SCHEMA_VERSION;
+    if version < needed {
+        return Err(CliError::Failed(format!(
+            "the database {} {}, this steward needs version {needed}: run `steward migrate` first",
+            store::redact(&settings.database_url),
+            if version == 0 {
+                "has no steward schema".to_string()
+            } else {
+                format!("has schema version {version}")
+            }
+        )));
+    }
+    if version > needed {
+        tracing::warn!(
+            database_schema = version,
+            this_build = needed,
+            "the database's schema is newer than this steward: upgrade it"
+        );
+    }
+    Ok(store)
+}
+
+/// Connect and migrate (`steward migrate`, the demo).
+pub(crate) async fn open_store_migrated(settings: &Settings) -> Result<SharedStore, CliError> {
+    connect_waiting(settings, true).await
+}
+
+/// Connect (and migrate, when asked), waiting for a database that is not up yet (a transient
+/// error: refused connection, server starting) with backoff for up to `--db-wait-secs`, saying
+/// what it waits for; a permanent error (bad URL, wrong password) fails at once.
+async fn connect_waiting(settings: &Settings, migrate: bool) -> Result<SharedStore, CliError> {
     use backon::{ExponentialBuilder, Retryable};
     let url = settings.database_url.as_str();
     let connect_error = |source| CliError::Connect {
@@ -352,7 +383,9 @@ pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, CliEr
         .without_max_times();
     let connect = || async {
         let store = store::connect(url).await?;
-        store.migrate().await?;
+        if migrate {
+            store.migrate().await?;
+        }
         Ok::<_, StoreError>(store)
     };
     connect
@@ -562,10 +595,10 @@ mod tests {
                         .ok()
                 })
                 .max();
-            assert_eq!(last, Some(super::SCHEMA_VERSION), "{backend}");
+            assert_eq!(last, Some(crate::store::SCHEMA_VERSION), "{backend}");
         }
         assert!(
-            super::VERSION.ends_with(&format!("(schema {})", super::SCHEMA_VERSION)),
+            super::VERSION.ends_with(&format!("(schema {})", crate::store::SCHEMA_VERSION)),
             "{}",
             super::VERSION
         );

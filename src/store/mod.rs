@@ -66,6 +66,10 @@ pub trait JobStore: JobAdmin + RunStore + DomainStore + DataStore + Send + Sync 
     /// Apply the schema in `migrations/<backend>/`; idempotent.
     async fn migrate(&self) -> StoreResult<()>;
 
+    /// The number of the last migration applied to this database (0 when it was never
+    /// migrated); this build writes [`SCHEMA_VERSION`].
+    async fn schema_version(&self) -> StoreResult<i64>;
+
     /// Insert jobs in one statement. A job whose unique key is held by another job that is
     /// not completed or cancelled is not inserted; that job's id is returned instead. A dead
     /// job keeps its key on purpose: the operator retries or discards it, rather than a
@@ -192,6 +196,10 @@ impl TransactionalEnqueue for sqlx::SqliteConnection {
         sqlite::insert_on(self, jobs).await
     }
 }
+
+/// The schema this build writes and expects: the number of its last migration, the same on
+/// both backends (a unit test ties it to `migrations/`).
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// A shared handle to whichever store `DATABASE_URL` selected.
 pub type SharedStore = Arc<dyn JobStore>;
