@@ -516,6 +516,36 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
     }
     let backups = dir.path().join("exports/backups/inventory/1.0.0");
     assert!(backups.is_dir(), "the major upgrade was backed up");
+    // The hints name this binary as it can be run from here, the dead job a retry fixes, and
+    // how to replay the demo; the retry they name works.
+    let bin = env!("CARGO_BIN_EXE_steward");
+    assert!(
+        stdout.contains("to replay the demo from the start, remove"),
+        "{stdout}"
+    );
+    let retry_line = stdout
+        .lines()
+        .find(|l| l.contains("this retry completes it"))
+        .unwrap_or_else(|| panic!("no retry hint in:\n{stdout}"));
+    let retry_args: Vec<&str> = retry_line
+        .split('#')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(retry_args[..3], [bin, "dlq", "retry"], "{retry_line}");
+    let retried = Command::new(bin)
+        .args(&retry_args[1..])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", sqlite(&dir))
+        .env("STEWARD_JOBS_DIR", repo.join("jobs"))
+        .env("STEWARD_WORKFLOWS_DIR", repo.join("workflows"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let (code, stderr) = failed(&retried);
+    assert_eq!(code, 0, "{retry_line}: {stderr}");
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("retried 1 job(s)"));
     // Read back by `module restore-backup`: verified, and since the rollback kept every row,
     // nothing to put back, which it says with a non-zero exit.
     let run = std::fs::read_dir(&backups)

@@ -98,16 +98,20 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
         "  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies",
         enqueued.len() + 2
     );
-    out!("  try, in another terminal:");
-    out!("    steward jobs counts");
-    out!("    steward dlq list");
-    out!("    steward jobs show {dead}");
-    out!("    steward dlq retry {dead}");
-    out!("    steward enqueue sleep --payload '{{\"ms\": 200}}'");
-    out!("    steward runs show {pipeline}     # a workflow that completes");
-    out!("    steward runs show {saga}     # one that fails and compensates");
-    out!("    steward run demo_pipeline --param tenant=tenant-1");
-    out!("  Ctrl-C stops the workers gracefully.");
+    let steward = invocation();
+    out!("  try, in another terminal (in this directory):");
+    out!("    {steward} jobs counts");
+    out!("    {steward} dlq list");
+    out!("    {steward} jobs show {dead}       # failed for good: a retry fails again");
+    out!("    {steward} dlq retry {retry_me}      # the CRM is back: this retry completes it");
+    out!("    {steward} enqueue sleep --payload '{{\"ms\": 200}}'");
+    out!("    {steward} runs show {pipeline}     # a workflow that completes");
+    out!("    {steward} runs show {saga}     # one that fails and compensates");
+    out!("    {steward} run demo_pipeline --param tenant=tenant-1");
+    out!(
+        "  Ctrl-C stops the workers gracefully; to replay the demo from the start, {}",
+        replay(settings, &steward)
+    );
     let trigger = shutdown.clone();
     let idle = args.exit_when_idle;
     let watched = store.clone();
@@ -177,6 +181,40 @@ async fn dashboard(
         Err(err) => out!("  dashboard not started ({err}); pass --listen ADDR"),
     }
     Ok(())
+}
+
+/// How to run this binary again from another terminal in the same directory: `steward` when
+/// that is what `PATH` finds, else its path (`./target/release/steward` after `cargo run
+/// --release`, say).
+pub(super) fn invocation() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "steward".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::canonicalize(dir.join("steward")).ok() == std::fs::canonicalize(&exe).ok()
+        })
+    });
+    if on_path {
+        return "steward".into();
+    }
+    match std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.to_path_buf()))
+    {
+        Some(relative) => format!("./{}", relative.display()),
+        None => exe.display().to_string(),
+    }
+}
+
+/// What to do to see the demo again from an empty database.
+fn replay(settings: &Settings, steward: &str) -> String {
+    match settings.database_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            format!("remove {path} (and its -wal and -shm files), then run `{steward} demo` again")
+        }
+        None => format!("point DATABASE_URL at an empty database and run `{steward} demo` again"),
+    }
 }
 
 /// Until nothing is queued or running (the demo's own jobs and runs have settled).

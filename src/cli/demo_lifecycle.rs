@@ -54,7 +54,10 @@ impl LifecycleDemo {
         let acme = match self.tenant("acme", true).await? {
             Some(id) => id,
             None => {
-                out!("  lifecycle: already shown in this database (steward audit --tenant 1)");
+                out!(
+                    "  lifecycle: already shown in this database ({} audit --tenant 1)",
+                    super::demo::invocation()
+                );
                 return Ok(false);
             }
         };
@@ -129,15 +132,16 @@ impl LifecycleDemo {
         let kept = self
             .wait(&[globex], "alert_engine", TenantModuleStatus::Enabled)
             .await?;
+        let steward = super::demo::invocation();
         out!(
             "  lifecycle: alert_engine 1.1.0 failed and was rolled back (run {run} failed, \
-             `steward runs list --state failed`): {}",
+             `{steward} runs list --state failed`): {}",
             kept.first()
                 .and_then(|m| m.status_reason.clone())
                 .unwrap_or_default()
         );
-        out!("    steward tenant modules {acme}");
-        out!("    steward audit --tenant {acme}");
+        out!("    {steward} tenant modules {acme}");
+        out!("    {steward} audit --tenant {acme}");
         Ok(true)
     }
 

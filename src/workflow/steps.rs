@@ -1,7 +1,7 @@
 //! Step handlers built into the binary, for the demo and the tests: `ledger.append` writes a
 //! ledger row in the step's transaction (its effect commits with the step; a `step_ms` run
 //! parameter makes it work that long after the write), `ledger.undo`
-//! records a compensation, `step.fail` always fails, `step.noop` passes its input on.
+//! records a compensation, `step.fail` fails for good (no retries), `step.noop` passes its input on.
 //! Handlers whose effects live in the database write them through `ctx.tx()`.
 
 use super::engine::{StepContext, StepFuture, StepRegistry};
@@ -36,9 +36,10 @@ fn ledger_undo(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     })
 }
 
+/// Fails for good at once (no retry could make it pass), so its run compensates now.
 fn fail(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
-        Err(JobError::Retryable(format!(
+        Err(JobError::Fatal(format!(
             "step {} of run {} failed on purpose",
             ctx.step, ctx.run_id
         )))
