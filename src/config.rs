@@ -153,6 +153,24 @@ pub struct Settings {
         global = true
     )]
     pub log_format: String,
+
+    /// What commands print: `table` (for people) or `json` (for programs).
+    #[arg(
+        long,
+        value_enum,
+        env = "STEWARD_OUTPUT",
+        default_value = "table",
+        global = true
+    )]
+    pub output: OutputFormat,
+}
+
+/// See [`Settings::output`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
 }
 
 /// Worker tuning, with defaults.

@@ -90,9 +90,9 @@ fn malformed_payloads_are_refused() {
     assert_eq!(code, 2);
     assert!(stderr.contains("must be a JSON object"), "{stderr}");
     // Nothing was enqueued by the refused commands.
-    let list = steward(&["jobs", "list", "--json"], &url, repo_jobs());
+    let list = steward(&["jobs", "list", "--output", "json"], &url, repo_jobs());
     assert!(list.status.success());
-    assert!(String::from_utf8_lossy(&list.stdout).trim().is_empty());
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
 }
 
 #[test]
@@ -229,7 +229,11 @@ fn workflow_runs_from_the_command_line() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "run 1 already exists for this idempotency key"
     );
-    let out = steward(&["runs", "show", "1"], &url, repo_jobs());
+    let out = steward(
+        &["runs", "show", "1", "--output", "json"],
+        &url,
+        repo_jobs(),
+    );
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(run["params"]["tenant"], "acme");
     assert_eq!(run["steps"][0]["state"], "queued");
@@ -276,23 +280,43 @@ fn enqueue_then_operate_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "enqueued 1");
+    // One table style: a header row, then the rows.
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [vec!["JOB", "ENQUEUED"], vec!["1", "enqueued"]],
+        "{table}"
+    );
+    // And JSON for programs: the same answer, parsed.
     let out = steward(
-        &["enqueue", "noop", "--unique-key", "k1"],
+        &["enqueue", "noop", "--unique-key", "k1", "--output", "json"],
         &url,
         repo_jobs(),
     );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(again[0]["id"], 1, "{again}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "duplicate of live job 1"
+        again[0]["inserted"], false,
+        "a duplicate of the live job: {again}"
     );
     let out = steward(&["jobs", "cancel", "1"], &url, repo_jobs());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "cancelled 1 job(s)"
     );
-    let out = steward(&["jobs", "show", "1"], &url, repo_jobs());
+    let out = steward(
+        &["jobs", "show", "1", "--output", "json"],
+        &url,
+        repo_jobs(),
+    );
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let counts = steward(&["jobs", "counts"], &url, repo_jobs());
+    let counts = String::from_utf8_lossy(&counts.stdout).to_string();
+    assert!(counts.starts_with("QUEUE"), "headers first: {counts}");
     assert_eq!(job["state"], "cancelled");
     // An action that applies to nothing says so and exits non-zero: a job that does not
     // exist, a dead-letter queue with nothing in it.
@@ -366,7 +390,21 @@ async fn sigterm_lets_the_running_job_finish_then_exits_cleanly() {
 fn module_lifecycle_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite(&dir);
-    let run = |args: &[&str]| steward(args, &url, repo_jobs());
+    // Answers read as JSON (`--output json`, here from the environment).
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("STEWARD_JOBS_DIR", repo_jobs())
+            .env(
+                "STEWARD_WORKFLOWS_DIR",
+                repo_jobs().with_file_name("workflows"),
+            )
+            .env("STEWARD_OUTPUT", "json")
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run steward")
+    };
     let ok = |args: &[&str]| {
         let output = run(args);
         assert!(
@@ -376,7 +414,7 @@ fn module_lifecycle_from_the_command_line() {
         );
         String::from_utf8_lossy(&output.stdout).to_string()
     };
-    assert!(ok(&["catalog", "load"]).contains("3 modules"));
+    assert!(ok(&["catalog", "load"]).contains("\"modules\":3"));
     assert!(ok(&["tenant", "create", "acme", "--internal-tester"]).contains("\"id\": 1"));
     assert!(ok(&["module", "request", "1", "chatbot"]).contains("PENDING_APPROVAL"));
     assert!(ok(&["module", "approve", "1", "chatbot"]).contains("PROVISIONING"));

@@ -1,7 +1,7 @@
 //! `steward cost …` and `steward purge`: monthly cost aggregation and purge-and-export on
 //! demand (both also run nightly from their cron workflows).
 
-use super::{CliError, load_engine, load_kinds, open_store};
+use super::{CliError, load_engine, load_kinds, open_store, output};
 use crate::config::Settings;
 use crate::store::data::parse_month;
 use clap::Subcommand;
@@ -32,10 +32,13 @@ pub(crate) async fn cost(settings: &Settings, command: CostCommand) -> Result<()
             let month = month(&text)?;
             let store = open_store(settings).await?;
             let done = store.cost_aggregate(month).await?;
-            out!(
-                "{text}: {} usage rows → {} tenant module rows",
-                done.usage_rows,
-                done.cost_rows
+            output::done(
+                settings.output,
+                format!(
+                    "{text}: {} usage rows → {} tenant module rows",
+                    done.usage_rows, done.cost_rows
+                ),
+                serde_json::json!({"month": text, "usage_rows": done.usage_rows, "cost_rows": done.cost_rows}),
             );
             Ok(())
         }
@@ -45,10 +48,7 @@ pub(crate) async fn cost(settings: &Settings, command: CostCommand) -> Result<()
             let rows = store
                 .monthly_costs(&crate::store::data::CostFilter::month(month))
                 .await?;
-            let text =
-                serde_json::to_string_pretty(&rows).map_err(|e| CliError::Failed(e.to_string()))?;
-            out!("{text}");
-            Ok(())
+            output::record(settings.output, &rows)
         }
     }
 }
@@ -61,6 +61,12 @@ pub(crate) async fn purge(settings: &Settings) -> Result<(), CliError> {
     let (run, _) = engine
         .start("data_retention", serde_json::json!({}), None)
         .await?;
-    out!("data retention run {run} started: each tenant module with expired rows gets a purge run");
+    output::done(
+        settings.output,
+        format!(
+            "data retention run {run} started: each tenant module with expired rows gets a purge run"
+        ),
+        serde_json::json!({"run": run}),
+    );
     Ok(())
 }

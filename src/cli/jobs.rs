@@ -1,13 +1,14 @@
 //! `steward enqueue`, `steward jobs …` and `steward dlq …`.
 
-use super::{CliError, load_kinds, open_store};
-use crate::config::Settings;
+use super::{CliError, load_kinds, open_store, output};
+use crate::config::{OutputFormat, Settings};
 use crate::queue::builtin;
 use crate::store::SharedStore;
 use crate::types::{JobFilter, JobId, JobRecord, JobState};
 use crate::{Client, EnqueueOptions};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
+use serde_json::json;
 use std::str::FromStr;
 
 #[derive(Debug, Args)]
@@ -65,9 +66,6 @@ pub(crate) enum JobsCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Show a job with every attempt.
     Show {
@@ -102,9 +100,6 @@ pub(crate) enum DlqCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Retry dead jobs: the ids given, or `--all` matching the filters.
     Retry(BulkArgs),
@@ -196,65 +191,73 @@ pub(crate) async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> Result<(
     let client = Client::new(store, kinds).with_registry(builtin::registry());
     let job = client.build(&args.kind, payload, options)?;
     let jobs = vec![job; args.count.max(1)];
+    let mut results = Vec::new();
     for chunk in jobs.chunks(1000) {
-        for enqueued in client.enqueue_many(chunk).await? {
-            if args.count <= 10 {
-                let note = if enqueued.inserted {
-                    "enqueued"
-                } else {
-                    "duplicate of live job"
-                };
-                out!("{note} {}", enqueued.id);
-            }
-        }
+        results.extend(client.enqueue_many(chunk).await?);
     }
     if args.count > 10 {
-        out!("enqueued {} jobs of kind {}", args.count, args.kind);
+        let inserted = results.iter().filter(|e| e.inserted).count();
+        output::done(
+            settings.output,
+            format!("enqueued {inserted} jobs of kind {}", args.kind),
+            json!({"kind": args.kind, "enqueued": inserted, "duplicates": results.len() - inserted}),
+        );
+        return Ok(());
     }
-    Ok(())
+    output::listing(settings.output, &["job", "enqueued"], &results, |e| {
+        let note = if e.inserted {
+            "enqueued"
+        } else {
+            "duplicate of a live job"
+        };
+        vec![e.id.to_string(), note.to_string()]
+    })
 }
 
 pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<(), CliError> {
     let store = open_store(settings).await?;
     match command {
-        JobsCommand::List { filter, json } => print_jobs(&store, &filter.to_filter()?, json).await,
+        JobsCommand::List { filter } => {
+            print_jobs(&store, &filter.to_filter()?, settings.output).await
+        }
         JobsCommand::Show { id } => {
             let job = store
                 .job_get(id)
                 .await?
                 .ok_or_else(|| CliError::Failed(format!("no job {id}")))?;
-            out!(
-                "{}",
-                serde_json::to_string_pretty(&job).map_err(|e| CliError::Failed(e.to_string()))?
-            );
-            Ok(())
+            output::record(settings.output, &job)
         }
         JobsCommand::Retry { ids } => retry(settings, store, &by_ids(ids)).await,
-        JobsCommand::Discard { ids } => {
-            report("discarded", store.jobs_discard(&by_ids(ids)).await?.count)
-        }
-        JobsCommand::Cancel { ids } => {
-            report("cancelled", store.jobs_cancel(&by_ids(ids)).await?.count)
-        }
-        JobsCommand::Counts => {
-            for count in store.jobs_count_by_state().await? {
-                out!("{:<20} {:<10} {}", count.queue, count.state, count.count);
-            }
-            Ok(())
-        }
+        JobsCommand::Discard { ids } => report(
+            settings,
+            "discarded",
+            store.jobs_discard(&by_ids(ids)).await?.count,
+        ),
+        JobsCommand::Cancel { ids } => report(
+            settings,
+            "cancelled",
+            store.jobs_cancel(&by_ids(ids)).await?.count,
+        ),
+        JobsCommand::Counts => output::listing(
+            settings.output,
+            &["queue", "state", "count"],
+            &store.jobs_count_by_state().await?,
+            |c| vec![c.queue.clone(), c.state.to_string(), c.count.to_string()],
+        ),
     }
 }
 
 pub(crate) async fn dlq(settings: &Settings, command: DlqCommand) -> Result<(), CliError> {
     let store = open_store(settings).await?;
     match command {
-        DlqCommand::List { filter, json } => {
+        DlqCommand::List { filter } => {
             let mut filter = filter.to_filter()?;
             filter.state = Some(JobState::Dead);
-            print_jobs(&store, &filter, json).await
+            print_jobs(&store, &filter, settings.output).await
         }
         DlqCommand::Retry(args) => retry(settings, store, &args.to_filter()?).await,
         DlqCommand::Discard(args) => report(
+            settings,
             "discarded",
             store.jobs_discard(&args.to_filter()?).await?.count,
         ),
@@ -280,61 +283,68 @@ async fn retry(
     let retried = operator
         .retry_jobs(filter, &super::operator_actor())
         .await?;
-    for run in &retried.runs {
-        out!("run {run} retried from its failed step (its dead step job left the DLQ)");
-    }
     for refused in &retried.refused {
         eprintln!("not retried: {refused}");
     }
-    out!("retried {} job(s)", retried.jobs);
+    let mut text = format!("retried {} job(s)", retried.jobs);
+    for run in &retried.runs {
+        text.push_str(&format!(
+            "\nrun {run} retried from its failed step (its dead step job left the DLQ)"
+        ));
+    }
+    output::done(
+        settings.output,
+        text,
+        json!({"retried_jobs": retried.jobs, "retried_runs": retried.runs, "refused": retried.refused}),
+    );
     Ok(())
 }
 
 /// An action that applied to nothing is a failure (exit non-zero), never a success.
-fn report(what: &str, count: u64) -> Result<(), CliError> {
+fn report(settings: &Settings, what: &str, count: u64) -> Result<(), CliError> {
     if count == 0 {
         return Err(CliError::Failed(format!(
             "no job was {what}: none matched in a state that allows it"
         )));
     }
-    out!("{what} {count} job(s)");
+    output::done(
+        settings.output,
+        format!("{what} {count} job(s)"),
+        json!({what: count}),
+    );
     Ok(())
 }
 
-async fn print_jobs(store: &SharedStore, filter: &JobFilter, json: bool) -> Result<(), CliError> {
+async fn print_jobs(
+    store: &SharedStore,
+    filter: &JobFilter,
+    format: OutputFormat,
+) -> Result<(), CliError> {
     let jobs = store.jobs_list(filter).await?;
-    if json {
-        for job in &jobs {
-            out!(
-                "{}",
-                serde_json::to_string(job).map_err(|e| CliError::Failed(e.to_string()))?
-            );
-        }
-        return Ok(());
-    }
-    out!(
-        "{:>8}  {:<10}  {:<12}  {:<12}  {:<12}  {:>7}  last error",
-        "id",
-        "state",
-        "queue",
-        "kind",
-        "tenant",
-        "attempt"
-    );
-    for job in &jobs {
-        out!(
-            "{:>8}  {:<10}  {:<12}  {:<12}  {:<12}  {:>3}/{:<3}  {}",
-            job.id,
-            job.state,
-            job.queue,
-            job.kind,
-            job.tenant,
-            job.attempt,
-            job.max_attempts,
-            last_error(job)
-        );
-    }
-    Ok(())
+    output::listing(
+        format,
+        &[
+            "id",
+            "state",
+            "queue",
+            "kind",
+            "tenant",
+            "attempt",
+            "last error",
+        ],
+        &jobs,
+        |job| {
+            vec![
+                job.id.to_string(),
+                job.state.to_string(),
+                job.queue.clone(),
+                job.kind.clone(),
+                job.tenant.clone(),
+                format!("{}/{}", job.attempt, job.max_attempts),
+                last_error(job),
+            ]
+        },
+    )
 }
 
 fn last_error(job: &JobRecord) -> String {

@@ -16,6 +16,7 @@ mod demo;
 mod demo_lifecycle;
 mod jobs;
 mod modules;
+mod output;
 mod runs;
 mod worker;
 
@@ -293,7 +294,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Migrate => {
             let store = open_store_migrated(&settings).await?;
-            out!("schema is up to date ({})", store.capabilities().name);
+            output::done(
+                settings.output,
+                format!(
+                    "schema is up to date ({}, version {})",
+                    store.capabilities().name,
+                    store::SCHEMA_VERSION
+                ),
+                serde_json::json!({"backend": store.capabilities().name, "schema_version": store::SCHEMA_VERSION}),
+            );
             Ok(())
         }
         Command::Worker(args) => worker::run(&settings, &args).await,
@@ -321,7 +330,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let token = keys
                 .mint(&sub, role, tenant, chrono::Duration::hours(ttl_hours))
                 .map_err(CliError::Usage)?;
-            out!("{token}");
+            match settings.output {
+                crate::config::OutputFormat::Table => out!("{token}"),
+                crate::config::OutputFormat::Json => {
+                    out!("{}", serde_json::json!({"token": token}))
+                }
+            }
             Ok(())
         }
         Command::Audit { tenant, limit } => modules::audit(&settings, tenant, limit).await,

@@ -1,13 +1,14 @@
 //! `steward tenant …`, `steward catalog …`, `steward module …` and `steward audit`: the
 //! module lifecycle from the command line (the HTTP API comes later).
 
-use super::{CliError, load_engine, load_kinds, open_store};
+use super::{CliError, load_engine, load_kinds, open_store, output};
 use crate::config::Settings;
 use crate::domain::catalog::Catalog;
 use crate::domain::maturity::Maturity;
 use crate::lifecycle::Lifecycle;
 use crate::store::domain::{NewTenant, TenantId};
 use clap::Subcommand;
+use serde_json::json;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantCommand {
@@ -226,12 +227,6 @@ async fn lifecycle(settings: &Settings) -> Result<Lifecycle, CliError> {
 
 use super::operator_actor as actor;
 
-fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
-    out!("{text}");
-    Ok(())
-}
-
 pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Result<(), CliError> {
     let store = open_store(settings).await?;
     match command {
@@ -250,9 +245,11 @@ pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Resul
                     ..Default::default()
                 })
                 .await?;
-            print_json(&created)
+            output::record(settings.output, &created)
         }
-        TenantCommand::Modules { tenant } => print_json(&store.tenant_modules(tenant).await?),
+        TenantCommand::Modules { tenant } => {
+            output::record(settings.output, &store.tenant_modules(tenant).await?)
+        }
         TenantCommand::Webhook {
             tenant,
             url,
@@ -282,7 +279,11 @@ pub(crate) async fn tenant(settings: &Settings, command: TenantCommand) -> Resul
                 .map_err(|e| CliError::Failed(e.to_string()))?;
             let target = crate::store::data::WebhookTarget { url, secret };
             store.tenant_set_webhook(tenant, Some(&target)).await?;
-            out!("tenant {tenant}: webhooks go to {}", target.url);
+            output::done(
+                settings.output,
+                format!("tenant {tenant}: webhooks go to {}", target.url),
+                json!({"tenant": tenant, "webhook_url": target.url}),
+            );
             Ok(())
         }
     }
@@ -295,12 +296,16 @@ pub(crate) async fn catalog(settings: &Settings, command: CatalogCommand) -> Res
             let catalog = Catalog::load_dir(&settings.catalog_dir)?;
             let life = lifecycle(settings).await?;
             let (modules, versions) = life.load_catalog(&catalog, &actor()).await?;
-            out!("catalog loaded: {modules} modules, {versions} versions");
+            output::done(
+                settings.output,
+                format!("catalog loaded: {modules} modules, {versions} versions"),
+                json!({"modules": modules, "versions": versions}),
+            );
             Ok(())
         }
         CatalogCommand::List => {
             let store = open_store(settings).await?;
-            print_json(&store.modules_list().await?)
+            output::record(settings.output, &store.modules_list().await?)
         }
         CatalogCommand::SetMaturity {
             module,
@@ -312,10 +317,17 @@ pub(crate) async fn catalog(settings: &Settings, command: CatalogCommand) -> Res
                 .map_err(|e: crate::domain::DomainError| CliError::Usage(e.to_string()))?;
             let life = lifecycle(settings).await?;
             let (from, run) = life.set_maturity(&module, to, force, &actor()).await?;
-            out!("module {module}: {from} → {to}");
+            let mut text = format!("module {module}: {from} → {to}");
             if let Some(run) = run {
-                out!("deprecation run {run} started: it notifies every impacted tenant");
+                text.push_str(&format!(
+                    "\ndeprecation run {run} started: it notifies every impacted tenant"
+                ));
             }
+            output::done(
+                settings.output,
+                text,
+                json!({"module": module, "from": from.to_string(), "to": to.to_string(), "run": run}),
+            );
             Ok(())
         }
     }
@@ -332,22 +344,28 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             if let Some(run) = requested.run {
                 eprintln!("provisioning run {run} started");
             }
-            print_json(&requested.module)
+            output::record(settings.output, &requested.module)
         }
         ModuleCommand::Approve { tenant, module } => {
             let (record, run) = life.approve(tenant, &module, &actor()).await?;
             eprintln!("provisioning run {run} started");
-            print_json(&record)
+            output::record(settings.output, &record)
         }
-        ModuleCommand::Disable { tenant, module } => {
-            print_json(&life.disable(tenant, &module, &actor()).await?)
-        }
-        ModuleCommand::Enable { tenant, module } => {
-            print_json(&life.reenable(tenant, &module, &actor()).await?)
-        }
+        ModuleCommand::Disable { tenant, module } => output::record(
+            settings.output,
+            &life.disable(tenant, &module, &actor()).await?,
+        ),
+        ModuleCommand::Enable { tenant, module } => output::record(
+            settings.output,
+            &life.reenable(tenant, &module, &actor()).await?,
+        ),
         ModuleCommand::Archive { tenant, module } => {
             let run = life.archive(tenant, &module, &actor()).await?;
-            out!("archive run {run} started");
+            output::done(
+                settings.output,
+                format!("archive run {run} started"),
+                json!({"run": run}),
+            );
             Ok(())
         }
         ModuleCommand::Settings {
@@ -362,18 +380,26 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
                 life.set_settings(tenant, &module, &value, &actor()).await?;
             }
             let store = open_store(settings).await?;
-            print_json(&store.settings_get(tenant, &module).await?)
+            output::record(settings.output, &store.settings_get(tenant, &module).await?)
         }
         ModuleCommand::Upgrade { module, version } => {
             let run = life.upgrade(&module, &version, &actor()).await?;
-            out!("upgrade run {run} started");
+            output::done(
+                settings.output,
+                format!("upgrade run {run} started"),
+                json!({"run": run}),
+            );
             Ok(())
         }
         ModuleCommand::Rollback { module } => {
             let window =
                 std::time::Duration::from_secs(settings.rollback_window_hours.saturating_mul(3600));
             let tenants = life.rollback(&module, window, &actor()).await?;
-            out!("module {module} rolled back for {} tenants", tenants.len());
+            output::done(
+                settings.output,
+                format!("module {module} rolled back for {} tenants", tenants.len()),
+                json!({"module": module, "tenants": tenants}),
+            );
             Ok(())
         }
         ModuleCommand::RestoreBackup { module, run } => {
@@ -381,36 +407,47 @@ pub(crate) async fn module(settings: &Settings, command: ModuleCommand) -> Resul
             let restored = life
                 .restore_backup(exports.as_ref(), &module, run, &actor())
                 .await?;
-            for table in &restored.tables {
-                out!(
-                    "{}: {} of {} rows restored ({} of frozen tenants left out)",
-                    table.table,
-                    table.inserted,
-                    table.rows,
-                    table.frozen
-                );
-            }
+            output::listing(
+                settings.output,
+                &["table", "rows", "restored", "frozen tenants' rows left out"],
+                &restored.tables,
+                |t| {
+                    vec![
+                        t.table.clone(),
+                        t.rows.to_string(),
+                        t.inserted.to_string(),
+                        t.frozen.to_string(),
+                    ]
+                },
+            )?;
             Ok(())
         }
         ModuleCommand::Reject {
             tenant,
             module,
             reason,
-        } => print_json(&life.reject(tenant, &module, &actor(), &reason).await?),
+        } => output::record(
+            settings.output,
+            &life.reject(tenant, &module, &actor(), &reason).await?,
+        ),
         ModuleCommand::Suspend {
             tenant,
             module,
             reason,
-        } => print_json(&life.suspend(tenant, &module, &actor(), &reason).await?),
-        ModuleCommand::Resume { tenant, module } => {
-            print_json(&life.resume(tenant, &module, &actor()).await?)
-        }
+        } => output::record(
+            settings.output,
+            &life.suspend(tenant, &module, &actor(), &reason).await?,
+        ),
+        ModuleCommand::Resume { tenant, module } => output::record(
+            settings.output,
+            &life.resume(tenant, &module, &actor()).await?,
+        ),
         ModuleCommand::Repair { tenant, module } => {
             let (record, done) = life.repair(tenant, &module, &actor()).await?;
             for line in &done {
                 eprintln!("repaired: {line}");
             }
-            print_json(&record)
+            output::record(settings.output, &record)
         }
     }
 }
@@ -421,7 +458,11 @@ pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<()
     let summary = match command {
         PlanCommand::Create { slug, name } => {
             let id = store.plan_create(&slug, &name).await?;
-            out!("plan {slug} created (id {id})");
+            output::done(
+                settings.output,
+                format!("plan {slug} created (id {id})"),
+                json!({"plan": slug, "id": id}),
+            );
             return Ok(());
         }
         PlanCommand::AddModule { plan, module } => {
@@ -431,13 +472,15 @@ pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<()
             let removed = store
                 .plan_remove_module(&plan, &module, actor().as_str())
                 .await?;
-            out!(
-                "plan {plan}: module {module} {}",
-                if removed {
-                    "removed (tenants keep it)"
-                } else {
-                    "was not in it"
-                }
+            if !removed {
+                return Err(CliError::Failed(format!(
+                    "plan {plan}: module {module} was not in it (nothing removed)"
+                )));
+            }
+            output::done(
+                settings.output,
+                format!("plan {plan}: module {module} removed (tenants keep it)"),
+                json!({"plan": plan, "module": module, "removed": true}),
             );
             return Ok(());
         }
@@ -447,7 +490,11 @@ pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<()
             status,
         } => {
             let id = store.subscription_create(tenant, &plan, &status).await?;
-            out!("tenant {tenant} subscribed to {plan} ({status}, subscription {id})");
+            output::done(
+                settings.output,
+                format!("tenant {tenant} subscribed to {plan} ({status}, subscription {id})"),
+                json!({"tenant": tenant, "plan": plan, "status": status, "subscription": id}),
+            );
             return Ok(());
         }
         PlanCommand::SyncModules { plan, module, all } => {
@@ -458,27 +505,33 @@ pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<()
                 .await?
         }
     };
-    for line in &summary {
-        out!(
-            "plan {}: {} → {} of {} tenants synced",
-            line.plan,
-            line.module,
-            line.synced,
-            line.subscribed
-        );
-        if let Some(reason) = &line.skipped_reason {
-            out!(
-                "plan {}: {} → {} tenants skipped: {reason}",
-                line.plan,
-                line.module,
-                line.skipped_missing_dependencies
-            );
-        }
-    }
     if summary.is_empty() {
-        out!("nothing to sync");
+        return Err(CliError::Failed(
+            "nothing to sync: no active subscription lacks a module of its plan".into(),
+        ));
     }
-    Ok(())
+    output::listing(
+        settings.output,
+        &[
+            "plan",
+            "module",
+            "synced",
+            "subscribed",
+            "skipped",
+            "why skipped",
+        ],
+        &summary,
+        |line| {
+            vec![
+                line.plan.clone(),
+                line.module.clone(),
+                line.synced.to_string(),
+                line.subscribed.to_string(),
+                line.skipped_missing_dependencies.to_string(),
+                line.skipped_reason.clone().unwrap_or_default(),
+            ]
+        },
+    )
 }
 
 pub(crate) async fn audit(
@@ -487,5 +540,5 @@ pub(crate) async fn audit(
     limit: i64,
 ) -> Result<(), CliError> {
     let store = open_store(settings).await?;
-    print_json(&store.audit_list(tenant, limit).await?)
+    output::record(settings.output, &store.audit_list(tenant, limit).await?)
 }

@@ -1,10 +1,10 @@
 //! `steward run` and `steward runs …`: workflow runs from the command line.
 
-use super::{CliError, load_engine, load_kinds, open_store};
+use super::{CliError, load_engine, load_kinds, open_store, output};
 use crate::config::Settings;
 use crate::store::runs::{RunId, RunState};
 use clap::{Args, Subcommand};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use std::str::FromStr;
 
 #[derive(Debug, Args)]
@@ -80,11 +80,16 @@ pub(crate) async fn run(settings: &Settings, args: &RunArgs) -> Result<(), CliEr
             &super::operator_actor(),
         )
         .await?;
-    if created {
-        out!("started run {id}");
+    let text = if created {
+        format!("started run {id}")
     } else {
-        out!("run {id} already exists for this idempotency key");
-    }
+        format!("run {id} already exists for this idempotency key")
+    };
+    output::done(
+        settings.output,
+        text,
+        json!({"run": id, "started": created}),
+    );
     Ok(())
 }
 
@@ -98,48 +103,49 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
                 Some(state) => Some(RunState::from_str(&state).map_err(CliError::Usage)?),
                 None => None,
             };
-            out!(
-                "{:>6}  {:<20} {:<13} {:<6} error",
-                "id",
-                "workflow",
-                "state",
-                "step"
-            );
-            for run in store.runs_list(state, limit).await? {
-                out!(
-                    "{:>6}  {:<20} {:<13} {:<6} {}",
-                    run.id,
-                    run.workflow,
-                    run.state,
-                    run.current_step,
-                    run.error.unwrap_or_default()
-                );
-            }
+            output::listing(
+                settings.output,
+                &["id", "workflow", "state", "step", "error"],
+                &store.runs_list(state, limit).await?,
+                |run| {
+                    vec![
+                        run.id.to_string(),
+                        run.workflow.clone(),
+                        run.state.to_string(),
+                        run.current_step.to_string(),
+                        run.error.clone().unwrap_or_default(),
+                    ]
+                },
+            )?;
         }
         RunsCommand::Show { id } => {
             let run = engine.run(id).await?;
-            let text =
-                serde_json::to_string_pretty(&run).map_err(|e| CliError::Failed(e.to_string()))?;
-            out!("{text}");
+            output::record(settings.output, &run)?;
         }
         RunsCommand::Retry { id } => {
             operator(&engine)
                 .retry_run(id, &super::operator_actor())
                 .await?;
-            out!("run {id} retried from its failed step");
+            output::done(
+                settings.output,
+                format!("run {id} retried from its failed step"),
+                json!({"run": id, "retried": true}),
+            );
         }
         RunsCommand::Cancel { id } => {
             operator(&engine)
                 .cancel_run(id, &super::operator_actor())
                 .await?;
             let run = engine.run(id).await?;
-            out!(
-                "run {id} {}",
-                if run.state == RunState::Cancelled {
-                    "cancelled"
-                } else {
-                    "cancelling: its completed steps are being compensated"
-                }
+            let what = if run.state == RunState::Cancelled {
+                "cancelled"
+            } else {
+                "cancelling: its completed steps are being compensated"
+            };
+            output::done(
+                settings.output,
+                format!("run {id} {what}"),
+                json!({"run": id, "state": run.state}),
             );
         }
     }
@@ -152,18 +158,22 @@ pub(crate) async fn schedules(settings: &Settings, count: usize) -> Result<(), C
     let engine = load_engine(settings, store, &kinds)?;
     let fires =
         crate::workflow::schedule::next_fires(engine.workflows(), chrono::Utc::now(), count.max(1));
-    if fires.is_empty() {
+    if fires.is_empty() && settings.output == crate::config::OutputFormat::Table {
         out!("no workflow has a cron trigger");
+        return Ok(());
     }
-    for fire in fires {
-        let at: Vec<String> = fire.at.iter().map(|t| t.to_rfc3339()).collect();
-        out!(
-            "{:<24} {:<16} {:<20} {}",
-            fire.workflow,
-            fire.cron,
-            fire.timezone,
-            at.join("  ")
-        );
-    }
-    Ok(())
+    output::listing(
+        settings.output,
+        &["workflow", "cron", "time zone", "next fire times (UTC)"],
+        &fires,
+        |fire| {
+            let at: Vec<String> = fire.at.iter().map(|t| t.to_rfc3339()).collect();
+            vec![
+                fire.workflow.clone(),
+                fire.cron.clone(),
+                fire.timezone.clone(),
+                at.join("  "),
+            ]
+        },
+    )
 }
