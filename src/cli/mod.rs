@@ -500,6 +500,16 @@ pub(crate) async fn spawn_api(
     listen: &str,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<std::net::SocketAddr, CliError> {
+    spawn_app(crate::http::app(state), listen, shutdown).await
+}
+
+/// Serve `app` on `listen` (the default server limits) until `shutdown`; returns the bound
+/// address.
+pub(crate) async fn spawn_app(
+    app: axum::Router,
+    listen: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::net::SocketAddr, CliError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
@@ -508,8 +518,9 @@ pub(crate) async fn spawn_api(
         .map_err(|e| CliError::Failed(e.to_string()))?;
     tokio::spawn(async move {
         let stop = async move { shutdown.cancelled().await };
-        if let Err(err) = crate::http::serve(listener, state, stop).await {
-            tracing::error!(error = %err, "the API stopped");
+        let limits = crate::http::ServerLimits::default();
+        if let Err(err) = crate::http::serve_app(listener, app, limits, stop).await {
+            tracing::error!(error = %err, %addr, "the HTTP listener stopped");
         }
     });
     Ok(addr)

@@ -63,19 +63,5 @@ async fn spawn_monitoring(
     let state = crate::api::AppState::new(engine, settings.exports(), keys)
         .with_metrics_token(token)
         .map_err(CliError::Usage)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    let app = crate::http::monitoring_app(state);
-    tokio::spawn(async move {
-        let stop = async move { shutdown.cancelled().await };
-        let limits = crate::http::ServerLimits::default();
-        if let Err(err) = crate::http::serve_app(listener, app, limits, stop).await {
-            tracing::error!(error = %err, "the monitoring listener stopped");
-        }
-    });
-    Ok(addr)
+    super::spawn_app(crate::http::monitoring_app(state), listen, shutdown).await
 }
