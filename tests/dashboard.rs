@@ -1,6 +1,7 @@
 //! The dashboard in a real headless Chromium (through chromedriver): log in with a token,
 //! see the overview (its screenshot is written to the test's target directory), find the
-//! dead job in the dead-letter view, click Retry, and watch the job complete.
+//! dead job in the dead-letter view, click Retry, and watch the job complete; then a tenant
+//! admin logs in and lands on their own tenant's page.
 
 mod common;
 #[path = "common/webdriver.rs"]
@@ -122,6 +123,49 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     assert_eq!(job.attempts.len(), 2, "the failed attempt and the retry");
     browser.find("#attempts").await;
     assert!(browser.text("#attempts").await.contains("the CRM was down"));
+
+    // A tenant admin lands on their own tenant's page (the overview covers every tenant):
+    // its modules and its jobs, the retried one among them.
+    let tenant = t
+        .store
+        .tenant_create(&steward::store::domain::NewTenant {
+            slug: "acme".into(),
+            name: "Acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tenant.id, 1, "the jobs above name tenant 1");
+    browser.click("header button").await;
+    browser.wait_for("#token").await;
+    let tenant_token = keys
+        .mint(
+            "acme-admin",
+            Role::TenantAdmin,
+            Some(1),
+            chrono::Duration::hours(1),
+        )
+        .unwrap();
+    browser.type_into("#token", &tenant_token).await;
+    browser.click("#login").await;
+    browser.wait_for("#modules").await;
+    assert!(browser.url().await.ends_with("/dashboard/tenant/1"));
+    assert!(browser.text("#tenant").await.contains("Acme"));
+    assert!(browser.text("#modules").await.contains("no module yet"));
+    assert!(
+        browser.text("#jobs").await.contains(&dead.to_string()),
+        "the tenant's jobs are listed"
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-tenant-admin.png");
+    std::fs::write(&shot, browser.screenshot().await).unwrap();
+    // Another tenant's page is not theirs.
+    let other = http
+        .get(format!("{base}/dashboard/tenant/2"))
+        .header("cookie", format!("steward_token={tenant_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
     browser.close().await;
 
     stop.cancel();

@@ -750,6 +750,7 @@ async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
         };
         let path = template
             .replace("/api/tenant/{id}", "/api/tenant/1")
+            .replace("/dashboard/tenant/{id}", "/dashboard/tenant/1")
             .replace("{id}", &object.to_string())
             .replace("{module}", "journal")
             .replace("{plan}", "basic")

@@ -2,12 +2,14 @@
 //! the API (a token pasted once at `/dashboard/login`, then kept in an HttpOnly, SameSite
 //! cookie). Pages: the overview (counts per state, throughput chart), jobs with filters, a
 //! job with its attempts, the dead-letter queue with single and bulk retry and discard,
-//! runs with their steps as a timeline, and the cron schedules.
+//! runs with their steps as a timeline, the cron schedules, and a tenant's page (its modules
+//! and jobs), where a tenant admin lands.
 
 mod html;
 mod jobs;
 mod overview;
 mod runs;
+mod tenant;
 
 use crate::api::auth::{COOKIE, Caller};
 use crate::api::error::ApiError;
@@ -33,6 +35,7 @@ pub fn routes() -> Routes {
         .add("GET", "/dashboard/runs/{id}", get(runs::show))
         .add("POST", "/dashboard/runs/{id}/retry", post(runs::retry))
         .add("GET", "/dashboard/schedules", get(runs::schedules))
+        .add("GET", "/dashboard/tenant/{id}", get(tenant::page))
 }
 
 /// What a page handler gets back when it fails: an HTML error page (or the login page for

@@ -8,7 +8,7 @@ use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::types::JobState;
 use axum::extract::State;
-use axum::response::Html;
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DurationRound, Utc};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,8 +18,12 @@ const CHART_MINUTES: i64 = 60;
 pub(super) async fn page(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
-) -> Result<Html<String>, PageError> {
+) -> Result<Response, PageError> {
     let caller = gate(caller)?;
+    // The overview covers every tenant: a tenant admin lands on their own tenant's page.
+    if let Some(own) = caller.confined_to() {
+        return Ok(Redirect::to(&format!("/dashboard/tenant/{own}")).into_response());
+    }
     caller.may_read(None)?;
     let counts = state.store.jobs_count_by_state().await?;
     let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
@@ -65,7 +69,7 @@ pub(super) async fn page(
         body.push_str("</tr>");
     }
     body.push_str("</table>");
-    Ok(Html(layout("Overview", &who(&caller), &body)))
+    Ok(Html(layout("Overview", &who(&caller), &body)).into_response())
 }
 
 /// An SVG bar chart of completed jobs per minute (empty minutes are zero bars).
