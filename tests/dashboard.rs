@@ -92,19 +92,38 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     std::fs::write(&shot, &png).unwrap();
     println!("overview screenshot: {}", shot.display());
 
-    // The dead-letter view lists the dead job with its error; Retry it.
+    // The dead-letter view lists the dead job with its error. A bulk action asks first,
+    // saying how many jobs it matches; cancelled, nothing changed.
     browser.click("a[href='/dashboard/dead']").await;
     browser.wait_for("#bulk-retry").await;
     let row = format!("#job-{dead}");
     assert!(browser.text(&row).await.contains("the CRM was down"));
+    browser.click("#bulk-discard").await;
+    browser.wait_for("#confirm-discard").await;
+    assert!(
+        browser
+            .text("#confirm-what")
+            .await
+            .contains("Discard 1 dead job(s)"),
+        "{}",
+        browser.text("#confirm-what").await
+    );
+    browser.click("#cancel").await;
+    browser.wait_for(&row).await;
+    assert_eq!(
+        t.store.job_get(dead).await.unwrap().unwrap().state,
+        JobState::Dead
+    );
+    // Retry the one job: its page says what was done.
     browser.click(&format!("{row} button.primary")).await;
     browser.wait_for("#job-state").await;
     assert!(
         browser
             .url()
             .await
-            .ends_with(&format!("/dashboard/jobs/{dead}"))
+            .contains(&format!("/dashboard/jobs/{dead}?done=retry"))
     );
+    assert_eq!(browser.text("#notice").await, "retried 1 job(s)");
     // The worker picks it up: the job page shows it completed (reloaded until it does).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -239,7 +239,7 @@ async fn dashboard_writes_need_this_origin(backend: Backend) {
             .post(format!("{}/dashboard/dead/retry", server.base))
             .header("cookie", &cookie)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body("kind=&queue=&tenant=");
+            .body("kind=&queue=&tenant=&confirmed=yes");
         if let Some(origin) = origin {
             request = request.header("origin", origin);
         }

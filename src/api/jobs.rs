@@ -179,21 +179,28 @@ pub(super) async fn bulk(
 
 /// Retry or discard every dead job matching `filter` that `caller` may operate on (a tenant
 /// admin: only its own tenant's); returns how many.
+/// The dead jobs a bulk action by `caller` may touch: its filter, confined to the caller's
+/// tenant, refused for a caller who may not operate on them (the one check the API's bulk
+/// actions and the dashboard's confirmation page both make).
+pub(crate) fn dead_scope(caller: &Caller, filter: DeadFilter) -> Result<JobFilter, ApiError> {
+    let tenant = caller.scope_tenant(filter.tenant)?;
+    caller.may_operate(tenant.as_deref().and_then(|t| t.parse().ok()))?;
+    Ok(JobFilter {
+        state: Some(JobState::Dead),
+        queue: filter.queue,
+        kind: filter.kind,
+        tenant,
+        ..Default::default()
+    })
+}
+
 pub(crate) async fn act_on_dead(
     state: &AppState,
     caller: &Caller,
     filter: DeadFilter,
     action: &str,
 ) -> Result<u64, ApiError> {
-    let tenant = caller.scope_tenant(filter.tenant)?;
-    caller.may_operate(tenant.as_deref().and_then(|t| t.parse().ok()))?;
-    let filter = JobFilter {
-        state: Some(JobState::Dead),
-        queue: filter.queue,
-        kind: filter.kind,
-        tenant,
-        ..Default::default()
-    };
+    let filter = dead_scope(caller, filter)?;
     let affected = match action {
         "retry" => retry(state, caller, &filter).await?,
         "discard" => state.store.jobs_discard(&filter).await?,

@@ -9,7 +9,7 @@ use crate::api::error::ApiError;
 use crate::api::jobs as api_jobs;
 use crate::types::{JobFilter, JobId, JobRecord, JobState};
 use axum::extract::{Form, Path, Query, State};
-use axum::response::{Html, Redirect};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use std::fmt::Write;
 
@@ -176,6 +176,7 @@ pub(super) async fn dead(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     Query(filters): Query<Filters>,
+    Query(done): Query<Done>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
     let jobs = state
@@ -193,7 +194,8 @@ pub(super) async fn dead(
         )
     };
     let body = format!(
-        r#"{}<p>{} {}</p>{}{}"#,
+        r#"{}{}<p>{} {}</p>{}{}"#,
+        done.notice(),
         filters.form("/dashboard/dead", false),
         bulk("retry", "Retry all matching", "primary"),
         bulk("discard", "Discard all matching", "danger"),
@@ -207,12 +209,15 @@ pub(super) async fn show(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
+    Query(done): Query<Done>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
     let id = api_jobs::job_id(&id)?;
     let job = api_jobs::load(&state, id).await?;
     caller.may_read(api_jobs::tenant_of(&job))?;
-    let mut body = format!(
+    let mut body = done.notice();
+    let _ = write!(
+        body,
         r#"<table id="job"><tr><th>state</th><td id="job-state">{state}</td></tr>
 <tr><th>kind</th><td>{kind}</td></tr><tr><th>queue</th><td>{queue}</td></tr>
 <tr><th>tenant</th><td>{tenant}</td></tr><tr><th>priority</th><td>{priority}</td></tr>
@@ -263,22 +268,104 @@ pub(super) async fn act(
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Redirect, PageError> {
     let caller = gate(caller)?;
-    let (id, _) = api_jobs::act_on(&state, &caller, &id, &action).await?;
-    Ok(Redirect::to(&format!("/dashboard/jobs/{id}")))
+    let (id, n) = api_jobs::act_on(&state, &caller, &id, &action).await?;
+    Ok(Redirect::to(&format!(
+        "/dashboard/jobs/{id}?done={}&n={n}",
+        url(&action)
+    )))
 }
 
+/// After an action: which one, and how many jobs it applied to (`?done=retry&n=3`).
+#[derive(Deserialize, Default)]
+pub(super) struct Done {
+    #[serde(default)]
+    done: String,
+    n: Option<u64>,
+}
+
+impl Done {
+    /// The message after an action (only the actions there are: nothing from the URL is shown
+    /// but a number).
+    fn notice(&self) -> String {
+        let verb = match self.done.as_str() {
+            "retry" => "retried",
+            "discard" => "discarded",
+            "cancel" => "cancelled",
+            _ => return String::new(),
+        };
+        let what = match self.n {
+            Some(n) => format!("{verb} {n} job(s)"),
+            None => format!("{verb}: done"),
+        };
+        format!(r#"<p class="notice" id="notice">{}</p>"#, esc(what))
+    }
+}
+
+/// The confirmation a bulk form carries once the operator has seen what it matches.
+#[derive(Deserialize)]
+pub(super) struct BulkForm {
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    confirmed: String,
+}
+
+/// A bulk action: first a page saying how many dead jobs it matches, with a button that
+/// confirms it; then the action and the dead-letter page with how many it applied to.
 pub(super) async fn bulk(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     Path(action): Path<String>,
-    Form(filters): Form<Filters>,
-) -> Result<Redirect, PageError> {
+    Form(form): Form<BulkForm>,
+) -> Result<Response, PageError> {
     let caller = gate(caller)?;
     let filter = api_jobs::DeadFilter {
-        queue: some(&filters.queue),
-        kind: some(&filters.kind),
-        tenant: some(&filters.tenant),
+        queue: some(&form.queue),
+        kind: some(&form.kind),
+        tenant: some(&form.tenant),
     };
-    api_jobs::act_on_dead(&state, &caller, filter, &action).await?;
-    Ok(Redirect::to("/dashboard/dead"))
+    if form.confirmed != "yes" {
+        let label = match action.as_str() {
+            "retry" => "Retry",
+            "discard" => "Discard",
+            other => {
+                return Err(ApiError::not_found(format!(
+                    "no bulk action `{other}`; retry or discard"
+                ))
+                .into());
+            }
+        };
+        let scope = api_jobs::dead_scope(&caller, filter)?;
+        let matching = state
+            .store
+            .jobs_list(&JobFilter {
+                limit: Some(10_001),
+                ..scope
+            })
+            .await?
+            .len();
+        let count = if matching > 10_000 {
+            "more than 10,000".to_string()
+        } else {
+            matching.to_string()
+        };
+        let body = format!(
+            r#"<p id="confirm-what">{label} {count} dead job(s) matching queue “{q}”, kind “{k}”, tenant “{t}” (empty: any)?</p>
+<form method="post" action="/dashboard/dead/{action}" class="inline">
+<input type="hidden" name="queue" value="{q}"><input type="hidden" name="kind" value="{k}"><input type="hidden" name="tenant" value="{t}"><input type="hidden" name="confirmed" value="yes">
+<button type="submit" class="primary" id="confirm-{action}">{label} them</button></form> <a href="/dashboard/dead" id="cancel">Cancel</a>"#,
+            q = esc(&form.queue),
+            k = esc(&form.kind),
+            t = esc(&form.tenant),
+        );
+        return Ok(
+            Html(layout(&format!("{label} dead jobs?"), &who(&caller), &body)).into_response(),
+        );
+    }
+    let n = api_jobs::act_on_dead(&state, &caller, filter, &action).await?;
+    Ok(Redirect::to(&format!("/dashboard/dead?done={}&n={n}", url(&action))).into_response())
 }
