@@ -199,7 +199,7 @@ pub struct KindCatalog {
 
 use crate::definitions::{line_of, read_toml_dir};
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name

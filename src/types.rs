@@ -259,6 +259,16 @@ pub struct RuntimeGauges {
     pub leaders: Vec<(String, String)>,
 }
 
+/// Jobs that ended in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MinuteCount {
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+    /// Jobs that failed (retryable or dead) whose last attempt ended in this minute.
+    pub failed: i64,
+}
+
 /// How many jobs are in a state, per queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StateCount {

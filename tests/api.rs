@@ -975,7 +975,128 @@ async fn nul_bytes_in_any_input_are_a_client_error(backend: Backend) {
     t.cleanup().await;
 }
 
+/// Queues and workers: the listing, pause and resume for master admins only, and a pause that
+/// a live worker has not applied yet answered 202 naming it, not 200.
+async fn operators_pause_and_resume_queues(backend: Backend) {
+    use steward::store::control::{WorkerBeat, WorkerQueue};
+    let t = fresh(backend).await;
+    t.store
+        .jobs_insert_many(&[common::new_job("noop", "mail")])
+        .await
+        .unwrap();
+    let api = Api::start(&t).await;
+    let admin = api.token(Role::MasterAdmin, None);
+    let service = api.token(Role::Service, None);
+    let tenant = api.token(Role::TenantAdmin, Some(1));
+
+    let (status, body) = api.call("GET", "/api/queues", Some(&service)).await;
+    assert_eq!(status, 200, "{body}");
+    let mail = body["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "mail")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (mail["jobs"]["available"].as_i64(), mail["paused"].as_bool()),
+        (Some(1), Some(false))
+    );
+    assert_eq!(api.call("GET", "/api/queues", Some(&tenant)).await.0, 403);
+    assert_eq!(api.call("GET", "/api/workers", Some(&tenant)).await.0, 403);
+    assert_eq!(
+        api.call("POST", "/api/queues/mail/pause", Some(&service))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        api.call("POST", "/api/queues/mail/pause", Some(&tenant))
+            .await
+            .0,
+        403
+    );
+    let (status, body) = api
+        .call("POST", "/api/queues/Bad%20Name/pause", Some(&admin))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_input")),
+        "{body}"
+    );
+    assert_eq!(
+        api.call("POST", "/api/queues/mail/freeze", Some(&admin))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        api.call("POST", "/api/queues/mail/pause?wait_ms=70000", Some(&admin))
+            .await
+            .0,
+        400
+    );
+
+    // A live worker that has not applied the pause: recorded, but 202 and named.
+    let queues = [WorkerQueue {
+        name: "mail".into(),
+        concurrency: 4,
+    }];
+    let beat = |seen| WorkerBeat {
+        id: "slow-worker",
+        host: "h",
+        pid: 1,
+        queues: &queues,
+        running: 0,
+        control_seen: seen,
+        ttl: Duration::from_secs(60),
+    };
+    t.store.worker_beat(&beat(0)).await.unwrap();
+    let (status, body) = api
+        .call("POST", "/api/queues/mail/pause?wait_ms=200", Some(&admin))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["pending"], json!(["slow-worker"]));
+    assert_eq!(body["changed"], json!(true));
+    let (_, shown) = api.call("GET", "/api/queues/mail", Some(&admin)).await;
+    assert_eq!(shown["paused"], json!(true), "{shown}");
+    assert_eq!(shown["control"]["changed_by"], json!("api:test"));
+    assert_eq!(shown["workers"][0]["id"], json!("slow-worker"));
+    // Once it applies the version, the same call says so (and that nothing changed).
+    t.store
+        .worker_beat(&beat(body["version"].as_i64().unwrap()))
+        .await
+        .unwrap();
+    let (status, body) = api
+        .call("POST", "/api/queues/mail/pause?wait_ms=200", Some(&admin))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["changed"].as_bool(), body["applied_by"].clone()),
+        (Some(false), json!(["slow-worker"]))
+    );
+    let (status, body) = api
+        .call("POST", "/api/queues/mail/resume?wait_ms=0", Some(&admin))
+        .await;
+    assert_eq!(
+        (status, body["paused"].as_bool()),
+        (202, Some(false)),
+        "{body}"
+    );
+    let (status, body) = api.call("GET", "/api/workers", Some(&service)).await;
+    assert_eq!(
+        (
+            status,
+            body["workers"][0]["queues"][0]["concurrency"].as_i64()
+        ),
+        (200, Some(4))
+    );
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
 per_backend!(
+    operators_pause_and_resume_queues,
     nul_bytes_in_any_input_are_a_client_error,
     a_tenant_admins_catalog_shows_what_the_availability_table_shows,
     module_operations_reach_the_api_for_the_right_roles_only,

@@ -946,3 +946,37 @@ fn commands_refuse_a_database_whose_schema_is_behind() {
     let (code, stderr) = failed(&steward(&["jobs", "list"], &url, repo_jobs()));
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn queues_pause_resume_and_workers_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let run = |args: &[&str]| steward(args, &url, repo_jobs());
+    let paused = run(&["queues", "pause", "default", "--wait", "0"]);
+    assert!(paused.status.success(), "{paused:?}");
+    assert!(String::from_utf8_lossy(&paused.stdout).contains("paused queue `default`"));
+    // Pausing a paused queue did nothing: it says so and exits non-zero.
+    let (code, stderr) = failed(&run(&["queues", "pause", "default"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already paused"), "{stderr}");
+    let listed = run(&["queues", "list", "--output", "json"]);
+    let queues: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(queues[0]["queue"], "default");
+    assert_eq!(queues[0]["paused"], true);
+    let table = run(&["queues", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[..3], ["QUEUE", "STATE", "AVAILABLE"]);
+    assert!(table.lines().nth(1).unwrap().contains("paused"), "{table}");
+    assert!(run(&["queues", "resume", "default"]).status.success());
+    let (code, stderr) = failed(&run(&["queues", "resume", "default"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already running"), "{stderr}");
+    let (code, stderr) = failed(&run(&["queues", "pause", "No Such"]));
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _) = failed(&run(&["queues", "pause", "default", "--wait", "61"]));
+    assert_eq!(code, 2);
+    let workers = run(&["workers"]);
+    assert!(workers.status.success());
+    assert!(String::from_utf8_lossy(&workers.stdout).starts_with("WORKER"));
+}

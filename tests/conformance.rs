@@ -31,7 +31,99 @@ per_backend!(
     operators_retry_discard_and_cancel,
     pruning_removes_finished_jobs_after_retention,
     listing_filters_and_counts,
+    a_paused_queue_is_not_fetched_and_versions_order_changes,
+    workers_register_beat_expire_and_leave,
 );
+
+async fn a_paused_queue_is_not_fetched_and_versions_order_changes(backend: Backend) {
+    let t = fresh(backend).await;
+    t.store
+        .jobs_insert_many(&[new_job("noop", "q"), new_job("noop", "q")])
+        .await
+        .unwrap();
+    let paused = t.store.queue_set_paused("q", true, "op").await.unwrap();
+    assert!(paused.changed);
+    assert!(
+        fetch(&t.store, "q", 10, "w").await.is_empty(),
+        "a paused queue was fetched"
+    );
+    // Pausing again changes nothing and keeps the version.
+    let again = t.store.queue_set_paused("q", true, "op").await.unwrap();
+    assert_eq!((again.changed, again.version), (false, paused.version));
+    // Another queue is not affected, and its change takes the next version.
+    let other = t
+        .store
+        .queue_set_paused("other", true, "op2")
+        .await
+        .unwrap();
+    assert!(other.version > paused.version);
+    let states = t.store.queue_states().await.unwrap();
+    assert_eq!(
+        states
+            .iter()
+            .map(|s| (s.queue.as_str(), s.paused, s.changed_by.as_str()))
+            .collect::<Vec<_>>(),
+        [("other", true, "op2"), ("q", true, "op")]
+    );
+    let resumed = t.store.queue_set_paused("q", false, "op").await.unwrap();
+    assert!(resumed.changed && resumed.version > other.version);
+    assert_eq!(fetch(&t.store, "q", 10, "w").await.len(), 2);
+    let resumed_again = t.store.queue_set_paused("q", false, "op").await.unwrap();
+    assert!(!resumed_again.changed);
+    t.cleanup().await;
+}
+
+async fn workers_register_beat_expire_and_leave(backend: Backend) {
+    use steward::store::control::{WorkerBeat, WorkerQueue};
+    let t = fresh(backend).await;
+    let queues = [WorkerQueue {
+        name: "default".into(),
+        concurrency: 7,
+    }];
+    let beat = |id: &'static str, running, seen, ttl| WorkerBeat {
+        id,
+        host: "h",
+        pid: 42,
+        queues: &queues,
+        running,
+        control_seen: seen,
+        ttl,
+    };
+    t.store
+        .worker_beat(&beat("w1", 0, 0, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    t.store
+        .worker_beat(&beat("w2", 3, 0, Duration::ZERO))
+        .await
+        .unwrap();
+    t.store
+        .worker_beat(&beat("w1", 5, 9, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let workers = t.store.workers_list().await.unwrap();
+    assert_eq!(
+        workers
+            .iter()
+            .map(|w| (w.id.as_str(), w.alive, w.running, w.control_seen))
+            .collect::<Vec<_>>(),
+        [("w1", true, 5, 9), ("w2", false, 3, 0)],
+        "alive first; a beat renews the row"
+    );
+    assert_eq!(workers[0].queues, queues);
+    assert!(workers[0].heartbeat_at >= workers[0].started_at);
+    t.store.worker_leave("w1").await.unwrap();
+    let left: Vec<_> = t
+        .store
+        .workers_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(left, ["w2"]);
+    t.cleanup().await;
+}
 
 async fn fetch(
     store: &steward::store::SharedStore,

@@ -594,8 +594,21 @@ async fn queue_primitives_answer_on_both_backends(backend: Backend) {
         )
         .await
         .unwrap();
-    let per_minute = t.store.jobs_completed_per_minute(60).await.unwrap();
-    assert_eq!(per_minute.iter().map(|(_, n)| n).sum::<i64>(), 1);
+    let per_minute = t.store.jobs_per_minute(None, 60).await.unwrap();
+    assert_eq!(per_minute.iter().map(|m| m.completed).sum::<i64>(), 1);
+    let of_queue = |q| {
+        let store = t.store.clone();
+        async move { store.jobs_per_minute(Some(q), 60).await.unwrap() }
+    };
+    assert_eq!(
+        of_queue("tx")
+            .await
+            .iter()
+            .map(|m| m.completed)
+            .sum::<i64>(),
+        1
+    );
+    assert!(of_queue("elsewhere").await.is_empty());
     t.cleanup().await;
 }
 

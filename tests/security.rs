@@ -754,10 +754,13 @@ async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
             .replace("{id}", &object.to_string())
             .replace("{module}", "journal")
             .replace("{plan}", "basic")
+            .replace("{queue}", "default")
             .replace(
                 "{action}",
                 if template.contains("/tenant/") {
                     "approve"
+                } else if template.contains("/queues/") {
+                    "pause"
                 } else {
                     "retry"
                 },

@@ -11,6 +11,8 @@
 //! | `GET /metrics` | master admins, the platform, the `metrics` scrape role (deployment-wide figures: not tenant admins) |
 //! | `GET /api/jobs?state&queue&kind&tenant&after_id&limit`, `GET /api/jobs/{id}` | readers (a tenant admin: its own jobs) |
 //! | `POST /api/jobs/{id}/{retry,discard,cancel}`, `POST /api/dlq/{retry,discard}` | operators |
+//! | `GET /api/queues`, `GET /api/queues/{queue}`, `GET /api/workers` | master admins, the platform |
+//! | `POST /api/queues/{queue}/{pause,resume}` | master admins |
 //! | `POST /api/runs`, `GET /api/runs`, `GET /api/runs/{id}` | the platform and readers |
 //! | `POST /api/runs/{id}/{retry,cancel}` | operators |
 //! | `GET /api/modules` | everyone (a tenant admin sees its tenant's catalog, SPEC §4.1) |
@@ -24,6 +26,7 @@ pub(crate) mod jobs;
 mod modules;
 pub mod openapi;
 pub mod prometheus;
+pub(crate) mod queues;
 pub(crate) mod runs;
 
 use crate::export::SharedExports;
@@ -148,6 +151,10 @@ pub fn routes() -> Routes {
         .add("GET", "/api/jobs/{id}", get(jobs::show))
         .add("POST", "/api/jobs/{id}/{action}", post(jobs::act))
         .add("POST", "/api/dlq/{action}", post(jobs::bulk))
+        .add("GET", "/api/queues", get(queues::list))
+        .add("GET", "/api/queues/{queue}", get(queues::show))
+        .add("POST", "/api/queues/{queue}/{action}", post(queues::act))
+        .add("GET", "/api/workers", get(queues::workers))
         .add("GET POST", "/api/runs", post(runs::start).get(runs::list))
         .add("GET", "/api/runs/{id}", get(runs::show))
         .add("POST", "/api/runs/{id}/{action}", post(runs::act))

@@ -19,6 +19,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         super::modules::change, super::modules::usage, super::modules::set_maturity,
         super::modules::plan_add, super::modules::operate, super::modules::audit,
         super::modules::upgrade, super::modules::rollback,
+        super::queues::list, super::queues::show, super::queues::act, super::queues::workers,
     ),
     components(schemas(super::error::ErrorBody)),
     modifiers(&BearerAuth, &Conventions),

@@ -17,6 +17,7 @@ mod demo_lifecycle;
 mod jobs;
 mod modules;
 mod output;
+mod queues;
 mod runs;
 mod worker;
 
@@ -27,7 +28,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// `steward --version`: the binary's version and its schema's.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 9)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 10)");
 
 /// steward: durable jobs and workflows for a SaaS module lifecycle.
 #[derive(Debug, Parser)]
@@ -56,6 +57,11 @@ enum Command {
     /// The dead-letter queue.
     #[command(subcommand)]
     Dlq(jobs::DlqCommand),
+    /// Queues: what each holds, pause and resume.
+    #[command(subcommand)]
+    Queues(queues::QueuesCommand),
+    /// The worker processes: live ones, their queues, jobs in hand, last heartbeat.
+    Workers,
     /// Start a workflow run.
     Run(runs::RunArgs),
     /// Inspect and operate on workflow runs.
@@ -310,6 +316,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Enqueue(args) => jobs::enqueue(&settings, &args).await,
         Command::Jobs(command) => jobs::jobs(&settings, command).await,
         Command::Dlq(command) => jobs::dlq(&settings, command).await,
+        Command::Queues(command) => queues::queues(&settings, command).await,
+        Command::Workers => queues::workers(&settings).await,
         Command::Run(args) => runs::run(&settings, &args).await,
         Command::Runs(command) => runs::runs(&settings, command).await,
         Command::Schedules { count } => runs::schedules(&settings, usize::from(count)).await,

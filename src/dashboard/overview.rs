@@ -48,7 +48,7 @@ pub(super) async fn page(
     }
     body.push_str("</div><h2>Completed per minute, last hour</h2>");
     body.push_str(&chart(
-        &state.store.jobs_completed_per_minute(CHART_MINUTES).await?,
+        &state.store.jobs_per_minute(None, CHART_MINUTES).await?,
     ));
     body.push_str("<h2>Queues</h2><table id=\"queues\"><tr><th>queue</th>");
     for job_state in JobState::ALL {
@@ -73,13 +73,13 @@ pub(super) async fn page(
 }
 
 /// An SVG bar chart of completed jobs per minute (empty minutes are zero bars).
-fn chart(points: &[(chrono::DateTime<Utc>, i64)]) -> String {
+fn chart(points: &[crate::types::MinuteCount]) -> String {
     let now = Utc::now()
         .duration_trunc(chrono::Duration::minutes(1))
         .unwrap_or_else(|_| Utc::now());
     let by_minute: BTreeMap<i64, i64> = points
         .iter()
-        .map(|(at, n)| (at.timestamp() / 60, *n))
+        .map(|m| (m.minute.timestamp() / 60, m.completed))
         .collect();
     let first = now.timestamp() / 60 - (CHART_MINUTES - 1);
     let values: Vec<i64> = (0..CHART_MINUTES)

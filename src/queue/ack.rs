@@ -11,6 +11,7 @@ use apalis_core::task::Task;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// How long a job whose kind this worker has no handler for stays away from it (released,
 /// not counted as an attempt), so that a worker with the handler takes it first.
@@ -25,6 +26,8 @@ pub(crate) struct AckLayer {
     pub outcomes: OutcomeSender,
     pub inflight: InFlight,
     pub kinds: Arc<KindCatalog>,
+    /// The queue's gate: closed while it is paused (see [`super::control`]).
+    pub gate: watch::Receiver<bool>,
 }
 
 impl<S> Layer<S> for AckLayer {
@@ -60,6 +63,17 @@ where
 
     fn call(&mut self, task: Task<FetchedJob>) -> Self::Future {
         let job = task.args.clone();
+        // The queue was paused after this job was leased: it does not start; it goes back
+        // unstarted, without using an attempt.
+        if *self.layer.gate.borrow() {
+            let lease = job.lease();
+            self.layer.inflight.handler_done(lease);
+            self.layer.outcomes.send(Outcome::Released {
+                lease,
+                retry_at: None,
+            });
+            return Box::pin(async { Ok(()) });
+        }
         let started_at = Utc::now();
         let run = self.inner.call(task);
         let layer = self.layer.clone();

@@ -15,12 +15,14 @@ mod ack;
 mod backend;
 pub mod builtin;
 mod completer;
+pub mod control;
 mod dispatcher;
 mod heartbeat;
 mod inflight;
 mod producer;
 mod registry;
 mod runtime;
+pub mod summary;
 
 pub use registry::{HandlerFuture, JobContext, JobError, Registry};
 pub use runtime::{QueueConfig, Runtime, RuntimeConfig, RuntimeError};

@@ -13,12 +13,13 @@
 //! them as still available and does not signal; the poll interval bounds that wait.
 
 use super::completer::OutcomeSender;
+use super::control;
 use super::inflight::InFlight;
 use crate::store::{FetchParams, SharedStore};
 use crate::types::{FetchedJob, Outcome};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) struct Producer {
@@ -36,15 +37,20 @@ pub(crate) struct Producer {
     pub unwritten: Arc<Semaphore>,
     pub inflight: InFlight,
     pub jobs: mpsc::Sender<FetchedJob>,
+    /// Closed while the queue is paused (see [`super::control`]).
+    pub gate: watch::Receiver<bool>,
     pub shutdown: CancellationToken,
 }
 
 impl Producer {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut signals = self.store.subscribe();
         let mut failures: u32 = 0;
         let mut busy = false;
         loop {
+            if !control::wait_open(&mut self.gate, &self.shutdown).await {
+                return;
+            }
             // Wait for one free slot (and room among the held jobs), then take as many as
             // are free.
             let first_held = tokio::select! {
@@ -102,6 +108,16 @@ impl Producer {
                     }
                 }
             };
+            // Paused while this fetch was in flight: give its jobs back unstarted.
+            if *self.gate.borrow() {
+                for job in jobs {
+                    self.outcomes.send(Outcome::Released {
+                        lease: job.lease(),
+                        retry_at: None,
+                    });
+                }
+                continue;
+            }
             let got = jobs.len();
             tracing::trace!(queue = %self.queue, want, got, "fetched");
             busy = got > 0;

@@ -8,6 +8,7 @@
 use super::ack::AckLayer;
 use super::backend::QueueBackend;
 use super::completer;
+use super::control::{Gates, Watcher};
 use super::dispatcher::Dispatcher;
 use super::heartbeat;
 use super::inflight::{self, InFlight};
@@ -16,6 +17,7 @@ use super::registry::Registry;
 use crate::kinds::KindCatalog;
 use crate::maintenance::{self, MaintenanceConfig};
 use crate::store::SharedStore;
+use crate::store::control::WorkerQueue;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -207,6 +209,32 @@ impl Runtime {
             }
         }
 
+        // Which queues are paused, before the first fetch; then kept current (and this process
+        // registered) by the watcher.
+        let gates = Arc::new(Gates::new(config.queues.iter().map(|q| q.name.as_str())));
+        let watcher = Watcher {
+            store: Arc::clone(&self.store),
+            worker_id: config.worker_id.clone(),
+            queues: config
+                .queues
+                .iter()
+                .map(|q| WorkerQueue {
+                    name: q.name.clone(),
+                    concurrency: q.concurrency,
+                })
+                .collect(),
+            gates: Arc::clone(&gates),
+            running: Box::new({
+                let inflight = inflight.clone();
+                move || inflight.running()
+            }),
+            poll: config.poll_interval,
+            beat_every: config.heartbeat_every,
+            ttl: config.lease,
+        };
+        let applied = watcher.prime().await;
+        let watcher = tokio::spawn(watcher.run(applied, background.clone()));
+
         let mut monitor = Monitor::new();
         let mut producers = Vec::new();
         for queue in &config.queues {
@@ -226,6 +254,7 @@ impl Runtime {
                     unwritten: inflight::unwritten_slots(queue.concurrency),
                     inflight: inflight.clone(),
                     jobs: tx,
+                    gate: gates.watch(&queue.name),
                     shutdown: shutdown.clone(),
                 }
                 .run(),
@@ -237,6 +266,7 @@ impl Runtime {
                 outcomes: outcomes.clone(),
                 inflight: inflight.clone(),
                 kinds: Arc::clone(&self.kinds),
+                gate: gates.watch(&queue.name),
             };
             let dispatcher = Dispatcher {
                 registry: Arc::clone(&self.registry),
@@ -294,6 +324,7 @@ impl Runtime {
         let _ = completer.await;
         background.cancel();
         let _ = heartbeat.await;
+        let _ = watcher.await;
         for service in services {
             let _ = service.await;
         }

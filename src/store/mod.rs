@@ -6,6 +6,7 @@
 //! implement it file for file, and `tests/conformance.rs` runs one suite against both.
 //! Backend differences are stated once, in [`Capabilities`].
 
+pub mod control;
 pub mod data;
 pub mod domain;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod runs;
 pub mod sql;
 pub mod sqlite;
 
+pub use control::ControlStore;
 pub use data::DataStore;
 pub use domain::DomainStore;
 pub use error::{StoreError, StoreResult};
@@ -59,7 +61,9 @@ pub struct Affected {
 /// The storage interface of the durable queue (and, through [`RunStore`] and [`DomainStore`],
 /// of workflow runs and of the module lifecycle).
 #[async_trait]
-pub trait JobStore: JobAdmin + RunStore + DomainStore + DataStore + Send + Sync + 'static {
+pub trait JobStore:
+    JobAdmin + ControlStore + RunStore + DomainStore + DataStore + Send + Sync + 'static
+{
     /// Static facts about the backend.
     fn capabilities(&self) -> Capabilities;
 
@@ -76,7 +80,8 @@ pub trait JobStore: JobAdmin + RunStore + DomainStore + DataStore + Send + Sync 
     /// second copy slipping past the dead-letter queue.
     async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>>;
 
-    /// Lease up to `limit` available jobs of a queue to a worker, fairest first.
+    /// Lease up to `limit` available jobs of a queue to a worker, fairest first; none while
+    /// the queue is paused.
     async fn jobs_fetch_available(&self, params: FetchParams<'_>) -> StoreResult<Vec<FetchedJob>>;
 
     /// Apply attempt outcomes. Each is fenced on (id, attempt, worker); the leases that still
@@ -141,12 +146,14 @@ pub trait JobAdmin: Send + Sync {
     /// Job counts per queue and state.
     async fn jobs_count_by_state(&self) -> StoreResult<Vec<StateCount>>;
 
-    /// Jobs completed per minute over the last `minutes` minutes, oldest first (minutes
-    /// without any are left out): the dashboard's throughput chart.
-    async fn jobs_completed_per_minute(
+    /// Per minute over the last `minutes` minutes (of one queue, or all), oldest first, minutes
+    /// without any left out: jobs completed, and jobs that failed (retryable or dead, by the
+    /// minute their last attempt ended): the dashboard's throughput charts.
+    async fn jobs_per_minute(
         &self,
+        queue: Option<&str>,
         minutes: i64,
-    ) -> StoreResult<Vec<(chrono::DateTime<chrono::Utc>, i64)>>;
+    ) -> StoreResult<Vec<crate::types::MinuteCount>>;
 
     /// Per queue, how long its oldest available job has been due (the queue's latency); per
     /// worker, the running jobs it holds; the leaderships held now.
@@ -199,7 +206,7 @@ impl TransactionalEnqueue for sqlx::SqliteConnection {
 
 /// The schema this build writes and expects: the number of its last migration, the same on
 /// both backends (a unit test ties it to `migrations/`).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// A shared handle to whichever store `DATABASE_URL` selected.
 pub type SharedStore = Arc<dyn JobStore>;

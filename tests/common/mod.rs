@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lifecycle;
+pub mod process;
 
 use serde_json::json;
 use std::sync::Arc;

@@ -551,6 +551,8 @@ impl JobStore for PgStore {
             WITH picked AS (
                 SELECT id FROM steward_jobs
                 WHERE state = 'available' AND queue = $1
+                  AND NOT EXISTS (SELECT 1 FROM steward_queue_states p
+                                  WHERE p.queue = $1 AND p.paused)
                 ORDER BY priority, fair_key, id
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED

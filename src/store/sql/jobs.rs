@@ -300,23 +300,54 @@ impl<S: SqlStore> JobAdmin for S {
         })
     }
 
-    async fn jobs_completed_per_minute(
+    async fn jobs_per_minute(
         &self,
+        queue: Option<&str>,
         minutes: i64,
-    ) -> StoreResult<Vec<(DateTime<Utc>, i64)>> {
+    ) -> StoreResult<Vec<crate::types::MinuteCount>> {
         let mut conn = self.read().await?;
-        let text = conn.dialect().pick(
-            "SELECT date_trunc('minute', finished_at) AS minute, count(*) AS n \
-             FROM steward_jobs_completed \
-             WHERE finished_at > now() - make_interval(mins => $1::int) GROUP BY 1 ORDER BY 1",
-            "SELECT finished_at / 60000 * 60000 AS minute, count(*) AS n \
-             FROM steward_jobs_completed \
-             WHERE finished_at > {now} - $1 * 60000 GROUP BY 1 ORDER BY 1",
+        let (minute_of, since) = conn.dialect().pick2(
+            (
+                "date_trunc('minute', {t})",
+                "now() - make_interval(mins => CAST($1 AS INTEGER))",
+            ),
+            (
+                "{t} / 60000 * 60000",
+                "CAST(unixepoch('subsec') * 1000 AS INTEGER) - $1 * 60000",
+            ),
         );
-        conn.fetch_all(sql!(text, minutes.clamp(1, 24 * 60)))
+        let of_queue = if queue.is_some() {
+            " AND queue = $2"
+        } else {
+            ""
+        };
+        let failed_at = "coalesce(finished_at, attempted_at)";
+        let text = format!(
+            "SELECT minute, CAST(sum(c) AS BIGINT) AS completed, CAST(sum(f) AS BIGINT) AS failed \
+             FROM (SELECT {done} AS minute, count(*) AS c, 0 AS f FROM steward_jobs_completed \
+                   WHERE finished_at > {since}{of_queue} GROUP BY 1 \
+                   UNION ALL \
+                   SELECT {fail} AS minute, 0 AS c, count(*) AS f FROM steward_jobs \
+                   WHERE state IN ('retryable', 'dead') AND {failed_at} > {since}{of_queue} \
+                   GROUP BY 1) per_minute \
+             GROUP BY minute ORDER BY minute",
+            done = minute_of.replace("{t}", "finished_at"),
+            fail = minute_of.replace("{t}", failed_at),
+        );
+        let mut statement = sql!(text, minutes.clamp(1, 24 * 60));
+        if let Some(queue) = queue {
+            statement = statement.arg(queue);
+        }
+        conn.fetch_all(statement)
             .await?
             .iter()
-            .map(|row| Ok((row.time("minute")?, row.int("n")?)))
+            .map(|row| {
+                Ok(crate::types::MinuteCount {
+                    minute: row.time("minute")?,
+                    completed: row.int("completed")?,
+                    failed: row.int("failed")?,
+                })
+            })
             .collect()
     }
 

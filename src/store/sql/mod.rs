@@ -16,6 +16,7 @@
 //! method of [`Conn`] or [`SqlStore`] that each backend writes in its own dialect; the hot
 //! queue path (`store/*/mod.rs`) stays hand-written per backend, where the benchmarks say so.
 
+pub mod control;
 pub mod data;
 pub mod domain;
 pub mod jobs;
@@ -82,6 +83,14 @@ impl Dialect {
 
     /// One of two statements, where the dialects truly differ.
     pub fn pick(self, postgres: &'static str, sqlite: &'static str) -> &'static str {
+        match self {
+            Dialect::Postgres => postgres,
+            Dialect::Sqlite => sqlite,
+        }
+    }
+
+    /// One of two values, where the dialects truly differ.
+    pub fn pick2<T>(self, postgres: T, sqlite: T) -> T {
         match self {
             Dialect::Postgres => postgres,
             Dialect::Sqlite => sqlite,

@@ -402,6 +402,8 @@ impl JobStore for SqliteStore {
                 lease_expires_at = ?3
             WHERE id IN (SELECT id FROM steward_jobs
                          WHERE state = 'available' AND queue = ?4
+                           AND NOT EXISTS (SELECT 1 FROM steward_queue_states p
+                                           WHERE p.queue = ?4 AND p.paused)
                          ORDER BY priority, fair_key, id LIMIT ?5)
             RETURNING id, kind, queue, tenant, payload, priority, fair_key, attempt, max_attempts,
                       timeout_ms

@@ -1,0 +1,163 @@
+//! Pausing a queue across real worker processes: three `steward worker` processes (default
+//! settings) work 10,000 `ledger` jobs (each records its id at start, then works 200 ms). The
+//! queue is paused mid-way: once the pause call returns, no job that was not already leased
+//! starts on any node, jobs leased but not started go back without using an attempt, and
+//! the workers stay alive without starting anything. Resume drains the rest, each job once.
+
+mod common;
+
+use common::process::{self, terminate};
+use common::{Backend, fresh};
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+use steward::queue::control;
+use steward::types::{JobFilter, JobId, JobState};
+use steward::{Client, EnqueueOptions};
+
+const JOBS: usize = 10_000;
+
+async fn ids_in(t: &common::TestStore, state: JobState) -> HashSet<JobId> {
+    t.store
+        .jobs_list(&JobFilter {
+            state: Some(state),
+            queue: Some("ledger".into()),
+            limit: Some(JOBS as i64 + 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect()
+}
+
+async fn a_paused_queue_starts_nothing_on_any_node(backend: Backend) {
+    let t = fresh(backend).await;
+    let client = Client::new(t.store.clone(), common::repo_kinds());
+    let job = client
+        .build("ledger", json!({"ms": 200}), EnqueueOptions::default())
+        .unwrap();
+    for chunk in vec![job; JOBS].chunks(1000) {
+        client.enqueue_many(chunk).await.unwrap();
+    }
+    let url = process::url_of(&t);
+    let mut workers: Vec<_> = (1..=3)
+        .map(|n| process::worker(&url, &format!("pause-test-{n}")))
+        .collect();
+
+    // All three working, some jobs done.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = t.store.workers_list().await.unwrap();
+        let started = t.store.ledger_entries().await.unwrap().len();
+        if alive.iter().filter(|w| w.alive).count() == 3 && started >= 600 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers did not start: {alive:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let report = control::set_paused(&t.store, "ledger", true, "test", control::DEFAULT_WAIT)
+        .await
+        .unwrap();
+    assert!(report.changed && report.acknowledged(), "{report:?}");
+    assert_eq!(report.applied_by.len(), 3, "{report:?}");
+    // What may still start: what was leased when the pause returned (or already done).
+    let leased = ids_in(&t, JobState::Running).await;
+    let done_before = ids_in(&t, JobState::Completed).await;
+    let allowed: HashSet<JobId> = leased.union(&done_before).copied().collect();
+
+    // The leased jobs end (run to completion, or released unstarted).
+    t.wait_for_counts(Duration::from_secs(30), "leased jobs to end", |n| {
+        n(JobState::Running) == 0
+    })
+    .await;
+    // Every worker beats twice more (alive, polling, its gate closed), still starting nothing.
+    let settled = chrono::Utc::now();
+    loop {
+        let beats = t.store.workers_list().await.unwrap();
+        if beats
+            .iter()
+            .filter(|w| w.alive && w.heartbeat_at > settled)
+            .count()
+            == 3
+        {
+            break;
+        }
+        assert!(
+            chrono::Utc::now() - settled < chrono::Duration::seconds(30),
+            "workers stopped beating: {beats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started: HashSet<JobId> = t
+        .store
+        .ledger_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let late: Vec<_> = started.difference(&allowed).collect();
+    assert!(
+        late.is_empty(),
+        "jobs started after the pause returned: {late:?}"
+    );
+    let waiting = t
+        .store
+        .jobs_list(&JobFilter {
+            state: Some(JobState::Available),
+            queue: Some("ledger".into()),
+            limit: Some(JOBS as i64),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        waiting.len() > 1000,
+        "the pause came too late to show anything"
+    );
+    assert!(
+        waiting
+            .iter()
+            .all(|j| j.attempt == 0 && !started.contains(&j.id)),
+        "a waiting job used an attempt or ran"
+    );
+    let released = leased.iter().filter(|id| !started.contains(id)).count();
+    eprintln!(
+        "paused with {} leased ({released} released unstarted), {} waiting",
+        leased.len(),
+        waiting.len()
+    );
+
+    // Resume: the rest drains, each job once.
+    let report = control::set_paused(&t.store, "ledger", false, "test", control::DEFAULT_WAIT)
+        .await
+        .unwrap();
+    assert!(report.changed && report.acknowledged(), "{report:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while ids_in(&t, JobState::Completed).await.len() < JOBS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ledger = t.store.ledger_entries().await.unwrap();
+    let distinct: HashSet<JobId> = ledger.iter().map(|(id, _)| *id).collect();
+    assert_eq!(distinct.len(), JOBS);
+    assert_eq!(ledger.len(), JOBS, "a job ran twice");
+
+    for worker in &mut workers {
+        assert!(terminate(&mut worker.0, Duration::from_secs(20)).success());
+    }
+    // A graceful exit removes the worker's registration.
+    assert!(t.store.workers_list().await.unwrap().is_empty());
+    t.cleanup().await;
+}
+
+per_backend!(a_paused_queue_starts_nothing_on_any_node);
