@@ -11,7 +11,7 @@ use std::str::FromStr;
 pub type JobId = i64;
 
 /// Where a job is in its life. See `ARCHITECTURE.md` for the diagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for its `run_at`.
@@ -97,7 +97,7 @@ pub struct NewJob {
 }
 
 /// What an enqueue did: a new job, or the existing job holding the same unique key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Enqueued {
     pub id: JobId,
     /// `false` when a live job with the same unique key already existed.
@@ -201,7 +201,7 @@ impl Outcome {
 }
 
 /// One attempt as operators see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     pub attempt: i32,
     pub worker: Option<String>,
@@ -212,7 +212,7 @@ pub struct AttemptRecord {
 }
 
 /// A job as operators see it, in whichever table it lives.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: JobId,
     pub kind: String,
@@ -242,8 +242,19 @@ pub struct JobFilter {
     pub queue: Option<String>,
     pub kind: Option<String>,
     pub tenant: Option<String>,
-    /// Only ids greater than this (keyset paging).
+    /// Only ids greater than this (keyset paging towards newer jobs).
     pub after_id: Option<JobId>,
+    /// Only ids smaller than this (keyset paging towards older jobs).
+    pub before_id: Option<JobId>,
+    /// Only jobs created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only jobs whose payload or errors contain this text (case-insensitive). It reads every
+    /// job of the other conditions: bound it with `since` (see BENCHMARKS.md for its cost).
+    pub text: Option<String>,
+    /// List the newest first (a page is still the `limit` jobs nearest the cursor).
+    pub newest_first: bool,
     pub limit: Option<i64>,
 }
 

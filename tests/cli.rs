@@ -637,7 +637,22 @@ fn a_command_waits_for_a_database_that_comes_up_later() {
         .local_addr()
         .unwrap()
         .port();
-    let url = real.replacen(&target, &format!("127.0.0.1:{port}"), 1);
+    // Its own schema, migrated: the test reads nothing it did not write.
+    let schema = format!("steward_test_cli_wait_{}", std::process::id());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime.block_on(async {
+        use steward::store::JobStore;
+        let store = steward::store::postgres::PgStore::connect(&real, Some(&schema))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    });
+    let separator = if real.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{}{separator}options=-c%20search_path%3D{schema}",
+        real.replacen(&target, &format!("127.0.0.1:{port}"), 1)
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(["jobs", "list"])
         .env("DATABASE_URL", &url)
@@ -675,6 +690,7 @@ fn a_command_waits_for_a_database_that_comes_up_later() {
     });
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let status = child.wait().unwrap();
+    runtime.block_on(store.drop_schema()).unwrap();
     assert!(
         status.success(),
         "steward failed after the database came up: {seen}"

@@ -33,7 +33,108 @@ per_backend!(
     listing_filters_and_counts,
     a_paused_queue_is_not_fetched_and_versions_order_changes,
     workers_register_beat_expire_and_leave,
+    search_by_text_and_time_newest_first_with_totals,
 );
+
+async fn search_by_text_and_time_newest_first_with_totals(backend: Backend) {
+    let t = fresh(backend).await;
+    let mut jobs = Vec::new();
+    for i in 0..7 {
+        let mut job = new_job("noop", "s");
+        job.payload = json!({"order": format!("Order-{i}"), "note": if i % 2 == 0 { "50%_off" } else { "plain" }});
+        jobs.push(job);
+    }
+    let ids: Vec<i64> = t
+        .store
+        .jobs_insert_many(&jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let list = |filter: JobFilter| {
+        let store = t.store.clone();
+        async move {
+            store
+                .jobs_list(&filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let newest = |limit| JobFilter {
+        queue: Some("s".into()),
+        newest_first: true,
+        limit: Some(limit),
+        ..Default::default()
+    };
+    // Newest first, a page at a time both ways.
+    assert_eq!(list(newest(3)).await, [ids[6], ids[5], ids[4]]);
+    let older = JobFilter {
+        before_id: Some(ids[4]),
+        ..newest(3)
+    };
+    assert_eq!(list(older).await, [ids[3], ids[2], ids[1]]);
+    let newer = JobFilter {
+        after_id: Some(ids[1]),
+        ..newest(3)
+    };
+    assert_eq!(
+        list(newer).await,
+        [ids[4], ids[3], ids[2]],
+        "the page just newer than id 1"
+    );
+    // Text, case-insensitive; LIKE's wildcards match only themselves.
+    let text = |needle: &str| JobFilter {
+        text: Some(needle.into()),
+        ..newest(100)
+    };
+    assert_eq!(list(text("order-3")).await, [ids[3]]);
+    assert_eq!(
+        list(text("50%_OFF")).await,
+        [ids[6], ids[4], ids[2], ids[0]]
+    );
+    assert!(list(text("5_%")).await.is_empty());
+    assert!(list(text("50%x")).await.is_empty());
+    // Errors are searched too.
+    let job = fetch(&t.store, "s", 1, "w").await.remove(0);
+    t.store
+        .jobs_apply_outcomes(
+            "w",
+            &[Outcome::Failed {
+                lease: job.lease(),
+                error: "the CRM said 503".into(),
+                started_at: Utc::now(),
+                finished_at: Utc::now(),
+                retry_at: None,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(list(text("crm said")).await, [ids[0]]);
+    // Time range.
+    let future = JobFilter {
+        since: Some(Utc::now() + chrono::Duration::hours(1)),
+        ..newest(100)
+    };
+    assert!(list(future).await.is_empty());
+    let past = JobFilter {
+        until: Some(Utc::now() + chrono::Duration::hours(1)),
+        ..newest(100)
+    };
+    assert_eq!(list(past).await.len(), 7);
+    // Totals ignore paging and stop at the cap.
+    let paged = JobFilter {
+        before_id: Some(ids[2]),
+        ..newest(1)
+    };
+    assert_eq!(t.store.jobs_count(&paged, 100).await.unwrap(), 7);
+    assert_eq!(t.store.jobs_count(&paged, 5).await.unwrap(), 5);
+    assert_eq!(t.store.jobs_count(&text("50%_off"), 100).await.unwrap(), 4);
+    t.cleanup().await;
+}
 
 async fn a_paused_queue_is_not_fetched_and_versions_order_changes(backend: Backend) {
     let t = fresh(backend).await;

@@ -1543,6 +1543,52 @@ async fn audit_rows_are_appended_and_listed_newest_first_per_tenant(backend: Bac
             .unwrap()
             .is_empty()
     );
+    // Searching: every row, by module, by action prefix (its `_` and `%` literal), by
+    // actor, and older than a row.
+    use steward::store::domain::{AuditAbout, AuditFilter};
+    let search = |filter: AuditFilter| {
+        let store = t.store.clone();
+        async move { store.audit_search(&filter).await.unwrap() }
+    };
+    let every = search(AuditFilter {
+        limit: 100,
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(every.len(), of_a.len() + of_b.len() + catalog.len());
+    let purges = search(AuditFilter {
+        action: Some("data.".into()),
+        limit: 100,
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(purges.len(), 4, "{purges:?}");
+    assert!(
+        search(AuditFilter {
+            action: Some("data%".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .is_empty()
+    );
+    let of_a_stock = search(AuditFilter {
+        about: AuditAbout::Tenant(a),
+        module: Some("stock".into()),
+        actor: Some("ops:purge".into()),
+        limit: 100,
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(of_a_stock.len(), 3);
+    let older = search(AuditFilter {
+        about: AuditAbout::Tenant(a),
+        before_id: Some(of_a[1].id),
+        limit: 100,
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(older, of_a[2..]);
     t.cleanup().await;
 }
 

@@ -9,7 +9,6 @@ mod webdriver;
 
 use common::{Backend, fresh};
 use serde_json::json;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use steward::api::AppState;
 use steward::api::auth::{AuthKeys, Role};
@@ -86,11 +85,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     assert_eq!(browser.text("#count-dead b").await, "1");
     assert_eq!(browser.text("#count-completed b").await, "30");
     browser.find("#throughput rect").await;
-    let png = browser.screenshot().await;
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-overview.png");
-    std::fs::write(&shot, &png).unwrap();
-    println!("overview screenshot: {}", shot.display());
+    browser.shot("overview-dead-job").await;
 
     // The dead-letter view lists the dead job with its error. A bulk action asks first,
     // saying how many jobs it matches; cancelled, nothing changed.
@@ -175,8 +170,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
         browser.text("#jobs").await.contains(&dead.to_string()),
         "the tenant's jobs are listed"
     );
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-tenant-admin.png");
-    std::fs::write(&shot, browser.screenshot().await).unwrap();
+    browser.shot("tenant-admin-landing").await;
     // Another tenant's page is not theirs.
     let other = http
         .get(format!("{base}/dashboard/tenant/2"))

@@ -755,9 +755,10 @@ async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
             .replace("{module}", "journal")
             .replace("{plan}", "basic")
             .replace("{queue}", "default")
+            .replace("{tenant}", "1")
             .replace(
                 "{action}",
-                if template.contains("/tenant/") {
+                if template.contains("/tenant/") || template.contains("/modules/{tenant}") {
                     "approve"
                 } else if template.contains("/queues/") {
                     "pause"

@@ -23,6 +23,18 @@ pub struct ListQuery {
     /// Keyset paging: only jobs with a greater id.
     #[param(value_type = Option<i64>)]
     pub after_id: Option<JobId>,
+    /// Keyset paging: only jobs with a smaller id.
+    #[param(value_type = Option<i64>)]
+    pub before_id: Option<JobId>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs created before this time (RFC 3339).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs whose payload or errors contain this text (case-insensitive, 1-200
+    /// characters); bound it with `since` on a large table.
+    pub q: Option<String>,
+    /// `oldest` (default) or `newest` first.
+    pub order: Option<String>,
     /// 1..=1000, default 100.
     pub limit: Option<i64>,
 }
@@ -39,7 +51,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     QueryArgs(query): QueryArgs<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let job_state = query
         .state
         .as_deref()
@@ -52,25 +64,64 @@ pub(super) async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be `oldest` or `newest`, got `{other}`"
+            )));
+        }
+    };
+    if query.q.as_ref().is_some_and(|q| q.chars().count() > 200) {
+        return Err(ApiError::bad_request("q must be at most 200 characters"));
+    }
     let tenant = caller.scope_tenant(query.tenant)?;
-    let jobs = state
-        .store
-        .jobs_list(&JobFilter {
-            ids: Vec::new(),
-            state: job_state,
-            queue: query.queue,
-            kind: query.kind,
-            tenant,
-            after_id: query.after_id,
-            limit: Some(limit),
-        })
-        .await?;
+    let filter = JobFilter {
+        state: job_state,
+        queue: query.queue,
+        kind: query.kind,
+        tenant,
+        after_id: query.after_id,
+        before_id: query.before_id,
+        since: query.since,
+        until: query.until,
+        text: query.q.filter(|q| !q.is_empty()),
+        newest_first,
+        limit: Some(limit),
+        ..JobFilter::default()
+    };
+    let jobs = state.store.jobs_list(&filter).await?;
+    let total = state.store.jobs_count(&filter, COUNT_CAP).await?;
     let next = if jobs.len() as i64 == limit {
         jobs.last().map(|j| j.id)
     } else {
         None
     };
-    Ok(Json(json!({"jobs": jobs, "next_after_id": next})))
+    Ok(Json(JobPage {
+        jobs,
+        total: total.min(COUNT_CAP - 1),
+        total_is_lower_bound: total >= COUNT_CAP,
+        next_after_id: if newest_first { None } else { next },
+        next_before_id: if newest_first { next } else { None },
+    }))
+}
+
+/// Totals are counted up to this (a larger total is shown as "more than").
+pub(crate) const COUNT_CAP: i64 = 10_001;
+
+/// A page of `GET /api/jobs`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// How many jobs match (paging aside), counted up to 10,000.
+    pub total: i64,
+    /// More than `total` match.
+    pub total_is_lower_bound: bool,
+    /// Oldest first: the `after_id` of the next page (none on the last).
+    pub next_after_id: Option<JobId>,
+    /// Newest first: the `before_id` of the next (older) page (none on the last).
+    pub next_before_id: Option<JobId>,
 }
 
 pub(crate) async fn load(state: &AppState, id: JobId) -> Result<JobRecord, ApiError> {
@@ -159,6 +210,8 @@ pub struct DeadFilter {
     pub queue: Option<String>,
     pub kind: Option<String>,
     pub tenant: Option<String>,
+    /// Only jobs whose payload or errors contain this text (case-insensitive).
+    pub text: Option<String>,
 }
 
 /// Retry or discard every dead job matching the filter (a tenant admin: only its own).
@@ -190,6 +243,7 @@ pub(crate) fn dead_scope(caller: &Caller, filter: DeadFilter) -> Result<JobFilte
         queue: filter.queue,
         kind: filter.kind,
         tenant,
+        text: filter.text.filter(|t| !t.is_empty()),
         ..Default::default()
     })
 }

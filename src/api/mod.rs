@@ -23,7 +23,7 @@
 pub mod auth;
 pub mod error;
 pub(crate) mod jobs;
-mod modules;
+pub(crate) mod modules;
 pub mod openapi;
 pub mod prometheus;
 pub(crate) mod queues;

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-fn lifecycle(state: &AppState) -> Result<&Lifecycle, ApiError> {
+pub(crate) fn lifecycle(state: &AppState) -> Result<&Lifecycle, ApiError> {
     state.lifecycle.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -28,7 +28,7 @@ fn lifecycle(state: &AppState) -> Result<&Lifecycle, ApiError> {
     })
 }
 
-fn tenant_id(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn tenant_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a tenant id")))
 }
@@ -220,12 +220,30 @@ pub(super) async fn operate(
             .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?
             .reason
     };
+    Ok(Json(
+        operate_on(&state, &caller, id, &module, &action, reason).await?,
+    ))
+}
+
+/// Approve, reject, suspend, resume or repair a tenant's module for `caller`: the API's and
+/// the dashboard's one way (the lifecycle operations decide).
+pub(crate) async fn operate_on(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    module: &str,
+    action: &str,
+    reason: Option<String>,
+) -> Result<Value, ApiError> {
+    caller.may_manage_tenant(id)?;
     if reason.as_deref().is_some_and(|r| r.contains('\0')) {
         return Err(ApiError::bad_request(
             "a reason cannot hold a NUL character",
         ));
     }
-    let life = lifecycle(&state)?;
+    let module = module.to_string();
+    let action = action.to_string();
+    let life = lifecycle(state)?;
     let actor = caller.actor();
     let needs_reason = || {
         reason
@@ -251,7 +269,7 @@ pub(super) async fn operate(
             )));
         }
     };
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 /// How many audit rows.

@@ -159,7 +159,7 @@ pub(super) async fn workers(
 }
 
 /// Queues and workers span every tenant: not for a tenant admin.
-fn deployment_wide(caller: &Caller) -> Result<(), ApiError> {
+pub(crate) fn deployment_wide(caller: &Caller) -> Result<(), ApiError> {
     if caller.confined_to().is_some() || caller.0.role == super::auth::Role::TenantAdmin {
         return Err(ApiError::forbidden(
             "queues and workers span every tenant: not for a tenant admin",

@@ -55,6 +55,16 @@ pub(crate) struct FilterArgs {
     /// Only jobs with a greater id (paging).
     #[arg(long)]
     after: Option<JobId>,
+    /// Only jobs whose payload or errors contain this text (case-insensitive; bound it with
+    /// --since on a large table).
+    #[arg(long)]
+    text: Option<String>,
+    /// Only jobs created in the last this many hours (1 to 8,760).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=8760))]
+    since_hours: Option<i64>,
+    /// Newest first.
+    #[arg(long)]
+    newest: bool,
     /// At most this many (default 100, at most 10,000).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     limit: Option<i64>,
@@ -140,7 +150,13 @@ impl FilterArgs {
             kind: self.kind.clone(),
             tenant: self.tenant.clone(),
             after_id: self.after,
+            text: self.text.clone(),
+            since: self
+                .since_hours
+                .map(|h| chrono::Utc::now() - chrono::Duration::hours(h)),
+            newest_first: self.newest,
             limit: self.limit,
+            ..JobFilter::default()
         })
     }
 }
@@ -158,8 +174,7 @@ impl BulkArgs {
             queue: self.queue.clone(),
             kind: self.kind.clone(),
             tenant: self.tenant.clone(),
-            after_id: None,
-            limit: None,
+            ..JobFilter::default()
         })
     }
 }

@@ -1,21 +1,32 @@
-//! Jobs: the filtered list, one job with its attempts and actions, and the dead-letter
-//! queue with single and bulk retry and discard.
+//! Jobs: the list with search (state, queue, kind, tenant, creation time, text in payloads
+//! and errors), newest first with totals and paging both ways; one job with its attempts and
+//! actions; the dead-letter queue with single and confirmed bulk retry and discard.
 
-use super::html::{badge, button, esc, page as layout, time, took, url};
-use super::{PageError, gate, who};
+use super::html::{badge, button, notice, time, took, url};
+use super::{PageError, gate, render};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::api::jobs as api_jobs;
+use crate::api::jobs::{self as api_jobs, COUNT_CAP};
 use crate::types::{JobFilter, JobId, JobRecord, JobState};
 use axum::extract::{Form, Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use chrono::Utc;
+use maud::{Markup, html};
 use serde::Deserialize;
-use std::fmt::Write;
 
-const PAGE: i64 = 100;
+const PAGE: i64 = 50;
 
-/// The filters of the job list and the dead-letter queue (empty fields: any).
+/// The time ranges offered, in hours ("" is any time).
+const RANGES: [(&str, &str); 5] = [
+    ("", "any time"),
+    ("1", "last hour"),
+    ("24", "last 24 h"),
+    ("168", "last 7 days"),
+    ("720", "last 30 days"),
+];
+
+/// The search of the job list and the dead-letter queue (empty fields: any).
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Filters {
     #[serde(default)]
@@ -26,7 +37,14 @@ pub(super) struct Filters {
     kind: String,
     #[serde(default)]
     tenant: String,
+    /// Text in the payload or the errors.
+    #[serde(default)]
+    q: String,
+    /// Created in the last this many hours (one of [`RANGES`]).
+    #[serde(default)]
+    hours: String,
     after_id: Option<JobId>,
+    before_id: Option<JobId>,
 }
 
 fn some(text: &str) -> Option<String> {
@@ -36,52 +54,80 @@ fn some(text: &str) -> Option<String> {
 
 impl Filters {
     fn to_filter(&self, caller: &Caller, state: Option<JobState>) -> Result<JobFilter, ApiError> {
+        let since = match self.hours.trim() {
+            "" => None,
+            hours => {
+                let hours: i64 = hours
+                    .parse()
+                    .ok()
+                    .filter(|_| RANGES.iter().any(|(r, _)| *r == hours))
+                    .ok_or_else(|| ApiError::bad_request(format!("no time range `{hours}`")))?;
+                Some(Utc::now() - chrono::Duration::hours(hours))
+            }
+        };
+        if self.q.chars().count() > 200 {
+            return Err(ApiError::bad_request(
+                "the search text is at most 200 characters",
+            ));
+        }
         Ok(JobFilter {
             state,
             queue: some(&self.queue),
             kind: some(&self.kind),
             tenant: caller.scope_tenant(some(&self.tenant))?,
+            text: some(&self.q),
+            since,
             after_id: self.after_id,
+            before_id: self.before_id,
+            newest_first: true,
             limit: Some(PAGE),
             ..Default::default()
         })
     }
 
-    fn query(&self, after_id: JobId) -> String {
+    /// This search's query string with a paging cursor.
+    fn query(&self, cursor: &str, id: JobId) -> String {
         format!(
-            "state={}&queue={}&kind={}&tenant={}&after_id={after_id}",
+            "state={}&queue={}&kind={}&tenant={}&q={}&hours={}&{cursor}={id}",
             url(&self.state),
             url(&self.queue),
             url(&self.kind),
-            url(&self.tenant)
+            url(&self.tenant),
+            url(&self.q),
+            url(&self.hours),
         )
     }
 
-    fn form(&self, action: &str, with_state: bool) -> String {
-        let field = |name: &str, value: &str| {
-            format!(
-                r#"<label>{name}<input name="{name}" id="filter-{name}" value="{}"></label>"#,
-                esc(value)
-            )
+    fn form(&self, action: &str, with_state: bool) -> Markup {
+        let field = |name: &str, label: &str, value: &str| {
+            html! { label { (label) input name=(name) id={ "filter-" (name) } value=(value); } }
         };
-        let mut form = format!(r#"<form method="get" action="{action}" class="filters">"#);
-        if with_state {
-            form.push_str(r#"<label>state<select name="state" id="filter-state"><option value="">any</option>"#);
-            for s in JobState::ALL {
-                let selected = if self.state == s.as_str() {
-                    " selected"
-                } else {
-                    ""
-                };
-                let _ = write!(form, r#"<option{selected}>{}</option>"#, s.as_str());
+        html! {
+            form method="get" action=(action) class="filters" {
+                @if with_state {
+                    label { "state"
+                        select name="state" id="filter-state" {
+                            option value="" { "any" }
+                            @for s in JobState::ALL {
+                                option selected[self.state == s.as_str()] { (s.as_str()) }
+                            }
+                        }
+                    }
+                }
+                (field("queue", "queue", &self.queue))
+                (field("kind", "kind", &self.kind))
+                (field("tenant", "tenant", &self.tenant))
+                (field("q", "text in payload or errors", &self.q))
+                label { "created"
+                    select name="hours" id="filter-hours" {
+                        @for (value, label) in RANGES {
+                            option value=(value) selected[self.hours == value] { (label) }
+                        }
+                    }
+                }
+                button type="submit" id="search" { "Search" }
             }
-            form.push_str("</select></label>");
         }
-        form.push_str(&field("queue", &self.queue));
-        form.push_str(&field("kind", &self.kind));
-        form.push_str(&field("tenant", &self.tenant));
-        form.push_str(r#"<button type="submit">Filter</button></form>"#);
-        form
     }
 }
 
@@ -93,58 +139,68 @@ fn last_error(job: &JobRecord) -> String {
         .unwrap_or_default()
 }
 
-fn table(jobs: &[JobRecord], actions: bool) -> String {
-    let mut out = String::from(
-        r#"<table id="jobs"><tr><th>id</th><th>kind</th><th>queue</th><th>tenant</th><th>state</th><th>attempt</th><th>run at</th><th>last error</th>"#,
-    );
-    if actions {
-        out.push_str("<th></th>");
-    }
-    out.push_str("</tr>");
-    for job in jobs {
-        let _ = write!(
-            out,
-            r#"<tr id="job-{id}"><td><a href="/dashboard/jobs/{id}">{id}</a></td><td>{kind}</td><td>{queue}</td><td>{tenant}</td><td>{state}</td><td>{attempt}/{max}</td><td>{run_at}</td><td class="error">{error}</td>"#,
-            id = job.id,
-            kind = esc(&job.kind),
-            queue = esc(&job.queue),
-            tenant = esc(&job.tenant),
-            state = badge(job.state),
-            attempt = job.attempt,
-            max = job.max_attempts,
-            run_at = time(Some(job.run_at)),
-            error = esc(last_error(job)),
-        );
-        if actions {
-            let _ = write!(
-                out,
-                "<td>{}{}</td>",
-                button(
-                    &format!("/dashboard/jobs/{}/retry", job.id),
-                    "Retry",
-                    "primary"
-                ),
-                button(
-                    &format!("/dashboard/jobs/{}/discard", job.id),
-                    "Discard",
-                    "danger"
-                ),
-            );
+fn table(jobs: &[JobRecord], actions: bool) -> Markup {
+    html! {
+        table id="jobs" {
+            tr {
+                th { "id" } th { "kind" } th { "queue" } th { "tenant" } th { "state" }
+                th { "attempt" } th { "created" } th { "last error" }
+                @if actions { th {} }
+            }
+            @for job in jobs {
+                tr id={ "job-" (job.id) } {
+                    td { a href={ "/dashboard/jobs/" (job.id) } { (job.id) } }
+                    td { (job.kind) } td { (job.queue) } td { (job.tenant) }
+                    td { (badge(job.state)) }
+                    td { (job.attempt) "/" (job.max_attempts) }
+                    td { (time(Some(job.created_at))) }
+                    td.error { (last_error(job)) }
+                    @if actions {
+                        td {
+                            (button(&format!("/dashboard/jobs/{}/retry", job.id), "Retry", "primary"))
+                            (button(&format!("/dashboard/jobs/{}/discard", job.id), "Discard", "danger"))
+                        }
+                    }
+                }
+            }
+            @if jobs.is_empty() { tr { td colspan="9" { "no job matches" } } }
         }
-        out.push_str("</tr>");
     }
-    out.push_str("</table>");
-    out
 }
 
-fn next_link(jobs: &[JobRecord], filters: &Filters, base: &str) -> String {
-    match jobs.last() {
-        Some(last) if jobs.len() as i64 == PAGE => format!(
-            r#"<p><a id="next" href="{base}?{}">Next page →</a></p>"#,
-            esc(filters.query(last.id))
-        ),
-        _ => String::new(),
+/// The total, and links to newer and older pages.
+fn pager(jobs: &[JobRecord], total: i64, filters: &Filters, base: &str) -> Markup {
+    let full = jobs.len() as i64 == PAGE;
+    let paged = filters.after_id.is_some() || filters.before_id.is_some();
+    let newer = match jobs.first() {
+        Some(first) if filters.before_id.is_some() || (filters.after_id.is_some() && full) => {
+            Some(filters.query("after_id", first.id))
+        }
+        _ => None,
+    };
+    let older = match jobs.last() {
+        Some(last) if full || filters.after_id.is_some() => {
+            Some(filters.query("before_id", last.id))
+        }
+        _ => None,
+    };
+    html! {
+        p.pager id="pager" {
+            span id="total" {
+                @if total >= COUNT_CAP { "more than " (COUNT_CAP - 1) } @else { (total) }
+                " matching"
+                @if paged || full { " · showing " (jobs.len()) ", newest first" }
+            }
+            @if let Some(query) = newer { a id="newer" href={ (base) "?" (query) } { "← Newer" } }
+            @if let Some(query) = older { a id="older" href={ (base) "?" (query) } { "Older →" } }
+        }
     }
+}
+
+async fn search(state: &AppState, filter: &JobFilter) -> Result<(Vec<JobRecord>, i64), PageError> {
+    let jobs = state.store.jobs_list(filter).await?;
+    let total = state.store.jobs_count(filter, COUNT_CAP).await?;
+    Ok((jobs, total))
 }
 
 pub(super) async fn list(
@@ -159,17 +215,15 @@ pub(super) async fn list(
                 .map_err(|_| ApiError::bad_request(format!("unknown job state `{s}`")))
         })
         .transpose()?;
-    let jobs = state
-        .store
-        .jobs_list(&filters.to_filter(&caller, job_state)?)
-        .await?;
-    let body = format!(
-        "{}{}{}",
-        filters.form("/dashboard/jobs", true),
-        table(&jobs, false),
-        next_link(&jobs, &filters, "/dashboard/jobs")
-    );
-    Ok(Html(layout("Jobs", &who(&caller), &body)))
+    let (jobs, total) = search(&state, &filters.to_filter(&caller, job_state)?).await?;
+    let body = html! {
+        (filters.form("/dashboard/jobs", true))
+        div id="results" data-live {
+            (pager(&jobs, total, &filters, "/dashboard/jobs"))
+            (table(&jobs, false))
+        }
+    };
+    Ok(render("Jobs", &caller, body))
 }
 
 pub(super) async fn dead(
@@ -179,30 +233,28 @@ pub(super) async fn dead(
     Query(done): Query<Done>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    let jobs = state
-        .store
-        .jobs_list(&filters.to_filter(&caller, Some(JobState::Dead))?)
-        .await?;
+    let (jobs, total) = search(&state, &filters.to_filter(&caller, Some(JobState::Dead))?).await?;
     let bulk = |action: &str, label: &str, class: &str| {
-        format!(
-            r#"<form method="post" action="/dashboard/dead/{action}" class="inline">
-<input type="hidden" name="queue" value="{q}"><input type="hidden" name="kind" value="{k}"><input type="hidden" name="tenant" value="{t}">
-<button type="submit" class="{class}" id="bulk-{action}">{label}</button></form>"#,
-            q = esc(&filters.queue),
-            k = esc(&filters.kind),
-            t = esc(&filters.tenant),
-        )
+        html! {
+            form method="post" action={ "/dashboard/dead/" (action) } class="inline" {
+                input type="hidden" name="queue" value=(filters.queue);
+                input type="hidden" name="kind" value=(filters.kind);
+                input type="hidden" name="tenant" value=(filters.tenant);
+                input type="hidden" name="q" value=(filters.q);
+                button type="submit" class=(class) id={ "bulk-" (action) } { (label) }
+            }
+        }
     };
-    let body = format!(
-        r#"{}{}<p>{} {}</p>{}{}"#,
-        done.notice(),
-        filters.form("/dashboard/dead", false),
-        bulk("retry", "Retry all matching", "primary"),
-        bulk("discard", "Discard all matching", "danger"),
-        table(&jobs, true),
-        next_link(&jobs, &filters, "/dashboard/dead"),
-    );
-    Ok(Html(layout("Dead letters", &who(&caller), &body)))
+    let body = html! {
+        (notice(done.text()))
+        (filters.form("/dashboard/dead", false))
+        p { (bulk("retry", "Retry all matching", "primary")) " " (bulk("discard", "Discard all matching", "danger")) }
+        div id="results" data-live {
+            (pager(&jobs, total, &filters, "/dashboard/dead"))
+            (table(&jobs, true))
+        }
+    };
+    Ok(render("Dead letters", &caller, body))
 }
 
 pub(super) async fn show(
@@ -215,51 +267,46 @@ pub(super) async fn show(
     let id = api_jobs::job_id(&id)?;
     let job = api_jobs::load(&state, id).await?;
     caller.may_read(api_jobs::tenant_of(&job))?;
-    let mut body = done.notice();
-    let _ = write!(
-        body,
-        r#"<table id="job"><tr><th>state</th><td id="job-state">{state}</td></tr>
-<tr><th>kind</th><td>{kind}</td></tr><tr><th>queue</th><td>{queue}</td></tr>
-<tr><th>tenant</th><td>{tenant}</td></tr><tr><th>priority</th><td>{priority}</td></tr>
-<tr><th>attempt</th><td>{attempt} of {max}</td></tr><tr><th>run at</th><td>{run_at}</td></tr>
-<tr><th>created</th><td>{created}</td></tr><tr><th>finished</th><td>{finished}</td></tr>
-<tr><th>unique key</th><td>{unique}</td></tr></table>
-<p>{retry} {discard} {cancel}</p><h2>Payload</h2><pre>{payload}</pre><h2>Attempts</h2>
-<table id="attempts"><tr><th>#</th><th>worker</th><th>started</th><th>ended</th><th>took</th><th>error</th></tr>"#,
-        state = badge(job.state),
-        kind = esc(&job.kind),
-        queue = esc(&job.queue),
-        tenant = esc(&job.tenant),
-        priority = job.priority,
-        attempt = job.attempt,
-        max = job.max_attempts,
-        run_at = time(Some(job.run_at)),
-        created = time(Some(job.created_at)),
-        finished = time(job.finished_at),
-        unique = esc(job.unique_key.as_deref().unwrap_or("—")),
-        retry = button(&format!("/dashboard/jobs/{id}/retry"), "Retry", "primary"),
-        discard = button(
-            &format!("/dashboard/jobs/{id}/discard"),
-            "Discard",
-            "danger"
-        ),
-        cancel = button(&format!("/dashboard/jobs/{id}/cancel"), "Cancel", "danger"),
-        payload = esc(serde_json::to_string_pretty(&job.payload).unwrap_or_default()),
-    );
-    for attempt in &job.attempts {
-        let _ = write!(
-            body,
-            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="error">{}</td></tr>"#,
-            attempt.attempt,
-            esc(attempt.worker.as_deref().unwrap_or("—")),
-            time(attempt.started_at),
-            time(attempt.finished_at),
-            took(attempt.started_at, attempt.finished_at),
-            esc(attempt.error.as_deref().unwrap_or("")),
-        );
-    }
-    body.push_str("</table>");
-    Ok(Html(layout(&format!("Job {id}"), &who(&caller), &body)))
+    let row = |name: &str, value: Markup| html! { tr { th { (name) } td { (value) } } };
+    let body = html! {
+        (notice(done.text()))
+        div id="job-live" data-live {
+            table id="job" {
+                tr { th { "state" } td id="job-state" { (badge(job.state)) } }
+                (row("kind", html! { (job.kind) }))
+                (row("queue", html! { a href={ "/dashboard/queues/" (url(&job.queue)) } { (job.queue) } }))
+                (row("tenant", html! { (job.tenant) }))
+                (row("priority", html! { (job.priority) }))
+                (row("attempt", html! { (job.attempt) " of " (job.max_attempts) }))
+                (row("run at", html! { (time(Some(job.run_at))) }))
+                (row("created", html! { (time(Some(job.created_at))) }))
+                (row("finished", html! { (time(job.finished_at)) }))
+                (row("unique key", html! { (job.unique_key.as_deref().unwrap_or("—")) }))
+            }
+            p {
+                (button(&format!("/dashboard/jobs/{id}/retry"), "Retry", "primary")) " "
+                (button(&format!("/dashboard/jobs/{id}/discard"), "Discard", "danger")) " "
+                (button(&format!("/dashboard/jobs/{id}/cancel"), "Cancel", "danger"))
+            }
+            h2 { "Payload" }
+            pre { (serde_json::to_string_pretty(&job.payload).unwrap_or_default()) }
+            h2 { "Attempts" }
+            table id="attempts" {
+                tr { th { "#" } th { "worker" } th { "started" } th { "ended" } th { "took" } th { "error" } }
+                @for attempt in &job.attempts {
+                    tr {
+                        td { (attempt.attempt) }
+                        td { (attempt.worker.as_deref().unwrap_or("—")) }
+                        td { (time(attempt.started_at)) }
+                        td { (time(attempt.finished_at)) }
+                        td { (took(attempt.started_at, attempt.finished_at)) }
+                        td.error { (attempt.error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    };
+    Ok(render(&format!("Job {id}"), &caller, body))
 }
 
 pub(super) async fn act(
@@ -286,18 +333,17 @@ pub(super) struct Done {
 impl Done {
     /// The message after an action (only the actions there are: nothing from the URL is shown
     /// but a number).
-    fn notice(&self) -> String {
+    fn text(&self) -> Option<String> {
         let verb = match self.done.as_str() {
             "retry" => "retried",
             "discard" => "discarded",
             "cancel" => "cancelled",
-            _ => return String::new(),
+            _ => return None,
         };
-        let what = match self.n {
+        Some(match self.n {
             Some(n) => format!("{verb} {n} job(s)"),
             None => format!("{verb}: done"),
-        };
-        format!(r#"<p class="notice" id="notice">{}</p>"#, esc(what))
+        })
     }
 }
 
@@ -310,6 +356,8 @@ pub(super) struct BulkForm {
     kind: String,
     #[serde(default)]
     tenant: String,
+    #[serde(default)]
+    q: String,
     #[serde(default)]
     confirmed: String,
 }
@@ -327,6 +375,7 @@ pub(super) async fn bulk(
         queue: some(&form.queue),
         kind: some(&form.kind),
         tenant: some(&form.tenant),
+        text: some(&form.q),
     };
     if form.confirmed != "yes" {
         let label = match action.as_str() {
@@ -340,31 +389,35 @@ pub(super) async fn bulk(
             }
         };
         let scope = api_jobs::dead_scope(&caller, filter)?;
-        let matching = state
-            .store
-            .jobs_list(&JobFilter {
-                limit: Some(10_001),
-                ..scope
-            })
-            .await?
-            .len();
-        let count = if matching > 10_000 {
-            "more than 10,000".to_string()
+        let matching = state.store.jobs_count(&scope, COUNT_CAP).await?;
+        let count = if matching >= COUNT_CAP {
+            format!("more than {}", COUNT_CAP - 1)
         } else {
             matching.to_string()
         };
-        let body = format!(
-            r#"<p id="confirm-what">{label} {count} dead job(s) matching queue “{q}”, kind “{k}”, tenant “{t}” (empty: any)?</p>
-<form method="post" action="/dashboard/dead/{action}" class="inline">
-<input type="hidden" name="queue" value="{q}"><input type="hidden" name="kind" value="{k}"><input type="hidden" name="tenant" value="{t}"><input type="hidden" name="confirmed" value="yes">
-<button type="submit" class="primary" id="confirm-{action}">{label} them</button></form> <a href="/dashboard/dead" id="cancel">Cancel</a>"#,
-            q = esc(&form.queue),
-            k = esc(&form.kind),
-            t = esc(&form.tenant),
-        );
-        return Ok(
-            Html(layout(&format!("{label} dead jobs?"), &who(&caller), &body)).into_response(),
-        );
+        let any = |v: &str| {
+            if v.is_empty() {
+                "any".to_string()
+            } else {
+                format!("“{v}”")
+            }
+        };
+        let body = html! {
+            p id="confirm-what" {
+                (label) " " (count) " dead job(s) matching queue " (any(&form.queue)) ", kind "
+                (any(&form.kind)) ", tenant " (any(&form.tenant)) ", text " (any(&form.q)) "?"
+            }
+            form method="post" action={ "/dashboard/dead/" (action) } class="inline" {
+                input type="hidden" name="queue" value=(form.queue);
+                input type="hidden" name="kind" value=(form.kind);
+                input type="hidden" name="tenant" value=(form.tenant);
+                input type="hidden" name="q" value=(form.q);
+                input type="hidden" name="confirmed" value="yes";
+                button type="submit" class="primary" id={ "confirm-" (action) } { (label) " them" }
+            }
+            " " a href="/dashboard/dead" id="cancel" { "Cancel" }
+        };
+        return Ok(render(&format!("{label} dead jobs?"), &caller, body).into_response());
     }
     let n = api_jobs::act_on_dead(&state, &caller, filter, &action).await?;
     Ok(Redirect::to(&format!("/dashboard/dead?done={}&n={n}", url(&action))).into_response())

@@ -1,13 +1,17 @@
-//! The operators' dashboard: server-rendered HTML over the same store and the same auth as
-//! the API (a token pasted once at `/dashboard/login`, then kept in an HttpOnly, SameSite
-//! cookie). Pages: the overview (counts per state, throughput chart), jobs with filters, a
-//! job with its attempts, the dead-letter queue with single and bulk retry and discard,
-//! runs with their steps as a timeline, the cron schedules, and a tenant's page (its modules
-//! and jobs), where a tenant admin lands.
+//! The operators' dashboard: server-rendered HTML (maud templates, escaped by default) over
+//! the same store, the same operations and the same auth as the API (a token pasted once at
+//! `/dashboard/login`, then kept in an HttpOnly, SameSite cookie). Pages: the overview, queues
+//! (with pause and resume), jobs with search, a job with its attempts, the dead-letter queue
+//! with single and confirmed bulk retry and discard, workers, runs and a run's step graph
+//! (cancel, retry), modules (catalog, tenants' modules, approvals), the audit log, the cron
+//! schedules, and a tenant's page, where a tenant admin lands. Lists and running runs refresh
+//! themselves (`live.js`).
 
 mod html;
 mod jobs;
+mod modules;
 mod overview;
+mod queues;
 mod runs;
 mod tenant;
 
@@ -36,6 +40,38 @@ pub fn routes() -> Routes {
         .add("POST", "/dashboard/runs/{id}/retry", post(runs::retry))
         .add("GET", "/dashboard/schedules", get(runs::schedules))
         .add("GET", "/dashboard/tenant/{id}", get(tenant::page))
+        .add("GET", "/dashboard/queues", get(queues::list))
+        .add("GET", "/dashboard/queues/{queue}", get(queues::show))
+        .add(
+            "POST",
+            "/dashboard/queues/{queue}/{action}",
+            post(queues::act),
+        )
+        .add("GET", "/dashboard/workers", get(queues::workers))
+        .add("POST", "/dashboard/runs/{id}/cancel", post(runs::cancel))
+        .add("GET", "/dashboard/modules", get(modules::catalog))
+        .add(
+            "POST",
+            "/dashboard/modules/{tenant}/{module}/{action}",
+            post(modules::operate),
+        )
+        .add("GET", "/dashboard/audit", get(modules::audit))
+        .add("GET", "/dashboard/live.js", get(live_script))
+}
+
+/// The live-update script, for logged-in pages.
+async fn live_script(caller: Result<Caller, ApiError>) -> Result<Response, PageError> {
+    gate(caller)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        html::LIVE_JS,
+    )
+        .into_response())
+}
+
+/// A page's HTML response.
+pub(crate) fn render(title: &str, caller: &Caller, body: maud::Markup) -> Html<String> {
+    Html(html::layout(title, &who(caller), body).into_string())
 }
 
 /// What a page handler gets back when it fails: an HTML error page (or the login page for
@@ -59,12 +95,15 @@ impl IntoResponse for PageError {
         if self.0.status == StatusCode::UNAUTHORIZED {
             return Redirect::to("/dashboard/login").into_response();
         }
-        let body = format!(
-            r#"<p class="error" id="error">{}: {}</p><p><a href="/dashboard">Back to the overview</a></p>"#,
-            html::esc(self.0.code),
-            html::esc(&self.0.message)
-        );
-        (self.0.status, Html(html::page("Error", "", &body))).into_response()
+        let body = maud::html! {
+            p.error id="error" { (self.0.code) ": " (self.0.message) }
+            p { a href="/dashboard" { "Back to the overview" } }
+        };
+        (
+            self.0.status,
+            Html(html::layout("Error", "", body).into_string()),
+        )
+            .into_response()
     }
 }
 
@@ -86,13 +125,21 @@ pub(crate) fn who(caller: &Caller) -> String {
 }
 
 async fn login_form() -> Html<String> {
-    Html(html::page("Log in", "", LOGIN_FORM))
+    Html(html::layout("Log in", "", login_body(None)).into_string())
 }
 
-const LOGIN_FORM: &str = r#"<form method="post" action="/dashboard/login" class="filters">
-<label>Token (from <code>steward token --role master_admin</code>)
-<textarea name="token" id="token" rows="4" cols="80" required></textarea></label>
-<button type="submit" class="primary" id="login">Log in</button></form>"#;
+fn login_body(error: Option<&str>) -> maud::Markup {
+    maud::html! {
+        @if let Some(error) = error { p.error { (error) } }
+        form method="post" action="/dashboard/login" class="filters" {
+            label {
+                "Token (from " code { "steward token --role master_admin" } ")"
+                textarea name="token" id="token" rows="4" cols="80" required {}
+            }
+            button type="submit" class="primary" id="login" { "Log in" }
+        }
+    }
+}
 
 #[derive(Deserialize)]
 struct LoginForm {
@@ -126,14 +173,7 @@ async fn login(
             .into_response(),
         Err(e) => (
             StatusCode::UNAUTHORIZED,
-            Html(html::page(
-                "Log in",
-                "",
-                &format!(
-                    r#"<p class="error">{}</p>{LOGIN_FORM}"#,
-                    html::esc(&e.message)
-                ),
-            )),
+            Html(html::layout("Log in", "", login_body(Some(&e.message))).into_string()),
         )
             .into_response(),
     }

@@ -1,19 +1,21 @@
-//! Workflow runs (the list, and one run's steps as a timeline with progress bars, with
-//! retry from the failed step) and the cron schedules with their next fire times.
+//! Workflow runs: the list, and one run drawn as its step graph (forward steps, then the
+//! compensations that undid completed steps, latest first), with each step's input, output,
+//! attempts, timing and compensation; cancel and retry. Also the cron schedules.
 
-use super::html::{badge, button, esc, page as layout, time, took};
-use super::{PageError, gate, who};
+use super::html::{badge, bar, button, notice, time, took};
+use super::{PageError, gate, render};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::runs as api_runs;
 use crate::store::runs::{RunRecord, RunState, StepRecord, StepState};
+use crate::types::JobRecord;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, Redirect};
 use chrono::Utc;
+use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
-use std::fmt::Write;
 
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RunFilters {
@@ -51,16 +53,12 @@ fn step_done(step: &StepRecord) -> Option<f64> {
     }
 }
 
-fn bar(id: &str, left: f64, width: f64) -> String {
-    format!(
-        r#"<div class="bar" id="{id}"><span style="left:{:.1}%;width:{:.1}%"></span></div>"#,
-        left * 100.0,
-        (width * 100.0).max(0.5)
-    )
-}
-
 fn visible(caller: &Caller, run: &RunRecord) -> bool {
     caller.may_read(api_runs::tenant_of(run)).is_ok()
+}
+
+fn json(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
 }
 
 pub(super) async fn list(
@@ -74,106 +72,200 @@ pub(super) async fn list(
         s => Some(s.parse::<RunState>().map_err(ApiError::bad_request)?),
     };
     let runs = state.store.runs_list(run_state, 200).await?;
-    let mut body = String::from(
-        r#"<table id="runs"><tr><th>id</th><th>workflow</th><th>state</th><th>progress</th><th>step</th><th>started</th><th>finished</th><th>error</th></tr>"#,
-    );
-    for run in runs.iter().filter(|r| visible(&caller, r)) {
-        let step = run
-            .steps
-            .get(usize::try_from(run.current_step).unwrap_or(0))
-            .map(|s| s.name.as_str())
-            .unwrap_or("");
-        let _ = write!(
-            body,
-            r#"<tr><td><a href="/dashboard/runs/{id}">{id}</a></td><td>{wf}</td><td>{state}</td><td>{bar}</td><td>{step}</td><td>{start}</td><td>{end}</td><td class="error">{error}</td></tr>"#,
-            id = run.id,
-            wf = esc(&run.workflow),
-            state = badge(run.state),
-            bar = bar(&format!("run-progress-{}", run.id), 0.0, run_done(run)),
-            step = esc(step),
-            start = time(Some(run.created_at)),
-            end = time(run.finished_at),
-            error = esc(run.error.as_deref().unwrap_or("")),
-        );
-    }
-    body.push_str("</table>");
-    Ok(Html(layout("Runs", &who(&caller), &body)))
+    let body = html! {
+        form method="get" action="/dashboard/runs" class="filters" {
+            label { "state"
+                select name="state" id="filter-state" {
+                    option value="" { "any" }
+                    @for s in ["queued", "running", "compensating", "completed", "failed", "cancelled"] {
+                        option selected[filters.state == s] { (s) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        table id="runs" data-live {
+            tr { th { "id" } th { "workflow" } th { "state" } th { "progress" } th { "step" } th { "started" } th { "finished" } th { "error" } }
+            @for run in runs.iter().filter(|r| visible(&caller, r)) {
+                tr id={ "run-" (run.id) } {
+                    td { a href={ "/dashboard/runs/" (run.id) } { (run.id) } }
+                    td { (run.workflow) }
+                    td { (badge(run.state)) }
+                    td { (bar(&format!("run-progress-{}", run.id), 0.0, run_done(run))) }
+                    td { (run.steps.get(usize::try_from(run.current_step).unwrap_or(0)).map(|s| s.name.as_str()).unwrap_or("")) }
+                    td { (time(Some(run.created_at))) }
+                    td { (time(run.finished_at)) }
+                    td.error { (run.error.as_deref().unwrap_or("")) }
+                }
+            }
+        }
+    };
+    Ok(render("Runs", &caller, body))
+}
+
+/// After an action on a run (`?done=retry|cancel`).
+#[derive(Deserialize, Default)]
+pub(super) struct Done {
+    #[serde(default)]
+    done: String,
 }
 
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
+    Query(done): Query<Done>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
     let id = api_runs::run_id(&id)?;
     let run = api_runs::load(&state, id).await?;
     caller.may_read(api_runs::tenant_of(&run))?;
-    // The timeline spans from the run's start to its end (or now).
-    let start = run.created_at;
-    let end = run.finished_at.unwrap_or_else(Utc::now);
-    let span = (end - start).num_milliseconds().max(1) as f64;
-    let offset =
-        |at: chrono::DateTime<Utc>| ((at - start).num_milliseconds() as f64 / span).clamp(0.0, 1.0);
-    let mut body = format!(
-        r#"<table><tr><th>workflow</th><td>{wf}</td></tr><tr><th>state</th><td id="run-state">{state}</td></tr>
-<tr><th>progress</th><td>{bar}</td></tr><tr><th>started</th><td>{start}</td></tr><tr><th>finished</th><td>{end}</td></tr>
-<tr><th>error</th><td class="error">{error}</td></tr><tr><th>idempotency key</th><td>{key}</td></tr></table>"#,
-        wf = esc(&run.workflow),
-        state = badge(run.state),
-        bar = bar("run-progress", 0.0, run_done(&run)),
-        start = time(Some(run.created_at)),
-        end = time(run.finished_at),
-        error = esc(run.error.as_deref().unwrap_or("")),
-        key = esc(run.idempotency_key.as_deref().unwrap_or("—")),
-    );
-    if run.state == RunState::Failed {
-        body.push_str(&button(
-            &format!("/dashboard/runs/{id}/retry"),
-            "Retry from the failed step",
-            "primary",
-        ));
-    }
-    body.push_str(
-        r#"<h2>Steps</h2><table id="steps"><tr><th>#</th><th>step</th><th>state</th><th>timeline</th><th>progress</th><th>took</th><th>job</th><th>error</th></tr>"#,
-    );
+    let definition = state.engine.workflows().get(&run.workflow);
+    let compensation_of = |step: &StepRecord| {
+        definition
+            .and_then(|d| d.steps.get(usize::try_from(step.idx).ok()?))
+            .and_then(|s| s.compensate.clone())
+    };
+    // Each step's job, with its attempts.
+    let mut jobs: Vec<Option<JobRecord>> = Vec::with_capacity(run.steps.len());
     for step in &run.steps {
-        let timeline = match step.started_at {
-            Some(started) => {
-                let left = offset(started);
-                let right = offset(step.finished_at.unwrap_or(end));
-                bar(&format!("timeline-{}", step.idx), left, right - left)
-            }
-            None => String::new(),
-        };
-        let progress = match step_done(step) {
-            Some(done) => bar(&format!("progress-{}", step.idx), 0.0, done),
-            None => esc(step
-                .progress
-                .as_ref()
-                .map(Value::to_string)
-                .unwrap_or_default()),
-        };
-        let job = step
-            .job_id
-            .map(|j| format!(r#"<a href="/dashboard/jobs/{j}">{j}</a>"#))
-            .unwrap_or_default();
-        let _ = write!(
-            body,
-            r#"<tr><td>{idx}</td><td>{name}</td><td>{state}</td><td>{timeline}</td><td>{progress}</td><td>{took}</td><td>{job}</td><td class="error">{error}</td></tr>"#,
-            idx = step.idx,
-            name = esc(&step.name),
-            state = badge(step.state),
-            took = took(step.started_at, step.finished_at),
-            error = esc(step.error.as_deref().unwrap_or("")),
-        );
+        jobs.push(match step.job_id {
+            Some(job) => state.store.job_get(job).await?,
+            None => None,
+        });
     }
-    let _ = write!(
-        body,
-        "</table><h2>Parameters</h2><pre>{}</pre>",
-        esc(serde_json::to_string_pretty(&run.params).unwrap_or_default())
-    );
-    Ok(Html(layout(&format!("Run {id}"), &who(&caller), &body)))
+    let compensated: Vec<&StepRecord> = run
+        .steps
+        .iter()
+        .rev()
+        .filter(|s| matches!(s.state, StepState::Compensating | StepState::Compensated))
+        .collect();
+    let message = match done.done.as_str() {
+        "retry" => Some("retried: the run goes on from its failed step".to_string()),
+        "cancel" => Some("cancelled the run".to_string()),
+        _ => None,
+    };
+    let node = |step: &StepRecord, compensation: bool| {
+        let state_class = format!(
+            "node node-{}{}",
+            step.state,
+            if compensation { " comp" } else { "" }
+        );
+        html! {
+            a class=(state_class) id={ "node-" (step.idx) (if compensation { "-undo" } else { "" }) } href={ "#step-" (step.idx) } {
+                b { @if compensation { "undo " } (step.name) } br;
+                (badge(step.state)) " " (took(step.started_at, step.finished_at))
+                @if let Some(done) = step_done(step) { (bar(&format!("progress-{}", step.idx), 0.0, done)) }
+            }
+        }
+    };
+    let body = html! {
+        (notice(message))
+        div id="run-live" data-live {
+            table {
+                tr { th { "workflow" } td { (run.workflow) } }
+                tr { th { "state" } td id="run-state" { (badge(run.state)) } }
+                tr { th { "progress" } td { (bar("run-progress", 0.0, run_done(&run))) } }
+                tr { th { "started" } td { (time(Some(run.created_at))) } }
+                tr { th { "finished" } td { (time(run.finished_at)) } }
+                tr { th { "took" } td { (took(Some(run.created_at), run.finished_at.or(Some(Utc::now())))) } }
+                tr { th { "error" } td.error id="run-error" { (run.error.as_deref().unwrap_or("")) } }
+                tr { th { "idempotency key" } td { (run.idempotency_key.as_deref().unwrap_or("—")) } }
+            }
+            p {
+                @if run.state == RunState::Failed {
+                    (button(&format!("/dashboard/runs/{id}/retry"), "Retry from the failed step", "primary"))
+                }
+                @if matches!(run.state, RunState::Queued | RunState::Running) {
+                    (button(&format!("/dashboard/runs/{id}/cancel"), "Cancel the run", "danger"))
+                }
+            }
+            h2 { "Steps" }
+            div.graph id="graph" {
+                @for (i, step) in run.steps.iter().enumerate() {
+                    @if i > 0 { span.arrow { "→" } }
+                    (node(step, false))
+                }
+            }
+            @if !compensated.is_empty() {
+                h2 { "Compensation (latest step first)" }
+                div.graph id="compensation" {
+                    @for (i, step) in compensated.iter().enumerate() {
+                        @if i > 0 { span.arrow { "→" } }
+                        (node(step, true))
+                    }
+                }
+            }
+            @for (step, job) in run.steps.iter().zip(&jobs) {
+                (step_details(&run, step, job.as_ref(), compensation_of(step)))
+            }
+            h2 { "Parameters" }
+            pre id="params" { (json(&run.params)) }
+        }
+    };
+    Ok(render(&format!("Run {id}"), &caller, body))
+}
+
+/// One step: input (the previous step's output, or the run's parameters), output, progress,
+/// timing, compensation and its job's attempts.
+fn step_details(
+    run: &RunRecord,
+    step: &StepRecord,
+    job: Option<&JobRecord>,
+    compensation: Option<String>,
+) -> Markup {
+    let idx = usize::try_from(step.idx).unwrap_or(0);
+    let input = if idx == 0 {
+        Some(&run.params)
+    } else {
+        run.steps.get(idx - 1).and_then(|s| s.output.as_ref())
+    };
+    html! {
+        section id={ "step-" (step.idx) } {
+            h2 { (step.idx) ". " (step.name) " " (badge(step.state)) }
+            table {
+                tr { th { "started" } td { (time(step.started_at)) } th { "ended" } td { (time(step.finished_at)) } th { "took" } td { (took(step.started_at, step.finished_at)) } }
+                tr {
+                    th { "job" }
+                    td { @if let Some(job) = step.job_id { a href={ "/dashboard/jobs/" (job) } { (job) } } @else { "—" } }
+                    th { "attempts" } td { @if let Some(job) = job { (job.attempts.len()) " of " (job.max_attempts) } @else { "—" } }
+                    th { "compensation" }
+                    td {
+                        @match (&compensation, step.state) {
+                            (Some(handler), StepState::Compensated) => { "undone by " code { (handler) } }
+                            (Some(handler), StepState::Compensating) => { "being undone by " code { (handler) } }
+                            (Some(handler), _) => { code { (handler) } " if a later step fails" }
+                            (None, _) => { "none" }
+                        }
+                    }
+                }
+                @if let Some(error) = &step.error { tr { th { "error" } td.error colspan="5" { (error) } } }
+            }
+            details open[idx == 0 || step.output.is_some()] {
+                summary { "input" }
+                pre.input { (input.map(json).unwrap_or_else(|| "—".into())) }
+            }
+            details open[step.output.is_some()] {
+                summary { "output" }
+                pre.output id={ "output-" (step.idx) } { (step.output.as_ref().map(json).unwrap_or_else(|| "—".into())) }
+            }
+            @if let Some(progress) = &step.progress { details { summary { "progress" } pre { (json(progress)) } } }
+            @if let Some(job) = job {
+                @if !job.attempts.is_empty() {
+                    table.attempts {
+                        tr { th { "#" } th { "worker" } th { "started" } th { "took" } th { "error" } }
+                        @for attempt in &job.attempts {
+                            tr {
+                                td { (attempt.attempt) } td { (attempt.worker.as_deref().unwrap_or("—")) }
+                                td { (time(attempt.started_at)) } td { (took(attempt.started_at, attempt.finished_at)) }
+                                td.error { (attempt.error.as_deref().unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub(super) async fn retry(
@@ -183,7 +275,17 @@ pub(super) async fn retry(
 ) -> Result<Redirect, PageError> {
     let caller = gate(caller)?;
     let id = api_runs::act_on(&state, &caller, &id, "retry").await?;
-    Ok(Redirect::to(&format!("/dashboard/runs/{id}")))
+    Ok(Redirect::to(&format!("/dashboard/runs/{id}?done=retry")))
+}
+
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(id): Path<String>,
+) -> Result<Redirect, PageError> {
+    let caller = gate(caller)?;
+    let id = api_runs::act_on(&state, &caller, &id, "cancel").await?;
+    Ok(Redirect::to(&format!("/dashboard/runs/{id}?done=cancel")))
 }
 
 pub(super) async fn schedules(
@@ -191,20 +293,17 @@ pub(super) async fn schedules(
     caller: Result<Caller, ApiError>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    let mut body = String::from(
-        r#"<table id="schedules"><tr><th>workflow</th><th>cron</th><th>time zone</th><th>next fire times (UTC)</th></tr>"#,
-    );
-    for fire in crate::workflow::schedule::next_fires(state.engine.workflows(), Utc::now(), 3) {
-        let at: Vec<String> = fire.at.iter().map(|t| time(Some(*t))).collect();
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-            esc(&fire.workflow),
-            esc(&fire.cron),
-            esc(&fire.timezone),
-            at.join("<br>")
-        );
-    }
-    body.push_str("</table>");
-    Ok(Html(layout("Schedules", &who(&caller), &body)))
+    let fires = crate::workflow::schedule::next_fires(state.engine.workflows(), Utc::now(), 3);
+    let body = html! {
+        table id="schedules" {
+            tr { th { "workflow" } th { "cron" } th { "time zone" } th { "next fire times (UTC)" } }
+            @for fire in &fires {
+                tr {
+                    td { (fire.workflow) } td { code { (fire.cron) } } td { (fire.timezone) }
+                    td { @for (i, at) in fire.at.iter().enumerate() { @if i > 0 { br; } (time(Some(*at))) } }
+                }
+            }
+        }
+    };
+    Ok(render("Schedules", &caller, body))
 }

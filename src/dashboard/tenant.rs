@@ -1,15 +1,16 @@
 //! A tenant's page: its modules (status, version, why), its recent jobs and links to the rest
 //! of its work. A tenant admin lands here after logging in (the overview covers every tenant).
 
-use super::html::{badge, esc, page as layout, time};
-use super::{PageError, gate, who};
+use super::html::{badge, time};
+use super::modules::version_names;
+use super::{PageError, gate, render};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::types::JobFilter;
 use axum::extract::{Path, State};
 use axum::response::Html;
-use std::fmt::Write;
+use maud::html;
 
 pub(super) async fn page(
     State(state): State<AppState>,
@@ -17,71 +18,57 @@ pub(super) async fn page(
     Path(id): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`{id}` is not a tenant id")))?;
+    let id = crate::api::modules::tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     let tenant = state
         .store
         .tenant_get(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant {id}")))?;
-    let mut body = format!(
-        r#"<p id="tenant">{name} <code>{slug}</code> · <a href="/dashboard/jobs?tenant={id}">its jobs</a> · <a href="/dashboard/dead?tenant={id}">its dead letters</a></p>
-<h2>Modules</h2><table id="modules"><tr><th>module</th><th>status</th><th>version</th><th>why</th><th>since</th></tr>"#,
-        name = esc(&tenant.name),
-        slug = esc(&tenant.slug),
-    );
     let modules = state.store.tenant_modules(id).await?;
-    for module in &modules {
-        let version = match module.version_id {
-            Some(version_id) => state
-                .store
-                .versions_of(&module.module)
-                .await?
-                .into_iter()
-                .find(|v| v.id == version_id)
-                .map(|v| v.version)
-                .unwrap_or_default(),
-            None => String::new(),
-        };
-        let _ = write!(
-            body,
-            r#"<tr id="module-{m}"><td>{m}</td><td>{status}</td><td>{version}</td><td>{why}</td><td>{since}</td></tr>"#,
-            m = esc(&module.module),
-            status = badge(module.status.as_str()),
-            version = esc(version),
-            why = esc(module.status_reason.as_deref().unwrap_or("")),
-            since = time(Some(module.updated_at)),
-        );
-    }
-    if modules.is_empty() {
-        body.push_str(r#"<tr><td colspan="5">no module yet</td></tr>"#);
-    }
-    body.push_str("</table><h2>Jobs (the first 20; all under its jobs)</h2>");
+    let versions = version_names(&state, modules.iter().map(|m| m.module.as_str())).await?;
     let jobs = state
         .store
         .jobs_list(&JobFilter {
             tenant: Some(id.to_string()),
+            newest_first: true,
             limit: Some(20),
             ..JobFilter::default()
         })
         .await?;
-    body.push_str(
-        r#"<table id="jobs"><tr><th>id</th><th>kind</th><th>queue</th><th>state</th><th>attempt</th></tr>"#,
-    );
-    for job in &jobs {
-        let _ = write!(
-            body,
-            r#"<tr><td><a href="/dashboard/jobs/{id}">{id}</a></td><td>{kind}</td><td>{queue}</td><td>{state}</td><td>{attempt}/{max}</td></tr>"#,
-            id = job.id,
-            kind = esc(&job.kind),
-            queue = esc(&job.queue),
-            state = badge(job.state),
-            attempt = job.attempt,
-            max = job.max_attempts,
-        );
-    }
-    body.push_str("</table>");
-    Ok(Html(layout(&format!("Tenant {id}"), &who(&caller), &body)))
+    let body = html! {
+        p id="tenant" {
+            (tenant.name) " " code { (tenant.slug) } " · "
+            a href={ "/dashboard/jobs?tenant=" (id) } { "its jobs" } " · "
+            a href={ "/dashboard/dead?tenant=" (id) } { "its dead letters" } " · "
+            a href={ "/dashboard/audit?tenant=" (id) } { "its audit log" }
+        }
+        h2 { "Modules" }
+        table id="modules" data-live {
+            tr { th { "module" } th { "status" } th { "version" } th { "why" } th { "since" } }
+            @for module in &modules {
+                tr id={ "module-" (module.module) } {
+                    td { (module.module) }
+                    td { (badge(module.status.as_str())) }
+                    td { (module.version_id.and_then(|v| versions.get(&v)).map(String::as_str).unwrap_or("")) }
+                    td { (module.status_reason.as_deref().unwrap_or("")) }
+                    td { (time(Some(module.updated_at))) }
+                }
+            }
+            @if modules.is_empty() { tr { td colspan="5" { "no module yet" } } }
+        }
+        h2 { "Latest jobs (all under its jobs)" }
+        table id="jobs" data-live {
+            tr { th { "id" } th { "kind" } th { "queue" } th { "state" } th { "attempt" } th { "created" } }
+            @for job in &jobs {
+                tr {
+                    td { a href={ "/dashboard/jobs/" (job.id) } { (job.id) } }
+                    td { (job.kind) } td { (job.queue) } td { (badge(job.state)) }
+                    td { (job.attempt) "/" (job.max_attempts) }
+                    td { (time(Some(job.created_at))) }
+                }
+            }
+        }
+    };
+    Ok(render(&format!("Tenant {id}"), &caller, body))
 }

@@ -10,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 /// Largest request body accepted (larger: 413 `payload_too_large`).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// The dashboard is server-rendered HTML with one inline style sheet and no script: nothing
-/// else may load, nothing may frame it, forms post only to itself.
+/// The dashboard is server-rendered HTML with one inline style sheet and one script of its
+/// own (`/dashboard/live.js`, which may fetch this server's pages): nothing else may load or
+/// run (no inline script), nothing may frame it, forms post only to itself.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
-     img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+     script-src 'self'; connect-src 'self'; img-src 'self' data:; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
 
 /// Security headers on every response.
 pub async fn security_headers(request: Request, next: Next) -> Response {

@@ -116,6 +116,33 @@ pub struct AuditRecord {
     pub after: Option<Value>,
 }
 
+/// Whose audit rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuditAbout {
+    /// Every row.
+    #[default]
+    Any,
+    /// Rows about the catalog (no tenant).
+    Catalog,
+    /// Rows about one tenant.
+    Tenant(TenantId),
+}
+
+/// Which audit rows to read (empty fields match everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub about: AuditAbout,
+    pub module: Option<String>,
+    /// Actions starting with this (`status`, `row.`, `settings`…).
+    pub action: Option<String>,
+    /// Rows written by this actor (exactly, e.g. `api:ops`).
+    pub actor: Option<String>,
+    /// Only rows older than this id (paging, newest first).
+    pub before_id: Option<i64>,
+    /// 1 to 10,000.
+    pub limit: i64,
+}
+
 /// What creating a module version's tables did (kept as the tenant module's provisioning
 /// record).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -465,5 +492,19 @@ pub trait DomainStore: Send + Sync {
         &self,
         tenant_id: Option<TenantId>,
         limit: i64,
-    ) -> StoreResult<Vec<AuditRecord>>;
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let about = match tenant_id {
+            Some(tenant) => AuditAbout::Tenant(tenant),
+            None => AuditAbout::Catalog,
+        };
+        self.audit_search(&AuditFilter {
+            about,
+            limit,
+            ..AuditFilter::default()
+        })
+        .await
+    }
+
+    /// The latest audit rows matching a filter, newest first.
+    async fn audit_search(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
 }

@@ -133,6 +133,10 @@ pub trait JobAdmin: Send + Sync {
     /// Jobs matching a filter, by id.
     async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>>;
 
+    /// How many jobs match a filter (its paging and limit aside), counting at most `cap`:
+    /// listings show "more than N" rather than count a million rows.
+    async fn jobs_count(&self, filter: &JobFilter, cap: i64) -> StoreResult<i64>;
+
     /// Make dead, cancelled, retryable or scheduled jobs available now (granting one more
     /// attempt where they had none left).
     async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected>;

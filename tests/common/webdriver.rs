@@ -2,6 +2,7 @@
 //! through `chromedriver`: open pages, find elements, type, click, read text, take a
 //! screenshot. (The protocol is JSON over HTTP; a full client crate would add a second HTTP
 //! stack to the build for these few calls.)
+#![allow(dead_code)]
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -106,6 +107,18 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        match self.try_call(method, path, body).await {
+            Ok(value) => value,
+            Err(error) => panic!("webdriver {path}: {error}"),
+        }
+    }
+
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, String> {
         let url = if path == "/session" {
             format!("{}{path}", self.base)
         } else {
@@ -120,9 +133,9 @@ impl Browser {
         let text = request.send().await.unwrap().text().await.unwrap();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if let Some(error) = value["value"]["error"].as_str() {
-            panic!("webdriver {path}: {error}: {}", value["value"]["message"]);
+            return Err(format!("{error}: {}", value["value"]["message"]));
         }
-        value["value"].clone()
+        Ok(value["value"].clone())
     }
 
     /// Open `url`.
@@ -197,18 +210,44 @@ impl Browser {
         .await;
     }
 
-    /// The visible text of the element matching `css`.
+    /// The visible text of the element matching `css` (found again when a live update
+    /// replaced it between the lookup and the read).
     pub async fn text(&self, css: &str) -> String {
-        let element = self.find(css).await;
+        for _ in 0..20 {
+            let element = self.find(css).await;
+            match self
+                .try_call(
+                    reqwest::Method::GET,
+                    &format!("/element/{element}/text"),
+                    Value::Null,
+                )
+                .await
+            {
+                Ok(text) => return text.as_str().unwrap_or_default().to_string(),
+                Err(error) if error.starts_with("stale element reference") => continue,
+                Err(error) => panic!("webdriver text of `{css}`: {error}"),
+            }
+        }
+        panic!("`{css}` kept being replaced");
+    }
+
+    /// Run `script` (a function body; `return` gives its value) in the page.
+    pub async fn execute(&self, script: &str) -> Value {
         self.call(
-            reqwest::Method::GET,
-            &format!("/element/{element}/text"),
-            Value::Null,
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
         )
         .await
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    }
+
+    /// Save a PNG of the viewport as `target/…/dashboard-<name>.png`.
+    pub async fn shot(&self, name: &str) {
+        let png = self.screenshot().await;
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let path =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dashboard-{name}.png"));
+        std::fs::write(&path, &png).unwrap();
     }
 
     /// Reload the page.

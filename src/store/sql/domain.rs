@@ -8,12 +8,12 @@ use crate::domain::ident::{ModuleTable, Slug};
 use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{
-    AuditRecord, DomainStore, ModuleRecord, ModuleRequest, NewTenant, NewVersion, PlanSynced,
-    RollbackPlan, SUBSCRIPTION_STATUSES, StatusChange, TenantId, TenantModuleRecord, TenantRecord,
-    VersionRecord, check_request_refers, check_seed_count, check_settings, check_version,
-    rows_as_seen,
+    AuditAbout, AuditFilter, AuditRecord, DomainStore, ModuleRecord, ModuleRequest, NewTenant,
+    NewVersion, PlanSynced, RollbackPlan, SUBSCRIPTION_STATUSES, StatusChange, TenantId,
+    TenantModuleRecord, TenantRecord, VersionRecord, check_request_refers, check_seed_count,
+    check_settings, check_version, rows_as_seen,
 };
-use crate::store::sql::{Conn, Row, SqlStore, corrupt, parse, sql};
+use crate::store::sql::{Arg, Conn, Row, Sql, SqlStore, corrupt, parse, sql};
 use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -838,21 +838,44 @@ impl<S: SqlStore> DomainStore for S {
         Ok(synced)
     }
 
-    async fn audit_list(
-        &self,
-        tenant_id: Option<TenantId>,
-        limit: i64,
-    ) -> StoreResult<Vec<AuditRecord>> {
+    async fn audit_search(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let mut conn = self.read().await?;
-        let same = conn.dialect().pick("IS NOT DISTINCT FROM", "IS");
-        let sql = sql!(
-            format!(
-                "SELECT id, at, actor, action, tenant_id, module, entity, before, after \
-                 FROM audit_logs WHERE tenant_id {same} $1 ORDER BY id DESC LIMIT $2"
-            ),
-            tenant_id,
-            limit.clamp(1, 10_000)
+        let mut args: Vec<Arg> = Vec::new();
+        let mut text = String::from(
+            "SELECT id, at, actor, action, tenant_id, module, entity, before, after \
+             FROM audit_logs WHERE true",
         );
+        if filter.about == AuditAbout::Catalog {
+            text.push_str(" AND tenant_id IS NULL");
+        }
+        let mut push = |condition: &str, arg: Arg| {
+            args.push(arg);
+            text.push_str(&condition.replace('?', &format!("${}", args.len())));
+        };
+        if let AuditAbout::Tenant(tenant) = filter.about {
+            push(" AND tenant_id = ?", Arg::from(tenant));
+        }
+        if let Some(module) = &filter.module {
+            push(" AND module = ?", Arg::from(module));
+        }
+        if let Some(action) = &filter.action {
+            // A prefix: `substr` rather than LIKE, so `_` and `%` in it mean themselves.
+            push(" AND substr(action, 1, length(?)) = ?", Arg::from(action));
+        }
+        if let Some(actor) = &filter.actor {
+            push(" AND actor = ?", Arg::from(actor));
+        }
+        if let Some(before) = filter.before_id {
+            push(" AND id < ?", Arg::from(before));
+        }
+        push(
+            " ORDER BY id DESC LIMIT ?",
+            Arg::from(filter.limit.clamp(1, 10_000)),
+        );
+        let sql = Sql {
+            text: text.into(),
+            args,
+        };
         read_all(&mut *conn, sql, |row| {
             Ok(AuditRecord {
                 id: row.int("id")?,

@@ -74,6 +74,31 @@ fn filter_conditions(filter: &JobFilter, args: &mut Vec<Arg>) -> String {
     if let Some(after) = filter.after_id {
         push(" AND id > ?", Arg::from(after));
     }
+    if let Some(before) = filter.before_id {
+        push(" AND id < ?", Arg::from(before));
+    }
+    if let Some(since) = filter.since {
+        push(" AND created_at >= ?", Arg::from(since));
+    }
+    if let Some(until) = filter.until {
+        push(" AND created_at < ?", Arg::from(until));
+    }
+    if let Some(needle) = filter.text.as_deref().filter(|t| !t.is_empty()) {
+        // A literal substring: LIKE's wildcards in it are escaped.
+        let pattern = format!(
+            "%{}%",
+            needle
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        push(
+            " AND (lower(CAST(payload AS TEXT)) LIKE ? ESCAPE '\\' \
+             OR lower(CAST(errors AS TEXT)) LIKE ? ESCAPE '\\')",
+            Arg::from(pattern),
+        );
+    }
     text
 }
 
@@ -155,11 +180,16 @@ impl<S: SqlStore> JobAdmin for S {
             .map(|part| format!("{part}{conditions}"))
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
+        // Newest first reads downwards from `before_id`; a page towards newer jobs
+        // (`after_id`) reads upwards and is turned round.
+        let upwards = !filter.newest_first || filter.after_id.is_some();
         let text = format!(
-            "SELECT * FROM ({union}) AS jobs ORDER BY id LIMIT ${}",
+            "SELECT * FROM ({union}) AS jobs ORDER BY id {} LIMIT ${}",
+            if upwards { "ASC" } else { "DESC" },
             args.len()
         );
-        self.read()
+        let mut jobs = self
+            .read()
             .await?
             .fetch_all(Sql {
                 text: text.into(),
@@ -168,7 +198,51 @@ impl<S: SqlStore> JobAdmin for S {
             .await?
             .iter()
             .map(|row| job_from(&**row))
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()?;
+        if filter.newest_first && upwards {
+            jobs.reverse();
+        }
+        Ok(jobs)
+    }
+
+    async fn jobs_count(&self, filter: &JobFilter, cap: i64) -> StoreResult<i64> {
+        let filter = &JobFilter {
+            after_id: None,
+            before_id: None,
+            ..filter.clone()
+        };
+        let mut args = Vec::new();
+        let mut parts = Vec::new();
+        if filter.state != Some(JobState::Completed) {
+            let mut live = "SELECT id FROM steward_jobs WHERE true".to_string();
+            if let Some(state) = filter.state {
+                args.push(Arg::from(state.as_str()));
+                live.push_str(" AND state = $1");
+            }
+            parts.push(live);
+        }
+        let conditions = filter_conditions(filter, &mut args);
+        if matches!(filter.state, None | Some(JobState::Completed)) {
+            parts.push("SELECT id FROM steward_jobs_completed WHERE true".to_string());
+        }
+        args.push(Arg::from(cap.max(0)));
+        let union = parts
+            .iter()
+            .map(|part| format!("{part}{conditions}"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let text = format!(
+            "SELECT count(*) AS n FROM (SELECT id FROM ({union}) AS jobs LIMIT ${}) AS capped",
+            args.len()
+        );
+        self.read()
+            .await?
+            .fetch_one(Sql {
+                text: text.into(),
+                args,
+            })
+            .await?
+            .int("n")
     }
 
     async fn jobs_retry(&self, filter: &JobFilter) -> StoreResult<Affected> {

@@ -1,0 +1,344 @@
+//! Every page of the dashboard in a real headless Chromium, as an operator walks through it:
+//! the overview updating itself without a reload, queues and a queue paused and resumed from
+//! its page, job search by payload text, a job, the dead-letter queue with a confirmed bulk
+//! retry, workers, runs, a run's step graph with its outputs, a run cancelled from its page,
+//! the modules area with an approval, the audit log and the schedules. Each page is
+//! screenshotted under `target/` and what it shows is asserted.
+
+mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
+
+use common::lifecycle::{life, module, publish, tenant, workers as workflow_workers};
+use common::{Backend, fresh};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use steward::api::AppState;
+use steward::api::auth::{AuthKeys, Role};
+use steward::domain::actor::Actor;
+use steward::domain::maturity::Maturity;
+use steward::domain::status::TenantModuleStatus;
+use steward::http::serve;
+use steward::store::runs::RunState;
+use steward::types::{JobState, NewJob};
+use tokio_util::sync::CancellationToken;
+use webdriver::Browser;
+
+const SECRET: &str = "a-dashboard-secret-of-32-bytes-or-more";
+
+/// Reload until `css`'s text satisfies `check` (for pages without live parts).
+async fn until_text(browser: &Browser, css: &str, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = browser.text(css).await;
+        if check(&text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: `{css}` shows {text:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.refresh().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_walks_through_every_page() {
+    let t = fresh(Backend::Postgres).await;
+    // A module that needs approval, requested by an internal tester.
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    let acme = tenant(&t, "acme", true, false).await;
+    let requested = life(&t)
+        .request(acme, "chatbot", &Actor::tenant_admin("user:ana"))
+        .await
+        .unwrap();
+    assert_eq!(requested.module.status, TenantModuleStatus::PendingApproval);
+    // Jobs: some that complete, and one that dies on its first attempt and succeeds on its
+    // second (the outage is over when the operator retries).
+    let mut jobs: Vec<NewJob> = (0..10)
+        .map(|_| common::new_job("noop", "default"))
+        .collect();
+    jobs.push(NewJob {
+        tenant: acme.to_string(),
+        payload: json!({"message": "the CRM was down", "fatal": true, "succeed_on_attempt": 2}),
+        max_attempts: 1,
+        ..common::new_job("fail", "default")
+    });
+    let dead = t
+        .store
+        .jobs_insert_many(&jobs)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .id;
+    let builtin = common::builtin_workers(&t, "pages-builtin");
+    let workflow = workflow_workers(&t);
+    t.wait_for_counts(Duration::from_secs(30), "10 done, 1 dead", |n| {
+        n(JobState::Completed) >= 10 && n(JobState::Dead) == 1
+    })
+    .await;
+    // A run that completes (its steps' outputs are on its page).
+    let engine = common::repo_engine(&t, t.exports.clone());
+    let (done_run, _) = engine
+        .start("demo_pipeline", json!({}), None)
+        .await
+        .unwrap();
+
+    let keys = AuthKeys::new(SECRET).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let state = AppState::new(engine.clone(), t.exports.clone(), keys.clone());
+    let until = stop.clone();
+    tokio::spawn(
+        async move { serve(listener, state, async move { until.cancelled().await }).await },
+    );
+    let browser = Browser::start().await;
+    browser.goto(&format!("{base}/dashboard/login")).await;
+    let token = keys
+        .mint("ops", Role::MasterAdmin, None, chrono::Duration::hours(1))
+        .unwrap();
+    browser.type_into("#token", &token).await;
+    browser.click("#login").await;
+    browser.wait_for("#totals").await;
+
+    // Overview: it updates itself. A marker set in the page survives (no reload) while the
+    // completed count grows with new jobs.
+    let before: i64 = browser.text("#count-completed b").await.parse().unwrap();
+    browser
+        .execute("window.stewardMarker = 42; return null;")
+        .await;
+    let more: Vec<NewJob> = (0..5).map(|_| common::new_job("noop", "default")).collect();
+    t.store.jobs_insert_many(&more).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: i64 = browser.text("#count-completed b").await.parse().unwrap();
+        if now >= before + 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the overview did not update: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        browser.execute("return window.stewardMarker;").await,
+        json!(42),
+        "the page was reloaded instead of updated"
+    );
+    assert!(browser.text("#queues").await.contains("default"));
+    browser.find("#failures rect").await;
+    browser.shot("overview").await;
+
+    // Queues, then the workflows queue paused from its page.
+    browser.click("header a[href='/dashboard/queues']").await;
+    browser.wait_for("#queue-workflows").await;
+    assert!(browser.text("#queue-default").await.contains("active"));
+    browser.shot("queues").await;
+    browser.click("#queue-workflows a").await;
+    browser.wait_for("#queue-state").await;
+    browser.click("#queue-state button.danger").await;
+    browser.wait_for("#notice").await;
+    let notice = browser.text("#notice").await;
+    assert!(
+        notice.starts_with("paused queue workflows: applied by 2 live worker(s)"),
+        "{notice}"
+    );
+    assert!(
+        browser
+            .text("#queue-state")
+            .await
+            .contains("paused by api:ops")
+    );
+    browser.shot("queue-paused").await;
+
+    // While it is paused, a run waits at its first step: cancelled from its page.
+    let (cancelled, _) = engine
+        .start("demo_pipeline", json!({}), None)
+        .await
+        .unwrap();
+    browser
+        .goto(&format!("{base}/dashboard/runs/{cancelled}"))
+        .await;
+    browser.wait_for("#graph").await;
+    assert!(browser.text("#run-state").await.contains("running"));
+    browser.click("#run-live button.danger").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.text("#notice").await, "cancelled the run");
+    until_text(&browser, "#run-state", "the run is cancelled", |s| {
+        s == "cancelled"
+    })
+    .await;
+    let run = t.store.run_get(cancelled).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Cancelled);
+    browser.shot("run-cancelled").await;
+
+    // Resume the queue from its page.
+    browser
+        .goto(&format!("{base}/dashboard/queues/workflows"))
+        .await;
+    browser.click("#queue-state button.primary").await;
+    browser.wait_for("#notice").await;
+    assert!(
+        browser
+            .text("#notice")
+            .await
+            .starts_with("resumed queue workflows")
+    );
+    assert!(browser.text("#queue-state").await.contains("active"));
+
+    // Runs, and the completed run's step graph with each step's output.
+    browser.click("header a[href='/dashboard/runs']").await;
+    browser.wait_for(&format!("#run-{done_run}")).await;
+    until_text(
+        &browser,
+        &format!("#run-{done_run}"),
+        "the run completes",
+        |s| s.contains("completed"),
+    )
+    .await;
+    browser.shot("runs").await;
+    browser.click(&format!("#run-{done_run} a")).await;
+    browser.wait_for("#graph").await;
+    let graph = browser.text("#graph").await;
+    for step in ["extract", "transform", "load"] {
+        assert!(graph.contains(step), "{graph}");
+    }
+    assert!(
+        browser.text("#output-0").await.contains('{'),
+        "step 0 has an output"
+    );
+    browser.shot("run-graph").await;
+
+    // Job search by text in the payload finds the dead job, and only it.
+    browser.click("header a[href='/dashboard/jobs']").await;
+    browser.wait_for("#filter-q").await;
+    browser.type_into("#filter-q", "crm WAS down").await;
+    browser.click("#search").await;
+    browser.wait_for(&format!("#job-{dead}")).await;
+    assert!(browser.text("#total").await.starts_with("1 matching"));
+    browser.shot("jobs-search").await;
+    browser.click(&format!("#job-{dead} a")).await;
+    browser.wait_for("#job-state").await;
+    assert_eq!(browser.text("#job-state").await, "dead");
+    browser.shot("job").await;
+
+    // Dead letters: a bulk retry, confirmed; the job completes on its second attempt.
+    browser.click("header a[href='/dashboard/dead']").await;
+    browser.wait_for("#bulk-retry").await;
+    browser.click("#bulk-retry").await;
+    browser.wait_for("#confirm-retry").await;
+    assert!(
+        browser
+            .text("#confirm-what")
+            .await
+            .starts_with("Retry 1 dead job(s)")
+    );
+    browser.shot("dead-confirm").await;
+    browser.click("#confirm-retry").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.text("#notice").await, "retried 1 job(s)");
+    t.wait_for_counts(Duration::from_secs(30), "the retried job completes", |n| {
+        n(JobState::Dead) == 0
+    })
+    .await;
+    assert_eq!(
+        t.store.job_get(dead).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+
+    // Workers: both runtimes of this test, alive.
+    browser.click("header a[href='/dashboard/workers']").await;
+    browser.wait_for("#worker-pages-builtin").await;
+    assert!(
+        browser
+            .text("#worker-pages-builtin")
+            .await
+            .contains("active")
+    );
+    browser.shot("workers").await;
+
+    // Modules: the catalog, and the approval queue; approving starts provisioning.
+    browser.click("header a[href='/dashboard/modules']").await;
+    browser.wait_for("#catalog-chatbot").await;
+    assert!(browser.text("#catalog-chatbot").await.contains("ALPHA"));
+    let approval = format!("#approval-{acme}-chatbot");
+    assert!(browser.text(&approval).await.contains("chatbot"));
+    browser.shot("modules").await;
+    browser.click(&format!("{approval} button.primary")).await;
+    browser.wait_for("#notice").await;
+    assert!(browser.text("#notice").await.starts_with("approved"));
+    assert!(
+        browser
+            .text("#approvals")
+            .await
+            .contains("nothing waits for approval")
+    );
+    assert!(
+        browser
+            .text("#module-tenants")
+            .await
+            .contains(&acme.to_string())
+    );
+    browser.shot("approvals").await;
+
+    // The audit log, filtered by module: the approval is there, with who made it.
+    browser.click("header a[href='/dashboard/audit']").await;
+    browser.wait_for("#audit-module").await;
+    browser.type_into("#audit-module", "chatbot").await;
+    browser.click("#audit-search").await;
+    until_text(&browser, "#audit", "the approval is audited", |s| {
+        s.contains("api:ops")
+    })
+    .await;
+    assert!(
+        !browser
+            .text("#audit")
+            .await
+            .contains("no audit row matches")
+    );
+    browser.shot("audit").await;
+
+    // Schedules.
+    browser.click("header a[href='/dashboard/schedules']").await;
+    browser.wait_for("#schedules").await;
+    assert!(
+        browser
+            .text("#schedules")
+            .await
+            .contains("cost_aggregation")
+    );
+    browser.shot("schedules").await;
+
+    // A tenant admin lands on their tenant's page, and the deployment-wide pages are not theirs.
+    browser.click("header button").await;
+    browser.wait_for("#token").await;
+    let tenant_token = keys
+        .mint(
+            "ana",
+            Role::TenantAdmin,
+            Some(acme),
+            chrono::Duration::hours(1),
+        )
+        .unwrap();
+    browser.type_into("#token", &tenant_token).await;
+    browser.click("#login").await;
+    browser.wait_for("#modules").await;
+    assert!(
+        browser
+            .url()
+            .await
+            .ends_with(&format!("/dashboard/tenant/{acme}"))
+    );
+    assert!(browser.text("#modules").await.contains("chatbot"));
+    browser.shot("tenant-admin").await;
+    browser.goto(&format!("{base}/dashboard/queues")).await;
+    browser.wait_for("#error").await;
+    assert!(browser.text("#error").await.starts_with("forbidden"));
+    browser.close().await;
+
+    stop.cancel();
+    builtin.stop().await;
+    workflow.stop().await;
+    t.cleanup().await;
+}
