@@ -2,7 +2,8 @@
 # Fuzz the HTTP API from its own OpenAPI document with schemathesis: `steward serve` on a
 # database given as $1 (seeded with the catalog, tenants, a plan and jobs), every operation
 # called with generated valid and invalid input as a master admin. Fails on any 5xx
-# (schemathesis's not_a_server_error check), on a crash of the server, or on a panic in its log.
+# or an answer that its schema does not describe (schemathesis's not_a_server_error and
+# response_schema_conformance checks), on a crash of the server, or on a panic in its log.
 # Validates the served document (openapi-spec-validator, $OPENAPI_SPEC_VALIDATOR) and type-checks
 # a TypeScript client generated from it (scripts/check-ts-client.sh) first. Needs the steward
 # binary ($STEWARD_BIN) and schemathesis ($SCHEMATHESIS).
@@ -39,7 +40,7 @@ scripts/check-ts-client.sh "$work/openapi.json"
 
 "$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
   --header "Authorization: Bearer $token" \
-  --checks not_a_server_error \
+  --checks not_a_server_error,response_schema_conformance \
   --max-examples "${STEWARD_FUZZ_EXAMPLES:-40}" \
   --no-color
 

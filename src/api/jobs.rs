@@ -8,7 +8,6 @@ use crate::types::{JobFilter, JobId, JobRecord, JobState};
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 /// Filters of `GET /api/jobs`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -45,7 +44,7 @@ pub(crate) fn tenant_of(job: &JobRecord) -> Option<i64> {
 
 /// Jobs by state, queue, kind and tenant, oldest first, a page at a time.
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListQuery),
-    responses((status = 200, description = "a page of jobs and `next_after_id`"),
+    responses((status = 200, body = JobPage, description = "a page of jobs, the total and the next page's cursor"),
               (status = 400, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
@@ -139,7 +138,7 @@ pub(crate) fn job_id(raw: &str) -> Result<JobId, ApiError> {
 
 /// One job with every attempt.
 #[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "job id")),
-    responses((status = 200, description = "the job"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = JobRecord, description = "the job"), (status = 400, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn show(
     State(state): State<AppState>,
@@ -154,17 +153,36 @@ pub(super) async fn show(
 /// Retry, discard or cancel one job.
 #[utoipa::path(post, path = "/api/jobs/{id}/{action}", tag = "jobs",
     params(("id" = i64, Path, description = "job id"), ("action" = String, Path, description = "retry, discard or cancel")),
-    responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = JobAction, description = "done"), (status = 400, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn act(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, action)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobAction>, ApiError> {
     let (id, affected) = act_on(&state, &caller, &id, &action).await?;
-    Ok(Json(
-        json!({"job": id, "action": action, "affected": affected}),
-    ))
+    Ok(Json(JobAction {
+        job: id,
+        action,
+        affected,
+    }))
+}
+
+/// `POST /api/jobs/{id}/{action}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobAction {
+    pub job: JobId,
+    pub action: String,
+    /// How many jobs it applied to (1).
+    pub affected: u64,
+}
+
+/// `POST /api/dlq/{action}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BulkAction {
+    pub action: String,
+    /// How many dead jobs it applied to.
+    pub affected: u64,
 }
 
 /// Retry, discard or cancel the job `raw_id` for `caller` (the API's and the dashboard's
@@ -217,7 +235,7 @@ pub struct DeadFilter {
 /// Retry or discard every dead job matching the filter (a tenant admin: only its own).
 #[utoipa::path(post, path = "/api/dlq/{action}", tag = "jobs", request_body = DeadFilter,
     params(("action" = String, Path, description = "retry or discard")),
-    responses((status = 200, description = "how many jobs"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = BulkAction, description = "how many jobs"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn bulk(
@@ -225,9 +243,9 @@ pub(super) async fn bulk(
     caller: Caller,
     Path(action): Path<String>,
     JsonBody(body): JsonBody<DeadFilter>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BulkAction>, ApiError> {
     let affected = act_on_dead(&state, &caller, body, &action).await?;
-    Ok(Json(json!({"action": action, "affected": affected})))
+    Ok(Json(BulkAction { action, affected }))
 }
 
 /// Retry or discard every dead job matching `filter` that `caller` may operate on (a tenant

@@ -12,11 +12,13 @@ use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use crate::lifecycle::Lifecycle;
 use crate::lifecycle::switch::ModuleChange;
+use crate::store::domain::TenantModuleRecord;
+use crate::store::runs::RunId;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub(crate) fn lifecycle(state: &AppState) -> Result<&Lifecycle, ApiError> {
     state.lifecycle.as_ref().ok_or_else(|| {
@@ -50,13 +52,13 @@ pub struct CatalogQuery {
 /// their badges, DEPRECATED only with `show_legacy`, never PLANNED, IN_DEVELOPMENT or
 /// RETIRED); master admins and services without a tenant get every module.
 #[utoipa::path(get, path = "/api/modules", tag = "modules", params(CatalogQuery),
-    responses((status = 200, description = "the modules"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = CatalogAnswer, description = "the modules"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn catalog(
     State(state): State<AppState>,
     caller: Caller,
     QueryArgs(query): QueryArgs<CatalogQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CatalogAnswer>, ApiError> {
     let tenant = match (caller.confined_to(), query.tenant) {
         (Some(own), Some(asked)) if own != asked => {
             return Err(ApiError::forbidden("this belongs to another tenant"));
@@ -69,11 +71,29 @@ pub(super) async fn catalog(
             let modules = lifecycle(&state)?
                 .catalog_for(tenant, query.show_legacy)
                 .await?;
-            Ok(Json(json!({ "tenant": tenant, "modules": modules })))
+            Ok(Json(CatalogAnswer {
+                tenant: Some(tenant),
+                modules: modules
+                    .into_iter()
+                    .map(|m| CatalogModule {
+                        module: m.module,
+                        listing: Some(m.listing),
+                    })
+                    .collect(),
+            }))
         }
         None => {
             let modules = state.store.modules_list().await?;
-            Ok(Json(json!({ "modules": modules })))
+            Ok(Json(CatalogAnswer {
+                tenant: None,
+                modules: modules
+                    .into_iter()
+                    .map(|module| CatalogModule {
+                        module,
+                        listing: None,
+                    })
+                    .collect(),
+            }))
         }
     }
 }
@@ -81,17 +101,17 @@ pub(super) async fn catalog(
 /// A tenant's modules.
 #[utoipa::path(get, path = "/api/tenant/{id}/modules", tag = "modules",
     params(("id" = i64, Path, description = "tenant id")),
-    responses((status = 200, description = "the tenant's modules"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = TenantModules, description = "the tenant's modules"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody)))]
 pub(super) async fn tenant_modules(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantModules>, ApiError> {
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     let modules = state.store.tenant_modules(id).await?;
-    Ok(Json(json!({ "modules": modules })))
+    Ok(Json(TenantModules { modules }))
 }
 
 /// The body of `POST /api/tenant/{id}/modules`.
@@ -105,7 +125,7 @@ pub struct RequestModule {
 /// A tenant asks for a module: admitted (provisioning starts) or pending approval.
 #[utoipa::path(post, path = "/api/tenant/{id}/modules", tag = "modules", request_body = RequestModule,
     params(("id" = i64, Path, description = "tenant id")),
-    responses((status = 201, description = "requested"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 201, body = ModuleRequested, description = "requested"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn request(
@@ -113,7 +133,7 @@ pub(super) async fn request(
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RequestModule>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ModuleRequested>), ApiError> {
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     let requested = lifecycle(&state)?
@@ -121,11 +141,11 @@ pub(super) async fn request(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "module": requested.module,
-            "run": requested.run,
-            "warning": requested.warning,
-        })),
+        Json(ModuleRequested {
+            module: requested.module,
+            run: requested.run,
+            warning: requested.warning,
+        }),
     ))
 }
 
@@ -144,7 +164,7 @@ pub struct ChangeModule {
 /// Change a tenant module's state or settings.
 #[utoipa::path(patch, path = "/api/tenant/{id}/modules/{module}", tag = "modules", request_body = ChangeModule,
     params(("id" = i64, Path, description = "tenant id"), ("module" = String, Path, description = "module slug")),
-    responses((status = 200, description = "changed"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = ModuleChangeAnswer, description = "changed"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn change(
@@ -152,7 +172,7 @@ pub(super) async fn change(
     caller: Caller,
     Path((id, module)): Path<(String, String)>,
     JsonBody(body): JsonBody<ChangeModule>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModuleChangeAnswer>, ApiError> {
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     if body.state.is_none() && body.settings.is_none() {
@@ -172,18 +192,16 @@ pub(super) async fn change(
     let changed = lifecycle(&state)?
         .change(id, &module, &change, &caller.actor())
         .await?;
-    let mut answer = json!({});
-    if let Some(module) = changed.module {
-        answer["module"] = json!(module);
-    }
-    if let Some(run) = changed.run {
-        answer["run"] = json!(run);
-    }
-    if let Some(previous) = changed.previous_settings {
-        answer["previous_settings"] = previous;
-        answer["settings"] = body.settings.unwrap_or_default();
-    }
-    Ok(Json(answer))
+    let settings = changed
+        .previous_settings
+        .is_some()
+        .then(|| body.settings.unwrap_or_default());
+    Ok(Json(ModuleChangeAnswer {
+        module: changed.module,
+        run: changed.run,
+        previous_settings: changed.previous_settings,
+        settings,
+    }))
 }
 
 /// The body of a Master Admin's operation on a tenant module.
@@ -201,7 +219,7 @@ pub struct OperateModule {
     request_body(content = Option<OperateModule>, description = "the reason, for reject and suspend"),
     params(("id" = i64, Path, description = "tenant id"), ("module" = String, Path, description = "module slug"),
            ("action" = String, Path, description = "approve, reject, suspend, resume or repair")),
-    responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = ModuleOperated, description = "done"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn operate(
@@ -209,7 +227,7 @@ pub(super) async fn operate(
     caller: Caller,
     Path((id, module, action)): Path<(String, String, String)>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModuleOperated>, ApiError> {
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     // The body is optional (approve, resume and repair need none).
@@ -234,7 +252,7 @@ pub(crate) async fn operate_on(
     module: &str,
     action: &str,
     reason: Option<String>,
-) -> Result<Value, ApiError> {
+) -> Result<ModuleOperated, ApiError> {
     caller.may_manage_tenant(id)?;
     if reason.as_deref().is_some_and(|r| r.contains('\0')) {
         return Err(ApiError::bad_request(
@@ -254,14 +272,17 @@ pub(crate) async fn operate_on(
     let answer = match action.as_str() {
         "approve" => {
             let (record, run) = life.approve(id, &module, &actor).await?;
-            json!({"module": record, "run": run})
+            ModuleOperated::of(record).with_run(run)
         }
-        "reject" => json!({"module": life.reject(id, &module, &actor, &needs_reason()?).await?}),
-        "suspend" => json!({"module": life.suspend(id, &module, &actor, &needs_reason()?).await?}),
-        "resume" => json!({"module": life.resume(id, &module, &actor).await?}),
+        "reject" => ModuleOperated::of(life.reject(id, &module, &actor, &needs_reason()?).await?),
+        "suspend" => ModuleOperated::of(life.suspend(id, &module, &actor, &needs_reason()?).await?),
+        "resume" => ModuleOperated::of(life.resume(id, &module, &actor).await?),
         "repair" => {
             let (record, done) = life.repair(id, &module, &actor).await?;
-            json!({"module": record, "repaired": done})
+            ModuleOperated {
+                repaired: Some(done),
+                ..ModuleOperated::of(record)
+            }
         }
         other => {
             return Err(ApiError::not_found(format!(
@@ -285,14 +306,14 @@ pub struct AuditQuery {
 /// who made it, before and after.
 #[utoipa::path(get, path = "/api/tenant/{id}/audit", tag = "modules", params(
         ("id" = i64, Path, description = "tenant id"), AuditQuery),
-    responses((status = 200, description = "the audit rows"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = TenantAudit, description = "the audit rows"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody)))]
 pub(super) async fn audit(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     QueryArgs(query): QueryArgs<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TenantAudit>, ApiError> {
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     let limit = query.limit.unwrap_or(100);
@@ -300,7 +321,10 @@ pub(super) async fn audit(
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
     let rows = state.store.audit_list(Some(id), limit).await?;
-    Ok(Json(json!({"tenant_id": id, "audit": rows})))
+    Ok(Json(TenantAudit {
+        tenant_id: id,
+        audit: rows,
+    }))
 }
 
 /// The body of `POST /api/catalog/{module}/upgrade`.
@@ -315,7 +339,7 @@ pub struct UpgradeModule {
 /// backs the tables up to the export storage first).
 #[utoipa::path(post, path = "/api/catalog/{module}/upgrade", tag = "catalog", request_body = UpgradeModule,
     params(("module" = String, Path, description = "module slug")),
-    responses((status = 200, description = "the upgrade run"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = UpgradeStarted, description = "the upgrade run"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn upgrade(
@@ -323,30 +347,32 @@ pub(super) async fn upgrade(
     caller: Caller,
     Path(module): Path<String>,
     JsonBody(body): JsonBody<UpgradeModule>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UpgradeStarted>, ApiError> {
     let run = lifecycle(&state)?
         .upgrade(&module, &body.version, &caller.actor())
         .await?;
-    Ok(Json(
-        json!({"module": module, "version": body.version, "run": run}),
-    ))
+    Ok(Json(UpgradeStarted {
+        module,
+        version: body.version,
+        run,
+    }))
 }
 
 /// Roll a module's last upgrade back, within the rollback window.
 #[utoipa::path(post, path = "/api/catalog/{module}/rollback", tag = "catalog",
     params(("module" = String, Path, description = "module slug")),
-    responses((status = 200, description = "the tenants rolled back"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = RolledBack, description = "the tenants rolled back"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
     Path(module): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolledBack>, ApiError> {
     let tenants = lifecycle(&state)?
         .rollback(&module, state.rollback_window, &caller.actor())
         .await?;
-    Ok(Json(json!({"module": module, "tenants": tenants})))
+    Ok(Json(RolledBack { module, tenants }))
 }
 
 /// The month of a usage query.
@@ -361,14 +387,14 @@ pub struct UsageQuery {
 /// A tenant module's monthly usage and cost (as the last aggregation computed them).
 #[utoipa::path(get, path = "/api/tenant/{id}/modules/{module}/usage", tag = "modules", params(
         ("id" = i64, Path, description = "tenant id"), ("module" = String, Path, description = "module slug"), UsageQuery),
-    responses((status = 200, description = "monthly usage"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = ModuleUsage, description = "monthly usage"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody)))]
 pub(super) async fn usage(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, module)): Path<(String, String)>,
     QueryArgs(query): QueryArgs<UsageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModuleUsage>, ApiError> {
     let id = tenant_id(&id)?;
     caller.may_manage_tenant(id)?;
     let month = query
@@ -387,9 +413,11 @@ pub(super) async fn usage(
             module: Some(module.clone()),
         })
         .await?;
-    Ok(Json(
-        json!({"tenant_id": id, "module": module, "months": months}),
-    ))
+    Ok(Json(ModuleUsage {
+        tenant_id: id,
+        module,
+        months,
+    }))
 }
 
 /// The body of `PUT /api/catalog/{module}/maturity`.
@@ -406,7 +434,7 @@ pub struct SetMaturity {
 /// Move a catalog module's maturity; DEPRECATED or RETIRED fires the deprecation webhooks.
 #[utoipa::path(put, path = "/api/catalog/{module}/maturity", tag = "catalog", request_body = SetMaturity,
     params(("module" = String, Path, description = "module slug")),
-    responses((status = 200, description = "moved"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = MaturityMoved, description = "moved"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn set_maturity(
@@ -414,14 +442,17 @@ pub(super) async fn set_maturity(
     caller: Caller,
     Path(module): Path<String>,
     JsonBody(body): JsonBody<SetMaturity>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MaturityMoved>, ApiError> {
     let to: Maturity = body.maturity.parse()?;
     let (from, run) = lifecycle(&state)?
         .set_maturity(&module, to, body.force, &caller.actor())
         .await?;
-    Ok(Json(
-        json!({"module": module, "from": from, "to": to, "run": run}),
-    ))
+    Ok(Json(MaturityMoved {
+        module,
+        from,
+        to,
+        run,
+    }))
 }
 
 /// The body of `POST /api/plans/{plan}/modules`.
@@ -434,7 +465,7 @@ pub struct AddPlanModule {
 /// Add a module to a plan and sync it to the plan's active subscribers.
 #[utoipa::path(post, path = "/api/plans/{plan}/modules", tag = "catalog", request_body = AddPlanModule,
     params(("plan" = String, Path, description = "plan slug")),
-    responses((status = 200, description = "per-plan summary of tenants synced"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = PlanModuleAdded, description = "per-plan summary of tenants synced"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 422, body = super::error::ErrorBody)))]
 pub(super) async fn plan_add(
@@ -442,9 +473,139 @@ pub(super) async fn plan_add(
     caller: Caller,
     Path(plan): Path<String>,
     JsonBody(body): JsonBody<AddPlanModule>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanModuleAdded>, ApiError> {
     let synced = lifecycle(&state)?
         .plan_add_module(&plan, &body.module, &caller.actor())
         .await?;
-    Ok(Json(json!({"plan": plan, "synced": synced})))
+    Ok(Json(PlanModuleAdded { plan, synced }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the module and catalog routes answer (typed, so the OpenAPI document describes them).
+
+/// A module of `GET /api/modules`; `listing` says how a tenant's marketplace shows it (only
+/// when the catalog is a tenant's).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogModule {
+    #[serde(flatten)]
+    pub module: crate::store::domain::ModuleRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listing: Option<crate::domain::availability::Listing>,
+}
+
+/// `GET /api/modules`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogAnswer {
+    /// The tenant whose catalog this is (none: the whole catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<i64>,
+    pub modules: Vec<CatalogModule>,
+}
+
+/// `GET /api/tenant/{id}/modules`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TenantModules {
+    pub modules: Vec<TenantModuleRecord>,
+}
+
+/// `POST /api/tenant/{id}/modules`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModuleRequested {
+    pub module: TenantModuleRecord,
+    /// The provisioning run, when the request was admitted without approval.
+    pub run: Option<RunId>,
+    /// Shown to the tenant (BETA, MAINTENANCE).
+    pub warning: Option<String>,
+}
+
+/// `PATCH /api/tenant/{id}/modules/{module}`: what changed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModuleChangeAnswer {
+    /// The module after a state change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<TenantModuleRecord>,
+    /// The archive run, for ARCHIVED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+    /// After a settings change: the settings before and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_settings: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Value>,
+}
+
+/// `POST /api/tenant/{id}/modules/{module}/{action}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModuleOperated {
+    pub module: TenantModuleRecord,
+    /// The provisioning run an approval started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+    /// What a repair did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<Vec<String>>,
+}
+
+impl ModuleOperated {
+    fn of(module: TenantModuleRecord) -> Self {
+        Self {
+            module,
+            run: None,
+            repaired: None,
+        }
+    }
+
+    fn with_run(self, run: RunId) -> Self {
+        Self {
+            run: Some(run),
+            ..self
+        }
+    }
+}
+
+/// `GET /api/tenant/{id}/audit`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TenantAudit {
+    pub tenant_id: i64,
+    pub audit: Vec<crate::store::domain::AuditRecord>,
+}
+
+/// `POST /api/catalog/{module}/upgrade`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UpgradeStarted {
+    pub module: String,
+    pub version: String,
+    pub run: RunId,
+}
+
+/// `POST /api/catalog/{module}/rollback`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolledBack {
+    pub module: String,
+    pub tenants: Vec<i64>,
+}
+
+/// `GET /api/tenant/{id}/modules/{module}/usage`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModuleUsage {
+    pub tenant_id: i64,
+    pub module: String,
+    pub months: Vec<crate::store::data::MonthlyCost>,
+}
+
+/// `PUT /api/catalog/{module}/maturity`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MaturityMoved {
+    pub module: String,
+    pub from: Maturity,
+    pub to: Maturity,
+    /// The deprecation run (DEPRECATED, RETIRED).
+    pub run: Option<RunId>,
+}
+
+/// `POST /api/plans/{plan}/modules`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlanModuleAdded {
+    pub plan: String,
+    pub synced: Vec<crate::store::domain::PlanSynced>,
 }

@@ -87,3 +87,30 @@ impl utoipa::Modify for Conventions {
 pub(super) async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every success answer is typed: a client generated from the document knows its shape.
+    #[test]
+    fn every_2xx_response_has_a_schema() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut untyped = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    if status.starts_with('2')
+                        && response["content"]["application/json"]["schema"].is_null()
+                    {
+                        untyped.push(format!("{method} {path} {status}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            untyped.is_empty(),
+            "2xx answers without a schema: {untyped:#?}"
+        );
+    }
+}

@@ -60,14 +60,14 @@ pub(crate) async fn load(state: &AppState, id: RunId) -> Result<RunRecord, ApiEr
 /// deprecation are started only by their operations, through the module and catalog
 /// endpoints). A key is the caller's own: it never matches a run steward started itself.
 #[utoipa::path(post, path = "/api/runs", tag = "runs", request_body = StartRun,
-    responses((status = 201, description = "started"), (status = 200, description = "the run of this idempotency key"),
+    responses((status = 201, body = RunStarted, description = "started"), (status = 200, body = RunStarted, description = "the run of this idempotency key"),
               (status = 400, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn start(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<StartRun>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RunStarted>), ApiError> {
     let params = body.params.unwrap_or_else(|| json!({}));
     if !params.is_object() {
         return Err(ApiError::bad_request("params must be a JSON object"));
@@ -93,17 +93,38 @@ pub(super) async fn start(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({"run": run, "created": created}))))
+    Ok((status, Json(RunStarted { run, created })))
+}
+
+/// `POST /api/runs`: the run started, or the one the idempotency key already names.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RunStarted {
+    pub run: RunId,
+    /// False when the key named an existing run.
+    pub created: bool,
+}
+
+/// `GET /api/runs`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    pub runs: Vec<RunRecord>,
+}
+
+/// `POST /api/runs/{id}/{action}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RunAction {
+    pub run: RunId,
+    pub action: String,
 }
 
 /// Runs, newest first.
 #[utoipa::path(get, path = "/api/runs", tag = "runs", params(RunsQuery),
-    responses((status = 200, description = "runs"), (status = 400, body = super::error::ErrorBody)))]
+    responses((status = 200, body = RunList, description = "runs"), (status = 400, body = super::error::ErrorBody)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     QueryArgs(query): QueryArgs<RunsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunList>, ApiError> {
     let run_state = query
         .state
         .as_deref()
@@ -120,12 +141,12 @@ pub(super) async fn list(
         .into_iter()
         .filter(|run| caller.may_read(tenant_of(run)).is_ok())
         .collect();
-    Ok(Json(json!({ "runs": runs })))
+    Ok(Json(RunList { runs }))
 }
 
 /// One run with its steps.
 #[utoipa::path(get, path = "/api/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "run id")),
-    responses((status = 200, description = "the run"), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = RunRecord, description = "the run"), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -139,16 +160,16 @@ pub(super) async fn show(
 /// Retry a failed run from its failed step, or cancel a run.
 #[utoipa::path(post, path = "/api/runs/{id}/{action}", tag = "runs",
     params(("id" = i64, Path, description = "run id"), ("action" = String, Path, description = "retry or cancel")),
-    responses((status = 200, description = "done"), (status = 400, body = super::error::ErrorBody),
+    responses((status = 200, body = RunAction, description = "done"), (status = 400, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody)))]
 pub(super) async fn act(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, action)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunAction>, ApiError> {
     let id = act_on(&state, &caller, &id, &action).await?;
-    Ok(Json(json!({"run": id, "action": action})))
+    Ok(Json(RunAction { run: id, action }))
 }
 
 /// Retry (from its failed step) or cancel the run `raw_id` for `caller`: the API's and the

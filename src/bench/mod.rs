@@ -16,11 +16,13 @@
 //! - `plan_sync` ([`plan_sync`]): a module added to a plan reaches `--subscribers N` tenants.
 //! - `scale_out` ([`scale_out`]): 1, 2 and 3 `steward worker` processes drain one backlog;
 //!   the rescue time of a SIGKILLed one.
+//! - `job_search` ([`search`]): the operators' job search on `--jobs N` jobs.
 
 mod data;
 mod plan_sync;
 mod provision;
 mod scale_out;
+mod search;
 
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
@@ -75,7 +77,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -89,6 +91,7 @@ const SCENARIOS: [&str; 13] = [
     "cost_aggregate",
     "webhooks",
     "scale_out",
+    "job_search",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -124,6 +127,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "cost_aggregate" => data::cost_aggregate(&fresh, args.usage_rows).await,
             "webhooks" => data::webhooks(&fresh, args.deliveries).await,
             "scale_out" => scale_out::scale_out(&settings.database_url, args.jobs).await,
+            "job_search" => search::job_search(&fresh, args.jobs).await,
             "provision_tenants" => {
                 provision::provision_tenants(&fresh, settings, args.tenants).await
             }

@@ -102,7 +102,7 @@ pub fn admit(module: &ModuleFacts<'_>, tenant: &TenantFacts<'_>) -> Result<Admis
 
 /// How a module shows in a tenant's catalog (the marketplace), or `None` when it does not
 /// show at all (SPEC §4.1, the seed's availability table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Listing {
     /// RC, GA.

@@ -15,7 +15,7 @@ use crate::store::runs::RunId;
 use serde_json::json;
 
 /// A module as a tenant's catalog lists it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Listed {
     #[serde(flatten)]
     pub module: ModuleRecord,

@@ -67,7 +67,7 @@ pub struct UsageEntry {
 }
 
 /// One row of `tenant_module_monthly_cost`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MonthlyCost {
     pub tenant_id: TenantId,
     pub module: String,
@@ -76,6 +76,7 @@ pub struct MonthlyCost {
     pub calls: i64,
     pub tokens: i64,
     pub row_count: i64,
+    #[schema(value_type = String)]
     pub cost: Decimal,
 }
 

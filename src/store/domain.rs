@@ -41,7 +41,7 @@ pub struct TenantRecord {
 }
 
 /// A catalog module as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModuleRecord {
     pub slug: String,
     pub name: String,
@@ -85,7 +85,7 @@ pub struct VersionRecord {
 }
 
 /// One tenant's module.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TenantModuleRecord {
     pub tenant_id: TenantId,
     pub module: String,
@@ -103,7 +103,7 @@ pub struct TenantModuleRecord {
 }
 
 /// One audit row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -165,7 +165,7 @@ pub struct MigrationReport {
 pub const SUBSCRIPTION_STATUSES: [&str; 4] = ["active", "inactive", "cancelled", "expired"];
 
 /// One line of a plan-module sync's summary: how many tenants of `plan` got `module`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PlanSynced {
     pub plan: String,
     pub module: String,

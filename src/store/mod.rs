@@ -53,7 +53,7 @@ pub struct FetchParams<'a> {
 }
 
 /// What a bulk operator action applied to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Affected {
     pub count: u64,
 }
