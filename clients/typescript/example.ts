@@ -9,9 +9,12 @@ type StartRun = paths["/api/runs"]["post"]["requestBody"]["content"]["applicatio
 type ErrorBody = components["schemas"]["ErrorBody"];
 type JobsQuery = NonNullable<operations["jobs_list"]["parameters"]["query"]>;
 type ModuleChange = components["schemas"]["ChangeModule"];
+type RunStarted = paths["/api/runs"]["post"]["responses"]["201"]["content"]["application/json"];
+type JobPage = operations["jobs_list"]["responses"]["200"]["content"]["application/json"];
+type ControlReport = components["schemas"]["ControlReport"];
 
 /** Start a workflow run; a repeated idempotency key returns the first run. */
-export async function startRun(base: string, token: string, body: StartRun): Promise<unknown> {
+export async function startRun(base: string, token: string, body: StartRun): Promise<RunStarted> {
   const response = await fetch(`${base}/api/runs`, {
     method: "POST",
     headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
@@ -24,8 +27,8 @@ export async function startRun(base: string, token: string, body: StartRun): Pro
   return response.json();
 }
 
-/** The dead-letter queue of one queue, a page at a time. */
-export async function deadJobs(base: string, token: string, query: JobsQuery): Promise<unknown> {
+/** The dead-letter queue of one queue, a page at a time; the ids of its jobs. */
+export async function deadJobs(base: string, token: string, query: JobsQuery): Promise<number[]> {
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries(query)) {
     if (value !== undefined && value !== null) params.set(key, String(value));
@@ -33,7 +36,18 @@ export async function deadJobs(base: string, token: string, query: JobsQuery): P
   const response = await fetch(`${base}/api/jobs?${params}`, {
     headers: { authorization: `Bearer ${token}` },
   });
-  return response.json();
+  const page: JobPage = await response.json();
+  return page.jobs.map((job) => job.id);
+}
+
+/** Pause a queue on every node; true once every live worker has applied it. */
+export async function pauseQueue(base: string, token: string, queue: string): Promise<boolean> {
+  const response = await fetch(`${base}/api/queues/${encodeURIComponent(queue)}/pause`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}` },
+  });
+  const report: ControlReport = await response.json();
+  return report.pending.length === 0;
 }
 
 export const examples: { start: StartRun; dead: JobsQuery; change: ModuleChange } = {

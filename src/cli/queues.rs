@@ -61,7 +61,7 @@ pub(crate) async fn queues(settings: &Settings, command: QueuesCommand) -> Resul
                         q.count(JobState::Dead).to_string(),
                         q.count(JobState::Completed).to_string(),
                         format!("{:.1}s", q.oldest_available_ms as f64 / 1000.0),
-                        q.workers.to_string(),
+                        q.live_workers.to_string(),
                         q.concurrency.to_string(),
                     ]
                 },

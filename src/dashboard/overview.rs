@@ -82,7 +82,7 @@ pub(super) fn queue_table(queues: &[QueueSummary]) -> Markup {
                     td { (badge(if queue.paused { "paused" } else { "active" })) }
                     @for job_state in JobState::ALL { td.num { (queue.count(job_state)) } }
                     td.num { (ms(queue.oldest_available_ms)) }
-                    td.num { (queue.workers) }
+                    td.num { (queue.live_workers) }
                     td.num { (queue.concurrency) }
                 }
             }

@@ -17,7 +17,7 @@ pub struct QueueSummary {
     /// How long, in milliseconds, the oldest available job has been due (0: none waits).
     pub oldest_available_ms: i64,
     /// Live worker processes that work this queue.
-    pub workers: usize,
+    pub live_workers: usize,
     /// Their concurrency for this queue, summed: how many of its jobs may run at once.
     pub concurrency: usize,
 }
@@ -32,7 +32,7 @@ impl QueueSummary {
                 .map(|s| (s.as_str().to_string(), 0))
                 .collect(),
             oldest_available_ms: 0,
-            workers: 0,
+            live_workers: 0,
             concurrency: 0,
         }
     }
@@ -73,7 +73,7 @@ pub async fn summaries(store: &SharedStore) -> StoreResult<Vec<QueueSummary>> {
     for worker in workers.iter().filter(|w| w.alive) {
         for queue in &worker.queues {
             let summary = entry(&mut queues, &queue.name);
-            summary.workers += 1;
+            summary.live_workers += 1;
             summary.concurrency += queue.concurrency;
         }
     }
