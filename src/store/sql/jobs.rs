@@ -175,19 +175,23 @@ impl<S: SqlStore> JobAdmin for S {
             );
         }
         args.push(Arg::from(filter.limit.unwrap_or(100).clamp(1, 10_000)));
+        // Newest first reads downwards from `before_id`; a page towards newer jobs
+        // (`after_id`) reads upwards and is turned round. Each table is read in id order up
+        // to the page's size on its own (its primary key walked, stopping early), then the
+        // two are merged: a page of a million jobs reads a page of rows, not the table.
+        let upwards = !filter.newest_first || filter.after_id.is_some();
+        let order = if upwards { "ASC" } else { "DESC" };
+        let limit = args.len();
         let union = parts
             .iter()
-            .map(|part| format!("{part}{conditions}"))
+            .map(|part| {
+                format!(
+                    "SELECT * FROM ({part}{conditions} ORDER BY id {order} LIMIT ${limit}) AS part"
+                )
+            })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
-        // Newest first reads downwards from `before_id`; a page towards newer jobs
-        // (`after_id`) reads upwards and is turned round.
-        let upwards = !filter.newest_first || filter.after_id.is_some();
-        let text = format!(
-            "SELECT * FROM ({union}) AS jobs ORDER BY id {} LIMIT ${}",
-            if upwards { "ASC" } else { "DESC" },
-            args.len()
-        );
+        let text = format!("SELECT * FROM ({union}) AS jobs ORDER BY id {order} LIMIT ${limit}");
         let mut jobs = self
             .read()
             .await?
