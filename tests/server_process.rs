@@ -297,6 +297,8 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
     assert_eq!(undescribed(&page), Vec::<String>::new(), "{page}");
     for series in [
         "steward_queue_oldest_available_seconds{queue=\"default\"} 0.000",
+        "steward_queue_paused{queue=\"default\"} 0",
+        "steward_workers_alive 1",
         "steward_jobs{queue=\"default\",state=\"available\"} 0",
         "steward_jobs{queue=\"default\",state=\"dead\"} 0",
         "steward_dead_letters{queue=\"default\"} 0",

@@ -133,6 +133,40 @@ pub(super) async fn render(state: &AppState) -> Result<String, ApiError> {
     }
     gauge(
         &mut out,
+        "steward_queue_paused",
+        "1 while a queue is paused (no job of it starts on any node), else 0.",
+    );
+    let paused: BTreeSet<String> = state
+        .store
+        .queue_states()
+        .await?
+        .into_iter()
+        .filter(|q| q.paused)
+        .map(|q| q.queue)
+        .collect();
+    for queue in queues.iter().chain(paused.difference(&queues)) {
+        let _ = writeln!(
+            out,
+            "steward_queue_paused{{queue=\"{}\"}} {}",
+            label(queue),
+            u8::from(paused.contains(queue))
+        );
+    }
+    gauge(
+        &mut out,
+        "steward_workers_alive",
+        "Worker processes whose registration is live (they beat within their lease).",
+    );
+    let alive = state
+        .store
+        .workers_list()
+        .await?
+        .iter()
+        .filter(|w| w.alive)
+        .count();
+    let _ = writeln!(out, "steward_workers_alive {alive}");
+    gauge(
+        &mut out,
         "steward_worker_running_jobs",
         "Running jobs each worker process holds a lease on.",
     );
