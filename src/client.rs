@@ -89,6 +89,11 @@ impl Client {
         if !payload.is_object() {
             return Err(invalid("the payload must be a JSON object".into()));
         }
+        // The kind's declared fields (defaults filled in), the same check the API makes.
+        let payload = match &spec.payload {
+            Some(fields) => crate::fields::complete(fields, payload, "field").map_err(invalid)?,
+            None => payload,
+        };
         if let Some(registry) = &self.registry {
             registry.validate(kind, &payload).map_err(invalid)?;
         }

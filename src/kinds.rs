@@ -112,7 +112,16 @@ struct KindFile {
     #[serde(default)]
     backoff: Backoff,
     description: Option<String>,
+    /// The roles that may enqueue it over the API (`POST /api/jobs`); none by default.
+    enqueued_by: Option<toml::Spanned<Vec<String>>>,
+    /// Its payload's declared fields (the syntax of a workflow's `[params]`); without it any
+    /// object is accepted.
+    payload: Option<BTreeMap<String, toml::Spanned<crate::fields::FieldFile>>>,
 }
+
+/// Kinds that steward enqueues itself: their definitions cannot name `enqueued_by` (a caller
+/// could forge a workflow step, or a signed webhook to a tenant).
+pub const INTERNAL_KINDS: [&str; 2] = ["workflow_step", "webhook_deliver"];
 
 fn default_queue() -> toml::Spanned<String> {
     toml::Spanned::new(0..0, "default".to_string())
@@ -135,6 +144,11 @@ pub struct JobKind {
     pub unique: Option<String>,
     pub backoff: Backoff,
     pub description: Option<String>,
+    /// The roles that may enqueue it over the API (`master_admin`, `service`, `tenant_admin`).
+    pub enqueued_by: Vec<String>,
+    /// Its payload's declared fields, checked (and defaults filled) on every enqueue; `None`:
+    /// any JSON object.
+    pub payload: Option<Vec<crate::fields::FieldDef>>,
     /// Where the kind was declared, for error messages.
     pub source: PathBuf,
     /// Line of the `kind = …` key.
@@ -153,6 +167,8 @@ impl JobKind {
             unique: None,
             backoff: Backoff::default(),
             description: None,
+            enqueued_by: Vec::new(),
+            payload: None,
             source: PathBuf::from("<built-in>"),
             line: 0,
         }
@@ -270,6 +286,40 @@ impl KindCatalog {
                 "backoff needs 0 < base_ms <= max_ms <= 2592000000 (30 days)".into(),
             ));
         }
+        let enqueued_by = match &file.enqueued_by {
+            None => Vec::new(),
+            Some(roles) => {
+                if INTERNAL_KINDS.contains(&name.as_str()) {
+                    return Err(invalid(
+                        at(roles.span()),
+                        format!(
+                            "kind `{name}` is enqueued by steward itself: it cannot name enqueued_by"
+                        ),
+                    ));
+                }
+                if let Some(bad) = roles
+                    .get_ref()
+                    .iter()
+                    .find(|r| !crate::fields::ROLES.contains(&r.as_str()))
+                {
+                    return Err(invalid(
+                        at(roles.span()),
+                        format!(
+                            "enqueued_by: unknown role `{bad}` (known: {})",
+                            crate::fields::ROLES.join(", ")
+                        ),
+                    ));
+                }
+                roles.get_ref().clone()
+            }
+        };
+        let payload = match &file.payload {
+            None => None,
+            Some(fields) => Some(
+                crate::fields::parse(fields, "payload field", |n| !n.is_empty() && n.len() <= 64)
+                    .map_err(|(offset, message)| invalid(line_of(text, offset), message))?,
+            ),
+        };
         let kind = JobKind {
             name,
             queue,
@@ -279,6 +329,8 @@ impl KindCatalog {
             unique: file.unique.as_ref().map(|u| u.get_ref().clone()),
             backoff: file.backoff,
             description: file.description,
+            enqueued_by,
+            payload,
             source: path.to_path_buf(),
             line: at(file.kind.span()),
         };
@@ -338,6 +390,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<JobKind, KindError> {
         KindCatalog::parse(Path::new("jobs/x.toml"), text)
+    }
+
+    #[test]
+    fn who_may_enqueue_and_the_payload_are_declared() {
+        let kind = parse(
+            "kind = \"report\"\nenqueued_by = [\"service\"]\n[payload]\n\
+             month = { type = \"date\", required = true }\n",
+        )
+        .unwrap();
+        assert_eq!(kind.enqueued_by, ["service"]);
+        assert_eq!(kind.payload.unwrap()[0].name, "month");
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err("kind = \"webhook_deliver\"\nenqueued_by = [\"service\"]\n"),
+            "jobs/x.toml:2: kind `webhook_deliver` is enqueued by steward itself: it cannot name enqueued_by"
+        );
+        assert!(err("kind = \"r\"\nenqueued_by = [\"root\"]\n").contains("unknown role `root`"));
+        assert!(
+            err("kind = \"r\"\n[payload]\nn = { type = \"integer\", default = \"x\" }\n")
+                .starts_with("jobs/x.toml:3: payload field `n`")
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod dashboard;
 mod definitions;
 pub mod domain;
 pub mod export;
+pub mod fields;
 pub mod http;
 pub mod kinds;
 pub mod lifecycle;

@@ -1095,7 +1095,206 @@ async fn operators_pause_and_resume_queues(backend: Backend) {
     t.cleanup().await;
 }
 
+/// `POST /api/jobs`: one job or a batch, for the roles a kind names; payloads checked against
+/// the kind's declared fields (422), a unique key already held gives the existing job (200).
+async fn the_platform_enqueues_jobs_over_http(backend: Backend) {
+    let t = fresh(backend).await;
+    let api = Api::start(&t).await;
+    let service = api.token(Role::Service, None);
+    let admin = api.token(Role::MasterAdmin, None);
+    let tenant_admin = api.token(Role::TenantAdmin, Some(1));
+    let post = |token: &str, body: Value| {
+        let token = token.to_string();
+        let api = &api;
+        async move {
+            api.send("POST", "/api/jobs", Some(&token), Some(body))
+                .await
+        }
+    };
+
+    let (status, body) = post(
+        &service,
+        json!({"kind": "sleep", "payload": {"ms": 1}, "tenant": "7"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["jobs"][0]["id"].as_i64().unwrap();
+    let job = t.store.job_get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.kind.as_str(), job.queue.as_str(), job.tenant.as_str()),
+        ("sleep", "default", "7")
+    );
+    assert_eq!(job.payload, json!({"ms": 1}));
+
+    let batch = json!({"jobs": [{"kind": "noop"}, {"kind": "noop", "queue": "bulk"}, {"kind": "sleep", "payload": {"ms": 2}, "priority": 5}]});
+    let (status, body) = post(&admin, batch).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 3);
+    assert!(
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["inserted"] == true)
+    );
+    let bulk = t
+        .store
+        .job_get(body["jobs"][1]["id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bulk.queue, "bulk");
+
+    // A unique key already held: the existing job, 200.
+    let unique = json!({"kind": "noop", "unique_key": "order-42"});
+    let (status, first) = post(&service, unique.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = post(&service, unique).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["jobs"][0]["id"], first["jobs"][0]["id"]);
+    assert_eq!(again["jobs"][0]["inserted"], json!(false));
+
+    // Payloads go through the kind's declared fields.
+    for payload in [
+        json!({}),
+        json!({"ms": "soon"}),
+        json!({"ms": 1, "extra": true}),
+    ] {
+        let (status, body) = post(&service, json!({"kind": "sleep", "payload": payload})).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("invalid_payload")),
+            "{body}"
+        );
+    }
+    let (status, body) = post(&service, json!({"kind": "noop", "payload": {"x": 1}})).await;
+    assert_eq!(status, 422, "{body}");
+
+    // Roles: the kind's enqueued_by, and never what steward enqueues itself.
+    assert_eq!(post(&tenant_admin, json!({"kind": "noop"})).await.0, 403);
+    for kind in ["workflow_step", "webhook_deliver", "fail"] {
+        let (status, body) = post(&admin, json!({"kind": kind})).await;
+        assert_eq!(status, 403, "{kind}: {body}");
+    }
+    assert_eq!(post(&service, json!({"kind": "no_such_kind"})).await.0, 404);
+    // Bad input.
+    assert_eq!(post(&service, json!({"jobs": []})).await.0, 400);
+    let too_many: Vec<Value> = (0..1001).map(|_| json!({"kind": "noop"})).collect();
+    assert_eq!(post(&service, json!({"jobs": too_many})).await.0, 400);
+    assert_eq!(
+        post(&service, json!({"kind": "noop", "queue": "Bad Queue"}))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        post(&service, json!({"kind": "noop", "colour": "red"}))
+            .await
+            .0,
+        400
+    );
+    // Nothing refused was written.
+    let counts = t.store.jobs_count_by_state().await.unwrap();
+    assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 5, "{counts:?}");
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
+/// `POST /api/tenant/{id}/modules/{m}/usage`: the platform records usage, the monthly cost
+/// aggregation reads it; a tenant admin records nothing, not even for its own tenant.
+async fn usage_posted_by_the_platform_is_costed(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = common::lifecycle::stock_in_use(&t).await;
+    let api = Api::start(&t).await;
+    let service = api.token(Role::Service, None);
+    let path = format!("/api/tenant/{a}/modules/stock/usage");
+    let entries = json!({"entries": [
+        {"route": "/stock/search", "tokens": 10, "row_count": 3, "estimated_cost": "0.5", "latency_ms": 12, "at": "2026-11-15T10:00:00Z"},
+        {"route": "/stock/export", "tokens": 20, "estimated_cost": "0.25", "at": "2026-11-20T10:00:00Z"},
+    ]});
+    let (status, body) = api
+        .send("POST", &path, Some(&service), Some(entries.clone()))
+        .await;
+    assert_eq!(
+        (status, body["recorded"].as_i64()),
+        (201, Some(2)),
+        "{body}"
+    );
+    let (status, body) = api
+        .send("POST", &path, Some(&service), Some(json!({"route": "/stock", "estimated_cost": "0.000001", "at": "2026-11-21T00:00:00Z"})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    t.store
+        .cost_aggregate(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap())
+        .await
+        .unwrap();
+    let (status, body) = api
+        .call("GET", &format!("{path}?month=2026-11"), Some(&service))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let month = &body["months"][0];
+    assert_eq!(
+        (
+            month["calls"].as_i64(),
+            month["tokens"].as_i64(),
+            month["cost"].as_str()
+        ),
+        (Some(3), Some(30), Some("0.750001")),
+        "{body}"
+    );
+
+    // Not a tenant admin, of this tenant or another.
+    for tenant in [a, b] {
+        let token = api.token(Role::TenantAdmin, Some(tenant));
+        let (status, _) = api
+            .send("POST", &path, Some(&token), Some(entries.clone()))
+            .await;
+        assert_eq!(status, 403);
+    }
+    // Bad input: a 4xx, nothing recorded.
+    let admin = api.token(Role::MasterAdmin, None);
+    for bad in [
+        json!({"route": "/x", "estimated_cost": "0.0000001"}),
+        json!({"route": "/x", "estimated_cost": "-1"}),
+        json!({"route": "", "estimated_cost": "1"}),
+        json!({"route": "/x", "estimated_cost": "1", "tokens": -5}),
+        json!({"route": "/x", "estimated_cost": "1", "at": "2999-01-01T00:00:00Z"}),
+        json!({"entries": []}),
+    ] {
+        let (status, body) = api
+            .send("POST", &path, Some(&admin), Some(bad.clone()))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = api
+        .send(
+            "POST",
+            &format!("/api/tenant/{a}/modules/nothing/usage"),
+            Some(&admin),
+            Some(json!({"route": "/x", "estimated_cost": "1"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    t.store
+        .cost_aggregate(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap())
+        .await
+        .unwrap();
+    let (_, body) = api
+        .call("GET", &format!("{path}?month=2026-11"), Some(&service))
+        .await;
+    assert_eq!(
+        body["months"][0]["calls"].as_i64(),
+        Some(3),
+        "nothing refused was recorded"
+    );
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
 per_backend!(
+    the_platform_enqueues_jobs_over_http,
+    usage_posted_by_the_platform_is_costed,
     operators_pause_and_resume_queues,
     nul_bytes_in_any_input_are_a_client_error,
     a_tenant_admins_catalog_shows_what_the_availability_table_shows,

@@ -792,6 +792,10 @@ async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
                 }
                 let body = match (method.as_str(), template.as_str()) {
                     ("POST", "/api/runs") => json!({"workflow": "demo_pipeline"}),
+                    ("POST", "/api/jobs") => json!({"kind": "noop"}),
+                    ("POST", "/api/tenant/{id}/modules/{module}/usage") => {
+                        json!({"route": "/x", "estimated_cost": "0.1"})
+                    }
                     ("POST", "/api/tenant/{id}/modules") => json!({"module": "journal"}),
                     ("PATCH", _) => json!({"settings": {}}),
                     ("PUT", _) => json!({"maturity": "BETA"}),

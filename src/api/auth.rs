@@ -196,6 +196,15 @@ impl Caller {
         }
     }
 
+    /// The caller's role as definitions name it (`master_admin`, `service`, `tenant_admin`).
+    pub fn role_name(&self) -> &'static str {
+        match self.0.role {
+            Role::MasterAdmin => "master_admin",
+            Role::Service => "service",
+            Role::TenantAdmin => "tenant_admin",
+        }
+    }
+
     /// The tenant a tenant_admin is confined to (`None`: any).
     pub fn confined_to(&self) -> Option<i64> {
         match self.0.role {

@@ -10,6 +10,8 @@
 //! | `GET /openapi.json` | anyone authenticated |
 //! | `GET /metrics` | master admins, the platform, the `metrics` scrape role (deployment-wide figures: not tenant admins) |
 //! | `GET /api/jobs?state&queue&kind&tenant&after_id&limit`, `GET /api/jobs/{id}` | readers (a tenant admin: its own jobs) |
+//! | `POST /api/jobs` | the roles a kind's `enqueued_by` names (never a workflow step or a webhook delivery) |
+//! | `POST /api/tenant/{id}/modules/{module}/usage` | the platform, master admins (usage feeds billing) |
 //! | `POST /api/jobs/{id}/{retry,discard,cancel}`, `POST /api/dlq/{retry,discard}` | operators |
 //! | `GET /api/queues`, `GET /api/queues/{queue}`, `GET /api/workers` | master admins, the platform |
 //! | `POST /api/queues/{queue}/{pause,resume}` | master admins |
@@ -21,6 +23,7 @@
 //! | `PUT /api/catalog/{module}/maturity`, `POST /api/catalog/{module}/{upgrade,rollback}`, `POST /api/plans/{plan}/modules` | master admins |
 
 pub mod auth;
+pub(crate) mod enqueue;
 pub mod error;
 pub(crate) mod jobs;
 pub(crate) mod modules;
@@ -28,6 +31,7 @@ pub mod openapi;
 pub mod prometheus;
 pub(crate) mod queues;
 pub(crate) mod runs;
+mod usage;
 
 use crate::export::SharedExports;
 use crate::lifecycle::Lifecycle;
@@ -52,6 +56,8 @@ pub struct AppState {
     /// How long after an upgrade a manual rollback is allowed.
     pub rollback_window: std::time::Duration,
     pub exports: SharedExports,
+    /// Enqueues jobs of the engine's kinds (their declared payloads checked).
+    pub client: crate::Client,
     pub keys: auth::AuthKeys,
     /// The SHA-256 of the scrape credential that may read `/metrics` (and nothing else).
     pub metrics_token: Option<[u8; 32]>,
@@ -62,6 +68,7 @@ impl AppState {
     pub fn new(engine: Arc<Engine>, exports: SharedExports, keys: auth::AuthKeys) -> Self {
         Self {
             store: Arc::clone(engine.store()),
+            client: crate::Client::new(Arc::clone(engine.store()), engine.kinds().clone()),
             lifecycle: Lifecycle::new(Arc::clone(&engine)).ok(),
             operator: Operator::new(Arc::clone(&engine)),
             rollback_window: std::time::Duration::from_secs(48 * 3600),
@@ -147,7 +154,11 @@ pub fn routes() -> Routes {
         .add("GET", "/health", get(health))
         .add("GET", "/openapi.json", get(openapi::document))
         .add("GET", "/metrics", get(metrics))
-        .add("GET", "/api/jobs", get(jobs::list))
+        .add(
+            "GET POST",
+            "/api/jobs",
+            get(jobs::list).post(enqueue::enqueue),
+        )
         .add("GET", "/api/jobs/{id}", get(jobs::show))
         .add("POST", "/api/jobs/{id}/{action}", post(jobs::act))
         .add("POST", "/api/dlq/{action}", post(jobs::bulk))
@@ -170,9 +181,9 @@ pub fn routes() -> Routes {
             patch(modules::change),
         )
         .add(
-            "GET",
+            "GET POST",
             "/api/tenant/{id}/modules/{module}/usage",
-            get(modules::usage),
+            get(modules::usage).post(usage::record),
         )
         .add(
             "POST",

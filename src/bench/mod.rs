@@ -17,8 +17,10 @@
 //! - `scale_out` ([`scale_out`]): 1, 2 and 3 `steward worker` processes drain one backlog;
 //!   the rescue time of a SIGKILLed one.
 //! - `job_search` ([`search`]): the operators' job search on `--jobs N` jobs.
+//! - `enqueue_http` ([`http`]): jobs enqueued over `POST /api/jobs`, batched and one by one.
 
 mod data;
+mod http;
 mod plan_sync;
 mod provision;
 mod scale_out;
@@ -77,7 +79,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 14] = [
+const SCENARIOS: [&str; 15] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -92,6 +94,7 @@ const SCENARIOS: [&str; 14] = [
     "webhooks",
     "scale_out",
     "job_search",
+    "enqueue_http",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -128,6 +131,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "webhooks" => data::webhooks(&fresh, args.deliveries).await,
             "scale_out" => scale_out::scale_out(&settings.database_url, args.jobs).await,
             "job_search" => search::job_search(&fresh, args.jobs).await,
+            "enqueue_http" => http::enqueue_http(&fresh, args.jobs, args.batch, args.callers).await,
             "provision_tenants" => {
                 provision::provision_tenants(&fresh, settings, args.tenants).await
             }

@@ -77,49 +77,11 @@ pub struct Trigger {
     pub missed: MissedTicks,
 }
 
-/// The declared type of a run parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ParamType {
-    String,
-    Integer,
-    Number,
-    Boolean,
-    /// A calendar date, `YYYY-MM-DD`.
-    Date,
-    Object,
-    Array,
-}
-
-impl ParamType {
-    /// Whether `value` is of this type.
-    pub fn admits(self, value: &serde_json::Value) -> bool {
-        use serde_json::Value;
-        match (self, value) {
-            (Self::String, Value::String(_)) => true,
-            (Self::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
-            (Self::Number, Value::Number(_)) => true,
-            (Self::Boolean, Value::Bool(_)) => true,
-            (Self::Date, Value::String(s)) => {
-                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
-            }
-            (Self::Object, Value::Object(_)) => true,
-            (Self::Array, Value::Array(_)) => true,
-            _ => false,
-        }
-    }
-}
+/// The declared type of a run parameter (the same declarations as a job kind's payload).
+pub use crate::fields::FieldType as ParamType;
 
 /// A parameter a run takes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamDef {
-    pub name: String,
-    pub required: bool,
-    pub default: Option<serde_json::Value>,
-    pub description: Option<String>,
-    /// Its declared type (checked on every start), if declared.
-    pub kind: Option<ParamType>,
-}
+pub use crate::fields::FieldDef as ParamDef;
 
 /// One step of a workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +114,7 @@ pub struct WorkflowDef {
 }
 
 /// The roles a definition's `started_by` may name.
-pub const ROLES: [&str; 3] = ["master_admin", "service", "tenant_admin"];
+pub use crate::fields::ROLES;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,20 +126,9 @@ struct WorkflowFile {
     #[serde(default)]
     started_by: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    params: BTreeMap<String, Spanned<ParamFile>>,
+    params: BTreeMap<String, Spanned<crate::fields::FieldFile>>,
     trigger: Option<Spanned<TriggerFile>>,
     steps: Spanned<Vec<Spanned<StepFile>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ParamFile {
-    #[serde(default)]
-    required: bool,
-    default: Option<toml::Value>,
-    description: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<ParamType>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,44 +227,8 @@ impl WorkflowCatalog {
             ));
         }
 
-        let mut params = Vec::new();
-        for (param, spec) in &file.params {
-            if !valid_name(param) {
-                return Err(invalid(
-                    at(spec.span()),
-                    format!("parameter name `{param}` is not valid"),
-                ));
-            }
-            let spec_ref = spec.get_ref();
-            if spec_ref.required && spec_ref.default.is_some() {
-                return Err(invalid(
-                    at(spec.span()),
-                    format!("parameter `{param}` cannot be both required and have a default"),
-                ));
-            }
-            let default =
-                match &spec_ref.default {
-                    Some(value) => Some(serde_json::to_value(value).map_err(|e| {
-                        invalid(at(spec.span()), format!("parameter `{param}`: {e}"))
-                    })?),
-                    None => None,
-                };
-            if let (Some(kind), Some(default)) = (spec_ref.kind, &default)
-                && !kind.admits(default)
-            {
-                return Err(invalid(
-                    at(spec.span()),
-                    format!("parameter `{param}`: the default is not of its type {kind:?}"),
-                ));
-            }
-            params.push(ParamDef {
-                name: param.clone(),
-                required: spec_ref.required,
-                default,
-                description: spec_ref.description.clone(),
-                kind: spec_ref.kind,
-            });
-        }
+        let params = crate::fields::parse(&file.params, "parameter", valid_name)
+            .map_err(|(offset, message)| invalid(line_of(text, offset), message))?;
 
         let started_by = match &file.started_by {
             Some(roles) => {

@@ -31,7 +31,7 @@ use crate::types::{FetchedJob, NewJob};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -750,49 +750,15 @@ fn render_key(template: &str, params: &Value) -> String {
     key
 }
 
-/// Fill defaults, refuse unknown and missing parameters.
+/// Fill defaults, refuse unknown and missing parameters (the declared-fields check every
+/// definition shares: [`crate::fields::complete`]).
 fn complete_params(def: &WorkflowDef, params: Value) -> Result<Value, EngineError> {
-    let invalid = |message: String| EngineError::InvalidParams {
-        workflow: def.name.clone(),
-        message,
-    };
-    let mut given: Map<String, Value> = match params {
-        Value::Object(map) => map,
-        Value::Null => Map::new(),
-        _ => return Err(invalid("parameters must be a JSON object".into())),
-    };
-    if let Some(unknown) = given
-        .keys()
-        .find(|k| def.params.iter().all(|p| &p.name != *k))
-    {
-        return Err(invalid(format!("unknown parameter `{unknown}`")));
-    }
-    for param in &def.params {
-        if let (Some(kind), Some(value)) = (param.kind, given.get(&param.name))
-            && !kind.admits(value)
-        {
-            return Err(invalid(format!(
-                "parameter `{}` must be of type {}",
-                param.name,
-                format!("{kind:?}").to_lowercase()
-            )));
+    crate::fields::complete(&def.params, params, "parameter").map_err(|message| {
+        EngineError::InvalidParams {
+            workflow: def.name.clone(),
+            message,
         }
-        if !given.contains_key(&param.name) {
-            match &param.default {
-                Some(default) => {
-                    given.insert(param.name.clone(), default.clone());
-                }
-                None if param.required => {
-                    return Err(invalid(format!(
-                        "missing required parameter `{}`",
-                        param.name
-                    )));
-                }
-                None => {}
-            }
-        }
-    }
-    Ok(Value::Object(given))
+    })
 }
 
 /// Maintenance service: hands runs whose step died to the engine (see [`Engine::sweep_once`]).
