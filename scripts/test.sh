@@ -107,11 +107,31 @@ ensure_schemathesis() {
   export SCHEMATHESIS="$venv/bin/schemathesis" OPENAPI_SPEC_VALIDATOR="$venv/bin/openapi-spec-validator"
 }
 
+# docker-compose.yml parses and interpolates (syntax, references, variables): `docker compose
+# config`, or Debian's docker-compose when the compose plugin is missing (installed here as
+# root when neither is there). No container engine is needed, and none is started.
+check_compose() {
+  local compose=()
+  if docker compose version >/dev/null 2>&1; then compose=(docker compose)
+  elif command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose)
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing docker-compose (Debian package) to check docker-compose.yml"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null; }
+    compose=(docker-compose)
+  else
+    log "checking docker-compose.yml needs docker compose or docker-compose"; exit 1
+  fi
+  # Without STEWARD_JWT_SECRET, as `docker compose up worker` is run.
+  env -u STEWARD_JWT_SECRET "${compose[@]}" -f docker-compose.yml config -q
+}
+
 ensure_postgres
 start_outage_cluster
 ensure_browser
 ensure_schemathesis
 log "PostgreSQL for tests: $STEWARD_TEST_DATABASE_URL"
+log "docker-compose.yml (compose config)"; check_compose
 log "cargo fmt --check"; cargo fmt --all -- --check
 log "cargo clippy"; cargo clippy --all-targets --locked -- -D warnings
 log "cargo test"; cargo test --locked -- --test-threads 4
