@@ -10,9 +10,7 @@ mod webdriver;
 use common::{Backend, fresh};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use steward::api::AppState;
 use steward::api::auth::{AuthKeys, Role};
-use steward::http::serve;
 use steward::types::{JobState, NewJob};
 use tokio_util::sync::CancellationToken;
 
@@ -47,13 +45,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
 
     let keys = AuthKeys::new(SECRET).unwrap();
     let engine = common::repo_engine(&t, t.exports.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(engine, t.exports.clone(), keys.clone());
-    let until = stop.clone();
-    tokio::spawn(
-        async move { serve(listener, state, async move { until.cancelled().await }).await },
-    );
+    let base = common::serve_http(&t, engine, keys.clone(), &stop).await;
 
     // Without a token the dashboard sends the browser to the login page.
     let http = reqwest::Client::builder()

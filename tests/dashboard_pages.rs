@@ -13,12 +13,10 @@ use common::lifecycle::{life, module, publish, tenant, workers as workflow_worke
 use common::{Backend, fresh};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use steward::api::AppState;
 use steward::api::auth::{AuthKeys, Role};
 use steward::domain::actor::Actor;
 use steward::domain::maturity::Maturity;
 use steward::domain::status::TenantModuleStatus;
-use steward::http::serve;
 use steward::store::runs::RunState;
 use steward::types::{JobState, NewJob};
 use tokio_util::sync::CancellationToken;
@@ -84,14 +82,8 @@ async fn an_operator_walks_through_every_page() {
         .unwrap();
 
     let keys = AuthKeys::new(SECRET).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let state = AppState::new(engine.clone(), t.exports.clone(), keys.clone());
-    let until = stop.clone();
-    tokio::spawn(
-        async move { serve(listener, state, async move { until.cancelled().await }).await },
-    );
+    let base = common::serve_http(&t, engine.clone(), keys.clone(), &stop).await;
     let browser = Browser::start().await;
     browser.goto(&format!("{base}/dashboard/login")).await;
     let token = keys

@@ -277,3 +277,23 @@ impl Workers {
         self.handle.await.expect("join").expect("runtime ran");
     }
 }
+
+/// Serve the API and the dashboard over `engine` on a loopback port until `stop` is cancelled:
+/// the server's base URL.
+pub async fn serve_http(
+    t: &TestStore,
+    engine: Arc<steward::workflow::Engine>,
+    keys: steward::api::auth::AuthKeys,
+    stop: &tokio_util::sync::CancellationToken,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let base = format!("http://{}", listener.local_addr().expect("local address"));
+    let state = steward::api::AppState::new(engine, t.exports.clone(), keys);
+    let until = stop.clone();
+    tokio::spawn(async move {
+        steward::http::serve(listener, state, async move { until.cancelled().await }).await
+    });
+    base
+}

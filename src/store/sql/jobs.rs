@@ -102,6 +102,36 @@ fn filter_conditions(filter: &JobFilter, args: &mut Vec<Arg>) -> String {
     text
 }
 
+/// The SELECTs (of `live` columns from the live table, of `completed` ones from the completed
+/// table) that a filter's state reads, each with the filter's conditions, their values bound
+/// into `args`.
+fn table_selects(
+    filter: &JobFilter,
+    live: &str,
+    completed: &str,
+    args: &mut Vec<Arg>,
+) -> Vec<String> {
+    let mut parts = Vec::new();
+    if filter.state != Some(JobState::Completed) {
+        let mut part = format!("SELECT {live} FROM steward_jobs WHERE true");
+        if let Some(state) = filter.state {
+            args.push(Arg::from(state.as_str()));
+            part.push_str(" AND state = $1");
+        }
+        parts.push(part);
+    }
+    let conditions = filter_conditions(filter, args);
+    if matches!(filter.state, None | Some(JobState::Completed)) {
+        parts.push(format!(
+            "SELECT {completed} FROM steward_jobs_completed WHERE true"
+        ));
+    }
+    parts
+        .into_iter()
+        .map(|part| format!("{part}{conditions}"))
+        .collect()
+}
+
 /// A bulk action on the live jobs a filter (and the action's own condition) selects.
 fn bulk(action: impl Into<String>, filter: &JobFilter, with_state: bool) -> Sql {
     let mut args = Vec::new();
@@ -155,25 +185,14 @@ impl<S: SqlStore> JobAdmin for S {
 
     async fn jobs_list(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
         let mut args = Vec::new();
-        let mut parts = Vec::new();
-        if filter.state != Some(JobState::Completed) {
-            let mut live = format!("SELECT {JOB_COLUMNS} FROM steward_jobs WHERE true");
-            if let Some(state) = filter.state {
-                args.push(Arg::from(state.as_str()));
-                live.push_str(" AND state = $1");
-            }
-            parts.push(live);
-        }
-        let conditions = filter_conditions(filter, &mut args);
-        if matches!(filter.state, None | Some(JobState::Completed)) {
-            parts.push(
-                "SELECT id, kind, queue, tenant, payload, 'completed' AS state, \
-                     CAST(priority AS INTEGER) AS priority, attempt, \
-                 max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by, \
-                 finished_at, errors FROM steward_jobs_completed WHERE true"
-                    .to_string(),
-            );
-        }
+        let parts = table_selects(
+            filter,
+            JOB_COLUMNS,
+            "id, kind, queue, tenant, payload, 'completed' AS state, \
+                 CAST(priority AS INTEGER) AS priority, attempt, max_attempts, timeout_ms, \
+                 unique_key, run_at, created_at, attempted_at, leased_by, finished_at, errors",
+            &mut args,
+        );
         args.push(Arg::from(filter.limit.unwrap_or(100).clamp(1, 10_000)));
         // Newest first reads downwards from `before_id`; a page towards newer jobs
         // (`after_id`) reads upwards and is turned round. Each table is read in id order up
@@ -185,9 +204,7 @@ impl<S: SqlStore> JobAdmin for S {
         let union = parts
             .iter()
             .map(|part| {
-                format!(
-                    "SELECT * FROM ({part}{conditions} ORDER BY id {order} LIMIT ${limit}) AS part"
-                )
+                format!("SELECT * FROM ({part} ORDER BY id {order} LIMIT ${limit}) AS part")
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
@@ -216,25 +233,8 @@ impl<S: SqlStore> JobAdmin for S {
             ..filter.clone()
         };
         let mut args = Vec::new();
-        let mut parts = Vec::new();
-        if filter.state != Some(JobState::Completed) {
-            let mut live = "SELECT id FROM steward_jobs WHERE true".to_string();
-            if let Some(state) = filter.state {
-                args.push(Arg::from(state.as_str()));
-                live.push_str(" AND state = $1");
-            }
-            parts.push(live);
-        }
-        let conditions = filter_conditions(filter, &mut args);
-        if matches!(filter.state, None | Some(JobState::Completed)) {
-            parts.push("SELECT id FROM steward_jobs_completed WHERE true".to_string());
-        }
+        let union = table_selects(filter, "id", "id", &mut args).join(" UNION ALL ");
         args.push(Arg::from(cap.max(0)));
-        let union = parts
-            .iter()
-            .map(|part| format!("{part}{conditions}"))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
         let text = format!(
             "SELECT count(*) AS n FROM (SELECT id FROM ({union}) AS jobs LIMIT ${}) AS capped",
             args.len()
