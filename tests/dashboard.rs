@@ -68,9 +68,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     let token = keys
         .mint("ops", Role::MasterAdmin, None, chrono::Duration::hours(1))
         .unwrap();
-    browser.type_into("#token", &token).await;
-    browser.click("#login").await;
-    browser.wait_for("#totals").await;
+    browser.log_in(&token, "#totals").await;
 
     // The overview: counts per state and the throughput chart.
     assert!(browser.url().await.ends_with("/dashboard"));
@@ -152,9 +150,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
             chrono::Duration::hours(1),
         )
         .unwrap();
-    browser.type_into("#token", &tenant_token).await;
-    browser.click("#login").await;
-    browser.wait_for("#modules").await;
+    browser.log_in(&tenant_token, "#modules").await;
     assert!(browser.url().await.ends_with("/dashboard/tenant/1"));
     assert!(browser.text("#tenant").await.contains("Acme"));
     assert!(browser.text("#modules").await.contains("no module yet"));

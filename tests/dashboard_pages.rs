@@ -89,9 +89,7 @@ async fn an_operator_walks_through_every_page() {
     let token = keys
         .mint("ops", Role::MasterAdmin, None, chrono::Duration::hours(1))
         .unwrap();
-    browser.type_into("#token", &token).await;
-    browser.click("#login").await;
-    browser.wait_for("#totals").await;
+    browser.log_in(&token, "#totals").await;
 
     // Overview: it updates itself. A marker set in the page survives (no reload) while the
     // completed count grows with new jobs.
@@ -313,9 +311,7 @@ async fn an_operator_walks_through_every_page() {
             chrono::Duration::hours(1),
         )
         .unwrap();
-    browser.type_into("#token", &tenant_token).await;
-    browser.click("#login").await;
-    browser.wait_for("#modules").await;
+    browser.log_in(&tenant_token, "#modules").await;
     assert!(
         browser
             .url()

@@ -250,6 +250,14 @@ impl Browser {
         std::fs::write(&path, &png).unwrap();
     }
 
+    /// On the login page: paste `token`, log in, and wait for `landmark` (a selector of the
+    /// page one lands on).
+    pub async fn log_in(&self, token: &str, landmark: &str) {
+        self.type_into("#token", token).await;
+        self.click("#login").await;
+        self.wait_for(landmark).await;
+    }
+
     /// Reload the page.
     pub async fn refresh(&self) {
         self.call(reqwest::Method::POST, "/refresh", json!({}))
