@@ -116,6 +116,19 @@ impl Client {
     }
 
     /// Enqueue one job. A duplicate of a live unique job returns that job.
+    /// Enqueue a typed job ([`crate::Job`]): its kind from the type, its arguments serialized.
+    pub async fn enqueue_job<J: crate::Job>(
+        &self,
+        job: &J,
+        options: EnqueueOptions,
+    ) -> Result<Enqueued, ClientError> {
+        let payload = serde_json::to_value(job).map_err(|e| ClientError::InvalidPayload {
+            kind: J::KIND.to_string(),
+            message: e.to_string(),
+        })?;
+        self.enqueue(J::KIND, payload, options).await
+    }
+
     pub async fn enqueue(
         &self,
         kind: &str,

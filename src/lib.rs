@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -48,4 +49,6 @@ pub mod store;
 pub mod types;
 pub mod workflow;
 
+pub use app::{App, Job};
 pub use client::{Client, ClientError, EnqueueOptions};
+pub use queue::{JobContext, JobError};

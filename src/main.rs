@@ -1,5 +1,5 @@
 //! The `steward` binary: see `steward --help`.
 
 fn main() -> std::process::ExitCode {
-    steward::cli::main()
+    steward::App::new().run_cli()
 }

@@ -9,7 +9,6 @@ use super::{
     open_store_migrated, shutdown_signal, spawn_api,
 };
 use crate::config::{Settings, WorkerSettings};
-use crate::queue::builtin;
 use crate::{Client, EnqueueOptions};
 use clap::Args;
 use serde_json::json;
@@ -27,7 +26,7 @@ pub(crate) struct DemoArgs {
 pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliError> {
     let kinds = load_kinds(settings)?;
     let store = open_store_migrated(settings).await?;
-    let client = Client::new(store.clone(), kinds.clone()).with_registry(builtin::registry());
+    let client = Client::new(store.clone(), kinds.clone()).with_registry(super::job_registry());
     let mut enqueued = Vec::new();
     for i in 0..20 {
         let tenant = format!("tenant-{}", i % 3);

@@ -2,7 +2,6 @@
 
 use super::{CliError, load_kinds, open_store, output};
 use crate::config::{OutputFormat, Settings};
-use crate::queue::builtin;
 use crate::store::SharedStore;
 use crate::types::{JobFilter, JobId, JobRecord, JobState};
 use crate::{Client, EnqueueOptions};
@@ -203,7 +202,7 @@ pub(crate) async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> Result<(
     };
     // Validate before touching the database, so bad input fails the same way everywhere.
     let store = open_store(settings).await?;
-    let client = Client::new(store, kinds).with_registry(builtin::registry());
+    let client = Client::new(store, kinds).with_registry(super::job_registry());
     let job = client.build(&args.kind, payload, options)?;
     let jobs = vec![job; args.count.max(1)];
     let mut results = Vec::new();

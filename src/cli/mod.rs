@@ -427,7 +427,16 @@ async fn connect_waiting(settings: &Settings, migrate: bool) -> Result<SharedSto
 
 /// Load `jobs/*.toml`.
 pub(crate) fn load_kinds(settings: &Settings) -> Result<KindCatalog, CliError> {
-    Ok(KindCatalog::load_dir(&settings.jobs_dir)?)
+    let mut kinds = KindCatalog::load_dir(&settings.jobs_dir)?;
+    crate::app::extensions().add_kinds(&mut kinds)?;
+    Ok(kinds)
+}
+
+/// The job handlers: the built-in ones and those the [`crate::App`] added.
+pub(crate) fn job_registry() -> crate::queue::Registry {
+    let mut registry = crate::queue::builtin::registry();
+    crate::app::extensions().register_jobs(&mut registry);
+    registry
 }
 
 /// The workflow engine over `workflows/`, with the built-in step handlers.
@@ -436,7 +445,8 @@ pub(crate) fn load_engine(
     store: SharedStore,
     kinds: &KindCatalog,
 ) -> Result<std::sync::Arc<crate::workflow::Engine>, CliError> {
-    let steps = crate::lifecycle::step_registry(settings.exports());
+    let mut steps = crate::lifecycle::step_registry(settings.exports());
+    crate::app::extensions().register_steps(&mut steps);
     let workflows =
         crate::workflow::WorkflowCatalog::load_dir(&settings.workflows_dir, kinds, &|h| {
             steps.contains(h)
@@ -458,7 +468,7 @@ pub(crate) fn build_runtime(
     config: crate::queue::RuntimeConfig,
 ) -> Result<crate::queue::Runtime, CliError> {
     let engine = load_engine(settings, store.clone(), &kinds)?;
-    let mut registry = crate::queue::builtin::registry();
+    let mut registry = job_registry();
     engine.register_jobs(&mut registry);
     let webhooks = crate::lifecycle::webhook::WebhookSender::new(
         std::time::Duration::from_secs(settings.webhook_timeout_secs),
