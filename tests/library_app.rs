@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use steward::store::{JobAdmin, RunStore};
 use steward::store::runs::RunState;
+use steward::store::{JobAdmin, RunStore};
 use steward::types::JobState;
 
 /// The example's binary, next to the `steward` binary the tests run.

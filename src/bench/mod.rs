@@ -18,6 +18,8 @@
 //!   the rescue time of a SIGKILLed one.
 //! - `job_search` ([`search`]): the operators' job search on `--jobs N` jobs.
 //! - `enqueue_http` ([`http`]): jobs enqueued over `POST /api/jobs`, batched and one by one.
+//! - `enqueue_sql`: jobs enqueued from SQL (`steward_enqueue`, PostgreSQL), `--batch` per
+//!   statement in one transaction, by `--callers` concurrent connections.
 
 mod data;
 mod http;
@@ -79,7 +81,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 15] = [
+const SCENARIOS: [&str; 16] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -95,6 +97,7 @@ const SCENARIOS: [&str; 15] = [
     "scale_out",
     "job_search",
     "enqueue_http",
+    "enqueue_sql",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -132,6 +135,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "scale_out" => scale_out::scale_out(&settings.database_url, args.jobs).await,
             "job_search" => search::job_search(&fresh, args.jobs).await,
             "enqueue_http" => http::enqueue_http(&fresh, args.jobs, args.batch, args.callers).await,
+            "enqueue_sql" => enqueue_sql(&fresh, args.jobs, args.batch, args.callers).await,
             "provision_tenants" => {
                 provision::provision_tenants(&fresh, settings, args.tenants).await
             }
@@ -298,6 +302,45 @@ async fn enqueue_batch(
     let jobs = batches * batch_size;
     Ok(
         json!({"jobs": jobs, "batch": batch_size, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}),
+    )
+}
+
+/// Jobs enqueued from SQL with `steward_enqueue`, `batch` per statement (PostgreSQL only).
+async fn enqueue_sql(
+    fresh: &FreshStore,
+    jobs: usize,
+    batch: usize,
+    callers: usize,
+) -> Result<Value, String> {
+    let Some(pg) = &fresh.pg else {
+        return Ok(json!({"skipped": "SQLite has no stored functions"}));
+    };
+    let batch = batch.max(1);
+    let statements = jobs.div_ceil(batch);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers.max(1) {
+        let pool = pg.pool().clone();
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < statements {
+                sqlx::query("SELECT steward_enqueue('noop') FROM generate_series(1, $1)")
+                    .bind(batch as i64)
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let jobs = statements * batch;
+    Ok(
+        json!({"jobs": jobs, "batch": batch, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}),
     )
 }
 

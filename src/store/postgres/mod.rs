@@ -272,61 +272,6 @@ where
     Ok(())
 }
 
-/// The insert; `{on_conflict}` is filled in by [`insert_sql`].
-const INSERT_TEMPLATE: &str = r#"
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
-                         $7::int8[], $8::text[], $9::timestamptz[])
-        WITH ORDINALITY AS t(kind, queue, tenant, payload, priority, max_attempts, timeout_ms,
-                             unique_key, run_at, ord)
-),
--- Fair keys. A tenant's jobs continue after its last available job, but never before the
--- head of the queue, so a tenant arriving behind a flood starts at the head; within a batch
--- each tenant's jobs are numbered on from its own base. Jobs without a tenant are first in,
--- first out behind everything already waiting at their priority (and stay out of the fairness
--- index, which keeps their enqueue cheaper).
-groups AS MATERIALIZED (
-    SELECT g.queue, g.tenant, g.priority, h.head IS NULL AS was_empty,
-           greatest(coalesce(h.head, 0), coalesce(
-               CASE WHEN g.tenant = ''
-                    THEN (SELECT t.fair_key FROM steward_jobs t
-                           WHERE t.state = 'available' AND t.queue = g.queue AND t.priority = g.priority
-                           ORDER BY t.fair_key DESC, t.id DESC LIMIT 1)
-                    ELSE (SELECT max(t.fair_key) FROM steward_jobs t
-                           WHERE t.state = 'available' AND t.queue = g.queue AND t.tenant = g.tenant
-                             AND t.tenant <> '')
-               END, 0)) AS base
-    FROM (SELECT DISTINCT queue, tenant, priority FROM input) g
-    LEFT JOIN LATERAL (SELECT h.fair_key AS head FROM steward_jobs h
-                        WHERE h.state = 'available' AND h.queue = g.queue
-                        ORDER BY h.priority, h.fair_key, h.id LIMIT 1) h ON true
-),
-inserted AS (
-INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_key, max_attempts,
-                          timeout_ms, unique_key, run_at)
-SELECT i.kind, i.queue, i.tenant, i.payload,
-       CASE WHEN i.run_at IS NULL OR i.run_at <= now() THEN 'available' ELSE 'scheduled' END,
-       i.priority,
-       g.base + row_number() OVER (PARTITION BY i.queue, i.tenant, i.priority ORDER BY i.ord),
-       i.max_attempts, i.timeout_ms, i.unique_key, coalesce(i.run_at, now())
-FROM input i JOIN groups g ON g.queue = i.queue AND g.tenant = i.tenant AND g.priority = i.priority
-ORDER BY i.ord
-{on_conflict}
-RETURNING id, unique_key, state, queue
-)
--- Only an enqueue into an empty queue needs to wake producers: a producer that fetched
--- something fetches again before it waits (see queue/producer.rs). The notification is part of
--- this statement, so it costs no round trip and is delivered when the enqueue commits; taking
--- PostgreSQL's notification lock only for empty queues keeps busy enqueuers from serialising.
-SELECT i.id, i.unique_key, i.state, i.queue,
-       (SELECT count(pg_notify('steward_jobs_' || current_schema(), w.queue))
-          FROM groups w
-         WHERE w.was_empty AND {notify}
-           AND EXISTS (SELECT 1 FROM inserted n WHERE n.queue = w.queue AND n.state = 'available')
-       ) AS woken
-FROM inserted i
-"#;
-
 /// Insert jobs on the caller's connection, typically inside the caller's transaction: the
 /// jobs exist if and only if that transaction commits, and producers are woken at commit.
 pub async fn insert_on(conn: &mut PgConnection, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
@@ -347,22 +292,10 @@ pub(crate) async fn insert_on_quietly(
     insert_jobs(conn, jobs, false).await
 }
 
-/// The insert statement, with the unique-key arbiter only when the batch has keys (speculative
-/// insertion, `ON CONFLICT`, costs about a third of a batch insert's time), and with or without
-/// the `pg_notify` (see [`insert_on_quietly`]).
-fn insert_sql(with_keys: bool, notify: bool) -> &'static str {
-    static VARIANTS: [OnceLock<String>; 4] = [const { OnceLock::new() }; 4];
-    let clause = if with_keys {
-        "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state <> 'cancelled' DO NOTHING"
-    } else {
-        ""
-    };
-    VARIANTS[usize::from(with_keys) * 2 + usize::from(notify)].get_or_init(|| {
-        INSERT_TEMPLATE
-            .replace("{on_conflict}", clause)
-            .replace("{notify}", if notify { "true" } else { "false" })
-    })
-}
+/// The enqueue statement: `steward_enqueue_many` (migration 0011), the one copy of it, which
+/// SQL callers use too; with or without the `pg_notify` (see [`insert_on_quietly`]).
+const INSERT_SQL: &str = "SELECT id, unique_key, state, queue \
+     FROM steward_enqueue_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Insert, returning the results in input order and the queues that got available jobs.
 async fn insert_jobs(
@@ -380,8 +313,7 @@ async fn insert_jobs(
             break;
         }
         let batch: Vec<&NewJob> = pending.iter().map(|&i| &jobs[i]).collect();
-        let with_keys = batch.iter().any(|j| j.unique_key.is_some());
-        let rows = sqlx::query(insert_sql(with_keys, notify))
+        let rows = sqlx::query(INSERT_SQL)
             .bind(batch.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
@@ -401,6 +333,7 @@ async fn insert_jobs(
                     .collect::<Vec<_>>(),
             )
             .bind(batch.iter().map(|j| j.run_at).collect::<Vec<_>>())
+            .bind(notify)
             .fetch_all(&mut *conn)
             .await?;
         // Ids are drawn in insertion order (ORDER BY ord), so the keyless rows match the
