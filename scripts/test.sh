@@ -7,7 +7,7 @@
 # starts from the local initdb on its own port (never the one above), removed at exit.
 # tests/dashboard.rs drives a headless Chromium (Debian's chromium
 # and chromium-driver, installed here as root when missing); the API fuzz run uses
-# schemathesis and openapi-spec-validator from PyPI, installed in a venv under
+# schemathesis and openapi-spec-validator from PyPI (and tests/sql_enqueue.rs psycopg), installed in a venv under
 # ~/.cache/steward-tools, and checks a TypeScript client generated from /openapi.json with
 # openapi-typescript and tsc from npm (scripts/check-ts-client.sh, same cache).
 set -euo pipefail
@@ -98,13 +98,16 @@ ensure_browser() {
 
 ensure_schemathesis() {
   local venv="${STEWARD_TOOLS_DIR:-$HOME/.cache/steward-tools}/venv"
-  if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
-    log "installing schemathesis and openapi-spec-validator (PyPI) in $venv"
+  if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ] \
+     || ! "$venv/bin/python" -c 'import psycopg' 2>/dev/null; then
+    log "installing schemathesis, openapi-spec-validator and psycopg (PyPI) in $venv"
     { [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"; } \
-      && "$venv/bin/pip" install -q 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' \
-      || { log "could not install schemathesis (python3 with venv and pip, and PyPI, are needed)"; exit 1; }
+      && "$venv/bin/pip" install -q 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' 'psycopg[binary]==3.3.9' \
+      || { log "could not install the Python tools (python3 with venv and pip, and PyPI, are needed)"; exit 1; }
   fi
   export SCHEMATHESIS="$venv/bin/schemathesis" OPENAPI_SPEC_VALIDATOR="$venv/bin/openapi-spec-validator"
+  # A Python client of PostgreSQL (psycopg) for the SQL enqueue test.
+  export STEWARD_TEST_PYTHON="$venv/bin/python"
 }
 
 # docker-compose.yml parses and interpolates (syntax, references, variables): `docker compose

@@ -1,7 +1,7 @@
 //! Enqueueing from SQL on PostgreSQL (`steward_enqueue`, `steward_enqueue_many`, migration
-//! 0011), as any client in any language does it, here `psql`: 1,000 jobs in one transaction
-//! that a worker then runs, a transaction that rolls back leaves no job, and a unique key
-//! gives the existing job's id.
+//! 0011), as any client in any language does it, here `psql` and Python's psycopg: 1,000 jobs
+//! in one transaction that a worker then runs, a transaction that rolls back leaves no job, and
+//! a unique key gives the existing job's id.
 
 mod common;
 
@@ -66,12 +66,53 @@ async fn any_sql_client_enqueues_in_its_own_transaction() {
     );
     assert_eq!(batch, "2");
 
+    // A Python client (psycopg), in its own transactions: one rolled back, one committed.
+    let python = std::env::var("STEWARD_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "this test needs STEWARD_TEST_PYTHON, a python with psycopg (scripts/test.sh sets it)"
+        )
+    });
+    let script = r#"
+import sys, psycopg
+url, schema = sys.argv[1], sys.argv[2]
+with psycopg.connect(url, options=f"-c search_path={schema}") as conn:
+    rolled_back = conn.execute("SELECT steward_enqueue('sleep', '{\"ms\": 1}')").fetchone()[0]
+    conn.rollback()
+    committed = conn.execute("SELECT steward_enqueue('sleep', '{\"ms\": 1}')").fetchone()[0]
+    conn.commit()
+print(rolled_back, committed)
+"#;
+    let output = Command::new(&python)
+        .args(["-c", script, &t.url, t.schema.as_deref().unwrap()])
+        .output()
+        .expect("run the Python client");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ids: Vec<i64> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert!(
+        t.store.job_get(ids[0]).await.unwrap().is_none(),
+        "the rolled-back job exists"
+    );
+    let committed = t
+        .store
+        .job_get(ids[1])
+        .await
+        .unwrap()
+        .expect("the committed job");
+    assert_eq!(committed.payload, serde_json::json!({"ms": 1}));
+
     // A worker runs every one of them.
     let workers = common::builtin_workers(&t, "sql-enqueue");
     t.wait_for_counts(
         Duration::from_secs(60),
         "every SQL-enqueued job done",
-        |n| n(JobState::Completed) == 1003,
+        |n| n(JobState::Completed) == 1004,
     )
     .await;
     workers.stop().await;
