@@ -58,6 +58,12 @@ fn ms(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }
 
+/// A time a job must not run before, in whole milliseconds rounded up: stored rounded down, a
+/// retry could become due up to a millisecond before its backoff is over.
+fn ms_up(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros().div_euclid(1000) + i64::from(at.timestamp_micros().rem_euclid(1000) > 0)
+}
+
 pub(super) fn from_ms(value: i64) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_millis(value)
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {value} out of range")))
@@ -462,11 +468,11 @@ impl JobStore for SqliteStore {
                 } => failed.push(json!({
                     "id": lease.id, "attempt": lease.attempt, "error": error,
                     "started_at": started_at.to_rfc3339(), "finished_at": finished_at.to_rfc3339(),
-                    "finished_ms": ms(*finished_at), "retry_at": retry_at.map(ms),
+                    "finished_ms": ms(*finished_at), "retry_at": retry_at.map(ms_up),
                 })),
                 Outcome::Released { lease, retry_at } => {
                     released.push(json!({"id": lease.id, "attempt": lease.attempt,
-                        "retry_at": retry_at.map(|t| t.timestamp_millis())}))
+                        "retry_at": retry_at.map(ms_up)}))
                 }
             }
         }
