@@ -157,6 +157,44 @@ async fn a_run_starts_once_per_key_and_waits_behind_its_concurrency_key(backend:
     let listed = t.store.runs_list(Some(RunState::Queued), 10).await.unwrap();
     assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [waiting]);
     assert_eq!(t.store.runs_list(None, 10).await.unwrap().len(), 2);
+    // Pages both ways, newest first.
+    let (third, _) = t
+        .store
+        .run_start(&RunStart {
+            workflow: "paging".into(),
+            // Its step job stays out of the queue the rest of this test fetches from.
+            first_job: NewJob {
+                queue: "paging".into(),
+                ..step_job(0, false)
+            },
+            ..start(None, None)
+        })
+        .await
+        .unwrap();
+    let page = |before_id, after_id| {
+        let store = t.store.clone();
+        async move {
+            store
+                .runs_page(&steward::store::runs::RunPage {
+                    before_id,
+                    after_id,
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(None, None).await, [third]);
+    assert_eq!(page(Some(third), None).await, [waiting]);
+    assert_eq!(
+        page(None, Some(run)).await,
+        [waiting],
+        "the page just newer than the first run"
+    );
     let counts = t.store.runs_count_by_state().await.unwrap();
     assert!(counts.contains(&("conformance".into(), RunState::Running, 1)));
     assert!(counts.contains(&("conformance".into(), RunState::Queued, 1)));

@@ -187,6 +187,7 @@ async fn an_operator_walks_through_every_page() {
         |s| s.contains("completed"),
     )
     .await;
+    assert!(browser.text("#total").await.contains("runs · showing"));
     browser.shot("runs").await;
     browser.click(&format!("#run-{done_run} a")).await;
     browser.wait_for("#graph").await;

@@ -21,7 +21,11 @@ use serde_json::Value;
 pub(super) struct RunFilters {
     #[serde(default)]
     state: String,
+    before_id: Option<i64>,
+    after_id: Option<i64>,
 }
+
+const PAGE: i64 = 50;
 
 /// How far a run is: its finished steps out of all.
 fn run_done(run: &RunRecord) -> f64 {
@@ -71,7 +75,46 @@ pub(super) async fn list(
         "" => None,
         s => Some(s.parse::<RunState>().map_err(ApiError::bad_request)?),
     };
-    let runs = state.store.runs_list(run_state, 200).await?;
+    let runs = state
+        .store
+        .runs_page(&crate::store::runs::RunPage {
+            state: run_state,
+            before_id: filters.before_id,
+            after_id: filters.after_id,
+            limit: PAGE,
+        })
+        .await?;
+    // The total spans every tenant: shown to callers who see every tenant's runs.
+    let total: Option<i64> = match caller.confined_to() {
+        Some(_) => None,
+        None => Some(
+            state
+                .store
+                .runs_count_by_state()
+                .await?
+                .iter()
+                .filter(|(_, s, _)| run_state.is_none_or(|wanted| *s == wanted))
+                .map(|(_, _, n)| n)
+                .sum(),
+        ),
+    };
+    let full = runs.len() as i64 == PAGE;
+    let query = |cursor: &str, id: i64| {
+        format!(
+            "/dashboard/runs?state={}&{cursor}={id}",
+            super::html::url(&filters.state)
+        )
+    };
+    let newer = match runs.first() {
+        Some(first) if filters.before_id.is_some() || (filters.after_id.is_some() && full) => {
+            Some(query("after_id", first.id))
+        }
+        _ => None,
+    };
+    let older = match runs.last() {
+        Some(last) if full || filters.after_id.is_some() => Some(query("before_id", last.id)),
+        _ => None,
+    };
     let body = html! {
         form method="get" action="/dashboard/runs" class="filters" {
             label { "state"
@@ -83,6 +126,14 @@ pub(super) async fn list(
                 }
             }
             button type="submit" { "Filter" }
+        }
+        p.pager id="pager" {
+            span id="total" {
+                @if let Some(total) = total { (total) " runs" } @else { "your tenant's runs" }
+                " · showing " (runs.len()) ", newest first"
+            }
+            @if let Some(href) = newer { a id="newer" href=(href) { "← Newer" } }
+            @if let Some(href) = older { a id="older" href=(href) { "Older →" } }
         }
         table id="runs" data-live {
             tr { th { "id" } th { "workflow" } th { "state" } th { "progress" } th { "step" } th { "started" } th { "finished" } th { "error" } }

@@ -100,6 +100,18 @@ pub struct RunRecord {
     pub steps: Vec<StepRecord>,
 }
 
+/// Which runs a page holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunPage {
+    pub state: Option<RunState>,
+    /// Only runs with a smaller id (the next, older page).
+    pub before_id: Option<RunId>,
+    /// Only runs with a greater id (the previous, newer page).
+    pub after_id: Option<RunId>,
+    /// 1 to 10,000.
+    pub limit: i64,
+}
+
 /// What starting a run needs.
 #[derive(Debug, Clone)]
 pub struct RunStart {
@@ -220,7 +232,18 @@ pub trait RunStore: Send + Sync {
     }
 
     /// Runs by id, newest first, optionally in one state.
-    async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>>;
+    async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>> {
+        self.runs_page(&RunPage {
+            state,
+            limit,
+            ..RunPage::default()
+        })
+        .await
+    }
+
+    /// A page of runs, newest first: older than `before_id`, or the page just newer than
+    /// `after_id`.
+    async fn runs_page(&self, page: &RunPage) -> StoreResult<Vec<RunRecord>>;
 
     /// How many runs each workflow has in each state (the run outcomes of `/metrics`).
     async fn runs_count_by_state(&self) -> StoreResult<Vec<(String, RunState, i64)>>;

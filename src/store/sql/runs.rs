@@ -6,8 +6,8 @@
 
 use crate::store::domain::{MigrationReport, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{
-    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState,
-    RunStore, StepCompletion, StepRecord, StepState, StepTx,
+    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunPage, RunRecord, RunStart,
+    RunState, RunStore, StepCompletion, StepRecord, StepState, StepTx,
 };
 use crate::store::sql::{Conn, Row, Sql, SqlStore, Tx, corrupt, parse, sql};
 use crate::store::{StoreError, StoreResult};
@@ -271,16 +271,26 @@ impl<S: SqlStore> RunStore for S {
         Ok(outcomes)
     }
 
-    async fn runs_list(&self, state: Option<RunState>, limit: i64) -> StoreResult<Vec<RunRecord>> {
+    async fn runs_page(&self, page: &RunPage) -> StoreResult<Vec<RunRecord>> {
+        // The page just newer than `after_id` reads upwards and is turned round.
+        let upwards = page.after_id.is_some();
         let sql = sql!(
             format!(
                 "SELECT {RUN_COLUMNS} FROM steward_runs \
-                 WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) ORDER BY id DESC LIMIT $2"
+                 WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) AND id < $2 AND id > $3 \
+                 ORDER BY id {} LIMIT $4",
+                if upwards { "ASC" } else { "DESC" }
             ),
-            state.map(RunState::as_str),
-            limit.clamp(1, 10_000)
+            page.state.map(RunState::as_str),
+            page.before_id.unwrap_or(i64::MAX),
+            page.after_id.unwrap_or(0),
+            page.limit.clamp(1, 10_000)
         );
-        runs_with_steps(self, sql).await
+        let mut runs = runs_with_steps(self, sql).await?;
+        if upwards {
+            runs.reverse();
+        }
+        Ok(runs)
     }
 
     async fn runs_count_by_state(&self) -> StoreResult<Vec<(String, RunState, i64)>> {
