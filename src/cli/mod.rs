@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// `steward --version`: the binary's version and its schema's.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 11)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 12)");
 
 /// steward: durable jobs and workflows for a SaaS module lifecycle.
 #[derive(Debug, Parser)]
@@ -484,12 +484,16 @@ pub(crate) fn build_runtime(
     };
     let scheduler =
         crate::workflow::scheduler::CronScheduler::new(engine.clone(), periods.cron_every);
+    // The module lifecycle runs where its workflows are defined (a deployment with its own
+    // workflows/ and no lifecycle has no reconciler).
+    let lifecycle = crate::lifecycle::Lifecycle::new(engine).ok();
+    if let Some(lifecycle) = &lifecycle {
+        crate::lifecycle::subscriptions::register_jobs(&mut registry, lifecycle.clone());
+    }
     let mut runtime = crate::queue::Runtime::new(store, registry, kinds, config)?
         .with_service(Box::new(sweeper))
         .with_service(Box::new(scheduler));
-    // The module lifecycle runs where its workflows are defined (a deployment with its own
-    // workflows/ and no lifecycle has no reconciler).
-    if let Ok(lifecycle) = crate::lifecycle::Lifecycle::new(engine) {
+    if let Some(lifecycle) = lifecycle {
         runtime = runtime.with_service(Box::new(crate::lifecycle::ProvisioningReconciler {
             lifecycle,
             idle: periods.reconcile_idle,
