@@ -154,6 +154,17 @@ impl Caller {
         }
     }
 
+    /// What spans every tenant (queues, workers, the catalog area, the whole audit log):
+    /// master_admin and service, never a tenant admin.
+    pub fn may_read_deployment(&self) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::MasterAdmin | Role::Service => Ok(()),
+            Role::TenantAdmin => Err(ApiError::forbidden(
+                "this spans every tenant: not for a tenant admin",
+            )),
+        }
+    }
+
     /// A tenant's modules (request, state, settings): master_admin, service, or that
     /// tenant's own admin.
     pub fn may_manage_tenant(&self, tenant: i64) -> Result<(), ApiError> {

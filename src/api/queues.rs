@@ -55,7 +55,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<QueueList>, ApiError> {
-    deployment_wide(&caller)?;
+    caller.may_read_deployment()?;
     Ok(Json(QueueList {
         queues: summary::summaries(&state.store).await?,
     }))
@@ -71,7 +71,7 @@ pub(super) async fn show(
     caller: Caller,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDetail>, ApiError> {
-    deployment_wide(&caller)?;
+    caller.may_read_deployment()?;
     Ok(Json(detail(&state, &queue).await?))
 }
 
@@ -152,18 +152,8 @@ pub(super) async fn workers(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<WorkerList>, ApiError> {
-    deployment_wide(&caller)?;
+    caller.may_read_deployment()?;
     Ok(Json(WorkerList {
         workers: state.store.workers_list().await?,
     }))
-}
-
-/// Queues and workers span every tenant: not for a tenant admin.
-pub(crate) fn deployment_wide(caller: &Caller) -> Result<(), ApiError> {
-    if caller.confined_to().is_some() || caller.0.role == super::auth::Role::TenantAdmin {
-        return Err(ApiError::forbidden(
-            "queues and workers span every tenant: not for a tenant admin",
-        ));
-    }
-    Ok(())
 }

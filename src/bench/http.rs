@@ -9,8 +9,6 @@ use crate::api::auth::{AuthKeys, Role};
 use crate::kinds::{JobKind, KindCatalog};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub(super) async fn enqueue_http(
@@ -83,36 +81,33 @@ async fn run(
     requests: usize,
     callers: usize,
 ) -> Result<f64, String> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..callers.max(1) {
+    let (http, url, token, body) = (
+        http.clone(),
+        Arc::<str>::from(url),
+        Arc::<str>::from(token),
+        Arc::<str>::from(body),
+    );
+    super::spread(callers, requests, move || {
         let (http, url, token, body) = (
             http.clone(),
-            url.to_string(),
-            token.to_string(),
-            body.to_string(),
+            Arc::clone(&url),
+            Arc::clone(&token),
+            Arc::clone(&body),
         );
-        let next = Arc::clone(&next);
-        tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let answer = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if answer.status().as_u16() != 201 {
-                    return Err(format!("POST /api/jobs answered {}", answer.status()));
-                }
+        async move {
+            let answer = http
+                .post(&*url)
+                .bearer_auth(&*token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if answer.status().as_u16() != 201 {
+                return Err(format!("POST /api/jobs answered {}", answer.status()));
             }
-            Ok::<_, String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    Ok(started.elapsed().as_secs_f64())
+            Ok(())
+        }
+    })
+    .await
 }

@@ -270,27 +270,21 @@ fn job(kind: &str, queue: &str) -> NewJob {
     }
 }
 
-async fn enqueue_batch(
-    store: &SharedStore,
-    jobs: usize,
-    batch_size: usize,
-    callers: usize,
-) -> Result<Value, String> {
-    let batch_size = batch_size.max(1);
+/// Run `work` `count` times, spread over `callers` concurrent tasks (each takes the next call
+/// until all are taken); the seconds it took.
+pub(super) async fn spread<F, Fut>(callers: usize, count: usize, work: F) -> Result<f64, String>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
-    let batches = jobs.div_ceil(batch_size);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..callers.max(1) {
-        let store = Arc::clone(store);
-        let next = Arc::clone(&next);
+        let (next, work) = (Arc::clone(&next), work.clone());
         tasks.push(tokio::spawn(async move {
-            let batch: Vec<NewJob> = (0..batch_size).map(|_| job("noop", "default")).collect();
-            while next.fetch_add(1, Ordering::Relaxed) < batches {
-                store
-                    .jobs_insert_many(&batch)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                work().await?;
             }
             Ok::<_, String>(())
         }));
@@ -298,7 +292,31 @@ async fn enqueue_batch(
     for task in tasks {
         task.await.map_err(|e| e.to_string())??;
     }
-    let secs = started.elapsed().as_secs_f64();
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn enqueue_batch(
+    store: &SharedStore,
+    jobs: usize,
+    batch_size: usize,
+    callers: usize,
+) -> Result<Value, String> {
+    let batch_size = batch_size.max(1);
+    let batches = jobs.div_ceil(batch_size);
+    let batch: Arc<Vec<NewJob>> =
+        Arc::new((0..batch_size).map(|_| job("noop", "default")).collect());
+    let store = Arc::clone(store);
+    let secs = spread(callers, batches, move || {
+        let (store, batch) = (Arc::clone(&store), Arc::clone(&batch));
+        async move {
+            store
+                .jobs_insert_many(&batch)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await?;
     let jobs = batches * batch_size;
     Ok(
         json!({"jobs": jobs, "batch": batch_size, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}),
@@ -317,27 +335,19 @@ async fn enqueue_sql(
     };
     let batch = batch.max(1);
     let statements = jobs.div_ceil(batch);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..callers.max(1) {
-        let pool = pg.pool().clone();
-        let next = Arc::clone(&next);
-        tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < statements {
-                sqlx::query("SELECT steward_enqueue('noop') FROM generate_series(1, $1)")
-                    .bind(batch as i64)
-                    .execute(&pool)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let pool = pg.pool().clone();
+    let secs = spread(callers, statements, move || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT steward_enqueue('noop') FROM generate_series(1, $1)")
+                .bind(batch as i64)
+                .execute(&pool)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await?;
     let jobs = statements * batch;
     Ok(
         json!({"jobs": jobs, "batch": batch, "callers": callers, "jobs_per_s": (jobs as f64 / secs).round(), "seconds": secs}),

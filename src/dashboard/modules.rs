@@ -34,16 +34,6 @@ pub(super) async fn version_names<'a>(
     Ok(names)
 }
 
-/// The catalog area spans every tenant: master admins and the platform.
-fn deployment_wide(caller: &Caller) -> Result<(), ApiError> {
-    if caller.confined_to().is_some() {
-        return Err(ApiError::forbidden(
-            "the modules area spans every tenant: a tenant admin has its tenant's page",
-        ));
-    }
-    caller.may_read(None)
-}
-
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct CatalogQuery {
     /// Show this module's tenants.
@@ -66,7 +56,7 @@ pub(super) async fn catalog(
     Query(query): Query<CatalogQuery>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    deployment_wide(&caller)?;
+    caller.may_read_deployment()?;
     let mut rows = Vec::new();
     for module in state.store.modules_list().await? {
         let versions = state.store.versions_of(&module.slug).await?;
@@ -203,7 +193,7 @@ pub(super) async fn operate(
 ) -> Result<Redirect, PageError> {
     let caller = gate(caller)?;
     let reason = Some(form.reason.trim().to_string()).filter(|r| !r.is_empty());
-    let back = if tenant == "catalog" {
+    if tenant == "catalog" {
         let life = lifecycle(&state)?;
         match action.as_str() {
             "upgrade" => {
@@ -226,13 +216,15 @@ pub(super) async fn operate(
                 .into());
             }
         }
-        format!("/dashboard/modules?module={}", url(&module))
     } else {
         let id = crate::api::modules::tenant_id(&tenant)?;
         operate_on(&state, &caller, id, &module, &action, reason).await?;
-        format!("/dashboard/modules?module={}", url(&module))
-    };
-    Ok(Redirect::to(&format!("{back}&done={}", url(&action))))
+    }
+    Ok(Redirect::to(&format!(
+        "/dashboard/modules?module={}&done={}",
+        url(&module),
+        url(&action)
+    )))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,7 +262,7 @@ pub(super) async fn audit(
     if let AuditAbout::Tenant(id) = about {
         caller.may_manage_tenant(id)?;
     } else {
-        deployment_wide(&caller)?;
+        caller.may_read_deployment()?;
     }
     let some = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
     let rows = state

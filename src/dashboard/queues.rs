@@ -7,7 +7,7 @@ use super::{PageError, gate, render};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
-use crate::api::queues::{self as api_queues, deployment_wide};
+use crate::api::queues as api_queues;
 use crate::queue::control;
 use crate::queue::summary;
 use crate::store::control::WorkerRecord;
@@ -22,7 +22,7 @@ pub(super) async fn list(
     caller: Result<Caller, ApiError>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    deployment_wide(&caller)?;
+    caller.may_read_deployment()?;
     let queues = summary::summaries(&state.store).await?;
     Ok(render("Queues", &caller, queue_table(&queues)))
 }
@@ -66,7 +66,7 @@ pub(super) async fn show(
     Query(done): Query<Done>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    deployment_wide(&caller)?;
+    caller.may_read_deployment()?;
     let detail = api_queues::detail(&state, &queue).await?;
     let q = &detail.summary;
     let body = html! {
@@ -128,7 +128,7 @@ pub(super) async fn workers(
     caller: Result<Caller, ApiError>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
-    deployment_wide(&caller)?;
+    caller.may_read_deployment()?;
     let workers = state.store.workers_list().await?;
     Ok(render("Workers", &caller, worker_table(&workers)))
 }
