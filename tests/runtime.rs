@@ -24,6 +24,7 @@ per_backend!(
     shutdown_lets_running_jobs_finish_or_releases_them,
     a_queue_never_runs_more_than_its_concurrency,
     a_panicking_handler_fails_its_attempt_and_the_worker_goes_on,
+    a_snoozed_job_waits_without_using_an_attempt,
 );
 
 fn config(queues: &[(&str, usize)]) -> RuntimeConfig {
@@ -460,6 +461,65 @@ async fn a_panicking_handler_fails_its_attempt_and_the_worker_goes_on(backend: B
     assert_eq!(
         t.store.job_get(good).await.unwrap().unwrap().state,
         JobState::Completed
+    );
+    t.cleanup().await;
+}
+
+async fn a_snoozed_job_waits_without_using_an_attempt(backend: Backend) {
+    let t = fresh(backend).await;
+    // One attempt only: a snooze that used an attempt, or counted as a failure, would
+    // dead-letter the job at its first snooze.
+    let mut kind = JobKind::new("snoozy", "default");
+    kind.max_attempts = 1;
+    let kinds = common::kinds_of(&[kind]);
+    let client = Client::new(t.store.clone(), kinds.clone());
+    let id = client
+        .enqueue("snoozy", json!({}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let (runs_tx, mut runs_rx) = mpsc::unbounded_channel();
+    let mut registry = builtin::registry();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    registry.register("snoozy", move |_: Value, ctx: JobContext| {
+        let (runs_tx, seen) = (runs_tx.clone(), seen.clone());
+        async move {
+            let _ = runs_tx.send((std::time::Instant::now(), ctx.job.attempt));
+            // Snooze three times, then succeed.
+            if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+                return Err(JobError::snooze(Duration::from_millis(300)));
+            }
+            Ok(())
+        }
+    });
+    let running = start(&t, registry, kinds, config(&[("default", 2)]));
+    t.wait_for_counts(Duration::from_secs(30), "the snoozed job completed", |n| {
+        n(JobState::Completed) == 1
+    })
+    .await;
+    running.stop().await;
+    let mut runs = Vec::new();
+    while let Ok(run) = runs_rx.try_recv() {
+        runs.push(run);
+    }
+    assert_eq!(runs.len(), 4, "three snoozes, then the run that completed");
+    assert!(
+        runs.iter().all(|(_, attempt)| *attempt == 1),
+        "every run is attempt 1: {runs:?}"
+    );
+    for pair in runs.windows(2) {
+        let waited = pair[1].0 - pair[0].0;
+        assert!(
+            waited >= Duration::from_millis(290),
+            "a snoozed job waits its delay before it runs again ({waited:?})"
+        );
+    }
+    let job = t.store.job_get(id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Completed, 1));
+    assert!(
+        job.attempts.iter().all(|a| a.error.is_none()),
+        "a snooze records no failure: {:?}",
+        job.attempts
     );
     t.cleanup().await;
 }

@@ -37,7 +37,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             metrics::describe_counter!(
                 "steward_job_attempts_total",
                 "Job attempts this process ran, by queue, kind and outcome (completed, failed, \
-                 fatal, interrupted, released)."
+                 fatal, interrupted, released, snoozed)."
             );
             metrics::describe_histogram!(
                 "steward_job_duration_seconds",

@@ -107,9 +107,17 @@ where
                         retry_at: Some(retry_at),
                     })
                 }
+                Err(JobError::Snooze(delay)) => {
+                    tracing::debug!(job_id = job.id, kind = %job.kind, ?delay, "snoozed");
+                    let retry_at = finished_at + chrono::Duration::from_std(delay).unwrap_or_default();
+                    Some(Outcome::Released {
+                        lease,
+                        retry_at: Some(retry_at),
+                    })
+                }
                 Err(err) => {
                     let retry_at = match &err {
-                        JobError::Fatal(_) | JobError::NotHere(_) => None,
+                        JobError::Fatal(_) | JobError::NotHere(_) | JobError::Snooze(_) => None,
                         // Not the job's fault (shutdown): run again now. A lost lease is
                         // somebody else's attempt now; the fenced write below changes nothing.
                         JobError::Interrupted(_) => Some(finished_at),

@@ -54,6 +54,7 @@ impl Service<Task<FetchedJob>> for Dispatcher {
                     Err(JobError::Interrupted(_)) => "interrupted",
                     Err(JobError::Fatal(_)) => "fatal",
                     Err(JobError::NotHere(_)) => "released",
+                    Err(JobError::Snooze(_)) => "snoozed",
                     Err(_) => "failed",
                 };
                 metrics::counter!("steward_job_attempts_total",

@@ -28,6 +28,18 @@ pub enum JobError {
     /// has the handler.
     #[error("{0}")]
     NotHere(String),
+    /// Not now: run again after this long, without using an attempt or recording a failure
+    /// (what the job calls asked to wait, or a resource it needs is busy). Unlike a retry, a
+    /// snooze never sends the job to the dead-letter queue.
+    #[error("snoozed for {0:?}")]
+    Snooze(std::time::Duration),
+}
+
+impl JobError {
+    /// Run the job again after `delay`, its attempt not counted (see [`JobError::Snooze`]).
+    pub fn snooze(delay: std::time::Duration) -> Self {
+        JobError::Snooze(delay)
+    }
 }
 
 /// A storage error keeps its class: permanent ones (bad input, a rule, corrupt data, a failed
