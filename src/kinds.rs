@@ -117,6 +117,10 @@ struct KindFile {
     /// Its payload's declared fields (the syntax of a workflow's `[params]`); without it any
     /// object is accepted.
     payload: Option<BTreeMap<String, toml::Spanned<crate::fields::FieldFile>>>,
+    /// Starts per period, across every node (see [`crate::limits`]).
+    rate_limit: Option<toml::Spanned<crate::limits::RateLimitFile>>,
+    /// Running at once, across every node.
+    concurrency_limit: Option<toml::Spanned<crate::limits::ConcurrencyLimitFile>>,
 }
 
 /// Kinds that steward enqueues itself: their definitions cannot name `enqueued_by` (a caller
@@ -149,6 +153,8 @@ pub struct JobKind {
     /// Its payload's declared fields, checked (and defaults filled) on every enqueue; `None`:
     /// any JSON object.
     pub payload: Option<Vec<crate::fields::FieldDef>>,
+    /// Its rate and concurrency limits, enforced across every node before a job starts.
+    pub limits: crate::limits::Limits,
     /// Where the kind was declared, for error messages.
     pub source: PathBuf,
     /// Line of the `kind = …` key.
@@ -169,6 +175,7 @@ impl JobKind {
             description: None,
             enqueued_by: Vec::new(),
             payload: None,
+            limits: crate::limits::Limits::default(),
             source: PathBuf::from("<built-in>"),
             line: 0,
         }
@@ -180,29 +187,16 @@ impl JobKind {
         let Some(template) = &self.unique else {
             return Ok(None);
         };
-        let mut key = String::new();
-        let mut rest = template.as_str();
-        while let Some(open) = rest.find('{') {
-            key.push_str(&rest[..open]);
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in unique template `{template}`"))?;
-            let field = &rest[open + 1..open + close];
-            let value = match (field, payload.get(field)) {
-                (_, Some(Value::String(s))) => s.clone(),
-                (_, Some(other)) => other.to_string(),
-                ("tenant", None) if !tenant.is_empty() => tenant.to_string(),
-                _ => {
-                    return Err(format!(
-                        "the unique key `{template}` of kind `{}` needs `{field}`, which the payload lacks",
-                        self.name
-                    ));
-                }
-            };
-            key.push_str(&value);
-            rest = &rest[open + close + 1..];
-        }
-        key.push_str(rest);
+        let key = crate::limits::render(template, payload, tenant, None).map_err(|field| {
+            if field.starts_with("unclosed") {
+                field
+            } else {
+                format!(
+                    "the unique key `{template}` of kind `{}` needs `{field}`, which the payload lacks",
+                    self.name
+                )
+            }
+        })?;
         Ok(Some(format!("{}:{key}", self.name)))
     }
 }
@@ -320,6 +314,20 @@ impl KindCatalog {
                     .map_err(|(offset, message)| invalid(line_of(text, offset), message))?,
             ),
         };
+        let mut limits = crate::limits::Limits::default();
+        if let Some(rate) = file.rate_limit {
+            let line = at(rate.span());
+            limits.rate = Some(rate.into_inner().build(&name).map_err(|m| invalid(line, m))?);
+        }
+        if let Some(concurrency) = file.concurrency_limit {
+            let line = at(concurrency.span());
+            limits.concurrency = Some(
+                concurrency
+                    .into_inner()
+                    .build(&name)
+                    .map_err(|m| invalid(line, m))?,
+            );
+        }
         let kind = JobKind {
             name,
             queue,
@@ -331,6 +339,7 @@ impl KindCatalog {
             description: file.description,
             enqueued_by,
             payload,
+            limits,
             source: path.to_path_buf(),
             line: at(file.kind.span()),
         };
@@ -360,6 +369,24 @@ impl KindCatalog {
                     existing.line
                 ),
             });
+        }
+        for other in self.kinds.values() {
+            let rate = |k: &JobKind| k.limits.rate.clone().map(|r| (r.name.clone(), r));
+            let conc = |k: &JobKind| k.limits.concurrency.clone().map(|c| (c.name.clone(), c));
+            let clash = matches!((rate(&kind), rate(other)), (Some((a, x)), Some((b, y))) if a == b && x != y)
+                || matches!((conc(&kind), conc(other)), (Some((a, x)), Some((b, y))) if a == b && x != y);
+            if clash {
+                return Err(KindError::Invalid {
+                    path: kind.source.clone(),
+                    line: kind.line,
+                    message: format!(
+                        "kind `{}` shares a limit name with {}:{} but declares it differently",
+                        kind.name,
+                        other.source.display(),
+                        other.line
+                    ),
+                });
+            }
         }
         self.kinds.insert(kind.name.clone(), kind);
         Ok(())

@@ -42,6 +42,7 @@ pub mod fields;
 pub mod http;
 pub mod kinds;
 pub mod lifecycle;
+pub mod limits;
 pub mod maintenance;
 pub mod queue;
 pub mod secrets;

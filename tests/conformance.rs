@@ -34,7 +34,133 @@ per_backend!(
     a_paused_queue_is_not_fetched_and_versions_order_changes,
     workers_register_beat_expire_and_leave,
     search_by_text_and_time_newest_first_with_totals,
+    rate_limits_space_starts_and_reserve_them_for_jobs_sent_back,
+    concurrency_limits_count_running_attempts_only,
 );
+
+/// Admission results, simplified: `Some(ms after now)` to start, `None` when not now.
+fn starts(admitted: &steward::store::limits::Admitted) -> Vec<Option<i64>> {
+    use steward::store::limits::Admission;
+    admitted
+        .each
+        .iter()
+        .map(|a| match a {
+            Admission::Start { at } => Some((*at - admitted.now).num_milliseconds()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn rate_limits_space_starts_and_reserve_them_for_jobs_sent_back(backend: Backend) {
+    use steward::store::limits::{Admission, LimitAsk};
+    let t = fresh(backend).await;
+    let jobs: Vec<_> = (0..10).map(|_| new_job("noop", "rl")).collect();
+    t.store.jobs_insert_many(&jobs).await.unwrap();
+    let fetched = fetch(&t.store, "rl", 10, "w1").await;
+    let every = Duration::from_millis(100);
+    let ask = |job: &FetchedJob, key: &str| LimitAsk {
+        lease: job.lease(),
+        rate: Some((key.to_string(), every)),
+        concurrency: None,
+    };
+    let asks: Vec<_> = fetched.iter().map(|j| ask(j, "rate:a")).collect();
+    let horizon = Duration::from_millis(450);
+    let first = t.store.limits_admit(&asks, horizon).await.unwrap();
+    // 100 ms apart: starts at 0, 100, ... 400 ms fit the horizon; the other five are reserved.
+    assert_eq!(
+        starts(&first),
+        vec![Some(0), Some(100), Some(200), Some(300), Some(400), None, None, None, None, None]
+    );
+    let reserved: Vec<_> = first.each[5..]
+        .iter()
+        .map(|a| match a {
+            Admission::Later { slot } => (*slot - first.now).num_milliseconds(),
+            other => panic!("expected a reservation, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(reserved, vec![500, 600, 700, 800, 900]);
+    // Another key is not slowed by this one.
+    let other: Vec<_> = jobs_of(&t, "rl2", 1).await.iter().map(|j| ask(j, "rate:b")).collect();
+    assert_eq!(starts(&t.store.limits_admit(&other, horizon).await.unwrap()), vec![Some(0)]);
+    // A job that comes back keeps its reserved start; a new one queues behind every
+    // reservation (asked with a long horizon, so both fit).
+    let later = jobs_of(&t, "rl3", 1).await;
+    let again = vec![asks[9].clone(), ask(&later[0], "rate:a")];
+    let second = t.store.limits_admit(&again, Duration::from_secs(5)).await.unwrap();
+    let ms = chrono::Duration::milliseconds;
+    assert_eq!(
+        second.each,
+        vec![
+            Admission::Start { at: first.now + ms(900) },
+            Admission::Start { at: first.now + ms(1000) }
+        ],
+        "the returning job keeps its start; the new one takes the next free one"
+    );
+    t.cleanup().await;
+}
+
+/// Insert and lease `n` jobs of a queue of their own.
+async fn jobs_of(t: &common::TestStore, queue: &str, n: usize) -> Vec<FetchedJob> {
+    let jobs: Vec<_> = (0..n).map(|_| new_job("noop", queue)).collect();
+    t.store.jobs_insert_many(&jobs).await.unwrap();
+    fetch(&t.store, queue, n, "w1").await
+}
+
+async fn concurrency_limits_count_running_attempts_only(backend: Backend) {
+    use steward::store::limits::{Admission, LimitAsk};
+    let t = fresh(backend).await;
+    let fetched = jobs_of(&t, "cl", 3).await;
+    let ask = |job: &FetchedJob| LimitAsk {
+        lease: job.lease(),
+        rate: None,
+        concurrency: Some(("conc:x".to_string(), 2)),
+    };
+    let horizon = Duration::from_millis(500);
+    let asks: Vec<_> = fetched.iter().map(ask).collect();
+    let first = t.store.limits_admit(&asks, horizon).await.unwrap();
+    assert_eq!(starts(&first), vec![Some(0), Some(0), None]);
+    assert_eq!(first.each[2], Admission::Full { running: 2 });
+    // Still full while both run; the third is released (its attempt not counted).
+    let third = &fetched[2];
+    assert_eq!(
+        starts(&t.store.limits_admit(&asks[2..], horizon).await.unwrap()),
+        vec![None]
+    );
+    t.store
+        .jobs_apply_outcomes(
+            "w1",
+            &[Outcome::Released {
+                lease: third.lease(),
+                retry_at: None,
+            }],
+        )
+        .await
+        .unwrap();
+    // The first completes: its place frees by itself, and the third takes it.
+    t.store
+        .jobs_apply_outcomes(
+            "w1",
+            &[Outcome::Completed {
+                lease: fetched[0].lease(),
+                finished_at: Utc::now(),
+            }],
+        )
+        .await
+        .unwrap();
+    let again = fetch(&t.store, "cl", 1, "w1").await;
+    assert_eq!(again[0].id, third.id);
+    assert_eq!(again[0].attempt, 1, "waiting used no attempt");
+    let admitted = t.store.limits_admit(&[ask(&again[0])], horizon).await.unwrap();
+    assert_eq!(starts(&admitted), vec![Some(0)]);
+    // Now two hold it again: a fourth job waits.
+    let fourth = jobs_of(&t, "cl2", 1).await;
+    assert_eq!(
+        starts(&t.store.limits_admit(&[ask(&fourth[0])], horizon).await.unwrap()),
+        vec![None]
+    );
+    t.cleanup().await;
+}
+
 
 async fn search_by_text_and_time_newest_first_with_totals(backend: Backend) {
     let t = fresh(backend).await;

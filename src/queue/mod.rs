@@ -19,6 +19,7 @@ pub mod control;
 mod dispatcher;
 mod heartbeat;
 mod inflight;
+mod limits;
 mod producer;
 mod registry;
 mod runtime;

@@ -15,6 +15,8 @@
 use super::completer::OutcomeSender;
 use super::control;
 use super::inflight::InFlight;
+use super::limits::{self, Verdict};
+use crate::kinds::KindCatalog;
 use crate::store::{FetchParams, SharedStore};
 use crate::types::{FetchedJob, Outcome};
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub(crate) struct Producer {
     /// Closed while the queue is paused (see [`super::control`]).
     pub gate: watch::Receiver<bool>,
     pub shutdown: CancellationToken,
+    /// The kinds, for their flow-control limits (see [`super::limits`]).
+    pub kinds: Arc<KindCatalog>,
 }
 
 impl Producer {
@@ -121,10 +125,24 @@ impl Producer {
             let got = jobs.len();
             tracing::trace!(queue = %self.queue, want, got, "fetched");
             busy = got > 0;
+            // Rate and concurrency limits: some jobs wait here a moment, some go back.
+            let verdicts = limits::admit(&self.store, &self.kinds, &jobs).await;
             let mut first = Some(first);
             let mut first_held = Some(first_held);
-            let mut jobs = jobs.into_iter();
-            while let Some(job) = jobs.next() {
+            let mut jobs = jobs.into_iter().zip(verdicts).filter_map(|(job, verdict)| {
+                match verdict {
+                    Verdict::Back(until) => {
+                        self.outcomes.send(Outcome::Released {
+                            lease: job.lease(),
+                            retry_at: Some(until),
+                        });
+                        None
+                    }
+                    Verdict::Now => Some((job, None)),
+                    Verdict::After(wait) => Some((job, Some(wait))),
+                }
+            });
+            while let Some((job, wait)) = jobs.next() {
                 let permit = match first.take() {
                     Some(permit) => permit,
                     // Only this producer takes permits, so the free ones counted are still free.
@@ -145,6 +163,10 @@ impl Producer {
                 };
                 let lease = job.lease();
                 self.inflight.insert(lease, permit, held);
+                if let Some(wait) = wait {
+                    self.start_after(job, wait);
+                    continue;
+                }
                 if self.jobs.send(job).await.is_err() {
                     // The worker is gone: give back what it will never run, unstarted.
                     self.inflight.handler_done(lease);
@@ -152,7 +174,7 @@ impl Producer {
                         lease,
                         retry_at: None,
                     });
-                    for job in jobs {
+                    for (job, _) in jobs {
                         self.outcomes.send(Outcome::Released {
                             lease: job.lease(),
                             retry_at: None,
@@ -173,6 +195,31 @@ impl Producer {
                 }
             }
         }
+    }
+
+    /// Hand a held job (it counts against the queue's concurrency) to the worker once its
+    /// reserved start comes; at shutdown, or if the worker is gone, give it back unstarted.
+    fn start_after(&self, job: FetchedJob, wait: Duration) {
+        let (jobs, inflight, outcomes) = (
+            self.jobs.clone(),
+            self.inflight.clone(),
+            self.outcomes.clone(),
+        );
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let lease = job.lease();
+            let started = tokio::select! {
+                _ = tokio::time::sleep(wait) => jobs.send(job).await.is_ok(),
+                _ = shutdown.cancelled() => false,
+            };
+            if !started {
+                inflight.handler_done(lease);
+                outcomes.send(Outcome::Released {
+                    lease,
+                    retry_at: None,
+                });
+            }
+        });
     }
 
     async fn wait_for_work(&self, signals: &mut broadcast::Receiver<String>) {

@@ -256,6 +256,7 @@ impl Runtime {
                     jobs: tx,
                     gate: gates.watch(&queue.name),
                     shutdown: shutdown.clone(),
+                    kinds: Arc::clone(&self.kinds),
                 }
                 .run(),
             ));

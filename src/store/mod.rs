@@ -10,6 +10,7 @@ pub mod control;
 pub mod data;
 pub mod domain;
 pub mod error;
+pub mod limits;
 mod migration;
 pub mod postgres;
 pub mod runs;
@@ -20,6 +21,7 @@ pub use control::ControlStore;
 pub use data::DataStore;
 pub use domain::DomainStore;
 pub use error::{StoreError, StoreResult};
+pub use limits::LimitStore;
 pub use runs::{RunStore, StepTx};
 
 use crate::types::{
@@ -62,7 +64,7 @@ pub struct Affected {
 /// of workflow runs and of the module lifecycle).
 #[async_trait]
 pub trait JobStore:
-    JobAdmin + ControlStore + RunStore + DomainStore + DataStore + Send + Sync + 'static
+    JobAdmin + ControlStore + LimitStore + RunStore + DomainStore + DataStore + Send + Sync + 'static
 {
     /// Static facts about the backend.
     fn capabilities(&self) -> Capabilities;
@@ -210,7 +212,7 @@ impl TransactionalEnqueue for sqlx::SqliteConnection {
 
 /// The schema this build writes and expects: the number of its last migration, the same on
 /// both backends (a unit test ties it to `migrations/`).
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// A shared handle to whichever store `DATABASE_URL` selected.
 pub type SharedStore = Arc<dyn JobStore>;

@@ -20,6 +20,7 @@ pub mod control;
 pub mod data;
 pub mod domain;
 pub mod jobs;
+pub mod limits;
 pub mod runs;
 
 use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};

@@ -1,0 +1,55 @@
+//! Flow control across processes: rate limits and global concurrency limits whose state lives
+//! in the database, so one limit holds for every worker that shares it (every node on
+//! PostgreSQL, every process on a SQLite file). Written once for both backends
+//! (`store/sql/limits.rs`); which jobs a limit applies to, and what a refused job does, is
+//! decided by the runtime ([`crate::queue::limits`]).
+
+use super::StoreResult;
+use crate::types::Lease;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// The limits one just-fetched job must pass before it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitAsk {
+    pub lease: Lease,
+    /// A rate limit: the key's starts are spaced `every` apart (N per period is one every
+    /// period / N).
+    pub rate: Option<(String, Duration)>,
+    /// A concurrency limit: at most this many of the key's jobs running at once, anywhere.
+    pub concurrency: Option<(String, i64)>,
+}
+
+/// When one job may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// At `at` (by the database's clock: now, or a reserved start within the horizon).
+    Start { at: DateTime<Utc> },
+    /// Its rate limit's next start for it is `slot`, beyond the horizon: reserved for it,
+    /// to be taken when it comes back.
+    Later { slot: DateTime<Utc> },
+    /// Its concurrency limit is full (`running` jobs hold it).
+    Full { running: i64 },
+}
+
+/// What one admission decided, with the database's clock when it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub now: DateTime<Utc>,
+    /// One per ask, in order.
+    pub each: Vec<Admission>,
+}
+
+/// Storage of flow-control state.
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// Decide in one transaction when each of these running (just fetched) jobs may start.
+    /// A rate-limited job takes its reserved start if it has one, else the key's next free
+    /// start; a start within `horizon` is its `Start` (recorded as the attempt's start), a
+    /// later one is reserved for it (`Later`). A concurrency-limited job starts only while
+    /// fewer than the limit of the key's jobs run (`Full` otherwise, nothing reserved) and
+    /// then holds a place until its attempt ends. Keys are locked in order, so concurrent
+    /// admissions on many nodes never exceed a limit.
+    async fn limits_admit(&self, asks: &[LimitAsk], horizon: Duration) -> StoreResult<Admitted>;
+}
