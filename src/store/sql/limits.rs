@@ -21,7 +21,6 @@ impl<S: SqlStore> LimitStore for S {
     async fn limits_admit(&self, asks: &[LimitAsk], horizon: Duration) -> StoreResult<Admitted> {
         let horizon = chrono_of(horizon);
         let mut tx = self.write().await?;
-        let now = tx.fetch_one(sql!("SELECT {now} AS now")).await?.time("now")?;
         // Every key's row, locked in key order.
         let mut keys: Vec<&str> = asks
             .iter()
@@ -34,10 +33,9 @@ impl<S: SqlStore> LimitStore for S {
         let mut next_slot: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
         for key in &keys {
             tx.execute(sql!(
-                "INSERT INTO steward_limits (key, next_slot) VALUES ($1, $2) \
+                "INSERT INTO steward_limits (key, next_slot) VALUES ($1, {now}) \
                  ON CONFLICT (key) DO NOTHING",
-                *key,
-                now
+                *key
             ))
             .await?;
             let row = tx
@@ -46,7 +44,14 @@ impl<S: SqlStore> LimitStore for S {
                     *key
                 ))
                 .await?;
-            next_slot.insert(key, row.time("next_slot")?.max(now));
+            next_slot.insert(key, row.time("next_slot")?);
+        }
+        // The clock once the keys are ours (PostgreSQL's `now()` is when the transaction
+        // began, before it waited for them): starts are recorded after the holds they saw.
+        let clock = tx.dialect().pick("SELECT clock_timestamp() AS now", "SELECT {now} AS now");
+        let now = tx.fetch_one(sql!(clock)).await?.time("now")?;
+        for free in next_slot.values_mut() {
+            *free = (*free).max(now);
         }
         // Places held under each concurrency key; holds whose attempt ended are dropped.
         let mut running: HashMap<&str, i64> = HashMap::new();
