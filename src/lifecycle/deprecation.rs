@@ -70,7 +70,20 @@ fn notify(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         };
         let occurred_at = chrono::Utc::now().to_rfc3339();
         let mut deliveries = Vec::new();
-        for tm in ctx.store().module_tenants(&module).await? {
+        let tenants = ctx.store().module_tenants(&module).await?;
+        let ids: Vec<_> = tenants.iter().map(|tm| tm.tenant_id).collect();
+        // Each delivery carries its endpoint's host: deliveries are limited per host.
+        let hosts: std::collections::HashMap<_, _> = ctx
+            .store()
+            .tenants_get(&ids)
+            .await?
+            .into_iter()
+            .filter_map(|t| {
+                let url = reqwest::Url::parse(t.webhook_url.as_deref()?).ok()?;
+                Some((t.id, url.host_str()?.to_string()))
+            })
+            .collect();
+        for tm in tenants {
             if tm.status == TenantModuleStatus::Archived {
                 continue;
             }
@@ -94,7 +107,8 @@ fn notify(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             deliveries.push((
                 tm.tenant_id.to_string(),
                 json!({"delivery_id": delivery_id, "tenant_id": tm.tenant_id,
-                       "event": event, "body": body.to_string()}),
+                       "event": event, "body": body.to_string(),
+                       "host": hosts.get(&tm.tenant_id)}),
             ));
         }
         let count = ctx.fan_out("webhook_deliver", deliveries).await?;

@@ -246,6 +246,10 @@ pub struct DeliveryArgs {
     pub event: String,
     /// The exact bytes to send (and sign).
     pub body: String,
+    /// The host of the tenant's endpoint when the delivery was queued: the key of the
+    /// per-host rate and concurrency limits (`jobs/webhook_deliver.toml`).
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// How webhooks are sent.

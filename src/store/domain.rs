@@ -358,6 +358,9 @@ pub trait DomainStore: Send + Sync {
     /// One tenant.
     async fn tenant_get(&self, id: TenantId) -> StoreResult<Option<TenantRecord>>;
 
+    /// These tenants (those that exist), by id.
+    async fn tenants_get(&self, ids: &[TenantId]) -> StoreResult<Vec<TenantRecord>>;
+
     /// Create or update a catalog module. Its maturity is set only on creation: later moves
     /// go through [`DomainStore::module_set_maturity`]. Audited.
     async fn module_put(&self, module: &ModuleRecord, actor: &str) -> StoreResult<()>;

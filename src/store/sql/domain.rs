@@ -284,6 +284,14 @@ impl<S: SqlStore> DomainStore for S {
         read_one(&mut *self.read().await?, sql, tenant_from).await
     }
 
+    async fn tenants_get(&self, ids: &[TenantId]) -> StoreResult<Vec<TenantRecord>> {
+        let sql = sql!(
+            format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ANY($1) ORDER BY id"),
+            ids
+        );
+        read_all(&mut *self.read().await?, sql, tenant_from).await
+    }
+
     async fn module_put(&self, module: &ModuleRecord, actor: &str) -> StoreResult<()> {
         Slug::parse(&module.slug)?;
         let mut tx = self.write().await?;
