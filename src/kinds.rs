@@ -121,6 +121,8 @@ struct KindFile {
     rate_limit: Option<toml::Spanned<crate::limits::RateLimitFile>>,
     /// Running at once, across every node.
     concurrency_limit: Option<toml::Spanned<crate::limits::ConcurrencyLimitFile>>,
+    /// Waits while a dependency keeps failing.
+    circuit_breaker: Option<toml::Spanned<crate::limits::CircuitBreakerFile>>,
 }
 
 /// Kinds that steward enqueues itself: their definitions cannot name `enqueued_by` (a caller
@@ -317,12 +319,25 @@ impl KindCatalog {
         let mut limits = crate::limits::Limits::default();
         if let Some(rate) = file.rate_limit {
             let line = at(rate.span());
-            limits.rate = Some(rate.into_inner().build(&name).map_err(|m| invalid(line, m))?);
+            limits.rate = Some(
+                rate.into_inner()
+                    .build(&name)
+                    .map_err(|m| invalid(line, m))?,
+            );
         }
         if let Some(concurrency) = file.concurrency_limit {
             let line = at(concurrency.span());
             limits.concurrency = Some(
                 concurrency
+                    .into_inner()
+                    .build(&name)
+                    .map_err(|m| invalid(line, m))?,
+            );
+        }
+        if let Some(breaker) = file.circuit_breaker {
+            let line = at(breaker.span());
+            limits.breaker = Some(
+                breaker
                     .into_inner()
                     .build(&name)
                     .map_err(|m| invalid(line, m))?,
@@ -373,8 +388,10 @@ impl KindCatalog {
         for other in self.kinds.values() {
             let rate = |k: &JobKind| k.limits.rate.clone().map(|r| (r.name.clone(), r));
             let conc = |k: &JobKind| k.limits.concurrency.clone().map(|c| (c.name.clone(), c));
+            let brk = |k: &JobKind| k.limits.breaker.clone().map(|c| (c.name.clone(), c));
             let clash = matches!((rate(&kind), rate(other)), (Some((a, x)), Some((b, y))) if a == b && x != y)
-                || matches!((conc(&kind), conc(other)), (Some((a, x)), Some((b, y))) if a == b && x != y);
+                || matches!((conc(&kind), conc(other)), (Some((a, x)), Some((b, y))) if a == b && x != y)
+                || matches!((brk(&kind), brk(other)), (Some((a, x)), Some((b, y))) if a == b && x != y);
             if clash {
                 return Err(KindError::Invalid {
                     path: kind.source.clone(),

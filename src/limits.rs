@@ -13,6 +13,10 @@
 //! [concurrency_limit]
 //! limit = 5              # at most this many running at once, anywhere
 //! key = "{host}"
+//! [circuit_breaker]      # per dependency: after `failures` failed attempts in a row it opens,
+//! key = "{host}"         # and the kind's jobs for that key wait (using no attempt) until,
+//! failures = 5           # `open_secs` later, one probe job is let through; its success
+//! open_secs = 30         # closes the circuit, its failure opens it again
 //! ```
 
 use serde::Deserialize;
@@ -62,16 +66,86 @@ pub struct ConcurrencyLimit {
     pub key: Option<String>,
 }
 
+/// A circuit breaker: a dependency (a webhook host, an endpoint) that failed `failures`
+/// times in a row is left alone for `open_for`, then tried by one probe job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    pub name: String,
+    pub failures: u32,
+    pub open_for: Duration,
+    pub key: Option<String>,
+}
+
+impl CircuitBreaker {
+    /// The database key of a job's circuit.
+    pub fn key_of(&self, payload: &Value, tenant: &str) -> String {
+        format!(
+            "breaker:{}:{}",
+            self.name,
+            render_key(self.key.as_deref(), payload, tenant)
+        )
+    }
+}
+
 /// Every limit of a kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
     pub rate: Option<RateLimit>,
     pub concurrency: Option<ConcurrencyLimit>,
+    pub breaker: Option<CircuitBreaker>,
 }
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self.rate.is_none() && self.concurrency.is_none()
+        self.rate.is_none() && self.concurrency.is_none() && self.breaker.is_none()
+    }
+}
+
+/// `[circuit_breaker]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CircuitBreakerFile {
+    #[serde(default = "five")]
+    failures: u32,
+    #[serde(default = "thirty")]
+    open_secs: u64,
+    key: Option<String>,
+    name: Option<String>,
+}
+
+fn five() -> u32 {
+    5
+}
+fn thirty() -> u64 {
+    30
+}
+
+impl CircuitBreakerFile {
+    /// Validate, naming the circuit after `kind` unless it names itself.
+    pub(crate) fn build(self, kind: &str) -> Result<CircuitBreaker, String> {
+        if !(1..=1000).contains(&self.failures) {
+            return Err(format!(
+                "circuit_breaker.failures must be between 1 and 1000, got {}",
+                self.failures
+            ));
+        }
+        if !(1..=86_400).contains(&self.open_secs) {
+            return Err(format!(
+                "circuit_breaker.open_secs must be between 1 and 86400, got {}",
+                self.open_secs
+            ));
+        }
+        if let Some(key) = &self.key {
+            check_template(key)?;
+        }
+        let name = self.name.unwrap_or_else(|| kind.to_string());
+        check_name(&name)?;
+        Ok(CircuitBreaker {
+            name,
+            failures: self.failures,
+            open_for: Duration::from_secs(self.open_secs),
+            key: self.key,
+        })
     }
 }
 
@@ -83,14 +157,22 @@ impl RateLimit {
 
     /// The database key of a job's limit.
     pub fn key_of(&self, payload: &Value, tenant: &str) -> String {
-        format!("rate:{}:{}", self.name, render_key(self.key.as_deref(), payload, tenant))
+        format!(
+            "rate:{}:{}",
+            self.name,
+            render_key(self.key.as_deref(), payload, tenant)
+        )
     }
 }
 
 impl ConcurrencyLimit {
     /// The database key of a job's limit.
     pub fn key_of(&self, payload: &Value, tenant: &str) -> String {
-        format!("conc:{}:{}", self.name, render_key(self.key.as_deref(), payload, tenant))
+        format!(
+            "conc:{}:{}",
+            self.name,
+            render_key(self.key.as_deref(), payload, tenant)
+        )
     }
 }
 
@@ -138,7 +220,9 @@ pub(crate) fn render(
 /// Check a template's braces.
 fn check_template(template: &str) -> Result<(), String> {
     if template.is_empty() || template.matches('{').count() != template.matches('}').count() {
-        return Err(format!("template `{template}` is empty or has unbalanced braces"));
+        return Err(format!(
+            "template `{template}` is empty or has unbalanced braces"
+        ));
     }
     Ok(())
 }
@@ -159,7 +243,10 @@ impl RateLimitFile {
     /// Validate, naming the limit after `kind` unless it names itself.
     pub(crate) fn build(self, kind: &str) -> Result<RateLimit, String> {
         if !(1..=LIMIT_MAX).contains(&self.limit) {
-            return Err(format!("rate_limit.limit must be between 1 and {LIMIT_MAX}, got {}", self.limit));
+            return Err(format!(
+                "rate_limit.limit must be between 1 and {LIMIT_MAX}, got {}",
+                self.limit
+            ));
         }
         if !(1..=86_400).contains(&self.period_secs) {
             return Err(format!(

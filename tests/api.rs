@@ -1293,6 +1293,7 @@ async fn usage_posted_by_the_platform_is_costed(backend: Backend) {
 }
 
 per_backend!(
+    operators_see_circuit_breakers,
     the_platform_enqueues_jobs_over_http,
     usage_posted_by_the_platform_is_costed,
     operators_pause_and_resume_queues,
@@ -1709,6 +1710,76 @@ async fn a_dead_step_jobs_retry_advances_its_run(backend: Backend) {
         (409, json!("not_applicable")),
         "{body}"
     );
+    api.stop.cancel();
+    t.cleanup().await;
+}
+
+async fn operators_see_circuit_breakers(backend: Backend) {
+    use steward::store::limits::BreakerOutcome;
+    let t = fresh(backend).await;
+    // A webhook host that failed 20 deliveries in a row (the repository's threshold).
+    let key = "breaker:webhook_deliver:hooks.example";
+    for job_id in 1..=20 {
+        t.store
+            .breaker_record(&BreakerOutcome {
+                key,
+                job_id,
+                ok: false,
+                failures_to_open: 20,
+                open_for: Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+    }
+    let api = Api::start(&t).await;
+    let service = api.token(Role::Service, None);
+    let tenant = api.token(Role::TenantAdmin, Some(1));
+    assert_eq!(api.call("GET", "/api/breakers", Some(&tenant)).await.0, 403);
+    let (status, body) = api.call("GET", "/api/breakers", Some(&service)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            body["breakers"][0]["key"].as_str(),
+            body["breakers"][0]["state"].as_str(),
+            body["breakers"][0]["failures"].as_i64()
+        ),
+        (Some(key), Some("open"), Some(20))
+    );
+    // On the page of the queue its kind works.
+    let (status, body) = api
+        .call("GET", "/api/queues/webhooks", Some(&service))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["breakers"][0]["key"].as_str(), Some(key), "{body}");
+    let (_, body) = api.call("GET", "/api/queues/default", Some(&service)).await;
+    assert_eq!(body["breakers"], json!([]), "{body}");
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(&service)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!("steward_circuit_open{{key=\"{key}\"}} 1")),
+        "{text}"
+    );
+    // A success closes it.
+    t.store
+        .breaker_record(&BreakerOutcome {
+            key,
+            job_id: 21,
+            ok: true,
+            failures_to_open: 20,
+            open_for: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let (_, body) = api.call("GET", "/api/breakers", Some(&service)).await;
+    assert_eq!(body["breakers"][0]["state"].as_str(), Some("closed"));
     api.stop.cancel();
     t.cleanup().await;
 }

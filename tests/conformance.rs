@@ -36,6 +36,7 @@ per_backend!(
     search_by_text_and_time_newest_first_with_totals,
     rate_limits_space_starts_and_reserve_them_for_jobs_sent_back,
     concurrency_limits_count_running_attempts_only,
+    a_circuit_opens_at_its_threshold_and_lets_one_probe_through,
 );
 
 /// Admission results, simplified: `Some(ms after now)` to start, `None` when not now.
@@ -62,6 +63,7 @@ async fn rate_limits_space_starts_and_reserve_them_for_jobs_sent_back(backend: B
         lease: job.lease(),
         rate: Some((key.to_string(), every)),
         concurrency: None,
+        breaker: None,
     };
     let asks: Vec<_> = fetched.iter().map(|j| ask(j, "rate:a")).collect();
     let horizon = Duration::from_millis(450);
@@ -69,7 +71,18 @@ async fn rate_limits_space_starts_and_reserve_them_for_jobs_sent_back(backend: B
     // 100 ms apart: starts at 0, 100, ... 400 ms fit the horizon; the other five are reserved.
     assert_eq!(
         starts(&first),
-        vec![Some(0), Some(100), Some(200), Some(300), Some(400), None, None, None, None, None]
+        vec![
+            Some(0),
+            Some(100),
+            Some(200),
+            Some(300),
+            Some(400),
+            None,
+            None,
+            None,
+            None,
+            None
+        ]
     );
     let reserved: Vec<_> = first.each[5..]
         .iter()
@@ -80,19 +93,34 @@ async fn rate_limits_space_starts_and_reserve_them_for_jobs_sent_back(backend: B
         .collect();
     assert_eq!(reserved, vec![500, 600, 700, 800, 900]);
     // Another key is not slowed by this one.
-    let other: Vec<_> = jobs_of(&t, "rl2", 1).await.iter().map(|j| ask(j, "rate:b")).collect();
-    assert_eq!(starts(&t.store.limits_admit(&other, horizon).await.unwrap()), vec![Some(0)]);
+    let other: Vec<_> = jobs_of(&t, "rl2", 1)
+        .await
+        .iter()
+        .map(|j| ask(j, "rate:b"))
+        .collect();
+    assert_eq!(
+        starts(&t.store.limits_admit(&other, horizon).await.unwrap()),
+        vec![Some(0)]
+    );
     // A job that comes back keeps its reserved start; a new one queues behind every
     // reservation (asked with a long horizon, so both fit).
     let later = jobs_of(&t, "rl3", 1).await;
     let again = vec![asks[9].clone(), ask(&later[0], "rate:a")];
-    let second = t.store.limits_admit(&again, Duration::from_secs(5)).await.unwrap();
+    let second = t
+        .store
+        .limits_admit(&again, Duration::from_secs(5))
+        .await
+        .unwrap();
     let ms = chrono::Duration::milliseconds;
     assert_eq!(
         second.each,
         vec![
-            Admission::Start { at: first.now + ms(900) },
-            Admission::Start { at: first.now + ms(1000) }
+            Admission::Start {
+                at: first.now + ms(900)
+            },
+            Admission::Start {
+                at: first.now + ms(1000)
+            }
         ],
         "the returning job keeps its start; the new one takes the next free one"
     );
@@ -114,6 +142,7 @@ async fn concurrency_limits_count_running_attempts_only(backend: Backend) {
         lease: job.lease(),
         rate: None,
         concurrency: Some(("conc:x".to_string(), 2)),
+        breaker: None,
     };
     let horizon = Duration::from_millis(500);
     let asks: Vec<_> = fetched.iter().map(ask).collect();
@@ -150,17 +179,25 @@ async fn concurrency_limits_count_running_attempts_only(backend: Backend) {
     let again = fetch(&t.store, "cl", 1, "w1").await;
     assert_eq!(again[0].id, third.id);
     assert_eq!(again[0].attempt, 1, "waiting used no attempt");
-    let admitted = t.store.limits_admit(&[ask(&again[0])], horizon).await.unwrap();
+    let admitted = t
+        .store
+        .limits_admit(&[ask(&again[0])], horizon)
+        .await
+        .unwrap();
     assert_eq!(starts(&admitted), vec![Some(0)]);
     // Now two hold it again: a fourth job waits.
     let fourth = jobs_of(&t, "cl2", 1).await;
     assert_eq!(
-        starts(&t.store.limits_admit(&[ask(&fourth[0])], horizon).await.unwrap()),
+        starts(
+            &t.store
+                .limits_admit(&[ask(&fourth[0])], horizon)
+                .await
+                .unwrap()
+        ),
         vec![None]
     );
     t.cleanup().await;
 }
-
 
 async fn search_by_text_and_time_newest_first_with_totals(backend: Backend) {
     let t = fresh(backend).await;
@@ -1373,6 +1410,108 @@ async fn one_holder_leads_until_it_resigns_or_its_lease_runs_out(backend: Backen
     assert!(
         s.leader_elect("short", "c", long).await.unwrap(),
         "a's lease ran out"
+    );
+    t.cleanup().await;
+}
+
+async fn a_circuit_opens_at_its_threshold_and_lets_one_probe_through(backend: Backend) {
+    use steward::store::limits::{Admission, BreakerOutcome, LimitAsk};
+    let t = fresh(backend).await;
+    let key = "breaker:call:host";
+    let open_for = Duration::from_millis(300);
+    let fail = |job_id: i64| BreakerOutcome {
+        key,
+        job_id,
+        ok: false,
+        failures_to_open: 2,
+        open_for,
+    };
+    let fetched = jobs_of(&t, "br", 3).await;
+    let ask = |job: &FetchedJob| LimitAsk {
+        lease: job.lease(),
+        rate: None,
+        concurrency: None,
+        breaker: Some((key.to_string(), Duration::from_secs(5))),
+    };
+    let horizon = Duration::from_millis(500);
+    // Closed (never failed): everyone passes.
+    assert_eq!(
+        starts(
+            &t.store
+                .limits_admit(&[ask(&fetched[0])], horizon)
+                .await
+                .unwrap()
+        ),
+        vec![Some(0)]
+    );
+    assert_eq!(
+        t.store.breaker_record(&fail(1)).await.unwrap(),
+        None,
+        "one failure: closed"
+    );
+    let until = t
+        .store
+        .breaker_record(&fail(2))
+        .await
+        .unwrap()
+        .expect("opened at two");
+    let listed = t.store.breakers_list().await.unwrap();
+    assert_eq!((listed[0].state.as_str(), listed[0].failures), ("open", 2));
+    // Open: nobody passes until the period is over.
+    let open = t
+        .store
+        .limits_admit(&[ask(&fetched[1])], horizon)
+        .await
+        .unwrap();
+    assert_eq!(open.each, vec![Admission::Open { until }]);
+    tokio::time::sleep(open_for).await;
+    // Half-open: one probe passes, the next waits for it.
+    let probe = t
+        .store
+        .limits_admit(&[ask(&fetched[1]), ask(&fetched[2])], horizon)
+        .await
+        .unwrap();
+    assert_eq!(starts(&probe)[0], Some(0));
+    assert!(
+        matches!(probe.each[1], Admission::Open { .. }),
+        "{:?}",
+        probe.each
+    );
+    assert_eq!(t.store.breakers_list().await.unwrap()[0].state, "half_open");
+    // The probe fails: open again for another period.
+    let again = t
+        .store
+        .breaker_record(&fail(fetched[1].id))
+        .await
+        .unwrap()
+        .expect("open");
+    assert!(again > until);
+    assert!(matches!(
+        t.store
+            .limits_admit(&[ask(&fetched[2])], horizon)
+            .await
+            .unwrap()
+            .each[0],
+        Admission::Open { .. }
+    ));
+    // A success closes it.
+    let ok = BreakerOutcome {
+        ok: true,
+        ..fail(fetched[2].id)
+    };
+    assert_eq!(t.store.breaker_record(&ok).await.unwrap(), None);
+    assert_eq!(
+        (t.store.breakers_list().await.unwrap()[0].state.as_str()),
+        "closed"
+    );
+    assert_eq!(
+        starts(
+            &t.store
+                .limits_admit(&[ask(&fetched[2])], horizon)
+                .await
+                .unwrap()
+        ),
+        vec![Some(0)]
     );
     t.cleanup().await;
 }

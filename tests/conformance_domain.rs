@@ -214,8 +214,16 @@ async fn tenants_round_trip_and_their_creation_is_audited_without_the_secret(bac
     assert_eq!((globex.internal_tester, globex.beta_opt_in), (false, true));
     assert_eq!(globex.webhook_url, None);
     assert_eq!(t.store.tenant_get(other + 1000).await.unwrap(), None);
-    let both = t.store.tenants_get(&[other + 1000, other, acme.id]).await.unwrap();
-    assert_eq!(both, vec![acme.clone(), globex.clone()], "those that exist, by id");
+    let both = t
+        .store
+        .tenants_get(&[other + 1000, other, acme.id])
+        .await
+        .unwrap();
+    assert_eq!(
+        both,
+        vec![acme.clone(), globex.clone()],
+        "those that exist, by id"
+    );
 
     // A taken slug is refused and nothing is written.
     let err = t

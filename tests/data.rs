@@ -957,13 +957,25 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
         .unwrap();
     assert_eq!(deliveries.len(), 2 * tenants.len(), "every tenant, twice");
     assert!(
-        deliveries.iter().all(|j| j.payload["host"] == json!("127.0.0.1")),
+        deliveries
+            .iter()
+            .all(|j| j.payload["host"] == json!("127.0.0.1")),
         "{:?}",
-        deliveries.iter().map(|j| &j.payload["host"]).collect::<Vec<_>>()
+        deliveries
+            .iter()
+            .map(|j| &j.payload["host"])
+            .collect::<Vec<_>>()
     );
-    let limits = common::repo_kinds().get("webhook_deliver").unwrap().limits.clone();
+    let limits = common::repo_kinds()
+        .get("webhook_deliver")
+        .unwrap()
+        .limits
+        .clone();
     assert_eq!(
-        (limits.rate.as_ref().unwrap().key.as_deref(), limits.concurrency.as_ref().unwrap().key.as_deref()),
+        (
+            limits.rate.as_ref().unwrap().key.as_deref(),
+            limits.concurrency.as_ref().unwrap().key.as_deref()
+        ),
         (Some("{host}"), Some("{host}"))
     );
     let broken_dead = dead

@@ -4,7 +4,9 @@
 //! limited to two running at once). Checked from the attempts' recorded start and end times:
 //! no one-second window holds more starts than the limit, the limit's rate is reached, a key
 //! at its limit does not slow another key, never more than two `sleep` jobs run at once, and
-//! waiting uses no attempt. (The full run, 100/s for 60 s, is `scripts/flow-control.sh`, whose
+//! waiting uses no attempt. A circuit breaker in front of a real HTTP receiver that is down
+//! for four seconds lets one probe reach it per period, and every job is delivered once it
+//! is up, none dead. (The full run, 100/s for 60 s, is `scripts/flow-control.sh`, whose
 //! figures are in BENCHMARKS.md.)
 
 mod common;
@@ -19,6 +21,7 @@ use steward::{Client, EnqueueOptions};
 per_backend!(
     a_rate_limit_holds_across_processes_per_key,
     a_concurrency_limit_holds_across_processes,
+    an_open_circuit_lets_one_probe_through_per_period_and_loses_nothing,
 );
 
 const RATE: usize = 20;
@@ -67,8 +70,20 @@ fn workers(t: &common::TestStore, jobs: &tempfile::TempDir) -> Vec<Running> {
 async fn workers_up(t: &common::TestStore, jobs: &tempfile::TempDir) -> Vec<Running> {
     let running = workers(t, jobs);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while t.store.workers_list().await.unwrap().iter().filter(|w| w.alive).count() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "workers did not start");
+    while t
+        .store
+        .workers_list()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|w| w.alive)
+        .count()
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     running
@@ -199,7 +214,157 @@ async fn a_concurrency_limit_holds_across_processes(backend: Backend) {
     if t.store.capabilities().cross_process_notify {
         let workers: std::collections::HashSet<_> =
             done.iter().filter_map(|j| j.leased_by.clone()).collect();
-        assert!(workers.len() >= 2, "several processes shared the work: {workers:?}");
+        assert!(
+            workers.len() >= 2,
+            "several processes shared the work: {workers:?}"
+        );
     }
+    t.cleanup().await;
+}
+
+/// A loopback receiver that answers 503 for `down`, then 204; it records when each request
+/// came and whether it was refused.
+async fn receiver(
+    down: Duration,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, bool)>>>,
+) {
+    use axum::http::StatusCode;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let up_at = std::time::Instant::now() + down;
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let log = log.clone();
+            async move {
+                let now = std::time::Instant::now();
+                let refused = now < up_at;
+                log.lock().unwrap().push((now, refused));
+                if refused {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+async fn an_open_circuit_lets_one_probe_through_per_period_and_loses_nothing(backend: Backend) {
+    use steward::queue::{JobContext, JobError, QueueConfig, Runtime, RuntimeConfig, builtin};
+    let t = fresh(backend).await;
+    let (url, seen) = receiver(Duration::from_secs(4)).await;
+    let kind = steward::kinds::KindCatalog::parse(
+        std::path::Path::new("jobs/call.toml"),
+        "kind = \"call\"\nqueue = \"calls\"\nmax_attempts = 6\ntimeout_secs = 5\n\
+         [backoff]\nbase_ms = 100\nmax_ms = 200\n\
+         [circuit_breaker]\nkey = \"{url}\"\nfailures = 3\nopen_secs = 1\n",
+    )
+    .unwrap();
+    let kinds = common::kinds_of(&[kind]);
+    let client = Client::new(t.store.clone(), kinds.clone());
+    let n = 20;
+    let job = client
+        .build("call", json!({"url": url}), EnqueueOptions::default())
+        .unwrap();
+    client.enqueue_many(&vec![job; n]).await.unwrap();
+    let mut registry = builtin::registry();
+    let http = reqwest::Client::new();
+    registry.register("call", move |args: serde_json::Value, _: JobContext| {
+        let http = http.clone();
+        async move {
+            let url = args["url"].as_str().unwrap_or_default().to_string();
+            let answer = http
+                .post(url)
+                .send()
+                .await
+                .map_err(|e| JobError::Retryable(e.to_string()))?;
+            if answer.status().is_success() {
+                Ok(())
+            } else {
+                Err(JobError::Retryable(format!("answered {}", answer.status())))
+            }
+        }
+    });
+    // Default settings but for two jobs at a time, so that few calls are in flight when the
+    // circuit opens.
+    let config = RuntimeConfig::new(
+        "breaker-test",
+        vec![QueueConfig {
+            name: "calls".into(),
+            concurrency: 2,
+        }],
+    );
+    let runtime = Runtime::new(t.store.clone(), registry, kinds, config).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    // While the receiver is down, operators see the circuit open.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    loop {
+        let breakers = t.store.breakers_list().await.unwrap();
+        if breakers
+            .iter()
+            .any(|b| b.state == "open" && b.failures >= 3)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never seen open: {breakers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let done = completed(&t, "call", n).await;
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let refused: Vec<_> = seen.iter().filter(|(_, r)| *r).map(|(at, _)| *at).collect();
+    // None dead, and the only attempts used are the calls that failed: waiting for the
+    // circuit used none.
+    let attempts: i32 = done.iter().map(|j| j.attempt).sum();
+    assert_eq!(
+        attempts as usize,
+        n + refused.len(),
+        "attempts: one each, plus each failed call"
+    );
+    // Three failures open it (two calls may be in flight then); after that one probe a second
+    // during the four seconds down.
+    assert!(
+        refused.len() <= 3 + 2 + 5,
+        "{} calls reached the receiver while it was down",
+        refused.len()
+    );
+    let opened = refused[2];
+    let probes: Vec<_> = refused
+        .iter()
+        .filter(|at| **at > opened + Duration::from_millis(500))
+        .collect();
+    for pair in probes.windows(2) {
+        assert!(
+            *pair[1] - *pair[0] >= Duration::from_millis(900),
+            "one probe per open period: {:?} apart",
+            *pair[1] - *pair[0]
+        );
+    }
+    assert!(!probes.is_empty(), "the circuit was probed while open");
+    assert_eq!(
+        seen.iter().filter(|(_, r)| !*r).count(),
+        n,
+        "each job delivered once it was up"
+    );
+    let breakers = t.store.breakers_list().await.unwrap();
+    assert_eq!(breakers.len(), 1);
+    assert_eq!(
+        (breakers[0].state.as_str(), breakers[0].failures),
+        ("closed", 0)
+    );
     t.cleanup().await;
 }

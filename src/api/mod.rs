@@ -13,7 +13,7 @@
 //! | `POST /api/jobs` | the roles a kind's `enqueued_by` names (never a workflow step or a webhook delivery) |
 //! | `POST /api/tenant/{id}/modules/{module}/usage` | the platform, master admins (usage feeds billing) |
 //! | `POST /api/jobs/{id}/{retry,discard,cancel}`, `POST /api/dlq/{retry,discard}` | operators |
-//! | `GET /api/queues`, `GET /api/queues/{queue}`, `GET /api/workers` | master admins, the platform |
+//! | `GET /api/queues`, `GET /api/queues/{queue}`, `GET /api/workers`, `GET /api/breakers` | master admins, the platform |
 //! | `POST /api/queues/{queue}/{pause,resume}` | master admins |
 //! | `POST /api/runs`, `GET /api/runs`, `GET /api/runs/{id}` | the platform and readers |
 //! | `POST /api/runs/{id}/{retry,cancel}` | operators |
@@ -166,6 +166,7 @@ pub fn routes() -> Routes {
         .add("GET", "/api/queues/{queue}", get(queues::show))
         .add("POST", "/api/queues/{queue}/{action}", post(queues::act))
         .add("GET", "/api/workers", get(queues::workers))
+        .add("GET", "/api/breakers", get(queues::breakers))
         .add("GET POST", "/api/runs", post(runs::start).get(runs::list))
         .add("GET", "/api/runs/{id}", get(runs::show))
         .add("POST", "/api/runs/{id}/{action}", post(runs::act))

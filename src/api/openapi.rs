@@ -20,6 +20,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         super::modules::plan_add, super::modules::operate, super::modules::audit,
         super::modules::upgrade, super::modules::rollback,
         super::queues::list, super::queues::show, super::queues::act, super::queues::workers,
+        super::queues::breakers,
         super::enqueue::enqueue, super::usage::record,
     ),
     components(schemas(super::error::ErrorBody)),

@@ -154,6 +154,20 @@ pub(super) async fn render(state: &AppState) -> Result<String, ApiError> {
     }
     gauge(
         &mut out,
+        "steward_circuit_open",
+        "1 while a circuit breaker is open or half-open (its jobs wait, using no attempt), 0 \
+         once closed; by breaker key (`breaker:<name>:<key>`).",
+    );
+    for breaker in state.store.breakers_list().await? {
+        let _ = writeln!(
+            out,
+            "steward_circuit_open{{key=\"{}\"}} {}",
+            label(&breaker.key),
+            u8::from(breaker.state != "closed")
+        );
+    }
+    gauge(
+        &mut out,
         "steward_workers_alive",
         "Worker processes whose registration is live (they beat within their lease).",
     );

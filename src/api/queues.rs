@@ -7,6 +7,7 @@ use super::error::{ApiError, ErrorBody, QueryArgs};
 use crate::queue::control::{self, ControlReport};
 use crate::queue::summary::{self, QueueSummary};
 use crate::store::control::{QueueState, WorkerRecord};
+use crate::store::limits::BreakerRecord;
 use crate::types::MinuteCount;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -31,6 +32,14 @@ pub struct QueueDetail {
     pub per_minute: Vec<MinuteCount>,
     /// The live worker processes that work it.
     pub workers: Vec<WorkerRecord>,
+    /// The circuit breakers of its kinds that have seen a failure.
+    pub breakers: Vec<BreakerRecord>,
+}
+
+/// `GET /api/breakers`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BreakerList {
+    pub breakers: Vec<BreakerRecord>,
 }
 
 /// `GET /api/workers`.
@@ -83,7 +92,23 @@ pub(crate) async fn detail(state: &AppState, queue: &str) -> Result<QueueDetail,
         )));
     }
     let workers = state.store.workers_list().await?;
+    let prefixes: Vec<String> = state
+        .engine
+        .kinds()
+        .iter()
+        .filter(|k| k.queue == queue)
+        .filter_map(|k| k.limits.breaker.as_ref())
+        .map(|b| format!("breaker:{}:", b.name))
+        .collect();
+    let breakers = state
+        .store
+        .breakers_list()
+        .await?
+        .into_iter()
+        .filter(|b| prefixes.iter().any(|p| b.key.starts_with(p)))
+        .collect();
     Ok(QueueDetail {
+        breakers,
         summary: summary::summary(&state.store, queue).await?,
         control: state
             .store
@@ -94,6 +119,20 @@ pub(crate) async fn detail(state: &AppState, queue: &str) -> Result<QueueDetail,
         per_minute: state.store.jobs_per_minute(Some(queue), 60).await?,
         workers: summary::working(&workers, queue),
     })
+}
+
+/// Every circuit breaker that has seen a failure: closed, open (its jobs wait, using no
+/// attempt) or half-open (one probe may pass).
+#[utoipa::path(get, path = "/api/breakers", tag = "queues",
+    responses((status = 200, body = BreakerList), (status = 403, body = ErrorBody)))]
+pub(super) async fn breakers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<BreakerList>, ApiError> {
+    caller.may_read_deployment()?;
+    Ok(Json(BreakerList {
+        breakers: state.store.breakers_list().await?,
+    }))
 }
 
 /// Pause or resume a queue. A pause returns once every live worker process has applied it

@@ -99,6 +99,18 @@ pub(super) async fn show(
             }
         }
         div id="charts" data-live { (charts(&detail.per_minute, 60)) }
+        @if !detail.breakers.is_empty() {
+            h2 { "Circuit breakers" }
+            table id="breakers" data-live {
+                tr { th { "dependency" } th { "state" } th.num { "failures in a row" } th { "opened" } th { "probe from" } }
+                @for b in &detail.breakers {
+                    tr {
+                        td { (b.key) } td { (badge(b.state.as_str())) } td.num { (b.failures) }
+                        td { (time(b.opened_at)) } td { (time(b.probe_at)) }
+                    }
+                }
+            }
+        }
         h2 { "Workers on this queue" }
         (worker_table(&detail.workers))
     };

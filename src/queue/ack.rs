@@ -24,6 +24,8 @@ use tower_service::Service;
 #[derive(Clone)]
 pub(crate) struct AckLayer {
     pub outcomes: OutcomeSender,
+    /// For the circuit breakers' records (see [`super::limits`]).
+    pub store: crate::store::SharedStore,
     pub inflight: InFlight,
     pub kinds: Arc<KindCatalog>,
     /// The queue's gate: closed while it is paused (see [`super::control`]).
@@ -92,8 +94,21 @@ where
                     Err(other) => JobError::Retryable(other.to_string()),
                 }
             });
+            // (The handler's response is not kept: it need not be `Send`.)
+            let result = result.map(|_| ());
             let finished_at = Utc::now();
             let lease = job.lease();
+            // Under a circuit breaker, the attempt's end is recorded: a success closes it, a
+            // failure counts towards opening it (the failed attempt counts for the job too).
+            match &result {
+                Ok(_) => {
+                    super::limits::record_breaker(&layer.store, &layer.kinds, &job, true).await
+                }
+                Err(JobError::Retryable(_)) => {
+                    super::limits::record_breaker(&layer.store, &layer.kinds, &job, false).await
+                }
+                Err(_) => {}
+            }
             let outcome = match result {
                 Ok(_) if layer.inflight.acknowledged(lease) => None,
                 Ok(_) => Some(Outcome::Completed { lease, finished_at }),
@@ -109,7 +124,8 @@ where
                 }
                 Err(JobError::Snooze(delay)) => {
                     tracing::debug!(job_id = job.id, kind = %job.kind, ?delay, "snoozed");
-                    let retry_at = finished_at + chrono::Duration::from_std(delay).unwrap_or_default();
+                    let retry_at =
+                        finished_at + chrono::Duration::from_std(delay).unwrap_or_default();
                     Some(Outcome::Released {
                         lease,
                         retry_at: Some(retry_at),

@@ -6,8 +6,10 @@
 //! job starts now, or at a start reserved for it within [`HORIZON`] (the producer holds it
 //! until then); a job whose reserved start is further away, or whose concurrency limit is
 //! full, goes back to its queue `scheduled` (released: its attempt is not counted), so it
-//! holds no worker while it waits and jobs of other keys pass it. Jobs of kinds without
-//! limits never reach the database here: a limit costs nothing where none is declared.
+//! holds no worker while it waits and jobs of other keys pass it. A job whose circuit is open
+//! goes back until a probe may pass; the end of every attempt under a circuit breaker is
+//! recorded ([`record_breaker`]). Jobs of kinds without limits never reach the database
+//! here: a limit costs nothing where none is declared.
 
 use crate::kinds::KindCatalog;
 use crate::store::SharedStore;
@@ -49,9 +51,10 @@ pub(crate) async fn admit(
     let mut asks = Vec::new();
     let mut asked = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
-        let Some(limits) = kinds.get(&job.kind).map(|k| &k.limits) else {
+        let Some(kind) = kinds.get(&job.kind) else {
             continue;
         };
+        let limits = &kind.limits;
         if limits.is_empty() {
             continue;
         }
@@ -61,9 +64,15 @@ pub(crate) async fn admit(
                 .rate
                 .as_ref()
                 .map(|r| (r.key_of(&job.payload, &job.tenant), r.every())),
-            concurrency: limits.concurrency.as_ref().map(|c| {
-                (c.key_of(&job.payload, &job.tenant), i64::from(c.limit))
-            }),
+            concurrency: limits
+                .concurrency
+                .as_ref()
+                .map(|c| (c.key_of(&job.payload, &job.tenant), i64::from(c.limit))),
+            // A probe may take as long as the job's timeout before another is let through.
+            breaker: limits
+                .breaker
+                .as_ref()
+                .map(|b| (b.key_of(&job.payload, &job.tenant), kind.timeout)),
         });
         asked.push(i);
     }
@@ -89,9 +98,16 @@ pub(crate) async fn admit(
             Admission::Start { at } => {
                 Verdict::After((at - admitted.now).to_std().unwrap_or_default())
             }
-            Admission::Later { slot } => Verdict::Back(slot - chrono::Duration::from_std(HORIZON).unwrap_or_default()),
+            Admission::Later { slot } => {
+                Verdict::Back(slot - chrono::Duration::from_std(HORIZON).unwrap_or_default())
+            }
+            Admission::Open { until } => Verdict::Back(until),
             Admission::Full { .. } => {
-                let key = ask.concurrency.as_ref().map(|c| c.0.as_str()).unwrap_or_default();
+                let key = ask
+                    .concurrency
+                    .as_ref()
+                    .map(|c| c.0.as_str())
+                    .unwrap_or_default();
                 let waiting = full_per_key.entry(key).or_insert(0);
                 *waiting += 1;
                 Verdict::Back(admitted.now + full_wait(*waiting - 1))
@@ -99,4 +115,29 @@ pub(crate) async fn admit(
         };
     }
     verdicts
+}
+
+/// After an attempt of a kind with a circuit breaker: record whether its dependency answered
+/// (a success closes the circuit; a failure counts towards opening it, and a failed probe
+/// opens it again).
+pub(crate) async fn record_breaker(
+    store: &SharedStore,
+    kinds: &KindCatalog,
+    job: &FetchedJob,
+    ok: bool,
+) {
+    let Some(breaker) = kinds.get(&job.kind).and_then(|k| k.limits.breaker.as_ref()) else {
+        return;
+    };
+    let key = breaker.key_of(&job.payload, &job.tenant);
+    let outcome = crate::store::limits::BreakerOutcome {
+        key: &key,
+        job_id: job.id,
+        ok,
+        failures_to_open: breaker.failures,
+        open_for: breaker.open_for,
+    };
+    if let Err(err) = store.breaker_record(&outcome).await {
+        tracing::warn!(%key, error = %err, "could not record a circuit breaker outcome");
+    }
 }

@@ -129,19 +129,20 @@ impl Producer {
             let verdicts = limits::admit(&self.store, &self.kinds, &jobs).await;
             let mut first = Some(first);
             let mut first_held = Some(first_held);
-            let mut jobs = jobs.into_iter().zip(verdicts).filter_map(|(job, verdict)| {
-                match verdict {
-                    Verdict::Back(until) => {
-                        self.outcomes.send(Outcome::Released {
-                            lease: job.lease(),
-                            retry_at: Some(until),
-                        });
-                        None
-                    }
-                    Verdict::Now => Some((job, None)),
-                    Verdict::After(wait) => Some((job, Some(wait))),
-                }
-            });
+            let mut jobs =
+                jobs.into_iter()
+                    .zip(verdicts)
+                    .filter_map(|(job, verdict)| match verdict {
+                        Verdict::Back(until) => {
+                            self.outcomes.send(Outcome::Released {
+                                lease: job.lease(),
+                                retry_at: Some(until),
+                            });
+                            None
+                        }
+                        Verdict::Now => Some((job, None)),
+                        Verdict::After(wait) => Some((job, Some(wait))),
+                    });
             while let Some((job, wait)) = jobs.next() {
                 let permit = match first.take() {
                     Some(permit) => permit,

@@ -265,6 +265,7 @@ impl Runtime {
             let receiver = Mutex::new(Some(rx));
             let ack = AckLayer {
                 outcomes: outcomes.clone(),
+                store: Arc::clone(&self.store),
                 inflight: inflight.clone(),
                 kinds: Arc::clone(&self.kinds),
                 gate: gates.watch(&queue.name),

@@ -19,6 +19,8 @@ pub struct LimitAsk {
     pub rate: Option<(String, Duration)>,
     /// A concurrency limit: at most this many of the key's jobs running at once, anywhere.
     pub concurrency: Option<(String, i64)>,
+    /// A circuit breaker: its key, and how long a probe may take before another is let through.
+    pub breaker: Option<(String, Duration)>,
 }
 
 /// When one job may start.
@@ -31,6 +33,34 @@ pub enum Admission {
     Later { slot: DateTime<Utc> },
     /// Its concurrency limit is full (`running` jobs hold it).
     Full { running: i64 },
+    /// Its circuit is open (or another job is probing it) until `until`.
+    Open { until: DateTime<Utc> },
+}
+
+/// A circuit breaker as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct BreakerRecord {
+    pub key: String,
+    /// `closed`, `open`, or `half_open` (a probe may pass, or one is under way).
+    pub state: String,
+    /// Failed attempts in a row.
+    pub failures: i64,
+    pub opened_at: Option<DateTime<Utc>>,
+    /// When a probe may pass, while open.
+    pub probe_at: Option<DateTime<Utc>>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// The end of an attempt under a circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerOutcome<'a> {
+    pub key: &'a str,
+    pub job_id: i64,
+    /// The dependency answered (the attempt succeeded).
+    pub ok: bool,
+    /// Failures in a row that open the circuit.
+    pub failures_to_open: u32,
+    pub open_for: Duration,
 }
 
 /// What one admission decided, with the database's clock when it did.
@@ -51,5 +81,18 @@ pub trait LimitStore: Send + Sync {
     /// fewer than the limit of the key's jobs run (`Full` otherwise, nothing reserved) and
     /// then holds a place until its attempt ends. Keys are locked in order, so concurrent
     /// admissions on many nodes never exceed a limit.
+    /// A job passes a circuit breaker only while it is closed, or as the one probe once it
+    /// has been open for its period (`Open` otherwise).
     async fn limits_admit(&self, asks: &[LimitAsk], horizon: Duration) -> StoreResult<Admitted>;
+
+    /// Record how an attempt under a circuit breaker ended: a success closes the circuit; a
+    /// failure counts, opens the circuit at its threshold, and opens it again when it was
+    /// the probe. Returns until when the circuit is open now (`None`: closed).
+    async fn breaker_record(
+        &self,
+        outcome: &BreakerOutcome<'_>,
+    ) -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// Every circuit breaker that has seen a failure, by key.
+    async fn breakers_list(&self) -> StoreResult<Vec<BreakerRecord>>;
 }

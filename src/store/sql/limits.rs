@@ -1,8 +1,10 @@
 //! [`LimitStore`] written once, for every [`SqlStore`].
 
 use crate::store::StoreResult;
-use crate::store::limits::{Admission, Admitted, LimitAsk, LimitStore};
-use crate::store::sql::{SqlStore, sql};
+use crate::store::limits::{
+    Admission, Admitted, BreakerOutcome, BreakerRecord, LimitAsk, LimitStore,
+};
+use crate::store::sql::{Conn, Row, SqlStore, sql};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +26,12 @@ impl<S: SqlStore> LimitStore for S {
         // Every key's row, locked in key order.
         let mut keys: Vec<&str> = asks
             .iter()
-            .flat_map(|a| [a.rate.as_ref().map(|r| &r.0), a.concurrency.as_ref().map(|c| &c.0)])
+            .flat_map(|a| {
+                [
+                    a.rate.as_ref().map(|r| &r.0),
+                    a.concurrency.as_ref().map(|c| &c.0),
+                ]
+            })
             .flatten()
             .map(String::as_str)
             .collect();
@@ -48,15 +55,16 @@ impl<S: SqlStore> LimitStore for S {
         }
         // The clock once the keys are ours (PostgreSQL's `now()` is when the transaction
         // began, before it waited for them): starts are recorded after the holds they saw.
-        let clock = tx.dialect().pick("SELECT clock_timestamp() AS now", "SELECT {now} AS now");
-        let now = tx.fetch_one(sql!(clock)).await?.time("now")?;
+        let now = clock(&mut *tx).await?;
         for free in next_slot.values_mut() {
             *free = (*free).max(now);
         }
         // Places held under each concurrency key; holds whose attempt ended are dropped.
         let mut running: HashMap<&str, i64> = HashMap::new();
         for ask in asks {
-            let Some((key, _)) = &ask.concurrency else { continue };
+            let Some((key, _)) = &ask.concurrency else {
+                continue;
+            };
             if running.contains_key(key.as_str()) {
                 continue;
             }
@@ -76,6 +84,25 @@ impl<S: SqlStore> LimitStore for S {
                 .int("n")?;
             running.insert(key, n);
         }
+        // Circuits that have failed, locked: open ones keep their jobs away.
+        let breaker_keys: Vec<String> = asks
+            .iter()
+            .filter_map(|a| a.breaker.as_ref().map(|b| b.0.clone()))
+            .collect();
+        let mut breakers: BTreeMap<String, Breaker> = BTreeMap::new();
+        if !breaker_keys.is_empty() {
+            for row in tx
+                .fetch_all(sql!(
+                    "SELECT key, failures, opened_at, open_ms, probe_job, probe_until, changed_at \
+                     FROM steward_breakers WHERE key = ANY($1) ORDER BY key {for_update}",
+                    breaker_keys
+                ))
+                .await?
+            {
+                breakers.insert(row.text("key")?, Breaker::from_row(&*row)?);
+            }
+        }
+        let mut probes: Vec<(String, i64, DateTime<Utc>)> = Vec::new();
         // Starts reserved earlier by these jobs.
         tx.execute(sql!(
             "DELETE FROM steward_limit_slots WHERE slot < $1",
@@ -96,6 +123,29 @@ impl<S: SqlStore> LimitStore for S {
         let mut each = Vec::with_capacity(asks.len());
         for ask in asks {
             let id = ask.lease.id;
+            if let Some((key, probe_for)) = &ask.breaker
+                && let Some(breaker) = breakers.get_mut(key)
+                && let Some(opened_at) = breaker.opened_at
+            {
+                let probe_at = opened_at + chrono::Duration::milliseconds(breaker.open_ms);
+                if now < probe_at {
+                    each.push(Admission::Open { until: probe_at });
+                    continue;
+                }
+                match (breaker.probe_job, breaker.probe_until) {
+                    (Some(job), Some(until)) if job != id && until > now => {
+                        each.push(Admission::Open { until });
+                        continue;
+                    }
+                    _ => {
+                        // Half-open: this job is the probe.
+                        let until = now + chrono_of(*probe_for);
+                        breaker.probe_job = Some(id);
+                        breaker.probe_until = Some(until);
+                        probes.push((key.clone(), id, until));
+                    }
+                }
+            }
             if let Some((key, limit)) = &ask.concurrency {
                 let n = running.get(key.as_str()).copied().unwrap_or(0);
                 if n >= *limit {
@@ -160,6 +210,15 @@ impl<S: SqlStore> LimitStore for S {
             .await?;
             each.push(Admission::Start { at });
         }
+        for (key, job, until) in probes {
+            tx.execute(sql!(
+                "UPDATE steward_breakers SET probe_job = $2, probe_until = $3 WHERE key = $1",
+                key,
+                job,
+                until
+            ))
+            .await?;
+        }
         for (key, free) in next_slot {
             tx.execute(sql!(
                 "UPDATE steward_limits SET next_slot = $2 WHERE key = $1",
@@ -171,4 +230,141 @@ impl<S: SqlStore> LimitStore for S {
         tx.commit().await?;
         Ok(Admitted { now, each })
     }
+
+    async fn breaker_record(
+        &self,
+        outcome: &BreakerOutcome<'_>,
+    ) -> StoreResult<Option<DateTime<Utc>>> {
+        breaker_record(self, outcome).await
+    }
+
+    async fn breakers_list(&self) -> StoreResult<Vec<BreakerRecord>> {
+        breakers_list(self).await
+    }
+}
+
+/// A circuit breaker's row.
+struct Breaker {
+    failures: i64,
+    opened_at: Option<DateTime<Utc>>,
+    open_ms: i64,
+    probe_job: Option<i64>,
+    probe_until: Option<DateTime<Utc>>,
+    changed_at: DateTime<Utc>,
+}
+
+impl Breaker {
+    fn from_row(row: &dyn Row) -> StoreResult<Self> {
+        Ok(Self {
+            failures: row.int32("failures").map(i64::from)?,
+            opened_at: row.opt_time("opened_at")?,
+            open_ms: row.int("open_ms")?,
+            probe_job: row.opt_int("probe_job")?,
+            probe_until: row.opt_time("probe_until")?,
+            changed_at: row.time("changed_at")?,
+        })
+    }
+
+    fn record(&self, key: String, now: DateTime<Utc>) -> BreakerRecord {
+        let probe_at = self
+            .opened_at
+            .map(|at| at + chrono::Duration::milliseconds(self.open_ms));
+        let state = match probe_at {
+            None => "closed",
+            Some(at) if at > now => "open",
+            Some(_) => "half_open",
+        };
+        BreakerRecord {
+            key,
+            state: state.into(),
+            failures: self.failures,
+            opened_at: self.opened_at,
+            probe_at,
+            changed_at: self.changed_at,
+        }
+    }
+}
+
+const BREAKER_COLUMNS: &str =
+    "key, failures, opened_at, open_ms, probe_job, probe_until, changed_at";
+
+async fn clock(conn: &mut dyn Conn) -> StoreResult<DateTime<Utc>> {
+    let clock = conn
+        .dialect()
+        .pick("SELECT clock_timestamp() AS now", "SELECT {now} AS now");
+    conn.fetch_one(sql!(clock)).await?.time("now")
+}
+
+/// [`LimitStore::breaker_record`] and [`LimitStore::breakers_list`].
+pub(crate) async fn breaker_record<S: SqlStore>(
+    store: &S,
+    outcome: &BreakerOutcome<'_>,
+) -> StoreResult<Option<DateTime<Utc>>> {
+    let mut tx = store.write().await?;
+    let row = tx
+        .fetch_optional(sql!(
+            format!("SELECT {BREAKER_COLUMNS} FROM steward_breakers WHERE key = $1 {{for_update}}"),
+            outcome.key
+        ))
+        .await?;
+    let now = clock(&mut *tx).await?;
+    let current = row.as_deref().map(Breaker::from_row).transpose()?;
+    if outcome.ok {
+        // The dependency answered: closed (a closed circuit without a row stays without one).
+        if current.is_some() {
+            tx.execute(sql!(
+                "UPDATE steward_breakers SET failures = 0, opened_at = NULL, probe_job = NULL, \
+                     probe_until = NULL, changed_at = $2 WHERE key = $1",
+                outcome.key,
+                now
+            ))
+            .await?;
+        }
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let open_ms = i64::try_from(outcome.open_for.as_millis()).unwrap_or(i64::MAX);
+    let failures = current.as_ref().map_or(0, |b| b.failures) + 1;
+    let was_probe = current.as_ref().and_then(|b| b.probe_job) == Some(outcome.job_id);
+    let opened_at = match current.as_ref().and_then(|b| b.opened_at) {
+        // A failed probe opens it again, for another period.
+        Some(_) if was_probe => Some(now),
+        Some(at) => Some(at),
+        None if failures >= i64::from(outcome.failures_to_open) => Some(now),
+        None => None,
+    };
+    tx.execute(sql!(
+        "INSERT INTO steward_breakers (key, failures, opened_at, open_ms, probe_job, probe_until, \
+             changed_at) VALUES ($1, $2, $3, $4, NULL, NULL, $5) \
+         ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, \
+             opened_at = excluded.opened_at, open_ms = excluded.open_ms, \
+             probe_job = CASE WHEN $6 THEN NULL ELSE steward_breakers.probe_job END, \
+             probe_until = CASE WHEN $6 THEN NULL ELSE steward_breakers.probe_until END, \
+             changed_at = excluded.changed_at",
+        outcome.key,
+        i32::try_from(failures).unwrap_or(i32::MAX),
+        opened_at,
+        open_ms,
+        now,
+        was_probe
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(opened_at.map(|at| at + chrono::Duration::milliseconds(open_ms)))
+}
+
+pub(crate) async fn breakers_list<S: SqlStore>(store: &S) -> StoreResult<Vec<BreakerRecord>> {
+    let mut conn = store.read().await?;
+    let now = conn
+        .fetch_one(sql!("SELECT {now} AS now"))
+        .await?
+        .time("now")?;
+    let rows = conn
+        .fetch_all(sql!(format!(
+            "SELECT {BREAKER_COLUMNS} FROM steward_breakers ORDER BY key"
+        )))
+        .await?;
+    rows.iter()
+        .map(|row| Ok(Breaker::from_row(&**row)?.record(row.text("key")?, now)))
+        .collect()
 }
