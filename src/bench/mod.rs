@@ -22,6 +22,7 @@
 //!   statement in one transaction, by `--callers` concurrent connections.
 
 mod data;
+mod flow;
 mod http;
 mod plan_sync;
 mod provision;
@@ -76,12 +77,15 @@ pub struct BenchArgs {
     /// Deliveries of the `webhooks` scenario.
     #[arg(long, default_value_t = 10_000)]
     pub deliveries: usize,
+    /// How long the `rate_limit` scenario measures, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
     /// Handler concurrency and fetch batch of the execute scenario.
     #[arg(long, default_value_t = 1_000)]
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 16] = [
+const SCENARIOS: [&str; 17] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -98,6 +102,7 @@ const SCENARIOS: [&str; 16] = [
     "job_search",
     "enqueue_http",
     "enqueue_sql",
+    "rate_limit",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -136,6 +141,15 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "job_search" => search::job_search(&fresh, args.jobs).await,
             "enqueue_http" => http::enqueue_http(&fresh, args.jobs, args.batch, args.callers).await,
             "enqueue_sql" => enqueue_sql(&fresh, args.jobs, args.batch, args.callers).await,
+            "rate_limit" => {
+                flow::rate_limit(
+                    &fresh,
+                    &settings.database_url,
+                    &settings.jobs_dir,
+                    args.seconds,
+                )
+                .await
+            }
             "provision_tenants" => {
                 provision::provision_tenants(&fresh, settings, args.tenants).await
             }

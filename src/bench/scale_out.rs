@@ -158,7 +158,7 @@ async fn rescue_after_kill(
     }))
 }
 
-fn pool(fresh: &FreshStore) -> Result<&PgPool, String> {
+pub(super) fn pool(fresh: &FreshStore) -> Result<&PgPool, String> {
     fresh
         .pg
         .as_ref()
@@ -167,7 +167,7 @@ fn pool(fresh: &FreshStore) -> Result<&PgPool, String> {
 }
 
 /// Poll `done` every 50 ms until it holds, or fail after `limit`.
-async fn wait_until<F, Fut>(limit: Duration, done: F) -> Result<(), String>
+pub(super) async fn wait_until<F, Fut>(limit: Duration, done: F) -> Result<(), String>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
@@ -185,18 +185,29 @@ where
 }
 
 /// Worker processes, SIGKILLed when dropped.
-struct Workers {
+pub(super) struct Workers {
     children: Vec<(String, Child)>,
 }
 
 impl Workers {
     /// Start `count` `steward worker` processes on the bench's schema and wait until each
     /// has connected (its `application_name` shows in `pg_stat_activity`).
-    async fn start(
+    pub(super) async fn start(
         fresh: &FreshStore,
         url: &str,
         count: usize,
         prefix: &str,
+    ) -> Result<Self, String> {
+        Self::start_with(fresh, url, count, prefix, &[]).await
+    }
+
+    /// [`Workers::start`] with more environment (e.g. another `STEWARD_JOBS_DIR`).
+    pub(super) async fn start_with(
+        fresh: &FreshStore,
+        url: &str,
+        count: usize,
+        prefix: &str,
+        env: &[(&str, String)],
     ) -> Result<Self, String> {
         let schema = fresh
             .schema
@@ -218,6 +229,7 @@ impl Workers {
                     ),
                 )
                 .env("STEWARD_WORKER_ID", &name)
+                .envs(env.iter().map(|(k, v)| (*k, v)))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
