@@ -237,6 +237,15 @@ fn workflow_runs_from_the_command_line() {
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(run["params"]["tenant"], "acme");
     assert_eq!(run["steps"][0]["state"], "queued");
+    // The run records the version of the definition it started with; the list shows it.
+    let version = run["version"].as_str().expect("a version").to_string();
+    assert_eq!(version.len(), 12);
+    let out = steward(&["runs", "list"], &url, repo_jobs());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("VERSION") && listing.contains(&version),
+        "{listing}"
+    );
     let (code, stderr) = failed(&steward(&["run", "no_such_flow"], &url, repo_jobs()));
     assert_eq!(code, 2);
     assert!(

@@ -56,6 +56,8 @@ fn start(key: Option<&str>, concurrency: Option<&str>) -> RunStart {
         idempotency_key: key.map(str::to_string),
         concurrency_key: concurrency.map(str::to_string),
         step_names: STEPS.iter().map(|s| s.to_string()).collect(),
+        version: "v1".into(),
+        definition: json!([{"name": "a"}]),
         first_job: step_job(0, false),
     }
 }
@@ -132,6 +134,11 @@ async fn a_run_starts_once_per_key_and_waits_behind_its_concurrency_key(backend:
     );
     let record = t.store.run_get(run).await.unwrap().unwrap();
     assert_eq!(record.state, RunState::Running);
+    assert_eq!(
+        (record.version.as_deref(), record.definition.clone()),
+        (Some("v1"), Some(json!([{"name": "a"}]))),
+        "the run keeps the definition it started with"
+    );
     assert_eq!(record.steps.len(), 3);
     assert_eq!(record.steps[0].state, StepState::Queued);
     assert_eq!(record.steps[1].state, StepState::Pending);

@@ -31,6 +31,7 @@ per_backend!(
     a_step_fans_out_ten_thousand_children_and_fans_in_with_counts,
     runs_sharing_a_concurrency_key_run_one_at_a_time,
     batched_step_completions_are_fenced_and_guarded_one_by_one,
+    runs_in_flight_finish_on_the_definition_they_started_with,
 );
 
 fn kinds() -> KindCatalog {
@@ -729,4 +730,102 @@ async fn batched_step_completions_are_fenced_and_guarded_one_by_one(backend: Bac
     let finished = engine.run(runs[3]).await.unwrap();
     assert_eq!(finished.state, RunState::Completed);
     assert!(finished.finished_at.is_some());
+}
+
+/// `three`, edited: its steps renamed and cut to two.
+const THREE_EDITED: &str = r#"
+name = "three"
+[params]
+tenant = { default = "acme" }
+[[steps]]
+name = "only"
+handler = "ledger.append"
+job = "workflow_step"
+[[steps]]
+name = "last"
+handler = "step.noop"
+job = "workflow_step"
+"#;
+
+async fn runs_in_flight_finish_on_the_definition_they_started_with(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let before = Engine::new(
+        t.store.clone(),
+        catalog(&[THREE_STEPS], &steps),
+        kinds(),
+        steps,
+    );
+    let mut old_runs = Vec::new();
+    for _ in 0..5 {
+        old_runs.push(before.start("three", json!({}), None).await.unwrap().0);
+    }
+    // The file is edited (and the workers restarted on it) while those runs wait.
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let after = Engine::new(
+        t.store.clone(),
+        catalog(&[THREE_EDITED], &steps),
+        kinds(),
+        steps,
+    );
+    let old_version = before.workflows().get("three").unwrap().version.clone();
+    let new_version = after.workflows().get("three").unwrap().version.clone();
+    assert_ne!(old_version, new_version);
+    // Reported at start-up: five runs on the old version, whose steps the file lost.
+    let drift = after.versions_in_flight().await.unwrap();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(
+        (
+            drift[0].version.as_str(),
+            drift[0].runs,
+            drift[0].steps_gone.clone()
+        ),
+        (
+            old_version.as_str(),
+            5,
+            vec!["first".to_string(), "second".into(), "third".into()]
+        )
+    );
+    assert!(drift[0].handlers_missing.is_empty());
+    let new_run = after.start("three", json!({}), None).await.unwrap().0;
+    let running = start(&t, &after);
+    wait_runs(&t, "every run completed", |runs| {
+        runs.len() == 6 && runs.iter().all(|r| r.state == RunState::Completed)
+    })
+    .await;
+    running.stop().await;
+    for id in &old_runs {
+        let run = t.store.run_get(*id).await.unwrap().unwrap();
+        assert_eq!(run.version.as_deref(), Some(old_version.as_str()));
+        let names: Vec<_> = run.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["first", "second", "third"]);
+        assert!(run.steps.iter().all(|s| s.state == StepState::Completed));
+        assert_eq!(
+            after
+                .steps_of(&run)
+                .unwrap()
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>(),
+            ["first", "second", "third"],
+            "the edited engine follows the run's recorded steps"
+        );
+    }
+    let run = t.store.run_get(new_run).await.unwrap().unwrap();
+    assert_eq!(run.version.as_deref(), Some(new_version.as_str()));
+    assert_eq!(run.steps.len(), 2);
+    // Each old run wrote its first and third steps' entries; the new one its first.
+    let entries = ledger_entries(&t).await;
+    for id in &old_runs {
+        for step in ["first", "third"] {
+            let entry = format!("run {id} step {step}");
+            assert_eq!(
+                entries.iter().filter(|e| **e == entry).count(),
+                1,
+                "{entry}: {entries:?}"
+            );
+        }
+    }
+    assert!(entries.contains(&format!("run {new_run} step only")));
+    t.cleanup().await;
 }

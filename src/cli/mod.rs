@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// `steward --version`: the binary's version and its schema's.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 14)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 15)");
 
 /// steward: durable jobs and workflows for a SaaS module lifecycle.
 #[derive(Debug, Parser)]
@@ -459,6 +459,33 @@ pub(crate) fn load_engine(
     ))
 }
 
+/// Say at start-up which runs in flight follow another version of their workflow than the
+/// files loaded (they finish on their own steps), and which of them cannot finish here.
+fn report_versions_in_flight(engine: &std::sync::Arc<crate::workflow::Engine>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let engine = engine.clone();
+    handle.spawn(async move {
+        match engine.versions_in_flight().await {
+            Ok(found) => {
+                for v in found {
+                    if v.handlers_missing.is_empty() {
+                        tracing::warn!(workflow = %v.workflow, version = %v.version, runs = v.runs,
+                            steps_gone = ?v.steps_gone,
+                            "runs in flight started on another version of this workflow: they finish on its steps");
+                    } else {
+                        tracing::error!(workflow = %v.workflow, version = %v.version, runs = v.runs,
+                            handlers_missing = ?v.handlers_missing,
+                            "runs in flight need step handlers this binary does not have: they cannot finish here");
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "could not read the runs in flight"),
+        }
+    });
+}
+
 /// A worker runtime: the built-in job handlers, the workflow engine's step jobs, its run
 /// sweeper and cron scheduler, and the provisioning reconciler.
 pub(crate) fn build_runtime(
@@ -468,6 +495,7 @@ pub(crate) fn build_runtime(
     config: crate::queue::RuntimeConfig,
 ) -> Result<crate::queue::Runtime, CliError> {
     let engine = load_engine(settings, store.clone(), &kinds)?;
+    report_versions_in_flight(&engine);
     let mut registry = job_registry();
     engine.register_jobs(&mut registry);
     let webhooks = crate::lifecycle::webhook::WebhookSender::new(

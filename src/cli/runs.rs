@@ -105,12 +105,13 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
             };
             output::listing(
                 settings.output,
-                &["id", "workflow", "state", "step", "error"],
+                &["id", "workflow", "version", "state", "step", "error"],
                 &store.runs_list(state, limit).await?,
                 |run| {
                     vec![
                         run.id.to_string(),
                         run.workflow.clone(),
+                        run.version.clone().unwrap_or_else(|| "-".into()),
                         run.state.to_string(),
                         run.current_step.to_string(),
                         run.error.clone().unwrap_or_default(),

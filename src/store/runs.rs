@@ -98,6 +98,12 @@ pub struct RunRecord {
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub steps: Vec<StepRecord>,
+    /// The version of the definition the run started with (a hash of its steps); `None` for
+    /// runs started before runs recorded it.
+    pub version: Option<String>,
+    /// That definition's steps, which the run follows to its end.
+    #[serde(skip)]
+    pub definition: Option<Value>,
 }
 
 /// Which runs a page holds.
@@ -121,6 +127,9 @@ pub struct RunStart {
     /// At most one run per workflow and key is active; later ones wait as `queued`.
     pub concurrency_key: Option<String>,
     pub step_names: Vec<String>,
+    /// The definition's version and steps, recorded with the run.
+    pub version: String,
+    pub definition: Value,
     /// The first step's job (its payload names the run once it exists: see `first_job`).
     pub first_job: NewJob,
 }

@@ -83,15 +83,23 @@ pub use crate::fields::FieldType as ParamType;
 /// A parameter a run takes.
 pub use crate::fields::FieldDef as ParamDef;
 
-/// One step of a workflow.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One step of a workflow (as a run records it: without its line).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct StepDef {
     pub name: String,
     pub handler: String,
     /// The job kind whose queue, attempts, backoff and timeout the step runs with.
     pub job: String,
     pub compensate: Option<String>,
+    #[serde(skip)]
     pub line: usize,
+}
+
+/// The version of a list of steps: the first 12 hex digits of the SHA-256 of their JSON.
+pub fn version_of(steps: &[StepDef]) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(steps).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(&json))[..12].to_string()
 }
 
 /// A validated workflow.
@@ -109,6 +117,8 @@ pub struct WorkflowDef {
     /// The roles (`master_admin`, `service`, `tenant_admin`) that may start it with
     /// parameters over the API or `steward run`; empty: none.
     pub started_by: Vec<String>,
+    /// The steps' version ([`version_of`]): what a run started now records.
+    pub version: String,
     pub source: PathBuf,
     pub line: usize,
 }
@@ -369,6 +379,7 @@ impl WorkflowCatalog {
         };
 
         Ok(WorkflowDef {
+            version: version_of(&steps),
             name,
             description: file.description,
             params,

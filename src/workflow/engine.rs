@@ -16,9 +16,12 @@
 //!   run again.
 //! - **Concurrency key**: while a run of the workflow with the same key is active, a new one
 //!   waits `queued`; the sweeper starts the oldest once the key is free.
+//! - **Versions**: a run records the steps it started with (and their hash, its version) and
+//!   follows them to its end, so a workflow file edited while runs are in flight changes only
+//!   the runs started after the edit ([`Engine::steps_of`]).
 
 use super::coalesce::Coalescer;
-use super::definition::{WorkflowCatalog, WorkflowDef};
+use super::definition::{StepDef, WorkflowCatalog, WorkflowDef};
 use crate::kinds::KindCatalog;
 use crate::maintenance;
 use crate::queue::{JobContext, JobError, Registry};
@@ -32,9 +35,23 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// Runs in flight on a version of their workflow other than the loaded one (see
+/// [`Engine::versions_in_flight`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionInFlight {
+    pub workflow: String,
+    pub version: String,
+    pub runs: usize,
+    /// Their steps that the current definition no longer has (they still run them).
+    pub steps_gone: Vec<String>,
+    /// Handlers their steps need that this binary does not register: they cannot finish here.
+    pub handlers_missing: Vec<String>,
+}
 
 /// Why the engine refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -333,7 +350,9 @@ impl Engine {
             idempotency_key: idempotency_key.map(|key| format!("{}:{key}", def.name)),
             concurrency_key,
             step_names: def.steps.iter().map(|s| s.name.clone()).collect(),
-            first_job: self.step_job(def, 0, false)?,
+            version: def.version.clone(),
+            definition: serde_json::to_value(&def.steps).unwrap_or(Value::Null),
+            first_job: self.step_job(&def.name, &def.steps, 0, false)?,
         };
         Ok(self.store.run_start(&start).await?)
     }
@@ -346,9 +365,8 @@ impl Engine {
             .run_get(id)
             .await?
             .ok_or(EngineError::NoRun(id))?;
-        let def = self
-            .workflows
-            .get(&run.workflow)
+        let steps = self
+            .steps_of(&run)
             .ok_or_else(|| EngineError::UnknownWorkflow(run.workflow.clone()))?;
         let not_retryable = || EngineError::NotRetryable {
             id,
@@ -369,7 +387,7 @@ impl Engine {
             .unwrap_or(run.current_step);
         let job = NextStep {
             idx: from,
-            job: self.step_job(def, from, false)?,
+            job: self.step_job(&run.workflow, &steps, from, false)?,
         };
         if self.store.run_retry(id, run.current_step, job).await? {
             Ok(())
@@ -395,9 +413,9 @@ impl Engine {
                     state: run.state.to_string(),
                 });
             }
-            let compensation = match (run.state, self.workflows.get(&run.workflow)) {
-                (RunState::Running, Some(def)) => {
-                    self.next_compensation(def, &run, run.current_step)
+            let compensation = match (run.state, self.steps_of(&run)) {
+                (RunState::Running, Some(steps)) => {
+                    self.next_compensation(&steps, &run, run.current_step)
                 }
                 _ => None,
             };
@@ -437,24 +455,99 @@ impl Engine {
         self.store.run_get(id).await?.ok_or(EngineError::NoRun(id))
     }
 
+    /// The steps `run` follows: those it recorded when it started, so that a workflow file
+    /// edited meanwhile does not change it (the current definition's own, unparsed, when the
+    /// versions agree or when the run predates recorded versions). `None` when neither is
+    /// here.
+    pub fn steps_of<'a>(&'a self, run: &RunRecord) -> Option<Cow<'a, [StepDef]>> {
+        let current = self.workflows.get(&run.workflow);
+        match (&run.version, &run.definition, current) {
+            (Some(version), _, Some(def)) if *version == def.version => {
+                Some(Cow::Borrowed(def.steps.as_slice()))
+            }
+            (Some(_), Some(recorded), _) => {
+                serde_json::from_value::<Vec<StepDef>>(recorded.clone())
+                    .map_err(|err| {
+                        tracing::error!(run_id = run.id, error = %err, "a run's recorded steps do not parse")
+                    })
+                    .ok()
+                    .map(Cow::Owned)
+            }
+            (None, _, Some(def)) => Some(Cow::Borrowed(def.steps.as_slice())),
+            _ => None,
+        }
+    }
+
+    /// Runs in flight (queued, running or compensating) on another version of their workflow
+    /// than this engine's: they finish on their own steps, and this says which of those the
+    /// current file no longer has, and which handlers this binary lacks (such runs cannot
+    /// finish here). Reported at start-up.
+    pub async fn versions_in_flight(&self) -> StoreResult<Vec<VersionInFlight>> {
+        let mut found: Vec<VersionInFlight> = Vec::new();
+        for state in [RunState::Queued, RunState::Running, RunState::Compensating] {
+            let page = crate::store::runs::RunPage {
+                state: Some(state),
+                limit: 10_000,
+                ..Default::default()
+            };
+            for run in self.store.runs_page(&page).await? {
+                let current = self.workflows.get(&run.workflow);
+                let (Some(version), Some(steps)) = (&run.version, self.steps_of(&run)) else {
+                    continue;
+                };
+                if current.is_some_and(|def| def.version == *version) {
+                    continue;
+                }
+                if let Some(seen) = found
+                    .iter_mut()
+                    .find(|f| f.workflow == run.workflow && f.version == *version)
+                {
+                    seen.runs += 1;
+                    continue;
+                }
+                let kept = |name: &str| {
+                    current.is_some_and(|def| def.steps.iter().any(|s| s.name == name))
+                };
+                found.push(VersionInFlight {
+                    workflow: run.workflow.clone(),
+                    version: version.clone(),
+                    runs: 1,
+                    steps_gone: steps
+                        .iter()
+                        .filter(|s| !kept(&s.name))
+                        .map(|s| s.name.clone())
+                        .collect(),
+                    handlers_missing: steps
+                        .iter()
+                        .flat_map(|s| std::iter::once(&s.handler).chain(s.compensate.as_ref()))
+                        .filter(|h| !self.steps.handlers.contains_key(h.as_str()))
+                        .cloned()
+                        .collect(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
     fn step_job(
         &self,
-        def: &WorkflowDef,
+        workflow: &str,
+        steps: &[StepDef],
         idx: i32,
         compensate: bool,
     ) -> Result<NewJob, EngineError> {
         let step = usize::try_from(idx)
             .ok()
-            .and_then(|i| def.steps.get(i))
+            .and_then(|i| steps.get(i))
             .ok_or_else(|| EngineError::InvalidParams {
-                workflow: def.name.clone(),
+                workflow: workflow.to_string(),
                 message: format!("no step {idx}"),
             })?;
         let kind = self
             .kinds
             .get(&step.job)
             .ok_or_else(|| EngineError::InvalidParams {
-                workflow: def.name.clone(),
+                workflow: workflow.to_string(),
                 message: format!("job kind `{}` is not declared", step.job),
             })?;
         Ok(NewJob {
@@ -474,7 +567,7 @@ impl Engine {
     /// has a compensation handler.
     fn next_compensation(
         &self,
-        def: &WorkflowDef,
+        steps: &[StepDef],
         run: &RunRecord,
         below: i32,
     ) -> Option<NextStep> {
@@ -485,11 +578,11 @@ impl Engine {
             .find(|s| {
                 usize::try_from(s.idx)
                     .ok()
-                    .and_then(|i| def.steps.get(i))
+                    .and_then(|i| steps.get(i))
                     .is_some_and(|d| d.compensate.is_some())
             })
             .and_then(|s| {
-                self.step_job(def, s.idx, true)
+                self.step_job(&run.workflow, steps, s.idx, true)
                     .ok()
                     .map(|job| NextStep { idx: s.idx, job })
             })
@@ -502,13 +595,11 @@ impl Engine {
             .call(args.run_id)
             .await?
             .ok_or_else(|| fatal(format!("run {} does not exist", args.run_id)))?;
-        let def = self
-            .workflows
-            .get(&run.workflow)
+        let steps = self
+            .steps_of(&run)
             .ok_or_else(|| fatal(format!("workflow `{}` is not defined here", run.workflow)))?;
         let idx = usize::try_from(args.step).map_err(|_| fatal("negative step".into()))?;
-        let (step, record) = def
-            .steps
+        let (step, record) = steps
             .get(idx)
             .zip(run.steps.get(idx))
             .ok_or_else(|| fatal(format!("run {} has no step {idx}", run.id)))?;
@@ -561,25 +652,25 @@ impl Engine {
         })
         .await?;
         if args.compensate {
-            let next = self.next_compensation(def, &run, args.step);
+            let next = self.next_compensation(&steps, &run, args.step);
             let mut tx = self.open_tx(opened, &ctx).await?;
             let recorded = tx.step_compensated(run.id, args.step, next).await;
             return finish(tx, recorded, &ctx, run.id).await;
         }
         if let Some(reason) = failure {
             // The step's effects commit; the run fails (after compensating earlier steps).
-            let compensation = self.next_compensation(def, &run, args.step);
+            let compensation = self.next_compensation(&steps, &run, args.step);
             let mut tx = self.open_tx(opened, &ctx).await?;
             let recorded = tx
                 .step_failed(run.id, args.step, &output, &reason, compensation)
                 .await;
             return finish(tx, recorded, &ctx, run.id).await;
         }
-        let next = match def.steps.get(idx + 1) {
+        let next = match steps.get(idx + 1) {
             Some(_) => Some(NextStep {
                 idx: args.step + 1,
                 job: self
-                    .step_job(def, args.step + 1, false)
+                    .step_job(&run.workflow, &steps, args.step + 1, false)
                     .map_err(|e| fatal(e.to_string()))?,
             }),
             None => None,
@@ -643,10 +734,10 @@ impl Engine {
             let Some(run) = self.store.run_get(run_id).await? else {
                 continue;
             };
-            let Some(def) = self.workflows.get(&run.workflow) else {
+            let Some(steps) = self.steps_of(&run) else {
                 continue;
             };
-            let first = match self.step_job(def, 0, false) {
+            let first = match self.step_job(&run.workflow, &steps, 0, false) {
                 Ok(job) => NextStep { idx: 0, job },
                 Err(err) => {
                     tracing::error!(run_id, error = %err, "cannot build the first step");
@@ -661,11 +752,11 @@ impl Engine {
             let Some(run) = self.store.run_get(run_id).await? else {
                 continue;
             };
-            let Some(def) = self.workflows.get(&run.workflow) else {
+            let Some(steps) = self.steps_of(&run) else {
                 continue;
             };
-            let next = match usize::try_from(idx + 1).ok().and_then(|i| def.steps.get(i)) {
-                Some(_) => match self.step_job(def, idx + 1, false) {
+            let next = match usize::try_from(idx + 1).ok().and_then(|i| steps.get(i)) {
+                Some(_) => match self.step_job(&run.workflow, &steps, idx + 1, false) {
                     Ok(job) => Some(NextStep { idx: idx + 1, job }),
                     Err(err) => {
                         tracing::error!(run_id, error = %err, "cannot build the next step");
@@ -684,13 +775,13 @@ impl Engine {
             };
             // A worker without this workflow's definition (a rolling deploy) leaves the run
             // to one that has it, rather than failing it without compensation.
-            let Some(def) = self.workflows.get(&run.workflow) else {
+            let Some(steps) = self.steps_of(&run) else {
                 continue;
             };
             let compensation = if dead.compensating {
                 None
             } else {
-                self.next_compensation(def, &run, dead.idx)
+                self.next_compensation(&steps, &run, dead.idx)
             };
             if self.store.run_step_died(&dead, compensation).await? {
                 handled += 1;

@@ -22,4 +22,5 @@ pub use definition::{
 };
 pub use engine::{
     Engine, EngineError, Progress, RunSweeper, StepContext, StepFuture, StepRegistry,
+    VersionInFlight,
 };

@@ -15,8 +15,8 @@ use crate::types::{JobId, Lease, NewJob};
 use async_trait::async_trait;
 use serde_json::Value;
 
-const RUN_COLUMNS: &str =
-    "id, workflow, params, state, current_step, idempotency_key, error, created_at, finished_at";
+const RUN_COLUMNS: &str = "id, workflow, params, state, current_step, idempotency_key, error, \
+     created_at, finished_at, version, definition";
 
 /// Queue a step's job inside the transaction and point the step (and the run) at it.
 async fn queue_step(
@@ -121,6 +121,8 @@ async fn runs_with_steps<S: SqlStore>(store: &S, sql: Sql) -> StoreResult<Vec<Ru
             created_at: row.time("created_at")?,
             finished_at: row.opt_time("finished_at")?,
             steps: run_steps,
+            version: row.opt_text("version")?,
+            definition: row.opt_json("definition")?,
         });
     }
     Ok(runs)
@@ -136,18 +138,20 @@ async fn run_insert<S: SqlStore>(
     let inserted = tx
         .fetch_optional(sql!(
             "INSERT INTO steward_runs (workflow, params, state, idempotency_key, concurrency_key, \
-                 created_at, updated_at) \
+                 created_at, updated_at, version, definition) \
              VALUES ($1, $2, CASE WHEN $5 OR (CAST($4 AS TEXT) IS NOT NULL AND EXISTS ( \
                          SELECT 1 FROM steward_runs o WHERE o.workflow = $1 \
                          AND o.concurrency_key = $4 \
                          AND o.state IN ('queued', 'running', 'compensating'))) \
-                     THEN 'queued' ELSE 'running' END, $3, $4, {now}, {now}) \
+                     THEN 'queued' ELSE 'running' END, $3, $4, {now}, {now}, $6, $7) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, state",
             &start.workflow,
             &start.params,
             &start.idempotency_key,
             &start.concurrency_key,
-            force_queued
+            force_queued,
+            &start.version,
+            &start.definition
         ))
         .await?;
     let Some(row) = inserted else {
