@@ -32,6 +32,8 @@ per_backend!(
     runs_sharing_a_concurrency_key_run_one_at_a_time,
     batched_step_completions_are_fenced_and_guarded_one_by_one,
     runs_in_flight_finish_on_the_definition_they_started_with,
+    a_signal_wait_resumes_on_its_signal_and_timeouts_take_their_path,
+    a_timer_wait_sleeps_until_its_time_without_a_worker,
 );
 
 fn kinds() -> KindCatalog {
@@ -827,5 +829,226 @@ async fn runs_in_flight_finish_on_the_definition_they_started_with(backend: Back
         }
     }
     assert!(entries.contains(&format!("run {new_run} step only")));
+    t.cleanup().await;
+}
+
+const SIGNALLED: &str = r#"
+name = "signalled"
+[signals]
+approval = { sent_by = ["master_admin"] }
+[[steps]]
+name = "await"
+handler = "wait.signal"
+job = "workflow_step"
+signal = "approval"
+timeout_secs = 600
+[[steps]]
+name = "after"
+handler = "ledger.append"
+job = "workflow_step"
+"#;
+
+const IMPATIENT: &str = r#"
+name = "impatient"
+[signals]
+approval = { sent_by = ["master_admin"] }
+[[steps]]
+name = "await"
+handler = "wait.signal"
+job = "workflow_step"
+signal = "approval"
+timeout_secs = 1
+on_timeout = "continue"
+[[steps]]
+name = "after"
+handler = "step.noop"
+job = "workflow_step"
+"#;
+
+const STRICT: &str = r#"
+name = "strict"
+[signals]
+approval = { sent_by = [] }
+[[steps]]
+name = "await"
+handler = "wait.signal"
+job = "workflow_step"
+signal = "approval"
+timeout_secs = 1
+"#;
+
+/// The state of a run's current step job.
+async fn step_job_state(t: &TestStore, run: RunId) -> Option<JobState> {
+    let run = t.store.run_get(run).await.unwrap().unwrap();
+    let job = run.steps[run.current_step as usize].job_id?;
+    Some(t.store.job_get(job).await.unwrap().unwrap().state)
+}
+
+async fn a_signal_wait_resumes_on_its_signal_and_timeouts_take_their_path(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[SIGNALLED, IMPATIENT, STRICT], &steps),
+        kinds(),
+        steps,
+    );
+    let waiting = engine.start("signalled", json!({}), None).await.unwrap().0;
+    let impatient = engine.start("impatient", json!({}), None).await.unwrap().0;
+    let strict = engine.start("strict", json!({}), None).await.unwrap().0;
+    let running = start(&t, &engine);
+    // Waiting holds no worker: the step's job is back in its queue, scheduled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while step_job_state(&t, waiting).await != Some(JobState::Scheduled) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wait never parked its job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only declared signals, only by the roles they name, to runs that wait for them.
+    let refused = engine
+        .signal(waiting, "approval", &json!({}), "t", Some("tenant_admin"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, EngineError::SignalRefused(_)),
+        "{refused}"
+    );
+    let unknown = engine
+        .signal(waiting, "nope", &json!({}), "ops", Some("master_admin"))
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, EngineError::Signal(_)), "{unknown}");
+    let operations_only = engine
+        .signal(strict, "approval", &json!({}), "ops", Some("master_admin"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(operations_only, EngineError::SignalRefused(_)),
+        "{operations_only}"
+    );
+    engine
+        .signal(
+            waiting,
+            "approval",
+            &json!({"approved": true}),
+            "ops",
+            Some("master_admin"),
+        )
+        .await
+        .unwrap();
+    let twice = engine
+        .signal(waiting, "approval", &json!({}), "ops", Some("master_admin"))
+        .await
+        .unwrap_err();
+    assert!(matches!(twice, EngineError::Signal(_)), "{twice}");
+    wait_runs(
+        &t,
+        "the signalled run completed, the timeouts took their paths",
+        |runs| {
+            let state = |id| runs.iter().find(|r| r.id == id).map(|r| r.state);
+            state(waiting) == Some(RunState::Completed)
+                && state(impatient) == Some(RunState::Completed)
+                && state(strict) == Some(RunState::Failed)
+        },
+    )
+    .await;
+    running.stop().await;
+    let run = t.store.run_get(waiting).await.unwrap().unwrap();
+    let output = run.steps[0].output.clone().unwrap();
+    assert_eq!(
+        (output["payload"].clone(), output["sent_by"].clone()),
+        (json!({"approved": true}), json!("ops"))
+    );
+    let run = t.store.run_get(impatient).await.unwrap().unwrap();
+    assert_eq!(
+        run.steps[0].output.clone().unwrap()["timed_out"],
+        json!(true)
+    );
+    let run = t.store.run_get(strict).await.unwrap().unwrap();
+    assert!(
+        run.error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not come within 1s")),
+        "{:?}",
+        run.error
+    );
+    // Waiting used no attempt: one attempt each.
+    for id in [waiting, impatient] {
+        let run = t.store.run_get(id).await.unwrap().unwrap();
+        let job = t
+            .store
+            .job_get(run.steps[0].job_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.attempt, 1, "run {id}: {job:?}");
+    }
+    t.cleanup().await;
+}
+
+const TIMER: &str = r#"
+name = "timer"
+[params]
+at = { required = true, type = "string" }
+[[steps]]
+name = "sleep"
+handler = "wait.until"
+job = "workflow_step"
+until = "at"
+[[steps]]
+name = "after"
+handler = "step.noop"
+job = "workflow_step"
+"#;
+
+async fn a_timer_wait_sleeps_until_its_time_without_a_worker(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let engine = Engine::new(t.store.clone(), catalog(&[TIMER], &steps), kinds(), steps);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let run = engine
+        .start("timer", json!({"at": at.to_rfc3339()}), None)
+        .await
+        .unwrap()
+        .0;
+    let past = engine
+        .start("timer", json!({"at": "2020-01-01"}), None)
+        .await
+        .unwrap()
+        .0;
+    let running = start(&t, &engine);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while step_job_state(&t, run).await != Some(JobState::Scheduled) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timer never parked its job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_runs(&t, "both timers done", |runs| {
+        runs.len() == 2 && runs.iter().all(|r| r.state == RunState::Completed)
+    })
+    .await;
+    running.stop().await;
+    let record = t.store.run_get(run).await.unwrap().unwrap();
+    let woke = record.steps[0].finished_at.unwrap();
+    assert!(woke >= at, "not before its time: woke {woke}, due {at}");
+    assert!(
+        woke - at < chrono::Duration::milliseconds(1500),
+        "on time, within a poll: woke {woke}, due {at}"
+    );
+    let job = t
+        .store
+        .job_get(record.steps[0].job_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.attempt, 1, "sleeping used no attempt");
+    assert_eq!(
+        t.store.run_get(past).await.unwrap().unwrap().state,
+        RunState::Completed
+    );
     t.cleanup().await;
 }

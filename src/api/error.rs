@@ -123,9 +123,10 @@ impl From<crate::workflow::EngineError> for ApiError {
         match e {
             UnknownWorkflow(_) | NoRun(_) => Self::not_found(e.to_string()),
             InvalidParams { .. } => Self::bad_request(e.to_string()),
-            NotRetryable { .. } | NotCancellable { .. } => {
+            NotRetryable { .. } | NotCancellable { .. } | Signal(_) => {
                 Self::new(StatusCode::CONFLICT, "not_applicable", e.to_string())
             }
+            SignalRefused(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
             Store(err) => err.into(),
         }
     }

@@ -17,6 +17,7 @@
 //! | `POST /api/queues/{queue}/{pause,resume}` | master admins |
 //! | `POST /api/runs`, `GET /api/runs`, `GET /api/runs/{id}` | the platform and readers |
 //! | `POST /api/runs/{id}/{retry,cancel}` | operators |
+//! | `POST /api/runs/{id}/signal/{name}` | the roles the workflow names for that signal |
 //! | `GET /api/modules` | everyone (a tenant admin sees its tenant's catalog, SPEC §4.1) |
 //! | `/api/tenant/{id}/modules[/{module}[/usage]]`, `GET /api/tenant/{id}/audit` | the tenant, the platform |
 //! | `POST /api/tenant/{id}/modules/{module}/{approve,reject,suspend,resume,repair}` | master admins (the operations decide) |
@@ -169,6 +170,7 @@ pub fn routes() -> Routes {
         .add("GET", "/api/breakers", get(queues::breakers))
         .add("GET POST", "/api/runs", post(runs::start).get(runs::list))
         .add("GET", "/api/runs/{id}", get(runs::show))
+        .add("POST", "/api/runs/{id}/signal/{name}", post(runs::signal))
         .add("POST", "/api/runs/{id}/{action}", post(runs::act))
         .add("GET", "/api/modules", get(modules::catalog))
         .add(

@@ -15,6 +15,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
     paths(
         super::jobs::list, super::jobs::show, super::jobs::act, super::jobs::bulk,
         super::runs::start, super::runs::list, super::runs::show, super::runs::act,
+        super::runs::signal,
         super::modules::catalog, super::modules::tenant_modules, super::modules::request,
         super::modules::change, super::modules::usage, super::modules::set_maturity,
         super::modules::plan_add, super::modules::operate, super::modules::audit,

@@ -1,5 +1,5 @@
 //! Workflow runs: start one (idempotently, with a key), read one with its steps, list them,
-//! retry a failed run from its failed step, cancel one.
+//! retry a failed run from its failed step, cancel one, send one a signal.
 
 use super::AppState;
 use super::auth::Caller;
@@ -193,4 +193,58 @@ pub(crate) async fn act_on(
         }
     }
     Ok(id)
+}
+
+/// The body of `POST /api/runs/{id}/signal/{name}`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendSignal {
+    /// What the waiting step receives (its output); `null` when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+}
+
+/// A signal that was sent.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SignalSent {
+    pub run: RunId,
+    pub signal: String,
+}
+
+/// Send a run a signal its workflow declares, as a role the declaration names (a step
+/// waiting for it completes at once; one sent before the step is reached waits for it).
+/// Sent once: again is a 409.
+#[utoipa::path(post, path = "/api/runs/{id}/signal/{name}", tag = "runs", request_body = SendSignal,
+    params(("id" = i64, Path, description = "run id"), ("name" = String, Path, description = "signal name")),
+    responses((status = 202, body = SignalSent, description = "recorded; a waiting step resumes"),
+              (status = 400, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub(super) async fn signal(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<SendSignal>,
+) -> Result<(StatusCode, Json<SignalSent>), ApiError> {
+    let id = run_id(&id)?;
+    let run = load(&state, id).await?;
+    caller.may_read(tenant_of(&run))?;
+    let payload = body.payload.unwrap_or(Value::Null);
+    state
+        .engine
+        .signal(
+            id,
+            &name,
+            &payload,
+            &caller.actor().name,
+            Some(caller.role_name()),
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SignalSent {
+            run: id,
+            signal: name,
+        }),
+    ))
 }

@@ -46,6 +46,17 @@ pub(crate) enum RunsCommand {
         /// The run's id.
         id: RunId,
     },
+    /// Send a run a signal its workflow declares for master admins (a step waiting for it
+    /// resumes at once).
+    Signal {
+        /// The run's id.
+        id: RunId,
+        /// The signal's name.
+        name: String,
+        /// What the waiting step receives, as JSON.
+        #[arg(long)]
+        payload: Option<String>,
+    },
 }
 
 fn operator(
@@ -147,6 +158,28 @@ pub(crate) async fn runs(settings: &Settings, command: RunsCommand) -> Result<()
                 settings.output,
                 format!("run {id} {what}"),
                 json!({"run": id, "state": run.state}),
+            );
+        }
+        RunsCommand::Signal { id, name, payload } => {
+            let payload = match payload {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| CliError::Usage(format!("--payload is not JSON: {e}")))?,
+                None => serde_json::Value::Null,
+            };
+            let actor = super::operator_actor();
+            engine
+                .signal(
+                    id,
+                    &name,
+                    &payload,
+                    &actor.name,
+                    Some(actor.authority.role()),
+                )
+                .await?;
+            output::done(
+                settings.output,
+                format!("signal `{name}` sent to run {id}"),
+                json!({"run": id, "signal": name}),
             );
         }
     }

@@ -118,6 +118,15 @@ pub struct RunPage {
     pub limit: i64,
 }
 
+/// A signal sent to a run.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct SignalRecord {
+    pub name: String,
+    pub payload: Value,
+    pub sent_by: String,
+    pub sent_at: DateTime<Utc>,
+}
+
 /// What starting a run needs.
 #[derive(Debug, Clone)]
 pub struct RunStart {
@@ -284,6 +293,19 @@ pub trait RunStore: Send + Sync {
     /// run already compensating only records who cancelled it (it still finishes undoing its
     /// work). Applies only if the run is still at `current_step` (else `false`: read again).
     async fn run_cancel(&self, cancel: &RunCancel) -> StoreResult<bool>;
+
+    /// Record signal `name` for a run (once: `false` when it was sent already) and wake the
+    /// run's current step job if it waits, so a `wait.signal` step sees it now.
+    async fn run_signal_send(
+        &self,
+        run_id: RunId,
+        name: &str,
+        payload: &Value,
+        sent_by: &str,
+    ) -> StoreResult<bool>;
+
+    /// A signal sent to a run, if it was.
+    async fn run_signal_get(&self, run_id: RunId, name: &str) -> StoreResult<Option<SignalRecord>>;
 
     /// Queued runs whose concurrency key is free, oldest first per key.
     async fn runs_promotable(&self, limit: i64) -> StoreResult<Vec<RunId>>;

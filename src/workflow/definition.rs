@@ -25,6 +25,22 @@
 //! handler = "provision.create_tables"     # a registered step handler
 //! job = "workflow_step"                   # the job kind (jobs/) that runs the step
 //! compensate = "provision.drop_tables"    # optional: undoes the step if a later one dies
+//!
+//! [signals]                               # optional: what may be sent to its runs
+//! approval = { sent_by = ["master_admin"] } #   (POST /api/runs/{id}/signal/approval); an
+//!                                         #   empty `sent_by`: only steward's operations
+//! [[steps]]                               # durable waits hold no worker and survive restarts:
+//! name = "await_approval"                 # `wait.signal` waits for a declared signal (its
+//! handler = "wait.signal"                 #   payload is the step's output) …
+//! job = "workflow_step"
+//! signal = "approval"
+//! timeout_secs = 604800                   #   … at most this long (optional), then
+//! on_timeout = "fail"                     #   fail (default) or continue
+//! [[steps]]
+//! name = "until_sunset"                   # `wait.until` sleeps until a time: a parameter,
+//! handler = "wait.until"                  #   or `input.<field>` of the previous step's
+//! job = "workflow_step"                   #   output (RFC 3339, or a date: midnight UTC)
+//! until = "sunset_date"
 //! ```
 //!
 //! Validation happens at load: unknown handler, unknown job kind, bad cron or time zone,
@@ -91,9 +107,49 @@ pub struct StepDef {
     /// The job kind whose queue, attempts, backoff and timeout the step runs with.
     pub job: String,
     pub compensate: Option<String>,
+    /// What a `wait.signal` or `wait.until` step waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
     #[serde(skip)]
     pub line: usize,
 }
+
+/// A durable wait (see the module's example).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wait {
+    /// For a declared signal, at most `timeout_secs` (none: for ever).
+    Signal {
+        signal: String,
+        timeout_secs: Option<u64>,
+        on_timeout: OnTimeout,
+    },
+    /// Until the time a parameter, or `input.<field>`, holds.
+    Until { until: String },
+}
+
+/// What a signal wait does when its timeout passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// The step dies: the run compensates and fails.
+    #[default]
+    Fail,
+    /// The step completes with `{"timed_out": true}`; the run goes on.
+    Continue,
+}
+
+/// A signal a workflow's runs accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalDef {
+    pub name: String,
+    /// The roles that may send it over the API and the CLI; empty: only steward's operations.
+    pub sent_by: Vec<String>,
+}
+
+/// The built-in handlers of durable waits.
+pub const WAIT_SIGNAL: &str = "wait.signal";
+pub const WAIT_UNTIL: &str = "wait.until";
 
 /// The version of a list of steps: the first 12 hex digits of the SHA-256 of their JSON.
 pub fn version_of(steps: &[StepDef]) -> String {
@@ -117,6 +173,8 @@ pub struct WorkflowDef {
     /// The roles (`master_admin`, `service`, `tenant_admin`) that may start it with
     /// parameters over the API or `steward run`; empty: none.
     pub started_by: Vec<String>,
+    /// The signals its runs accept.
+    pub signals: Vec<SignalDef>,
     /// The steps' version ([`version_of`]): what a run started now records.
     pub version: String,
     pub source: PathBuf,
@@ -138,7 +196,16 @@ struct WorkflowFile {
     #[serde(default)]
     params: BTreeMap<String, Spanned<crate::fields::FieldFile>>,
     trigger: Option<Spanned<TriggerFile>>,
+    #[serde(default)]
+    signals: BTreeMap<String, Spanned<SignalFile>>,
     steps: Spanned<Vec<Spanned<StepFile>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalFile {
+    #[serde(default)]
+    sent_by: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +224,57 @@ struct StepFile {
     handler: Spanned<String>,
     job: Spanned<String>,
     compensate: Option<Spanned<String>>,
+    signal: Option<Spanned<String>>,
+    timeout_secs: Option<u64>,
+    on_timeout: Option<OnTimeout>,
+    until: Option<Spanned<String>>,
+}
+
+/// A step's wait, checked against its handler and the declared signals.
+fn step_wait(s: &StepFile, signals: &[SignalDef]) -> Result<Option<Wait>, String> {
+    let handler = s.handler.get_ref().as_str();
+    let has_signal_fields =
+        s.signal.is_some() || s.timeout_secs.is_some() || s.on_timeout.is_some();
+    match handler {
+        WAIT_SIGNAL => {
+            if s.until.is_some() {
+                return Err("a wait.signal step takes no `until`".into());
+            }
+            let signal = s
+                .signal
+                .as_ref()
+                .ok_or("a wait.signal step names its `signal`")?
+                .get_ref()
+                .clone();
+            if !signals.iter().any(|d| d.name == signal) {
+                return Err(format!("signal `{signal}` is not declared in [signals]"));
+            }
+            if s.timeout_secs == Some(0) {
+                return Err("timeout_secs must be at least 1".into());
+            }
+            Ok(Some(Wait::Signal {
+                signal,
+                timeout_secs: s.timeout_secs,
+                on_timeout: s.on_timeout.unwrap_or_default(),
+            }))
+        }
+        WAIT_UNTIL => {
+            if has_signal_fields {
+                return Err("a wait.until step takes only `until`".into());
+            }
+            let until = s
+                .until
+                .as_ref()
+                .ok_or("a wait.until step names its `until`")?;
+            Ok(Some(Wait::Until {
+                until: until.get_ref().clone(),
+            }))
+        }
+        _ if has_signal_fields || s.until.is_some() => Err(format!(
+            "`signal`, `timeout_secs`, `on_timeout` and `until` belong to {WAIT_SIGNAL} and {WAIT_UNTIL} steps"
+        )),
+        _ => Ok(None),
+    }
 }
 
 /// Every workflow, by name.
@@ -297,6 +415,29 @@ impl WorkflowCatalog {
                 "a workflow needs at least one step".into(),
             ));
         }
+        let mut signals = Vec::new();
+        for (name, signal) in &file.signals {
+            if !valid_name(name) {
+                return Err(invalid(
+                    at(signal.span()),
+                    format!("signal name `{name}` is not valid"),
+                ));
+            }
+            let sent_by = &signal.get_ref().sent_by;
+            if let Some(bad) = sent_by.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                return Err(invalid(
+                    at(signal.span()),
+                    format!(
+                        "signal `{name}`: unknown role `{bad}` (known: {})",
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
+            signals.push(SignalDef {
+                name: name.clone(),
+                sent_by: sent_by.clone(),
+            });
+        }
         let mut seen = HashSet::new();
         let mut steps = Vec::new();
         for step in file.steps.get_ref() {
@@ -335,11 +476,13 @@ impl WorkflowCatalog {
                     format!("unknown compensation handler `{}`", compensate.get_ref()),
                 ));
             }
+            let wait = step_wait(s, &signals).map_err(|m| invalid(line, m))?;
             steps.push(StepDef {
                 name: step_name.clone(),
                 handler: s.handler.get_ref().clone(),
                 job: s.job.get_ref().clone(),
                 compensate: s.compensate.as_ref().map(|c| c.get_ref().clone()),
+                wait,
                 line,
             });
         }
@@ -388,6 +531,7 @@ impl WorkflowCatalog {
             concurrency_key,
             operation: file.operation,
             started_by,
+            signals,
             source: path.to_path_buf(),
             line: at(file.name.span()),
         })

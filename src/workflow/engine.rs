@@ -66,6 +66,12 @@ pub enum EngineError {
     NotRetryable { id: RunId, state: String },
     #[error("run {id} is {state}: it has ended and cannot be cancelled")]
     NotCancellable { id: RunId, state: String },
+    /// A signal that does not apply (undeclared, already sent, to an ended run).
+    #[error("{0}")]
+    Signal(String),
+    /// A signal the caller may not send.
+    #[error("{0}")]
+    SignalRefused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,6 +97,10 @@ pub struct StepContext<'a> {
     pub progress: Progress,
     /// The job kinds, for building child jobs (see [`StepContext::fan_out`]).
     pub kinds: &'a KindCatalog,
+    /// What the step waits for, when it is a durable wait (`wait.signal`, `wait.until`).
+    pub wait: Option<&'a super::definition::Wait>,
+    /// When the step was queued (its wait's timeout counts from then).
+    pub queued_at: Option<chrono::DateTime<chrono::Utc>>,
     engine: &'a Engine,
 }
 
@@ -478,6 +488,54 @@ impl Engine {
         }
     }
 
+    /// Send signal `name` (with `payload`) to run `id`, by `actor` with `role` (`None`: one of
+    /// steward's operations). Only signals the run's workflow declares, only by the roles it
+    /// names (an empty list: operations only), only to a run that has not ended, and once.
+    /// A `wait.signal` step waiting for it completes at once.
+    pub async fn signal(
+        &self,
+        id: RunId,
+        name: &str,
+        payload: &Value,
+        actor: &str,
+        role: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let run = self.run(id).await?;
+        let def = self
+            .workflows
+            .get(&run.workflow)
+            .ok_or_else(|| EngineError::UnknownWorkflow(run.workflow.clone()))?;
+        let declared = def.signals.iter().find(|s| s.name == name).ok_or_else(|| {
+            EngineError::Signal(format!(
+                "workflow `{}` declares no signal `{name}`",
+                def.name
+            ))
+        })?;
+        if let Some(role) = role
+            && !declared.sent_by.iter().any(|r| r == role)
+        {
+            return Err(EngineError::SignalRefused(format!(
+                "signal `{name}` of workflow `{}` is not sent by {role}",
+                def.name
+            )));
+        }
+        if matches!(
+            run.state,
+            RunState::Completed | RunState::Failed | RunState::Cancelled
+        ) {
+            return Err(EngineError::Signal(format!(
+                "run {id} is {}: it takes no more signals",
+                run.state
+            )));
+        }
+        if !self.store.run_signal_send(id, name, payload, actor).await? {
+            return Err(EngineError::Signal(format!(
+                "signal `{name}` was already sent to run {id}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs in flight (queued, running or compensating) on another version of their workflow
     /// than this engine's: they finish on their own steps, and this says which of those the
     /// current file no longer has, and which handlers this binary lacks (such runs cannot
@@ -636,6 +694,8 @@ impl Engine {
             step: &step.name,
             step_index: args.step,
             kinds: &self.kinds,
+            wait: step.wait.as_ref(),
+            queued_at: record.started_at,
             params: &run.params,
             input: &input,
             job: &ctx.job,

@@ -16,9 +16,11 @@ pub mod engine;
 pub mod schedule;
 pub mod scheduler;
 pub mod steps;
+mod wait;
 
 pub use definition::{
-    MissedTicks, ParamDef, StepDef, Trigger, WorkflowCatalog, WorkflowDef, WorkflowError,
+    MissedTicks, OnTimeout, ParamDef, SignalDef, StepDef, Trigger, Wait, WorkflowCatalog,
+    WorkflowDef, WorkflowError,
 };
 pub use engine::{
     Engine, EngineError, Progress, RunSweeper, StepContext, StepFuture, StepRegistry,

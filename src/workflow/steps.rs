@@ -57,6 +57,8 @@ pub fn register(steps: &mut StepRegistry) {
     steps.register("ledger.undo", ledger_undo);
     steps.register("step.fail", fail);
     steps.register("step.noop", noop);
+    steps.register(super::definition::WAIT_SIGNAL, super::wait::signal);
+    steps.register(super::definition::WAIT_UNTIL, super::wait::until);
 }
 
 /// A registry holding the built-ins.

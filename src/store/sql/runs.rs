@@ -7,7 +7,7 @@
 use crate::store::domain::{MigrationReport, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{
     CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunPage, RunRecord, RunStart,
-    RunState, RunStore, StepCompletion, StepRecord, StepState, StepTx,
+    RunState, RunStore, SignalRecord, StepCompletion, StepRecord, StepState, StepTx,
 };
 use crate::store::sql::{Conn, Row, Sql, SqlStore, Tx, corrupt, parse, sql};
 use crate::store::{StoreError, StoreResult};
@@ -455,6 +455,71 @@ impl<S: SqlStore> RunStore for S {
         queue_step(&mut *tx, id, &job, StepState::Queued).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn run_signal_send(
+        &self,
+        run_id: RunId,
+        name: &str,
+        payload: &Value,
+        sent_by: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let sent = tx
+            .execute(sql!(
+                "INSERT INTO steward_run_signals (run_id, name, payload, sent_by, sent_at) \
+                 VALUES ($1, $2, $3, $4, {now}) ON CONFLICT (run_id, name) DO NOTHING",
+                run_id,
+                name,
+                payload,
+                sent_by
+            ))
+            .await?;
+        if sent == 0 {
+            return Ok(false);
+        }
+        // The current step's job, if it waits (scheduled), is due now.
+        let woken = tx
+            .fetch_all(sql!(
+                "UPDATE steward_jobs SET state = 'available', run_at = {now} \
+                 WHERE state = 'scheduled' AND id = (SELECT s.job_id FROM steward_run_steps s \
+                     JOIN steward_runs r ON r.id = s.run_id AND s.idx = r.current_step \
+                     WHERE r.id = $1) \
+                 RETURNING queue",
+                run_id
+            ))
+            .await?;
+        tx.commit().await?;
+        let queues = woken
+            .iter()
+            .map(|row| row.text("queue"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if !queues.is_empty() {
+            self.queues_woken(queues).await?;
+        }
+        Ok(true)
+    }
+
+    async fn run_signal_get(&self, run_id: RunId, name: &str) -> StoreResult<Option<SignalRecord>> {
+        let row = self
+            .read()
+            .await?
+            .fetch_optional(sql!(
+                "SELECT name, payload, sent_by, sent_at FROM steward_run_signals \
+                 WHERE run_id = $1 AND name = $2",
+                run_id,
+                name
+            ))
+            .await?;
+        row.map(|row| {
+            Ok(SignalRecord {
+                name: row.text("name")?,
+                payload: row.json("payload")?,
+                sent_by: row.text("sent_by")?,
+                sent_at: row.time("sent_at")?,
+            })
+        })
+        .transpose()
     }
 
     async fn run_cancel(&self, cancel: &RunCancel) -> StoreResult<bool> {
