@@ -31,7 +31,59 @@ per_backend!(
     a_fanned_out_step_waits_for_every_child,
     module_primitives_run_inside_the_step_transaction,
     queue_primitives_answer_on_both_backends,
+    a_signal_is_kept_once_and_wakes_the_waiting_step,
 );
+
+async fn a_signal_is_kept_once_and_wakes_the_waiting_step(backend: Backend) {
+    let t = fresh(backend).await;
+    let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
+    // The first step's job waits (snoozed far ahead), as a wait.signal step's does.
+    let job = fetch_one(&t, "w").await;
+    t.store
+        .jobs_apply_outcomes(
+            "w",
+            &[Outcome::Released {
+                lease: job.lease(),
+                retry_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            }],
+        )
+        .await
+        .unwrap();
+    let state = |t: &TestStore| {
+        let store = t.store.clone();
+        async move { store.job_get(job.id).await.unwrap().unwrap().state }
+    };
+    assert_eq!(state(&t).await, JobState::Scheduled);
+    assert_eq!(t.store.run_signal_get(run, "go").await.unwrap(), None);
+    assert!(
+        t.store
+            .run_signal_send(run, "go", &json!({"n": 1}), "ops")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        state(&t).await,
+        JobState::Available,
+        "the waiting step is due now"
+    );
+    assert!(
+        !t.store
+            .run_signal_send(run, "go", &json!({"n": 2}), "ops")
+            .await
+            .unwrap(),
+        "a signal is sent once"
+    );
+    let signal = t.store.run_signal_get(run, "go").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            signal.name.as_str(),
+            signal.payload,
+            signal.sent_by.as_str()
+        ),
+        ("go", json!({"n": 1}), "ops")
+    );
+    t.cleanup().await;
+}
 
 const STEPS: &[&str] = &["first", "second", "third"];
 
@@ -57,7 +109,6 @@ fn start(key: Option<&str>, concurrency: Option<&str>) -> RunStart {
         concurrency_key: concurrency.map(str::to_string),
         step_names: STEPS.iter().map(|s| s.to_string()).collect(),
         version: "v1".into(),
-        definition: json!([{"name": "a"}]),
         first_job: step_job(0, false),
     }
 }
@@ -135,9 +186,33 @@ async fn a_run_starts_once_per_key_and_waits_behind_its_concurrency_key(backend:
     let record = t.store.run_get(run).await.unwrap().unwrap();
     assert_eq!(record.state, RunState::Running);
     assert_eq!(
-        (record.version.as_deref(), record.definition.clone()),
-        (Some("v1"), Some(json!([{"name": "a"}]))),
-        "the run keeps the definition it started with"
+        record.version.as_deref(),
+        Some("v1"),
+        "the run keeps its version"
+    );
+    // A version's steps are kept once.
+    let steps = json!([{"name": "a"}]);
+    t.store
+        .workflow_version_put("conformance", "v1", &steps)
+        .await
+        .unwrap();
+    t.store
+        .workflow_version_put("conformance", "v1", &json!([]))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store
+            .workflow_version_get("conformance", "v1")
+            .await
+            .unwrap(),
+        Some(steps)
+    );
+    assert_eq!(
+        t.store
+            .workflow_version_get("conformance", "v2")
+            .await
+            .unwrap(),
+        None
     );
     assert_eq!(record.steps.len(), 3);
     assert_eq!(record.steps[0].state, StepState::Queued);
@@ -679,6 +754,7 @@ fn every_store_method_has_a_conformance_test() {
         "src/store/domain.rs",
         "src/store/data.rs",
         "src/store/control.rs",
+        "src/store/limits.rs",
     ] {
         let text = read(source);
         let mut in_trait = false;

@@ -805,6 +805,7 @@ async fn runs_in_flight_finish_on_the_definition_they_started_with(backend: Back
         assert_eq!(
             after
                 .steps_of(&run)
+                .await
                 .unwrap()
                 .iter()
                 .map(|s| s.name.clone())

@@ -98,12 +98,10 @@ pub struct RunRecord {
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub steps: Vec<StepRecord>,
-    /// The version of the definition the run started with (a hash of its steps); `None` for
-    /// runs started before runs recorded it.
+    /// The version of the definition the run started with (a hash of its steps, kept by
+    /// [`RunStore::workflow_version_put`]), whose steps it follows to its end; `None` for runs
+    /// started before runs recorded it.
     pub version: Option<String>,
-    /// That definition's steps, which the run follows to its end.
-    #[serde(skip)]
-    pub definition: Option<Value>,
 }
 
 /// Which runs a page holds.
@@ -136,9 +134,8 @@ pub struct RunStart {
     /// At most one run per workflow and key is active; later ones wait as `queued`.
     pub concurrency_key: Option<String>,
     pub step_names: Vec<String>,
-    /// The definition's version and steps, recorded with the run.
+    /// The definition's version (its steps kept by [`RunStore::workflow_version_put`]).
     pub version: String,
-    pub definition: Value,
     /// The first step's job (its payload names the run once it exists: see `first_job`).
     pub first_job: NewJob,
 }
@@ -303,6 +300,21 @@ pub trait RunStore: Send + Sync {
         payload: &Value,
         sent_by: &str,
     ) -> StoreResult<bool>;
+
+    /// Keep the steps of a workflow's version (once; again changes nothing).
+    async fn workflow_version_put(
+        &self,
+        workflow: &str,
+        version: &str,
+        steps: &Value,
+    ) -> StoreResult<()>;
+
+    /// The steps of a workflow's version, if kept.
+    async fn workflow_version_get(
+        &self,
+        workflow: &str,
+        version: &str,
+    ) -> StoreResult<Option<Value>>;
 
     /// A signal sent to a run, if it was.
     async fn run_signal_get(&self, run_id: RunId, name: &str) -> StoreResult<Option<SignalRecord>>;

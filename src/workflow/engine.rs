@@ -252,7 +252,14 @@ pub struct Engine {
     reads: OnceLock<Coalescer<RunId, Option<RunRecord>>>,
     /// Completions of steps that wrote nothing to the database, batched.
     completions: OnceLock<Coalescer<StepCompletion, CompletionOutcome>>,
+    /// Workflows whose current version's steps this engine has kept in the database.
+    versions_kept: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Steps of other versions, read from the database once.
+    other_versions: VersionCache,
 }
+
+/// Steps of other versions than the loaded ones, by (workflow, version).
+type VersionCache = std::sync::Mutex<HashMap<(String, String), Arc<Vec<StepDef>>>>;
 
 /// Most requests one coalesced read or completion batch carries.
 const COALESCE_MAX: usize = 500;
@@ -272,6 +279,8 @@ impl Engine {
             steps,
             reads: OnceLock::new(),
             completions: OnceLock::new(),
+            versions_kept: Default::default(),
+            other_versions: Default::default(),
         })
     }
 
@@ -352,6 +361,7 @@ impl Engine {
             .concurrency_key
             .as_ref()
             .map(|template| render_key(template, &params));
+        self.keep_version(def).await?;
         let start = RunStart {
             workflow: def.name.clone(),
             params,
@@ -361,7 +371,6 @@ impl Engine {
             concurrency_key,
             step_names: def.steps.iter().map(|s| s.name.clone()).collect(),
             version: def.version.clone(),
-            definition: serde_json::to_value(&def.steps).unwrap_or(Value::Null),
             first_job: self.step_job(&def.name, &def.steps, 0, false)?,
         };
         Ok(self.store.run_start(&start).await?)
@@ -377,6 +386,7 @@ impl Engine {
             .ok_or(EngineError::NoRun(id))?;
         let steps = self
             .steps_of(&run)
+            .await
             .ok_or_else(|| EngineError::UnknownWorkflow(run.workflow.clone()))?;
         let not_retryable = || EngineError::NotRetryable {
             id,
@@ -423,7 +433,7 @@ impl Engine {
                     state: run.state.to_string(),
                 });
             }
-            let compensation = match (run.state, self.steps_of(&run)) {
+            let compensation = match (run.state, self.steps_of(&run).await) {
                 (RunState::Running, Some(steps)) => {
                     self.next_compensation(&steps, &run, run.current_step)
                 }
@@ -465,27 +475,65 @@ impl Engine {
         self.store.run_get(id).await?.ok_or(EngineError::NoRun(id))
     }
 
-    /// The steps `run` follows: those it recorded when it started, so that a workflow file
-    /// edited meanwhile does not change it (the current definition's own, unparsed, when the
-    /// versions agree or when the run predates recorded versions). `None` when neither is
-    /// here.
-    pub fn steps_of<'a>(&'a self, run: &RunRecord) -> Option<Cow<'a, [StepDef]>> {
-        let current = self.workflows.get(&run.workflow);
-        match (&run.version, &run.definition, current) {
-            (Some(version), _, Some(def)) if *version == def.version => {
-                Some(Cow::Borrowed(def.steps.as_slice()))
-            }
-            (Some(_), Some(recorded), _) => {
-                serde_json::from_value::<Vec<StepDef>>(recorded.clone())
-                    .map_err(|err| {
-                        tracing::error!(run_id = run.id, error = %err, "a run's recorded steps do not parse")
-                    })
-                    .ok()
-                    .map(Cow::Owned)
-            }
-            (None, _, Some(def)) => Some(Cow::Borrowed(def.steps.as_slice())),
-            _ => None,
+    /// Keep the steps of `def`'s version in the database (once per process and workflow),
+    /// so that runs started on it can finish on it after the file changes.
+    async fn keep_version(&self, def: &WorkflowDef) -> Result<(), EngineError> {
+        let kept = |set: &std::collections::HashSet<String>| set.contains(&def.name);
+        if kept(&self.versions_kept.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(());
         }
+        let steps = serde_json::to_value(&def.steps).unwrap_or(Value::Null);
+        self.store
+            .workflow_version_put(&def.name, &def.version, &steps)
+            .await?;
+        self.versions_kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(def.name.clone());
+        Ok(())
+    }
+
+    /// The steps `run` follows: those of the version it started on, so that a workflow file
+    /// edited meanwhile does not change it (the loaded definition's own when the versions
+    /// agree, or when the run predates recorded versions). `None` when neither is known.
+    pub async fn steps_of(&self, run: &RunRecord) -> Option<Cow<'_, [StepDef]>> {
+        let current = self.workflows.get(&run.workflow);
+        let version = match (&run.version, current) {
+            (Some(version), Some(def)) if *version == def.version => {
+                return Some(Cow::Borrowed(def.steps.as_slice()));
+            }
+            (None, Some(def)) => return Some(Cow::Borrowed(def.steps.as_slice())),
+            (None, None) => return None,
+            (Some(version), _) => version,
+        };
+        let key = (run.workflow.clone(), version.clone());
+        let cached = self
+            .other_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let steps = match cached {
+            Some(steps) => steps,
+            None => {
+                let stored = self
+                    .store
+                    .workflow_version_get(&run.workflow, version)
+                    .await
+                    .map_err(|err| tracing::warn!(run_id = run.id, error = %err, "cannot read a workflow version"))
+                    .ok()??;
+                let steps: Vec<StepDef> = serde_json::from_value(stored)
+                    .map_err(|err| tracing::error!(run_id = run.id, error = %err, "a workflow version's steps do not parse"))
+                    .ok()?;
+                let steps = Arc::new(steps);
+                self.other_versions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, Arc::clone(&steps));
+                steps
+            }
+        };
+        Some(Cow::Owned(steps.as_ref().clone()))
     }
 
     /// Send signal `name` (with `payload`) to run `id`, by `actor` with `role` (`None`: one of
@@ -550,7 +598,7 @@ impl Engine {
             };
             for run in self.store.runs_page(&page).await? {
                 let current = self.workflows.get(&run.workflow);
-                let (Some(version), Some(steps)) = (&run.version, self.steps_of(&run)) else {
+                let (Some(version), Some(steps)) = (&run.version, self.steps_of(&run).await) else {
                     continue;
                 };
                 if current.is_some_and(|def| def.version == *version) {
@@ -655,6 +703,7 @@ impl Engine {
             .ok_or_else(|| fatal(format!("run {} does not exist", args.run_id)))?;
         let steps = self
             .steps_of(&run)
+            .await
             .ok_or_else(|| fatal(format!("workflow `{}` is not defined here", run.workflow)))?;
         let idx = usize::try_from(args.step).map_err(|_| fatal("negative step".into()))?;
         let (step, record) = steps
@@ -794,7 +843,7 @@ impl Engine {
             let Some(run) = self.store.run_get(run_id).await? else {
                 continue;
             };
-            let Some(steps) = self.steps_of(&run) else {
+            let Some(steps) = self.steps_of(&run).await else {
                 continue;
             };
             let first = match self.step_job(&run.workflow, &steps, 0, false) {
@@ -812,7 +861,7 @@ impl Engine {
             let Some(run) = self.store.run_get(run_id).await? else {
                 continue;
             };
-            let Some(steps) = self.steps_of(&run) else {
+            let Some(steps) = self.steps_of(&run).await else {
                 continue;
             };
             let next = match usize::try_from(idx + 1).ok().and_then(|i| steps.get(i)) {
@@ -835,7 +884,7 @@ impl Engine {
             };
             // A worker without this workflow's definition (a rolling deploy) leaves the run
             // to one that has it, rather than failing it without compensation.
-            let Some(steps) = self.steps_of(&run) else {
+            let Some(steps) = self.steps_of(&run).await else {
                 continue;
             };
             let compensation = if dead.compensating {

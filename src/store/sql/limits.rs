@@ -155,9 +155,11 @@ impl<S: SqlStore> LimitStore for S {
             }
             let mut at = now;
             if let Some((key, every)) = &ask.rate {
+                // A job back after its reserved start has passed takes the next free one:
+                // starting it now could put two starts closer than `every`.
                 let kept = reserved
                     .remove(&(key.clone(), id))
-                    .filter(|slot| *slot >= now - horizon);
+                    .filter(|slot| *slot >= now);
                 let slot = match kept {
                     Some(slot) => slot,
                     None => {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 const RUN_COLUMNS: &str = "id, workflow, params, state, current_step, idempotency_key, error, \
-     created_at, finished_at, version, definition";
+     created_at, finished_at, version";
 
 /// Queue a step's job inside the transaction and point the step (and the run) at it.
 async fn queue_step(
@@ -122,7 +122,6 @@ async fn runs_with_steps<S: SqlStore>(store: &S, sql: Sql) -> StoreResult<Vec<Ru
             finished_at: row.opt_time("finished_at")?,
             steps: run_steps,
             version: row.opt_text("version")?,
-            definition: row.opt_json("definition")?,
         });
     }
     Ok(runs)
@@ -138,20 +137,19 @@ async fn run_insert<S: SqlStore>(
     let inserted = tx
         .fetch_optional(sql!(
             "INSERT INTO steward_runs (workflow, params, state, idempotency_key, concurrency_key, \
-                 created_at, updated_at, version, definition) \
+                 created_at, updated_at, version) \
              VALUES ($1, $2, CASE WHEN $5 OR (CAST($4 AS TEXT) IS NOT NULL AND EXISTS ( \
                          SELECT 1 FROM steward_runs o WHERE o.workflow = $1 \
                          AND o.concurrency_key = $4 \
                          AND o.state IN ('queued', 'running', 'compensating'))) \
-                     THEN 'queued' ELSE 'running' END, $3, $4, {now}, {now}, $6, $7) \
+                     THEN 'queued' ELSE 'running' END, $3, $4, {now}, {now}, $6) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, state",
             &start.workflow,
             &start.params,
             &start.idempotency_key,
             &start.concurrency_key,
             force_queued,
-            &start.version,
-            &start.definition
+            &start.version
         ))
         .await?;
     let Some(row) = inserted else {
@@ -498,6 +496,41 @@ impl<S: SqlStore> RunStore for S {
             self.queues_woken(queues).await?;
         }
         Ok(true)
+    }
+
+    async fn workflow_version_put(
+        &self,
+        workflow: &str,
+        version: &str,
+        steps: &Value,
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        tx.execute(sql!(
+            "INSERT INTO steward_workflow_versions (workflow, version, steps, first_seen) \
+             VALUES ($1, $2, $3, {now}) ON CONFLICT (workflow, version) DO NOTHING",
+            workflow,
+            version,
+            steps
+        ))
+        .await?;
+        tx.commit().await
+    }
+
+    async fn workflow_version_get(
+        &self,
+        workflow: &str,
+        version: &str,
+    ) -> StoreResult<Option<Value>> {
+        self.read()
+            .await?
+            .fetch_optional(sql!(
+                "SELECT steps FROM steward_workflow_versions WHERE workflow = $1 AND version = $2",
+                workflow,
+                version
+            ))
+            .await?
+            .map(|row| row.json("steps"))
+            .transpose()
     }
 
     async fn run_signal_get(&self, run_id: RunId, name: &str) -> StoreResult<Option<SignalRecord>> {
