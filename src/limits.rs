@@ -123,28 +123,14 @@ fn thirty() -> u64 {
 impl CircuitBreakerFile {
     /// Validate, naming the circuit after `kind` unless it names itself.
     pub(crate) fn build(self, kind: &str) -> Result<CircuitBreaker, String> {
-        if !(1..=1000).contains(&self.failures) {
-            return Err(format!(
-                "circuit_breaker.failures must be between 1 and 1000, got {}",
-                self.failures
-            ));
-        }
-        if !(1..=86_400).contains(&self.open_secs) {
-            return Err(format!(
-                "circuit_breaker.open_secs must be between 1 and 86400, got {}",
-                self.open_secs
-            ));
-        }
-        if let Some(key) = &self.key {
-            check_template(key)?;
-        }
-        let name = self.name.unwrap_or_else(|| kind.to_string());
-        check_name(&name)?;
+        check_range("circuit_breaker.failures", self.failures, 1..=1000)?;
+        check_range("circuit_breaker.open_secs", self.open_secs, 1..=86_400)?;
+        let (key, name) = key_and_name(self.key, self.name, kind)?;
         Ok(CircuitBreaker {
             name,
             failures: self.failures,
             open_for: Duration::from_secs(self.open_secs),
-            key: self.key,
+            key,
         })
     }
 }
@@ -239,31 +225,48 @@ fn check_name(name: &str) -> Result<(), String> {
 
 const LIMIT_MAX: u32 = 1_000_000;
 
+/// `what` (e.g. `rate_limit.limit`) within `range`.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    what: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// A limit's key template (checked) and its name: its own, else the kind's.
+fn key_and_name(
+    key: Option<String>,
+    name: Option<String>,
+    kind: &str,
+) -> Result<(Option<String>, String), String> {
+    if let Some(key) = &key {
+        check_template(key)?;
+    }
+    let name = name.unwrap_or_else(|| kind.to_string());
+    check_name(&name)?;
+    Ok((key, name))
+}
+
 impl RateLimitFile {
     /// Validate, naming the limit after `kind` unless it names itself.
     pub(crate) fn build(self, kind: &str) -> Result<RateLimit, String> {
-        if !(1..=LIMIT_MAX).contains(&self.limit) {
-            return Err(format!(
-                "rate_limit.limit must be between 1 and {LIMIT_MAX}, got {}",
-                self.limit
-            ));
-        }
-        if !(1..=86_400).contains(&self.period_secs) {
-            return Err(format!(
-                "rate_limit.period_secs must be between 1 and 86400, got {}",
-                self.period_secs
-            ));
-        }
-        if let Some(key) = &self.key {
-            check_template(key)?;
-        }
-        let name = self.name.unwrap_or_else(|| kind.to_string());
-        check_name(&name)?;
+        check_range("rate_limit.limit", self.limit, 1..=LIMIT_MAX)?;
+        check_range("rate_limit.period_secs", self.period_secs, 1..=86_400)?;
+        let (key, name) = key_and_name(self.key, self.name, kind)?;
         Ok(RateLimit {
             name,
             limit: self.limit,
             period: Duration::from_secs(self.period_secs),
-            key: self.key,
+            key,
         })
     }
 }
@@ -271,21 +274,12 @@ impl RateLimitFile {
 impl ConcurrencyLimitFile {
     /// Validate, naming the limit after `kind` unless it names itself.
     pub(crate) fn build(self, kind: &str) -> Result<ConcurrencyLimit, String> {
-        if !(1..=LIMIT_MAX).contains(&self.limit) {
-            return Err(format!(
-                "concurrency_limit.limit must be between 1 and {LIMIT_MAX}, got {}",
-                self.limit
-            ));
-        }
-        if let Some(key) = &self.key {
-            check_template(key)?;
-        }
-        let name = self.name.unwrap_or_else(|| kind.to_string());
-        check_name(&name)?;
+        check_range("concurrency_limit.limit", self.limit, 1..=LIMIT_MAX)?;
+        let (key, name) = key_and_name(self.key, self.name, kind)?;
         Ok(ConcurrencyLimit {
             name,
             limit: self.limit,
-            key: self.key,
+            key,
         })
     }
 }

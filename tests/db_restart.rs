@@ -341,3 +341,115 @@ async fn a_database_restart_loses_no_job() {
     );
     pg.drop_schema().await.unwrap();
 }
+
+/// Two waiting runs (one for a signal, one until a time) in `steward worker` processes: every
+/// worker is SIGKILLed and the server restarted while they wait; new workers finish both, the
+/// signalled one when its signal comes and the sleeping one on time (within one poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_runs_survive_killed_workers_and_a_database_restart() {
+    use common::process::{self, Running};
+    let _turn = TURN.lock().await;
+    let outage = outage();
+    let schema = format!("steward_waits_{}_{}", std::process::id(), fastrand::u32(..));
+    let pg = PgStore::connect(&outage.url, Some(&schema)).await.unwrap();
+    pg.migrate().await.unwrap();
+    let store: SharedStore = Arc::new(pg.clone());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("waits.toml"),
+        "name = \"waits_signal\"\n[signals]\ngo = { sent_by = [\"master_admin\"] }\n\
+         [[steps]]\nname = \"wait\"\nhandler = \"wait.signal\"\njob = \"workflow_step\"\nsignal = \"go\"\n\
+         [[steps]]\nname = \"after\"\nhandler = \"ledger.append\"\njob = \"workflow_step\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sleeps.toml"),
+        "name = \"waits_timer\"\n[params]\nat = { required = true, type = \"string\" }\n\
+         [[steps]]\nname = \"sleep\"\nhandler = \"wait.until\"\njob = \"workflow_step\"\nuntil = \"at\"\n\
+         [[steps]]\nname = \"after\"\nhandler = \"ledger.append\"\njob = \"workflow_step\"\n",
+    )
+    .unwrap();
+    let kinds = common::repo_kinds();
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let workflows =
+        steward::workflow::WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h))
+            .unwrap();
+    let engine = steward::workflow::Engine::new(store.clone(), workflows, kinds, steps);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(20);
+    let (signalled, _) = engine.start("waits_signal", json!({}), None).await.unwrap();
+    let (timed, _) = engine
+        .start("waits_timer", json!({"at": at.to_rfc3339()}), None)
+        .await
+        .unwrap();
+    let url = format!("{}?options=-c%20search_path%3D{schema}", outage.url);
+    let workers = |round: &str| -> Vec<Running> {
+        (1..=2)
+            .map(|n| {
+                Running(
+                    process::command(&["worker"], &url)
+                        .env("STEWARD_WORKFLOWS_DIR", dir.path())
+                        .env("STEWARD_WORKER_ID", format!("waits-{round}-{n}"))
+                        .spawn()
+                        .expect("spawn steward worker"),
+                )
+            })
+            .collect()
+    };
+    let mut first = workers("a");
+    // Both runs park their step job: scheduled, held by no worker.
+    let parked = |n: i64| move |c: &[(JobState, i64)]| count(c, JobState::Scheduled) == n;
+    wait_until(&pg, "both waits parked", parked(2)).await;
+    for worker in &mut first {
+        worker.0.kill().unwrap();
+        worker.0.wait().unwrap();
+    }
+    shell(&outage.stop);
+    shell(&outage.start);
+    let _second = workers("b");
+    // Still waiting after the restart; then the signal comes.
+    wait_until(&pg, "still parked after the restart", parked(2)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while let Err(err) = engine
+        .signal(
+            signalled,
+            "go",
+            &json!({"ok": true}),
+            "ops",
+            Some("master_admin"),
+        )
+        .await
+    {
+        assert!(std::time::Instant::now() < deadline, "cannot signal: {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = |id| {
+        let store = store.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(run)) = store.run_get(id).await
+                    && run.state == steward::store::runs::RunState::Completed
+                {
+                    return run;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "run {id} did not complete"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let run = done(signalled).await;
+    assert_eq!(
+        run.steps[0].output.clone().unwrap()["payload"],
+        json!({"ok": true})
+    );
+    let run = done(timed).await;
+    let woke = run.steps[0].finished_at.unwrap();
+    assert!(woke >= at, "not before its time: {woke} < {at}");
+    assert!(
+        woke - at < chrono::Duration::seconds(2),
+        "on time after the restart, within a poll: woke {woke}, due {at}"
+    );
+}

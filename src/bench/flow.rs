@@ -5,7 +5,7 @@
 //! by the database's clock), the most in any one-second window, and the attempts used.
 
 use super::FreshStore;
-use super::scale_out::{Workers, pool, wait_until};
+use super::scale_out::{Workers, enqueue_copies, pool, wait_until};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -47,18 +47,7 @@ pub(super) async fn rate_limit(
     let workers = Workers::start_with(fresh, url, 3, "rate-", &env).await?;
     // More than the window can start, so the limit, not the supply, sets the pace.
     let total = LIMIT * seconds as usize * 11 / 10 + LIMIT;
-    let template = super::job("noop", "default");
-    let batch = vec![template; 1000];
-    let mut enqueued = 0;
-    while enqueued < total {
-        let n = (total - enqueued).min(batch.len());
-        fresh
-            .store
-            .jobs_insert_many(&batch[..n])
-            .await
-            .map_err(|e| e.to_string())?;
-        enqueued += n;
-    }
+    enqueue_copies(fresh, super::job("noop", "default"), total).await?;
     let pool = pool(fresh)?;
     let started = |pool| async move {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM steward_jobs_completed")

@@ -65,17 +65,7 @@ async fn drain(
         payload,
         ..job(kind, "default")
     };
-    let batch = vec![template; 1000];
-    let mut enqueued = 0;
-    while enqueued < count {
-        let n = (count - enqueued).min(batch.len());
-        fresh
-            .store
-            .jobs_insert_many(&batch[..n])
-            .await
-            .map_err(|e| e.to_string())?;
-        enqueued += n;
-    }
+    enqueue_copies(fresh, template, count).await?;
     wait_until(Duration::from_secs(600), || async move {
         let completed: i64 = sqlx::query_scalar("SELECT count(*) FROM steward_jobs_completed")
             .fetch_one(pool)
@@ -97,6 +87,26 @@ async fn drain(
         .await
         .map_err(|e| e.to_string())?;
     Ok((count as f64 / secs.max(1e-6)).round())
+}
+
+/// Enqueue `count` copies of `template`, 1,000 a statement.
+pub(super) async fn enqueue_copies(
+    fresh: &FreshStore,
+    template: NewJob,
+    count: usize,
+) -> Result<(), String> {
+    let batch = vec![template; 1000];
+    let mut enqueued = 0;
+    while enqueued < count {
+        let n = (count - enqueued).min(batch.len());
+        fresh
+            .store
+            .jobs_insert_many(&batch[..n])
+            .await
+            .map_err(|e| e.to_string())?;
+        enqueued += n;
+    }
+    Ok(())
 }
 
 /// Kill the process holding the most running jobs; time until the others run all of them.
