@@ -478,7 +478,144 @@ per_backend!(
     a_purge_refuses_to_delete_rows_its_export_does_not_hold,
     cost_aggregation_is_exact_on_month_boundaries_and_idempotent,
     deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_reason,
+    a_deprecated_module_is_retired_at_its_sunset_unless_it_changed,
 );
+
+/// Wait until a DEPRECATED run waits for its module's sunset date (`await_sunset`, its job
+/// parked in the queue); returns that job.
+async fn parked_at_sunset(t: &TestStore, run: RunId) -> i64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let record = t.store.run_get(run).await.unwrap().unwrap();
+        assert_ne!(record.state, RunState::Failed, "run {run} failed");
+        if record.current_step == 2
+            && let Some(job) = record.steps[2].job_id
+            && t.store.job_get(job).await.unwrap().unwrap().state == JobState::Scheduled
+        {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {run} never waited: {record:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A module (no tenant) with a sunset date.
+async fn module_with_sunset(t: &TestStore, slug: &str, sunset: &str) -> ModuleRecord {
+    let module = ModuleRecord {
+        slug: slug.into(),
+        name: slug.into(),
+        description: String::new(),
+        pricing_tier: "standard".into(),
+        maturity: Maturity::Ga,
+        dependencies: vec![],
+        data_retention_days: None,
+        successor: None,
+        sunset_date: Some(sunset.into()),
+    };
+    t.store.module_put(&module, "test").await.unwrap();
+    module
+}
+
+async fn a_deprecated_module_is_retired_at_its_sunset_unless_it_changed(backend: Backend) {
+    let t = fresh(backend).await;
+    let engine = engine(&t, t.exports.clone());
+    let life = Lifecycle::new(engine.clone()).unwrap();
+    let admin = Actor::master_admin("test");
+    module_with_sunset(&t, "gazette", "2027-06-30").await;
+    let almanac = module_with_sunset(&t, "almanac", "2027-06-30").await;
+    let workers = Workers::start(&t, &engine);
+    let (_, retiring) = life
+        .set_maturity("gazette", Maturity::Deprecated, true, &admin)
+        .await
+        .unwrap();
+    let (_, moved) = life
+        .set_maturity("almanac", Maturity::Deprecated, false, &admin)
+        .await
+        .unwrap();
+    let (retiring, moved) = (retiring.unwrap(), moved.unwrap());
+    let jobs = [
+        parked_at_sunset(&t, retiring).await,
+        parked_at_sunset(&t, moved).await,
+    ];
+    // Still DEPRECATED while they wait; then almanac's sunset moves a month.
+    assert_eq!(
+        t.store
+            .module_get("gazette")
+            .await
+            .unwrap()
+            .unwrap()
+            .maturity,
+        Maturity::Deprecated
+    );
+    let later = ModuleRecord {
+        sunset_date: Some("2027-07-31".into()),
+        ..almanac
+    };
+    t.store.module_put(&later, "test").await.unwrap();
+    // The clock passes 2027-06-30 (injected, not slept), and the parked jobs look again.
+    let past = chrono::DateTime::parse_from_rfc3339("2027-07-01T00:00:05Z").unwrap();
+    engine.set_clock_offset(past.with_timezone(&chrono::Utc) - chrono::Utc::now());
+    t.store
+        .jobs_retry(&JobFilter {
+            ids: jobs.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_run(&t, retiring, Duration::from_secs(60)).await;
+    wait_run(&t, moved, Duration::from_secs(60)).await;
+    workers.stop().await;
+    let last = |run: RunId| {
+        let store = t.store.clone();
+        async move {
+            let record = store.run_get(run).await.unwrap().unwrap();
+            record.steps.last().unwrap().output.clone().unwrap()
+        }
+    };
+    let retired = last(retiring).await;
+    assert_eq!(retired["retired"], json!(true), "{retired}");
+    assert_eq!(
+        t.store
+            .module_get("gazette")
+            .await
+            .unwrap()
+            .unwrap()
+            .maturity,
+        Maturity::Retired,
+        "retired at its sunset"
+    );
+    // The retirement is the maturity operation's own run (forced, as the deprecation said).
+    let retire_run = retired["retire_run"].as_i64().unwrap();
+    let run = t.store.run_get(retire_run).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            run.workflow.as_str(),
+            run.params["maturity"].clone(),
+            run.params["force"].clone()
+        ),
+        ("module_deprecation", json!("RETIRED"), json!(true))
+    );
+    let kept = last(moved).await;
+    assert_eq!(kept["retired"], json!(false), "{kept}");
+    assert!(
+        kept["reason"].as_str().unwrap().contains("2027-07-31"),
+        "{kept}"
+    );
+    assert_eq!(
+        t.store
+            .module_get("almanac")
+            .await
+            .unwrap()
+            .unwrap()
+            .maturity,
+        Maturity::Deprecated,
+        "a changed sunset date: nothing happens"
+    );
+    t.cleanup().await;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Purge-and-export of 1,000,000 rows to a real S3-compatible server that goes away mid-upload.
@@ -913,7 +1050,8 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
         .await
         .unwrap();
     assert_eq!(from, Maturity::Ga);
-    wait_run(&t, run.unwrap(), Duration::from_secs(120)).await;
+    // Every tenant notified; the run then waits for the sunset date (2027-06-30).
+    parked_at_sunset(&t, run.unwrap()).await;
     let (_, retire) = life
         .set_maturity(
             "journal",

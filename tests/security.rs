@@ -755,6 +755,7 @@ async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
             .replace("{module}", "journal")
             .replace("{plan}", "basic")
             .replace("{queue}", "default")
+            .replace("{name}", "approval")
             .replace("{tenant}", "1")
             .replace(
                 "{action}",

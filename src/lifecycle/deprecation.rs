@@ -9,6 +9,11 @@
 //!   RETIRED, a tenant that had already turned the module off (SUSPENDED, PENDING_APPROVAL,
 //!   ERROR) becomes DISABLED, and, when the retirement is forced by policy, a tenant still
 //!   using it (ENABLED, UP_TO_DATE) becomes SUSPENDED. DEPRECATED only notifies.
+//! - `await_sunset` (the built-in `wait.until`) then waits, holding no worker, until a
+//!   DEPRECATED module's sunset date (nothing to wait for without one, or for RETIRED).
+//! - `deprecation.retire_at_sunset` re-reads the module when it wakes: still DEPRECATED with
+//!   the same sunset date, it is retired through the maturity operation (forced or not, as
+//!   the deprecation said), which starts the RETIRED run; if either changed, nothing happens.
 //!
 //! A delivery is a `webhook_deliver` job ([`super::webhook`]): signed, sent only to public
 //! addresses, retried with the kind's backoff and dead-lettered after its last attempt.
@@ -112,7 +117,15 @@ fn notify(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             ));
         }
         let count = ctx.fan_out("webhook_deliver", deliveries).await?;
-        Ok(json!({"module": module, "maturity": maturity.to_string(), "deliveries": count}))
+        // What `await_sunset` waits for: a DEPRECATED module's sunset date.
+        let sunset = match maturity {
+            Maturity::Deprecated => record.sunset_date.clone(),
+            _ => None,
+        };
+        Ok(
+            json!({"module": module, "maturity": maturity.to_string(), "deliveries": count,
+                  "sunset_date": sunset}),
+        )
     })
 }
 
@@ -160,8 +173,51 @@ fn apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     })
 }
 
+/// `deprecation.retire_at_sunset`: once the sunset date has passed (`await_sunset`), retire a
+/// module still DEPRECATED with that same date; otherwise change nothing and say why.
+fn retire_at_sunset(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let Some(awaited) = ctx.input["sunset_date"].as_str().map(str::to_string) else {
+            return Ok(json!({"retired": false, "reason": "no sunset date to wait for"}));
+        };
+        let module = module_param(&ctx)?.to_string();
+        let record = ctx
+            .store()
+            .module_get(&module)
+            .await?
+            .ok_or_else(|| fatal(format!("no module `{module}`")))?;
+        let unchanged = |reason: String| Ok(json!({"retired": false, "reason": reason}));
+        if record.maturity != Maturity::Deprecated {
+            return unchanged(format!("the module is {} now", record.maturity));
+        }
+        if record.sunset_date.as_deref() != Some(awaited.as_str()) {
+            return unchanged(format!(
+                "its sunset date moved from {awaited} to {}",
+                record.sunset_date.as_deref().unwrap_or("none")
+            ));
+        }
+        let engine = ctx
+            .engine()
+            .ok_or_else(|| JobError::Interrupted("the engine is shutting down".into()))?;
+        let lifecycle = super::Lifecycle::new(engine).map_err(fatal)?;
+        let actor = crate::domain::actor::Actor::master_admin(format!(
+            "sunset of `{module}` (run {})",
+            ctx.run_id
+        ));
+        let (_, run) = lifecycle
+            .set_maturity(&module, Maturity::Retired, forced(&ctx), &actor)
+            .await
+            .map_err(|e| match e {
+                super::LifecycleError::Store(err) => err.into(),
+                other => fatal(other),
+            })?;
+        Ok(json!({"retired": true, "sunset_date": awaited, "retire_run": run}))
+    })
+}
+
 /// Register the deprecation steps.
 pub fn register(steps: &mut StepRegistry) {
+    steps.register("deprecation.retire_at_sunset", retire_at_sunset);
     steps.register("deprecation.notify", notify);
     steps.register("deprecation.apply", apply);
 }

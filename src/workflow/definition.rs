@@ -477,6 +477,15 @@ impl WorkflowCatalog {
                 ));
             }
             let wait = step_wait(s, &signals).map_err(|m| invalid(line, m))?;
+            if let Some(Wait::Until { until }) = &wait
+                && !until.starts_with("input.")
+                && !file.params.contains_key(until)
+            {
+                return Err(invalid(
+                    line,
+                    format!("until = `{until}` is neither a parameter nor input.<field>"),
+                ));
+            }
             steps.push(StepDef {
                 name: step_name.clone(),
                 handler: s.handler.get_ref().clone(),
@@ -625,6 +634,48 @@ name = "delete"
 handler = "ok.delete"
 job = "workflow_step"
 "#;
+
+    #[test]
+    fn waits_name_declared_signals_and_known_times() {
+        let parse_waits = |text: &str| {
+            let known = |h: &str| h.starts_with("wait.") || h.starts_with("ok.");
+            WorkflowCatalog::parse(Path::new("workflows/w.toml"), text, &kinds(), &known)
+        };
+        let head = "name = \"w\"\n[params]\nat = { default = \"2027-01-01\" }\n\
+                    [signals]\ngo = { sent_by = [\"master_admin\"] }\n[[steps]]\nname = \"s\"\n\
+                    job = \"workflow_step\"\n";
+        let def = parse_waits(&format!(
+            "{head}handler = \"wait.signal\"\nsignal = \"go\"\ntimeout_secs = 60\non_timeout = \"continue\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            def.steps[0].wait,
+            Some(Wait::Signal {
+                signal: "go".into(),
+                timeout_secs: Some(60),
+                on_timeout: OnTimeout::Continue
+            })
+        );
+        assert_eq!(def.signals[0].sent_by, ["master_admin"]);
+        let err = |text: String| parse_waits(&text).unwrap_err().to_string();
+        assert!(
+            err(format!(
+                "{head}handler = \"wait.signal\"\nsignal = \"stop\"\n"
+            ))
+            .contains("signal `stop` is not declared")
+        );
+        assert!(
+            err(format!(
+                "{head}handler = \"wait.until\"\nuntil = \"when\"\n"
+            ))
+            .contains("neither a parameter nor input.<field>")
+        );
+        assert!(
+            err(format!("{head}handler = \"ok.x\"\nsignal = \"go\"\n"))
+                .contains("belong to wait.signal and wait.until steps")
+        );
+        assert!(parse_waits(&format!("{head}handler = \"wait.until\"\nuntil = \"at\"\n")).is_ok());
+    }
 
     #[test]
     fn a_valid_definition_loads_with_its_next_fire_times() {

@@ -110,6 +110,17 @@ impl StepContext<'_> {
         self.store
     }
 
+    /// The time durable waits go by (see [`Engine::now`]).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.engine.now()
+    }
+
+    /// The engine running this step, for handlers that call operations built on it (e.g. a
+    /// maturity change at a module's sunset).
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.me.upgrade()
+    }
+
     /// The step's transaction: write the step's database effects here, they commit with the
     /// step's completion. Opened on first use; a step that never asks commits in a batch.
     pub async fn tx(&mut self) -> Result<&mut dyn StepTx, JobError> {
@@ -256,6 +267,10 @@ pub struct Engine {
     versions_kept: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Steps of other versions, read from the database once.
     other_versions: VersionCache,
+    /// This engine, for step handlers that call operations built on it.
+    me: std::sync::Weak<Engine>,
+    /// Added to the clock that durable waits read (tests and drills move time forward).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Steps of other versions than the loaded ones, by (workflow, version).
@@ -272,7 +287,9 @@ impl Engine {
         kinds: KindCatalog,
         steps: StepRegistry,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            clock_offset_ms: Default::default(),
             store,
             workflows: Arc::new(workflows),
             kinds: Arc::new(kinds),
@@ -473,6 +490,24 @@ impl Engine {
     /// A run with its steps.
     pub async fn run(&self, id: RunId) -> Result<RunRecord, EngineError> {
         self.store.run_get(id).await?.ok_or(EngineError::NoRun(id))
+    }
+
+    /// The time durable waits go by: the clock, plus the offset [`Engine::set_clock_offset`]
+    /// set (none in production).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let offset = self
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        chrono::Utc::now() + chrono::Duration::milliseconds(offset)
+    }
+
+    /// Move the clock of durable waits by `offset` (a test or a drill of what happens when a
+    /// date passes, without waiting for it).
+    pub fn set_clock_offset(&self, offset: chrono::Duration) {
+        self.clock_offset_ms.store(
+            offset.num_milliseconds(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Keep the steps of `def`'s version in the database (once per process and workflow),

@@ -14,8 +14,8 @@ use std::time::Duration;
 /// The longest a wait snoozes at once (it then looks again: a lost wake-up costs this much).
 const AT_MOST: Duration = Duration::from_secs(3600);
 
-fn snooze_until(at: DateTime<Utc>) -> JobError {
-    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+fn snooze_until(at: DateTime<Utc>, now: DateTime<Utc>) -> JobError {
+    let wait = (at - now).to_std().unwrap_or_default();
     JobError::snooze(wait.min(AT_MOST))
 }
 
@@ -42,24 +42,25 @@ pub(super) fn signal(ctx: StepContext<'_>) -> StepFuture<'_> {
                 "sent_at": sent.sent_at,
             }));
         }
-        let deadline = timeout_secs.map(|secs| {
-            ctx.queued_at.unwrap_or_else(Utc::now) + chrono::Duration::seconds(secs as i64)
-        });
+        let now = ctx.now();
+        let deadline = timeout_secs
+            .map(|secs| ctx.queued_at.unwrap_or(now) + chrono::Duration::seconds(secs as i64));
         match deadline {
-            Some(deadline) if deadline <= Utc::now() => match on_timeout {
+            Some(deadline) if deadline <= now => match on_timeout {
                 OnTimeout::Continue => Ok(json!({"signal": signal, "timed_out": true})),
                 OnTimeout::Fail => Err(JobError::Fatal(format!(
                     "signal `{signal}` did not come within {}s",
                     timeout_secs.unwrap_or_default()
                 ))),
             },
-            Some(deadline) => Err(snooze_until(deadline)),
+            Some(deadline) => Err(snooze_until(deadline, now)),
             None => Err(JobError::snooze(AT_MOST)),
         }
     })
 }
 
-/// `wait.until`: complete (passing its input on) once the time named by `until` has come.
+/// `wait.until`: complete (passing its input on) once the time named by `until` has come; a
+/// missing or null time waits for nothing (e.g. a deprecation without a sunset date).
 pub(super) fn until(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
         let Some(Wait::Until { until }) = ctx.wait else {
@@ -72,14 +73,18 @@ pub(super) fn until(ctx: StepContext<'_>) -> StepFuture<'_> {
             Some(field) => ctx.input.get(field),
             None => ctx.params.get(until.as_str()),
         };
-        let at = value.and_then(time_of).ok_or_else(|| {
+        let value = value.filter(|v| !v.is_null());
+        let Some(value) = value else {
+            return Ok(ctx.input.clone());
+        };
+        let at = time_of(value).ok_or_else(|| {
             JobError::Fatal(format!(
-                "`{until}` holds no time (RFC 3339 or YYYY-MM-DD): {}",
-                value.cloned().unwrap_or(Value::Null)
+                "`{until}` holds no time (RFC 3339 or YYYY-MM-DD): {value}"
             ))
         })?;
-        if at > Utc::now() {
-            return Err(snooze_until(at));
+        let now = ctx.now();
+        if at > now {
+            return Err(snooze_until(at, now));
         }
         Ok(ctx.input.clone())
     })
