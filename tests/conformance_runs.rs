@@ -67,6 +67,24 @@ async fn a_signal_is_kept_once_and_wakes_the_waiting_step(backend: Backend) {
         "the waiting step is due now"
     );
     assert!(
+        !t.store.run_wake(run).await.unwrap(),
+        "nothing waits any more"
+    );
+    // A step that parked after the signal came (it was looking just then) is woken again.
+    let job = fetch_one(&t, "w").await;
+    t.store
+        .jobs_apply_outcomes(
+            "w",
+            &[Outcome::Released {
+                lease: job.lease(),
+                retry_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(t.store.run_wake(run).await.unwrap());
+    assert_eq!(state(&t).await, JobState::Available);
+    assert!(
         !t.store
             .run_signal_send(run, "go", &json!({"n": 2}), "ops")
             .await

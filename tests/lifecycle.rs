@@ -17,6 +17,7 @@ use steward::store::StoreError;
 use steward::store::domain::{ModuleRequest, StatusChange};
 
 per_backend!(
+    an_alpha_request_waits_in_its_run_for_the_approval,
     a_ga_request_provisions_and_alpha_waits_for_approval,
     refused_moves_change_nothing_and_accepted_ones_are_audited,
     approval_decides_only_pending_requests,
@@ -359,7 +360,7 @@ async fn a_ga_request_provisions_and_alpha_waits_for_approval(backend: Backend) 
         .await
         .unwrap();
     assert_eq!(alpha.module.status, PendingApproval);
-    assert_eq!(alpha.run, None, "nothing is provisioned before approval");
+    assert!(alpha.run.is_some(), "its run waits for the approval");
     assert!(alpha.module.status_reason.unwrap().contains("approval"));
 
     // A request and its admission are one write (no crash leaves a module REQUESTED):
@@ -1659,4 +1660,101 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
             .unwrap_err(),
         StoreError::InvalidInput(_)
     ));
+}
+
+/// The state of the job of a run's first step.
+async fn first_step_job(t: &common::TestStore, run: i64) -> Option<steward::types::JobState> {
+    let record = t.store.run_get(run).await.unwrap()?;
+    let job = record.steps.first()?.job_id?;
+    Some(t.store.job_get(job).await.unwrap()?.state)
+}
+
+/// Wait until a run's first step job is parked (scheduled: the run waits, holding no worker).
+async fn parked(t: &common::TestStore, run: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while first_step_job(t, run).await != Some(steward::types::JobState::Scheduled) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {run} never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn run_state(t: &common::TestStore, run: i64) -> steward::store::runs::RunState {
+    t.store.run_get(run).await.unwrap().unwrap().state
+}
+
+async fn an_alpha_request_waits_in_its_run_for_the_approval(backend: Backend) {
+    use steward::store::runs::RunState;
+    let t = fresh(backend).await;
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    let (a, b, c) = (
+        tenant(&t, "a", true, false).await,
+        tenant(&t, "b", true, false).await,
+        tenant(&t, "c", true, false).await,
+    );
+    let engine = engine(&t);
+    let life = Lifecycle::new(engine.clone()).unwrap();
+    let admin = Actor::master_admin("admin:root");
+    let ask = |tenant| {
+        let life = life.clone();
+        async move {
+            let asked = life
+                .request(tenant, "chatbot", &Actor::tenant_admin("tenant"))
+                .await
+                .unwrap();
+            assert_eq!(asked.module.status, PendingApproval);
+            asked.run.expect("a run that waits")
+        }
+    };
+    let (run_a, run_b, run_c) = (ask(a).await, ask(b).await, ask(c).await);
+    let running = workers(&t);
+    for run in [run_a, run_b, run_c] {
+        parked(&t, run).await;
+    }
+    assert!(
+        !table_exists(&t, "tenant_chatbot_items").await,
+        "nothing before the approval"
+    );
+    // Nobody sends the approval but the operation: not even a Master Admin over the API.
+    let refused = engine
+        .signal(
+            run_a,
+            "approval",
+            &json!({}),
+            "admin:root",
+            Some("master_admin"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, steward::workflow::EngineError::SignalRefused(_)),
+        "{refused}"
+    );
+    // Approved: the same run goes on and enables it.
+    let (_, approved_run) = life.approve(a, "chatbot", &admin).await.unwrap();
+    assert_eq!(approved_run, run_a, "the run that waited");
+    wait_for(&t, &[a], "chatbot", Enabled).await;
+    // Rejected, or withdrawn by the tenant: the waiting run is cancelled, nothing created.
+    life.reject(b, "chatbot", &admin, "no SLA").await.unwrap();
+    life.disable(c, "chatbot", &Actor::tenant_admin("tenant"))
+        .await
+        .unwrap();
+    assert_eq!(run_state(&t, run_b).await, RunState::Cancelled);
+    assert_eq!(run_state(&t, run_c).await, RunState::Cancelled);
+    // Requested again, a new run waits (not queued behind the old one) and is approved.
+    let again = ask(c).await;
+    assert_ne!(again, run_c);
+    parked(&t, again).await;
+    life.approve(c, "chatbot", &admin).await.unwrap();
+    wait_for(&t, &[c], "chatbot", Enabled).await;
+    running.stop().await;
+    let record = t.store.run_get(run_a).await.unwrap().unwrap();
+    assert_eq!(record.state, RunState::Completed);
+    assert_eq!(
+        record.steps[0].output.as_ref().unwrap()["approved_by"],
+        json!("admin:root")
+    );
+    assert_eq!(status(&t, b, "chatbot").await, Some(Disabled));
 }

@@ -108,6 +108,9 @@ pub const ARCHIVE_WORKFLOW: &str = "module_archive";
 
 /// The workflow that notifies tenants of a deprecation or retirement and applies it.
 pub const DEPRECATION_WORKFLOW: &str = "module_deprecation";
+/// The signal a pending request's provisioning run waits for; only [`Lifecycle::approve`]
+/// sends it (its `[signals]` entry names no role).
+pub const APPROVAL_SIGNAL: &str = "approval";
 
 /// The lifecycle operations, over the workflow engine (and its store).
 #[derive(Clone)]

@@ -5,7 +5,7 @@
 //! availability rules decide first, then the record is written in the status they chose, so
 //! no crash leaves a module REQUESTED. PROVISIONING starts the `module_provision` run.
 
-use super::{Lifecycle, LifecycleError, PROVISION_WORKFLOW, installed};
+use super::{APPROVAL_SIGNAL, Lifecycle, LifecycleError, PROVISION_WORKFLOW, installed};
 use crate::domain::DomainError;
 use crate::domain::actor::Actor;
 use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
@@ -31,7 +31,8 @@ impl Lifecycle {
     /// with the rule that refused it, when the module is not available to this tenant, its
     /// dependencies are not enabled, or the tenant has it already (a rejected, failed or
     /// archived module is requested again). Otherwise recorded as PENDING_APPROVAL (ALPHA)
-    /// or PROVISIONING in one write, and provisioning starts.
+    /// or PROVISIONING in one write, and provisioning starts: a pending request's run waits
+    /// (holding no worker) for the Master Admin's approval.
     pub async fn request(
         &self,
         tenant_id: TenantId,
@@ -67,7 +68,9 @@ impl Lifecycle {
             })
             .await?;
         let run = match module.status {
-            TenantModuleStatus::Provisioning => Some(self.start_provisioning(&module).await?),
+            TenantModuleStatus::Provisioning | TenantModuleStatus::PendingApproval => {
+                Some(self.start_provisioning(&module).await?)
+            }
             _ => None,
         };
         Ok(Requested {
@@ -121,9 +124,10 @@ impl Lifecycle {
         Ok((admission, version.id))
     }
 
-    /// Start provisioning a tenant module that is PROVISIONING; returns the run. One run per
-    /// request: the idempotency key names the tenant, the module and the request's time, so
-    /// starting again (the reconciler does, after a crash) returns the same run.
+    /// Start provisioning a tenant module that is PROVISIONING, or PENDING_APPROVAL (its run
+    /// then waits for the approval); returns the run. One run per request: the idempotency key
+    /// names the tenant, the module and the request's time, so starting again (the reconciler
+    /// does, after a crash; approval does) returns the same run.
     pub async fn start_provisioning(
         &self,
         module: &TenantModuleRecord,
@@ -138,7 +142,8 @@ impl Lifecycle {
             .engine
             .start(
                 PROVISION_WORKFLOW,
-                json!({"tenant_id": module.tenant_id, "module": module.module}),
+                json!({"tenant_id": module.tenant_id, "module": module.module,
+                       "approval": module.status == TenantModuleStatus::PendingApproval}),
                 Some(key),
             )
             .await?;
@@ -146,7 +151,8 @@ impl Lifecycle {
     }
 
     /// A Master Admin approves a pending request: it moves on to PROVISIONING and its
-    /// provisioning run starts (returned).
+    /// provisioning run, waiting since the request, gets the `approval` signal (which nothing
+    /// else may send) and goes on (returned).
     pub async fn approve(
         &self,
         tenant_id: TenantId,
@@ -163,11 +169,36 @@ impl Lifecycle {
             )
             .await?;
         let run = self.start_provisioning(&module).await?;
+        let decision = json!({"approved": true});
+        match self
+            .engine
+            .signal(run, APPROVAL_SIGNAL, &decision, actor.as_str(), None)
+            .await
+        {
+            // (A request pending before runs waited for approval has a run that does not.)
+            Ok(()) | Err(crate::workflow::EngineError::Signal(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
         Ok((module, run))
     }
 
+    /// The waiting provisioning run of a request that was rejected or withdrawn (`pending`:
+    /// the record as it was while pending) is cancelled by `actor`: nothing was provisioned.
+    pub(super) async fn end_pending_run(
+        &self,
+        pending: &TenantModuleRecord,
+        actor: &Actor,
+    ) -> Result<(), LifecycleError> {
+        let run = self.start_provisioning(pending).await?;
+        match self.engine.cancel(run, actor.as_str()).await {
+            Ok(()) | Err(crate::workflow::EngineError::NotCancellable { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// A Master Admin rejects a pending request: the module stays off (DISABLED, rejected:
-    /// it is requested again, never re-enabled), nothing was created.
+    /// it is requested again, never re-enabled), nothing was created, and the run that waited
+    /// for the decision is cancelled.
     pub async fn reject(
         &self,
         tenant_id: TenantId,
@@ -175,14 +206,21 @@ impl Lifecycle {
         actor: &Actor,
         reason: &str,
     ) -> Result<TenantModuleRecord, LifecycleError> {
-        self.decide(
-            tenant_id,
-            slug,
-            actor,
-            TenantModuleStatus::Disabled,
-            Some(reason),
-        )
-        .await
+        let rejected = self
+            .decide(
+                tenant_id,
+                slug,
+                actor,
+                TenantModuleStatus::Disabled,
+                Some(reason),
+            )
+            .await?;
+        let pending = TenantModuleRecord {
+            status: TenantModuleStatus::PendingApproval,
+            ..rejected.clone()
+        };
+        self.end_pending_run(&pending, actor).await?;
+        Ok(rejected)
     }
 
     async fn decide(

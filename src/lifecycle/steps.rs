@@ -1,5 +1,7 @@
 //! The step handlers of the lifecycle workflows (`workflows/module_provision.toml`):
 //!
+//! - `module.await_approval`: a pending (ALPHA) request's run waits for the Master Admin's
+//!   approval (the `approval` signal, sent only by the approve operation).
 //! - `module.migrate`: creates the tenant's module version's tables in the database, once for
 //!   all tenants of the module (see [`StepTx::module_migrate`](crate::store::StepTx)). A
 //!   migration that fails leaves nothing behind and moves the tenant module to ERROR with the
@@ -381,8 +383,33 @@ fn upgrade_abort(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     })
 }
 
+/// `module.await_approval`: the run of a pending (ALPHA) request waits here, holding no
+/// worker, until the Master Admin approves it ([`super::Lifecycle::approve`] sends the
+/// `approval` signal, which no API caller may send); a rejection or a withdrawal cancels the
+/// run instead. Requests that need no approval pass at once.
+fn await_approval(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        if ctx.params["approval"] != json!(true) {
+            return Ok(json!({"approval": "not needed"}));
+        }
+        match ctx
+            .store()
+            .run_signal_get(ctx.run_id, super::APPROVAL_SIGNAL)
+            .await?
+        {
+            Some(signal) => Ok(json!({
+                "approved_by": signal.sent_by,
+                "approved_at": signal.sent_at,
+            })),
+            // The approval wakes it at once; this bounds a wake-up lost in a crash.
+            None => Err(JobError::snooze(std::time::Duration::from_secs(60))),
+        }
+    })
+}
+
 /// Register the lifecycle step handlers.
 pub fn register(steps: &mut StepRegistry, exports: SharedExports) {
+    steps.register("module.await_approval", await_approval);
     steps.register("module.migrate", migrate);
     steps.register("module.enable", enable);
     steps.register("upgrade.begin", upgrade_begin);

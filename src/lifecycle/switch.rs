@@ -54,7 +54,12 @@ impl Lifecycle {
             actor.as_str(),
             "module.disable",
         );
-        Ok(self.store.tenant_module_move(&change).await?)
+        let disabled = self.store.tenant_module_move(&change).await?;
+        // A pending request withdrawn: its run stops waiting for an approval.
+        if current.status == TenantModuleStatus::PendingApproval {
+            self.end_pending_run(&current, actor).await?;
+        }
+        Ok(disabled)
     }
 
     /// The tenant's modules in use that depend on `slug`.

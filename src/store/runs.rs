@@ -316,6 +316,9 @@ pub trait RunStore: Send + Sync {
         version: &str,
     ) -> StoreResult<Option<Value>>;
 
+    /// Make a run's current step job due now if it waits (scheduled); `true` when it did.
+    async fn run_wake(&self, run_id: RunId) -> StoreResult<bool>;
+
     /// A signal sent to a run, if it was.
     async fn run_signal_get(&self, run_id: RunId, name: &str) -> StoreResult<Option<SignalRecord>>;
 

@@ -616,6 +616,18 @@ impl Engine {
                 "signal `{name}` was already sent to run {id}"
             )));
         }
+        // A step that was looking for the signal just as it came (its job running, about to
+        // park) missed the wake-up: wake it again a few times shortly after. (A waiting step
+        // also looks again at least every minute.)
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            for ms in [50, 250, 1000, 3000] {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if matches!(store.run_wake(id).await, Ok(true)) {
+                    return;
+                }
+            }
+        });
         Ok(())
     }
 

@@ -11,8 +11,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// The longest a wait snoozes at once (it then looks again: a lost wake-up costs this much).
+/// The longest a timer snoozes at once (it then looks again).
 const AT_MOST: Duration = Duration::from_secs(3600);
+
+/// The longest a signal wait snoozes at once: a signal is normally a wake-up at once
+/// ([`crate::workflow::Engine::signal`]); one lost in a crash costs at most this.
+pub(crate) const SIGNAL_AT_MOST: Duration = Duration::from_secs(60);
 
 fn snooze_until(at: DateTime<Utc>, now: DateTime<Utc>) -> JobError {
     let wait = (at - now).to_std().unwrap_or_default();
@@ -53,8 +57,13 @@ pub(super) fn signal(ctx: StepContext<'_>) -> StepFuture<'_> {
                     timeout_secs.unwrap_or_default()
                 ))),
             },
-            Some(deadline) => Err(snooze_until(deadline, now)),
-            None => Err(JobError::snooze(AT_MOST)),
+            Some(deadline) => Err(JobError::snooze(
+                (deadline - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(SIGNAL_AT_MOST),
+            )),
+            None => Err(JobError::snooze(SIGNAL_AT_MOST)),
         }
     })
 }

@@ -476,7 +476,13 @@ impl<S: SqlStore> RunStore for S {
         if sent == 0 {
             return Ok(false);
         }
-        // The current step's job, if it waits (scheduled), is due now.
+        tx.commit().await?;
+        self.run_wake(run_id).await?;
+        Ok(true)
+    }
+
+    async fn run_wake(&self, run_id: RunId) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
         let woken = tx
             .fetch_all(sql!(
                 "UPDATE steward_jobs SET state = 'available', run_at = {now} \
@@ -492,10 +498,11 @@ impl<S: SqlStore> RunStore for S {
             .iter()
             .map(|row| row.text("queue"))
             .collect::<StoreResult<Vec<_>>>()?;
-        if !queues.is_empty() {
+        let woke = !queues.is_empty();
+        if woke {
             self.queues_woken(queues).await?;
         }
-        Ok(true)
+        Ok(woke)
     }
 
     async fn workflow_version_put(
