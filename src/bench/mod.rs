@@ -21,6 +21,7 @@
 //! - `enqueue_sql`: jobs enqueued from SQL (`steward_enqueue`, PostgreSQL), `--batch` per
 //!   statement in one transaction, by `--callers` concurrent connections.
 
+mod breaker;
 mod data;
 mod flow;
 mod http;
@@ -77,6 +78,9 @@ pub struct BenchArgs {
     /// Deliveries of the `webhooks` scenario.
     #[arg(long, default_value_t = 10_000)]
     pub deliveries: usize,
+    /// How long the `circuit_breaker` scenario's receiver is down, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub down_secs: u64,
     /// How long the `rate_limit` scenario measures, in seconds.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
@@ -85,7 +89,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 17] = [
+const SCENARIOS: [&str; 18] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -103,6 +107,7 @@ const SCENARIOS: [&str; 17] = [
     "enqueue_http",
     "enqueue_sql",
     "rate_limit",
+    "circuit_breaker",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -141,6 +146,7 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "job_search" => search::job_search(&fresh, args.jobs).await,
             "enqueue_http" => http::enqueue_http(&fresh, args.jobs, args.batch, args.callers).await,
             "enqueue_sql" => enqueue_sql(&fresh, args.jobs, args.batch, args.callers).await,
+            "circuit_breaker" => breaker::circuit_breaker(&fresh.store, args.down_secs).await,
             "rate_limit" => {
                 flow::rate_limit(
                     &fresh,
