@@ -64,6 +64,7 @@ async fn rate_limits_space_starts_and_reserve_them_for_jobs_sent_back(backend: B
         rate: Some((key.to_string(), every)),
         concurrency: None,
         breaker: None,
+        last_attempt: false,
     };
     let asks: Vec<_> = fetched.iter().map(|j| ask(j, "rate:a")).collect();
     let horizon = Duration::from_millis(450);
@@ -143,6 +144,7 @@ async fn concurrency_limits_count_running_attempts_only(backend: Backend) {
         rate: None,
         concurrency: Some(("conc:x".to_string(), 2)),
         breaker: None,
+        last_attempt: false,
     };
     let horizon = Duration::from_millis(500);
     let asks: Vec<_> = fetched.iter().map(ask).collect();
@@ -1432,6 +1434,7 @@ async fn a_circuit_opens_at_its_threshold_and_lets_one_probe_through(backend: Ba
         rate: None,
         concurrency: None,
         breaker: Some((key.to_string(), Duration::from_secs(5))),
+        last_attempt: false,
     };
     let horizon = Duration::from_millis(500);
     // Closed (never failed): everyone passes.
@@ -1465,6 +1468,15 @@ async fn a_circuit_opens_at_its_threshold_and_lets_one_probe_through(backend: Ba
         .unwrap();
     assert_eq!(open.each, vec![Admission::Open { until }]);
     tokio::time::sleep(open_for).await;
+    // A job on its last attempt is never the probe (a failed probe would kill it).
+    let last = LimitAsk {
+        last_attempt: true,
+        ..ask(&fetched[2])
+    };
+    assert!(matches!(
+        t.store.limits_admit(&[last], horizon).await.unwrap().each[0],
+        Admission::Open { .. }
+    ));
     // Half-open: one probe passes, the next waits for it.
     let probe = t
         .store

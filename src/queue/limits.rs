@@ -73,6 +73,7 @@ pub(crate) async fn admit(
                 .breaker
                 .as_ref()
                 .map(|b| (b.key_of(&job.payload, &job.tenant), kind.timeout)),
+            last_attempt: job.attempt >= job.max_attempts,
         });
         asked.push(i);
     }

@@ -21,6 +21,9 @@ pub struct LimitAsk {
     pub concurrency: Option<(String, i64)>,
     /// A circuit breaker: its key, and how long a probe may take before another is let through.
     pub breaker: Option<(String, Duration)>,
+    /// This attempt is the job's last: it is never a circuit's probe (a failed probe must not
+    /// send a job to the dead-letter queue), so another job probes.
+    pub last_attempt: bool,
 }
 
 /// When one job may start.

@@ -137,6 +137,13 @@ impl<S: SqlStore> LimitStore for S {
                         each.push(Admission::Open { until });
                         continue;
                     }
+                    _ if ask.last_attempt => {
+                        // Another job probes; this one looks again in a moment.
+                        each.push(Admission::Open {
+                            until: now + chrono::Duration::seconds(1),
+                        });
+                        continue;
+                    }
                     _ => {
                         // Half-open: this job is the probe.
                         let until = now + chrono_of(*probe_for);
