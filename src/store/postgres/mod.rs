@@ -62,6 +62,18 @@ impl std::fmt::Debug for PgStore {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 impl PgStore {
+    /// One try of [`JobStore::migrate`].
+    async fn migrate_once(&self) -> StoreResult<()> {
+        if let Some(schema) = &self.schema {
+            self.pool
+                .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+                .await?;
+        }
+        MIGRATOR.run(&self.pool).await?;
+        lifecycle::refresh_trigger_functions(&self.pool).await?;
+        Ok(())
+    }
+
     /// Connect. With `schema`, every connection works in that schema (tests and benchmarks use
     /// a fresh one each); it is created by [`JobStore::migrate`]. Pool sizes come from
     /// `STEWARD_DB_POOL` (work, default 10) and `STEWARD_DB_SERVICE_POOL` (bookkeeping,
@@ -439,14 +451,19 @@ impl JobStore for PgStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        if let Some(schema) = &self.schema {
-            self.pool
-                .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
-                .await?;
+        // Run while workers are busy (a rolling deploy), the schema work can meet their
+        // statements in a deadlock, which PostgreSQL resolves by failing one side: try again.
+        let mut tries = 0u32;
+        loop {
+            match self.migrate_once().await {
+                Err(err) if err.is_transient() && tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(error = %err, tries, "migration interrupted; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+                }
+                other => return other,
+            }
         }
-        MIGRATOR.run(&self.pool).await?;
-        lifecycle::refresh_trigger_functions(&self.pool).await?;
-        Ok(())
     }
 
     async fn schema_version(&self) -> StoreResult<i64> {
