@@ -28,6 +28,8 @@ const SECRET: &str = "a-dashboard-secret-of-32-bytes-or-more";
 async fn until_text(browser: &Browser, css: &str, what: &str, check: impl Fn(&str) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        // (After a click or a reload, the page may not have its element yet.)
+        browser.wait_for(css).await;
         let text = browser.text(css).await;
         if check(&text) {
             return;
