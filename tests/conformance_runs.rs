@@ -112,10 +112,16 @@ fn step_job(idx: i32, compensate: bool) -> NewJob {
     }
 }
 
+/// Step `idx`'s job (in a chain: it needs the step before it) or its compensation's.
 fn next(idx: i32, compensate: bool) -> NextStep {
     NextStep {
         idx,
         job: step_job(idx, compensate),
+        needs: if compensate || idx == 0 {
+            Vec::new()
+        } else {
+            vec![idx - 1]
+        },
     }
 }
 
@@ -127,7 +133,7 @@ fn start(key: Option<&str>, concurrency: Option<&str>) -> RunStart {
         concurrency_key: concurrency.map(str::to_string),
         step_names: STEPS.iter().map(|s| s.to_string()).collect(),
         version: "v1".into(),
-        first_job: step_job(0, false),
+        first_jobs: vec![next(0, false)],
     }
 }
 
@@ -159,7 +165,7 @@ async fn state(t: &TestStore, run: RunId) -> RunState {
 }
 
 /// Complete the current step (its job fetched by `worker`) and queue `next`.
-async fn complete(t: &TestStore, run: RunId, idx: i32, then: Option<NextStep>) {
+async fn complete(t: &TestStore, run: RunId, idx: i32, then: Vec<NextStep>) {
     let job = fetch_one(t, "w").await;
     let mut tx = begin(t, &job, "w").await;
     tx.step_completed(run, idx, &json!({"done": idx}), then)
@@ -263,10 +269,13 @@ async fn a_run_starts_once_per_key_and_waits_behind_its_concurrency_key(backend:
         .run_start(&RunStart {
             workflow: "paging".into(),
             // Its step job stays out of the queue the rest of this test fetches from.
-            first_job: NewJob {
-                queue: "paging".into(),
-                ..step_job(0, false)
-            },
+            first_jobs: vec![NextStep {
+                job: NewJob {
+                    queue: "paging".into(),
+                    ..step_job(0, false)
+                },
+                ..next(0, false)
+            }],
             ..start(None, None)
         })
         .await
@@ -299,14 +308,22 @@ async fn a_run_starts_once_per_key_and_waits_behind_its_concurrency_key(backend:
     assert!(counts.contains(&("conformance".into(), RunState::Running, 1)));
     assert!(counts.contains(&("conformance".into(), RunState::Queued, 1)));
 
-    complete(&t, run, 0, Some(next(1, false))).await;
-    complete(&t, run, 1, Some(next(2, false))).await;
-    complete(&t, run, 2, None).await;
+    complete(&t, run, 0, vec![next(1, false)]).await;
+    complete(&t, run, 1, vec![next(2, false)]).await;
+    complete(&t, run, 2, vec![]).await;
     assert_eq!(state(&t, run).await, RunState::Completed);
     assert_eq!(t.store.runs_promotable(10).await.unwrap(), [waiting]);
-    assert!(t.store.run_promote(waiting, next(0, false)).await.unwrap());
     assert!(
-        !t.store.run_promote(waiting, next(0, false)).await.unwrap(),
+        t.store
+            .run_promote(waiting, vec![next(0, false)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !t.store
+            .run_promote(waiting, vec![next(0, false)])
+            .await
+            .unwrap(),
         "promoted once"
     );
     assert_eq!(state(&t, waiting).await, RunState::Running);
@@ -336,7 +353,7 @@ async fn a_step_commits_its_effects_with_its_completion_and_the_next_job(backend
     assert!(t.store.ledger_entries().await.unwrap().is_empty());
     let mut tx = begin(&t, &job, "w1").await;
     tx.ledger_append(job.id, "w1", "kept").await.unwrap();
-    tx.step_completed(run, 0, &json!({"out": 1}), Some(next(1, false)))
+    tx.step_completed(run, 0, &json!({"out": 1}), vec![next(1, false)])
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -360,7 +377,8 @@ async fn a_step_commits_its_effects_with_its_completion_and_the_next_job(backend
         run_id: run,
         idx: 1,
         output: json!({"out": 2}),
-        next: Some(next(2, false)),
+        next: vec![next(2, false)],
+        chain: true,
     };
     let lost = t
         .store
@@ -379,7 +397,7 @@ async fn a_step_commits_its_effects_with_its_completion_and_the_next_job(backend
     let third = fetch_one(&t, "w1").await;
     let mut tx = begin(&t, &third, "w1").await;
     let err = tx
-        .step_completed(run, 1, &json!({}), None)
+        .step_completed(run, 1, &json!({}), vec![])
         .await
         .unwrap_err();
     assert!(
@@ -400,7 +418,7 @@ async fn a_step_commits_its_effects_with_its_completion_and_the_next_job(backend
 async fn a_dead_step_compensates_then_fails_and_a_retry_resumes_it(backend: Backend) {
     let t = fresh(backend).await;
     let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
-    complete(&t, run, 0, Some(next(1, false))).await;
+    complete(&t, run, 0, vec![next(1, false)]).await;
     let job = fetch_one(&t, "w").await;
     kill(&t, &job, "w").await;
     let dead = t.store.runs_dead_steps(10).await.unwrap();
@@ -415,13 +433,13 @@ async fn a_dead_step_compensates_then_fails_and_a_retry_resumes_it(backend: Back
     );
     assert!(
         t.store
-            .run_step_died(&dead[0], Some(next(0, true)))
+            .run_step_died(&dead[0], vec![next(0, true)])
             .await
             .unwrap()
     );
     assert!(
         !t.store
-            .run_step_died(&dead[0], Some(next(0, true)))
+            .run_step_died(&dead[0], vec![next(0, true)])
             .await
             .unwrap(),
         "handled once"
@@ -429,7 +447,7 @@ async fn a_dead_step_compensates_then_fails_and_a_retry_resumes_it(backend: Back
     assert_eq!(state(&t, run).await, RunState::Compensating);
     let compensation = fetch_one(&t, "w").await;
     let mut tx = begin(&t, &compensation, "w").await;
-    tx.step_compensated(run, 0, None).await.unwrap();
+    tx.step_compensated(run, 0, vec![]).await.unwrap();
     tx.commit().await.unwrap();
     let failed = t.store.run_get(run).await.unwrap().unwrap();
     assert_eq!(failed.state, RunState::Failed);
@@ -437,14 +455,24 @@ async fn a_dead_step_compensates_then_fails_and_a_retry_resumes_it(backend: Back
     assert_eq!(failed.steps[0].state, StepState::Compensated);
     assert!(failed.error.unwrap().contains("boom"));
     // A retry from the earliest undone step; a stale retry (wrong failed step) does nothing.
-    assert!(!t.store.run_retry(run, 0, next(0, false)).await.unwrap());
-    assert!(t.store.run_retry(run, 1, next(0, false)).await.unwrap());
+    assert!(
+        !t.store
+            .run_retry(run, 0, &[0, 1], vec![next(0, false)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        t.store
+            .run_retry(run, 1, &[0, 1], vec![next(0, false)])
+            .await
+            .unwrap()
+    );
     let retried = t.store.run_get(run).await.unwrap().unwrap();
     assert_eq!(
         (retried.state, retried.current_step),
         (RunState::Running, 0)
     );
-    complete(&t, run, 0, Some(next(1, false))).await;
+    complete(&t, run, 0, vec![next(1, false)]).await;
     t.cleanup().await;
 }
 
@@ -457,7 +485,7 @@ async fn a_failed_outcome_commits_and_fails_or_compensates(backend: Backend) {
     tx.ledger_append(job.id, "w", "rolled back, for real")
         .await
         .unwrap();
-    tx.step_failed(run, 0, &json!({"failed": "why"}), "why", None)
+    tx.step_failed(run, 0, &json!({"failed": "why"}), "why", vec![])
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -473,10 +501,10 @@ async fn a_failed_outcome_commits_and_fails_or_compensates(backend: Backend) {
     );
     // With a completed step to undo: compensating first.
     let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
-    complete(&t, run, 0, Some(next(1, false))).await;
+    complete(&t, run, 0, vec![next(1, false)]).await;
     let job = fetch_one(&t, "w").await;
     let mut tx = begin(&t, &job, "w").await;
-    tx.step_failed(run, 1, &Value::Null, "why", Some(next(0, true)))
+    tx.step_failed(run, 1, &Value::Null, "why", vec![next(0, true)])
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -486,19 +514,19 @@ async fn a_failed_outcome_commits_and_fails_or_compensates(backend: Backend) {
 
 async fn a_cancel_compensates_or_ends_the_run_at_once(backend: Backend) {
     let t = fresh(backend).await;
-    let cancel = |id, current_step, compensation| RunCancel {
+    let cancel = |id, current_step, compensations| RunCancel {
         id,
         by: "ops".into(),
         current_step,
-        compensation,
+        compensations,
     };
     // Nothing done yet: cancelled at once, its queued job too.
     let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
     assert!(
-        !t.store.run_cancel(&cancel(run, 1, None)).await.unwrap(),
+        !t.store.run_cancel(&cancel(run, 1, vec![])).await.unwrap(),
         "a cancel decided on a stale read applies nothing"
     );
-    assert!(t.store.run_cancel(&cancel(run, 0, None)).await.unwrap());
+    assert!(t.store.run_cancel(&cancel(run, 0, vec![])).await.unwrap());
     let record = t.store.run_get(run).await.unwrap().unwrap();
     assert_eq!(record.state, RunState::Cancelled);
     assert_eq!(record.error.as_deref(), Some("cancelled by ops"));
@@ -507,20 +535,20 @@ async fn a_cancel_compensates_or_ends_the_run_at_once(backend: Backend) {
         t.store.job_get(job).await.unwrap().unwrap().state,
         JobState::Cancelled
     );
-    assert!(!t.store.run_cancel(&cancel(run, 0, None)).await.unwrap());
+    assert!(!t.store.run_cancel(&cancel(run, 0, vec![])).await.unwrap());
     // A completed step to undo: compensating, then cancelled (not failed).
     let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
-    complete(&t, run, 0, Some(next(1, false))).await;
+    complete(&t, run, 0, vec![next(1, false)]).await;
     assert!(
         t.store
-            .run_cancel(&cancel(run, 1, Some(next(0, true))))
+            .run_cancel(&cancel(run, 1, vec![next(0, true)]))
             .await
             .unwrap()
     );
     assert_eq!(state(&t, run).await, RunState::Compensating);
     let compensation = fetch_one(&t, "w").await;
     let mut tx = begin(&t, &compensation, "w").await;
-    tx.step_compensated(run, 0, None).await.unwrap();
+    tx.step_compensated(run, 0, vec![]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(state(&t, run).await, RunState::Cancelled);
     t.cleanup().await;
@@ -565,13 +593,13 @@ async fn a_fanned_out_step_waits_for_every_child(backend: Backend) {
     assert_eq!(t.store.runs_fanned_in(10).await.unwrap(), [(run, 0)]);
     assert!(
         t.store
-            .run_fan_in(run, 0, Some(next(1, false)))
+            .run_fan_in(run, 0, vec![next(1, false)])
             .await
             .unwrap()
     );
     assert!(
         !t.store
-            .run_fan_in(run, 0, Some(next(1, false)))
+            .run_fan_in(run, 0, vec![next(1, false)])
             .await
             .unwrap()
     );
@@ -657,7 +685,7 @@ async fn module_primitives_run_inside_the_step_transaction(backend: Backend) {
         matches!(err, steward::store::StoreError::Conflict(_)),
         "{err:?}"
     );
-    tx.step_completed(run, 0, &json!({}), Some(next(1, false)))
+    tx.step_completed(run, 0, &json!({}), vec![next(1, false)])
         .await
         .unwrap();
     tx.commit().await.unwrap();

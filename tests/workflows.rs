@@ -34,6 +34,9 @@ per_backend!(
     runs_in_flight_finish_on_the_definition_they_started_with,
     a_signal_wait_resumes_on_its_signal_and_timeouts_take_their_path,
     a_timer_wait_sleeps_until_its_time_without_a_worker,
+    a_diamond_runs_its_branches_in_parallel_and_joins_once,
+    a_dead_branch_compensates_in_reverse_topological_order_and_retry_resumes_it,
+    cancelling_a_graph_stops_every_live_branch_and_undoes_completed_ones,
 );
 
 fn kinds() -> KindCatalog {
@@ -616,6 +619,14 @@ async fn runs_sharing_a_concurrency_key_run_one_at_a_time(backend: Backend) {
     t.cleanup().await;
 }
 
+const ONE_STEP: &str = r#"
+name = "single"
+[[steps]]
+name = "only"
+handler = "step.noop"
+job = "workflow_step"
+"#;
+
 /// `steps_complete_many` (the batch that records completions of steps that wrote nothing):
 /// in one call, a completion whose lease holds and whose step is current is applied with the
 /// next step's job and its acknowledgement; one for a step the run is not at is stale, one
@@ -626,14 +637,16 @@ async fn batched_step_completions_are_fenced_and_guarded_one_by_one(backend: Bac
     let steps = steward::lifecycle::step_registry(common::scratch_exports());
     let engine = Engine::new(
         t.store.clone(),
-        catalog(&[THREE_STEPS], &steps),
+        catalog(&[THREE_STEPS, ONE_STEP], &steps),
         kinds(),
         steps,
     );
     let mut runs: Vec<RunId> = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         runs.push(engine.start("three", json!({}), None).await.unwrap().0);
     }
+    // The fourth run's only step is its last: completing it completes the run.
+    runs.push(engine.start("single", json!({}), None).await.unwrap().0);
     let fetched = t
         .store
         .jobs_fetch_available(FetchParams {
@@ -668,10 +681,15 @@ async fn batched_step_completions_are_fenced_and_guarded_one_by_one(backend: Bac
         run_id: run,
         idx,
         output: json!({"from": run}),
-        next: (!last).then(|| NextStep {
-            idx: idx + 1,
-            job: next_job.clone(),
-        }),
+        next: (!last)
+            .then(|| NextStep {
+                idx: idx + 1,
+                job: next_job.clone(),
+                needs: vec![idx],
+            })
+            .into_iter()
+            .collect(),
+        chain: true,
     };
     let lease = |run: RunId| job_of(run).lease();
     let lost = Lease {
@@ -1050,6 +1068,298 @@ async fn a_timer_wait_sleeps_until_its_time_without_a_worker(backend: Backend) {
     assert_eq!(
         t.store.run_get(past).await.unwrap().unwrap().state,
         RunState::Completed
+    );
+    t.cleanup().await;
+}
+
+/// The built-in handlers plus `test.meet`, which completes only once `expected` steps are in
+/// it at the same time (so it proves they run in parallel; run one after another, the first
+/// gives up after 20 s and fails), and `test.fail_after_sibling`, which waits until the
+/// run's step `charge` has completed and then fails for good while `open` is false.
+fn graph_steps(expected: usize, open: &Arc<AtomicBool>) -> StepRegistry {
+    let mut steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    steps.register("test.meet", move |ctx: StepContext<'_>| -> StepFuture<'_> {
+        let inside = Arc::clone(&inside);
+        Box::pin(async move {
+            inside.fetch_add(1, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while inside.load(Ordering::SeqCst) < expected {
+                if std::time::Instant::now() > deadline {
+                    return Err(JobError::Fatal("the branches did not run together".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(json!({"met": ctx.step}))
+        })
+    });
+    let open = Arc::clone(open);
+    steps.register(
+        "test.fail_after_sibling",
+        move |ctx: StepContext<'_>| -> StepFuture<'_> {
+            let open = open.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if open {
+                    return Ok(json!({"shipped": true}));
+                }
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let run = ctx.store().run_get(ctx.run_id).await?.expect("its run");
+                    let charge = run.steps.iter().find(|s| s.name == "charge");
+                    if charge.is_some_and(|s| s.state == StepState::Completed) {
+                        return Err(JobError::Fatal("the carrier refused".into()));
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(JobError::Fatal("charge never completed".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        },
+    );
+    steps
+}
+
+const DIAMOND: &str = r#"
+name = "diamond"
+[[steps]]
+name = "reserve"
+handler = "ledger.append"
+job = "workflow_step"
+[[steps]]
+name = "left"
+handler = "test.meet"
+job = "workflow_step"
+needs = ["reserve"]
+[[steps]]
+name = "right"
+handler = "test.meet"
+job = "workflow_step"
+needs = ["reserve"]
+[[steps]]
+name = "join"
+handler = "ledger.append"
+job = "workflow_step"
+needs = ["left", "right"]
+"#;
+
+async fn a_diamond_runs_its_branches_in_parallel_and_joins_once(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = graph_steps(2, &Arc::new(AtomicBool::new(true)));
+    let engine = Engine::new(t.store.clone(), catalog(&[DIAMOND], &steps), kinds(), steps);
+    let (id, _) = engine.start("diamond", json!({}), None).await.unwrap();
+    let running = start(&t, &engine);
+    wait_runs(&t, "the diamond completed", |runs| {
+        matches!(runs[0].state, RunState::Completed | RunState::Failed)
+    })
+    .await;
+    running.stop().await;
+    let run = engine.run(id).await.unwrap();
+    assert_eq!(run.state, RunState::Completed, "{run:#?}");
+    assert_eq!(
+        ledger_entries(&t).await,
+        vec![
+            format!("run {id} step reserve"),
+            format!("run {id} step join")
+        ],
+        "the join ran once"
+    );
+    let (left, right, join) = (&run.steps[1], &run.steps[2], &run.steps[3]);
+    assert_eq!(left.output, Some(json!({"met": "left"})));
+    assert_eq!(right.output, Some(json!({"met": "right"})));
+    let branches_ended = left.finished_at.max(right.finished_at).unwrap();
+    assert!(
+        join.started_at.unwrap() >= branches_ended,
+        "the join started once both branches had ended"
+    );
+    t.cleanup().await;
+}
+
+/// `ship` is declared before `charge` but runs beside it; it fails once `charge` completed,
+/// so compensation must undo `charge` (declared after the dead step) and then `reserve`.
+const BRANCHES: &str = r#"
+name = "branches"
+[[steps]]
+name = "reserve"
+handler = "ledger.append"
+job = "workflow_step"
+compensate = "ledger.undo"
+[[steps]]
+name = "ship"
+handler = "test.fail_after_sibling"
+job = "workflow_step"
+needs = ["reserve"]
+[[steps]]
+name = "charge"
+handler = "ledger.append"
+job = "workflow_step"
+compensate = "ledger.undo"
+needs = ["reserve"]
+[[steps]]
+name = "confirm"
+handler = "ledger.append"
+job = "workflow_step"
+needs = ["ship", "charge"]
+"#;
+
+async fn a_dead_branch_compensates_in_reverse_topological_order_and_retry_resumes_it(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    let open = Arc::new(AtomicBool::new(false));
+    let steps = graph_steps(2, &open);
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[BRANCHES], &steps),
+        kinds(),
+        steps,
+    );
+    let (id, _) = engine.start("branches", json!({}), None).await.unwrap();
+    let running = start(&t, &engine);
+    wait_runs(&t, "the run failed after compensating", |runs| {
+        runs[0].state == RunState::Failed
+    })
+    .await;
+    let run = engine.run(id).await.unwrap();
+    let states: Vec<StepState> = run.steps.iter().map(|s| s.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            StepState::Compensated,
+            StepState::Dead,
+            StepState::Compensated,
+            StepState::Pending
+        ]
+    );
+    assert_eq!(run.current_step, 1, "the run points at its dead step");
+    assert_eq!(
+        ledger_entries(&t).await,
+        vec![
+            format!("run {id} step reserve"),
+            format!("run {id} step charge"),
+            format!("run {id} undo charge"),
+            format!("run {id} undo reserve"),
+        ],
+        "the completed branch is undone first, then what it needed"
+    );
+    // The cause is fixed: the retry resumes every undone step and the dead branch, from
+    // `reserve` (everything downstream of an undone step runs again), and the join runs once.
+    open.store(true, Ordering::SeqCst);
+    engine.retry(id).await.unwrap();
+    wait_runs(&t, "the retried run completed", |runs| {
+        runs[0].state == RunState::Completed
+    })
+    .await;
+    running.stop().await;
+    let entries = ledger_entries(&t).await;
+    assert_eq!(
+        entries[4..].to_vec(),
+        vec![
+            format!("run {id} step reserve"),
+            format!("run {id} step charge"),
+            format!("run {id} step confirm"),
+        ],
+        "{entries:?}"
+    );
+    let run = engine.run(id).await.unwrap();
+    assert_eq!(
+        run.steps[3].output,
+        Some(json!({"wrote": format!("run {id} step confirm")}))
+    );
+    t.cleanup().await;
+}
+
+const WAITING_BRANCHES: &str = r#"
+name = "waiting_branches"
+[signals]
+go = {}
+[[steps]]
+name = "reserve"
+handler = "ledger.append"
+job = "workflow_step"
+compensate = "ledger.undo"
+[[steps]]
+name = "left"
+handler = "wait.signal"
+job = "workflow_step"
+signal = "go"
+needs = ["reserve"]
+[[steps]]
+name = "right"
+handler = "wait.signal"
+job = "workflow_step"
+signal = "go"
+needs = ["reserve"]
+"#;
+
+async fn cancelling_a_graph_stops_every_live_branch_and_undoes_completed_ones(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = graph_steps(2, &Arc::new(AtomicBool::new(true)));
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[WAITING_BRANCHES], &steps),
+        kinds(),
+        steps,
+    );
+    let (id, _) = engine
+        .start("waiting_branches", json!({}), None)
+        .await
+        .unwrap();
+    let running = start(&t, &engine);
+    // Both branches are live (their jobs parked, waiting for the signal).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = engine.run(id).await.unwrap();
+        let mut parked = 0;
+        for step in &run.steps[1..] {
+            if let Some(job) = step.job_id
+                && t.store.job_get(job).await.unwrap().map(|j| j.state) == Some(JobState::Scheduled)
+            {
+                parked += 1;
+            }
+        }
+        if parked == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the branches never parked: {run:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live: Vec<i64> = engine.run(id).await.unwrap().steps[1..]
+        .iter()
+        .filter_map(|s| s.job_id)
+        .collect();
+    engine.cancel(id, "ops").await.unwrap();
+    wait_runs(&t, "the run cancelled after undoing reserve", |runs| {
+        runs[0].state == RunState::Cancelled
+    })
+    .await;
+    running.stop().await;
+    for job in live {
+        assert_eq!(
+            t.store.job_get(job).await.unwrap().map(|j| j.state),
+            Some(JobState::Cancelled),
+            "every live branch's job is cancelled"
+        );
+    }
+    let run = engine.run(id).await.unwrap();
+    let states: Vec<StepState> = run.steps.iter().map(|s| s.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            StepState::Compensated,
+            StepState::Pending,
+            StepState::Pending
+        ]
+    );
+    assert_eq!(
+        ledger_entries(&t).await,
+        vec![
+            format!("run {id} step reserve"),
+            format!("run {id} undo reserve")
+        ]
     );
     t.cleanup().await;
 }

@@ -10,8 +10,11 @@
 //!   enqueuing through the worker's own store (woken in process);
 //! - `pickup_latency_cross`: the same, enqueuing through a second connection pool, so the
 //!   worker is woken only by PostgreSQL's NOTIFY, as a worker on another machine would be;
-//! - `workflow_steps`: 3-step no-op workflow runs driven to completion; each step transition
-//!   (step committed with the next step's job and its own acknowledgement) is one transaction.
+//! - `workflow_steps` ([`steps`]): 3-step no-op workflow runs driven to completion; each step
+//!   transition (step committed with the next step's job and its own acknowledgement) is one
+//!   transaction (batched with others).
+//! - `workflow_dag` ([`steps`]): the same with a 4-step diamond (two parallel branches and
+//!   their join).
 //! - `provision_tenants` ([`provision`]): `--tenants N` tenants provision a two-table module.
 //! - `plan_sync` ([`plan_sync`]): a module added to a plan reaches `--subscribers N` tenants.
 //! - `scale_out` ([`scale_out`]): 1, 2 and 3 `steward worker` processes drain one backlog;
@@ -29,6 +32,7 @@ mod plan_sync;
 mod provision;
 mod scale_out;
 mod search;
+mod steps;
 
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
@@ -89,7 +93,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 18] = [
+const SCENARIOS: [&str; 19] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -97,6 +101,7 @@ const SCENARIOS: [&str; 18] = [
     "pickup_latency",
     "pickup_latency_cross",
     "workflow_steps",
+    "workflow_dag",
     "provision_tenants",
     "plan_sync",
     "purge_export",
@@ -137,7 +142,8 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "enqueue_single" => enqueue_single(&fresh.store, (args.jobs / 5).max(1)).await,
             "execute_noop" => execute_noop(&fresh.store, args.jobs, args.concurrency).await,
             "pickup_latency" => pickup_latency(&fresh.store, &fresh.store, args.samples).await,
-            "workflow_steps" => workflow_steps(&fresh, (args.jobs / 10).max(1)).await,
+            "workflow_steps" => steps::workflow_steps(&fresh, (args.jobs / 10).max(1)).await,
+            "workflow_dag" => steps::workflow_dag(&fresh, (args.jobs / 10).max(1)).await,
             "plan_sync" => plan_sync::plan_sync(&fresh, args.subscribers).await,
             "purge_export" => data::purge_export(&fresh, args.rows).await,
             "cost_aggregate" => data::cost_aggregate(&fresh, args.usage_rows).await,
@@ -565,109 +571,4 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some((kb / 1024.0 * 10.0).round() / 10.0)
-}
-
-const BENCH_WORKFLOW: &str = r#"
-name = "bench_steps"
-[[steps]]
-name = "one"
-handler = "step.noop"
-job = "workflow_step"
-[[steps]]
-name = "two"
-handler = "step.noop"
-job = "workflow_step"
-[[steps]]
-name = "three"
-handler = "bench.last"
-job = "workflow_step"
-"#;
-
-async fn workflow_steps(fresh: &FreshStore, runs: usize) -> Result<Value, String> {
-    let store = &fresh.store;
-    let concurrency: usize = std::env::var("STEWARD_BENCH_STEP_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    use crate::workflow::{Engine, RunSweeper, StepContext, StepFuture, WorkflowCatalog, steps};
-    let mut step_kind = JobKind::new("workflow_step", "workflows");
-    step_kind.max_attempts = 3;
-    let mut kinds = KindCatalog::default();
-    kinds.add(step_kind).map_err(|e| e.to_string())?;
-    let finished = Arc::new(AtomicUsize::new(0));
-    let all_finished = Arc::new(Notify::new());
-    let mut handlers = steps::registry();
-    {
-        let finished = Arc::clone(&finished);
-        let all_finished = Arc::clone(&all_finished);
-        handlers.register(
-            "bench.last",
-            move |ctx: StepContext<'_>| -> StepFuture<'_> {
-                if finished.fetch_add(1, Ordering::Relaxed) + 1 == runs {
-                    all_finished.notify_one();
-                }
-                Box::pin(async move { Ok(ctx.input.clone()) })
-            },
-        );
-    }
-    let definition = WorkflowCatalog::parse(
-        std::path::Path::new("<bench>"),
-        BENCH_WORKFLOW,
-        &kinds,
-        &|h| handlers.contains(h),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut catalog = WorkflowCatalog::default();
-    catalog.add(definition).map_err(|e| e.to_string())?;
-    let engine = Engine::new(Arc::clone(store), catalog, kinds.clone(), handlers);
-    // Set-up, not measured: the runs are started 16 at a time.
-    use futures::StreamExt;
-    let starts: Vec<_> = futures::stream::iter(0..runs)
-        .map(|_| engine.start("bench_steps", json!({}), None))
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for started in starts {
-        started.map_err(|e| e.to_string())?;
-    }
-    fresh.analyze().await?;
-    let mut registry = Registry::new();
-    engine.register_jobs(&mut registry);
-    let mut config = RuntimeConfig::new(
-        "bench",
-        vec![QueueConfig {
-            name: "workflows".into(),
-            concurrency,
-        }],
-    );
-    config.batch_size = concurrency;
-    let runtime = Runtime::new(Arc::clone(store), registry, kinds, config)
-        .map_err(|e| e.to_string())?
-        .with_service(Box::new(RunSweeper {
-            engine: Arc::clone(&engine),
-            every: Duration::from_millis(500),
-        }));
-    let shutdown = CancellationToken::new();
-    let started = Instant::now();
-    let running = tokio::spawn(runtime.run(shutdown.clone()));
-    all_finished.notified().await;
-    shutdown.cancel();
-    running
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let secs = started.elapsed().as_secs_f64();
-    let completed = store
-        .runs_list(Some(crate::store::runs::RunState::Completed), 1)
-        .await
-        .map_err(|e| e.to_string())?;
-    if completed.is_empty() {
-        return Err("workflow_steps: no run completed".into());
-    }
-    let transitions = runs * 3;
-    Ok(
-        json!({"runs": runs, "steps_per_run": 3, "transitions": transitions,
-              "transitions_per_s": (transitions as f64 / secs).round(),
-              "runs_per_s": (runs as f64 / secs).round(), "seconds": secs}),
-    )
 }

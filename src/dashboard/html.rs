@@ -122,6 +122,7 @@ button.danger{border-color:#c0392b;color:#c0392b}button.primary{border-color:#2d
 .graph{display:flex;flex-wrap:wrap;gap:.4rem;align-items:stretch;margin-bottom:1rem}
 .node{background:#fff;border:2px solid #cfd6e4;border-radius:.4rem;padding:.4rem .6rem;min-width:9rem;font-size:.85rem}
 .node.comp{border-style:dashed}.arrow{align-self:center;color:#9aa4b8}
+.level{display:flex;flex-direction:column;gap:.4rem;justify-content:center}
 .node-completed{border-color:#5cb85c}.node-failed{border-color:#c0392b}.node-running{border-color:#2d6cdf}.node-compensated{border-color:#9aa4b8}
 pre{background:#fff;padding:.6rem;overflow:auto;font-size:.8rem;margin:.2rem 0}
 details{margin:.2rem 0}

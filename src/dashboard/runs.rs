@@ -1,5 +1,6 @@
-//! Workflow runs: the list, and one run drawn as its step graph (forward steps, then the
-//! compensations that undid completed steps, latest first), with each step's input, output,
+//! Workflow runs: the list, and one run drawn as its step graph (forward steps by level,
+//! parallel branches stacked, then the compensations that undid completed steps, latest
+//! first), with each step's input, output,
 //! attempts, timing and compensation; cancel and retry. Also the cron schedules.
 
 use super::html::{badge, bar, button, notice, time, took};
@@ -10,6 +11,7 @@ use crate::api::error::ApiError;
 use crate::api::runs as api_runs;
 use crate::store::runs::{RunRecord, RunState, StepRecord, StepState};
 use crate::types::JobRecord;
+use crate::workflow::{StepDef, graph};
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, Redirect};
 use chrono::Utc;
@@ -171,11 +173,30 @@ pub(super) async fn show(
     let id = api_runs::run_id(&id)?;
     let run = api_runs::load(&state, id).await?;
     caller.may_read(api_runs::tenant_of(&run))?;
-    let definition = state.engine.workflows().get(&run.workflow);
+    // The steps the run follows: those of the version it started on.
+    let steps = state.engine.steps_of(&run).await.unwrap_or_default();
     let compensation_of = |step: &StepRecord| {
-        definition
-            .and_then(|d| d.steps.get(usize::try_from(step.idx).ok()?))
+        steps
+            .get(usize::try_from(step.idx).ok()?)
             .and_then(|s| s.compensate.clone())
+    };
+    // Drawn by level: a column's steps need only steps of earlier columns (parallel branches
+    // stack); a step without its definition (none known) goes in a column of its own.
+    let levels: Vec<Vec<&StepRecord>> = if steps.len() == run.steps.len() {
+        graph::levels(&steps)
+            .iter()
+            .map(|level| level.iter().filter_map(|at| run.steps.get(*at)).collect())
+            .collect()
+    } else {
+        run.steps.iter().map(|s| vec![s]).collect()
+    };
+    let needs_of = |step: &StepRecord| -> Vec<String> {
+        let at = usize::try_from(step.idx).unwrap_or(0);
+        graph::parents(&steps, at)
+            .iter()
+            .filter_map(|p| run.steps.get(usize::try_from(*p).ok()?))
+            .map(|p| p.name.clone())
+            .collect()
     };
     // Each step's job, with its attempts.
     let mut jobs: Vec<Option<JobRecord>> = Vec::with_capacity(run.steps.len());
@@ -233,9 +254,9 @@ pub(super) async fn show(
             }
             h2 { "Steps" }
             div.graph id="graph" {
-                @for (i, step) in run.steps.iter().enumerate() {
+                @for (i, level) in levels.iter().enumerate() {
                     @if i > 0 { span.arrow { "→" } }
-                    (node(step, false))
+                    div.level { @for step in level { (node(step, false)) } }
                 }
             }
             @if !compensated.is_empty() {
@@ -248,7 +269,7 @@ pub(super) async fn show(
                 }
             }
             @for (step, job) in run.steps.iter().zip(&jobs) {
-                (step_details(&run, step, job.as_ref(), compensation_of(step)))
+                (step_details(&run, &steps, step, job.as_ref(), compensation_of(step), &needs_of(step)))
             }
             h2 { "Parameters" }
             pre id="params" { (json(&run.params)) }
@@ -257,20 +278,18 @@ pub(super) async fn show(
     Ok(render(&format!("Run {id}"), &caller, body))
 }
 
-/// One step: input (the previous step's output, or the run's parameters), output, progress,
-/// timing, compensation and its job's attempts.
+/// One step: the steps it needs, its input (what it reads: their outputs, or the run's
+/// parameters), output, progress, timing, compensation and its job's attempts.
 fn step_details(
     run: &RunRecord,
+    steps: &[StepDef],
     step: &StepRecord,
     job: Option<&JobRecord>,
     compensation: Option<String>,
+    needs: &[String],
 ) -> Markup {
     let idx = usize::try_from(step.idx).unwrap_or(0);
-    let input = if idx == 0 {
-        Some(&run.params)
-    } else {
-        run.steps.get(idx - 1).and_then(|s| s.output.as_ref())
-    };
+    let input = (!steps.is_empty()).then(|| graph::input_of(steps, run, idx));
     html! {
         section id={ "step-" (step.idx) } {
             h2 { (step.idx) ". " (step.name) " " (badge(step.state)) }
@@ -290,11 +309,12 @@ fn step_details(
                         }
                     }
                 }
+                tr { th { "needs" } td.needs colspan="5" { @if needs.is_empty() { "— (starts with the run)" } @else { (needs.join(", ")) } } }
                 @if let Some(error) = &step.error { tr { th { "error" } td.error colspan="5" { (error) } } }
             }
             details open[idx == 0 || step.output.is_some()] {
                 summary { "input" }
-                pre.input { (input.map(json).unwrap_or_else(|| "—".into())) }
+                pre.input { (input.as_ref().map(json).unwrap_or_else(|| "—".into())) }
             }
             details open[step.output.is_some()] {
                 summary { "output" }

@@ -136,8 +136,9 @@ pub struct RunStart {
     pub step_names: Vec<String>,
     /// The definition's version (its steps kept by [`RunStore::workflow_version_put`]).
     pub version: String,
-    /// The first step's job (its payload names the run once it exists: see `first_job`).
-    pub first_job: NewJob,
+    /// The jobs of the steps that start with the run (their payloads name the run once it
+    /// exists: see [`RunStore::run_start`]).
+    pub first_jobs: Vec<NextStep>,
 }
 
 /// A step whose job died for good, found by the run sweeper.
@@ -158,16 +159,26 @@ pub struct RunCancel {
     pub by: String,
     /// The step the run was at when the engine read it.
     pub current_step: i32,
-    /// The compensation of the latest completed step that has one.
-    pub compensation: Option<NextStep>,
+    /// The compensations the run may start with, latest step first: the store queues the
+    /// first whose step is completed (see [`Compensations`]).
+    pub compensations: Compensations,
 }
 
-/// The next job to queue for a run, with the step it belongs to.
+/// A job to queue for a run, with the step it belongs to.
 #[derive(Debug, Clone)]
 pub struct NextStep {
     pub idx: i32,
     pub job: NewJob,
+    /// The steps that must all be completed for this one to start (for a step queued when
+    /// another completes: the steps it needs, that one included). The store checks them
+    /// under the run's lock, so two parallel steps completing at once start their join once.
+    pub needs: Vec<i32>,
 }
+
+/// Compensation jobs a run may queue next, latest step first. The store queues the first
+/// whose step is completed (decided under the run's lock, so a step completed meanwhile is
+/// not skipped); none completed: nothing is left to undo.
+pub type Compensations = Vec<NextStep>;
 
 /// A step whose handler wrote nothing to the database: its completion is recorded together
 /// with other such steps' in one transaction ([`RunStore::steps_complete_many`]). Each one
@@ -180,8 +191,12 @@ pub struct StepCompletion {
     pub run_id: RunId,
     pub idx: i32,
     pub output: Value,
-    /// The next step's job; `None` completes the run.
-    pub next: Option<NextStep>,
+    /// The steps that need this one (each queued once all it needs is completed); with
+    /// none queued, the run completes once all its steps are.
+    pub next: Vec<NextStep>,
+    /// The run's steps are a chain (each needs the one before): at most one next step, and
+    /// none means the run is over. Such completions may take a backend's batched path.
+    pub chain: bool,
 }
 
 /// What became of one [`StepCompletion`].
@@ -198,10 +213,10 @@ pub enum CompletionOutcome {
 /// Run storage; every [`super::JobStore`] implements it.
 #[async_trait]
 pub trait RunStore: Send + Sync {
-    /// Create a run, its steps and its first step's job in one transaction. With an
-    /// idempotency key that already has a run, returns that run and creates nothing. While
-    /// another run of the workflow with the same concurrency key is active (or queued), the
-    /// run is created `queued`, without a job. `first_job`'s payload gets `"run_id"`.
+    /// Create a run, its steps and the jobs of the steps it starts with in one transaction.
+    /// With an idempotency key that already has a run, returns that run and creates nothing.
+    /// While another run of the workflow with the same concurrency key is active (or queued),
+    /// the run is created `queued`, without a job. Each job's payload gets `"run_id"`.
     async fn run_start(&self, start: &RunStart) -> StoreResult<(RunId, bool)>;
 
     /// One run with its steps.
@@ -271,24 +286,34 @@ pub trait RunStore: Send + Sync {
     /// Runs whose current step (or compensation) job is dead, not yet handled.
     async fn runs_dead_steps(&self, limit: i64) -> StoreResult<Vec<DeadStep>>;
 
-    /// Record that a step died: the run compensates (queuing `compensation`) or, with none
-    /// to run, fails. A dead compensation fails the run. Applies only if still current.
+    /// Record that a step died: its run's other live steps stop (their jobs and a
+    /// fanned-out step's live children are cancelled, the steps pending again), and the run
+    /// compensates (queuing the first of `compensations` whose step is completed) or, with
+    /// none, fails. A dead compensation fails the run. Applies only if the step is still
+    /// the job's.
     async fn run_step_died(
         &self,
         dead: &DeadStep,
-        compensation: Option<NextStep>,
+        compensations: Compensations,
     ) -> StoreResult<bool>;
 
-    /// Retry a failed run from step `job.idx`: steps from there on that died or were
-    /// compensated go back to pending, and `job` is queued. Applies only if the run is still
-    /// failed at step `failed_step` (a stale retry changes nothing).
-    async fn run_retry(&self, id: RunId, failed_step: i32, job: NextStep) -> StoreResult<bool>;
+    /// Retry a failed run: the steps in `redo` go back to pending and `jobs` (the steps
+    /// ready once they are) are queued. Applies only if the run is still failed at step
+    /// `failed_step` (a stale retry changes nothing).
+    async fn run_retry(
+        &self,
+        id: RunId,
+        failed_step: i32,
+        redo: &[i32],
+        jobs: Vec<NextStep>,
+    ) -> StoreResult<bool>;
 
-    /// Cancel a run (see [`RunCancel`]): its current step's job (and a fanned-out step's
-    /// live children) are cancelled; with a compensation the run is `compensating` and ends
-    /// `cancelled` once its compensations are done, without one it is `cancelled` at once. A
-    /// run already compensating only records who cancelled it (it still finishes undoing its
-    /// work). Applies only if the run is still at `current_step` (else `false`: read again).
+    /// Cancel a run (see [`RunCancel`]): every live step stops (its job and a fanned-out
+    /// step's live children are cancelled, the step pending again); with a completed step to
+    /// undo the run is `compensating` and ends `cancelled` once its compensations are done,
+    /// without one it is `cancelled` at once. A run already compensating only records who
+    /// cancelled it (it still finishes undoing its work). Applies only if the run is still at
+    /// `current_step` (else `false`: read again).
     async fn run_cancel(&self, cancel: &RunCancel) -> StoreResult<bool>;
 
     /// Record signal `name` for a run (once: `false` when it was sent already) and wake the
@@ -316,7 +341,8 @@ pub trait RunStore: Send + Sync {
         version: &str,
     ) -> StoreResult<Option<Value>>;
 
-    /// Make a run's current step job due now if it waits (scheduled); `true` when it did.
+    /// Make the jobs of a run's live steps due now if they wait (scheduled); `true` when one
+    /// did.
     async fn run_wake(&self, run_id: RunId) -> StoreResult<bool>;
 
     /// A signal sent to a run, if it was.
@@ -325,21 +351,18 @@ pub trait RunStore: Send + Sync {
     /// Queued runs whose concurrency key is free, oldest first per key.
     async fn runs_promotable(&self, limit: i64) -> StoreResult<Vec<RunId>>;
 
-    /// Start a queued run (its key must still be free): `running`, first step queued.
-    async fn run_promote(&self, id: RunId, first_job: NextStep) -> StoreResult<bool>;
+    /// Start a queued run (its key must still be free): `running`, the jobs of the steps it
+    /// starts with queued.
+    async fn run_promote(&self, id: RunId, first_jobs: Vec<NextStep>) -> StoreResult<bool>;
 
     /// Steps waiting for their children (fan-out) whose children have all ended.
     async fn runs_fanned_in(&self, limit: i64) -> StoreResult<Vec<(RunId, i32)>>;
 
     /// Complete a waiting step whose children all ended: its output gets
-    /// `"children": {"succeeded", "dead", "cancelled"}`; queue `next` or complete the run.
-    /// Applies only if the step is still waiting and no child is live.
-    async fn run_fan_in(
-        &self,
-        run_id: RunId,
-        idx: i32,
-        next: Option<NextStep>,
-    ) -> StoreResult<bool>;
+    /// `"children": {"succeeded", "dead", "cancelled"}`; then as
+    /// [`StepTx::step_completed`]. Applies only if the step is still waiting and no child is
+    /// live.
+    async fn run_fan_in(&self, run_id: RunId, idx: i32, next: Vec<NextStep>) -> StoreResult<bool>;
 
     /// Record a running step's progress, visible at once (outside the step's transaction).
     async fn step_progress(&self, run_id: RunId, idx: i32, progress: &Value) -> StoreResult<()>;
@@ -391,25 +414,27 @@ pub trait StepTx: Send {
     /// A database effect for tests and the demo: append a ledger row.
     async fn ledger_append(&mut self, job_id: JobId, worker: &str, entry: &str) -> StoreResult<()>;
 
-    /// The step succeeded with `output`; queue `next`, or complete the run.
+    /// The step succeeded with `output`; queue each of `next` whose needs are all completed
+    /// (and which is still pending), and complete the run once every step is completed.
     async fn step_completed(
         &mut self,
         run_id: RunId,
         idx: i32,
         output: &Value,
-        next: Option<NextStep>,
+        next: Vec<NextStep>,
     ) -> StoreResult<()>;
 
     /// The step ran and its effects commit, but its outcome is a failure (an upgrade that
-    /// rolled itself back): the step is dead with `error` and `output`; with a compensation
-    /// the run compensates, else it is `failed` with the error.
+    /// rolled itself back): the step is dead with `error` and `output`; the run's other live
+    /// steps stop and, with a completed step to undo, the run compensates, else it is
+    /// `failed` with the error.
     async fn step_failed(
         &mut self,
         run_id: RunId,
         idx: i32,
         output: &Value,
         error: &str,
-        compensation: Option<NextStep>,
+        compensations: Compensations,
     ) -> StoreResult<()>;
 
     /// Spawn child jobs of a step (fan-out); the step then waits for all of them to end
@@ -427,12 +452,13 @@ pub trait StepTx: Send {
     /// The step spawned children: record its output and let it wait for them.
     async fn step_waiting(&mut self, run_id: RunId, idx: i32, output: &Value) -> StoreResult<()>;
 
-    /// The step's compensation succeeded; queue the next compensation, or fail the run.
+    /// The step's compensation succeeded; queue the next compensation (the first of
+    /// `compensations` whose step is completed), or end the run.
     async fn step_compensated(
         &mut self,
         run_id: RunId,
         idx: i32,
-        next: Option<NextStep>,
+        compensations: Compensations,
     ) -> StoreResult<()>;
 
     /// Acknowledge the step's job and commit everything; if the lease was lost meanwhile,

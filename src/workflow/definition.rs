@@ -41,10 +41,16 @@
 //! handler = "wait.until"                  #   or `input.<field>` of the previous step's
 //! job = "workflow_step"                   #   output (RFC 3339, or a date: midnight UTC)
 //! until = "sunset_date"
+//! [[steps]]                               # steps run one after another; `needs` names the
+//! name = "notify_billing"                 #   steps a step waits for instead (declared before
+//! handler = "billing.notify"              #   it; `[]`: it starts with the run), so steps
+//! job = "workflow_step"                   #   that do not need each other run in parallel,
+//! needs = ["create_tables"]               #   and a step with several reads their outputs
 //! ```
 //!
 //! Validation happens at load: unknown handler, unknown job kind, bad cron or time zone,
-//! duplicate step name, a concurrency key naming an unknown parameter → an error with the
+//! duplicate step name, a step needing a step not declared before it, a concurrency key
+//! naming an unknown parameter → an error with the
 //! file, the line and the problem.
 
 use crate::kinds::KindCatalog;
@@ -110,6 +116,10 @@ pub struct StepDef {
     /// What a `wait.signal` or `wait.until` step waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<Wait>,
+    /// The steps this one waits for (`needs = [...]`, each declared before it); `None`: the
+    /// step before it (see [`super::graph`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs: Option<Vec<String>>,
     #[serde(skip)]
     pub line: usize,
 }
@@ -228,6 +238,7 @@ struct StepFile {
     timeout_secs: Option<u64>,
     on_timeout: Option<OnTimeout>,
     until: Option<Spanned<String>>,
+    needs: Option<Spanned<Vec<String>>>,
 }
 
 /// A step's wait, checked against its handler and the declared signals.
@@ -486,7 +497,29 @@ impl WorkflowCatalog {
                     format!("until = `{until}` is neither a parameter nor input.<field>"),
                 ));
             }
+            if let Some(needs) = &s.needs {
+                let mut named = HashSet::new();
+                for need in needs.get_ref() {
+                    if !named.insert(need) {
+                        return Err(invalid(
+                            at(needs.span()),
+                            format!("step `{step_name}` needs `{need}` twice"),
+                        ));
+                    }
+                    if !steps.iter().any(|d: &StepDef| d.name == *need) {
+                        return Err(invalid(
+                            at(needs.span()),
+                            format!(
+                                "step `{step_name}` needs `{need}`, which is not a step declared \
+                                 before it (steps are declared in an order where each comes \
+                                 after the steps it needs)"
+                            ),
+                        ));
+                    }
+                }
+            }
             steps.push(StepDef {
+                needs: s.needs.as_ref().map(|n| n.get_ref().clone()),
                 name: step_name.clone(),
                 handler: s.handler.get_ref().clone(),
                 job: s.job.get_ref().clone(),
@@ -695,6 +728,33 @@ job = "workflow_step"
 
     fn error(text: &str) -> String {
         parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn a_step_needs_only_steps_declared_before_it() {
+        let needs = |list: &str| {
+            GOOD.replace(
+                "handler = \"ok.delete\"",
+                &format!("handler = \"ok.delete\"\nneeds = {list}"),
+            )
+        };
+        let def = parse(&needs("[\"export\"]")).expect("valid");
+        assert_eq!(def.steps[1].needs, Some(vec!["export".to_string()]));
+        assert_eq!(def.version, version_of(&def.steps));
+        assert_ne!(
+            def.version,
+            parse(GOOD).expect("valid").version,
+            "needs are part of the version"
+        );
+        assert!(parse(&needs("[]")).is_ok(), "a second root");
+        assert_eq!(
+            error(&needs("[\"delete\"]")),
+            "workflows/w.toml:18: step `delete` needs `delete`, which is not a step declared \
+             before it (steps are declared in an order where each comes after the steps it \
+             needs)"
+        );
+        assert!(error(&needs("[\"later\"]")).contains("needs `later`"));
+        assert!(error(&needs("[\"export\", \"export\"]")).contains("needs `export` twice"));
     }
 
     #[test]

@@ -9,11 +9,15 @@
 //!   same completion recorded in a batch with other such steps (one transaction for many,
 //!   each fenced and guarded on its own): that is what makes thousands of transitions per
 //!   second possible.
-//! - **Failure**: when a step's job dies for good, the [`RunSweeper`] marks the step dead and
-//!   queues the compensations of the completed steps, latest first, each again a job; when
-//!   they are done the run is `failed`, pointing at its dead step.
-//! - **Retry**: an operator retries a failed run from its dead step; completed steps are not
-//!   run again.
+//! - **Graphs**: a step may name the steps it needs (`needs`, see [`super::graph`]); the
+//!   steps that need a completed one start once all they need is completed (decided under
+//!   the run's lock), so independent branches run in parallel and a join starts once.
+//! - **Failure**: when a step's job dies for good, the [`RunSweeper`] marks the step dead,
+//!   stops the run's other live branches and queues the compensations of the completed
+//!   steps, latest declared first (reverse topological order), each again a job; when they
+//!   are done the run is `failed`, pointing at its dead step.
+//! - **Retry**: an operator retries a failed run: its dead and undone steps and those
+//!   downstream of them run again; completed steps upstream are not run again.
 //! - **Concurrency key**: while a run of the workflow with the same key is active, a new one
 //!   waits `queued`; the sweeper starts the oldest once the key is free.
 //! - **Versions**: a run records the steps it started with (and their hash, its version) and
@@ -22,12 +26,13 @@
 
 use super::coalesce::Coalescer;
 use super::definition::{StepDef, WorkflowCatalog, WorkflowDef};
+use super::graph;
 use crate::kinds::KindCatalog;
 use crate::maintenance;
 use crate::queue::{JobContext, JobError, Registry};
 use crate::store::runs::{
-    CompletionOutcome, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState, StepCompletion,
-    StepState,
+    Compensations, CompletionOutcome, NextStep, RunCancel, RunId, RunRecord, RunStart, RunState,
+    StepCompletion, StepState,
 };
 use crate::store::{SharedStore, StepTx, StoreError, StoreResult};
 use crate::types::{FetchedJob, NewJob};
@@ -83,8 +88,9 @@ pub struct StepContext<'a> {
     /// The step's position in the workflow.
     pub step_index: i32,
     pub params: &'a Value,
-    /// The previous step's output (the run's parameters for the first step); for a
-    /// compensation, the output of the step being undone.
+    /// The output of the step this one needs (by default the step before it); the run's
+    /// parameters for a step that needs none; `{"<step>": output, …}` for a step that needs
+    /// several (see `workflow::graph`). For a compensation, the output of the step undone.
     pub input: &'a Value,
     pub job: &'a FetchedJob,
     pub worker: &'a str,
@@ -388,13 +394,15 @@ impl Engine {
             concurrency_key,
             step_names: def.steps.iter().map(|s| s.name.clone()).collect(),
             version: def.version.clone(),
-            first_job: self.step_job(&def.name, &def.steps, 0, false)?,
+            first_jobs: self.first_steps(&def.name, &def.steps)?,
         };
         Ok(self.store.run_start(&start).await?)
     }
 
-    /// Retry a failed run from its dead step, or from the earliest step its compensation
-    /// undid; steps before that (completed, not undone) do not run again.
+    /// Retry a failed run: its dead steps, the steps its compensation undid and every step
+    /// downstream of those run again (nothing runs on work that was rolled back); completed
+    /// steps upstream of them do not. In a chain that is resuming at the dead step, or at the
+    /// earliest undone one.
     pub async fn retry(&self, id: RunId) -> Result<(), EngineError> {
         let run = self
             .store
@@ -412,31 +420,30 @@ impl Engine {
         if run.state != crate::store::runs::RunState::Failed {
             return Err(not_retryable());
         }
-        // Resume at the dead step, or earlier where compensation undid a step: a step must not
-        // run on top of work that was rolled back.
-        let from = run
-            .steps
-            .iter()
-            .filter(|s| s.state == StepState::Compensated)
-            .map(|s| s.idx)
-            .chain(std::iter::once(run.current_step))
-            .min()
-            .unwrap_or(run.current_step);
-        let job = NextStep {
-            idx: from,
-            job: self.step_job(&run.workflow, &steps, from, false)?,
-        };
-        if self.store.run_retry(id, run.current_step, job).await? {
+        let redo = graph::to_redo(&steps, &run);
+        let jobs = graph::ready_after_reset(&steps, &run, &redo)
+            .into_iter()
+            .map(|at| self.next_step(&run.workflow, &steps, at, Vec::new()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let redo: Vec<i32> = redo
+            .into_iter()
+            .filter_map(|at| i32::try_from(at).ok())
+            .collect();
+        if self
+            .store
+            .run_retry(id, run.current_step, &redo, jobs)
+            .await?
+        {
             Ok(())
         } else {
             Err(not_retryable())
         }
     }
 
-    /// Cancel a run on behalf of `by`. Its completed steps' compensations run first, latest
-    /// first (as when a step dies), then the run is `cancelled`; a run with nothing to undo
-    /// is `cancelled` at once. A run already compensating finishes and ends `cancelled`.
-    /// Refused for a run that has ended.
+    /// Cancel a run on behalf of `by`: every live step stops, its completed steps'
+    /// compensations run, latest first (as when a step dies), then the run is `cancelled`; a
+    /// run with nothing to undo is `cancelled` at once. A run already compensating finishes
+    /// and ends `cancelled`. Refused for a run that has ended.
     pub async fn cancel(&self, id: RunId, by: &str) -> Result<(), EngineError> {
         // The run may move on between the read and the write: read again (a few times).
         for _ in 0..5 {
@@ -450,17 +457,17 @@ impl Engine {
                     state: run.state.to_string(),
                 });
             }
-            let compensation = match (run.state, self.steps_of(&run).await) {
+            let compensations = match (run.state, self.steps_of(&run).await) {
                 (RunState::Running, Some(steps)) => {
-                    self.next_compensation(&steps, &run, run.current_step)
+                    self.compensations(&run.workflow, &steps, i32::MAX)
                 }
-                _ => None,
+                _ => Vec::new(),
             };
             let cancel = RunCancel {
                 id,
                 by: by.to_string(),
                 current_step: run.current_step,
-                compensation,
+                compensations,
             };
             if self.store.run_cancel(&cancel).await? {
                 return Ok(());
@@ -716,29 +723,66 @@ impl Engine {
         })
     }
 
-    /// The next compensation to run, below step `below`: the latest completed step that
-    /// has a compensation handler.
-    fn next_compensation(
+    /// The job of step `idx`, to start once the steps in `needs` are completed.
+    fn next_step(
         &self,
+        workflow: &str,
         steps: &[StepDef],
-        run: &RunRecord,
-        below: i32,
-    ) -> Option<NextStep> {
-        run.steps
-            .iter()
-            .filter(|s| s.idx < below && s.state == StepState::Completed)
+        idx: usize,
+        needs: Vec<i32>,
+    ) -> Result<NextStep, EngineError> {
+        let idx = i32::try_from(idx).map_err(|_| EngineError::InvalidParams {
+            workflow: workflow.to_string(),
+            message: format!("no step {idx}"),
+        })?;
+        Ok(NextStep {
+            idx,
+            job: self.step_job(workflow, steps, idx, false)?,
+            needs,
+        })
+    }
+
+    /// The jobs of the steps a run starts with (those that need none).
+    fn first_steps(&self, workflow: &str, steps: &[StepDef]) -> Result<Vec<NextStep>, EngineError> {
+        graph::roots(steps)
+            .into_iter()
+            .map(|at| self.next_step(workflow, steps, at, Vec::new()))
+            .collect()
+    }
+
+    /// The jobs of the steps that need step `idx`, each with everything it needs (the store
+    /// starts one once all of that is completed).
+    fn next_steps(
+        &self,
+        workflow: &str,
+        steps: &[StepDef],
+        idx: usize,
+    ) -> Result<Vec<NextStep>, EngineError> {
+        graph::children(steps, idx)
+            .into_iter()
+            .map(|at| self.next_step(workflow, steps, at, graph::parents(steps, at)))
+            .collect()
+    }
+
+    /// The compensations a run may run next, below step `below`, latest step first (the
+    /// declared order is topological, so this is reverse topological order): every step
+    /// with a compensation handler; the store starts the first whose step is completed.
+    fn compensations(&self, workflow: &str, steps: &[StepDef], below: i32) -> Compensations {
+        (0..steps.len())
             .rev()
-            .find(|s| {
-                usize::try_from(s.idx)
+            .filter(|&at| steps[at].compensate.is_some())
+            .filter_map(|at| i32::try_from(at).ok())
+            .filter(|&idx| idx < below)
+            .filter_map(|idx| {
+                self.step_job(workflow, steps, idx, true)
                     .ok()
-                    .and_then(|i| steps.get(i))
-                    .is_some_and(|d| d.compensate.is_some())
+                    .map(|job| NextStep {
+                        idx,
+                        job,
+                        needs: Vec::new(),
+                    })
             })
-            .and_then(|s| {
-                self.step_job(&run.workflow, steps, s.idx, true)
-                    .ok()
-                    .map(|job| NextStep { idx: s.idx, job })
-            })
+            .collect()
     }
 
     async fn run_step(&self, args: StepJob, ctx: JobContext) -> Result<(), JobError> {
@@ -778,10 +822,8 @@ impl Engine {
             .ok_or_else(|| fatal(format!("no step handler `{handler_name}` on this worker")))?;
         let input = if args.compensate {
             record.output.clone().unwrap_or(Value::Null)
-        } else if idx == 0 {
-            run.params.clone()
         } else {
-            run.steps[idx - 1].output.clone().unwrap_or(Value::Null)
+            graph::input_of(&steps, &run, idx)
         };
         let mut opened: Option<Box<dyn StepTx>> = None;
         let mut failure: Option<String> = None;
@@ -808,29 +850,23 @@ impl Engine {
         })
         .await?;
         if args.compensate {
-            let next = self.next_compensation(&steps, &run, args.step);
+            let next = self.compensations(&run.workflow, &steps, args.step);
             let mut tx = self.open_tx(opened, &ctx).await?;
             let recorded = tx.step_compensated(run.id, args.step, next).await;
             return finish(tx, recorded, &ctx, run.id).await;
         }
         if let Some(reason) = failure {
-            // The step's effects commit; the run fails (after compensating earlier steps).
-            let compensation = self.next_compensation(&steps, &run, args.step);
+            // The step's effects commit; the run fails (after compensating completed steps).
+            let compensations = self.compensations(&run.workflow, &steps, i32::MAX);
             let mut tx = self.open_tx(opened, &ctx).await?;
             let recorded = tx
-                .step_failed(run.id, args.step, &output, &reason, compensation)
+                .step_failed(run.id, args.step, &output, &reason, compensations)
                 .await;
             return finish(tx, recorded, &ctx, run.id).await;
         }
-        let next = match steps.get(idx + 1) {
-            Some(_) => Some(NextStep {
-                idx: args.step + 1,
-                job: self
-                    .step_job(&run.workflow, &steps, args.step + 1, false)
-                    .map_err(|e| fatal(e.to_string()))?,
-            }),
-            None => None,
-        };
+        let next = self
+            .next_steps(&run.workflow, &steps, idx)
+            .map_err(|e| fatal(e.to_string()))?;
         let Some(mut tx) = opened else {
             // The handler wrote nothing: its completion goes into the next batch.
             let completion = StepCompletion {
@@ -840,6 +876,7 @@ impl Engine {
                 idx: args.step,
                 output,
                 next,
+                chain: graph::is_chain(&steps),
             };
             ctx.mark_committing();
             return match self.completions().call(completion).await? {
@@ -893,8 +930,8 @@ impl Engine {
             let Some(steps) = self.steps_of(&run).await else {
                 continue;
             };
-            let first = match self.step_job(&run.workflow, &steps, 0, false) {
-                Ok(job) => NextStep { idx: 0, job },
+            let first = match self.first_steps(&run.workflow, &steps) {
+                Ok(first) => first,
                 Err(err) => {
                     tracing::error!(run_id, error = %err, "cannot build the first step");
                     continue;
@@ -911,15 +948,15 @@ impl Engine {
             let Some(steps) = self.steps_of(&run).await else {
                 continue;
             };
-            let next = match usize::try_from(idx + 1).ok().and_then(|i| steps.get(i)) {
-                Some(_) => match self.step_job(&run.workflow, &steps, idx + 1, false) {
-                    Ok(job) => Some(NextStep { idx: idx + 1, job }),
-                    Err(err) => {
-                        tracing::error!(run_id, error = %err, "cannot build the next step");
-                        continue;
-                    }
-                },
-                None => None,
+            let next = match usize::try_from(idx)
+                .map_err(|_| EngineError::NoRun(run_id))
+                .and_then(|at| self.next_steps(&run.workflow, &steps, at))
+            {
+                Ok(next) => next,
+                Err(err) => {
+                    tracing::error!(run_id, error = %err, "cannot build the next steps");
+                    continue;
+                }
             };
             if self.store.run_fan_in(run_id, idx, next).await? {
                 handled += 1;
@@ -934,12 +971,12 @@ impl Engine {
             let Some(steps) = self.steps_of(&run).await else {
                 continue;
             };
-            let compensation = if dead.compensating {
-                None
+            let compensations = if dead.compensating {
+                Vec::new()
             } else {
-                self.next_compensation(&steps, &run, dead.idx)
+                self.compensations(&run.workflow, &steps, i32::MAX)
             };
-            if self.store.run_step_died(&dead, compensation).await? {
+            if self.store.run_step_died(&dead, compensations).await? {
                 handled += 1;
             }
         }
@@ -947,8 +984,6 @@ impl Engine {
     }
 }
 
-/// A concurrency-key template with its `{param}` placeholders filled (validated at load:
-/// every placeholder names a parameter; a missing optional one renders empty).
 /// Commit a step transaction whose step was recorded (`recorded`), acknowledging the job.
 async fn finish(
     tx: Box<dyn StepTx>,
@@ -977,6 +1012,8 @@ async fn finish(
     }
 }
 
+/// A concurrency-key template with its `{param}` placeholders filled (validated at load:
+/// every placeholder names a parameter; a missing optional one renders empty).
 fn render_key(template: &str, params: &Value) -> String {
     let mut key = String::new();
     let mut rest = template;

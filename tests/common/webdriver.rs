@@ -210,25 +210,41 @@ impl Browser {
         .await;
     }
 
-    /// The visible text of the element matching `css` (found again when a live update
-    /// replaced it between the lookup and the read).
+    /// The visible text of the element matching `css`, waiting (up to 10 s) for it: found
+    /// again when a live update replaced it between the lookup and the read, and looked for
+    /// again while the page after a click or a reload has not loaded it yet.
     pub async fn text(&self, css: &str) -> String {
-        for _ in 0..20 {
-            let element = self.find(css).await;
-            match self
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
                 .try_call(
-                    reqwest::Method::GET,
-                    &format!("/element/{element}/text"),
-                    Value::Null,
+                    reqwest::Method::POST,
+                    "/element",
+                    json!({"using": "css selector", "value": css}),
                 )
-                .await
-            {
-                Ok(text) => return text.as_str().unwrap_or_default().to_string(),
-                Err(error) if error.starts_with("stale element reference") => continue,
-                Err(error) => panic!("webdriver text of `{css}`: {error}"),
+                .await;
+            let element = match found {
+                Ok(found) => found[ELEMENT].as_str().map(str::to_string),
+                Err(error) if error.starts_with("no such element") => None,
+                Err(error) => panic!("webdriver /element `{css}`: {error}"),
+            };
+            if let Some(element) = element {
+                match self
+                    .try_call(
+                        reqwest::Method::GET,
+                        &format!("/element/{element}/text"),
+                        Value::Null,
+                    )
+                    .await
+                {
+                    Ok(text) => return text.as_str().unwrap_or_default().to_string(),
+                    Err(error) if error.starts_with("stale element reference") => {}
+                    Err(error) => panic!("webdriver text of `{css}`: {error}"),
+                }
             }
+            assert!(Instant::now() < deadline, "nothing matched `{css}`");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("`{css}` kept being replaced");
     }
 
     /// Run `script` (a function body; `return` gives its value) in the page.

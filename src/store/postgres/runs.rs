@@ -1,4 +1,5 @@
-//! The PostgreSQL batch of step completions: fence, guard, next jobs and every step, next
+//! The PostgreSQL batch of step completions of chained steps (each needing the one before:
+//! see `workflow::graph`): fence, guard, next jobs and every step, next
 //! step and run of a batch in a handful of set-based statements (the rest of the run store
 //! is written once, in `store/sql/runs.rs`).
 
@@ -66,7 +67,7 @@ impl PgStore {
         let current: HashSet<JobId> = sqlx::query_scalar(
             "SELECT s.job_id FROM steward_runs r \
              JOIN unnest($1::int8[], $2::int4[], $3::int8[]) AS g(run_id, idx, job_id) \
-               ON r.id = g.run_id AND r.current_step = g.idx \
+               ON r.id = g.run_id \
              JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = g.idx AND s.job_id = g.job_id \
              WHERE r.id = ANY($1) AND r.state = 'running' AND s.state = 'queued' \
              ORDER BY r.id FOR UPDATE OF r",
@@ -90,7 +91,7 @@ impl PgStore {
         let next_jobs: Vec<NewJob> = applied
             .iter()
             .filter_map(|i| {
-                i.next.as_ref().map(|next| {
+                i.next.first().map(|next| {
                     let mut job = next.job.clone();
                     job.payload["run_id"] = Value::from(i.run_id);
                     job
@@ -105,7 +106,7 @@ impl PgStore {
         let mut next_ids = enqueued.iter().map(|e| e.id);
         let next_job: Vec<Option<JobId>> = applied
             .iter()
-            .map(|i| i.next.as_ref().and_then(|_| next_ids.next()))
+            .map(|i| i.next.first().and_then(|_| next_ids.next()))
             .collect();
         sqlx::query(
             "WITH u AS (SELECT * FROM unnest($1::int8[], $2::int4[], $3::jsonb[], $4::int4[], $5::int8[]) \
@@ -129,7 +130,7 @@ impl PgStore {
         .bind(
             applied
                 .iter()
-                .map(|i| i.next.as_ref().map(|n| n.idx))
+                .map(|i| i.next.first().map(|n| n.idx))
                 .collect::<Vec<_>>(),
         )
         .bind(&next_job)

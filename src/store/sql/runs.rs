@@ -6,8 +6,8 @@
 
 use crate::store::domain::{MigrationReport, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{
-    CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunPage, RunRecord, RunStart,
-    RunState, RunStore, SignalRecord, StepCompletion, StepRecord, StepState, StepTx,
+    Compensations, CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunPage, RunRecord,
+    RunStart, RunState, RunStore, SignalRecord, StepCompletion, StepRecord, StepState, StepTx,
 };
 use crate::store::sql::{Conn, Row, Sql, SqlStore, Tx, corrupt, parse, sql};
 use crate::store::{StoreError, StoreResult};
@@ -52,11 +52,92 @@ async fn queue_step(
     Ok(())
 }
 
-/// The run is over: `completed`.
-async fn run_completed(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<()> {
+/// After a step completed: queue each of `next` that can start (still pending, with every
+/// step it needs completed; one needing only the step that just completed starts at once).
+/// With none queued, the run is `completed` once all its steps are (parallel branches still
+/// live keep it running). The run is locked by the caller, so two parallel steps completing
+/// at once start their join once.
+async fn advance(conn: &mut dyn Conn, run_id: RunId, next: &[NextStep]) -> StoreResult<()> {
+    let mut queued = 0;
+    for step in next {
+        if step.needs.len() > 1 {
+            let needs: Vec<i64> = step.needs.iter().map(|&n| i64::from(n)).collect();
+            let ready = conn
+                .fetch_optional(sql!(
+                    "SELECT t.idx FROM steward_run_steps t \
+                     WHERE t.run_id = $1 AND t.idx = $2 AND t.state = 'pending' \
+                       AND NOT EXISTS (SELECT 1 FROM steward_run_steps p WHERE p.run_id = $1 \
+                                       AND p.idx = ANY($3) AND p.state <> 'completed')",
+                    run_id,
+                    step.idx,
+                    needs
+                ))
+                .await?;
+            if ready.is_none() {
+                continue;
+            }
+        }
+        queue_step(conn, run_id, step, StepState::Queued).await?;
+        queued += 1;
+    }
+    if queued == 0 {
+        conn.execute(sql!(
+            "UPDATE steward_runs SET state = 'completed', updated_at = {now}, finished_at = {now} \
+             WHERE id = $1 AND state = 'running' AND NOT EXISTS (SELECT 1 FROM steward_run_steps \
+                 WHERE run_id = $1 AND state <> 'completed')",
+            run_id
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The first of `compensations` (latest step first) whose step is completed: what a run
+/// undoes next.
+async fn next_compensation<'a>(
+    conn: &mut dyn Conn,
+    run_id: RunId,
+    compensations: &'a [NextStep],
+) -> StoreResult<Option<&'a NextStep>> {
+    if compensations.is_empty() {
+        return Ok(None);
+    }
+    let candidates: Vec<i64> = compensations.iter().map(|c| i64::from(c.idx)).collect();
+    let latest = conn
+        .fetch_optional(sql!(
+            "SELECT idx FROM steward_run_steps \
+             WHERE run_id = $1 AND state = 'completed' AND idx = ANY($2) \
+             ORDER BY idx DESC LIMIT 1",
+            run_id,
+            candidates
+        ))
+        .await?;
+    let Some(latest) = latest else {
+        return Ok(None);
+    };
+    let idx = latest.int32("idx")?;
+    Ok(compensations.iter().find(|c| c.idx == idx))
+}
+
+/// Stop a run's live steps: their jobs and a fanned-out step's live children are cancelled
+/// (a running handler is stopped at its next heartbeat, and its commit is fenced out), and
+/// the steps are pending again (a retry runs them).
+async fn stop_live_steps(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<()> {
     conn.execute(sql!(
-        "UPDATE steward_runs SET state = 'completed', updated_at = {now}, finished_at = {now} \
-         WHERE id = $1",
+        "UPDATE steward_jobs SET state = 'cancelled', finished_at = {now}, leased_by = NULL, \
+             lease_expires_at = NULL \
+         WHERE state IN ('scheduled', 'available', 'running', 'retryable') \
+           AND (id IN (SELECT s.job_id FROM steward_run_steps s \
+                       WHERE s.run_id = $1 AND s.state IN ('queued', 'waiting')) \
+                OR id IN (SELECT c.job_id FROM steward_run_children c \
+                          JOIN steward_run_steps s ON s.run_id = c.run_id AND s.idx = c.idx \
+                          WHERE c.run_id = $1 AND s.state = 'waiting'))",
+        run_id
+    ))
+    .await?;
+    conn.execute(sql!(
+        "UPDATE steward_run_steps SET state = 'pending' \
+         WHERE run_id = $1 AND state IN ('queued', 'waiting')",
         run_id
     ))
     .await?;
@@ -97,19 +178,20 @@ async fn runs_with_steps<S: SqlStore>(store: &S, sql: Sql) -> StoreResult<Vec<Ru
             ids
         ))
         .await?;
+    let mut steps_of: std::collections::HashMap<RunId, Vec<StepRecord>> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for step in &steps {
+        let run_id = step.int("run_id")?;
+        let mut step = step_from(&**step)?;
+        if let Some(progress) = store.progress_overlay(run_id, step.idx) {
+            step.progress = Some(progress);
+        }
+        steps_of.entry(run_id).or_default().push(step);
+    }
     let mut runs = Vec::with_capacity(rows.len());
     for row in &rows {
         let id = row.int("id")?;
-        let mut run_steps = Vec::new();
-        for step in &steps {
-            if step.int("run_id")? == id {
-                let mut step = step_from(&**step)?;
-                if let Some(progress) = store.progress_overlay(id, step.idx) {
-                    step.progress = Some(progress);
-                }
-                run_steps.push(step);
-            }
-        }
+        let run_steps = steps_of.remove(&id).unwrap_or_default();
         runs.push(RunRecord {
             id,
             workflow: row.text("workflow")?,
@@ -176,11 +258,9 @@ async fn run_insert<S: SqlStore>(
     tx.execute(sql!(steps, run_id, start.step_names.clone()))
         .await?;
     if row.text("state")? == "running" {
-        let first = NextStep {
-            idx: 0,
-            job: start.first_job.clone(),
-        };
-        queue_step(&mut *tx, run_id, &first, StepState::Queued).await?;
+        for first in &start.first_jobs {
+            queue_step(&mut *tx, run_id, first, StepState::Queued).await?;
+        }
     }
     tx.commit().await?;
     Ok((run_id, true))
@@ -213,16 +293,13 @@ impl<S: SqlStore> RunStore for S {
             format!("SELECT {RUN_COLUMNS} FROM steward_runs WHERE id = ANY($1)"),
             ids
         );
-        let mut found = runs_with_steps(self, sql).await?;
-        Ok(ids
-            .iter()
-            .map(|id| {
-                found
-                    .iter()
-                    .position(|run| run.id == *id)
-                    .map(|at| found.swap_remove(at))
-            })
-            .collect())
+        let found: std::collections::HashMap<RunId, RunRecord> = runs_with_steps(self, sql)
+            .await?
+            .into_iter()
+            .map(|run| (run.id, run))
+            .collect();
+        // (An id may be asked for twice: parallel steps of one run read it together.)
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
     }
 
     async fn steps_complete_many(
@@ -232,7 +309,11 @@ impl<S: SqlStore> RunStore for S {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(outcomes) = self.steps_complete_batched(items).await? {
+        // A backend's batched path knows chains only (one next step, none: the run is over);
+        // a batch holding a step of a graph goes the general way.
+        if items.iter().all(|i| i.chain)
+            && let Some(outcomes) = self.steps_complete_batched(items).await?
+        {
             return Ok(outcomes);
         }
         // One transaction for the batch; each completion in a savepoint, so a stale or
@@ -337,8 +418,10 @@ impl<S: SqlStore> RunStore for S {
                      coalesce({last_error}, 'the step job died') AS error \
                  FROM steward_jobs j \
                  JOIN steward_run_steps s ON s.job_id = j.id AND s.state IN ('queued', 'compensating') \
-                 JOIN steward_runs r ON r.id = s.run_id AND r.current_step = s.idx \
-                 WHERE j.state IN ('dead', 'cancelled') AND r.state IN ('running', 'compensating') \
+                 JOIN steward_runs r ON r.id = s.run_id \
+                 WHERE j.state IN ('dead', 'cancelled') \
+                   AND ((s.state = 'queued' AND r.state = 'running') \
+                        OR (s.state = 'compensating' AND r.state = 'compensating')) \
                  ORDER BY r.id LIMIT $1"
             ),
             limit
@@ -359,7 +442,7 @@ impl<S: SqlStore> RunStore for S {
     async fn run_step_died(
         &self,
         dead: &DeadStep,
-        compensation: Option<NextStep>,
+        compensations: Compensations,
     ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
         let expected = if dead.compensating {
@@ -372,7 +455,9 @@ impl<S: SqlStore> RunStore for S {
                 "SELECT r.id FROM steward_runs r \
                  JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
                  JOIN steward_jobs j ON j.id = s.job_id AND j.state IN ('dead', 'cancelled') \
-                 WHERE r.id = $1 AND r.current_step = $2 AND s.state = $3 {for_update}",
+                 WHERE r.id = $1 AND s.state = $3 \
+                   AND r.state = CASE WHEN $3 = 'queued' THEN 'running' ELSE 'compensating' END \
+                 {for_update}",
                 dead.run_id,
                 dead.idx,
                 expected.as_str()
@@ -399,7 +484,14 @@ impl<S: SqlStore> RunStore for S {
             step_error
         ))
         .await?;
-        match compensation.filter(|_| !dead.compensating) {
+        if !dead.compensating {
+            stop_live_steps(&mut *tx, dead.run_id).await?;
+        }
+        let compensation = match dead.compensating {
+            true => None,
+            false => next_compensation(&mut *tx, dead.run_id, &compensations).await?,
+        };
+        match compensation {
             Some(next) => {
                 tx.execute(sql!(
                     "UPDATE steward_runs SET state = 'compensating', error = $2, \
@@ -408,7 +500,7 @@ impl<S: SqlStore> RunStore for S {
                     &run_error
                 ))
                 .await?;
-                queue_step(&mut *tx, dead.run_id, &next, StepState::Compensating).await?;
+                queue_step(&mut *tx, dead.run_id, next, StepState::Compensating).await?;
             }
             None => {
                 // Nothing (more) to compensate: the run fails, pointing at its dead step.
@@ -428,7 +520,13 @@ impl<S: SqlStore> RunStore for S {
         Ok(true)
     }
 
-    async fn run_retry(&self, id: RunId, failed_step: i32, job: NextStep) -> StoreResult<bool> {
+    async fn run_retry(
+        &self,
+        id: RunId,
+        failed_step: i32,
+        redo: &[i32],
+        jobs: Vec<NextStep>,
+    ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
         let updated = tx
             .execute(sql!(
@@ -442,15 +540,18 @@ impl<S: SqlStore> RunStore for S {
         if updated == 0 {
             return Ok(false);
         }
+        let redo: Vec<i64> = redo.iter().map(|&i| i64::from(i)).collect();
         tx.execute(sql!(
             "UPDATE steward_run_steps SET state = 'pending', output = NULL, error = NULL, \
                  job_id = NULL, started_at = NULL, finished_at = NULL \
-             WHERE run_id = $1 AND idx >= $2 AND state IN ('dead', 'compensated')",
+             WHERE run_id = $1 AND idx = ANY($2)",
             id,
-            job.idx
+            redo
         ))
         .await?;
-        queue_step(&mut *tx, id, &job, StepState::Queued).await?;
+        for job in &jobs {
+            queue_step(&mut *tx, id, job, StepState::Queued).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -486,9 +587,8 @@ impl<S: SqlStore> RunStore for S {
         let woken = tx
             .fetch_all(sql!(
                 "UPDATE steward_jobs SET state = 'available', run_at = {now} \
-                 WHERE state = 'scheduled' AND id = (SELECT s.job_id FROM steward_run_steps s \
-                     JOIN steward_runs r ON r.id = s.run_id AND s.idx = r.current_step \
-                     WHERE r.id = $1) \
+                 WHERE state = 'scheduled' AND id IN (SELECT s.job_id FROM steward_run_steps s \
+                     WHERE s.run_id = $1 AND s.state = 'queued') \
                  RETURNING queue",
                 run_id
             ))
@@ -577,21 +677,21 @@ impl<S: SqlStore> RunStore for S {
             tx.commit().await?;
             return Ok(true);
         }
-        let Some(row) = tx
+        let locked = tx
             .fetch_optional(sql!(
-                "SELECT s.job_id FROM steward_runs r \
-                 JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = r.current_step \
+                "SELECT r.id FROM steward_runs r \
                  WHERE r.id = $1 AND r.state IN ('queued', 'running') AND r.current_step = $2 \
                  {for_update}",
                 cancel.id,
                 cancel.current_step
             ))
-            .await?
-        else {
+            .await?;
+        if locked.is_none() {
             return Ok(false);
-        };
-        let job = row.opt_int("job_id")?;
-        let compensate = cancel.compensation.is_some();
+        }
+        stop_live_steps(&mut *tx, cancel.id).await?;
+        let compensation = next_compensation(&mut *tx, cancel.id, &cancel.compensations).await?;
+        let compensate = compensation.is_some();
         tx.execute(sql!(
             "UPDATE steward_runs SET state = CASE WHEN $4 THEN 'compensating' ELSE 'cancelled' END, \
                  cancelled_by = $2, error = $3, updated_at = {now}, \
@@ -603,20 +703,7 @@ impl<S: SqlStore> RunStore for S {
             compensate
         ))
         .await?;
-        // The current step's job and, for a fanned-out step, its live children.
-        tx.execute(sql!(
-            "UPDATE steward_jobs SET state = 'cancelled', finished_at = {now}, leased_by = NULL, \
-                 lease_expires_at = NULL \
-             WHERE state IN ('scheduled', 'available', 'running', 'retryable') \
-               AND (id = $2 OR id IN (SELECT c.job_id FROM steward_run_children c \
-                                      JOIN steward_runs r ON r.id = c.run_id \
-                                          AND c.idx = r.current_step \
-                                      WHERE c.run_id = $1))",
-            cancel.id,
-            job
-        ))
-        .await?;
-        if let Some(next) = &cancel.compensation {
+        if let Some(next) = compensation {
             queue_step(&mut *tx, cancel.id, next, StepState::Compensating).await?;
         }
         tx.commit().await?;
@@ -642,7 +729,7 @@ impl<S: SqlStore> RunStore for S {
             .collect()
     }
 
-    async fn run_promote(&self, id: RunId, first_job: NextStep) -> StoreResult<bool> {
+    async fn run_promote(&self, id: RunId, first_jobs: Vec<NextStep>) -> StoreResult<bool> {
         let mut tx = self.write().await?;
         let promoted = tx
             .execute(sql!(
@@ -658,7 +745,9 @@ impl<S: SqlStore> RunStore for S {
             Err(err) if err.is_unique_violation() => return Ok(false),
             Err(err) => return Err(err),
         }
-        queue_step(&mut *tx, id, &first_job, StepState::Queued).await?;
+        for first in &first_jobs {
+            queue_step(&mut *tx, id, first, StepState::Queued).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -668,7 +757,7 @@ impl<S: SqlStore> RunStore for S {
             .await?
             .fetch_all(sql!(
                 "SELECT s.run_id, s.idx FROM steward_run_steps s \
-                 JOIN steward_runs r ON r.id = s.run_id AND r.current_step = s.idx \
+                 JOIN steward_runs r ON r.id = s.run_id \
                  WHERE s.state = 'waiting' AND r.state = 'running' \
                    AND NOT EXISTS (SELECT 1 FROM steward_run_children c \
                                    JOIN steward_jobs j ON j.id = c.job_id \
@@ -683,19 +772,13 @@ impl<S: SqlStore> RunStore for S {
             .collect()
     }
 
-    async fn run_fan_in(
-        &self,
-        run_id: RunId,
-        idx: i32,
-        next: Option<NextStep>,
-    ) -> StoreResult<bool> {
+    async fn run_fan_in(&self, run_id: RunId, idx: i32, next: Vec<NextStep>) -> StoreResult<bool> {
         let mut tx = self.write().await?;
         let waiting = tx
             .fetch_optional(sql!(
                 "SELECT r.id FROM steward_runs r \
                  JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
-                 WHERE r.id = $1 AND r.state = 'running' AND r.current_step = $2 \
-                   AND s.state = 'waiting' \
+                 WHERE r.id = $1 AND r.state = 'running' AND s.state = 'waiting' \
                    AND NOT EXISTS (SELECT 1 FROM steward_run_children c \
                                    JOIN steward_jobs j ON j.id = c.job_id \
                                    WHERE c.run_id = $1 AND c.idx = $2 \
@@ -735,10 +818,7 @@ impl<S: SqlStore> RunStore for S {
             idx
         ))
         .await?;
-        match next {
-            Some(next) => queue_step(&mut *tx, run_id, &next, StepState::Queued).await?,
-            None => run_completed(&mut *tx, run_id).await?,
-        }
+        advance(&mut *tx, run_id, &next).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -757,8 +837,9 @@ struct SqlStepTx {
 }
 
 impl SqlStepTx {
-    /// The step is still the run's current one, in `step_state`, run by this transaction's
-    /// job, in a run in `run_state`; the run stays locked until commit. Else `Stale`.
+    /// The step is still in `step_state`, run by this transaction's job, in a run in
+    /// `run_state`; the run stays locked until commit (so parallel steps of one run record
+    /// their ends one after the other). Else `Stale`.
     async fn guard(
         &mut self,
         run_id: RunId,
@@ -773,7 +854,7 @@ impl SqlStepTx {
                 format!(
                     "SELECT r.id FROM steward_runs r \
                      JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
-                     WHERE r.id = $1 AND r.current_step = $2 AND r.state = $3 AND s.state = $4 \
+                     WHERE r.id = $1 AND r.state = $3 AND s.state = $4 \
                        AND s.job_id = $5 {lock}"
                 ),
                 run_id,
@@ -882,15 +963,12 @@ impl StepTx for SqlStepTx {
         run_id: RunId,
         idx: i32,
         output: &Value,
-        next: Option<NextStep>,
+        next: Vec<NextStep>,
     ) -> StoreResult<()> {
         self.guard(run_id, idx, "running", "queued").await?;
         self.step_finished(run_id, idx, StepState::Completed, Some(output), None)
             .await?;
-        match next {
-            Some(next) => queue_step(&mut *self.tx, run_id, &next, StepState::Queued).await,
-            None => run_completed(&mut *self.tx, run_id).await,
-        }
+        advance(&mut *self.tx, run_id, &next).await
     }
 
     async fn step_failed(
@@ -899,13 +977,14 @@ impl StepTx for SqlStepTx {
         idx: i32,
         output: &Value,
         error: &str,
-        compensation: Option<NextStep>,
+        compensations: Compensations,
     ) -> StoreResult<()> {
         self.guard(run_id, idx, "running", "queued").await?;
         self.step_finished(run_id, idx, StepState::Dead, Some(output), Some(error))
             .await?;
+        stop_live_steps(&mut *self.tx, run_id).await?;
         let run_error = format!("step {idx} failed: {error}");
-        match compensation {
+        match next_compensation(&mut *self.tx, run_id, &compensations).await? {
             Some(next) => {
                 self.tx
                     .execute(sql!(
@@ -917,7 +996,7 @@ impl StepTx for SqlStepTx {
                     .await?;
                 // This points the run at the compensation; a retry resumes at the failed
                 // step (the lowest dead or compensated one).
-                queue_step(&mut *self.tx, run_id, &next, StepState::Compensating).await
+                queue_step(&mut *self.tx, run_id, next, StepState::Compensating).await
             }
             None => {
                 self.tx
@@ -986,14 +1065,14 @@ impl StepTx for SqlStepTx {
         &mut self,
         run_id: RunId,
         idx: i32,
-        next: Option<NextStep>,
+        compensations: Compensations,
     ) -> StoreResult<()> {
         self.guard(run_id, idx, "compensating", "compensating")
             .await?;
         self.step_finished(run_id, idx, StepState::Compensated, None, None)
             .await?;
-        match next {
-            Some(next) => queue_step(&mut *self.tx, run_id, &next, StepState::Compensating).await,
+        match next_compensation(&mut *self.tx, run_id, &compensations).await? {
+            Some(next) => queue_step(&mut *self.tx, run_id, next, StepState::Compensating).await,
             None => {
                 // Compensation is over: the run is failed, pointing at its dead step (or
                 // cancelled, when an operator's cancel started the compensation).
