@@ -1242,10 +1242,23 @@ async fn a_dead_branch_compensates_in_reverse_topological_order_and_retry_resume
         ],
         "the completed branch is undone first, then what it needed"
     );
-    // The cause is fixed: the retry resumes every undone step and the dead branch, from
-    // `reserve` (everything downstream of an undone step runs again), and the join runs once.
+    // The cause is fixed. The operator retries the dead branch's job from the dead-letter
+    // queue: it is retried through its run, which resumes every undone step and the dead
+    // branch, from `reserve` (everything downstream of an undone step runs again).
     open.store(true, Ordering::SeqCst);
-    engine.retry(id).await.unwrap();
+    let dead_job = run.steps[1].job_id.expect("the dead branch's job");
+    let retried = steward::lifecycle::operator::Operator::new(Arc::clone(&engine))
+        .retry_jobs(
+            &steward::types::JobFilter {
+                ids: vec![dead_job],
+                ..Default::default()
+            },
+            &steward::domain::actor::Actor::master_admin("ops"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(retried.runs, [id], "the job is retried through its run");
+    assert_eq!(retried.jobs, 0);
     wait_runs(&t, "the retried run completed", |runs| {
         runs[0].state == RunState::Completed
     })
