@@ -1172,6 +1172,41 @@ async fn a_diamond_runs_its_branches_in_parallel_and_joins_once(backend: Backend
         join.started_at.unwrap() >= branches_ended,
         "the join started once both branches had ended"
     );
+
+    // The run's page draws the graph by level: the two branches side by side, between the
+    // step they need and their join, which lists what it needs and reads both outputs.
+    let keys = steward::api::auth::AuthKeys::new("a-dashboard-secret-of-32-bytes-or-more").unwrap();
+    let stop = CancellationToken::new();
+    let base = common::serve_http(&t, Arc::clone(&engine), keys.clone(), &stop).await;
+    let token = keys
+        .mint(
+            "ops",
+            steward::api::auth::Role::MasterAdmin,
+            None,
+            chrono::Duration::hours(1),
+        )
+        .unwrap();
+    let page = reqwest::Client::new()
+        .get(format!("{base}/dashboard/runs/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    stop.cancel();
+    let levels: Vec<&str> = page.split("class=\"level\"").skip(1).collect();
+    assert_eq!(levels.len(), 3, "{page}");
+    assert!(levels[0].contains("id=\"node-0\"") && !levels[0].contains("id=\"node-1\""));
+    assert!(levels[1].contains("id=\"node-1\"") && levels[1].contains("id=\"node-2\""));
+    assert!(levels[2].contains("id=\"node-3\""));
+    let join_section = page
+        .split("id=\"step-3\"")
+        .nth(1)
+        .expect("the join's section");
+    assert!(join_section.contains("left, right"), "{join_section}");
+    assert!(join_section.contains("&quot;left&quot;"), "{join_section}");
     t.cleanup().await;
 }
 
