@@ -37,6 +37,7 @@ per_backend!(
     a_diamond_runs_its_branches_in_parallel_and_joins_once,
     a_dead_branch_compensates_in_reverse_topological_order_and_retry_resumes_it,
     cancelling_a_graph_stops_every_live_branch_and_undoes_completed_ones,
+    batched_completions_of_parallel_branches_start_their_join_once,
 );
 
 fn kinds() -> KindCatalog {
@@ -1409,5 +1410,132 @@ async fn cancelling_a_graph_stops_every_live_branch_and_undoes_completed_ones(ba
             format!("run {id} undo reserve")
         ]
     );
+    t.cleanup().await;
+}
+
+const NOOP_DIAMOND: &str = r#"
+name = "noop_diamond"
+[[steps]]
+name = "a"
+handler = "step.noop"
+job = "workflow_step"
+[[steps]]
+name = "b"
+handler = "step.noop"
+job = "workflow_step"
+needs = ["a"]
+[[steps]]
+name = "c"
+handler = "step.noop"
+job = "workflow_step"
+needs = ["a"]
+[[steps]]
+name = "d"
+handler = "step.noop"
+job = "workflow_step"
+needs = ["b", "c"]
+"#;
+
+/// The store decides joins: two branches of one run completed in one batch start their join
+/// once; one branch alone does not start it (nor end the run); the last step ends the run.
+async fn batched_completions_of_parallel_branches_start_their_join_once(backend: Backend) {
+    let t = fresh(backend).await;
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[NOOP_DIAMOND], &steps),
+        kinds(),
+        steps,
+    );
+    let (together, _) = engine.start("noop_diamond", json!({}), None).await.unwrap();
+    let (apart, _) = engine.start("noop_diamond", json!({}), None).await.unwrap();
+    let fetch = || async {
+        t.store
+            .jobs_fetch_available(FetchParams {
+                queue: "workflows",
+                limit: 100,
+                worker: "w",
+                lease_for: Duration::from_secs(30),
+            })
+            .await
+            .unwrap()
+    };
+    let job = |idx: i32| NewJob {
+        payload: json!({"step": idx}),
+        max_attempts: 1,
+        ..common::new_job("workflow_step", "workflows")
+    };
+    let next = |idx: i32, needs: Vec<i32>| NextStep {
+        idx,
+        job: job(idx),
+        needs,
+    };
+    let done = |j: &steward::types::FetchedJob, next: Vec<NextStep>| StepCompletion {
+        lease: j.lease(),
+        worker: "w".into(),
+        run_id: j.payload["run_id"].as_i64().unwrap(),
+        idx: j.payload["step"].as_i64().unwrap() as i32,
+        output: json!({"from": j.payload["step"]}),
+        next,
+        chain: false,
+    };
+    let all_applied = |outcomes: Vec<CompletionOutcome>| {
+        assert!(
+            outcomes.iter().all(|o| *o == CompletionOutcome::Applied),
+            "{outcomes:?}"
+        );
+    };
+    // `a` of both runs: each starts `b` and `c`.
+    let firsts = fetch().await;
+    assert_eq!(firsts.len(), 2);
+    let batch: Vec<StepCompletion> = firsts
+        .iter()
+        .map(|j| done(j, vec![next(1, vec![0]), next(2, vec![0])]))
+        .collect();
+    all_applied(t.store.steps_complete_many(&batch).await.unwrap());
+    let branches = fetch().await;
+    assert_eq!(branches.len(), 4, "two branches per run");
+    let join = || next(3, vec![1, 2]);
+    let of = |run: RunId| {
+        branches
+            .iter()
+            .filter(move |j| j.payload["run_id"] == json!(run))
+    };
+    // One run's branches end together, the other's one at a time.
+    let batch: Vec<StepCompletion> = of(together).map(|j| done(j, vec![join()])).collect();
+    let mut apart_branches = of(apart);
+    let first_apart = apart_branches.next().unwrap();
+    let second_apart = apart_branches.next().unwrap();
+    let mut batch = batch;
+    batch.push(done(first_apart, vec![join()]));
+    all_applied(t.store.steps_complete_many(&batch).await.unwrap());
+    let joins = fetch().await;
+    assert_eq!(joins.len(), 1, "one join started, once: {joins:?}");
+    assert_eq!(joins[0].payload["run_id"], json!(together));
+    let waiting = engine.run(apart).await.unwrap();
+    assert_eq!(waiting.state, RunState::Running);
+    assert_eq!(
+        waiting.steps[3].state,
+        StepState::Pending,
+        "one branch is not enough"
+    );
+    all_applied(
+        t.store
+            .steps_complete_many(&[done(second_apart, vec![join()])])
+            .await
+            .unwrap(),
+    );
+    let second_join = fetch().await;
+    assert_eq!(second_join.len(), 1);
+    assert_eq!(second_join[0].payload["run_id"], json!(apart));
+    // Each join reads both branches' outputs and ends its run.
+    let run = engine.run(together).await.unwrap();
+    assert_eq!(run.steps[3].state, StepState::Queued);
+    let batch = [done(&joins[0], vec![]), done(&second_join[0], vec![])];
+    all_applied(t.store.steps_complete_many(&batch).await.unwrap());
+    for id in [together, apart] {
+        let run = engine.run(id).await.unwrap();
+        assert_eq!(run.state, RunState::Completed, "{run:#?}");
+    }
     t.cleanup().await;
 }

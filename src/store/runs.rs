@@ -195,7 +195,8 @@ pub struct StepCompletion {
     /// none queued, the run completes once all its steps are.
     pub next: Vec<NextStep>,
     /// The run's steps are a chain (each needs the one before): at most one next step, and
-    /// none means the run is over. Such completions may take a backend's batched path.
+    /// none means the run is over (a backend's batch may then complete the run without
+    /// looking at its other steps).
     pub chain: bool,
 }
 

@@ -309,11 +309,7 @@ impl<S: SqlStore> RunStore for S {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        // A backend's batched path knows chains only (one next step, none: the run is over);
-        // a batch holding a step of a graph goes the general way.
-        if items.iter().all(|i| i.chain)
-            && let Some(outcomes) = self.steps_complete_batched(items).await?
-        {
+        if let Some(outcomes) = self.steps_complete_batched(items).await? {
             return Ok(outcomes);
         }
         // One transaction for the batch; each completion in a savepoint, so a stale or
