@@ -1005,3 +1005,49 @@ fn queues_pause_resume_and_workers_from_the_command_line() {
     assert!(workers.status.success());
     assert!(String::from_utf8_lossy(&workers.stdout).starts_with("WORKER"));
 }
+
+/// The `sustained` bench scenario, shortened (the recorded run is 600 s at 20,000 jobs/s, in
+/// BENCHMARKS.md): every interval is reported with its rate, pickup, backlog and sizes, and
+/// the offered jobs are executed as they come.
+#[test]
+fn the_sustained_bench_reports_each_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = vec![blank_sqlite(&dir)];
+    if let Ok(pg) = std::env::var("STEWARD_TEST_DATABASE_URL") {
+        urls.push(pg);
+    }
+    for url in urls {
+        let output = steward(
+            &[
+                "bench",
+                "--scenario",
+                "sustained",
+                "--seconds",
+                "3",
+                "--interval-secs",
+                "1",
+                "--rate",
+                "500",
+            ],
+            &url,
+            repo_jobs(),
+        );
+        assert!(output.status.success(), "{output:?}");
+        let line = String::from_utf8_lossy(&output.stdout);
+        let report: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+        let intervals = report["intervals"].as_array().expect("intervals");
+        assert_eq!(intervals.len(), 3, "{report}");
+        let executed: f64 = intervals
+            .iter()
+            .map(|i| i["jobs_per_s"].as_f64().unwrap())
+            .sum();
+        // 1,500 offered in 3 s; the last interval's jobs may still be running at its end.
+        assert!(executed >= 900.0, "{report}");
+        for interval in intervals {
+            assert!(interval["pickup_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+            assert!(interval["rss_mb"].as_f64().unwrap() > 0.0, "{report}");
+            let sized = interval.get("jobs_heap_mb").or(interval.get("file_mb"));
+            assert!(sized.is_some_and(|s| s.as_f64().unwrap() > 0.0), "{report}");
+        }
+    }
+}

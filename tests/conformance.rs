@@ -403,6 +403,7 @@ async fn fetch(
             limit,
             worker,
             lease_for: Duration::from_secs(30),
+            after: None,
         })
         .await
         .expect("fetch")
@@ -591,6 +592,7 @@ async fn stale_worker_cannot_complete_fail_or_heartbeat(backend: Backend) {
             limit: 1,
             worker: "stale",
             lease_for: Duration::ZERO,
+            after: None,
         })
         .await
         .unwrap()

@@ -145,6 +145,7 @@ async fn fetch_one(t: &TestStore, worker: &str) -> FetchedJob {
             limit: 1,
             worker,
             lease_for: Duration::from_secs(30),
+            after: None,
         })
         .await
         .unwrap();
@@ -572,6 +573,7 @@ async fn a_fanned_out_step_waits_for_every_child(backend: Backend) {
             limit: 10,
             worker: "c",
             lease_for: Duration::from_secs(30),
+            after: None,
         })
         .await
         .unwrap();
@@ -746,6 +748,7 @@ async fn queue_primitives_answer_on_both_backends(backend: Backend) {
             limit: 1,
             worker: "w",
             lease_for: Duration::from_secs(30),
+            after: None,
         })
         .await
         .unwrap()

@@ -655,6 +655,7 @@ async fn batched_step_completions_are_fenced_and_guarded_one_by_one(backend: Bac
             limit: 10,
             worker: "w",
             lease_for: Duration::from_secs(30),
+            after: None,
         })
         .await
         .unwrap();
@@ -1456,6 +1457,7 @@ async fn batched_completions_of_parallel_branches_start_their_join_once(backend:
                 limit: 100,
                 worker: "w",
                 lease_for: Duration::from_secs(30),
+                after: None,
             })
             .await
             .unwrap()

@@ -23,6 +23,8 @@
 //! - `enqueue_http` ([`http`]): jobs enqueued over `POST /api/jobs`, batched and one by one.
 //! - `enqueue_sql`: jobs enqueued from SQL (`steward_enqueue`, PostgreSQL), `--batch` per
 //!   statement in one transaction, by `--callers` concurrent connections.
+//! - `sustained` ([`sustained`]): `--rate` jobs/s offered for `--seconds` while one worker
+//!   executes them; per `--interval-secs`: rate, pickup, backlog, table sizes, RSS.
 
 mod breaker;
 mod data;
@@ -33,6 +35,7 @@ mod provision;
 mod scale_out;
 mod search;
 mod steps;
+mod sustained;
 
 use crate::config::Settings;
 use crate::kinds::{JobKind, KindCatalog};
@@ -85,15 +88,25 @@ pub struct BenchArgs {
     /// How long the `circuit_breaker` scenario's receiver is down, in seconds.
     #[arg(long, default_value_t = 30)]
     pub down_secs: u64,
-    /// How long the `rate_limit` scenario measures, in seconds.
+    /// How long the `rate_limit` and `sustained` scenarios measure, in seconds.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// Jobs offered per second by the `sustained` scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Seconds between two reports of the `sustained` scenario.
+    #[arg(long, default_value_t = 60)]
+    pub interval_secs: u64,
+    /// Completed jobs' retention in the `sustained` scenario (the product's default is a day:
+    /// a minute shows in ten minutes the steady state a day reaches).
+    #[arg(long, default_value_t = 60)]
+    pub retention_secs: u64,
     /// Handler concurrency and fetch batch of the execute scenario.
     #[arg(long, default_value_t = 1_000)]
     pub concurrency: usize,
 }
 
-const SCENARIOS: [&str; 19] = [
+const SCENARIOS: [&str; 20] = [
     "enqueue_batch",
     "enqueue_batch_parallel",
     "enqueue_single",
@@ -113,6 +126,7 @@ const SCENARIOS: [&str; 19] = [
     "enqueue_sql",
     "rate_limit",
     "circuit_breaker",
+    "sustained",
 ];
 
 /// Run the chosen scenarios and print their results.
@@ -153,6 +167,16 @@ pub async fn run(settings: &Settings, args: &BenchArgs) -> Result<(), String> {
             "enqueue_http" => http::enqueue_http(&fresh, args.jobs, args.batch, args.callers).await,
             "enqueue_sql" => enqueue_sql(&fresh, args.jobs, args.batch, args.callers).await,
             "circuit_breaker" => breaker::circuit_breaker(&fresh.store, args.down_secs).await,
+            "sustained" => {
+                let load = sustained::Load {
+                    seconds: args.seconds,
+                    rate: args.rate,
+                    interval_secs: args.interval_secs,
+                    retention_secs: args.retention_secs,
+                    concurrency: args.concurrency,
+                };
+                sustained::sustained(&fresh, load).await
+            }
             "rate_limit" => {
                 flow::rate_limit(
                     &fresh,

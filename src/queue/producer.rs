@@ -11,16 +11,25 @@
 //! signal wakes the producer, which then fetches until it sees the queue empty again. The one
 //! gap: an enqueue that ran while a fetch had claimed the last jobs but not yet committed sees
 //! them as still available and does not signal; the poll interval bounds that wait.
+//!
+//! A producer fetches from where its previous full fetch stopped (a [`FetchCursor`]), so that
+//! PostgreSQL does not walk the index entries of the jobs already taken from the head of a
+//! large backlog. It goes back to the head after a fetch that found fewer jobs than it asked
+//! for, and at least every [`BACK_TO_HEAD`], so that a job made available behind the cursor
+//! (retried, staged, rescued, of a higher priority) waits no longer than that.
 
 use super::completer::OutcomeSender;
 use super::control;
 use super::inflight::InFlight;
 use super::limits::{self, Verdict};
 use crate::kinds::KindCatalog;
-use crate::store::{FetchParams, SharedStore};
+use crate::store::{FetchCursor, FetchParams, SharedStore};
 use crate::types::{FetchedJob, Outcome};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a producer may fetch from its cursor before it looks at the head again.
+pub(crate) const BACK_TO_HEAD: Duration = Duration::from_millis(250);
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +60,8 @@ impl Producer {
         let mut signals = self.store.subscribe();
         let mut failures: u32 = 0;
         let mut busy = false;
+        let mut cursor: Option<FetchCursor> = None;
+        let mut head_at = Instant::now();
         loop {
             if !control::wait_open(&mut self.gate, &self.shutdown).await {
                 return;
@@ -86,6 +97,12 @@ impl Producer {
                 .min(self.unwritten.available_permits() + 1)
                 .min(self.batch);
             drain(&mut signals);
+            if head_at.elapsed() >= BACK_TO_HEAD {
+                cursor = None;
+            }
+            if cursor.is_none() {
+                head_at = Instant::now();
+            }
             let fetched = self
                 .store
                 .jobs_fetch_available(FetchParams {
@@ -93,14 +110,21 @@ impl Producer {
                     limit: want,
                     worker: &self.worker,
                     lease_for: self.lease_for,
+                    after: cursor,
                 })
                 .await;
             let jobs = match fetched {
                 Ok(jobs) => {
                     failures = 0;
+                    // Jobs come sorted in fetch order; a short fetch sends the next to the head.
+                    cursor = match jobs.last() {
+                        Some(last) if jobs.len() >= want => Some(FetchCursor::of(last)),
+                        _ => None,
+                    };
                     jobs
                 }
                 Err(err) => {
+                    cursor = None;
                     drop(first);
                     drop(first_held);
                     failures = failures.saturating_add(1);

@@ -52,6 +52,38 @@ pub struct FetchParams<'a> {
     pub limit: usize,
     pub worker: &'a str,
     pub lease_for: Duration,
+    /// Where this producer's previous fetch stopped, or `None` for the head of the queue. A
+    /// hint for PostgreSQL, whose fetch index keeps the entries of jobs already taken until
+    /// vacuum removes them: starting after the cursor skips them (at 900,000 jobs taken a
+    /// fetch from the head walked 5,400 index pages of them, 14 ms). SQLite, which removes
+    /// them at once, ignores it.
+    pub after: Option<FetchCursor>,
+}
+
+/// A position in a queue's fetch order: `(priority, fair_key, id)` of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchCursor {
+    pub priority: i16,
+    pub fair_key: i64,
+    pub id: i64,
+}
+
+impl FetchCursor {
+    /// The position of `job`.
+    pub fn of(job: &crate::types::FetchedJob) -> Self {
+        Self {
+            priority: job.priority,
+            fair_key: job.fair_key,
+            id: job.id,
+        }
+    }
+
+    /// Before every job: the head of the queue.
+    pub const HEAD: Self = Self {
+        priority: i16::MIN,
+        fair_key: i64::MIN,
+        id: i64::MIN,
+    };
 }
 
 /// What a bulk operator action applied to.
@@ -212,7 +244,7 @@ impl TransactionalEnqueue for sqlx::SqliteConnection {
 
 /// The schema this build writes and expects: the number of its last migration, the same on
 /// both backends (a unit test ties it to `migrations/`).
-pub const SCHEMA_VERSION: i64 = 16;
+pub const SCHEMA_VERSION: i64 = 17;
 
 /// A shared handle to whichever store `DATABASE_URL` selected.
 pub type SharedStore = Arc<dyn JobStore>;

@@ -3,7 +3,8 @@
 //!
 //! Hot-path design (see `ARCHITECTURE.md` for the measurements behind it):
 //! - fetch is one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)` on a partial index
-//!   that holds only available jobs, so its plan does not degrade with the backlog;
+//!   that holds only available jobs, inside `steward_fetch` (migration 0017), which pins its
+//!   plan to that index so that it does not degrade with the backlog or stale statistics;
 //! - each outcome is one batched statement; completion moves the row to
 //!   `steward_jobs_completed` in the same statement (`DELETE … RETURNING` into `INSERT`), so the
 //!   hot table only holds live jobs;
@@ -15,7 +16,9 @@ pub(crate) mod data;
 mod lifecycle;
 mod runs;
 
-use super::{Capabilities, FetchParams, JobStore, StoreError, StoreResult, validate_identifier};
+use super::{
+    Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
+};
 use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -496,29 +499,20 @@ impl JobStore for PgStore {
     }
 
     async fn jobs_fetch_available(&self, params: FetchParams<'_>) -> StoreResult<Vec<FetchedJob>> {
+        // The statement is `steward_fetch` (migration 0017): its plan walks the fetch index
+        // from the cursor whatever the statistics say.
+        let after = params.after.unwrap_or(FetchCursor::HEAD);
         let rows = sqlx::query(
-            r#"
-            WITH picked AS (
-                SELECT id FROM steward_jobs
-                WHERE state = 'available' AND queue = $1
-                  AND NOT EXISTS (SELECT 1 FROM steward_queue_states p
-                                  WHERE p.queue = $1 AND p.paused)
-                ORDER BY priority, fair_key, id
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
-            )
-            UPDATE steward_jobs j
-            SET state = 'running', attempt = j.attempt + 1, leased_by = $3, attempted_at = now(),
-                lease_expires_at = now() + $4 * interval '1 millisecond'
-            FROM picked WHERE j.id = picked.id
-            RETURNING j.id, j.kind, j.queue, j.tenant, j.payload, j.priority, j.fair_key,
-                      j.attempt, j.max_attempts, j.timeout_ms
-            "#,
+            "SELECT id, kind, queue, tenant, payload, priority, fair_key, attempt, max_attempts, \
+                    timeout_ms FROM steward_fetch($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(params.queue)
         .bind(params.limit as i64)
         .bind(params.worker)
         .bind(params.lease_for.as_millis() as i64)
+        .bind(after.priority)
+        .bind(after.fair_key)
+        .bind(after.id)
         .fetch_all(&self.service)
         .await?;
         let mut jobs = rows
