@@ -1044,9 +1044,12 @@ fn the_sustained_bench_reports_each_interval() {
         // 1,500 offered in 3 s; the last interval's jobs may still be running at its end.
         assert!(executed >= 900.0, "{report}");
         for interval in intervals {
-            assert!(interval["pickup_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+            assert!(
+                interval["pickup_p99_ms"].as_f64().unwrap() > 0.0,
+                "{report}"
+            );
             assert!(interval["rss_mb"].as_f64().unwrap() > 0.0, "{report}");
-            let sized = interval.get("jobs_heap_mb").or(interval.get("file_mb"));
+            let sized = interval.get("jobs_indexes_mb").or(interval.get("file_mb"));
             assert!(sized.is_some_and(|s| s.as_f64().unwrap() > 0.0), "{report}");
         }
     }

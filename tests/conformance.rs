@@ -18,6 +18,7 @@ per_backend!(
     the_schema_version_is_this_builds_once_migrated,
     enqueue_then_fetch_leases_the_job,
     fetch_orders_by_priority_then_arrival,
+    a_fetch_from_a_cursor_takes_only_jobs_after_it,
     jobs_without_a_tenant_are_first_in_first_out,
     one_tenants_flood_does_not_delay_another_tenant,
     scheduled_jobs_wait_for_their_time,
@@ -483,6 +484,47 @@ async fn fetch_orders_by_priority_then_arrival(backend: Backend) {
         .map(|j| j.id)
         .collect();
     assert_eq!(order, vec![ids[1], ids[3], ids[2], ids[0]]);
+    t.cleanup().await;
+}
+
+async fn a_fetch_from_a_cursor_takes_only_jobs_after_it(backend: Backend) {
+    use steward::store::FetchCursor;
+    let t = fresh(backend).await;
+    let jobs: Vec<_> = (0..4)
+        .map(|_| {
+            let mut job = new_job("noop", "default");
+            job.priority = 2;
+            job
+        })
+        .collect();
+    t.store.jobs_insert_many(&jobs).await.expect("insert");
+    let first = fetch(&t.store, "default", 2, "w").await;
+    let cursor = FetchCursor::of(first.last().expect("two jobs"));
+    // A job of a higher priority (ahead of the cursor in fetch order) arrives.
+    let mut urgent = new_job("noop", "default");
+    urgent.priority = 0;
+    let urgent = t.store.jobs_insert_many(&[urgent]).await.expect("insert")[0].id;
+    let from_cursor = |after| {
+        let store = t.store.clone();
+        async move {
+            store
+                .jobs_fetch_available(FetchParams {
+                    queue: "default",
+                    limit: 1,
+                    worker: "w",
+                    lease_for: Duration::from_secs(30),
+                    after,
+                })
+                .await
+                .expect("fetch")
+        }
+    };
+    let next = from_cursor(Some(cursor)).await;
+    assert_eq!(next.len(), 1);
+    assert!(next[0].id > cursor.id && next[0].priority == 2, "{next:?}");
+    // From the head, the job behind the cursor comes first.
+    let head = from_cursor(None).await;
+    assert_eq!(head.iter().map(|j| j.id).collect::<Vec<_>>(), [urgent]);
     t.cleanup().await;
 }
 

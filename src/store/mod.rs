@@ -52,11 +52,10 @@ pub struct FetchParams<'a> {
     pub limit: usize,
     pub worker: &'a str,
     pub lease_for: Duration,
-    /// Where this producer's previous fetch stopped, or `None` for the head of the queue. A
-    /// hint for PostgreSQL, whose fetch index keeps the entries of jobs already taken until
-    /// vacuum removes them: starting after the cursor skips them (at 900,000 jobs taken a
-    /// fetch from the head walked 5,400 index pages of them, 14 ms). SQLite, which removes
-    /// them at once, ignores it.
+    /// Fetch only jobs after this position (where the producer's previous fetch stopped), or
+    /// from the head of the queue with `None`. PostgreSQL's fetch index keeps the entries of
+    /// jobs already taken until vacuum removes them: starting after the cursor skips them (at
+    /// 900,000 jobs taken, a fetch from the head walked 5,400 index pages of them, 14 ms).
     pub after: Option<FetchCursor>,
 }
 

@@ -10,7 +10,7 @@ pub mod conn;
 pub(crate) mod data;
 mod lifecycle;
 
-use super::{Capabilities, FetchParams, JobStore, StoreError, StoreResult};
+use super::{Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult};
 use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -401,6 +401,7 @@ impl JobStore for SqliteStore {
         let _guard = self.write_lock.lock().await;
         // Read the clock once the lock is ours, so waiting for it does not shorten the lease.
         let now = now_ms();
+        let after = params.after.unwrap_or(FetchCursor::HEAD);
         let rows = sqlx::query(
             r#"
             UPDATE steward_jobs
@@ -408,6 +409,7 @@ impl JobStore for SqliteStore {
                 lease_expires_at = ?3
             WHERE id IN (SELECT id FROM steward_jobs
                          WHERE state = 'available' AND queue = ?4
+                           AND (priority, fair_key, id) > (?6, ?7, ?8)
                            AND NOT EXISTS (SELECT 1 FROM steward_queue_states p
                                            WHERE p.queue = ?4 AND p.paused)
                          ORDER BY priority, fair_key, id LIMIT ?5)
@@ -420,6 +422,9 @@ impl JobStore for SqliteStore {
         .bind(now + params.lease_for.as_millis() as i64)
         .bind(params.queue)
         .bind(params.limit as i64)
+        .bind(after.priority)
+        .bind(after.fair_key)
+        .bind(after.id)
         .fetch_all(&self.pool)
         .await?;
         drop(_guard);
