@@ -105,10 +105,8 @@ pub(super) async fn sustained(fresh: &FreshStore, load: Load) -> Result<Value, S
             "enqueued": offered, "backlog": offered.saturating_sub(executed_total),
             "rss_mb": rss_mb(),
         });
-        if let Value::Object(sizes) = sizes(fresh).await? {
-            if let Some(row) = row.as_object_mut() {
-                row.extend(sizes);
-            }
+        if let (Value::Object(sizes), Some(row)) = (sizes(fresh).await?, row.as_object_mut()) {
+            row.extend(sizes);
         }
         tracing::info!(%row, "sustained");
         intervals.push(row);
