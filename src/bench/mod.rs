@@ -591,8 +591,13 @@ fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
 
 /// Peak resident memory of this process, from `/proc/self/status` (Linux).
 pub fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
+}
+
+/// A memory figure of this process (`VmHWM:`, `VmRSS:`…) from `/proc/self/status`, in MB.
+fn status_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }

@@ -201,12 +201,9 @@ fn mb(bytes: i64) -> f64 {
     (bytes as f64 / 1_048_576.0 * 10.0).round() / 10.0
 }
 
-/// The process's resident memory now (`VmRSS`), in MB.
+/// The process's resident memory now, in MB.
 fn rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some((kb / 1024.0 * 10.0).round() / 10.0)
+    super::status_mb("VmRSS:")
 }
 
 fn micro_percentiles(samples: &mut [u64]) -> (f64, f64) {
