@@ -583,31 +583,14 @@ impl JobStore for PgStore {
             }
         }
         if !c_ids.is_empty() {
-            let rows = sqlx::query(
-                r#"
-                WITH done AS (
-                    DELETE FROM steward_jobs j
-                    USING unnest($1::int8[], $2::int4[], $3::timestamptz[]) AS c(id, attempt, finished_at)
-                    WHERE j.id = c.id AND j.attempt = c.attempt AND j.state = 'running' AND j.leased_by = $4
-                    RETURNING j.id, j.kind, j.queue, j.tenant, j.payload, j.priority, j.attempt,
-                              j.max_attempts, j.timeout_ms, j.unique_key, j.run_at, j.created_at,
-                              j.attempted_at, j.leased_by, c.finished_at AS done_at, j.errors
-                )
-                INSERT INTO steward_jobs_completed (id, kind, queue, tenant, payload, priority, attempt,
-                    max_attempts, timeout_ms, unique_key, run_at, created_at, attempted_at, leased_by,
-                    finished_at, errors)
-                SELECT id, kind, queue, tenant, payload, priority, attempt, max_attempts, timeout_ms,
-                       unique_key, run_at, created_at, attempted_at, leased_by, done_at, errors
-                FROM done
-                RETURNING id, attempt
-                "#,
-            )
-            .bind(&c_ids)
-            .bind(&c_attempts)
-            .bind(&c_at)
-            .bind(worker)
-            .fetch_all(&self.service)
-            .await?;
+            // `steward_ack` (migration 0018): a plan linear in the batch.
+            let rows = sqlx::query("SELECT id, attempt FROM steward_ack($1, $2, $3, $4)")
+                .bind(&c_ids)
+                .bind(&c_attempts)
+                .bind(&c_at)
+                .bind(worker)
+                .fetch_all(&self.service)
+                .await?;
             applied.extend(leases_from(rows)?);
         }
         if !f_ids.is_empty() {
