@@ -31,6 +31,7 @@ per_backend!(
     transactional_enqueue_follows_the_transaction,
     operators_retry_discard_and_cancel,
     pruning_removes_finished_jobs_after_retention,
+    vacuum_keeps_the_hot_table_from_growing_over_rounds_of_jobs,
     listing_filters_and_counts,
     a_paused_queue_is_not_fetched_and_versions_order_changes,
     workers_register_beat_expire_and_leave,
@@ -1190,6 +1191,99 @@ async fn pruning_removes_finished_jobs_after_retention(backend: Backend) {
     assert!(t.store.job_get(ids[1]).await.unwrap().is_some());
     assert_eq!(t.store.jobs_prune(future, future).await.unwrap(), 1);
     assert!(t.store.job_get(ids[1]).await.unwrap().is_none());
+    t.cleanup().await;
+}
+
+/// One round of 25,000 jobs through the hot table: enqueued, cancelled (an update), pruned
+/// (a delete), as many dead row versions as a second of full-speed execution leaves.
+async fn churn_jobs(store: &steward::store::SharedStore) {
+    let jobs: Vec<_> = (0..5_000).map(|_| new_job("noop", "churn")).collect();
+    for _ in 0..5 {
+        store.jobs_insert_many(&jobs).await.unwrap();
+    }
+    store
+        .jobs_cancel(&JobFilter {
+            queue: Some("churn".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let future = Utc::now() + chrono::Duration::seconds(1);
+    while store.jobs_prune(future, future).await.unwrap() > 0 {}
+}
+
+/// The hot table's size in bytes (PostgreSQL: heap; SQLite: pages in use by the whole file).
+async fn hot_table_bytes(t: &common::TestStore) -> i64 {
+    match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => sqlx::query_scalar("SELECT pg_relation_size('steward_jobs')")
+            .fetch_one(pg.pool())
+            .await
+            .unwrap(),
+        (_, Some(sqlite)) => {
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+                .fetch_one(sqlite.pool())
+                .await
+                .unwrap();
+            let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(sqlite.pool())
+                .await
+                .unwrap();
+            pages * size
+        }
+        _ => unreachable!("a test store has a backend"),
+    }
+}
+
+/// With the vacuumer at its defaults, rounds of jobs reuse the space of the rounds before
+/// (PostgreSQL: once the dead versions pass the threshold the table is vacuumed; SQLite: freed
+/// pages are reused and there is nothing to vacuum).
+async fn vacuum_keeps_the_hot_table_from_growing_over_rounds_of_jobs(backend: Backend) {
+    use steward::maintenance::MaintenanceConfig;
+    let t = fresh(backend).await;
+    let vacuumer = MaintenanceConfig::default()
+        .services()
+        .into_iter()
+        .find(|s| s.name() == "vacuumer")
+        .expect("the vacuumer is a default service");
+    let vacuum = async || {
+        if backend == Backend::Sqlite {
+            assert_eq!(vacuumer.run_once(&t.store).await.unwrap(), 0);
+            return;
+        }
+        // The dead versions show in the statistics once the backends that made them report
+        // (at most a second after their transactions): round until the vacuumer sees them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while vacuumer.run_once(&t.store).await.unwrap() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "50,000 dead row versions never made the vacuumer vacuum"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let dead: i64 = sqlx::query_scalar(
+            "SELECT n_dead_tup FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND relname = 'steward_jobs'",
+        )
+        .fetch_one(t.pg.as_ref().unwrap().pool())
+        .await
+        .unwrap();
+        assert!(
+            dead < 20_000,
+            "{dead} dead row versions left after a vacuum"
+        );
+    };
+    churn_jobs(&t.store).await;
+    vacuum().await;
+    let after_one = hot_table_bytes(&t).await;
+    for _ in 0..2 {
+        churn_jobs(&t.store).await;
+        vacuum().await;
+    }
+    let after_three = hot_table_bytes(&t).await;
+    assert!(
+        after_three <= after_one + after_one / 5,
+        "the hot table grew from {after_one} to {after_three} bytes over two more rounds"
+    );
     t.cleanup().await;
 }
 

@@ -5,7 +5,7 @@
 //! node ran it).
 //!
 //! Only the elected leader runs them ([`elector`]): one node at a time fires cron ticks, sweeps
-//! runs and prunes. Each statement still claims its rows with `FOR UPDATE SKIP LOCKED`
+//! runs, prunes and vacuums. Each statement still claims its rows with `FOR UPDATE SKIP LOCKED`
 //! (PostgreSQL) or under the single writer (SQLite), so the short overlap of a hand-over
 //! repeats nothing.
 
@@ -13,10 +13,12 @@ pub mod elector;
 mod pruner;
 mod rescuer;
 mod stager;
+mod vacuumer;
 
 pub use pruner::Pruner;
 pub use rescuer::Rescuer;
 pub use stager::Stager;
+pub use vacuumer::Vacuumer;
 
 use crate::store::{SharedStore, StoreResult};
 use async_trait::async_trait;
@@ -82,6 +84,9 @@ pub struct MaintenanceConfig {
     pub completed_retention: Duration,
     /// Dead and cancelled jobs are kept this long (default 30 days).
     pub dead_retention: Duration,
+    /// How often steward's tables are checked for dead row versions to vacuum (default 10 s;
+    /// [`Vacuumer`]).
+    pub vacuum_every: Duration,
     /// How often runs whose step died are swept (default 500 ms; `workflow::RunSweeper`).
     pub sweep_every: Duration,
     /// How often cron triggers are checked for due ticks (default 100 ms;
@@ -103,6 +108,7 @@ impl Default for MaintenanceConfig {
             prune_every: Duration::from_secs(60),
             completed_retention: Duration::from_secs(24 * 3600),
             dead_retention: Duration::from_secs(30 * 24 * 3600),
+            vacuum_every: Duration::from_secs(10),
             sweep_every: Duration::from_millis(500),
             cron_every: Duration::from_millis(100),
             reconcile_every: Duration::from_secs(5),
@@ -126,6 +132,7 @@ impl MaintenanceConfig {
             self.rescue_every,
             self.stage_every,
             self.prune_every,
+            self.vacuum_every,
             self.sweep_every,
             self.cron_every,
             self.reconcile_every,
@@ -162,6 +169,10 @@ impl MaintenanceConfig {
                 every: self.prune_every,
                 completed_retention: self.completed_retention,
                 dead_retention: self.dead_retention,
+            }),
+            Box::new(Vacuumer {
+                every: self.vacuum_every,
+                min_dead: Vacuumer::MIN_DEAD,
             }),
         ]
     }

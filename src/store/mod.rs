@@ -160,6 +160,13 @@ pub trait JobAdmin: Send + Sync {
         dead_before: DateTime<Utc>,
     ) -> StoreResult<u64>;
 
+    /// Vacuum steward's tables that carry at least `min_dead` dead row versions (and at least
+    /// a tenth of their live rows): every job leaves two in `steward_jobs` (its fetch and its
+    /// acknowledgement), 40,000 a second at full speed, and a server's autovacuum may be off
+    /// or, at its defaults, slower than that. Returns how many tables were vacuumed (SQLite
+    /// reuses the pages of deleted rows and has nothing to do: 0).
+    async fn tables_vacuum(&self, min_dead: u64) -> StoreResult<u64>;
+
     /// One job with every attempt.
     async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
 

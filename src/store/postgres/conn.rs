@@ -260,6 +260,10 @@ impl SqlStore for PgStore {
         self.notify_queues(&queues).await
     }
 
+    async fn tables_vacuum(&self, min_dead: u64) -> StoreResult<u64> {
+        self.vacuum_tables(min_dead).await
+    }
+
     async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()> {
         sqlx::query("UPDATE steward_run_steps SET progress = $3 WHERE run_id = $1 AND idx = $2")
             .bind(run_id)

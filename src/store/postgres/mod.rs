@@ -15,6 +15,7 @@ pub mod conn;
 pub(crate) mod data;
 mod lifecycle;
 mod runs;
+mod vacuum;
 
 use super::{
     Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
@@ -206,13 +207,29 @@ impl PgStore {
     }
 
     /// Drop the store's schema and everything in it (tests and benchmarks).
+    ///
+    /// The drop locks every table one after another, so a session still working in the schema
+    /// (e.g. the backend of a worker process just killed, which runs its last statement to the
+    /// end) can deadlock with it; such a transient failure is retried a few times.
     pub async fn drop_schema(&self) -> StoreResult<()> {
-        if let Some(schema) = &self.schema {
-            self.pool
-                .execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
-                .await?;
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        let statement = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        let mut attempt = 0;
+        loop {
+            match self.pool.execute(statement.as_str()).await {
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    let err = StoreError::from(err);
+                    attempt += 1;
+                    if attempt >= 5 || !err.is_transient() {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
         }
-        Ok(())
     }
 
     /// Listen for enqueue signals on a dedicated connection (once per store), re-listening

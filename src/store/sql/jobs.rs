@@ -149,6 +149,10 @@ fn bulk(action: impl Into<String>, filter: &JobFilter, with_state: bool) -> Sql 
 
 #[async_trait]
 impl<S: SqlStore> JobAdmin for S {
+    async fn tables_vacuum(&self, min_dead: u64) -> StoreResult<u64> {
+        SqlStore::tables_vacuum(self, min_dead).await
+    }
+
     async fn jobs_prune(
         &self,
         completed_before: DateTime<Utc>,

@@ -384,6 +384,10 @@ pub trait SqlStore: Send + Sync + Clone + 'static {
     /// Wake the producers of these queues (they got available jobs), on every node.
     async fn queues_woken(&self, queues: Vec<String>) -> StoreResult<()>;
 
+    /// Reclaim the space of the row versions steward's tables left behind (see
+    /// [`crate::store::JobAdmin::tables_vacuum`]).
+    async fn tables_vacuum(&self, min_dead: u64) -> StoreResult<u64>;
+
     /// Record a running step's progress where readers see it at once.
     async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()>;
 

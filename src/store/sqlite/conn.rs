@@ -287,6 +287,13 @@ impl SqlStore for SqliteStore {
         Ok(())
     }
 
+    async fn tables_vacuum(&self, _min_dead: u64) -> StoreResult<u64> {
+        // A deleted row's pages go to the file's free list and the next inserts reuse them:
+        // there are no dead row versions to reclaim (the file never shrinks, nor does it grow
+        // past its high-water mark).
+        Ok(0)
+    }
+
     async fn progress_set(&self, run_id: i64, idx: i32, progress: &Value) -> StoreResult<()> {
         // The step's own transaction holds SQLite's single writer: keep progress in memory.
         self.progress
