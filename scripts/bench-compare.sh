@@ -19,13 +19,14 @@ done
 python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-key = {"execute_noop": "jobs_per_s", "enqueue_batch_parallel": "jobs_per_s",
-       "workflow_steps": "transitions_per_s", "plan_sync": "seconds"}
+keys = {"execute_noop": ["jobs_per_s"], "enqueue_batch_parallel": ["jobs_per_s"],
+        "workflow_steps": ["transitions_per_s"], "plan_sync": ["seconds"],
+        "pickup_latency": ["p50_ms", "p99_ms", "enqueue_call_p50_ms", "commit_to_start_p50_ms"]}
 by = {}
 for r in rows:
-    k = key.get(r["scenario"], "jobs_per_s")
-    if k in r:
-        by.setdefault((r["backend"], r["scenario"], k), {}).setdefault(r["binary"], []).append(r[k])
+    for k in keys.get(r["scenario"], ["jobs_per_s"]):
+        if k in r:
+            by.setdefault((r["backend"], r["scenario"], k), {}).setdefault(r["binary"], []).append(r[k])
 for (backend, scenario, k), v in sorted(by.items()):
     o, n = statistics.median(v.get("old", [0])), statistics.median(v.get("new", [0]))
     change = (n - o) / o * 100 if o else 0.0

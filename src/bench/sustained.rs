@@ -92,12 +92,13 @@ pub(super) async fn sustained(fresh: &FreshStore, load: Load) -> Result<Value, S
         let executed = seen.executed.swap(0, Ordering::Relaxed);
         executed_total += executed;
         let offered = enqueued.load(Ordering::Relaxed);
-        let mut pickups = seen
+        let pickups = seen
             .pickups_us
             .lock()
             .map(|mut p| std::mem::take(&mut *p))
             .unwrap_or_default();
-        let (p50, p99) = micro_percentiles(&mut pickups);
+        let mut pickups: Vec<Duration> = pickups.into_iter().map(Duration::from_micros).collect();
+        let (p50, p99) = super::percentiles(&mut pickups);
         let mut row = json!({
             "at_s": started.elapsed().as_secs(),
             "jobs_per_s": (executed as f64 / interval.as_secs_f64()).round(),
@@ -204,16 +205,4 @@ fn mb(bytes: i64) -> f64 {
 /// The process's resident memory now, in MB.
 fn rss_mb() -> Option<f64> {
     super::status_mb("VmRSS:")
-}
-
-fn micro_percentiles(samples: &mut [u64]) -> (f64, f64) {
-    if samples.is_empty() {
-        return (0.0, 0.0);
-    }
-    samples.sort_unstable();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples[index] as f64 / 1000.0
-    };
-    (at(0.50), at(0.99))
 }
