@@ -6,6 +6,9 @@
 //! rate, so the leader's [`crate::maintenance::Vacuumer`] does it: a table is vacuumed when
 //! its dead versions pass a threshold, `SKIP_LOCKED` so that a vacuum already running on it
 //! (autovacuum's, another node's during a hand-over) is left alone rather than waited for.
+//! Without truncation: giving the empty pages at the end of a table back to the file system
+//! takes an `ACCESS EXCLUSIVE` lock on it, which stops every fetch, enqueue and
+//! acknowledgement while it lasts, and the next inserts would only extend the file again.
 
 use super::PgStore;
 use crate::store::{StoreResult, validate_identifier};
@@ -29,7 +32,7 @@ impl PgStore {
         let mut vacuumed = 0;
         for (schema, table) in due {
             let statement = format!(
-                "VACUUM (SKIP_LOCKED, ANALYZE) \"{}\".\"{}\"",
+                "VACUUM (SKIP_LOCKED, ANALYZE, TRUNCATE false) \"{}\".\"{}\"",
                 validate_identifier(&schema)?,
                 validate_identifier(&table)?
             );
