@@ -215,21 +215,19 @@ impl PgStore {
         let Some(schema) = &self.schema else {
             return Ok(());
         };
+        use backon::{ExponentialBuilder, Retryable};
         let statement = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-        let mut attempt = 0;
-        loop {
-            match self.pool.execute(statement.as_str()).await {
-                Ok(_) => return Ok(()),
-                Err(err) => {
-                    let err = StoreError::from(err);
-                    attempt += 1;
-                    if attempt >= 5 || !err.is_transient() {
-                        return Err(err);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-            }
-        }
+        let drop = || async {
+            self.pool.execute(statement.as_str()).await?;
+            Ok::<_, StoreError>(())
+        };
+        drop.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_times(4),
+        )
+        .when(StoreError::is_transient)
+        .await
     }
 
     /// Listen for enqueue signals on a dedicated connection (once per store), re-listening
