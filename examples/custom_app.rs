@@ -26,7 +26,9 @@ fn main() -> std::process::ExitCode {
     App::new()
         .job(|greet: Greet, ctx: JobContext| async move {
             let line = format!("hello {}", greet.name);
-            ctx.store.ledger_append(ctx.job.id, &line).await?;
+            ctx.store
+                .ledger_append(ctx.job.id, &line, chrono::Utc::now())
+                .await?;
             Ok(())
         })
         .step("example.shout", |ctx| {

@@ -266,7 +266,7 @@ async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
     let tenant_one = api.token(Role::TenantAdmin, Some(1));
 
     // A run starts once per idempotency key.
-    let start = json!({"workflow": "cost_aggregation", "params": {"month": "2026-10"},
+    let start = json!({"workflow": "demo_pipeline", "params": {"tenant": "october"},
                        "idempotency_key": "october"});
     let (status, first) = api
         .send("POST", "/api/runs", Some(&service), Some(start.clone()))
@@ -286,8 +286,8 @@ async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
         .call("GET", &format!("/api/runs/{run}"), Some(&service))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(body["workflow"], json!("cost_aggregation"));
-    assert_eq!(body["params"]["month"], json!("2026-10"));
+    assert_eq!(body["workflow"], json!("demo_pipeline"));
+    assert_eq!(body["params"]["tenant"], json!("october"));
     let (status, body) = api
         .call("GET", "/api/runs?state=running", Some(&master))
         .await;
@@ -308,13 +308,13 @@ async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
         (&master, json!({"workflow": "nope"}), 404, "not_found"),
         (
             &master,
-            json!({"workflow": "cost_aggregation", "params": [1]}),
+            json!({"workflow": "demo_pipeline", "params": [1]}),
             400,
             "invalid_input",
         ),
         (
             &master,
-            json!({"workflow": "cost_aggregation", "colour": 1}),
+            json!({"workflow": "demo_pipeline", "colour": 1}),
             400,
             "invalid_input",
         ),
@@ -380,7 +380,7 @@ async fn runs_start_once_per_key_and_dead_letters_go_in_bulk(backend: Backend) {
         "{text}"
     );
     assert!(
-        text.contains(r#"steward_runs{workflow="cost_aggregation",state="running"} 1"#),
+        text.contains(r#"steward_runs{workflow="demo_pipeline",state="running"} 1"#),
         "{text}"
     );
     // /openapi.json for anyone: unique operation ids, every response described.
@@ -751,13 +751,13 @@ async fn a_failed_run_is_retried_from_its_failed_step(backend: Backend) {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(runtime.run(shutdown.clone()));
 
-    // A month that does not exist: the aggregation step dies at once and the run fails.
+    // The saga's last step fails on purpose: it dies at once, the run compensates and fails.
     let (status, body) = api
         .send(
             "POST",
             "/api/runs",
             Some(&master),
-            Some(json!({"workflow": "cost_aggregation", "params": {"month": "2026-13"}})),
+            Some(json!({"workflow": "demo_saga"})),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -781,7 +781,11 @@ async fn a_failed_run_is_retried_from_its_failed_step(backend: Backend) {
     };
     let first = failed(&t).await;
     assert!(
-        first.error.as_deref().unwrap_or("").contains("2026-13"),
+        first
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("failed on purpose"),
         "{first:?}"
     );
     let (status, body) = api
@@ -789,8 +793,8 @@ async fn a_failed_run_is_retried_from_its_failed_step(backend: Backend) {
         .await;
     assert_eq!((status, body["state"].clone()), (200, json!("failed")));
 
-    // Retried from the failed step: a new job for it, and (the month still being wrong) the
-    // run fails again.
+    // Retried from the failed step (the undone ones redone): new jobs for them, and (the step
+    // still failing on purpose) the run fails again.
     let (status, body) = api
         .call("POST", &format!("/api/runs/{run}/retry"), Some(&master))
         .await;
@@ -1609,6 +1613,34 @@ async fn module_operations_reach_the_api_for_the_right_roles_only(backend: Backe
         (409, json!("not_applicable")),
         "nothing was upgraded, nothing is rolled back: {body}"
     );
+    // The dashboard asks first (a catalog action touches every tenant of the module): the
+    // first post only says what it would do; the confirmed one acts.
+    let post = |form: &'static str| {
+        api.http
+            .post(format!(
+                "{}/dashboard/modules/catalog/inventory/rollback",
+                api.base
+            ))
+            .bearer_auth(&master)
+            .header("origin", &api.base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    let asked = post("version=").await.unwrap();
+    assert_eq!(asked.status().as_u16(), 200);
+    let asked = asked.text().await.unwrap();
+    assert!(
+        asked.contains("Roll inventory back to its previous version for its")
+            && asked.contains("id=\"confirm-rollback\""),
+        "{asked}"
+    );
+    let confirmed = post("version=&confirmed=yes").await.unwrap();
+    assert_eq!(
+        confirmed.status().as_u16(),
+        409,
+        "it acted, and said why it could not"
+    );
 
     // Lifecycle workflows are never started with raw parameters.
     for token in [&service, &master] {
@@ -1753,6 +1785,30 @@ async fn operators_see_circuit_breakers(backend: Backend) {
     assert_eq!(body["breakers"][0]["key"].as_str(), Some(key), "{body}");
     let (_, body) = api.call("GET", "/api/queues/default", Some(&service)).await;
     assert_eq!(body["breakers"], json!([]), "{body}");
+    // And on the dashboard's page of that queue: the dependency, its state, its failures.
+    let page = |queue: &str| {
+        api.http
+            .get(format!("{}/dashboard/queues/{queue}", api.base))
+            .bearer_auth(&service)
+            .send()
+    };
+    let html = page("webhooks").await.unwrap().text().await.unwrap();
+    let table = html
+        .split("id=\"breakers\"")
+        .nth(1)
+        .expect("a breakers table")
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert!(
+        table.contains(key) && table.contains("open") && table.contains(">20<"),
+        "{table}"
+    );
+    let html = page("default").await.unwrap().text().await.unwrap();
+    assert!(
+        !html.contains("id=\"breakers\""),
+        "no breaker on the default queue"
+    );
     let text = api
         .http
         .get(format!("{}/metrics", api.base))

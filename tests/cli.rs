@@ -161,6 +161,21 @@ fn unreachable_database_is_a_clear_error() {
         !stderr.contains("secret"),
         "the password must not be printed"
     );
+    // A password passed as a parameter is not printed either.
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["--db-wait-secs", "1", "jobs", "list"])
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/nowhere?sslmode=disable&password=hunter2",
+        )
+        .env("STEWARD_JOBS_DIR", repo_jobs())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (code, stderr) = failed(&output);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("password=***"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
     let (code, stderr) = failed(&steward(&["migrate"], "mysql://localhost/x", repo_jobs()));
     assert_eq!(code, 2);
     assert!(
@@ -275,6 +290,73 @@ fn workflow_runs_from_the_command_line() {
     );
 }
 
+/// `steward runs signal`: only signals the run's workflow declares, only those it lets a
+/// master admin send (the CLI's operator), once; bad JSON is a usage error.
+#[test]
+fn runs_take_declared_signals_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).unwrap();
+    for entry in std::fs::read_dir(repo_jobs()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, jobs.join(path.file_name().unwrap())).unwrap();
+    }
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir(&workflows).unwrap();
+    let waiting = |name: &str, sent_by: &str| {
+        format!(
+            "name = \"{name}\"\nstarted_by = [\"master_admin\"]\n[signals]\napproval = {{ sent_by = [{sent_by}] }}\n\
+             [[steps]]\nname = \"await\"\nhandler = \"wait.signal\"\njob = \"workflow_step\"\n\
+             signal = \"approval\"\ntimeout_secs = 600\n"
+        )
+    };
+    std::fs::write(
+        workflows.join("signalled.toml"),
+        waiting("signalled", "\"master_admin\""),
+    )
+    .unwrap();
+    std::fs::write(workflows.join("strict.toml"), waiting("strict", "")).unwrap();
+    let ok = |args: &[&str]| {
+        let out = steward(args, &url, &jobs);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(ok(&["run", "signalled"]), "started run 1");
+    assert_eq!(ok(&["run", "strict"]), "started run 2");
+    let (code, stderr) = failed(&steward(&["runs", "signal", "1", "nope"], &url, &jobs));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("declares no signal `nope`"), "{stderr}");
+    let (code, stderr) = failed(&steward(&["runs", "signal", "2", "approval"], &url, &jobs));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not sent by master_admin"), "{stderr}");
+    let (code, stderr) = failed(&steward(
+        &["runs", "signal", "1", "approval", "--payload", "{oops"],
+        &url,
+        &jobs,
+    ));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--payload is not JSON"), "{stderr}");
+    assert_eq!(
+        ok(&[
+            "runs",
+            "signal",
+            "1",
+            "approval",
+            "--payload",
+            "{\"ok\": true}"
+        ]),
+        "signal `approval` sent to run 1"
+    );
+    let (code, stderr) = failed(&steward(&["runs", "signal", "1", "approval"], &url, &jobs));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("was already sent to run 1"), "{stderr}");
+}
+
 #[test]
 fn enqueue_then_operate_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -341,6 +423,30 @@ fn enqueue_then_operate_from_the_command_line() {
             "{args:?}: {stderr}"
         );
     }
+    // Ids asked for one by one: each one not retried is named, with why.
+    let out = steward(&["enqueue", "noop", "--output", "json"], &url, repo_jobs());
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let second = second[0]["id"].as_i64().expect("an id").to_string();
+    let out = steward(&["jobs", "retry", "1", &second, "999"], &url, repo_jobs());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "job 1 was retried: {stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("retried 1 job(s)"),
+        "{out:?}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "not retried: job {second} is available: nothing to retry"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not retried: no job 999"), "{stderr}");
+    let (code, stderr) = failed(&steward(&["jobs", "retry", &second], &url, repo_jobs()));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("is available: nothing to retry"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

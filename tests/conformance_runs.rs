@@ -736,7 +736,10 @@ async fn queue_primitives_answer_on_both_backends(backend: Backend) {
     };
     assert!(inserted[0].inserted);
     // The ledger and the throughput per minute.
-    t.store.ledger_append(inserted[0].id, "w").await.unwrap();
+    t.store
+        .ledger_append(inserted[0].id, "w", chrono::Utc::now())
+        .await
+        .unwrap();
     assert_eq!(
         t.store.ledger_entries().await.unwrap(),
         [(inserted[0].id, "w".to_string())]

@@ -3,9 +3,13 @@
 //! and deprecation webhooks to a real HTTP receiver on loopback that fails 30% of requests.
 
 mod common;
+// Only the tests that export to S3 compile the server (s3s, hyper).
+#[path = "common/s3.rs"]
+mod s3;
 
 use common::{Backend, TestStore, fresh};
 use rust_decimal::Decimal;
+use s3::S3Server;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -324,6 +328,26 @@ async fn purge_exports_expired_rows_verified_then_deletes_exactly_them(backend: 
     let audit = t.store.audit_list(Some(a), 500).await.unwrap();
     assert!(audit.iter().any(|e| e.action == "data.purge"), "{audit:?}");
     assert!(!audit.iter().any(|e| e.action == "row.delete"));
+    // No audit row anywhere holds a value of the deleted rows (every `note` was
+    // 'entry, "quoted" N'): their inserts were audited by key and column names only.
+    assert!(
+        count(
+            &t,
+            "SELECT count(*) FROM audit_logs WHERE entity LIKE '%journal%'"
+        )
+        .await
+            > 0
+    );
+    assert_eq!(
+        count(
+            &t,
+            "SELECT count(*) FROM audit_logs WHERE CAST(before AS TEXT) LIKE '%quoted%' \
+             OR CAST(after AS TEXT) LIKE '%quoted%' OR entity LIKE '%quoted%'"
+        )
+        .await,
+        0,
+        "a deleted row's value lives on in audit_logs"
+    );
 
     // The same night again: the same runs, nothing new exported or deleted.
     let (again, _) = engine
@@ -479,7 +503,120 @@ per_backend!(
     cost_aggregation_is_exact_on_month_boundaries_and_idempotent,
     deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_reason,
     a_deprecated_module_is_retired_at_its_sunset_unless_it_changed,
+    an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_attempts,
 );
+
+/// A step that writes one small object to the export storage (behind its circuit breaker).
+fn store_one(
+    ctx: steward::workflow::StepContext<'_>,
+    exports: SharedExports,
+) -> steward::workflow::StepFuture<'_> {
+    Box::pin(async move {
+        let key = format!("circuit/run-{}.txt", ctx.run_id);
+        let unavailable =
+            |e: steward::export::ExportError| steward::queue::JobError::Retryable(e.to_string());
+        let mut upload = exports.upload(&key).await.map_err(unavailable)?;
+        upload.part(b"ok".to_vec()).await.map_err(unavailable)?;
+        upload.finish().await.map_err(unavailable)?;
+        Ok(json!({"key": key}))
+    })
+}
+
+/// The export storage's circuit breaker (`lifecycle::storage_circuit`): steps that find S3
+/// unreachable open it after five failures in a row; while open, their retries wait without
+/// using attempts; once the server is back, one probe closes it and every run completes.
+async fn an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_attempts(
+    backend: Backend,
+) {
+    use steward::lifecycle::storage_circuit::{FAILURES_TO_OPEN, key_of};
+    let t = fresh(backend).await;
+    // A port nothing listens on yet: the storage is down.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let storage = s3::storage_at(([127, 0, 0, 1], port).into());
+    let kinds = common::repo_kinds();
+    let mut steps = steward::lifecycle::step_registry(storage.clone());
+    steps.register(
+        "test.store_one",
+        steward::lifecycle::storage_circuit::guarded(storage.clone(), store_one),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("store_one.toml"),
+        "name = \"store_one\"\n[[steps]]\nname = \"store\"\nhandler = \"test.store_one\"\n\
+         job = \"workflow_step\"\n",
+    )
+    .unwrap();
+    let workflows = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h)).unwrap();
+    let engine = Engine::new(t.store.clone(), workflows, kinds, steps);
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(engine.start("store_one", json!({}), None).await.unwrap().0);
+    }
+    let workers = Workers::start(&t, &engine);
+    let key = key_of(storage.as_ref());
+    let breaker = async || {
+        t.store
+            .breakers_list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|b| b.key == key)
+    };
+    wait_until(
+        &t,
+        "the storage's circuit open",
+        Duration::from_secs(60),
+        || async { breaker().await.is_some_and(|b| b.state == "open") },
+    )
+    .await;
+    // The storage comes back; the failures that opened the circuit are all there will be.
+    let root = tempfile::tempdir().unwrap();
+    let server = S3Server::start(root.path(), port).await;
+    let failures = breaker().await.unwrap().failures;
+    assert!(failures >= i64::from(FAILURES_TO_OPEN), "{failures}");
+    wait_until(
+        &t,
+        "every run completed",
+        Duration::from_secs(90),
+        || async {
+            let mut done = true;
+            for &run in &runs {
+                done &= t.store.run_get(run).await.unwrap().unwrap().state == RunState::Completed;
+            }
+            done
+        },
+    )
+    .await;
+    workers.stop().await;
+    let mut failed_attempts = 0;
+    for &run in &runs {
+        let record = t.store.run_get(run).await.unwrap().unwrap();
+        let job = t
+            .store
+            .job_get(record.steps[0].job_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        failed_attempts += i64::from(job.attempt) - 1;
+    }
+    // Retries kept coming every 200 ms–10 s while the circuit was open (30 s): none used
+    // an attempt, and none reached the storage but the probe.
+    assert_eq!(
+        failed_attempts, failures,
+        "failed attempts beyond those that opened it"
+    );
+    let closed = breaker().await.unwrap();
+    assert_eq!(
+        (closed.state.as_str(), closed.failures),
+        ("closed", 0),
+        "{closed:?}"
+    );
+    server.stop().await;
+    t.cleanup().await;
+}
 
 /// Wait until a DEPRECATED run waits for its module's sunset date (`await_sunset`, its job
 /// parked in the queue); returns that job.
@@ -619,70 +756,6 @@ async fn a_deprecated_module_is_retired_at_its_sunset_unless_it_changed(backend:
 
 // ---------------------------------------------------------------------------------------------
 // Purge-and-export of 1,000,000 rows to a real S3-compatible server that goes away mid-upload.
-
-const S3_KEY: &str = "steward-test-key";
-const S3_SECRET: &str = "steward-test-secret";
-const BUCKET: &str = "exports";
-
-/// s3s-fs over hyper on loopback; `stop` drops the listener and every open connection.
-struct S3Server {
-    addr: std::net::SocketAddr,
-    root: std::path::PathBuf,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl S3Server {
-    async fn start(root: &Path, port: u16) -> Self {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use hyper_util::server::conn::auto::Builder;
-        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let fs = s3s_fs::FileSystem::new(root).unwrap();
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_KEY, S3_SECRET));
-        let service = builder.build();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let service = service.clone();
-                connections.spawn(async move {
-                    let _ = Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
-                });
-            }
-        });
-        S3Server {
-            addr,
-            root: root.to_path_buf(),
-            task,
-        }
-    }
-
-    async fn stop(self) -> (std::path::PathBuf, u16) {
-        self.task.abort();
-        let _ = self.task.await;
-        (self.root, self.addr.port())
-    }
-
-    fn storage(&self) -> SharedExports {
-        Arc::new(steward::export::s3::S3Storage::new(
-            BUCKET,
-            Some(&format!("http://{}", self.addr)),
-            "us-east-1",
-            true,
-            Some(steward::export::s3::Credentials::new(
-                S3_KEY, S3_SECRET, None, None, "test",
-            )),
-        ))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_row_purge_to_s3_survives_the_server_stopping_mid_upload() {

@@ -88,7 +88,10 @@ fn count(counts: &[(JobState, i64)], state: JobState) -> i64 {
 }
 
 /// With the default lease (10 s), the server stops for twice the lease while a worker holds
-/// running jobs, then starts again: the live worker's jobs are not rescued and run once.
+/// running jobs, then starts again: the live worker's jobs are not rescued and run once. The
+/// rescuer runs on another node that leads by election (the worker runs no maintenance): it
+/// loses the leadership during the outage, so its rescuer sees nothing of it, and wins it
+/// back when the database returns; its first rounds as leader must not take live jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_lease_takes_no_job_from_a_live_worker() {
     let _turn = TURN.lock().await;
@@ -103,13 +106,14 @@ async fn an_outage_longer_than_the_lease_takes_no_job_from_a_live_worker() {
         .enqueue_many(&[job.clone(), job.clone(), job])
         .await
         .unwrap();
-    let config = RuntimeConfig::new(
+    let mut config = RuntimeConfig::new(
         "outage-test",
         vec![QueueConfig {
             name: "default".into(),
             concurrency: 100,
         }],
     );
+    config.run_maintenance = false;
     let lease = config.lease;
     let runtime = Runtime::new(
         shared.clone(),
@@ -123,11 +127,22 @@ async fn an_outage_longer_than_the_lease_takes_no_job_from_a_live_worker() {
     // Another node: its own pool and its maintenance services (rescuer included), with the
     // defaults. Its first round after the outage must not take the live worker's jobs.
     let other: SharedStore = Arc::new(PgStore::connect(&outage.url, store.schema()).await.unwrap());
-    let other_node: Vec<_> = MaintenanceConfig::default()
+    let (leadership, elector) =
+        maintenance::elector::spawn(other.clone(), "other-node".into(), lease, shutdown.clone());
+    let mut other_node: Vec<_> = MaintenanceConfig::default()
         .services()
         .into_iter()
-        .map(|service| maintenance::spawn(service, other.clone(), shutdown.clone()))
+        .map(|service| {
+            maintenance::spawn_led(
+                service,
+                other.clone(),
+                shutdown.clone(),
+                leadership.clone(),
+                maintenance::Rounds::default(),
+            )
+        })
         .collect();
+    other_node.push(elector);
     wait_until(&store, "3 jobs running", |c| {
         count(c, JobState::Running) == 3
     })

@@ -6,8 +6,9 @@
 //! at its limit does not slow another key, never more than two `sleep` jobs run at once, and
 //! waiting uses no attempt. A circuit breaker in front of a real HTTP receiver that is down
 //! for four seconds lets one probe reach it per period, and every job is delivered once it
-//! is up, none dead. (The full run, 100/s for 60 s, is `scripts/flow-control.sh`, whose
-//! figures are in BENCHMARKS.md.)
+//! is up, none dead. (The full runs, 100/s for 60 s and a receiver down for 30 s, are
+//! `steward bench --scenario rate_limit` and `--scenario circuit_breaker`, whose figures are
+//! in BENCHMARKS.md.)
 
 mod common;
 

@@ -1,8 +1,9 @@
 //! Pausing a queue across real worker processes: three `steward worker` processes (default
 //! settings) work 10,000 `ledger` jobs (each records its id at start, then works 200 ms). The
-//! queue is paused mid-way: once the pause call returns, no job that was not already leased
-//! starts on any node, jobs leased but not started go back without using an attempt, and
-//! the workers stay alive without starting anything. Resume drains the rest, each job once.
+//! queue is paused mid-way: once the pause call returns, no job starts on any node (each
+//! handler records its start time: none is later than the pause's return), jobs leased but
+//! not started go back without using an attempt, and the workers stay alive without
+//! starting anything. Resume drains the rest, each job once.
 
 mod common;
 
@@ -30,6 +31,23 @@ async fn ids_in(t: &common::TestStore, state: JobState) -> HashSet<JobId> {
         .into_iter()
         .map(|j| j.id)
         .collect()
+}
+
+/// Every handler start the ledger recorded: (job, unix milliseconds by the handler's clock).
+async fn starts(t: &common::TestStore) -> Vec<(JobId, i64)> {
+    match (&t.pg, &t.sqlite) {
+        (Some(pg), _) => sqlx::query_as(
+            "SELECT job_id, CAST(extract(epoch FROM at) * 1000 AS int8) FROM steward_ledger",
+        )
+        .fetch_all(pg.pool())
+        .await
+        .unwrap(),
+        (_, Some(sqlite)) => sqlx::query_as("SELECT job_id, at FROM steward_ledger")
+            .fetch_all(sqlite.pool())
+            .await
+            .unwrap(),
+        _ => unreachable!(),
+    }
 }
 
 async fn a_paused_queue_starts_nothing_on_any_node(backend: Backend) {
@@ -64,6 +82,7 @@ async fn a_paused_queue_starts_nothing_on_any_node(backend: Backend) {
     let report = control::set_paused(&t.store, "ledger", true, "test", control::DEFAULT_WAIT)
         .await
         .unwrap();
+    let paused_at = chrono::Utc::now().timestamp_millis();
     assert!(report.changed && report.acknowledged(), "{report:?}");
     assert_eq!(report.applied_by.len(), 3, "{report:?}");
     // What may still start: what was leased when the pause returned (or already done).
@@ -106,6 +125,16 @@ async fn a_paused_queue_starts_nothing_on_any_node(backend: Backend) {
     assert!(
         late.is_empty(),
         "jobs started after the pause returned: {late:?}"
+    );
+    // Not even one that was leased (fetched into a worker's buffer) when it returned.
+    let late: Vec<_> = starts(&t)
+        .await
+        .into_iter()
+        .filter(|(_, at)| *at > paused_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "handlers started after the pause returned (at {paused_at}): {late:?}"
     );
     let waiting = t
         .store

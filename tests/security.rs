@@ -592,10 +592,27 @@ async fn runs_start_only_what_a_role_may(backend: Backend) {
         json!({"workflow": "module_purge", "params": {"tenant_id": 1, "module": "journal", "before": "2100-01-01T00:00:00Z", "date": "2100-01-01"}}),
         json!({"workflow": "module_deprecation", "params": {"module": "journal", "maturity": "RETIRED", "force": true}}),
         json!({"workflow": "module_provision", "params": {"tenant_id": 1, "module": "journal"}}),
+        // Billing: a month recomputed on a caller's word (it replaces that month's figures).
+        json!({"workflow": "cost_aggregation", "params": {"month": "2020-01"}}),
     ] {
         let (status, body) = post_json(&http, &runs, &service, abuse.clone()).await;
         assert_eq!(status, 403, "{abuse}: {body}");
     }
+    let master = server
+        .keys
+        .mint("ops", Role::MasterAdmin, None, chrono::Duration::hours(1))
+        .unwrap();
+    let (status, body) = post_json(
+        &http,
+        &runs,
+        &master,
+        json!({"workflow": "cost_aggregation", "params": {"month": "2020-01"}}),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "the cost schedule's workflow, even for a master admin: {body}"
+    );
     // A workflow open to the platform, but not to a tenant admin, and only with typed params.
     let (status, _) = post_json(
         &http,

@@ -1,8 +1,11 @@
-//! A real `steward serve` process, with its default limits, under the abuse of #14: 80,000
-//! requests with made-up methods leave `/metrics` small; half-sent requests are closed by
-//! the header-read timeout while the server keeps answering; SIGTERM with connections hanging
-//! ends the process within the shutdown grace.
+//! A real `steward serve` process, with its default limits, under the abuse of #14 (on both
+//! backends): 80,000 requests with made-up methods leave `/metrics` small; half-sent requests
+//! are closed by the header-read timeout while the server keeps answering; SIGTERM with
+//! connections hanging ends the process within the shutdown grace.
 
+mod common;
+
+use common::{Backend, fresh};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,17 +28,11 @@ fn migrate(url: &str) {
     assert!(output.status.success(), "{output:?}");
 }
 
-fn serve(dir: &tempfile::TempDir, listen: &str) -> Child {
-    migrate(&format!(
-        "sqlite://{}",
-        dir.path().join("serve.db").display()
-    ));
+/// `steward serve` on `url` (a migrated database).
+fn serve(url: &str, listen: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(["serve", "--listen", listen])
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("serve.db").display()),
-        )
+        .env("DATABASE_URL", url)
         .env("STEWARD_JWT_SECRET", SECRET)
         .env("STEWARD_METRICS_TOKEN", METRICS_TOKEN)
         .env(
@@ -72,9 +69,12 @@ async fn half_sent(addr: &str) -> tokio::net::TcpStream {
     stream
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_within_its_grace() {
-    let dir = tempfile::tempdir().unwrap();
+per_backend!(a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_within_its_grace);
+
+async fn a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_within_its_grace(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -82,7 +82,7 @@ async fn a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_wit
         .port();
     let listen = format!("127.0.0.1:{port}");
     let base = format!("http://{listen}");
-    let mut server = serve(&dir, &listen);
+    let mut server = serve(&common::process::url_of(&t), &listen);
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while http.get(format!("{base}/health")).send().await.is_err() {
@@ -204,6 +204,7 @@ async fn a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_wit
         .unwrap();
     assert!(status.success(), "{status:?}: {stderr}");
     drop(hanging);
+    t.cleanup().await;
 }
 
 /// Every sample's metric has `# HELP` and `# TYPE` (histogram samples under their base name).
@@ -304,8 +305,33 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
         "steward_dead_letters{queue=\"default\"} 0",
         "steward_runs{workflow=\"module_provision\",state=\"failed\"} 0",
         "outcome=\"completed\"",
+        // Kept at zero: a kind that never ran, a live worker holding nothing.
+        "steward_job_attempts_total{queue=\"default\",kind=\"fail\",outcome=\"fatal\"} 0",
     ] {
         assert!(page.contains(series), "no `{series}` in {page}");
+    }
+    let line = |prefix: &str| {
+        page.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {page}"))
+            .to_string()
+    };
+    // The one worker leads, and holds no job once the noop ran.
+    assert!(line("steward_leader{name=\"steward\",worker=").ends_with(" 1"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = scrape().await.unwrap_or_default();
+        if page
+            .lines()
+            .any(|l| l.starts_with("steward_worker_running_jobs{worker=") && l.ends_with("} 0"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no zero running-jobs gauge: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The dashboard charts only what is there.
     let grafana = std::fs::read_to_string(concat!(

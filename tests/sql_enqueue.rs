@@ -116,5 +116,36 @@ print(rolled_back, committed)
     )
     .await;
     workers.stop().await;
+
+    // A runtime publishes the kinds' defaults when it starts: from then on a kind enqueued
+    // from SQL without a queue gets its declared queue, attempts and timeout (`ledger` is
+    // declared in queue `ledger`), as the Rust client gives them; what the caller names wins.
+    let kinds = common::repo_kinds();
+    let ledger = kinds.get("ledger").expect("the ledger kind");
+    let declared = format!(
+        "{} {} {}",
+        ledger.queue,
+        ledger.max_attempts,
+        ledger.timeout.as_millis()
+    );
+    let of = |id: String| {
+        format!(
+            "SELECT queue || ' ' || max_attempts || ' ' || timeout_ms FROM steward_jobs WHERE id = {id}"
+        )
+    };
+    let id = psql(&t, "SELECT steward_enqueue('ledger', '{\"ms\": 0}')");
+    assert_eq!(psql(&t, &of(id)), declared);
+    assert_ne!(ledger.queue, "default");
+    let id = psql(
+        &t,
+        "SELECT steward_enqueue('ledger', '{}', queue => 'elsewhere', max_attempts => 2)",
+    );
+    assert!(psql(&t, &of(id)).starts_with("elsewhere 2 "));
+    let queues = psql(
+        &t,
+        "SELECT string_agg(queue, ',' ORDER BY id) FROM steward_enqueue_kinds(\
+         ARRAY['ledger', 'no_such_kind'], ARRAY['{}', '{}']::jsonb[])",
+    );
+    assert_eq!(queues, format!("{},default", ledger.queue));
     t.cleanup().await;
 }

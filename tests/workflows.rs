@@ -33,6 +33,7 @@ per_backend!(
     batched_step_completions_are_fenced_and_guarded_one_by_one,
     runs_in_flight_finish_on_the_definition_they_started_with,
     a_signal_wait_resumes_on_its_signal_and_timeouts_take_their_path,
+    signals_reach_a_run_over_the_api_from_the_roles_declared_only,
     a_timer_wait_sleeps_until_its_time_without_a_worker,
     a_diamond_runs_its_branches_in_parallel_and_joins_once,
     a_dead_branch_compensates_in_reverse_topological_order_and_retry_resumes_it,
@@ -898,6 +899,98 @@ signal = "approval"
 timeout_secs = 1
 "#;
 
+/// `POST /api/runs/{id}/signal/{name}` on a real socket: a token is needed, only the roles
+/// the declaration names may send it (refused with 403, nothing recorded), an undeclared
+/// signal or a second send is a 409, an unknown run a 404; the accepted one resumes the run.
+async fn signals_reach_a_run_over_the_api_from_the_roles_declared_only(backend: Backend) {
+    use steward::api::AppState;
+    use steward::api::auth::{AuthKeys, Role};
+    let t = fresh(backend).await;
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let engine = Engine::new(
+        t.store.clone(),
+        catalog(&[SIGNALLED, STRICT], &steps),
+        kinds(),
+        steps,
+    );
+    let waiting = engine.start("signalled", json!({}), None).await.unwrap().0;
+    let strict = engine.start("strict", json!({}), None).await.unwrap().0;
+    let keys = AuthKeys::new("a-test-secret-of-at-least-32-bytes!!").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let state = AppState::new(Arc::clone(&engine), t.exports.clone(), keys.clone());
+    let until = stop.clone();
+    tokio::spawn(async move {
+        steward::http::serve(listener, state, async move { until.cancelled().await }).await
+    });
+    let token = |role| {
+        keys.mint("test", role, None, chrono::Duration::hours(1))
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let post = async |run: RunId, name: &str, token: Option<String>| {
+        let mut request = http
+            .post(format!("{base}/api/runs/{run}/signal/{name}"))
+            .header("content-type", "application/json")
+            .body(json!({"payload": {"approved": true}}).to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, body)
+    };
+    assert_eq!(post(waiting, "approval", None).await.0, 401);
+    let (status, body) = post(waiting, "approval", Some(token(Role::Service))).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, body) = post(strict, "approval", Some(token(Role::MasterAdmin))).await;
+    assert_eq!(status, 403, "a signal no role may send: {body}");
+    let (status, body) = post(waiting, "nope", Some(token(Role::MasterAdmin))).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("declares no signal `nope`")
+    );
+    assert_eq!(
+        post(999_999, "approval", Some(token(Role::MasterAdmin)))
+            .await
+            .0,
+        404
+    );
+    let (status, body) = post(waiting, "approval", Some(token(Role::MasterAdmin))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, json!({"run": waiting, "signal": "approval"}));
+    let (status, body) = post(waiting, "approval", Some(token(Role::MasterAdmin))).await;
+    assert_eq!(status, 409, "sent once: {body}");
+    let running = start(&t, &engine);
+    wait_runs(&t, "the signalled run completed", |runs| {
+        runs.iter()
+            .any(|r| r.id == waiting && r.state == RunState::Completed)
+    })
+    .await;
+    let run = t.store.run_get(waiting).await.unwrap().unwrap();
+    let output = run.steps[0].output.clone().expect("the wait's output");
+    assert_eq!(output["payload"], json!({"approved": true}), "{output}");
+    assert!(
+        output["sent_by"]
+            .as_str()
+            .is_some_and(|by| by.contains("test")),
+        "{output}"
+    );
+    running.stop().await;
+    stop.cancel();
+    t.cleanup().await;
+}
+
 /// The state of a run's current step job.
 async fn step_job_state(t: &TestStore, run: RunId) -> Option<JobState> {
     let run = t.store.run_get(run).await.unwrap().unwrap();
@@ -1140,14 +1233,21 @@ job = "workflow_step"
 needs = ["reserve"]
 [[steps]]
 name = "join"
-handler = "ledger.append"
+handler = "test.join"
 job = "workflow_step"
 needs = ["left", "right"]
 "#;
 
 async fn a_diamond_runs_its_branches_in_parallel_and_joins_once(backend: Backend) {
     let t = fresh(backend).await;
-    let steps = graph_steps(2, &Arc::new(AtomicBool::new(true)));
+    let mut steps = graph_steps(2, &Arc::new(AtomicBool::new(true)));
+    // The join records what its handler reads (each time it runs).
+    let joined: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let seen = Arc::clone(&joined);
+    steps.register("test.join", move |ctx: StepContext<'_>| -> StepFuture<'_> {
+        seen.lock().unwrap().push(ctx.input.clone());
+        Box::pin(async move { Ok(json!({"joined": true})) })
+    });
     let engine = Engine::new(t.store.clone(), catalog(&[DIAMOND], &steps), kinds(), steps);
     let (id, _) = engine.start("diamond", json!({}), None).await.unwrap();
     let running = start(&t, &engine);
@@ -1160,15 +1260,20 @@ async fn a_diamond_runs_its_branches_in_parallel_and_joins_once(backend: Backend
     assert_eq!(run.state, RunState::Completed, "{run:#?}");
     assert_eq!(
         ledger_entries(&t).await,
-        vec![
-            format!("run {id} step reserve"),
-            format!("run {id} step join")
-        ],
-        "the join ran once"
+        vec![format!("run {id} step reserve")],
+        "the first step ran once"
     );
     let (left, right, join) = (&run.steps[1], &run.steps[2], &run.steps[3]);
     assert_eq!(left.output, Some(json!({"met": "left"})));
     assert_eq!(right.output, Some(json!({"met": "right"})));
+    // The join's handler ran once and read both parents' outputs.
+    let joined = joined.lock().unwrap().clone();
+    assert_eq!(joined.len(), 1, "{joined:?}");
+    let read = joined[0].to_string();
+    assert!(
+        read.contains(r#"{"met":"left"}"#) && read.contains(r#"{"met":"right"}"#),
+        "the join read {read}"
+    );
     let branches_ended = left.finished_at.max(right.finished_at).unwrap();
     assert!(
         join.started_at.unwrap() >= branches_ended,

@@ -30,7 +30,8 @@ pub struct ListQuery {
     /// Only jobs created before this time (RFC 3339).
     pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// Only jobs whose payload or errors contain this text (case-insensitive, 1-200
-    /// characters); bound it with `since` on a large table.
+    /// characters). A text search reads every job in its time range: without `since`, it
+    /// covers the last 24 hours ([`TEXT_SEARCH_DEFAULT_HOURS`]).
     pub q: Option<String>,
     /// `oldest` (default) or `newest` first.
     pub order: Option<String>,
@@ -83,7 +84,7 @@ pub(super) async fn list(
         tenant,
         after_id: query.after_id,
         before_id: query.before_id,
-        since: query.since,
+        since: text_search_since(query.since, query.q.as_deref()),
         until: query.until,
         text: query.q.filter(|q| !q.is_empty()),
         newest_first,
@@ -221,6 +222,24 @@ pub(crate) async fn act_on(
     Ok((id, affected.count))
 }
 
+/// How far back a text search goes when its caller names no range: it reads every job in its
+/// range (no index covers payload text), so an unbounded one would read the whole table.
+pub const TEXT_SEARCH_DEFAULT_HOURS: i64 = 24;
+
+/// The start of a search's range: `since`, else for a text search the default window.
+pub(crate) fn text_search_since(
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    text: Option<&str>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    match (since, text) {
+        (Some(since), _) => Some(since),
+        (None, Some(text)) if !text.is_empty() => {
+            Some(chrono::Utc::now() - chrono::Duration::hours(TEXT_SEARCH_DEFAULT_HOURS))
+        }
+        _ => None,
+    }
+}
+
 /// Which dead jobs a bulk retry or discard applies to (empty: every dead job).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +249,8 @@ pub struct DeadFilter {
     pub tenant: Option<String>,
     /// Only jobs whose payload or errors contain this text (case-insensitive).
     pub text: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Retry or discard every dead job matching the filter (a tenant admin: only its own).
@@ -262,6 +283,7 @@ pub(crate) fn dead_scope(caller: &Caller, filter: DeadFilter) -> Result<JobFilte
         kind: filter.kind,
         tenant,
         text: filter.text.filter(|t| !t.is_empty()),
+        since: filter.since,
         ..Default::default()
     })
 }
@@ -296,4 +318,23 @@ async fn retry(
     Ok(crate::store::Affected {
         count: retried.count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_search_without_a_range_covers_the_default_window_only() {
+        let given = chrono::Utc::now() - chrono::Duration::days(90);
+        assert_eq!(text_search_since(Some(given), Some("x")), Some(given));
+        assert_eq!(text_search_since(None, None), None);
+        assert_eq!(text_search_since(None, Some("")), None);
+        let since = text_search_since(None, Some("order-42")).expect("bounded");
+        let hours = (chrono::Utc::now() - since).num_minutes() as f64 / 60.0;
+        assert!(
+            (hours - TEXT_SEARCH_DEFAULT_HOURS as f64).abs() < 0.1,
+            "{hours}"
+        );
+    }
 }

@@ -188,20 +188,26 @@ pub(super) async fn render(state: &AppState) -> Result<String, ApiError> {
         "steward_workers_alive",
         "Worker processes whose registration is live (they beat within their lease).",
     );
-    let alive = state
+    let alive: BTreeSet<String> = state
         .store
         .workers_list()
         .await?
-        .iter()
+        .into_iter()
         .filter(|w| w.alive)
-        .count();
-    let _ = writeln!(out, "steward_workers_alive {alive}");
+        .map(|w| w.id)
+        .collect();
+    let _ = writeln!(out, "steward_workers_alive {}", alive.len());
     gauge(
         &mut out,
         "steward_worker_running_jobs",
-        "Running jobs each worker process holds a lease on.",
+        "Running jobs each worker process holds a lease on (0 for a live one holding none).",
     );
+    // Every live worker, at zero when it holds nothing; and any worker that still holds jobs.
+    let mut running: BTreeMap<&str, i64> = alive.iter().map(|w| (w.as_str(), 0)).collect();
     for (worker, n) in &gauges.running_by_worker {
+        running.insert(worker, *n);
+    }
+    for (worker, n) in &running {
         let _ = writeln!(
             out,
             "steward_worker_running_jobs{{worker=\"{}\"}} {n}",
@@ -212,14 +218,24 @@ pub(super) async fn render(state: &AppState) -> Result<String, ApiError> {
         &mut out,
         "steward_leader",
         "1 for the worker process that runs the periodic services (cron, sweeper, rescuer, \
-         pruner) now.",
+         pruner) now, 0 for every other live one.",
     );
+    let mut leaders: BTreeMap<(&str, &str), u8> = BTreeMap::new();
+    for worker in &alive {
+        leaders.insert((crate::maintenance::elector::NAME, worker), 0);
+    }
     for (name, holder) in &gauges.leaders {
+        for worker in &alive {
+            leaders.entry((name, worker)).or_insert(0);
+        }
+        leaders.insert((name, holder), 1);
+    }
+    for ((name, worker), leads) in &leaders {
         let _ = writeln!(
             out,
-            "steward_leader{{name=\"{}\",worker=\"{}\"}} 1",
+            "steward_leader{{name=\"{}\",worker=\"{}\"}} {leads}",
             label(name),
-            label(holder)
+            label(worker)
         );
     }
     gauge(

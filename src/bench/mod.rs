@@ -21,8 +21,8 @@
 //!   the rescue time of a SIGKILLed one.
 //! - `job_search` ([`search`]): the operators' job search on `--jobs N` jobs.
 //! - `enqueue_http` ([`http`]): jobs enqueued over `POST /api/jobs`, batched and one by one.
-//! - `enqueue_sql`: jobs enqueued from SQL (`steward_enqueue`, PostgreSQL), `--batch` per
-//!   statement in one transaction, by `--callers` concurrent connections.
+//! - `enqueue_sql`: jobs enqueued from SQL (`steward_enqueue_many` with arrays, PostgreSQL),
+//!   `--batch` per statement, by `--callers` concurrent connections.
 //! - `sustained` ([`sustained`]): `--rate` jobs/s offered for `--seconds` while one worker
 //!   executes them; per `--interval-secs`: rate, pickup, backlog, table sizes, RSS.
 
@@ -373,7 +373,9 @@ async fn enqueue_batch(
     )
 }
 
-/// Jobs enqueued from SQL with `steward_enqueue`, `batch` per statement (PostgreSQL only).
+/// Jobs enqueued from SQL, `batch` per statement (PostgreSQL only): the batch form,
+/// `steward_enqueue_many` with one array per column (as a client in any language binds them),
+/// the same function the Rust client calls.
 async fn enqueue_sql(
     fresh: &FreshStore,
     jobs: usize,
@@ -389,12 +391,20 @@ async fn enqueue_sql(
     let secs = spread(callers, statements, move || {
         let pool = pool.clone();
         async move {
-            sqlx::query("SELECT steward_enqueue('noop') FROM generate_series(1, $1)")
-                .bind(batch as i64)
-                .execute(&pool)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            let n = batch as i32;
+            sqlx::query(
+                "SELECT count(*) FROM steward_enqueue_many(\
+                     array_fill('noop'::text, ARRAY[$1]), array_fill('default'::text, ARRAY[$1]), \
+                     array_fill(''::text, ARRAY[$1]), array_fill('{}'::jsonb, ARRAY[$1]), \
+                     array_fill(0::int2, ARRAY[$1]), array_fill(20, ARRAY[$1]), \
+                     array_fill(60000::int8, ARRAY[$1]), array_fill(NULL::text, ARRAY[$1]), \
+                     array_fill(NULL::timestamptz, ARRAY[$1]))",
+            )
+            .bind(n)
+            .execute(&pool)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
         }
     })
     .await?;

@@ -52,19 +52,41 @@ fn some(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
+/// The start of one of the [`RANGES`] (`None`: any time).
+fn since_hours(hours: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+    match hours.trim() {
+        "" => Ok(None),
+        hours => {
+            let n: i64 = hours
+                .parse()
+                .ok()
+                .filter(|_| RANGES.iter().any(|(r, _)| *r == hours))
+                .ok_or_else(|| ApiError::bad_request(format!("no time range `{hours}`")))?;
+            Ok(Some(Utc::now() - chrono::Duration::hours(n)))
+        }
+    }
+}
+
+/// How a range reads.
+fn range_label(hours: &str) -> &'static str {
+    RANGES
+        .iter()
+        .find(|(r, _)| *r == hours.trim())
+        .map_or("any time", |(_, label)| *label)
+}
+
 impl Filters {
+    /// A text search reads every job in its range: without one it takes the last 24 hours
+    /// (the API's default too, `api::jobs::TEXT_SEARCH_DEFAULT_HOURS`), and the form shows it.
+    fn bounded(mut self) -> Self {
+        if !self.q.trim().is_empty() && self.hours.trim().is_empty() {
+            self.hours = api_jobs::TEXT_SEARCH_DEFAULT_HOURS.to_string();
+        }
+        self
+    }
+
     fn to_filter(&self, caller: &Caller, state: Option<JobState>) -> Result<JobFilter, ApiError> {
-        let since = match self.hours.trim() {
-            "" => None,
-            hours => {
-                let hours: i64 = hours
-                    .parse()
-                    .ok()
-                    .filter(|_| RANGES.iter().any(|(r, _)| *r == hours))
-                    .ok_or_else(|| ApiError::bad_request(format!("no time range `{hours}`")))?;
-                Some(Utc::now() - chrono::Duration::hours(hours))
-            }
-        };
+        let since = since_hours(&self.hours)?;
         if self.q.chars().count() > 200 {
             return Err(ApiError::bad_request(
                 "the search text is at most 200 characters",
@@ -209,6 +231,7 @@ pub(super) async fn list(
     Query(filters): Query<Filters>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
+    let filters = filters.bounded();
     let job_state = some(&filters.state)
         .map(|s| {
             s.parse::<JobState>()
@@ -233,6 +256,7 @@ pub(super) async fn dead(
     Query(done): Query<Done>,
 ) -> Result<Html<String>, PageError> {
     let caller = gate(caller)?;
+    let filters = filters.bounded();
     let (jobs, total) = search(&state, &filters.to_filter(&caller, Some(JobState::Dead))?).await?;
     let bulk = |action: &str, label: &str, class: &str| {
         html! {
@@ -241,6 +265,7 @@ pub(super) async fn dead(
                 input type="hidden" name="kind" value=(filters.kind);
                 input type="hidden" name="tenant" value=(filters.tenant);
                 input type="hidden" name="q" value=(filters.q);
+                input type="hidden" name="hours" value=(filters.hours);
                 button type="submit" class=(class) id={ "bulk-" (action) } { (label) }
             }
         }
@@ -359,6 +384,8 @@ pub(super) struct BulkForm {
     #[serde(default)]
     q: String,
     #[serde(default)]
+    hours: String,
+    #[serde(default)]
     confirmed: String,
 }
 
@@ -376,6 +403,7 @@ pub(super) async fn bulk(
         kind: some(&form.kind),
         tenant: some(&form.tenant),
         text: some(&form.q),
+        since: since_hours(&form.hours)?,
     };
     if form.confirmed != "yes" {
         let label = match action.as_str() {
@@ -405,13 +433,15 @@ pub(super) async fn bulk(
         let body = html! {
             p id="confirm-what" {
                 (label) " " (count) " dead job(s) matching queue " (any(&form.queue)) ", kind "
-                (any(&form.kind)) ", tenant " (any(&form.tenant)) ", text " (any(&form.q)) "?"
+                (any(&form.kind)) ", tenant " (any(&form.tenant)) ", text " (any(&form.q))
+                ", created " (range_label(&form.hours)) "?"
             }
             form method="post" action={ "/dashboard/dead/" (action) } class="inline" {
                 input type="hidden" name="queue" value=(form.queue);
                 input type="hidden" name="kind" value=(form.kind);
                 input type="hidden" name="tenant" value=(form.tenant);
                 input type="hidden" name="q" value=(form.q);
+                input type="hidden" name="hours" value=(form.hours);
                 input type="hidden" name="confirmed" value="yes";
                 button type="submit" class="primary" id={ "confirm-" (action) } { (label) " them" }
             }

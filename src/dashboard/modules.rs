@@ -12,7 +12,7 @@ use crate::api::modules::{lifecycle, operate_on};
 use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{AuditAbout, AuditFilter, ModuleRecord, TenantModuleRecord};
 use axum::extract::{Form, Path, Query, State};
-use axum::response::{Html, Redirect};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -181,6 +181,38 @@ pub(super) struct ActionForm {
     reason: String,
     #[serde(default)]
     version: String,
+    /// `yes` once the operator confirmed a catalog-wide action (it touches every tenant).
+    #[serde(default)]
+    confirmed: String,
+}
+
+/// The page that asks before a catalog upgrade or rollback, which acts on every tenant of
+/// the module: what it does and to how many tenants, and a button that confirms it.
+async fn confirm_catalog_action(
+    state: &AppState,
+    caller: &Caller,
+    module: &str,
+    action: &str,
+    form: &ActionForm,
+) -> Result<Response, PageError> {
+    let tenants = state.store.module_tenants(module).await?.len();
+    let what = match action {
+        "upgrade" => format!(
+            "Upgrade {module} to {} for its {tenants} tenant(s)?",
+            form.version.trim()
+        ),
+        _ => format!("Roll {module} back to its previous version for its {tenants} tenant(s)?"),
+    };
+    let body = html! {
+        p id="confirm-what" { (what) }
+        form method="post" action={ "/dashboard/modules/catalog/" (url(module)) "/" (url(action)) } class="inline" {
+            input type="hidden" name="version" value=(form.version);
+            input type="hidden" name="confirmed" value="yes";
+            button type="submit" class="primary" id={ "confirm-" (action) } { "Yes, " (action) }
+        }
+        " " a href={ "/dashboard/modules?module=" (url(module)) } id="cancel" { "Cancel" }
+    };
+    Ok(render(&format!("{action} {module}?"), caller, body).into_response())
 }
 
 /// A tenant module's approve, reject, suspend or resume (`/dashboard/modules/{tenant}/…`), or
@@ -190,11 +222,17 @@ pub(super) async fn operate(
     caller: Result<Caller, ApiError>,
     Path((tenant, module, action)): Path<(String, String, String)>,
     Form(form): Form<ActionForm>,
-) -> Result<Redirect, PageError> {
+) -> Result<Response, PageError> {
     let caller = gate(caller)?;
     let reason = Some(form.reason.trim().to_string()).filter(|r| !r.is_empty());
     if tenant == "catalog" {
         let life = lifecycle(&state)?;
+        let known = matches!(action.as_str(), "upgrade" | "rollback");
+        if known && form.confirmed != "yes" {
+            // Only a master admin acts on the catalog: others are refused before asking.
+            caller.may_operate(None)?;
+            return confirm_catalog_action(&state, &caller, &module, &action, &form).await;
+        }
         match action.as_str() {
             "upgrade" => {
                 let version = Some(form.version.trim())
@@ -224,7 +262,8 @@ pub(super) async fn operate(
         "/dashboard/modules?module={}&done={}",
         url(&module),
         url(&action)
-    )))
+    ))
+    .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,6 +25,7 @@ mod reconciler;
 pub mod request;
 pub mod restore;
 pub mod steps;
+pub mod storage_circuit;
 pub mod subscriptions;
 pub mod switch;
 pub mod webhook;

@@ -153,6 +153,9 @@ impl Operator {
         let mut plain: Vec<JobId> = Vec::new();
         // Run → the dead step jobs of it that were asked for.
         let mut runs: BTreeMap<RunId, Vec<JobId>> = BTreeMap::new();
+        // Jobs asked for by id that are missing, or in a state a retry does not apply to.
+        let mut refused: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<JobId> = std::collections::HashSet::new();
         let mut page = JobFilter {
             limit: Some(1000),
             ..filter.clone()
@@ -163,6 +166,16 @@ impl Operator {
             page.after_id = Some(last.id);
             let full = jobs.len() as i64 >= 1000;
             for job in jobs {
+                seen.insert(job.id);
+                if !filter.ids.is_empty()
+                    && matches!(
+                        job.state,
+                        JobState::Available | JobState::Running | JobState::Completed
+                    )
+                {
+                    refused.push(format!("job {} is {}: nothing to retry", job.id, job.state));
+                    continue;
+                }
                 let through_run = matches!(job.state, JobState::Dead | JobState::Cancelled);
                 match self.engine.run_of_job(&job.kind, &job.payload) {
                     Some(run) if through_run => runs.entry(run).or_default().push(job.id),
@@ -173,7 +186,15 @@ impl Operator {
                 break;
             }
         }
-        let mut retried = Retried::default();
+        for id in &filter.ids {
+            if !seen.contains(id) {
+                refused.push(format!("no job {id}"));
+            }
+        }
+        let mut retried = Retried {
+            refused,
+            ..Retried::default()
+        };
         if !plain.is_empty() {
             retried.jobs = store
                 .jobs_retry(&JobFilter {

@@ -13,6 +13,7 @@
 //! - `archive.export`: every row of the tenant's module, with the same export.
 
 use super::steps::tenant_module_params;
+use super::storage_circuit;
 use crate::domain::ident::{ModuleTable, Slug};
 use crate::domain::status::TenantModuleStatus;
 use crate::export::csv_stream::{ExportFailure, ExportReport, export_rows};
@@ -274,9 +275,12 @@ fn archive_export(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_
 pub fn register(steps: &mut StepRegistry, exports: SharedExports) {
     steps.register("retention.schedule", retention_schedule);
     steps.register("purge.delete", purge_delete);
-    let purge = exports.clone();
-    steps.register("purge.export", move |ctx| purge_export(ctx, purge.clone()));
-    steps.register("archive.export", move |ctx| {
-        archive_export(ctx, exports.clone())
-    });
+    steps.register(
+        "purge.export",
+        storage_circuit::guarded(exports.clone(), purge_export),
+    );
+    steps.register(
+        "archive.export",
+        storage_circuit::guarded(exports, archive_export),
+    );
 }

@@ -413,9 +413,10 @@ pub fn register(steps: &mut StepRegistry, exports: SharedExports) {
     steps.register("module.migrate", migrate);
     steps.register("module.enable", enable);
     steps.register("upgrade.begin", upgrade_begin);
-    steps.register("upgrade.backup", move |ctx| {
-        upgrade_backup(ctx, exports.clone())
-    });
+    steps.register(
+        "upgrade.backup",
+        super::storage_circuit::guarded(exports, upgrade_backup),
+    );
     steps.register("upgrade.apply", upgrade_apply);
     steps.register("upgrade.abort", upgrade_abort);
     steps.register("archive.remove", archive_remove);

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The leadership every periodic service of a process shares.
-const NAME: &str = "steward";
+/// The leadership the periodic services run under.
+pub const NAME: &str = "steward";
 
 /// Whether this process leads now, as its elector last saw it.
 #[derive(Debug, Clone, Default)]

@@ -6,6 +6,12 @@
 //! only could not heartbeat. So once the rescuer has seen the database fail, it rescues nothing
 //! until `grace` (one lease) after the database answers again: every live worker has
 //! heartbeated by then and extended its own leases, and only the dead ones' are rescued.
+//!
+//! The rescuer runs on the leader only, and a node that was not leading during an outage saw
+//! nothing of it (its elector lost the leadership when the database went away; the node that
+//! wins it when the database comes back may be another one). So a rescuer also holds off for
+//! `grace` when it starts leading: its first round after a gap rescues nothing. A leader
+//! killed outright is replaced within one lease, and its jobs are rescued one grace later.
 
 use super::Service;
 use crate::store::{SharedStore, StoreResult};
@@ -19,6 +25,8 @@ pub struct Rescuer {
     every: Duration,
     grace: Duration,
     state: Mutex<Health>,
+    /// When the last round ended; `None` before the first one.
+    last_round: Mutex<Option<Instant>>,
 }
 
 /// What the rescuer last saw of the database.
@@ -40,7 +48,21 @@ impl Rescuer {
             every,
             grace,
             state: Mutex::new(Health::Up),
+            last_round: Mutex::new(None),
         }
+    }
+
+    /// Record the end of a round; true when the one before ended long enough ago that this
+    /// node was not running rounds in between (it did not lead, or just started).
+    fn after_a_gap(&self) -> bool {
+        let mut last = self
+            .last_round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let gap = last.is_none_or(|at| now.duration_since(at) > self.every * 3);
+        *last = Some(now);
+        gap
     }
 
     fn health(&self) -> Health {
@@ -61,6 +83,24 @@ impl Service for Rescuer {
         self.every
     }
     async fn run_once(&self, store: &SharedStore) -> StoreResult<u64> {
+        let rescued = self.round(store).await;
+        self.after_a_gap();
+        rescued
+    }
+}
+
+impl Rescuer {
+    async fn round(&self, store: &SharedStore) -> StoreResult<u64> {
+        if self.after_a_gap() {
+            // Leading from now on (or again): live workers that could not see the database
+            // while this node did not look get one lease to extend their own leases first.
+            tracing::info!(grace = ?self.grace, "rescuing nothing until live workers have \
+                extended their leases (this node starts leading)");
+            self.set(Health::Recovering {
+                until: Instant::now() + self.grace,
+            });
+            return Ok(0);
+        }
         match self.health() {
             Health::Down => {
                 store.ping().await?;

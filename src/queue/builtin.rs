@@ -52,7 +52,10 @@ pub fn register(registry: &mut Registry) {
         Ok(())
     });
     registry.register("ledger", |args: LedgerArgs, ctx: JobContext| async move {
-        ctx.store.ledger_append(ctx.job.id, &ctx.worker).await?;
+        let started_at = chrono::Utc::now();
+        ctx.store
+            .ledger_append(ctx.job.id, &ctx.worker, started_at)
+            .await?;
         if args.ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.ms)).await;
         }

@@ -62,26 +62,30 @@ impl Producer {
         let mut busy = false;
         let mut cursor: Option<FetchCursor> = None;
         let mut head_at = Instant::now();
+        // A job an enqueue of this process handed over while this producer was idle (see
+        // `store::handoff`): leased to this worker already, it takes the place of a fetch.
+        let mut handed: Option<FetchedJob> = None;
         loop {
-            if !control::wait_open(&mut self.gate, &self.shutdown).await {
+            // A handed job goes on to the pause check below, which gives it back if paused.
+            if handed.is_none() && !control::wait_open(&mut self.gate, &self.shutdown).await {
                 return;
             }
             // Wait for one free slot (and room among the held jobs), then take as many as
             // are free.
             let first_held = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return self.release(handed),
                 slot = Arc::clone(&self.unwritten).acquire_owned() => match slot {
                     Ok(slot) => slot,
-                    Err(_) => return,
+                    Err(_) => return self.release(handed),
                 },
             };
             let first = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => return self.release(handed),
                 permit = Arc::clone(&self.permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
-                    Err(_) => return,
+                    Err(_) => return self.release(handed),
                 },
             };
             // Under load, slots free up one at a time; a fetch per slot would make the fetch
@@ -103,24 +107,32 @@ impl Producer {
             if cursor.is_none() {
                 head_at = Instant::now();
             }
-            let fetched = self
-                .store
-                .jobs_fetch_available(FetchParams {
-                    queue: &self.queue,
-                    limit: want,
-                    worker: &self.worker,
-                    lease_for: self.lease_for,
-                    after: cursor,
-                })
-                .await;
+            let was_handed = handed.is_some();
+            let fetched = match handed.take() {
+                Some(job) => Ok(vec![job]),
+                None => {
+                    self.store
+                        .jobs_fetch_available(FetchParams {
+                            queue: &self.queue,
+                            limit: want,
+                            worker: &self.worker,
+                            lease_for: self.lease_for,
+                            after: cursor,
+                        })
+                        .await
+                }
+            };
             let jobs = match fetched {
                 Ok(jobs) => {
                     failures = 0;
                     // Jobs come sorted in fetch order; a short fetch sends the next to the head.
-                    cursor = match jobs.last() {
-                        Some(last) if jobs.len() >= want => Some(FetchCursor::of(last)),
-                        _ => None,
-                    };
+                    // A handed job was not fetched: the cursor stays where it was.
+                    if !was_handed {
+                        cursor = match jobs.last() {
+                            Some(last) if jobs.len() >= want => Some(FetchCursor::of(last)),
+                            _ => None,
+                        };
+                    }
                     jobs
                 }
                 Err(err) => {
@@ -214,9 +226,9 @@ impl Producer {
             // enqueue that committed meanwhile may not have signalled (PostgreSQL enqueues
             // signal only into an empty queue).
             if got == 0 {
-                self.wait_for_work(&mut signals).await;
+                handed = self.wait_for_work(&mut signals).await;
                 if self.shutdown.is_cancelled() {
-                    return;
+                    return self.release(handed);
                 }
             }
         }
@@ -247,25 +259,47 @@ impl Producer {
         });
     }
 
-    async fn wait_for_work(&self, signals: &mut broadcast::Receiver<String>) {
+    /// Give back, unstarted, a handed job this producer will not run (it is stopping).
+    fn release(&self, handed: Option<FetchedJob>) {
+        if let Some(job) = handed {
+            self.outcomes.send(Outcome::Released {
+                lease: job.lease(),
+                retry_at: None,
+            });
+        }
+    }
+
+    /// Wait, after a fetch found the queue empty, for a signal, the poll interval or a job an
+    /// enqueue of this process hands over (returned). Meanwhile a free slot is certain: only
+    /// this producer takes permits.
+    async fn wait_for_work(&self, signals: &mut broadcast::Receiver<String>) -> Option<FetchedJob> {
+        let mut offer =
+            self.store
+                .offers()
+                .offer(&self.queue, Arc::clone(&self.worker), self.lease_for);
         let deadline = tokio::time::sleep(self.poll_interval);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => break,
+                handed = offer.taken() => return handed,
                 signal = signals.recv() => match signal {
-                    Ok(queue) if queue == self.queue || queue.is_empty() => return,
+                    Ok(queue) if queue == self.queue || queue.is_empty() => break,
                     Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => {
-                        (&mut deadline).await;
-                        return;
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            handed = offer.taken() => return handed,
+                        }
                     }
                 },
-                _ = &mut deadline => return,
+                _ = &mut deadline => break,
             }
         }
+        // An enqueue may have claimed the offer meanwhile: its job is leased to this worker.
+        offer.withdraw().await
     }
 }
 

@@ -235,6 +235,35 @@ impl Runtime {
         let applied = watcher.prime().await;
         let watcher = tokio::spawn(watcher.run(applied, background.clone()));
 
+        // The kinds' defaults, for enqueues from SQL (`steward_enqueue` gives a kind its
+        // declared queue, priority, attempts and timeout).
+        let defaults: Vec<_> = self
+            .kinds
+            .iter()
+            .map(|k| crate::store::KindDefaults {
+                kind: k.name.clone(),
+                queue: k.queue.clone(),
+                priority: k.priority,
+                max_attempts: k.max_attempts,
+                timeout_ms: i64::try_from(k.timeout.as_millis()).unwrap_or(i64::MAX),
+            })
+            .collect();
+        if let Err(err) = self.store.kinds_publish(&defaults).await {
+            tracing::warn!(error = %err, "could not publish the job kinds' defaults");
+        }
+        // The attempt counters of every kind this process runs, at zero until it runs one
+        // (a series that appears only once something happened cannot be alerted on).
+        for kind in self.kinds.iter() {
+            if config.queues.iter().any(|q| q.name == kind.queue)
+                && self.registry.contains(&kind.name)
+            {
+                for outcome in ["completed", "failed", "fatal"] {
+                    metrics::counter!("steward_job_attempts_total",
+                        "queue" => kind.queue.clone(), "kind" => kind.name.clone(), "outcome" => outcome)
+                    .increment(0);
+                }
+            }
+        }
         let mut monitor = Monitor::new();
         let mut producers = Vec::new();
         for queue in &config.queues {

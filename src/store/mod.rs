@@ -10,6 +10,7 @@ pub mod control;
 pub mod data;
 pub mod domain;
 pub mod error;
+pub mod handoff;
 pub mod limits;
 mod migration;
 pub mod postgres;
@@ -146,6 +147,29 @@ pub trait JobStore:
 
     /// Subscribe to "a job became available in queue X" signals.
     fn subscribe(&self) -> broadcast::Receiver<String>;
+
+    /// The offers of this process's idle producers, which enqueues hand jobs to
+    /// (see [`handoff`]).
+    fn offers(&self) -> &handoff::Offers;
+
+    /// Insert one job already leased to `worker`, as a fetch leaves it (running, attempt 1),
+    /// unless its queue is paused (`None`): the in-process hand-off's write.
+    async fn jobs_insert_leased(
+        &self,
+        job: &NewJob,
+        worker: &str,
+        lease_for: Duration,
+    ) -> StoreResult<Option<FetchedJob>>;
+}
+
+/// A job kind's defaults, as published for enqueues from SQL ([`JobAdmin::kinds_publish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindDefaults {
+    pub kind: String,
+    pub queue: String,
+    pub priority: i16,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
 }
 
 /// What operators and maintenance do with jobs: read them, act on them in bulk, prune them.
@@ -166,6 +190,11 @@ pub trait JobAdmin: Send + Sync {
     /// or, at its defaults, slower than that. Returns how many tables were vacuumed (SQLite
     /// reuses the pages of deleted rows and has nothing to do: 0).
     async fn tables_vacuum(&self, min_dead: u64) -> StoreResult<u64>;
+
+    /// Publish the job kinds' defaults as `jobs/*.toml` declares them, so that an enqueue
+    /// from SQL (`steward_enqueue`, PostgreSQL) gives a kind the queue, priority, attempts
+    /// and timeout the Rust client and the API give it. Returns how many kinds changed.
+    async fn kinds_publish(&self, kinds: &[KindDefaults]) -> StoreResult<u64>;
 
     /// One job with every attempt.
     async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
@@ -203,8 +232,14 @@ pub trait JobAdmin: Send + Sync {
     /// worker, the running jobs it holds; the leaderships held now.
     async fn runtime_gauges(&self) -> StoreResult<crate::types::RuntimeGauges>;
 
-    /// Probe for crash tests and the demo: record that `worker` ran job `job_id`.
-    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()>;
+    /// Probe for crash tests and the demo: record that `worker` started job `job_id` at
+    /// `started_at` (its handler's clock, so tests can order starts against other events).
+    async fn ledger_append(
+        &self,
+        job_id: JobId,
+        worker: &str,
+        started_at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// Every ledger row as (job id, worker that wrote it), in order of appending
     /// (duplicates included).
@@ -250,7 +285,7 @@ impl TransactionalEnqueue for sqlx::SqliteConnection {
 
 /// The schema this build writes and expects: the number of its last migration, the same on
 /// both backends (a unit test ties it to `migrations/`).
-pub const SCHEMA_VERSION: i64 = 20;
+pub const SCHEMA_VERSION: i64 = 21;
 
 /// A shared handle to whichever store `DATABASE_URL` selected.
 pub type SharedStore = Arc<dyn JobStore>;
@@ -271,6 +306,19 @@ pub async fn connect(url: &str) -> StoreResult<SharedStore> {
 
 /// A URL with any password replaced, for error messages.
 pub fn redact(url: &str) -> String {
+    // Parameters may carry secrets too (`?password=…`, libpq's `sslpassword=…`).
+    if let Some((base, query)) = url.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                    format!("{name}=***")
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        return format!("{}?{}", redact(base), query.join("&"));
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let creds = &url[scheme_end + 3..at];
@@ -317,6 +365,14 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(
+            redact("postgres://u:pw@h/db?sslmode=require&password=secret&sslpassword=s2"),
+            "postgres://u:***@h/db?sslmode=require&password=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact("postgres:///db?user=u&PASSWORD=secret"),
+            "postgres:///db?user=u&PASSWORD=***"
+        );
     }
 
     #[test]

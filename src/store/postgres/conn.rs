@@ -232,6 +232,15 @@ impl SqlStore for PgStore {
         Ok(Box::new(PgConn::begin(self, true).await?))
     }
 
+    async fn write_service(&self) -> StoreResult<Box<dyn Tx>> {
+        Ok(Box::new(PgConn {
+            inner: Inner::Tx(self.service_pool().begin().await?),
+            store: self.clone(),
+            quiet: false,
+            woken: Vec::new(),
+        }))
+    }
+
     async fn read(&self) -> StoreResult<Box<dyn Conn>> {
         Ok(Box::new(PgConn::acquire(self).await?))
     }

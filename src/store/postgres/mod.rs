@@ -17,6 +17,7 @@ mod lifecycle;
 mod runs;
 mod vacuum;
 
+use super::handoff::{self, Offers};
 use super::{
     Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
 };
@@ -49,10 +50,13 @@ pub struct PgStore {
     /// own connections, so that handlers holding every work connection (long steps) never
     /// starve the runtime of the writes that keep its leases.
     service: PgPool,
+    /// The `LISTEN` connection, alone in its pool.
+    listen: PgPool,
     schema: Option<String>,
     channel: String,
     notify: broadcast::Sender<String>,
     listener_started: Arc<OnceLock<()>>,
+    offers: Offers,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -149,7 +153,14 @@ impl PgStore {
         let pool = pool_options(pools.work, 30)
             .connect_with(options.clone())
             .await?;
-        let service = pool_options(pools.service, 5).connect_lazy_with(options);
+        let service = pool_options(pools.service, 5).connect_lazy_with(options.clone());
+        // The listener's own connection (the "+ 1" below): a `PgListener` keeps the pooled
+        // connection it is given, which would otherwise be one of the bookkeeping pool's.
+        let listen = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(options);
         let (current, max, reserved): (String, String, String) = sqlx::query_as(
             "SELECT coalesce(current_schema(), 'public')::text, \
                     current_setting('max_connections'), \
@@ -177,10 +188,12 @@ impl PgStore {
         Ok(Self {
             pool,
             service,
+            listen,
             schema,
             channel,
             notify,
             listener_started: Arc::new(OnceLock::new()),
+            offers: Offers::default(),
         })
     }
 
@@ -236,7 +249,7 @@ impl PgStore {
         if self.listener_started.set(()).is_err() {
             return;
         }
-        let pool = self.service.clone();
+        let pool = self.listen.clone();
         let channel = self.channel.clone();
         let sender = self.notify.clone();
         tokio::spawn(async move {
@@ -503,6 +516,9 @@ impl JobStore for PgStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(handed) = handoff::enqueue(self, jobs).await? {
+            return Ok(handed);
+        }
         let mut conn = self.pool.acquire().await?;
         let (results, woken) = insert_jobs(&mut conn, jobs, true).await?;
         // Committed: wake this process's producers now, without waiting for the NOTIFY to
@@ -766,5 +782,39 @@ impl JobStore for PgStore {
     fn subscribe(&self) -> broadcast::Receiver<String> {
         self.start_listener();
         self.notify.subscribe()
+    }
+
+    fn offers(&self) -> &Offers {
+        &self.offers
+    }
+
+    async fn jobs_insert_leased(
+        &self,
+        job: &NewJob,
+        worker: &str,
+        lease_for: Duration,
+    ) -> StoreResult<Option<FetchedJob>> {
+        // A plain prepared statement: no `NOTIFY` (the job is taken), no fair key to compute
+        // (it is running; 1 is where a job enqueued into an empty queue starts).
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_key, \
+                 max_attempts, timeout_ms, attempt, leased_by, attempted_at, lease_expires_at) \
+             SELECT $1, $2, $3, $4, 'running', $5, 1, $6, $7, 1, $8, now(), \
+                    now() + $9 * interval '1 millisecond' \
+             WHERE NOT EXISTS (SELECT 1 FROM steward_queue_states p WHERE p.queue = $2 AND p.paused) \
+             RETURNING id",
+        )
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(&job.tenant)
+        .bind(&job.payload)
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(job.timeout_ms)
+        .bind(worker)
+        .bind(lease_for.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(|id| handoff::leased(id, job)))
     }
 }

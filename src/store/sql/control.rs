@@ -98,7 +98,7 @@ impl<S: SqlStore> ControlStore for S {
     }
 
     async fn worker_beat(&self, beat: &WorkerBeat<'_>) -> StoreResult<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_service().await?;
         let until = later(tx.dialect() == crate::store::sql::Dialect::Postgres, 7);
         let queues = serde_json::to_value(beat.queues).map_err(corrupt)?;
         tx.execute(sql!(
@@ -124,7 +124,7 @@ impl<S: SqlStore> ControlStore for S {
     }
 
     async fn worker_leave(&self, id: &str) -> StoreResult<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_service().await?;
         let day_ago = tx.dialect().pick(
             "now() - interval '1 day'",
             "CAST(unixepoch('subsec') * 1000 AS INTEGER) - 86400000",

@@ -3,7 +3,7 @@
 //! outcomes, heartbeats, rescue, staging) stays per backend in `store/*/mod.rs`.
 
 use crate::store::sql::{Arg, Row, Sql, SqlStore, corrupt, parse, sql};
-use crate::store::{Affected, JobAdmin, StoreError, StoreResult};
+use crate::store::{Affected, JobAdmin, KindDefaults, StoreError, StoreResult};
 use crate::types::{AttemptRecord, JobFilter, JobId, JobRecord, JobState, StateCount};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -161,22 +161,49 @@ impl<S: SqlStore> JobAdmin for S {
         let mut tx = self.write().await?;
         let completed = tx
             .execute(sql!(
-                "DELETE FROM steward_jobs_completed WHERE id IN \
+                "DELETE FROM steward_jobs_completed WHERE id {in_keys}\
                  (SELECT id FROM steward_jobs_completed WHERE finished_at < $1 LIMIT 10000 \
-                  {skip_locked})",
+                  {skip_locked}){end_keys}",
                 completed_before
             ))
             .await?;
         let dead = tx
             .execute(sql!(
-                "DELETE FROM steward_jobs WHERE id IN (SELECT id FROM steward_jobs \
+                "DELETE FROM steward_jobs WHERE id {in_keys}(SELECT id FROM steward_jobs \
                  WHERE state IN ('dead', 'cancelled') AND finished_at < $1 LIMIT 10000 \
-                 {skip_locked})",
+                 {skip_locked}){end_keys}",
                 dead_before
             ))
             .await?;
         tx.commit().await?;
         Ok(completed + dead)
+    }
+
+    async fn kinds_publish(&self, kinds: &[KindDefaults]) -> StoreResult<u64> {
+        let mut tx = self.write().await?;
+        let mut changed = 0;
+        for kind in kinds {
+            changed += tx
+                .execute(sql!(
+                    "INSERT INTO steward_kinds (kind, queue, priority, max_attempts, timeout_ms, \
+                         updated_at) VALUES ($1, $2, $3, $4, $5, {now}) \
+                     ON CONFLICT (kind) DO UPDATE SET queue = excluded.queue, \
+                         priority = excluded.priority, max_attempts = excluded.max_attempts, \
+                         timeout_ms = excluded.timeout_ms, updated_at = excluded.updated_at \
+                     WHERE steward_kinds.queue <> excluded.queue \
+                        OR steward_kinds.priority <> excluded.priority \
+                        OR steward_kinds.max_attempts <> excluded.max_attempts \
+                        OR steward_kinds.timeout_ms <> excluded.timeout_ms",
+                    &kind.kind,
+                    &kind.queue,
+                    i32::from(kind.priority),
+                    kind.max_attempts,
+                    kind.timeout_ms
+                ))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
@@ -433,12 +460,18 @@ impl<S: SqlStore> JobAdmin for S {
             .collect()
     }
 
-    async fn ledger_append(&self, job_id: JobId, worker: &str) -> StoreResult<()> {
+    async fn ledger_append(
+        &self,
+        job_id: JobId,
+        worker: &str,
+        started_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
         let mut tx = self.write().await?;
         tx.execute(sql!(
-            "INSERT INTO steward_ledger (job_id, worker, at) VALUES ($1, $2, {now})",
+            "INSERT INTO steward_ledger (job_id, worker, at) VALUES ($1, $2, $3)",
             job_id,
-            worker
+            worker,
+            started_at
         ))
         .await?;
         tx.commit().await
@@ -467,7 +500,7 @@ impl<S: SqlStore> JobAdmin for S {
         holder: &str,
         ttl: std::time::Duration,
     ) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_service().await?;
         let until = tx.dialect().pick(
             "now() + $3 * interval '1 millisecond'",
             "CAST(unixepoch('subsec') * 1000 AS INTEGER) + $3",
@@ -493,7 +526,7 @@ impl<S: SqlStore> JobAdmin for S {
     }
 
     async fn leader_resign(&self, name: &str, holder: &str) -> StoreResult<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_service().await?;
         tx.execute(sql!(
             "DELETE FROM steward_leaders WHERE name = $1 AND holder = $2",
             name,

@@ -10,6 +10,7 @@ pub mod conn;
 pub(crate) mod data;
 mod lifecycle;
 
+use super::handoff::{self, Offers};
 use super::{Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult};
 use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
 use async_trait::async_trait;
@@ -40,6 +41,7 @@ pub struct SqliteStore {
     /// process's other jobs their leases.
     pending_leases: Arc<std::sync::Mutex<HashMap<Lease, (String, i64)>>>,
     notify: broadcast::Sender<String>,
+    offers: Offers,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -111,6 +113,7 @@ impl SqliteStore {
             write_lock: Arc::new(Mutex::new(())),
             pending_leases: Arc::default(),
             notify,
+            offers: Offers::default(),
         })
     }
 
@@ -389,6 +392,9 @@ impl JobStore for SqliteStore {
     async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(handed) = handoff::enqueue(self, jobs).await? {
+            return Ok(handed);
         }
         let _guard = self.write_lock.lock().await;
         let mut conn = self.pool.acquire().await?;
@@ -670,5 +676,40 @@ impl JobStore for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<String> {
         self.notify.subscribe()
+    }
+
+    fn offers(&self) -> &Offers {
+        &self.offers
+    }
+
+    async fn jobs_insert_leased(
+        &self,
+        job: &NewJob,
+        worker: &str,
+        lease_for: Duration,
+    ) -> StoreResult<Option<FetchedJob>> {
+        let _guard = self.write_lock.lock().await;
+        let now = now_ms();
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO steward_jobs (kind, queue, tenant, payload, state, priority, fair_key, \
+                 max_attempts, timeout_ms, run_at, created_at, attempt, leased_by, attempted_at, \
+                 lease_expires_at) \
+             SELECT ?1, ?2, ?3, ?4, 'running', ?5, 1, ?6, ?7, ?8, ?8, 1, ?9, ?8, ?10 \
+             WHERE NOT EXISTS (SELECT 1 FROM steward_queue_states p WHERE p.queue = ?2 AND p.paused) \
+             RETURNING id",
+        )
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(&job.tenant)
+        .bind(job.payload.to_string())
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(job.timeout_ms)
+        .bind(now)
+        .bind(worker)
+        .bind(now + lease_for.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(|id| handoff::leased(id, job)))
     }
 }
