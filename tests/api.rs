@@ -121,6 +121,27 @@ async fn only_the_right_callers_reach_the_api(backend: Backend) {
     // Only /health is anonymous.
     let (status, body) = api.call("GET", "/health", None).await;
     assert_eq!((status, body["status"].clone()), (200, json!("ok")));
+    // Every answer names its trace id (the caller's W3C one, else a new one), which the
+    // log's lines of that request carry.
+    let traced = |parent: Option<&'static str>| {
+        let mut request = api.http.get(format!("{}/api/jobs", api.base));
+        if let Some(parent) = parent {
+            request = request.header("traceparent", parent);
+        }
+        request.send()
+    };
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = traced(Some(parent)).await.unwrap();
+    assert_eq!(
+        answer.headers()["x-trace-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let answer = traced(None).await.unwrap();
+    let fresh_id = answer.headers()["x-trace-id"].to_str().unwrap().to_string();
+    assert!(
+        fresh_id.len() == 32 && fresh_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fresh_id}"
+    );
     let (status, body) = api.call("GET", "/api/jobs", None).await;
     assert_eq!(
         (status, body["code"].clone()),
@@ -839,7 +860,7 @@ async fn nul_bytes_in_any_input_are_a_client_error(backend: Backend) {
     let (status, doc) = api.call("GET", "/openapi.json", Some(&master)).await;
     assert_eq!(status, 200);
     let nul = "x\u{0}y";
-    let mut calls = 0;
+    let (mut calls, mut nul_calls) = (0, 0);
     for (path, operations) in doc["paths"].as_object().unwrap() {
         for (method, operation) in operations.as_object().unwrap() {
             let mut url = path.clone();
@@ -883,6 +904,18 @@ async fn nul_bytes_in_any_input_are_a_client_error(backend: Backend) {
                 .send(&method.to_uppercase(), &url, Some(&master), body.clone())
                 .await;
             calls += 1;
+            let has_nul = url.contains("%00")
+                || body
+                    .as_ref()
+                    .is_some_and(|b| b.to_string().contains("\\u0000"));
+            if has_nul {
+                nul_calls += 1;
+                assert_eq!(
+                    (status, answer["code"].as_str()),
+                    (400, Some("invalid_input")),
+                    "{method} {url} with {body:?}: {answer}"
+                );
+            }
             assert!(
                 status < 500,
                 "{method} {url} with {body:?} answered {status}: {answer}"
@@ -898,6 +931,7 @@ async fn nul_bytes_in_any_input_are_a_client_error(backend: Backend) {
         calls >= 15,
         "the document lists the API's operations ({calls})"
     );
+    assert!(nul_calls >= 15, "{nul_calls} calls carried a NUL");
     // The module routes, with NUL in every path segment and body field they take.
     let m = format!("/api/tenant/{tenant}/modules");
     let extra = [
@@ -966,6 +1000,13 @@ async fn nul_bytes_in_any_input_are_a_client_error(backend: Backend) {
     ];
     for (method, url, body) in extra {
         let (status, answer) = api.send(method, &url, Some(&master), body.clone()).await;
+        let has_nul = url.contains("%00")
+            || body
+                .as_ref()
+                .is_some_and(|b| b.to_string().contains("\\u0000"));
+        if has_nul {
+            assert_eq!(status, 400, "{method} {url} with {body:?}: {answer}");
+        }
         assert!(
             status < 500,
             "{method} {url} with {body:?} answered {status}: {answer}"
@@ -974,6 +1015,19 @@ async fn nul_bytes_in_any_input_are_a_client_error(backend: Backend) {
             !answer.to_string().contains("database"),
             "{method} {url}: the answer shows the database's text: {answer}"
         );
+    }
+    // Bodies that are not valid JSON text: an invalid escape, a lone surrogate.
+    for raw in [r#"{"workflow": "a\xb"}"#, r#"{"workflow": "\ud800"}"#] {
+        let answer = api
+            .http
+            .post(format!("{}/api/runs", api.base))
+            .bearer_auth(&master)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 400, "{raw}");
     }
     api.stop.cancel();
     t.cleanup().await;

@@ -88,7 +88,8 @@ impl From<crate::store::StoreError> for ApiError {
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
-                    "the request failed; the logs hold the detail under this request's trace_id",
+                    "the request failed; the log holds the detail under this request's trace id \
+                     (the x-trace-id header)",
                 )
             }
         }
@@ -143,18 +144,36 @@ impl From<crate::lifecycle::LifecycleError> for ApiError {
             Domain(rule) => rule.into(),
             Store(err) => err.into(),
             Engine(err) => err.into(),
-            NoWorkflow(_) | Export(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
+            NoWorkflow(_) | Export(_) => {
+                // Storage paths and endpoints stay in the log, under the request's trace id.
+                tracing::warn!(error = %e, "operation unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "a service this operation needs is unavailable: try again (the log holds \
+                     the detail under this request's trace id, the x-trace-id header)",
+                )
+            }
         }
     }
 }
 
 /// A JSON body extractor whose rejection is an [`ApiError`] (400 `invalid_input`, with
-/// serde's message naming the field).
+/// serde's message naming the field). A NUL character in any string or key of the body is
+/// refused the same way: a database refuses it in text, so it never gets that far.
 pub struct JsonBody<T>(pub T);
+
+/// Does any string or key of `value` hold a NUL character?
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        _ => false,
+    }
+}
 
 impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
 where
@@ -164,8 +183,17 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
+        match <Json<serde_json::Value> as axum::extract::FromRequest<S>>::from_request(req, state)
+            .await
+        {
+            Ok(Json(value)) if holds_nul(&value) => Err(ApiError::bad_request(
+                "NUL characters are not accepted in text",
+            )),
+            Ok(Json(value)) => serde_json::from_value(value).map(Self).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "Failed to deserialize the JSON body into the target type: {e}"
+                ))
+            }),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -226,8 +226,8 @@ pub fn with_fallbacks(router: Router<AppState>) -> Router<AppState> {
 }
 
 /// Every request runs in a span with its trace id (from a W3C `traceparent` header, else a
-/// new one), is logged once with its status and duration, and lands in the request
-/// duration histogram.
+/// new one), answered in the `x-trace-id` header, is logged once with its status and
+/// duration, and lands in the request duration histogram.
 pub async fn observe(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -262,7 +262,11 @@ pub async fn observe(
         .unwrap_or_else(|| "unmatched".to_string());
     let span = tracing::info_span!("steward.http", %trace_id, %method, %path);
     let started = std::time::Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    // The caller can quote it: a 5xx body keeps its detail in the log under this id.
+    if let Ok(value) = axum::http::HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert("x-trace-id", value);
+    }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     span.in_scope(|| {

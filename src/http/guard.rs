@@ -17,6 +17,23 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inl
      script-src 'self'; connect-src 'self'; img-src 'self' data:; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
+/// A NUL character in a request's path or query (`%00`) is refused at once with 400
+/// `invalid_input`: no identifier, filter or name steward takes may hold one, and a database
+/// refuses it in text, so it must never reach one.
+pub async fn no_nul_in_target(request: Request, next: Next) -> Response {
+    if request
+        .uri()
+        .path_and_query()
+        .is_some_and(|t| t.as_str().contains("%00"))
+    {
+        return crate::api::error::ApiError::bad_request(
+            "NUL characters are not accepted in a URL",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// Security headers on every response.
 pub async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;

@@ -31,6 +31,7 @@ pub fn monitoring_app(state: AppState) -> Router {
 fn guarded(routes: api::Routes, state: AppState) -> Router {
     api::with_fallbacks(routes.into_router())
         .layer(axum::middleware::from_fn(guard::origin_check))
+        .layer(axum::middleware::from_fn(guard::no_nul_in_target))
         .layer(axum::middleware::from_fn(guard::security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(guard::BODY_LIMIT))
         // Outermost: every request is observed, the ones a guard refused included.

@@ -34,6 +34,9 @@ pub trait Service: Send + Sync + 'static {
     fn interval(&self) -> Duration;
     /// Do one round of work; returns how many jobs it touched.
     async fn run_once(&self, store: &SharedStore) -> StoreResult<u64>;
+    /// The leadership it runs under, for a service that must know what its elector saw
+    /// (called once, before the first round).
+    fn led_by(&mut self, _leadership: &elector::Leadership) {}
 }
 
 /// One round of a periodic service, as the process that ran it reports it.
@@ -197,12 +200,13 @@ pub fn spawn(
 /// Run a service until `stop`, each round only while this process leads, reporting each
 /// round on `rounds`.
 pub fn spawn_led(
-    service: Box<dyn Service>,
+    mut service: Box<dyn Service>,
     store: SharedStore,
     stop: CancellationToken,
     leadership: elector::Leadership,
     rounds: Rounds,
 ) -> tokio::task::JoinHandle<()> {
+    service.led_by(&leadership);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(service.interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -8,10 +8,11 @@
 //! heartbeated by then and extended its own leases, and only the dead ones' are rescued.
 //!
 //! The rescuer runs on the leader only, and a node that was not leading during an outage saw
-//! nothing of it (its elector lost the leadership when the database went away; the node that
-//! wins it when the database comes back may be another one). So a rescuer also holds off for
-//! `grace` when it starts leading: its first round after a gap rescues nothing. A leader
-//! killed outright is replaced within one lease, and its jobs are rescued one grace later.
+//! nothing of it in its own rounds (its elector lost the leadership when the database went
+//! away; the node that wins it when the database comes back may be another one). Its elector
+//! did see it: so a rescuer that starts leading (its first round after a gap) holds off for
+//! `grace` too when its elector failed to reach the database lately. A leader killed while the
+//! database is up is replaced, and its jobs rescued, without waiting.
 
 use super::Service;
 use crate::store::{SharedStore, StoreResult};
@@ -27,6 +28,8 @@ pub struct Rescuer {
     state: Mutex<Health>,
     /// When the last round ended; `None` before the first one.
     last_round: Mutex<Option<Instant>>,
+    /// What this process's elector saw of the database (none: it always leads).
+    leadership: Option<super::elector::Leadership>,
 }
 
 /// What the rescuer last saw of the database.
@@ -49,6 +52,7 @@ impl Rescuer {
             grace,
             state: Mutex::new(Health::Up),
             last_round: Mutex::new(None),
+            leadership: None,
         }
     }
 
@@ -82,6 +86,9 @@ impl Service for Rescuer {
     fn interval(&self) -> Duration {
         self.every
     }
+    fn led_by(&mut self, leadership: &super::elector::Leadership) {
+        self.leadership = Some(leadership.clone());
+    }
     async fn run_once(&self, store: &SharedStore) -> StoreResult<u64> {
         let rescued = self.round(store).await;
         self.after_a_gap();
@@ -91,11 +98,15 @@ impl Service for Rescuer {
 
 impl Rescuer {
     async fn round(&self, store: &SharedStore) -> StoreResult<u64> {
-        if self.after_a_gap() {
-            // Leading from now on (or again): live workers that could not see the database
-            // while this node did not look get one lease to extend their own leases first.
+        let outage_seen = self
+            .leadership
+            .as_ref()
+            .is_some_and(|l| l.saw_outage_within(self.grace * 2));
+        if self.after_a_gap() && outage_seen {
+            // Leading from now on, just after an outage this node's elector saw: live workers
+            // get one lease to extend their own leases first.
             tracing::info!(grace = ?self.grace, "rescuing nothing until live workers have \
-                extended their leases (this node starts leading)");
+                extended their leases (this node starts leading after an outage)");
             self.set(Health::Recovering {
                 until: Instant::now() + self.grace,
             });

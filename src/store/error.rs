@@ -28,12 +28,42 @@ pub enum StoreError {
     #[error("migration failed: {0}")]
     Migration(String),
 
-    /// A batched write this request was part of failed (the whole batch rolled back).
-    #[error("batched write failed: {0}")]
-    Batch(String),
+    /// A batched write this request was part of failed (the whole batch rolled back); the
+    /// cause's class is kept, so a transient cause is retried and a permanent one is not.
+    #[error("batched write failed: {message}")]
+    Batch { message: String, class: ErrorClass },
 
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+/// Whether an error goes away by itself, never will, or cannot be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Transient,
+    Permanent,
+    Unknown,
+}
+
+impl StoreError {
+    /// The class of this error (see [`StoreError::is_transient`], [`StoreError::is_permanent`]).
+    pub fn class(&self) -> ErrorClass {
+        if self.is_transient() {
+            ErrorClass::Transient
+        } else if self.is_permanent() {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Unknown
+        }
+    }
+
+    /// A batched write's failure, shared by every request of the batch, with `cause`'s class.
+    pub fn batch(message: impl Into<String>, class: ErrorClass) -> Self {
+        StoreError::Batch {
+            message: message.into(),
+            class,
+        }
+    }
 }
 
 /// Result alias of the storage layer.
@@ -67,6 +97,7 @@ impl StoreError {
                 }
                 _ => false,
             },
+            StoreError::Batch { class, .. } => *class == ErrorClass::Transient,
             _ => false,
         }
     }
@@ -93,7 +124,8 @@ impl StoreError {
             | StoreError::Migration(_)
             | StoreError::Migrate(_) => true,
             StoreError::Database(_) => self.is_bad_value(),
-            StoreError::Conflict(_) | StoreError::Stale(_) | StoreError::Batch(_) => false,
+            StoreError::Batch { class, .. } => *class == ErrorClass::Permanent,
+            StoreError::Conflict(_) | StoreError::Stale(_) => false,
         }
     }
 

@@ -13,7 +13,7 @@
 //! must not start before that transaction commits, so those take the usual path (and so do
 //! batches, which the fetch already takes in one round trip).
 
-use super::{JobStore, StoreError, StoreResult};
+use super::{ErrorClass, JobStore, StoreError, StoreResult};
 use crate::types::{Enqueued, FetchedJob, NewJob, Outcome};
 use chrono::Utc;
 use std::collections::HashMap;
@@ -52,9 +52,12 @@ pub(crate) async fn enqueue<S: JobStore + Clone>(
         }
         Ok(Some(vec![Enqueued { id, inserted: true }]))
     });
-    handing
-        .await
-        .map_err(|e| StoreError::Batch(format!("the enqueue's hand-off task failed: {e}")))?
+    handing.await.map_err(|e| {
+        StoreError::batch(
+            format!("the enqueue's hand-off task failed: {e}"),
+            ErrorClass::Unknown,
+        )
+    })?
 }
 
 /// The job [`JobStore::jobs_insert_leased`] wrote as `id`, as a fetch returns it.

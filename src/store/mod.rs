@@ -21,7 +21,7 @@ pub mod sqlite;
 pub use control::ControlStore;
 pub use data::DataStore;
 pub use domain::DomainStore;
-pub use error::{StoreError, StoreResult};
+pub use error::{ErrorClass, StoreError, StoreResult};
 pub use limits::LimitStore;
 pub use runs::{RunStore, StepTx};
 

@@ -3,7 +3,7 @@
 //! steps that wrote nothing to the database this way, so that a busy worker pays one round
 //! trip and one commit per batch, not per step.
 
-use crate::store::{StoreError, StoreResult};
+use crate::store::{ErrorClass, StoreError, StoreResult};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -53,12 +53,12 @@ impl<I: Send + 'static, O: Send + 'static> Coalescer<I, O> {
     /// Queue one request and wait for its answer.
     pub async fn call(&self, item: I) -> StoreResult<O> {
         let (waiter, answer) = oneshot::channel();
-        self.requests
-            .send((item, waiter))
-            .map_err(|_| StoreError::Batch("the batching task has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Batch("the batching task has stopped".into()))?
+        self.requests.send((item, waiter)).map_err(|_| {
+            StoreError::batch("the batching task has stopped", ErrorClass::Transient)
+        })?;
+        answer.await.map_err(|_| {
+            StoreError::batch("the batching task has stopped", ErrorClass::Transient)
+        })?
     }
 }
 
@@ -74,13 +74,13 @@ fn answer<O>(result: StoreResult<Vec<O>>, waiters: Vec<Waiter<O>>) {
         Ok(answers) => {
             let why = format!("{} answers to {count} requests", answers.len());
             for waiter in waiters {
-                let _ = waiter.send(Err(StoreError::Batch(why.clone())));
+                let _ = waiter.send(Err(StoreError::batch(why.clone(), ErrorClass::Unknown)));
             }
         }
         Err(err) => {
-            let why = err.to_string();
+            let (why, class) = (err.to_string(), err.class());
             for waiter in waiters {
-                let _ = waiter.send(Err(StoreError::Batch(why.clone())));
+                let _ = waiter.send(Err(StoreError::batch(why.clone(), class)));
             }
         }
     }
@@ -118,15 +118,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_batch_fails_each_of_its_requests() {
-        let coalescer: Coalescer<u32, u32> = Coalescer::spawn(
-            10,
-            1,
-            Arc::new(|_items: Vec<u32>| {
-                Box::pin(async { Err(StoreError::Batch("the database went away".into())) })
-            }),
-        );
-        let err = coalescer.call(1).await.unwrap_err();
-        assert!(err.to_string().contains("the database went away"), "{err}");
+    async fn a_failed_batch_fails_each_of_its_requests_with_its_class() {
+        let failing = |err: fn() -> StoreError| -> Coalescer<u32, u32> {
+            Coalescer::spawn(
+                10,
+                1,
+                Arc::new(move |_items: Vec<u32>| Box::pin(async move { Err(err()) })),
+            )
+        };
+        // A pool that timed out goes away by itself: each request may be retried.
+        let err = failing(|| StoreError::Database(sqlx::Error::PoolTimedOut))
+            .call(1)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("pool timed out"), "{err}");
+        assert!(err.is_transient() && !err.is_permanent(), "{err:?}");
+        // Bad input stays bad: no request is retried.
+        let err = failing(|| StoreError::InvalidInput("no such step".into()))
+            .call(1)
+            .await
+            .unwrap_err();
+        assert!(err.is_permanent() && !err.is_transient(), "{err:?}");
     }
 }
