@@ -628,6 +628,7 @@ fn malformed_catalog_names_file_and_line() {
 fn the_demo_runs_the_module_lifecycle_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let started = std::time::Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(["demo", "--exit-when-idle", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
@@ -640,9 +641,16 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
         .env("STEWARD_LOG_FORMAT", "json")
         .output()
         .unwrap();
+    let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let (code, stderr) = failed(&output);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The demo settles (every run ended, the failing saga compensated) in under 20 s, a debug
+    // build on a loaded 2-core machine included.
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the demo took {took:?}"
+    );
     // JSON logs: the failed attempt of the demo's tenant-1 job carries its trace and tenant.
     let failed_attempt = stderr
         .lines()
