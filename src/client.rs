@@ -115,7 +115,6 @@ impl Client {
         })
     }
 
-    /// Enqueue one job. A duplicate of a live unique job returns that job.
     /// Enqueue a typed job ([`crate::Job`]): its kind from the type, its arguments serialized.
     pub async fn enqueue_job<J: crate::Job>(
         &self,
@@ -129,6 +128,7 @@ impl Client {
         self.enqueue(J::KIND, payload, options).await
     }
 
+    /// Enqueue one job. A duplicate of a live unique job returns that job.
     pub async fn enqueue(
         &self,
         kind: &str,

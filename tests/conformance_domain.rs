@@ -1599,6 +1599,34 @@ async fn audit_rows_are_appended_and_listed_newest_first_per_tenant(backend: Bac
     })
     .await;
     assert_eq!(older, of_a[2..]);
+    // And back: the page just newer than a row, newest first; the one right above the oldest.
+    let of_tenant_a = |after_id, limit| AuditFilter {
+        about: AuditAbout::Tenant(a),
+        after_id,
+        limit,
+        ..AuditFilter::default()
+    };
+    assert_eq!(search(of_tenant_a(Some(of_a[2].id), 100)).await, of_a[..2]);
+    let last = of_a.len() - 1;
+    assert_eq!(
+        search(of_tenant_a(Some(of_a[last].id), 1)).await,
+        of_a[last - 1..last]
+    );
+    // Totals, capped; paging does not change them.
+    assert_eq!(
+        t.store
+            .audit_count(&of_tenant_a(Some(of_a[2].id), 1), 1000)
+            .await
+            .unwrap(),
+        of_a.len() as i64
+    );
+    assert_eq!(
+        t.store
+            .audit_count(&AuditFilter::default(), 2)
+            .await
+            .unwrap(),
+        2
+    );
     t.cleanup().await;
 }
 

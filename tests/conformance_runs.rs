@@ -269,6 +269,7 @@ async fn a_run_starts_once_per_key_and_waits_behind_its_concurrency_key(backend:
         .store
         .run_start(&RunStart {
             workflow: "paging".into(),
+            params: json!({"tenant_id": 7}),
             // Its step job stays out of the queue the rest of this test fetches from.
             first_jobs: vec![NextStep {
                 job: NewJob {
@@ -305,6 +306,25 @@ async fn a_run_starts_once_per_key_and_waits_behind_its_concurrency_key(backend:
         [waiting],
         "the page just newer than the first run"
     );
+    // A tenant's runs only (its `tenant_id` parameter): the paging run is tenant 7's.
+    let of_tenant = |tenant| {
+        let store = t.store.clone();
+        async move {
+            store
+                .runs_page(&steward::store::runs::RunPage {
+                    tenant: Some(tenant),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(of_tenant(7).await, [third]);
+    assert!(of_tenant(8).await.is_empty());
     let counts = t.store.runs_count_by_state().await.unwrap();
     assert!(counts.contains(&("conformance".into(), RunState::Running, 1)));
     assert!(counts.contains(&("conformance".into(), RunState::Queued, 1)));

@@ -294,6 +294,12 @@ async fn an_operator_walks_through_every_page() {
             .await
             .contains("no audit row matches")
     );
+    // With its total (one page: no link either way).
+    let total = browser.text("#total").await;
+    assert!(
+        total.contains(" rows · showing ") && total.contains("newest first"),
+        "{total}"
+    );
     browser.shot("audit").await;
 
     // Schedules.

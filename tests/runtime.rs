@@ -25,7 +25,59 @@ per_backend!(
     a_queue_never_runs_more_than_its_concurrency,
     a_panicking_handler_fails_its_attempt_and_the_worker_goes_on,
     a_snoozed_job_waits_without_using_an_attempt,
+    typed_jobs_enqueued_into_an_idle_queue_run_once_each_at_their_first_attempt,
 );
+
+/// The `ledger` kind's arguments, typed ([`steward::Job`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ledger {
+    ms: u64,
+}
+
+impl steward::Job for Ledger {
+    const KIND: &'static str = "ledger";
+}
+
+/// Jobs enqueued one at a time (`Client::enqueue_job`, typed) into a queue whose producer in
+/// this process is idle: handed over at enqueue (`store::handoff`) or fetched, each runs once,
+/// at its first attempt, and its lease is this worker's.
+async fn typed_jobs_enqueued_into_an_idle_queue_run_once_each_at_their_first_attempt(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    let client = Client::new(t.store.clone(), common::repo_kinds());
+    let config = config(&[("ledger", 4)]);
+    let worker = config.worker_id.clone();
+    let running = start(&t, builtin::registry(), common::builtin_kinds(), config);
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let enqueued = client
+            .enqueue_job(&Ledger { ms: 0 }, EnqueueOptions::default())
+            .await
+            .unwrap();
+        ids.push(enqueued.id);
+        // Let the queue go idle again between most of them.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t.wait_for_counts(Duration::from_secs(60), "50 completed", |n| {
+        n(JobState::Completed) == 50
+    })
+    .await;
+    running.stop().await;
+    let ledger = t.store.ledger_entries().await.unwrap();
+    assert_eq!(ledger.len(), 50, "each job's effect exactly once");
+    assert!(ledger.iter().all(|(_, by)| *by == worker), "{ledger:?}");
+    for id in ids {
+        let job = t.store.job_get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.attempt),
+            (JobState::Completed, 1),
+            "{job:?}"
+        );
+        assert_eq!(job.payload, json!({"ms": 0}));
+    }
+    t.cleanup().await;
+}
 
 fn config(queues: &[(&str, usize)]) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(

@@ -8,6 +8,7 @@ use super::{PageError, gate, render};
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
+use crate::api::jobs::COUNT_CAP;
 use crate::api::modules::{lifecycle, operate_on};
 use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{AuditAbout, AuditFilter, ModuleRecord, TenantModuleRecord};
@@ -278,6 +279,7 @@ pub(super) struct AuditQuery {
     #[serde(default)]
     actor: String,
     before_id: Option<i64>,
+    after_id: Option<i64>,
 }
 
 const AUDIT_PAGE: i64 = 100;
@@ -304,20 +306,39 @@ pub(super) async fn audit(
         caller.may_read_deployment()?;
     }
     let some = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
-    let rows = state
-        .store
-        .audit_search(&AuditFilter {
-            about,
-            module: some(&query.module),
-            action: some(&query.action),
-            actor: some(&query.actor),
-            before_id: query.before_id,
-            limit: AUDIT_PAGE,
-        })
-        .await?;
-    let older = (rows.len() as i64 == AUDIT_PAGE)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let filter = AuditFilter {
+        about,
+        module: some(&query.module),
+        action: some(&query.action),
+        actor: some(&query.actor),
+        before_id: query.before_id,
+        after_id: query.after_id,
+        limit: AUDIT_PAGE,
+    };
+    let rows = state.store.audit_search(&filter).await?;
+    let total = state.store.audit_count(&filter, COUNT_CAP).await?;
+    let full = rows.len() as i64 == AUDIT_PAGE;
+    // Older rows exist below a full page, or below any page reached by going up; newer ones
+    // above a page reached by going down, or above a full page reached by going up.
+    let older = match rows.last() {
+        Some(last) if full || query.after_id.is_some() => Some(last.id),
+        _ => None,
+    };
+    let newer = match rows.first() {
+        Some(first) if query.before_id.is_some() || (query.after_id.is_some() && full) => {
+            Some(first.id)
+        }
+        _ => None,
+    };
+    let page_link = |cursor: &str, id: i64| {
+        format!(
+            "/dashboard/audit?tenant={}&module={}&action={}&actor={}&{cursor}={id}",
+            url(&query.tenant),
+            url(&query.module),
+            url(&query.action),
+            url(&query.actor)
+        )
+    };
     let field = |name: &str, label: &str, value: &str| {
         html! { label { (label) input name=(name) id={ "audit-" (name) } value=(value); } }
     };
@@ -344,9 +365,13 @@ pub(super) async fn audit(
             }
             @if rows.is_empty() { tr { td colspan="8" { "no audit row matches" } } }
         }
-        @if let Some(before) = older {
-            p { a id="older" href={ "/dashboard/audit?tenant=" (url(&query.tenant)) "&module=" (url(&query.module))
-                "&action=" (url(&query.action)) "&actor=" (url(&query.actor)) "&before_id=" (before) } { "Older →" } }
+        p.pager id="pager" {
+            span id="total" {
+                @if total >= COUNT_CAP { "more than " (COUNT_CAP - 1) } @else { (total) }
+                " rows · showing " (rows.len()) ", newest first"
+            }
+            @if let Some(after) = newer { " " a id="newer" href=(page_link("after_id", after)) { "← Newer" } }
+            @if let Some(before) = older { " " a id="older" href=(page_link("before_id", before)) { "Older →" } }
         }
     };
     Ok(render("Audit log", &caller, body))

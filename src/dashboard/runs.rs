@@ -83,6 +83,7 @@ pub(super) async fn list(
             state: run_state,
             before_id: filters.before_id,
             after_id: filters.after_id,
+            tenant: caller.confined_to(),
             limit: PAGE,
         })
         .await?;

@@ -139,6 +139,8 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     /// Only rows older than this id (paging, newest first).
     pub before_id: Option<i64>,
+    /// Only rows newer than this id: the page just above it (still newest first).
+    pub after_id: Option<i64>,
     /// 1 to 10,000.
     pub limit: i64,
 }
@@ -510,4 +512,7 @@ pub trait DomainStore: Send + Sync {
 
     /// The latest audit rows matching a filter, newest first.
     async fn audit_search(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+
+    /// How many audit rows match a filter (its paging ignored), counting at most `cap`.
+    async fn audit_count(&self, filter: &AuditFilter, cap: i64) -> StoreResult<i64>;
 }

@@ -112,6 +112,8 @@ pub struct RunPage {
     pub before_id: Option<RunId>,
     /// Only runs with a greater id (the previous, newer page).
     pub after_id: Option<RunId>,
+    /// Only runs about this tenant (their `tenant_id` parameter): a tenant admin's runs.
+    pub tenant: Option<i64>,
     /// 1 to 10,000.
     pub limit: i64,
 }

@@ -224,6 +224,10 @@ impl Tx for PgConn {
 
 #[async_trait]
 impl SqlStore for PgStore {
+    fn sql_dialect(&self) -> Dialect {
+        DIALECT
+    }
+
     async fn write(&self) -> StoreResult<Box<dyn Tx>> {
         Ok(Box::new(PgConn::begin(self, false).await?))
     }

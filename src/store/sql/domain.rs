@@ -848,43 +848,24 @@ impl<S: SqlStore> DomainStore for S {
 
     async fn audit_search(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let mut conn = self.read().await?;
-        let mut args: Vec<Arg> = Vec::new();
-        let mut text = String::from(
+        let (mut text, mut args) = audit_where(filter, true);
+        // The page just newer than `after_id` is read upwards, then turned newest first.
+        let upwards = filter.after_id.is_some() && filter.before_id.is_none();
+        args.push(Arg::from(filter.limit.clamp(1, 10_000)));
+        text.push_str(&format!(
+            " ORDER BY id {} LIMIT ${}",
+            if upwards { "ASC" } else { "DESC" },
+            args.len()
+        ));
+        let text = format!(
             "SELECT id, at, actor, action, tenant_id, module, entity, before, after \
-             FROM audit_logs WHERE true",
-        );
-        if filter.about == AuditAbout::Catalog {
-            text.push_str(" AND tenant_id IS NULL");
-        }
-        let mut push = |condition: &str, arg: Arg| {
-            args.push(arg);
-            text.push_str(&condition.replace('?', &format!("${}", args.len())));
-        };
-        if let AuditAbout::Tenant(tenant) = filter.about {
-            push(" AND tenant_id = ?", Arg::from(tenant));
-        }
-        if let Some(module) = &filter.module {
-            push(" AND module = ?", Arg::from(module));
-        }
-        if let Some(action) = &filter.action {
-            // A prefix: `substr` rather than LIKE, so `_` and `%` in it mean themselves.
-            push(" AND substr(action, 1, length(?)) = ?", Arg::from(action));
-        }
-        if let Some(actor) = &filter.actor {
-            push(" AND actor = ?", Arg::from(actor));
-        }
-        if let Some(before) = filter.before_id {
-            push(" AND id < ?", Arg::from(before));
-        }
-        push(
-            " ORDER BY id DESC LIMIT ?",
-            Arg::from(filter.limit.clamp(1, 10_000)),
+             FROM audit_logs WHERE true{text}"
         );
         let sql = Sql {
             text: text.into(),
             args,
         };
-        read_all(&mut *conn, sql, |row| {
+        let mut rows = read_all(&mut *conn, sql, |row| {
             Ok(AuditRecord {
                 id: row.int("id")?,
                 at: row.time("at")?,
@@ -897,6 +878,61 @@ impl<S: SqlStore> DomainStore for S {
                 after: row.opt_json("after")?,
             })
         })
-        .await
+        .await?;
+        if upwards {
+            rows.reverse();
+        }
+        Ok(rows)
     }
+
+    async fn audit_count(&self, filter: &AuditFilter, cap: i64) -> StoreResult<i64> {
+        let mut conn = self.read().await?;
+        let (text, mut args) = audit_where(filter, false);
+        args.push(Arg::from(cap.max(1)));
+        let sql = Sql {
+            text: format!(
+                "SELECT count(*) AS n FROM (SELECT id FROM audit_logs WHERE true{text} \
+                 LIMIT ${}) AS capped",
+                args.len()
+            )
+            .into(),
+            args,
+        };
+        conn.fetch_one(sql).await?.int("n")
+    }
+}
+
+/// The conditions of an audit search (` AND …`, numbered from `$1`), with its paging or not.
+fn audit_where(filter: &AuditFilter, paged: bool) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut text = String::new();
+    if filter.about == AuditAbout::Catalog {
+        text.push_str(" AND tenant_id IS NULL");
+    }
+    let mut push = |condition: &str, arg: Arg| {
+        args.push(arg);
+        text.push_str(&condition.replace('?', &format!("${}", args.len())));
+    };
+    if let AuditAbout::Tenant(tenant) = filter.about {
+        push(" AND tenant_id = ?", Arg::from(tenant));
+    }
+    if let Some(module) = &filter.module {
+        push(" AND module = ?", Arg::from(module));
+    }
+    if let Some(action) = &filter.action {
+        // A prefix: `substr` rather than LIKE, so `_` and `%` in it mean themselves.
+        push(" AND substr(action, 1, length(?)) = ?", Arg::from(action));
+    }
+    if let Some(actor) = &filter.actor {
+        push(" AND actor = ?", Arg::from(actor));
+    }
+    if paged {
+        if let Some(before) = filter.before_id {
+            push(" AND id < ?", Arg::from(before));
+        }
+        if let Some(after) = filter.after_id {
+            push(" AND id > ?", Arg::from(after));
+        }
+    }
+    (text, args)
 }

@@ -359,6 +359,9 @@ pub trait Tx: Conn {
 /// the few whole operations a backend does its own way.
 #[async_trait]
 pub trait SqlStore: Send + Sync + Clone + 'static {
+    /// Which SQL this store's connections speak.
+    fn sql_dialect(&self) -> Dialect;
+
     /// A transaction that may write (SQLite: holding the store's write lock until it ends).
     async fn write(&self) -> StoreResult<Box<dyn Tx>>;
 

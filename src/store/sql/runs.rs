@@ -353,17 +353,24 @@ impl<S: SqlStore> RunStore for S {
     async fn runs_page(&self, page: &RunPage) -> StoreResult<Vec<RunRecord>> {
         // The page just newer than `after_id` reads upwards and is turned round.
         let upwards = page.after_id.is_some();
+        // A run's tenant is its `tenant_id` parameter.
+        let of_tenant = self.sql_dialect().pick(
+            "params -> 'tenant_id' = to_jsonb(CAST($5 AS BIGINT))",
+            "json_extract(params, '$.tenant_id') = $5",
+        );
         let sql = sql!(
             format!(
                 "SELECT {RUN_COLUMNS} FROM steward_runs \
                  WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) AND id < $2 AND id > $3 \
+                   AND (CAST($5 AS BIGINT) IS NULL OR {of_tenant}) \
                  ORDER BY id {} LIMIT $4",
                 if upwards { "ASC" } else { "DESC" }
             ),
             page.state.map(RunState::as_str),
             page.before_id.unwrap_or(i64::MAX),
             page.after_id.unwrap_or(0),
-            page.limit.clamp(1, 10_000)
+            page.limit.clamp(1, 10_000),
+            page.tenant
         );
         let mut runs = runs_with_steps(self, sql).await?;
         if upwards {

@@ -254,6 +254,10 @@ impl Tx for SqliteConn {
 
 #[async_trait]
 impl SqlStore for SqliteStore {
+    fn sql_dialect(&self) -> Dialect {
+        DIALECT
+    }
+
     async fn write(&self) -> StoreResult<Box<dyn Tx>> {
         Ok(Box::new(SqliteConn::begin(self).await?))
     }
