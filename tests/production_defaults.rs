@@ -129,14 +129,9 @@ async fn postgres_long_steps_do_not_starve_bookkeeping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_long_steps_do_not_starve_bookkeeping() {
-    // SQLite has one writer: steps holding it run one after another, so 12 would take three
-    // minutes here. Three (45 s of held writer, four and a half leases) show the same thing;
-    // `scripts/long-steps.sh` runs the full 12 (STEWARD_LONG_STEPS_SQLITE=12).
-    let steps = std::env::var("STEWARD_LONG_STEPS_SQLITE")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3);
-    long_steps_do_not_starve_bookkeeping(Backend::Sqlite, steps).await;
+    // SQLite has one writer: steps holding it run one after another, so the 12 take three
+    // minutes here (eighteen leases of held writer), the whole scenario all the same.
+    long_steps_do_not_starve_bookkeeping(Backend::Sqlite, 12).await;
 }
 
 /// A job whose kind this worker has no handler for (another deployment has it) is released
