@@ -23,10 +23,6 @@ use std::time::Duration;
 pub const FAILURES_TO_OPEN: u32 = 5;
 /// How long an open circuit keeps steps away before a probe.
 pub const OPEN_FOR: Duration = Duration::from_secs(30);
-/// The longest a step waits before it looks at the circuit again. While a probe is under way
-/// the circuit names the probe's deadline (the step's timeout, minutes), but the probe usually
-/// answers in a moment: look again soon rather than sleep past the close.
-const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
 /// The circuit's key: one per storage location.
 pub fn key_of(exports: &dyn ExportStorage) -> String {
@@ -60,9 +56,7 @@ pub fn guarded(
             let admitted = store.limits_admit(&[ask], Duration::ZERO).await?;
             if let Some(Admission::Open { until }) = admitted.each.first() {
                 let wait = (*until - admitted.now).to_std().unwrap_or_default();
-                return Err(JobError::snooze(
-                    wait.clamp(Duration::from_millis(100), LOOK_AGAIN),
-                ));
+                return Err(JobError::snooze(wait.max(Duration::from_millis(100))));
             }
             let unreachable = Arc::new(AtomicBool::new(false));
             let watched: SharedExports = Arc::new(Watched {

@@ -134,7 +134,11 @@ impl<S: SqlStore> LimitStore for S {
                 }
                 match (breaker.probe_job, breaker.probe_until) {
                     (Some(job), Some(until)) if job != id && until > now => {
-                        each.push(Admission::Open { until });
+                        // Another job probes. Its deadline is its timeout, but a probe
+                        // usually answers in a moment: look again soon, not at the deadline.
+                        each.push(Admission::Open {
+                            until: until.min(now + chrono_of(PROBE_RECHECK)),
+                        });
                         continue;
                     }
                     _ if ask.last_attempt => {
@@ -293,6 +297,9 @@ impl Breaker {
         }
     }
 }
+
+/// How long a job waits, while another job probes its circuit, before it asks again.
+const PROBE_RECHECK: Duration = Duration::from_secs(5);
 
 const BREAKER_COLUMNS: &str =
     "key, failures, opened_at, open_ms, probe_job, probe_until, changed_at";
