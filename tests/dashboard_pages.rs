@@ -9,7 +9,7 @@ mod common;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use common::lifecycle::{life, module, publish, tenant, workers as workflow_workers};
+use common::lifecycle::{life, module, publish, status, tenant, workers as workflow_workers};
 use common::{Backend, fresh};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -51,6 +51,11 @@ async fn an_operator_walks_through_every_page() {
         .await
         .unwrap();
     assert_eq!(requested.module.status, TenantModuleStatus::PendingApproval);
+    publish(&t, &module("pilot", Maturity::Alpha, &[])).await;
+    life(&t)
+        .request(acme, "pilot", &Actor::tenant_admin("user:ana"))
+        .await
+        .unwrap();
     // Jobs: some that complete, and one that dies on its first attempt and succeeds on its
     // second (the outage is over when the operator retries).
     let mut jobs: Vec<NewJob> = (0..10)
@@ -82,6 +87,8 @@ async fn an_operator_walks_through_every_page() {
         .start("demo_pipeline", json!({}), None)
         .await
         .unwrap();
+    // A saga whose last step fails: its two ledger steps are undone.
+    let (saga_run, _) = engine.start("demo_saga", json!({}), None).await.unwrap();
 
     let keys = AuthKeys::new(SECRET).unwrap();
     let stop = CancellationToken::new();
@@ -178,6 +185,17 @@ async fn an_operator_walks_through_every_page() {
             .starts_with("resumed queue workflows")
     );
     assert!(browser.text("#queue-state").await.contains("active"));
+    // The queue's latency (age of its oldest waiting job) and concurrency in use.
+    assert!(browser.text("#latency").await.starts_with("oldest waiting"));
+    let in_use = browser.text("#in-use").await;
+    let concurrency: u32 = in_use
+        .rsplit(" / ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(concurrency > 0, "the workers' concurrency: {in_use}");
+    browser.find("#charts #throughput rect").await;
+    browser.shot("queue-resumed").await;
 
     // Runs, and the completed run's step graph with each step's output.
     browser.click("header a[href='/dashboard/runs']").await;
@@ -203,8 +221,94 @@ async fn an_operator_walks_through_every_page() {
     );
     browser.shot("run-graph").await;
 
-    // Job search by text in the payload finds the dead job, and only it.
+    // The saga's page: each undo is its own node, with its own job and timing.
+    // (This test's two runtimes share one election: when the built-in one leads, the run
+    // sweeper of the workflow runtime is idle, so its rounds are run from here.)
+    let sweeper = steward::workflow::RunSweeper {
+        engine: engine.clone(),
+        every: Duration::from_millis(50),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let saga = t.store.run_get(saga_run).await.unwrap().unwrap();
+        if saga.state == RunState::Failed {
+            break;
+        }
+        steward::maintenance::Service::run_once(&sweeper, &t.store)
+            .await
+            .unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "the saga did not fail: {saga:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .goto(&format!("{base}/dashboard/runs/{saga_run}"))
+        .await;
+    until_text(&browser, "#run-state", "the saga fails", |s| s == "failed").await;
+    let undo = browser.text("#compensation").await;
+    assert!(
+        undo.contains("undo charge") && undo.contains("undo reserve"),
+        "{undo}"
+    );
+    assert_eq!(undo.matches("compensated").count(), 2, "{undo}");
+    let saga = t.store.run_get(saga_run).await.unwrap().unwrap();
+    let reserve = saga.steps[0].compensation.as_ref().expect("reserve undone");
+    let row = browser.text("#step-0 tr.undo").await;
+    assert!(row.contains(&reserve.job_id.to_string()), "{row}");
+    assert_ne!(Some(reserve.job_id), saga.steps[0].job_id);
+    browser.shot("run-compensated").await;
+    // Retried from its page: the failed step gets a new job.
+    browser.click("#run-live button.primary").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(
+        browser.text("#notice").await,
+        "retried: the run goes on from its failed step"
+    );
+    let retried = t.store.run_get(saga_run).await.unwrap().unwrap();
+    assert!(
+        retried.state != RunState::Failed || retried.steps[2].job_id != saga.steps[2].job_id,
+        "the retry did nothing: {retried:?}"
+    );
+    assert!(
+        retried.steps[0].job_id != saga.steps[0].job_id,
+        "{retried:?}"
+    );
+
+    // The jobs list updates itself too, and pages both ways (50 a page, newest first).
     browser.click("header a[href='/dashboard/jobs']").await;
+    browser.wait_for("#filter-q").await;
+    let before = browser.text("#total").await;
+    browser
+        .execute("window.stewardMarker = 43; return null;")
+        .await;
+    let many: Vec<NewJob> = (0..50)
+        .map(|_| common::new_job("noop", "default"))
+        .collect();
+    t.store.jobs_insert_many(&many).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while browser.text("#total").await == before {
+        assert!(Instant::now() < deadline, "the jobs list did not update");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        browser.execute("return window.stewardMarker;").await,
+        json!(43),
+        "the jobs list was reloaded instead of updated"
+    );
+    browser.goto(&format!("{base}/dashboard/jobs")).await;
+    browser.click("#older").await;
+    browser.wait_for("#newer").await;
+    let older_page = browser.text("#results").await;
+    assert!(
+        older_page.contains(&format!("{dead}")),
+        "the oldest jobs are on page 2"
+    );
+    browser.click("#newer").await;
+    browser.wait_for("#older").await;
+
+    // Job search by text in the payload finds the dead job, and only it.
     browser.wait_for("#filter-q").await;
     browser.type_into("#filter-q", "crm WAS down").await;
     browser.click("#search").await;
@@ -220,8 +324,15 @@ async fn an_operator_walks_through_every_page() {
     assert_eq!(browser.text("#job-state").await, "dead");
     browser.shot("job").await;
 
-    // Dead letters: a bulk retry, confirmed; the job completes on its second attempt.
+    // Dead letters, filtered by kind (the saga's dead step jobs are there too): a bulk retry
+    // of the matching ones, confirmed; the job completes on its second attempt.
     browser.click("header a[href='/dashboard/dead']").await;
+    browser.wait_for("#bulk-retry").await;
+    let dead_letters = browser.text("#results").await;
+    assert!(dead_letters.contains("workflow_step"), "{dead_letters}");
+    browser
+        .goto(&format!("{base}/dashboard/dead?kind=fail"))
+        .await;
     browser.wait_for("#bulk-retry").await;
     browser.click("#bulk-retry").await;
     browser.wait_for("#confirm-retry").await;
@@ -235,10 +346,14 @@ async fn an_operator_walks_through_every_page() {
     browser.click("#confirm-retry").await;
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "retried 1 job(s)");
-    t.wait_for_counts(Duration::from_secs(30), "the retried job completes", |n| {
-        n(JobState::Dead) == 0
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.store.job_get(dead).await.unwrap().unwrap().state != JobState::Completed {
+        assert!(
+            Instant::now() < deadline,
+            "the retried job did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         t.store.job_get(dead).await.unwrap().unwrap().state,
         JobState::Completed
@@ -253,6 +368,8 @@ async fn an_operator_walks_through_every_page() {
             .await
             .contains("active")
     );
+    let row = browser.text("#worker-pages-builtin").await;
+    assert!(row.contains("default ("), "its queues: {row}");
     browser.shot("workers").await;
 
     // Modules: the catalog, and the approval queue; approving starts provisioning.
@@ -265,11 +382,10 @@ async fn an_operator_walks_through_every_page() {
     browser.click(&format!("{approval} button.primary")).await;
     browser.wait_for("#notice").await;
     assert!(browser.text("#notice").await.starts_with("approved"));
+    let waiting = browser.text("#approvals").await;
     assert!(
-        browser
-            .text("#approvals")
-            .await
-            .contains("nothing waits for approval")
+        !waiting.contains("chatbot") && waiting.contains("pilot"),
+        "{waiting}"
     );
     assert!(
         browser
@@ -278,6 +394,45 @@ async fn an_operator_walks_through_every_page() {
             .contains(&acme.to_string())
     );
     browser.shot("approvals").await;
+    // The other request is rejected with a reason.
+    let pilot = format!("#approval-{acme}-pilot");
+    browser
+        .type_into(&format!("{pilot} input[name=reason]"), "not for this plan")
+        .await;
+    browser.click(&format!("{pilot} button.danger")).await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.text("#notice").await, "rejected");
+    assert!(
+        browser
+            .text("#approvals")
+            .await
+            .contains("nothing waits for approval")
+    );
+    // Once provisioned, chatbot is suspended with a reason and resumed from its tenants' list.
+    let row = format!("#tenant-module-{acme}");
+    browser
+        .goto(&format!("{base}/dashboard/modules?module=chatbot"))
+        .await;
+    until_text(&browser, &row, "chatbot is provisioned", |s| {
+        s.contains("ENABLED")
+    })
+    .await;
+    browser
+        .type_into(&format!("{row} input[name=reason]"), "unpaid invoice")
+        .await;
+    browser.click(&format!("{row} button.danger")).await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.text("#notice").await, "suspended");
+    assert!(browser.text(&row).await.contains("SUSPENDED"));
+    browser.shot("module-suspended").await;
+    browser.click(&format!("{row} button.primary")).await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.text("#notice").await, "resumed");
+    assert!(browser.text(&row).await.contains("ENABLED"));
+    assert_eq!(
+        status(&t, acme, "pilot").await,
+        Some(TenantModuleStatus::Disabled)
+    );
 
     // The audit log, filtered by module: the approval is there, with who made it.
     browser.click("header a[href='/dashboard/audit']").await;

@@ -1257,6 +1257,11 @@ async fn a_diamond_runs_its_branches_in_parallel_and_joins_once(backend: Backend
     .await;
     running.stop().await;
     let run = engine.run(id).await.unwrap();
+    assert!(
+        run.steps.iter().all(|s| s.compensation.is_none()),
+        "a retry clears the undone steps' compensations: {:?}",
+        run.steps
+    );
     assert_eq!(run.state, RunState::Completed, "{run:#?}");
     assert_eq!(
         ledger_entries(&t).await,
@@ -1374,6 +1379,24 @@ async fn a_dead_branch_compensates_in_reverse_topological_order_and_retry_resume
         ]
     );
     assert_eq!(run.current_step, 1, "the run points at its dead step");
+    // A compensated step keeps its forward job and timing; its undo has its own job, which
+    // started after the step finished.
+    for undone in [&run.steps[0], &run.steps[2]] {
+        let undo = undone.compensation.as_ref().expect("the undo is recorded");
+        let forward = undone.job_id.expect("the forward job");
+        assert_ne!(undo.job_id, forward, "{undone:?}");
+        for job in [forward, undo.job_id] {
+            let job = t.store.job_get(job).await.unwrap().unwrap();
+            assert_eq!(job.state, JobState::Completed, "{job:?}");
+        }
+        let (ran, finished) = (undone.started_at.unwrap(), undone.finished_at.unwrap());
+        let (undo_start, undo_end) = (undo.started_at.unwrap(), undo.finished_at.unwrap());
+        assert!(
+            ran <= finished && finished <= undo_start && undo_start <= undo_end,
+            "{undone:?}"
+        );
+    }
+    assert!(run.steps[1].compensation.is_none() && run.steps[3].compensation.is_none());
     assert_eq!(
         ledger_entries(&t).await,
         vec![

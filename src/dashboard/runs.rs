@@ -211,7 +211,7 @@ pub(super) async fn show(
         .steps
         .iter()
         .rev()
-        .filter(|s| matches!(s.state, StepState::Compensating | StepState::Compensated))
+        .filter(|s| s.compensation.is_some())
         .collect();
     let message = match done.done.as_str() {
         "retry" => Some("retried: the run goes on from its failed step".to_string()),
@@ -227,7 +227,14 @@ pub(super) async fn show(
         html! {
             a class=(state_class) id={ "node-" (step.idx) (if compensation { "-undo" } else { "" }) } href={ "#step-" (step.idx) } {
                 b { @if compensation { "undo " } (step.name) } br;
-                (badge(step.state)) " " (took(step.started_at, step.finished_at))
+                @match (compensation, &step.compensation) {
+                    (true, Some(undo)) => {
+                        @if step.state == StepState::Completed { span.state.state-dead { "undo died" } }
+                        @else { (badge(step.state)) }
+                        " " (took(undo.started_at, undo.finished_at))
+                    }
+                    _ => { (badge(step.state)) " " (took(step.started_at, step.finished_at)) }
+                }
                 @if let Some(done) = step_done(step) { (bar(&format!("progress-{}", step.idx), 0.0, done)) }
             }
         }
@@ -308,6 +315,13 @@ fn step_details(
                             (Some(handler), _) => { code { (handler) } " if a later step fails" }
                             (None, _) => { "none" }
                         }
+                    }
+                }
+                @if let Some(undo) = &step.compensation {
+                    tr.undo {
+                        th { "undo job" } td { a href={ "/dashboard/jobs/" (undo.job_id) } { (undo.job_id) } }
+                        th { "undo started" } td { (time(undo.started_at)) }
+                        th { "undo took" } td { (took(undo.started_at, undo.finished_at)) }
                     }
                 }
                 tr { th { "needs" } td.needs colspan="5" { @if needs.is_empty() { "— (starts with the run)" } @else { (needs.join(", ")) } } }

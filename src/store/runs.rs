@@ -83,6 +83,19 @@ pub struct StepRecord {
     pub error: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The undo of a completed step, once its compensation was queued: its own job and timing
+    /// (the fields above stay those of the step's forward run).
+    pub compensation: Option<StepCompensation>,
+}
+
+/// A step's compensation: the job that undid it and when it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StepCompensation {
+    pub job_id: JobId,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Unset while the compensation runs. A step back at `completed` with this set: its
+    /// compensation died (the run's error says so).
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// A run with its steps.

@@ -816,7 +816,11 @@ impl Engine {
         } else {
             StepState::Queued
         };
-        if record.state != expected || record.job_id != Some(ctx.job.id) {
+        let current_job = match args.compensate {
+            true => record.compensation.as_ref().map(|c| c.job_id),
+            false => record.job_id,
+        };
+        if record.state != expected || current_job != Some(ctx.job.id) {
             // A duplicate or superseded delivery (the run moved on, or was cancelled).
             return Ok(());
         }

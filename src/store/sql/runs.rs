@@ -7,7 +7,8 @@
 use crate::store::domain::{MigrationReport, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{
     Compensations, CompletionOutcome, DeadStep, NextStep, RunCancel, RunId, RunPage, RunRecord,
-    RunStart, RunState, RunStore, SignalRecord, StepCompletion, StepRecord, StepState, StepTx,
+    RunStart, RunState, RunStore, SignalRecord, StepCompensation, StepCompletion, StepRecord,
+    StepState, StepTx,
 };
 use crate::store::sql::{Conn, Row, Sql, SqlStore, Tx, corrupt, parse, sql};
 use crate::store::{StoreError, StoreResult};
@@ -33,16 +34,28 @@ async fn queue_step(
         .first()
         .map(|e| e.id)
         .ok_or_else(|| corrupt("step job not inserted"))?;
-    conn.execute(sql!(
-        "UPDATE steward_run_steps SET state = $3, job_id = $4, error = NULL, \
-             started_at = CASE WHEN $3 = 'queued' THEN {now} ELSE started_at END \
-         WHERE run_id = $1 AND idx = $2",
-        run_id,
-        next.idx,
-        state.as_str(),
-        job_id
-    ))
-    .await?;
+    // A compensation keeps the forward job and timing, and records its own beside them.
+    let update = match state {
+        StepState::Compensating => sql!(
+            "UPDATE steward_run_steps SET state = $3, compensation_job_id = $4, \
+                 compensation_started_at = {now}, compensation_finished_at = NULL \
+             WHERE run_id = $1 AND idx = $2",
+            run_id,
+            next.idx,
+            state.as_str(),
+            job_id
+        ),
+        _ => sql!(
+            "UPDATE steward_run_steps SET state = $3, job_id = $4, error = NULL, \
+                 started_at = CASE WHEN $3 = 'queued' THEN {now} ELSE started_at END \
+             WHERE run_id = $1 AND idx = $2",
+            run_id,
+            next.idx,
+            state.as_str(),
+            job_id
+        ),
+    };
+    conn.execute(update).await?;
     conn.execute(sql!(
         "UPDATE steward_runs SET current_step = $2, updated_at = {now} WHERE id = $1",
         run_id,
@@ -159,6 +172,14 @@ fn step_from(row: &dyn Row) -> StoreResult<StepRecord> {
         error: row.opt_text("error")?,
         started_at: row.opt_time("started_at")?,
         finished_at: row.opt_time("finished_at")?,
+        compensation: match row.opt_int("compensation_job_id")? {
+            None => None,
+            Some(job_id) => Some(StepCompensation {
+                job_id,
+                started_at: row.opt_time("compensation_started_at")?,
+                finished_at: row.opt_time("compensation_finished_at")?,
+            }),
+        },
     })
 }
 
@@ -173,7 +194,8 @@ async fn runs_with_steps<S: SqlStore>(store: &S, sql: Sql) -> StoreResult<Vec<Ru
     let steps = conn
         .fetch_all(sql!(
             "SELECT run_id, idx, name, state, output, progress, job_id, error, started_at, \
-                 finished_at \
+                 finished_at, compensation_job_id, compensation_started_at, \
+                 compensation_finished_at \
              FROM steward_run_steps WHERE run_id = ANY($1) ORDER BY run_id, idx",
             ids
         ))
@@ -420,7 +442,9 @@ impl<S: SqlStore> RunStore for S {
                 "SELECT r.id AS run_id, s.idx, s.state = 'compensating' AS compensating, \
                      coalesce({last_error}, 'the step job died') AS error \
                  FROM steward_jobs j \
-                 JOIN steward_run_steps s ON s.job_id = j.id AND s.state IN ('queued', 'compensating') \
+                 JOIN steward_run_steps s \
+                   ON (s.state = 'queued' AND s.job_id = j.id) \
+                   OR (s.state = 'compensating' AND s.compensation_job_id = j.id) \
                  JOIN steward_runs r ON r.id = s.run_id \
                  WHERE j.state IN ('dead', 'cancelled') \
                    AND ((s.state = 'queued' AND r.state = 'running') \
@@ -457,7 +481,9 @@ impl<S: SqlStore> RunStore for S {
             .fetch_optional(sql!(
                 "SELECT r.id FROM steward_runs r \
                  JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
-                 JOIN steward_jobs j ON j.id = s.job_id AND j.state IN ('dead', 'cancelled') \
+                 JOIN steward_jobs j ON j.state IN ('dead', 'cancelled') \
+                   AND j.id = CASE WHEN s.state = 'compensating' THEN s.compensation_job_id \
+                                   ELSE s.job_id END \
                  WHERE r.id = $1 AND s.state = $3 \
                    AND r.state = CASE WHEN $3 = 'queued' THEN 'running' ELSE 'compensating' END \
                  {for_update}",
@@ -477,10 +503,16 @@ impl<S: SqlStore> RunStore for S {
             let error = format!("step {} died: {}", dead.idx, dead.error);
             (StepState::Dead, Some(dead.error.clone()), error)
         };
+        let finished = match dead.compensating {
+            true => "compensation_finished_at",
+            false => "finished_at",
+        };
         tx.execute(sql!(
-            "UPDATE steward_run_steps SET state = $3, error = coalesce($4, error), \
-                 finished_at = {now} \
-             WHERE run_id = $1 AND idx = $2",
+            format!(
+                "UPDATE steward_run_steps SET state = $3, error = coalesce($4, error), \
+                     {finished} = {{now}} \
+                 WHERE run_id = $1 AND idx = $2"
+            ),
             dead.run_id,
             dead.idx,
             step_state.as_str(),
@@ -546,7 +578,8 @@ impl<S: SqlStore> RunStore for S {
         let redo: Vec<i64> = redo.iter().map(|&i| i64::from(i)).collect();
         tx.execute(sql!(
             "UPDATE steward_run_steps SET state = 'pending', output = NULL, error = NULL, \
-                 job_id = NULL, started_at = NULL, finished_at = NULL \
+                 job_id = NULL, started_at = NULL, finished_at = NULL, compensation_job_id = NULL, \
+                 compensation_started_at = NULL, compensation_finished_at = NULL \
              WHERE run_id = $1 AND idx = ANY($2)",
             id,
             redo
@@ -858,7 +891,8 @@ impl SqlStepTx {
                     "SELECT r.id FROM steward_runs r \
                      JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
                      WHERE r.id = $1 AND r.state = $3 AND s.state = $4 \
-                       AND s.job_id = $5 {lock}"
+                       AND $5 = CASE WHEN s.state = 'compensating' THEN s.compensation_job_id \
+                                     ELSE s.job_id END {lock}"
                 ),
                 run_id,
                 idx,
@@ -1072,7 +1106,14 @@ impl StepTx for SqlStepTx {
     ) -> StoreResult<()> {
         self.guard(run_id, idx, "compensating", "compensating")
             .await?;
-        self.step_finished(run_id, idx, StepState::Compensated, None, None)
+        self.tx
+            .execute(sql!(
+                "UPDATE steward_run_steps SET state = 'compensated', \
+                     compensation_finished_at = {now} \
+                 WHERE run_id = $1 AND idx = $2",
+                run_id,
+                idx
+            ))
             .await?;
         match next_compensation(&mut *self.tx, run_id, &compensations).await? {
             Some(next) => queue_step(&mut *self.tx, run_id, next, StepState::Compensating).await,
