@@ -669,6 +669,7 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
         "inventory rolled back to 1.0.0 for 2 tenants",
         "alert_engine 1.1.0 failed and was rolled back",
         "/dashboard  (log in with the token below)",
+        "token:     eyJ",
     ] {
         assert!(
             stdout.contains(step),
@@ -916,6 +917,23 @@ fn webhook_secrets_are_stored_sealed() {
             && !wal.windows(needle.len()).any(|w| w == needle),
         "the secret is not in the database file"
     );
+    // Endpoints inside the network are refused at registration, by name or by address.
+    for inside in [
+        "http://127.0.0.1:5432/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.7/hook",
+        "http://localhost:8080/hook",
+    ] {
+        let (code, stderr) = failed(&run(
+            &["tenant", "webhook", "1", inside, "--secret", "whsec-x"],
+            Some(key),
+        ));
+        assert_ne!(code, 0, "{inside} was accepted");
+        assert!(
+            stderr.contains("a loopback, private, link-local or reserved"),
+            "{inside}: {stderr}"
+        );
+    }
 }
 
 /// Numeric options are checked by the parser: a negative or zero limit is refused with the
@@ -1084,6 +1102,52 @@ fn commands_refuse_a_database_whose_schema_is_behind() {
     assert!(output.status.success(), "{output:?}");
     let (code, stderr) = failed(&steward(&["jobs", "list"], &url, repo_jobs()));
     assert_eq!(code, 0, "{stderr}");
+
+    // A database an older steward migrated (every migration but the last): refused with its
+    // version, then brought up by `steward migrate`.
+    let older = tempfile::tempdir().unwrap();
+    let url = blank_sqlite(&older);
+    let behind = migrate_all_but_the_last(&url);
+    for args in [
+        &["jobs", "list"][..],
+        &["enqueue", "noop"],
+        &["runs", "list"],
+    ] {
+        let (code, stderr) = failed(&steward(args, &url, repo_jobs()));
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("has schema version {behind}"))
+                && stderr.contains("run `steward migrate`"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let output = steward(&["migrate"], &url, repo_jobs());
+    assert!(output.status.success(), "{output:?}");
+    let (code, stderr) = failed(&steward(&["runs", "list"], &url, repo_jobs()));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Apply the repository's SQLite migrations but the last one to a new database at `url`, as
+/// the steward before it would have; returns the version it is left at.
+fn migrate_all_but_the_last(url: &str) -> i64 {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let options = SqliteConnectOptions::from_str(url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let mut migrator = sqlx::migrate::Migrator::new(Path::new("migrations/sqlite"))
+            .await
+            .unwrap();
+        let mut migrations = migrator.migrations.to_vec();
+        migrations.pop();
+        let behind = migrations.last().unwrap().version;
+        migrator.migrations = migrations.into();
+        migrator.run(&pool).await.unwrap();
+        pool.close().await;
+        behind
+    })
 }
 
 #[test]
@@ -1166,5 +1230,90 @@ fn the_sustained_bench_reports_each_interval() {
             let sized = interval.get("jobs_indexes_mb").or(interval.get("file_mb"));
             assert!(sized.is_some_and(|s| s.as_f64().unwrap() > 0.0), "{report}");
         }
+    }
+}
+
+/// Every listing and action answers `--output json` with JSON (an array for a listing), and
+/// a listing's table starts with its upper-case header row.
+#[test]
+fn every_listing_and_action_speaks_json_and_tables_have_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite(&dir);
+    let run = |args: &[&str]| steward(args, &url, repo_jobs());
+    let json_of = |args: &[&str]| -> serde_json::Value {
+        let mut with = args.to_vec();
+        with.extend(["--output", "json"]);
+        let output = run(&with);
+        assert!(output.status.success(), "{with:?}: {output:?}");
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{with:?} is not JSON ({e}): {output:?}"))
+    };
+    // Actions.
+    assert!(json_of(&["catalog", "load"]).is_object());
+    let tenant = json_of(&["tenant", "create", "acme"]);
+    assert!(tenant.is_object(), "{tenant}");
+    assert!(
+        json_of(&["enqueue", "noop"]).is_array(),
+        "one row per job enqueued"
+    );
+    assert!(json_of(&["queues", "pause", "default", "--wait", "0"]).is_object());
+    // Listings: JSON arrays, and tables with a header.
+    let listings: [&[&str]; 10] = [
+        &["jobs", "list"],
+        &["jobs", "counts"],
+        &["dlq", "list"],
+        &["queues", "list"],
+        &["workers"],
+        &["runs", "list"],
+        &["schedules"],
+        &["catalog", "list"],
+        &["audit"],
+        &["cost", "show"],
+    ];
+    for args in listings {
+        let value = json_of(args);
+        assert!(value.is_array(), "{args:?}: {value}");
+        let table = run(args);
+        assert!(table.status.success(), "{args:?}: {table:?}");
+        let text = String::from_utf8_lossy(&table.stdout).to_string();
+        let header = text.lines().next().unwrap_or_default();
+        assert!(
+            !header.is_empty() && header == header.to_uppercase(),
+            "{args:?}: no header row in {text:?}"
+        );
+    }
+    let modules = json_of(&["tenant", "modules", "1"]);
+    assert!(modules.is_array(), "{modules}");
+}
+
+/// With the deployment's own STEWARD_JWT_SECRET set (a demo run against a real deployment's
+/// settings), the demo prints no token: one signed with that secret would be a real
+/// operator's credential. (The default demo, without the variable, signs with a secret it
+/// makes up, and prints that token.)
+#[test]
+fn the_demo_never_prints_a_token_signed_with_the_deployments_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["demo", "--exit-when-idle", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", sqlite(&dir))
+        .env(
+            "STEWARD_JWT_SECRET",
+            "the-deployments-own-secret-of-32-bytes!",
+        )
+        .env("STEWARD_JOBS_DIR", repo.join("jobs"))
+        .env("STEWARD_WORKFLOWS_DIR", repo.join("workflows"))
+        .env("STEWARD_CATALOG_DIR", repo.join("catalog"))
+        .env("STEWARD_EXPORT_DIR", dir.path().join("exports"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (code, stderr) = failed(&output);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("so not shown"), "{stdout}");
+    for text in [stdout.to_string(), stderr] {
+        assert!(!text.contains("eyJ"), "a JWT was printed:\n{text}");
     }
 }

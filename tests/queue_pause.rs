@@ -156,7 +156,15 @@ async fn a_paused_queue_starts_nothing_on_any_node(backend: Backend) {
             .all(|j| j.attempt == 0 && !started.contains(&j.id)),
         "a waiting job used an attempt or ran"
     );
-    let released = leased.iter().filter(|id| !started.contains(id)).count();
+    // A job leased when the pause returned that did not start went back unstarted, its
+    // attempt unused.
+    let waiting_ids: HashSet<JobId> = waiting.iter().map(|j| j.id).collect();
+    let released: Vec<&JobId> = leased.iter().filter(|id| !started.contains(id)).collect();
+    assert!(
+        released.iter().all(|id| waiting_ids.contains(id)),
+        "a leased job neither ran nor went back: {released:?}"
+    );
+    let released = released.len();
     eprintln!(
         "paused with {} leased ({released} released unstarted), {} waiting",
         leased.len(),

@@ -251,6 +251,21 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
         .output()
         .unwrap();
     assert!(enqueued.status.success(), "{enqueued:?}");
+    // A job that waits in a paused queue: its age is the queue's latency.
+    for args in [
+        &["queues", "pause", "ledger", "--wait", "0"][..],
+        &["enqueue", "ledger"],
+    ] {
+        let done = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("STEWARD_JOBS_DIR", jobs)
+            .env("STEWARD_WORKFLOWS_DIR", workflows)
+            .output()
+            .unwrap();
+        assert!(done.status.success(), "{args:?}: {done:?}");
+    }
+    let waiting_since = Instant::now();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -310,6 +325,22 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
     ] {
         assert!(page.contains(series), "no `{series}` in {page}");
     }
+    // The paused queue's oldest job has waited about as long as this test has.
+    let age: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("steward_queue_oldest_available_seconds{queue=\"ledger\"} "))
+        .unwrap_or_else(|| panic!("no ledger latency in {page}"))
+        .parse()
+        .unwrap();
+    let waited = waiting_since.elapsed().as_secs_f64();
+    assert!(
+        age > 0.0 && age <= waited + 1.0,
+        "age {age} s, waited {waited} s"
+    );
+    assert!(
+        page.contains("steward_queue_paused{queue=\"ledger\"} 1"),
+        "{page}"
+    );
     let line = |prefix: &str| {
         page.lines()
             .find(|l| l.starts_with(prefix))
