@@ -2,7 +2,7 @@
 //! environment (`STEWARD_SECRET_KEY`, 32 bytes as 64 hex digits), stored as
 //! `v1:<hex nonce><hex ciphertext and tag>`. The database alone (a dump, a replica, a backup)
 //! does not give them away. A value stored before sealing existed (no `v1:` prefix) is read as
-//! it is, and sealed the next time it is set.
+//! it is, and sealed by the first delivery that has the key (or the next time it is set).
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
@@ -65,6 +65,11 @@ impl SecretKey {
     pub fn open(&self, stored: &str) -> Result<String, SecretError> {
         open(Some(self), stored)
     }
+}
+
+/// Whether `stored` is sealed (rather than a value stored plain before sealing existed).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(SEALED)
 }
 
 /// The plain value of `stored` (sealed, or stored plain before sealing existed).

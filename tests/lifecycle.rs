@@ -88,17 +88,40 @@ async fn the_application_role_cannot_switch_off_the_freeze_or_the_audit_on_postg
         1,
         "tenant A's frozen row is still there"
     );
-    // Tenant B's module is in use: the change goes through, and is audited.
+    // Tenant B's module is in use: the change goes through, and is audited, with the role it
+    // came from: the application's claimed user (`app.actor`) never stands alone.
     let audited = "SELECT count(*) FROM audit_logs \
          WHERE action = 'row.update' AND entity = 'tenant_stock_items'";
     let before = count(&t, audited).await;
-    as_app(b, "UPDATE tenant_stock_items SET sku = 'plum'")
-        .await
-        .unwrap();
+    as_app(
+        b,
+        "SELECT set_config('app.actor', 'admin:root', true); \
+         UPDATE tenant_stock_items SET sku = 'plum'",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         count(&t, audited).await,
         before + 1,
         "the change is audited"
+    );
+    let who: String = sqlx::query_scalar(
+        "SELECT actor FROM audit_logs WHERE action = 'row.update' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(who, "tenant_app_role for admin:root");
+    // A delete with `steward.purge` set by the application is audited too (the setting
+    // switches nothing off for it).
+    let deletes = "SELECT count(*) FROM audit_logs \
+         WHERE action = 'row.delete' AND entity = 'tenant_stock_items'";
+    let before = count(&t, deletes).await;
+    as_app(b, "DELETE FROM tenant_stock_items").await.unwrap();
+    assert_eq!(
+        count(&t, deletes).await,
+        before + 1,
+        "the delete is audited"
     );
     t.cleanup().await;
 }

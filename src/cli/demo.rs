@@ -148,7 +148,11 @@ async fn dashboard(
     retry_me: crate::types::JobId,
 ) -> Result<(), CliError> {
     let mut settings = settings.clone();
-    if settings.jwt_secret.is_none() {
+    // A token is printed only when it is signed with a secret made up for this demo (it opens
+    // nothing else); with the deployment's own STEWARD_JWT_SECRET it would be a real
+    // operator's credential in a terminal's scrollback.
+    let throwaway = settings.jwt_secret.is_none();
+    if throwaway {
         settings.jwt_secret = Some(format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -172,7 +176,13 @@ async fn dashboard(
             out!(
                 "  API:       http://{addr}/openapi.json, http://{addr}/metrics, http://{addr}/health"
             );
-            out!("  token:     {token}");
+            if throwaway {
+                out!("  token:     {token}");
+            } else {
+                out!(
+                    "  token:     signed with your STEWARD_JWT_SECRET, so not shown: `steward token --role master_admin` mints one"
+                );
+            }
             out!(
                 "  open Dead letters, then job {retry_me} (the CRM was down): click Retry and watch it complete"
             );

@@ -34,6 +34,61 @@ pub async fn no_nul_in_target(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// A request's body must arrive whole within `deadline` (the server's
+/// [`super::server::ServerLimits::body_read_timeout`]): a client that sends its head, then
+/// trickles the body, would otherwise hold a connection slot for ever. Late: 408
+/// `request_timeout`, and the connection is closed. The body is read here (at most
+/// [`BODY_LIMIT`]; larger: 413), then handed on whole.
+pub async fn body_deadline(
+    axum::extract::State(deadline): axum::extract::State<std::time::Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use crate::api::error::ApiError;
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(err)) if is_length_limit(&err) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {BODY_LIMIT} bytes"),
+        )
+        .into_response(),
+        Ok(Err(err)) => {
+            ApiError::bad_request(format!("the body could not be read: {err}")).into_response()
+        }
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    deadline.as_secs_f64()
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Security headers on every response.
 pub async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;

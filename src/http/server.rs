@@ -1,6 +1,6 @@
 //! Accepting connections: hyper's HTTP/1 server with a header-read timeout (a client that
 //! does not finish its request head in time is dropped, so half-sent requests cannot pile
-//! up), a cap on open connections (beyond it new ones wait in the kernel's backlog instead
+//! up), a body-read timeout (the same for a body trickled after its head), a cap on open connections (beyond it new ones wait in the kernel's backlog instead
 //! of exhausting file descriptors) and a graceful shutdown bounded by a grace period.
 
 use super::app;
@@ -17,6 +17,9 @@ pub struct ServerLimits {
     /// A connection must deliver each request head within this time, including the wait for
     /// the first byte of the next request on a kept-alive connection.
     pub header_read_timeout: Duration,
+    /// A request's body must arrive whole within this time (408 after it; see
+    /// [`super::guard::body_deadline`]).
+    pub body_read_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
     /// At shutdown, how long requests in flight get before their connections are dropped.
@@ -27,6 +30,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             max_connections: 512,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -60,6 +64,10 @@ pub async fn serve_app(
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        limits.body_read_timeout,
+        super::guard::body_deadline,
+    ));
     let service = TowerToHyperService::new(app);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

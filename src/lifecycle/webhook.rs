@@ -307,6 +307,28 @@ impl WebhookSender {
         }
         let secret = crate::secrets::open(self.key.as_deref(), &target.secret)
             .map_err(|e| JobError::Fatal(format!("tenant {}: {e}", args.tenant_id)))?;
+        if let Some(key) = self.key.as_deref()
+            && !crate::secrets::is_sealed(&target.secret)
+        {
+            // Stored plain before sealing existed: sealed now (once), so the database stops
+            // holding it in the clear.
+            let resealed = match key.seal(&secret) {
+                Ok(sealed) => {
+                    let sealed = crate::store::data::WebhookTarget {
+                        url: target.url.clone(),
+                        secret: sealed,
+                    };
+                    ctx.store
+                        .tenant_set_webhook(args.tenant_id, Some(&sealed))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = resealed {
+                tracing::warn!(tenant = args.tenant_id, %error, "could not seal a plain webhook secret");
+            }
+        }
         let signature = sign(
             &secret,
             args.body.as_bytes(),
@@ -323,12 +345,21 @@ impl WebhookSender {
             .body(args.body)
             .send()
             .await
-            .map_err(|e| JobError::Retryable(format!("POST {}: {e}", target.url)))?;
+            .map_err(|e| {
+                JobError::Retryable(format!("POST {}: {}", target.url, with_causes(&e)))
+            })?;
         let status = answer.status();
         // The answer's body is never read: it could be large, and it is the endpoint's to
         // keep (only the status and the time taken are recorded).
         drop(answer);
         if status.is_success() {
+            tracing::info!(
+                tenant = args.tenant_id,
+                delivery = %args.delivery_id,
+                status = status.as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+                "webhook delivered"
+            );
             return Ok(());
         }
         Err(JobError::Retryable(format!(
@@ -337,6 +368,19 @@ impl WebhookSender {
             started.elapsed().as_millis()
         )))
     }
+}
+
+/// An error with the chain of its causes (reqwest's own text leaves out why a request could
+/// not be sent: a refused address, a timeout).
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Register the `webhook_deliver` job handler.

@@ -229,14 +229,33 @@ pub fn repo_engine(
     t: &TestStore,
     exports: steward::export::SharedExports,
 ) -> Arc<steward::workflow::Engine> {
+    repo_engine_with(t, exports, &[])
+}
+
+/// [`repo_engine`] with more workflows (TOML definitions) beside the repository's.
+pub fn repo_engine_with(
+    t: &TestStore,
+    exports: steward::export::SharedExports,
+    extra: &[&str],
+) -> Arc<steward::workflow::Engine> {
     let kinds = repo_kinds();
     let steps = steward::lifecycle::step_registry(exports);
-    let workflows = steward::workflow::WorkflowCatalog::load_dir(
+    let mut workflows = steward::workflow::WorkflowCatalog::load_dir(
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
         &kinds,
         &|h| steps.contains(h),
     )
     .expect("workflows/ loads");
+    for definition in extra {
+        let def = steward::workflow::WorkflowCatalog::parse(
+            std::path::Path::new("extra.toml"),
+            definition,
+            &kinds,
+            &|h| steps.contains(h),
+        )
+        .expect("a valid definition");
+        workflows.add(def).unwrap();
+    }
     steward::workflow::Engine::new(t.store.clone(), workflows, kinds, steps)
 }
 

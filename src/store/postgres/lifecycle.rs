@@ -236,7 +236,12 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after)
-    VALUES (coalesce(nullif(current_setting('app.actor', true), ''), session_user),
+    -- Who: the database role the change came from (the role set by SET ROLE, else the login),
+    -- then the application's own user as it claims it in `app.actor` (any session may set
+    -- that, so it never stands alone: `tenant_app_role for user:42`).
+    VALUES (CASE WHEN current_setting('role') <> 'none' THEN current_setting('role')
+                 ELSE session_user::text END
+            || coalesce(' for ' || nullif(current_setting('app.actor', true), ''), ''),
             'row.' || lower(TG_OP),
             CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END,
             TG_ARGV[0], TG_TABLE_NAME,
