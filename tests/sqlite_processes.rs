@@ -70,6 +70,23 @@ async fn an_api_and_a_worker_share_one_sqlite_file_without_locked_errors() {
         assert!(Instant::now() < deadline, "steward serve did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let completed = || async {
+        t.store
+            .jobs_count_by_state()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.state == JobState::Completed)
+            .map(|c| c.count)
+            .sum::<i64>()
+    };
+    // The PATCHes begin once the worker is draining.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed().await == 0 {
+        assert!(Instant::now() < deadline, "the worker did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done_before = completed().await;
     let mut statuses = std::collections::BTreeMap::new();
     let mut server_errors = Vec::new();
     for i in 0..800 {
@@ -87,7 +104,13 @@ async fn an_api_and_a_worker_share_one_sqlite_file_without_locked_errors() {
             server_errors.push(response.text().await.unwrap());
         }
     }
-    // The worker was draining meanwhile; wait for the rest.
+    // The worker was draining meanwhile (the two processes wrote the file at the same time).
+    let done_after = completed().await;
+    assert!(
+        done_before < 20_000 && done_after > done_before,
+        "no overlap: {done_before} jobs done before the PATCHes, {done_after} after"
+    );
+    // Wait for the rest.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let counts = t.store.jobs_count_by_state().await.unwrap();

@@ -220,7 +220,9 @@ pub fn spawn_led(
             }
             let outcome = service.run_once(&store).await;
             match &outcome {
-                Ok(0) => {}
+                // Every round is logged (rounds that did nothing at trace level): which node
+                // ran what can be read off the logs.
+                Ok(0) => tracing::trace!(service = service.name(), jobs = 0, "maintenance round"),
                 Ok(n) => tracing::debug!(service = service.name(), jobs = n, "maintenance round"),
                 Err(err) => {
                     tracing::warn!(service = service.name(), error = %err, "maintenance round failed")
