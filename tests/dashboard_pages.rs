@@ -172,6 +172,35 @@ async fn an_operator_walks_through_every_page() {
     assert_eq!(run.state, RunState::Cancelled);
     browser.shot("run-cancelled").await;
 
+    // A running run's page updates itself: another run, cancelled elsewhere (by the API, say)
+    // while its page is open, shows `cancelled` without a reload.
+    let (elsewhere, _) = engine
+        .start("demo_pipeline", json!({}), None)
+        .await
+        .unwrap();
+    browser
+        .goto(&format!("{base}/dashboard/runs/{elsewhere}"))
+        .await;
+    browser.wait_for("#graph").await;
+    assert!(browser.text("#run-state").await.contains("running"));
+    browser
+        .execute("window.stewardMarker = 44; return null;")
+        .await;
+    steward::lifecycle::operator::Operator::new(engine.clone())
+        .cancel_run(elsewhere, &Actor::master_admin("ops"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while browser.text("#run-state").await != "cancelled" {
+        assert!(Instant::now() < deadline, "the run page did not update");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        browser.execute("return window.stewardMarker;").await,
+        json!(44),
+        "the run page was reloaded instead of updated"
+    );
+
     // Resume the queue from its page.
     browser
         .goto(&format!("{base}/dashboard/queues/workflows"))

@@ -197,4 +197,118 @@ async fn a_paused_queue_starts_nothing_on_any_node(backend: Backend) {
     t.cleanup().await;
 }
 
-per_backend!(a_paused_queue_starts_nothing_on_any_node);
+/// A job already fetched into a worker but not started when its queue is paused goes back
+/// unstarted, its attempt unused. Made certain here by a rate limit (3 a second): the first
+/// of two jobs fetched together starts at once, the second is held in the worker for its
+/// reserved start a third of a second later; the first pauses the queue, so the second
+/// reaches its handler with the gate closed.
+async fn a_job_held_in_a_worker_when_its_queue_pauses_goes_back_unstarted(backend: Backend) {
+    use std::sync::{Arc, Mutex};
+    use steward::queue::{JobContext, QueueConfig, Runtime, RuntimeConfig, builtin};
+    let t = fresh(backend).await;
+    let kind = steward::kinds::KindCatalog::parse(
+        std::path::Path::new("jobs/held.toml"),
+        "kind = \"held\"\nqueue = \"held\"\n[rate_limit]\nlimit = 3\nperiod_secs = 1\n",
+    )
+    .unwrap();
+    let kinds = common::kinds_of(&[kind]);
+    let client = Client::new(t.store.clone(), kinds.clone());
+    let job = client
+        .build("held", json!({}), EnqueueOptions::default())
+        .unwrap();
+    let ids: Vec<JobId> = client
+        .enqueue_many(&[job.clone(), job])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let started: Arc<Mutex<Vec<JobId>>> = Arc::default();
+    let mut registry = builtin::registry();
+    let seen = started.clone();
+    registry.register("held", move |_: serde_json::Value, ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            let first = {
+                let mut seen = seen.lock().unwrap();
+                seen.push(ctx.job.id);
+                seen.len() == 1
+            };
+            if first {
+                let report =
+                    control::set_paused(&ctx.store, "held", true, "test", control::DEFAULT_WAIT)
+                        .await
+                        .unwrap();
+                assert!(report.acknowledged(), "{report:?}");
+            }
+            Ok(())
+        }
+    });
+    // Default settings but the poll (50 ms, default 500 ms): this worker applies the pause
+    // well before the held job's reserved start.
+    let mut config = RuntimeConfig::new(
+        "held-test",
+        vec![QueueConfig {
+            name: "held".into(),
+            concurrency: 100,
+        }],
+    );
+    config.poll_interval = Duration::from_millis(50);
+    let runtime = Runtime::new(t.store.clone(), registry, kinds, config).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(runtime.run(shutdown.clone()));
+    // One job ran (and paused the queue); the other is back, unstarted and unused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (ran, back) = loop {
+        let ran = ids_in_queue(&t, JobState::Completed, "held").await;
+        let back = ids_in_queue(&t, JobState::Available, "held").await;
+        if ran.len() == 1 && back.len() == 1 {
+            break (ran, back);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ran {ran:?}, back {back:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let held = *back.iter().next().unwrap();
+    assert_eq!(
+        started.lock().unwrap().clone(),
+        vec![*ran.iter().next().unwrap()]
+    );
+    let job = t.store.job_get(held).await.unwrap().unwrap();
+    assert_eq!(job.attempt, 0, "the held job used an attempt: {job:?}");
+    assert!(ids.contains(&held));
+    // Resumed, it runs once.
+    control::set_paused(&t.store, "held", false, "test", control::DEFAULT_WAIT)
+        .await
+        .unwrap();
+    t.wait_for_counts(Duration::from_secs(30), "the held job runs", |n| {
+        n(JobState::Completed) == 2
+    })
+    .await;
+    assert_eq!(started.lock().unwrap().len(), 2, "each job started once");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+async fn ids_in_queue(t: &common::TestStore, state: JobState, queue: &str) -> HashSet<JobId> {
+    t.store
+        .jobs_list(&JobFilter {
+            state: Some(state),
+            queue: Some(queue.into()),
+            limit: Some(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect()
+}
+
+per_backend!(
+    a_paused_queue_starts_nothing_on_any_node,
+    a_job_held_in_a_worker_when_its_queue_pauses_goes_back_unstarted
+);

@@ -233,3 +233,29 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use crate::store::StoreError;
+    use axum::http::StatusCode;
+
+    /// A real failure answers a generic 5xx: what went wrong (a table, a column, a value)
+    /// stays in the log, under the request's trace id; a transient one says to retry.
+    #[test]
+    fn server_failures_answer_a_generic_body() {
+        let failed = ApiError::from(StoreError::Corrupt("column secret_token of row 42".into()));
+        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failed.code, "internal");
+        assert!(
+            !failed.message.contains("secret_token"),
+            "{}",
+            failed.message
+        );
+        assert!(failed.message.contains("trace id"), "{}", failed.message);
+        let down = ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.code, "unavailable");
+        assert!(!down.message.contains("pool"), "{}", down.message);
+    }
+}

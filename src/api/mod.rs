@@ -7,7 +7,7 @@
 //! | route | who |
 //! |---|---|
 //! | `GET /health` | anyone: database and export storage reachable |
-//! | `GET /openapi.json` | anyone authenticated |
+//! | `GET /openapi.json` | anyone: it describes the API, not its data |
 //! | `GET /metrics` | master admins, the platform, the `metrics` scrape role (deployment-wide figures: not tenant admins) |
 //! | `GET /api/jobs?state&queue&kind&tenant&after_id&limit`, `GET /api/jobs/{id}` | readers (a tenant admin: its own jobs) |
 //! | `POST /api/jobs` | the roles a kind's `enqueued_by` names (never a workflow step or a webhook delivery) |
@@ -287,7 +287,11 @@ pub async fn observe(
 
 /// `/metrics`: deployment-wide figures, so the scrape credential, a master_admin or the
 /// platform's service tokens; not a tenant admin.
-async fn metrics(
+#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+    responses((status = 200, content_type = "text/plain", body = String,
+               description = "Prometheus text exposition: every series with HELP and TYPE"),
+              (status = 401, body = error::ErrorBody), (status = 403, body = error::ErrorBody)))]
+pub(crate) async fn metrics(
     State(state): State<AppState>,
     _scraper: auth::Scraper,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String), error::ApiError> {
@@ -301,7 +305,22 @@ async fn metrics(
     ))
 }
 
-async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+/// What `/health` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`, or `degraded` when the database or the export storage is not reachable.
+    pub status: String,
+    /// `ok`, or why the database is not reachable.
+    pub database: String,
+    /// `ok`, or why the export storage is not reachable.
+    pub storage: String,
+}
+
+/// `/health`, for anyone: the database and the export storage reachable.
+#[utoipa::path(get, path = "/health", tag = "monitoring", security(()),
+    responses((status = 200, body = Health, description = "the database and the export storage are reachable"),
+              (status = 503, body = Health, description = "one of them is not")))]
+pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
     let database = state.store.ping().await;
     let storage = state.exports.check().await;
     let ok = database.is_ok() && storage.is_ok();
@@ -311,15 +330,15 @@ async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_
         StatusCode::SERVICE_UNAVAILABLE
     };
     let describe = |r: Result<(), String>| match r {
-        Ok(()) => serde_json::json!("ok"),
-        Err(e) => serde_json::json!(e),
+        Ok(()) => "ok".to_string(),
+        Err(e) => e,
     };
     (
         status,
-        axum::Json(serde_json::json!({
-            "status": if ok { "ok" } else { "degraded" },
-            "database": describe(database.map_err(|e| e.to_string())),
-            "storage": describe(storage.map_err(|e| e.to_string())),
-        })),
+        axum::Json(Health {
+            status: if ok { "ok" } else { "degraded" }.into(),
+            database: describe(database.map_err(|e| e.to_string())),
+            storage: describe(storage.map_err(|e| e.to_string())),
+        }),
     )
 }
