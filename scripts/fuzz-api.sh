@@ -38,11 +38,12 @@ curl -fsS "http://127.0.0.1:$port/openapi.json" >"$work/openapi.json"
 # A typed client of it compiles.
 scripts/check-ts-client.sh "$work/openapi.json"
 
-"$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
+# (From the run's own directory: schemathesis writes its state, `.schemathesis/`, where it runs.)
+(cd "$work" && "$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,response_schema_conformance \
   --max-examples "${STEWARD_FUZZ_EXAMPLES:-40}" \
-  --no-color
+  --no-color)
 
 kill -0 "$server" || { echo "the server died during the fuzz run:" >&2; cat "$work/serve.log" >&2; exit 1; }
 if grep -q "panicked" "$work/serve.log"; then

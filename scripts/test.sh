@@ -15,6 +15,15 @@ cd "$(dirname "$0")/.."
 
 log() { printf '== %s\n' "$*" >&2; }
 
+# What the test command started or made, undone at exit whatever happens (a failed test
+# included): servers it started, databases and directories it created. Nothing else is touched.
+cleanup_steps=()
+cleanup() {
+  local step
+  for step in "${cleanup_steps[@]}"; do eval "$step" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+
 pg_up() { pg_isready -q -d "$1" 2>/dev/null || psql "$1" -qAtc 'select 1' >/dev/null 2>&1; }
 
 ensure_postgres() {
@@ -54,6 +63,7 @@ ensure_postgres() {
     log "starting a throwaway PostgreSQL in $dir on port 54329"
     "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -o "-p 54329 -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" -w start >/dev/null
+    cleanup_steps+=("${as[*]} $bin/pg_ctl -D $dir/data -w stop -m immediate" "rm -rf $dir")
     psql "postgres://postgres@127.0.0.1:54329/postgres" -qc 'CREATE DATABASE test' >/dev/null
     export STEWARD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:54329/test"
     return 0
@@ -77,9 +87,7 @@ start_outage_cluster() {
   export STEWARD_TEST_OUTAGE_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
   export STEWARD_TEST_OUTAGE_START="$start"
   export STEWARD_TEST_OUTAGE_STOP="${as[*]} $bin/pg_ctl -D $dir/data -w stop -m fast >/dev/null"
-  OUTAGE_DIR=$dir
-  OUTAGE_STOP="${as[*]} $bin/pg_ctl -D $dir/data -w stop -m immediate"
-  trap 'eval "$OUTAGE_STOP" >/dev/null 2>&1 || true; rm -rf "$OUTAGE_DIR"' EXIT
+  cleanup_steps+=("${as[*]} $bin/pg_ctl -D $dir/data -w stop -m immediate" "rm -rf $dir")
   log "throwaway PostgreSQL for the restart tests on port $port ($dir)"
 }
 
@@ -129,6 +137,11 @@ check_compose() {
   env -u STEWARD_JWT_SECRET "${compose[@]}" -f docker-compose.yml config -q
 }
 
+# The tests' scratch files (exports nobody reads back) go here, not into the working tree.
+STEWARD_TEST_SCRATCH=$(mktemp -d /tmp/steward-test-scratch.XXXXXX)
+export STEWARD_TEST_SCRATCH
+cleanup_steps+=("rm -rf $STEWARD_TEST_SCRATCH")
+
 ensure_postgres
 start_outage_cluster
 ensure_browser
@@ -143,10 +156,10 @@ log "API fuzz run from /openapi.json (schemathesis), SQLite and PostgreSQL"
 cargo build --locked --quiet
 export STEWARD_BIN="${CARGO_TARGET_DIR:-target}/debug/steward"
 fuzz_dir=$(mktemp -d /tmp/steward-fuzz-db.XXXXXX)
+cleanup_steps+=("rm -rf $fuzz_dir")
 scripts/fuzz-api.sh "sqlite://$fuzz_dir/fuzz.db"
-rm -rf "$fuzz_dir"
 pg_admin="${STEWARD_TEST_DATABASE_URL%/*}/postgres"
 psql "$pg_admin" -qc 'DROP DATABASE IF EXISTS steward_fuzz' -qc 'CREATE DATABASE steward_fuzz' >/dev/null
+cleanup_steps+=("psql '$pg_admin' -qc 'DROP DATABASE IF EXISTS steward_fuzz'")
 scripts/fuzz-api.sh "${STEWARD_TEST_DATABASE_URL%/*}/steward_fuzz"
-psql "$pg_admin" -qc 'DROP DATABASE IF EXISTS steward_fuzz' >/dev/null
 log "all tests passed"

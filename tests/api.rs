@@ -749,6 +749,7 @@ async fn a_failed_run_is_retried_from_its_failed_step(backend: Backend) {
     let engine = engine(&t);
     let mut registry = steward::queue::Registry::new();
     engine.register_jobs(&mut registry);
+    // (A runtime names each queue it works with a width; 4 is plenty for these few runs.)
     let mut config = RuntimeConfig::new(
         "api-runs",
         vec![QueueConfig {
@@ -1369,6 +1370,7 @@ per_backend!(
 fn steward_token_mints_a_token_the_api_accepts_and_refuses_bad_input() {
     let run = |args: &[&str], secret: Option<&str>| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_steward"));
+        command.env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"));
         command.args(args).env_remove("STEWARD_JWT_SECRET");
         if let Some(secret) = secret {
             command.env("STEWARD_JWT_SECRET", secret);

@@ -3,8 +3,20 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The binary under test. Its exports (of commands that open the export storage) go to a
+/// scratch directory outside the working tree unless a test names its own.
+fn bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steward"));
+    let scratch = std::env::var_os("STEWARD_TEST_SCRATCH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("steward-test-exports-{}", std::process::id()));
+    command.env("STEWARD_EXPORT_DIR", scratch);
+    command
+}
+
 fn steward(args: &[&str], database_url: &str, jobs_dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_steward"))
+    bin()
         .args(args)
         .env("DATABASE_URL", database_url)
         .env("STEWARD_JOBS_DIR", jobs_dir)
@@ -24,7 +36,7 @@ fn repo_jobs() -> &'static Path {
 /// A SQLite database in `dir`, migrated (`steward migrate`, as a user runs it first).
 fn sqlite(dir: &tempfile::TempDir) -> String {
     let url = blank_sqlite(dir);
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .arg("migrate")
         .env("DATABASE_URL", &url)
         .env("RUST_LOG", "error")
@@ -112,7 +124,7 @@ fn malformed_job_definition_names_file_and_line() {
     // A kind without code in this binary is a warning (a rolling deploy runs old and new
     // binaries side by side): the worker starts, and names the file and line.
     std::fs::write(jobs.join("broken.toml"), "kind = \"mystery\"\n").unwrap();
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let mut worker = bin()
         .arg("worker")
         .env("DATABASE_URL", sqlite(&dir))
         .env("STEWARD_JOBS_DIR", &jobs)
@@ -140,7 +152,7 @@ fn unreachable_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     // `--db-wait-secs 1`: by default a command waits 60 s for a database that is still
     // starting; this one never comes, so the test bounds the wait (and sees it logged).
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["--db-wait-secs", "1", "jobs", "list"])
         .env(
             "DATABASE_URL",
@@ -162,7 +174,7 @@ fn unreachable_database_is_a_clear_error() {
         "the password must not be printed"
     );
     // A password passed as a parameter is not printed either.
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["--db-wait-secs", "1", "jobs", "list"])
         .env(
             "DATABASE_URL",
@@ -465,7 +477,7 @@ async fn sigterm_lets_the_running_job_finish_then_exits_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let mut worker = bin()
         .args(["worker", "--poll-ms", "50"])
         .env("DATABASE_URL", &url)
         .env("STEWARD_JOBS_DIR", repo_jobs())
@@ -507,7 +519,7 @@ fn module_lifecycle_from_the_command_line() {
     let url = sqlite(&dir);
     // Answers read as JSON (`--output json`, here from the environment).
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_steward"))
+        bin()
             .args(args)
             .env("DATABASE_URL", &url)
             .env("STEWARD_JOBS_DIR", repo_jobs())
@@ -611,7 +623,7 @@ fn malformed_catalog_names_file_and_line() {
          down_sql = \"DROP TABLE tenant_other_items\"\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["catalog", "load"])
         .env("DATABASE_URL", sqlite(&dir))
         .env("STEWARD_CATALOG_DIR", &catalog)
@@ -629,7 +641,7 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let started = std::time::Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["demo", "--exit-when-idle", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("DATABASE_URL", sqlite(&dir))
@@ -680,7 +692,7 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
     assert!(backups.is_dir(), "the major upgrade was backed up");
     // The hints name this binary as it can be run from here, the dead job a retry fixes, and
     // how to replay the demo; the retry they name works.
-    let bin = env!("CARGO_BIN_EXE_steward");
+    let binary = env!("CARGO_BIN_EXE_steward");
     assert!(
         stdout.contains("to replay the demo from the start, remove"),
         "{stdout}"
@@ -695,8 +707,8 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
         .unwrap()
         .split_whitespace()
         .collect();
-    assert_eq!(retry_args[..3], [bin, "dlq", "retry"], "{retry_line}");
-    let retried = Command::new(bin)
+    assert_eq!(retry_args[..3], [binary, "dlq", "retry"], "{retry_line}");
+    let retried = Command::new(binary)
         .args(&retry_args[1..])
         .current_dir(dir.path())
         .env("DATABASE_URL", sqlite(&dir))
@@ -723,7 +735,7 @@ fn the_demo_runs_the_module_lifecycle_end_to_end() {
         (run.as_str(), "nothing to restore"),
         ("999999", "no run 999999"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        let output = bin()
             .args(["module", "restore-backup", "inventory", "--run", run])
             .current_dir(dir.path())
             .env("DATABASE_URL", sqlite(&dir))
@@ -777,7 +789,7 @@ fn a_command_waits_for_a_database_that_comes_up_later() {
         "{}{separator}options=-c%20search_path%3D{schema}",
         real.replacen(&target, &format!("127.0.0.1:{port}"), 1)
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let mut child = bin()
         .args(["jobs", "list"])
         .env("DATABASE_URL", &url)
         .env("STEWARD_JOBS_DIR", repo_jobs())
@@ -825,7 +837,7 @@ fn a_command_waits_for_a_database_that_comes_up_later() {
 #[test]
 fn help_never_prints_secrets() {
     for args in [&["--help"][..], &["worker", "--help"], &["serve", "--help"]] {
-        let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        let output = bin()
             .args(args)
             .env(
                 "DATABASE_URL",
@@ -875,7 +887,7 @@ fn webhook_secrets_are_stored_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite(&dir);
     let run = |args: &[&str], key: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_steward"));
+        let mut command = bin();
         command
             .args(args)
             .env("DATABASE_URL", &url)
@@ -985,7 +997,7 @@ fn five_field_cron_expressions_are_accepted() {
          [[steps]]\nname = \"only\"\nhandler = \"step.noop\"\njob = \"workflow_step\"\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["schedules", "--count", "2"])
         .env("DATABASE_URL", sqlite(&dir))
         .env("STEWARD_JOBS_DIR", repo_jobs())
@@ -1005,7 +1017,7 @@ fn five_field_cron_expressions_are_accepted() {
          [[steps]]\nname = \"only\"\nhandler = \"step.noop\"\njob = \"workflow_step\"\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["schedules"])
         .env("DATABASE_URL", sqlite(&dir))
         .env("STEWARD_JOBS_DIR", repo_jobs())
@@ -1028,7 +1040,7 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         .local_addr()
         .unwrap()
         .port();
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["jobs", "list", "--db-wait-secs", "1"])
         .env(
             "DATABASE_URL",
@@ -1294,7 +1306,7 @@ fn every_listing_and_action_speaks_json_and_tables_have_headers() {
 fn the_demo_never_prints_a_token_signed_with_the_deployments_secret() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let output = bin()
         .args(["demo", "--exit-when-idle", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("DATABASE_URL", sqlite(&dir))

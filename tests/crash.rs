@@ -1,8 +1,9 @@
 //! Crash test with real processes: three `steward worker` processes share one PostgreSQL and
 //! drain 20,000 jobs that each append their id to a ledger table, while one worker is killed
 //! with SIGKILL every couple of seconds (and replaced). At the end every job is completed,
-//! the ledger holds every id, and an id appears twice only when its earlier run was made by a
-//! worker in the test's kill log (the ledger row names the worker that wrote it).
+//! the ledger holds every id, and an id appears twice only when its earlier run was an attempt
+//! that one of the test's kills cut: the killed worker held that very job running when it died
+//! (the kill log records each victim's running jobs; the ledger row names the worker).
 
 mod common;
 
@@ -11,13 +12,17 @@ use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use steward::types::JobState;
+use steward::types::{JobFilter, JobState};
 use steward::{Client, EnqueueOptions};
 
 const JOBS: usize = 20_000;
 
+/// A worker with non-default settings, on purpose: a short lease (1.5 s, default 10 s) so a
+/// killed worker's jobs are rescued within the test's kill interval, and a concurrency and
+/// batch of 12 so each kill cuts a bounded number of attempts the test can account for.
 fn spawn_worker(url: &str, name: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args([
             "worker",
             "--queue",
@@ -70,8 +75,9 @@ async fn sigkilled_workers_lose_no_job() {
         .map(|i| spawn_worker(&url, &format!("crash-{i}-0")))
         .collect();
     let mut names: Vec<String> = (0..3).map(|i| format!("crash-{i}-0")).collect();
-    // The kill log: the worker ids whose process this test SIGKILLed.
-    let mut killed: HashSet<String> = HashSet::new();
+    // The kill log: each worker id whose process this test SIGKILLed, with the attempts the
+    // kill cut (the jobs it held running when it died: their lease was still its own).
+    let mut killed: HashMap<String, HashSet<i64>> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut next_kill = Instant::now() + Duration::from_millis(1500);
     loop {
@@ -93,7 +99,20 @@ async fn sigkilled_workers_lose_no_job() {
             let victim = killed.len() % workers.len();
             workers[victim].kill().expect("SIGKILL");
             let _ = workers[victim].wait();
-            killed.insert(names[victim].clone());
+            let cut: HashSet<i64> = t
+                .store
+                .jobs_list(&JobFilter {
+                    state: Some(JobState::Running),
+                    limit: Some(1000),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|j| j.leased_by.as_deref() == Some(names[victim].as_str()))
+                .map(|j| j.id)
+                .collect();
+            killed.insert(names[victim].clone(), cut);
             names[victim] = format!("crash-{victim}-{generation}");
             workers[victim] = spawn_worker(&url, &names[victim]);
             next_kill = Instant::now() + Duration::from_millis(1500 + fastrand::u64(0..1500));
@@ -121,17 +140,18 @@ async fn sigkilled_workers_lose_no_job() {
         "ids missing from the ledger: {missing:?}"
     );
     assert_eq!(runs_of.len(), JOBS, "the ledger holds only our jobs");
-    // A job may run twice only because a kill cut an attempt: every run of a job but its
-    // last was made by a worker in the kill log, and each kill cuts at most the 12 jobs a
-    // worker holds at once.
+    // A job may run twice only because a kill cut that attempt: every run of a job but its
+    // last was made by a worker the test killed while it held that very job running, and
+    // each kill cuts at most the 12 jobs a worker holds at once.
     let mut duplicates = 0;
     for (id, runs) in &runs_of {
         let (_last, earlier) = runs.split_last().expect("at least one run");
         for worker in earlier {
+            let cut = killed.get(*worker);
             assert!(
-                killed.contains(*worker),
-                "job {id} ran again after a run by {worker}, which was never killed (runs: {runs:?}, \
-                 kill log: {killed:?})"
+                cut.is_some_and(|cut| cut.contains(id)),
+                "job {id} ran again after a run by {worker}, whose kill did not cut it \
+                 (runs: {runs:?}, cut by that kill: {cut:?})"
             );
         }
         duplicates += earlier.len();

@@ -101,6 +101,7 @@ async fn run_once_fires_the_missed_tick(backend: Backend) {
 
 fn spawn_worker(url: &str, workflows: &std::path::Path, name: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args(["worker", "--poll-ms", "100"])
         .env("DATABASE_URL", url)
         .env(

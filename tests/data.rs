@@ -57,6 +57,7 @@ impl Workers {
             &mut registry,
             WebhookSender::new(Duration::from_secs(5), policy, None).expect("http client"),
         );
+        // (A runtime names each queue it works with a width; 8 runs a test's steps at once.)
         let mut config = RuntimeConfig::new(
             format!("data-{}", fastrand::u32(..)),
             vec![
@@ -978,6 +979,7 @@ async fn cost_aggregation_is_exact_on_month_boundaries_and_idempotent(backend: B
 fn cost_aggregate_from_the_cli_refuses_a_bad_month() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args(["cost", "aggregate", "--month", "2026-13"])
         .env(
             "DATABASE_URL",

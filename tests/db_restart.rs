@@ -200,6 +200,7 @@ async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
     migrated.pool().close().await;
     shell(&outage.stop);
     let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args(["worker", "--queue", "default"])
         .env("DATABASE_URL", &url)
         .env(
@@ -270,6 +271,7 @@ async fn a_database_restart_loses_no_job() {
                 .map(|e| e.id),
         );
     }
+    // (20 at a time: enough jobs held running across the outage for the test to watch.)
     let config = RuntimeConfig::new(
         "restart-test",
         vec![QueueConfig {

@@ -174,6 +174,7 @@ async fn the_singletons_of_three_runtimes_fire_from_one_node(backend: Backend) {
         let engine = common::engine_of(store.clone(), tick);
         let mut registry = Registry::new();
         engine.register_jobs(&mut registry);
+        // (A runtime names each queue it works with a width; the ticks' runs need few.)
         let config = RuntimeConfig::new(
             node,
             vec![QueueConfig {

@@ -127,6 +127,10 @@ async fn the_singletons_of_three_worker_processes_fire_from_one_node(backend: Ba
     let killed_at = Instant::now();
     reader.join().unwrap();
     let before_kill: Vec<Round> = std::mem::take(&mut *rounds.lock().unwrap());
+    assert!(
+        before_kill.iter().all(|r| r.node == leader),
+        "rounds from more than one node before the kill: {before_kill:?}"
+    );
     wait_for(&rounds, lease * 3, "a tick after the kill", |r| {
         ticks(r) >= 2
     })

@@ -191,3 +191,33 @@ async fn postgres_a_kind_without_a_handler_here_is_left_for_another_worker() {
 async fn sqlite_a_kind_without_a_handler_here_is_left_for_another_worker() {
     a_kind_without_a_handler_here_is_left_for_another_worker(Backend::Sqlite).await;
 }
+
+/// Pools the server cannot take are refused at start-up, saying what to change (rather than
+/// handlers and bookkeeping timing out later); the default pools connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_larger_than_the_server_allows_are_refused_at_start() {
+    use steward::store::postgres::{PgStore, PoolSizes};
+    let t = fresh(Backend::Postgres).await;
+    let sized = PgStore::connect_sized(
+        &t.url,
+        t.schema.as_deref(),
+        PoolSizes {
+            work: 100_000,
+            service: 4,
+        },
+    )
+    .await;
+    let Err(err) = sized else {
+        panic!("pools of 100,004 connections were accepted");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("STEWARD_DB_POOL 100000")
+            && text.contains("raise PostgreSQL's max_connections"),
+        "{text}"
+    );
+    PgStore::connect(&t.url, t.schema.as_deref())
+        .await
+        .expect("the default pools fit a stock server");
+    t.cleanup().await;
+}

@@ -79,6 +79,9 @@ async fn typed_jobs_enqueued_into_an_idle_queue_run_once_each_at_their_first_att
     t.cleanup().await;
 }
 
+/// Not the defaults, on purpose: these tests watch leases expire, heartbeats stop handlers,
+/// rescues and staging happen, so the lease (900 ms, default 10 s), the poll (100 ms) and the
+/// stager's period are short enough for each to happen within a test's wait.
 fn config(queues: &[(&str, usize)]) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(
         format!("test-{}", fastrand::u32(..)),

@@ -534,6 +534,7 @@ async fn deliver_once(
         &mut registry,
         WebhookSender::new(Duration::from_secs(20), policy, key).unwrap(),
     );
+    // (A runtime names each queue it works with a width; one delivery at a time is the test.)
     let config = RuntimeConfig::new(
         "security",
         vec![QueueConfig {
@@ -1239,6 +1240,20 @@ async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
             }
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
+            // Every answer, whatever the route, caller or status, carries the security headers.
+            for (header, value) in [
+                ("x-frame-options", "DENY"),
+                ("x-content-type-options", "nosniff"),
+            ] {
+                if response.headers().get(header).is_none_or(|v| v != value) {
+                    wrong.push(format!("{method} {path} as {who}: no `{header}: {value}`"));
+                }
+            }
+            if response.headers().get("content-security-policy").is_none() {
+                wrong.push(format!(
+                    "{method} {path} as {who}: no content-security-policy"
+                ));
+            }
             let to_login = status == 303
                 && response
                     .headers()
@@ -1261,6 +1276,35 @@ async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
         wrong.is_empty(),
         "answers that differ from SECURITY.md:\n{}",
         wrong.join("\n")
+    );
+
+    // Every dashboard write sent from another site's page (a foreign Origin) is refused with
+    // 403, even with an operator's cookie and the right object.
+    let mut crossed = Vec::new();
+    for (method, row, _) in table
+        .iter()
+        .filter(|(m, r, _)| m == "POST" && r.starts_with("/dashboard"))
+    {
+        let (path, body) = world.call(method, row).await;
+        let cookie = format!("steward_token={}", callers[3].clone().unwrap());
+        let status = http
+            .post(format!("{}{path}", server.base))
+            .header("origin", "https://evil.example")
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status != 403 {
+            crossed.push(format!("{method} {path}: {status}"));
+        }
+    }
+    assert!(
+        crossed.is_empty(),
+        "cross-site dashboard writes not refused: {crossed:?}"
     );
 
     // A method a route does not declare is not served (no handler behind an undeclared verb).

@@ -20,6 +20,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// `steward migrate` on `url`, as a deployment runs it before anything else.
 fn migrate(url: &str) {
     let output = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .arg("migrate")
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "error")
@@ -31,6 +32,7 @@ fn migrate(url: &str) {
 /// `steward serve` on `url` (a migrated database).
 fn serve(url: &str, listen: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args(["serve", "--listen", listen])
         .env("DATABASE_URL", url)
         .env("STEWARD_JWT_SECRET", SECRET)
@@ -244,6 +246,7 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
     let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
     migrate(&url);
     let enqueued = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args(["enqueue", "noop"])
         .env("DATABASE_URL", &url)
         .env("STEWARD_JOBS_DIR", jobs)
@@ -257,6 +260,7 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
         &["enqueue", "ledger"],
     ] {
         let done = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
             .args(args)
             .env("DATABASE_URL", &url)
             .env("STEWARD_JOBS_DIR", jobs)
@@ -273,6 +277,7 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
         .port();
     let base = format!("http://127.0.0.1:{port}");
     let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args(["worker", "--metrics-listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &url)
         .env("STEWARD_METRICS_TOKEN", METRICS_TOKEN)

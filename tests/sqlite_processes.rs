@@ -33,6 +33,7 @@ fn steward(args: &[&str], url: &str) -> Child {
             "STEWARD_CATALOG_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/catalog"),
         )
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -38,6 +38,7 @@ async fn an_activated_subscription_provisions_its_plan_at_once() {
         t.store.clone(),
         registry,
         common::kinds_of(&[kind]),
+        // (A runtime names each queue it works with a width; 4 is plenty for these syncs.)
         RuntimeConfig::new(
             "subscriptions",
             vec![QueueConfig {

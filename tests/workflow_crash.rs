@@ -34,8 +34,11 @@ handler = "ledger.append"
 job = "workflow_step"
 "#;
 
+/// Not the defaults, on purpose: a 1.5 s lease (default 10 s) so a killed worker's steps are
+/// rescued within the test's kill interval, and 6 at a time so each kill cuts few attempts.
 fn spawn_worker(url: &str, dir: &Path, name: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
+        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
         .args([
             "worker",
             "--queue",

@@ -79,6 +79,8 @@ struct Running {
     handle: tokio::task::JoinHandle<Result<(), steward::queue::RuntimeError>>,
 }
 
+/// Not the defaults, on purpose: a 5 s lease (default 10 s) and a 100 ms poll, so a step job
+/// whose attempt ends is picked up and a lost one rescued within a test's wait.
 fn start(t: &TestStore, engine: &Arc<Engine>) -> Running {
     let mut registry = Registry::new();
     engine.register_jobs(&mut registry);
@@ -446,6 +448,8 @@ async fn a_step_fans_out_ten_thousand_children_and_fans_in_with_counts(backend: 
 
     let mut registry = steward::queue::builtin::registry();
     engine.register_jobs(&mut registry);
+    // (A runtime names each queue it works with a width; 10 runs the fanned-out children
+    // side by side.)
     let mut config = RuntimeConfig::new(
         "fan-test",
         vec![

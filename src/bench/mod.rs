@@ -248,6 +248,9 @@ impl FreshStore {
             })
         } else {
             let schema = format!("steward_bench_{}_{}", std::process::id(), fastrand::u32(..));
+            // A pool of 40 (default 10): the bench runs its enqueuing callers (`--callers`,
+            // the HTTP scenario's 16) and runtimes of up to 100 concurrent jobs side by side,
+            // and measures the queue, not a wait for connections.
             let store = PgStore::connect_with(url, Some(&schema), 40)
                 .await
                 .map_err(err)?;

@@ -156,3 +156,29 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::JobError;
+    use crate::store::{ErrorClass, StoreError};
+
+    /// A store error keeps its class across the store → job boundary, batched ones included:
+    /// permanent fails the job for good, transient (an outage, a pool timeout) and races are
+    /// retried.
+    #[test]
+    fn a_store_error_keeps_its_class_as_a_job_error() {
+        let fatal = |e: StoreError| matches!(JobError::from(e), JobError::Fatal(_));
+        let retried = |e: StoreError| matches!(JobError::from(e), JobError::Retryable(_));
+        assert!(fatal(StoreError::InvalidInput("bad".into())));
+        assert!(fatal(StoreError::Corrupt("x".into())));
+        assert!(fatal(StoreError::Migration("x".into())));
+        assert!(retried(StoreError::Database(sqlx::Error::PoolTimedOut)));
+        assert!(retried(StoreError::Stale("moved on".into())));
+        let batch = |class| StoreError::Batch {
+            message: "m".into(),
+            class,
+        };
+        assert!(fatal(batch(ErrorClass::Permanent)));
+        assert!(retried(batch(ErrorClass::Transient)));
+    }
+}

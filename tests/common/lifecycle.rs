@@ -60,6 +60,7 @@ pub fn workers_with(t: &TestStore, exports: steward::export::SharedExports) -> W
     let engine = super::repo_engine(t, exports);
     let mut registry = Registry::new();
     engine.register_jobs(&mut registry);
+    // (A runtime names each queue it works with a width; 8 runs a test's provisionings at once.)
     let mut config = RuntimeConfig::new(
         format!("lifecycle-{}", fastrand::u32(..)),
         vec![QueueConfig {

@@ -39,11 +39,20 @@ pub struct TestStore {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Where this test process keeps what it never reads back (exports of tests that do not
+/// export, a spawned process's exports): under `STEWARD_TEST_SCRATCH` (the test command's own
+/// temporary directory, removed at its end), else the system's temporary directory; never in
+/// the working tree.
+pub fn scratch_dir() -> std::path::PathBuf {
+    std::env::var_os("STEWARD_TEST_SCRATCH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("steward-test-exports-{}", std::process::id()))
+}
+
 /// An export storage for tests that never export (workflow and cron tests).
 pub fn scratch_exports() -> steward::export::SharedExports {
-    Arc::new(steward::export::local::LocalStorage::new(
-        std::env::temp_dir().join(format!("steward-test-exports-{}", std::process::id())),
-    ))
+    Arc::new(steward::export::local::LocalStorage::new(scratch_dir()))
 }
 
 fn local_exports() -> (tempfile::TempDir, steward::export::SharedExports) {
@@ -269,6 +278,7 @@ pub struct Workers {
 /// Start workers for the built-in job kinds (`noop`, `fail`, …) on the `default` queue.
 pub fn builtin_workers(t: &TestStore, worker_id: &str) -> Workers {
     use steward::queue::{QueueConfig, Runtime, RuntimeConfig};
+    // (A runtime names each queue it works with a width; the built-in test jobs need few.)
     let mut config = RuntimeConfig::new(
         worker_id,
         vec![QueueConfig {

@@ -30,6 +30,7 @@ pub fn command(args: &[&str], url: &str) -> Command {
         .env("STEWARD_JOBS_DIR", format!("{dir}/jobs"))
         .env("STEWARD_WORKFLOWS_DIR", format!("{dir}/workflows"))
         .env("STEWARD_CATALOG_DIR", format!("{dir}/catalog"))
+        .env("STEWARD_EXPORT_DIR", super::scratch_dir().join("process"))
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

@@ -158,7 +158,8 @@ impl<S: SqlStore> JobAdmin for S {
         completed_before: DateTime<Utc>,
         dead_before: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        let mut tx = self.write().await?;
+        // Maintenance: on the bookkeeping connections, never behind handlers' work.
+        let mut tx = self.write_service().await?;
         let completed = tx
             .execute(sql!(
                 "DELETE FROM steward_jobs_completed WHERE id {in_keys}\

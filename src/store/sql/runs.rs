@@ -471,7 +471,8 @@ impl<S: SqlStore> RunStore for S {
         dead: &DeadStep,
         compensations: Compensations,
     ) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
+        // The run sweeper's write: on the bookkeeping connections, never behind handlers' work.
+        let mut tx = self.write_service().await?;
         let expected = if dead.compensating {
             StepState::Compensating
         } else {
