@@ -9,7 +9,9 @@ mod common;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use common::lifecycle::{life, module, publish, status, tenant, workers as workflow_workers};
+use common::lifecycle::{
+    life, module, publish, publish_next, status, tenant, workers as workflow_workers,
+};
 use common::{Backend, fresh};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -216,6 +218,12 @@ async fn an_operator_walks_through_every_page() {
     assert!(browser.text("#queue-state").await.contains("active"));
     // The queue's latency (age of its oldest waiting job) and concurrency in use.
     assert!(browser.text("#latency").await.starts_with("oldest waiting"));
+    // Its depth by state, each a link to those jobs.
+    let depth = browser.text("#depth").await;
+    assert!(
+        depth.contains("available") && depth.contains("completed"),
+        "{depth}"
+    );
     let in_use = browser.text("#in-use").await;
     let concurrency: u32 = in_use
         .rsplit(" / ")
@@ -248,6 +256,9 @@ async fn an_operator_walks_through_every_page() {
         browser.text("#output-0").await.contains('{'),
         "step 0 has an output"
     );
+    // Each step's attempts and timing.
+    let step = browser.text("#step-0").await;
+    assert!(step.contains("1 of ") && step.contains("took"), "{step}");
     browser.shot("run-graph").await;
 
     // The saga's page: each undo is its own node, with its own job and timing.
@@ -399,6 +410,9 @@ async fn an_operator_walks_through_every_page() {
     );
     let row = browser.text("#worker-pages-builtin").await;
     assert!(row.contains("default ("), "its queues: {row}");
+    // Its jobs in hand (a number) and its last heartbeat (a time of today).
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(row.contains(&today), "its heartbeat: {row}");
     browser.shot("workers").await;
 
     // Modules: the catalog, and the approval queue; approving starts provisioning.
@@ -462,6 +476,49 @@ async fn an_operator_walks_through_every_page() {
         status(&t, acme, "pilot").await,
         Some(TenantModuleStatus::Disabled)
     );
+    // The module's tenants show the version they are at.
+    assert!(browser.text(&row).await.contains("1.0.0"));
+
+    // A catalog upgrade from the module's row: asked first (it acts on every tenant), then
+    // started; once it is done, rolled back from the same row, asked first too.
+    publish_next(&t, "chatbot", "1.1.0").await;
+    browser
+        .goto(&format!("{base}/dashboard/modules?module=chatbot"))
+        .await;
+    browser.wait_for("#catalog-chatbot").await;
+    browser.click("#catalog-chatbot button.primary").await;
+    browser.wait_for("#confirm-upgrade").await;
+    assert_eq!(
+        browser.text("#confirm-what").await,
+        "Upgrade chatbot to 1.1.0 for its 1 tenant(s)?"
+    );
+    browser.shot("upgrade-confirm").await;
+    browser.click("#confirm-upgrade").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(
+        browser.text("#notice").await,
+        "upgrade started: its run is under Runs"
+    );
+    until_text(&browser, &row, "chatbot is upgraded", |s| {
+        s.contains("UP_TO_DATE") && s.contains("1.1.0")
+    })
+    .await;
+    browser.click("#catalog-chatbot button.danger").await;
+    browser.wait_for("#confirm-rollback").await;
+    assert!(
+        browser
+            .text("#confirm-what")
+            .await
+            .starts_with("Roll chatbot back")
+    );
+    browser.click("#confirm-rollback").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.text("#notice").await, "rolled back");
+    until_text(&browser, &row, "chatbot is back at 1.0.0", |s| {
+        s.contains("ENABLED") && s.contains("1.0.0")
+    })
+    .await;
+    browser.shot("rolled-back").await;
 
     // The audit log, filtered by module: the approval is there, with who made it.
     browser.click("header a[href='/dashboard/audit']").await;

@@ -928,7 +928,7 @@ impl World<'_> {
         let record = common::lifecycle::module(&slug, maturity, &[]);
         common::lifecycle::publish(self.t, &record).await;
         if let Some(version) = next {
-            publish_next(self.t, &slug, version).await;
+            common::lifecycle::publish_next(self.t, &slug, version).await;
         }
         slug
     }
@@ -1092,37 +1092,8 @@ impl World<'_> {
     }
 }
 
-/// Publish `version` of `slug` after its 1.0.0: one more table.
-async fn publish_next(t: &TestStore, slug: &str, version: &str) {
-    let table = format!("tenant_{slug}_extra");
-    let numbers: Vec<i32> = version.split('.').map(|n| n.parse().unwrap()).collect();
-    t.store
-        .version_publish(
-            slug,
-            &steward::store::domain::NewVersion {
-                version: version.into(),
-                major: numbers[0],
-                minor: numbers[1],
-                patch: numbers[2],
-                build_hash: "h".into(),
-                changelog: String::new(),
-                up_sql: format!(
-                    "CREATE TABLE {table} (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
-                     created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);"
-                ),
-                down_sql: format!("DROP TABLE {table};"),
-                pre_upgrade_sql: None,
-                post_upgrade_sql: None,
-                settings_schema: None,
-                tables_created: vec![table],
-            },
-        )
-        .await
-        .unwrap();
-}
-
 async fn every_route_answers_each_role_as_the_table_says(backend: Backend) {
-    use common::lifecycle::{publish, tenant, wait_for, workers};
+    use common::lifecycle::{publish, publish_next, tenant, wait_for, workers};
     let t = fresh(backend).await;
     let table = security_table();
     let served: Vec<(String, String)> = steward::http::routes()

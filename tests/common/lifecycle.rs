@@ -357,3 +357,32 @@ pub async fn try_execute(t: &TestStore, sql: &str) -> Result<(), String> {
     };
     result.map_err(|e| e.to_string())
 }
+
+/// Publish `version` of `slug` after its 1.0.0: one more table.
+pub async fn publish_next(t: &TestStore, slug: &str, version: &str) {
+    let table = format!("tenant_{slug}_extra");
+    let numbers: Vec<i32> = version.split('.').map(|n| n.parse().unwrap()).collect();
+    t.store
+        .version_publish(
+            slug,
+            &NewVersion {
+                version: version.into(),
+                major: numbers[0],
+                minor: numbers[1],
+                patch: numbers[2],
+                build_hash: "h".into(),
+                changelog: String::new(),
+                up_sql: format!(
+                    "CREATE TABLE {table} (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+                     created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);"
+                ),
+                down_sql: format!("DROP TABLE {table};"),
+                pre_upgrade_sql: None,
+                post_upgrade_sql: None,
+                settings_schema: None,
+                tables_created: vec![table],
+            },
+        )
+        .await
+        .unwrap();
+}
