@@ -19,18 +19,7 @@ use steward::{Client, EnqueueOptions};
 const JOBS: usize = 10_000;
 
 async fn ids_in(t: &common::TestStore, state: JobState) -> HashSet<JobId> {
-    t.store
-        .jobs_list(&JobFilter {
-            state: Some(state),
-            queue: Some("ledger".into()),
-            limit: Some(JOBS as i64 + 1),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|j| j.id)
-        .collect()
+    ids_in_queue(t, state, "ledger").await
 }
 
 /// Every handler start the ledger recorded: (job, unix milliseconds by the handler's clock).
@@ -298,7 +287,7 @@ async fn ids_in_queue(t: &common::TestStore, state: JobState, queue: &str) -> Ha
         .jobs_list(&JobFilter {
             state: Some(state),
             queue: Some(queue.into()),
-            limit: Some(100),
+            limit: Some(JOBS as i64 + 1),
             ..Default::default()
         })
         .await

@@ -326,10 +326,24 @@ pub async fn publish_upgrade(
     down: &str,
     post: Option<&str>,
 ) {
+    let tables: Vec<String> = tables.iter().map(|s| s.to_string()).collect();
+    publish_version_sql(t, "stock", version, &tables, up, down, post).await;
+}
+
+/// Publish `version` of `slug` with its SQL.
+async fn publish_version_sql(
+    t: &TestStore,
+    slug: &str,
+    version: &str,
+    tables: &[String],
+    up: &str,
+    down: &str,
+    post: Option<&str>,
+) {
     let numbers: Vec<i32> = version.split('.').map(|n| n.parse().unwrap()).collect();
     t.store
         .version_publish(
-            "stock",
+            slug,
             &NewVersion {
                 version: version.into(),
                 major: numbers[0],
@@ -342,7 +356,7 @@ pub async fn publish_upgrade(
                 pre_upgrade_sql: None,
                 post_upgrade_sql: post.map(str::to_string),
                 settings_schema: None,
-                tables_created: tables.iter().map(|s| s.to_string()).collect(),
+                tables_created: tables.to_vec(),
             },
         )
         .await
@@ -361,28 +375,10 @@ pub async fn try_execute(t: &TestStore, sql: &str) -> Result<(), String> {
 /// Publish `version` of `slug` after its 1.0.0: one more table.
 pub async fn publish_next(t: &TestStore, slug: &str, version: &str) {
     let table = format!("tenant_{slug}_extra");
-    let numbers: Vec<i32> = version.split('.').map(|n| n.parse().unwrap()).collect();
-    t.store
-        .version_publish(
-            slug,
-            &NewVersion {
-                version: version.into(),
-                major: numbers[0],
-                minor: numbers[1],
-                patch: numbers[2],
-                build_hash: "h".into(),
-                changelog: String::new(),
-                up_sql: format!(
-                    "CREATE TABLE {table} (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
-                     created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);"
-                ),
-                down_sql: format!("DROP TABLE {table};"),
-                pre_upgrade_sql: None,
-                post_upgrade_sql: None,
-                settings_schema: None,
-                tables_created: vec![table],
-            },
-        )
-        .await
-        .unwrap();
+    let up = format!(
+        "CREATE TABLE {table} (id BIGINT NOT NULL, tenant_id BIGINT NOT NULL, \
+         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);"
+    );
+    let down = format!("DROP TABLE {table};");
+    publish_version_sql(t, slug, version, &[table], &up, &down, None).await;
 }
