@@ -2005,7 +2005,7 @@ async fn the_rollback_undoes_the_last_upgrade_within_its_window(backend: Backend
         );
         assert_eq!(
             record.status_reason,
-            Some(format!("rolled back from version {v2}"))
+            Some("rolled back from 2.0.0 to 1.0.0".to_string())
         );
     }
     assert!(!table_exists(&t, "tenant_stock_moves").await);

@@ -515,7 +515,7 @@ async fn an_operator_walks_through_every_page() {
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "rolled back");
     until_text(&browser, &row, "chatbot is back at 1.0.0", |s| {
-        s.contains("ENABLED") && s.contains("1.0.0")
+        s.contains("ENABLED") && s.contains("rolled back from 1.1.0 to 1.0.0")
     })
     .await;
     browser.shot("rolled-back").await;

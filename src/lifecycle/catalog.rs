@@ -218,7 +218,19 @@ impl Lifecycle {
             .iter()
             .map(|m| (m.tenant_id, m.status, m.version_id))
             .collect();
-        let reason = format!("rolled back from version {}", current.unwrap_or_default());
+        // The reason names versions as people know them (1.1.0), not by their row ids.
+        let name_of = |id: Option<i64>| {
+            versions
+                .iter()
+                .find(|v| Some(v.id) == id)
+                .map(|v| v.version.clone())
+                .unwrap_or_else(|| "?".into())
+        };
+        let reason = format!(
+            "rolled back from {} to {}",
+            name_of(current),
+            name_of(Some(previous))
+        );
         self.store
             .module_rollback(&RollbackPlan {
                 module: slug.as_str(),
