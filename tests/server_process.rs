@@ -291,11 +291,16 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
             .ok()?;
         (response.status() == 200).then_some(response.text().await.ok()?)
     };
-    // Until the worker ran the job (its attempt is in this process's recorder).
+    // Until the worker ran the job (its completed attempt is in this process's recorder, and
+    // the database gauges, read every few seconds, no longer show it waiting). The attempt
+    // series exist before (kept at zero), so the wait is for the noop's own count.
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {
         if let Some(page) = scrape().await
-            && page.contains("steward_job_attempts_total{")
+            && page.contains(
+                "steward_job_attempts_total{queue=\"default\",kind=\"noop\",outcome=\"completed\"} 1",
+            )
+            && page.contains("steward_jobs{queue=\"default\",state=\"available\"} 0")
             && page.contains("steward_http_request_duration_seconds_count{")
         {
             break page;
