@@ -100,7 +100,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
         JobState::Dead
     );
     // Retry the one job: its page says what was done.
-    browser.click(&format!("{row} button.primary")).await;
+    browser.submit(&format!("{row} button.primary")).await;
     browser.wait_for("#job-state").await;
     assert!(
         browser

@@ -138,7 +138,7 @@ async fn an_operator_walks_through_every_page() {
     browser.shot("queues").await;
     browser.click("#queue-workflows a").await;
     browser.wait_for("#queue-state").await;
-    browser.click("#queue-state button.danger").await;
+    browser.submit("#queue-state button.danger").await;
     browser.wait_for("#notice").await;
     let notice = browser.text("#notice").await;
     assert!(
@@ -163,7 +163,7 @@ async fn an_operator_walks_through_every_page() {
         .await;
     browser.wait_for("#graph").await;
     assert!(browser.text("#run-state").await.contains("running"));
-    browser.click("#run-live button.danger").await;
+    browser.submit("#run-live button.danger").await;
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "cancelled the run");
     until_text(&browser, "#run-state", "the run is cancelled", |s| {
@@ -207,7 +207,7 @@ async fn an_operator_walks_through_every_page() {
     browser
         .goto(&format!("{base}/dashboard/queues/workflows"))
         .await;
-    browser.click("#queue-state button.primary").await;
+    browser.submit("#queue-state button.primary").await;
     browser.wait_for("#notice").await;
     assert!(
         browser
@@ -300,7 +300,7 @@ async fn an_operator_walks_through_every_page() {
     assert_ne!(Some(reserve.job_id), saga.steps[0].job_id);
     browser.shot("run-compensated").await;
     // Retried from its page: the failed step gets a new job.
-    browser.click("#run-live button.primary").await;
+    browser.submit("#run-live button.primary").await;
     browser.wait_for("#notice").await;
     assert_eq!(
         browser.text("#notice").await,
@@ -383,7 +383,7 @@ async fn an_operator_walks_through_every_page() {
             .starts_with("Retry 1 dead job(s)")
     );
     browser.shot("dead-confirm").await;
-    browser.click("#confirm-retry").await;
+    browser.submit("#confirm-retry").await;
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "retried 1 job(s)");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -422,7 +422,7 @@ async fn an_operator_walks_through_every_page() {
     let approval = format!("#approval-{acme}-chatbot");
     assert!(browser.text(&approval).await.contains("chatbot"));
     browser.shot("modules").await;
-    browser.click(&format!("{approval} button.primary")).await;
+    browser.submit(&format!("{approval} button.primary")).await;
     browser.wait_for("#notice").await;
     assert!(browser.text("#notice").await.starts_with("approved"));
     let waiting = browser.text("#approvals").await;
@@ -442,7 +442,7 @@ async fn an_operator_walks_through_every_page() {
     browser
         .type_into(&format!("{pilot} input[name=reason]"), "not for this plan")
         .await;
-    browser.click(&format!("{pilot} button.danger")).await;
+    browser.submit(&format!("{pilot} button.danger")).await;
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "rejected");
     assert!(
@@ -463,12 +463,12 @@ async fn an_operator_walks_through_every_page() {
     browser
         .type_into(&format!("{row} input[name=reason]"), "unpaid invoice")
         .await;
-    browser.click(&format!("{row} button.danger")).await;
+    browser.submit(&format!("{row} button.danger")).await;
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "suspended");
     assert!(browser.text(&row).await.contains("SUSPENDED"));
     browser.shot("module-suspended").await;
-    browser.click(&format!("{row} button.primary")).await;
+    browser.submit(&format!("{row} button.primary")).await;
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "resumed");
     assert!(browser.text(&row).await.contains("ENABLED"));
@@ -493,7 +493,7 @@ async fn an_operator_walks_through_every_page() {
         "Upgrade chatbot to 1.1.0 for its 1 tenant(s)?"
     );
     browser.shot("upgrade-confirm").await;
-    browser.click("#confirm-upgrade").await;
+    browser.submit("#confirm-upgrade").await;
     browser.wait_for("#notice").await;
     assert_eq!(
         browser.text("#notice").await,
@@ -511,7 +511,7 @@ async fn an_operator_walks_through_every_page() {
             .await
             .starts_with("Roll chatbot back")
     );
-    browser.click("#confirm-rollback").await;
+    browser.submit("#confirm-rollback").await;
     browser.wait_for("#notice").await;
     assert_eq!(browser.text("#notice").await, "rolled back");
     until_text(&browser, &row, "chatbot is back at 1.0.0", |s| {

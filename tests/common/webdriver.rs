@@ -210,6 +210,37 @@ impl Browser {
         .await;
     }
 
+    /// Click the element matching `css` (a button that submits a form) and wait (up to 10 s)
+    /// for the page the form leads to: the old page is marked before the click, so nothing
+    /// read afterwards comes from it.
+    pub async fn submit(&self, css: &str) {
+        self.execute("window.__stewardBeforeSubmit = true;").await;
+        self.click(css).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // While the browser navigates, a script may fail to run: that is "not yet".
+            let loaded = self
+                .try_call(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    json!({
+                        "script": "return window.__stewardBeforeSubmit === undefined \
+                                   && document.readyState === 'complete';",
+                        "args": []
+                    }),
+                )
+                .await;
+            if loaded == Ok(Value::Bool(true)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page after `{css}` did not load"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The visible text of the element matching `css`, waiting (up to 10 s) for it: found
     /// again when a live update replaced it between the lookup and the read, and looked for
     /// again while the page after a click or a reload has not loaded it yet.
@@ -238,7 +269,7 @@ impl Browser {
                     .await
                 {
                     Ok(text) => return text.as_str().unwrap_or_default().to_string(),
-                    Err(error) if error.starts_with("stale element reference") => {}
+                    Err(error) if is_stale(&error) => {}
                     Err(error) => panic!("webdriver text of `{css}`: {error}"),
                 }
             }
@@ -289,6 +320,14 @@ impl Browser {
             .decode(data.as_str().unwrap())
             .unwrap()
     }
+}
+
+/// Whether a WebDriver error says the element left the document (a navigation or a live
+/// update replaced it). Chromium reports it either as W3C `stale element reference` or, when
+/// the node went between the lookup and the read, as an inspector error.
+fn is_stale(error: &str) -> bool {
+    error.starts_with("stale element reference")
+        || error.contains("does not belong to the document")
 }
 
 impl Browser {
