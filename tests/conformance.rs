@@ -8,7 +8,7 @@ use common::{Backend, fresh, new_job};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
-use steward::store::{FetchParams, TransactionalEnqueue};
+use steward::store::{FetchParams, Rescue, TransactionalEnqueue};
 use steward::types::{FetchedJob, JobFilter, JobState, Lease, Outcome};
 use steward::{Client, EnqueueOptions};
 
@@ -23,6 +23,7 @@ per_backend!(
     one_tenants_flood_does_not_delay_another_tenant,
     scheduled_jobs_wait_for_their_time,
     stale_worker_cannot_complete_fail_or_heartbeat,
+    a_rescue_that_waited_for_the_writer_rescues_nothing,
     failures_back_off_then_dead_letter_with_every_attempt,
     released_jobs_do_not_use_an_attempt,
     an_error_message_with_nul_bytes_is_stored,
@@ -731,13 +732,89 @@ async fn scheduled_jobs_wait_for_their_time(backend: Backend) {
 async fn rescue(t: &common::TestStore, id: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        t.store.jobs_rescue_expired(100).await.expect("rescue");
+        // (Nothing else writes here: the writer is never waited for as long as a minute.)
+        let rescued = t
+            .store
+            .jobs_rescue_expired(100, Duration::from_secs(60))
+            .await
+            .expect("rescue");
+        assert!(matches!(rescued, Rescue::Rescued(_)), "{rescued:?}");
         if t.store.job_get(id).await.unwrap().unwrap().state != JobState::Running {
             return;
         }
         assert!(std::time::Instant::now() < deadline, "lease never expired");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// While something else holds the database's writer (SQLite: another process's step holds
+/// the file's one writer lock; PostgreSQL: the bookkeeping pool has no free connection), live
+/// workers cannot extend their leases: a rescue that had to wait that long for the writer
+/// rescues nothing and says so, and the next one, not kept waiting, rescues.
+async fn a_rescue_that_waited_for_the_writer_rescues_nothing(backend: Backend) {
+    let t = fresh(backend).await;
+    t.store
+        .jobs_insert_many(&[new_job("noop", "default")])
+        .await
+        .unwrap();
+    let id = t
+        .store
+        .jobs_fetch_available(FetchParams {
+            queue: "default",
+            limit: 1,
+            worker: "live",
+            lease_for: Duration::ZERO,
+            after: None,
+        })
+        .await
+        .unwrap()
+        .remove(0)
+        .id;
+    let hold = Duration::from_millis(600);
+    let released = match (&t.pg, &t.url) {
+        (Some(pg), _) => {
+            let pool = pg.service_pool().clone();
+            let mut held = Vec::new();
+            for _ in 0..pool.options().get_max_connections() {
+                held.push(pool.acquire().await.unwrap());
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                drop(held);
+            })
+        }
+        (None, url) => {
+            // A second store on the same file is another process as far as SQLite knows.
+            let other = steward::store::sqlite::SqliteStore::connect(url)
+                .await
+                .unwrap();
+            let tx = other.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                tx.commit().await.unwrap();
+            })
+        }
+    };
+    let outcome = t
+        .store
+        .jobs_rescue_expired(100, Duration::from_millis(200))
+        .await
+        .unwrap();
+    released.await.unwrap();
+    let Rescue::WriterStalled { waited } = outcome else {
+        panic!("rescued while the writer was held: {outcome:?}");
+    };
+    assert!(waited > Duration::from_millis(200), "{waited:?}");
+    assert_eq!(
+        t.store.job_get(id).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    rescue(&t, id).await;
+    assert_eq!(
+        t.store.job_get(id).await.unwrap().unwrap().state,
+        JobState::Available
+    );
+    t.cleanup().await;
 }
 
 async fn stale_worker_cannot_complete_fail_or_heartbeat(backend: Backend) {

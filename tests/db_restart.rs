@@ -185,24 +185,14 @@ async fn an_outage_longer_than_the_lease_takes_no_job_from_a_live_worker() {
     store.drop_schema().await.unwrap();
 }
 
-/// `steward worker` started while the server is down waits for it, then works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
+/// `steward <args>` on `url`, returned once it logs that it waits for the database (its
+/// stderr is drained from then on).
+fn spawn_waiting(args: &[&str], url: &str) -> std::process::Child {
     use std::io::{BufRead, BufReader};
-    let _turn = TURN.lock().await;
-    let outage = outage();
-    let schema = format!("steward_outage_worker_{}", std::process::id());
-    let url = format!("{}?options=-csearch_path%3D{schema}", outage.url);
-    // Migrated before the server stops, as a deployment runs `steward migrate` first (the
-    // worker itself never changes the schema).
-    let migrated = PgStore::connect(&outage.url, Some(&schema)).await.unwrap();
-    migrated.migrate().await.unwrap();
-    migrated.pool().close().await;
-    shell(&outage.stop);
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
         .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
-        .args(["worker", "--queue", "default"])
-        .env("DATABASE_URL", &url)
+        .args(args)
+        .env("DATABASE_URL", url)
         .env(
             "STEWARD_JOBS_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
@@ -215,22 +205,49 @@ async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
             "STEWARD_CATALOG_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/catalog"),
         )
+        .env("STEWARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(worker.stderr.take().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     while !seen.contains("waiting for the database") {
         let mut line = String::new();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
-            "the worker exited: {seen}"
+            "`steward {}` exited: {seen}",
+            args.join(" ")
         );
         seen.push_str(&line);
     }
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    child
+}
+
+/// `steward worker` and `steward serve` started while the server is down wait for it, then
+/// work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
+    let _turn = TURN.lock().await;
+    let outage = outage();
+    let schema = format!("steward_outage_worker_{}", std::process::id());
+    let url = format!("{}?options=-csearch_path%3D{schema}", outage.url);
+    // Migrated before the server stops, as a deployment runs `steward migrate` first (the
+    // worker itself never changes the schema).
+    let migrated = PgStore::connect(&outage.url, Some(&schema)).await.unwrap();
+    migrated.migrate().await.unwrap();
+    migrated.pool().close().await;
+    shell(&outage.stop);
+    let mut worker = spawn_waiting(&["worker", "--queue", "default"], &url);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = spawn_waiting(&["serve", "--listen", &listen], &url);
     shell(&outage.start);
 
     let store = PgStore::connect(&outage.url, Some(&schema)).await.unwrap();
@@ -245,8 +262,29 @@ async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
         count(c, JobState::Completed) == 1
     })
     .await;
-    let _ = worker.kill();
-    let _ = worker.wait();
+    // The server answers once it has its database.
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = http.get(format!("http://{listen}/health")).send().await;
+        if let Ok(health) = health
+            && health.status() == 200
+        {
+            let body: serde_json::Value =
+                serde_json::from_str(&health.text().await.unwrap()).unwrap();
+            assert_eq!(body["database"], "ok", "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "steward serve never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for child in [&mut worker, &mut server] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     store.drop_schema().await.unwrap();
 }
 

@@ -1,22 +1,36 @@
-//! Two processes on one SQLite file, as README says works: `steward serve` takes 800 settings
-//! PATCHes while `steward worker` drains 20,000 jobs. SQLite has one writer across processes:
-//! every write transaction begins IMMEDIATE and waits its turn (busy timeout), so no request
-//! fails with "database is locked".
+//! Processes sharing one SQLite file, as README says works. SQLite has one writer across
+//! processes: every write transaction begins IMMEDIATE and waits its turn (busy timeout).
+//! - `steward serve` takes 800 settings PATCHes while `steward worker` drains 20,000 jobs,
+//!   and no request fails with "database is locked".
+//! - A worker's step holds the writer for longer than a lease: another worker's job, whose
+//!   heartbeats waited for that writer meanwhile, is not rescued and runs once.
 
 mod common;
 
 use common::lifecycle::*;
 use common::{Backend, fresh};
 use serde_json::json;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use steward::api::auth::{AuthKeys, Role};
-use steward::types::JobState;
+use steward::store::runs::RunState;
+use steward::types::{JobFilter, JobState};
+use steward::workflow::{Engine, WorkflowCatalog};
 use steward::{Client, EnqueueOptions};
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 
 fn steward(args: &[&str], url: &str) -> Child {
+    steward_with(
+        args,
+        url,
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
+    )
+}
+
+/// `steward <args>` on `url`, loading the workflows of `workflows`.
+fn steward_with(args: &[&str], url: &str, workflows: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(args)
         .env("DATABASE_URL", url)
@@ -25,10 +39,7 @@ fn steward(args: &[&str], url: &str) -> Child {
             "STEWARD_JOBS_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
         )
-        .env(
-            "STEWARD_WORKFLOWS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-        )
+        .env("STEWARD_WORKFLOWS_DIR", workflows)
         .env(
             "STEWARD_CATALOG_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/catalog"),
@@ -139,5 +150,118 @@ async fn an_api_and_a_worker_share_one_sqlite_file_without_locked_errors() {
     assert_eq!(statuses.get(&200), Some(&800), "{statuses:?}");
     let settings = t.store.settings_get(tenant, "stock").await.unwrap();
     assert_eq!(settings, json!({"n": 799}));
+    t.cleanup().await;
+}
+
+/// One step that writes in its transaction, then holds it (and so the file's one writer)
+/// for `step_ms`: longer than the default 10 s lease.
+const HOLDING: &str = r#"
+name = "holding"
+[params]
+step_ms = { default = 15000 }
+[[steps]]
+name = "hold"
+handler = "ledger.append"
+job = "workflow_step"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_step_in_one_process_costs_another_process_no_lease() {
+    let t = fresh(Backend::Sqlite).await;
+    let sqlite = t.sqlite.as_ref().unwrap();
+    let workflows = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), workflows.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::write(workflows.path().join("holding.toml"), HOLDING).unwrap();
+
+    // The worker that will hold the writer starts first and leads (it runs the rescuer): the
+    // rescuer that waits for the writer in the same process as the long step.
+    let mut holder = steward_with(
+        &["worker", "--queue", "workflows", "--worker-id", "holder"],
+        &t.url,
+        workflows.path(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader: Option<String> = sqlx::query_scalar("SELECT holder FROM steward_leaders")
+            .fetch_optional(sqlite.pool())
+            .await
+            .unwrap();
+        if leader.as_deref() == Some("holder") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the holder never led: {leader:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another process runs a plain 14 s job.
+    let client = Client::new(t.store.clone(), common::repo_kinds());
+    let sleep = client
+        .enqueue("sleep", json!({"ms": 14_000}), EnqueueOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let mut other = steward(
+        &["worker", "--queue", "default", "--worker-id", "other"],
+        &t.url,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.store.job_get(sleep).await.unwrap().unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "the sleep job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then the step: it holds the writer for 15 s, so the other worker's heartbeats wait.
+    let kinds = common::repo_kinds();
+    let steps = steward::lifecycle::step_registry(common::scratch_exports());
+    let catalog =
+        WorkflowCatalog::load_dir(workflows.path(), &kinds, &|h| steps.contains(h)).unwrap();
+    let engine = Engine::new(t.store.clone(), catalog, kinds, steps);
+    let (run, _) = engine.start("holding", json!({}), None).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let run = t.store.run_get(run).await.unwrap().unwrap();
+        let job = t.store.job_get(sleep).await.unwrap().unwrap();
+        assert_ne!(run.state, RunState::Failed, "{run:?}");
+        if run.state == RunState::Completed && job.state == JobState::Completed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not done: {run:?} {job:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for child in [&mut holder, &mut other] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let jobs = t
+        .store
+        .jobs_list(&JobFilter {
+            limit: Some(100),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    // The sleep, the holding step, and whatever the workers' own schedules started: each
+    // completed at its first attempt.
+    assert!(
+        jobs.iter().any(|j| j.id == sleep)
+            && jobs
+                .iter()
+                .any(|j| j.kind == "workflow_step" && j.payload["run_id"] == run),
+        "{jobs:?}"
+    );
+    for job in &jobs {
+        assert_eq!(job.state, JobState::Completed, "{job:?}");
+        assert_eq!(
+            job.attempt, 1,
+            "job {} ({}) lost its lease: {:?}",
+            job.id, job.kind, job.attempts
+        );
+    }
+    assert_eq!(t.store.ledger_entries().await.unwrap().len(), 1);
     t.cleanup().await;
 }

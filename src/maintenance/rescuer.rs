@@ -7,6 +7,11 @@
 //! until `grace` (one lease) after the database answers again: every live worker has
 //! heartbeated by then and extended its own leases, and only the dead ones' are rescued.
 //!
+//! A database that answers but whose writer was held for long does the same to heartbeats
+//! (SQLite: a long step of another process holds the one writer lock; PostgreSQL: the
+//! bookkeeping pool ran dry): a round that waited more than a quarter of `grace` for the
+//! writer rescues nothing and holds off for `grace` as after an outage.
+//!
 //! The rescuer runs on the leader only, and a node that was not leading during an outage saw
 //! nothing of it in its own rounds (its elector lost the leadership when the database went
 //! away; the node that wins it when the database comes back may be another one). Its elector
@@ -15,7 +20,7 @@
 //! database is up is replaced, and its jobs rescued, without waiting.
 
 use super::Service;
-use crate::store::{SharedStore, StoreResult};
+use crate::store::{Rescue, SharedStore, StoreResult};
 use async_trait::async_trait;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -130,8 +135,20 @@ impl Rescuer {
         }
         let mut total = 0;
         loop {
-            let rescued = match store.jobs_rescue_expired(1000).await {
-                Ok(queues) => queues.len() as u64,
+            let rescued = match store.jobs_rescue_expired(1000, self.grace / 4).await {
+                Ok(Rescue::Rescued(queues)) => queues.len() as u64,
+                Ok(Rescue::WriterStalled { waited }) => {
+                    tracing::info!(
+                        ?waited,
+                        grace = ?self.grace,
+                        "the database's writer was held for long: rescuing nothing until live \
+                         workers have extended the leases they could not meanwhile"
+                    );
+                    self.set(Health::Recovering {
+                        until: Instant::now() + self.grace,
+                    });
+                    return Ok(total);
+                }
                 Err(err) => {
                     if err.is_transient() {
                         self.set(Health::Down);

@@ -46,6 +46,16 @@ pub struct Capabilities {
     pub name: &'static str,
 }
 
+/// What a rescue round did (see [`JobStore::jobs_rescue_expired`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rescue {
+    /// The expired leases were rescued: the queues that got jobs back, one entry per job.
+    Rescued(Vec<String>),
+    /// Nothing was rescued: getting the writer took `waited`, so heartbeats may not have
+    /// been written meanwhile.
+    WriterStalled { waited: Duration },
+}
+
 /// Parameters of one fetch.
 #[derive(Debug, Clone)]
 pub struct FetchParams<'a> {
@@ -138,8 +148,19 @@ pub trait JobStore:
     /// Lease expiry and due times are judged by the database's clock (one clock for all nodes).
     ///
     /// Make running jobs whose lease expired available again (or dead when out of
-    /// attempts), recording the lost attempt. Returns the queues that got jobs back.
-    async fn jobs_rescue_expired(&self, limit: usize) -> StoreResult<Vec<String>>;
+    /// attempts), recording the lost attempt.
+    ///
+    /// A rescue that waited longer than `stalled_after` for the database's writer (SQLite:
+    /// another transaction, maybe another process's long step, held the one writer lock;
+    /// PostgreSQL: the bookkeeping pool had no free connection) rescues nothing: the live
+    /// workers' heartbeats waited for that same writer, so their leases may look expired
+    /// though they are not. It answers [`Rescue::WriterStalled`] and the caller gives them
+    /// time to extend their leases first.
+    async fn jobs_rescue_expired(
+        &self,
+        limit: usize,
+        stalled_after: Duration,
+    ) -> StoreResult<Rescue>;
 
     /// Move scheduled and retryable jobs whose `run_at` has come to available. Returns the
     /// queues that got jobs.

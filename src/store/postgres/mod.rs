@@ -214,8 +214,8 @@ impl PgStore {
         &self.pool
     }
 
-    /// The bookkeeping pool (see [`PoolSizes`]).
-    pub(crate) fn service_pool(&self) -> &PgPool {
+    /// The bookkeeping pool (see [`PoolSizes`]); public for tests that starve it.
+    pub fn service_pool(&self) -> &PgPool {
         &self.service
     }
 
@@ -720,7 +720,18 @@ impl JobStore for PgStore {
         leases_from(rows)
     }
 
-    async fn jobs_rescue_expired(&self, limit: usize) -> StoreResult<Vec<String>> {
+    async fn jobs_rescue_expired(
+        &self,
+        limit: usize,
+        stalled_after: Duration,
+    ) -> StoreResult<super::Rescue> {
+        // Heartbeats take their connections from the same bookkeeping pool.
+        let asked = std::time::Instant::now();
+        let mut conn = self.service.acquire().await?;
+        let waited = asked.elapsed();
+        if waited > stalled_after {
+            return Ok(super::Rescue::WriterStalled { waited });
+        }
         let rows = sqlx::query(
             r#"
             WITH expired AS (
@@ -742,8 +753,9 @@ impl JobStore for PgStore {
             "#,
         )
         .bind(limit as i64)
-        .fetch_all(&self.service)
+        .fetch_all(&mut *conn)
         .await?;
+        drop(conn);
         let mut queues = Vec::new();
         for row in rows {
             if row.try_get::<String, _>("state")? == "available" {
@@ -751,7 +763,7 @@ impl JobStore for PgStore {
             }
         }
         self.notify_queues(&queues).await?;
-        Ok(queues)
+        Ok(super::Rescue::Rescued(queues))
     }
 
     async fn jobs_stage_due(&self, limit: usize) -> StoreResult<Vec<String>> {

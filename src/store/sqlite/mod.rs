@@ -123,8 +123,8 @@ impl SqliteStore {
     }
 
     /// Write the lease extensions heartbeats kept while the writer was busy (the caller holds
-    /// the write lock).
-    async fn apply_pending_leases(&self) -> StoreResult<()> {
+    /// the write lock; `conn` is where it writes).
+    async fn apply_pending_leases(&self, conn: &mut sqlx::SqliteConnection) -> StoreResult<()> {
         let pending: Vec<_> = std::mem::take(
             &mut *self
                 .pending_leases
@@ -148,7 +148,7 @@ impl SqliteStore {
                AND j.state = 'running'",
         )
         .bind(Value::Array(pending).to_string())
-        .execute(&self.pool)
+        .execute(conn)
         .await?;
         Ok(())
     }
@@ -604,7 +604,8 @@ impl JobStore for SqliteStore {
                 .extend(held.iter().map(|l| (*l, (worker.to_string(), until))));
             return Ok(held);
         };
-        self.apply_pending_leases().await?;
+        let mut conn = self.pool.acquire().await?;
+        self.apply_pending_leases(&mut conn).await?;
         let rows = sqlx::query(
             r#"
             UPDATE steward_jobs AS j SET lease_expires_at = ?2
@@ -617,14 +618,28 @@ impl JobStore for SqliteStore {
         .bind(lease_json(leases.iter().copied()))
         .bind(now_ms() + lease_for.as_millis() as i64)
         .bind(worker)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         leases_from(rows)
     }
 
-    async fn jobs_rescue_expired(&self, limit: usize) -> StoreResult<Vec<String>> {
+    async fn jobs_rescue_expired(
+        &self,
+        limit: usize,
+        stalled_after: Duration,
+    ) -> StoreResult<super::Rescue> {
+        // The writer is this process's lock, then the file's lock (other processes): an
+        // IMMEDIATE transaction has both, and the time it took says how long heartbeats of
+        // every process may have waited.
+        let asked = std::time::Instant::now();
         let _guard = self.write_lock.lock().await;
-        self.apply_pending_leases().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let waited = asked.elapsed();
+        self.apply_pending_leases(&mut tx).await?;
+        if waited > stalled_after {
+            tx.commit().await?;
+            return Ok(super::Rescue::WriterStalled { waited });
+        }
         let rows = sqlx::query(&format!(
             r#"
             UPDATE steward_jobs SET
@@ -644,8 +659,9 @@ impl JobStore for SqliteStore {
         ))
         .bind(now_ms())
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         drop(_guard);
         let mut queues = Vec::new();
         for row in rows {
@@ -654,7 +670,7 @@ impl JobStore for SqliteStore {
             }
         }
         self.wake(queues.clone());
-        Ok(queues)
+        Ok(super::Rescue::Rescued(queues))
     }
 
     async fn jobs_stage_due(&self, limit: usize) -> StoreResult<Vec<String>> {
