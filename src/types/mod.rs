@@ -1,6 +1,12 @@
 //! The vocabulary shared by every layer: job states, the job to enqueue, the job a worker
 //! holds, the outcome it reports, and the record operators read.
 
+pub mod control;
+pub mod data;
+pub mod limits;
+pub mod modules;
+pub mod runs;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
