@@ -61,7 +61,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
     assert!(browser.url().await.ends_with("/dashboard/login"));
     // A bad token is refused on the login page.
     browser.type_into("#token", "not-a-token").await;
-    browser.click("#login").await;
+    browser.submit("#login").await;
     browser.wait_for("p.error").await;
     assert!(browser.text("p.error").await.contains("not valid"));
     assert!(browser.url().await.ends_with("/dashboard/login"));
@@ -79,7 +79,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
 
     // The dead-letter view lists the dead job with its error. A bulk action asks first,
     // saying how many jobs it matches; cancelled, nothing changed.
-    browser.click("a[href='/dashboard/dead']").await;
+    browser.submit("a[href='/dashboard/dead']").await;
     browser.wait_for("#bulk-retry").await;
     let row = format!("#job-{dead}");
     assert!(browser.text(&row).await.contains("the CRM was down"));
@@ -140,7 +140,7 @@ async fn an_operator_retries_a_dead_job_from_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(tenant.id, 1, "the jobs above name tenant 1");
-    browser.click("header button").await;
+    browser.submit("header button").await;
     browser.wait_for("#token").await;
     let tenant_token = keys
         .mint(

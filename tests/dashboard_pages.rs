@@ -132,11 +132,11 @@ async fn an_operator_walks_through_every_page() {
     browser.shot("overview").await;
 
     // Queues, then the workflows queue paused from its page.
-    browser.click("header a[href='/dashboard/queues']").await;
+    browser.submit("header a[href='/dashboard/queues']").await;
     browser.wait_for("#queue-workflows").await;
     assert!(browser.text("#queue-default").await.contains("active"));
     browser.shot("queues").await;
-    browser.click("#queue-workflows a").await;
+    browser.submit("#queue-workflows a").await;
     browser.wait_for("#queue-state").await;
     browser.submit("#queue-state button.danger").await;
     browser.wait_for("#notice").await;
@@ -235,7 +235,7 @@ async fn an_operator_walks_through_every_page() {
     browser.shot("queue-resumed").await;
 
     // Runs, and the completed run's step graph with each step's output.
-    browser.click("header a[href='/dashboard/runs']").await;
+    browser.submit("header a[href='/dashboard/runs']").await;
     browser.wait_for(&format!("#run-{done_run}")).await;
     until_text(
         &browser,
@@ -246,7 +246,7 @@ async fn an_operator_walks_through_every_page() {
     .await;
     assert!(browser.text("#total").await.contains("runs · showing"));
     browser.shot("runs").await;
-    browser.click(&format!("#run-{done_run} a")).await;
+    browser.submit(&format!("#run-{done_run} a")).await;
     browser.wait_for("#graph").await;
     let graph = browser.text("#graph").await;
     for step in ["extract", "transform", "load"] {
@@ -317,7 +317,7 @@ async fn an_operator_walks_through_every_page() {
     );
 
     // The jobs list updates itself too, and pages both ways (50 a page, newest first).
-    browser.click("header a[href='/dashboard/jobs']").await;
+    browser.submit("header a[href='/dashboard/jobs']").await;
     browser.wait_for("#filter-q").await;
     let before = browser.text("#total").await;
     browser
@@ -338,20 +338,20 @@ async fn an_operator_walks_through_every_page() {
         "the jobs list was reloaded instead of updated"
     );
     browser.goto(&format!("{base}/dashboard/jobs")).await;
-    browser.click("#older").await;
+    browser.submit("#older").await;
     browser.wait_for("#newer").await;
     let older_page = browser.text("#results").await;
     assert!(
         older_page.contains(&format!("{dead}")),
         "the oldest jobs are on page 2"
     );
-    browser.click("#newer").await;
+    browser.submit("#newer").await;
     browser.wait_for("#older").await;
 
     // Job search by text in the payload finds the dead job, and only it.
     browser.wait_for("#filter-q").await;
     browser.type_into("#filter-q", "crm WAS down").await;
-    browser.click("#search").await;
+    browser.submit("#search").await;
     // (The page before the search lists the dead job too: wait for the search's answer.)
     until_text(&browser, "#total", "the search found one job", |t| {
         t.starts_with("1 matching")
@@ -359,14 +359,14 @@ async fn an_operator_walks_through_every_page() {
     .await;
     browser.wait_for(&format!("#job-{dead}")).await;
     browser.shot("jobs-search").await;
-    browser.click(&format!("#job-{dead} a")).await;
+    browser.submit(&format!("#job-{dead} a")).await;
     browser.wait_for("#job-state").await;
     assert_eq!(browser.text("#job-state").await, "dead");
     browser.shot("job").await;
 
     // Dead letters, filtered by kind (the saga's dead step jobs are there too): a bulk retry
     // of the matching ones, confirmed; the job completes on its second attempt.
-    browser.click("header a[href='/dashboard/dead']").await;
+    browser.submit("header a[href='/dashboard/dead']").await;
     browser.wait_for("#bulk-retry").await;
     let dead_letters = browser.text("#results").await;
     assert!(dead_letters.contains("workflow_step"), "{dead_letters}");
@@ -400,7 +400,7 @@ async fn an_operator_walks_through_every_page() {
     );
 
     // Workers: both runtimes of this test, alive.
-    browser.click("header a[href='/dashboard/workers']").await;
+    browser.submit("header a[href='/dashboard/workers']").await;
     browser.wait_for("#worker-pages-builtin").await;
     assert!(
         browser
@@ -416,7 +416,7 @@ async fn an_operator_walks_through_every_page() {
     browser.shot("workers").await;
 
     // Modules: the catalog, and the approval queue; approving starts provisioning.
-    browser.click("header a[href='/dashboard/modules']").await;
+    browser.submit("header a[href='/dashboard/modules']").await;
     browser.wait_for("#catalog-chatbot").await;
     assert!(browser.text("#catalog-chatbot").await.contains("ALPHA"));
     let approval = format!("#approval-{acme}-chatbot");
@@ -521,10 +521,10 @@ async fn an_operator_walks_through_every_page() {
     browser.shot("rolled-back").await;
 
     // The audit log, filtered by module: the approval is there, with who made it.
-    browser.click("header a[href='/dashboard/audit']").await;
+    browser.submit("header a[href='/dashboard/audit']").await;
     browser.wait_for("#audit-module").await;
     browser.type_into("#audit-module", "chatbot").await;
-    browser.click("#audit-search").await;
+    browser.submit("#audit-search").await;
     until_text(&browser, "#audit", "the approval is audited", |s| {
         s.contains("api:ops")
     })
@@ -544,7 +544,9 @@ async fn an_operator_walks_through_every_page() {
     browser.shot("audit").await;
 
     // Schedules.
-    browser.click("header a[href='/dashboard/schedules']").await;
+    browser
+        .submit("header a[href='/dashboard/schedules']")
+        .await;
     browser.wait_for("#schedules").await;
     assert!(
         browser
@@ -555,7 +557,7 @@ async fn an_operator_walks_through_every_page() {
     browser.shot("schedules").await;
 
     // A tenant admin lands on their tenant's page, and the deployment-wide pages are not theirs.
-    browser.click("header button").await;
+    browser.submit("header button").await;
     browser.wait_for("#token").await;
     let tenant_token = keys
         .mint(

@@ -187,27 +187,9 @@ async fn an_outage_longer_than_the_lease_takes_no_job_from_a_live_worker() {
 
 /// `steward <args>` on `url`, returned once it logs that it waits for the database (its
 /// stderr is drained from then on).
-fn spawn_waiting(args: &[&str], url: &str) -> std::process::Child {
+fn spawn_waiting(args: &[&str], url: &str) -> common::process::Running {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env(
-            "STEWARD_JOBS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
-        )
-        .env(
-            "STEWARD_WORKFLOWS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-        )
-        .env(
-            "STEWARD_CATALOG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/catalog"),
-        )
-        .env("STEWARD_JWT_SECRET", "a-test-secret-of-at-least-32-bytes!!")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
+    let mut child = common::process::command(args, url)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -223,7 +205,7 @@ fn spawn_waiting(args: &[&str], url: &str) -> std::process::Child {
         seen.push_str(&line);
     }
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    child
+    common::process::Running(child)
 }
 
 /// `steward worker` and `steward serve` started while the server is down wait for it, then
@@ -240,14 +222,9 @@ async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
     migrated.migrate().await.unwrap();
     migrated.pool().close().await;
     shell(&outage.stop);
-    let mut worker = spawn_waiting(&["worker", "--queue", "default"], &url);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = spawn_waiting(&["serve", "--listen", &listen], &url);
+    let worker = spawn_waiting(&["worker", "--queue", "default"], &url);
+    let listen = common::process::free_address();
+    let server = spawn_waiting(&["serve", "--listen", &listen], &url);
     shell(&outage.start);
 
     let store = PgStore::connect(&outage.url, Some(&schema)).await.unwrap();
@@ -262,29 +239,9 @@ async fn a_worker_started_while_the_database_is_down_begins_when_it_comes_up() {
         count(c, JobState::Completed) == 1
     })
     .await;
-    // The server answers once it has its database.
-    let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let health = http.get(format!("http://{listen}/health")).send().await;
-        if let Ok(health) = health
-            && health.status() == 200
-        {
-            let body: serde_json::Value =
-                serde_json::from_str(&health.text().await.unwrap()).unwrap();
-            assert_eq!(body["database"], "ok", "{body}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "steward serve never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for child in [&mut worker, &mut server] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    // The server answers once it has its database (its health is 200 only then).
+    common::process::await_healthy(&format!("http://{listen}")).await;
+    drop((worker, server));
     store.drop_schema().await.unwrap();
 }
 

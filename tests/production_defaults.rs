@@ -96,27 +96,12 @@ async fn long_steps_do_not_starve_bookkeeping(backend: Backend, steps_count: usi
     shutdown.cancel();
     running.await.unwrap().unwrap();
 
-    let jobs = t
-        .store
-        .jobs_list(&JobFilter {
-            limit: Some(1000),
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap();
+    let jobs = common::jobs_each_completed_once(&t).await;
     assert_eq!(
         jobs.len(),
         steps_count + 3,
         "the step jobs and 3 sleeps: {jobs:?}"
     );
-    for job in &jobs {
-        assert_eq!(job.state, JobState::Completed, "{job:?}");
-        assert_eq!(
-            job.attempt, 1,
-            "job {} ({}) took more than one attempt: {:?}",
-            job.id, job.kind, job.attempts
-        );
-    }
     let ledger = t.store.ledger_entries().await.unwrap();
     assert_eq!(ledger.len(), steps_count, "each step's write landed once");
     t.cleanup().await;

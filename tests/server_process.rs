@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::{Backend, fresh};
+use common::{Backend, fresh, process};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 const METRICS_TOKEN: &str = "a-metrics-scrape-token-of-32-bytes-at-least";
 /// The defaults of `steward serve` (`http::ServerLimits::default()`).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,34 +18,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// `steward migrate` on `url`, as a deployment runs it before anything else.
 fn migrate(url: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
-        .arg("migrate")
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "error")
+    let output = process::command(&["migrate"], url)
         .output()
         .expect("run steward migrate");
     assert!(output.status.success(), "{output:?}");
 }
 
-/// `steward serve` on `url` (a migrated database).
+/// `steward serve` on `url` (a migrated database), with a metrics scrape credential.
 fn serve(url: &str, listen: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_steward"))
-        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
-        .args(["serve", "--listen", listen])
-        .env("DATABASE_URL", url)
-        .env("STEWARD_JWT_SECRET", SECRET)
+    process::command(&["serve", "--listen", listen], url)
         .env("STEWARD_METRICS_TOKEN", METRICS_TOKEN)
-        .env(
-            "STEWARD_JOBS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
-        )
-        .env(
-            "STEWARD_WORKFLOWS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-        )
         .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn steward serve")
@@ -77,24 +59,11 @@ async fn a_served_process_keeps_metrics_bounded_drops_slow_clients_and_stops_wit
     backend: Backend,
 ) {
     let t = fresh(backend).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = process::free_address();
     let base = format!("http://{listen}");
-    let mut server = serve(&common::process::url_of(&t), &listen);
+    let mut server = serve(&process::url_of(&t), &listen);
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "steward serve did not start: {:?}",
-            server.try_wait()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    process::await_healthy(&base).await;
     let rss_before = rss_kib(server.id());
 
     // 80,000 requests with made-up methods and paths, eight clients at a time.
@@ -242,8 +211,6 @@ fn undescribed(page: &str) -> Vec<String> {
 async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("worker.db").display());
-    let jobs = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs");
-    let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
     migrate(&url);
     // A job to run, and one that waits in a paused queue: its age is the queue's latency.
     for args in [
@@ -251,34 +218,16 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
         &["queues", "pause", "ledger", "--wait", "0"],
         &["enqueue", "ledger"],
     ] {
-        let done = Command::new(env!("CARGO_BIN_EXE_steward"))
-            .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .env("STEWARD_JOBS_DIR", jobs)
-            .env("STEWARD_WORKFLOWS_DIR", workflows)
-            .output()
-            .unwrap();
+        let done = process::command(args, &url).output().unwrap();
         assert!(done.status.success(), "{args:?}: {done:?}");
     }
     let waiting_since = Instant::now();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_steward"))
-        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
-        .args(["worker", "--metrics-listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &url)
+    let listen = process::free_address();
+    let base = format!("http://{listen}");
+    let mut worker = process::command(&["worker", "--metrics-listen", &listen], &url)
         .env("STEWARD_METRICS_TOKEN", METRICS_TOKEN)
         .env_remove("STEWARD_JWT_SECRET")
-        .env("STEWARD_JOBS_DIR", jobs)
-        .env("STEWARD_WORKFLOWS_DIR", workflows)
         .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();

@@ -8,48 +8,34 @@
 mod common;
 
 use common::lifecycle::*;
+use common::process::{self, Running};
 use common::{Backend, fresh};
 use serde_json::json;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use steward::api::auth::{AuthKeys, Role};
 use steward::store::runs::RunState;
-use steward::types::{JobFilter, JobState};
+use steward::types::JobState;
 use steward::workflow::{Engine, WorkflowCatalog};
 use steward::{Client, EnqueueOptions};
 
-const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+/// `steward <args>` on `url`, loading the workflows of `workflows`.
+fn steward_with(args: &[&str], url: &str, workflows: &Path) -> Running {
+    Running(
+        process::command(args, url)
+            .env("STEWARD_WORKFLOWS_DIR", workflows)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .expect("spawn steward"),
+    )
+}
 
-fn steward(args: &[&str], url: &str) -> Child {
+fn steward(args: &[&str], url: &str) -> Running {
     steward_with(
         args,
         url,
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
     )
-}
-
-/// `steward <args>` on `url`, loading the workflows of `workflows`.
-fn steward_with(args: &[&str], url: &str, workflows: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_steward"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("STEWARD_JWT_SECRET", SECRET)
-        .env(
-            "STEWARD_JOBS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs"),
-        )
-        .env("STEWARD_WORKFLOWS_DIR", workflows)
-        .env(
-            "STEWARD_CATALOG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/catalog"),
-        )
-        .env("STEWARD_EXPORT_DIR", common::scratch_dir().join("process"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn steward")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,25 +49,16 @@ async fn an_api_and_a_worker_share_one_sqlite_file_without_locked_errors() {
     for chunk in jobs.chunks(5_000) {
         t.store.jobs_insert_many(chunk).await.unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut api = steward(&["serve", "--listen", &listen], &t.url);
-    let mut worker = steward(&["worker", "--queue", "default"], &t.url);
-    let token = AuthKeys::new(SECRET)
+    let listen = process::free_address();
+    let api = steward(&["serve", "--listen", &listen], &t.url);
+    let worker = steward(&["worker", "--queue", "default"], &t.url);
+    let token = AuthKeys::new(process::SECRET)
         .unwrap()
         .mint("test", Role::MasterAdmin, None, chrono::Duration::hours(1))
         .unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://{listen}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "steward serve did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    process::await_healthy(&base).await;
     let completed = || async {
         t.store
             .jobs_count_by_state()
@@ -137,10 +114,7 @@ async fn an_api_and_a_worker_share_one_sqlite_file_without_locked_errors() {
         assert!(Instant::now() < deadline, "not drained: {counts:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for child in [&mut api, &mut worker] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop((api, worker));
     assert!(
         server_errors.is_empty(),
         "{} of 800 PATCHes failed ({statuses:?}): {:?}",
@@ -178,7 +152,7 @@ async fn a_long_step_in_one_process_costs_another_process_no_lease() {
 
     // The worker that will hold the writer starts first and leads (it runs the rescuer): the
     // rescuer that waits for the writer in the same process as the long step.
-    let mut holder = steward_with(
+    let holder = steward_with(
         &["worker", "--queue", "workflows", "--worker-id", "holder"],
         &t.url,
         workflows.path(),
@@ -205,7 +179,7 @@ async fn a_long_step_in_one_process_costs_another_process_no_lease() {
         .await
         .unwrap()
         .id;
-    let mut other = steward(
+    let other = steward(
         &["worker", "--queue", "default", "--worker-id", "other"],
         &t.url,
     );
@@ -233,20 +207,9 @@ async fn a_long_step_in_one_process_costs_another_process_no_lease() {
         assert!(Instant::now() < deadline, "not done: {run:?} {job:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for child in [&mut holder, &mut other] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let jobs = t
-        .store
-        .jobs_list(&JobFilter {
-            limit: Some(100),
-            ..JobFilter::default()
-        })
-        .await
-        .unwrap();
-    // The sleep, the holding step, and whatever the workers' own schedules started: each
-    // completed at its first attempt.
+    drop((holder, other));
+    // The sleep, the holding step, and whatever the workers' own schedules started.
+    let jobs = common::jobs_each_completed_once(&t).await;
     assert!(
         jobs.iter().any(|j| j.id == sleep)
             && jobs
@@ -254,14 +217,6 @@ async fn a_long_step_in_one_process_costs_another_process_no_lease() {
                 .any(|j| j.kind == "workflow_step" && j.payload["run_id"] == run),
         "{jobs:?}"
     );
-    for job in &jobs {
-        assert_eq!(job.state, JobState::Completed, "{job:?}");
-        assert_eq!(
-            job.attempt, 1,
-            "job {} ({}) lost its lease: {:?}",
-            job.id, job.kind, job.attempts
-        );
-    }
     assert_eq!(t.store.ledger_entries().await.unwrap().len(), 1);
     t.cleanup().await;
 }

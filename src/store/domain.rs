@@ -69,12 +69,6 @@ pub(super) fn rows_as_seen(
             .all(|((t, s, v), (st, ss, sv))| t == st && s == ss.as_str() && v == sv)
 }
 
-/// Settings keys are identifiers (see [`crate::domain::settings::check_keys`]); checked
-/// again here because they end up in SQL.
-pub fn check_settings(settings: &Value) -> Result<(), crate::domain::DomainError> {
-    crate::domain::settings::check_keys(settings)
-}
-
 /// Lifecycle storage; every [`super::JobStore`] implements it.
 #[async_trait]
 pub trait DomainStore: Send + Sync {

@@ -46,61 +46,7 @@ pub struct Capabilities {
     pub name: &'static str,
 }
 
-/// What a rescue round did (see [`JobStore::jobs_rescue_expired`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rescue {
-    /// The expired leases were rescued: the queues that got jobs back, one entry per job.
-    Rescued(Vec<String>),
-    /// Nothing was rescued: getting the writer took `waited`, so heartbeats may not have
-    /// been written meanwhile.
-    WriterStalled { waited: Duration },
-}
-
-/// Parameters of one fetch.
-#[derive(Debug, Clone)]
-pub struct FetchParams<'a> {
-    pub queue: &'a str,
-    pub limit: usize,
-    pub worker: &'a str,
-    pub lease_for: Duration,
-    /// Fetch only jobs after this position (where the producer's previous fetch stopped), or
-    /// from the head of the queue with `None`. PostgreSQL's fetch index keeps the entries of
-    /// jobs already taken until vacuum removes them: starting after the cursor skips them (at
-    /// 900,000 jobs taken, a fetch from the head walked 5,400 index pages of them, 14 ms).
-    pub after: Option<FetchCursor>,
-}
-
-/// A position in a queue's fetch order: `(priority, fair_key, id)` of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FetchCursor {
-    pub priority: i16,
-    pub fair_key: i64,
-    pub id: i64,
-}
-
-impl FetchCursor {
-    /// The position of `job`.
-    pub fn of(job: &crate::types::FetchedJob) -> Self {
-        Self {
-            priority: job.priority,
-            fair_key: job.fair_key,
-            id: job.id,
-        }
-    }
-
-    /// Before every job: the head of the queue.
-    pub const HEAD: Self = Self {
-        priority: i16::MIN,
-        fair_key: i64::MIN,
-        id: i64::MIN,
-    };
-}
-
-/// What a bulk operator action applied to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, utoipa::ToSchema)]
-pub struct Affected {
-    pub count: u64,
-}
+pub use crate::types::{Affected, FetchCursor, FetchParams, KindDefaults, Rescue};
 
 /// The storage interface of the durable queue (and, through [`RunStore`] and [`DomainStore`],
 /// of workflow runs and of the module lifecycle).
@@ -181,16 +127,6 @@ pub trait JobStore:
         worker: &str,
         lease_for: Duration,
     ) -> StoreResult<Option<FetchedJob>>;
-}
-
-/// A job kind's defaults, as published for enqueues from SQL ([`JobAdmin::kinds_publish`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KindDefaults {
-    pub kind: String,
-    pub queue: String,
-    pub priority: i16,
-    pub max_attempts: i32,
-    pub timeout_ms: i64,
 }
 
 /// What operators and maintenance do with jobs: read them, act on them in bulk, prune them.

@@ -326,3 +326,25 @@ pub async fn serve_http(
     });
     base
 }
+
+/// Every job of `t` (up to 1,000), each checked to have completed at its first attempt: no
+/// lease lost, nothing run twice.
+pub async fn jobs_each_completed_once(t: &TestStore) -> Vec<steward::types::JobRecord> {
+    let jobs = t
+        .store
+        .jobs_list(&steward::types::JobFilter {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for job in &jobs {
+        assert_eq!(job.state, steward::types::JobState::Completed, "{job:?}");
+        assert_eq!(
+            job.attempt, 1,
+            "job {} ({}) took more than one attempt: {:?}",
+            job.id, job.kind, job.attempts
+        );
+    }
+    jobs
+}

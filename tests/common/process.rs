@@ -38,6 +38,31 @@ pub fn command(args: &[&str], url: &str) -> Command {
     command
 }
 
+/// A loopback address with a port free right now, for a server a test starts.
+pub fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Wait (up to 60 s) until the server at `base` (`http://…`) answers `/health` with 200.
+pub async fn await_healthy(base: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(health) = http.get(format!("{base}/health")).send().await
+            && health.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} never answered /health");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A child process that is killed if the test ends (or panics) while it still runs, so a
 /// failed test leaves no worker behind holding database connections.
 pub struct Running(pub Child);

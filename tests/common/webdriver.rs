@@ -210,9 +210,9 @@ impl Browser {
         .await;
     }
 
-    /// Click the element matching `css` (a button that submits a form) and wait (up to 10 s)
-    /// for the page the form leads to: the old page is marked before the click, so nothing
-    /// read afterwards comes from it.
+    /// Click the element matching `css` (a link, or a button that submits a form) and wait
+    /// (up to 10 s) for the page it leads to: the old page is marked before the click, so
+    /// nothing read afterwards comes from it (a page may share elements with the next one).
     pub async fn submit(&self, css: &str) {
         self.execute("window.__stewardBeforeSubmit = true;").await;
         self.click(css).await;
@@ -301,7 +301,7 @@ impl Browser {
     /// page one lands on).
     pub async fn log_in(&self, token: &str, landmark: &str) {
         self.type_into("#token", token).await;
-        self.click("#login").await;
+        self.submit("#login").await;
         self.wait_for(landmark).await;
     }
 

@@ -11,7 +11,7 @@ use crate::store::domain::{
     AuditAbout, AuditFilter, AuditRecord, DomainStore, ModuleRecord, ModuleRequest, NewTenant,
     NewVersion, PlanSynced, RollbackPlan, SUBSCRIPTION_STATUSES, StatusChange, TenantId,
     TenantModuleRecord, TenantRecord, VersionRecord, check_request_refers, check_seed_count,
-    check_settings, check_version, rows_as_seen,
+    check_version, rows_as_seen,
 };
 use crate::store::sql::{Arg, Conn, Row, Sql, SqlStore, corrupt, parse, sql};
 use crate::store::{StoreError, StoreResult};
@@ -569,7 +569,8 @@ impl<S: SqlStore> DomainStore for S {
         settings: &Value,
         actor: &str,
     ) -> StoreResult<Value> {
-        check_settings(settings)?;
+        // Settings keys end up in SQL: checked again here.
+        crate::domain::settings::check_keys(settings)?;
         let mut tx = self.write().await?;
         if tenant_module_locked(&mut *tx, tenant_id, module)
             .await?
