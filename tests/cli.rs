@@ -1262,13 +1262,26 @@ fn every_listing_and_action_speaks_json_and_tables_have_headers() {
     };
     // Actions.
     assert!(json_of(&["catalog", "load"]).is_object());
-    let tenant = json_of(&["tenant", "create", "acme"]);
+    let tenant = json_of(&["tenant", "create", "acme", "--internal-tester"]);
     assert!(tenant.is_object(), "{tenant}");
-    assert!(
-        json_of(&["enqueue", "noop"]).is_array(),
-        "one row per job enqueued"
-    );
+    let tenant = tenant["id"].as_i64().expect("the tenant's id").to_string();
+    let enqueued = json_of(&["enqueue", "noop"]);
+    assert!(enqueued.is_array(), "one row per job enqueued: {enqueued}");
+    let job = enqueued[0]["id"].as_i64().expect("a job id").to_string();
     assert!(json_of(&["queues", "pause", "default", "--wait", "0"]).is_object());
+    // Every action says what it did as one object.
+    assert_eq!(json_of(&["jobs", "cancel", &job])["cancelled"], 1);
+    assert_eq!(json_of(&["jobs", "retry", &job])["retried_jobs"], 1);
+    let requested = json_of(&["module", "request", &tenant, "chatbot"]);
+    assert!(requested.is_object(), "{requested}");
+    let approved = json_of(&["module", "approve", &tenant, "chatbot"]);
+    assert!(approved.is_object(), "{approved}");
+    let runs = json_of(&["runs", "list"]);
+    let provisioning = runs[0]["id"]
+        .as_i64()
+        .expect("the provisioning run")
+        .to_string();
+    assert!(json_of(&["runs", "cancel", &provisioning]).is_object());
     // Listings: JSON arrays, and tables with a header.
     let listings: [&[&str]; 10] = [
         &["jobs", "list"],
@@ -1294,7 +1307,7 @@ fn every_listing_and_action_speaks_json_and_tables_have_headers() {
             "{args:?}: no header row in {text:?}"
         );
     }
-    let modules = json_of(&["tenant", "modules", "1"]);
+    let modules = json_of(&["tenant", "modules", &tenant]);
     assert!(modules.is_array(), "{modules}");
 }
 

@@ -42,6 +42,35 @@ async fn until_text(browser: &Browser, css: &str, what: &str, check: impl Fn(&st
     }
 }
 
+/// Mark the page open in the browser: the mark survives the page's live updates, not a
+/// reload (see [`until_live`]).
+async fn mark(browser: &Browser) {
+    browser
+        .execute("window.stewardMarker = true; return null;")
+        .await;
+}
+
+/// Wait (up to 30 s) until `css`'s text satisfies `check` on the page [`mark`]ed before: it
+/// updated itself, without a reload.
+async fn until_live(browser: &Browser, css: &str, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = browser.text(css).await;
+        if check(&text) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what}: `{css}` shows {text:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        browser
+            .execute("return window.stewardMarker === true;")
+            .await,
+        json!(true),
+        "{what}: the page was reloaded instead of updated"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_walks_through_every_page() {
     let t = fresh(Backend::Postgres).await;
@@ -105,28 +134,16 @@ async fn an_operator_walks_through_every_page() {
     // Overview: it updates itself. A marker set in the page survives (no reload) while the
     // completed count grows with new jobs.
     let before: i64 = browser.text("#count-completed b").await.parse().unwrap();
-    browser
-        .execute("window.stewardMarker = 42; return null;")
-        .await;
+    mark(&browser).await;
     let more: Vec<NewJob> = (0..5).map(|_| common::new_job("noop", "default")).collect();
     t.store.jobs_insert_many(&more).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now: i64 = browser.text("#count-completed b").await.parse().unwrap();
-        if now >= before + 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the overview did not update: {now}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        browser.execute("return window.stewardMarker;").await,
-        json!(42),
-        "the page was reloaded instead of updated"
-    );
+    until_live(
+        &browser,
+        "#count-completed b",
+        "the overview counts the new jobs",
+        |now| now.parse::<i64>().is_ok_and(|now| now >= before + 5),
+    )
+    .await;
     assert!(browser.text("#queues").await.contains("default"));
     browser.find("#failures rect").await;
     browser.shot("overview").await;
@@ -185,23 +202,18 @@ async fn an_operator_walks_through_every_page() {
         .await;
     browser.wait_for("#graph").await;
     assert!(browser.text("#run-state").await.contains("running"));
-    browser
-        .execute("window.stewardMarker = 44; return null;")
-        .await;
+    mark(&browser).await;
     steward::lifecycle::operator::Operator::new(engine.clone())
         .cancel_run(elsewhere, &Actor::master_admin("ops"))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while browser.text("#run-state").await != "cancelled" {
-        assert!(Instant::now() < deadline, "the run page did not update");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        browser.execute("return window.stewardMarker;").await,
-        json!(44),
-        "the run page was reloaded instead of updated"
-    );
+    until_live(
+        &browser,
+        "#run-state",
+        "the run page shows the cancel",
+        |s| s == "cancelled",
+    )
+    .await;
 
     // Resume the queue from its page.
     browser
@@ -246,6 +258,19 @@ async fn an_operator_walks_through_every_page() {
     .await;
     assert!(browser.text("#total").await.contains("runs · showing"));
     browser.shot("runs").await;
+    // The list updates itself: a run started meanwhile appears without a reload.
+    mark(&browser).await;
+    let (started, _) = engine
+        .start("demo_pipeline", json!({}), None)
+        .await
+        .unwrap();
+    until_live(
+        &browser,
+        &format!("#run-{started}"),
+        "the runs list shows the new run",
+        |row| row.contains("demo_pipeline"),
+    )
+    .await;
     browser.submit(&format!("#run-{done_run} a")).await;
     browser.wait_for("#graph").await;
     let graph = browser.text("#graph").await;
@@ -255,6 +280,17 @@ async fn an_operator_walks_through_every_page() {
     assert!(
         browser.text("#output-0").await.contains('{'),
         "step 0 has an output"
+    );
+    // Each step's input: the run's parameters for the first, the output of the step before
+    // for the next ones.
+    assert!(
+        browser.text("#step-0 pre.input").await.contains("tenant-0"),
+        "the first step reads the run's parameters"
+    );
+    assert_eq!(
+        browser.text("#step-1 pre.input").await,
+        browser.text("#output-0").await,
+        "the second step reads the first one's output"
     );
     // Each step's attempts and timing.
     let step = browser.text("#step-0").await;
@@ -320,23 +356,18 @@ async fn an_operator_walks_through_every_page() {
     browser.submit("header a[href='/dashboard/jobs']").await;
     browser.wait_for("#filter-q").await;
     let before = browser.text("#total").await;
-    browser
-        .execute("window.stewardMarker = 43; return null;")
-        .await;
+    mark(&browser).await;
     let many: Vec<NewJob> = (0..50)
         .map(|_| common::new_job("noop", "default"))
         .collect();
     t.store.jobs_insert_many(&many).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while browser.text("#total").await == before {
-        assert!(Instant::now() < deadline, "the jobs list did not update");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        browser.execute("return window.stewardMarker;").await,
-        json!(43),
-        "the jobs list was reloaded instead of updated"
-    );
+    until_live(
+        &browser,
+        "#total",
+        "the jobs list counts the new jobs",
+        |s| s != before,
+    )
+    .await;
     browser.goto(&format!("{base}/dashboard/jobs")).await;
     browser.submit("#older").await;
     browser.wait_for("#newer").await;
@@ -411,6 +442,10 @@ async fn an_operator_walks_through_every_page() {
     let row = browser.text("#worker-pages-builtin").await;
     assert!(row.contains("default ("), "its queues: {row}");
     // Its jobs in hand (a number) and its last heartbeat (a time of today).
+    let in_hand = browser
+        .text("#worker-pages-builtin td:nth-of-type(6)")
+        .await;
+    assert!(in_hand.parse::<u64>().is_ok(), "jobs in hand: {in_hand:?}");
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert!(row.contains(&today), "its heartbeat: {row}");
     browser.shot("workers").await;

@@ -400,6 +400,30 @@ async fn slowloris_connections_are_closed(backend: Backend) {
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 
+    // A kept-alive connection, idle after its answer, is closed too.
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle kept-alive connection stayed open");
+
     // A whole head, then a body trickled a byte at a time: 408 once the body's time is up,
     // and the connection is closed.
     let mut trickle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -790,6 +814,30 @@ async fn runs_start_only_what_a_role_may(backend: Backend) {
         2,
         "nothing else started"
     );
+    // A caller's key on the same workflow as steward's own: the next nightly tick's key,
+    // taken first over the API, does not stop that tick from starting its run.
+    let tick = steward::workflow::scheduler::tick_key(
+        chrono::Utc::now()
+            .date_naive()
+            .and_hms_opt(6, 0, 0)
+            .unwrap()
+            .and_utc()
+            + chrono::Duration::days(1),
+    );
+    let (status, body) = post_json(
+        &http,
+        &runs,
+        &service,
+        json!({"workflow": "nightly_report", "idempotency_key": tick}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (nightly, created) = engine
+        .start("nightly_report", json!({}), Some(tick))
+        .await
+        .unwrap();
+    assert!(created, "the tick's run was taken over by a caller's key");
+    assert_ne!(json!(nightly), body["run"]);
     server.stop.cancel();
     t.cleanup().await;
 }

@@ -9,6 +9,7 @@
 pub mod control;
 pub mod data;
 pub mod domain;
+mod enqueue;
 pub mod error;
 pub mod handoff;
 pub mod limits;

@@ -17,16 +17,15 @@ mod lifecycle;
 mod runs;
 mod vacuum;
 
+use super::enqueue;
 use super::handoff::{self, Offers};
 use super::{
     Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
 };
 use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
 use async_trait::async_trait;
-use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgPool, Postgres, Row};
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -346,118 +345,57 @@ async fn insert_jobs(
     jobs: &[NewJob],
     notify: bool,
 ) -> StoreResult<(Vec<Enqueued>, Vec<String>)> {
-    let mut woken: Vec<String> = Vec::new();
-    let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
-    let mut pending: Vec<usize> = (0..jobs.len()).collect();
-    // A duplicate's holder can complete (leave the table) between our insert and our lookup;
-    // then the key is free and the next round inserts. Three rounds settle any such race.
-    for _round in 0..3 {
-        if pending.is_empty() {
-            break;
-        }
-        let batch: Vec<&NewJob> = pending.iter().map(|&i| &jobs[i]).collect();
+    enqueue::insert_reconciled(&mut PgInsert { conn, notify }, jobs).await
+}
+
+/// An enqueue's rounds on a PostgreSQL connection, with or without `pg_notify`.
+struct PgInsert<'c> {
+    conn: &'c mut PgConnection,
+    notify: bool,
+}
+
+#[async_trait]
+impl enqueue::InsertRound for PgInsert<'_> {
+    async fn insert(&mut self, batch: &[&NewJob]) -> StoreResult<Vec<enqueue::Inserted>> {
         let rows = sqlx::query(INSERT_SQL)
             .bind(batch.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
-            .bind(
-                batch
-                    .iter()
-                    .map(|j| j.payload.clone())
-                    .collect::<Vec<Value>>(),
-            )
+            .bind(batch.iter().map(|j| &j.payload).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.priority).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.timeout_ms).collect::<Vec<_>>())
             .bind(
                 batch
                     .iter()
-                    .map(|j| j.unique_key.clone())
+                    .map(|j| j.unique_key.as_deref())
                     .collect::<Vec<_>>(),
             )
             .bind(batch.iter().map(|j| j.run_at).collect::<Vec<_>>())
-            .bind(notify)
-            .fetch_all(&mut *conn)
+            .bind(self.notify)
+            .fetch_all(&mut *self.conn)
             .await?;
-        // Ids are drawn in insertion order (ORDER BY ord), so the keyless rows match the
-        // keyless inputs in order; keyed rows match by key.
-        let mut keyless: Vec<i64> = Vec::new();
-        let mut keyed: HashMap<String, i64> = HashMap::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            if row.try_get::<String, _>("state")? == "available" {
-                woken.push(row.try_get("queue")?);
-            }
-            match row.try_get::<Option<String>, _>("unique_key")? {
-                Some(key) => {
-                    keyed.insert(key, id);
-                }
-                None => keyless.push(id),
-            }
-        }
-        keyless.sort_unstable();
-        let mut keyless = keyless.into_iter();
-        let mut duplicates: Vec<usize> = Vec::new();
-        for &index in &pending {
-            match &jobs[index].unique_key {
-                None => {
-                    let id = keyless.next().ok_or_else(|| {
-                        StoreError::Corrupt("insert returned fewer rows than expected".into())
-                    })?;
-                    results[index] = Some(Enqueued { id, inserted: true });
-                }
-                Some(key) => match keyed.remove(key) {
-                    Some(id) => results[index] = Some(Enqueued { id, inserted: true }),
-                    None => duplicates.push(index),
-                },
-            }
-        }
-        if duplicates.is_empty() {
-            pending.clear();
-            break;
-        }
-        // Inserted in this very batch under the same key, or held by an existing live job.
-        let keys: Vec<String> = duplicates
-            .iter()
-            .filter_map(|&i| jobs[i].unique_key.clone())
-            .collect();
-        let existing = sqlx::query(
-            "SELECT id, unique_key FROM steward_jobs WHERE unique_key = ANY($1) AND state <> 'cancelled'",
+        rows.iter()
+            .map(|row| {
+                Ok(enqueue::Inserted {
+                    id: row.try_get("id")?,
+                    unique_key: row.try_get("unique_key")?,
+                    available_in: (row.try_get::<&str, _>("state")? == "available")
+                        .then(|| row.try_get("queue"))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn holders(&mut self, keys: &[String]) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT unique_key, id FROM steward_jobs WHERE unique_key = ANY($1) AND state <> 'cancelled'",
         )
-        .bind(&keys)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut holders: HashMap<String, i64> = HashMap::new();
-        for row in existing {
-            holders.insert(row.try_get("unique_key")?, row.try_get("id")?);
-        }
-        let mut next_pending = Vec::new();
-        for index in duplicates {
-            let key = jobs[index].unique_key.clone().unwrap_or_default();
-            match holders.get(&key) {
-                Some(&id) => {
-                    results[index] = Some(Enqueued {
-                        id,
-                        inserted: false,
-                    })
-                }
-                None => next_pending.push(index),
-            }
-        }
-        pending = next_pending;
+        .bind(keys)
+        .fetch_all(&mut *self.conn)
+        .await?)
     }
-    if !pending.is_empty() {
-        return Err(StoreError::Conflict(
-            "a unique key kept changing hands while enqueuing; try again".into(),
-        ));
-    }
-    let results = results
-        .into_iter()
-        .map(|r| r.ok_or_else(|| StoreError::Corrupt("enqueue result missing".into())))
-        .collect::<StoreResult<Vec<_>>>()?;
-    woken.sort();
-    woken.dedup();
-    Ok((results, woken))
 }
 
 fn leases_from(rows: Vec<PgRow>) -> StoreResult<Vec<Lease>> {

@@ -10,6 +10,7 @@ pub mod conn;
 pub(crate) mod data;
 mod lifecycle;
 
+use super::enqueue;
 use super::handoff::{self, Offers};
 use super::{Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult};
 use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
@@ -227,17 +228,18 @@ async fn insert_jobs(
     conn: &mut SqliteConnection,
     jobs: &[NewJob],
 ) -> StoreResult<(Vec<Enqueued>, Vec<String>)> {
-    let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
-    let mut pending: Vec<usize> = (0..jobs.len()).collect();
-    let mut woken: Vec<String> = Vec::new();
-    for _round in 0..3 {
-        if pending.is_empty() {
-            break;
-        }
-        let input: Vec<Value> = pending
+    enqueue::insert_reconciled(&mut SqliteInsert(conn), jobs).await
+}
+
+/// An enqueue's rounds on a SQLite connection.
+struct SqliteInsert<'c>(&'c mut SqliteConnection);
+
+#[async_trait]
+impl enqueue::InsertRound for SqliteInsert<'_> {
+    async fn insert(&mut self, batch: &[&NewJob]) -> StoreResult<Vec<enqueue::Inserted>> {
+        let input: Vec<Value> = batch
             .iter()
-            .map(|&i| {
-                let j = &jobs[i];
+            .map(|j| {
                 json!({
                     "kind": j.kind, "queue": j.queue, "tenant": j.tenant, "payload": j.payload,
                     "priority": j.priority, "max_attempts": j.max_attempts,
@@ -249,84 +251,30 @@ async fn insert_jobs(
         let rows = sqlx::query(INSERT_SQL)
             .bind(Value::Array(input).to_string())
             .bind(now_ms())
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *self.0)
             .await?;
-        let mut keyless: Vec<i64> = Vec::new();
-        let mut keyed: HashMap<String, i64> = HashMap::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let state: String = row.try_get("state")?;
-            if state == "available" {
-                woken.push(row.try_get("queue")?);
-            }
-            match row.try_get::<Option<String>, _>("unique_key")? {
-                Some(key) => {
-                    keyed.insert(key, id);
-                }
-                None => keyless.push(id),
-            }
-        }
-        keyless.sort_unstable();
-        let mut keyless = keyless.into_iter();
-        let mut duplicates: Vec<usize> = Vec::new();
-        for &index in &pending {
-            match &jobs[index].unique_key {
-                None => {
-                    let id = keyless.next().ok_or_else(|| {
-                        StoreError::Corrupt("insert returned fewer rows than expected".into())
-                    })?;
-                    results[index] = Some(Enqueued { id, inserted: true });
-                }
-                Some(key) => match keyed.remove(key) {
-                    Some(id) => results[index] = Some(Enqueued { id, inserted: true }),
-                    None => duplicates.push(index),
-                },
-            }
-        }
-        if duplicates.is_empty() {
-            pending.clear();
-            break;
-        }
-        let keys: Vec<String> = duplicates
-            .iter()
-            .filter_map(|&i| jobs[i].unique_key.clone())
-            .collect();
-        let existing = sqlx::query(
-            "SELECT id, unique_key FROM steward_jobs WHERE unique_key IN \
+        rows.iter()
+            .map(|row| {
+                Ok(enqueue::Inserted {
+                    id: row.try_get("id")?,
+                    unique_key: row.try_get("unique_key")?,
+                    available_in: (row.try_get::<&str, _>("state")? == "available")
+                        .then(|| row.try_get("queue"))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn holders(&mut self, keys: &[String]) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT unique_key, id FROM steward_jobs WHERE unique_key IN \
              (SELECT value FROM json_each(?1)) AND state <> 'cancelled'",
         )
         .bind(json!(keys).to_string())
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut holders: HashMap<String, i64> = HashMap::new();
-        for row in existing {
-            holders.insert(row.try_get("unique_key")?, row.try_get("id")?);
-        }
-        let mut next_pending = Vec::new();
-        for index in duplicates {
-            let key = jobs[index].unique_key.clone().unwrap_or_default();
-            match holders.get(&key) {
-                Some(&id) => {
-                    results[index] = Some(Enqueued {
-                        id,
-                        inserted: false,
-                    })
-                }
-                None => next_pending.push(index),
-            }
-        }
-        pending = next_pending;
+        .fetch_all(&mut *self.0)
+        .await?)
     }
-    if !pending.is_empty() {
-        return Err(StoreError::Conflict(
-            "a unique key kept changing hands while enqueuing; try again".into(),
-        ));
-    }
-    let results = results
-        .into_iter()
-        .map(|r| r.ok_or_else(|| StoreError::Corrupt("enqueue result missing".into())))
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok((results, woken))
 }
 
 fn leases_from(rows: Vec<SqliteRow>) -> StoreResult<Vec<Lease>> {
