@@ -16,22 +16,11 @@ use steward::workflow::{Engine, WorkflowCatalog};
 use steward::{Client, EnqueueOptions};
 use tokio_util::sync::CancellationToken;
 
-/// One step that writes in its transaction, then holds it for `step_ms`.
-const HOLDING: &str = r#"
-name = "holding"
-[params]
-step_ms = { default = 15000 }
-[[steps]]
-name = "hold"
-handler = "ledger.append"
-job = "workflow_step"
-"#;
-
 async fn long_steps_do_not_starve_bookkeeping(backend: Backend, steps_count: usize) {
     let t = fresh(backend).await;
     let kinds = common::repo_kinds();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("holding.toml"), HOLDING).unwrap();
+    std::fs::write(dir.path().join("holding.toml"), common::HOLDING_WORKFLOW).unwrap();
     let steps = steward::lifecycle::step_registry(common::scratch_exports());
     let catalog = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h)).unwrap();
     let engine = Arc::new(Engine::new(t.store.clone(), catalog, kinds.clone(), steps));

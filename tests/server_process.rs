@@ -366,3 +366,77 @@ async fn a_worker_serves_described_metrics_to_the_scrape_credential_only() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+/// Credentials never reach the log, even at debug level: bearer tokens on API and dashboard
+/// requests, a token posted to the login form, the session cookie it sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_stay_out_of_the_log_at_debug_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    migrate(&url);
+    let listen = process::free_address();
+    let base = format!("http://{listen}");
+    let mut server = process::command(&["serve", "--listen", &listen], &url)
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn steward serve");
+    process::await_healthy(&base).await;
+    let token = steward::api::auth::AuthKeys::new(process::SECRET)
+        .unwrap()
+        .mint(
+            "ops",
+            steward::api::auth::Role::MasterAdmin,
+            None,
+            chrono::Duration::hours(1),
+        )
+        .unwrap();
+    let http = reqwest::Client::new();
+    for path in ["/api/jobs", "/api/runs", "/dashboard", "/metrics"] {
+        let answer = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+    }
+    let login = http
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &base)
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .map(|c| c.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let session = cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map(|(_, value)| value.to_string())
+        .unwrap_or_default();
+    let _ = process::terminate(&mut server, Duration::from_secs(10));
+    let mut log = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    // The requests were logged (so the check below is about a log that was written)...
+    assert!(
+        log.matches("request").count() >= 5,
+        "no request log at debug level: {log}"
+    );
+    // ...without any credential, nor its signature alone.
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature), "a bearer token was logged");
+    if session.len() >= 16 {
+        assert!(!log.contains(&session), "the session cookie was logged");
+    }
+}

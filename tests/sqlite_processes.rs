@@ -127,18 +127,6 @@ async fn an_api_and_a_worker_share_one_sqlite_file_without_locked_errors() {
     t.cleanup().await;
 }
 
-/// One step that writes in its transaction, then holds it (and so the file's one writer)
-/// for `step_ms`: longer than the default 10 s lease.
-const HOLDING: &str = r#"
-name = "holding"
-[params]
-step_ms = { default = 15000 }
-[[steps]]
-name = "hold"
-handler = "ledger.append"
-job = "workflow_step"
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_step_in_one_process_costs_another_process_no_lease() {
     let t = fresh(Backend::Sqlite).await;
@@ -148,7 +136,11 @@ async fn a_long_step_in_one_process_costs_another_process_no_lease() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), workflows.path().join(entry.file_name())).unwrap();
     }
-    std::fs::write(workflows.path().join("holding.toml"), HOLDING).unwrap();
+    std::fs::write(
+        workflows.path().join("holding.toml"),
+        common::HOLDING_WORKFLOW,
+    )
+    .unwrap();
 
     // The worker that will hold the writer starts first and leads (it runs the rescuer): the
     // rescuer that waits for the writer in the same process as the long step.

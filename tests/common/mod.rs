@@ -348,3 +348,15 @@ pub async fn jobs_each_completed_once(t: &TestStore) -> Vec<steward::types::JobR
     }
     jobs
 }
+
+/// A workflow of one step that writes in its transaction, then holds it (and, on SQLite, the
+/// file's one writer) for `step_ms`: 15 s by default, longer than the default 10 s lease.
+pub const HOLDING_WORKFLOW: &str = r#"
+name = "holding"
+[params]
+step_ms = { default = 15000 }
+[[steps]]
+name = "hold"
+handler = "ledger.append"
+job = "workflow_step"
+"#;
