@@ -3,6 +3,8 @@
 //! `v1:<hex nonce><hex ciphertext and tag>`. The database alone (a dump, a replica, a backup)
 //! does not give them away. A value stored before sealing existed (no `v1:` prefix) is read as
 //! it is, and sealed by the first delivery that has the key (or the next time it is set).
+//! Secrets in transit to a log or an error message (a database URL's password) are
+//! [redacted](redact).
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
@@ -92,6 +94,38 @@ pub fn open(key: Option<&SecretKey>, stored: &str) -> Result<String, SecretError
     String::from_utf8(plain.to_vec()).map_err(|_| SecretError::Corrupt)
 }
 
+/// A URL with any password replaced, for error messages.
+pub fn redact(url: &str) -> String {
+    // Parameters may carry secrets too (`?password=…`, libpq's `sslpassword=…`).
+    if let Some((base, query)) = url.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                    format!("{name}=***")
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        return format!("{}?{}", redact(base), query.join("&"));
+    }
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}://{}:***{}",
+                    &url[..scheme_end],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +154,23 @@ mod tests {
         assert!(matches!(open(None, &sealed), Err(SecretError::NoKey)));
         assert_eq!(open(None, "legacy-plain").unwrap(), "legacy-plain");
         assert!(SecretKey::from_hex("abcd").is_err());
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(
+            redact("postgres://u:pw@h/db?sslmode=require&password=secret&sslpassword=s2"),
+            "postgres://u:***@h/db?sslmode=require&password=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact("postgres:///db?user=u&PASSWORD=secret"),
+            "postgres:///db?user=u&PASSWORD=***"
+        );
     }
 }

@@ -90,7 +90,7 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     let shutdown = CancellationToken::new();
     out!(
         "steward demo: SQLite at {}",
-        crate::store::redact(&settings.database_url)
+        crate::secrets::redact(&settings.database_url)
     );
     dashboard(settings, &store, args, &shutdown, retry_me).await?;
     out!(

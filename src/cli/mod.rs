@@ -364,7 +364,7 @@ pub(crate) async fn open_store(settings: &Settings) -> Result<SharedStore, CliEr
     if version < needed {
         return Err(CliError::Failed(format!(
             "the database {} {}, this steward needs version {needed}: run `steward migrate` first",
-            store::redact(&settings.database_url),
+            crate::secrets::redact(&settings.database_url),
             if version == 0 {
                 "has no steward schema".to_string()
             } else {
@@ -394,7 +394,7 @@ async fn connect_waiting(settings: &Settings, migrate: bool) -> Result<SharedSto
     use backon::{ExponentialBuilder, Retryable};
     let url = settings.database_url.as_str();
     let connect_error = |source| CliError::Connect {
-        url: store::redact(url),
+        url: crate::secrets::redact(url),
         source,
     };
     let wait = std::time::Duration::from_secs(settings.db_wait_secs);
@@ -415,7 +415,7 @@ async fn connect_waiting(settings: &Settings, migrate: bool) -> Result<SharedSto
         .when(|err: &StoreError| !wait.is_zero() && err.is_transient())
         .notify(|err, next| {
             tracing::warn!(
-                database = %store::redact(url),
+                database = %crate::secrets::redact(url),
                 error = %err,
                 retry_in = ?next,
                 "waiting for the database"

@@ -113,6 +113,25 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A schema or table name steward splices into SQL that it did not write itself (the
+/// configured PostgreSQL schema, table names read from the catalog): `[a-z_][a-z0-9_]{0,47}`.
+pub fn validate_identifier(name: &str) -> Result<&str, DomainError> {
+    let what = "schema or table name";
+    if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+        return Err(invalid(what, name, "must start with a-z or _"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(invalid(what, name, "may hold only a-z, 0-9 and _"));
+    }
+    if name.len() > 48 {
+        return Err(invalid(what, name, "is longer than 48"));
+    }
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +205,22 @@ mod tests {
     fn quoting_doubles_inner_quotes() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident("order"), "\"order\"");
+    }
+
+    #[test]
+    fn schema_and_table_names_are_validated() {
+        assert!(validate_identifier("steward_bench_1").is_ok());
+        assert!(validate_identifier("_private").is_ok());
+        for bad in [
+            "x\"; drop table y; --",
+            "Upper",
+            "a b",
+            "1a",
+            "invent\u{f3}rio",
+            "",
+        ] {
+            assert!(validate_identifier(bad).is_err(), "{bad:?} passed");
+        }
+        assert!(validate_identifier(&"a".repeat(49)).is_err());
     }
 }

@@ -13,7 +13,6 @@ mod enqueue;
 pub mod error;
 pub mod handoff;
 pub mod limits;
-mod migration;
 pub mod postgres;
 pub mod runs;
 pub mod sql;
@@ -257,87 +256,7 @@ pub async fn connect(url: &str) -> StoreResult<SharedStore> {
     } else {
         Err(StoreError::InvalidInput(format!(
             "DATABASE_URL must start with postgres:// or sqlite:, got `{}`",
-            redact(url)
+            crate::secrets::redact(url)
         )))
-    }
-}
-
-/// A URL with any password replaced, for error messages.
-pub fn redact(url: &str) -> String {
-    // Parameters may carry secrets too (`?password=…`, libpq's `sslpassword=…`).
-    if let Some((base, query)) = url.split_once('?') {
-        let query: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
-                    format!("{name}=***")
-                }
-                _ => pair.to_string(),
-            })
-            .collect();
-        return format!("{}?{}", redact(base), query.join("&"));
-    }
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}://{}:***{}",
-                    &url[..scheme_end],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// Validate a schema or channel identifier built from configuration.
-pub(crate) fn validate_identifier(name: &str) -> StoreResult<&str> {
-    let ok = !name.is_empty()
-        && name.len() <= 48
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(name)
-    } else {
-        Err(StoreError::InvalidInput(format!(
-            "`{name}` is not a valid identifier (lowercase letters, digits and _, at most 48)"
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_hides_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
-        assert_eq!(
-            redact("postgres://u:pw@h/db?sslmode=require&password=secret&sslpassword=s2"),
-            "postgres://u:***@h/db?sslmode=require&password=***&sslpassword=***"
-        );
-        assert_eq!(
-            redact("postgres:///db?user=u&PASSWORD=secret"),
-            "postgres:///db?user=u&PASSWORD=***"
-        );
-    }
-
-    #[test]
-    fn identifiers_are_validated() {
-        assert!(validate_identifier("steward_bench_1").is_ok());
-        assert!(validate_identifier("x\"; drop table y; --").is_err());
-        assert!(validate_identifier("").is_err());
-        assert!(validate_identifier("Upper").is_err());
     }
 }

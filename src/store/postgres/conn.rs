@@ -1,8 +1,8 @@
 //! [`Conn`] on PostgreSQL: portable statements bound to `sqlx`, and the lifecycle primitives
 //! written in PostgreSQL's own dialect (`postgres/lifecycle.rs`).
 
-use crate::domain::ident::ModuleTable;
-use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
+use crate::domain::ident::{ModuleTable, Slug};
+use crate::store::domain::{PlanSynced, TenantId};
 use crate::store::postgres::{PgStore, data, insert_on, insert_on_quietly, lifecycle};
 use crate::store::runs::{CompletionOutcome, StepCompletion};
 use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, plain_getters};
@@ -147,37 +147,30 @@ impl Conn for PgConn {
         Ok(moved == 1)
     }
 
-    async fn purge_marker(&mut self, on: bool) -> StoreResult<()> {
-        lifecycle::privilege(self.conn(), "purge", on).await
+    async fn privilege(&mut self, kind: &'static str, on: bool) -> StoreResult<()> {
+        lifecycle::privilege(self.conn(), kind, on).await
+    }
+
+    async fn script(&mut self, sql: &str) -> StoreResult<()> {
+        sqlx::Executor::execute(self.conn(), sql).await?;
+        Ok(())
     }
 
     async fn migration_lock(&mut self) -> StoreResult<()> {
         lifecycle::migration_lock(self.conn()).await
     }
 
-    async fn module_migrate(
+    async fn tables_create(
         &mut self,
-        module: &str,
-        version_id: i64,
-    ) -> StoreResult<MigrationReport> {
-        lifecycle::migrate_module(self.conn(), module, version_id).await
+        module: &Slug,
+        tables: &[ModuleTable],
+        up_sql: &str,
+    ) -> StoreResult<()> {
+        lifecycle::create_tables(self.conn(), module, tables, up_sql).await
     }
 
-    async fn module_upgrade(
-        &mut self,
-        module: &str,
-        version_id: i64,
-        tenants: &[TenantId],
-    ) -> StoreResult<MigrationReport> {
-        lifecycle::upgrade_module(self.conn(), module, version_id, tenants).await
-    }
-
-    async fn module_undo(&mut self, module: &str, undo: &[i64]) -> StoreResult<()> {
-        lifecycle::undo_versions(self.conn(), module, undo).await
-    }
-
-    async fn catch_up(&mut self, change: &StatusChange<'_>) -> StoreResult<()> {
-        lifecycle::catch_up(self.conn(), change).await
+    async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {
+        lifecycle::post_upgrade(self.conn(), tenants, posts).await
     }
 
     async fn plan_sync(
@@ -189,19 +182,11 @@ impl Conn for PgConn {
         lifecycle::plan_sync(self.conn(), plan, module, actor).await
     }
 
-    async fn table_columns(&mut self, table: &ModuleTable) -> StoreResult<Vec<String>> {
-        data::table_columns(self.conn(), table).await
-    }
-
     async fn costs_aggregate(
         &mut self,
         month: chrono::NaiveDate,
     ) -> StoreResult<crate::store::data::CostAggregated> {
         data::costs_aggregate(self.conn(), month).await
-    }
-
-    async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64> {
-        lifecycle::tenants_seed(self.conn(), prefix, count, plan_id).await
     }
 }
 

@@ -17,20 +17,6 @@ fn cutoff(before: Option<DateTime<Utc>>) -> Option<chrono::NaiveDateTime> {
     before.map(|b| b.naive_utc())
 }
 
-/// See [`crate::store::sql::Conn::table_columns`].
-pub(super) async fn table_columns(
-    conn: &mut PgConnection,
-    table: &ModuleTable,
-) -> StoreResult<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT attname::text FROM pg_attribute \
-         WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-    )
-    .bind(table.quoted())
-    .fetch_all(conn)
-    .await?)
-}
-
 /// See [`crate::store::sql::SqlStore::rows_export`].
 pub(super) async fn rows_export(
     pool: &PgPool,

@@ -4,11 +4,9 @@
 //! `store/sql/domain.rs` and `lifecycle/`.
 
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
-use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId, io_error};
-use crate::store::migration::{MigrationPlan, VersionSql, as_migration_error};
-use crate::store::sql::corrupt;
+use crate::store::domain::{PlanSynced, TenantId, io_error};
+use crate::store::sql::modules::as_migration_error;
 use crate::store::{StoreError, StoreResult};
-use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 /// One module migration at a time in this database.
@@ -108,58 +106,6 @@ pub(super) async fn plan_sync(
     Ok(rows.into_iter().map(PlanSynced::from_row).collect())
 }
 
-/// See [`crate::store::sql::Conn::tenants_seed`].
-pub(super) async fn tenants_seed(
-    conn: &mut PgConnection,
-    prefix: &str,
-    count: i64,
-    plan_id: i64,
-) -> StoreResult<u64> {
-    Ok(sqlx::query(
-        "WITH t AS (INSERT INTO tenants (slug, name) \
-                    SELECT $1 || '-' || n, $1 || ' ' || n FROM generate_series(1, $2) n \
-                    RETURNING id) \
-         INSERT INTO subscriptions (tenant_id, plan_id, status) SELECT t.id, $3, 'active' FROM t",
-    )
-    .bind(prefix)
-    .bind(count)
-    .bind(plan_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected())
-}
-
-/// See [`crate::store::sql::Conn::module_undo`].
-pub(super) async fn undo_versions(
-    conn: &mut PgConnection,
-    module: &str,
-    undo: &[i64],
-) -> StoreResult<()> {
-    let downs: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, down_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2)",
-    )
-    .bind(module)
-    .bind(undo)
-    .fetch_all(&mut *conn)
-    .await?;
-    privilege(conn, "migration", true).await?;
-    for id in undo {
-        let (_, down_sql) = downs
-            .iter()
-            .find(|(v, _)| v == id)
-            .ok_or_else(|| StoreError::InvalidInput(format!("`{module}` has no version {id}")))?;
-        sqlx::Executor::execute(&mut *conn, down_sql.as_str())
-            .await
-            .map_err(|e| as_migration_error(e.into()))?;
-    }
-    privilege(conn, "migration", false).await?;
-    sqlx::query("UPDATE core_module_versions SET migrated_at = NULL WHERE id = ANY($1)")
-        .bind(undo)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 /// See [`crate::store::DomainStore::module_table_dump`].
 pub(super) async fn table_dump(
     pool: &sqlx::PgPool,
@@ -185,39 +131,6 @@ pub(super) async fn table_dump(
     }
     out.flush().await.map_err(io_error)?;
     Ok(count)
-}
-
-/// The post-upgrade SQL of `change.catch_up`'s versions, for its tenant only.
-pub(super) async fn catch_up(
-    conn: &mut PgConnection,
-    change: &StatusChange<'_>,
-) -> StoreResult<()> {
-    if change.catch_up.is_empty() {
-        return Ok(());
-    }
-    let posts: Vec<Option<String>> = sqlx::query_scalar(
-        "SELECT post_upgrade_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2) \
-         ORDER BY major, minor, patch",
-    )
-    .bind(change.module)
-    .bind(change.catch_up)
-    .fetch_all(&mut *conn)
-    .await?;
-    privilege(conn, "post_upgrade", true).await?;
-    sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
-        .bind(change.tenant_id.to_string())
-        .execute(&mut *conn)
-        .await?;
-    for post in posts.iter().flatten().filter(|s| !s.trim().is_empty()) {
-        sqlx::Executor::execute(&mut *conn, post.as_str())
-            .await
-            .map_err(|e| as_migration_error(e.into()))?;
-    }
-    privilege(conn, "post_upgrade", false).await?;
-    sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// The audit trigger every module table gets (created or replaced under the migration lock):
@@ -360,87 +273,8 @@ BEGIN
 END
 $do$"#;
 
-/// See [`crate::store::StepTx::module_migrate`].
-pub(super) async fn migrate_module(
-    conn: &mut PgConnection,
-    module: &str,
-    version_id: i64,
-) -> StoreResult<MigrationReport> {
-    let slug = Slug::parse(module)?;
-    // Tenants joining an installed module only read; the lock is for those who migrate.
-    let plan = read_plan(conn, &slug, version_id, false).await?;
-    if plan.pending.is_empty() {
-        return Ok(plan.report(true, None));
-    }
-    // One module migration at a time in this database: tenants provisioning the same module
-    // at once wait here, then find its tables created.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
-        .execute(&mut *conn)
-        .await?;
-    let plan = read_plan(conn, &slug, version_id, true).await?;
-    let mut report = plan.report(true, None);
-    if plan.pending.is_empty() {
-        return Ok(report);
-    }
-    sqlx::query("SAVEPOINT module_migration")
-        .execute(&mut *conn)
-        .await?;
-    let mut outcome = Ok(());
-    for version in &plan.pending {
-        outcome = create_tables(conn, &slug, &version.tables, &version.up_sql).await;
-        if outcome.is_err() {
-            break;
-        }
-    }
-    if let Err(err) = outcome {
-        sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
-            .execute(&mut *conn)
-            .await?;
-        return Err(as_migration_error(err));
-    }
-    sqlx::query("RELEASE SAVEPOINT module_migration")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE core_module_versions SET migrated_at = now() WHERE id = ANY($1)")
-        .bind(plan.pending.iter().map(|v| v.id).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    report.created = true;
-    Ok(report)
-}
-
-/// The module's versions through `version_id` and which still have to run (`locked`: read
-/// them `FOR UPDATE`, under the migration lock).
-async fn read_plan(
-    conn: &mut PgConnection,
-    slug: &Slug,
-    version_id: i64,
-    locked: bool,
-) -> StoreResult<MigrationPlan> {
-    let rows = sqlx::query(&format!(
-        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
-         FROM core_module_versions WHERE module = $1 ORDER BY major, minor, patch{}",
-        if locked { " FOR UPDATE" } else { "" }
-    ))
-    .bind(slug.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let versions = rows
-        .iter()
-        .map(|row| {
-            Ok(VersionSql {
-                id: row.try_get("id")?,
-                version: row.try_get("version")?,
-                up_sql: row.try_get("up_sql")?,
-                tables: serde_json::from_value(row.try_get("tables_created")?).map_err(corrupt)?,
-                migrated: row.try_get("migrated")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-    MigrationPlan::new(slug, versions, version_id)
-}
-
-async fn create_tables(
+/// See [`crate::store::sql::Conn::tables_create`].
+pub(super) async fn create_tables(
     conn: &mut PgConnection,
     slug: &Slug,
     tables: &[ModuleTable],
@@ -502,65 +336,27 @@ async fn create_tables(
     Ok(())
 }
 
-/// See [`crate::store::StepTx::module_upgrade`].
-pub(super) async fn upgrade_module(
+/// See [`crate::store::sql::Conn::post_upgrade`]: steward's `post_upgrade` change, with
+/// `app.current_tenant_id` set to each tenant in turn (the guard skips other tenants' rows).
+pub(super) async fn post_upgrade(
     conn: &mut PgConnection,
-    module: &str,
-    version_id: i64,
     tenants: &[TenantId],
-) -> StoreResult<MigrationReport> {
-    let slug = Slug::parse(module)?;
-    let (pre, post): (Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT pre_upgrade_sql, post_upgrade_sql FROM core_module_versions \
-         WHERE id = $1 AND module = $2",
-    )
-    .bind(version_id)
-    .bind(slug.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
-    })?;
-    sqlx::query("SAVEPOINT module_upgrade")
+    posts: &[String],
+) -> StoreResult<()> {
+    privilege(conn, "post_upgrade", true).await?;
+    for tenant in tenants {
+        sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *conn)
+            .await?;
+        for post in posts {
+            sqlx::Executor::execute(&mut *conn, post.as_str())
+                .await
+                .map_err(|e| as_migration_error(e.into()))?;
+        }
+    }
+    sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
         .execute(&mut *conn)
         .await?;
-    let outcome = async {
-        privilege(conn, "migration", true).await?;
-        if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
-            sqlx::Executor::execute(&mut *conn, pre).await?;
-        }
-        let report = migrate_module(conn, slug.as_str(), version_id).await?;
-        privilege(conn, "migration", false).await?;
-        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
-            // Each tenant's step touches only that tenant's rows (the guard skips the rest).
-            privilege(conn, "post_upgrade", true).await?;
-            for tenant in tenants {
-                sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
-                    .bind(tenant.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::Executor::execute(&mut *conn, post).await?;
-            }
-            sqlx::query("SELECT set_config('app.current_tenant_id', '', true)")
-                .execute(&mut *conn)
-                .await?;
-            privilege(conn, "post_upgrade", false).await?;
-        }
-        Ok::<_, StoreError>(report)
-    }
-    .await;
-    match outcome {
-        Ok(report) => {
-            sqlx::query("RELEASE SAVEPOINT module_upgrade")
-                .execute(&mut *conn)
-                .await?;
-            Ok(report)
-        }
-        Err(err) => {
-            sqlx::query("ROLLBACK TO SAVEPOINT module_upgrade")
-                .execute(&mut *conn)
-                .await?;
-            Err(as_migration_error(err))
-        }
-    }
+    privilege(conn, "post_upgrade", false).await
 }

@@ -19,9 +19,7 @@ mod vacuum;
 
 use super::enqueue;
 use super::handoff::{self, Offers};
-use super::{
-    Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult, validate_identifier,
-};
+use super::{Capabilities, FetchCursor, FetchParams, JobStore, StoreError, StoreResult};
 use crate::types::{Enqueued, FetchedJob, Lease, NewJob, Outcome};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgRow};
@@ -126,7 +124,7 @@ impl PgStore {
         }
         let mut options = PgConnectOptions::from_str(url)?;
         let schema = match schema {
-            Some(schema) => Some(validate_identifier(schema)?.to_string()),
+            Some(schema) => Some(crate::domain::ident::validate_identifier(schema)?.to_string()),
             None => None,
         };
         if let Some(schema) = &schema {

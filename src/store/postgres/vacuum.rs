@@ -11,7 +11,8 @@
 //! acknowledgement while it lasts, and the next inserts would only extend the file again.
 
 use super::PgStore;
-use crate::store::{StoreResult, validate_identifier};
+use crate::domain::ident::validate_identifier;
+use crate::store::StoreResult;
 use sqlx::Executor;
 
 impl PgStore {

@@ -1,7 +1,7 @@
 //! [`DataStore`] written once, for every [`SqlStore`]: retention targets, row counts and
 //! purges of module tables, usage logs, monthly costs and webhook endpoints. Streaming an
 //! export, listing a table's columns and the monthly cost aggregation are each backend's own
-//! (`SqlStore::rows_export`, `Conn::table_columns`, `SqlStore::costs_aggregate`).
+//! (`SqlStore::rows_export`, `Conn::costs_aggregate`).
 
 use crate::domain::ident::{ModuleTable, check_setting_key, quote_ident};
 use crate::store::data::{
@@ -44,7 +44,26 @@ impl<S: SqlStore> DataStore for S {
     }
 
     async fn module_table_columns(&self, table: &ModuleTable) -> StoreResult<Vec<String>> {
-        let columns = self.read().await?.table_columns(table).await?;
+        // (The table's name is validated; it is bound, never spliced.)
+        let mut conn = self.read().await?;
+        let (text, name) = conn.dialect().pick2(
+            (
+                "SELECT attname::text AS name FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped \
+                 ORDER BY attnum",
+                table.quoted(),
+            ),
+            (
+                "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+                table.as_str().to_string(),
+            ),
+        );
+        let columns = conn
+            .fetch_all(sql!(text, name))
+            .await?
+            .iter()
+            .map(|row| row.text("name"))
+            .collect::<StoreResult<Vec<_>>>()?;
         if columns.is_empty() {
             return Err(StoreError::InvalidInput(format!("no table {table}")));
         }
@@ -90,7 +109,7 @@ impl<S: SqlStore> DataStore for S {
     ) -> StoreResult<u64> {
         let mut tx = self.write().await?;
         // The rows are in the export: the row audit trigger skips them.
-        tx.purge_marker(true).await?;
+        tx.privilege("purge", true).await?;
         // PostgreSQL: `ctid = ANY(ARRAY(...))` is a TID scan, each batch costs its own rows.
         let batch = tx.dialect().pick(
             "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE tenant_id = $1 \
@@ -105,7 +124,7 @@ impl<S: SqlStore> DataStore for S {
             i64::try_from(limit).unwrap_or(i64::MAX)
         );
         let deleted = tx.execute(sql).await?;
-        tx.purge_marker(false).await?;
+        tx.privilege("purge", false).await?;
         tx.commit().await?;
         Ok(deleted)
     }

@@ -178,7 +178,7 @@ pub(crate) async fn move_status(
         return Err(moved("tenant module (it changed since it was read)").into());
     }
     current.status.check_move(change.to)?;
-    conn.catch_up(change).await?;
+    super::modules::catch_up(conn, change).await?;
     let row = conn
         .fetch_one(sql!(
             format!(
@@ -697,7 +697,7 @@ impl<S: SqlStore> DomainStore for S {
                 "the tenants of `{slug}` changed while the rollback was decided: try again"
             )));
         }
-        tx.module_undo(slug.as_str(), plan.undo).await?;
+        super::modules::undo(&mut *tx, slug.as_str(), plan.undo).await?;
         for tenant in plan.tenants {
             let mut change = StatusChange::new(
                 *tenant,
@@ -718,7 +718,29 @@ impl<S: SqlStore> DomainStore for S {
         check_seed_count(count)?;
         let mut tx = self.write().await?;
         let plan_id = plan_id(&mut *tx, plan).await?;
-        let created = tx.tenants_seed(prefix, count, plan_id).await?;
+        // Tenants `<prefix>-1` … `<prefix>-<count>`, each subscribed to the plan.
+        let before = tx
+            .fetch_one(sql!("SELECT coalesce(max(id), 0) AS top FROM tenants"))
+            .await?
+            .int("top")?;
+        tx.execute(sql!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+             INSERT INTO tenants (slug, name, created_at) \
+             SELECT $1 || '-' || i, $1 || ' ' || i, {now} FROM n",
+            prefix,
+            count
+        ))
+        .await?;
+        let created = tx
+            .execute(sql!(
+                "INSERT INTO subscriptions (tenant_id, plan_id, status, started_at) \
+                 SELECT id, $2, 'active', {now} FROM tenants \
+                 WHERE id > $3 AND substr(slug, 1, length($1) + 1) = $1 || '-'",
+                prefix,
+                plan_id,
+                before
+            ))
+            .await?;
         tx.commit().await?;
         Ok(created)
     }

@@ -21,9 +21,11 @@ pub mod data;
 pub mod domain;
 pub mod jobs;
 pub mod limits;
+pub mod modules;
 pub mod runs;
 
-use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
+use crate::domain::ident::{ModuleTable, Slug};
+use crate::store::domain::{PlanSynced, TenantId};
 use crate::store::runs::{CompletionOutcome, StepCompletion};
 use crate::store::{StoreError, StoreResult};
 use crate::types::{Enqueued, Lease, NewJob};
@@ -290,38 +292,48 @@ pub trait Conn: Send {
         notify_nodes: bool,
     ) -> StoreResult<Vec<Enqueued>>;
 
-    /// Mark (`on`) or unmark this transaction as deleting rows already in a verified export:
-    /// the audit triggers skip those deletions, the export is their record.
-    async fn purge_marker(&mut self, on: bool) -> StoreResult<()>;
+    /// Mark (`on`) or unmark this transaction as steward's own `kind` of change for the module
+    /// tables' guard and audit triggers: `purge` (deleting rows already in a verified export:
+    /// the export is their record), `migration` and `post_upgrade` (audited as the upgrade).
+    /// SQLite marks purges only: its triggers are dropped while a version's SQL runs, and
+    /// [`Conn::post_upgrade`] scopes itself.
+    async fn privilege(&mut self, kind: &'static str, on: bool) -> StoreResult<()>;
 
     /// Acknowledge a running job (moved to the completed table), fenced on its lease;
     /// `false` when the lease was lost.
     async fn job_acknowledge(&mut self, lease: Lease, worker: &str) -> StoreResult<bool>;
 
-    /// Run the down SQL of `undo` (in that order) and mark those versions not migrated.
-    async fn module_undo(&mut self, module: &str, undo: &[i64]) -> StoreResult<()>;
+    /// Run a script of statements without arguments (a module version's SQL).
+    async fn script(&mut self, sql: &str) -> StoreResult<()>;
 
     /// Serialise module migrations (PostgreSQL: a transaction-scoped advisory lock; SQLite's
     /// write transaction already is one).
-    async fn migration_lock(&mut self) -> StoreResult<()>;
+    async fn migration_lock(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
 
-    /// Create a module version's tables (see [`crate::store::StepTx::module_migrate`]).
-    async fn module_migrate(
+    /// Run a version's `up_sql`, check the tables it declares and give them steward's index,
+    /// guard and audit (see `sql/modules.rs`).
+    async fn tables_create(
         &mut self,
-        module: &str,
-        version_id: i64,
-    ) -> StoreResult<MigrationReport>;
+        module: &Slug,
+        tables: &[ModuleTable],
+        up_sql: &str,
+    ) -> StoreResult<()>;
 
-    /// Upgrade a module's tables (see [`crate::store::StepTx::module_upgrade`]).
-    async fn module_upgrade(
-        &mut self,
-        module: &str,
-        version_id: i64,
-        tenants: &[TenantId],
-    ) -> StoreResult<MigrationReport>;
+    /// Make the triggers of the module's installed tables as this version writes them: SQLite's
+    /// name each column; PostgreSQL's read the whole row and have nothing to redo.
+    async fn triggers_install(&mut self, _module: &Slug) -> StoreResult<()> {
+        Ok(())
+    }
 
-    /// Run `change.catch_up`'s post-upgrade SQL for its tenant (see [`StatusChange`]).
-    async fn catch_up(&mut self, change: &StatusChange<'_>) -> StoreResult<()>;
+    /// Drop the triggers that name the module's columns, before SQL that may change them.
+    async fn triggers_drop(&mut self, _module: &Slug) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Run post-upgrade SQL for `tenants` only: every other tenant's rows are left as they are.
+    async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()>;
 
     /// Plan-module sync as one set-based statement (see
     /// [`crate::store::DomainStore::plan_sync`]).
@@ -332,21 +344,11 @@ pub trait Conn: Send {
         actor: &str,
     ) -> StoreResult<Vec<PlanSynced>>;
 
-    /// A module table's columns, in order (none when it does not exist).
-    async fn table_columns(
-        &mut self,
-        table: &crate::domain::ident::ModuleTable,
-    ) -> StoreResult<Vec<String>>;
-
     /// Recompute one month's costs (see [`crate::store::DataStore::cost_aggregate`]).
     async fn costs_aggregate(
         &mut self,
         month: chrono::NaiveDate,
     ) -> StoreResult<crate::store::data::CostAggregated>;
-
-    /// Seed `count` tenants subscribed to plan `plan_id` (see
-    /// [`crate::store::DomainStore::tenants_seed`]).
-    async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64>;
 }
 
 /// A write transaction: dropped without [`Tx::commit`], it rolls back.
@@ -383,7 +385,7 @@ pub trait SqlStore: Send + Sync + Clone + 'static {
     /// [`crate::store::DomainStore::module_table_dump`]).
     async fn table_dump(
         &self,
-        table: &crate::domain::ident::ModuleTable,
+        table: &ModuleTable,
         tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64>;
@@ -392,7 +394,7 @@ pub trait SqlStore: Send + Sync + Clone + 'static {
     /// [`crate::store::DataStore::module_rows_export`]).
     async fn rows_export(
         &self,
-        table: &crate::domain::ident::ModuleTable,
+        table: &ModuleTable,
         columns: &[String],
         tenant: TenantId,
         before: Option<DateTime<Utc>>,

@@ -942,7 +942,7 @@ impl StepTx for SqlStepTx {
         module: &str,
         version_id: i64,
     ) -> StoreResult<MigrationReport> {
-        self.tx.module_migrate(module, version_id).await
+        super::modules::migrate(&mut *self.tx, module, version_id).await
     }
 
     async fn module_upgrade(
@@ -951,7 +951,7 @@ impl StepTx for SqlStepTx {
         version_id: i64,
         tenants: &[TenantId],
     ) -> StoreResult<MigrationReport> {
-        self.tx.module_upgrade(module, version_id, tenants).await
+        super::modules::upgrade(&mut *self.tx, module, version_id, tenants).await
     }
 
     async fn module_rows_delete(
@@ -960,7 +960,7 @@ impl StepTx for SqlStepTx {
         tenant: TenantId,
         expected: u64,
     ) -> StoreResult<()> {
-        self.tx.purge_marker(true).await?;
+        self.tx.privilege("purge", true).await?;
         let deleted = self
             .tx
             .execute(sql!(
@@ -974,7 +974,7 @@ impl StepTx for SqlStepTx {
                  nothing deleted"
             )));
         }
-        self.tx.purge_marker(false).await
+        self.tx.privilege("purge", false).await
     }
 
     async fn tenant_module_move(

@@ -3,8 +3,8 @@
 //! A write transaction holds the store's write lock from `begin` to its end: SQLite has one
 //! writer, and the lock stands in for PostgreSQL's row locks.
 
-use crate::domain::ident::ModuleTable;
-use crate::store::domain::{MigrationReport, PlanSynced, StatusChange, TenantId};
+use crate::domain::ident::{ModuleTable, Slug};
+use crate::store::domain::{PlanSynced, TenantId};
 use crate::store::sql::{
     AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, corrupt, plain_getters,
 };
@@ -153,58 +153,40 @@ impl Conn for SqliteConn {
         Ok(true)
     }
 
-    async fn purge_marker(&mut self, on: bool) -> StoreResult<()> {
-        let sql = if on {
-            "INSERT INTO steward_purging (marker) VALUES (1)"
-        } else {
-            "DELETE FROM steward_purging"
+    async fn privilege(&mut self, kind: &'static str, on: bool) -> StoreResult<()> {
+        let sql = match (kind, on) {
+            ("purge", true) => "INSERT INTO steward_purging (marker) VALUES (1)",
+            ("purge", false) => "DELETE FROM steward_purging",
+            _ => return Ok(()),
         };
         sqlx::query(sql).execute(self.conn()).await?;
         Ok(())
     }
 
-    async fn migration_lock(&mut self) -> StoreResult<()> {
+    async fn script(&mut self, sql: &str) -> StoreResult<()> {
+        sqlx::Executor::execute(self.conn(), sql).await?;
         Ok(())
     }
 
-    async fn module_migrate(
+    async fn tables_create(
         &mut self,
-        module: &str,
-        version_id: i64,
-    ) -> StoreResult<MigrationReport> {
-        lifecycle::migrate_module(self.conn(), module, version_id).await
+        _module: &Slug,
+        tables: &[ModuleTable],
+        up_sql: &str,
+    ) -> StoreResult<()> {
+        lifecycle::create_tables(self.conn(), tables, up_sql).await
     }
 
-    async fn module_upgrade(
-        &mut self,
-        module: &str,
-        version_id: i64,
-        tenants: &[TenantId],
-    ) -> StoreResult<MigrationReport> {
-        lifecycle::upgrade_module(self.conn(), module, version_id, tenants).await
+    async fn triggers_install(&mut self, module: &Slug) -> StoreResult<()> {
+        lifecycle::triggers_install(self.conn(), module).await
     }
 
-    async fn module_undo(&mut self, module: &str, undo: &[i64]) -> StoreResult<()> {
-        lifecycle::undo_versions(self.conn(), module, undo).await
+    async fn triggers_drop(&mut self, module: &Slug) -> StoreResult<()> {
+        lifecycle::triggers_drop(self.conn(), module).await
     }
 
-    async fn catch_up(&mut self, change: &StatusChange<'_>) -> StoreResult<()> {
-        if change.catch_up.is_empty() {
-            return Ok(());
-        }
-        let mut posts = Vec::new();
-        for version in change.catch_up {
-            let post: Option<String> = sqlx::query_scalar(
-                "SELECT post_upgrade_sql FROM core_module_versions WHERE module = ?1 AND id = ?2",
-            )
-            .bind(change.module)
-            .bind(version)
-            .fetch_optional(self.conn())
-            .await?
-            .flatten();
-            posts.extend(post);
-        }
-        lifecycle::post_upgrade(self.conn(), &[change.tenant_id], &posts).await
+    async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {
+        lifecycle::post_upgrade(self.conn(), tenants, posts).await
     }
 
     async fn plan_sync(
@@ -216,19 +198,11 @@ impl Conn for SqliteConn {
         lifecycle::plan_sync(self.conn(), plan, module, actor).await
     }
 
-    async fn table_columns(&mut self, table: &ModuleTable) -> StoreResult<Vec<String>> {
-        data::table_columns(self.conn(), table).await
-    }
-
     async fn costs_aggregate(
         &mut self,
         month: chrono::NaiveDate,
     ) -> StoreResult<crate::store::data::CostAggregated> {
         data::costs_aggregate(self.conn(), month).await
-    }
-
-    async fn tenants_seed(&mut self, prefix: &str, count: i64, plan_id: i64) -> StoreResult<u64> {
-        lifecycle::tenants_seed(self.conn(), prefix, count, plan_id).await
     }
 }
 

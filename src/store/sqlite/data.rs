@@ -27,19 +27,6 @@ const MICROS: &str = "CASE WHEN instr(estimated_cost, '.') = 0 \
     ELSE CAST(substr(estimated_cost, 1, instr(estimated_cost, '.') - 1) AS INTEGER) * 1000000 \
        + CAST(substr(substr(estimated_cost, instr(estimated_cost, '.') + 1) || '000000', 1, 6) AS INTEGER) END";
 
-/// See [`crate::store::sql::Conn::table_columns`].
-pub(super) async fn table_columns(
-    conn: &mut SqliteConnection,
-    table: &ModuleTable,
-) -> StoreResult<Vec<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
-            .bind(table.as_str())
-            .fetch_all(conn)
-            .await?,
-    )
-}
-
 /// See [`crate::store::sql::SqlStore::rows_export`].
 pub(super) async fn rows_export(
     pool: &SqlitePool,

@@ -5,12 +5,11 @@
 
 use crate::domain::DomainError;
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
-use crate::store::domain::{MigrationReport, PlanSynced, TenantId, io_error};
-use crate::store::migration::{MigrationPlan, VersionSql, as_migration_error};
-use crate::store::sql::{Row as _, corrupt};
+use crate::store::domain::{PlanSynced, TenantId, io_error};
+use crate::store::sql::corrupt;
+use crate::store::sql::modules::as_migration_error;
 use crate::store::sqlite::now_ms;
 use crate::store::{StoreError, StoreResult};
-use serde_json::json;
 use sqlx::sqlite::SqliteConnection;
 
 /// See [`crate::store::sql::Conn::plan_sync`].
@@ -111,85 +110,6 @@ pub(super) async fn plan_sync(
     Ok(rows.into_iter().map(PlanSynced::from_row).collect())
 }
 
-/// See [`crate::store::sql::Conn::tenants_seed`].
-pub(super) async fn tenants_seed(
-    conn: &mut SqliteConnection,
-    prefix: &str,
-    count: i64,
-    plan_id: i64,
-) -> StoreResult<u64> {
-    let now = now_ms();
-    sqlx::query(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2) \
-         INSERT INTO tenants (slug, name, created_at) \
-         SELECT ?1 || '-' || i, ?1 || ' ' || i, ?3 FROM n",
-    )
-    .bind(prefix)
-    .bind(count)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(sqlx::query(
-        "INSERT INTO subscriptions (tenant_id, plan_id, status, started_at) \
-         SELECT t.id, ?2, 'active', ?3 FROM tenants t \
-         WHERE t.slug LIKE ?1 || '-%' AND t.created_at = ?3",
-    )
-    .bind(prefix)
-    .bind(plan_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected())
-}
-
-/// See [`crate::store::sql::Conn::module_undo`]: the triggers name columns the down SQL may
-/// drop, and a migration changes every tenant's rows, so they are off first and back after.
-pub(super) async fn undo_versions(
-    conn: &mut SqliteConnection,
-    module: &str,
-    undo: &[i64],
-) -> StoreResult<()> {
-    let slug = Slug::parse(module)?;
-    let versions: Vec<(i64, String, String, bool)> = sqlx::query_as(
-        "SELECT id, down_sql, tables_created, migrated_at IS NOT NULL \
-         FROM core_module_versions WHERE module = ?1",
-    )
-    .bind(slug.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut all_tables = Vec::new();
-    let mut kept_tables = Vec::new();
-    for (id, _, tables, migrated) in &versions {
-        let names: Vec<String> = serde_json::from_str(tables).map_err(corrupt)?;
-        for name in names {
-            let table = ModuleTable::parse(&slug, &name)?;
-            if *migrated && !undo.contains(id) {
-                kept_tables.push(table.clone());
-            }
-            all_tables.push(table);
-        }
-    }
-    drop_audit_triggers(conn, &all_tables).await?;
-    for id in undo {
-        let (_, down_sql, _, _) = versions
-            .iter()
-            .find(|(v, ..)| v == id)
-            .ok_or_else(|| StoreError::InvalidInput(format!("`{slug}` has no version {id}")))?;
-        sqlx::Executor::execute(&mut *conn, down_sql.as_str())
-            .await
-            .map_err(|e| as_migration_error(e.into()))?;
-    }
-    install_audit_triggers(conn, &slug, &kept_tables).await?;
-    sqlx::query(
-        "UPDATE core_module_versions SET migrated_at = NULL \
-         WHERE id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(json!(undo).to_string())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// See [`crate::store::DomainStore::module_table_dump`].
 pub(super) async fn table_dump(
     pool: &sqlx::SqlitePool,
@@ -227,85 +147,8 @@ pub(super) async fn table_dump(
     Ok(count)
 }
 
-/// See [`crate::store::StepTx::module_migrate`]. SQLite has no roles and no row-level
-/// security: the record says so, and tenant isolation is the application's there. The
-/// step transaction holds the write lock, which serialises migrations.
-pub(super) async fn migrate_module(
-    conn: &mut SqliteConnection,
-    module: &str,
-    version_id: i64,
-) -> StoreResult<MigrationReport> {
-    let slug = Slug::parse(module)?;
-    let rows = sqlx::query(
-        "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
-         FROM core_module_versions WHERE module = ?1 ORDER BY major, minor, patch",
-    )
-    .bind(slug.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let versions = rows
-        .iter()
-        .map(|row| {
-            Ok(VersionSql {
-                id: row.int("id")?,
-                version: row.text("version")?,
-                up_sql: row.text("up_sql")?,
-                tables: serde_json::from_value(row.json("tables_created")?).map_err(corrupt)?,
-                migrated: row.flag("migrated")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-    let plan = MigrationPlan::new(&slug, versions, version_id)?;
-    let mut report = plan.report(
-        false,
-        Some(
-            "SQLite has no roles and no row-level security: no grants or policies were \
-             created, tenant isolation is the application's"
-                .into(),
-        ),
-    );
-    if plan.pending.is_empty() {
-        return Ok(report);
-    }
-    sqlx::query("SAVEPOINT module_migration")
-        .execute(&mut *conn)
-        .await?;
-    let mut outcome = Ok(());
-    for version in &plan.pending {
-        outcome = create_tables(conn, &version.tables, &version.up_sql).await;
-        if outcome.is_err() {
-            break;
-        }
-    }
-    if outcome.is_ok() {
-        outcome = install_audit_triggers(conn, &slug, &plan.tables).await;
-    }
-    if let Err(err) = outcome {
-        sqlx::query("ROLLBACK TO SAVEPOINT module_migration")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("RELEASE SAVEPOINT module_migration")
-            .execute(&mut *conn)
-            .await?;
-        return Err(as_migration_error(err));
-    }
-    sqlx::query("RELEASE SAVEPOINT module_migration")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "UPDATE core_module_versions SET migrated_at = ?2 \
-         WHERE id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(json!(plan.pending.iter().map(|v| v.id).collect::<Vec<_>>()).to_string())
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    report.created = true;
-    Ok(report)
-}
-
 /// Run a version's SQL, check its declared tables, index them.
-async fn create_tables(
+pub(super) async fn create_tables(
     conn: &mut SqliteConnection,
     tables: &[ModuleTable],
     up_sql: &str,
@@ -335,35 +178,62 @@ async fn create_tables(
 /// DELETE), in one write transaction.
 pub(super) async fn refresh_module_triggers(pool: &sqlx::SqlitePool) -> StoreResult<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT module, tables_created FROM core_module_versions \
-         WHERE migrated_at IS NOT NULL ORDER BY module, major, minor, patch",
+    let modules: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT module FROM core_module_versions WHERE migrated_at IS NOT NULL",
     )
     .fetch_all(&mut *tx)
     .await?;
-    let mut by_module: std::collections::BTreeMap<String, Vec<ModuleTable>> = Default::default();
-    for (module, tables) in rows {
-        let slug = Slug::parse(&module)?;
-        let names: Vec<String> = serde_json::from_str(&tables).map_err(corrupt)?;
-        for name in names {
-            let table = ModuleTable::parse(&slug, &name)?;
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-            )
-            .bind(table.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            let tables = by_module.entry(module.clone()).or_default();
+    for module in modules {
+        triggers_install(&mut tx, &Slug::parse(&module)?).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The module's tables declared by its versions (`migrated`: only those of migrated versions
+/// that exist in this database), each once, in version order.
+async fn module_tables(
+    conn: &mut SqliteConnection,
+    slug: &Slug,
+    migrated: bool,
+) -> StoreResult<Vec<ModuleTable>> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT tables_created FROM core_module_versions \
+         WHERE module = ?1 AND (NOT ?2 OR migrated_at IS NOT NULL) ORDER BY major, minor, patch",
+    )
+    .bind(slug.as_str())
+    .bind(migrated)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tables: Vec<ModuleTable> = Vec::new();
+    for names in rows {
+        for name in serde_json::from_str::<Vec<String>>(&names).map_err(corrupt)? {
+            let table = ModuleTable::parse(slug, &name)?;
+            let exists = !migrated
+                || sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+                )
+                .bind(table.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
             if exists && !tables.contains(&table) {
                 tables.push(table);
             }
         }
     }
-    for (module, tables) in by_module {
-        install_audit_triggers(&mut tx, &Slug::parse(&module)?, &tables).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    Ok(tables)
+}
+
+/// See [`crate::store::sql::Conn::triggers_install`].
+pub(super) async fn triggers_install(conn: &mut SqliteConnection, slug: &Slug) -> StoreResult<()> {
+    let tables = module_tables(conn, slug, true).await?;
+    install_audit_triggers(conn, slug, &tables).await
+}
+
+/// See [`crate::store::sql::Conn::triggers_drop`].
+pub(super) async fn triggers_drop(conn: &mut SqliteConnection, slug: &Slug) -> StoreResult<()> {
+    let tables = module_tables(conn, slug, false).await?;
+    drop_audit_triggers(conn, &tables).await
 }
 
 async fn columns_of(conn: &mut SqliteConnection, table: &ModuleTable) -> StoreResult<Vec<String>> {
@@ -574,78 +444,4 @@ pub(super) async fn post_upgrade(
         .execute(&mut *conn)
         .await?;
     outcome
-}
-
-/// See [`crate::store::StepTx::module_upgrade`] (SQLite has no settings: the post-upgrade SQL
-/// runs once).
-pub(super) async fn upgrade_module(
-    conn: &mut SqliteConnection,
-    module: &str,
-    version_id: i64,
-    tenants: &[TenantId],
-) -> StoreResult<MigrationReport> {
-    let slug = Slug::parse(module)?;
-    let (pre, post): (Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT pre_upgrade_sql, post_upgrade_sql FROM core_module_versions \
-         WHERE id = ?1 AND module = ?2",
-    )
-    .bind(version_id)
-    .bind(slug.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
-    })?;
-    sqlx::query("SAVEPOINT module_upgrade")
-        .execute(&mut *conn)
-        .await?;
-    let outcome = async {
-        if let Some(pre) = pre.as_deref().filter(|s| !s.trim().is_empty()) {
-            sqlx::Executor::execute(&mut *conn, pre).await?;
-        }
-        // The triggers name columns a version may change: off during the migration, back after.
-        let tables: Vec<ModuleTable> = sqlx::query_scalar::<_, String>(
-            "SELECT tables_created FROM core_module_versions WHERE module = ?1",
-        )
-        .bind(slug.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|t| serde_json::from_str::<Vec<String>>(t).map_err(corrupt))
-        .collect::<StoreResult<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .map(|t| ModuleTable::parse(&slug, &t).map_err(StoreError::from))
-        .collect::<StoreResult<_>>()?;
-        drop_audit_triggers(conn, &tables).await?;
-        let report = migrate_module(conn, slug.as_str(), version_id).await?;
-        let through: Vec<ModuleTable> = report
-            .tables
-            .iter()
-            .map(|t| ModuleTable::parse(&slug, t))
-            .collect::<Result<_, _>>()?;
-        install_audit_triggers(conn, &slug, &through).await?;
-        if let Some(post) = post.as_deref().filter(|s| !s.trim().is_empty()) {
-            post_upgrade(conn, tenants, &[post.to_string()]).await?;
-        }
-        Ok::<_, StoreError>(report)
-    }
-    .await;
-    match outcome {
-        Ok(report) => {
-            sqlx::query("RELEASE SAVEPOINT module_upgrade")
-                .execute(&mut *conn)
-                .await?;
-            Ok(report)
-        }
-        Err(err) => {
-            sqlx::query("ROLLBACK TO SAVEPOINT module_upgrade")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("RELEASE SAVEPOINT module_upgrade")
-                .execute(&mut *conn)
-                .await?;
-            Err(as_migration_error(err))
-        }
-    }
 }

@@ -1,0 +1,291 @@
+//! A module's tables brought to a version, upgraded or undone, written once for both
+//! backends: which versions still have to run, the savepoint around them, the record of what
+//! ran, how a failure reads. What differs is a [`Conn`] primitive: creating a version's tables
+//! with their guard and audit (PostgreSQL: triggers over the whole row, row-level security,
+//! grants; SQLite: triggers that name each column, so they are dropped before a version's SQL
+//! and made again after), marking steward's own changes, and scoping post-upgrade SQL to
+//! tenants.
+
+use crate::domain::ident::{ModuleTable, Slug};
+use crate::store::domain::{MigrationReport, StatusChange, TenantId};
+use crate::store::sql::{Conn, Dialect, corrupt, sql};
+use crate::store::{StoreError, StoreResult};
+
+/// One published version, as the migration needs it.
+struct VersionSql {
+    id: i64,
+    version: String,
+    up_sql: String,
+    tables: Vec<String>,
+    migrated: bool,
+}
+
+/// A version whose `up_sql` still has to run, with its validated tables.
+struct Pending {
+    id: i64,
+    up_sql: String,
+    tables: Vec<ModuleTable>,
+}
+
+/// Bringing a module's tables up to a target version: every earlier version not yet migrated
+/// in this database runs first, in order (a fresh database gets 1.0 then 1.1 then …).
+struct MigrationPlan {
+    module: String,
+    version: String,
+    /// Every table of the module through the target version.
+    tables: Vec<ModuleTable>,
+    pending: Vec<Pending>,
+}
+
+impl MigrationPlan {
+    /// `versions` in version order.
+    fn new(slug: &Slug, versions: Vec<VersionSql>, target: i64) -> StoreResult<Self> {
+        let last = versions
+            .iter()
+            .position(|v| v.id == target)
+            .ok_or_else(|| {
+                StoreError::InvalidInput(format!("module `{slug}` has no version {target}"))
+            })?;
+        let mut plan = MigrationPlan {
+            module: slug.to_string(),
+            version: versions[last].version.clone(),
+            tables: Vec::new(),
+            pending: Vec::new(),
+        };
+        for version in versions.into_iter().take(last + 1) {
+            let tables = version
+                .tables
+                .iter()
+                .map(|t| ModuleTable::parse(slug, t))
+                .collect::<Result<Vec<_>, _>>()?;
+            plan.tables.extend(tables.iter().cloned());
+            if !version.migrated {
+                plan.pending.push(Pending {
+                    id: version.id,
+                    up_sql: version.up_sql,
+                    tables,
+                });
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The record of this plan (`created` is set once it ran).
+    fn report(&self, dialect: Dialect) -> MigrationReport {
+        let postgres = dialect == Dialect::Postgres;
+        MigrationReport {
+            module: self.module.clone(),
+            version: self.version.clone(),
+            tables: self.tables.iter().map(|t| t.to_string()).collect(),
+            created: false,
+            row_level_security: postgres,
+            grants: postgres,
+            note: (!postgres).then(|| {
+                "SQLite has no roles and no row-level security: no grants or policies were \
+                 created, tenant isolation is the application's"
+                    .into()
+            }),
+        }
+    }
+}
+
+/// A database error of the catalog's SQL is the migration's failure, with the database's
+/// words; anything transient (a lost connection, a deadlock, a busy SQLite file) stays what
+/// it is, to be retried.
+pub fn as_migration_error(err: StoreError) -> StoreError {
+    if err.is_transient() {
+        return err;
+    }
+    match err {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            StoreError::Migration(db.message().to_string())
+        }
+        other => other,
+    }
+}
+
+/// The module's versions through `version_id` and which still have to run (`locked`: their
+/// rows locked, under the migration lock).
+async fn read_plan(
+    conn: &mut dyn Conn,
+    slug: &Slug,
+    version_id: i64,
+    locked: bool,
+) -> StoreResult<MigrationPlan> {
+    let lock = if locked { " {for_update}" } else { "" };
+    let rows = conn
+        .fetch_all(sql!(
+            format!(
+                "SELECT id, version, up_sql, tables_created, migrated_at IS NOT NULL AS migrated \
+                 FROM core_module_versions WHERE module = $1 ORDER BY major, minor, patch{lock}"
+            ),
+            slug.as_str()
+        ))
+        .await?;
+    let versions = rows
+        .iter()
+        .map(|row| {
+            Ok(VersionSql {
+                id: row.int("id")?,
+                version: row.text("version")?,
+                up_sql: row.text("up_sql")?,
+                tables: serde_json::from_value(row.json("tables_created")?).map_err(corrupt)?,
+                migrated: row.flag("migrated")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    MigrationPlan::new(slug, versions, version_id)
+}
+
+/// End the savepoint `name`: kept when `outcome` is a success, rolled back when not.
+async fn savepoint_end<T>(
+    conn: &mut dyn Conn,
+    name: &str,
+    outcome: StoreResult<T>,
+) -> StoreResult<T> {
+    if outcome.is_err() {
+        conn.execute(sql!(format!("ROLLBACK TO SAVEPOINT {name}")))
+            .await?;
+    }
+    conn.execute(sql!(format!("RELEASE SAVEPOINT {name}")))
+        .await?;
+    outcome.map_err(as_migration_error)
+}
+
+/// See [`crate::store::StepTx::module_migrate`].
+pub async fn migrate(
+    conn: &mut dyn Conn,
+    module: &str,
+    version_id: i64,
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    // Tenants joining an installed module only read; the lock is for those who migrate.
+    let plan = read_plan(conn, &slug, version_id, false).await?;
+    if plan.pending.is_empty() {
+        return Ok(plan.report(conn.dialect()));
+    }
+    // One module migration at a time in this database: tenants provisioning the same module
+    // at once wait here, then find its tables created.
+    conn.migration_lock().await?;
+    let plan = read_plan(conn, &slug, version_id, true).await?;
+    let mut report = plan.report(conn.dialect());
+    if plan.pending.is_empty() {
+        return Ok(report);
+    }
+    conn.execute(sql!("SAVEPOINT module_migration")).await?;
+    let outcome = async {
+        for version in &plan.pending {
+            conn.tables_create(&slug, &version.tables, &version.up_sql)
+                .await?;
+        }
+        let pending: Vec<i64> = plan.pending.iter().map(|v| v.id).collect();
+        conn.execute(sql!(
+            "UPDATE core_module_versions SET migrated_at = {now} WHERE id = ANY($1)",
+            pending
+        ))
+        .await?;
+        conn.triggers_install(&slug).await
+    }
+    .await;
+    savepoint_end(conn, "module_migration", outcome).await?;
+    report.created = true;
+    Ok(report)
+}
+
+/// See [`crate::store::StepTx::module_upgrade`].
+pub async fn upgrade(
+    conn: &mut dyn Conn,
+    module: &str,
+    version_id: i64,
+    tenants: &[TenantId],
+) -> StoreResult<MigrationReport> {
+    let slug = Slug::parse(module)?;
+    let row = conn
+        .fetch_optional(sql!(
+            "SELECT pre_upgrade_sql, post_upgrade_sql FROM core_module_versions \
+             WHERE id = $1 AND module = $2",
+            version_id,
+            slug.as_str()
+        ))
+        .await?
+        .ok_or_else(|| {
+            StoreError::InvalidInput(format!("module `{slug}` has no version {version_id}"))
+        })?;
+    let non_blank = |sql: Option<String>| sql.filter(|s| !s.trim().is_empty());
+    let pre = non_blank(row.opt_text("pre_upgrade_sql")?);
+    let post = non_blank(row.opt_text("post_upgrade_sql")?);
+    conn.execute(sql!("SAVEPOINT module_upgrade")).await?;
+    let outcome = async {
+        conn.privilege("migration", true).await?;
+        if let Some(pre) = &pre {
+            conn.script(pre).await?;
+        }
+        // SQLite's triggers name columns the version may change: off during its SQL.
+        conn.triggers_drop(&slug).await?;
+        let report = migrate(conn, slug.as_str(), version_id).await?;
+        conn.privilege("migration", false).await?;
+        conn.triggers_install(&slug).await?;
+        if let Some(post) = post {
+            // Each tenant's step touches only that tenant's rows.
+            conn.post_upgrade(tenants, &[post]).await?;
+        }
+        Ok::<_, StoreError>(report)
+    }
+    .await;
+    savepoint_end(conn, "module_upgrade", outcome).await
+}
+
+/// Run the down SQL of `undo` (in that order) and mark those versions not migrated.
+pub async fn undo(conn: &mut dyn Conn, module: &str, undo: &[i64]) -> StoreResult<()> {
+    let slug = Slug::parse(module)?;
+    let downs = conn
+        .fetch_all(sql!(
+            "SELECT id, down_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2)",
+            slug.as_str(),
+            undo
+        ))
+        .await?;
+    conn.triggers_drop(&slug).await?;
+    conn.privilege("migration", true).await?;
+    for id in undo {
+        let mut down = None;
+        for row in &downs {
+            if row.int("id")? == *id {
+                down = Some(row.text("down_sql")?);
+            }
+        }
+        let down =
+            down.ok_or_else(|| StoreError::InvalidInput(format!("`{slug}` has no version {id}")))?;
+        conn.script(&down).await.map_err(as_migration_error)?;
+    }
+    conn.privilege("migration", false).await?;
+    conn.execute(sql!(
+        "UPDATE core_module_versions SET migrated_at = NULL WHERE id = ANY($1)",
+        undo
+    ))
+    .await?;
+    conn.triggers_install(&slug).await
+}
+
+/// Run `change.catch_up`'s post-upgrade SQL for its tenant only (see [`StatusChange`]).
+pub async fn catch_up(conn: &mut dyn Conn, change: &StatusChange<'_>) -> StoreResult<()> {
+    if change.catch_up.is_empty() {
+        return Ok(());
+    }
+    let posts = conn
+        .fetch_all(sql!(
+            "SELECT post_upgrade_sql FROM core_module_versions WHERE module = $1 AND id = ANY($2) \
+             ORDER BY major, minor, patch",
+            change.module,
+            change.catch_up
+        ))
+        .await?
+        .iter()
+        .filter_map(|row| row.opt_text("post_upgrade_sql").transpose())
+        .collect::<StoreResult<Vec<_>>>()?;
+    let posts: Vec<String> = posts.into_iter().filter(|p| !p.trim().is_empty()).collect();
+    if posts.is_empty() {
+        return Ok(());
+    }
+    conn.post_upgrade(&[change.tenant_id], &posts).await
+}
