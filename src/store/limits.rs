@@ -1,8 +1,9 @@
 //! Flow control across processes: rate limits and global concurrency limits whose state lives
 //! in the database, so one limit holds for every worker that shares it (every node on
 //! PostgreSQL, every process on a SQLite file). Written once for both backends
-//! (`store/sql/limits.rs`); which jobs a limit applies to, and what a refused job does, is
-//! decided by the runtime ([`crate::queue::limits`]).
+//! (`store/sql/limits.rs`), which reads and writes that state; when a job may start is decided
+//! by [`crate::limits::admission`]; which jobs a limit applies to, and what a refused job does,
+//! by the runtime ([`crate::queue::limits`]).
 
 use super::StoreResult;
 use async_trait::async_trait;

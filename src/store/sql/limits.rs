@@ -1,9 +1,8 @@
 //! [`LimitStore`] written once, for every [`SqlStore`].
 
+use crate::limits::admission::{self, Breaker, LimitState};
 use crate::store::StoreResult;
-use crate::store::limits::{
-    Admission, Admitted, BreakerOutcome, BreakerRecord, LimitAsk, LimitStore,
-};
+use crate::store::limits::{Admitted, BreakerOutcome, BreakerRecord, LimitAsk, LimitStore};
 use crate::store::sql::{Conn, Row, SqlStore, sql};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,14 +13,9 @@ use std::time::Duration;
 /// deleted meanwhile): its start went unused.
 const STALE_RESERVATION: chrono::Duration = chrono::Duration::minutes(10);
 
-fn chrono_of(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 #[async_trait]
 impl<S: SqlStore> LimitStore for S {
     async fn limits_admit(&self, asks: &[LimitAsk], horizon: Duration) -> StoreResult<Admitted> {
-        let horizon = chrono_of(horizon);
         let mut tx = self.write().await?;
         // Every key's row, locked in key order.
         let mut keys: Vec<&str> = asks
@@ -37,21 +31,21 @@ impl<S: SqlStore> LimitStore for S {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        let mut next_slot: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
-        for key in &keys {
+        let mut next_slot = BTreeMap::new();
+        for key in keys {
             tx.execute(sql!(
                 "INSERT INTO steward_limits (key, next_slot) VALUES ($1, {now}) \
                  ON CONFLICT (key) DO NOTHING",
-                *key
+                key
             ))
             .await?;
             let row = tx
                 .fetch_one(sql!(
                     "SELECT next_slot FROM steward_limits WHERE key = $1 {for_update}",
-                    *key
+                    key
                 ))
                 .await?;
-            next_slot.insert(key, row.time("next_slot")?);
+            next_slot.insert(key.to_string(), row.time("next_slot")?);
         }
         // The clock once the keys are ours (PostgreSQL's `now()` is when the transaction
         // began, before it waited for them): starts are recorded after the holds they saw.
@@ -60,12 +54,9 @@ impl<S: SqlStore> LimitStore for S {
             *free = (*free).max(now);
         }
         // Places held under each concurrency key; holds whose attempt ended are dropped.
-        let mut running: HashMap<&str, i64> = HashMap::new();
-        for ask in asks {
-            let Some((key, _)) = &ask.concurrency else {
-                continue;
-            };
-            if running.contains_key(key.as_str()) {
+        let mut running = HashMap::new();
+        for (key, _) in asks.iter().filter_map(|a| a.concurrency.as_ref()) {
+            if running.contains_key(key) {
                 continue;
             }
             tx.execute(sql!(
@@ -82,27 +73,28 @@ impl<S: SqlStore> LimitStore for S {
                 ))
                 .await?
                 .int("n")?;
-            running.insert(key, n);
+            running.insert(key.clone(), n);
         }
         // Circuits that have failed, locked: open ones keep their jobs away.
         let breaker_keys: Vec<String> = asks
             .iter()
             .filter_map(|a| a.breaker.as_ref().map(|b| b.0.clone()))
             .collect();
-        let mut breakers: BTreeMap<String, Breaker> = BTreeMap::new();
+        let mut breakers = BTreeMap::new();
         if !breaker_keys.is_empty() {
             for row in tx
                 .fetch_all(sql!(
-                    "SELECT key, failures, opened_at, open_ms, probe_job, probe_until, changed_at \
-                     FROM steward_breakers WHERE key = ANY($1) ORDER BY key {for_update}",
+                    format!(
+                        "SELECT {BREAKER_COLUMNS} FROM steward_breakers WHERE key = ANY($1) \
+                         ORDER BY key {{for_update}}"
+                    ),
                     breaker_keys
                 ))
                 .await?
             {
-                breakers.insert(row.text("key")?, Breaker::from_row(&*row)?);
+                breakers.insert(row.text("key")?, breaker_from(&*row)?);
             }
         }
-        let mut probes: Vec<(String, i64, DateTime<Utc>)> = Vec::new();
         // Starts reserved earlier by these jobs.
         tx.execute(sql!(
             "DELETE FROM steward_limit_slots WHERE slot < $1",
@@ -110,7 +102,7 @@ impl<S: SqlStore> LimitStore for S {
         ))
         .await?;
         let ids: Vec<i64> = asks.iter().map(|a| a.lease.id).collect();
-        let mut reserved: HashMap<(String, i64), DateTime<Utc>> = HashMap::new();
+        let mut reserved = HashMap::new();
         for row in tx
             .fetch_all(sql!(
                 "SELECT key, job_id, slot FROM steward_limit_slots WHERE job_id = ANY($1)",
@@ -120,110 +112,52 @@ impl<S: SqlStore> LimitStore for S {
         {
             reserved.insert((row.text("key")?, row.int("job_id")?), row.time("slot")?);
         }
-        let mut each = Vec::with_capacity(asks.len());
-        for ask in asks {
-            let id = ask.lease.id;
-            if let Some((key, probe_for)) = &ask.breaker
-                && let Some(breaker) = breakers.get_mut(key)
-                && let Some(opened_at) = breaker.opened_at
-            {
-                let probe_at = opened_at + chrono::Duration::milliseconds(breaker.open_ms);
-                if now < probe_at {
-                    each.push(Admission::Open { until: probe_at });
-                    continue;
-                }
-                match (breaker.probe_job, breaker.probe_until) {
-                    (Some(job), Some(until)) if job != id && until > now => {
-                        // Another job probes. Its deadline is its timeout, but a probe
-                        // usually answers in a moment: look again soon, not at the deadline.
-                        each.push(Admission::Open {
-                            until: until.min(now + chrono_of(PROBE_RECHECK)),
-                        });
-                        continue;
-                    }
-                    _ if ask.last_attempt => {
-                        // Another job probes; this one looks again in a moment.
-                        each.push(Admission::Open {
-                            until: now + chrono::Duration::seconds(1),
-                        });
-                        continue;
-                    }
-                    _ => {
-                        // Half-open: this job is the probe.
-                        let until = now + chrono_of(*probe_for);
-                        breaker.probe_job = Some(id);
-                        breaker.probe_until = Some(until);
-                        probes.push((key.clone(), id, until));
-                    }
-                }
-            }
-            if let Some((key, limit)) = &ask.concurrency {
-                let n = running.get(key.as_str()).copied().unwrap_or(0);
-                if n >= *limit {
-                    each.push(Admission::Full { running: n });
-                    continue;
-                }
-            }
-            let mut at = now;
-            if let Some((key, every)) = &ask.rate {
-                // A job back after its reserved start has passed takes the next free one:
-                // starting it now could put two starts closer than `every`.
-                let kept = reserved
-                    .remove(&(key.clone(), id))
-                    .filter(|slot| *slot >= now);
-                let slot = match kept {
-                    Some(slot) => slot,
-                    None => {
-                        let free = next_slot.entry(key.as_str()).or_insert(now);
-                        let slot = *free;
-                        *free = slot + chrono_of(*every);
-                        slot
-                    }
-                };
-                if slot - now > horizon {
-                    if kept.is_none() {
-                        tx.execute(sql!(
-                            "INSERT INTO steward_limit_slots (key, job_id, slot) VALUES ($1, $2, $3) \
-                             ON CONFLICT (key, job_id) DO UPDATE SET slot = excluded.slot",
-                            key,
-                            id,
-                            slot
-                        ))
-                        .await?;
-                    }
-                    each.push(Admission::Later { slot });
-                    continue;
-                }
-                tx.execute(sql!(
-                    "DELETE FROM steward_limit_slots WHERE key = $1 AND job_id = $2",
-                    key,
-                    id
-                ))
-                .await?;
-                at = slot.max(now);
-            }
-            if let Some((key, _)) = &ask.concurrency {
-                tx.execute(sql!(
-                    "INSERT INTO steward_limit_holds (key, job_id, attempt) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key, job_id) DO UPDATE SET attempt = excluded.attempt",
-                    key,
-                    id,
-                    ask.lease.attempt
-                ))
-                .await?;
-                *running.entry(key.as_str()).or_insert(0) += 1;
-            }
-            // The attempt starts when the limits let it, not when it was fetched.
+        let state = LimitState {
+            now,
+            next_slot,
+            running,
+            breakers,
+            reserved,
+        };
+        let (each, writes) = admission::admit(asks, state, horizon);
+        for (key, job, slot) in writes.reserve {
+            tx.execute(sql!(
+                "INSERT INTO steward_limit_slots (key, job_id, slot) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key, job_id) DO UPDATE SET slot = excluded.slot",
+                key,
+                job,
+                slot
+            ))
+            .await?;
+        }
+        for (key, job) in writes.unreserve {
+            tx.execute(sql!(
+                "DELETE FROM steward_limit_slots WHERE key = $1 AND job_id = $2",
+                key,
+                job
+            ))
+            .await?;
+        }
+        for (key, job, attempt) in writes.hold {
+            tx.execute(sql!(
+                "INSERT INTO steward_limit_holds (key, job_id, attempt) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key, job_id) DO UPDATE SET attempt = excluded.attempt",
+                key,
+                job,
+                attempt
+            ))
+            .await?;
+        }
+        for (job, attempt, at) in writes.started {
             tx.execute(sql!(
                 "UPDATE steward_jobs SET attempted_at = $3 WHERE id = $1 AND attempt = $2",
-                id,
-                ask.lease.attempt,
+                job,
+                attempt,
                 at
             ))
             .await?;
-            each.push(Admission::Start { at });
         }
-        for (key, job, until) in probes {
+        for (key, job, until) in writes.probes {
             tx.execute(sql!(
                 "UPDATE steward_breakers SET probe_job = $2, probe_until = $3 WHERE key = $1",
                 key,
@@ -232,7 +166,7 @@ impl<S: SqlStore> LimitStore for S {
             ))
             .await?;
         }
-        for (key, free) in next_slot {
+        for (key, free) in writes.next_slot {
             tx.execute(sql!(
                 "UPDATE steward_limits SET next_slot = $2 WHERE key = $1",
                 key,
@@ -256,50 +190,16 @@ impl<S: SqlStore> LimitStore for S {
     }
 }
 
-/// A circuit breaker's row.
-struct Breaker {
-    failures: i64,
-    opened_at: Option<DateTime<Utc>>,
-    open_ms: i64,
-    probe_job: Option<i64>,
-    probe_until: Option<DateTime<Utc>>,
-    changed_at: DateTime<Utc>,
+fn breaker_from(row: &dyn Row) -> StoreResult<Breaker> {
+    Ok(Breaker {
+        failures: row.int32("failures").map(i64::from)?,
+        opened_at: row.opt_time("opened_at")?,
+        open_ms: row.int("open_ms")?,
+        probe_job: row.opt_int("probe_job")?,
+        probe_until: row.opt_time("probe_until")?,
+        changed_at: row.time("changed_at")?,
+    })
 }
-
-impl Breaker {
-    fn from_row(row: &dyn Row) -> StoreResult<Self> {
-        Ok(Self {
-            failures: row.int32("failures").map(i64::from)?,
-            opened_at: row.opt_time("opened_at")?,
-            open_ms: row.int("open_ms")?,
-            probe_job: row.opt_int("probe_job")?,
-            probe_until: row.opt_time("probe_until")?,
-            changed_at: row.time("changed_at")?,
-        })
-    }
-
-    fn record(&self, key: String, now: DateTime<Utc>) -> BreakerRecord {
-        let probe_at = self
-            .opened_at
-            .map(|at| at + chrono::Duration::milliseconds(self.open_ms));
-        let state = match probe_at {
-            None => "closed",
-            Some(at) if at > now => "open",
-            Some(_) => "half_open",
-        };
-        BreakerRecord {
-            key,
-            state: state.into(),
-            failures: self.failures,
-            opened_at: self.opened_at,
-            probe_at,
-            changed_at: self.changed_at,
-        }
-    }
-}
-
-/// How long a job waits, while another job probes its circuit, before it asks again.
-const PROBE_RECHECK: Duration = Duration::from_secs(5);
 
 const BREAKER_COLUMNS: &str =
     "key, failures, opened_at, open_ms, probe_job, probe_until, changed_at";
@@ -324,7 +224,7 @@ pub(crate) async fn breaker_record<S: SqlStore>(
         ))
         .await?;
     let now = clock(&mut *tx).await?;
-    let current = row.as_deref().map(Breaker::from_row).transpose()?;
+    let current = row.as_deref().map(breaker_from).transpose()?;
     if outcome.ok {
         // The dependency answered: closed (a closed circuit without a row stays without one).
         if current.is_some() {
@@ -339,16 +239,7 @@ pub(crate) async fn breaker_record<S: SqlStore>(
         tx.commit().await?;
         return Ok(None);
     }
-    let open_ms = i64::try_from(outcome.open_for.as_millis()).unwrap_or(i64::MAX);
-    let failures = current.as_ref().map_or(0, |b| b.failures) + 1;
-    let was_probe = current.as_ref().and_then(|b| b.probe_job) == Some(outcome.job_id);
-    let opened_at = match current.as_ref().and_then(|b| b.opened_at) {
-        // A failed probe opens it again, for another period.
-        Some(_) if was_probe => Some(now),
-        Some(at) => Some(at),
-        None if failures >= i64::from(outcome.failures_to_open) => Some(now),
-        None => None,
-    };
+    let (after, was_probe) = Breaker::after_failure(current.as_ref(), outcome, now);
     tx.execute(sql!(
         "INSERT INTO steward_breakers (key, failures, opened_at, open_ms, probe_job, probe_until, \
              changed_at) VALUES ($1, $2, $3, $4, NULL, NULL, $5) \
@@ -358,15 +249,17 @@ pub(crate) async fn breaker_record<S: SqlStore>(
              probe_until = CASE WHEN $6 THEN NULL ELSE steward_breakers.probe_until END, \
              changed_at = excluded.changed_at",
         outcome.key,
-        i32::try_from(failures).unwrap_or(i32::MAX),
-        opened_at,
-        open_ms,
+        i32::try_from(after.failures).unwrap_or(i32::MAX),
+        after.opened_at,
+        after.open_ms,
         now,
         was_probe
     ))
     .await?;
     tx.commit().await?;
-    Ok(opened_at.map(|at| at + chrono::Duration::milliseconds(open_ms)))
+    Ok(after
+        .opened_at
+        .map(|at| at + chrono::Duration::milliseconds(after.open_ms)))
 }
 
 pub(crate) async fn breakers_list<S: SqlStore>(store: &S) -> StoreResult<Vec<BreakerRecord>> {
@@ -381,6 +274,6 @@ pub(crate) async fn breakers_list<S: SqlStore>(store: &S) -> StoreResult<Vec<Bre
         )))
         .await?;
     rows.iter()
-        .map(|row| Ok(Breaker::from_row(&**row)?.record(row.text("key")?, now)))
+        .map(|row| Ok(breaker_from(&**row)?.record(row.text("key")?, now)))
         .collect()
 }

@@ -19,6 +19,8 @@
 //! open_secs = 30         # closes the circuit, its failure opens it again
 //! ```
 
+pub mod admission;
+
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
