@@ -20,7 +20,7 @@ python3 - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 keys = {"execute_noop": ["jobs_per_s"], "enqueue_batch_parallel": ["jobs_per_s"],
-        "workflow_steps": ["transitions_per_s"], "plan_sync": ["seconds"],
+        "workflow_steps": ["transitions_per_s"], "plan_sync": ["seconds", "subscribe_seconds"],
         "pickup_latency": ["p50_ms", "p99_ms", "enqueue_call_p50_ms", "commit_to_start_p50_ms"]}
 by = {}
 for r in rows:
