@@ -147,6 +147,16 @@ start_outage_cluster
 ensure_browser
 ensure_schemathesis
 log "PostgreSQL for tests: $STEWARD_TEST_DATABASE_URL"
+# Every PostgreSQL schema the tests make starts with this run's prefix (tests/common/mod.rs):
+# what a failed or killed test leaves behind is dropped at exit, and nothing of anyone else's.
+STEWARD_TEST_SCHEMA_PREFIX="steward_test_$(tr -dc 'a-z0-9' </dev/urandom | head -c 6)"
+export STEWARD_TEST_SCHEMA_PREFIX
+drop_test_schemas() {
+  psql "$STEWARD_TEST_DATABASE_URL" -qAt -v prefix="${STEWARD_TEST_SCHEMA_PREFIX}_" <<<"
+    SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace
+    WHERE starts_with(nspname, :'prefix')" | psql "$STEWARD_TEST_DATABASE_URL" -q
+}
+cleanup_steps+=("drop_test_schemas")
 log "docker-compose.yml (compose config)"; check_compose
 log "cargo fmt --check"; cargo fmt --all -- --check
 log "cargo clippy"; cargo clippy --all-targets --locked -- -D warnings

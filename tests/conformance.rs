@@ -61,6 +61,7 @@ async fn kind_defaults_are_published_once_and_changed_in_place(backend: Backend)
     assert_eq!(t.store.kinds_publish(&both).await.unwrap(), 0);
     let moved = [kind("mail", "other"), kind("report", "reports")];
     assert_eq!(t.store.kinds_publish(&moved).await.unwrap(), 1);
+    t.cleanup().await;
 }
 
 /// The in-process hand-off (`store::handoff`): an enqueue of one job that may start now,
@@ -160,6 +161,7 @@ async fn an_enqueue_hands_one_job_to_an_idle_producers_offer(backend: Backend) {
         .id;
     assert!(offer.taken().await.is_none());
     assert_eq!(state(paused).await.state, JobState::Available);
+    t.cleanup().await;
 }
 
 /// Admission results, simplified: `Some(ms after now)` to start, `None` when not now.

@@ -68,8 +68,11 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub async fn fresh(backend: Backend) -> TestStore {
     match backend {
         Backend::Postgres => {
+            // The test command drops every schema with its run's prefix at exit.
+            let prefix = std::env::var("STEWARD_TEST_SCHEMA_PREFIX")
+                .unwrap_or_else(|_| "steward_test".into());
             let schema = format!(
-                "steward_test_{}_{}_{}",
+                "{prefix}_{}_{}_{}",
                 std::process::id(),
                 COUNTER.fetch_add(1, Ordering::Relaxed),
                 fastrand::u32(..)
