@@ -149,7 +149,7 @@ ensure_schemathesis
 log "PostgreSQL for tests: $STEWARD_TEST_DATABASE_URL"
 # Every PostgreSQL schema the tests make starts with this run's prefix (tests/common/mod.rs):
 # what a failed or killed test leaves behind is dropped at exit, and nothing of anyone else's.
-STEWARD_TEST_SCHEMA_PREFIX="steward_test_$(tr -dc 'a-z0-9' </dev/urandom | head -c 6)"
+STEWARD_TEST_SCHEMA_PREFIX=$(printf 'steward_test_%04x%04x' "$RANDOM" "$RANDOM")
 export STEWARD_TEST_SCHEMA_PREFIX
 drop_test_schemas() {
   psql "$STEWARD_TEST_DATABASE_URL" -qAt -v prefix="${STEWARD_TEST_SCHEMA_PREFIX}_" <<<"
