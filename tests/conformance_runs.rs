@@ -520,6 +520,45 @@ async fn a_failed_outcome_commits_and_fails_or_compensates(backend: Backend) {
         [(job.id, "w".to_string())],
         "the step's effects committed"
     );
+    // Parallel branches (steps 1 and 2 both need only step 0): the failed run points at the
+    // branch that failed, not at the branch queued last, and the other branch stops.
+    let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
+    let branch = |idx| NextStep {
+        needs: vec![0],
+        ..next(idx, false)
+    };
+    complete(&t, run, 0, vec![branch(1), branch(2)]).await;
+    let jobs = t
+        .store
+        .jobs_fetch_available(FetchParams {
+            queue: "workflows",
+            limit: 2,
+            worker: "w",
+            lease_for: Duration::from_secs(30),
+            after: None,
+        })
+        .await
+        .unwrap();
+    let first = jobs
+        .iter()
+        .find(|j| j.payload["step"] == 1)
+        .expect("step 1's job is available");
+    let mut tx = begin(&t, first, "w").await;
+    tx.step_failed(run, 1, &Value::Null, "why", vec![])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let record = t.store.run_get(run).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.current_step),
+        (RunState::Failed, 1),
+        "pointing at the failed branch"
+    );
+    assert_eq!(
+        record.steps[2].state,
+        StepState::Pending,
+        "the other branch stopped"
+    );
     // With a completed step to undo: compensating first.
     let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
     complete(&t, run, 0, vec![next(1, false)]).await;

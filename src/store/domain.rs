@@ -18,9 +18,23 @@ pub use crate::types::modules::{
     TenantModuleRecord, TenantRecord, VersionRecord,
 };
 
-/// A failed write of a dump or export, as a storage error.
-pub(super) fn io_error(err: std::io::Error) -> super::StoreError {
-    super::StoreError::Database(sqlx::Error::Io(err))
+/// Write a dump's lines (each row as one JSON object) to `out`, streamed; how many.
+pub(super) async fn write_lines(
+    lines: impl futures::Stream<Item = Result<String, sqlx::Error>>,
+    out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+) -> StoreResult<u64> {
+    use futures::TryStreamExt;
+    use tokio::io::AsyncWriteExt;
+    let io_error = |err| super::StoreError::Database(sqlx::Error::Io(err));
+    let mut lines = std::pin::pin!(lines);
+    let mut count = 0;
+    while let Some(line) = lines.try_next().await? {
+        out.write_all(line.as_bytes()).await.map_err(io_error)?;
+        out.write_all(b"\n").await.map_err(io_error)?;
+        count += 1;
+    }
+    out.flush().await.map_err(io_error)?;
+    Ok(count)
 }
 
 /// A version's table names are module table identifiers of its module (`tenant_<module>_…`):

@@ -15,6 +15,18 @@ pub(crate) struct Inserted {
     pub available_in: Option<String>,
 }
 
+impl Inserted {
+    /// From the insert statement's answer row: `(id, unique_key, state, queue)`.
+    pub fn from_row((id, unique_key, state, queue): (i64, Option<String>, String, String)) -> Self {
+        let available_in = (state == "available").then_some(queue);
+        Self {
+            id,
+            unique_key,
+            available_in,
+        }
+    }
+}
+
 /// What a backend does in one round of an enqueue, on its connection.
 #[async_trait]
 pub(crate) trait InsertRound: Send {

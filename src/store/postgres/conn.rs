@@ -37,6 +37,12 @@ fn bind(sql: &str, args: Vec<Arg>) -> Query<'_, Postgres, PgArguments> {
             Arg::Int32(v) => query.bind(v),
             Arg::Bool(v) => query.bind(v),
             Arg::Time(v) => query.bind(v),
+            // (Whole microseconds: an interval has no finer unit.)
+            Arg::Duration(v) => query.bind(sqlx::postgres::types::PgInterval {
+                months: 0,
+                days: 0,
+                microseconds: i64::try_from(v.as_micros()).unwrap_or(i64::MAX),
+            }),
             Arg::Json(v) => query.bind(v),
             Arg::Ints(v) => query.bind(v),
             Arg::Texts(v) => query.bind(v),
@@ -160,13 +166,8 @@ impl Conn for PgConn {
         lifecycle::migration_lock(self.conn()).await
     }
 
-    async fn tables_create(
-        &mut self,
-        module: &Slug,
-        tables: &[ModuleTable],
-        up_sql: &str,
-    ) -> StoreResult<()> {
-        lifecycle::create_tables(self.conn(), module, tables, up_sql).await
+    async fn table_adopt(&mut self, module: &Slug, table: &ModuleTable) -> StoreResult<()> {
+        lifecycle::table_adopt(self.conn(), module, table).await
     }
 
     async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {

@@ -4,9 +4,9 @@
 //! `store/sql/domain.rs` and `lifecycle/`.
 
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
-use crate::store::domain::{PlanSynced, TenantId, io_error};
+use crate::store::domain::{PlanSynced, TenantId, write_lines};
 use crate::store::sql::modules::as_migration_error;
-use crate::store::{StoreError, StoreResult};
+use crate::store::StoreResult;
 use sqlx::postgres::PgConnection;
 
 /// One module migration at a time in this database.
@@ -113,24 +113,15 @@ pub(super) async fn table_dump(
     tenant: Option<TenantId>,
     out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
 ) -> StoreResult<u64> {
-    use futures::TryStreamExt;
-    use tokio::io::AsyncWriteExt;
     let sql = format!(
         "SELECT to_jsonb(t)::text FROM {} t WHERE $1::int8 IS NULL OR tenant_id = $1 \
          ORDER BY tenant_id, created_at",
         table.quoted()
     );
-    let mut rows = sqlx::query_scalar::<_, String>(&sql)
+    let rows = sqlx::query_scalar::<_, String>(&sql)
         .bind(tenant)
         .fetch(pool);
-    let mut count = 0;
-    while let Some(line) = rows.try_next().await? {
-        out.write_all(line.as_bytes()).await.map_err(io_error)?;
-        out.write_all(b"\n").await.map_err(io_error)?;
-        count += 1;
-    }
-    out.flush().await.map_err(io_error)?;
-    Ok(count)
+    write_lines(rows, out).await
 }
 
 /// The audit trigger every module table gets (created or replaced under the migration lock):
@@ -273,65 +264,40 @@ BEGIN
 END
 $do$"#;
 
-/// See [`crate::store::sql::Conn::tables_create`].
-pub(super) async fn create_tables(
+/// See [`crate::store::sql::Conn::table_adopt`].
+pub(super) async fn table_adopt(
     conn: &mut PgConnection,
     slug: &Slug,
-    tables: &[ModuleTable],
-    up_sql: &str,
+    table: &ModuleTable,
 ) -> StoreResult<()> {
     // PostgreSQL's audit trigger serialises the whole row (`to_jsonb`), so columns added by
     // later versions are audited without touching it.
-    sqlx::Executor::execute(&mut *conn, AUDIT_FUNCTION).await?;
-    sqlx::Executor::execute(&mut *conn, GUARD_FUNCTION).await?;
-    sqlx::Executor::execute(&mut *conn, APP_ROLE).await?;
-    sqlx::Executor::execute(&mut *conn, up_sql).await?;
-    for table in tables {
-        let columns: Vec<String> = sqlx::query_scalar(
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1",
-        )
-        .bind(table.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-        if columns.is_empty() {
-            return Err(StoreError::Migration(format!(
-                "the migration did not create the declared table {table}"
-            )));
-        }
-        for needed in ["tenant_id", "created_at"] {
-            if !columns.iter().any(|c| c == needed) {
-                return Err(StoreError::Migration(format!(
-                    "module table {table} has no {needed} column"
-                )));
-            }
-        }
-        let name = table.quoted();
-        let index = quote_ident(&format!("{table}_tenant_created"));
-        let trigger = quote_ident(&format!("{table}_audit"));
-        let module = slug.as_str(); // validated: [a-z0-9_] only
-        let guard = quote_ident(&format!("{table}_frozen"));
-        let statements = [
-            format!("CREATE INDEX {index} ON {name} (tenant_id, created_at)"),
-            format!(
-                "CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE OR DELETE ON {name} \
+    for functions in [AUDIT_FUNCTION, GUARD_FUNCTION, APP_ROLE] {
+        sqlx::Executor::execute(&mut *conn, functions).await?;
+    }
+    let name = table.quoted();
+    let trigger = quote_ident(&format!("{table}_audit"));
+    let module = slug.as_str(); // validated: [a-z0-9_] only
+    let guard = quote_ident(&format!("{table}_frozen"));
+    let statements = [
+        format!(
+            "CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE OR DELETE ON {name} \
                  FOR EACH ROW EXECUTE FUNCTION steward_module_guard('{module}')"
-            ),
-            format!(
-                "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {name} \
+        ),
+        format!(
+            "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {name} \
                  FOR EACH ROW EXECUTE FUNCTION steward_module_audit('{module}')"
-            ),
-            format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"),
-            format!(
-                "CREATE POLICY tenant_isolation ON {name} \
+        ),
+        format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"),
+        format!(
+            "CREATE POLICY tenant_isolation ON {name} \
                  USING (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint) \
                  WITH CHECK (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint)"
-            ),
-            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO tenant_app_role"),
-        ];
-        for statement in statements {
-            sqlx::query(&statement).execute(&mut *conn).await?;
-        }
+        ),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO tenant_app_role"),
+    ];
+    for statement in statements {
+        sqlx::query(&statement).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -355,7 +355,7 @@ struct PgInsert<'c> {
 #[async_trait]
 impl enqueue::InsertRound for PgInsert<'_> {
     async fn insert(&mut self, batch: &[&NewJob]) -> StoreResult<Vec<enqueue::Inserted>> {
-        let rows = sqlx::query(INSERT_SQL)
+        let rows: Vec<(i64, Option<String>, String, String)> = sqlx::query_as(INSERT_SQL)
             .bind(batch.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>())
@@ -373,17 +373,7 @@ impl enqueue::InsertRound for PgInsert<'_> {
             .bind(self.notify)
             .fetch_all(&mut *self.conn)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(enqueue::Inserted {
-                    id: row.try_get("id")?,
-                    unique_key: row.try_get("unique_key")?,
-                    available_in: (row.try_get::<&str, _>("state")? == "available")
-                        .then(|| row.try_get("queue"))
-                        .transpose()?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(enqueue::Inserted::from_row).collect())
     }
 
     async fn holders(&mut self, keys: &[String]) -> StoreResult<Vec<(String, i64)>> {

@@ -7,19 +7,6 @@ use crate::store::control::{
 use crate::store::sql::{SqlStore, corrupt, sql};
 use async_trait::async_trait;
 
-/// `now + $n milliseconds` in the dialect.
-fn later(postgres: bool, n: usize) -> String {
-    if postgres {
-        format!("now() + ${n} * interval '1 millisecond'")
-    } else {
-        format!("CAST(unixepoch('subsec') * 1000 AS INTEGER) + ${n}")
-    }
-}
-
-fn duration_ms(ttl: std::time::Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[async_trait]
 impl<S: SqlStore> ControlStore for S {
     async fn queue_set_paused(
@@ -99,25 +86,22 @@ impl<S: SqlStore> ControlStore for S {
 
     async fn worker_beat(&self, beat: &WorkerBeat<'_>) -> StoreResult<()> {
         let mut tx = self.write_service().await?;
-        let until = later(tx.dialect() == crate::store::sql::Dialect::Postgres, 7);
         let queues = serde_json::to_value(beat.queues).map_err(corrupt)?;
         tx.execute(sql!(
-            format!(
-                "INSERT INTO steward_workers \
-                     (id, host, pid, queues, started_at, heartbeat_at, expires_at, running, control_seen) \
-                 VALUES ($1, $2, $3, $4, {{now}}, {{now}}, {until}, $5, $6) \
-                 ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, \
-                     queues = EXCLUDED.queues, heartbeat_at = EXCLUDED.heartbeat_at, \
-                     expires_at = EXCLUDED.expires_at, running = EXCLUDED.running, \
-                     control_seen = EXCLUDED.control_seen"
-            ),
+            "INSERT INTO steward_workers \
+                 (id, host, pid, queues, started_at, heartbeat_at, expires_at, running, control_seen) \
+             VALUES ($1, $2, $3, $4, {now}, {now}, {now} + $7, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, \
+                 queues = EXCLUDED.queues, heartbeat_at = EXCLUDED.heartbeat_at, \
+                 expires_at = EXCLUDED.expires_at, running = EXCLUDED.running, \
+                 control_seen = EXCLUDED.control_seen",
             beat.id,
             beat.host,
             i64::from(beat.pid),
             queues,
             i64::try_from(beat.running).unwrap_or(i64::MAX),
             beat.control_seen,
-            duration_ms(beat.ttl)
+            beat.ttl
         ))
         .await?;
         tx.commit().await
@@ -125,13 +109,11 @@ impl<S: SqlStore> ControlStore for S {
 
     async fn worker_leave(&self, id: &str) -> StoreResult<()> {
         let mut tx = self.write_service().await?;
-        let day_ago = tx.dialect().pick(
-            "now() - interval '1 day'",
-            "CAST(unixepoch('subsec') * 1000 AS INTEGER) - 86400000",
-        );
+        // (Workers that vanished without leaving are forgotten a day after they expired.)
         tx.execute(sql!(
-            format!("DELETE FROM steward_workers WHERE id = $1 OR expires_at < {day_ago}"),
-            id
+            "DELETE FROM steward_workers WHERE id = $1 OR expires_at < {now} - $2",
+            id,
+            std::time::Duration::from_secs(24 * 60 * 60)
         ))
         .await?;
         tx.commit().await

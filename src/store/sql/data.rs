@@ -9,7 +9,7 @@ use crate::store::data::{
     WebhookTarget, check_usage,
 };
 use crate::store::domain::TenantId;
-use crate::store::sql::{Arg, Dialect, Sql, SqlStore, corrupt, sql};
+use crate::store::sql::{Arg, Conn, Dialect, Sql, SqlStore, corrupt, sql};
 use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -17,6 +17,31 @@ use rust_decimal::Decimal;
 
 /// Usage rows per insert statement (8 values each, well under both databases' limits).
 const USAGE_ROWS_PER_INSERT: usize = 1_000;
+
+/// A table's columns, in order; none when it does not exist. (The table's name is validated;
+/// it is bound, never spliced.)
+pub(crate) async fn table_columns(
+    conn: &mut dyn Conn,
+    table: &ModuleTable,
+) -> StoreResult<Vec<String>> {
+    let (text, name) = conn.dialect().pick2(
+        (
+            "SELECT attname::text AS name FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped \
+             ORDER BY attnum",
+            table.quoted(),
+        ),
+        (
+            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+            table.as_str().to_string(),
+        ),
+    );
+    conn.fetch_all(sql!(text, name))
+        .await?
+        .iter()
+        .map(|row| row.text("name"))
+        .collect()
+}
 
 #[async_trait]
 impl<S: SqlStore> DataStore for S {
@@ -44,26 +69,7 @@ impl<S: SqlStore> DataStore for S {
     }
 
     async fn module_table_columns(&self, table: &ModuleTable) -> StoreResult<Vec<String>> {
-        // (The table's name is validated; it is bound, never spliced.)
-        let mut conn = self.read().await?;
-        let (text, name) = conn.dialect().pick2(
-            (
-                "SELECT attname::text AS name FROM pg_attribute \
-                 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped \
-                 ORDER BY attnum",
-                table.quoted(),
-            ),
-            (
-                "SELECT name FROM pragma_table_info($1) ORDER BY cid",
-                table.as_str().to_string(),
-            ),
-        );
-        let columns = conn
-            .fetch_all(sql!(text, name))
-            .await?
-            .iter()
-            .map(|row| row.text("name"))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let columns = table_columns(&mut *self.read().await?, table).await?;
         if columns.is_empty() {
             return Err(StoreError::InvalidInput(format!("no table {table}")));
         }

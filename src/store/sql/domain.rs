@@ -635,21 +635,17 @@ impl<S: SqlStore> DomainStore for S {
         idle: std::time::Duration,
         limit: i64,
     ) -> StoreResult<Vec<TenantModuleRecord>> {
-        let mut conn = self.read().await?;
-        let idle_since = conn.dialect().pick(
-            "now() - $2 * interval '1 millisecond'",
-            "CAST(unixepoch('subsec') * 1000 AS INTEGER) - $2",
-        );
         let sql = sql!(
             format!(
                 "SELECT {TENANT_MODULE_COLUMNS} FROM tenant_modules \
-                 WHERE status = $1 AND updated_at <= {idle_since} ORDER BY updated_at LIMIT $3"
+                 WHERE status = $1 AND updated_at <= {{now}} - $2 ORDER BY updated_at LIMIT $3"
             ),
             status.as_str(),
-            i64::try_from(idle.as_millis().min(3_000_000_000_000)).unwrap_or(0),
+            // (At most some 95 years: an interval holds it, and so does a date after it.)
+            idle.min(std::time::Duration::from_secs(3_000_000_000)),
             limit
         );
-        read_all(&mut *conn, sql, tenant_module_from).await
+        read_all(&mut *self.read().await?, sql, tenant_module_from).await
     }
 
     async fn module_tenants(&self, module: &str) -> StoreResult<Vec<TenantModuleRecord>> {

@@ -416,16 +416,10 @@ impl<S: SqlStore> JobAdmin for S {
         minutes: i64,
     ) -> StoreResult<Vec<crate::types::MinuteCount>> {
         let mut conn = self.read().await?;
-        let (minute_of, since) = conn.dialect().pick2(
-            (
-                "date_trunc('minute', {t})",
-                "now() - make_interval(mins => CAST($1 AS INTEGER))",
-            ),
-            (
-                "{t} / 60000 * 60000",
-                "CAST(unixepoch('subsec') * 1000 AS INTEGER) - $1 * 60000",
-            ),
-        );
+        let minute_of = conn
+            .dialect()
+            .pick("date_trunc('minute', {t})", "{t} / 60000 * 60000");
+        let since = "{now} - $1";
         let of_queue = if queue.is_some() {
             " AND queue = $2"
         } else {
@@ -444,7 +438,8 @@ impl<S: SqlStore> JobAdmin for S {
             done = minute_of.replace("{t}", "finished_at"),
             fail = minute_of.replace("{t}", failed_at),
         );
-        let mut statement = sql!(text, minutes.clamp(1, 24 * 60));
+        let minutes = minutes.clamp(1, 24 * 60).unsigned_abs();
+        let mut statement = sql!(text, std::time::Duration::from_secs(minutes * 60));
         if let Some(queue) = queue {
             statement = statement.arg(queue);
         }
@@ -502,23 +497,17 @@ impl<S: SqlStore> JobAdmin for S {
         ttl: std::time::Duration,
     ) -> StoreResult<bool> {
         let mut tx = self.write_service().await?;
-        let until = tx.dialect().pick(
-            "now() + $3 * interval '1 millisecond'",
-            "CAST(unixepoch('subsec') * 1000 AS INTEGER) + $3",
-        );
         let led = tx
             .fetch_optional(sql!(
-                format!(
-                    "INSERT INTO steward_leaders (name, holder, expires_at) VALUES ($1, $2, {until}) \
-                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, \
-                         expires_at = EXCLUDED.expires_at \
-                     WHERE steward_leaders.holder = EXCLUDED.holder \
-                        OR steward_leaders.expires_at < {{now}} \
-                     RETURNING holder"
-                ),
+                "INSERT INTO steward_leaders (name, holder, expires_at) VALUES ($1, $2, {now} + $3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, \
+                     expires_at = EXCLUDED.expires_at \
+                 WHERE steward_leaders.holder = EXCLUDED.holder \
+                    OR steward_leaders.expires_at < {now} \
+                 RETURNING holder",
                 name,
                 holder,
-                i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+                ttl
             ))
             .await?
             .is_some();

@@ -4,7 +4,8 @@
 //!
 //! Statements are written in the portable subset both databases speak (`$1` placeholders,
 //! `RETURNING`, `ON CONFLICT`, `CAST(x AS TEXT)`, `->>`), plus two tokens each dialect renders:
-//! `{now}` (the database's clock: `now()`, or unix milliseconds on SQLite), `{for_update}`
+//! `{now}` (the database's clock: `now()`, or unix milliseconds on SQLite; a span of time
+//! bound as [`Arg::Duration`] is added to it or taken from it as it is), `{for_update}`
 //! and `{skip_locked}` (a row lock, or rows another transaction holds passed over; SQLite has
 //! one writer, held by the store's write transaction instead) and
 //! `{date}` and `{decimal}` (a calendar date and an exact amount: `date` and `numeric`, or
@@ -125,6 +126,9 @@ pub enum Arg {
     Ints(Vec<i64>),
     /// A list of text: a `text[]` on PostgreSQL, a JSON array on SQLite.
     Texts(Vec<String>),
+    /// A span of time, added to or subtracted from a time (`{now} - $1`): an `interval` on
+    /// PostgreSQL, milliseconds on SQLite.
+    Duration(std::time::Duration),
     /// A time compared with a module table's `created_at`: a UTC `timestamp` on PostgreSQL
     /// (right against `timestamp` and `timestamptz` columns alike), `CURRENT_TIMESTAMP` text
     /// on SQLite.
@@ -156,6 +160,7 @@ arg_from!(Bool: bool => Some);
 arg_from!(Ints: Vec<i64> => |v| v, &[i64] => <[i64]>::to_vec, &Vec<i64> => Clone::clone);
 arg_from!(Texts: Vec<String> => |v| v);
 arg_from!(Time: DateTime<Utc> => Some, Option<DateTime<Utc>> => |v| v);
+arg_from!(Duration: std::time::Duration => |v| v);
 arg_from!(Json:
     Value => Some,
     &Value => |v| Some(v.clone()),
@@ -312,14 +317,13 @@ pub trait Conn: Send {
         Ok(())
     }
 
-    /// Run a version's `up_sql`, check the tables it declares and give them steward's index,
-    /// guard and audit (see `sql/modules.rs`).
-    async fn tables_create(
-        &mut self,
-        module: &Slug,
-        tables: &[ModuleTable],
-        up_sql: &str,
-    ) -> StoreResult<()>;
+    /// Give a module table a version's SQL just created (checked and indexed by
+    /// `sql/modules.rs`) what the backend guards it with: PostgreSQL's freeze and audit
+    /// triggers, row-level security and grants (SQLite's triggers name each column and are
+    /// made by [`Conn::triggers_install`]).
+    async fn table_adopt(&mut self, _module: &Slug, _table: &ModuleTable) -> StoreResult<()> {
+        Ok(())
+    }
 
     /// Make the triggers of the module's installed tables as this version writes them: SQLite's
     /// name each column; PostgreSQL's read the whole row and have nothing to redo.

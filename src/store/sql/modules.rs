@@ -6,7 +6,7 @@
 //! and made again after), marking steward's own changes, and scoping post-upgrade SQL to
 //! tenants.
 
-use crate::domain::ident::{ModuleTable, Slug};
+use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::store::domain::{MigrationReport, StatusChange, TenantId};
 use crate::store::sql::{Conn, Dialect, corrupt, sql};
 use crate::store::{StoreError, StoreResult};
@@ -152,6 +152,37 @@ async fn savepoint_end<T>(
     outcome.map_err(as_migration_error)
 }
 
+/// Run a version's SQL, then check that each table it declares exists with the columns
+/// steward needs (`tenant_id`, `created_at`), index it for them, and let the backend guard it
+/// ([`Conn::table_adopt`]).
+async fn tables_create(conn: &mut dyn Conn, slug: &Slug, version: &Pending) -> StoreResult<()> {
+    conn.script(&version.up_sql).await?;
+    for table in &version.tables {
+        let columns = super::data::table_columns(conn, table).await?;
+        if columns.is_empty() {
+            return Err(StoreError::Migration(format!(
+                "the migration did not create the declared table {table}"
+            )));
+        }
+        if let Some(needed) = ["tenant_id", "created_at"]
+            .into_iter()
+            .find(|needed| !columns.iter().any(|c| c == needed))
+        {
+            return Err(StoreError::Migration(format!(
+                "module table {table} has no {needed} column"
+            )));
+        }
+        let index = quote_ident(&format!("{table}_tenant_created"));
+        let create = format!(
+            "CREATE INDEX {index} ON {} (tenant_id, created_at)",
+            table.quoted()
+        );
+        conn.execute(sql!(create)).await?;
+        conn.table_adopt(slug, table).await?;
+    }
+    Ok(())
+}
+
 /// See [`crate::store::StepTx::module_migrate`].
 pub async fn migrate(
     conn: &mut dyn Conn,
@@ -175,8 +206,7 @@ pub async fn migrate(
     conn.execute(sql!("SAVEPOINT module_migration")).await?;
     let outcome = async {
         for version in &plan.pending {
-            conn.tables_create(&slug, &version.tables, &version.up_sql)
-                .await?;
+            tables_create(conn, &slug, version).await?;
         }
         let pending: Vec<i64> = plan.pending.iter().map(|v| v.id).collect();
         conn.execute(sql!(

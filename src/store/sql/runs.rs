@@ -132,6 +132,15 @@ async fn next_compensation<'a>(
     Ok(compensations.iter().find(|c| c.idx == idx))
 }
 
+/// The steps of running runs that wait for their children (fan-out) and whose children have
+/// all ended (a child that left the hot table completed): the one statement of that rule.
+const FANNED_IN: &str = "SELECT s.run_id, s.idx FROM steward_run_steps s \
+     JOIN steward_runs r ON r.id = s.run_id \
+     WHERE s.state = 'waiting' AND r.state = 'running' \
+       AND NOT EXISTS (SELECT 1 FROM steward_run_children c JOIN steward_jobs j ON j.id = c.job_id \
+                       WHERE c.run_id = s.run_id AND c.idx = s.idx \
+                         AND j.state NOT IN ('dead', 'cancelled'))";
+
 /// Stop a run's live steps: their jobs and a fanned-out step's live children are cancelled
 /// (a running handler is stopped at its next heartbeat, and its commit is fenced out), and
 /// the steps are pending again (a retry runs them).
@@ -157,9 +166,45 @@ async fn stop_live_steps(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<()> 
     Ok(())
 }
 
-/// The step a failed run points at: its lowest dead one.
-const FAILED_STEP: &str = "coalesce((SELECT min(idx) FROM steward_run_steps s \
-     WHERE s.run_id = steward_runs.id AND s.state = 'dead'), current_step)";
+/// How a run that cannot go on ends, the one home of that rule (a step failed or died, an
+/// operator cancelled, a compensation finished or died): with a completed step among
+/// `compensations` to undo, the run is `compensating` and the latest such step's compensation
+/// is queued; without one it ends, pointing at its lowest dead step (else where it was):
+/// `cancelled` when an operator cancelled it and `failed` is false (the end of an undoing
+/// that went well), else `failed`. `error`, when given, becomes the run's error.
+async fn wind_down(
+    conn: &mut dyn Conn,
+    run_id: RunId,
+    compensations: &[NextStep],
+    error: Option<&str>,
+    failed: bool,
+) -> StoreResult<()> {
+    if let Some(next) = next_compensation(conn, run_id, compensations).await? {
+        conn.execute(sql!(
+            "UPDATE steward_runs SET state = 'compensating', error = coalesce($2, error), \
+                 updated_at = {now}, finished_at = NULL WHERE id = $1",
+            run_id,
+            error
+        ))
+        .await?;
+        // This points the run at the compensation; a retry resumes at the failed step (the
+        // lowest dead or compensated one).
+        return queue_step(conn, run_id, next, StepState::Compensating).await;
+    }
+    conn.execute(sql!(
+        "UPDATE steward_runs SET error = coalesce($2, error), updated_at = {now}, \
+             finished_at = {now}, \
+             state = CASE WHEN cancelled_by IS NULL OR $3 THEN 'failed' ELSE 'cancelled' END, \
+             current_step = coalesce((SELECT min(idx) FROM steward_run_steps s \
+                 WHERE s.run_id = steward_runs.id AND s.state = 'dead'), current_step) \
+         WHERE id = $1",
+        run_id,
+        error,
+        failed
+    ))
+    .await?;
+    Ok(())
+}
 
 fn step_from(row: &dyn Row) -> StoreResult<StepRecord> {
     Ok(StepRecord {
@@ -520,38 +565,15 @@ impl<S: SqlStore> RunStore for S {
             step_error
         ))
         .await?;
-        if !dead.compensating {
-            stop_live_steps(&mut *tx, dead.run_id).await?;
-        }
-        let compensation = match dead.compensating {
-            true => None,
-            false => next_compensation(&mut *tx, dead.run_id, &compensations).await?,
+        let compensations = match dead.compensating {
+            // A dead compensation stops the undoing: the run fails.
+            true => &[][..],
+            false => {
+                stop_live_steps(&mut *tx, dead.run_id).await?;
+                &compensations[..]
+            }
         };
-        match compensation {
-            Some(next) => {
-                tx.execute(sql!(
-                    "UPDATE steward_runs SET state = 'compensating', error = $2, \
-                         updated_at = {now} WHERE id = $1",
-                    dead.run_id,
-                    &run_error
-                ))
-                .await?;
-                queue_step(&mut *tx, dead.run_id, next, StepState::Compensating).await?;
-            }
-            None => {
-                // Nothing (more) to compensate: the run fails, pointing at its dead step.
-                tx.execute(sql!(
-                    format!(
-                        "UPDATE steward_runs SET state = 'failed', error = $2, \
-                             updated_at = {{now}}, finished_at = {{now}}, \
-                             current_step = {FAILED_STEP} WHERE id = $1"
-                    ),
-                    dead.run_id,
-                    &run_error
-                ))
-                .await?;
-            }
-        }
+        wind_down(&mut *tx, dead.run_id, compensations, Some(&run_error), true).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -727,22 +749,21 @@ impl<S: SqlStore> RunStore for S {
             return Ok(false);
         }
         stop_live_steps(&mut *tx, cancel.id).await?;
-        let compensation = next_compensation(&mut *tx, cancel.id, &cancel.compensations).await?;
-        let compensate = compensation.is_some();
         tx.execute(sql!(
-            "UPDATE steward_runs SET state = CASE WHEN $4 THEN 'compensating' ELSE 'cancelled' END, \
-                 cancelled_by = $2, error = $3, updated_at = {now}, \
-                 finished_at = CASE WHEN $4 THEN NULL ELSE {now} END \
-             WHERE id = $1",
+            "UPDATE steward_runs SET cancelled_by = $2 WHERE id = $1",
             cancel.id,
-            &cancel.by,
-            format!("cancelled by {}", cancel.by),
-            compensate
+            &cancel.by
         ))
         .await?;
-        if let Some(next) = compensation {
-            queue_step(&mut *tx, cancel.id, next, StepState::Compensating).await?;
-        }
+        let error = format!("cancelled by {}", cancel.by);
+        wind_down(
+            &mut *tx,
+            cancel.id,
+            &cancel.compensations,
+            Some(&error),
+            false,
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -793,14 +814,7 @@ impl<S: SqlStore> RunStore for S {
         self.read()
             .await?
             .fetch_all(sql!(
-                "SELECT s.run_id, s.idx FROM steward_run_steps s \
-                 JOIN steward_runs r ON r.id = s.run_id \
-                 WHERE s.state = 'waiting' AND r.state = 'running' \
-                   AND NOT EXISTS (SELECT 1 FROM steward_run_children c \
-                                   JOIN steward_jobs j ON j.id = c.job_id \
-                                   WHERE c.run_id = s.run_id AND c.idx = s.idx \
-                                     AND j.state NOT IN ('dead', 'cancelled')) \
-                 ORDER BY s.run_id LIMIT $1",
+                format!("{FANNED_IN} ORDER BY s.run_id LIMIT $1"),
                 limit
             ))
             .await?
@@ -813,14 +827,7 @@ impl<S: SqlStore> RunStore for S {
         let mut tx = self.write().await?;
         let waiting = tx
             .fetch_optional(sql!(
-                "SELECT r.id FROM steward_runs r \
-                 JOIN steward_run_steps s ON s.run_id = r.id AND s.idx = $2 \
-                 WHERE r.id = $1 AND r.state = 'running' AND s.state = 'waiting' \
-                   AND NOT EXISTS (SELECT 1 FROM steward_run_children c \
-                                   JOIN steward_jobs j ON j.id = c.job_id \
-                                   WHERE c.run_id = $1 AND c.idx = $2 \
-                                     AND j.state NOT IN ('dead', 'cancelled')) \
-                 {for_update}",
+                format!("{FANNED_IN} AND s.run_id = $1 AND s.idx = $2 {{for_update}}"),
                 run_id,
                 idx
             ))
@@ -1022,32 +1029,14 @@ impl StepTx for SqlStepTx {
             .await?;
         stop_live_steps(&mut *self.tx, run_id).await?;
         let run_error = format!("step {idx} failed: {error}");
-        match next_compensation(&mut *self.tx, run_id, &compensations).await? {
-            Some(next) => {
-                self.tx
-                    .execute(sql!(
-                        "UPDATE steward_runs SET state = 'compensating', error = $2, \
-                             updated_at = {now}, finished_at = NULL WHERE id = $1",
-                        run_id,
-                        run_error
-                    ))
-                    .await?;
-                // This points the run at the compensation; a retry resumes at the failed
-                // step (the lowest dead or compensated one).
-                queue_step(&mut *self.tx, run_id, next, StepState::Compensating).await
-            }
-            None => {
-                self.tx
-                    .execute(sql!(
-                        "UPDATE steward_runs SET state = 'failed', error = $2, updated_at = {now}, \
-                             finished_at = {now} WHERE id = $1",
-                        run_id,
-                        run_error
-                    ))
-                    .await?;
-                Ok(())
-            }
-        }
+        wind_down(
+            &mut *self.tx,
+            run_id,
+            &compensations,
+            Some(&run_error),
+            true,
+        )
+        .await
     }
 
     async fn spawn_children(
@@ -1116,25 +1105,9 @@ impl StepTx for SqlStepTx {
                 idx
             ))
             .await?;
-        match next_compensation(&mut *self.tx, run_id, &compensations).await? {
-            Some(next) => queue_step(&mut *self.tx, run_id, next, StepState::Compensating).await,
-            None => {
-                // Compensation is over: the run is failed, pointing at its dead step (or
-                // cancelled, when an operator's cancel started the compensation).
-                self.tx
-                    .execute(sql!(
-                        format!(
-                            "UPDATE steward_runs SET updated_at = {{now}}, finished_at = {{now}}, \
-                                 state = CASE WHEN cancelled_by IS NULL THEN 'failed' \
-                                     ELSE 'cancelled' END, \
-                                 current_step = {FAILED_STEP} WHERE id = $1"
-                        ),
-                        run_id
-                    ))
-                    .await?;
-                Ok(())
-            }
-        }
+        // The next compensation, or the end: failed, or cancelled when an operator's cancel
+        // started the compensation.
+        wind_down(&mut *self.tx, run_id, &compensations, None, false).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

@@ -45,6 +45,7 @@ fn bind(sql: &str, args: Vec<Arg>) -> Query<'_, Sqlite, SqliteArguments<'_>> {
             Arg::Int32(v) => query.bind(v),
             Arg::Bool(v) => query.bind(v),
             Arg::Time(v) => query.bind(v.map(|t| t.timestamp_millis())),
+            Arg::Duration(v) => query.bind(i64::try_from(v.as_millis()).unwrap_or(i64::MAX)),
             Arg::Json(v) => query.bind(v.map(|v| v.to_string())),
             Arg::Ints(v) => query.bind(Value::from(v).to_string()),
             Arg::Texts(v) => query.bind(Value::from(v).to_string()),
@@ -166,15 +167,6 @@ impl Conn for SqliteConn {
     async fn script(&mut self, sql: &str) -> StoreResult<()> {
         sqlx::Executor::execute(self.conn(), sql).await?;
         Ok(())
-    }
-
-    async fn tables_create(
-        &mut self,
-        _module: &Slug,
-        tables: &[ModuleTable],
-        up_sql: &str,
-    ) -> StoreResult<()> {
-        lifecycle::create_tables(self.conn(), tables, up_sql).await
     }
 
     async fn triggers_install(&mut self, module: &Slug) -> StoreResult<()> {

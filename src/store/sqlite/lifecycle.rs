@@ -5,7 +5,7 @@
 
 use crate::domain::DomainError;
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
-use crate::store::domain::{PlanSynced, TenantId, io_error};
+use crate::store::domain::{PlanSynced, TenantId, write_lines};
 use crate::store::sql::corrupt;
 use crate::store::sql::modules::as_migration_error;
 use crate::store::sqlite::now_ms;
@@ -117,8 +117,6 @@ pub(super) async fn table_dump(
     tenant: Option<TenantId>,
     out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
 ) -> StoreResult<u64> {
-    use futures::TryStreamExt;
-    use tokio::io::AsyncWriteExt;
     let mut conn = pool.acquire().await?;
     let columns = columns_of(&mut conn, table).await?;
     let pairs: Vec<String> = columns
@@ -134,43 +132,10 @@ pub(super) async fn table_dump(
         pairs.join(", "),
         table.quoted()
     );
-    let mut rows = sqlx::query_scalar::<_, String>(&sql)
+    let rows = sqlx::query_scalar::<_, String>(&sql)
         .bind(tenant)
         .fetch(&mut *conn);
-    let mut count = 0;
-    while let Some(line) = rows.try_next().await? {
-        out.write_all(line.as_bytes()).await.map_err(io_error)?;
-        out.write_all(b"\n").await.map_err(io_error)?;
-        count += 1;
-    }
-    out.flush().await.map_err(io_error)?;
-    Ok(count)
-}
-
-/// Run a version's SQL, check its declared tables, index them.
-pub(super) async fn create_tables(
-    conn: &mut SqliteConnection,
-    tables: &[ModuleTable],
-    up_sql: &str,
-) -> StoreResult<()> {
-    sqlx::Executor::execute(&mut *conn, up_sql).await?;
-    for table in tables {
-        let columns = columns_of(conn, table).await?;
-        for needed in ["tenant_id", "created_at"] {
-            if !columns.iter().any(|c| c == needed) {
-                return Err(StoreError::Migration(format!(
-                    "module table {table} has no {needed} column"
-                )));
-            }
-        }
-        let statement = format!(
-            "CREATE INDEX {} ON {} (tenant_id, created_at)",
-            quote_ident(&format!("{table}_tenant_created")),
-            table.quoted()
-        );
-        sqlx::query(&statement).execute(&mut *conn).await?;
-    }
-    Ok(())
+    write_lines(rows, out).await
 }
 
 /// On start-up, every installed module table gets its triggers as this version writes them
@@ -249,13 +214,24 @@ async fn columns_of(conn: &mut SqliteConnection, table: &ModuleTable) -> StoreRe
     Ok(columns)
 }
 
-/// (Re)create the audit triggers of every module table. SQLite has no `to_json(row)`, so a
-/// trigger names each column: after a version adds or drops columns they are made again.
+/// The triggers steward gives each module table, three kinds for each of three operations:
+/// `scope` (during a post-upgrade step, rows of tenants it does not run for are skipped),
+/// `frozen` (a tenant's rows do not change while its module is not in use) and `audit`.
+const TRIGGER_KINDS: [&str; 3] = ["scope", "frozen", "audit"];
+const TRIGGER_OPS: [(&str, &str); 3] = [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")];
+
+fn trigger_name(table: &ModuleTable, kind: &str, op: &str) -> String {
+    quote_ident(&format!("{table}_{kind}_{}", op.to_lowercase()))
+}
+
+/// (Re)create the triggers of every module table. SQLite has no `to_json(row)`, so a trigger
+/// names each column: after a version adds or drops columns they are made again.
 async fn install_audit_triggers(
     conn: &mut SqliteConnection,
     slug: &Slug,
     tables: &[ModuleTable],
 ) -> StoreResult<()> {
+    drop_audit_triggers(conn, tables).await?;
     for table in tables {
         let columns = columns_of(conn, table).await?;
         // The names come from the catalog's SQL: each is checked before it goes in a trigger.
@@ -266,124 +242,75 @@ async fn install_audit_triggers(
                 ))
             })?;
         }
-        // Who wrote which row (its key) and which columns, never the values: a row purged or
-        // archived must not live on in audit_logs.
-        let has_id = columns.iter().any(|c| c == "id");
-        let key = |alias: &str| {
-            if has_id {
-                format!("{alias}.\"id\"")
-            } else {
-                "NULL".to_string()
-            }
-        };
-        let all_columns = format!(
-            "json_array({})",
-            columns
-                .iter()
-                .map(|c| format!("'{c}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let changed_columns = format!(
-            "(SELECT json_group_array(value) FROM json_each(json_array({})) WHERE value IS NOT NULL)",
-            columns
-                .iter()
-                .map(|c| {
-                    let q = quote_ident(c);
-                    format!("CASE WHEN OLD.{q} IS NOT NEW.{q} THEN '{c}' END")
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
         let name = table.quoted();
         let module = slug.as_str(); // validated: [a-z0-9_] only
         let entity = table.as_str(); // validated likewise
-        // Frozen while the tenant's module is not in use (DISABLED, SUSPENDED, …): no row is
-        // written, changed or deleted for it; steward's own deletions (archive, purge) and
-        // post-upgrade steps (scoped below) still go through.
+        // Who wrote which row (its key) and which columns, never the values: a row purged or
+        // archived must not live on in audit_logs.
+        let has_id = columns.iter().any(|c| c == "id");
+        let key = |row: &str| match has_id {
+            true => format!("json_object('id', {row}.\"id\")"),
+            false => "json_object('id', NULL)".to_string(),
+        };
+        let names = columns.iter().map(|c| format!("'{c}'"));
+        let all_columns = format!("json_array({})", names.collect::<Vec<_>>().join(", "));
+        let changed = columns.iter().map(|c| {
+            let q = quote_ident(c);
+            format!("CASE WHEN OLD.{q} IS NOT NEW.{q} THEN '{c}' END")
+        });
+        let changed_columns = format!(
+            "(SELECT json_group_array(value) FROM json_each(json_array({})) WHERE value IS NOT NULL)",
+            changed.collect::<Vec<_>>().join(", ")
+        );
         // During a post-upgrade step (`steward_post_upgrade` holds its tenants) the freeze
-        // gives way to the step's scope: rows of the tenants it runs for change, every other
-        // tenant's rows are skipped.
+        // gives way to the step's scope and rows are not audited one by one (the upgrade is);
+        // a purge (`steward_purging`) deletes rows already in a verified export.
         let stepping = "EXISTS (SELECT 1 FROM steward_post_upgrade)";
-        for (op, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
-            let scope = quote_ident(&format!("{table}_scope_{}", op.to_lowercase()));
-            sqlx::query(&format!("DROP TRIGGER IF EXISTS {scope}"))
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(&format!(
-                "CREATE TRIGGER {scope} BEFORE {op} ON {name} FOR EACH ROW \
-                 WHEN {stepping} AND {row}.tenant_id NOT IN (SELECT tenant_id FROM steward_post_upgrade) \
-                 BEGIN SELECT RAISE(IGNORE); END"
-            ))
-            .execute(&mut *conn)
-            .await?;
-        }
-        for (op, row, unless) in [
-            ("INSERT", "NEW", format!("NOT {stepping} AND ")),
-            ("UPDATE", "NEW", format!("NOT {stepping} AND ")),
-            // steward's own deletions (archive, purge) are marked in `steward_purging`.
-            (
-                "DELETE",
-                "OLD",
-                format!("NOT {stepping} AND NOT EXISTS (SELECT 1 FROM steward_purging) AND "),
-            ),
-        ] {
-            let guard = quote_ident(&format!("{table}_frozen_{}", op.to_lowercase()));
-            sqlx::query(&format!("DROP TRIGGER IF EXISTS {guard}"))
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(&format!(
-                "CREATE TRIGGER {guard} BEFORE {op} ON {name} FOR EACH ROW \
-                 WHEN {unless}NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = {row}.tenant_id \
-                   AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
-                 BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
-            ))
-            .execute(&mut *conn)
-            .await?;
-        }
-        // A purge deletes rows already in a verified export (see `steward_purging`).
-        for (op, when, before, after, tenant) in [
-            (
-                "INSERT",
-                "WHEN NOT EXISTS (SELECT 1 FROM steward_post_upgrade)",
-                "NULL".to_string(),
-                format!(
-                    "json_object('id', {}, 'changed', json({all_columns}))",
-                    key("NEW")
+        let purging = "EXISTS (SELECT 1 FROM steward_purging)";
+        for (op, row) in TRIGGER_OPS {
+            let (before, after) = match op {
+                "INSERT" => (
+                    "NULL".to_string(),
+                    format!("json_set({}, '$.changed', json({all_columns}))", key("NEW")),
                 ),
-                "NEW.tenant_id",
-            ),
-            (
-                "UPDATE",
-                "WHEN NOT EXISTS (SELECT 1 FROM steward_post_upgrade)",
-                format!("json_object('id', {})", key("OLD")),
-                format!(
-                    "json_object('id', {}, 'changed', json({changed_columns}))",
-                    key("NEW")
+                "UPDATE" => (
+                    key("OLD"),
+                    format!(
+                        "json_set({}, '$.changed', json({changed_columns}))",
+                        key("NEW")
+                    ),
                 ),
-                "NEW.tenant_id",
-            ),
-            (
-                "DELETE",
-                "WHEN NOT EXISTS (SELECT 1 FROM steward_purging) \
-                 AND NOT EXISTS (SELECT 1 FROM steward_post_upgrade)",
-                format!("json_object('id', {})", key("OLD")),
-                "NULL".to_string(),
-                "OLD.tenant_id",
-            ),
-        ] {
-            let trigger = quote_ident(&format!("{table}_audit_{}", op.to_lowercase()));
-            sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(&format!(
-                "CREATE TRIGGER {trigger} AFTER {op} ON {name} FOR EACH ROW {when} BEGIN \
-                 INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
-                 VALUES ('database', 'row.{}', {tenant}, '{module}', '{entity}', {before}, {after}); END",
-                op.to_lowercase(),
-            ))
-            .execute(&mut *conn)
-            .await?;
+                _ => (key("OLD"), "NULL".to_string()),
+            };
+            let not_purging = match op {
+                "DELETE" => format!(" AND NOT {purging}"),
+                _ => String::new(),
+            };
+            let statements = [
+                format!(
+                    "BEFORE {op} ON {name} FOR EACH ROW WHEN {stepping} AND {row}.tenant_id \
+                     NOT IN (SELECT tenant_id FROM steward_post_upgrade) \
+                     BEGIN SELECT RAISE(IGNORE); END"
+                ),
+                format!(
+                    "BEFORE {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
+                     AND NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = {row}.tenant_id \
+                       AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
+                     BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
+                ),
+                format!(
+                    "AFTER {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
+                     BEGIN INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
+                     VALUES ('database', 'row.{}', {row}.tenant_id, '{module}', '{entity}', {before}, {after}); END",
+                    op.to_lowercase()
+                ),
+            ];
+            for (kind, body) in TRIGGER_KINDS.into_iter().zip(statements) {
+                let trigger = trigger_name(table, kind, op);
+                sqlx::query(&format!("CREATE TRIGGER {trigger} {body}"))
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
     }
     Ok(())
@@ -394,21 +321,13 @@ async fn drop_audit_triggers(
     tables: &[ModuleTable],
 ) -> StoreResult<()> {
     for table in tables {
-        for trigger in [
-            "audit_insert",
-            "audit_update",
-            "audit_delete",
-            "frozen_insert",
-            "frozen_update",
-            "frozen_delete",
-            "scope_insert",
-            "scope_update",
-            "scope_delete",
-        ] {
-            let trigger = quote_ident(&format!("{table}_{trigger}"));
-            sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
-                .execute(&mut *conn)
-                .await?;
+        for kind in TRIGGER_KINDS {
+            for (op, _) in TRIGGER_OPS {
+                let trigger = trigger_name(table, kind, op);
+                sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
+                    .execute(&mut *conn)
+                    .await?;
+            }
         }
     }
     Ok(())

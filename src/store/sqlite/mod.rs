@@ -248,22 +248,12 @@ impl enqueue::InsertRound for SqliteInsert<'_> {
                 })
             })
             .collect();
-        let rows = sqlx::query(INSERT_SQL)
+        let rows: Vec<(i64, Option<String>, String, String)> = sqlx::query_as(INSERT_SQL)
             .bind(Value::Array(input).to_string())
             .bind(now_ms())
             .fetch_all(&mut *self.0)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(enqueue::Inserted {
-                    id: row.try_get("id")?,
-                    unique_key: row.try_get("unique_key")?,
-                    available_in: (row.try_get::<&str, _>("state")? == "available")
-                        .then(|| row.try_get("queue"))
-                        .transpose()?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(enqueue::Inserted::from_row).collect())
     }
 
     async fn holders(&mut self, keys: &[String]) -> StoreResult<Vec<(String, i64)>> {
