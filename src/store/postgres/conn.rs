@@ -166,8 +166,17 @@ impl Conn for PgConn {
         lifecycle::migration_lock(self.conn()).await
     }
 
-    async fn table_adopt(&mut self, module: &Slug, table: &ModuleTable) -> StoreResult<()> {
-        lifecycle::table_adopt(self.conn(), module, table).await
+    async fn table_adopt(&mut self, _module: &Slug, table: &ModuleTable) -> StoreResult<()> {
+        lifecycle::table_adopt(self.conn(), table).await
+    }
+
+    async fn table_triggers(
+        &mut self,
+        module: &Slug,
+        table: &ModuleTable,
+        _columns: &[String],
+    ) -> StoreResult<()> {
+        lifecycle::table_triggers(self.conn(), module, table).await
     }
 
     async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {
@@ -238,6 +247,7 @@ impl SqlStore for PgStore {
     async fn table_dump(
         &self,
         table: &ModuleTable,
+        _columns: &[String],
         tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64> {

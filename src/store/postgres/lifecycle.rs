@@ -4,9 +4,9 @@
 //! `store/sql/domain.rs` and `lifecycle/`.
 
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
+use crate::store::StoreResult;
 use crate::store::domain::{PlanSynced, TenantId, write_lines};
 use crate::store::sql::modules::as_migration_error;
-use crate::store::StoreResult;
 use sqlx::postgres::PgConnection;
 
 /// One module migration at a time in this database.
@@ -191,47 +191,36 @@ BEGIN
 END
 $fn$"#;
 
-/// On start-up, a deployment that already has module tables gets their trigger functions as
-/// this version writes them (they are created with the first module table; `CREATE OR
-/// REPLACE` keeps the triggers that call them), under the migration lock.
-pub(super) async fn refresh_trigger_functions(pool: &sqlx::PgPool) -> StoreResult<()> {
-    let mut tx = pool.begin().await?;
-    migration_lock(&mut tx).await?;
-    let installed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-         WHERE p.proname = 'steward_module_guard' AND n.nspname = current_schema())",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if installed {
-        sqlx::Executor::execute(&mut *tx, AUDIT_FUNCTION).await?;
-        sqlx::Executor::execute(&mut *tx, GUARD_FUNCTION).await?;
-        // Tables created by an older version may have a freeze trigger without DELETE.
-        let tables: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT v.module, t.name FROM core_module_versions v, \
-             jsonb_array_elements_text(v.tables_created) AS t(name) \
-             WHERE v.migrated_at IS NOT NULL AND to_regclass(quote_ident(t.name)) IS NOT NULL",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for (module, name) in tables {
-            let slug = Slug::parse(&module)?;
-            let table = ModuleTable::parse(&slug, &name)?;
-            let guard = quote_ident(&format!("{table}_frozen"));
-            let quoted = table.quoted();
-            sqlx::Executor::execute(
-                &mut *tx,
-                format!(
-                    "DROP TRIGGER IF EXISTS {guard} ON {quoted}; \
-                     CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE OR DELETE ON {quoted} \
-                     FOR EACH ROW EXECUTE FUNCTION steward_module_guard('{slug}')"
-                )
-                .as_str(),
-            )
-            .await?;
-        }
+/// See [`crate::store::sql::Conn::table_triggers`]: the freeze and audit triggers, which call
+/// the functions above (created or replaced first, so a deployment gets them as this version
+/// writes them) and read the whole row (`to_jsonb`): columns added by later versions are
+/// audited without touching them.
+pub(super) async fn table_triggers(
+    conn: &mut PgConnection,
+    slug: &Slug,
+    table: &ModuleTable,
+) -> StoreResult<()> {
+    for functions in [AUDIT_FUNCTION, GUARD_FUNCTION] {
+        sqlx::Executor::execute(&mut *conn, functions).await?;
     }
-    tx.commit().await?;
+    let name = table.quoted();
+    let module = slug.as_str(); // validated: [a-z0-9_] only
+    for (trigger, when, function) in [
+        ("frozen", "BEFORE", "steward_module_guard"),
+        ("audit", "AFTER", "steward_module_audit"),
+    ] {
+        let trigger = quote_ident(&format!("{table}_{trigger}"));
+        sqlx::Executor::execute(
+            &mut *conn,
+            format!(
+                "DROP TRIGGER IF EXISTS {trigger} ON {name}; \
+                 CREATE TRIGGER {trigger} {when} INSERT OR UPDATE OR DELETE ON {name} \
+                 FOR EACH ROW EXECUTE FUNCTION {function}('{module}')"
+            )
+            .as_str(),
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -265,39 +254,20 @@ END
 $do$"#;
 
 /// See [`crate::store::sql::Conn::table_adopt`].
-pub(super) async fn table_adopt(
-    conn: &mut PgConnection,
-    slug: &Slug,
-    table: &ModuleTable,
-) -> StoreResult<()> {
-    // PostgreSQL's audit trigger serialises the whole row (`to_jsonb`), so columns added by
-    // later versions are audited without touching it.
-    for functions in [AUDIT_FUNCTION, GUARD_FUNCTION, APP_ROLE] {
-        sqlx::Executor::execute(&mut *conn, functions).await?;
-    }
+pub(super) async fn table_adopt(conn: &mut PgConnection, table: &ModuleTable) -> StoreResult<()> {
     let name = table.quoted();
-    let trigger = quote_ident(&format!("{table}_audit"));
-    let module = slug.as_str(); // validated: [a-z0-9_] only
-    let guard = quote_ident(&format!("{table}_frozen"));
     let statements = [
-        format!(
-            "CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE OR DELETE ON {name} \
-                 FOR EACH ROW EXECUTE FUNCTION steward_module_guard('{module}')"
-        ),
-        format!(
-            "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {name} \
-                 FOR EACH ROW EXECUTE FUNCTION steward_module_audit('{module}')"
-        ),
+        APP_ROLE.to_string(),
         format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"),
         format!(
             "CREATE POLICY tenant_isolation ON {name} \
-                 USING (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint) \
-                 WITH CHECK (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint)"
+             USING (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint) \
+             WITH CHECK (tenant_id = nullif(current_setting('app.current_tenant_id', true), '')::bigint)"
         ),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {name} TO tenant_app_role"),
     ];
     for statement in statements {
-        sqlx::query(&statement).execute(&mut *conn).await?;
+        sqlx::Executor::execute(&mut *conn, statement.as_str()).await?;
     }
     Ok(())
 }

@@ -75,8 +75,9 @@ impl PgStore {
                 .await?;
         }
         MIGRATOR.run(&self.pool).await?;
-        lifecycle::refresh_trigger_functions(&self.pool).await?;
-        Ok(())
+        let mut tx = super::sql::SqlStore::write(self).await?;
+        super::sql::modules::triggers_refresh(&mut *tx).await?;
+        tx.commit().await
     }
 
     /// Connect. With `schema`, every connection works in that schema (tests and benchmarks use

@@ -665,7 +665,8 @@ impl<S: SqlStore> DomainStore for S {
         tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64> {
-        self.table_dump(table, tenant, out).await
+        let columns = crate::store::DataStore::module_table_columns(self, table).await?;
+        self.table_dump(table, &columns, tenant, out).await
     }
 
     async fn module_rollback(&self, plan: &RollbackPlan<'_>) -> StoreResult<()> {

@@ -318,21 +318,24 @@ pub trait Conn: Send {
     }
 
     /// Give a module table a version's SQL just created (checked and indexed by
-    /// `sql/modules.rs`) what the backend guards it with: PostgreSQL's freeze and audit
-    /// triggers, row-level security and grants (SQLite's triggers name each column and are
-    /// made by [`Conn::triggers_install`]).
+    /// `sql/modules.rs`) the access rules of the backend: PostgreSQL's row-level security and
+    /// grants to `tenant_app_role` (SQLite has no roles).
     async fn table_adopt(&mut self, _module: &Slug, _table: &ModuleTable) -> StoreResult<()> {
         Ok(())
     }
 
-    /// Make the triggers of the module's installed tables as this version writes them: SQLite's
-    /// name each column; PostgreSQL's read the whole row and have nothing to redo.
-    async fn triggers_install(&mut self, _module: &Slug) -> StoreResult<()> {
-        Ok(())
-    }
+    /// (Re)make a module table's freeze, post-upgrade scope and audit triggers as this version
+    /// writes them (`columns`: the table's, in order; SQLite's triggers name each).
+    async fn table_triggers(
+        &mut self,
+        module: &Slug,
+        table: &ModuleTable,
+        columns: &[String],
+    ) -> StoreResult<()>;
 
-    /// Drop the triggers that name the module's columns, before SQL that may change them.
-    async fn triggers_drop(&mut self, _module: &Slug) -> StoreResult<()> {
+    /// Drop a module table's triggers that name its columns, before SQL that may change them
+    /// (PostgreSQL's read the whole row: nothing to drop).
+    async fn table_triggers_drop(&mut self, _table: &ModuleTable) -> StoreResult<()> {
         Ok(())
     }
 
@@ -385,11 +388,12 @@ pub trait SqlStore: Send + Sync + Clone + 'static {
     /// A connection for reads.
     async fn read(&self) -> StoreResult<Box<dyn Conn>>;
 
-    /// Stream a module table's rows as JSON lines (see
+    /// Stream a module table's rows (of these `columns`) as JSON lines (see
     /// [`crate::store::DomainStore::module_table_dump`]).
     async fn table_dump(
         &self,
         table: &ModuleTable,
+        columns: &[String],
         tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64>;

@@ -152,6 +152,73 @@ async fn savepoint_end<T>(
     outcome.map_err(as_migration_error)
 }
 
+/// The module's tables its versions declare (`installed`: of migrated versions only, and
+/// only those that exist in this database), each once, in version order, with their columns
+/// (none for a table that does not exist).
+async fn module_tables(
+    conn: &mut dyn Conn,
+    slug: &Slug,
+    installed: bool,
+) -> StoreResult<Vec<(ModuleTable, Vec<String>)>> {
+    let rows = conn
+        .fetch_all(sql!(
+            "SELECT tables_created FROM core_module_versions \
+             WHERE module = $1 AND (NOT $2 OR migrated_at IS NOT NULL) ORDER BY major, minor, patch",
+            slug.as_str(),
+            installed
+        ))
+        .await?;
+    let mut tables: Vec<(ModuleTable, Vec<String>)> = Vec::new();
+    for row in rows {
+        let names: Vec<String> =
+            serde_json::from_value(row.json("tables_created")?).map_err(corrupt)?;
+        for name in names {
+            let table = ModuleTable::parse(slug, &name)?;
+            if tables.iter().any(|(t, _)| *t == table) {
+                continue;
+            }
+            let columns = super::data::table_columns(conn, &table).await?;
+            if !installed || !columns.is_empty() {
+                tables.push((table, columns));
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// Make the triggers of the module's installed tables as this version writes them.
+async fn triggers_install(conn: &mut dyn Conn, slug: &Slug) -> StoreResult<()> {
+    for (table, columns) in module_tables(conn, slug, true).await? {
+        conn.table_triggers(slug, &table, &columns).await?;
+    }
+    Ok(())
+}
+
+/// Drop the triggers that name the columns of the module's tables (see
+/// [`Conn::table_triggers_drop`]).
+async fn triggers_drop(conn: &mut dyn Conn, slug: &Slug) -> StoreResult<()> {
+    for (table, _) in module_tables(conn, slug, false).await? {
+        conn.table_triggers_drop(&table).await?;
+    }
+    Ok(())
+}
+
+/// On start-up, every installed module table gets its triggers as this version writes them
+/// (a deployment whose tables an older version created may lack some, e.g. the freeze on
+/// DELETE), under the migration lock, in the caller's transaction.
+pub async fn triggers_refresh(conn: &mut dyn Conn) -> StoreResult<()> {
+    conn.migration_lock().await?;
+    let modules = conn
+        .fetch_all(sql!(
+            "SELECT DISTINCT module FROM core_module_versions WHERE migrated_at IS NOT NULL"
+        ))
+        .await?;
+    for row in modules {
+        triggers_install(conn, &Slug::parse(&row.text("module")?)?).await?;
+    }
+    Ok(())
+}
+
 /// Run a version's SQL, then check that each table it declares exists with the columns
 /// steward needs (`tenant_id`, `created_at`), index it for them, and let the backend guard it
 /// ([`Conn::table_adopt`]).
@@ -214,7 +281,7 @@ pub async fn migrate(
             pending
         ))
         .await?;
-        conn.triggers_install(&slug).await
+        triggers_install(conn, &slug).await
     }
     .await;
     savepoint_end(conn, "module_migration", outcome).await?;
@@ -251,10 +318,10 @@ pub async fn upgrade(
             conn.script(pre).await?;
         }
         // SQLite's triggers name columns the version may change: off during its SQL.
-        conn.triggers_drop(&slug).await?;
+        triggers_drop(conn, &slug).await?;
         let report = migrate(conn, slug.as_str(), version_id).await?;
         conn.privilege("migration", false).await?;
-        conn.triggers_install(&slug).await?;
+        triggers_install(conn, &slug).await?;
         if let Some(post) = post {
             // Each tenant's step touches only that tenant's rows.
             conn.post_upgrade(tenants, &[post]).await?;
@@ -275,7 +342,7 @@ pub async fn undo(conn: &mut dyn Conn, module: &str, undo: &[i64]) -> StoreResul
             undo
         ))
         .await?;
-    conn.triggers_drop(&slug).await?;
+    triggers_drop(conn, &slug).await?;
     conn.privilege("migration", true).await?;
     for id in undo {
         let mut down = None;
@@ -294,7 +361,7 @@ pub async fn undo(conn: &mut dyn Conn, module: &str, undo: &[i64]) -> StoreResul
         undo
     ))
     .await?;
-    conn.triggers_install(&slug).await
+    triggers_install(conn, &slug).await
 }
 
 /// Run `change.catch_up`'s post-upgrade SQL for its tenant only (see [`StatusChange`]).

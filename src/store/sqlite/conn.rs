@@ -169,12 +169,17 @@ impl Conn for SqliteConn {
         Ok(())
     }
 
-    async fn triggers_install(&mut self, module: &Slug) -> StoreResult<()> {
-        lifecycle::triggers_install(self.conn(), module).await
+    async fn table_triggers(
+        &mut self,
+        module: &Slug,
+        table: &ModuleTable,
+        columns: &[String],
+    ) -> StoreResult<()> {
+        lifecycle::table_triggers(self.conn(), module, table, columns).await
     }
 
-    async fn triggers_drop(&mut self, module: &Slug) -> StoreResult<()> {
-        lifecycle::triggers_drop(self.conn(), module).await
+    async fn table_triggers_drop(&mut self, table: &ModuleTable) -> StoreResult<()> {
+        lifecycle::table_triggers_drop(self.conn(), table).await
     }
 
     async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {
@@ -235,10 +240,11 @@ impl SqlStore for SqliteStore {
     async fn table_dump(
         &self,
         table: &ModuleTable,
+        columns: &[String],
         tenant: Option<TenantId>,
         out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
     ) -> StoreResult<u64> {
-        lifecycle::table_dump(self.pool(), table, tenant, out).await
+        lifecycle::table_dump(self.pool(), table, columns, tenant, out).await
     }
 
     async fn rows_export(

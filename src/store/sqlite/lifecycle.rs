@@ -4,9 +4,8 @@
 //! them live in `store/sql/domain.rs` and `lifecycle/`.
 
 use crate::domain::DomainError;
-use crate::domain::ident::{ModuleTable, Slug, quote_ident};
+use crate::domain::ident::{ModuleTable, Slug, check_setting_key, quote_ident};
 use crate::store::domain::{PlanSynced, TenantId, write_lines};
-use crate::store::sql::corrupt;
 use crate::store::sql::modules::as_migration_error;
 use crate::store::sqlite::now_ms;
 use crate::store::{StoreError, StoreResult};
@@ -114,15 +113,14 @@ pub(super) async fn plan_sync(
 pub(super) async fn table_dump(
     pool: &sqlx::SqlitePool,
     table: &ModuleTable,
+    columns: &[String],
     tenant: Option<TenantId>,
     out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
 ) -> StoreResult<u64> {
-    let mut conn = pool.acquire().await?;
-    let columns = columns_of(&mut conn, table).await?;
     let pairs: Vec<String> = columns
         .iter()
         .map(|c| {
-            crate::domain::ident::check_setting_key(c)?;
+            check_setting_key(c)?;
             Ok(format!("'{c}', t.{}", quote_ident(c)))
         })
         .collect::<Result<_, DomainError>>()?;
@@ -134,84 +132,8 @@ pub(super) async fn table_dump(
     );
     let rows = sqlx::query_scalar::<_, String>(&sql)
         .bind(tenant)
-        .fetch(&mut *conn);
+        .fetch(pool);
     write_lines(rows, out).await
-}
-
-/// On start-up, every installed module table gets its triggers as this version writes them
-/// (a deployment whose tables were created by an older one may lack some, e.g. the freeze on
-/// DELETE), in one write transaction.
-pub(super) async fn refresh_module_triggers(pool: &sqlx::SqlitePool) -> StoreResult<()> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let modules: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT module FROM core_module_versions WHERE migrated_at IS NOT NULL",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for module in modules {
-        triggers_install(&mut tx, &Slug::parse(&module)?).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// The module's tables declared by its versions (`migrated`: only those of migrated versions
-/// that exist in this database), each once, in version order.
-async fn module_tables(
-    conn: &mut SqliteConnection,
-    slug: &Slug,
-    migrated: bool,
-) -> StoreResult<Vec<ModuleTable>> {
-    let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT tables_created FROM core_module_versions \
-         WHERE module = ?1 AND (NOT ?2 OR migrated_at IS NOT NULL) ORDER BY major, minor, patch",
-    )
-    .bind(slug.as_str())
-    .bind(migrated)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut tables: Vec<ModuleTable> = Vec::new();
-    for names in rows {
-        for name in serde_json::from_str::<Vec<String>>(&names).map_err(corrupt)? {
-            let table = ModuleTable::parse(slug, &name)?;
-            let exists = !migrated
-                || sqlx::query_scalar::<_, bool>(
-                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-                )
-                .bind(table.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
-            if exists && !tables.contains(&table) {
-                tables.push(table);
-            }
-        }
-    }
-    Ok(tables)
-}
-
-/// See [`crate::store::sql::Conn::triggers_install`].
-pub(super) async fn triggers_install(conn: &mut SqliteConnection, slug: &Slug) -> StoreResult<()> {
-    let tables = module_tables(conn, slug, true).await?;
-    install_audit_triggers(conn, slug, &tables).await
-}
-
-/// See [`crate::store::sql::Conn::triggers_drop`].
-pub(super) async fn triggers_drop(conn: &mut SqliteConnection, slug: &Slug) -> StoreResult<()> {
-    let tables = module_tables(conn, slug, false).await?;
-    drop_audit_triggers(conn, &tables).await
-}
-
-async fn columns_of(conn: &mut SqliteConnection, table: &ModuleTable) -> StoreResult<Vec<String>> {
-    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
-        .bind(table.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-    if columns.is_empty() {
-        return Err(StoreError::Migration(format!(
-            "the migration did not create the declared table {table}"
-        )));
-    }
-    Ok(columns)
 }
 
 /// The triggers steward gives each module table, three kinds for each of three operations:
@@ -224,117 +146,112 @@ fn trigger_name(table: &ModuleTable, kind: &str, op: &str) -> String {
     quote_ident(&format!("{table}_{kind}_{}", op.to_lowercase()))
 }
 
-/// (Re)create the triggers of every module table. SQLite has no `to_json(row)`, so a trigger
-/// names each column: after a version adds or drops columns they are made again.
-async fn install_audit_triggers(
+/// See [`crate::store::sql::Conn::table_triggers`]. SQLite has no `to_json(row)`, so a
+/// trigger names each column: after a version adds or drops columns they are made again.
+pub(super) async fn table_triggers(
     conn: &mut SqliteConnection,
     slug: &Slug,
-    tables: &[ModuleTable],
+    table: &ModuleTable,
+    columns: &[String],
 ) -> StoreResult<()> {
-    drop_audit_triggers(conn, tables).await?;
-    for table in tables {
-        let columns = columns_of(conn, table).await?;
-        // The names come from the catalog's SQL: each is checked before it goes in a trigger.
-        for column in &columns {
-            crate::domain::ident::check_setting_key(column).map_err(|_| {
-                StoreError::Migration(format!(
-                    "module table {table} has a column named {column:?}: use a-z, 0-9 and _"
-                ))
-            })?;
-        }
-        let name = table.quoted();
-        let module = slug.as_str(); // validated: [a-z0-9_] only
-        let entity = table.as_str(); // validated likewise
-        // Who wrote which row (its key) and which columns, never the values: a row purged or
-        // archived must not live on in audit_logs.
-        let has_id = columns.iter().any(|c| c == "id");
-        let key = |row: &str| match has_id {
-            true => format!("json_object('id', {row}.\"id\")"),
-            false => "json_object('id', NULL)".to_string(),
+    table_triggers_drop(conn, table).await?;
+    // The names come from the catalog's SQL: each is checked before it goes in a trigger.
+    if let Some(column) = columns.iter().find(|c| check_setting_key(c).is_err()) {
+        return Err(StoreError::Migration(format!(
+            "module table {table} has a column named {column:?}: use a-z, 0-9 and _"
+        )));
+    }
+    let name = table.quoted();
+    let module = slug.as_str(); // validated: [a-z0-9_] only
+    let entity = table.as_str(); // validated likewise
+    // Who wrote which row (its key) and which columns, never the values: a row purged or
+    // archived must not live on in audit_logs.
+    let has_id = columns.iter().any(|c| c == "id");
+    let key = |row: &str| match has_id {
+        true => format!("json_object('id', {row}.\"id\")"),
+        false => "json_object('id', NULL)".to_string(),
+    };
+    let names = columns.iter().map(|c| format!("'{c}'"));
+    let all_columns = format!("json_array({})", names.collect::<Vec<_>>().join(", "));
+    let changed = columns.iter().map(|c| {
+        let q = quote_ident(c);
+        format!("CASE WHEN OLD.{q} IS NOT NEW.{q} THEN '{c}' END")
+    });
+    let changed_columns = format!(
+        "(SELECT json_group_array(value) FROM json_each(json_array({})) WHERE value IS NOT NULL)",
+        changed.collect::<Vec<_>>().join(", ")
+    );
+    // During a post-upgrade step (`steward_post_upgrade` holds its tenants) the freeze
+    // gives way to the step's scope and rows are not audited one by one (the upgrade is);
+    // a purge (`steward_purging`) deletes rows already in a verified export.
+    let stepping = "EXISTS (SELECT 1 FROM steward_post_upgrade)";
+    let purging = "EXISTS (SELECT 1 FROM steward_purging)";
+    for (op, row) in TRIGGER_OPS {
+        let (before, after) = match op {
+            "INSERT" => (
+                "NULL".to_string(),
+                format!("json_set({}, '$.changed', json({all_columns}))", key("NEW")),
+            ),
+            "UPDATE" => (
+                key("OLD"),
+                format!(
+                    "json_set({}, '$.changed', json({changed_columns}))",
+                    key("NEW")
+                ),
+            ),
+            _ => (key("OLD"), "NULL".to_string()),
         };
-        let names = columns.iter().map(|c| format!("'{c}'"));
-        let all_columns = format!("json_array({})", names.collect::<Vec<_>>().join(", "));
-        let changed = columns.iter().map(|c| {
-            let q = quote_ident(c);
-            format!("CASE WHEN OLD.{q} IS NOT NEW.{q} THEN '{c}' END")
-        });
-        let changed_columns = format!(
-            "(SELECT json_group_array(value) FROM json_each(json_array({})) WHERE value IS NOT NULL)",
-            changed.collect::<Vec<_>>().join(", ")
-        );
-        // During a post-upgrade step (`steward_post_upgrade` holds its tenants) the freeze
-        // gives way to the step's scope and rows are not audited one by one (the upgrade is);
-        // a purge (`steward_purging`) deletes rows already in a verified export.
-        let stepping = "EXISTS (SELECT 1 FROM steward_post_upgrade)";
-        let purging = "EXISTS (SELECT 1 FROM steward_purging)";
-        for (op, row) in TRIGGER_OPS {
-            let (before, after) = match op {
-                "INSERT" => (
-                    "NULL".to_string(),
-                    format!("json_set({}, '$.changed', json({all_columns}))", key("NEW")),
-                ),
-                "UPDATE" => (
-                    key("OLD"),
-                    format!(
-                        "json_set({}, '$.changed', json({changed_columns}))",
-                        key("NEW")
-                    ),
-                ),
-                _ => (key("OLD"), "NULL".to_string()),
-            };
-            let not_purging = match op {
-                "DELETE" => format!(" AND NOT {purging}"),
-                _ => String::new(),
-            };
-            let statements = [
-                format!(
-                    "BEFORE {op} ON {name} FOR EACH ROW WHEN {stepping} AND {row}.tenant_id \
-                     NOT IN (SELECT tenant_id FROM steward_post_upgrade) \
-                     BEGIN SELECT RAISE(IGNORE); END"
-                ),
-                format!(
-                    "BEFORE {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
-                     AND NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = {row}.tenant_id \
-                       AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
-                     BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
-                ),
-                format!(
-                    "AFTER {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
-                     BEGIN INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
-                     VALUES ('database', 'row.{}', {row}.tenant_id, '{module}', '{entity}', {before}, {after}); END",
-                    op.to_lowercase()
-                ),
-            ];
-            for (kind, body) in TRIGGER_KINDS.into_iter().zip(statements) {
-                let trigger = trigger_name(table, kind, op);
-                sqlx::query(&format!("CREATE TRIGGER {trigger} {body}"))
-                    .execute(&mut *conn)
-                    .await?;
-            }
+        let not_purging = match op {
+            "DELETE" => format!(" AND NOT {purging}"),
+            _ => String::new(),
+        };
+        let statements = [
+            format!(
+                "BEFORE {op} ON {name} FOR EACH ROW WHEN {stepping} AND {row}.tenant_id \
+                 NOT IN (SELECT tenant_id FROM steward_post_upgrade) \
+                 BEGIN SELECT RAISE(IGNORE); END"
+            ),
+            format!(
+                "BEFORE {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
+                 AND NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = {row}.tenant_id \
+                   AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
+                 BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
+            ),
+            format!(
+                "AFTER {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
+                 BEGIN INSERT INTO audit_logs (actor, action, tenant_id, module, entity, before, after) \
+                 VALUES ('database', 'row.{}', {row}.tenant_id, '{module}', '{entity}', {before}, {after}); END",
+                op.to_lowercase()
+            ),
+        ];
+        for (kind, body) in TRIGGER_KINDS.into_iter().zip(statements) {
+            let trigger = trigger_name(table, kind, op);
+            sqlx::query(&format!("CREATE TRIGGER {trigger} {body}"))
+                .execute(&mut *conn)
+                .await?;
         }
     }
     Ok(())
 }
 
-async fn drop_audit_triggers(
+/// See [`crate::store::sql::Conn::table_triggers_drop`].
+pub(super) async fn table_triggers_drop(
     conn: &mut SqliteConnection,
-    tables: &[ModuleTable],
+    table: &ModuleTable,
 ) -> StoreResult<()> {
-    for table in tables {
-        for kind in TRIGGER_KINDS {
-            for (op, _) in TRIGGER_OPS {
-                let trigger = trigger_name(table, kind, op);
-                sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
-                    .execute(&mut *conn)
-                    .await?;
-            }
+    for kind in TRIGGER_KINDS {
+        for (op, _) in TRIGGER_OPS {
+            let trigger = trigger_name(table, kind, op);
+            sqlx::query(&format!("DROP TRIGGER IF EXISTS {trigger}"))
+                .execute(&mut *conn)
+                .await?;
         }
     }
     Ok(())
 }
 
 /// Run post-upgrade SQL for `tenants` only: the module tables' scope triggers skip every other
-/// tenant's rows while `steward_post_upgrade` holds them (see `install_audit_triggers`).
+/// tenant's rows while `steward_post_upgrade` holds them (see [`table_triggers`]).
 pub(super) async fn post_upgrade(
     conn: &mut SqliteConnection,
     tenants: &[TenantId],

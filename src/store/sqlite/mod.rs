@@ -304,10 +304,13 @@ impl JobStore for SqliteStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        let _guard = self.write_lock.lock().await;
-        MIGRATOR.run(&self.pool).await?;
-        lifecycle::refresh_module_triggers(&self.pool).await?;
-        Ok(())
+        {
+            let _guard = self.write_lock.lock().await;
+            MIGRATOR.run(&self.pool).await?;
+        }
+        let mut tx = super::sql::SqlStore::write(self).await?;
+        super::sql::modules::triggers_refresh(&mut *tx).await?;
+        tx.commit().await
     }
 
     async fn schema_version(&self) -> StoreResult<i64> {
