@@ -60,10 +60,6 @@ pub trait JobStore:
     /// Apply the schema in `migrations/<backend>/`; idempotent.
     async fn migrate(&self) -> StoreResult<()>;
 
-    /// The number of the last migration applied to this database (0 when it was never
-    /// migrated); this build writes [`SCHEMA_VERSION`].
-    async fn schema_version(&self) -> StoreResult<i64>;
-
     /// Insert jobs in one statement. A job whose unique key is held by another job that is
     /// not completed or cancelled is not inserted; that job's id is returned instead. A dead
     /// job keeps its key on purpose: the operator retries or discards it, rather than a
@@ -133,6 +129,10 @@ pub trait JobStore:
 /// Written once for both backends (`store/sql/jobs.rs`).
 #[async_trait]
 pub trait JobAdmin: Send + Sync {
+    /// The number of the last migration applied to this database (0 when it was never
+    /// migrated); this build writes [`SCHEMA_VERSION`].
+    async fn schema_version(&self) -> StoreResult<i64>;
+
     /// Delete completed jobs finished before `completed_before` and dead or cancelled jobs
     /// finished before `dead_before`.
     async fn jobs_prune(

@@ -424,21 +424,6 @@ impl JobStore for PgStore {
         }
     }
 
-    async fn schema_version(&self) -> StoreResult<i64> {
-        let migrated: bool =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        if !migrated {
-            return Ok(0);
-        }
-        Ok(sqlx::query_scalar(
-            "SELECT coalesce(max(version), 0)::int8 FROM _sqlx_migrations WHERE success",
-        )
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());

@@ -18,22 +18,19 @@ use rust_decimal::Decimal;
 /// Usage rows per insert statement (8 values each, well under both databases' limits).
 const USAGE_ROWS_PER_INSERT: usize = 1_000;
 
-/// A table's columns, in order; none when it does not exist. (The table's name is validated;
-/// it is bound, never spliced.)
-pub(crate) async fn table_columns(
-    conn: &mut dyn Conn,
-    table: &ModuleTable,
-) -> StoreResult<Vec<String>> {
+/// The columns of table `name` (in this schema), in order; none when it does not exist. (The
+/// name is bound, never spliced.)
+pub(crate) async fn table_columns(conn: &mut dyn Conn, name: &str) -> StoreResult<Vec<String>> {
     let (text, name) = conn.dialect().pick2(
         (
             "SELECT attname::text AS name FROM pg_attribute \
              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped \
              ORDER BY attnum",
-            table.quoted(),
+            quote_ident(name),
         ),
         (
             "SELECT name FROM pragma_table_info($1) ORDER BY cid",
-            table.as_str().to_string(),
+            name.to_string(),
         ),
     );
     conn.fetch_all(sql!(text, name))
@@ -69,7 +66,7 @@ impl<S: SqlStore> DataStore for S {
     }
 
     async fn module_table_columns(&self, table: &ModuleTable) -> StoreResult<Vec<String>> {
-        let columns = table_columns(&mut *self.read().await?, table).await?;
+        let columns = table_columns(&mut *self.read().await?, table.as_str()).await?;
         if columns.is_empty() {
             return Err(StoreError::InvalidInput(format!("no table {table}")));
         }

@@ -149,6 +149,20 @@ fn bulk(action: impl Into<String>, filter: &JobFilter, with_state: bool) -> Sql 
 
 #[async_trait]
 impl<S: SqlStore> JobAdmin for S {
+    async fn schema_version(&self) -> StoreResult<i64> {
+        let mut conn = self.read().await?;
+        // (A database never migrated has no table of migrations.)
+        if super::data::table_columns(&mut *conn, "_sqlx_migrations")
+            .await?
+            .is_empty()
+        {
+            return Ok(0);
+        }
+        let applied = "SELECT CAST(coalesce(max(version), 0) AS BIGINT) AS version \
+                       FROM _sqlx_migrations WHERE success";
+        conn.fetch_one(sql!(applied)).await?.int("version")
+    }
+
     async fn tables_vacuum(&self, min_dead: u64) -> StoreResult<u64> {
         SqlStore::tables_vacuum(self, min_dead).await
     }

@@ -177,7 +177,7 @@ async fn module_tables(
             if tables.iter().any(|(t, _)| *t == table) {
                 continue;
             }
-            let columns = super::data::table_columns(conn, &table).await?;
+            let columns = super::data::table_columns(conn, table.as_str()).await?;
             if !installed || !columns.is_empty() {
                 tables.push((table, columns));
             }
@@ -225,7 +225,7 @@ pub async fn triggers_refresh(conn: &mut dyn Conn) -> StoreResult<()> {
 async fn tables_create(conn: &mut dyn Conn, slug: &Slug, version: &Pending) -> StoreResult<()> {
     conn.script(&version.up_sql).await?;
     for table in &version.tables {
-        let columns = super::data::table_columns(conn, table).await?;
+        let columns = super::data::table_columns(conn, table.as_str()).await?;
         if columns.is_empty() {
             return Err(StoreError::Migration(format!(
                 "the migration did not create the declared table {table}"

@@ -313,23 +313,6 @@ impl JobStore for SqliteStore {
         tx.commit().await
     }
 
-    async fn schema_version(&self) -> StoreResult<i64> {
-        let migrated: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
-             WHERE type = 'table' AND name = '_sqlx_migrations')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if !migrated {
-            return Ok(0);
-        }
-        Ok(sqlx::query_scalar(
-            "SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success",
-        )
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     async fn jobs_insert_many(&self, jobs: &[NewJob]) -> StoreResult<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
