@@ -32,6 +32,7 @@ per_backend!(
     versions_publish_once_and_list_in_version_order,
     a_request_is_written_only_if_the_row_is_as_expected,
     status_moves_are_checked_against_the_rules_the_expected_status_and_the_last_change,
+    a_write_decided_on_the_tenants_modules_is_refused_once_one_of_them_changed,
     listings_sort_a_tenants_modules_by_slug_and_a_modules_tenants_by_id,
     settings_replace_the_previous_ones_of_one_tenant_module_only,
     stuck_modules_are_the_idle_ones_in_a_status_oldest_first,
@@ -99,6 +100,7 @@ async fn tenant_module_at(
             reason: None,
             expected: None,
             actor: "test",
+            tenant_seen: None,
         })
         .await
         .unwrap();
@@ -510,6 +512,7 @@ async fn a_request_is_written_only_if_the_row_is_as_expected(backend: Backend) {
         reason: Some("waiting for approval"),
         expected,
         actor: "user:ana",
+        tenant_seen: None,
     };
     // A tenant that does not exist, or a version of another module: refused, nothing written.
     publish(&t, &module("other_mod", Maturity::Ga, &[])).await;
@@ -2048,5 +2051,71 @@ async fn the_rollback_undoes_the_last_upgrade_within_its_window(backend: Backend
         matches!(err, steward::lifecycle::LifecycleError::NothingDone(_)),
         "{err:?}"
     );
+    t.cleanup().await;
+}
+
+/// A rule that read the tenant's other modules (dependencies, dependants) holds against a
+/// concurrent change of one of them: a move or a request that carries the tenant's modules as
+/// its operation saw them is written only if they are still so.
+async fn a_write_decided_on_the_tenants_modules_is_refused_once_one_of_them_changed(
+    backend: Backend,
+) {
+    let t = fresh(backend).await;
+    publish(&t, &module("stock", Maturity::Ga, &[])).await;
+    publish(&t, &module("alerts", Maturity::Ga, &["stock"])).await;
+    let acme = tenant(&t, "acme", false, false).await;
+    tenant_module_at(&t, acme, "stock", Provisioning, &[Enabled]).await;
+    tenant_module_at(&t, acme, "alerts", Provisioning, &[Enabled, Disabled]).await;
+    let read = |modules: Vec<TenantModuleRecord>| -> Vec<(String, TenantModuleStatus)> {
+        modules.into_iter().map(|m| (m.module, m.status)).collect()
+    };
+    // Decided together: turning alerts back on (stock is enabled) and stock off (nothing in
+    // use needs it). The first to write wins; the other finds the tenant changed.
+    let seen = read(t.store.tenant_modules(acme).await.unwrap());
+    let mut reenable = StatusChange::new(acme, "alerts", Some(Disabled), Enabled, "u", "test");
+    reenable.tenant_seen = Some(&seen);
+    let mut disable = StatusChange::new(acme, "stock", Some(Enabled), Disabled, "u", "test");
+    disable.tenant_seen = Some(&seen);
+    t.store.tenant_module_move(&disable).await.unwrap();
+    let audited = t.store.audit_list(Some(acme), 100).await.unwrap().len();
+    let err = t.store.tenant_module_move(&reenable).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        status(&t, acme, "alerts").await,
+        Some(Disabled),
+        "nothing written"
+    );
+    assert_eq!(
+        t.store.audit_list(Some(acme), 100).await.unwrap().len(),
+        audited
+    );
+    // A request decided on stale modules: refused too, nothing written.
+    publish(&t, &module("reports", Maturity::Ga, &["stock"])).await;
+    let version_id = t.store.versions_of("reports").await.unwrap()[0].id;
+    let request = ModuleRequest {
+        tenant_id: acme,
+        module: "reports",
+        version_id,
+        status: Provisioning,
+        reason: None,
+        expected: None,
+        actor: "u",
+        tenant_seen: Some(&seen),
+    };
+    let err = t.store.tenant_module_request(&request).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(status(&t, acme, "reports").await, None);
+    // Read again, the same writes go through (the rules decide on what is there now).
+    let seen = read(t.store.tenant_modules(acme).await.unwrap());
+    let request = ModuleRequest {
+        tenant_seen: Some(&seen),
+        ..request
+    };
+    t.store.tenant_module_request(&request).await.unwrap();
+    let seen = read(t.store.tenant_modules(acme).await.unwrap());
+    let mut enable = StatusChange::new(acme, "stock", Some(Disabled), Enabled, "u", "test");
+    enable.tenant_seen = Some(&seen);
+    t.store.tenant_module_move(&enable).await.unwrap();
+    assert_eq!(status(&t, acme, "stock").await, Some(Enabled));
     t.cleanup().await;
 }

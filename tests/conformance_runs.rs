@@ -687,6 +687,7 @@ async fn module_primitives_run_inside_the_step_transaction(backend: Backend) {
             reason: None,
             expected: None,
             actor: "test",
+            tenant_seen: None,
         })
         .await
         .unwrap();

@@ -1110,6 +1110,7 @@ async fn deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_re
             set_version: None,
             unchanged_since: None,
             catch_up: &[],
+            tenant_seen: None,
         })
         .await
         .unwrap();

@@ -288,6 +288,13 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     assert!(summary[0].skipped_reason.is_some());
     assert_eq!(status(&t, without, "alerts").await, None);
     assert_eq!(status(&t, with, "alerts").await, Some(Provisioning));
+    // A module on its way in holds its dependencies as one in use does: turning inventory
+    // off now would let provisioning enable alerts without it.
+    let err = life
+        .disable(with, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "has_dependants");
     life.start_provisioning(
         &t.store
             .tenant_module_get(with, "alerts")
@@ -378,6 +385,7 @@ async fn a_request_and_its_admission_are_one_write_and_a_stranded_request_is_adm
             reason: None,
             expected: None,
             actor: "steward-0.1",
+            tenant_seen: None,
         })
         .await
         .unwrap();
@@ -394,6 +402,7 @@ async fn a_request_and_its_admission_are_one_write_and_a_stranded_request_is_adm
             reason: None,
             expected: None,
             actor: "steward-0.1",
+            tenant_seen: None,
         })
         .await
         .unwrap();

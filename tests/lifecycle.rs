@@ -431,6 +431,7 @@ async fn refused_moves_change_nothing_and_accepted_ones_are_audited(backend: Bac
         set_version: None,
         unchanged_since: None,
         catch_up: &[],
+        tenant_seen: None,
     };
     for refused in [Requested, UpToDate, Upgrading, Archived, Suspended] {
         let err = t
@@ -604,6 +605,7 @@ async fn unavailable_modules_and_missing_dependencies_are_refused(backend: Backe
             set_version: None,
             unchanged_since: None,
             catch_up: &[],
+            tenant_seen: None,
         })
         .await
         .unwrap();
@@ -725,6 +727,7 @@ async fn an_archived_module_can_be_requested_again_but_a_live_one_cannot(backend
                 set_version: None,
                 unchanged_since: None,
                 catch_up: &[],
+                tenant_seen: None,
             })
             .await
             .unwrap();
@@ -1337,6 +1340,7 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
             set_version: None,
             unchanged_since: Some(seen.updated_at),
             catch_up: &[],
+            tenant_seen: None,
         })
         .await
         .unwrap_err();
@@ -1460,6 +1464,7 @@ async fn stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error(backend:
             reason: None,
             expected: None,
             actor: "tenant",
+            tenant_seen: None,
         })
         .await
         .unwrap();

@@ -76,6 +76,19 @@ impl TenantModuleStatus {
         )
     }
 
+    /// The module needs the modules it depends on to stay on: it is in use, or on its way in
+    /// (requested, waiting for approval, provisioning: provisioning ends ENABLED without
+    /// asking again).
+    pub fn holds_dependencies(self) -> bool {
+        self.is_active()
+            || matches!(
+                self,
+                TenantModuleStatus::Requested
+                    | TenantModuleStatus::PendingApproval
+                    | TenantModuleStatus::Provisioning
+            )
+    }
+
     /// The module counts as enabled for another module's dependency on it.
     pub fn satisfies_dependency(self) -> bool {
         matches!(

@@ -48,7 +48,7 @@ impl Lifecycle {
             existing.as_ref().map(|m| m.status),
             existing.as_ref().and_then(|m| m.disabled_from),
         )?;
-        let (admission, version_id) = self.admission(tenant_id, &slug).await?;
+        let (admission, version_id, seen) = self.admission(tenant_id, &slug).await?;
         let (to, reason, warning) = match admission {
             Admission::NeedsApproval { reason } => {
                 (TenantModuleStatus::PendingApproval, Some(reason), None)
@@ -65,6 +65,8 @@ impl Lifecycle {
                 reason: reason.as_deref(),
                 expected: existing.map(|m| m.status),
                 actor: actor.as_str(),
+                // The dependencies admission found enabled are still so when it is written.
+                tenant_seen: Some(&seen),
             })
             .await?;
         let run = match module.status {
@@ -80,12 +82,13 @@ impl Lifecycle {
         })
     }
 
-    /// The availability rules' answer for `tenant_id` and `slug`, and the version it gets.
+    /// The availability rules' answer for `tenant_id` and `slug`, the version it gets, and
+    /// the tenant's modules the answer read.
     async fn admission(
         &self,
         tenant_id: TenantId,
         slug: &Slug,
-    ) -> Result<(Admission, i64), LifecycleError> {
+    ) -> Result<(Admission, i64, Vec<(String, TenantModuleStatus)>), LifecycleError> {
         let tenant = self
             .store
             .tenant_get(tenant_id)
@@ -102,13 +105,8 @@ impl Lifecycle {
         let version = installed(&versions)
             .or(versions.last())
             .ok_or_else(|| LifecycleError::NoVersion(slug.to_string()))?;
-        let modules: HashMap<String, TenantModuleStatus> = self
-            .store
-            .tenant_modules(tenant_id)
-            .await?
-            .into_iter()
-            .map(|m| (m.module, m.status))
-            .collect();
+        let seen = super::switch::seen(&self.store.tenant_modules(tenant_id).await?);
+        let modules: HashMap<String, TenantModuleStatus> = seen.iter().cloned().collect();
         let admission = availability::admit(
             &ModuleFacts {
                 slug: slug.as_str(),
@@ -121,7 +119,7 @@ impl Lifecycle {
                 modules: &modules,
             },
         )?;
-        Ok((admission, version.id))
+        Ok((admission, version.id, seen))
     }
 
     /// Start provisioning a tenant module that is PROVISIONING, or PENDING_APPROVAL (its run
@@ -273,11 +271,15 @@ impl Lifecycle {
             .await?
         {
             let slug = Slug::parse(&module.module)?;
-            let (to, reason) = match self.admission(module.tenant_id, &slug).await {
-                Ok((Admission::NeedsApproval { reason }, _)) => {
-                    (TenantModuleStatus::PendingApproval, Some(reason))
+            let (to, reason, seen) = match self.admission(module.tenant_id, &slug).await {
+                Ok((Admission::NeedsApproval { reason }, _, seen)) => (
+                    TenantModuleStatus::PendingApproval,
+                    Some(reason),
+                    Some(seen),
+                ),
+                Ok((Admission::Provision { .. }, _, seen)) => {
+                    (TenantModuleStatus::Provisioning, None, Some(seen))
                 }
-                Ok((Admission::Provision { .. }, _)) => (TenantModuleStatus::Provisioning, None),
                 // Refused now (a rule, or the tenant, module or version is gone): ERROR with
                 // the reason, so one stranded row never blocks the others.
                 Err(
@@ -285,7 +287,7 @@ impl Lifecycle {
                     | LifecycleError::NoTenant(_)
                     | LifecycleError::NoModule(_)
                     | LifecycleError::NoVersion(_)),
-                ) => (TenantModuleStatus::Error, Some(refused.to_string())),
+                ) => (TenantModuleStatus::Error, Some(refused.to_string()), None),
                 Err(other) => return Err(other),
             };
             let mut change = StatusChange::new(
@@ -297,6 +299,7 @@ impl Lifecycle {
                 "module.admit",
             );
             change.reason = reason.as_deref();
+            change.tenant_seen = seen.as_deref();
             let moved = self.store.tenant_module_move(&change).await?;
             if moved.status == TenantModuleStatus::Provisioning {
                 self.start_provisioning(&moved).await?;

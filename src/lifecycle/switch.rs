@@ -35,7 +35,8 @@ pub struct ModuleChanged {
 
 impl Lifecycle {
     /// Turn a tenant's module off: DISABLED, its data kept and frozen. Refused while another
-    /// module of the tenant that depends on it is in use (the error lists them).
+    /// module of the tenant that depends on it is in use or on its way in (the error lists
+    /// them); written only if the tenant's modules are still as read here.
     pub async fn disable(
         &self,
         tenant_id: TenantId,
@@ -44,9 +45,11 @@ impl Lifecycle {
     ) -> Result<TenantModuleRecord, LifecycleError> {
         let slug = Slug::parse(slug)?;
         let current = self.tenant_module(tenant_id, &slug).await?;
-        let dependants = self.dependants(tenant_id, &slug).await?;
+        let modules = self.store.tenant_modules(tenant_id).await?;
+        let dependants = self.dependants(&modules, &slug).await?;
         status::check_disable(slug.as_str(), current.status, &dependants)?;
-        let change = StatusChange::new(
+        let seen = seen(&modules);
+        let mut change = StatusChange::new(
             tenant_id,
             slug.as_str(),
             Some(current.status),
@@ -54,6 +57,7 @@ impl Lifecycle {
             actor.as_str(),
             "module.disable",
         );
+        change.tenant_seen = Some(&seen);
         let disabled = self.store.tenant_module_move(&change).await?;
         // A pending request withdrawn: its run stops waiting for an approval.
         if current.status == TenantModuleStatus::PendingApproval {
@@ -62,26 +66,24 @@ impl Lifecycle {
         Ok(disabled)
     }
 
-    /// The tenant's modules in use that depend on `slug`.
+    /// Those of the tenant's `modules` that depend on `slug` and need it on (in use, or on
+    /// their way in).
     async fn dependants(
         &self,
-        tenant_id: TenantId,
+        modules: &[TenantModuleRecord],
         slug: &Slug,
     ) -> Result<Vec<String>, LifecycleError> {
         let catalog = self.store.modules_list().await?;
-        Ok(self
-            .store
-            .tenant_modules(tenant_id)
-            .await?
-            .into_iter()
-            .filter(|m| m.status.is_active())
+        Ok(modules
+            .iter()
+            .filter(|m| m.status.holds_dependencies())
             .filter(|m| {
                 catalog
                     .iter()
                     .find(|c| c.slug == m.module)
                     .is_some_and(|c| c.dependencies.iter().any(|d| d == slug.as_str()))
             })
-            .map(|m| m.module)
+            .map(|m| m.module.clone())
             .collect())
     }
 
@@ -111,18 +113,16 @@ impl Lifecycle {
             module.maturity == Maturity::Retired,
             actor,
         )?;
-        let enabled: Vec<String> = self
-            .store
-            .tenant_modules(tenant_id)
-            .await?
-            .into_iter()
+        let modules = self.store.tenant_modules(tenant_id).await?;
+        let enabled: Vec<&str> = modules
+            .iter()
             .filter(|m| m.status.satisfies_dependency())
-            .map(|m| m.module)
+            .map(|m| m.module.as_str())
             .collect();
         let missing: Vec<&str> = module
             .dependencies
             .iter()
-            .filter(|d| !enabled.contains(d))
+            .filter(|d| !enabled.contains(&d.as_str()))
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
@@ -138,6 +138,7 @@ impl Lifecycle {
             "module.reenable"
         };
         let (catch_up, target) = self.catch_up(&current).await?;
+        let seen = seen(&modules);
         let mut change = StatusChange::new(
             tenant_id,
             slug.as_str(),
@@ -146,6 +147,7 @@ impl Lifecycle {
             actor.as_str(),
             action,
         );
+        change.tenant_seen = Some(&seen);
         if let Some(target) = target {
             change.to = TenantModuleStatus::UpToDate;
             change.set_version = Some(target);
@@ -424,4 +426,12 @@ impl Lifecycle {
         }
         Ok(changed)
     }
+}
+
+/// A tenant's modules as an operation read them (see [`StatusChange::tenant_seen`]).
+pub(super) fn seen(modules: &[TenantModuleRecord]) -> Vec<(String, TenantModuleStatus)> {
+    modules
+        .iter()
+        .map(|m| (m.module.clone(), m.status))
+        .collect()
 }

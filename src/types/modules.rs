@@ -223,6 +223,8 @@ pub struct ModuleRequest<'a> {
     /// What the operation saw: no row (`None`) or a row in this status.
     pub expected: Option<TenantModuleStatus>,
     pub actor: &'a str,
+    /// See [`StatusChange::tenant_seen`].
+    pub tenant_seen: Option<&'a [(String, TenantModuleStatus)]>,
 }
 
 /// A requested status change of a tenant module.
@@ -253,6 +255,11 @@ pub struct StatusChange<'a> {
     /// PostgreSQL, with `app.current_tenant_id` set; SQLite's post-upgrade SQL ran for every
     /// tenant during the upgrade, so there it has nothing left to do).
     pub catch_up: &'a [i64],
+    /// Only if the tenant's modules are all still as the operation saw them when it decided,
+    /// (module, status) of each: a rule that read them (the dependencies a module needs, the
+    /// modules that need it) holds against a concurrent change of another of them. Checked
+    /// with every one of the tenant's module rows locked.
+    pub tenant_seen: Option<&'a [(String, TenantModuleStatus)]>,
 }
 
 impl<'a> StatusChange<'a> {
@@ -278,6 +285,7 @@ impl<'a> StatusChange<'a> {
             set_version: None,
             unchanged_since: None,
             catch_up: &[],
+            tenant_seen: None,
         }
     }
 

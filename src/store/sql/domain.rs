@@ -148,6 +148,41 @@ async fn tenant_module_locked(
     .transpose()
 }
 
+/// Lock every module row of the tenant and check that they are as an operation saw them
+/// when it decided (`seen`, see [`StatusChange::tenant_seen`]); else a conflict.
+async fn tenant_as_seen(
+    conn: &mut dyn Conn,
+    tenant_id: TenantId,
+    seen: Option<&[(String, TenantModuleStatus)]>,
+) -> StoreResult<()> {
+    let Some(seen) = seen else {
+        return Ok(());
+    };
+    let rows = conn
+        .fetch_all(sql!(
+            "SELECT module, status FROM tenant_modules WHERE tenant_id = $1 \
+             ORDER BY module {for_update}",
+            tenant_id
+        ))
+        .await?;
+    let mut now = rows
+        .iter()
+        .map(|r| Ok((r.text("module")?, r.text("status")?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let mut seen: Vec<(String, String)> = seen
+        .iter()
+        .map(|(module, status)| (module.clone(), status.as_str().to_string()))
+        .collect();
+    now.sort();
+    seen.sort();
+    if now != seen {
+        return Err(StoreError::Conflict(format!(
+            "tenant {tenant_id}'s modules changed while the change was decided: try again"
+        )));
+    }
+    Ok(())
+}
+
 /// Move a tenant module's status on the caller's transaction: locked, checked against the
 /// rules (and `change.from`), caught up, updated and audited. Shared by [`DomainStore`] and
 /// the step transactions of the lifecycle workflows.
@@ -155,6 +190,7 @@ pub(crate) async fn move_status(
     conn: &mut dyn Conn,
     change: &StatusChange<'_>,
 ) -> StoreResult<TenantModuleRecord> {
+    tenant_as_seen(conn, change.tenant_id, change.tenant_seen).await?;
     let current = tenant_module_locked(conn, change.tenant_id, change.module)
         .await?
         .ok_or_else(|| {
@@ -470,6 +506,7 @@ impl<S: SqlStore> DomainStore for S {
         request: &ModuleRequest<'_>,
     ) -> StoreResult<TenantModuleRecord> {
         let mut tx = self.write().await?;
+        tenant_as_seen(&mut *tx, request.tenant_id, request.tenant_seen).await?;
         let existing = tenant_module_locked(&mut *tx, request.tenant_id, request.module).await?;
         let found = tx
             .fetch_one(sql!(
