@@ -314,6 +314,17 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
         .unwrap_err();
     assert_eq!(rule_code(err), "has_dependants");
     assert_eq!(status(&t, with, "inventory").await, Some(Enabled));
+    // Nor archived (its data exported and removed) while suspended under it.
+    life.suspend(with, "inventory", &master(), "payment")
+        .await
+        .unwrap();
+    let err = life
+        .archive(with, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "has_dependants");
+    life.resume(with, "inventory", &master()).await.unwrap();
+    assert_eq!(status(&t, with, "inventory").await, Some(Enabled));
     // Dependants off first, then the dependency; turning the dependant back on before its
     // dependency is refused.
     life.disable(with, "alerts", &tenant_admin()).await.unwrap();

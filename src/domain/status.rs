@@ -174,20 +174,27 @@ pub fn check_request_again(
     }
 }
 
-/// May `module` (now `status`) be turned off, given the tenant's enabled modules that depend
-/// on it (`dependants`)? Refused with their list while any is in use.
+/// May `module` (now `status`) be turned off, given the tenant's modules that depend on it
+/// and need it on (`dependants`, see [`TenantModuleStatus::holds_dependencies`])?
 pub fn check_disable(
     module: &str,
     status: TenantModuleStatus,
     dependants: &[String],
 ) -> Result<(), DomainError> {
-    if !dependants.is_empty() {
-        return Err(DomainError::HasDependants {
-            module: module.to_string(),
-            dependants: dependants.join(", "),
-        });
-    }
+    check_no_dependants(module, dependants)?;
     status.check_move(TenantModuleStatus::Disabled)
+}
+
+/// Turning `module` off or archiving it is refused, naming them, while `dependants` (the
+/// tenant's modules that depend on it and need it on) are there.
+pub fn check_no_dependants(module: &str, dependants: &[String]) -> Result<(), DomainError> {
+    if dependants.is_empty() {
+        return Ok(());
+    }
+    Err(DomainError::HasDependants {
+        module: module.to_string(),
+        dependants: dependants.join(", "),
+    })
 }
 
 /// Only a Master Admin (or steward's own policy) suspends a tenant's module.

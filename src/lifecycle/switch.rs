@@ -319,7 +319,8 @@ impl Lifecycle {
 
     /// Archive a DISABLED or SUSPENDED tenant module: starts the `module_archive` run, which
     /// exports the tenant's rows to the export storage, verifies them, and only then removes
-    /// them. Who asked is in the audit log with the run.
+    /// them. Refused, as a disable is, while a module that depends on it is in use or on its
+    /// way in (a suspended one may have such). Who asked is in the audit log with the run.
     pub async fn archive(
         &self,
         tenant_id: TenantId,
@@ -329,6 +330,8 @@ impl Lifecycle {
         let slug = Slug::parse(slug)?;
         let current = self.tenant_module(tenant_id, &slug).await?;
         current.status.check_move(TenantModuleStatus::Archived)?;
+        let modules = self.store.tenant_modules(tenant_id).await?;
+        status::check_no_dependants(slug.as_str(), &self.dependants(&modules, &slug).await?)?;
         let (run, started) = self
             .engine
             .start(
