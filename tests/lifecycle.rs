@@ -126,6 +126,25 @@ async fn the_application_role_cannot_switch_off_the_freeze_or_the_audit_on_postg
     t.cleanup().await;
 }
 
+/// A module table's triggers already as this version writes them are left as they are when
+/// steward starts (and when a migration makes the module's triggers): remaking them would
+/// lock the table against its readers until the transaction ends (PostgreSQL's DROP TRIGGER
+/// takes the table's strongest lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_already_current_are_left_alone_on_postgres() {
+    let t = fresh(Backend::Postgres).await;
+    stock_in_use(&t).await;
+    let pool = t.pg.as_ref().unwrap().pool();
+    let triggers = "SELECT tgname::text, oid::int8 FROM pg_trigger \
+                    WHERE tgrelid = 'tenant_stock_items'::regclass AND NOT tgisinternal ORDER BY 1";
+    let before: Vec<(String, i64)> = sqlx::query_as(triggers).fetch_all(pool).await.unwrap();
+    assert_eq!(before.len(), 2, "the freeze and the audit: {before:?}");
+    t.store.migrate().await.unwrap();
+    let after: Vec<(String, i64)> = sqlx::query_as(triggers).fetch_all(pool).await.unwrap();
+    assert_eq!(after, before, "not dropped and created again");
+    t.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_level_security_keeps_tenants_apart_on_postgres() {
     let t = fresh(Backend::Postgres).await;

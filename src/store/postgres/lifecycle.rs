@@ -205,11 +205,25 @@ pub(super) async fn table_triggers(
     }
     let name = table.quoted();
     let module = slug.as_str(); // validated: [a-z0-9_] only
-    for (trigger, when, function) in [
-        ("frozen", "BEFORE", "steward_module_guard"),
-        ("audit", "AFTER", "steward_module_audit"),
+    // `pg_trigger.tgtype`: row-level (1), BEFORE (2), on INSERT (4), DELETE (8), UPDATE (16).
+    for (trigger, when, function, tgtype) in [
+        ("frozen", "BEFORE", "steward_module_guard", 31_i16),
+        ("audit", "AFTER", "steward_module_audit", 29_i16),
     ] {
-        let trigger = quote_ident(&format!("{table}_{trigger}"));
+        let trigger = format!("{table}_{trigger}");
+        // A trigger already as written here is left alone: dropping it would lock the table
+        // against its readers until the migration commits.
+        let current: Option<i16> = sqlx::query_scalar(
+            "SELECT tgtype FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2",
+        )
+        .bind(&name)
+        .bind(&trigger)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if current == Some(tgtype) {
+            continue;
+        }
+        let trigger = quote_ident(&trigger);
         sqlx::Executor::execute(
             &mut *conn,
             format!(
