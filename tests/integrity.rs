@@ -356,6 +356,28 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     let alerts = summary.iter().find(|s| s.module == "alerts").unwrap();
     assert_eq!((alerts.synced, alerts.skipped_missing_dependencies), (1, 0));
     assert_eq!(status(&t, without, "alerts").await, Some(Provisioning));
+
+    // An approval turns a module on: refused while a dependency is off (a Master Admin
+    // suspended it after the request), given once it is back.
+    publish(&t, &module("lab", Maturity::Alpha, &["inventory"])).await;
+    let tester = tenant(&t, "tester", true, false).await;
+    life.request(tester, "inventory", &tenant_admin())
+        .await
+        .unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[tester], "inventory", Enabled).await;
+    running.stop().await;
+    life.request(tester, "lab", &tenant_admin()).await.unwrap();
+    assert_eq!(status(&t, tester, "lab").await, Some(PendingApproval));
+    life.suspend(tester, "inventory", &master(), "payment")
+        .await
+        .unwrap();
+    let err = life.approve(tester, "lab", &master()).await.unwrap_err();
+    assert_eq!(rule_code(err), "missing_dependencies");
+    assert_eq!(status(&t, tester, "lab").await, Some(PendingApproval));
+    life.resume(tester, "inventory", &master()).await.unwrap();
+    life.approve(tester, "lab", &master()).await.unwrap();
+    assert_eq!(status(&t, tester, "lab").await, Some(Provisioning));
     t.cleanup().await;
 }
 

@@ -80,23 +80,7 @@ pub fn admit(module: &ModuleFacts<'_>, tenant: &TenantFacts<'_>) -> Result<Admis
             warning: Some("in MAINTENANCE: patches only, not recommended for new projects".into()),
         },
     };
-    let missing: Vec<&str> = module
-        .dependencies
-        .iter()
-        .filter(|dep| {
-            !tenant
-                .modules
-                .get(dep.as_str())
-                .is_some_and(|s| s.satisfies_dependency())
-        })
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err(DomainError::MissingDependencies {
-            module: module.slug.to_string(),
-            missing: missing.join(", "),
-        });
-    }
+    super::status::check_dependencies(module.slug, module.dependencies, tenant.modules)?;
     Ok(admission)
 }
 

@@ -18,6 +18,7 @@
 
 use super::actor::Actor;
 use super::{DomainError, upper_enum};
+use std::collections::HashMap;
 
 upper_enum!(
     /// Where one tenant's module is.
@@ -183,6 +184,32 @@ pub fn check_disable(
 ) -> Result<(), DomainError> {
     check_no_dependants(module, dependants)?;
     status.check_move(TenantModuleStatus::Disabled)
+}
+
+/// A module is turned on (requested, approved, turned back on) only with every module it
+/// depends on enabled for the tenant (`modules`: the tenant's, with their statuses); refused
+/// naming the missing ones.
+pub fn check_dependencies(
+    module: &str,
+    dependencies: &[String],
+    modules: &HashMap<String, TenantModuleStatus>,
+) -> Result<(), DomainError> {
+    let missing: Vec<&str> = dependencies
+        .iter()
+        .filter(|dep| {
+            !modules
+                .get(dep.as_str())
+                .is_some_and(|s| s.satisfies_dependency())
+        })
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DomainError::MissingDependencies {
+        module: module.to_string(),
+        missing: missing.join(", "),
+    })
 }
 
 /// Turning `module` off or archiving it is refused, naming them, while `dependants` (the

@@ -242,6 +242,20 @@ impl Lifecycle {
             }
             .into());
         }
+        // An approval turns the module on: its dependencies must still be enabled (a Master
+        // Admin may have suspended one since the request), and still be when it is written.
+        let mut seen = None;
+        if to == TenantModuleStatus::Provisioning {
+            let module = self
+                .store
+                .module_get(slug.as_str())
+                .await?
+                .ok_or_else(|| LifecycleError::NoModule(slug.to_string()))?;
+            let modules = super::switch::seen(&self.store.tenant_modules(tenant_id).await?);
+            let statuses = modules.iter().cloned().collect();
+            status::check_dependencies(slug.as_str(), &module.dependencies, &statuses)?;
+            seen = Some(modules);
+        }
         // Only a pending request is decided (PROVISIONING → DISABLED is a legal move in
         // general, but not an approval decision): `from` is checked under the row lock.
         let mut change = StatusChange::new(
@@ -253,6 +267,7 @@ impl Lifecycle {
             action,
         );
         change.reason = reason;
+        change.tenant_seen = seen.as_deref();
         Ok(self.store.tenant_module_move(&change).await?)
     }
 

@@ -113,32 +113,15 @@ impl Lifecycle {
             module.maturity == Maturity::Retired,
             actor,
         )?;
-        let modules = self.store.tenant_modules(tenant_id).await?;
-        let enabled: Vec<&str> = modules
-            .iter()
-            .filter(|m| m.status.satisfies_dependency())
-            .map(|m| m.module.as_str())
-            .collect();
-        let missing: Vec<&str> = module
-            .dependencies
-            .iter()
-            .filter(|d| !enabled.contains(&d.as_str()))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(DomainError::MissingDependencies {
-                module: slug.to_string(),
-                missing: missing.join(", "),
-            }
-            .into());
-        }
+        let seen = seen(&self.store.tenant_modules(tenant_id).await?);
+        let statuses = seen.iter().cloned().collect();
+        status::check_dependencies(slug.as_str(), &module.dependencies, &statuses)?;
         let action = if current.status == TenantModuleStatus::Suspended {
             "module.resume"
         } else {
             "module.reenable"
         };
         let (catch_up, target) = self.catch_up(&current).await?;
-        let seen = seen(&modules);
         let mut change = StatusChange::new(
             tenant_id,
             slug.as_str(),
