@@ -65,6 +65,9 @@ pub struct PgConn {
     /// transactions: PostgreSQL serialises the commits of notifying transactions).
     quiet: bool,
     woken: Vec<String>,
+    /// The module tables' trigger functions were made in this transaction already: once is
+    /// enough (replacing a function invalidates every session's cached plans of it).
+    functions_made: bool,
 }
 
 impl PgConn {
@@ -74,6 +77,7 @@ impl PgConn {
             store: store.clone(),
             quiet,
             woken: Vec::new(),
+            functions_made: false,
         })
     }
 
@@ -83,6 +87,7 @@ impl PgConn {
             store: store.clone(),
             quiet: false,
             woken: Vec::new(),
+            functions_made: false,
         })
     }
 
@@ -176,7 +181,8 @@ impl Conn for PgConn {
         table: &ModuleTable,
         _columns: &[String],
     ) -> StoreResult<()> {
-        lifecycle::table_triggers(self.conn(), module, table).await
+        let make_functions = !std::mem::replace(&mut self.functions_made, true);
+        lifecycle::table_triggers(self.conn(), module, table, make_functions).await
     }
 
     async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {
@@ -237,6 +243,7 @@ impl SqlStore for PgStore {
             store: self.clone(),
             quiet: false,
             woken: Vec::new(),
+            functions_made: false,
         }))
     }
 

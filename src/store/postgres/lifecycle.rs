@@ -192,16 +192,27 @@ END
 $fn$"#;
 
 /// See [`crate::store::sql::Conn::table_triggers`]: the freeze and audit triggers, which call
-/// the functions above (created or replaced first, so a deployment gets them as this version
-/// writes them) and read the whole row (`to_jsonb`): columns added by later versions are
-/// audited without touching them.
+/// the functions above and read the whole row (`to_jsonb`): columns added by later versions
+/// are audited without touching them. The functions are made as this version writes them
+/// once per transaction (`make_functions`), and whenever they are missing (a savepoint
+/// rolled them back).
 pub(super) async fn table_triggers(
     conn: &mut PgConnection,
     slug: &Slug,
     table: &ModuleTable,
+    make_functions: bool,
 ) -> StoreResult<()> {
-    for functions in [AUDIT_FUNCTION, GUARD_FUNCTION] {
-        sqlx::Executor::execute(&mut *conn, functions).await?;
+    let missing: bool = sqlx::query_scalar(
+        "SELECT count(*) < 2 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = current_schema() \
+           AND p.proname IN ('steward_module_audit', 'steward_module_guard')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if make_functions || missing {
+        for functions in [AUDIT_FUNCTION, GUARD_FUNCTION] {
+            sqlx::Executor::execute(&mut *conn, functions).await?;
+        }
     }
     let name = table.quoted();
     let module = slug.as_str(); // validated: [a-z0-9_] only
