@@ -2054,28 +2054,30 @@ async fn the_rollback_undoes_the_last_upgrade_within_its_window(backend: Backend
     t.cleanup().await;
 }
 
-/// A rule that read the tenant's other modules (dependencies, dependants) holds against a
-/// concurrent change of one of them: a move or a request that carries the tenant's modules as
-/// its operation saw them is written only if they are still so.
+/// A rule that read some of the tenant's other modules (the dependencies a module needs, the
+/// modules that may need it) holds against a concurrent change of one of them: a move or a
+/// request that carries them as its operation read them is written only if they are still so.
+/// A change of a module the rule did not read is no conflict.
 async fn a_write_decided_on_the_tenants_modules_is_refused_once_one_of_them_changed(
     backend: Backend,
 ) {
     let t = fresh(backend).await;
     publish(&t, &module("stock", Maturity::Ga, &[])).await;
     publish(&t, &module("alerts", Maturity::Ga, &["stock"])).await;
+    publish(&t, &module("misc", Maturity::Ga, &[])).await;
     let acme = tenant(&t, "acme", false, false).await;
     tenant_module_at(&t, acme, "stock", Provisioning, &[Enabled]).await;
     tenant_module_at(&t, acme, "alerts", Provisioning, &[Enabled, Disabled]).await;
-    let read = |modules: Vec<TenantModuleRecord>| -> Vec<(String, TenantModuleStatus)> {
-        modules.into_iter().map(|m| (m.module, m.status)).collect()
-    };
-    // Decided together: turning alerts back on (stock is enabled) and stock off (nothing in
-    // use needs it). The first to write wins; the other finds the tenant changed.
-    let seen = read(t.store.tenant_modules(acme).await.unwrap());
+    // Decided together: turning alerts back on (it read stock: enabled) and stock off (it read
+    // alerts: off). The first to write wins; the other finds what it read changed.
+    let needs = [("stock".to_string(), Some(Enabled))];
+    let needed_by = [("alerts".to_string(), Some(Disabled))];
     let mut reenable = StatusChange::new(acme, "alerts", Some(Disabled), Enabled, "u", "test");
-    reenable.tenant_seen = Some(&seen);
+    reenable.tenant_seen = Some(&needs);
     let mut disable = StatusChange::new(acme, "stock", Some(Enabled), Disabled, "u", "test");
-    disable.tenant_seen = Some(&seen);
+    disable.tenant_seen = Some(&needed_by);
+    // An unrelated module of the tenant changing meanwhile is no conflict.
+    tenant_module_at(&t, acme, "misc", Provisioning, &[]).await;
     t.store.tenant_module_move(&disable).await.unwrap();
     let audited = t.store.audit_list(Some(acme), 100).await.unwrap().len();
     let err = t.store.tenant_module_move(&reenable).await.unwrap_err();
@@ -2089,7 +2091,8 @@ async fn a_write_decided_on_the_tenants_modules_is_refused_once_one_of_them_chan
         t.store.audit_list(Some(acme), 100).await.unwrap().len(),
         audited
     );
-    // A request decided on stale modules: refused too, nothing written.
+    // A request that read stock enabled: refused too. One that read alerts absent while it
+    // appeared meanwhile: refused.
     publish(&t, &module("reports", Maturity::Ga, &["stock"])).await;
     let version_id = t.store.versions_of("reports").await.unwrap()[0].id;
     let request = ModuleRequest {
@@ -2100,22 +2103,26 @@ async fn a_write_decided_on_the_tenants_modules_is_refused_once_one_of_them_chan
         reason: None,
         expected: None,
         actor: "u",
-        tenant_seen: Some(&seen),
+        tenant_seen: Some(&needs),
     };
     let err = t.store.tenant_module_request(&request).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert_eq!(status(&t, acme, "reports").await, None);
+    let absent = [("alerts".to_string(), None)];
+    let mut enable = StatusChange::new(acme, "stock", Some(Disabled), Enabled, "u", "test");
+    enable.tenant_seen = Some(&absent);
+    let err = t.store.tenant_module_move(&enable).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     // Read again, the same writes go through (the rules decide on what is there now).
-    let seen = read(t.store.tenant_modules(acme).await.unwrap());
+    let now_needed_by = [("alerts".to_string(), Some(Disabled))];
+    enable.tenant_seen = Some(&now_needed_by);
+    t.store.tenant_module_move(&enable).await.unwrap();
+    let now_needs = [("stock".to_string(), Some(Enabled))];
     let request = ModuleRequest {
-        tenant_seen: Some(&seen),
+        tenant_seen: Some(&now_needs),
         ..request
     };
     t.store.tenant_module_request(&request).await.unwrap();
-    let seen = read(t.store.tenant_modules(acme).await.unwrap());
-    let mut enable = StatusChange::new(acme, "stock", Some(Disabled), Enabled, "u", "test");
-    enable.tenant_seen = Some(&seen);
-    t.store.tenant_module_move(&enable).await.unwrap();
-    assert_eq!(status(&t, acme, "stock").await, Some(Enabled));
+    assert_eq!(status(&t, acme, "reports").await, Some(Provisioning));
     t.cleanup().await;
 }

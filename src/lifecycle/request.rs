@@ -11,10 +11,9 @@ use crate::domain::actor::Actor;
 use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
 use crate::domain::ident::Slug;
 use crate::domain::status::{self, TenantModuleStatus};
-use crate::store::domain::{ModuleRequest, StatusChange, TenantId, TenantModuleRecord};
+use crate::store::domain::{ModuleRequest, Seen, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{RunId, RunState};
 use serde_json::json;
-use std::collections::HashMap;
 
 /// What a request led to.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +87,7 @@ impl Lifecycle {
         &self,
         tenant_id: TenantId,
         slug: &Slug,
-    ) -> Result<(Admission, i64, Vec<(String, TenantModuleStatus)>), LifecycleError> {
+    ) -> Result<(Admission, i64, Vec<Seen>), LifecycleError> {
         let tenant = self
             .store
             .tenant_get(tenant_id)
@@ -105,8 +104,9 @@ impl Lifecycle {
         let version = installed(&versions)
             .or(versions.last())
             .ok_or_else(|| LifecycleError::NoVersion(slug.to_string()))?;
-        let seen = super::switch::seen(&self.store.tenant_modules(tenant_id).await?);
-        let modules: HashMap<String, TenantModuleStatus> = seen.iter().cloned().collect();
+        let tenant_modules = self.store.tenant_modules(tenant_id).await?;
+        let modules = super::switch::statuses(&tenant_modules);
+        let seen = super::switch::seen(&tenant_modules, &module.dependencies);
         let admission = availability::admit(
             &ModuleFacts {
                 slug: slug.as_str(),
@@ -251,10 +251,10 @@ impl Lifecycle {
                 .module_get(slug.as_str())
                 .await?
                 .ok_or_else(|| LifecycleError::NoModule(slug.to_string()))?;
-            let modules = super::switch::seen(&self.store.tenant_modules(tenant_id).await?);
-            let statuses = modules.iter().cloned().collect();
+            let modules = self.store.tenant_modules(tenant_id).await?;
+            let statuses = super::switch::statuses(&modules);
             status::check_dependencies(slug.as_str(), &module.dependencies, &statuses)?;
-            seen = Some(modules);
+            seen = Some(super::switch::seen(&modules, &module.dependencies));
         }
         // Only a pending request is decided (PROVISIONING → DISABLED is a legal move in
         // general, but not an approval decision): `from` is checked under the row lock.

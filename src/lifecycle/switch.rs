@@ -11,9 +11,10 @@ use crate::domain::ident::Slug;
 use crate::domain::maturity::Maturity;
 use crate::domain::settings;
 use crate::domain::status::{self, TenantModuleStatus};
-use crate::store::domain::{StatusChange, TenantId, TenantModuleRecord};
+use crate::store::domain::{Seen, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{RunId, RunState};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// A change of a tenant module asked for at once (the API's PATCH): a state, settings, or
 /// both. Everything is checked before anything is written.
@@ -46,9 +47,8 @@ impl Lifecycle {
         let slug = Slug::parse(slug)?;
         let current = self.tenant_module(tenant_id, &slug).await?;
         let modules = self.store.tenant_modules(tenant_id).await?;
-        let dependants = self.dependants(&modules, &slug).await?;
+        let (dependants, seen) = self.dependants(&modules, &slug).await?;
         status::check_disable(slug.as_str(), current.status, &dependants)?;
-        let seen = seen(&modules);
         let mut change = StatusChange::new(
             tenant_id,
             slug.as_str(),
@@ -67,24 +67,25 @@ impl Lifecycle {
     }
 
     /// Those of the tenant's `modules` that depend on `slug` and need it on (in use, or on
-    /// their way in).
+    /// their way in), and every module of the catalog that depends on it as the tenant has it
+    /// (what the rule read).
     async fn dependants(
         &self,
         modules: &[TenantModuleRecord],
         slug: &Slug,
-    ) -> Result<Vec<String>, LifecycleError> {
+    ) -> Result<(Vec<String>, Vec<Seen>), LifecycleError> {
         let catalog = self.store.modules_list().await?;
-        Ok(modules
+        let depending = catalog
             .iter()
-            .filter(|m| m.status.holds_dependencies())
-            .filter(|m| {
-                catalog
-                    .iter()
-                    .find(|c| c.slug == m.module)
-                    .is_some_and(|c| c.dependencies.iter().any(|d| d == slug.as_str()))
-            })
-            .map(|m| m.module.clone())
-            .collect())
+            .filter(|c| c.dependencies.iter().any(|d| d == slug.as_str()))
+            .map(|c| &c.slug);
+        let read = seen(modules, depending);
+        let holding = read
+            .iter()
+            .filter(|(_, status)| status.is_some_and(TenantModuleStatus::holds_dependencies))
+            .map(|(module, _)| module.clone())
+            .collect();
+        Ok((holding, read))
     }
 
     /// Turn a module back on: one its tenant turned off while in use (anyone who manages
@@ -113,9 +114,9 @@ impl Lifecycle {
             module.maturity == Maturity::Retired,
             actor,
         )?;
-        let seen = seen(&self.store.tenant_modules(tenant_id).await?);
-        let statuses = seen.iter().cloned().collect();
-        status::check_dependencies(slug.as_str(), &module.dependencies, &statuses)?;
+        let modules = self.store.tenant_modules(tenant_id).await?;
+        status::check_dependencies(slug.as_str(), &module.dependencies, &statuses(&modules))?;
+        let seen = seen(&modules, &module.dependencies);
         let action = if current.status == TenantModuleStatus::Suspended {
             "module.resume"
         } else {
@@ -314,7 +315,8 @@ impl Lifecycle {
         let current = self.tenant_module(tenant_id, &slug).await?;
         current.status.check_move(TenantModuleStatus::Archived)?;
         let modules = self.store.tenant_modules(tenant_id).await?;
-        status::check_no_dependants(slug.as_str(), &self.dependants(&modules, &slug).await?)?;
+        let (dependants, _) = self.dependants(&modules, &slug).await?;
+        status::check_no_dependants(slug.as_str(), &dependants)?;
         let (run, started) = self
             .engine
             .start(
@@ -414,8 +416,23 @@ impl Lifecycle {
     }
 }
 
-/// A tenant's modules as an operation read them (see [`StatusChange::tenant_seen`]).
-pub(super) fn seen(modules: &[TenantModuleRecord]) -> Vec<(String, TenantModuleStatus)> {
+/// The tenant's `names` modules, as an operation's rule read them among its `modules` (see
+/// [`StatusChange::tenant_seen`]).
+pub(super) fn seen<'a>(
+    modules: &[TenantModuleRecord],
+    names: impl IntoIterator<Item = &'a String>,
+) -> Vec<Seen> {
+    names
+        .into_iter()
+        .map(|name| {
+            let status = modules.iter().find(|m| &m.module == name).map(|m| m.status);
+            (name.clone(), status)
+        })
+        .collect()
+}
+
+/// The tenant's modules by slug, with their statuses.
+pub(super) fn statuses(modules: &[TenantModuleRecord]) -> HashMap<String, TenantModuleStatus> {
     modules
         .iter()
         .map(|m| (m.module.clone(), m.status))

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 pub use crate::types::modules::{
     AuditAbout, AuditFilter, AuditRecord, MigrationReport, ModuleRecord, ModuleRequest, NewTenant,
-    NewVersion, PlanSynced, RollbackPlan, SUBSCRIPTION_STATUSES, StatusChange, TenantId,
+    NewVersion, PlanSynced, RollbackPlan, SUBSCRIPTION_STATUSES, Seen, StatusChange, TenantId,
     TenantModuleRecord, TenantRecord, VersionRecord,
 };
 

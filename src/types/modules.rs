@@ -224,8 +224,12 @@ pub struct ModuleRequest<'a> {
     pub expected: Option<TenantModuleStatus>,
     pub actor: &'a str,
     /// See [`StatusChange::tenant_seen`].
-    pub tenant_seen: Option<&'a [(String, TenantModuleStatus)]>,
+    pub tenant_seen: Option<&'a [Seen]>,
 }
+
+/// One of a tenant's modules as an operation's rule read it: its status, or `None` where the
+/// tenant does not have it.
+pub type Seen = (String, Option<TenantModuleStatus>);
 
 /// A requested status change of a tenant module.
 #[derive(Debug, Clone)]
@@ -255,11 +259,11 @@ pub struct StatusChange<'a> {
     /// PostgreSQL, with `app.current_tenant_id` set; SQLite's post-upgrade SQL ran for every
     /// tenant during the upgrade, so there it has nothing left to do).
     pub catch_up: &'a [i64],
-    /// Only if the tenant's modules are all still as the operation saw them when it decided,
-    /// (module, status) of each: a rule that read them (the dependencies a module needs, the
-    /// modules that need it) holds against a concurrent change of another of them. Checked
-    /// with every one of the tenant's module rows locked.
-    pub tenant_seen: Option<&'a [(String, TenantModuleStatus)]>,
+    /// Only if the tenant's other modules that the operation's rule read (the dependencies a
+    /// module needs, the modules that may need it) are still as it saw them: the rule holds
+    /// against a concurrent change of one of them. Checked with their rows and this one
+    /// locked, in module order.
+    pub tenant_seen: Option<&'a [Seen]>,
 }
 
 impl<'a> StatusChange<'a> {

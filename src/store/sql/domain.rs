@@ -9,7 +9,7 @@ use crate::domain::maturity::Maturity;
 use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{
     AuditAbout, AuditFilter, AuditRecord, DomainStore, ModuleRecord, ModuleRequest, NewTenant,
-    NewVersion, PlanSynced, RollbackPlan, SUBSCRIPTION_STATUSES, StatusChange, TenantId,
+    NewVersion, PlanSynced, RollbackPlan, SUBSCRIPTION_STATUSES, Seen, StatusChange, TenantId,
     TenantModuleRecord, TenantRecord, VersionRecord, check_request_refers, check_seed_count,
     check_version, rows_as_seen,
 };
@@ -148,36 +148,42 @@ async fn tenant_module_locked(
     .transpose()
 }
 
-/// Lock every module row of the tenant and check that they are as an operation saw them
-/// when it decided (`seen`, see [`StatusChange::tenant_seen`]); else a conflict.
+/// Lock the rows of `module` and of the tenant's modules an operation's rule read (`seen`,
+/// see [`StatusChange::tenant_seen`]), in module order, and check that those are still as it
+/// saw them; else a conflict.
 async fn tenant_as_seen(
     conn: &mut dyn Conn,
     tenant_id: TenantId,
-    seen: Option<&[(String, TenantModuleStatus)]>,
+    module: &str,
+    seen: Option<&[Seen]>,
 ) -> StoreResult<()> {
     let Some(seen) = seen else {
         return Ok(());
     };
+    let mut names: Vec<String> = seen.iter().map(|(name, _)| name.clone()).collect();
+    names.push(module.to_string());
     let rows = conn
         .fetch_all(sql!(
             "SELECT module, status FROM tenant_modules WHERE tenant_id = $1 \
-             ORDER BY module {for_update}",
-            tenant_id
+             AND module = ANY($2) ORDER BY module {for_update}",
+            tenant_id,
+            names
         ))
         .await?;
-    let mut now = rows
+    let mut now = std::collections::HashMap::new();
+    for row in &rows {
+        now.insert(
+            row.text("module")?,
+            parse::<TenantModuleStatus>(&**row, "status")?,
+        );
+    }
+    if let Some((changed, _)) = seen
         .iter()
-        .map(|r| Ok((r.text("module")?, r.text("status")?)))
-        .collect::<StoreResult<Vec<_>>>()?;
-    let mut seen: Vec<(String, String)> = seen
-        .iter()
-        .map(|(module, status)| (module.clone(), status.as_str().to_string()))
-        .collect();
-    now.sort();
-    seen.sort();
-    if now != seen {
+        .find(|(name, was)| now.get(name) != was.as_ref())
+    {
         return Err(StoreError::Conflict(format!(
-            "tenant {tenant_id}'s modules changed while the change was decided: try again"
+            "tenant {tenant_id}'s module `{changed}` changed while the change of `{module}` \
+             was decided: try again"
         )));
     }
     Ok(())
@@ -190,7 +196,7 @@ pub(crate) async fn move_status(
     conn: &mut dyn Conn,
     change: &StatusChange<'_>,
 ) -> StoreResult<TenantModuleRecord> {
-    tenant_as_seen(conn, change.tenant_id, change.tenant_seen).await?;
+    tenant_as_seen(conn, change.tenant_id, change.module, change.tenant_seen).await?;
     let current = tenant_module_locked(conn, change.tenant_id, change.module)
         .await?
         .ok_or_else(|| {
@@ -506,7 +512,13 @@ impl<S: SqlStore> DomainStore for S {
         request: &ModuleRequest<'_>,
     ) -> StoreResult<TenantModuleRecord> {
         let mut tx = self.write().await?;
-        tenant_as_seen(&mut *tx, request.tenant_id, request.tenant_seen).await?;
+        tenant_as_seen(
+            &mut *tx,
+            request.tenant_id,
+            request.module,
+            request.tenant_seen,
+        )
+        .await?;
         let existing = tenant_module_locked(&mut *tx, request.tenant_id, request.module).await?;
         let found = tx
             .fetch_one(sql!(
