@@ -162,10 +162,19 @@ async fn tenant_as_seen(
     };
     let mut names: Vec<String> = seen.iter().map(|(name, _)| name.clone()).collect();
     names.push(module.to_string());
+    conn.fetch_all(sql!(
+        "SELECT module FROM tenant_modules WHERE tenant_id = $1 AND module = ANY($2) \
+         ORDER BY module {for_update}",
+        tenant_id,
+        names.clone()
+    ))
+    .await?;
+    // Read again once they are locked: a statement that waited for a lock sees the rows it
+    // locked as they are now, but not a row another transaction inserted meanwhile (on
+    // PostgreSQL a statement reads what was committed when it began).
     let rows = conn
         .fetch_all(sql!(
-            "SELECT module, status FROM tenant_modules WHERE tenant_id = $1 \
-             AND module = ANY($2) ORDER BY module {for_update}",
+            "SELECT module, status FROM tenant_modules WHERE tenant_id = $1 AND module = ANY($2)",
             tenant_id,
             names
         ))
