@@ -2124,73 +2124,89 @@ async fn a_write_decided_on_the_tenants_modules_is_refused_once_one_of_them_chan
     };
     t.store.tenant_module_request(&request).await.unwrap();
     assert_eq!(status(&t, acme, "reports").await, Some(Provisioning));
+    // A move the rule answers alike (ENABLED → UP_TO_DATE: still enabled for its
+    // dependants) is no conflict.
+    let up_to_date = StatusChange::new(acme, "stock", Some(Enabled), UpToDate, "u", "test");
+    t.store.tenant_module_move(&up_to_date).await.unwrap();
+    reenable.tenant_seen = Some(&needs);
+    t.store.tenant_module_move(&reenable).await.unwrap();
+    assert_eq!(status(&t, acme, "alerts").await, Some(Enabled));
     t.cleanup().await;
 }
 
-/// PostgreSQL reads, in a statement that waited for a row lock, the rows it locked as they are
-/// now but not a row another transaction inserted meanwhile: a disable decided while the
-/// tenant had no `alerts` must still see the `alerts` a concurrent request inserted while the
-/// disable waited for `stock`'s lock.
+/// A disable decided while the tenant had no `alerts` must still see the `alerts` a concurrent
+/// writer inserted while the disable waited: a request (holding `stock`'s row; PostgreSQL reads,
+/// in a statement that waited for a row lock, the rows it locked as they are now but not a row
+/// inserted meanwhile) or plan sync (holding the table in SHARE ROW EXCLUSIVE mode, which row
+/// locks do not wait for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_inserted_while_a_change_waited_for_its_locks_is_seen_on_postgres() {
     let t = fresh(Backend::Postgres).await;
     publish(&t, &module("stock", Maturity::Ga, &[])).await;
     publish(&t, &module("alerts", Maturity::Ga, &["stock"])).await;
-    let acme = tenant(&t, "acme", false, false).await;
-    tenant_module_at(&t, acme, "stock", Provisioning, &[Enabled]).await;
     let alerts = t.store.versions_of("alerts").await.unwrap()[0].id;
     let pool = t.pg.as_ref().unwrap().pool().clone();
-    // The concurrent request: it holds stock's row and inserts alerts.
-    let mut request = pool.begin().await.unwrap();
-    let request_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *request)
-        .await
-        .unwrap();
-    sqlx::query(
-        "SELECT 1 FROM tenant_modules WHERE tenant_id = $1 AND module = 'stock' FOR UPDATE",
-    )
-    .bind(acme)
-    .execute(&mut *request)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO tenant_modules (tenant_id, module, status, version_id) \
-         VALUES ($1, 'alerts', 'PROVISIONING', $2)",
-    )
-    .bind(acme)
-    .bind(alerts)
-    .execute(&mut *request)
-    .await
-    .unwrap();
-    // The disable, decided when the tenant had no alerts, waits for stock's row.
-    let store = t.store.clone();
-    let disable = tokio::spawn(async move {
-        let read = [("alerts".to_string(), None)];
-        let mut change = StatusChange::new(acme, "stock", Some(Enabled), Disabled, "u", "test");
-        change.tenant_seen = Some(&read);
-        store.tenant_module_move(&change).await
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let blocked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-        )
-        .bind(request_pid)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if blocked > 0 {
-            break;
+    for (name, hold) in [
+        (
+            "request",
+            "SELECT 1 FROM tenant_modules WHERE tenant_id = $1 AND module = 'stock' FOR UPDATE",
+        ),
+        (
+            "plan sync",
+            "LOCK TABLE tenant_modules IN SHARE ROW EXCLUSIVE MODE",
+        ),
+    ] {
+        let acme = tenant(&t, name, false, false).await;
+        tenant_module_at(&t, acme, "stock", Provisioning, &[Enabled]).await;
+        let mut writer = pool.begin().await.unwrap();
+        let writer_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *writer)
+            .await
+            .unwrap();
+        let mut held = sqlx::query(hold);
+        if hold.contains("$1") {
+            held = held.bind(acme);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the disable never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        held.execute(&mut *writer).await.unwrap();
+        sqlx::query(
+            "INSERT INTO tenant_modules (tenant_id, module, status, version_id) \
+             VALUES ($1, 'alerts', 'PROVISIONING', $2)",
+        )
+        .bind(acme)
+        .bind(alerts)
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+        // The disable, decided when the tenant had no alerts, waits for the writer.
+        let store = t.store.clone();
+        let disable = tokio::spawn(async move {
+            let read = [("alerts".to_string(), None)];
+            let mut change = StatusChange::new(acme, "stock", Some(Enabled), Disabled, "u", "test");
+            change.tenant_seen = Some(&read);
+            store.tenant_module_move(&change).await
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(writer_pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if blocked > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: the disable never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        writer.commit().await.unwrap();
+        let err = disable.await.unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{name}: {err:?}");
+        assert_eq!(status(&t, acme, "stock").await, Some(Enabled), "{name}");
     }
-    request.commit().await.unwrap();
-    let err = disable.await.unwrap().unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert_eq!(status(&t, acme, "stock").await, Some(Enabled));
     t.cleanup().await;
 }

@@ -378,6 +378,43 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     life.resume(tester, "inventory", &master()).await.unwrap();
     life.approve(tester, "lab", &master()).await.unwrap();
     assert_eq!(status(&t, tester, "lab").await, Some(Provisioning));
+
+    // An archive is asked for while nothing needs inventory (alerts is off); before its run
+    // removes the data, alerts is back on (inventory resumed, then suspended again): the
+    // run's last step refuses, the run fails, and nothing is removed.
+    let archived = tenant(&t, "archived", false, false).await;
+    for slug in ["inventory", "alerts"] {
+        life.request(archived, slug, &tenant_admin()).await.unwrap();
+        let running = workers(&t);
+        wait_for(&t, &[archived], slug, Enabled).await;
+        running.stop().await;
+    }
+    life.disable(archived, "alerts", &tenant_admin())
+        .await
+        .unwrap();
+    life.suspend(archived, "inventory", &master(), "payment")
+        .await
+        .unwrap();
+    let run = life
+        .archive(archived, "inventory", &master())
+        .await
+        .unwrap();
+    life.resume(archived, "inventory", &master()).await.unwrap();
+    life.reenable(archived, "alerts", &tenant_admin())
+        .await
+        .unwrap();
+    life.suspend(archived, "inventory", &master(), "payment")
+        .await
+        .unwrap();
+    let running = workers(&t);
+    let failed = wait_run(&t, run, RunState::Failed).await;
+    running.stop().await;
+    assert!(
+        failed.error.as_deref().unwrap_or("").contains("alerts"),
+        "{failed:#?}"
+    );
+    assert_eq!(status(&t, archived, "inventory").await, Some(Suspended));
+    assert_eq!(status(&t, archived, "alerts").await, Some(Enabled));
     t.cleanup().await;
 }
 

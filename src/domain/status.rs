@@ -90,6 +90,15 @@ impl TenantModuleStatus {
             )
     }
 
+    /// Two statuses of a module (`None`: the tenant does not have it) that the dependency
+    /// rules answer alike (ENABLED and UP_TO_DATE, DISABLED and ERROR, …): a move between
+    /// them changes no decision those rules made.
+    pub fn alike_for_dependencies(a: Option<Self>, b: Option<Self>) -> bool {
+        let answers =
+            |s: Option<Self>| s.map(|s| (s.satisfies_dependency(), s.holds_dependencies()));
+        answers(a) == answers(b)
+    }
+
     /// The module counts as enabled for another module's dependency on it.
     pub fn satisfies_dependency(self) -> bool {
         matches!(

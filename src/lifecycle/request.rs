@@ -11,6 +11,7 @@ use crate::domain::actor::Actor;
 use crate::domain::availability::{self, Admission, ModuleFacts, TenantFacts};
 use crate::domain::ident::Slug;
 use crate::domain::status::{self, TenantModuleStatus};
+use crate::store::StoreError;
 use crate::store::domain::{ModuleRequest, Seen, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{RunId, RunState};
 use serde_json::json;
@@ -315,7 +316,13 @@ impl Lifecycle {
             );
             change.reason = reason.as_deref();
             change.tenant_seen = seen.as_deref();
-            let moved = self.store.tenant_module_move(&change).await?;
+            let moved = match self.store.tenant_module_move(&change).await {
+                Ok(moved) => moved,
+                // Its dependencies changed as it was admitted (or it moved meanwhile): the
+                // next round decides again; the others are not held up.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(err) => return Err(err.into()),
+            };
             if moved.status == TenantModuleStatus::Provisioning {
                 self.start_provisioning(&moved).await?;
             }

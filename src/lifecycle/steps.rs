@@ -311,6 +311,11 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             .as_i64()
             .and_then(chrono::DateTime::from_timestamp_micros)
             .ok_or_else(|| JobError::Fatal("no export time in the step input".into()))?;
+        // No module that needs this one may be on by now (checked when the archive was asked
+        // for, and again here: the module may have been on and off again meanwhile).
+        let (dependants, read) = super::switch::dependants(ctx.store(), tenant_id, &slug).await?;
+        crate::domain::status::check_no_dependants(&module, &dependants)
+            .map_err(|rule| JobError::Fatal(rule.to_string()))?;
         let tx = ctx.tx().await?;
         // First the move, under the lock and only if nothing changed since the export (a
         // tenant that turned the module on and off again may have new rows): then exactly
@@ -327,6 +332,7 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         .because("data exported, then removed");
         change.provisioning = Some(&record);
         change.unchanged_since = Some(seen);
+        change.tenant_seen = Some(&read);
         tx.tenant_module_move(&change).await.map_err(|e| match e {
             StoreError::Domain(rule) => JobError::Fatal(rule.to_string()),
             other => other.into(),

@@ -13,6 +13,7 @@ use crate::domain::settings;
 use crate::domain::status::{self, TenantModuleStatus};
 use crate::store::domain::{Seen, StatusChange, TenantId, TenantModuleRecord};
 use crate::store::runs::{RunId, RunState};
+use crate::store::{SharedStore, StoreError};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -46,8 +47,7 @@ impl Lifecycle {
     ) -> Result<TenantModuleRecord, LifecycleError> {
         let slug = Slug::parse(slug)?;
         let current = self.tenant_module(tenant_id, &slug).await?;
-        let modules = self.store.tenant_modules(tenant_id).await?;
-        let (dependants, seen) = self.dependants(&modules, &slug).await?;
+        let (dependants, seen) = dependants(&self.store, tenant_id, &slug).await?;
         status::check_disable(slug.as_str(), current.status, &dependants)?;
         let mut change = StatusChange::new(
             tenant_id,
@@ -64,28 +64,6 @@ impl Lifecycle {
             self.end_pending_run(&current, actor).await?;
         }
         Ok(disabled)
-    }
-
-    /// Those of the tenant's `modules` that depend on `slug` and need it on (in use, or on
-    /// their way in), and every module of the catalog that depends on it as the tenant has it
-    /// (what the rule read).
-    async fn dependants(
-        &self,
-        modules: &[TenantModuleRecord],
-        slug: &Slug,
-    ) -> Result<(Vec<String>, Vec<Seen>), LifecycleError> {
-        let catalog = self.store.modules_list().await?;
-        let depending = catalog
-            .iter()
-            .filter(|c| c.dependencies.iter().any(|d| d == slug.as_str()))
-            .map(|c| &c.slug);
-        let read = seen(modules, depending);
-        let holding = read
-            .iter()
-            .filter(|(_, status)| status.is_some_and(TenantModuleStatus::holds_dependencies))
-            .map(|(module, _)| module.clone())
-            .collect();
-        Ok((holding, read))
     }
 
     /// Turn a module back on: one its tenant turned off while in use (anyone who manages
@@ -314,8 +292,8 @@ impl Lifecycle {
         let slug = Slug::parse(slug)?;
         let current = self.tenant_module(tenant_id, &slug).await?;
         current.status.check_move(TenantModuleStatus::Archived)?;
-        let modules = self.store.tenant_modules(tenant_id).await?;
-        let (dependants, _) = self.dependants(&modules, &slug).await?;
+        // (Checked again by the run's last step, as it removes the data.)
+        let (dependants, _) = dependants(&self.store, tenant_id, &slug).await?;
         status::check_no_dependants(slug.as_str(), &dependants)?;
         let (run, started) = self
             .engine
@@ -414,6 +392,29 @@ impl Lifecycle {
         }
         Ok(changed)
     }
+}
+
+/// The tenant's modules that depend on `slug` and need it on (in use, or on their way in),
+/// and every module of the catalog that depends on it as the tenant has it (what the rule
+/// read, for [`StatusChange::tenant_seen`]).
+pub(crate) async fn dependants(
+    store: &SharedStore,
+    tenant_id: TenantId,
+    slug: &Slug,
+) -> Result<(Vec<String>, Vec<Seen>), StoreError> {
+    let catalog = store.modules_list().await?;
+    let modules = store.tenant_modules(tenant_id).await?;
+    let depending = catalog
+        .iter()
+        .filter(|c| c.dependencies.iter().any(|d| d == slug.as_str()))
+        .map(|c| &c.slug);
+    let read = seen(&modules, depending);
+    let holding = read
+        .iter()
+        .filter(|(_, status)| status.is_some_and(TenantModuleStatus::holds_dependencies))
+        .map(|(module, _)| module.clone())
+        .collect();
+    Ok((holding, read))
 }
 
 /// The tenant's `names` modules, as an operation's rule read them among its `modules` (see

@@ -171,6 +171,10 @@ impl Conn for PgConn {
         lifecycle::migration_lock(self.conn()).await
     }
 
+    async fn roles_ensure(&mut self) -> StoreResult<()> {
+        lifecycle::roles_ensure(self.conn()).await
+    }
+
     async fn table_adopt(&mut self, _module: &Slug, table: &ModuleTable) -> StoreResult<()> {
         lifecycle::table_adopt(self.conn(), table).await
     }

@@ -17,6 +17,12 @@ pub(super) async fn migration_lock(conn: &mut PgConnection) -> StoreResult<()> {
     Ok(())
 }
 
+/// See [`crate::store::sql::Conn::roles_ensure`].
+pub(super) async fn roles_ensure(conn: &mut PgConnection) -> StoreResult<()> {
+    sqlx::Executor::execute(&mut *conn, APP_ROLE).await?;
+    Ok(())
+}
+
 /// Plan-module sync in one statement: the (plan, module) pairs in scope, the (tenant, module)
 /// pairs active subscriptions call for, the inserts of those the tenant does not have yet, their
 /// audit rows, and the summary per plan and module. [`plan_sync`] runs it holding
@@ -222,16 +228,21 @@ pub(super) async fn table_triggers(
         ("audit", "AFTER", "steward_module_audit", 29_i16),
     ] {
         let trigger = format!("{table}_{trigger}");
-        // A trigger already as written here is left alone: dropping it would lock the table
-        // against its readers until the migration commits.
-        let current: Option<i16> = sqlx::query_scalar(
-            "SELECT tgtype FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2",
+        // A trigger already as written here (its events, enabled, calling its function) is
+        // left alone: dropping it would lock the table against its readers until the
+        // migration commits.
+        let current: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE t.tgrelid = to_regclass($1) AND t.tgname = $2 AND t.tgtype = $3 \
+               AND t.tgenabled = 'O' AND p.proname = $4)",
         )
         .bind(&name)
         .bind(&trigger)
-        .fetch_optional(&mut *conn)
+        .bind(tgtype)
+        .bind(function)
+        .fetch_one(&mut *conn)
         .await?;
-        if current == Some(tgtype) {
+        if current {
             continue;
         }
         let trigger = quote_ident(&trigger);
@@ -282,7 +293,6 @@ $do$"#;
 pub(super) async fn table_adopt(conn: &mut PgConnection, table: &ModuleTable) -> StoreResult<()> {
     let name = table.quoted();
     let statements = [
-        APP_ROLE.to_string(),
         format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY"),
         format!(
             "CREATE POLICY tenant_isolation ON {name} \

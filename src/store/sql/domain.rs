@@ -160,6 +160,13 @@ async fn tenant_as_seen(
     let Some(seen) = seen else {
         return Ok(());
     };
+    // Plan sync writes the table under a SHARE ROW EXCLUSIVE lock and takes no row lock: this
+    // waits for it to end, so the reads below see what it inserted (SQLite: the write lock).
+    let wait_for_sync = conn.dialect().pick(
+        "LOCK TABLE tenant_modules IN ROW EXCLUSIVE MODE",
+        "SELECT 1",
+    );
+    conn.execute(sql!(wait_for_sync)).await?;
     let mut names: Vec<String> = seen.iter().map(|(name, _)| name.clone()).collect();
     names.push(module.to_string());
     conn.fetch_all(sql!(
@@ -186,10 +193,10 @@ async fn tenant_as_seen(
             parse::<TenantModuleStatus>(&**row, "status")?,
         );
     }
-    if let Some((changed, _)) = seen
-        .iter()
-        .find(|(name, was)| now.get(name) != was.as_ref())
-    {
+    let changed = |(name, was): &&Seen| {
+        !TenantModuleStatus::alike_for_dependencies(now.get(name).copied(), *was)
+    };
+    if let Some((changed, _)) = seen.iter().find(changed) {
         return Err(StoreError::Conflict(format!(
             "tenant {tenant_id}'s module `{changed}` changed while the change of `{module}` \
              was decided: try again"

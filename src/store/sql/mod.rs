@@ -317,6 +317,12 @@ pub trait Conn: Send {
         Ok(())
     }
 
+    /// Make the database roles a module's SQL may grant to (PostgreSQL's `tenant_app_role`;
+    /// SQLite has no roles), before that SQL runs.
+    async fn roles_ensure(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Give a module table a version's SQL just created (checked and indexed by
     /// `sql/modules.rs`) the access rules of the backend: PostgreSQL's row-level security and
     /// grants to `tenant_app_role` (SQLite has no roles).

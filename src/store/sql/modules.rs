@@ -223,6 +223,7 @@ pub async fn triggers_refresh(conn: &mut dyn Conn) -> StoreResult<()> {
 /// steward needs (`tenant_id`, `created_at`), index it for them, and let the backend guard it
 /// ([`Conn::table_adopt`]).
 async fn tables_create(conn: &mut dyn Conn, slug: &Slug, version: &Pending) -> StoreResult<()> {
+    conn.roles_ensure().await?;
     conn.script(&version.up_sql).await?;
     for table in &version.tables {
         let columns = super::data::table_columns(conn, table.as_str()).await?;
