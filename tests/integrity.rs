@@ -415,6 +415,33 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     );
     assert_eq!(status(&t, archived, "inventory").await, Some(Suspended));
     assert_eq!(status(&t, archived, "alerts").await, Some(Enabled));
+
+    // A dependency suspended while its dependant provisions: the dependant is not turned on
+    // (ERROR with the reason, its run failed); it is requested again once inventory is back.
+    let late = tenant(&t, "late", false, false).await;
+    life.request(late, "inventory", &tenant_admin())
+        .await
+        .unwrap();
+    let running = workers(&t);
+    wait_for(&t, &[late], "inventory", Enabled).await;
+    running.stop().await;
+    let run = life
+        .request(late, "alerts", &tenant_admin())
+        .await
+        .unwrap()
+        .run
+        .unwrap();
+    life.suspend(late, "inventory", &master(), "payment")
+        .await
+        .unwrap();
+    let running = workers(&t);
+    let failed = wait_run(&t, run, RunState::Failed).await;
+    running.stop().await;
+    assert!(
+        failed.error.as_deref().unwrap_or("").contains("inventory"),
+        "{failed:#?}"
+    );
+    assert_eq!(status(&t, late, "alerts").await, Some(Error));
     t.cleanup().await;
 }
 

@@ -6,7 +6,8 @@
 //!   all tenants of the module (see [`StepTx::module_migrate`](crate::store::StepTx)). A
 //!   migration that fails leaves nothing behind and moves the tenant module to ERROR with the
 //!   database's reason, in the same transaction; the run then ends without enabling it.
-//! - `module.enable`: PROVISIONING → ENABLED, with what provisioning did as the record.
+//! - `module.enable`: PROVISIONING → ENABLED, with what provisioning did as the record; or
+//!   ERROR, the run failed, when a dependency is no longer enabled (suspended meanwhile).
 //!
 //! Both act only on a tenant module that is PROVISIONING (a duplicate or stale run finds it
 //! elsewhere and does nothing), and both write in the step's transaction, so a crash
@@ -91,6 +92,22 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             return Ok(input);
         }
         let (tenant_id, module) = tenant_module_params(&ctx)?;
+        // Its dependencies were enabled when it was requested and cannot be turned off while
+        // it provisions, but a Master Admin may have suspended one: then it is not turned on
+        // (ERROR with the reason; the tenant requests it again once the dependency is back).
+        let dependencies = match ctx.store().module_get(&module).await? {
+            Some(record) => record.dependencies,
+            None => Vec::new(),
+        };
+        let modules = ctx.store().tenant_modules(tenant_id).await?;
+        let read = super::switch::seen(&modules, &dependencies);
+        let refused = crate::domain::status::check_dependencies(
+            &module,
+            &dependencies,
+            &super::switch::statuses(&modules),
+        )
+        .err()
+        .map(|rule| format!("provisioning failed: {rule}"));
         let mut change = StatusChange::new(
             tenant_id,
             &module,
@@ -100,7 +117,17 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             "module.enable",
         );
         change.provisioning = Some(&input);
+        change.tenant_seen = Some(&read);
+        if let Some(reason) = &refused {
+            change.to = TenantModuleStatus::Error;
+            change.action = "module.provision_failed";
+            change.reason = Some(reason);
+        }
         ctx.tx().await?.tenant_module_move(&change).await?;
+        if let Some(reason) = refused {
+            ctx.fail_run(reason.clone());
+            return Ok(json!({"failed": reason}));
+        }
         Ok(input)
     })
 }
