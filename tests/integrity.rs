@@ -18,7 +18,7 @@ use steward::domain::status::TenantModuleStatus::*;
 use steward::lifecycle::LifecycleError;
 use steward::lifecycle::operator::Operator;
 use steward::lifecycle::switch::ModuleChange;
-use steward::store::domain::{ModuleRequest, StatusChange};
+use steward::store::domain::{ModuleRequest, StatusChange, TenantId};
 use steward::store::runs::{RunId, RunRecord, RunState, StepState};
 use steward::types::{JobFilter, JobState};
 
@@ -42,6 +42,25 @@ fn tenant_admin() -> Actor {
 
 fn master() -> Actor {
     Actor::master_admin("admin:root")
+}
+
+/// `tenant` requests `slug` and the workers run until it is enabled.
+async fn enabled(t: &TestStore, tenant: TenantId, slug: &str) {
+    life(t)
+        .request(tenant, slug, &tenant_admin())
+        .await
+        .unwrap();
+    let running = workers(t);
+    wait_for(t, &[tenant], slug, Enabled).await;
+    running.stop().await;
+}
+
+/// The workers run until `run` has failed; its record.
+async fn run_fails(t: &TestStore, run: RunId) -> RunRecord {
+    let running = workers(t);
+    let failed = wait_run(t, run, RunState::Failed).await;
+    running.stop().await;
+    failed
 }
 
 async fn wait_run(t: &TestStore, run: RunId, want: RunState) -> RunRecord {
@@ -343,12 +362,7 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
         .await
         .unwrap();
     // A later sync gives the skipped tenant alerts once inventory is enabled for it.
-    life.request(without, "inventory", &tenant_admin())
-        .await
-        .unwrap();
-    let running = workers(&t);
-    wait_for(&t, &[without], "inventory", Enabled).await;
-    running.stop().await;
+    enabled(&t, without, "inventory").await;
     let summary = life
         .sync_plans(Some("pro"), None, &Actor::service("platform"))
         .await
@@ -361,12 +375,7 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     // suspended it after the request), given once it is back.
     publish(&t, &module("lab", Maturity::Alpha, &["inventory"])).await;
     let tester = tenant(&t, "tester", true, false).await;
-    life.request(tester, "inventory", &tenant_admin())
-        .await
-        .unwrap();
-    let running = workers(&t);
-    wait_for(&t, &[tester], "inventory", Enabled).await;
-    running.stop().await;
+    enabled(&t, tester, "inventory").await;
     life.request(tester, "lab", &tenant_admin()).await.unwrap();
     assert_eq!(status(&t, tester, "lab").await, Some(PendingApproval));
     life.suspend(tester, "inventory", &master(), "payment")
@@ -384,10 +393,7 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     // run's last step refuses, the run fails, and nothing is removed.
     let archived = tenant(&t, "archived", false, false).await;
     for slug in ["inventory", "alerts"] {
-        life.request(archived, slug, &tenant_admin()).await.unwrap();
-        let running = workers(&t);
-        wait_for(&t, &[archived], slug, Enabled).await;
-        running.stop().await;
+        enabled(&t, archived, slug).await;
     }
     life.disable(archived, "alerts", &tenant_admin())
         .await
@@ -406,9 +412,7 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     life.suspend(archived, "inventory", &master(), "payment")
         .await
         .unwrap();
-    let running = workers(&t);
-    let failed = wait_run(&t, run, RunState::Failed).await;
-    running.stop().await;
+    let failed = run_fails(&t, run).await;
     assert!(
         failed.error.as_deref().unwrap_or("").contains("alerts"),
         "{failed:#?}"
@@ -419,12 +423,7 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     // A dependency suspended while its dependant provisions: the dependant is not turned on
     // (ERROR with the reason, its run failed); it is requested again once inventory is back.
     let late = tenant(&t, "late", false, false).await;
-    life.request(late, "inventory", &tenant_admin())
-        .await
-        .unwrap();
-    let running = workers(&t);
-    wait_for(&t, &[late], "inventory", Enabled).await;
-    running.stop().await;
+    enabled(&t, late, "inventory").await;
     let run = life
         .request(late, "alerts", &tenant_admin())
         .await
@@ -434,9 +433,7 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
     life.suspend(late, "inventory", &master(), "payment")
         .await
         .unwrap();
-    let running = workers(&t);
-    let failed = wait_run(&t, run, RunState::Failed).await;
-    running.stop().await;
+    let failed = run_fails(&t, run).await;
     assert!(
         failed.error.as_deref().unwrap_or("").contains("inventory"),
         "{failed:#?}"
