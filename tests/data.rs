@@ -573,7 +573,24 @@ async fn an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_
         || async { breaker().await.is_some_and(|b| b.state == "open") },
     )
     .await;
-    // The storage comes back; the failures that opened the circuit are all there will be.
+    let opened_at = breaker().await.unwrap().opened_at.unwrap();
+    // Attempts admitted just before it opened may still be failing: once they have ended, the
+    // failures counted are all there will be (none is admitted while it is open: checked by
+    // their start times below).
+    wait_until(
+        &t,
+        "no attempt in flight",
+        Duration::from_secs(60),
+        || async {
+            let running = JobFilter {
+                state: Some(JobState::Running),
+                ..JobFilter::default()
+            };
+            t.store.jobs_count(&running, 10).await.unwrap() == 0
+        },
+    )
+    .await;
+    // The storage comes back.
     let root = tempfile::tempdir().unwrap();
     let server = S3Server::start(root.path(), port).await;
     let failures = breaker().await.unwrap().failures;
@@ -602,6 +619,12 @@ async fn an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_
             .unwrap()
             .unwrap();
         failed_attempts += i64::from(job.attempt) - 1;
+        for failed in job.attempts.iter().filter(|a| a.error.is_some()) {
+            assert!(
+                failed.started_at.is_some_and(|at| at <= opened_at),
+                "an attempt started while the circuit was open: {failed:?}, opened at {opened_at}"
+            );
+        }
     }
     // Retries kept coming every 200 ms–10 s while the circuit was open (30 s): none used
     // an attempt, and none reached the storage but the probe.
