@@ -43,6 +43,7 @@ per_backend!(
     webhooks_are_read_only_when_complete_and_can_be_replaced_or_cleared,
     audit_rows_are_appended_and_listed_newest_first_per_tenant,
     plan_sync_grants_once_and_skips_tenants_without_dependencies,
+    plan_sync_grants_what_the_availability_and_dependency_rules_grant,
     seeded_tenants_each_get_an_active_subscription_in_one_write,
     the_rollback_undoes_the_last_upgrade_within_its_window,
 );
@@ -1868,6 +1869,92 @@ async fn plan_sync_grants_once_and_skips_tenants_without_dependencies(backend: B
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    t.cleanup().await;
+}
+
+/// Plan sync grants a module exactly where a tenant's own request would be provisioned at once
+/// (`availability::admit`: every maturity, with and without the beta opt-in) and exactly where
+/// the dependency's status satisfies it (`satisfies_dependency`: every status): its SQL takes
+/// both from those rules.
+async fn plan_sync_grants_what_the_availability_and_dependency_rules_grant(backend: Backend) {
+    use std::collections::HashMap;
+    use steward::domain::availability::{Admission, ModuleFacts, TenantFacts, admit};
+    let t = fresh(backend).await;
+    t.store.plan_create("all", "All").await.unwrap();
+    let slug = |m: Maturity| format!("m_{}", m.as_str().to_lowercase());
+    for &maturity in Maturity::ALL {
+        publish(&t, &module(&slug(maturity), maturity, &[])).await;
+        t.store
+            .plan_add_module("all", &slug(maturity), "admin")
+            .await
+            .unwrap();
+    }
+    publish(&t, &module("base", Maturity::Ga, &[])).await;
+    publish(&t, &module("needy", Maturity::Ga, &["base"])).await;
+    t.store
+        .plan_add_module("all", "needy", "admin")
+        .await
+        .unwrap();
+    let mut tenants = Vec::new();
+    for beta in [false, true] {
+        let id = tenant(&t, &format!("beta-{beta}"), false, beta).await;
+        t.store
+            .subscription_create(id, "all", "active")
+            .await
+            .unwrap();
+        tenants.push((id, beta, None));
+    }
+    // One tenant per status `base` can be in, set directly: the sync reads the row as it is.
+    for &base in TenantModuleStatus::ALL {
+        let id = tenant(
+            &t,
+            &format!("base-{}", base.as_str().to_lowercase()),
+            false,
+            false,
+        )
+        .await;
+        tenant_module_at(&t, id, "base", Provisioning, &[]).await;
+        execute(
+            &t,
+            &format!(
+                "UPDATE tenant_modules SET status = '{}' WHERE tenant_id = {id} AND module = 'base'",
+                base.as_str()
+            ),
+        )
+        .await;
+        t.store
+            .subscription_create(id, "all", "active")
+            .await
+            .unwrap();
+        tenants.push((id, false, Some(base)));
+    }
+
+    t.store.plan_sync(None, None, "ops:sync").await.unwrap();
+
+    let none = HashMap::new();
+    for (id, beta, base) in tenants {
+        for &maturity in Maturity::ALL {
+            let facts = ModuleFacts {
+                slug: "m",
+                maturity,
+                dependencies: &[],
+            };
+            let asker = TenantFacts {
+                internal_tester: false,
+                beta_opt_in: beta,
+                modules: &none,
+            };
+            let granted = matches!(admit(&facts, &asker), Ok(Admission::Provision { .. }));
+            assert_eq!(
+                status(&t, id, &slug(maturity)).await.is_some(),
+                granted,
+                "{maturity} for a tenant with beta opt-in {beta}"
+            );
+        }
+        let needy = status(&t, id, "needy").await;
+        let enabled_base = base.is_some_and(TenantModuleStatus::satisfies_dependency);
+        assert_eq!(needy.is_some(), enabled_base, "needy with base {base:?}");
+    }
     t.cleanup().await;
 }
 

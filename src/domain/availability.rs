@@ -84,6 +84,34 @@ pub fn admit(module: &ModuleFacts<'_>, tenant: &TenantFacts<'_>) -> Result<Admis
     Ok(admission)
 }
 
+/// The maturities at which plan sync grants a module, derived from [`admit`]: those a
+/// tenant's own request is provisioned at without approval. Returns `(granted, to_all)`:
+/// `granted` to a tenant that opted in to betas, `to_all` to every subscriber.
+pub fn granted_by_plans() -> (Vec<Maturity>, Vec<Maturity>) {
+    let none = HashMap::new();
+    let provisioned = |maturity: Maturity, beta_opt_in: bool| {
+        let module = ModuleFacts {
+            slug: "",
+            maturity,
+            dependencies: &[],
+        };
+        let tenant = TenantFacts {
+            internal_tester: false,
+            beta_opt_in,
+            modules: &none,
+        };
+        matches!(admit(&module, &tenant), Ok(Admission::Provision { .. }))
+    };
+    let granted = |beta_opt_in| {
+        Maturity::ALL
+            .iter()
+            .copied()
+            .filter(|&m| provisioned(m, beta_opt_in))
+            .collect()
+    };
+    (granted(true), granted(false))
+}
+
 /// How a module shows in a tenant's catalog (the marketplace), or `None` when it does not
 /// show at all (SPEC §4.1, the seed's availability table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]

@@ -2,7 +2,7 @@
 //! written in PostgreSQL's own dialect (`postgres/lifecycle.rs`).
 
 use crate::domain::ident::{ModuleTable, Slug};
-use crate::store::domain::{PlanSynced, TenantId};
+use crate::store::domain::TenantId;
 use crate::store::postgres::{PgStore, data, insert_on, insert_on_quietly, lifecycle};
 use crate::store::runs::{CompletionOutcome, StepCompletion};
 use crate::store::sql::{AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, plain_getters};
@@ -191,15 +191,6 @@ impl Conn for PgConn {
 
     async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {
         lifecycle::post_upgrade(self.conn(), tenants, posts).await
-    }
-
-    async fn plan_sync(
-        &mut self,
-        plan: Option<&str>,
-        module: Option<&str>,
-        actor: &str,
-    ) -> StoreResult<Vec<PlanSynced>> {
-        lifecycle::plan_sync(self.conn(), plan, module, actor).await
     }
 
     async fn costs_aggregate(

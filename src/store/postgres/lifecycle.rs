@@ -1,11 +1,10 @@
 //! The lifecycle primitives PostgreSQL does in its own dialect: module migrations with
-//! triggers, row-level security and grants; post-upgrade catch-up per tenant; plan sync as one
-//! set-based statement; seeding; streaming dumps. The rules around them live in
-//! `store/sql/domain.rs` and `lifecycle/`.
+//! triggers, row-level security and grants; post-upgrade catch-up per tenant; seeding;
+//! streaming dumps. The rules around them live in `store/sql/` and `lifecycle/`.
 
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::store::StoreResult;
-use crate::store::domain::{PlanSynced, TenantId, write_lines};
+use crate::store::domain::{TenantId, write_lines};
 use crate::store::sql::modules::as_migration_error;
 use sqlx::postgres::PgConnection;
 
@@ -21,95 +20,6 @@ pub(super) async fn migration_lock(conn: &mut PgConnection) -> StoreResult<()> {
 pub(super) async fn roles_ensure(conn: &mut PgConnection) -> StoreResult<()> {
     sqlx::Executor::execute(&mut *conn, APP_ROLE).await?;
     Ok(())
-}
-
-/// Plan-module sync in one statement: the (plan, module) pairs in scope, the (tenant, module)
-/// pairs active subscriptions call for, the inserts of those the tenant does not have yet, their
-/// audit rows, and the summary per plan and module. [`plan_sync`] runs it holding
-/// `tenant_modules` against other writers, so "not present" stays true until the insert: no
-/// `ON CONFLICT` arbiter (speculative insertion costs an eighth of the statement at 100,000
-/// tenants).
-const PLAN_SYNC: &str = r#"
-WITH scope AS MATERIALIZED (
-    -- The (plan, module) pairs in scope, a handful: each with the version a new tenant gets (the
-    -- one installed in this database, else the latest) and whether its maturity lets every
-    -- subscriber in or only the tenants that opted into betas.
-    SELECT p.id AS plan_id, p.slug AS plan, pm.module, m.maturity = 'BETA' AS beta_only,
-           m.dependencies, v.id AS version_id
-    FROM plans p
-    JOIN plan_modules pm ON pm.plan_id = p.id
-    JOIN core_modules m ON m.slug = pm.module
-    LEFT JOIN LATERAL (SELECT v.id FROM core_module_versions v WHERE v.module = pm.module
-                       ORDER BY v.migrated_at IS NULL, v.major DESC, v.minor DESC, v.patch DESC
-                       LIMIT 1) v ON true
-    WHERE ($1::text IS NULL OR p.slug = $1) AND ($2::text IS NULL OR pm.module = $2)
-      AND m.maturity IN ('BETA', 'RC', 'GA', 'MAINTENANCE')
-), wanted AS MATERIALIZED (
-    -- (A tenant subscribed twice to one plan appears twice: counted once below.)
-    -- `dependencies_enabled`: every module this one depends on is ENABLED or UP_TO_DATE for
-    -- the tenant (domain::status::satisfies_dependency); otherwise the tenant is skipped.
-    -- `present`: the tenant has the module already (in any status): left as it is.
-    SELECT c.plan, s.tenant_id, c.module, c.version_id,
-           (c.dependencies = '[]'::jsonb OR NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(c.dependencies) d(dep)
-                       WHERE NOT EXISTS (SELECT 1 FROM tenant_modules dm
-                                         WHERE dm.tenant_id = s.tenant_id AND dm.module = d.dep
-                                           AND dm.status IN ('ENABLED', 'UP_TO_DATE'))
-           )) AS dependencies_enabled,
-           EXISTS (SELECT 1 FROM tenant_modules tm
-                   WHERE tm.tenant_id = s.tenant_id AND tm.module = c.module) AS present
-    FROM scope c
-    JOIN subscriptions s ON s.plan_id = c.plan_id
-    WHERE s.status = 'active' AND (s.expires_at IS NULL OR s.expires_at > now())
-      AND (NOT c.beta_only
-           OR EXISTS (SELECT 1 FROM tenants t WHERE t.id = s.tenant_id AND t.beta_opt_in))
-), inserted AS (
-    INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason)
-    SELECT DISTINCT ON (w.tenant_id, w.module) w.tenant_id, w.module, 'PROVISIONING', w.version_id,
-           'added by plan ' || w.plan
-    FROM wanted w
-    WHERE w.dependencies_enabled AND NOT w.present AND w.version_id IS NOT NULL
-    ORDER BY w.tenant_id, w.module, w.plan
-    RETURNING tenant_id, module, substr(status_reason, 15) AS plan
-), audited AS (
-    INSERT INTO audit_logs (actor, action, tenant_id, module, entity, after)
-    SELECT $3, 'plan.sync', tenant_id, module, 'tenant_module', '{"status": "PROVISIONING"}'::jsonb
-    FROM inserted
-), synced AS (
-    SELECT plan, module, count(*) AS n FROM inserted GROUP BY plan, module
-), counted AS (
-    SELECT plan, module, count(DISTINCT tenant_id) AS subscribed,
-           count(DISTINCT tenant_id) FILTER (WHERE NOT dependencies_enabled AND NOT present) AS skipped
-    FROM wanted GROUP BY plan, module
-)
--- Aggregates joined, never the 100,000-row sets (a CTE has no index to join on).
-SELECT c.plan, c.module, coalesce(y.n, 0) AS synced, c.subscribed, c.skipped
-FROM counted c LEFT JOIN synced y ON y.plan = c.plan AND y.module = c.module
-ORDER BY c.plan, c.module
-"#;
-
-/// See [`crate::store::sql::Conn::plan_sync`].
-pub(super) async fn plan_sync(
-    conn: &mut PgConnection,
-    plan: Option<&str>,
-    module: Option<&str>,
-    actor: &str,
-) -> StoreResult<Vec<PlanSynced>> {
-    // Sorting and counting 100,000 pairs in memory rather than in temporary files.
-    sqlx::query("SET LOCAL work_mem = '32MB'")
-        .execute(&mut *conn)
-        .await?;
-    // Other writers of tenant_modules (a tenant's own request, a provisioning step) wait for
-    // the sync's commit, a second at 100,000 tenants; readers do not.
-    sqlx::query("LOCK TABLE tenant_modules IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut *conn)
-        .await?;
-    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(PLAN_SYNC)
-        .bind(plan)
-        .bind(module)
-        .bind(actor)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows.into_iter().map(PlanSynced::from_row).collect())
 }
 
 /// See [`crate::store::DomainStore::module_table_dump`].

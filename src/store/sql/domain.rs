@@ -926,7 +926,7 @@ impl<S: SqlStore> DomainStore for S {
         if let Some(plan) = plan {
             plan_id(&mut *tx, plan).await?;
         }
-        let synced = tx.plan_sync(plan, module, actor).await?;
+        let synced = super::plan_sync::plan_sync(&mut *tx, plan, module, actor).await?;
         tx.commit().await?;
         Ok(synced)
     }

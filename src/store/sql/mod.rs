@@ -9,7 +9,7 @@
 //! and `{skip_locked}` (a row lock, or rows another transaction holds passed over; SQLite has
 //! one writer, held by the store's write transaction instead) and
 //! `{date}` and `{decimal}` (a calendar date and an exact amount: `date` and `numeric`, or
-//! text on SQLite); a list
+//! text on SQLite), `{json_each}(x) d` (the texts of a JSON array, as `d.value`); a list
 //! is bound as [`Arg::Ints`] and tested with `x = ANY($n)` (SQLite reads it with `json_each`). Values
 //! cross as [`Arg`]s and are read through [`Row`], so a timestamp is a `timestamptz` on
 //! PostgreSQL and unix milliseconds on SQLite without the caller knowing. What cannot be said
@@ -23,10 +23,11 @@ pub mod domain;
 pub mod jobs;
 pub mod limits;
 pub mod modules;
+pub mod plan_sync;
 pub mod runs;
 
 use crate::domain::ident::{ModuleTable, Slug};
-use crate::store::domain::{PlanSynced, TenantId};
+use crate::store::domain::TenantId;
 use crate::store::runs::{CompletionOutcome, StepCompletion};
 use crate::store::{StoreError, StoreResult};
 use crate::types::{Enqueued, Lease, NewJob};
@@ -54,7 +55,7 @@ impl Dialect {
         // plain `IN (subquery)` may be planned as a nested loop that re-runs the subquery for
         // every row when the statistics say the table is empty (after a VACUUM of a drained
         // table), which made a 25,000-row prune take minutes.
-        let tokens: [(&str, &str); 7] = match self {
+        let tokens: [(&str, &str); 8] = match self {
             Dialect::Postgres => [
                 ("{now}", "now()"),
                 ("{for_update}", "FOR UPDATE"),
@@ -63,6 +64,7 @@ impl Dialect {
                 ("{decimal}", "numeric"),
                 ("{in_keys}", "= ANY(ARRAY"),
                 ("{end_keys}", ")"),
+                ("{json_each}", "jsonb_array_elements_text"),
             ],
             Dialect::Sqlite => [
                 ("{now}", "CAST(unixepoch('subsec') * 1000 AS INTEGER)"),
@@ -72,6 +74,7 @@ impl Dialect {
                 ("{decimal}", "TEXT"),
                 ("{in_keys}", "IN "),
                 ("{end_keys}", ""),
+                ("{json_each}", "json_each"),
             ],
         };
         let mut text = text.to_string();
@@ -347,15 +350,6 @@ pub trait Conn: Send {
 
     /// Run post-upgrade SQL for `tenants` only: every other tenant's rows are left as they are.
     async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()>;
-
-    /// Plan-module sync as one set-based statement (see
-    /// [`crate::store::DomainStore::plan_sync`]).
-    async fn plan_sync(
-        &mut self,
-        plan: Option<&str>,
-        module: Option<&str>,
-        actor: &str,
-    ) -> StoreResult<Vec<PlanSynced>>;
 
     /// Recompute one month's costs (see [`crate::store::DataStore::cost_aggregate`]).
     async fn costs_aggregate(

@@ -4,7 +4,7 @@
 //! writer, and the lock stands in for PostgreSQL's row locks.
 
 use crate::domain::ident::{ModuleTable, Slug};
-use crate::store::domain::{PlanSynced, TenantId};
+use crate::store::domain::TenantId;
 use crate::store::sql::{
     AnyRow, Arg, Conn, Dialect, Row, Sql, SqlStore, Tx, corrupt, plain_getters,
 };
@@ -184,15 +184,6 @@ impl Conn for SqliteConn {
 
     async fn post_upgrade(&mut self, tenants: &[TenantId], posts: &[String]) -> StoreResult<()> {
         lifecycle::post_upgrade(self.conn(), tenants, posts).await
-    }
-
-    async fn plan_sync(
-        &mut self,
-        plan: Option<&str>,
-        module: Option<&str>,
-        actor: &str,
-    ) -> StoreResult<Vec<PlanSynced>> {
-        lifecycle::plan_sync(self.conn(), plan, module, actor).await
     }
 
     async fn costs_aggregate(

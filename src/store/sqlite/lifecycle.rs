@@ -1,113 +1,13 @@
 //! The lifecycle primitives SQLite does in its own dialect: module migrations with triggers
-//! that name each column (SQLite has no `to_json(row)`), plan sync through temporary tables
-//! (no data-modifying CTEs), seeding, undoing versions and streaming dumps. The rules around
-//! them live in `store/sql/domain.rs` and `lifecycle/`.
+//! that name each column (SQLite has no `to_json(row)`), seeding, undoing versions and
+//! streaming dumps. The rules around them live in `store/sql/` and `lifecycle/`.
 
 use crate::domain::DomainError;
 use crate::domain::ident::{ModuleTable, Slug, check_setting_key, quote_ident};
-use crate::store::domain::{PlanSynced, TenantId, write_lines};
+use crate::store::domain::{TenantId, write_lines};
 use crate::store::sql::modules::as_migration_error;
-use crate::store::sqlite::now_ms;
 use crate::store::{StoreError, StoreResult};
 use sqlx::sqlite::SqliteConnection;
-
-/// See [`crate::store::sql::Conn::plan_sync`].
-pub(super) async fn plan_sync(
-    conn: &mut SqliteConnection,
-    plan: Option<&str>,
-    module: Option<&str>,
-    actor: &str,
-) -> StoreResult<Vec<PlanSynced>> {
-    let now = now_ms();
-    // The same steps as PostgreSQL's single statement, through two temporary tables
-    // (SQLite has no data-modifying CTEs); the write lock makes them one step.
-    for statement in [
-        "CREATE TEMP TABLE IF NOT EXISTS steward_sync_wanted (plan TEXT, tenant_id INTEGER, module TEXT, \
-                                                              dependencies_enabled INTEGER)",
-        "CREATE TEMP TABLE IF NOT EXISTS steward_sync_new (tenant_id INTEGER, module TEXT, plan TEXT)",
-        "DELETE FROM temp.steward_sync_wanted",
-        "DELETE FROM temp.steward_sync_new",
-    ] {
-        sqlx::query(statement).execute(&mut *conn).await?;
-    }
-    sqlx::query(
-        // `dependencies_enabled`: every module this one depends on is ENABLED or
-        // UP_TO_DATE for the tenant (domain::status::satisfies_dependency); otherwise the
-        // tenant is skipped.
-        "INSERT INTO temp.steward_sync_wanted (plan, tenant_id, module, dependencies_enabled) \
-         SELECT DISTINCT p.slug, s.tenant_id, pm.module, \
-                NOT EXISTS (SELECT 1 FROM json_each(m.dependencies) d \
-                            WHERE NOT EXISTS (SELECT 1 FROM tenant_modules dm \
-                                              WHERE dm.tenant_id = s.tenant_id AND dm.module = d.value \
-                                                AND dm.status IN ('ENABLED', 'UP_TO_DATE'))) \
-         FROM subscriptions s JOIN plans p ON p.id = s.plan_id \
-         JOIN plan_modules pm ON pm.plan_id = p.id \
-         JOIN core_modules m ON m.slug = pm.module JOIN tenants t ON t.id = s.tenant_id \
-         WHERE s.status = 'active' AND (s.expires_at IS NULL OR s.expires_at > ?3) \
-           AND (?1 IS NULL OR p.slug = ?1) AND (?2 IS NULL OR pm.module = ?2) \
-           AND (m.maturity IN ('RC', 'GA', 'MAINTENANCE') OR (m.maturity = 'BETA' AND t.beta_opt_in))",
-    )
-    .bind(plan)
-    .bind(module)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO temp.steward_sync_new (tenant_id, module, plan) \
-         SELECT w.tenant_id, w.module, min(w.plan) FROM temp.steward_sync_wanted w \
-         WHERE NOT EXISTS (SELECT 1 FROM tenant_modules tm \
-                           WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module) \
-           AND w.dependencies_enabled \
-           AND EXISTS (SELECT 1 FROM core_module_versions v WHERE v.module = w.module) \
-         GROUP BY w.tenant_id, w.module",
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason, \
-                                     requested_at, updated_at) \
-         SELECT n.tenant_id, n.module, 'PROVISIONING', \
-                (SELECT v.id FROM core_module_versions v WHERE v.module = n.module \
-                 ORDER BY v.migrated_at IS NULL, v.major DESC, v.minor DESC, v.patch DESC LIMIT 1), \
-                'added by plan ' || n.plan, ?1, ?1 \
-         FROM temp.steward_sync_new n",
-    )
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO audit_logs (at, actor, action, tenant_id, module, entity, after) \
-         SELECT ?1, ?2, 'plan.sync', tenant_id, module, 'tenant_module', '{\"status\":\"PROVISIONING\"}' \
-         FROM temp.steward_sync_new",
-    )
-    .bind(now)
-    .bind(actor)
-    .execute(&mut *conn)
-    .await?;
-    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "WITH subscribed AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_wanted \
-                             GROUP BY plan, module), \
-              synced AS (SELECT plan, module, count(*) AS n FROM temp.steward_sync_new \
-                         GROUP BY plan, module), \
-              skipped AS (SELECT plan, module, count(DISTINCT tenant_id) AS n \
-                          FROM temp.steward_sync_wanted w WHERE NOT w.dependencies_enabled \
-                            AND NOT EXISTS (SELECT 1 FROM tenant_modules tm \
-                                            WHERE tm.tenant_id = w.tenant_id AND tm.module = w.module) \
-                          GROUP BY plan, module) \
-         SELECT s.plan, s.module, coalesce(y.n, 0), s.n, coalesce(k.n, 0) FROM subscribed s \
-         LEFT JOIN synced y ON y.plan = s.plan AND y.module = s.module \
-         LEFT JOIN skipped k ON k.plan = s.plan AND k.module = s.module ORDER BY s.plan, s.module",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    for statement in [
-        "DELETE FROM temp.steward_sync_wanted",
-        "DELETE FROM temp.steward_sync_new",
-    ] {
-        sqlx::query(statement).execute(&mut *conn).await?;
-    }
-    Ok(rows.into_iter().map(PlanSynced::from_row).collect())
-}
 
 /// See [`crate::store::DomainStore::module_table_dump`].
 pub(super) async fn table_dump(
