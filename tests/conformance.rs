@@ -40,6 +40,7 @@ per_backend!(
     rate_limits_space_starts_and_reserve_them_for_jobs_sent_back,
     concurrency_limits_count_running_attempts_only,
     a_circuit_opens_at_its_threshold_and_lets_one_probe_through,
+    failures_recorded_at_once_are_each_counted,
     an_enqueue_hands_one_job_to_an_idle_producers_offer,
     kind_defaults_are_published_once_and_changed_in_place,
 );
@@ -1756,6 +1757,38 @@ async fn one_holder_leads_until_it_resigns_or_its_lease_runs_out(backend: Backen
     assert!(
         s.leader_elect("short", "c", long).await.unwrap(),
         "a's lease ran out"
+    );
+    t.cleanup().await;
+}
+
+/// Failures recorded at the same moment by many steps (a storage that goes down fails every
+/// step in flight) each count, also before the circuit has a row: none is lost to another.
+async fn failures_recorded_at_once_are_each_counted(backend: Backend) {
+    use steward::store::limits::BreakerOutcome;
+    let t = fresh(backend).await;
+    let calls = (0..8_i64).map(|job_id| {
+        let store = t.store.clone();
+        async move {
+            store
+                .breaker_record(&BreakerOutcome {
+                    key: "breaker:storage:at-once",
+                    job_id,
+                    ok: false,
+                    failures_to_open: 100,
+                    open_for: Duration::from_secs(30),
+                })
+                .await
+                .unwrap()
+        }
+    });
+    let handles: Vec<_> = calls.map(tokio::spawn).collect();
+    for handle in handles {
+        assert_eq!(handle.await.unwrap(), None, "below the threshold: closed");
+    }
+    let listed = t.store.breakers_list().await.unwrap();
+    assert_eq!(
+        (listed[0].state.as_str(), listed[0].failures),
+        ("closed", 8)
     );
     t.cleanup().await;
 }

@@ -32,6 +32,7 @@ per_backend!(
     a_failed_upgrade_restores_version_status_and_rows,
     a_backup_is_verified_then_restored_into_the_version_it_was_taken_of,
     a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes,
+    a_tenants_rows_are_writable_exactly_while_its_module_is_in_use,
     tables_of_an_older_deployment_get_the_delete_freeze_at_start_up,
     settings_changes_are_audited_and_crafted_keys_refused,
     stuck_provisioning_gets_its_run_and_a_failed_run_ends_in_error,
@@ -1216,6 +1217,38 @@ async fn tables_of_an_older_deployment_get_the_delete_freeze_at_start_up(backend
         .await,
         1
     );
+}
+
+/// The freeze triggers of both backends let a tenant's module rows be written in exactly the
+/// statuses `TenantModuleStatus::is_active` names, and in no other: they take the list from
+/// that rule (each status set directly here, as a raw write from outside steward would meet).
+async fn a_tenants_rows_are_writable_exactly_while_its_module_is_in_use(backend: Backend) {
+    use steward::domain::status::TenantModuleStatus;
+    let t = fresh(backend).await;
+    let (a, _) = stock_in_use(&t).await;
+    for (n, &status) in TenantModuleStatus::ALL.iter().enumerate() {
+        execute(
+            &t,
+            &format!(
+                "UPDATE tenant_modules SET status = '{}' WHERE tenant_id = {a} AND module = 'stock'",
+                status.as_str()
+            ),
+        )
+        .await;
+        let write = try_execute(
+            &t,
+            &format!(
+                "INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES ({}, {a}, 'probe')",
+                1000 + n
+            ),
+        )
+        .await;
+        assert_eq!(write.is_ok(), status.is_active(), "{status}: {write:?}");
+        if let Err(err) = write {
+            assert!(err.contains("frozen"), "{status}: {err}");
+        }
+    }
+    t.cleanup().await;
 }
 
 async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_removes(

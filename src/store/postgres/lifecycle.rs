@@ -5,7 +5,7 @@
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::store::StoreResult;
 use crate::store::domain::{TenantId, write_lines};
-use crate::store::sql::modules::as_migration_error;
+use crate::store::sql::modules::{active_statuses, as_migration_error};
 use sqlx::postgres::PgConnection;
 
 /// One module migration at a time in this database.
@@ -75,7 +75,8 @@ BEGIN
 END
 $fn$"#;
 
-/// Freezes a tenant's rows while its module is not in use (DISABLED, SUSPENDED, …): no row is
+/// Freezes a tenant's rows while its module is not in use (`{active}`: the statuses of
+/// [`active_statuses`]; not DISABLED, SUSPENDED, …): no row is
 /// written, changed or deleted for it. steward's own changes pass: a schema migration (every
 /// tenant's rows), a post-upgrade step (only the tenant it runs for: other tenants' rows are
 /// skipped, and a frozen tenant gets the step when its module is enabled again), a purge or
@@ -98,7 +99,7 @@ BEGIN
         NULL;
     ELSIF NOT EXISTS (SELECT 1 FROM tenant_modules
                       WHERE tenant_id = row_tenant AND module = TG_ARGV[0]
-                        AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) THEN
+                        AND status IN ({active})) THEN
         RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], row_tenant
             USING ERRCODE = 'check_violation';
     END IF;
@@ -126,7 +127,8 @@ pub(super) async fn table_triggers(
     .fetch_one(&mut *conn)
     .await?;
     if make_functions || missing {
-        for functions in [AUDIT_FUNCTION, GUARD_FUNCTION] {
+        let guard = GUARD_FUNCTION.replace("{active}", &active_statuses());
+        for functions in [AUDIT_FUNCTION, &guard] {
             sqlx::Executor::execute(&mut *conn, functions).await?;
         }
     }

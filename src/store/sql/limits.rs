@@ -217,6 +217,18 @@ pub(crate) async fn breaker_record<S: SqlStore>(
     outcome: &BreakerOutcome<'_>,
 ) -> StoreResult<Option<DateTime<Utc>>> {
     let mut tx = store.write().await?;
+    if !outcome.ok {
+        // A failure of a circuit without a row makes it first, closed, so that the lock below
+        // holds it: failures recorded at once would otherwise each read "no row", and every
+        // one but the last would be lost.
+        tx.execute(sql!(
+            "INSERT INTO steward_breakers (key, failures, open_ms, changed_at) \
+             VALUES ($1, 0, $2, {now}) ON CONFLICT (key) DO NOTHING",
+            outcome.key,
+            i64::try_from(outcome.open_for.as_millis()).unwrap_or(i64::MAX)
+        ))
+        .await?;
+    }
     let row = tx
         .fetch_optional(sql!(
             format!("SELECT {BREAKER_COLUMNS} FROM steward_breakers WHERE key = $1 {{for_update}}"),
@@ -239,21 +251,17 @@ pub(crate) async fn breaker_record<S: SqlStore>(
         tx.commit().await?;
         return Ok(None);
     }
-    let (after, was_probe) = Breaker::after_failure(current.as_ref(), outcome, now);
+    let (after, _) = Breaker::after_failure(current.as_ref(), outcome, now);
     tx.execute(sql!(
-        "INSERT INTO steward_breakers (key, failures, opened_at, open_ms, probe_job, probe_until, \
-             changed_at) VALUES ($1, $2, $3, $4, NULL, NULL, $5) \
-         ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, \
-             opened_at = excluded.opened_at, open_ms = excluded.open_ms, \
-             probe_job = CASE WHEN $6 THEN NULL ELSE steward_breakers.probe_job END, \
-             probe_until = CASE WHEN $6 THEN NULL ELSE steward_breakers.probe_until END, \
-             changed_at = excluded.changed_at",
+        "UPDATE steward_breakers SET failures = $2, opened_at = $3, open_ms = $4, \
+             probe_job = $5, probe_until = $6, changed_at = $7 WHERE key = $1",
         outcome.key,
         i32::try_from(after.failures).unwrap_or(i32::MAX),
         after.opened_at,
         after.open_ms,
-        now,
-        was_probe
+        after.probe_job,
+        after.probe_until,
+        now
     ))
     .await?;
     tx.commit().await?;

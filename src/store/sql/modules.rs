@@ -7,6 +7,7 @@
 //! tenants.
 
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
+use crate::domain::status::TenantModuleStatus;
 use crate::store::domain::{MigrationReport, StatusChange, TenantId};
 use crate::store::sql::{Conn, Dialect, corrupt, sql};
 use crate::store::{StoreError, StoreResult};
@@ -87,6 +88,18 @@ impl MigrationPlan {
             }),
         }
     }
+}
+
+/// The statuses in which a tenant's rows of its module may be written (the module is in use,
+/// [`TenantModuleStatus::is_active`]), as SQL literals: what the freeze triggers of both
+/// backends test, taken from that rule rather than restated.
+pub(crate) fn active_statuses() -> String {
+    TenantModuleStatus::ALL
+        .iter()
+        .filter(|s| s.is_active())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A database error of the catalog's SQL is the migration's failure, with the database's

@@ -5,7 +5,7 @@
 use crate::domain::DomainError;
 use crate::domain::ident::{ModuleTable, Slug, check_setting_key, quote_ident};
 use crate::store::domain::{TenantId, write_lines};
-use crate::store::sql::modules::as_migration_error;
+use crate::store::sql::modules::{active_statuses, as_migration_error};
 use crate::store::{StoreError, StoreResult};
 use sqlx::sqlite::SqliteConnection;
 
@@ -64,6 +64,7 @@ pub(super) async fn table_triggers(
     let name = table.quoted();
     let module = slug.as_str(); // validated: [a-z0-9_] only
     let entity = table.as_str(); // validated likewise
+    let active = active_statuses();
     // Who wrote which row (its key) and which columns, never the values: a row purged or
     // archived must not live on in audit_logs.
     let has_id = columns.iter().any(|c| c == "id");
@@ -114,7 +115,7 @@ pub(super) async fn table_triggers(
             format!(
                 "BEFORE {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
                  AND NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = {row}.tenant_id \
-                   AND module = '{module}' AND status IN ('ENABLED', 'UPGRADING', 'UP_TO_DATE')) \
+                   AND module = '{module}' AND status IN ({active})) \
                  BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
             ),
             format!(
