@@ -505,6 +505,7 @@ per_backend!(
     deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_reason,
     a_deprecated_module_is_retired_at_its_sunset_unless_it_changed,
     an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_attempts,
+    a_storage_that_never_answers_opens_its_circuit_too,
 );
 
 /// A step that writes one small object to the export storage (behind its circuit breaker).
@@ -639,6 +640,77 @@ async fn an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_
         "{closed:?}"
     );
     server.stop().await;
+    t.cleanup().await;
+}
+
+/// A storage that accepts connections and never answers (a hung server, a black-holed load
+/// balancer) counts as unreachable too: a step still waiting for it when its time is nearly
+/// up stops, and its failure counts, so the circuit opens as for a refused connection.
+async fn a_storage_that_never_answers_opens_its_circuit_too(backend: Backend) {
+    use steward::lifecycle::storage_circuit::key_of;
+    let t = fresh(backend).await;
+    // Connections are queued by the kernel and never accepted: requests wait for ever.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let storage = s3::storage_at(hung.local_addr().unwrap());
+    // The repository's kinds with a 3 s step timeout instead of 300 s, so that a hung call is
+    // met in seconds (the deadline is the timeout's; the rule does not depend on its length).
+    let jobs = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("timeout_secs = 300", "timeout_secs = 3");
+        std::fs::write(jobs.path().join(path.file_name().unwrap()), text).unwrap();
+    }
+    let kinds = steward::kinds::KindCatalog::load_dir(jobs.path()).unwrap();
+    let mut steps = steward::lifecycle::step_registry(storage.clone());
+    steps.register(
+        "test.store_one",
+        steward::lifecycle::storage_circuit::guarded(storage.clone(), store_one),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("store_one.toml"),
+        "name = \"store_one\"\n[[steps]]\nname = \"store\"\nhandler = \"test.store_one\"\n\
+         job = \"workflow_step\"\n",
+    )
+    .unwrap();
+    let workflows = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h)).unwrap();
+    let engine = Engine::new(t.store.clone(), workflows, kinds, steps);
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(engine.start("store_one", json!({}), None).await.unwrap().0);
+    }
+    let workers = Workers::start(&t, &engine);
+    let key = key_of(storage.as_ref());
+    wait_until(
+        &t,
+        "the hung storage's circuit open",
+        Duration::from_secs(90),
+        || async {
+            t.store
+                .breakers_list()
+                .await
+                .unwrap()
+                .into_iter()
+                .any(|b| b.key == key && b.state == "open")
+        },
+    )
+    .await;
+    workers.stop().await;
+    let record = t.store.run_get(runs[0]).await.unwrap().unwrap();
+    let job = t
+        .store
+        .job_get(record.steps[0].job_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let failed = job.attempts.iter().find_map(|a| a.error.clone());
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|e| e.contains("did not end within")),
+        "{job:?}"
+    );
     t.cleanup().await;
 }
 

@@ -16,7 +16,7 @@ use crate::store::limits::{Admission, BreakerOutcome, LimitAsk};
 use crate::workflow::{StepContext, StepFuture};
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Steps in a row that found the storage unreachable before its circuit opens.
@@ -58,16 +58,31 @@ pub fn guarded(
                 let wait = (*until - admitted.now).to_std().unwrap_or_default();
                 return Err(JobError::snooze(wait.max(Duration::from_millis(100))));
             }
-            let unreachable = Arc::new(AtomicBool::new(false));
+            let watch = Arc::new(Watch::default());
             let watched: SharedExports = Arc::new(Watched {
                 inner: exports,
-                unreachable: Arc::clone(&unreachable),
+                watch: Arc::clone(&watch),
             });
-            let result = step(ctx, watched).await;
+            // The job's own timeout would drop the step without a word, and a storage that
+            // hangs (it accepts, and never answers) would never count: the step stops a little
+            // earlier, and a call still waiting for the storage then counts as unreachable.
+            let limit = within_timeout(job.timeout_ms);
+            let result = match tokio::time::timeout(limit, step(ctx, watched)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    if watch.waiting.load(Ordering::SeqCst) > 0 {
+                        watch.unreachable.store(true, Ordering::SeqCst);
+                    }
+                    Err(JobError::Retryable(format!(
+                        "the step did not end within {} ms",
+                        limit.as_millis()
+                    )))
+                }
+            };
             let outcome = BreakerOutcome {
                 key: &key,
                 job_id: job.id,
-                ok: !unreachable.load(Ordering::SeqCst),
+                ok: !watch.unreachable.load(Ordering::SeqCst),
                 failures_to_open: FAILURES_TO_OPEN,
                 open_for: OPEN_FOR,
             };
@@ -79,42 +94,66 @@ pub fn guarded(
     }
 }
 
-/// The storage as one step sees it: every call passes through; an unreachable storage is
-/// noted (a refused key or a mismatch is not an outage).
-struct Watched {
-    inner: SharedExports,
-    unreachable: Arc<AtomicBool>,
+/// How long a guarded step may run: its job's timeout, less a tenth (at least a second and
+/// at most a minute) to record the outcome in.
+fn within_timeout(timeout_ms: i64) -> Duration {
+    let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+    let margin = (timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    timeout
+        .saturating_sub(margin)
+        .max(Duration::from_millis(100))
 }
 
-impl Watched {
-    fn note<T>(flag: &AtomicBool, result: Result<T, ExportError>) -> Result<T, ExportError> {
+/// What a step's calls to the storage met: an unreachable storage, and how many calls are
+/// waiting for it now (a call dropped while it waits stays counted).
+#[derive(Default)]
+struct Watch {
+    unreachable: AtomicBool,
+    waiting: AtomicUsize,
+}
+
+impl Watch {
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ExportError>>,
+    ) -> Result<T, ExportError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let result = call.await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
         if matches!(result, Err(ExportError::Unavailable(_))) {
-            flag.store(true, Ordering::SeqCst);
+            self.unreachable.store(true, Ordering::SeqCst);
         }
         result
     }
 }
 
+/// The storage as one step sees it: every call passes through; an unreachable storage is
+/// noted (a refused key or a mismatch is not an outage).
+struct Watched {
+    inner: SharedExports,
+    watch: Arc<Watch>,
+}
+
 #[async_trait]
 impl ExportStorage for Watched {
     async fn upload(&self, key: &str) -> Result<Box<dyn Upload>, ExportError> {
-        let upload = Self::note(&self.unreachable, self.inner.upload(key).await)?;
+        let upload = self.watch.call(self.inner.upload(key)).await?;
         Ok(Box::new(WatchedUpload {
             inner: upload,
-            unreachable: Arc::clone(&self.unreachable),
+            watch: Arc::clone(&self.watch),
         }))
     }
 
     async fn digest(&self, key: &str) -> Result<ObjectDigest, ExportError> {
-        Self::note(&self.unreachable, self.inner.digest(key).await)
+        self.watch.call(self.inner.digest(key)).await
     }
 
     async fn read(&self, key: &str) -> Result<Vec<u8>, ExportError> {
-        Self::note(&self.unreachable, self.inner.read(key).await)
+        self.watch.call(self.inner.read(key)).await
     }
 
     async fn check(&self) -> Result<(), ExportError> {
-        Self::note(&self.unreachable, self.inner.check().await)
+        self.watch.call(self.inner.check()).await
     }
 
     fn location(&self) -> String {
@@ -124,18 +163,18 @@ impl ExportStorage for Watched {
 
 struct WatchedUpload {
     inner: Box<dyn Upload>,
-    unreachable: Arc<AtomicBool>,
+    watch: Arc<Watch>,
 }
 
 #[async_trait]
 impl Upload for WatchedUpload {
     async fn part(&mut self, bytes: Vec<u8>) -> Result<(), ExportError> {
-        Watched::note(&self.unreachable, self.inner.part(bytes).await)
+        self.watch.call(self.inner.part(bytes)).await
     }
 
     async fn finish(self: Box<Self>) -> Result<(), ExportError> {
-        let unreachable = self.unreachable;
-        Watched::note(&unreachable, self.inner.finish().await)
+        let watch = self.watch;
+        watch.call(self.inner.finish()).await
     }
 
     async fn abort(self: Box<Self>) {
