@@ -43,6 +43,7 @@ per_backend!(
     webhooks_are_read_only_when_complete_and_can_be_replaced_or_cleared,
     audit_rows_are_appended_and_listed_newest_first_per_tenant,
     plan_sync_grants_once_and_skips_tenants_without_dependencies,
+    first_requests_made_at_once_write_one_row_and_refuse_the_rest,
     plan_sync_grants_what_the_availability_and_dependency_rules_grant,
     seeded_tenants_each_get_an_active_subscription_in_one_write,
     the_rollback_undoes_the_last_upgrade_within_its_window,
@@ -1955,6 +1956,51 @@ async fn plan_sync_grants_what_the_availability_and_dependency_rules_grant(backe
         let enabled_base = base.is_some_and(TenantModuleStatus::satisfies_dependency);
         assert_eq!(needy.is_some(), enabled_base, "needy with base {base:?}");
     }
+    t.cleanup().await;
+}
+
+/// Requests for a module the tenant never had, made at the same moment (a double submit, a
+/// client's retry), write one row: the others find it there and are refused, rather than
+/// each overwriting it as if it were theirs (each would then start a provisioning run).
+async fn first_requests_made_at_once_write_one_row_and_refuse_the_rest(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("solo", Maturity::Ga, &[])).await;
+    let version_id = t.store.versions_of("solo").await.unwrap()[0].id;
+    let id = tenant(&t, "twice", false, false).await;
+    let requests = (0..8).map(|_| {
+        let store = t.store.clone();
+        tokio::spawn(async move {
+            store
+                .tenant_module_request(&ModuleRequest {
+                    tenant_id: id,
+                    module: "solo",
+                    version_id,
+                    status: Provisioning,
+                    reason: None,
+                    expected: None,
+                    actor: "test",
+                    tenant_seen: Some(&[]),
+                })
+                .await
+        })
+    });
+    let mut written = 0;
+    for request in requests.collect::<Vec<_>>() {
+        match request.await.unwrap() {
+            Ok(_) => written += 1,
+            Err(err) => assert!(matches!(err, StoreError::Conflict(_)), "{err:?}"),
+        }
+    }
+    assert_eq!(written, 1, "one request wrote the row");
+    let audited = t
+        .store
+        .audit_list(Some(id), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "module.request")
+        .count();
+    assert_eq!(audited, 1);
     t.cleanup().await;
 }
 

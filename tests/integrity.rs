@@ -6,6 +6,9 @@
 //! an upgrade catches up when it is turned back on; an inconsistent record is repaired.
 
 mod common;
+// The upgrade whose backup waits for its storage to come up.
+#[path = "common/s3.rs"]
+mod s3;
 
 use common::lifecycle::*;
 use common::{Backend, TestStore, fresh};
@@ -33,6 +36,8 @@ per_backend!(
     a_dead_step_job_is_retried_through_its_run,
     lifecycle_workflows_are_started_and_retried_only_through_their_operations,
     a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on,
+    a_tenant_turned_back_on_while_an_upgrade_runs_lands_at_the_new_version,
+    a_tenant_comes_into_use_only_at_the_version_its_tables_are_at,
     an_inconsistent_record_is_repaired_and_a_consistent_one_is_left_alone,
 );
 
@@ -862,6 +867,110 @@ async fn a_tenant_off_during_an_upgrade_catches_up_when_turned_back_on(backend: 
     assert_eq!(
         upgraded.version_id, back.version_id,
         "tenants agree with the tables"
+    );
+    t.cleanup().await;
+}
+
+/// A tenant turned back on while an upgrade runs (after its first step listed the tenants in
+/// use, before the tables moved) lands at the upgraded version, its rows given the upgrade's
+/// post-upgrade step: a module's tenants never disagree with its tables.
+async fn a_tenant_turned_back_on_while_an_upgrade_runs_lands_at_the_new_version(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    life(&t).disable(b, "stock", &tenant_admin()).await.unwrap();
+    let post = "UPDATE tenant_stock_items SET location = 'main' WHERE location IS NULL;";
+    publish_upgrade(
+        &t,
+        "2.0.0",
+        &[],
+        "ALTER TABLE tenant_stock_items ADD COLUMN location TEXT;",
+        "ALTER TABLE tenant_stock_items DROP COLUMN location;",
+        Some(post),
+    )
+    .await;
+    // The major upgrade's backup waits for its storage, where nothing listens yet, with A
+    // UPGRADING: B is turned back on then, at 1.0.0, the version the tables are still at.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let storage = s3::storage_at(([127, 0, 0, 1], port).into());
+    let life =
+        steward::lifecycle::Lifecycle::new(common::repo_engine(&t, storage.clone())).unwrap();
+    let run = life.upgrade("stock", "2.0.0", &master()).await.unwrap();
+    let running = workers_with(&t, storage);
+    wait_for(&t, &[a], "stock", Upgrading).await;
+    let versions = t.store.versions_of("stock").await.unwrap();
+    let back = life.reenable(b, "stock", &tenant_admin()).await.unwrap();
+    assert_eq!(
+        (back.status, back.version_id),
+        (Enabled, Some(versions[0].id))
+    );
+    let root = tempfile::tempdir().unwrap();
+    let server = s3::S3Server::start(root.path(), port).await;
+    wait_run(&t, run, RunState::Completed).await;
+    running.stop().await;
+    for tenant in [a, b] {
+        let record = t
+            .store
+            .tenant_module_get(tenant, "stock")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (record.status, record.version_id),
+            (UpToDate, Some(versions[1].id)),
+            "tenant {tenant}"
+        );
+        assert_eq!(
+            count(
+                &t,
+                &format!(
+                    "SELECT count(*) FROM tenant_stock_items \
+                     WHERE tenant_id = {tenant} AND location = 'main'"
+                )
+            )
+            .await,
+            1,
+            "tenant {tenant}'s rows got the post-upgrade step"
+        );
+    }
+    server.stop().await;
+    t.cleanup().await;
+}
+
+/// A move into use decided before an upgrade landed (it read the old version) is refused
+/// with a conflict, rather than leaving the tenant at a version its module's tables are no
+/// longer at; decided again, it catches up.
+async fn a_tenant_comes_into_use_only_at_the_version_its_tables_are_at(backend: Backend) {
+    let t = fresh(backend).await;
+    let (_, b) = stock_in_use(&t).await;
+    let life = life(&t);
+    life.disable(b, "stock", &tenant_admin()).await.unwrap();
+    publish_upgrade(&t, "1.1.0", &[], "SELECT 1;", "SELECT 1;", None).await;
+    let run = life.upgrade("stock", "1.1.0", &master()).await.unwrap();
+    let running = workers(&t);
+    wait_run(&t, run, RunState::Completed).await;
+    running.stop().await;
+    // What a re-enable decided before the upgrade would write: back on, at its own version.
+    let stale = StatusChange::new(
+        b,
+        "stock",
+        Some(Disabled),
+        Enabled,
+        "test",
+        "module.reenable",
+    );
+    let err = t.store.tenant_module_move(&stale).await.unwrap_err();
+    assert!(
+        matches!(&err, steward::store::StoreError::Conflict(why) if why.contains("1.1.0")),
+        "{err:?}"
+    );
+    let versions = t.store.versions_of("stock").await.unwrap();
+    let back = life.reenable(b, "stock", &tenant_admin()).await.unwrap();
+    assert_eq!(
+        (back.status, back.version_id),
+        (UpToDate, Some(versions[1].id))
     );
     t.cleanup().await;
 }

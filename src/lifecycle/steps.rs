@@ -118,6 +118,14 @@ fn enable(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         );
         change.provisioning = Some(&input);
         change.tenant_seen = Some(&read);
+        // An upgrade that landed since the request: the tenant joins at the version the
+        // tables are at, its missed post-upgrade steps run first.
+        let (catch_up, target) = match ctx.store().tenant_module_get(tenant_id, &module).await? {
+            Some(current) => super::switch::catch_up(ctx.store(), &current).await?,
+            None => (Vec::new(), None),
+        };
+        change.set_version = target;
+        change.catch_up = &catch_up;
         if let Some(reason) = &refused {
             change.to = TenantModuleStatus::Error;
             change.action = "module.provision_failed";
@@ -295,6 +303,22 @@ fn upgrade_apply(mut ctx: StepContext<'_>) -> StepFuture<'_> {
                 input["version"].as_str().unwrap_or("?")
             )
         });
+        // Tenants turned back on while the upgrade ran (at the old version): their rows got
+        // the post-upgrade step with the others', and they land at the new version too.
+        let joined: Vec<TenantId> =
+            serde_json::from_value(outcome["joined"].clone()).unwrap_or_default();
+        for tenant_id in &joined {
+            for (to, action) in [
+                (TenantModuleStatus::Upgrading, "module.upgrade_begin"),
+                (TenantModuleStatus::UpToDate, "module.upgrade"),
+            ] {
+                let mut change =
+                    StatusChange::new(*tenant_id, &module, None, to, UPGRADE_ACTOR, action)
+                        .because("turned back on while the upgrade ran");
+                change.set_version = (to == TenantModuleStatus::UpToDate).then_some(target);
+                tx.tenant_module_move(&change).await?;
+            }
+        }
         for (tenant_id, before) in &tenants {
             let (to, action, set_version) = match &failed {
                 None => (TenantModuleStatus::UpToDate, "module.upgrade", Some(target)),

@@ -100,7 +100,7 @@ impl Lifecycle {
         } else {
             "module.reenable"
         };
-        let (catch_up, target) = self.catch_up(&current).await?;
+        let (catch_up, target) = catch_up(&self.store, &current).await?;
         let mut change = StatusChange::new(
             tenant_id,
             slug.as_str(),
@@ -116,26 +116,6 @@ impl Lifecycle {
             change.catch_up = &catch_up;
         }
         Ok(self.store.tenant_module_move(&change).await?)
-    }
-
-    /// The versions a tenant module missed (newer than its own, up to the one the module's
-    /// tables are at), and that version; nothing when it is current.
-    async fn catch_up(
-        &self,
-        module: &TenantModuleRecord,
-    ) -> Result<(Vec<i64>, Option<i64>), LifecycleError> {
-        let versions = self.store.versions_of(&module.module).await?;
-        let (Some(installed), Some(own)) = (installed(&versions), module.version_id) else {
-            return Ok((Vec::new(), None));
-        };
-        let position = |id| versions.iter().position(|v| v.id == id);
-        match (position(own), position(installed.id)) {
-            (Some(own), Some(at)) if own < at => Ok((
-                versions[own + 1..=at].iter().map(|v| v.id).collect(),
-                Some(installed.id),
-            )),
-            _ => Ok((Vec::new(), None)),
-        }
     }
 
     /// A Master Admin suspends a tenant's module in use (payment, limits): SUSPENDED, data
@@ -220,7 +200,7 @@ impl Lifecycle {
             done.push("UPGRADING with no upgrade in progress → ENABLED".to_string());
         }
         if current.status.satisfies_dependency() {
-            let (catch_up, target) = self.catch_up(&current).await?;
+            let (catch_up, target) = catch_up(&self.store, &current).await?;
             if let Some(target) = target {
                 if current.status == TenantModuleStatus::UpToDate {
                     // UP_TO_DATE → UP_TO_DATE is no move: go through UPGRADING, audited.
@@ -438,4 +418,25 @@ pub(super) fn statuses(modules: &[TenantModuleRecord]) -> HashMap<String, Tenant
         .iter()
         .map(|m| (m.module.clone(), m.status))
         .collect()
+}
+
+/// The versions a tenant module missed (newer than its own, up to the one the module's tables
+/// are at), and that version; nothing when it is current. What a tenant coming back into use
+/// (or into use for the first time) runs before it is at the installed version.
+pub(crate) async fn catch_up(
+    store: &SharedStore,
+    module: &TenantModuleRecord,
+) -> Result<(Vec<i64>, Option<i64>), StoreError> {
+    let versions = store.versions_of(&module.module).await?;
+    let (Some(installed), Some(own)) = (installed(&versions), module.version_id) else {
+        return Ok((Vec::new(), None));
+    };
+    let position = |id| versions.iter().position(|v| v.id == id);
+    match (position(own), position(installed.id)) {
+        (Some(own), Some(at)) if own < at => Ok((
+            versions[own + 1..=at].iter().map(|v| v.id).collect(),
+            Some(installed.id),
+        )),
+        _ => Ok((Vec::new(), None)),
+    }
 }

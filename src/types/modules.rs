@@ -155,6 +155,11 @@ pub struct MigrationReport {
     pub grants: bool,
     /// What the backend could not do, said plainly.
     pub note: Option<String>,
+    /// An upgrade: tenants that came into use at an older version after the upgrade began
+    /// (turned back on meanwhile); their rows got its post-upgrade SQL with the others', and
+    /// the upgrade moves them to the new version too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<TenantId>,
 }
 
 /// How a subscription stands (`subscriptions.status`).

@@ -205,6 +205,34 @@ async fn tenant_as_seen(
     Ok(())
 }
 
+/// A tenant module coming into use is at the version its module's tables are at (the latest
+/// installed), or a conflict: an upgrade landed after the move was decided, and deciding it
+/// again catches the tenant up.
+async fn at_installed_version(
+    conn: &mut dyn Conn,
+    change: &StatusChange<'_>,
+    current: &TenantModuleRecord,
+) -> StoreResult<()> {
+    let installed = conn
+        .fetch_optional(sql!(
+            "SELECT id, version FROM core_module_versions \
+             WHERE module = $1 AND migrated_at IS NOT NULL \
+             ORDER BY major DESC, minor DESC, patch DESC LIMIT 1",
+            change.module
+        ))
+        .await?;
+    match installed {
+        Some(row) if Some(row.int("id")?) != change.set_version.or(current.version_id) => {
+            Err(StoreError::Conflict(format!(
+                "`{}` was upgraded to {} while this change was decided: try again",
+                change.module,
+                row.text("version")?
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Move a tenant module's status on the caller's transaction: locked, checked against the
 /// rules (and `change.from`), caught up, updated and audited. Shared by [`DomainStore`] and
 /// the step transactions of the lifecycle workflows.
@@ -212,6 +240,13 @@ pub(crate) async fn move_status(
     conn: &mut dyn Conn,
     change: &StatusChange<'_>,
 ) -> StoreResult<TenantModuleRecord> {
+    // A tenant module coming into use must be at the version its module's tables are at
+    // (checked below): under the migration lock, which an upgrade holds to its commit (see
+    // `modules::upgrade`), so the two cannot pass each other.
+    let entering_use = change.to.is_active() && change.from.is_none_or(|from| !from.is_active());
+    if entering_use {
+        conn.migration_lock().await?;
+    }
     tenant_as_seen(conn, change.tenant_id, change.module, change.tenant_seen).await?;
     let current = tenant_module_locked(conn, change.tenant_id, change.module)
         .await?
@@ -236,6 +271,9 @@ pub(crate) async fn move_status(
         return Err(moved("tenant module (it changed since it was read)").into());
     }
     current.status.check_move(change.to)?;
+    if change.to.is_active() && !current.status.is_active() {
+        at_installed_version(conn, change, &current).await?;
+    }
     super::modules::catch_up(conn, change).await?;
     let row = conn
         .fetch_one(sql!(
@@ -555,8 +593,11 @@ impl<S: SqlStore> DomainStore for S {
                 existing.map_or("removed".into(), |e| e.status.to_string())
             )));
         }
+        // A row that appeared since the read (a first request made at the same moment: there
+        // was no row to lock) is replaced only if it is in the status this request expects,
+        // which a status never is when it expected none.
         let row = tx
-            .fetch_one(sql!(
+            .fetch_optional(sql!(
                 format!(
                     "INSERT INTO tenant_modules (tenant_id, module, status, version_id, status_reason) \
                      VALUES ($1, $2, $3, $4, $5) \
@@ -565,6 +606,7 @@ impl<S: SqlStore> DomainStore for S {
                          status_reason = EXCLUDED.status_reason, disabled_from = NULL, \
                          provisioning = NULL, requested_at = {{now}}, enabled_at = NULL, \
                          updated_at = {{now}} \
+                     WHERE tenant_modules.status = CAST($6 AS TEXT) \
                      RETURNING {TENANT_MODULE_COLUMNS}"
                 ),
                 request.tenant_id,
@@ -572,8 +614,15 @@ impl<S: SqlStore> DomainStore for S {
                 request.status.as_str(),
                 request.version_id,
                 request.reason,
+                request.expected.map(TenantModuleStatus::as_str),
             ))
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "tenant {}'s module `{}` was requested meanwhile",
+                    request.tenant_id, request.module
+                ))
+            })?;
         let record = tenant_module_from(&*row)?;
         Audit {
             actor: request.actor,

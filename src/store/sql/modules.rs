@@ -86,6 +86,7 @@ impl MigrationPlan {
                  created, tenant isolation is the application's"
                     .into()
             }),
+            joined: Vec::new(),
         }
     }
 }
@@ -325,6 +326,25 @@ pub async fn upgrade(
     let non_blank = |sql: Option<String>| sql.filter(|s| !s.trim().is_empty());
     let pre = non_blank(row.opt_text("pre_upgrade_sql")?);
     let post = non_blank(row.opt_text("post_upgrade_sql")?);
+    // Held to the commit: a tenant that comes into use takes it too (see
+    // `domain::move_status`), so one that did since the upgrade began is found here, and one
+    // that does later finds the new version installed.
+    conn.migration_lock().await?;
+    let joined: Vec<TenantId> = conn
+        .fetch_all(sql!(
+            format!(
+                "SELECT tenant_id FROM tenant_modules WHERE module = $1 \
+                 AND status IN ({}) AND NOT (tenant_id = ANY($2)) ORDER BY tenant_id",
+                active_statuses()
+            ),
+            slug.as_str(),
+            tenants.to_vec()
+        ))
+        .await?
+        .iter()
+        .map(|row| row.int("tenant_id"))
+        .collect::<StoreResult<_>>()?;
+    let everyone: Vec<TenantId> = tenants.iter().chain(&joined).copied().collect();
     conn.execute(sql!("SAVEPOINT module_upgrade")).await?;
     let outcome = async {
         conn.privilege("migration", true).await?;
@@ -338,9 +358,9 @@ pub async fn upgrade(
         triggers_install(conn, &slug).await?;
         if let Some(post) = post {
             // Each tenant's step touches only that tenant's rows.
-            conn.post_upgrade(tenants, &[post]).await?;
+            conn.post_upgrade(&everyone, &[post]).await?;
         }
-        Ok::<_, StoreError>(report)
+        Ok::<_, StoreError>(MigrationReport { joined, ..report })
     }
     .await;
     savepoint_end(conn, "module_upgrade", outcome).await
