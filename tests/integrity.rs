@@ -6,8 +6,9 @@
 //! an upgrade catches up when it is turned back on; an inconsistent record is repaired.
 
 mod common;
-// The upgrade whose backup waits for its storage to come up.
+// The upgrade whose backup waits for its storage to come up (not every helper is used here).
 #[path = "common/s3.rs"]
+#[allow(dead_code)]
 mod s3;
 
 use common::lifecycle::*;
