@@ -135,7 +135,8 @@ impl Operator {
             });
             if let (Some(tenant), Some(module)) = (tenant, run.params["module"].as_str()) {
                 let reason = format!("provisioning run {id} cancelled by {}", actor.as_str());
-                provisioning_ended(self.engine.store(), tenant, module, &reason, actor).await?;
+                provisioning_ended(self.engine.store(), tenant, module, &reason, actor, None)
+                    .await?;
             }
         }
         Ok(())

@@ -344,12 +344,15 @@ impl Lifecycle {
                 run.state,
                 run.error.as_deref().unwrap_or("no reason recorded")
             );
+            // Only the request this run served: one made again since (after a repair) is
+            // left to its own run.
             provisioning_ended(
                 &self.store,
                 module.tenant_id,
                 &module.module,
                 &reason,
                 &system,
+                Some(module.updated_at),
             )
             .await?;
             repaired += 1;
@@ -360,15 +363,17 @@ impl Lifecycle {
 
 /// A provisioning that will not finish (its run failed or was cancelled): the tenant module
 /// moves from PROVISIONING to ERROR with `reason` (it is requested again). A module that
-/// already left PROVISIONING is left as it is.
+/// already left PROVISIONING, or changed since `unchanged_since` (the record the decision
+/// read), is left as it is.
 pub(crate) async fn provisioning_ended(
     store: &crate::store::SharedStore,
     tenant_id: TenantId,
     module: &str,
     reason: &str,
     actor: &Actor,
+    unchanged_since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), LifecycleError> {
-    let change = StatusChange::new(
+    let mut change = StatusChange::new(
         tenant_id,
         module,
         Some(TenantModuleStatus::Provisioning),
@@ -377,6 +382,7 @@ pub(crate) async fn provisioning_ended(
         "module.provision_failed",
     )
     .because(reason);
+    change.unchanged_since = unchanged_since;
     match store.tenant_module_move(&change).await {
         Ok(_) => Ok(()),
         Err(crate::store::StoreError::Domain(DomainError::InvalidTransition { .. })) => Ok(()),
