@@ -467,11 +467,12 @@ impl Engine {
                     state: run.state.to_string(),
                 });
             }
-            let compensations = match (run.state, self.steps_of(&run).await) {
-                (RunState::Running, Some(steps)) => {
-                    self.compensations(&run.workflow, &steps, i32::MAX)
-                }
-                _ => Vec::new(),
+            // Every compensation, whatever the state read: the store undoes the steps that
+            // are completed when it writes (a queued run may have started, and completed a
+            // step, since this read).
+            let compensations = match self.steps_of(&run).await {
+                Some(steps) => self.compensations(&run.workflow, &steps, i32::MAX),
+                None => Vec::new(),
             };
             let cancel = RunCancel {
                 id,
