@@ -524,21 +524,13 @@ fn store_one(
     })
 }
 
-/// The export storage's circuit breaker (`lifecycle::storage_circuit`): steps that find S3
-/// unreachable open it after five failures in a row; while open, their retries wait without
-/// using attempts; once the server is back, one probe closes it and every run completes.
-async fn an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_attempts(
-    backend: Backend,
-) {
-    use steward::lifecycle::storage_circuit::{FAILURES_TO_OPEN, key_of};
-    let t = fresh(backend).await;
-    // A port nothing listens on yet: the storage is down.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let storage = s3::storage_at(([127, 0, 0, 1], port).into());
-    let kinds = common::repo_kinds();
+/// An engine whose one workflow, `store_one`, writes an object to `storage` behind its
+/// circuit breaker, and five runs of it started.
+async fn store_one_runs(
+    t: &TestStore,
+    storage: &SharedExports,
+    kinds: steward::kinds::KindCatalog,
+) -> (Arc<Engine>, Vec<RunId>) {
     let mut steps = steward::lifecycle::step_registry(storage.clone());
     steps.register(
         "test.store_one",
@@ -557,6 +549,25 @@ async fn an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_
     for _ in 0..5 {
         runs.push(engine.start("store_one", json!({}), None).await.unwrap().0);
     }
+    (engine, runs)
+}
+
+/// The export storage's circuit breaker (`lifecycle::storage_circuit`): steps that find S3
+/// unreachable open it after five failures in a row; while open, their retries wait without
+/// using attempts; once the server is back, one probe closes it and every run completes.
+async fn an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_attempts(
+    backend: Backend,
+) {
+    use steward::lifecycle::storage_circuit::{FAILURES_TO_OPEN, key_of};
+    let t = fresh(backend).await;
+    // A port nothing listens on yet: the storage is down.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let storage = s3::storage_at(([127, 0, 0, 1], port).into());
+    let kinds = common::repo_kinds();
+    let (engine, runs) = store_one_runs(&t, &storage, kinds).await;
     let workers = Workers::start(&t, &engine);
     let key = key_of(storage.as_ref());
     let breaker = async || {
@@ -662,24 +673,7 @@ async fn a_storage_that_never_answers_opens_its_circuit_too(backend: Backend) {
         std::fs::write(jobs.path().join(path.file_name().unwrap()), text).unwrap();
     }
     let kinds = steward::kinds::KindCatalog::load_dir(jobs.path()).unwrap();
-    let mut steps = steward::lifecycle::step_registry(storage.clone());
-    steps.register(
-        "test.store_one",
-        steward::lifecycle::storage_circuit::guarded(storage.clone(), store_one),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("store_one.toml"),
-        "name = \"store_one\"\n[[steps]]\nname = \"store\"\nhandler = \"test.store_one\"\n\
-         job = \"workflow_step\"\n",
-    )
-    .unwrap();
-    let workflows = WorkflowCatalog::load_dir(dir.path(), &kinds, &|h| steps.contains(h)).unwrap();
-    let engine = Engine::new(t.store.clone(), workflows, kinds, steps);
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        runs.push(engine.start("store_one", json!({}), None).await.unwrap().0);
-    }
+    let (engine, runs) = store_one_runs(&t, &storage, kinds).await;
     let workers = Workers::start(&t, &engine);
     let key = key_of(storage.as_ref());
     wait_until(

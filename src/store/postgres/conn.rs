@@ -167,8 +167,8 @@ impl Conn for PgConn {
         Ok(())
     }
 
-    async fn migration_lock(&mut self) -> StoreResult<()> {
-        lifecycle::migration_lock(self.conn()).await
+    async fn migration_lock(&mut self, shared: bool) -> StoreResult<()> {
+        lifecycle::migration_lock(self.conn(), shared).await
     }
 
     async fn roles_ensure(&mut self) -> StoreResult<()> {

@@ -8,11 +8,14 @@ use crate::store::domain::{TenantId, write_lines};
 use crate::store::sql::modules::{active_statuses, as_migration_error};
 use sqlx::postgres::PgConnection;
 
-/// One module migration at a time in this database.
-pub(super) async fn migration_lock(conn: &mut PgConnection) -> StoreResult<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))")
-        .execute(&mut *conn)
-        .await?;
+/// One module migration at a time in this database (`shared`: many at once, none while a
+/// migration holds it).
+pub(super) async fn migration_lock(conn: &mut PgConnection, shared: bool) -> StoreResult<()> {
+    let sql = match shared {
+        true => "SELECT pg_advisory_xact_lock_shared(hashtext('steward.module_migration'))",
+        false => "SELECT pg_advisory_xact_lock(hashtext('steward.module_migration'))",
+    };
+    sqlx::query(sql).execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -241,11 +241,12 @@ pub(crate) async fn move_status(
     change: &StatusChange<'_>,
 ) -> StoreResult<TenantModuleRecord> {
     // A tenant module coming into use must be at the version its module's tables are at
-    // (checked below): under the migration lock, which an upgrade holds to its commit (see
-    // `modules::upgrade`), so the two cannot pass each other.
+    // (checked below): under the migration lock, shared (tenants come into use side by side),
+    // which an upgrade holds alone to its commit (see `modules::upgrade`), so the two cannot
+    // pass each other.
     let entering_use = change.to.is_active() && change.from.is_none_or(|from| !from.is_active());
     if entering_use {
-        conn.migration_lock().await?;
+        conn.migration_lock(true).await?;
     }
     tenant_as_seen(conn, change.tenant_id, change.module, change.tenant_seen).await?;
     let current = tenant_module_locked(conn, change.tenant_id, change.module)
@@ -786,7 +787,7 @@ impl<S: SqlStore> DomainStore for S {
     async fn module_rollback(&self, plan: &RollbackPlan<'_>) -> StoreResult<()> {
         let slug = Slug::parse(plan.module)?;
         let mut tx = self.write().await?;
-        tx.migration_lock().await?;
+        tx.migration_lock(false).await?;
         let rows = tx
             .fetch_all(sql!(
                 "SELECT tenant_id, status, version_id FROM tenant_modules WHERE module = $1 \

@@ -315,8 +315,9 @@ pub trait Conn: Send {
     async fn script(&mut self, sql: &str) -> StoreResult<()>;
 
     /// Serialise module migrations (PostgreSQL: a transaction-scoped advisory lock; SQLite's
-    /// write transaction already is one).
-    async fn migration_lock(&mut self) -> StoreResult<()> {
+    /// write transaction already is one). `shared`: for a tenant coming into use, which waits
+    /// for a migration but not for another tenant doing the same.
+    async fn migration_lock(&mut self, _shared: bool) -> StoreResult<()> {
         Ok(())
     }
 

@@ -221,7 +221,7 @@ async fn triggers_drop(conn: &mut dyn Conn, slug: &Slug) -> StoreResult<()> {
 /// (a deployment whose tables an older version created may lack some, e.g. the freeze on
 /// DELETE), under the migration lock, in the caller's transaction.
 pub async fn triggers_refresh(conn: &mut dyn Conn) -> StoreResult<()> {
-    conn.migration_lock().await?;
+    conn.migration_lock(false).await?;
     let modules = conn
         .fetch_all(sql!(
             "SELECT DISTINCT module FROM core_module_versions WHERE migrated_at IS NOT NULL"
@@ -279,7 +279,7 @@ pub async fn migrate(
     }
     // One module migration at a time in this database: tenants provisioning the same module
     // at once wait here, then find its tables created.
-    conn.migration_lock().await?;
+    conn.migration_lock(false).await?;
     let plan = read_plan(conn, &slug, version_id, true).await?;
     let mut report = plan.report(conn.dialect());
     if plan.pending.is_empty() {
@@ -329,7 +329,7 @@ pub async fn upgrade(
     // Held to the commit: a tenant that comes into use takes it too (see
     // `domain::move_status`), so one that did since the upgrade began is found here, and one
     // that does later finds the new version installed.
-    conn.migration_lock().await?;
+    conn.migration_lock(false).await?;
     let joined: Vec<TenantId> = conn
         .fetch_all(sql!(
             format!(
