@@ -38,12 +38,14 @@ per_backend!(
     stuck_modules_are_the_idle_ones_in_a_status_oldest_first,
     table_dumps_write_one_json_line_per_row_of_one_tenant_or_of_all,
     purges_count_export_and_delete_only_expired_rows_in_batches,
+    a_purge_hold_freezes_the_expired_rows_until_it_is_released,
     retention_targets_are_the_modules_holding_data_with_a_retention,
     usage_costs_aggregate_exactly_per_month_and_a_rerun_gives_the_same_rows,
     webhooks_are_read_only_when_complete_and_can_be_replaced_or_cleared,
     audit_rows_are_appended_and_listed_newest_first_per_tenant,
     plan_sync_grants_once_and_skips_tenants_without_dependencies,
     first_requests_made_at_once_write_one_row_and_refuse_the_rest,
+    a_module_put_by_callers_at_once_is_audited_as_created_once,
     plan_sync_grants_what_the_availability_and_dependency_rules_grant,
     seeded_tenants_each_get_an_active_subscription_in_one_write,
     the_rollback_undoes_the_last_upgrade_within_its_window,
@@ -1113,7 +1115,7 @@ async fn purges_count_export_and_delete_only_expired_rows_in_batches(backend: Ba
     loop {
         let n = t
             .store
-            .module_rows_purge(&items, a, before, 1_000)
+            .module_rows_purge(&items, "stock", a, before, 1_000)
             .await
             .unwrap();
         deleted.push(n);
@@ -1127,7 +1129,7 @@ async fn purges_count_export_and_delete_only_expired_rows_in_batches(backend: Ba
     // Without a cutoff, every row of the tenant goes.
     assert_eq!(
         t.store
-            .module_rows_purge(&items, b, None, 100)
+            .module_rows_purge(&items, "stock", b, None, 100)
             .await
             .unwrap(),
         4
@@ -1151,6 +1153,133 @@ async fn purges_count_export_and_delete_only_expired_rows_in_batches(backend: Ba
     for id in [a, b] {
         let audit = t.store.audit_list(Some(id), 100).await.unwrap();
         assert!(!audit.iter().any(|e| e.action == "row.delete"), "{audit:?}");
+    }
+    t.cleanup().await;
+}
+
+/// Poll `purge_hold_settled` (other tests' transactions may be older than the hold for a
+/// moment) until it holds, for at most 30 s.
+async fn hold_settles(t: &TestStore, tenant: TenantId) {
+    for _ in 0..300 {
+        if t.store.purge_hold_settled(tenant, "stock").await.unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the purge hold never settled");
+}
+
+async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Backend) {
+    let t = fresh(backend).await;
+    let (a, b) = stock_in_use(&t).await;
+    old_stock_rows(&t, a, 100, 104, 40).await;
+    old_stock_rows(&t, b, 100, 104, 40).await;
+    let items = table("stock", "tenant_stock_items");
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    // Not held: settled, and nothing to release.
+    assert!(t.store.purge_hold_settled(a, "stock").await.unwrap());
+    assert!(!t.store.purge_release(a, "stock", 7).await.unwrap());
+
+    t.store.purge_hold(a, "stock", before, 7).await.unwrap();
+    hold_settles(&t, a).await;
+    let old = match backend {
+        Backend::Postgres => "(now() at time zone 'utc') - interval '40 days'",
+        Backend::Sqlite => "datetime('now', '-40 days')",
+    };
+    let refused = [
+        format!("UPDATE tenant_stock_items SET sku = 'edited' WHERE tenant_id = {a} AND id = 100"),
+        format!("DELETE FROM tenant_stock_items WHERE tenant_id = {a} AND id = 101"),
+        format!(
+            "INSERT INTO tenant_stock_items (id, tenant_id, sku, created_at) \
+             VALUES (200, {a}, 'backdated', {old})"
+        ),
+        // Moving a recent row into the held past, or a held row out of it.
+        format!(
+            "UPDATE tenant_stock_items SET created_at = {old} WHERE tenant_id = {a} AND id = 1"
+        ),
+        format!(
+            "UPDATE tenant_stock_items SET created_at = CURRENT_TIMESTAMP \
+             WHERE tenant_id = {a} AND id = 102"
+        ),
+    ];
+    for sql in &refused {
+        let err = try_execute(&t, sql).await.unwrap_err();
+        assert!(err.contains("being exported and deleted"), "{sql}: {err}");
+    }
+    // The tenant's recent rows, and the other tenant's rows, are written as ever.
+    for sql in [
+        format!("UPDATE tenant_stock_items SET sku = 'fresh' WHERE tenant_id = {a} AND id = 1"),
+        format!("INSERT INTO tenant_stock_items (id, tenant_id, sku) VALUES (300, {a}, 'new')"),
+        format!("UPDATE tenant_stock_items SET sku = 'edited' WHERE tenant_id = {b} AND id = 100"),
+    ] {
+        try_execute(&t, &sql).await.unwrap();
+    }
+    assert_eq!(
+        count(
+            &t,
+            &format!(
+                "SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {a} AND sku LIKE 'old-%'"
+            )
+        )
+        .await,
+        5,
+        "no held row changed"
+    );
+
+    // Another run's hold replaces this one's; a run lifts only its own.
+    t.store.purge_hold(a, "stock", before, 8).await.unwrap();
+    assert!(!t.store.purge_release(a, "stock", 7).await.unwrap());
+    assert!(t.store.purge_release(a, "stock", 8).await.unwrap());
+    assert!(!t.store.purge_release(a, "stock", 8).await.unwrap());
+    try_execute(&t, &refused[0]).await.unwrap();
+
+    if backend == Backend::Postgres {
+        let pool = t.pg.as_ref().unwrap().pool();
+        // A transaction that wrote before the hold (it has an id) keeps it unsettled until it
+        // ends: what it commits must be in the export.
+        let mut writer = pool.begin().await.unwrap();
+        sqlx::query("SELECT txid_current()")
+            .execute(&mut *writer)
+            .await
+            .unwrap();
+        // A reader whose snapshot predates the hold does not see it, and may still write.
+        let mut unaware = pool.begin().await.unwrap();
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *unaware)
+            .await
+            .unwrap();
+        sqlx::query("SELECT count(*) FROM tenant_stock_items")
+            .execute(&mut *unaware)
+            .await
+            .unwrap();
+        t.store.purge_hold(a, "stock", before, 9).await.unwrap();
+        assert!(!t.store.purge_hold_settled(a, "stock").await.unwrap());
+        writer.commit().await.unwrap();
+        hold_settles(&t, a).await;
+        sqlx::query(&format!(
+            "UPDATE tenant_stock_items SET sku = 'late edit' WHERE tenant_id = {a} AND id = 103"
+        ))
+        .execute(&mut *unaware)
+        .await
+        .unwrap();
+        unaware.commit().await.unwrap();
+        // The purge's deletions leave the row version written after the hold.
+        assert_eq!(
+            t.store
+                .module_rows_purge(&items, "stock", a, Some(before), 100)
+                .await
+                .unwrap(),
+            4
+        );
+        assert_eq!(
+            count(
+                &t,
+                &format!("SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {a} AND sku = 'late edit'")
+            )
+            .await,
+            1
+        );
+        assert!(t.store.purge_release(a, "stock", 9).await.unwrap());
     }
     t.cleanup().await;
 }
@@ -2001,6 +2130,31 @@ async fn first_requests_made_at_once_write_one_row_and_refuse_the_rest(backend: 
         .filter(|r| r.action == "module.request")
         .count();
     assert_eq!(audited, 1);
+    t.cleanup().await;
+}
+
+async fn a_module_put_by_callers_at_once_is_audited_as_created_once(backend: Backend) {
+    let t = fresh(backend).await;
+    let puts = (0..8).map(|i| {
+        let store = t.store.clone();
+        let mut twin = module("twin", Maturity::Ga, &[]);
+        twin.name = format!("Twin {i}");
+        tokio::spawn(async move { store.module_put(&twin, "test").await })
+    });
+    for put in puts.collect::<Vec<_>>() {
+        put.await.unwrap().unwrap();
+    }
+    let puts: Vec<_> = t
+        .store
+        .audit_list(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "module.put" && r.module.as_deref() == Some("twin"))
+        .collect();
+    assert_eq!(puts.len(), 8, "each caller's change is audited");
+    let created = puts.iter().filter(|r| r.before.is_none()).count();
+    assert_eq!(created, 1, "one creation, seven changes: {puts:?}");
     t.cleanup().await;
 }
 

@@ -7,6 +7,7 @@ mod common;
 #[path = "common/s3.rs"]
 mod s3;
 
+use common::lifecycle::try_execute;
 use common::{Backend, TestStore, fresh};
 use rust_decimal::Decimal;
 use s3::S3Server;
@@ -233,9 +234,10 @@ async fn run_state(t: &TestStore, run: RunId) -> RunState {
 
 async fn wait_run(t: &TestStore, run: RunId, limit: Duration) {
     wait_until(t, &format!("run {run} to complete"), limit, || async {
-        let state = run_state(t, run).await;
-        assert_ne!(state, RunState::Failed, "run {run} failed");
-        state == RunState::Completed
+        let got = t.store.run_get(run).await.unwrap().unwrap();
+        let errors: Vec<_> = got.steps.iter().filter_map(|s| s.error.as_ref()).collect();
+        assert_ne!(got.state, RunState::Failed, "run {run} failed: {errors:?}");
+        got.state == RunState::Completed
     })
     .await;
 }
@@ -442,20 +444,173 @@ async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backen
     t.cleanup().await;
 }
 
-/// An engine whose only workflow runs `purge.delete` on the export given as its parameters.
-fn delete_only_engine(t: &TestStore, dir: &Path) -> Arc<Engine> {
+/// An engine whose only workflow, `name`, runs `steps` (TOML `[[steps]]` tables) with the
+/// parameters of a purge and, for a `purge.delete` alone, the export to delete.
+fn purge_steps_engine(t: &TestStore, dir: &Path, name: &str, steps: &str) -> Arc<Engine> {
     std::fs::write(
-        dir.join("delete_only.toml"),
-        "name = \"delete_only\"\n[params]\ntenant_id = { required = true }\n\
-         module = { required = true }\nbefore = { required = true }\n\
-         exports = { required = true }\n\
-         [[steps]]\nname = \"delete\"\nhandler = \"purge.delete\"\njob = \"workflow_step\"\n",
+        dir.join(format!("{name}.toml")),
+        format!(
+            "name = \"{name}\"\n[params]\ntenant_id = {{ required = true }}\n\
+             module = {{ required = true }}\nbefore = {{ required = true }}\n\
+             date = {{ required = false }}\nexports = {{ required = false }}\n{steps}"
+        ),
     )
     .unwrap();
     let kinds = common::repo_kinds();
-    let steps = steward::lifecycle::step_registry(t.exports.clone());
+    let mut steps = steward::lifecycle::step_registry(t.exports.clone());
+    // After a `wait.signal` step: its signal's payload, as the next step's input.
+    steps.register("test.payload", |ctx| {
+        Box::pin(async move { Ok(ctx.input["payload"].clone()) })
+    });
     let workflows = WorkflowCatalog::load_dir(dir, &kinds, &|h| steps.contains(h)).unwrap();
     Engine::new(t.store.clone(), workflows, kinds, steps)
+}
+
+/// An engine whose only workflow runs `purge.delete` on the export given as its parameters.
+fn delete_only_engine(t: &TestStore, dir: &Path) -> Arc<Engine> {
+    purge_steps_engine(
+        t,
+        dir,
+        "delete_only",
+        "[[steps]]\nname = \"delete\"\nhandler = \"purge.delete\"\njob = \"workflow_step\"\n",
+    )
+}
+
+async fn an_expired_row_cannot_change_between_its_export_and_its_deletion(backend: Backend) {
+    let t = fresh(backend).await;
+    let engine = engine(&t, t.exports.clone());
+    let a = journal_in_use(&t, &engine, 1).await[0];
+    insert_rows(&t, a, 1, 10, 100).await;
+    insert_rows(&t, a, 11, 1, 1).await;
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    let params = |extra: serde_json::Value| {
+        let mut p = json!({"tenant_id": a, "module": "journal", "before": before.to_rfc3339(),
+                           "date": "2026-12-06"});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+    let edit = format!(
+        "UPDATE tenant_journal_entries SET note = 'edited' WHERE tenant_id = {a} AND id = 3"
+    );
+
+    // `module_purge`'s steps, with a pause between the export and the deletion: the signal's
+    // payload is the export's output, which the deletion reads.
+    let dir = tempfile::tempdir().unwrap();
+    let steps = |names: &[(&str, &str)]| {
+        names
+            .iter()
+            .map(|(name, handler)| {
+                let extra = match *handler {
+                    "purge.hold" => "compensate = \"purge.release\"\n",
+                    "wait.signal" => "signal = \"go\"\n",
+                    _ => "",
+                };
+                format!(
+                    "[[steps]]\nname = \"{name}\"\nhandler = \"{handler}\"\n\
+                     job = \"workflow_step\"\n{extra}"
+                )
+            })
+            .collect::<String>()
+    };
+    let paused = purge_steps_engine(
+        &t,
+        dir.path(),
+        "paused_purge",
+        &format!(
+            "[signals]\ngo = {{ sent_by = [] }}\n{}",
+            steps(&[
+                ("hold", "purge.hold"),
+                ("export", "purge.export"),
+                ("pause", "wait.signal"),
+                ("resume", "test.payload"),
+                ("delete", "purge.delete"),
+            ])
+        ),
+    );
+    let workers = Workers::start(&t, &paused);
+    let (run, _) = paused
+        .start("paused_purge", params(json!({})), None)
+        .await
+        .unwrap();
+    wait_until(&t, "the export", Duration::from_secs(60), || async {
+        t.store.run_get(run).await.unwrap().unwrap().steps[1]
+            .output
+            .is_some()
+    })
+    .await;
+    let exported = t.store.run_get(run).await.unwrap().unwrap().steps[1]
+        .output
+        .clone()
+        .unwrap();
+
+    // Between the export and the deletion the application cannot change what was exported
+    // (before the hold, this edit went through and was then deleted unexported).
+    let err = try_execute(&t, &edit).await.unwrap_err();
+    assert!(err.contains("being exported and deleted"), "{err}");
+    try_execute(
+        &t,
+        &format!("UPDATE tenant_journal_entries SET note = 'recent edit' WHERE tenant_id = {a} AND id = 11"),
+    )
+    .await
+    .unwrap();
+
+    // The deletion deletes what was exported and lifts the hold.
+    paused
+        .signal(run, "go", &exported, "test", None)
+        .await
+        .unwrap();
+    wait_run(&t, run, Duration::from_secs(60)).await;
+    workers.stop().await;
+    let done = t.store.run_get(run).await.unwrap().unwrap();
+    let output = done.steps[4].output.clone().unwrap();
+    assert_eq!(output["deleted"], json!(10));
+    assert_eq!(output["hold_released"], json!(true));
+    let left = format!("SELECT count(*) FROM tenant_journal_entries WHERE tenant_id = {a}");
+    assert_eq!(count(&t, &left).await, 1);
+    try_execute(
+        &t,
+        &format!(
+            "INSERT INTO tenant_journal_entries (tenant_id, id, note, qty, created_at) \
+             SELECT tenant_id, 12, 'backdated', 1, {} FROM tenant_journal_entries \
+             WHERE tenant_id = {a} AND id = 11",
+            match backend {
+                Backend::Postgres => "created_at - interval '60 days'",
+                Backend::Sqlite => "datetime(created_at, '-60 days')",
+            }
+        ),
+    )
+    .await
+    .unwrap();
+
+    // A run that dies after its hold lifts it (the hold's compensation).
+    insert_rows(&t, a, 20, 3, 100).await;
+    let dying = purge_steps_engine(
+        &t,
+        dir.path(),
+        "hold_then_fail",
+        &steps(&[("hold", "purge.hold"), ("fail", "step.fail")]),
+    );
+    let workers = Workers::start(&t, &dying);
+    let (run, _) = dying
+        .start("hold_then_fail", params(json!({})), None)
+        .await
+        .unwrap();
+    wait_until(&t, "the run to fail", Duration::from_secs(60), || async {
+        run_state(&t, run).await == RunState::Failed
+    })
+    .await;
+    workers.stop().await;
+    try_execute(
+        &t,
+        &format!(
+            "UPDATE tenant_journal_entries SET note = 'edited' WHERE tenant_id = {a} AND id = 20"
+        ),
+    )
+    .await
+    .unwrap();
+    t.cleanup().await;
 }
 
 async fn a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export(backend: Backend) {
@@ -465,7 +620,7 @@ async fn a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export(backe
     // An earlier attempt deleted one batch of 4, then died before the step completed.
     assert_eq!(
         t.store
-            .module_rows_purge(&table, a, Some(before), 4)
+            .module_rows_purge(&table, "journal", a, Some(before), 4)
             .await
             .unwrap(),
         4
@@ -501,6 +656,7 @@ per_backend!(
     purge_exports_expired_rows_verified_then_deletes_exactly_them,
     a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export,
     a_purge_refuses_to_delete_rows_its_export_does_not_hold,
+    an_expired_row_cannot_change_between_its_export_and_its_deletion,
     cost_aggregation_is_exact_on_month_boundaries_and_idempotent,
     deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_reason,
     a_deprecated_module_is_retired_at_its_sunset_unless_it_changed,
@@ -879,7 +1035,8 @@ async fn a_million_row_purge_to_s3_survives_the_server_stopping_mid_upload() {
         Duration::from_secs(120),
         || async {
             let run = t.store.run_get(run).await.unwrap().unwrap();
-            run.steps[0]
+            let export = run.steps.iter().find(|s| s.name == "export").unwrap();
+            export
                 .progress
                 .as_ref()
                 .and_then(|p| p["bytes_uploaded"].as_u64())
@@ -938,11 +1095,11 @@ async fn a_million_row_purge_to_s3_survives_the_server_stopping_mid_upload() {
         0,
         "exactly the exported rows were deleted"
     );
-    let output = t.store.run_get(run).await.unwrap().unwrap().steps[1]
-        .output
-        .clone()
-        .unwrap();
+    let done = t.store.run_get(run).await.unwrap().unwrap();
+    let delete = done.steps.iter().find(|s| s.name == "delete").unwrap();
+    let output = delete.output.clone().unwrap();
     assert_eq!(output["deleted"], json!(ROWS));
+    assert_eq!(output["hold_released"], json!(true));
     assert_eq!(
         output["exports"][0]["export"]["size"],
         json!(bytes.len()),

@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// `steward --version`: the binary's version and its schema's.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 23)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 24)");
 
 /// steward: durable jobs and workflows for a SaaS module lifecycle.
 #[derive(Debug, Parser)]

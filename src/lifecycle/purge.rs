@@ -3,13 +3,19 @@
 //! - `retention.schedule` (nightly, `workflows/data_retention.toml`): for every tenant module
 //!   whose module keeps data `data_retention_days`, with rows older than that, starts a
 //!   `module_purge` run (idempotency key `purge:<tenant>:<module>:<date>`: one per night).
-//! - `purge.export` (`workflows/module_purge.toml`): each table's expired rows as CSV to
+//! - `purge.hold` (`workflows/module_purge.toml`): from now until the deletions, the tenant's
+//!   expired rows are frozen (the module tables' guard refuses to write them: see
+//!   [`crate::store::DataStore::purge_hold`]), so the rows exported are the rows deleted. It
+//!   waits (snoozing) for every transaction that wrote before the hold. A run that dies or is
+//!   cancelled lifts the hold (`purge.release`, its compensation).
+//! - `purge.export`: each table's expired rows as CSV to
 //!   `tenant_exports/<tenant>/<module>/<table>/<date>.csv`, read back and verified. A retry
 //!   writes the objects again from the same rows: nothing was deleted yet.
 //! - `purge.delete`: only then, exactly those rows, in batches of [`PURGE_BATCH`] (each its own
 //!   transaction). Before each table it checks that no more rows match than were exported
 //!   (rows can only have gone, by an earlier attempt of this step), so a retried step goes on
-//!   where it stopped and never deletes a row that is not in the export.
+//!   where it stopped and never deletes a row that is not in the export. Then it lifts the
+//!   hold.
 //! - `archive.export`: every row of the tenant's module, with the same export.
 
 use super::steps::tenant_module_params;
@@ -26,6 +32,9 @@ use serde_json::json;
 
 /// Rows deleted per transaction by `purge.delete`.
 pub const PURGE_BATCH: u64 = 20_000;
+
+/// How long `purge.hold` snoozes while transactions older than its hold still run.
+const HOLD_SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 const ACTOR: &str = "workflow:module_purge";
 
@@ -125,6 +134,36 @@ fn retention_schedule(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     })
 }
 
+/// `purge.hold`: freeze the tenant's expired rows for this run, then wait until every
+/// transaction that wrote before the hold has ended (snoozing: the wait counts no attempt).
+fn purge_hold(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
+        let before = before_param(&ctx)?;
+        let store = ctx.store();
+        store
+            .purge_hold(tenant_id, &module, before, ctx.run_id)
+            .await?;
+        if !store.purge_hold_settled(tenant_id, &module).await? {
+            return Err(JobError::snooze(HOLD_SETTLE_POLL));
+        }
+        Ok(json!({"held_before": before.to_rfc3339()}))
+    })
+}
+
+/// `purge.release` (compensation of `purge.hold`): the run died or was cancelled before its
+/// deletions ended: the tenant's rows are writable again.
+fn purge_release(ctx: StepContext<'_>) -> StepFuture<'_> {
+    Box::pin(async move {
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
+        let released = ctx
+            .store()
+            .purge_release(tenant_id, &module, ctx.run_id)
+            .await?;
+        Ok(json!({"released": released}))
+    })
+}
+
 /// `purge.export`: every table's expired rows of the tenant, exported and verified.
 fn purge_export(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_> {
     Box::pin(async move {
@@ -197,7 +236,7 @@ fn purge_delete(ctx: StepContext<'_>) -> StepFuture<'_> {
             loop {
                 let batch = ctx
                     .store()
-                    .module_rows_purge(&table, tenant_id, Some(before), PURGE_BATCH)
+                    .module_rows_purge(&table, &module, tenant_id, Some(before), PURGE_BATCH)
                     .await?;
                 deleted += batch;
                 if batch < PURGE_BATCH {
@@ -221,8 +260,13 @@ fn purge_delete(ctx: StepContext<'_>) -> StepFuture<'_> {
                 )
                 .await?;
         }
+        let released = ctx
+            .store()
+            .purge_release(tenant_id, &module, ctx.run_id)
+            .await?;
         let mut output = input;
         output["deleted"] = json!(deleted_total);
+        output["hold_released"] = json!(released);
         Ok(output)
     })
 }
@@ -274,6 +318,8 @@ fn archive_export(ctx: StepContext<'_>, exports: SharedExports) -> StepFuture<'_
 /// Register the steps that write to the export storage.
 pub fn register(steps: &mut StepRegistry, exports: SharedExports) {
     steps.register("retention.schedule", retention_schedule);
+    steps.register("purge.hold", purge_hold);
+    steps.register("purge.release", purge_release);
     steps.register("purge.delete", purge_delete);
     steps.register(
         "purge.export",

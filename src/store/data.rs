@@ -6,6 +6,7 @@
 use super::StoreResult;
 use super::domain::TenantId;
 use crate::domain::ident::ModuleTable;
+use crate::types::runs::RunId;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -77,14 +78,37 @@ pub trait DataStore: Send + Sync {
 
     /// Delete at most `limit` of those rows, in one transaction of its own, without a row
     /// audit each (the purge is audited once, by its caller: the rows are in the export).
-    /// Returns how many went.
+    /// While `module`'s purge hold is on the tenant, only rows as they were when it was
+    /// placed (see [`DataStore::purge_hold`]). Returns how many went.
     async fn module_rows_purge(
         &self,
         table: &ModuleTable,
+        module: &str,
         tenant: TenantId,
         before: Option<DateTime<Utc>>,
         limit: u64,
     ) -> StoreResult<u64>;
+
+    /// Hold a tenant's rows of `module` created before `before` for purge `run`: until
+    /// [`DataStore::purge_release`], the module tables' guard refuses to insert, change or
+    /// delete them (steward's own purge deletions pass), so the rows a purge exports are the
+    /// rows it deletes. Replaces the tenant module's earlier hold (purges of a tenant module
+    /// run one at a time). Committed when it returns.
+    async fn purge_hold(
+        &self,
+        tenant: TenantId,
+        module: &str,
+        before: DateTime<Utc>,
+        run: RunId,
+    ) -> StoreResult<()>;
+
+    /// Whether every transaction that could have written a held row unseen by the hold (one
+    /// that began before it was placed) has ended: then an export sees every row the hold
+    /// keeps. True when the tenant module is not held.
+    async fn purge_hold_settled(&self, tenant: TenantId, module: &str) -> StoreResult<bool>;
+
+    /// Lift the hold `run` placed on a tenant module; false when it holds none.
+    async fn purge_release(&self, tenant: TenantId, module: &str, run: RunId) -> StoreResult<bool>;
 
     /// Insert those of `rows` (JSON objects keyed by column, as
     /// [`crate::store::DomainStore::module_table_dump`] writes them) that `table` does not

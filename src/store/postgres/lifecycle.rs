@@ -83,7 +83,8 @@ $fn$"#;
 /// written, changed or deleted for it. steward's own changes pass: a schema migration (every
 /// tenant's rows), a post-upgrade step (only the tenant it runs for: other tenants' rows are
 /// skipped, and a frozen tenant gets the step when its module is enabled again), a purge or
-/// an archive (deletions after a verified export).
+/// an archive (deletions after a verified export). While a purge holds a tenant module (see
+/// `steward_purge_holds`), the rows it exports (created before its cutoff) are frozen too.
 const GUARD_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION steward_module_guard() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
@@ -105,6 +106,12 @@ BEGIN
                         AND status IN ({active})) THEN
         RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], row_tenant
             USING ERRCODE = 'check_violation';
+    ELSIF EXISTS (SELECT 1 FROM steward_purge_holds h
+                  WHERE h.module = TG_ARGV[0]
+                    AND ((TG_OP <> 'INSERT' AND h.tenant_id = OLD.tenant_id AND OLD.created_at < h.before_at)
+                      OR (TG_OP <> 'DELETE' AND h.tenant_id = NEW.tenant_id AND NEW.created_at < h.before_at))) THEN
+        RAISE EXCEPTION 'rows of tenant % in % created before its purge''s cutoff are being exported and deleted: they cannot be written until the purge ends',
+            row_tenant, TG_TABLE_NAME USING ERRCODE = 'check_violation';
     END IF;
     IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
     RETURN NEW;

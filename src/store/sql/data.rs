@@ -11,8 +11,9 @@ use crate::store::data::{
 use crate::store::domain::TenantId;
 use crate::store::sql::{Arg, Conn, Dialect, Sql, SqlStore, corrupt, sql};
 use crate::store::{StoreError, StoreResult};
+use crate::types::runs::RunId;
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
 /// Usage rows per insert statement (8 values each, well under both databases' limits).
@@ -106,6 +107,7 @@ impl<S: SqlStore> DataStore for S {
     async fn module_rows_purge(
         &self,
         table: &ModuleTable,
+        module: &str,
         tenant: TenantId,
         before: Option<DateTime<Utc>>,
         limit: u64,
@@ -114,22 +116,96 @@ impl<S: SqlStore> DataStore for S {
         // The rows are in the export: the row audit trigger skips them.
         tx.privilege("purge", true).await?;
         // PostgreSQL: `ctid = ANY(ARRAY(...))` is a TID scan, each batch costs its own rows.
-        let batch = tx.dialect().pick(
-            "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE tenant_id = $1 \
-                 AND ($2::timestamp IS NULL OR created_at < $2::timestamp) LIMIT $3))",
-            "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE tenant_id = $1 \
-                 AND ($2 IS NULL OR created_at < $2) LIMIT $3)",
-        );
-        let sql = sql!(
-            batch.replace("{t}", &table.quoted()),
-            tenant,
-            Arg::RowTime(before),
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        );
+        // Under a purge hold, only row versions written before the hold (`xmin` older than
+        // its transaction): a writer whose snapshot began before the hold did not see it, and
+        // what it wrote stays for the next purge. (SQLite's hold waited for every writer.)
+        let sql = match tx.dialect() {
+            Dialect::Postgres => sql!(
+                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE tenant_id = $1 \
+                     AND ($2::timestamp IS NULL OR created_at < $2::timestamp) \
+                     AND age(xmin) >= coalesce((SELECT age((held_xid % 4294967296)::text::xid) \
+                         FROM steward_purge_holds WHERE tenant_id = $1 AND module = $4), 0) \
+                     LIMIT $3))"
+                    .replace("{t}", &table.quoted()),
+                tenant,
+                Arg::RowTime(before),
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                module
+            ),
+            Dialect::Sqlite => sql!(
+                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE tenant_id = $1 \
+                     AND ($2 IS NULL OR created_at < $2) LIMIT $3)"
+                    .replace("{t}", &table.quoted()),
+                tenant,
+                Arg::RowTime(before),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ),
+        };
         let deleted = tx.execute(sql).await?;
         tx.privilege("purge", false).await?;
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    async fn purge_hold(
+        &self,
+        tenant: TenantId,
+        module: &str,
+        before: DateTime<Utc>,
+        run: RunId,
+    ) -> StoreResult<()> {
+        // A run placing its hold again (a snoozed step) keeps the first: the wait for older
+        // transactions counts from it.
+        let mut tx = self.write().await?;
+        let xid = tx.dialect().pick("txid_current()", "0");
+        tx.execute(sql!(
+            format!(
+                "INSERT INTO steward_purge_holds (tenant_id, module, before_at, run_id, held_xid, \
+                     held_at) VALUES ($1, $2, $3, $4, {xid}, {{now}}) \
+                 ON CONFLICT (tenant_id, module) DO UPDATE SET before_at = excluded.before_at, \
+                     run_id = excluded.run_id, held_xid = excluded.held_xid, \
+                     held_at = excluded.held_at \
+                 WHERE steward_purge_holds.run_id <> excluded.run_id"
+            ),
+            tenant,
+            module,
+            Arg::RowTime(Some(before)),
+            run
+        ))
+        .await?;
+        tx.commit().await
+    }
+
+    async fn purge_hold_settled(&self, tenant: TenantId, module: &str) -> StoreResult<bool> {
+        // SQLite: the hold's write transaction waited for every earlier writer. PostgreSQL:
+        // every transaction that wrote before the hold and might still commit what it wrote
+        // (one with an id older than the hold's) has ended. One that writes only later gets a
+        // newer id, and the purge's deletions leave what it wrote.
+        if self.sql_dialect() == Dialect::Sqlite {
+            return Ok(true);
+        }
+        let sql = sql!(
+            "SELECT coalesce((SELECT txid_snapshot_xmin(txid_current_snapshot()) > held_xid \
+                 FROM steward_purge_holds WHERE tenant_id = $1 AND module = $2), true) AS settled",
+            tenant,
+            module
+        );
+        self.read().await?.fetch_one(sql).await?.flag("settled")
+    }
+
+    async fn purge_release(&self, tenant: TenantId, module: &str, run: RunId) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let released = tx
+            .execute(sql!(
+                "DELETE FROM steward_purge_holds WHERE tenant_id = $1 AND module = $2 \
+                 AND run_id = $3",
+                tenant,
+                module,
+                run
+            ))
+            .await?;
+        tx.commit().await?;
+        Ok(released == 1)
     }
 
     async fn module_rows_restore(
@@ -261,6 +337,15 @@ impl<S: SqlStore> DataStore for S {
 
     async fn cost_aggregate(&self, month: NaiveDate) -> StoreResult<CostAggregated> {
         let mut tx = self.write().await?;
+        // One aggregation of a month at a time (SQLite: the write lock), so that the last to
+        // write read the latest logs: its statement reads what was committed once it holds
+        // the lock.
+        let month_key = month.year() * 12 + month.month0() as i32;
+        let lock = tx.dialect().pick(
+            "SELECT pg_advisory_xact_lock(hashtext('steward_cost_aggregate'), $1)",
+            "SELECT $1",
+        );
+        tx.execute(sql!(lock, month_key)).await?;
         let aggregated = tx.costs_aggregate(month).await?;
         tx.commit().await?;
         Ok(aggregated)

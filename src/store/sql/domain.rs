@@ -392,36 +392,53 @@ impl<S: SqlStore> DomainStore for S {
     async fn module_put(&self, module: &ModuleRecord, actor: &str) -> StoreResult<()> {
         Slug::parse(&module.slug)?;
         let mut tx = self.write().await?;
-        let before = read_one(
-            &mut *tx,
-            sql!(
-                format!("SELECT {MODULE_COLUMNS} FROM core_modules WHERE slug = $1 {{for_update}}"),
-                &module.slug
-            ),
-            module_from,
-        )
-        .await?;
-        tx.execute(sql!(
-            "INSERT INTO core_modules (slug, name, description, pricing_tier, maturity, \
-                 dependencies, data_retention_days, successor, sunset_date) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CAST($9 AS {date})) \
-             ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name, \
-                 description = EXCLUDED.description, pricing_tier = EXCLUDED.pricing_tier, \
-                 dependencies = EXCLUDED.dependencies, \
-                 data_retention_days = EXCLUDED.data_retention_days, \
-                 successor = EXCLUDED.successor, sunset_date = EXCLUDED.sunset_date, \
-                 updated_at = {now}",
-            &module.slug,
-            &module.name,
-            &module.description,
-            &module.pricing_tier,
-            module.maturity.as_str(),
-            json!(module.dependencies),
-            module.data_retention_days,
-            &module.successor,
-            &module.sunset_date,
-        ))
-        .await?;
+        // Created here, or else read under its lock and changed: of two callers creating
+        // the same module at once, the second waits for the first and is audited as a change.
+        let created = tx
+            .execute(sql!(
+                "INSERT INTO core_modules (slug, name, description, pricing_tier, maturity, \
+                     dependencies, data_retention_days, successor, sunset_date) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CAST($9 AS {date})) \
+                 ON CONFLICT (slug) DO NOTHING",
+                &module.slug,
+                &module.name,
+                &module.description,
+                &module.pricing_tier,
+                module.maturity.as_str(),
+                json!(module.dependencies),
+                module.data_retention_days,
+                &module.successor,
+                &module.sunset_date,
+            ))
+            .await?
+            == 1;
+        let before = match created {
+            true => None,
+            false => {
+                let sql = sql!(
+                    format!(
+                        "SELECT {MODULE_COLUMNS} FROM core_modules WHERE slug = $1 {{for_update}}"
+                    ),
+                    &module.slug
+                );
+                let before = read_one(&mut *tx, sql, module_from).await?;
+                tx.execute(sql!(
+                    "UPDATE core_modules SET name = $2, description = $3, pricing_tier = $4, \
+                         dependencies = $5, data_retention_days = $6, successor = $7, \
+                         sunset_date = CAST($8 AS {date}), updated_at = {now} WHERE slug = $1",
+                    &module.slug,
+                    &module.name,
+                    &module.description,
+                    &module.pricing_tier,
+                    json!(module.dependencies),
+                    module.data_retention_days,
+                    &module.successor,
+                    &module.sunset_date,
+                ))
+                .await?;
+                before
+            }
+        };
         let mut after = module.clone();
         if let Some(before) = &before {
             after.maturity = before.maturity;

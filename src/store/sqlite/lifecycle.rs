@@ -38,8 +38,9 @@ pub(super) async fn table_dump(
 
 /// The triggers steward gives each module table, three kinds for each of three operations:
 /// `scope` (during a post-upgrade step, rows of tenants it does not run for are skipped),
-/// `frozen` (a tenant's rows do not change while its module is not in use) and `audit`.
-const TRIGGER_KINDS: [&str; 3] = ["scope", "frozen", "audit"];
+/// `frozen` (a tenant's rows do not change while its module is not in use), `held` (nor do
+/// the rows a purge exports, until it has deleted them: see `steward_purge_holds`) and `audit`.
+const TRIGGER_KINDS: [&str; 4] = ["scope", "frozen", "held", "audit"];
 const TRIGGER_OPS: [(&str, &str); 3] = [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")];
 
 fn trigger_name(table: &ModuleTable, kind: &str, op: &str) -> String {
@@ -106,6 +107,16 @@ pub(super) async fn table_triggers(
             "DELETE" => format!(" AND NOT {purging}"),
             _ => String::new(),
         };
+        let held_rows: &[&str] = match op {
+            "INSERT" => &["NEW"],
+            "UPDATE" => &["OLD", "NEW"],
+            _ => &["OLD"],
+        };
+        let held = held_rows
+            .iter()
+            .map(|r| format!("(h.tenant_id = {r}.tenant_id AND {r}.created_at < h.before_at)"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         let statements = [
             format!(
                 "BEFORE {op} ON {name} FOR EACH ROW WHEN {stepping} AND {row}.tenant_id \
@@ -117,6 +128,12 @@ pub(super) async fn table_triggers(
                  AND NOT EXISTS (SELECT 1 FROM tenant_modules WHERE tenant_id = {row}.tenant_id \
                    AND module = '{module}' AND status IN ({active})) \
                  BEGIN SELECT RAISE(ABORT, 'module {module} is not in use by this tenant: its data is frozen'); END"
+            ),
+            format!(
+                "BEFORE {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
+                 AND EXISTS (SELECT 1 FROM steward_purge_holds h WHERE h.module = '{module}' AND ({held})) \
+                 BEGIN SELECT RAISE(ABORT, 'rows of this tenant in {entity} created before its purge cutoff \
+                 are being exported and deleted: they cannot be written until the purge ends'); END"
             ),
             format!(
                 "AFTER {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
