@@ -1157,18 +1157,6 @@ async fn purges_count_export_and_delete_only_expired_rows_in_batches(backend: Ba
     t.cleanup().await;
 }
 
-/// Poll `purge_hold_settled` (other tests' transactions may be older than the hold for a
-/// moment) until it holds, for at most 30 s.
-async fn hold_settles(t: &TestStore, tenant: TenantId) {
-    for _ in 0..300 {
-        if t.store.purge_hold_settled(tenant, "stock").await.unwrap() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the purge hold never settled");
-}
-
 async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Backend) {
     let t = fresh(backend).await;
     let (a, b) = stock_in_use(&t).await;
@@ -1176,12 +1164,10 @@ async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Bac
     old_stock_rows(&t, b, 100, 104, 40).await;
     let items = table("stock", "tenant_stock_items");
     let before = chrono::Utc::now() - chrono::Duration::days(30);
-    // Not held: settled, and nothing to release.
-    assert!(t.store.purge_hold_settled(a, "stock").await.unwrap());
+    // Not held: nothing to release.
     assert!(!t.store.purge_release(a, "stock", 7).await.unwrap());
 
-    t.store.purge_hold(a, "stock", before, 7).await.unwrap();
-    hold_settles(&t, a).await;
+    assert!(t.store.purge_hold(a, "stock", before, 7).await.unwrap());
     let old = match backend {
         Backend::Postgres => "(now() at time zone 'utc') - interval '40 days'",
         Backend::Sqlite => "datetime('now', '-40 days')",
@@ -1227,7 +1213,7 @@ async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Bac
     );
 
     // Another run's hold replaces this one's; a run lifts only its own.
-    t.store.purge_hold(a, "stock", before, 8).await.unwrap();
+    assert!(t.store.purge_hold(a, "stock", before, 8).await.unwrap());
     assert!(!t.store.purge_release(a, "stock", 7).await.unwrap());
     assert!(t.store.purge_release(a, "stock", 8).await.unwrap());
     assert!(!t.store.purge_release(a, "stock", 8).await.unwrap());
@@ -1235,13 +1221,15 @@ async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Bac
 
     if backend == Backend::Postgres {
         let pool = t.pg.as_ref().unwrap().pool();
-        // A transaction that wrote before the hold (it has an id) keeps it unsettled until it
-        // ends: what it commits must be in the export.
+        // While a transaction that wrote the tenant's rows runs, no hold is placed: what it
+        // commits must be in the export.
         let mut writer = pool.begin().await.unwrap();
-        sqlx::query("SELECT txid_current()")
-            .execute(&mut *writer)
-            .await
-            .unwrap();
+        sqlx::query(&format!(
+            "UPDATE tenant_stock_items SET sku = 'in flight' WHERE tenant_id = {a} AND id = 1"
+        ))
+        .execute(&mut *writer)
+        .await
+        .unwrap();
         // A reader whose snapshot predates the hold does not see it, and may still write.
         let mut unaware = pool.begin().await.unwrap();
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -1252,10 +1240,11 @@ async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Bac
             .execute(&mut *unaware)
             .await
             .unwrap();
-        t.store.purge_hold(a, "stock", before, 9).await.unwrap();
-        assert!(!t.store.purge_hold_settled(a, "stock").await.unwrap());
+        assert!(!t.store.purge_hold(a, "stock", before, 9).await.unwrap());
+        // The other tenant's writers do not hold this tenant back.
+        assert!(t.store.purge_hold(b, "stock", before, 10).await.unwrap());
         writer.commit().await.unwrap();
-        hold_settles(&t, a).await;
+        assert!(t.store.purge_hold(a, "stock", before, 9).await.unwrap());
         sqlx::query(&format!(
             "UPDATE tenant_stock_items SET sku = 'late edit' WHERE tenant_id = {a} AND id = 103"
         ))

@@ -1,10 +1,14 @@
 -- A purge holds the rows it exports: from before its export to the end of its deletions, the
 -- module tables' guard (`steward_module_guard`, remade on start-up) refuses to insert, change
 -- or delete a tenant's row created before `before_at` (steward's own purge deletions pass), so
--- the rows deleted are exactly the rows exported. `held_xid`: the transaction that placed the
--- hold; the purge waits for every transaction older than it before it exports (a writer that
--- began before the hold could not see it). One hold per tenant module: purges of a tenant
--- module run one at a time (the workflow's concurrency key).
+-- the rows deleted are exactly the rows exported. One hold per tenant module: purges of a
+-- tenant module run one at a time (the workflow's concurrency key).
+--
+-- A write the hold could not see must not slip through: every write the guard passes takes
+-- the tenant module's lock (`steward_purge_lock`) shared until its transaction ends, and a
+-- hold is placed only with that lock taken alone (so only once no such writer is running;
+-- else the purge tries again later). `held_xid`: the hold's transaction; the deletions skip
+-- row versions written after it (by a repeatable-read writer whose snapshot predates it).
 CREATE TABLE steward_purge_holds (
     tenant_id BIGINT NOT NULL,
     module TEXT NOT NULL,
@@ -14,3 +18,9 @@ CREATE TABLE steward_purge_holds (
     held_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, module)
 );
+
+-- The advisory lock key of a tenant module in this schema.
+CREATE FUNCTION steward_purge_lock(module TEXT, tenant BIGINT) RETURNS BIGINT
+LANGUAGE sql STABLE AS $$
+    SELECT hashtextextended(current_schema() || '.' || module || ':' || tenant::text, 0)
+$$;

@@ -6,8 +6,9 @@
 //! - `purge.hold` (`workflows/module_purge.toml`): from now until the deletions, the tenant's
 //!   expired rows are frozen (the module tables' guard refuses to write them: see
 //!   [`crate::store::DataStore::purge_hold`]), so the rows exported are the rows deleted. It
-//!   waits (snoozing) for every transaction that wrote before the hold. A run that dies or is
-//!   cancelled lifts the hold (`purge.release`, its compensation).
+//!   is placed once no transaction that wrote the tenant's rows is running (until then the
+//!   step snoozes). A run that dies or is cancelled lifts it (`purge.release`, its
+//!   compensation).
 //! - `purge.export`: each table's expired rows as CSV to
 //!   `tenant_exports/<tenant>/<module>/<table>/<date>.csv`, read back and verified. A retry
 //!   writes the objects again from the same rows: nothing was deleted yet.
@@ -33,8 +34,8 @@ use serde_json::json;
 /// Rows deleted per transaction by `purge.delete`.
 pub const PURGE_BATCH: u64 = 20_000;
 
-/// How long `purge.hold` snoozes while transactions older than its hold still run.
-const HOLD_SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long `purge.hold` snoozes while a transaction that wrote the tenant's rows runs.
+const HOLD_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 const ACTOR: &str = "workflow:module_purge";
 
@@ -134,18 +135,18 @@ fn retention_schedule(mut ctx: StepContext<'_>) -> StepFuture<'_> {
     })
 }
 
-/// `purge.hold`: freeze the tenant's expired rows for this run, then wait until every
-/// transaction that wrote before the hold has ended (snoozing: the wait counts no attempt).
+/// `purge.hold`: freeze the tenant's expired rows for this run, once no transaction that
+/// wrote them is running (until then it snoozes: the wait counts no attempt).
 fn purge_hold(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
         let (tenant_id, module) = tenant_module_params(&ctx)?;
         let before = before_param(&ctx)?;
-        let store = ctx.store();
-        store
+        let placed = ctx
+            .store()
             .purge_hold(tenant_id, &module, before, ctx.run_id)
             .await?;
-        if !store.purge_hold_settled(tenant_id, &module).await? {
-            return Err(JobError::snooze(HOLD_SETTLE_POLL));
+        if !placed {
+            return Err(JobError::snooze(HOLD_RETRY));
         }
         Ok(json!({"held_before": before.to_rfc3339()}))
     })

@@ -92,20 +92,18 @@ pub trait DataStore: Send + Sync {
     /// Hold a tenant's rows of `module` created before `before` for purge `run`: until
     /// [`DataStore::purge_release`], the module tables' guard refuses to insert, change or
     /// delete them (steward's own purge deletions pass), so the rows a purge exports are the
-    /// rows it deletes. Replaces the tenant module's earlier hold (purges of a tenant module
-    /// run one at a time). Committed when it returns.
+    /// rows it deletes. Placed only once no transaction that wrote the tenant's rows of the
+    /// module is still running (it could have written what the export would not see):
+    /// `false` when one is, and nothing was placed (try again). Replaces the tenant module's
+    /// earlier hold of another run (purges of a tenant module run one at a time); a run's
+    /// own hold stays as it was. Committed when it returns `true`.
     async fn purge_hold(
         &self,
         tenant: TenantId,
         module: &str,
         before: DateTime<Utc>,
         run: RunId,
-    ) -> StoreResult<()>;
-
-    /// Whether every transaction that could have written a held row unseen by the hold (one
-    /// that began before it was placed) has ended: then an export sees every row the hold
-    /// keeps. True when the tenant module is not held.
-    async fn purge_hold_settled(&self, tenant: TenantId, module: &str) -> StoreResult<bool>;
+    ) -> StoreResult<bool>;
 
     /// Lift the hold `run` placed on a tenant module; false when it holds none.
     async fn purge_release(&self, tenant: TenantId, module: &str, run: RunId) -> StoreResult<bool>;

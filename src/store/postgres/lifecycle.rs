@@ -106,12 +106,16 @@ BEGIN
                         AND status IN ({active})) THEN
         RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], row_tenant
             USING ERRCODE = 'check_violation';
-    ELSIF EXISTS (SELECT 1 FROM steward_purge_holds h
-                  WHERE h.module = TG_ARGV[0]
-                    AND ((TG_OP <> 'INSERT' AND h.tenant_id = OLD.tenant_id AND OLD.created_at < h.before_at)
-                      OR (TG_OP <> 'DELETE' AND h.tenant_id = NEW.tenant_id AND NEW.created_at < h.before_at))) THEN
-        RAISE EXCEPTION 'rows of tenant % in % created before its purge''s cutoff are being exported and deleted: they cannot be written until the purge ends',
-            row_tenant, TG_TABLE_NAME USING ERRCODE = 'check_violation';
+    ELSE
+        -- Held by this transaction to its end: a purge hold waits for it (see 0024).
+        PERFORM pg_advisory_xact_lock_shared(steward_purge_lock(TG_ARGV[0], row_tenant));
+        IF EXISTS (SELECT 1 FROM steward_purge_holds h
+                   WHERE h.module = TG_ARGV[0]
+                     AND ((TG_OP <> 'INSERT' AND h.tenant_id = OLD.tenant_id AND OLD.created_at < h.before_at)
+                       OR (TG_OP <> 'DELETE' AND h.tenant_id = NEW.tenant_id AND NEW.created_at < h.before_at))) THEN
+            RAISE EXCEPTION 'rows of tenant % in % created before its purge''s cutoff are being exported and deleted: they cannot be written until the purge ends',
+                row_tenant, TG_TABLE_NAME USING ERRCODE = 'check_violation';
+        END IF;
     END IF;
     IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
     RETURN NEW;

@@ -153,10 +153,22 @@ impl<S: SqlStore> DataStore for S {
         module: &str,
         before: DateTime<Utc>,
         run: RunId,
-    ) -> StoreResult<()> {
-        // A run placing its hold again (a snoozed step) keeps the first: the wait for older
-        // transactions counts from it.
+    ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
+        // PostgreSQL: the tenant module's lock alone, without waiting (writers take it shared
+        // until they end, see migration 0024). SQLite: this write transaction already waited
+        // for every other writer.
+        if tx.dialect() == Dialect::Postgres {
+            let lock = sql!(
+                "SELECT pg_try_advisory_xact_lock(steward_purge_lock($1, $2)) AS placed",
+                module,
+                tenant
+            );
+            if !tx.fetch_one(lock).await?.flag("placed")? {
+                return Ok(false);
+            }
+        }
+        // A run placing its hold again (a snoozed step) keeps the first.
         let xid = tx.dialect().pick("txid_current()", "0");
         tx.execute(sql!(
             format!(
@@ -173,24 +185,8 @@ impl<S: SqlStore> DataStore for S {
             run
         ))
         .await?;
-        tx.commit().await
-    }
-
-    async fn purge_hold_settled(&self, tenant: TenantId, module: &str) -> StoreResult<bool> {
-        // SQLite: the hold's write transaction waited for every earlier writer. PostgreSQL:
-        // every transaction that wrote before the hold and might still commit what it wrote
-        // (one with an id older than the hold's) has ended. One that writes only later gets a
-        // newer id, and the purge's deletions leave what it wrote.
-        if self.sql_dialect() == Dialect::Sqlite {
-            return Ok(true);
-        }
-        let sql = sql!(
-            "SELECT coalesce((SELECT txid_snapshot_xmin(txid_current_snapshot()) > held_xid \
-                 FROM steward_purge_holds WHERE tenant_id = $1 AND module = $2), true) AS settled",
-            tenant,
-            module
-        );
-        self.read().await?.fetch_one(sql).await?.flag("settled")
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn purge_release(&self, tenant: TenantId, module: &str, run: RunId) -> StoreResult<bool> {
