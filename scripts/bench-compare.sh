@@ -22,7 +22,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 keys = {"execute_noop": ["jobs_per_s"], "enqueue_batch_parallel": ["jobs_per_s"],
         "workflow_steps": ["transitions_per_s"], "plan_sync": ["seconds", "subscribe_seconds"],
         "pickup_latency": ["p50_ms", "p99_ms", "enqueue_call_p50_ms", "commit_to_start_p50_ms"],
-        "provision_tenants": ["provisionings_per_s"]}
+        "provision_tenants": ["provisionings_per_s"],
+        "purge_export": ["rows_per_s", "delete_s"]}
 by = {}
 for r in rows:
     for k in keys.get(r["scenario"], ["jobs_per_s"]):

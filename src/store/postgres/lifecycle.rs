@@ -83,13 +83,15 @@ $fn$"#;
 /// written, changed or deleted for it. steward's own changes pass: a schema migration (every
 /// tenant's rows), a post-upgrade step (only the tenant it runs for: other tenants' rows are
 /// skipped, and a frozen tenant gets the step when its module is enabled again), a purge or
-/// an archive (deletions after a verified export). While a purge holds a tenant module (see
-/// `steward_purge_holds`), the rows it exports (created before its cutoff) are frozen too.
+/// an archive (deletions after a verified export). While a purge holds a tenant module (its
+/// `purge_before`), the rows it exports (created before that cutoff) are frozen too.
 const GUARD_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION steward_module_guard() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
 DECLARE
     row_tenant BIGINT;
+    in_use BOOLEAN;
+    held BOOLEAN;
 BEGIN
     IF TG_OP = 'DELETE' THEN row_tenant := OLD.tenant_id; ELSE row_tenant := NEW.tenant_id; END IF;
     IF steward_privileged('migration') THEN
@@ -101,18 +103,20 @@ BEGIN
         END IF;
     ELSIF TG_OP = 'DELETE' AND steward_privileged('purge') THEN
         NULL;
-    ELSIF NOT EXISTS (SELECT 1 FROM tenant_modules
-                      WHERE tenant_id = row_tenant AND module = TG_ARGV[0]
-                        AND status IN ({active})) THEN
-        RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], row_tenant
-            USING ERRCODE = 'check_violation';
     ELSE
-        -- Held by this transaction to its end: a purge hold waits for it (see 0024).
+        -- Held by this transaction to its end, before the read below: a purge hold is placed
+        -- only while no writer holds it (see migration 0024).
         PERFORM pg_advisory_xact_lock_shared(steward_purge_lock(TG_ARGV[0], row_tenant));
-        IF EXISTS (SELECT 1 FROM steward_purge_holds h
-                   WHERE h.module = TG_ARGV[0]
-                     AND ((TG_OP <> 'INSERT' AND h.tenant_id = OLD.tenant_id AND OLD.created_at < h.before_at)
-                       OR (TG_OP <> 'DELETE' AND h.tenant_id = NEW.tenant_id AND NEW.created_at < h.before_at))) THEN
+        SELECT coalesce(bool_or(status IN ({active})), false),
+               coalesce(bool_or((TG_OP <> 'INSERT' AND OLD.created_at < purge_before)
+                             OR (TG_OP <> 'DELETE' AND NEW.created_at < purge_before)), false)
+          FROM tenant_modules WHERE tenant_id = row_tenant AND module = TG_ARGV[0]
+          INTO in_use, held;
+        IF NOT in_use THEN
+            RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], row_tenant
+                USING ERRCODE = 'check_violation';
+        END IF;
+        IF held THEN
             RAISE EXCEPTION 'rows of tenant % in % created before its purge''s cutoff are being exported and deleted: they cannot be written until the purge ends',
                 row_tenant, TG_TABLE_NAME USING ERRCODE = 'check_violation';
         END IF;

@@ -123,8 +123,9 @@ impl<S: SqlStore> DataStore for S {
             Dialect::Postgres => sql!(
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE tenant_id = $1 \
                      AND ($2::timestamp IS NULL OR created_at < $2::timestamp) \
-                     AND age(xmin) >= coalesce((SELECT age((held_xid % 4294967296)::text::xid) \
-                         FROM steward_purge_holds WHERE tenant_id = $1 AND module = $4), 0) \
+                     AND age(xmin) >= coalesce((SELECT age((purge_xid % 4294967296)::text::xid) \
+                         FROM tenant_modules WHERE tenant_id = $1 AND module = $4 \
+                           AND purge_xid IS NOT NULL), 0) \
                      LIMIT $3))"
                     .replace("{t}", &table.quoted()),
                 tenant,
@@ -170,21 +171,26 @@ impl<S: SqlStore> DataStore for S {
         }
         // A run placing its hold again (a snoozed step) keeps the first.
         let xid = tx.dialect().pick("txid_current()", "0");
-        tx.execute(sql!(
-            format!(
-                "INSERT INTO steward_purge_holds (tenant_id, module, before_at, run_id, held_xid, \
-                     held_at) VALUES ($1, $2, $3, $4, {xid}, {{now}}) \
-                 ON CONFLICT (tenant_id, module) DO UPDATE SET before_at = excluded.before_at, \
-                     run_id = excluded.run_id, held_xid = excluded.held_xid, \
-                     held_at = excluded.held_at \
-                 WHERE steward_purge_holds.run_id <> excluded.run_id"
-            ),
-            tenant,
-            module,
-            Arg::RowTime(Some(before)),
-            run
-        ))
-        .await?;
+        let held = tx
+            .execute(sql!(
+                format!(
+                    "UPDATE tenant_modules SET \
+                         purge_before = CASE WHEN purge_run = $3 THEN purge_before ELSE $4 END, \
+                         purge_xid = CASE WHEN purge_run = $3 THEN purge_xid ELSE {xid} END, \
+                         purge_run = $3 \
+                     WHERE tenant_id = $1 AND module = $2"
+                ),
+                tenant,
+                module,
+                run,
+                Arg::RowTime(Some(before))
+            ))
+            .await?;
+        if held != 1 {
+            return Err(StoreError::InvalidInput(format!(
+                "tenant {tenant} has no module `{module}` to hold"
+            )));
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -193,8 +199,8 @@ impl<S: SqlStore> DataStore for S {
         let mut tx = self.write().await?;
         let released = tx
             .execute(sql!(
-                "DELETE FROM steward_purge_holds WHERE tenant_id = $1 AND module = $2 \
-                 AND run_id = $3",
+                "UPDATE tenant_modules SET purge_before = NULL, purge_run = NULL, purge_xid = NULL \
+                 WHERE tenant_id = $1 AND module = $2 AND purge_run = $3",
                 tenant,
                 module,
                 run

@@ -39,7 +39,8 @@ pub(super) async fn table_dump(
 /// The triggers steward gives each module table, three kinds for each of three operations:
 /// `scope` (during a post-upgrade step, rows of tenants it does not run for are skipped),
 /// `frozen` (a tenant's rows do not change while its module is not in use), `held` (nor do
-/// the rows a purge exports, until it has deleted them: see `steward_purge_holds`) and `audit`.
+/// the rows a purge exports, until it has deleted them: the tenant module's `purge_before`) and
+/// `audit`.
 const TRIGGER_KINDS: [&str; 4] = ["scope", "frozen", "held", "audit"];
 const TRIGGER_OPS: [(&str, &str); 3] = [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")];
 
@@ -114,7 +115,7 @@ pub(super) async fn table_triggers(
         };
         let held = held_rows
             .iter()
-            .map(|r| format!("(h.tenant_id = {r}.tenant_id AND {r}.created_at < h.before_at)"))
+            .map(|r| format!("(h.tenant_id = {r}.tenant_id AND {r}.created_at < h.purge_before)"))
             .collect::<Vec<_>>()
             .join(" OR ");
         let statements = [
@@ -131,7 +132,8 @@ pub(super) async fn table_triggers(
             ),
             format!(
                 "BEFORE {op} ON {name} FOR EACH ROW WHEN NOT {stepping}{not_purging} \
-                 AND EXISTS (SELECT 1 FROM steward_purge_holds h WHERE h.module = '{module}' AND ({held})) \
+                 AND EXISTS (SELECT 1 FROM tenant_modules h WHERE h.module = '{module}' \
+                   AND h.purge_before IS NOT NULL AND ({held})) \
                  BEGIN SELECT RAISE(ABORT, 'rows of this tenant in {entity} created before its purge cutoff \
                  are being exported and deleted: they cannot be written until the purge ends'); END"
             ),
