@@ -5,6 +5,7 @@
 use crate::domain::ident::{ModuleTable, Slug, quote_ident};
 use crate::store::StoreResult;
 use crate::store::domain::{TenantId, write_lines};
+use crate::store::sql::data::purge_lock;
 use crate::store::sql::modules::{active_statuses, as_migration_error};
 use sqlx::postgres::PgConnection;
 
@@ -106,17 +107,17 @@ BEGIN
     ELSE
         -- Held by this transaction to its end, before the read below: a purge hold is placed
         -- only while no writer holds it (see migration 0024).
-        PERFORM pg_advisory_xact_lock_shared(steward_purge_lock(TG_ARGV[0], row_tenant));
-        SELECT coalesce(bool_or(status IN ({active})), false),
-               coalesce(bool_or((TG_OP <> 'INSERT' AND OLD.created_at < purge_before)
-                             OR (TG_OP <> 'DELETE' AND NEW.created_at < purge_before)), false)
+        PERFORM pg_advisory_xact_lock_shared({purge_lock});
+        SELECT status IN ({active}),
+               (TG_OP <> 'INSERT' AND OLD.created_at < purge_before)
+                 OR (TG_OP <> 'DELETE' AND NEW.created_at < purge_before)
           FROM tenant_modules WHERE tenant_id = row_tenant AND module = TG_ARGV[0]
           INTO in_use, held;
-        IF NOT in_use THEN
+        IF NOT coalesce(in_use, false) THEN
             RAISE EXCEPTION 'module % is not in use by tenant %: its data is frozen', TG_ARGV[0], row_tenant
                 USING ERRCODE = 'check_violation';
         END IF;
-        IF held THEN
+        IF coalesce(held, false) THEN
             RAISE EXCEPTION 'rows of tenant % in % created before its purge''s cutoff are being exported and deleted: they cannot be written until the purge ends',
                 row_tenant, TG_TABLE_NAME USING ERRCODE = 'check_violation';
         END IF;
@@ -145,7 +146,9 @@ pub(super) async fn table_triggers(
     .fetch_one(&mut *conn)
     .await?;
     if make_functions || missing {
-        let guard = GUARD_FUNCTION.replace("{active}", &active_statuses());
+        let guard = GUARD_FUNCTION
+            .replace("{active}", &active_statuses())
+            .replace("{purge_lock}", &purge_lock("TG_ARGV[0]", "row_tenant"));
         for functions in [AUDIT_FUNCTION, &guard] {
             sqlx::Executor::execute(&mut *conn, functions).await?;
         }

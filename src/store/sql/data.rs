@@ -41,6 +41,15 @@ pub(crate) async fn table_columns(conn: &mut dyn Conn, name: &str) -> StoreResul
         .collect()
 }
 
+/// PostgreSQL's advisory lock of a tenant module (`module` and `tenant`: SQL expressions),
+/// which the module tables' guard takes shared for every write it passes and a purge hold
+/// takes alone (see migration 0024): the schema and module, and the tenant, as two integers
+/// (cheap for the guard to compute on every row). Two tenant modules that share a key (a hash
+/// collision) only make a hold wait for the other's writers.
+pub(crate) fn purge_lock(module: &str, tenant: &str) -> String {
+    format!("hashtext(current_schema() || '.' || {module}), ({tenant} % 2147483647)::int4")
+}
+
 #[async_trait]
 impl<S: SqlStore> DataStore for S {
     async fn retention_targets(&self) -> StoreResult<Vec<RetentionTarget>> {
@@ -161,7 +170,10 @@ impl<S: SqlStore> DataStore for S {
         // for every other writer.
         if tx.dialect() == Dialect::Postgres {
             let lock = sql!(
-                "SELECT pg_try_advisory_xact_lock(steward_purge_lock($1, $2)) AS placed",
+                format!(
+                    "SELECT pg_try_advisory_xact_lock({}) AS placed",
+                    purge_lock("$1", "$2")
+                ),
                 module,
                 tenant
             );
