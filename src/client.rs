@@ -18,9 +18,30 @@ pub enum ClientError {
     /// The payload does not fit the kind.
     #[error("invalid payload for job kind `{kind}`: {message}")]
     InvalidPayload { kind: String, message: String },
+    /// An option (tenant, unique key) is out of bounds.
+    #[error("{0}")]
+    InvalidOption(String),
     /// The store refused the insert.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The longest tenant or unique key a job carries, in characters. Both are indexed: a longer
+/// one could not be made `available` on PostgreSQL (an index entry is at most 2,704 bytes),
+/// and would stop the stager's every round behind it (`steward_jobs` checks it too).
+pub const KEY_MAX_CHARS: usize = 200;
+
+fn check_key(what: &str, key: &str, empty_allowed: bool) -> Result<(), ClientError> {
+    if (key.is_empty() && !empty_allowed)
+        || key.chars().count() > KEY_MAX_CHARS
+        || key.contains('\0')
+    {
+        return Err(ClientError::InvalidOption(format!(
+            "{what} must be {} to {KEY_MAX_CHARS} characters, without NUL",
+            usize::from(!empty_allowed)
+        )));
+    }
+    Ok(())
 }
 
 /// Per-job overrides of a kind's defaults.
@@ -98,10 +119,14 @@ impl Client {
             registry.validate(kind, &payload).map_err(invalid)?;
         }
         let tenant = options.tenant.unwrap_or_default();
+        check_key("tenant", &tenant, true)?;
         let unique_key = match options.unique_key {
             Some(key) => Some(key),
             None => spec.unique_key(&payload, &tenant).map_err(invalid)?,
         };
+        if let Some(key) = &unique_key {
+            check_key("unique_key", key, false)?;
+        }
         Ok(NewJob {
             kind: spec.name.clone(),
             queue: options.queue.unwrap_or_else(|| spec.queue.clone()),

@@ -715,6 +715,7 @@ async fn tenants_manage_their_modules_and_admins_the_catalog(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["added"], json!(true), "{body}");
     // alert_engine needs inventory, which tenant two does not have: it is skipped, and the
     // summary says why (never a module without its dependencies).
     assert_eq!(body["synced"][0]["synced"], json!(0), "{body}");
@@ -1252,6 +1253,34 @@ async fn the_platform_enqueues_jobs_over_http(backend: Backend) {
             .0,
         400
     );
+    // An over-long tenant or unique key (indexed: a 20,000-character tenant could never be
+    // made available on PostgreSQL, and would stop the stager behind it), even scheduled.
+    let long = "t".repeat(20_000);
+    let run_at = (chrono::Utc::now() + chrono::Duration::seconds(5)).to_rfc3339();
+    for job in [
+        json!({"kind": "noop", "tenant": long, "run_at": run_at}),
+        json!({"kind": "noop", "tenant": "t".repeat(201)}),
+        json!({"kind": "noop", "unique_key": "k".repeat(201)}),
+        json!({"kind": "noop", "unique_key": ""}),
+    ] {
+        let (status, body) = post(&service, job).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    if let Some(pg) = &t.pg {
+        // Jobs enqueued in SQL meet the same bound.
+        let err = sqlx::query(
+            "INSERT INTO steward_jobs (kind, queue, tenant, payload, state, max_attempts, \
+             timeout_ms) VALUES ('noop', 'default', $1, '{}', 'scheduled', 1, 1000)",
+        )
+        .bind(&long)
+        .execute(pg.pool())
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("steward_jobs_tenant_length"),
+            "{err}"
+        );
+    }
     // Nothing refused was written.
     let counts = t.store.jobs_count_by_state().await.unwrap();
     assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 5, "{counts:?}");
@@ -1362,9 +1391,41 @@ per_backend!(
     a_dead_step_jobs_retry_advances_its_run,
     a_failed_run_is_retried_from_its_failed_step,
     only_the_right_callers_reach_the_api,
+    an_unavailable_storage_is_named_in_health_without_its_cause,
     runs_start_once_per_key_and_dead_letters_go_in_bulk,
     tenants_manage_their_modules_and_admins_the_catalog,
 );
+
+/// `/health` is anonymous: it says what is unavailable, never why (a storage path, a
+/// server's message), which goes to the log.
+async fn an_unavailable_storage_is_named_in_health_without_its_cause(backend: Backend) {
+    let t = fresh(backend).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let inside_a_file = file.path().join("exports");
+    let exports: steward::export::SharedExports = Arc::new(
+        steward::export::local::LocalStorage::new(inside_a_file.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let state = AppState::new(engine(&t), exports, AuthKeys::new(SECRET).unwrap());
+    let until = stop.clone();
+    tokio::spawn(
+        async move { serve(listener, state, async move { until.cancelled().await }).await },
+    );
+    let answer = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 503);
+    let body = answer.text().await.unwrap();
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (health["database"].clone(), health["storage"].clone()),
+        (json!("ok"), json!("unavailable"))
+    );
+    let path = inside_a_file.to_string_lossy();
+    assert!(!body.contains(path.as_ref()), "{body}");
+    stop.cancel();
+    t.cleanup().await;
+}
 
 #[test]
 fn steward_token_mints_a_token_the_api_accepts_and_refuses_bad_input() {

@@ -603,6 +603,15 @@ fn module_lifecycle_from_the_command_line() {
     assert_eq!(code, 1);
     assert!(stderr.contains("nothing to repair"), "{stderr}");
 
+    // A module added to a plan no one subscribes to yet is added (exit 0); added again, with
+    // no tenant lacking it, nothing was done (exit 1).
+    ok(&["plan", "create", "pro", "Pro"]);
+    let added = ok(&["plan", "add-module", "pro", "inventory"]);
+    assert!(added.contains("\"added\": true"), "{added}");
+    let (code, stderr) = failed(&run(&["plan", "add-module", "pro", "inventory"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("was in it already"), "{stderr}");
+
     let audit = ok(&["audit", "--tenant", "1"]);
     assert!(
         audit.contains("module.approve") && audit.contains("module.request"),
@@ -1167,6 +1176,10 @@ fn queues_pause_resume_and_workers_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite(&dir);
     let run = |args: &[&str]| steward(args, &url, repo_jobs());
+    // Resuming a queue that was never paused did nothing.
+    let (code, stderr) = failed(&run(&["queues", "resume", "default"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already running"), "{stderr}");
     let paused = run(&["queues", "pause", "default", "--wait", "0"]);
     assert!(paused.status.success(), "{paused:?}");
     assert!(String::from_utf8_lossy(&paused.stdout).contains("paused queue `default`"));

@@ -433,6 +433,10 @@ async fn a_paused_queue_is_not_fetched_and_versions_order_changes(backend: Backe
         .jobs_insert_many(&[new_job("noop", "q"), new_job("noop", "q")])
         .await
         .unwrap();
+    // Resuming a queue never paused changes nothing, and records nothing.
+    let resumed = t.store.queue_set_paused("q", false, "op").await.unwrap();
+    assert!(!resumed.changed);
+    assert!(t.store.queue_states().await.unwrap().is_empty());
     let paused = t.store.queue_set_paused("q", true, "op").await.unwrap();
     assert!(paused.changed);
     assert!(

@@ -41,6 +41,7 @@ per_backend!(
     a_purge_hold_freezes_the_expired_rows_until_it_is_released,
     retention_targets_are_the_modules_holding_data_with_a_retention,
     usage_costs_aggregate_exactly_per_month_and_a_rerun_gives_the_same_rows,
+    usage_out_of_bounds_is_refused_and_the_largest_entries_still_aggregate,
     webhooks_are_read_only_when_complete_and_can_be_replaced_or_cleared,
     audit_rows_are_appended_and_listed_newest_first_per_tenant,
     plan_sync_grants_once_and_skips_tenants_without_dependencies,
@@ -1115,7 +1116,7 @@ async fn purges_count_export_and_delete_only_expired_rows_in_batches(backend: Ba
     loop {
         let n = t
             .store
-            .module_rows_purge(&items, "stock", a, before, 1_000)
+            .module_rows_purge(&items, "stock", a, before, None, 1_000)
             .await
             .unwrap();
         deleted.push(n);
@@ -1129,7 +1130,7 @@ async fn purges_count_export_and_delete_only_expired_rows_in_batches(backend: Ba
     // Without a cutoff, every row of the tenant goes.
     assert_eq!(
         t.store
-            .module_rows_purge(&items, "stock", b, None, 100)
+            .module_rows_purge(&items, "stock", b, None, None, 100)
             .await
             .unwrap(),
         4
@@ -1217,6 +1218,34 @@ async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Bac
     assert!(!t.store.purge_release(a, "stock", 7).await.unwrap());
     assert!(t.store.purge_release(a, "stock", 8).await.unwrap());
     assert!(!t.store.purge_release(a, "stock", 8).await.unwrap());
+    // A run whose hold is gone (replaced, or lifted when the run was cancelled) deletes
+    // nothing: a row written since would go unexported. Nothing left to delete is no error.
+    for run in [7, 8] {
+        let err = t
+            .store
+            .module_rows_purge(&items, "stock", a, Some(before), Some(run), 100)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Stale(_)), "{err:?}");
+    }
+    let long_ago = before - chrono::Duration::days(365);
+    assert_eq!(
+        t.store
+            .module_rows_purge(&items, "stock", a, Some(long_ago), Some(8), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        count(
+            &t,
+            &format!(
+                "SELECT count(*) FROM tenant_stock_items WHERE tenant_id = {a} AND sku LIKE 'old-%'"
+            )
+        )
+        .await,
+        5
+    );
     try_execute(&t, &refused[0]).await.unwrap();
 
     if backend == Backend::Postgres {
@@ -1255,7 +1284,7 @@ async fn a_purge_hold_freezes_the_expired_rows_until_it_is_released(backend: Bac
         // The purge's deletions leave the row version written after the hold.
         assert_eq!(
             t.store
-                .module_rows_purge(&items, "stock", a, Some(before), 100)
+                .module_rows_purge(&items, "stock", a, Some(before), Some(9), 100)
                 .await
                 .unwrap(),
             4
@@ -1332,6 +1361,85 @@ async fn retention_targets_are_the_modules_holding_data_with_a_retention(backend
 
 // ---------------------------------------------------------------------------------------------
 // Usage, costs, webhooks and the audit log.
+
+/// Usage feeds billing, and one entry must not stop a month's aggregation for every tenant:
+/// entries beyond the bounds are refused, and a month of entries at the bounds (or of the
+/// widest costs the log holds, written before the bounds) still sums exactly.
+async fn usage_out_of_bounds_is_refused_and_the_largest_entries_still_aggregate(backend: Backend) {
+    use steward::store::data::{USAGE_COST_MAX, USAGE_COUNT_MAX};
+    let t = fresh(backend).await;
+    let at = "2028-04-02T00:00:00Z";
+    let largest = || {
+        let mut entry = usage(1, "inventory", at, USAGE_COUNT_MAX, "0");
+        entry.estimated_cost = Decimal::from(USAGE_COST_MAX);
+        entry.row_count = USAGE_COUNT_MAX;
+        entry
+    };
+    let mut refused = vec![
+        UsageEntry {
+            tokens: USAGE_COUNT_MAX + 1,
+            ..largest()
+        },
+        UsageEntry {
+            row_count: -1,
+            ..largest()
+        },
+        UsageEntry {
+            estimated_cost: dec("1000000.000001"),
+            ..largest()
+        },
+        UsageEntry {
+            route: String::new(),
+            ..largest()
+        },
+    ];
+    for entry in refused.drain(..) {
+        let err = t.store.usage_record(&[entry]).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    }
+    assert_eq!(
+        t.store
+            .usage_record(&[largest(), largest(), largest()])
+            .await
+            .unwrap(),
+        3
+    );
+    if backend == Backend::Postgres {
+        // The widest costs the log's column holds, twice: their sum needs a 13-digit column.
+        try_execute(
+            &t,
+            &format!(
+                "INSERT INTO module_usage_logs (tenant_id, module, route, estimated_cost, created_at) \
+                 VALUES (2, 'inventory', '/x', 999999999999.999999, '{at}'), \
+                        (2, 'inventory', '/x', 999999999999.999999, '{at}')"
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let april = parse_month("2028-04").unwrap();
+    t.store.cost_aggregate(april).await.unwrap();
+    let costs = t
+        .store
+        .monthly_costs(&CostFilter::month(Some(april)))
+        .await
+        .unwrap();
+    let one = costs.iter().find(|c| c.tenant_id == 1).unwrap();
+    assert_eq!(
+        (one.calls, one.tokens, one.row_count, one.cost),
+        (
+            3,
+            3 * USAGE_COUNT_MAX,
+            3 * USAGE_COUNT_MAX,
+            Decimal::from(3 * USAGE_COST_MAX)
+        )
+    );
+    if backend == Backend::Postgres {
+        let two = costs.iter().find(|c| c.tenant_id == 2).unwrap();
+        assert_eq!(two.cost, dec("1999999999999.999998"));
+    }
+    t.cleanup().await;
+}
 
 async fn usage_costs_aggregate_exactly_per_month_and_a_rerun_gives_the_same_rows(backend: Backend) {
     let t = fresh(backend).await;
@@ -1545,7 +1653,29 @@ async fn webhooks_are_read_only_when_complete_and_can_be_replaced_or_cleared(bac
         .tenant_set_webhook(plain, Some(&second))
         .await
         .unwrap();
+    assert_eq!(
+        t.store.tenant_webhook(plain).await.unwrap(),
+        Some(second.clone())
+    );
+    // A secret sealed in place only while it is the one read: a delivery resealing the
+    // secret it read never brings back an endpoint replaced meanwhile.
+    assert!(
+        !t.store
+            .tenant_webhook_reseal(plain, "one", "sealed-one")
+            .await
+            .unwrap()
+    );
     assert_eq!(t.store.tenant_webhook(plain).await.unwrap(), Some(second));
+    assert!(
+        t.store
+            .tenant_webhook_reseal(plain, "two", "sealed-two")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        t.store.tenant_webhook(plain).await.unwrap(),
+        Some(target("https://plain.example/b", "sealed-two"))
+    );
     assert_eq!(
         t.store
             .tenant_get(plain)

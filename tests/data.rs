@@ -242,6 +242,16 @@ async fn wait_run(t: &TestStore, run: RunId, limit: Duration) {
     .await;
 }
 
+async fn wait_failed(t: &TestStore, run: RunId) {
+    wait_until(
+        t,
+        &format!("run {run} to fail"),
+        Duration::from_secs(60),
+        || async { run_state(t, run).await == RunState::Failed },
+    )
+    .await;
+}
+
 /// The ids in an exported CSV, after checking its header and every row's shape.
 fn exported_ids(csv_bytes: &[u8], tenant: TenantId) -> Vec<i64> {
     let mut reader = csv::Reader::from_reader(csv_bytes);
@@ -425,13 +435,10 @@ async fn a_purge_refuses_to_delete_rows_its_export_does_not_hold(backend: Backen
         )
         .await
         .unwrap();
-    wait_until(&t, "the run to fail", Duration::from_secs(60), || async {
-        run_state(&t, run).await == RunState::Failed
-    })
-    .await;
+    wait_failed(&t, run).await;
     workers.stop().await;
     let failed = t.store.run_get(run).await.unwrap().unwrap();
-    let why = failed.steps[0].error.clone().unwrap_or_default();
+    let why = failed.steps[1].error.clone().unwrap_or_default();
     assert!(why.contains("nothing more deleted"), "{why}");
     assert_eq!(
         count(
@@ -466,13 +473,16 @@ fn purge_steps_engine(t: &TestStore, dir: &Path, name: &str, steps: &str) -> Arc
     Engine::new(t.store.clone(), workflows, kinds, steps)
 }
 
-/// An engine whose only workflow runs `purge.delete` on the export given as its parameters.
+/// An engine whose only workflow holds the rows, then runs `purge.delete` on the export
+/// given as its parameters.
 fn delete_only_engine(t: &TestStore, dir: &Path) -> Arc<Engine> {
     purge_steps_engine(
         t,
         dir,
         "delete_only",
-        "[[steps]]\nname = \"delete\"\nhandler = \"purge.delete\"\njob = \"workflow_step\"\n",
+        "[[steps]]\nname = \"hold\"\nhandler = \"purge.hold\"\njob = \"workflow_step\"\n\
+         compensate = \"purge.release\"\n\
+         [[steps]]\nname = \"delete\"\nhandler = \"purge.delete\"\njob = \"workflow_step\"\n",
     )
 }
 
@@ -597,10 +607,7 @@ async fn an_expired_row_cannot_change_between_its_export_and_its_deletion(backen
         .start("hold_then_fail", params(json!({})), None)
         .await
         .unwrap();
-    wait_until(&t, "the run to fail", Duration::from_secs(60), || async {
-        run_state(&t, run).await == RunState::Failed
-    })
-    .await;
+    wait_failed(&t, run).await;
     workers.stop().await;
     try_execute(
         &t,
@@ -620,7 +627,7 @@ async fn a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export(backe
     // An earlier attempt deleted one batch of 4, then died before the step completed.
     assert_eq!(
         t.store
-            .module_rows_purge(&table, "journal", a, Some(before), 4)
+            .module_rows_purge(&table, "journal", a, Some(before), None, 4)
             .await
             .unwrap(),
         4
@@ -640,7 +647,7 @@ async fn a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export(backe
     wait_run(&t, run, Duration::from_secs(60)).await;
     workers.stop().await;
     let done = t.store.run_get(run).await.unwrap().unwrap();
-    assert_eq!(done.steps[0].output.as_ref().unwrap()["deleted"], json!(6));
+    assert_eq!(done.steps[1].output.as_ref().unwrap()["deleted"], json!(6));
     assert_eq!(
         count(
             &t,
@@ -660,6 +667,7 @@ per_backend!(
     cost_aggregation_is_exact_on_month_boundaries_and_idempotent,
     deprecation_webhooks_reach_every_tenant_once_or_dead_letter_with_the_reason,
     a_deprecated_module_is_retired_at_its_sunset_unless_it_changed,
+    a_forced_retirement_after_a_plain_one_suspends_the_tenants_in_use,
     an_unreachable_export_storage_opens_its_circuit_and_steps_wait_without_attempts,
     a_storage_that_never_answers_opens_its_circuit_too,
 );
@@ -883,6 +891,53 @@ async fn parked_at_sunset(t: &TestStore, run: RunId) -> i64 {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A forced retirement asked after a plain one is a run of its own, and suspends the tenants
+/// the plain one left in use (the plain run's idempotency key used to return that run).
+async fn a_forced_retirement_after_a_plain_one_suspends_the_tenants_in_use(backend: Backend) {
+    let t = fresh(backend).await;
+    let engine = engine(&t, t.exports.clone());
+    let a = journal_in_use(&t, &engine, 1).await[0];
+    let life = Lifecycle::new(engine.clone()).unwrap();
+    let admin = Actor::master_admin("test");
+    let status = || async {
+        t.store
+            .tenant_module_get(a, "journal")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+    };
+    let workers = Workers::start(&t, &engine);
+    life.set_maturity("journal", Maturity::Deprecated, false, &admin)
+        .await
+        .unwrap();
+    let (_, plain) = life
+        .set_maturity("journal", Maturity::Retired, false, &admin)
+        .await
+        .unwrap();
+    wait_run(&t, plain.unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(
+        status().await,
+        Enabled,
+        "a plain retirement leaves it in use"
+    );
+    let (_, forced) = life
+        .set_maturity("journal", Maturity::Retired, true, &admin)
+        .await
+        .unwrap();
+    assert_ne!(forced, plain);
+    wait_run(&t, forced.unwrap(), Duration::from_secs(60)).await;
+    workers.stop().await;
+    assert_eq!(status().await, Suspended);
+    // Asked again, forced: the same run.
+    let (_, again) = life
+        .set_maturity("journal", Maturity::Retired, true, &admin)
+        .await
+        .unwrap();
+    assert_eq!(again, forced);
+    t.cleanup().await;
 }
 
 /// A module (no tenant) with a sunset date.

@@ -33,6 +33,7 @@ per_backend!(
     a_request_and_its_admission_are_one_write_and_a_stranded_request_is_admitted,
     a_cancelled_upgrade_compensates_and_leaves_no_tenant_upgrading,
     a_cancelled_provisioning_leaves_the_module_in_error_to_be_requested_again,
+    a_tenant_cannot_cancel_the_runs_of_operations_it_does_not_own,
     a_rolled_back_upgrade_and_a_failed_migration_are_failed_runs,
     a_dead_step_job_is_retried_through_its_run,
     lifecycle_workflows_are_started_and_retried_only_through_their_operations,
@@ -127,6 +128,15 @@ async fn a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_s
     let again = life.request(a, "chatbot", &tenant_admin()).await.unwrap();
     assert_eq!(again.module.status, PendingApproval);
 
+    // Nor can a module still provisioning (no worker runs: its tables do not exist yet) be
+    // turned "back" on: its provisioning run would see it ENABLED and skip the tables.
+    life.request(a, "inventory", &tenant_admin()).await.unwrap();
+    for who in [tenant_admin(), master()] {
+        let err = life.reenable(a, "inventory", &who).await.unwrap_err();
+        assert_eq!(rule_code(err), "invalid_transition");
+    }
+    assert_eq!(status(&t, a, "inventory").await, Some(Provisioning));
+
     // Undoing a rejection: a tenant cannot approve, and a rejected module is not re-enabled.
     life.request(b, "chatbot", &tenant_admin()).await.unwrap();
     let err = life
@@ -147,7 +157,6 @@ async fn a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_s
     life.request(a, "broken", &tenant_admin()).await.unwrap();
     let running = workers(&t);
     assert_eq!(settled(&t, &[a], "broken").await, [Error]);
-    life.request(a, "inventory", &tenant_admin()).await.unwrap();
     wait_for(&t, &[a], "inventory", Enabled).await;
     running.stop().await;
     let err = life
@@ -182,9 +191,20 @@ async fn a_tenant_cannot_skip_approval_undo_a_rejection_enable_error_or_lift_a_s
         .await
         .unwrap_err();
     assert_eq!(rule_code(err), "not_permitted");
+    // Nor archived by the tenant, to be requested again without the suspension.
+    let err = life
+        .archive(a, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
     life.disable(a, "inventory", &tenant_admin()).await.unwrap();
     let err = life
         .reenable(a, "inventory", &tenant_admin())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    let err = life
+        .archive(a, "inventory", &tenant_admin())
         .await
         .unwrap_err();
     assert_eq!(rule_code(err), "not_permitted");
@@ -297,10 +317,11 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
         .unwrap();
     let running = workers(&t);
     wait_for(&t, &[with], "inventory", Enabled).await;
-    let summary = life
+    let (added, summary) = life
         .plan_add_module("pro", "alerts", &master())
         .await
         .unwrap();
+    assert!(added);
     assert_eq!(summary.len(), 1);
     assert_eq!(
         (
@@ -339,12 +360,13 @@ async fn dependencies_come_first_on_every_path(backend: Backend) {
         .unwrap_err();
     assert_eq!(rule_code(err), "has_dependants");
     assert_eq!(status(&t, with, "inventory").await, Some(Enabled));
-    // Nor archived (its data exported and removed) while suspended under it.
+    // Nor archived (its data exported and removed) while suspended under it, even by a
+    // Master Admin (a tenant admin may not archive a suspended module at all).
     life.suspend(with, "inventory", &master(), "payment")
         .await
         .unwrap();
     let err = life
-        .archive(with, "inventory", &tenant_admin())
+        .archive(with, "inventory", &master())
         .await
         .unwrap_err();
     assert_eq!(rule_code(err), "has_dependants");
@@ -622,6 +644,102 @@ async fn a_cancelled_provisioning_leaves_the_module_in_error_to_be_requested_aga
     let running = workers(&t);
     wait_for(&t, &[a], "inventory", Enabled).await;
     running.stop().await;
+
+    // The run of a request waiting for approval, cancelled: the request is withdrawn with it
+    // (an approval would otherwise "start" the cancelled run and report success).
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    let tester = tenant(&t, "tester", true, false).await;
+    let pending = life
+        .request(tester, "chatbot", &tenant_admin())
+        .await
+        .unwrap();
+    assert_eq!(pending.module.status, PendingApproval);
+    Operator::new(engine(&t))
+        .cancel_run(pending.run.unwrap(), &Actor::tenant_admin("api:ana"))
+        .await
+        .unwrap();
+    let record = t
+        .store
+        .tenant_module_get(tester, "chatbot")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.status, record.disabled_from),
+        (Disabled, Some(PendingApproval))
+    );
+    assert!(
+        record
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("cancelled by api:ana")),
+        "{record:?}"
+    );
+    let err = life
+        .approve(tester, "chatbot", &master())
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "invalid_transition");
+    // Requested again, it waits for approval with a run of its own.
+    let again = life
+        .request(tester, "chatbot", &tenant_admin())
+        .await
+        .unwrap();
+    assert_eq!(again.module.status, PendingApproval);
+    assert_ne!(again.run, pending.run);
+    let (_, run) = life.approve(tester, "chatbot", &master()).await.unwrap();
+    assert_eq!(Some(run), again.run);
+    t.cleanup().await;
+}
+
+/// A tenant's administrator cancels its own operations' runs (its provisioning, its
+/// archive), not the runs operations start for it: cancelling its nightly purge every night
+/// would keep expired data for ever. Cancelling the purge's step job is the same refusal: a
+/// step job is cancelled through its run.
+async fn a_tenant_cannot_cancel_the_runs_of_operations_it_does_not_own(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("inventory", Maturity::Ga, &[])).await;
+    let a = tenant(&t, "a", false, false).await;
+    enabled(&t, a, "inventory").await;
+    let engine = engine(&t);
+    let before = (chrono::Utc::now() - chrono::Duration::days(30)).to_rfc3339();
+    let (purge, _) = engine
+        .start(
+            "module_purge",
+            json!({"tenant_id": a, "module": "inventory", "before": before, "date": "2026-12-06"}),
+            Some(format!("purge:{a}:inventory:2026-12-06")),
+        )
+        .await
+        .unwrap();
+    let operator = Operator::new(engine.clone());
+    let tenant_admin = Actor::tenant_admin("api:ana");
+    let err = operator.cancel_run(purge, &tenant_admin).await.unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    let step_job = t.store.run_get(purge).await.unwrap().unwrap().steps[0]
+        .job_id
+        .unwrap();
+    let err = operator
+        .cancel_jobs(&[step_job], &tenant_admin)
+        .await
+        .unwrap_err();
+    assert_eq!(rule_code(err), "not_permitted");
+    assert_eq!(
+        t.store.job_get(step_job).await.unwrap().unwrap().state,
+        JobState::Available
+    );
+    assert_eq!(
+        t.store.run_get(purge).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    // A Master Admin cancels it, through its step job too: the run is cancelled, not failed.
+    assert_eq!(
+        operator.cancel_jobs(&[step_job], &master()).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        t.store.run_get(purge).await.unwrap().unwrap().state,
+        RunState::Cancelled
+    );
     t.cleanup().await;
 }
 

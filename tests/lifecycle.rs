@@ -1641,10 +1641,11 @@ async fn plan_sync_gives_active_subscribers_their_plan_modules_and_nothing_else(
     let life = life(&t);
 
     // Adding a module to a plan syncs it, and only it, to the plan's active subscribers.
-    let summary = life
+    let (added, summary) = life
         .plan_add_module("pro", "inventory", &Actor::master_admin("admin"))
         .await
         .unwrap();
+    assert!(added);
     assert_eq!(summary.len(), 1);
     assert_eq!(
         (summary[0].plan.as_str(), summary[0].module.as_str()),

@@ -38,6 +38,7 @@ per_backend!(
     a_diamond_runs_its_branches_in_parallel_and_joins_once,
     a_dead_branch_compensates_in_reverse_topological_order_and_retry_resumes_it,
     cancelling_a_graph_stops_every_live_branch_and_undoes_completed_ones,
+    a_cancelled_runs_undoing_waits_until_its_running_step_has_stopped,
     batched_completions_of_parallel_branches_start_their_join_once,
 );
 
@@ -289,6 +290,12 @@ async fn a_dead_step_compensates_in_reverse_and_retry_resumes_there(backend: Bac
         run.error
     );
     assert_eq!(run.steps[3].error.as_deref(), Some("the gate is closed"));
+    let dead_job = run.steps[3].job_id.unwrap();
+    let job_state = |job| {
+        let store = t.store.clone();
+        async move { store.job_get(job).await.unwrap().map(|j| j.state) }
+    };
+    assert_eq!(job_state(dead_job).await, Some(JobState::Dead));
     assert_eq!(
         ledger_entries(&t).await,
         vec![
@@ -306,6 +313,8 @@ async fn a_dead_step_compensates_in_reverse_and_retry_resumes_there(backend: Bac
     assert!(matches!(err, EngineError::NoRun(_)));
     open.store(true, Ordering::SeqCst);
     engine.retry(id).await.unwrap();
+    // The dead step's job leaves the dead-letter queue with the retry: its step has a new job.
+    assert_eq!(job_state(dead_job).await, Some(JobState::Cancelled));
     wait_runs(&t, "the retried run completed", |runs| {
         runs[0].state == RunState::Completed
     })
@@ -1543,6 +1552,87 @@ async fn cancelling_a_graph_stops_every_live_branch_and_undoes_completed_ones(ba
             format!("run {id} undo reserve")
         ]
     );
+    t.cleanup().await;
+}
+
+const BUSY: &str = r#"
+name = "busy"
+[[steps]]
+name = "reserve"
+handler = "ledger.append"
+job = "workflow_step"
+compensate = "test.undo"
+[[steps]]
+name = "work"
+handler = "test.busy"
+job = "workflow_step"
+"#;
+
+/// Set while a `test.busy` attempt runs; cleared when its future ends or is dropped.
+struct Busy(Arc<AtomicBool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// An operator cancels a run while one of its steps is running: the completed step's
+/// compensation starts only once that attempt has stopped (its worker stops it at its next
+/// heartbeat), never beside it. (Undoing `reserve` while `work` still runs could undo what
+/// `work` is about to commit on top of it.)
+async fn a_cancelled_runs_undoing_waits_until_its_running_step_has_stopped(backend: Backend) {
+    let t = fresh(backend).await;
+    let busy = Arc::new(AtomicBool::new(false));
+    let undone = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+    let mut steps = steward::lifecycle::step_registry(common::scratch_exports());
+    {
+        let busy = Arc::clone(&busy);
+        steps.register(
+            "test.busy",
+            move |_ctx: StepContext<'_>| -> StepFuture<'_> {
+                let busy = Arc::clone(&busy);
+                Box::pin(async move {
+                    busy.store(true, Ordering::SeqCst);
+                    let _running = Busy(busy);
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    Ok(json!({}))
+                })
+            },
+        );
+    }
+    {
+        let (busy, undone) = (Arc::clone(&busy), Arc::clone(&undone));
+        steps.register(
+            "test.undo",
+            move |_ctx: StepContext<'_>| -> StepFuture<'_> {
+                let seen = match busy.load(Ordering::SeqCst) {
+                    true => "undone while `work` ran",
+                    false => "undone after `work` stopped",
+                };
+                undone.lock().unwrap().push(seen);
+                Box::pin(async move { Ok(json!({"undone": true})) })
+            },
+        );
+    }
+    let engine = Engine::new(t.store.clone(), catalog(&[BUSY], &steps), kinds(), steps);
+    let (id, _) = engine.start("busy", json!({}), None).await.unwrap();
+    let running = start(&t, &engine);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !busy.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "`work` never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.cancel(id, "ops").await.unwrap();
+    wait_runs(&t, "the run cancelled after undoing reserve", |runs| {
+        runs[0].state == RunState::Cancelled
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(*undone.lock().unwrap(), vec!["undone after `work` stopped"]);
+    let run = engine.run(id).await.unwrap();
+    let states: Vec<StepState> = run.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, vec![StepState::Compensated, StepState::Pending]);
     t.cleanup().await;
 }
 

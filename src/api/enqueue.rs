@@ -112,15 +112,6 @@ pub(super) async fn enqueue(
                 "queue `{queue}` must be 1-64 of a-z, 0-9, _ and -, starting with a letter"
             ))));
         }
-        if job
-            .unique_key
-            .as_ref()
-            .is_some_and(|k| k.is_empty() || k.chars().count() > 200)
-        {
-            return Err(ApiError::bad_request(at(
-                "unique_key must be 1 to 200 characters".into(),
-            )));
-        }
         let options = EnqueueOptions {
             queue: job.queue,
             priority: job.priority,

@@ -182,8 +182,12 @@ pub struct JobAction {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct BulkAction {
     pub action: String,
-    /// How many dead jobs it applied to.
+    /// How many it applied to: dead jobs retried or discarded, and runs resumed for their
+    /// dead step jobs.
     pub affected: u64,
+    /// What matched but was left as it was, and why (a step job whose run may not be
+    /// retried by this caller, …).
+    pub refused: Vec<String>,
 }
 
 /// Retry, discard or cancel the job `raw_id` for `caller` (the API's and the dashboard's
@@ -205,7 +209,10 @@ pub(crate) async fn act_on(
     let affected = match action {
         "retry" => retry(state, caller, &filter).await?,
         "discard" => state.store.jobs_discard(&filter).await?,
-        "cancel" => state.store.jobs_cancel(&filter).await?,
+        // A workflow step's job is cancelled through its run (the run's rules apply).
+        "cancel" => crate::store::Affected {
+            count: state.operator.cancel_jobs(&[id], &caller.actor()).await?,
+        },
         other => {
             return Err(ApiError::not_found(format!(
                 "no action `{other}`; retry, discard or cancel"
@@ -265,8 +272,12 @@ pub(super) async fn bulk(
     Path(action): Path<String>,
     JsonBody(body): JsonBody<DeadFilter>,
 ) -> Result<Json<BulkAction>, ApiError> {
-    let affected = act_on_dead(&state, &caller, body, &action).await?;
-    Ok(Json(BulkAction { action, affected }))
+    let (affected, refused) = act_on_dead(&state, &caller, body, &action).await?;
+    Ok(Json(BulkAction {
+        action,
+        affected,
+        refused,
+    }))
 }
 
 /// Retry or discard every dead job matching `filter` that `caller` may operate on (a tenant
@@ -288,23 +299,24 @@ pub(crate) fn dead_scope(caller: &Caller, filter: DeadFilter) -> Result<JobFilte
     })
 }
 
+/// How many it applied to, and what it left and why.
 pub(crate) async fn act_on_dead(
     state: &AppState,
     caller: &Caller,
     filter: DeadFilter,
     action: &str,
-) -> Result<u64, ApiError> {
+) -> Result<(u64, Vec<String>), ApiError> {
     let filter = dead_scope(caller, filter)?;
-    let affected = match action {
-        "retry" => retry(state, caller, &filter).await?,
-        "discard" => state.store.jobs_discard(&filter).await?,
-        other => {
-            return Err(ApiError::not_found(format!(
-                "no bulk action `{other}`; retry or discard"
-            )));
+    match action {
+        "retry" => {
+            let retried = state.operator.retry_jobs(&filter, &caller.actor()).await?;
+            Ok((retried.count(), retried.refused))
         }
-    };
-    Ok(affected.count)
+        "discard" => Ok((state.store.jobs_discard(&filter).await?.count, Vec::new())),
+        other => Err(ApiError::not_found(format!(
+            "no bulk action `{other}`; retry or discard"
+        ))),
+    }
 }
 
 /// Retry the jobs `filter` matches through the operations: a workflow step's dead job is

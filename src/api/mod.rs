@@ -310,9 +310,9 @@ pub(crate) async fn metrics(
 pub struct Health {
     /// `ok`, or `degraded` when the database or the export storage is not reachable.
     pub status: String,
-    /// `ok`, or why the database is not reachable.
+    /// `ok` or `unavailable` (the cause is in the log).
     pub database: String,
-    /// `ok`, or why the export storage is not reachable.
+    /// `ok` or `unavailable` (the cause is in the log).
     pub storage: String,
 }
 
@@ -329,16 +329,20 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, axum::
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let describe = |r: Result<(), String>| match r {
+    // Anyone reads this: the cause (a server's message, a storage path) goes to the log only.
+    let describe = |what: &str, r: Result<(), String>| match r {
         Ok(()) => "ok".to_string(),
-        Err(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "health: the {what} is unavailable");
+            "unavailable".to_string()
+        }
     };
     (
         status,
         axum::Json(Health {
             status: if ok { "ok" } else { "degraded" }.into(),
-            database: describe(database.map_err(|e| e.to_string())),
-            storage: describe(storage.map_err(|e| e.to_string())),
+            database: describe("database", database.map_err(|e| e.to_string())),
+            storage: describe("export storage", storage.map_err(|e| e.to_string())),
         }),
     )
 }

@@ -474,10 +474,14 @@ pub(super) async fn plan_add(
     Path(plan): Path<String>,
     JsonBody(body): JsonBody<AddPlanModule>,
 ) -> Result<Json<PlanModuleAdded>, ApiError> {
-    let synced = lifecycle(&state)?
+    let (added, synced) = lifecycle(&state)?
         .plan_add_module(&plan, &body.module, &caller.actor())
         .await?;
-    Ok(Json(PlanModuleAdded { plan, synced }))
+    Ok(Json(PlanModuleAdded {
+        plan,
+        added,
+        synced,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,5 +611,7 @@ pub struct MaturityMoved {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlanModuleAdded {
     pub plan: String,
+    /// False when the module was in the plan already (the sync ran all the same).
+    pub added: bool,
     pub synced: Vec<crate::store::domain::PlanSynced>,
 }

@@ -98,23 +98,7 @@ pub(super) async fn record(
     let now = Utc::now();
     let mut entries = Vec::with_capacity(records.len());
     for (i, r) in records.into_iter().enumerate() {
-        let bad = |why: &str| ApiError::bad_request(format!("entry {i}: {why}"));
-        if r.route.is_empty() || r.route.chars().count() > 500 || r.route.contains('\0') {
-            return Err(bad("route must be 1 to 500 characters, without NUL"));
-        }
-        if r.tokens < 0 || r.row_count < 0 || r.latency_ms < 0 {
-            return Err(bad("tokens, row_count and latency_ms cannot be negative"));
-        }
-        if r.estimated_cost.is_sign_negative() || r.estimated_cost.scale() > 6 {
-            return Err(bad(
-                "estimated_cost must be 0 or more, with at most 6 decimal places",
-            ));
-        }
-        let at = r.at.unwrap_or(now);
-        if at > now + chrono::Duration::minutes(5) {
-            return Err(bad("`at` is in the future"));
-        }
-        entries.push(UsageEntry {
+        let entry = UsageEntry {
             tenant_id: id,
             module: module.clone(),
             route: r.route,
@@ -122,8 +106,14 @@ pub(super) async fn record(
             row_count: r.row_count,
             estimated_cost: r.estimated_cost,
             latency_ms: r.latency_ms,
-            at,
-        });
+            at: r.at.unwrap_or(now),
+        };
+        let bad = |why: String| ApiError::bad_request(format!("entry {i}: {why}"));
+        crate::store::data::check_usage(&entry).map_err(|e| bad(e.to_string()))?;
+        if entry.at > now + chrono::Duration::minutes(5) {
+            return Err(bad("`at` is in the future".into()));
+        }
+        entries.push(entry);
     }
     let recorded = state.store.usage_record(&entries).await?;
     Ok((

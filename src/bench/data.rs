@@ -83,7 +83,7 @@ pub(super) async fn purge_export(fresh: &FreshStore, rows: usize) -> Result<Valu
     loop {
         let batch = fresh
             .store
-            .module_rows_purge(&table, "benchdata", 1, Some(before), PURGE_BATCH)
+            .module_rows_purge(&table, "benchdata", 1, Some(before), None, PURGE_BATCH)
             .await
             .map_err(err)?;
         deleted += batch;

@@ -95,7 +95,7 @@ pub(crate) async fn run(settings: &Settings, args: &DemoArgs) -> Result<(), CliE
     dashboard(settings, &store, args, &shutdown, retry_me).await?;
     out!(
         "  enqueued {} sample jobs; job {dead} fails for good, job {flaky} retries then dies",
-        enqueued.len() + 2
+        enqueued.len() + [dead, retry_me, flaky].len()
     );
     let steward = invocation();
     out!("  try, in another terminal (in this directory):");

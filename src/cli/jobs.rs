@@ -247,11 +247,14 @@ pub(crate) async fn jobs(settings: &Settings, command: JobsCommand) -> Result<()
             "discarded",
             store.jobs_discard(&by_ids(ids)).await?.count,
         ),
-        JobsCommand::Cancel { ids } => report(
-            settings,
-            "cancelled",
-            store.jobs_cancel(&by_ids(ids)).await?.count,
-        ),
+        JobsCommand::Cancel { ids } => {
+            // A workflow step's job is cancelled through its run.
+            let kinds = super::load_kinds(settings)?;
+            let engine = super::load_engine(settings, store, &kinds)?;
+            let operator = crate::lifecycle::operator::Operator::new(engine);
+            let count = operator.cancel_jobs(&ids, &super::operator_actor()).await?;
+            report(settings, "cancelled", count)
+        }
         JobsCommand::Counts => output::listing(
             settings.output,
             &["queue", "state", "count"],

@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// `steward --version`: the binary's version and its schema's.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 24)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (schema 25)");
 
 /// steward: durable jobs and workflows for a SaaS module lifecycle.
 #[derive(Debug, Parser)]
@@ -166,7 +166,8 @@ impl CliError {
             | CliError::Engine(crate::workflow::EngineError::InvalidParams { .. }) => 2,
             CliError::Runtime(crate::queue::RuntimeError::Config(_)) => 2,
             CliError::Client(crate::ClientError::UnknownKind(_))
-            | CliError::Client(crate::ClientError::InvalidPayload { .. }) => 2,
+            | CliError::Client(crate::ClientError::InvalidPayload { .. })
+            | CliError::Client(crate::ClientError::InvalidOption(_)) => 2,
             CliError::Store(StoreError::InvalidInput(_)) => 2,
             CliError::Store(StoreError::Domain(
                 crate::domain::DomainError::InvalidIdentifier { .. },

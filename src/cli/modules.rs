@@ -466,7 +466,31 @@ pub(crate) async fn plan(settings: &Settings, command: PlanCommand) -> Result<()
             return Ok(());
         }
         PlanCommand::AddModule { plan, module } => {
-            life.plan_add_module(&plan, &module, &actor()).await?
+            let (added, summary) = life.plan_add_module(&plan, &module, &actor()).await?;
+            let synced: u64 = summary.iter().map(|line| line.synced).sum();
+            for line in summary
+                .iter()
+                .filter(|l| l.skipped_missing_dependencies > 0)
+            {
+                eprintln!(
+                    "skipped {} tenant(s): {}",
+                    line.skipped_missing_dependencies,
+                    line.skipped_reason.clone().unwrap_or_default()
+                );
+            }
+            if !added && synced == 0 {
+                return Err(CliError::Failed(format!(
+                    "plan {plan}: module {module} was in it already, and no tenant lacked it \
+                     (nothing done)"
+                )));
+            }
+            let what = if added { "added" } else { "was in it already" };
+            output::done(
+                settings.output,
+                format!("plan {plan}: module {module} {what}; {synced} tenant(s) given it"),
+                json!({"plan": plan, "module": module, "added": added, "synced": summary}),
+            );
+            return Ok(());
         }
         PlanCommand::RemoveModule { plan, module } => {
             let removed = store

@@ -353,6 +353,8 @@ pub(super) struct Done {
     #[serde(default)]
     done: String,
     n: Option<u64>,
+    /// How many matching jobs a bulk action left as they were.
+    refused: Option<u64>,
 }
 
 impl Done {
@@ -365,9 +367,16 @@ impl Done {
             "cancel" => "cancelled",
             _ => return None,
         };
-        Some(match self.n {
+        let done = match self.n {
             Some(n) => format!("{verb} {n} job(s)"),
             None => format!("{verb}: done"),
+        };
+        Some(match self.refused {
+            Some(refused) if refused > 0 => format!(
+                "{done}; {refused} left as they were (their runs may not be retried: \
+                 see each job)"
+            ),
+            _ => done,
         })
     }
 }
@@ -449,6 +458,11 @@ pub(super) async fn bulk(
         };
         return Ok(render(&format!("{label} dead jobs?"), &caller, body).into_response());
     }
-    let n = api_jobs::act_on_dead(&state, &caller, filter, &action).await?;
-    Ok(Redirect::to(&format!("/dashboard/dead?done={}&n={n}", url(&action))).into_response())
+    let (n, refused) = api_jobs::act_on_dead(&state, &caller, filter, &action).await?;
+    Ok(Redirect::to(&format!(
+        "/dashboard/dead?done={}&n={n}&refused={}",
+        url(&action),
+        refused.len()
+    ))
+    .into_response())
 }

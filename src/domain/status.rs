@@ -157,8 +157,38 @@ pub fn check_reenable(
             module: module.to_string(),
             reason: "it is in ERROR".into(),
         }),
-        (other, _) => other.check_move(Enabled),
+        // Only what was turned off or suspended is turned back on: a module on its way in
+        // (PROVISIONING: its tables may not exist yet), in use or upgrading is refused.
+        (other, _) => Err(DomainError::InvalidTransition {
+            what: "tenant module (only a DISABLED or SUSPENDED module is turned back on)",
+            from: other.as_str(),
+            to: Enabled.as_str(),
+        }),
     }
+}
+
+/// May `actor` archive `module` (now `status`, turned off from `disabled_from`)? A
+/// suspended module (or one turned off while suspended) is archived by a Master Admin only:
+/// an archived module is requested again, which would lift the suspension.
+pub fn check_archive(
+    module: &str,
+    status: TenantModuleStatus,
+    disabled_from: Option<TenantModuleStatus>,
+    actor: &Actor,
+) -> Result<(), DomainError> {
+    use TenantModuleStatus::*;
+    let suspended = matches!(
+        (status, disabled_from),
+        (Suspended, _) | (Disabled, Some(Suspended))
+    );
+    if suspended && !actor.is_operator() {
+        return Err(DomainError::NotPermitted {
+            what: format!("archiving `{module}`"),
+            reason: "it is suspended: only a Master Admin archives it (or lifts the suspension)"
+                .into(),
+        });
+    }
+    status.check_move(Archived)
 }
 
 /// May a tenant request a module again, given its record (`None`: it never had it)? A new
@@ -385,6 +415,22 @@ mod tests {
             code(check_reenable("m", Disabled, Some(Enabled), true, &admin)),
             Err("not_permitted")
         );
+        // Nothing that is not off is turned "back" on, whoever asks.
+        for status in [
+            Requested,
+            PendingApproval,
+            Provisioning,
+            Enabled,
+            UpToDate,
+            Upgrading,
+            Archived,
+        ] {
+            assert_eq!(
+                code(check_reenable("m", status, None, false, &admin)),
+                Err("invalid_transition"),
+                "{status}"
+            );
+        }
     }
 
     #[test]

@@ -249,7 +249,8 @@ impl Lifecycle {
     /// starts the `module_deprecation` run that notifies every impacted tenant by webhook
     /// and then applies the retirement (`force`: retired by policy, tenants still using it
     /// are SUSPENDED). Asking again for the maturity the module already has starts the run
-    /// if a crash kept it from starting, and otherwise returns the same run. Returns the
+    /// if a crash kept it from starting, and otherwise returns the same run (a forced
+    /// retirement after a plain one starts its own). Returns the
     /// previous maturity and the run.
     pub async fn set_maturity(
         &self,
@@ -276,32 +277,42 @@ impl Lifecycle {
         if !notifies {
             return Ok((from, None));
         }
+        // A forced retirement asked after a plain one is a run of its own: the plain run's
+        // key would return that run, which suspends no one.
+        let key = match force {
+            true => format!("{slug}:{to}:forced"),
+            false => format!("{slug}:{to}"),
+        };
         let (run, _) = self
             .engine
             .start(
                 DEPRECATION_WORKFLOW,
                 json!({"module": slug.as_str(), "maturity": to.to_string(), "force": force}),
-                Some(format!("{slug}:{to}")),
+                Some(key),
             )
             .await?;
         Ok((from, Some(run)))
     }
 
     /// Add a module to a plan and sync it to the plan's active subscribers (their
-    /// provisioning runs are started by the reconciler of `steward worker`).
+    /// provisioning runs are started by the reconciler of `steward worker`). Returns whether
+    /// it was added (false: it was in the plan already) and the sync's summary.
     pub async fn plan_add_module(
         &self,
         plan: &str,
         slug: &str,
         actor: &Actor,
-    ) -> Result<Vec<PlanSynced>, LifecycleError> {
+    ) -> Result<(bool, Vec<PlanSynced>), LifecycleError> {
         let slug = Slug::parse(slug)?;
         master_only(actor, format!("adding `{slug}` to a plan"))?;
-        self.store
+        let added = self
+            .store
             .plan_add_module(plan, slug.as_str(), actor.as_str())
             .await?;
-        self.sync_plans(Some(plan), Some(slug.as_str()), actor)
-            .await
+        let synced = self
+            .sync_plans(Some(plan), Some(slug.as_str()), actor)
+            .await?;
+        Ok((added, synced))
     }
 
     /// Sync plan modules to tenants with an active subscription (one plan or all, one module

@@ -5,14 +5,18 @@
 //!   module is requested again (the availability rules run again). Other workflows that
 //!   only an operation starts are retried by a Master Admin only.
 //! - Cancelling a run compensates its completed steps (see [`Engine::cancel`]); a cancelled
-//!   provisioning leaves its module in ERROR, "cancelled by <who>".
+//!   provisioning leaves its module in ERROR, "cancelled by <who>". A run that only an
+//!   operation starts is cancelled by a Master Admin, except the tenant's own operations
+//!   (its module's provisioning, its archive): a tenant cannot stop its nightly purge.
+//! - A live job that is a workflow step is cancelled **through its run**, under the same
+//!   rules (cancelling the job alone would fail the run, uncompensated by any rule).
 //! - A dead (or cancelled) job that is a workflow step is retried **through its run**: the
 //!   run resumes from its failed step, under the same rules as a run retry, and the dead job
 //!   leaves the dead-letter queue. A retry that applies to nothing is an error, never a
 //!   success.
 
-use super::request::provisioning_ended;
-use super::{LifecycleError, PROVISION_WORKFLOW};
+use super::request::{pending_request_withdrawn, provisioning_ended};
+use super::{ARCHIVE_WORKFLOW, LifecycleError, PROVISION_WORKFLOW};
 use crate::domain::DomainError;
 use crate::domain::actor::{Actor, Authority};
 use crate::store::runs::RunId;
@@ -123,9 +127,28 @@ impl Operator {
     }
 
     /// Cancel a run: its completed steps are compensated, then it is `cancelled`. A cancelled
-    /// provisioning leaves its module in ERROR ("cancelled by <who>").
+    /// provisioning leaves its module in ERROR ("cancelled by <who>"), or, while it waited for
+    /// approval, withdraws the request (DISABLED before approval: requested again).
     pub async fn cancel_run(&self, id: RunId, actor: &Actor) -> Result<(), LifecycleError> {
         let run = self.engine.run(id).await?;
+        let operation = self
+            .engine
+            .workflows()
+            .get(&run.workflow)
+            .and_then(|def| def.operation.clone());
+        let tenants_own = [PROVISION_WORKFLOW, ARCHIVE_WORKFLOW].contains(&run.workflow.as_str());
+        if let Some(operation) = operation
+            && !tenants_own
+            && actor.authority != Authority::MasterAdmin
+        {
+            return Err(DomainError::NotPermitted {
+                what: format!("cancelling run {id} of `{}`", run.workflow),
+                reason: format!(
+                    "it is started by the {operation} operation; a Master Admin cancels it"
+                ),
+            }
+            .into());
+        }
         self.engine.cancel(id, actor.as_str()).await?;
         if run.workflow == PROVISION_WORKFLOW {
             let tenant = run.params["tenant_id"].as_i64().or_else(|| {
@@ -135,11 +158,51 @@ impl Operator {
             });
             if let (Some(tenant), Some(module)) = (tenant, run.params["module"].as_str()) {
                 let reason = format!("provisioning run {id} cancelled by {}", actor.as_str());
-                provisioning_ended(self.engine.store(), tenant, module, &reason, actor, None)
-                    .await?;
+                let store = self.engine.store();
+                provisioning_ended(store, tenant, module, &reason, actor, None).await?;
+                pending_request_withdrawn(store, tenant, module, &reason, actor).await?;
             }
         }
         Ok(())
+    }
+
+    /// Cancel the live jobs `ids`: a workflow step's job through its run
+    /// ([`Operator::cancel_run`]), every other job directly. Returns how many jobs and runs
+    /// were cancelled; a job or run refused stops the call with its reason.
+    pub async fn cancel_jobs(&self, ids: &[JobId], actor: &Actor) -> Result<u64, LifecycleError> {
+        let store = self.engine.store();
+        let mut plain = Vec::new();
+        let mut runs = std::collections::BTreeSet::new();
+        for &id in ids {
+            let Some(job) = store.job_get(id).await? else {
+                continue;
+            };
+            let live = matches!(
+                job.state,
+                JobState::Scheduled | JobState::Available | JobState::Running | JobState::Retryable
+            );
+            match self.engine.run_of_job(&job.kind, &job.payload) {
+                Some(run) if live => {
+                    runs.insert(run);
+                }
+                _ => plain.push(id),
+            }
+        }
+        let mut cancelled = 0;
+        for run in runs {
+            self.cancel_run(run, actor).await?;
+            cancelled += 1;
+        }
+        if !plain.is_empty() {
+            cancelled += store
+                .jobs_cancel(&JobFilter {
+                    ids: plain,
+                    ..Default::default()
+                })
+                .await?
+                .count;
+        }
+        Ok(cancelled)
     }
 
     /// Retry the jobs `filter` matches: workflow-step jobs that are dead or cancelled through
@@ -206,17 +269,9 @@ impl Operator {
                 .count;
         }
         for (run, jobs) in runs {
+            // The retry queues a new job for the step, and the dead one leaves the DLQ.
             match self.retry_run(run, actor).await {
-                Ok(()) => {
-                    retried.runs.push(run);
-                    // The run queued a new job for the step: the dead one leaves the DLQ.
-                    store
-                        .jobs_discard(&JobFilter {
-                            ids: jobs,
-                            ..Default::default()
-                        })
-                        .await?;
-                }
+                Ok(()) => retried.runs.push(run),
                 Err(err) => retried
                     .refused
                     .push(format!("jobs {jobs:?} belong to run {run}: {err}")),

@@ -15,8 +15,9 @@
 //! - `purge.delete`: only then, exactly those rows, in batches of [`PURGE_BATCH`] (each its own
 //!   transaction). Before each table it checks that no more rows match than were exported
 //!   (rows can only have gone, by an earlier attempt of this step), so a retried step goes on
-//!   where it stopped and never deletes a row that is not in the export. Then it lifts the
-//!   hold.
+//!   where it stopped and never deletes a row that is not in the export. Each batch deletes
+//!   only while the run's hold is on (a cancel's `purge.release` waits for the batch, and the
+//!   next one deletes nothing). Then it lifts the hold.
 //! - `archive.export`: every row of the tenant's module, with the same export.
 
 use super::steps::tenant_module_params;
@@ -26,7 +27,7 @@ use crate::domain::status::TenantModuleStatus;
 use crate::export::csv_stream::{ExportFailure, ExportReport, export_rows};
 use crate::export::{ExportError, SharedExports, object_key};
 use crate::queue::JobError;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreError};
 use crate::workflow::{StepContext, StepFuture, StepRegistry};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
@@ -148,7 +149,13 @@ fn purge_hold(ctx: StepContext<'_>) -> StepFuture<'_> {
         if !placed {
             return Err(JobError::snooze(HOLD_RETRY));
         }
-        Ok(json!({"held_before": before.to_rfc3339()}))
+        // The input goes on to the next step.
+        let mut output = ctx.input.clone();
+        if !output.is_object() {
+            output = json!({});
+        }
+        output["held_before"] = json!(before.to_rfc3339());
+        Ok(output)
     })
 }
 
@@ -235,10 +242,22 @@ fn purge_delete(ctx: StepContext<'_>) -> StepFuture<'_> {
             }
             let mut deleted = 0;
             loop {
+                // The hold gone (the run was cancelled meanwhile), nothing more goes.
                 let batch = ctx
                     .store()
-                    .module_rows_purge(&table, &module, tenant_id, Some(before), PURGE_BATCH)
-                    .await?;
+                    .module_rows_purge(
+                        &table,
+                        &module,
+                        tenant_id,
+                        Some(before),
+                        Some(ctx.run_id),
+                        PURGE_BATCH,
+                    )
+                    .await
+                    .map_err(|err| match err {
+                        StoreError::Stale(message) => JobError::Fatal(message),
+                        other => other.into(),
+                    })?;
                 deleted += batch;
                 if batch < PURGE_BATCH {
                     break;

@@ -365,6 +365,32 @@ impl Lifecycle {
 /// moves from PROVISIONING to ERROR with `reason` (it is requested again). A module that
 /// already left PROVISIONING, or changed since `unchanged_since` (the record the decision
 /// read), is left as it is.
+/// A provisioning run that waited for approval was cancelled: the request is withdrawn with
+/// it (DISABLED before approval, so it is requested again, never approved into a cancelled
+/// run). Nothing to do when the module is no longer pending (rejected or approved meanwhile).
+pub(crate) async fn pending_request_withdrawn(
+    store: &crate::store::SharedStore,
+    tenant_id: TenantId,
+    module: &str,
+    reason: &str,
+    actor: &Actor,
+) -> Result<(), LifecycleError> {
+    let change = StatusChange::new(
+        tenant_id,
+        module,
+        Some(TenantModuleStatus::PendingApproval),
+        TenantModuleStatus::Disabled,
+        actor.as_str(),
+        "module.withdraw",
+    )
+    .because(reason);
+    match store.tenant_module_move(&change).await {
+        Ok(_) => Ok(()),
+        Err(crate::store::StoreError::Domain(DomainError::InvalidTransition { .. })) => Ok(()),
+        Err(other) => Err(other.into()),
+    }
+}
+
 pub(crate) async fn provisioning_ended(
     store: &crate::store::SharedStore,
     tenant_id: TenantId,

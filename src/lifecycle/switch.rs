@@ -259,7 +259,8 @@ impl Lifecycle {
         Ok(false)
     }
 
-    /// Archive a DISABLED or SUSPENDED tenant module: starts the `module_archive` run, which
+    /// Archive a DISABLED or SUSPENDED tenant module (a suspended one by a Master Admin only):
+    /// starts the `module_archive` run, which
     /// exports the tenant's rows to the export storage, verifies them, and only then removes
     /// them. Refused, as a disable is, while a module that depends on it is in use or on its
     /// way in (a suspended one may have such). Who asked is in the audit log with the run.
@@ -271,7 +272,7 @@ impl Lifecycle {
     ) -> Result<RunId, LifecycleError> {
         let slug = Slug::parse(slug)?;
         let current = self.tenant_module(tenant_id, &slug).await?;
-        current.status.check_move(TenantModuleStatus::Archived)?;
+        status::check_archive(slug.as_str(), current.status, current.disabled_from, actor)?;
         // (Checked again by the run's last step, as it removes the data.)
         let (dependants, _) = dependants(&self.store, tenant_id, &slug).await?;
         status::check_no_dependants(slug.as_str(), &dependants)?;

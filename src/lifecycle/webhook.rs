@@ -312,17 +312,14 @@ impl WebhookSender {
         {
             // Stored plain before sealing existed: sealed now (once), so the database stops
             // holding it in the clear.
+            // Only if it is still the secret read: an endpoint replaced meanwhile stays.
             let resealed = match key.seal(&secret) {
-                Ok(sealed) => {
-                    let sealed = crate::store::data::WebhookTarget {
-                        url: target.url.clone(),
-                        secret: sealed,
-                    };
-                    ctx.store
-                        .tenant_set_webhook(args.tenant_id, Some(&sealed))
-                        .await
-                        .map_err(|e| e.to_string())
-                }
+                Ok(sealed) => ctx
+                    .store
+                    .tenant_webhook_reseal(args.tenant_id, &target.secret, &sealed)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(error) = resealed {

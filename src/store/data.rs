@@ -78,14 +78,17 @@ pub trait DataStore: Send + Sync {
 
     /// Delete at most `limit` of those rows, in one transaction of its own, without a row
     /// audit each (the purge is audited once, by its caller: the rows are in the export).
-    /// While `module`'s purge hold is on the tenant, only rows as they were when it was
-    /// placed (see [`DataStore::purge_hold`]). Returns how many went.
+    /// With `hold`, only while that run's purge hold is on the tenant module (its release
+    /// waits for the batch), and only rows as they were when it was placed (see
+    /// [`DataStore::purge_hold`]); the hold gone, [`super::StoreError::Stale`] and nothing deleted,
+    /// unless nothing was left to delete. Returns how many went.
     async fn module_rows_purge(
         &self,
         table: &ModuleTable,
         module: &str,
         tenant: TenantId,
         before: Option<DateTime<Utc>>,
+        hold: Option<RunId>,
         limit: u64,
     ) -> StoreResult<u64>;
 
@@ -149,21 +152,46 @@ pub trait DataStore: Send + Sync {
         tenant: TenantId,
         target: Option<&WebhookTarget>,
     ) -> StoreResult<()>;
+
+    /// Replace a tenant's webhook secret `read` (stored in the clear) by `sealed`, only if it
+    /// is still `read`: false when the endpoint was replaced meanwhile (left as it is).
+    async fn tenant_webhook_reseal(
+        &self,
+        tenant: TenantId,
+        read: &str,
+        sealed: &str,
+    ) -> StoreResult<bool>;
 }
 
-/// Refuse a usage entry the cost table could not hold exactly: a negative or over-precise
-/// cost, negative counts, an invalid module slug.
-pub(crate) fn check_usage(entry: &UsageEntry) -> StoreResult<()> {
+/// The most tokens, rows or latency (ms) one usage entry records.
+pub const USAGE_COUNT_MAX: i64 = 1_000_000_000;
+
+/// The highest cost one usage entry records. With [`USAGE_COUNT_MAX`], a month's sums of a
+/// tenant module cannot overflow their columns, however many entries arrive.
+pub const USAGE_COST_MAX: i64 = 1_000_000;
+
+/// Refuse a usage entry the cost tables could not hold exactly, the one home of that rule
+/// (the API reports it per entry, and also refuses a time in the future): an invalid module
+/// slug or route; a negative, over-precise or too large cost; negative or too large counts.
+pub fn check_usage(entry: &UsageEntry) -> StoreResult<()> {
+    let refuse = |why: String| Err(super::StoreError::InvalidInput(why));
     crate::domain::ident::Slug::parse(&entry.module)?;
-    if entry.estimated_cost.is_sign_negative() || entry.estimated_cost.normalize().scale() > 6 {
-        return Err(super::StoreError::InvalidInput(format!(
-            "estimated cost {} must be at least 0 with at most 6 decimal places",
-            entry.estimated_cost
-        )));
+    if entry.route.is_empty() || entry.route.chars().count() > 500 || entry.route.contains('\0') {
+        return refuse("route must be 1 to 500 characters, without NUL".into());
     }
-    if entry.tokens < 0 || entry.row_count < 0 || entry.latency_ms < 0 {
-        return Err(super::StoreError::InvalidInput(
-            "tokens, row count and latency must not be negative".into(),
+    let cost = entry.estimated_cost;
+    if cost.is_sign_negative()
+        || cost.normalize().scale() > 6
+        || cost > rust_decimal::Decimal::from(USAGE_COST_MAX)
+    {
+        return refuse(format!(
+            "estimated_cost {cost} must be 0 to {USAGE_COST_MAX}, with at most 6 decimal places"
+        ));
+    }
+    let counts = [entry.tokens, entry.row_count, i64::from(entry.latency_ms)];
+    if counts.iter().any(|n| !(0..=USAGE_COUNT_MAX).contains(n)) {
+        return refuse(format!(
+            "tokens, row_count and latency_ms must be 0 to {USAGE_COUNT_MAX}"
         ));
     }
     Ok(())

@@ -29,10 +29,13 @@ impl<S: SqlStore> ControlStore for S {
                 queue
             ))
             .await?;
-        if let Some(row) = &current
-            && row.flag("paused")? == paused
-        {
-            let version = row.int("version")?;
+        // Already so (a queue never paused is running): nothing changes.
+        let unchanged = match &current {
+            Some(row) => (row.flag("paused")? == paused).then(|| row.int("version")),
+            None => (!paused).then_some(Ok(0)),
+        };
+        if let Some(version) = unchanged {
+            let version = version?;
             tx.commit().await?;
             return Ok(QueueChange {
                 version,

@@ -50,6 +50,26 @@ pub(crate) fn purge_lock(module: &str, tenant: &str) -> String {
     format!("hashtext(current_schema() || '.' || {module}), ({tenant} % 2147483647)::int4")
 }
 
+/// How many of `tenant`'s rows `table` holds (created before `before`, when given).
+async fn rows_count(
+    conn: &mut dyn Conn,
+    table: &ModuleTable,
+    tenant: TenantId,
+    before: Option<DateTime<Utc>>,
+) -> StoreResult<u64> {
+    let sql = sql!(
+        format!(
+            "SELECT count(*) AS n FROM {} WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR created_at < $2)",
+            table.quoted()
+        ),
+        tenant,
+        Arg::RowTime(before)
+    );
+    let count = conn.fetch_one(sql).await?.int("n")?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
 #[async_trait]
 impl<S: SqlStore> DataStore for S {
     async fn retention_targets(&self) -> StoreResult<Vec<RetentionTarget>> {
@@ -100,17 +120,7 @@ impl<S: SqlStore> DataStore for S {
         tenant: TenantId,
         before: Option<DateTime<Utc>>,
     ) -> StoreResult<u64> {
-        let sql = sql!(
-            format!(
-                "SELECT count(*) AS n FROM {} WHERE tenant_id = $1 \
-                 AND ($2 IS NULL OR created_at < $2)",
-                table.quoted()
-            ),
-            tenant,
-            Arg::RowTime(before)
-        );
-        let count = self.read().await?.fetch_one(sql).await?.int("n")?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        rows_count(&mut *self.read().await?, table, tenant, before).await
     }
 
     async fn module_rows_purge(
@@ -119,28 +129,63 @@ impl<S: SqlStore> DataStore for S {
         module: &str,
         tenant: TenantId,
         before: Option<DateTime<Utc>>,
+        hold: Option<RunId>,
         limit: u64,
     ) -> StoreResult<u64> {
         let mut tx = self.write().await?;
+        // Under `hold`, the hold is read and kept (PostgreSQL: the row locked shared, so its
+        // release waits for this batch; SQLite's write transaction keeps it anyway). Only row
+        // versions written before the hold go (`xmin` older than its transaction): a writer
+        // whose snapshot began before the hold did not see it, and what it wrote stays.
+        let mut xid_bound = String::new();
+        if let Some(run) = hold {
+            let lock = tx.dialect().pick("FOR SHARE", "");
+            let held = tx
+                .fetch_optional(sql!(
+                    format!(
+                        "SELECT purge_xid FROM tenant_modules \
+                         WHERE tenant_id = $1 AND module = $2 AND purge_run = $3 {lock}"
+                    ),
+                    tenant,
+                    module,
+                    run
+                ))
+                .await?;
+            match held {
+                Some(row) => {
+                    if let (Dialect::Postgres, Some(xid)) =
+                        (tx.dialect(), row.opt_int("purge_xid")?)
+                    {
+                        xid_bound =
+                            format!("AND age(xmin) >= age(({xid} % 4294967296)::text::xid)");
+                    }
+                }
+                // The hold was lifted (the run was cancelled or died): a row edited since
+                // could be deleted unexported. Nothing to delete is still nothing to do.
+                None => {
+                    let left = rows_count(&mut *tx, table, tenant, before).await?;
+                    if left > 0 {
+                        return Err(StoreError::Stale(format!(
+                            "run {run} no longer holds tenant {tenant}'s rows of `{module}`: \
+                             {left} rows of {table} not deleted"
+                        )));
+                    }
+                    return Ok(0);
+                }
+            }
+        }
         // The rows are in the export: the row audit trigger skips them.
         tx.privilege("purge", true).await?;
         // PostgreSQL: `ctid = ANY(ARRAY(...))` is a TID scan, each batch costs its own rows.
-        // Under a purge hold, only row versions written before the hold (`xmin` older than
-        // its transaction): a writer whose snapshot began before the hold did not see it, and
-        // what it wrote stays for the next purge. (SQLite's hold waited for every writer.)
         let sql = match tx.dialect() {
             Dialect::Postgres => sql!(
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE tenant_id = $1 \
-                     AND ($2::timestamp IS NULL OR created_at < $2::timestamp) \
-                     AND age(xmin) >= coalesce((SELECT age((purge_xid % 4294967296)::text::xid) \
-                         FROM tenant_modules WHERE tenant_id = $1 AND module = $4 \
-                           AND purge_xid IS NOT NULL), 0) \
-                     LIMIT $3))"
-                    .replace("{t}", &table.quoted()),
+                     AND ($2::timestamp IS NULL OR created_at < $2::timestamp) {xid} LIMIT $3))"
+                    .replace("{t}", &table.quoted())
+                    .replace("{xid}", &xid_bound),
                 tenant,
                 Arg::RowTime(before),
-                i64::try_from(limit).unwrap_or(i64::MAX),
-                module
+                i64::try_from(limit).unwrap_or(i64::MAX)
             ),
             Dialect::Sqlite => sql!(
                 "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE tenant_id = $1 \
@@ -442,5 +487,24 @@ impl<S: SqlStore> DataStore for S {
             return Err(StoreError::InvalidInput(format!("no tenant {tenant}")));
         }
         tx.commit().await
+    }
+
+    async fn tenant_webhook_reseal(
+        &self,
+        tenant: TenantId,
+        read: &str,
+        sealed: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let updated = tx
+            .execute(sql!(
+                "UPDATE tenants SET webhook_secret = $3 WHERE id = $1 AND webhook_secret = $2",
+                tenant,
+                read,
+                sealed
+            ))
+            .await?;
+        tx.commit().await?;
+        Ok(updated == 1)
     }
 }

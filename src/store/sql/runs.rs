@@ -14,6 +14,7 @@ use crate::store::sql::{Conn, Row, Sql, SqlStore, Tx, corrupt, parse, sql};
 use crate::store::{StoreError, StoreResult};
 use crate::types::{JobId, Lease, NewJob};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 const RUN_COLUMNS: &str = "id, workflow, params, state, current_step, idempotency_key, error, \
@@ -141,19 +142,37 @@ const FANNED_IN: &str = "SELECT s.run_id, s.idx FROM steward_run_steps s \
                        WHERE c.run_id = s.run_id AND c.idx = s.idx \
                          AND j.state NOT IN ('dead', 'cancelled'))";
 
+/// The jobs of a run's live steps (`$1`): its queued and waiting steps' jobs, and the
+/// children of its waiting fan-outs.
+const LIVE_STEP_JOBS: &str = "state IN ('scheduled', 'available', 'running', 'retryable') \
+     AND (id IN (SELECT s.job_id FROM steward_run_steps s \
+                 WHERE s.run_id = $1 AND s.state IN ('queued', 'waiting')) \
+          OR id IN (SELECT c.job_id FROM steward_run_children c \
+                    JOIN steward_run_steps s ON s.run_id = c.run_id AND s.idx = c.idx \
+                    WHERE c.run_id = $1 AND s.state = 'waiting'))";
+
 /// Stop a run's live steps: their jobs and a fanned-out step's live children are cancelled
 /// (a running handler is stopped at its next heartbeat, and its commit is fenced out), and
-/// the steps are pending again (a retry runs them).
-async fn stop_live_steps(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<()> {
+/// the steps are pending again (a retry runs them). Returns when the last of those attempts
+/// that were running has stopped, as the rescuer reckons it: when its lease ends (its worker
+/// stops it at its next heartbeat, which comes well before).
+async fn stop_live_steps(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<Option<DateTime<Utc>>> {
+    let running_until = conn
+        .fetch_one(sql!(
+            format!(
+                "SELECT max(lease_expires_at) AS until FROM steward_jobs \
+                 WHERE state = 'running' AND {LIVE_STEP_JOBS}"
+            ),
+            run_id
+        ))
+        .await?
+        .opt_time("until")?;
     conn.execute(sql!(
-        "UPDATE steward_jobs SET state = 'cancelled', finished_at = {now}, leased_by = NULL, \
-             lease_expires_at = NULL \
-         WHERE state IN ('scheduled', 'available', 'running', 'retryable') \
-           AND (id IN (SELECT s.job_id FROM steward_run_steps s \
-                       WHERE s.run_id = $1 AND s.state IN ('queued', 'waiting')) \
-                OR id IN (SELECT c.job_id FROM steward_run_children c \
-                          JOIN steward_run_steps s ON s.run_id = c.run_id AND s.idx = c.idx \
-                          WHERE c.run_id = $1 AND s.state = 'waiting'))",
+        format!(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = {{now}}, \
+                 leased_by = NULL, lease_expires_at = NULL \
+             WHERE {LIVE_STEP_JOBS}"
+        ),
         run_id
     ))
     .await?;
@@ -163,7 +182,7 @@ async fn stop_live_steps(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<()> 
         run_id
     ))
     .await?;
-    Ok(())
+    Ok(running_until)
 }
 
 /// How a run that cannot go on ends, the one home of that rule (a step failed or died, an
@@ -171,13 +190,16 @@ async fn stop_live_steps(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<()> 
 /// `compensations` to undo, the run is `compensating` and the latest such step's compensation
 /// is queued; without one it ends, pointing at its lowest dead step (else where it was):
 /// `cancelled` when an operator cancelled it and `failed` is false (the end of an undoing
-/// that went well), else `failed`. `error`, when given, becomes the run's error.
+/// that went well), else `failed`. `error`, when given, becomes the run's error. The
+/// compensation starts no sooner than `not_before`: when the attempts of the steps just
+/// stopped have surely ended, so that an undoing never runs beside what it undoes.
 async fn wind_down(
     conn: &mut dyn Conn,
     run_id: RunId,
     compensations: &[NextStep],
     error: Option<&str>,
     failed: bool,
+    not_before: Option<DateTime<Utc>>,
 ) -> StoreResult<()> {
     if let Some(next) = next_compensation(conn, run_id, compensations).await? {
         conn.execute(sql!(
@@ -189,7 +211,9 @@ async fn wind_down(
         .await?;
         // This points the run at the compensation; a retry resumes at the failed step (the
         // lowest dead or compensated one).
-        return queue_step(conn, run_id, next, StepState::Compensating).await;
+        let mut next = next.clone();
+        next.job.run_at = not_before.filter(|at| *at > Utc::now());
+        return queue_step(conn, run_id, &next, StepState::Compensating).await;
     }
     conn.execute(sql!(
         "UPDATE steward_runs SET error = coalesce($2, error), updated_at = {now}, \
@@ -565,15 +589,23 @@ impl<S: SqlStore> RunStore for S {
             step_error
         ))
         .await?;
-        let compensations = match dead.compensating {
+        let (compensations, not_before) = match dead.compensating {
             // A dead compensation stops the undoing: the run fails.
-            true => &[][..],
-            false => {
-                stop_live_steps(&mut *tx, dead.run_id).await?;
-                &compensations[..]
-            }
+            true => (&[][..], None),
+            false => (
+                &compensations[..],
+                stop_live_steps(&mut *tx, dead.run_id).await?,
+            ),
         };
-        wind_down(&mut *tx, dead.run_id, compensations, Some(&run_error), true).await?;
+        wind_down(
+            &mut *tx,
+            dead.run_id,
+            compensations,
+            Some(&run_error),
+            true,
+            not_before,
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -599,6 +631,19 @@ impl<S: SqlStore> RunStore for S {
             return Ok(false);
         }
         let redo: Vec<i64> = redo.iter().map(|&i| i64::from(i)).collect();
+        // The dead jobs of the steps run again (theirs, their compensations', their children)
+        // leave the dead-letter queue: each step gets a new job.
+        tx.execute(sql!(
+            "UPDATE steward_jobs SET state = 'cancelled', finished_at = {now} \
+             WHERE state = 'dead' AND id IN ( \
+                 SELECT job_id FROM steward_run_steps WHERE run_id = $1 AND idx = ANY($2) \
+                 UNION SELECT compensation_job_id FROM steward_run_steps \
+                     WHERE run_id = $1 AND idx = ANY($2) \
+                 UNION SELECT job_id FROM steward_run_children WHERE run_id = $1 AND idx = ANY($2))",
+            id,
+            &redo
+        ))
+        .await?;
         tx.execute(sql!(
             "UPDATE steward_run_steps SET state = 'pending', output = NULL, error = NULL, \
                  job_id = NULL, started_at = NULL, finished_at = NULL, compensation_job_id = NULL, \
@@ -748,7 +793,7 @@ impl<S: SqlStore> RunStore for S {
         if locked.is_none() {
             return Ok(false);
         }
-        stop_live_steps(&mut *tx, cancel.id).await?;
+        let not_before = stop_live_steps(&mut *tx, cancel.id).await?;
         tx.execute(sql!(
             "UPDATE steward_runs SET cancelled_by = $2 WHERE id = $1",
             cancel.id,
@@ -762,6 +807,7 @@ impl<S: SqlStore> RunStore for S {
             &cancel.compensations,
             Some(&error),
             false,
+            not_before,
         )
         .await?;
         tx.commit().await?;
@@ -1027,7 +1073,7 @@ impl StepTx for SqlStepTx {
         self.guard(run_id, idx, "running", "queued").await?;
         self.step_finished(run_id, idx, StepState::Dead, Some(output), Some(error))
             .await?;
-        stop_live_steps(&mut *self.tx, run_id).await?;
+        let not_before = stop_live_steps(&mut *self.tx, run_id).await?;
         let run_error = format!("step {idx} failed: {error}");
         wind_down(
             &mut *self.tx,
@@ -1035,6 +1081,7 @@ impl StepTx for SqlStepTx {
             &compensations,
             Some(&run_error),
             true,
+            not_before,
         )
         .await
     }
@@ -1107,7 +1154,7 @@ impl StepTx for SqlStepTx {
             .await?;
         // The next compensation, or the end: failed, or cancelled when an operator's cancel
         // started the compensation.
-        wind_down(&mut *self.tx, run_id, &compensations, None, false).await
+        wind_down(&mut *self.tx, run_id, &compensations, None, false, None).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
