@@ -607,7 +607,7 @@ fn module_lifecycle_from_the_command_line() {
     // no tenant lacking it, nothing was done (exit 1).
     ok(&["plan", "create", "pro", "Pro"]);
     let added = ok(&["plan", "add-module", "pro", "inventory"]);
-    assert!(added.contains("\"added\": true"), "{added}");
+    assert!(added.contains("\"added\":true"), "{added}");
     let (code, stderr) = failed(&run(&["plan", "add-module", "pro", "inventory"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("was in it already"), "{stderr}");

@@ -656,6 +656,17 @@ async fn a_purge_resumed_after_some_batches_deletes_the_rest_of_its_export(backe
         .await,
         0
     );
+    // The audit accounts for every exported row: the 4 the lost attempt deleted too.
+    let audit = t.store.audit_list(Some(a), 50).await.unwrap();
+    let purge = audit.iter().find(|r| r.action == "data.purge").unwrap();
+    let after = purge.after.as_ref().unwrap();
+    assert_eq!(
+        (
+            after["deleted_now"].clone(),
+            after["deleted_earlier"].clone()
+        ),
+        (json!(6), json!(4))
+    );
     t.cleanup().await;
 }
 

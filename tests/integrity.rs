@@ -34,6 +34,7 @@ per_backend!(
     a_cancelled_upgrade_compensates_and_leaves_no_tenant_upgrading,
     a_cancelled_provisioning_leaves_the_module_in_error_to_be_requested_again,
     a_tenant_cannot_cancel_the_runs_of_operations_it_does_not_own,
+    a_decision_whose_second_write_was_lost_still_takes_effect,
     a_rolled_back_upgrade_and_a_failed_migration_are_failed_runs,
     a_dead_step_job_is_retried_through_its_run,
     lifecycle_workflows_are_started_and_retried_only_through_their_operations,
@@ -689,6 +690,79 @@ async fn a_cancelled_provisioning_leaves_the_module_in_error_to_be_requested_aga
     assert_ne!(again.run, pending.run);
     let (_, run) = life.approve(tester, "chatbot", &master()).await.unwrap();
     assert_eq!(Some(run), again.run);
+    t.cleanup().await;
+}
+
+/// An approval, a rejection or an operator's cancel is two writes: the request's status,
+/// then its run (the approval's signal, the run cancelled) or the other way round. A crash
+/// between them (simulated by the first write alone) must not leave a tenant module stuck.
+async fn a_decision_whose_second_write_was_lost_still_takes_effect(backend: Backend) {
+    let t = fresh(backend).await;
+    publish(&t, &module("chatbot", Maturity::Alpha, &[])).await;
+    publish(&t, &module("labs", Maturity::Alpha, &[])).await;
+    publish(&t, &module("notes", Maturity::Alpha, &[])).await;
+    let a = tenant(&t, "a", true, false).await;
+    let life = life(&t);
+    let moved = |slug: &'static str, from, to| {
+        let store = t.store.clone();
+        async move {
+            store
+                .tenant_module_move(&StatusChange::new(
+                    a,
+                    slug,
+                    Some(from),
+                    to,
+                    "admin:root",
+                    "test",
+                ))
+                .await
+                .unwrap();
+        }
+    };
+
+    // Approved, the signal lost: the run finds its request PROVISIONING and goes on.
+    let approved = life.request(a, "chatbot", &tenant_admin()).await.unwrap();
+    moved("chatbot", PendingApproval, Provisioning).await;
+
+    // Withdrawn, the run not cancelled: requested again, its new run waits behind the old
+    // one (one run of a tenant module at a time) until the old one sees it serves nothing.
+    let first = life.request(a, "labs", &tenant_admin()).await.unwrap();
+    moved("labs", PendingApproval, Disabled).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = life.request(a, "labs", &tenant_admin()).await.unwrap();
+    assert_ne!(again.run, first.run);
+    life.approve(a, "labs", &master()).await.unwrap();
+
+    // Cancelled by an operator, the withdrawal lost: an approval finds the run ended, and
+    // withdraws the request instead of reporting a provisioning that will never run.
+    let cancelled = life.request(a, "notes", &tenant_admin()).await.unwrap();
+    engine(&t)
+        .cancel(cancelled.run.unwrap(), "admin:root")
+        .await
+        .unwrap();
+    let err = life.approve(a, "notes", &master()).await.unwrap_err();
+    assert_eq!(rule_code(err), "request_again");
+    assert_eq!(status(&t, a, "notes").await, Some(Disabled));
+
+    let running = workers(&t);
+    wait_for(&t, &[a], "chatbot", Enabled).await;
+    wait_for(&t, &[a], "labs", Enabled).await;
+    running.stop().await;
+    let old = t.store.run_get(first.run.unwrap()).await.unwrap().unwrap();
+    assert_eq!(old.state, RunState::Failed);
+    assert!(
+        old.error
+            .as_deref()
+            .is_some_and(|e| e.contains("rejected or withdrawn")),
+        "{old:?}"
+    );
+    let provisioned = t
+        .store
+        .run_get(approved.run.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(provisioned.state, RunState::Completed);
     t.cleanup().await;
 }
 

@@ -15,11 +15,11 @@
 //!   leaves the dead-letter queue. A retry that applies to nothing is an error, never a
 //!   success.
 
-use super::request::{pending_request_withdrawn, provisioning_ended};
+use super::request::{pending_request_withdrawn, provisioning_ended, provisioning_key};
 use super::{ARCHIVE_WORKFLOW, LifecycleError, PROVISION_WORKFLOW};
 use crate::domain::DomainError;
 use crate::domain::actor::{Actor, Authority};
-use crate::store::runs::RunId;
+use crate::store::runs::{RunId, RunRecord};
 use crate::types::{JobFilter, JobId, JobState};
 use crate::workflow::Engine;
 use std::collections::BTreeMap;
@@ -41,6 +41,13 @@ impl Retried {
     pub fn count(&self) -> u64 {
         self.jobs + self.runs.len() as u64
     }
+}
+
+/// What an operator does to a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Retry,
+    Cancel,
 }
 
 /// Run and job actions over the engine (no lifecycle workflows needed).
@@ -107,23 +114,39 @@ impl Operator {
             }
             .into());
         }
-        let operation = self
-            .engine
-            .workflows()
-            .get(&run.workflow)
-            .and_then(|def| def.operation.clone());
-        if let Some(operation) = operation
-            && actor.authority != Authority::MasterAdmin
-        {
-            return Err(DomainError::NotPermitted {
-                what: format!("retrying run {id} of `{}`", run.workflow),
-                reason: format!(
-                    "it is started by the {operation} operation; a Master Admin retries it"
-                ),
-            }
-            .into());
-        }
+        self.check_operation_run(&run, Act::Retry, actor)?;
         Ok(self.engine.retry(id).await?)
+    }
+
+    /// A run only an operation starts is retried or cancelled by a Master Admin; a tenant
+    /// cancels its own operations' runs (its module's provisioning, its archive) too.
+    fn check_operation_run(
+        &self,
+        run: &RunRecord,
+        act: Act,
+        actor: &Actor,
+    ) -> Result<(), LifecycleError> {
+        let Some(def) = self.engine.workflows().get(&run.workflow) else {
+            return Ok(());
+        };
+        let Some(operation) = &def.operation else {
+            return Ok(());
+        };
+        let tenants_own = [PROVISION_WORKFLOW, ARCHIVE_WORKFLOW].contains(&run.workflow.as_str());
+        if actor.authority == Authority::MasterAdmin || (act == Act::Cancel && tenants_own) {
+            return Ok(());
+        }
+        let (verb, verbs) = match act {
+            Act::Retry => ("retrying", "retries"),
+            Act::Cancel => ("cancelling", "cancels"),
+        };
+        Err(DomainError::NotPermitted {
+            what: format!("{verb} run {} of `{}`", run.id, run.workflow),
+            reason: format!(
+                "it is started by the {operation} operation; a Master Admin {verbs} it"
+            ),
+        }
+        .into())
     }
 
     /// Cancel a run: its completed steps are compensated, then it is `cancelled`. A cancelled
@@ -131,24 +154,7 @@ impl Operator {
     /// approval, withdraws the request (DISABLED before approval: requested again).
     pub async fn cancel_run(&self, id: RunId, actor: &Actor) -> Result<(), LifecycleError> {
         let run = self.engine.run(id).await?;
-        let operation = self
-            .engine
-            .workflows()
-            .get(&run.workflow)
-            .and_then(|def| def.operation.clone());
-        let tenants_own = [PROVISION_WORKFLOW, ARCHIVE_WORKFLOW].contains(&run.workflow.as_str());
-        if let Some(operation) = operation
-            && !tenants_own
-            && actor.authority != Authority::MasterAdmin
-        {
-            return Err(DomainError::NotPermitted {
-                what: format!("cancelling run {id} of `{}`", run.workflow),
-                reason: format!(
-                    "it is started by the {operation} operation; a Master Admin cancels it"
-                ),
-            }
-            .into());
-        }
+        self.check_operation_run(&run, Act::Cancel, actor)?;
         self.engine.cancel(id, actor.as_str()).await?;
         if run.workflow == PROVISION_WORKFLOW {
             let tenant = run.params["tenant_id"].as_i64().or_else(|| {
@@ -159,8 +165,16 @@ impl Operator {
             if let (Some(tenant), Some(module)) = (tenant, run.params["module"].as_str()) {
                 let reason = format!("provisioning run {id} cancelled by {}", actor.as_str());
                 let store = self.engine.store();
-                provisioning_ended(store, tenant, module, &reason, actor, None).await?;
-                pending_request_withdrawn(store, tenant, module, &reason, actor).await?;
+                // Only the request this run served: one made again since has a run of its own.
+                let served = store
+                    .tenant_module_get(tenant, module)
+                    .await?
+                    .filter(|current| Engine::started_with_key(&run, &provisioning_key(current)));
+                if let Some(current) = served {
+                    let read = Some(current.updated_at);
+                    provisioning_ended(store, tenant, module, &reason, actor, read).await?;
+                    pending_request_withdrawn(store, tenant, module, &reason, actor, read).await?;
+                }
             }
         }
         Ok(())

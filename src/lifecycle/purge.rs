@@ -275,8 +275,12 @@ fn purge_delete(ctx: StepContext<'_>) -> StepFuture<'_> {
                     Some(tenant_id),
                     Some(&module),
                     table.as_str(),
+                    // Earlier attempts of this step deleted the rest of the export (a
+                    // crash lost their audit): every exported row is gone now.
                     &json!({"before": before.to_rfc3339(), "export": report,
-                            "deleted_now": deleted, "run": ctx.run_id}),
+                            "deleted_now": deleted,
+                            "deleted_earlier": report.rows.saturating_sub(left),
+                            "run": ctx.run_id}),
                 )
                 .await?;
         }

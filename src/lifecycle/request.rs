@@ -131,12 +131,7 @@ impl Lifecycle {
         &self,
         module: &TenantModuleRecord,
     ) -> Result<RunId, LifecycleError> {
-        let key = format!(
-            "{PROVISION_WORKFLOW}:{}:{}:{}",
-            module.tenant_id,
-            module.module,
-            module.requested_at.timestamp_millis()
-        );
+        let key = provisioning_key(module);
         let (run, _) = self
             .engine
             .start(
@@ -158,6 +153,30 @@ impl Lifecycle {
         slug: &str,
         actor: &Actor,
     ) -> Result<(TenantModuleRecord, RunId), LifecycleError> {
+        // The run waiting for this decision has ended (an operator cancelled it, and a crash
+        // kept the request from being withdrawn with it): the request is withdrawn now, and
+        // made again, rather than "approved" into a run that will never provision it.
+        let pending = self.tenant_module(tenant_id, &Slug::parse(slug)?).await?;
+        if pending.status == TenantModuleStatus::PendingApproval {
+            let waiting = self
+                .engine
+                .run(self.start_provisioning(&pending).await?)
+                .await?;
+            if matches!(
+                waiting.state,
+                RunState::Cancelled | RunState::Failed | RunState::Completed
+            ) {
+                let reason = format!("its provisioning run {} is {}", waiting.id, waiting.state);
+                let read = Some(pending.updated_at);
+                pending_request_withdrawn(&self.store, tenant_id, slug, &reason, actor, read)
+                    .await?;
+                return Err(DomainError::RequestAgain {
+                    module: slug.to_string(),
+                    reason,
+                }
+                .into());
+            }
+        }
         let module = self
             .decide(
                 tenant_id,
@@ -361,10 +380,18 @@ impl Lifecycle {
     }
 }
 
-/// A provisioning that will not finish (its run failed or was cancelled): the tenant module
-/// moves from PROVISIONING to ERROR with `reason` (it is requested again). A module that
-/// already left PROVISIONING, or changed since `unchanged_since` (the record the decision
-/// read), is left as it is.
+/// The idempotency key of the provisioning run of `module`'s request: the tenant, the module
+/// and the request's time, so each request has one run, and a run knows whether the request
+/// it serves is still the tenant module's current one.
+pub(crate) fn provisioning_key(module: &TenantModuleRecord) -> String {
+    format!(
+        "{PROVISION_WORKFLOW}:{}:{}:{}",
+        module.tenant_id,
+        module.module,
+        module.requested_at.timestamp_millis()
+    )
+}
+
 /// A provisioning run that waited for approval was cancelled: the request is withdrawn with
 /// it (DISABLED before approval, so it is requested again, never approved into a cancelled
 /// run). Nothing to do when the module is no longer pending (rejected or approved meanwhile).
@@ -374,8 +401,9 @@ pub(crate) async fn pending_request_withdrawn(
     module: &str,
     reason: &str,
     actor: &Actor,
+    unchanged_since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), LifecycleError> {
-    let change = StatusChange::new(
+    let mut change = StatusChange::new(
         tenant_id,
         module,
         Some(TenantModuleStatus::PendingApproval),
@@ -384,6 +412,7 @@ pub(crate) async fn pending_request_withdrawn(
         "module.withdraw",
     )
     .because(reason);
+    change.unchanged_since = unchanged_since;
     match store.tenant_module_move(&change).await {
         Ok(_) => Ok(()),
         Err(crate::store::StoreError::Domain(DomainError::InvalidTransition { .. })) => Ok(()),
@@ -391,6 +420,10 @@ pub(crate) async fn pending_request_withdrawn(
     }
 }
 
+/// A provisioning that will not finish (its run failed or was cancelled): the tenant module
+/// moves from PROVISIONING to ERROR with `reason` (it is requested again). A module that
+/// already left PROVISIONING, or changed since `unchanged_since` (the record the decision
+/// read), is left as it is.
 pub(crate) async fn provisioning_ended(
     store: &crate::store::SharedStore,
     tenant_id: TenantId,

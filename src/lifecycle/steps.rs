@@ -18,7 +18,7 @@ use crate::domain::status::TenantModuleStatus;
 use crate::export::SharedExports;
 use crate::queue::JobError;
 use crate::store::StoreError;
-use crate::store::domain::{StatusChange, TenantId};
+use crate::store::domain::{StatusChange, TenantId, TenantModuleRecord};
 use crate::workflow::{StepContext, StepFuture, StepRegistry};
 use serde_json::{Value, json};
 
@@ -443,23 +443,53 @@ fn upgrade_abort(mut ctx: StepContext<'_>) -> StepFuture<'_> {
 /// `module.await_approval`: the run of a pending (ALPHA) request waits here, holding no
 /// worker, until the Master Admin approves it ([`super::Lifecycle::approve`] sends the
 /// `approval` signal, which no API caller may send); a rejection or a withdrawal cancels the
-/// run instead. Requests that need no approval pass at once.
+/// run instead. Requests that need no approval pass at once. Each wake-up also reads the
+/// request it serves, so a decision whose second write a crash lost still takes effect:
+/// approved (PROVISIONING) without the signal, it goes on; rejected or withdrawn (not this
+/// request any more) without its run cancelled, the run ends, and frees the tenant module's
+/// concurrency key for the request made again.
 fn await_approval(ctx: StepContext<'_>) -> StepFuture<'_> {
     Box::pin(async move {
         if ctx.params["approval"] != json!(true) {
             return Ok(json!({"approval": "not needed"}));
         }
-        match ctx
+        if let Some(signal) = ctx
             .store()
             .run_signal_get(ctx.run_id, super::APPROVAL_SIGNAL)
             .await?
         {
-            Some(signal) => Ok(json!({
+            return Ok(json!({
                 "approved_by": signal.sent_by,
                 "approved_at": signal.sent_at,
-            })),
-            // The approval wakes it at once; this bounds a wake-up lost in a crash.
-            None => Err(JobError::snooze(std::time::Duration::from_secs(60))),
+            }));
+        }
+        let (tenant_id, module) = tenant_module_params(&ctx)?;
+        let run = ctx.store().run_get(ctx.run_id).await?;
+        let request = ctx.store().tenant_module_get(tenant_id, &module).await?;
+        let serves = |record: &TenantModuleRecord| {
+            run.as_ref().is_some_and(|run| {
+                crate::workflow::Engine::started_with_key(
+                    run,
+                    &super::request::provisioning_key(record),
+                )
+            })
+        };
+        match request {
+            Some(record) if serves(&record) => match record.status {
+                // The approval wakes it at once; this bounds a wake-up lost in a crash.
+                TenantModuleStatus::PendingApproval => {
+                    Err(JobError::snooze(std::time::Duration::from_secs(60)))
+                }
+                TenantModuleStatus::Provisioning => Ok(json!({
+                    "approved_by": "(the approval's signal was lost: the request is PROVISIONING)",
+                })),
+                other => Err(JobError::Fatal(format!(
+                    "the request is {other}: nothing to provision"
+                ))),
+            },
+            _ => Err(JobError::Fatal(
+                "the request this run waited for was rejected or withdrawn".into(),
+            )),
         }
     })
 }

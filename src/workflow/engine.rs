@@ -376,6 +376,11 @@ impl Engine {
         }
     }
 
+    /// Whether `run` was started with idempotency key `key` (given to [`Engine::start`]).
+    pub fn started_with_key(run: &RunRecord, key: &str) -> bool {
+        run.idempotency_key.as_deref() == Some(stored_key(&run.workflow, key).as_str())
+    }
+
     /// Start a run. With an idempotency key that already has a run of this workflow, that
     /// run is returned (`false`: nothing new was started). Keys are stored as
     /// `<workflow>:<key>`.
@@ -398,9 +403,7 @@ impl Engine {
         let start = RunStart {
             workflow: def.name.clone(),
             params,
-            // Keys are unique per workflow: stored under the workflow's name (which holds no
-            // `:`), so a key given to one workflow can never take another's run.
-            idempotency_key: idempotency_key.map(|key| format!("{}:{key}", def.name)),
+            idempotency_key: idempotency_key.map(|key| stored_key(&def.name, &key)),
             concurrency_key,
             step_names: def.steps.iter().map(|s| s.name.clone()).collect(),
             version: def.version.clone(),
@@ -1077,4 +1080,10 @@ impl maintenance::Service for RunSweeper {
     async fn run_once(&self, _store: &SharedStore) -> StoreResult<u64> {
         self.engine.sweep_once().await
     }
+}
+
+/// A run's idempotency key as stored: under its workflow's name (which holds no `:`), so a
+/// key given to one workflow can never take another's run.
+fn stored_key(workflow: &str, key: &str) -> String {
+    format!("{workflow}:{key}")
 }
