@@ -1748,7 +1748,7 @@ async fn module_operations_reach_the_api_for_the_right_roles_only(backend: Backe
     assert_eq!(asked.status().as_u16(), 200);
     let asked = asked.text().await.unwrap();
     assert!(
-        asked.contains("Roll inventory back to its previous version for its")
+        asked.contains("Roll inventory's last upgrade back, for the tenants it upgraded")
             && asked.contains("id=\"confirm-rollback\""),
         "{asked}"
     );

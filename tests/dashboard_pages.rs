@@ -525,7 +525,8 @@ async fn an_operator_walks_through_every_page() {
     browser.wait_for("#confirm-upgrade").await;
     assert_eq!(
         browser.text("#confirm-what").await,
-        "Upgrade chatbot to 1.1.0 for its 1 tenant(s)?"
+        "Upgrade chatbot to 1.1.0 for its 1 tenant(s) in use (1 in all; the others catch up \
+         when they are turned back on)?"
     );
     browser.shot("upgrade-confirm").await;
     browser.submit("#confirm-upgrade").await;
@@ -544,7 +545,7 @@ async fn an_operator_walks_through_every_page() {
         browser
             .text("#confirm-what")
             .await
-            .starts_with("Roll chatbot back")
+            .starts_with("Roll chatbot's last upgrade back")
     );
     browser.submit("#confirm-rollback").await;
     browser.wait_for("#notice").await;

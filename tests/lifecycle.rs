@@ -1353,9 +1353,17 @@ async fn a_disabled_modules_data_is_frozen_and_archiving_exports_before_it_remov
         2
     );
     let audit = t.store.audit_list(Some(a), 10).await.unwrap();
+    // The final move names who asked (from the run's parameters: the request's own audit
+    // row is a write of its own, which a crash could lose).
+    let archived = audit
+        .iter()
+        .find(|e| e.action == "module.archive")
+        .expect("the archive is audited");
     assert!(
-        audit.iter().any(|e| e.action == "module.archive"),
-        "{audit:?}"
+        archived.after.as_ref().unwrap()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("asked by test")),
+        "{archived:?}"
     );
     // Who asked for the archive is recorded with its run.
     let asked = audit

@@ -196,13 +196,20 @@ async fn confirm_catalog_action(
     action: &str,
     form: &ActionForm,
 ) -> Result<Response, PageError> {
-    let tenants = state.store.module_tenants(module).await?.len();
+    let tenants = state.store.module_tenants(module).await?;
+    let moved = tenants.iter().filter(|m| m.status.takes_upgrades()).count();
     let what = match action {
         "upgrade" => format!(
-            "Upgrade {module} to {} for its {tenants} tenant(s)?",
-            form.version.trim()
+            "Upgrade {module} to {} for its {moved} tenant(s) in use ({} in all; the others \
+             catch up when they are turned back on)?",
+            form.version.trim(),
+            tenants.len()
         ),
-        _ => format!("Roll {module} back to its previous version for its {tenants} tenant(s)?"),
+        _ => format!(
+            "Roll {module}'s last upgrade back, for the tenants it upgraded ({} tenant(s) in \
+             all)?",
+            tenants.len()
+        ),
     };
     let body = html! {
         p id="confirm-what" { (what) }

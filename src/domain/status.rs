@@ -67,6 +67,15 @@ impl TenantModuleStatus {
         }
     }
 
+    /// A catalog upgrade moves this tenant (in use and not already upgrading); the others
+    /// catch up when they come back into use.
+    pub fn takes_upgrades(self) -> bool {
+        matches!(
+            self,
+            TenantModuleStatus::Enabled | TenantModuleStatus::UpToDate
+        )
+    }
+
     /// The module is in use: its tables exist and its triggers fire.
     pub fn is_active(self) -> bool {
         matches!(

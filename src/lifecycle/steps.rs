@@ -176,12 +176,7 @@ fn upgrade_begin(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             .module_tenants(&module)
             .await?
             .into_iter()
-            .filter(|m| {
-                matches!(
-                    m.status,
-                    TenantModuleStatus::Enabled | TenantModuleStatus::UpToDate
-                )
-            })
+            .filter(|m| m.status.takes_upgrades())
             .map(|m| (m.tenant_id, m.status))
             .collect();
         let reason = format!("upgrading to {wanted}");
@@ -367,6 +362,10 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
         let (dependants, read) = super::switch::dependants(ctx.store(), tenant_id, &slug).await?;
         crate::domain::status::check_no_dependants(&module, &dependants)
             .map_err(|rule| JobError::Fatal(rule.to_string()))?;
+        let reason = match ctx.params["requested_by"].as_str() {
+            Some(who) => format!("data exported, then removed (asked by {who})"),
+            None => "data exported, then removed".to_string(),
+        };
         let tx = ctx.tx().await?;
         // First the move, under the lock and only if nothing changed since the export (a
         // tenant that turned the module on and off again may have new rows): then exactly
@@ -380,7 +379,7 @@ fn archive_remove(mut ctx: StepContext<'_>) -> StepFuture<'_> {
             ARCHIVE_ACTOR,
             "module.archive",
         )
-        .because("data exported, then removed");
+        .because(&reason);
         change.provisioning = Some(&record);
         change.unchanged_since = Some(seen);
         change.tenant_seen = Some(&read);

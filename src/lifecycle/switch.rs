@@ -280,7 +280,9 @@ impl Lifecycle {
             .engine
             .start(
                 ARCHIVE_WORKFLOW,
-                json!({"tenant_id": tenant_id, "module": slug.as_str()}),
+                // Who asked travels with the run: its audit below is a write of its own.
+                json!({"tenant_id": tenant_id, "module": slug.as_str(),
+                       "requested_by": actor.as_str()}),
                 None,
             )
             .await?;
