@@ -27,8 +27,9 @@ pub enum ClientError {
 }
 
 /// The longest tenant or unique key a job carries, in characters. Both are indexed: a longer
-/// one could not be made `available` on PostgreSQL (an index entry is at most 2,704 bytes),
-/// and would stop the stager's every round behind it (`steward_jobs` checks it too).
+/// tenant could not be made `available` on PostgreSQL (an index entry is at most 2,704
+/// bytes), which would stop the stager's every round behind it (`steward_jobs` bounds the
+/// tenant too, for jobs enqueued in SQL); a unique key too long for its index fails its insert.
 pub const KEY_MAX_CHARS: usize = 200;
 
 fn check_key(what: &str, key: &str, empty_allowed: bool) -> Result<(), ClientError> {

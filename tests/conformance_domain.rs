@@ -1385,7 +1385,7 @@ async fn usage_out_of_bounds_is_refused_and_the_largest_entries_still_aggregate(
             ..largest()
         },
         UsageEntry {
-            estimated_cost: dec("1000000.000001"),
+            estimated_cost: Decimal::from(USAGE_COST_MAX) + dec("0.000001"),
             ..largest()
         },
         UsageEntry {

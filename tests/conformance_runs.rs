@@ -26,6 +26,7 @@ per_backend!(
     a_run_starts_once_per_key_and_waits_behind_its_concurrency_key,
     a_step_commits_its_effects_with_its_completion_and_the_next_job,
     a_dead_step_compensates_then_fails_and_a_retry_resumes_it,
+    a_retry_takes_the_runs_dead_jobs_out_of_the_dead_letter_queue,
     a_failed_outcome_commits_and_fails_or_compensates,
     a_cancel_compensates_or_ends_the_run_at_once,
     a_fanned_out_step_waits_for_every_child,
@@ -494,6 +495,47 @@ async fn a_dead_step_compensates_then_fails_and_a_retry_resumes_it(backend: Back
         (RunState::Running, 0)
     );
     complete(&t, run, 0, vec![next(1, false)]).await;
+    t.cleanup().await;
+}
+
+/// A retried run's dead jobs leave the DLQ: its dead step's (the step gets a new job) and a
+/// compensation's that died (its step stays completed: the retry resumes past it).
+async fn a_retry_takes_the_runs_dead_jobs_out_of_the_dead_letter_queue(backend: Backend) {
+    let t = fresh(backend).await;
+    let (run, _) = t.store.run_start(&start(None, None)).await.unwrap();
+    complete(&t, run, 0, vec![next(1, false)]).await;
+    let step = fetch_one(&t, "w").await;
+    kill(&t, &step, "w").await;
+    let dead = t.store.runs_dead_steps(10).await.unwrap();
+    assert!(
+        t.store
+            .run_step_died(&dead[0], vec![next(0, true)])
+            .await
+            .unwrap()
+    );
+    let compensation = fetch_one(&t, "w").await;
+    kill(&t, &compensation, "w").await;
+    let dead = t.store.runs_dead_steps(10).await.unwrap();
+    assert!(dead[0].compensating);
+    assert!(t.store.run_step_died(&dead[0], vec![]).await.unwrap());
+    let failed = t.store.run_get(run).await.unwrap().unwrap();
+    assert_eq!(failed.state, RunState::Failed);
+    let job_state = |id| {
+        let store = t.store.clone();
+        async move { store.job_get(id).await.unwrap().unwrap().state }
+    };
+    for id in [step.id, compensation.id] {
+        assert_eq!(job_state(id).await, JobState::Dead);
+    }
+    assert!(
+        t.store
+            .run_retry(run, failed.current_step, &[1], vec![next(1, false)])
+            .await
+            .unwrap()
+    );
+    for id in [step.id, compensation.id] {
+        assert_eq!(job_state(id).await, JobState::Cancelled, "job {id}");
+    }
     t.cleanup().await;
 }
 

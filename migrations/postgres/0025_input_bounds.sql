@@ -9,6 +9,6 @@
 ALTER TABLE steward_jobs
     ADD CONSTRAINT steward_jobs_tenant_length CHECK (octet_length(tenant) <= 800) NOT VALID;
 
--- A month's cost of a tenant module sums its usage entries (each at most 1,000,000, see
+-- A month's cost of a tenant module sums its usage entries (each at most 10,000, see
 -- `store::data::check_usage`): wide enough that no number of entries overflows it.
 ALTER TABLE tenant_module_monthly_cost ALTER COLUMN cost TYPE NUMERIC(28, 6);

@@ -277,20 +277,21 @@ impl Lifecycle {
         if !notifies {
             return Ok((from, None));
         }
-        // A forced retirement asked after a plain one is a run of its own: the plain run's
-        // key would return that run, which suspends no one.
-        let key = match force {
-            true => format!("{slug}:{to}:forced"),
-            false => format!("{slug}:{to}"),
-        };
-        let (run, _) = self
-            .engine
-            .start(
+        let start = |force: bool, key: String| {
+            self.engine.start(
                 DEPRECATION_WORKFLOW,
                 json!({"module": slug.as_str(), "maturity": to.to_string(), "force": force}),
                 Some(key),
             )
-            .await?;
+        };
+        let (run, _) = start(force, format!("{slug}:{to}")).await?;
+        // Forced after a plain run: a run of its own (the plain one suspends no one). Any
+        // other request asked again gets the run already started: nothing is sent twice.
+        let plain = self.engine.run(run).await?.params["force"] != json!(true);
+        if force && plain {
+            let (forced, _) = start(true, format!("{slug}:{to}:forced")).await?;
+            return Ok((from, Some(forced)));
+        }
         Ok((from, Some(run)))
     }
 

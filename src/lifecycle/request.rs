@@ -153,6 +153,7 @@ impl Lifecycle {
         slug: &str,
         actor: &Actor,
     ) -> Result<(TenantModuleRecord, RunId), LifecycleError> {
+        check_decider(actor, slug)?;
         // The run waiting for this decision has ended (an operator cancelled it, and a crash
         // kept the request from being withdrawn with it): the request is withdrawn now, and
         // made again, rather than "approved" into a run that will never provision it.
@@ -255,13 +256,7 @@ impl Lifecycle {
         } else {
             "module.approve"
         };
-        if actor.authority != crate::domain::actor::Authority::MasterAdmin {
-            return Err(DomainError::NotPermitted {
-                what: format!("deciding a request for `{slug}`"),
-                reason: "only a Master Admin approves or rejects".into(),
-            }
-            .into());
-        }
+        check_decider(actor, slug.as_str())?;
         // An approval turns the module on: its dependencies must still be enabled (a Master
         // Admin may have suspended one since the request), and still be when it is written.
         let mut seen = None;
@@ -378,6 +373,18 @@ impl Lifecycle {
         }
         Ok(repaired)
     }
+}
+
+/// Only a Master Admin approves or rejects a request.
+fn check_decider(actor: &Actor, slug: &str) -> Result<(), LifecycleError> {
+    if actor.authority != crate::domain::actor::Authority::MasterAdmin {
+        return Err(DomainError::NotPermitted {
+            what: format!("deciding a request for `{slug}`"),
+            reason: "only a Master Admin approves or rejects".into(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// The idempotency key of the provisioning run of `module`'s request: the tenant, the module

@@ -167,8 +167,9 @@ pub trait DataStore: Send + Sync {
 pub const USAGE_COUNT_MAX: i64 = 1_000_000_000;
 
 /// The highest cost one usage entry records. With [`USAGE_COUNT_MAX`], a month's sums of a
-/// tenant module cannot overflow their columns, however many entries arrive.
-pub const USAGE_COST_MAX: i64 = 1_000_000;
+/// tenant module stay far inside their columns: PostgreSQL's `NUMERIC(28,6)`, SQLite's
+/// 64-bit sums of micro-units (over 900 million maximal entries in one month).
+pub const USAGE_COST_MAX: i64 = 10_000;
 
 /// Refuse a usage entry the cost tables could not hold exactly, the one home of that rule
 /// (the API reports it per entry, and also refuses a time in the future): an invalid module

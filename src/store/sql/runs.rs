@@ -157,16 +157,23 @@ const LIVE_STEP_JOBS: &str = "state IN ('scheduled', 'available', 'running', 're
 /// that were running has stopped, as the rescuer reckons it: when its lease ends (its worker
 /// stops it at its next heartbeat, which comes well before).
 async fn stop_live_steps(conn: &mut dyn Conn, run_id: RunId) -> StoreResult<Option<DateTime<Utc>>> {
-    let running_until = conn
-        .fetch_one(sql!(
+    // Locked as read (a fetch passes locked jobs over), so no job is leased between this read
+    // and the cancel below without its lease being counted.
+    let mut running_until = None;
+    for job in conn
+        .fetch_all(sql!(
             format!(
-                "SELECT max(lease_expires_at) AS until FROM steward_jobs \
-                 WHERE state = 'running' AND {LIVE_STEP_JOBS}"
+                "SELECT state, lease_expires_at FROM steward_jobs WHERE {LIVE_STEP_JOBS} \
+                 {{for_update}}"
             ),
             run_id
         ))
         .await?
-        .opt_time("until")?;
+    {
+        if job.text("state")? == "running" {
+            running_until = running_until.max(job.opt_time("lease_expires_at")?);
+        }
+    }
     conn.execute(sql!(
         format!(
             "UPDATE steward_jobs SET state = 'cancelled', finished_at = {{now}}, \
@@ -631,14 +638,14 @@ impl<S: SqlStore> RunStore for S {
             return Ok(false);
         }
         let redo: Vec<i64> = redo.iter().map(|&i| i64::from(i)).collect();
-        // The dead jobs of the steps run again (theirs, their compensations', their children)
-        // leave the dead-letter queue: each step gets a new job.
+        // The run's dead jobs leave the dead-letter queue: those of the steps run again
+        // (theirs, their children's: each step gets a new job), and every dead compensation
+        // (a compensation that died left its step completed, which the retry resumes past).
         tx.execute(sql!(
             "UPDATE steward_jobs SET state = 'cancelled', finished_at = {now} \
              WHERE state = 'dead' AND id IN ( \
                  SELECT job_id FROM steward_run_steps WHERE run_id = $1 AND idx = ANY($2) \
-                 UNION SELECT compensation_job_id FROM steward_run_steps \
-                     WHERE run_id = $1 AND idx = ANY($2) \
+                 UNION SELECT compensation_job_id FROM steward_run_steps WHERE run_id = $1 \
                  UNION SELECT job_id FROM steward_run_children WHERE run_id = $1 AND idx = ANY($2))",
             id,
             &redo
