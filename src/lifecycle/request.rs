@@ -420,11 +420,7 @@ pub(crate) async fn pending_request_withdrawn(
     )
     .because(reason);
     change.unchanged_since = unchanged_since;
-    match store.tenant_module_move(&change).await {
-        Ok(_) => Ok(()),
-        Err(crate::store::StoreError::Domain(DomainError::InvalidTransition { .. })) => Ok(()),
-        Err(other) => Err(other.into()),
-    }
+    move_unless_moved(store, &change).await
 }
 
 /// A provisioning that will not finish (its run failed or was cancelled): the tenant module
@@ -449,7 +445,15 @@ pub(crate) async fn provisioning_ended(
     )
     .because(reason);
     change.unchanged_since = unchanged_since;
-    match store.tenant_module_move(&change).await {
+    move_unless_moved(store, &change).await
+}
+
+/// Make `change`, unless the tenant module already moved elsewhere (nothing to do then).
+async fn move_unless_moved(
+    store: &crate::store::SharedStore,
+    change: &StatusChange<'_>,
+) -> Result<(), LifecycleError> {
+    match store.tenant_module_move(change).await {
         Ok(_) => Ok(()),
         Err(crate::store::StoreError::Domain(DomainError::InvalidTransition { .. })) => Ok(()),
         Err(other) => Err(other.into()),
